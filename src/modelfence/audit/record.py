@@ -1,0 +1,70 @@
+"""The audit hook: one record per call, assembled after the answer is sent.
+
+Inputs are recorded as a SHA-256 digest unless `audit.record_inputs` is set; the
+bearer token never reaches the record (only the public key id does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from ..gateway.call import Call
+from ..gateway.chain import Guard
+from .sinks import AuditSink
+
+
+@dataclass(slots=True)
+class AuditRecord:
+    time: str
+    request_id: str
+    action: str
+    model: str | None
+    principal: str | None
+    tenant: str | None
+    key_id: str | None
+    source: str
+    status: int
+    reason: str
+    latency_ms: float
+    rows: int
+    input_sha256: str | None
+    trail: list[dict[str, str]] = field(default_factory=list)
+    inputs: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class AuditGuard(Guard):
+    name: ClassVar[str] = "audit"
+
+    def __init__(self, sink: AuditSink, *, record_inputs: bool = False) -> None:
+        self._sink = sink
+        self._record_inputs = record_inputs
+
+    def assemble(self, call: Call) -> AuditRecord:
+        p = call.principal
+        body = call.body
+        return AuditRecord(
+            time=datetime.fromtimestamp(call.received_at, UTC).isoformat(),
+            request_id=call.request_id,
+            action=call.action,
+            model=call.model_name,
+            principal=p.id if p else None,
+            tenant=p.tenant if p else None,
+            key_id=p.key_id if p else None,
+            source=call.source,
+            status=call.status,
+            reason=call.error.reason if call.error else "ok",
+            latency_ms=round(call.elapsed_s() * 1000, 3),
+            rows=call.inputs.rows if call.inputs else 0,
+            input_sha256=hashlib.sha256(body).hexdigest() if body else None,
+            trail=[d.as_dict() for d in call.trail],
+            inputs=body.decode("utf-8", "replace") if body and self._record_inputs else None,
+        )
+
+    async def on_complete(self, call: Call) -> None:
+        await self._sink.write(self.assemble(call))

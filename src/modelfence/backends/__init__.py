@@ -1,0 +1,21 @@
+"""Backends chosen by the `backend.type` of each model, through one factory."""
+
+from __future__ import annotations
+
+from ..config import LocalBackend, ModelSettings
+from .base import Backend, ModelEntry, ModelMetadata
+from .local import OnnxClassifier, PickleClassifier, SkopsClassifier
+from .oip_upstream import OipUpstream
+from .transport import AiohttpTransport, Transport
+
+__all__ = ["Backend", "ModelEntry", "ModelMetadata", "Transport", "backend_from_settings"]
+
+
+def backend_from_settings(settings: ModelSettings) -> Backend:
+    cfg = settings.backend
+    if isinstance(cfg, LocalBackend):
+        local = {"skops": SkopsClassifier, "onnx": OnnxClassifier, "pickle": PickleClassifier}
+        return local[cfg.type](settings)
+    transport = AiohttpTransport(max_connections=cfg.max_connections,
+                                 connect_timeout_s=cfg.connect_timeout_s)
+    return OipUpstream(settings, transport)

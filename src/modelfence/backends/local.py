@@ -1,0 +1,128 @@
+"""Model files served in-process: skops and ONNX are safe formats; pickle only by consent."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..config import LocalBackend, TensorSpec
+from ..errors import ConfigurationError
+from .base import LocalClassifier
+
+
+def _settings(b: LocalClassifier) -> LocalBackend:
+    assert isinstance(b.settings.backend, LocalBackend)
+    return b.settings.backend
+
+
+class _SklearnClassifier(LocalClassifier):
+    """Shared by skops and pickle: both yield a scikit-learn estimator."""
+
+    _model: Any
+
+    def _from_estimator(self, model: Any) -> tuple[TensorSpec, np.ndarray[Any, Any]]:
+        if not hasattr(model, "predict_proba"):
+            raise ConfigurationError(
+                f"model {self.name}: {type(model).__name__} has no predict_proba; "
+                "modelfence serves classifiers that return class probabilities")
+        self._model = model
+        n = int(getattr(model, "n_features_in_", 0)) or -1
+        spec = TensorSpec(name="input", datatype="FP32", shape=[-1, n])
+        return spec, np.asarray(model.classes_)
+
+    def _predict_proba(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        return np.asarray(self._model.predict_proba(x))
+
+
+class SkopsClassifier(_SklearnClassifier):
+    platform: ClassVar[str] = "sklearn"
+
+    def _load(self) -> tuple[TensorSpec, np.ndarray[Any, Any]]:
+        import skops.io as sio
+
+        cfg = _settings(self)
+        try:
+            untrusted = set(sio.get_untrusted_types(file=cfg.path))
+        except Exception as exc:
+            raise ConfigurationError(f"model {self.name}: cannot read skops file {cfg.path}: "
+                                     f"{exc.__class__.__name__}") from None
+        refused = sorted(untrusted - set(cfg.trusted_types))
+        if refused:
+            raise ConfigurationError(
+                f"model {self.name}: {cfg.path} contains types skops does not trust: "
+                f"{', '.join(refused)}; review them and list them under backend.trusted_types")
+        return self._from_estimator(sio.load(cfg.path, trusted=sorted(untrusted)))
+
+
+class PickleClassifier(_SklearnClassifier):
+    """Loads joblib/pickle files — arbitrary code runs on load, so config must opt in."""
+
+    platform: ClassVar[str] = "sklearn-pickle"
+
+    def _load(self) -> tuple[TensorSpec, np.ndarray[Any, Any]]:
+        import joblib
+
+        cfg = _settings(self)
+        if not cfg.allow_unsafe_pickle:  # config validation already refuses this; keep it closed
+            raise ConfigurationError(f"model {self.name}: pickle refused")
+        try:
+            model = joblib.load(cfg.path)
+        except Exception as exc:
+            raise ConfigurationError(f"model {self.name}: cannot load {cfg.path}: "
+                                     f"{exc.__class__.__name__}") from None
+        return self._from_estimator(model)
+
+
+_ORT_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)": "INT64",
+              "tensor(int32)": "INT32", "tensor(float16)": "FP16", "tensor(uint8)": "UINT8"}
+
+
+class OnnxClassifier(LocalClassifier):
+    platform: ClassVar[str] = "onnx"
+
+    def _load(self) -> tuple[TensorSpec, np.ndarray[Any, Any]]:
+        import onnxruntime as ort
+
+        cfg = _settings(self)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.inter_op_num_threads = 1
+        try:
+            sess = ort.InferenceSession(str(cfg.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ConfigurationError(f"model {self.name}: cannot load ONNX file {cfg.path}: "
+                                     f"{exc.__class__.__name__}") from None
+        inp = sess.get_inputs()[0]
+        datatype = _ORT_TYPES.get(inp.type)
+        if datatype is None:
+            raise ConfigurationError(f"model {self.name}: unsupported ONNX input type {inp.type}")
+        shape = [d if isinstance(d, int) and d > 0 else -1 for d in inp.shape]
+        self._input_name = inp.name
+        self._proba_name, self._zipmap = self._find_probabilities(sess)
+        self._sess = sess
+        classes = self._discover_classes(shape)
+        return TensorSpec(name=inp.name, datatype=datatype, shape=shape), classes
+
+    def _find_probabilities(self, sess: Any) -> tuple[str, bool]:
+        for out in sess.get_outputs():
+            if out.type == "tensor(float)" and len(out.shape) == 2:
+                return out.name, False
+            if out.type.startswith("seq(map("):
+                return out.name, True  # skl2onnx's ZipMap output
+        raise ConfigurationError(
+            f"model {self.name}: no ONNX output holds class probabilities ([n, classes] float)")
+
+    def _discover_classes(self, shape: list[int]) -> np.ndarray[Any, Any]:
+        probe = np.zeros([1, *[d if d > 0 else 1 for d in shape[1:]]], dtype=np.float32)
+        raw = self._sess.run([self._proba_name], {self._input_name: probe})[0]
+        if self._zipmap:
+            return np.asarray(sorted(raw[0].keys()))
+        return np.arange(np.asarray(raw).shape[1])
+
+    def _predict_proba(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        raw = self._sess.run([self._proba_name], {self._input_name: x})[0]
+        if self._zipmap:
+            keys = sorted(raw[0].keys())
+            return np.asarray([[row[k] for k in keys] for row in raw], dtype=np.float32)
+        return np.asarray(raw)

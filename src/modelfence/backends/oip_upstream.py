@@ -1,0 +1,130 @@
+"""A model on an upstream Open Inference Protocol v2 server (KServe, Triton, MLServer).
+
+Only validated inputs are re-encoded and sent upstream. The upstream's 4xx passes
+through with its message; its 5xx, garbage or silence becomes 502/504 without its body,
+because servers such as MLServer answer 500 with a raw Python traceback.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+import orjson
+
+from ..config import ModelSettings, OipUpstreamBackend, TensorSpec
+from ..errors import BadRequest, ConfigurationError, RequestError, UpstreamError, UpstreamRejected
+from ..gateway.oip import (
+    InferRequest,
+    InferResponse,
+    decode_infer_response,
+    encode_infer_request,
+)
+from .base import Backend, ModelMetadata, classifier_response
+from .transport import Transport
+
+_READY_CACHE_S = 1.0
+
+
+class OipUpstream(Backend):
+    platform: ClassVar[str] = "oip-upstream"
+
+    def __init__(self, settings: ModelSettings, transport: Transport) -> None:
+        super().__init__(settings)
+        assert isinstance(settings.backend, OipUpstreamBackend)
+        self._cfg: OipUpstreamBackend = settings.backend
+        self._transport = transport
+        upstream = self._cfg.upstream_model or settings.name
+        base = self._cfg.url.rstrip("/")
+        self._model_url = f"{base}/v2/models/{upstream}"
+        self._infer_url = f"{self._model_url}/infer"
+        self._ready_at = 0.0
+        self._ready = False
+        self._classes: np.ndarray[Any, Any] | None = (
+            np.asarray(settings.labels, dtype=object) if settings.labels else None)
+
+    async def _start(self) -> ModelMetadata:
+        spec = self.settings.input or await self._upstream_input_spec()
+        outputs: tuple[TensorSpec, ...] = ()
+        if self._cfg.probabilities_output:
+            outputs = (TensorSpec(name="probabilities", datatype="FP32", shape=[-1, -1]),
+                       TensorSpec(name="label", datatype="INT64" if self._classes is None
+                                  else "BYTES", shape=[-1]))
+        return ModelMetadata(self.name, self.platform, (spec,), outputs)
+
+    async def _upstream_input_spec(self) -> TensorSpec:
+        where = f"model {self.name}: upstream {self._model_url}"
+        try:
+            status, body = await self._transport.request("GET", self._model_url, None,
+                                                         self._cfg.timeout_s)
+            doc = orjson.loads(body) if status == 200 else {}
+            first = (doc.get("inputs") or [None])[0] if isinstance(doc, dict) else None
+            if first:
+                return TensorSpec(name=first["name"], datatype=first["datatype"],
+                                  shape=[d if d > 0 else -1 for d in first["shape"]])
+        except (RequestError, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            reason = exc.message if isinstance(exc, RequestError) else "unreadable metadata"
+            raise ConfigurationError(f"{where}: {reason}; declare `input:` for this model in "
+                                     "the config or start the upstream first") from None
+        raise ConfigurationError(f"{where} publishes no input metadata; declare `input:` "
+                                 "(name, datatype, shape) for this model in the config")
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        if self._cfg.probabilities_output:
+            request.outputs = [{"name": self._cfg.probabilities_output}]
+        status, body = await self._transport.request(
+            "POST", self._infer_url, encode_infer_request(request), self._cfg.timeout_s)
+        if 400 <= status < 500:
+            raise UpstreamRejected(status, _upstream_message(status, body))
+        if status != 200:
+            raise UpstreamError(f"the upstream model server failed (status {status})")
+        try:
+            response = decode_infer_response(body)
+        except BadRequest:
+            raise UpstreamError("the upstream model server sent an invalid answer") from None
+        response.model_name = self.name
+        return self._as_classifier(response, request.id)
+
+    def _as_classifier(self, response: InferResponse, request_id: str | None) -> InferResponse:
+        name = self._cfg.probabilities_output
+        if not name:
+            return response
+        tensor = response.output(name)
+        if tensor is None or tensor.data.ndim != 2:
+            raise UpstreamError(f"the upstream model server sent no [n, classes] output {name!r}")
+        classes = self._classes if self._classes is not None else np.arange(tensor.data.shape[1])
+        if len(classes) != tensor.data.shape[1]:
+            raise UpstreamError("the upstream answer's class count does not match labels")
+        return classifier_response(self.name, tensor.data, classes, request_id or response.id)
+
+    async def ready(self) -> bool:
+        now = time.monotonic()
+        if now - self._ready_at < _READY_CACHE_S:
+            return self._ready
+        try:
+            status, _ = await self._transport.request("GET", f"{self._model_url}/ready", None,
+                                                      min(self._cfg.timeout_s, 2.0))
+            self._ready = status == 200
+        except RequestError:
+            self._ready = False
+        self._ready_at = now
+        return self._ready
+
+    async def close(self) -> None:
+        await self._transport.close()
+
+
+def _upstream_message(status: int, body: bytes) -> str:
+    """The upstream's own error text, short and printable; never its raw body."""
+    text = ""
+    try:
+        doc = orjson.loads(body)
+        if isinstance(doc, dict):
+            raw = doc.get("error") or doc.get("detail") or doc.get("message") or ""
+            text = raw if isinstance(raw, str) else orjson.dumps(raw).decode()
+    except orjson.JSONDecodeError:
+        text = ""
+    text = "".join(ch for ch in text if ch.isprintable())[:300]
+    return f"upstream model server refused the request: {text}" if text else (
+        f"upstream model server refused the request (status {status})")

@@ -1,0 +1,50 @@
+"""What every command shares: the console, the --config option, errors as one line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+
+from ..config import Settings, default_config_path, load_settings
+from ..errors import ModelfenceError
+
+T = TypeVar("T")
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Path to modelfence.yaml [env: MODELFENCE_CONFIG]",
+                 show_default=False),
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def settings_from(config: Path | None) -> tuple[Path, Settings]:
+    path = config or default_config_path()
+    try:
+        return path, load_settings(path)
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+
+
+def run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run library coroutines; library errors become one red line, not a traceback."""
+    try:
+        return asyncio.run(_call(fn))
+    except ModelfenceError as exc:
+        raise fail(str(exc)) from None
+
+
+async def _call(fn: Callable[[], Awaitable[T]]) -> T:
+    return await fn()

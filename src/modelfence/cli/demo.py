@@ -1,0 +1,50 @@
+"""`modelfence demo`: train (once), configure (once), mint a key, print a curl, serve."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import demo as demo_lib
+from ..config import default_home
+from .common import console, run_async
+
+
+def demo(
+    port: Annotated[int, typer.Option(help="Port to serve on")] = 8000,
+    home: Annotated[Path | None, typer.Option(
+        help="Demo folder [default: ~/.modelfence/demo, or $MODELFENCE_HOME/demo]")] = None,
+) -> None:
+    """Serve a demo digits classifier behind the gateway on 127.0.0.1."""
+    from .main import start_gateway
+
+    folder = home or default_home() / "demo"
+    with console.status("preparing the demo model and configuration…"):
+        files = demo_lib.prepare(folder)
+    if files.trained_now:
+        console.print(f"trained a digits classifier (test accuracy {files.accuracy:.3f}) → "
+                      f"{files.model}")
+    else:
+        console.print(f"reusing {files.model} and {files.config}")
+    token = run_async(lambda: demo_lib.mint_demo_key(files.config))
+    url = f"http://127.0.0.1:{port}/v2/models/{demo_lib.MODEL_NAME}/infer"
+    curl = (f"curl -s {url} -H 'Authorization: Bearer {token}' "
+            f"-H 'Content-Type: application/json' -d @{shlex.quote(str(files.sample_request))}")
+    metadata = (f"curl -s http://127.0.0.1:{port}/v2/models/{demo_lib.MODEL_NAME} "
+                f"-H 'Authorization: Bearer {token}'")
+    console.rule("[bold green]modelfence demo")
+    console.print("[bold]Demo key[/] (shown once; every run mints a new one and revokes the last):")
+    console.print(token, soft_wrap=True)
+    console.print("\n[bold]Ask the model[/] (paste in another terminal):")
+    console.print(curl, soft_wrap=True, markup=False)
+    console.print("\n[bold]Model metadata:[/]")
+    console.print(metadata, soft_wrap=True, markup=False)
+    console.print(f"\nMetrics: http://127.0.0.1:{port}/metrics   "
+                  f"Audit log: {files.home / 'audit.jsonl'}   Config: {files.config}",
+                  soft_wrap=True)
+    console.rule()
+    console.print("serving; press Ctrl+C to stop")
+    start_gateway(files.config, "127.0.0.1", port, 1, False, "INFO")

@@ -1,0 +1,110 @@
+"""`modelfence keys create|list|revoke`: API keys managed directly in the key store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from rich.table import Table
+
+from ..identity.apikeys import ApiKeys, expiry_from, public_view
+from ..stores import key_store_from_url
+from .common import ConfigOption, console, err_console, fail, run_async, settings_from
+
+app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+
+
+def _keys(config: Path | None) -> ApiKeys:
+    _, settings = settings_from(config)
+    try:
+        return ApiKeys(key_store_from_url(settings.stores.keys), settings.server_secret())
+    except Exception as exc:
+        raise fail(str(exc), 2) from None
+
+
+@app.command()
+def create(
+    principal: Annotated[str, typer.Option(help="Who the key belongs to (user or service id)")],
+    tenant: Annotated[str, typer.Option(help="The principal's organisation or team")],
+    model: Annotated[list[str] | None, typer.Option("--model", "-m",
+                     help="A model the key may use; repeat for more, '*' for all")] = None,
+    group: Annotated[list[str] | None, typer.Option("--group", "-g",
+                     help="A group the principal belongs to; repeat for more")] = None,
+    expires_in: Annotated[str | None, typer.Option(help="Lifetime, e.g. 12h, 30d")] = None,
+    description: Annotated[str, typer.Option(help="A note shown in lists")] = "",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Mint a key. It is printed once and stored only as a digest: copy it now."""
+    keys = _keys(config)
+
+    async def go() -> tuple[str, dict[str, object]]:
+        await keys.store.open()
+        try:
+            new = await keys.create(principal=principal, tenant=tenant, groups=group or [],
+                                    models=model or [], expires_at=expiry_from(expires_in, None),
+                                    description=description)
+            return new.token, public_view(new.record)
+        finally:
+            await keys.store.close()
+
+    token, view = run_async(go)
+    if json_out:
+        console.print_json(orjson.dumps({"key": token, **view}).decode())
+        return
+    console.print(f"[bold green]created key {view['key_id']}[/] for {principal} ({tenant})")
+    console.print(f"models: {', '.join(model or []) or '(none)'}")
+    console.print(f"expires: {view['expires_at'] or 'never'}")
+    console.print("\n[bold]API key (shown once, store it safely):[/]")
+    console.print(token, soft_wrap=True)
+    if not model:
+        err_console.print("[yellow]warning:[/] the key grants no model; add --model NAME")
+
+
+@app.command("list")
+def list_keys(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """List keys (ids and attributes; never the keys themselves)."""
+    keys = _keys(config)
+
+    async def go() -> list[dict[str, object]]:
+        await keys.store.open()
+        try:
+            return [public_view(r) for r in await keys.list()]
+        finally:
+            await keys.store.close()
+
+    rows = run_async(go)
+    if json_out:
+        console.print_json(orjson.dumps({"keys": rows}).decode())
+        return
+    table = Table("key id", "principal", "tenant", "groups", "models", "expires", "status")
+    for r in rows:
+        table.add_row(str(r["key_id"]), str(r["principal"]), str(r["tenant"]),
+                      ",".join(r["groups"]), ",".join(r["models"]),  # type: ignore[arg-type]
+                      str(r["expires_at"] or "never"), str(r["status"]))
+    console.print(table)
+
+
+@app.command()
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id shown by `keys list`")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a key; gateways refuse it within their cache time (1 s by default)."""
+    keys = _keys(config)
+
+    async def go() -> bool:
+        await keys.store.open()
+        try:
+            return await keys.revoke(key_id)
+        finally:
+            await keys.store.close()
+
+    if not run_async(go):
+        raise fail(f"no key with id {key_id!r}")
+    console.print(f"[bold]revoked[/] {key_id}")

@@ -1,0 +1,103 @@
+"""Entry point of the `modelfence` command."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..errors import ModelfenceError
+from . import demo, keys
+from .common import ConfigOption, console, fail, settings_from
+
+app = typer.Typer(
+    name="modelfence",
+    help="Protect models served over an API from theft: gateway, API keys and audit.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(keys.app, name="keys")
+config_app = typer.Typer(help="Inspect configuration files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.command("demo")(demo.demo)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (default: server.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: server.port)")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes")] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+) -> None:
+    """Start the gateway with a configuration file."""
+    path, settings = settings_from(config)
+    start_gateway(path, settings.server.host if host is None else host,
+                  settings.server.port if port is None else port,
+                  workers or settings.server.workers, settings.server.access_log, log_level)
+
+
+def start_gateway(path: Path, host: str, port: int, workers: int, access_log: bool,
+                  log_level: str) -> None:
+    """Check everything can start (models load, stores answer), then hand over to granian."""
+    from ..gateway.server import run_server
+
+    preflight(path)
+    ensure_port_free(host, port)
+    run_server(path, host=host, port=port, workers=workers, access_log=access_log,
+               log_level=log_level.upper())
+
+
+def preflight(path: Path) -> None:
+    """Build and open the gateway once, so a bad model or store fails here in one line."""
+    import asyncio
+
+    from ..config import load_settings
+    from ..gateway.app import build_gateway
+
+    async def check() -> None:
+        gw = build_gateway(load_settings(path))
+        try:
+            await gw.start()
+        finally:
+            await gw.stop()
+
+    logging.getLogger("modelfence").setLevel(logging.WARNING)
+    try:
+        asyncio.run(check())
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise fail(f"cannot listen on {host}:{port}: {exc.strerror}; "
+                       "pick another with --port", 2) from None
+
+
+@config_app.command("check")
+def config_check(config: ConfigOption = None) -> None:
+    """Validate a configuration file and load its models, without serving."""
+    path, settings = settings_from(config)
+    preflight(path)
+    console.print(f"[bold green]ok[/] {path}: {len(settings.models)} model(s): "
+                  + ", ".join(m.name for m in settings.models))
+
+
+@app.command()
+def version() -> None:
+    """Print the modelfence version."""
+    console.print(__version__)
+
+
+def main() -> None:
+    app()

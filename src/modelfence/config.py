@@ -1,0 +1,285 @@
+"""Typed settings for modelfence.yaml — the only module that reads environment variables.
+
+A bad file fails at start with one line naming the file, the key and the reason
+(``modelfence.yaml: models[0].backend.path: field required``), never a traceback.
+String values may reference environment variables as ``${NAME}`` (for database
+passwords); relative paths are resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigurationError
+
+CONFIG_ENV = "MODELFENCE_CONFIG"
+SECRET_ENV = "MODELFENCE_SECRET"
+ADMIN_TOKEN_ENV = "MODELFENCE_ADMIN_TOKEN"
+DATA_DIR_ENV = "MODELFENCE_HOME"
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
+             "FP16", "FP32", "FP64", "BYTES")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body")
+    access_log: bool = False
+
+
+class AdminSettings(_Strict):
+    """The admin API is enabled only when an admin token is configured."""
+
+    token_file: Path | None = None
+
+
+class StoreSettings(_Strict):
+    keys: str = "sqlite:///modelfence-keys.db"
+
+
+class AuditSettings(_Strict):
+    sink: str = Field("log://", description="log://, jsonl:///path/file.jsonl or none://")
+    record_inputs: bool = False
+
+
+class TensorSpec(_Strict):
+    name: str
+    datatype: Literal[DATATYPES]  # type: ignore[valid-type]
+    shape: list[int]
+
+    @field_validator("shape")
+    @classmethod
+    def _shape_ok(cls, v: list[int]) -> list[int]:
+        if not v or any(d < -1 or d == 0 for d in v):
+            raise ValueError("shape needs one or more dimensions, each positive or -1")
+        return v
+
+
+class InputLimits(_Strict):
+    max_batch: int = Field(1024, ge=1)
+    max_elements: int = Field(1_000_000, ge=1)
+    max_body_bytes: int | None = Field(None, ge=1024)
+    allow_nonfinite: bool = False
+
+
+class LocalBackend(_Strict):
+    """A model file served in-process: skops (scikit-learn), ONNX, or — only if allowed — pickle."""
+
+    type: Literal["skops", "onnx", "pickle"]
+    path: Path
+    trusted_types: list[str] = Field(default_factory=list, description="extra skops types to trust")
+    allow_unsafe_pickle: bool = False
+
+    @model_validator(mode="after")
+    def _pickle_needs_consent(self) -> LocalBackend:
+        if self.type == "pickle" and not self.allow_unsafe_pickle:
+            raise ValueError(
+                "pickle runs arbitrary code when loaded; convert the model to skops or ONNX, "
+                "or set allow_unsafe_pickle: true if you trust this file"
+            )
+        return self
+
+
+class OipUpstreamBackend(_Strict):
+    """A model on an Open Inference Protocol v2 server (KServe, Triton, MLServer)."""
+
+    type: Literal["oip"]
+    url: str = Field(pattern=r"^https?://")
+    upstream_model: str | None = None
+    timeout_s: float = Field(10.0, gt=0, le=600)
+    connect_timeout_s: float = Field(2.0, gt=0, le=60)
+    max_connections: int = Field(100, ge=1, le=10_000)
+    probabilities_output: str | None = Field(
+        None, description="upstream output holding [n, classes] probabilities; when set, the "
+        "answer is reshaped into modelfence's classifier contract (probabilities, label)")
+
+
+BackendSettings = Annotated[LocalBackend | OipUpstreamBackend, Field(discriminator="type")]
+
+
+class ModelSettings(_Strict):
+    name: str = Field(pattern=_MODEL_NAME)
+    backend: BackendSettings
+    input: TensorSpec | None = None
+    labels: list[str] | None = None
+    limits: InputLimits = InputLimits()
+
+
+class Settings(_Strict):
+    server: ServerSettings = ServerSettings()
+    secret_file: Path | None = Field(None, description="server secret for key digests")
+    admin: AdminSettings = AdminSettings()
+    stores: StoreSettings = StoreSettings()
+    key_cache_ttl_s: float = Field(1.0, ge=0, le=60)
+    audit: AuditSettings = AuditSettings()
+    models: list[ModelSettings] = Field(default_factory=list)
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, v: list[ModelSettings]) -> list[ModelSettings]:
+        names = [m.name for m in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
+        return v
+
+    def model(self, name: str) -> ModelSettings | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    # Secrets are read here, at start, and never stored on the settings object.
+    def server_secret(self) -> bytes:
+        env = os.environ.get(SECRET_ENV)
+        if env:
+            return _secret_bytes(env, SECRET_ENV)
+        if self.secret_file is None:
+            raise ConfigurationError(
+                f"no server secret: set {SECRET_ENV} or secret_file in the config"
+            )
+        return _secret_bytes(_read_secret_file(self.secret_file), str(self.secret_file))
+
+    def admin_token(self) -> str | None:
+        env = os.environ.get(ADMIN_TOKEN_ENV)
+        if env:
+            return env.strip()
+        if self.admin.token_file is None:
+            return None
+        return _read_secret_file(self.admin.token_file)
+
+
+def _read_secret_file(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read secret file: {exc.strerror}") from None
+
+
+def _secret_bytes(value: str, where: str) -> bytes:
+    raw = value.strip().encode()
+    if len(raw) < 32:
+        raise ConfigurationError(f"{where}: server secret must be at least 32 characters")
+    return raw
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV, "modelfence.yaml"))
+
+
+def export_config_path(path: Path) -> None:
+    """Hand the config path to server worker processes, which read it in `default_config_path`."""
+    os.environ[CONFIG_ENV] = str(path.resolve())
+
+
+def default_home() -> Path:
+    """Where `modelfence demo` keeps its model, config, keys and secret."""
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env) if env else Path.home() / ".modelfence"
+
+
+def load_settings(path: Path | str) -> Settings:
+    """Read, expand and validate a config file; every failure is one ConfigurationError line."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigurationError(f"{path}: cannot read config: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigurationError(f"{where}: YAML syntax error: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigurationError(f"{path}: top level must be a mapping of settings")
+    return settings_from_mapping(raw, source=str(path), base_dir=path.parent)
+
+
+def settings_from_mapping(
+    raw: Mapping[str, Any], *, source: str = "<config>", base_dir: Path | None = None
+) -> Settings:
+    expanded = _expand_env(dict(raw), source, ())
+    try:
+        settings = Settings.model_validate(expanded)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = _dotted(err["loc"])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigurationError(f"{source}: {key}: {_reason(err)}{more}") from None
+    return _resolve_paths(settings, base_dir) if base_dir is not None else settings
+
+
+def _reason(err: Mapping[str, Any]) -> str:
+    msg = str(err["msg"])
+    if err.get("type") == "extra_forbidden":
+        return "unknown key (check its spelling)"
+    return msg[0].lower() + msg[1:] if msg else "invalid value"
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("LocalBackend", "OipUpstreamBackend") or str(part) in (
+            "skops", "onnx", "pickle", "oip"):
+            continue  # pydantic's union tags are noise to a user
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _expand_env(value: Any, source: str, loc: tuple[Any, ...]) -> Any:
+    if isinstance(value, str):
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigurationError(
+                    f"{source}: {_dotted(loc)}: environment variable {name} is not set")
+            return os.environ[name]
+        return _ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, source, (*loc, k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, source, (*loc, i)) for i, v in enumerate(value)]
+    return value
+
+
+def _resolve_paths(s: Settings, base: Path) -> Settings:
+    def rel(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p).resolve()
+
+    models = [
+        m.model_copy(update={"backend": m.backend.model_copy(update={"path": rel(m.backend.path)})})
+        if isinstance(m.backend, LocalBackend) else m
+        for m in s.models
+    ]
+    keys_url = s.stores.keys
+    if keys_url.startswith("sqlite:///") and not keys_url.startswith("sqlite:////"):
+        keys_url = "sqlite:///" + str(rel(Path(keys_url.removeprefix("sqlite:///"))))
+    audit_sink = s.audit.sink
+    if audit_sink.startswith("jsonl:///") and not audit_sink.startswith("jsonl:////"):
+        audit_sink = "jsonl:///" + str(rel(Path(audit_sink.removeprefix("jsonl:///"))))
+    return s.model_copy(update={
+        "secret_file": rel(s.secret_file),
+        "admin": s.admin.model_copy(update={"token_file": rel(s.admin.token_file)}),
+        "stores": s.stores.model_copy(update={"keys": keys_url}),
+        "audit": s.audit.model_copy(update={"sink": audit_sink}),
+        "models": models,
+    })

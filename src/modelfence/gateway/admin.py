@@ -1,0 +1,106 @@
+"""The admin API: manage API keys over HTTP, guarded by the admin credential.
+
+Enabled only when an admin token is configured. The admin token is compared by
+HMAC digest in constant time, like API keys.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from datetime import datetime
+from typing import Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..errors import BadRequest, Forbidden, NotFound, Unauthenticated
+from ..identity.apikeys import ApiKeys, digest, expiry_from, public_view
+from ..identity.guard import bearer_token
+from .guards import read_bounded
+from .responses import error_response, json_response
+
+log = logging.getLogger("modelfence.admin")
+_MAX_ADMIN_BODY = 64 * 1024
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    principal: str
+    tenant: str
+    groups: list[str] = Field(default_factory=list, max_length=64)
+    models: list[str] = Field(default_factory=list, max_length=1024)
+    expires_at: datetime | None = None
+    expires_in: str | None = None
+    description: str = Field("", max_length=200)
+
+
+class AdminApi:
+    def __init__(self, keys: ApiKeys, secret: bytes, admin_token: str | None) -> None:
+        self._keys = keys
+        self._secret = secret
+        self._token_digest = digest(secret, admin_token) if admin_token else None
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/admin/keys", self.create_key, methods=["POST"]),
+            Route("/admin/keys", self.list_keys, methods=["GET"]),
+            Route("/admin/keys/{key_id}", self.revoke_key, methods=["DELETE"]),
+        ]
+
+    def _authorize(self, request: Request) -> None:
+        if self._token_digest is None:
+            raise Forbidden("the admin API is disabled: configure admin.token_file or "
+                            "MODELFENCE_ADMIN_TOKEN", reason="admin_disabled")
+        token = bearer_token(request.headers.get("authorization"))
+        if not hmac.compare_digest(digest(self._secret, token), self._token_digest):
+            raise Unauthenticated(reason="bad_admin_token")
+
+    async def create_key(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+            body = await _bounded_json(request)
+            try:
+                spec = KeyCreate.model_validate(body)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                field = ".".join(str(p) for p in err["loc"]) or "body"
+                raise BadRequest(f"{field}: {err['msg']}") from None
+            new = await self._keys.create(
+                principal=spec.principal, tenant=spec.tenant, groups=spec.groups,
+                models=spec.models, expires_at=expiry_from(spec.expires_in, spec.expires_at),
+                description=spec.description)
+            log.info("admin created key %s for principal %s", new.record.key_id,
+                     new.record.principal)
+            return json_response({"key": new.token, **public_view(new.record)}, 201)
+        except Exception as exc:
+            return error_response(exc, where=" in admin create_key")[0]
+
+    async def list_keys(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+            return json_response({"keys": [public_view(r) for r in await self._keys.list()]})
+        except Exception as exc:
+            return error_response(exc, where=" in admin list_keys")[0]
+
+    async def revoke_key(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+            key_id = request.path_params["key_id"]
+            if not await self._keys.revoke(key_id):
+                raise NotFound(f"no key with id {key_id[:32]!r}")
+            log.info("admin revoked key %s", key_id)
+            return json_response({"key_id": key_id, "revoked": True})
+        except Exception as exc:
+            return error_response(exc, where=" in admin revoke_key")[0]
+
+
+async def _bounded_json(request: Request) -> Any:
+    body = await read_bounded(request, _MAX_ADMIN_BODY)
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("request body is not valid JSON") from None

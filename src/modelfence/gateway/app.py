@@ -1,0 +1,126 @@
+"""The ASGI app, built in one visible function from the configuration.
+
+Outermost is Starlette's error shield (every unexpected exception becomes a bare
+`{"error": "internal error"}` 500, logged server-side); then the routes; each OIP route
+runs its guard chain in declared order with the backend call as the terminal. All
+state lives on objects made here: nothing is global.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..audit import AuditGuard, AuditSink, audit_sink_from_url
+from ..backends import ModelEntry, backend_from_settings
+from ..config import Settings
+from ..identity.apikeys import ApiKeys
+from ..identity.guard import IdentityGuard
+from ..stores import KeyStore, key_store_from_url
+from .admin import AdminApi
+from .chain import GuardChain
+from .guards import BodyGuard, InputValidationGuard, ModelAccessGuard
+from .metrics import GatewayMetrics, MetricsGuard
+from .oip_routes import OipRoutes
+from .responses import json_response
+
+log = logging.getLogger("modelfence.gateway")
+
+
+@dataclass
+class Gateway:
+    """Everything one running gateway owns; opened and closed by the app's lifespan."""
+
+    settings: Settings
+    key_store: KeyStore
+    keys: ApiKeys
+    models: dict[str, ModelEntry]
+    metrics: GatewayMetrics
+    audit_sink: AuditSink
+
+    async def start(self) -> None:
+        await self.key_store.open()
+        for entry in self.models.values():
+            await entry.backend.start()
+            log.info("model %s ready (%s)", entry.name, entry.backend.platform)
+
+    async def stop(self) -> None:
+        for entry in self.models.values():
+            await entry.backend.close()
+        await self.audit_sink.close()
+        await self.key_store.close()
+
+
+def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> Gateway:
+    """Make (but do not open) every part the configuration names; wiring errors raise here."""
+    secret = settings.server_secret()
+    store = key_store or key_store_from_url(settings.stores.keys)
+    return Gateway(
+        settings=settings,
+        key_store=store,
+        keys=ApiKeys(store, secret, cache_ttl_s=settings.key_cache_ttl_s),
+        models={m.name: ModelEntry(m, backend_from_settings(m)) for m in settings.models},
+        metrics=GatewayMetrics(),
+        audit_sink=audit_sink_from_url(settings.audit.sink),
+    )
+
+
+def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlette:
+    gw = gateway or build_gateway(settings)
+    identity = IdentityGuard(gw.keys)
+    access = ModelAccessGuard(gw.models)
+    metrics = MetricsGuard(gw.metrics)
+    audit = AuditGuard(gw.audit_sink, record_inputs=settings.audit.record_inputs)
+
+    # The request phases run top to bottom; response and complete phases bottom to top.
+    infer_chain = GuardChain([
+        metrics,
+        audit,
+        identity,
+        access,
+        BodyGuard(settings.server.max_body_bytes),
+        InputValidationGuard(),
+    ])
+    metadata_chain = GuardChain([metrics, audit, identity, access])
+
+    oip = OipRoutes(infer_chain=infer_chain, metadata_chain=metadata_chain, models=gw.models,
+                    key_store=gw.key_store, metrics=gw.metrics)
+    admin = AdminApi(gw.keys, settings.server_secret(), settings.admin_token())
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gw.start()
+        try:
+            yield
+        finally:
+            await gw.stop()
+
+    app = Starlette(
+        routes=[*oip.routes(), *admin.routes(), Route("/metrics", metrics_endpoint)],
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error},
+        lifespan=lifespan,
+    )
+    app.state.gateway = gw
+    return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    messages = {404: "not found", 405: "method not allowed"}
+    return json_response({"error": messages.get(exc.status_code, exc.detail)}, exc.status_code)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return json_response({"error": "internal error"}, 500)

@@ -1,0 +1,113 @@
+"""Request guards of the gateway core: model access, bounded body, input validation."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+from starlette.requests import Request
+
+from ..backends.base import ModelEntry
+from ..errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from .call import Call
+from .chain import Guard
+from .oip import decode_infer_request
+
+
+class ModelAccessGuard(Guard):
+    """Resolve the model (404) and check the key's own grants (403).
+
+    Runs after identity so that an anonymous caller cannot learn which models exist.
+    Attribute-based policy (Cedar) replaces the grant check when configured.
+    """
+
+    name: ClassVar[str] = "model_access"
+    requires: ClassVar[frozenset[str]] = frozenset({"principal"})
+    provides: ClassVar[frozenset[str]] = frozenset({"model"})
+
+    def __init__(self, models: dict[str, ModelEntry]) -> None:
+        self._models = models
+
+    async def on_request(self, call: Call) -> None:
+        name = call.model_name or ""
+        entry = self._models.get(name)
+        if entry is None:
+            raise NotFound(f"unknown model {name[:128]!r}", reason="unknown_model")
+        assert call.principal is not None
+        if not call.principal.may_use(name):
+            call.note(self.name, "deny", "model not granted to key")
+            raise Forbidden(f"this key may not use model {name!r}", reason="model_not_granted")
+        call.model = entry
+
+
+class BodyGuard(Guard):
+    """Read the body up to the limit and decode it; never buffers more than the limit."""
+
+    name: ClassVar[str] = "body"
+    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model"})
+    provides: ClassVar[frozenset[str]] = frozenset({"body", "inputs"})
+
+    def __init__(self, max_body_bytes: int) -> None:
+        self._max = max_body_bytes
+
+    async def on_request(self, call: Call) -> None:
+        assert call.model is not None
+        limits = call.model.settings.limits
+        limit = min(self._max, limits.max_body_bytes or self._max)
+        call.body = await read_bounded(call.request, limit)
+        call.inputs = decode_infer_request(call.body, allow_nonfinite=limits.allow_nonfinite)
+
+
+async def read_bounded(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) as soon as it is known to exceed `limit`."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise BadRequest("content-length header is not a number")
+        if int(declared) > limit:
+            raise PayloadTooLarge(f"request body over the {limit} byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body over the {limit} byte limit")
+        chunks.append(chunk)
+    if size == 0:
+        raise BadRequest("request body is empty; send a JSON object with 'inputs'")
+    return b"".join(chunks)
+
+
+class InputValidationGuard(Guard):
+    """Check inputs against the model's metadata and configured limits; 400 names the field."""
+
+    name: ClassVar[str] = "input_validation"
+    requires: ClassVar[frozenset[str]] = frozenset({"inputs", "model"})
+
+    async def on_request(self, call: Call) -> None:
+        assert call.model is not None and call.inputs is not None
+        specs = call.model.backend.metadata.inputs
+        limits = call.model.settings.limits
+        inputs = call.inputs.inputs
+        if len(inputs) != len(specs):
+            raise BadRequest(f"body.inputs: model expects {len(specs)} input(s), got {len(inputs)}")
+        for i, (tensor, spec) in enumerate(zip(inputs, specs, strict=True)):
+            where = f"inputs[{i}]"
+            if tensor.name != spec.name:
+                raise BadRequest(f"{where}.name: model expects input {spec.name!r}")
+            if tensor.datatype != spec.datatype:
+                raise BadRequest(f"{where}.datatype: model expects {spec.datatype}, "
+                                 f"got {tensor.datatype}")
+            if len(tensor.shape) != len(spec.shape) or any(
+                    want not in (-1, got) for want, got in zip(spec.shape, tensor.shape,
+                                                               strict=True)):
+                raise BadRequest(f"{where}.shape: model expects {spec.shape} (-1 = any), "
+                                 f"got {tensor.shape}")
+            if tensor.shape[0] == 0:
+                raise BadRequest(f"{where}.shape: batch must hold at least one row")
+            if tensor.shape[0] > limits.max_batch:
+                raise BadRequest(f"{where}.shape: batch of {tensor.shape[0]} rows is over the "
+                                 f"limit of {limits.max_batch}")
+            if math.prod(tensor.shape) > limits.max_elements:
+                raise BadRequest(f"{where}: {math.prod(tensor.shape)} elements is over the "
+                                 f"limit of {limits.max_elements}")

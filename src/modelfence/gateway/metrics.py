@@ -1,0 +1,61 @@
+"""Prometheus metrics, one registry per app (no module-level globals)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ..errors import UpstreamError, UpstreamRejected
+from .call import Call
+from .chain import Guard
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("modelfence_requests", "Requests answered",
+                                ["action", "model", "status"], registry=r)
+        self.latency = Histogram("modelfence_request_duration_seconds",
+                                 "Time from arrival to answer", ["action"], buckets=_BUCKETS,
+                                 registry=r)
+        self.denials = Counter("modelfence_denials", "Requests refused, by reason", ["reason"],
+                               registry=r)
+        self.upstream_errors = Counter("modelfence_upstream_errors",
+                                       "Upstream model server failures", ["model", "kind"],
+                                       registry=r)
+        self.store_errors = Counter("modelfence_store_errors",
+                                    "Requests denied because a store could not answer", ["store"],
+                                    registry=r)
+        self.internal_errors = Counter("modelfence_internal_errors",
+                                       "Requests that failed inside modelfence", registry=r)
+        self.model_ready = Gauge("modelfence_model_ready", "1 when the model can answer",
+                                 ["model"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsGuard(Guard):
+    """Counts every call in its complete phase, answered or denied."""
+
+    name: ClassVar[str] = "metrics"
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._m = metrics
+
+    async def on_complete(self, call: Call) -> None:
+        m = self._m
+        model = call.model.name if call.model else "-"
+        m.requests.labels(call.action, model, str(call.status)).inc()
+        m.latency.labels(call.action).observe(call.elapsed_s())
+        err = call.error
+        if err is None:
+            return
+        if isinstance(err, UpstreamError | UpstreamRejected):
+            m.upstream_errors.labels(model, err.reason).inc()
+        elif 400 <= call.status < 500:
+            m.denials.labels(err.reason).inc()

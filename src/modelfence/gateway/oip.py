@@ -1,0 +1,205 @@
+"""Open Inference Protocol v2 codec: JSON ⇄ tensors, with errors that name the field.
+
+Used both for what clients send the gateway and for what the gateway exchanges with
+upstream OIP servers, so the two directions cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..errors import BadRequest
+
+NUMPY_DTYPES: dict[str, type[np.generic]] = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+    "UINT64": np.uint64, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
+    "INT64": np.int64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64,
+}
+OIP_DATATYPES = (*NUMPY_DTYPES, "BYTES")
+_JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+@dataclass(slots=True)
+class Tensor:
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray[Any, Any]
+    parameters: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "shape": self.shape,
+                               "datatype": self.datatype, "data": _flat(self.data)}
+        if self.parameters:
+            out["parameters"] = self.parameters
+        return out
+
+
+@dataclass(slots=True)
+class InferRequest:
+    inputs: list[Tensor]
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[dict[str, Any]] | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.inputs[0].shape[0] if self.inputs and self.inputs[0].shape else 0
+
+
+@dataclass(slots=True)
+class InferResponse:
+    model_name: str
+    outputs: list[Tensor]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def output(self, name: str) -> Tensor | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+
+def _flat(a: np.ndarray[Any, Any]) -> Any:
+    if a.dtype.kind in "OUS":
+        return [x.decode() if isinstance(x, bytes) else str(x) for x in a.ravel().tolist()]
+    return a.ravel()
+
+
+def _loads(body: bytes, what: str) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        text = str(exc)
+        if "NaN" in text or "nfinity" in text:
+            raise BadRequest(f"{what}: NaN and infinite numbers are not allowed") from None
+        raise BadRequest(f"{what} is not valid JSON: {text.split(':')[0]}") from None
+
+
+def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in obj:
+        raise BadRequest(f"{where}.{key}: field required")
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise BadRequest(f"{where}.{key}: must be {_kind_name(kind)}")
+    return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", list: "a list", dict: "an object", int: "an integer"}
+    if isinstance(kind, tuple):
+        return " or ".join(names.get(k, k.__name__) for k in kind)
+    return names.get(kind, kind.__name__)
+
+
+def decode_tensor(obj: Any, where: str, *, allow_nonfinite: bool = False) -> Tensor:
+    """One OIP tensor object → Tensor, checking shape against element count."""
+    if not isinstance(obj, dict):
+        raise BadRequest(f"{where}: must be an object")
+    name = _field(obj, "name", str, where)
+    datatype = _field(obj, "datatype", str, where)
+    shape = _field(obj, "shape", list, where)
+    data = _field(obj, "data", list, where)
+    if datatype not in OIP_DATATYPES:
+        raise BadRequest(f"{where}.datatype: unknown datatype {datatype[:20]!r}")
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise BadRequest(f"{where}.shape: must be a list of non-negative integers")
+    expected = math.prod(shape)
+    array = _to_array(data, datatype, where)
+    if array.size != expected:
+        raise BadRequest(
+            f"{where}.data: has {array.size} elements but shape {shape} needs {expected}")
+    array = array.reshape(shape)
+    if array.dtype.kind == "f" and not allow_nonfinite and not np.isfinite(array).all():
+        raise BadRequest(f"{where}.data: NaN or infinite values (or overflow of {datatype})")
+    params = obj.get("parameters")
+    return Tensor(name, datatype, shape, array, params if isinstance(params, dict) else None)
+
+
+def _to_array(data: list[Any], datatype: str, where: str) -> np.ndarray[Any, Any]:
+    """Convert JSON data strictly: no strings as numbers, no bools as ints, no wrap-around."""
+    bad = BadRequest(f"{where}.data: values do not fit datatype {datatype}")
+    try:
+        raw = np.asarray(data)
+    except (ValueError, TypeError):
+        raise BadRequest(f"{where}.data: nested lists must be rectangular") from None
+    kind = raw.dtype.kind
+    if datatype == "BYTES":
+        if raw.size and kind not in "U":
+            raise bad
+        return raw.astype(object)
+    if raw.size == 0:
+        return raw.astype(NUMPY_DTYPES[datatype])
+    target = np.dtype(NUMPY_DTYPES[datatype])
+    if target.kind == "b":
+        if kind != "b":
+            raise bad
+        return raw
+    if kind not in "iuf" or (target.kind in "iu" and kind == "f"):
+        raise bad
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        if raw.min() < info.min or raw.max() > info.max:
+            raise bad
+    with np.errstate(over="ignore", invalid="ignore"):
+        return raw.astype(target, copy=False)  # overflow → inf, caught by the finite check
+
+
+def decode_infer_request(body: bytes, *, allow_nonfinite: bool = False) -> InferRequest:
+    doc = _loads(body, "request body")
+    if not isinstance(doc, dict):
+        raise BadRequest("request body: must be a JSON object with an 'inputs' list")
+    inputs = _field(doc, "inputs", list, "body")
+    if not inputs:
+        raise BadRequest("body.inputs: must list at least one input")
+    tensors = [decode_tensor(t, f"inputs[{i}]", allow_nonfinite=allow_nonfinite)
+               for i, t in enumerate(inputs)]
+    req_id = doc.get("id")
+    if req_id is not None and not isinstance(req_id, str):
+        raise BadRequest("body.id: must be a string")
+    params = doc.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise BadRequest("body.parameters: must be an object")
+    outputs = doc.get("outputs")
+    if outputs is not None and not (
+            isinstance(outputs, list) and all(isinstance(o, dict) for o in outputs)):
+        raise BadRequest("body.outputs: must be a list of objects")
+    return InferRequest(tensors, req_id, params, outputs)
+
+
+def encode_infer_request(req: InferRequest) -> bytes:
+    doc: dict[str, Any] = {"inputs": [t.to_json() for t in req.inputs]}
+    if req.id:
+        doc["id"] = req.id
+    if req.outputs:
+        doc["outputs"] = req.outputs
+    return orjson.dumps(doc, option=_JSON_OPTS)
+
+
+def decode_infer_response(body: bytes) -> InferResponse:
+    """An upstream's answer → InferResponse; raises BadRequest, which callers re-map."""
+    doc = _loads(body, "response body")
+    if not isinstance(doc, dict):
+        raise BadRequest("response body: must be a JSON object")
+    outputs = _field(doc, "outputs", list, "response")
+    tensors = [decode_tensor(t, f"outputs[{i}]", allow_nonfinite=True)
+               for i, t in enumerate(outputs)]
+    name = doc.get("model_name")
+    return InferResponse(str(name) if name is not None else "", tensors, doc.get("id"))
+
+
+def encode_infer_response(resp: InferResponse) -> bytes:
+    doc: dict[str, Any] = {"model_name": resp.model_name,
+                           "outputs": [t.to_json() for t in resp.outputs]}
+    if resp.id:
+        doc["id"] = resp.id
+    if resp.parameters:
+        doc["parameters"] = resp.parameters
+    return orjson.dumps(doc, option=_JSON_OPTS)
+
+
+def error_body(message: str) -> bytes:
+    return orjson.dumps({"error": message})

@@ -1,0 +1,98 @@
+"""Open Inference Protocol v2 routes: health, model metadata, infer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..backends.base import ModelEntry
+from ..stores.keys import KeyStore
+from .call import Call
+from .chain import GuardChain, Terminal
+from .metrics import GatewayMetrics
+from .oip import encode_infer_response
+from .responses import error_response, json_response
+
+
+async def _infer_terminal(call: Call) -> None:
+    assert call.model is not None and call.inputs is not None
+    call.outputs = await call.model.backend.infer(call.inputs)
+
+
+async def _metadata_terminal(call: Call) -> None:
+    assert call.model is not None
+    call.result = call.model.backend.metadata.to_json()
+
+
+class OipRoutes:
+    def __init__(self, *, infer_chain: GuardChain, metadata_chain: GuardChain,
+                 models: dict[str, ModelEntry], key_store: KeyStore,
+                 metrics: GatewayMetrics) -> None:
+        self._infer_chain = infer_chain
+        self._metadata_chain = metadata_chain
+        self._models = models
+        self._key_store = key_store
+        self._metrics = metrics
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v2/health/live", self.live, methods=["GET"]),
+            Route("/v2/health/ready", self.ready, methods=["GET"]),
+            Route("/v2/models/{name}", self.metadata, methods=["GET"]),
+            Route("/v2/models/{name}/infer", self.infer, methods=["POST"]),
+        ]
+
+    async def live(self, request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        not_ready = []
+        for name, entry in self._models.items():
+            ok = await entry.backend.ready()
+            self._metrics.model_ready.labels(name).set(1 if ok else 0)
+            if not ok:
+                not_ready.append(f"model {name}")
+        if not await self._key_store.ping():
+            not_ready.append("key store")
+        if not_ready:
+            return json_response({"ready": False,
+                                  "error": "not ready: " + ", ".join(not_ready)}, 503)
+        return json_response({"ready": True})
+
+    async def metadata(self, request: Request) -> Response:
+        call = Call(request, "metadata", request.path_params["name"])
+        return await self._answer(call, self._metadata_chain, _metadata_terminal,
+                                  lambda c: json_response(c.result))
+
+    async def infer(self, request: Request) -> Response:
+        call = Call(request, "infer", request.path_params["name"])
+        return await self._answer(call, self._infer_chain, _infer_terminal, _infer_body)
+
+    async def _answer(self, call: Call, chain: GuardChain, terminal: Terminal,
+                      encode: Callable[[Call], Response]) -> Response:
+        try:
+            await chain.run(call, terminal)
+            response = encode(call)
+        except Exception as exc:
+            response, call.error = error_response(exc, where=f" in {call.action}")
+            if response.status_code >= 500 and not call.error.reason.startswith("upstream"):
+                self._count_server_failure(call.error.reason)
+        call.status = response.status_code
+        response.background = BackgroundTask(chain.complete, call)
+        return response
+
+    def _count_server_failure(self, reason: str) -> None:
+        if reason == "store_unavailable":
+            self._metrics.store_errors.labels("keys").inc()
+        elif reason == "internal_error":
+            self._metrics.internal_errors.inc()
+
+
+def _infer_body(call: Call) -> Response:
+    assert call.outputs is not None
+    call.outputs.id = call.inputs.id if call.inputs else None
+    return Response(encode_infer_response(call.outputs), 200, media_type="application/json")

@@ -1,0 +1,34 @@
+"""The identity guard: no principal, no further work (the body is not even read)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ..errors import Unauthenticated
+from ..gateway.call import Call
+from ..gateway.chain import Guard
+from .apikeys import ApiKeys
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header, or a uniform 401."""
+    if not authorization:
+        raise Unauthenticated(reason="missing_credentials")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 4096:
+        raise Unauthenticated(reason="malformed_credentials")
+    return token
+
+
+class IdentityGuard(Guard):
+    name: ClassVar[str] = "identity"
+    provides: ClassVar[frozenset[str]] = frozenset({"principal"})
+
+    def __init__(self, keys: ApiKeys) -> None:
+        self._keys = keys
+
+    async def on_request(self, call: Call) -> None:
+        token = bearer_token(call.request.headers.get("authorization"))
+        call.principal = await self._keys.authenticate(token)
+        call.note(self.name, "allow", f"key {call.principal.key_id}")

@@ -1,0 +1,242 @@
+"""Key stores: where API key records (digests, never keys) live.
+
+`KeyStore` holds the shared checks; each backend implements the storage hooks.
+SQLite is the single-machine default; PostgreSQL is for many replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigurationError, StoreError
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: str
+    digest: str
+    principal: str
+    tenant: str
+    groups: tuple[str, ...]
+    models: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    description: str = ""
+
+
+_COLUMNS = ("key_id", "digest", "principal", "tenant", "groups", "models",
+            "created_at", "expires_at", "revoked_at", "description")
+
+
+def _to_row(r: KeyRecord) -> tuple[Any, ...]:
+    def ts(d: datetime | None) -> str | None:
+        return d.isoformat() if d else None
+    return (r.key_id, r.digest, r.principal, r.tenant, json.dumps(list(r.groups)),
+            json.dumps(list(r.models)), ts(r.created_at), ts(r.expires_at), ts(r.revoked_at),
+            r.description)
+
+
+def _from_row(row: tuple[Any, ...]) -> KeyRecord:
+    def ts(v: Any) -> datetime | None:
+        if v is None or isinstance(v, datetime):
+            return v
+        d = datetime.fromisoformat(v)
+        return d if d.tzinfo else d.replace(tzinfo=UTC)
+    created = ts(row[6])
+    assert created is not None
+    return KeyRecord(row[0], row[1], row[2], row[3], tuple(json.loads(row[4])),
+                     tuple(json.loads(row[5])), created, ts(row[7]), ts(row[8]), row[9] or "")
+
+
+class KeyStore(ABC):
+    """Async interface; every backend error surfaces as `StoreError` (fail closed)."""
+
+    url_scheme: str = ""
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    @abstractmethod
+    async def put(self, record: KeyRecord) -> None: ...
+
+    @abstractmethod
+    async def get(self, key_id: str) -> KeyRecord | None: ...
+
+    @abstractmethod
+    async def list(self) -> list[KeyRecord]: ...
+
+    @abstractmethod
+    async def revoke(self, key_id: str, at: datetime) -> bool:
+        """Mark revoked; False when no such key. Revoking twice keeps the first time."""
+
+    async def ping(self) -> bool:
+        try:
+            await self.get("0" * 16)
+        except StoreError:
+            return False
+        return True
+
+
+class MemoryKeyStore(KeyStore):
+    """For tests and throw-away gateways: nothing survives a restart."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, KeyRecord] = {}
+
+    async def put(self, record: KeyRecord) -> None:
+        self._records[record.key_id] = record
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        return self._records.get(key_id)
+
+    async def list(self) -> list[KeyRecord]:
+        return sorted(self._records.values(), key=lambda r: r.created_at)
+
+    async def revoke(self, key_id: str, at: datetime) -> bool:
+        r = self._records.get(key_id)
+        if r is None:
+            return False
+        if r.revoked_at is None:
+            self._records[key_id] = replace(r, revoked_at=at)
+        return True
+
+
+_SQL_CREATE = """CREATE TABLE IF NOT EXISTS modelfence_keys (
+    key_id TEXT PRIMARY KEY, digest TEXT NOT NULL, principal TEXT NOT NULL,
+    tenant TEXT NOT NULL, groups TEXT NOT NULL, models TEXT NOT NULL,
+    created_at TEXT NOT NULL, expires_at TEXT, revoked_at TEXT, description TEXT)"""
+
+
+class SqliteKeyStore(KeyStore):
+    """One file on one machine. Reads are microseconds, so they run inline on the loop."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=2000")
+            db.execute(_SQL_CREATE)
+        except (sqlite3.Error, OSError) as exc:
+            raise ConfigurationError(f"sqlite key store {self._path}: {exc}") from None
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("key store is not open")
+        return self._db
+
+    async def put(self, record: KeyRecord) -> None:
+        marks = ",".join("?" * len(_COLUMNS))
+        self._run(f"INSERT INTO modelfence_keys ({','.join(_COLUMNS)}) VALUES ({marks})",
+                  _to_row(record))
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        rows = self._run(f"SELECT {','.join(_COLUMNS)} FROM modelfence_keys WHERE key_id=?",
+                         (key_id,))
+        return _from_row(rows[0]) if rows else None
+
+    async def list(self) -> list[KeyRecord]:
+        rows = self._run(f"SELECT {','.join(_COLUMNS)} FROM modelfence_keys ORDER BY created_at")
+        return [_from_row(r) for r in rows]
+
+    async def revoke(self, key_id: str, at: datetime) -> bool:
+        self._run("UPDATE modelfence_keys SET revoked_at=? WHERE key_id=? AND revoked_at IS NULL",
+                  (at.isoformat(), key_id))
+        return bool(self._run("SELECT 1 FROM modelfence_keys WHERE key_id=?", (key_id,)))
+
+    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite key store: {exc.__class__.__name__}") from None
+
+
+_PG_CREATE = """CREATE TABLE IF NOT EXISTS modelfence_keys (
+    key_id TEXT PRIMARY KEY, digest TEXT NOT NULL, principal TEXT NOT NULL,
+    tenant TEXT NOT NULL, groups TEXT NOT NULL, models TEXT NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL, expires_at TIMESTAMPTZ, revoked_at TIMESTAMPTZ,
+    description TEXT)"""
+
+
+class PostgresKeyStore(KeyStore):
+    """Shared by many replicas; a pooled async connection per request."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, timeout_s: float = 3.0) -> None:
+        self._url = url
+        self._pool_size = pool_size
+        self._timeout = timeout_s
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        from psycopg_pool import AsyncConnectionPool
+
+        pool = AsyncConnectionPool(self._url, min_size=1, max_size=self._pool_size, open=False,
+                                   timeout=self._timeout, kwargs={"autocommit": True})
+        try:
+            await pool.open(wait=True, timeout=self._timeout)
+            async with pool.connection() as conn:
+                await conn.execute(_PG_CREATE)
+        except Exception as exc:
+            await pool.close()
+            raise StoreError(f"postgresql key store unreachable: {exc.__class__.__name__}") from None
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _run(self, sql: str, args: tuple[Any, ...] = (), *, fetch: bool = True
+                   ) -> list[tuple[Any, ...]]:
+        if self._pool is None:
+            raise StoreError("key store is not open")
+        try:
+            async with asyncio.timeout(self._timeout), self._pool.connection() as conn:
+                cur = await conn.execute(sql, args)
+                return list(await cur.fetchall()) if fetch else []
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"postgresql key store: {exc.__class__.__name__}") from None
+
+    async def put(self, record: KeyRecord) -> None:
+        marks = ",".join(["%s"] * len(_COLUMNS))
+        await self._run(f"INSERT INTO modelfence_keys ({','.join(_COLUMNS)}) VALUES ({marks})",
+                        _to_row(record), fetch=False)
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        rows = await self._run(
+            f"SELECT {','.join(_COLUMNS)} FROM modelfence_keys WHERE key_id=%s", (key_id,))
+        return _from_row(rows[0]) if rows else None
+
+    async def list(self) -> list[KeyRecord]:
+        rows = await self._run(
+            f"SELECT {','.join(_COLUMNS)} FROM modelfence_keys ORDER BY created_at")
+        return [_from_row(r) for r in rows]
+
+    async def revoke(self, key_id: str, at: datetime) -> bool:
+        rows = await self._run(
+            "UPDATE modelfence_keys SET revoked_at=COALESCE(revoked_at, %s) WHERE key_id=%s "
+            "RETURNING key_id", (at, key_id))
+        return bool(rows)
