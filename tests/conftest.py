@@ -1,0 +1,56 @@
+"""Shared fixtures: a trained demo model, gateways on loopback, a real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .support import IN_CI, Gateway, train_digits
+
+PG_URL = os.environ.get("MODELFENCE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture(scope="session")
+def digits_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return train_digits(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def local_gateway(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
+                  ) -> Iterator[Gateway]:
+    """One gateway serving the skops and ONNX digits models, shared by read-only tests."""
+    models = [
+        {"name": "digits", "backend": {"type": "skops", "path": str(digits_files["skops"])},
+         "limits": {"max_batch": 64}},
+        {"name": "digits-onnx", "backend": {"type": "onnx", "path": str(digits_files["onnx"])},
+         # the ONNX graph calls its input "X"; clients see the configured name
+         "input": {"name": "input", "datatype": "FP32", "shape": [-1, 64]}},
+    ]
+    gw = Gateway(tmp_path_factory.mktemp("gw"), models).start()
+    yield gw
+    gw.stop()
+
+
+def _postgres_reachable(url: str) -> str | None:
+    try:
+        import psycopg
+
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except Exception as exc:
+        return f"{exc.__class__.__name__}: {str(exc).strip()[:200]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    problem = _postgres_reachable(PG_URL)
+    if problem is not None:
+        message = f"PostgreSQL at {PG_URL} is not reachable ({problem})"
+        if IN_CI:
+            pytest.fail(message + "; CI=true requires it")
+        pytest.skip(message)
+    return PG_URL

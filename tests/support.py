@@ -1,0 +1,165 @@
+"""Helpers for tests that run real gateway processes on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, *, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None,
+              log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            text = log.read_text() if log else ""
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered:\n"
+                               f"{text[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (loopback only)
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout_s} s")
+
+
+def cli(*args: str, env: dict[str, str] | None = None, check: bool = True
+        ) -> subprocess.CompletedProcess[str]:
+    """Run the real `modelfence` command line."""
+    full_env = {**os.environ, **(env or {})}
+    result = subprocess.run([sys.executable, "-m", "modelfence", *args], capture_output=True,
+                            text=True, env=full_env, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"modelfence {' '.join(args)} failed ({result.returncode}):\n"
+                             f"{result.stdout}\n{result.stderr}")
+    return result
+
+
+@dataclass
+class Gateway:
+    """A `modelfence serve` process with its own folder, config, secret and log."""
+
+    folder: Path
+    models: list[dict[str, Any]]
+    extra: dict[str, Any] = field(default_factory=dict)
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def config(self) -> Path:
+        return self.folder / "modelfence.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "gateway.log"
+
+    def write_config(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "secret").write_text(secrets.token_urlsafe(48))
+        (self.folder / "admin-token").write_text(self.admin_token)
+        doc: dict[str, Any] = {
+            "server": {"host": "127.0.0.1", "port": self.port, "max_body_bytes": 256 * 1024},
+            "secret_file": "secret",
+            "admin": {"token_file": "admin-token"},
+            "stores": {"keys": "sqlite:///keys.db"},
+            "audit": {"sink": "jsonl:///audit.jsonl"},
+            "models": self.models,
+        }
+        doc.update(self.extra)
+        self.config.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    def start(self) -> Gateway:
+        self.write_config()
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "modelfence", "serve", "--config", str(self.config),
+                 "--log-level", "DEBUG"],
+                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        wait_http(f"{self.url}/v2/health/live", proc=self.proc, log=self.log)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def key(self, *, models: list[str] | None = None, principal: str = "alice",
+            tenant: str = "acme", expires_in: str | None = None) -> str:
+        args = ["keys", "create", "--config", str(self.config), "--principal", principal,
+                "--tenant", tenant, "--json"]
+        for m in models if models is not None else [mm["name"] for mm in self.models]:
+            args += ["--model", m]
+        if expires_in:
+            args += ["--expires-in", expires_in]
+        return str(json.loads(cli(*args).stdout)["key"])
+
+    def audit_records(self) -> list[dict[str, Any]]:
+        path = self.folder / "audit.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def train_digits(folder: Path) -> dict[str, Path]:
+    """A small digits classifier saved as skops, ONNX (if skl2onnx is there) and joblib."""
+    import joblib
+    import skops.io as sio
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y = load_digits(return_X_y=True)
+    model = LogisticRegression(max_iter=2000).fit(x / 16.0, y)
+    paths = {"skops": folder / "digits.skops", "joblib": folder / "digits.joblib"}
+    sio.dump(model, paths["skops"])
+    joblib.dump(model, paths["joblib"])
+    try:
+        from skl2onnx import to_onnx
+    except ImportError:
+        return paths
+    onx = to_onnx(model, (x[:1] / 16.0).astype("float32"), options={"zipmap": False},
+                  target_opset=17)
+    paths["onnx"] = folder / "digits.onnx"
+    paths["onnx"].write_bytes(onx.SerializeToString())
+    return paths
+
+
+def digits_rows(n: int = 1) -> list[list[float]]:
+    from sklearn.datasets import load_digits
+
+    x, _ = load_digits(return_X_y=True)
+    return [[float(v) / 16.0 for v in row] for row in x[:n]]
+
+
+def infer_body(rows: list[list[float]], *, name: str = "input", datatype: str = "FP32"
+               ) -> dict[str, Any]:
+    return {"inputs": [{"name": name, "shape": [len(rows), len(rows[0])], "datatype": datatype,
+                        "data": [v for row in rows for v in row]}]}
