@@ -20,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import ConfigurationError
 
 CONFIG_ENV = "MODELFENCE_CONFIG"
-SECRET_ENV = "MODELFENCE_SECRET"
-ADMIN_TOKEN_ENV = "MODELFENCE_ADMIN_TOKEN"
+SECRET_ENV = "MODELFENCE_SECRET"  # noqa: S105 (a variable name, not a secret)
+ADMIN_TOKEN_ENV = "MODELFENCE_ADMIN_TOKEN"  # noqa: S105
 DATA_DIR_ENV = "MODELFENCE_HOME"
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -103,7 +103,7 @@ async def mint_demo_key(config: Path) -> str:
     keys = ApiKeys(key_store_from_url(settings.stores.keys), settings.server_secret())
     await keys.store.open()
     try:
-        for record in await keys.list():
+        for record in await keys.records():
             if record.description == DEMO_KEY_NOTE and record.revoked_at is None:
                 await keys.revoke(record.key_id)
         new = await keys.create(principal=DEMO_PRINCIPAL, tenant="demo", models=[MODEL_NAME],

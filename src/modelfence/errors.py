@@ -14,7 +14,7 @@ Hierarchy::
         ├── RateLimited         429      quota exhausted (carries Retry-After)
         ├── UpstreamError       502      the model server failed or could not be reached
         │   └── UpstreamTimeout 504      the model server did not answer in time
-        ├── UpstreamRejected    4xx      the model server refused the request (status passed through)
+        ├── UpstreamRejected    4xx      the model server refused the request (passed through)
         └── NotReady            503      the gateway or its model is not ready
 
 A `RequestError` message is written for the client: it must never contain a secret,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ..config import LocalBackend, ModelSettings
 from .base import Backend, ModelEntry, ModelMetadata
 from .local import OnnxClassifier, PickleClassifier, SkopsClassifier
@@ -14,7 +16,8 @@ __all__ = ["Backend", "ModelEntry", "ModelMetadata", "Transport", "backend_from_
 def backend_from_settings(settings: ModelSettings) -> Backend:
     cfg = settings.backend
     if isinstance(cfg, LocalBackend):
-        local = {"skops": SkopsClassifier, "onnx": OnnxClassifier, "pickle": PickleClassifier}
+        local: dict[str, Callable[[ModelSettings], Backend]] = {
+            "skops": SkopsClassifier, "onnx": OnnxClassifier, "pickle": PickleClassifier}
         return local[cfg.type](settings)
     transport = AiohttpTransport(max_connections=cfg.max_connections,
                                  connect_timeout_s=cfg.connect_timeout_s)

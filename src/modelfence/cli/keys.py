@@ -74,7 +74,7 @@ def list_keys(
     async def go() -> list[dict[str, object]]:
         await keys.store.open()
         try:
-            return [public_view(r) for r in await keys.list()]
+            return [public_view(r) for r in await keys.records()]
         finally:
             await keys.store.close()
 
@@ -82,11 +82,13 @@ def list_keys(
     if json_out:
         console.print_json(orjson.dumps({"keys": rows}).decode())
         return
-    table = Table("key id", "principal", "tenant", "groups", "models", "expires", "status")
+    table = Table("principal", "tenant", "groups", "models", "expires", "status")
+    table.add_column("key id", no_wrap=True)
     for r in rows:
-        table.add_row(str(r["key_id"]), str(r["principal"]), str(r["tenant"]),
+        expires = str(r["expires_at"])[:16].replace("T", " ") if r["expires_at"] else "never"
+        table.add_row(str(r["principal"]), str(r["tenant"]),
                       ",".join(r["groups"]), ",".join(r["models"]),  # type: ignore[arg-type]
-                      str(r["expires_at"] or "never"), str(r["status"]))
+                      expires, str(r["status"]), str(r["key_id"]))
     console.print(table)
 
 

@@ -82,7 +82,7 @@ class AdminApi:
     async def list_keys(self, request: Request) -> Response:
         try:
             self._authorize(request)
-            return json_response({"keys": [public_view(r) for r in await self._keys.list()]})
+            return json_response({"keys": [public_view(r) for r in await self._keys.records()]})
         except Exception as exc:
             return error_response(exc, where=" in admin list_keys")[0]
 

@@ -55,7 +55,8 @@ def _overrides(guard: Guard, phase: str) -> bool:
 class GuardChain:
     """An ordered, validated list of guards for one kind of call."""
 
-    def __init__(self, guards: Sequence[Guard], *, terminal_provides: frozenset[str] = TERMINAL_FIELDS):
+    def __init__(self, guards: Sequence[Guard], *,
+                 terminal_provides: frozenset[str] = TERMINAL_FIELDS) -> None:
         self.guards = tuple(guards)
         self._check_order(terminal_provides)
         self._request = [g for g in self.guards if _overrides(g, "on_request")]

@@ -7,6 +7,7 @@ upstream OIP servers, so the two directions cannot drift apart.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,7 @@ NUMPY_DTYPES: dict[str, type[np.generic]] = {
 }
 OIP_DATATYPES = (*NUMPY_DTYPES, "BYTES")
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
+_NONFINITE_LITERAL = re.compile(rb"[\[,:]\s*-?(NaN|Infinity)\s*[\],}]")
 
 
 @dataclass(slots=True)
@@ -74,7 +76,7 @@ def _loads(body: bytes, what: str) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         text = str(exc)
-        if "NaN" in text or "nfinity" in text:
+        if "nfinity" in text or _NONFINITE_LITERAL.search(body):
             raise BadRequest(f"{what}: NaN and infinite numbers are not allowed") from None
         raise BadRequest(f"{what} is not valid JSON: {text.split(':')[0]}") from None
 
@@ -83,7 +85,7 @@ def _field(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], where: 
     if key not in obj:
         raise BadRequest(f"{where}.{key}: field required")
     value = obj[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise BadRequest(f"{where}.{key}: must be {_kind_name(kind)}")
     return value
 

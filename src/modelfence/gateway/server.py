@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from ..config import export_config_path, load_settings, default_config_path
+from ..config import default_config_path, export_config_path, load_settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -39,7 +39,7 @@ class NewKey:
 
 def _check_name(value: str, what: str) -> str:
     if not _NAME_RE.match(value):
-        raise BadRequest(f"{what}: must be 1–128 letters, digits or _.@:- (got {value[:40]!r})")
+        raise BadRequest(f"{what}: must be 1-128 letters, digits or _.@:- (got {value[:40]!r})")
     return value
 
 
@@ -86,8 +86,8 @@ class ApiKeys:
         await self._store.put(record)
         return NewKey(token, record)
 
-    async def list(self) -> list[KeyRecord]:
-        return await self._store.list()
+    async def records(self) -> list[KeyRecord]:
+        return await self._store.records()
 
     async def revoke(self, key_id: str) -> bool:
         done = await self._store.revoke(key_id, datetime.now(UTC))
@@ -154,7 +154,8 @@ def expiry_from(expires_in: str | None, expires_at: datetime | None) -> datetime
     if expires_in:
         m = _DURATION_RE.match(expires_in.strip())
         if m is None:
-            raise BadRequest(f"expires_in: {expires_in[:20]!r} is not a duration like 90m, 12h, 30d")
+            raise BadRequest(
+                f"expires_in: {expires_in[:20]!r} is not a duration like 90m, 12h, 30d")
         return datetime.now(UTC) + timedelta(seconds=int(m.group(1)) * _UNIT_S[m.group(2)])
     if expires_at is not None and expires_at.tzinfo is None:
         raise BadRequest("expires_at: give a time zone, e.g. 2027-01-01T00:00:00Z")

@@ -36,6 +36,13 @@ _COLUMNS = ("key_id", "digest", "principal", "tenant", "groups", "models",
             "created_at", "expires_at", "revoked_at", "description")
 
 
+# Built once from constants above: no caller-supplied text ever enters SQL.
+_COLS = ",".join(_COLUMNS)
+_SELECT = f"SELECT {_COLS} FROM modelfence_keys"  # noqa: S608
+_INSERT_SQLITE = f"INSERT INTO modelfence_keys ({_COLS}) VALUES ({','.join('?' * len(_COLUMNS))})"  # noqa: S608
+_INSERT_PG = f"INSERT INTO modelfence_keys ({_COLS}) VALUES ({','.join(['%s'] * len(_COLUMNS))})"  # noqa: S608
+
+
 def _to_row(r: KeyRecord) -> tuple[Any, ...]:
     def ts(d: datetime | None) -> str | None:
         return d.isoformat() if d else None
@@ -74,7 +81,7 @@ class KeyStore(ABC):
     async def get(self, key_id: str) -> KeyRecord | None: ...
 
     @abstractmethod
-    async def list(self) -> list[KeyRecord]: ...
+    async def records(self) -> list[KeyRecord]: ...
 
     @abstractmethod
     async def revoke(self, key_id: str, at: datetime) -> bool:
@@ -100,7 +107,7 @@ class MemoryKeyStore(KeyStore):
     async def get(self, key_id: str) -> KeyRecord | None:
         return self._records.get(key_id)
 
-    async def list(self) -> list[KeyRecord]:
+    async def records(self) -> list[KeyRecord]:
         return sorted(self._records.values(), key=lambda r: r.created_at)
 
     async def revoke(self, key_id: str, at: datetime) -> bool:
@@ -147,17 +154,14 @@ class SqliteKeyStore(KeyStore):
         return self._db
 
     async def put(self, record: KeyRecord) -> None:
-        marks = ",".join("?" * len(_COLUMNS))
-        self._run(f"INSERT INTO modelfence_keys ({','.join(_COLUMNS)}) VALUES ({marks})",
-                  _to_row(record))
+        self._run(_INSERT_SQLITE, _to_row(record))
 
     async def get(self, key_id: str) -> KeyRecord | None:
-        rows = self._run(f"SELECT {','.join(_COLUMNS)} FROM modelfence_keys WHERE key_id=?",
-                         (key_id,))
+        rows = self._run(f"{_SELECT} WHERE key_id=?", (key_id,))
         return _from_row(rows[0]) if rows else None
 
-    async def list(self) -> list[KeyRecord]:
-        rows = self._run(f"SELECT {','.join(_COLUMNS)} FROM modelfence_keys ORDER BY created_at")
+    async def records(self) -> list[KeyRecord]:
+        rows = self._run(f"{_SELECT} ORDER BY created_at")
         return [_from_row(r) for r in rows]
 
     async def revoke(self, key_id: str, at: datetime) -> bool:
@@ -199,7 +203,8 @@ class PostgresKeyStore(KeyStore):
                 await conn.execute(_PG_CREATE)
         except Exception as exc:
             await pool.close()
-            raise StoreError(f"postgresql key store unreachable: {exc.__class__.__name__}") from None
+            raise StoreError(
+                f"postgresql key store unreachable: {exc.__class__.__name__}") from None
         self._pool = pool
 
     async def close(self) -> None:
@@ -221,18 +226,14 @@ class PostgresKeyStore(KeyStore):
             raise StoreError(f"postgresql key store: {exc.__class__.__name__}") from None
 
     async def put(self, record: KeyRecord) -> None:
-        marks = ",".join(["%s"] * len(_COLUMNS))
-        await self._run(f"INSERT INTO modelfence_keys ({','.join(_COLUMNS)}) VALUES ({marks})",
-                        _to_row(record), fetch=False)
+        await self._run(_INSERT_PG, _to_row(record), fetch=False)
 
     async def get(self, key_id: str) -> KeyRecord | None:
-        rows = await self._run(
-            f"SELECT {','.join(_COLUMNS)} FROM modelfence_keys WHERE key_id=%s", (key_id,))
+        rows = await self._run(f"{_SELECT} WHERE key_id=%s", (key_id,))
         return _from_row(rows[0]) if rows else None
 
-    async def list(self) -> list[KeyRecord]:
-        rows = await self._run(
-            f"SELECT {','.join(_COLUMNS)} FROM modelfence_keys ORDER BY created_at")
+    async def records(self) -> list[KeyRecord]:
+        rows = await self._run(f"{_SELECT} ORDER BY created_at")
         return [_from_row(r) for r in rows]
 
     async def revoke(self, key_id: str, at: datetime) -> bool:

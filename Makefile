@@ -1,0 +1,39 @@
+# Two commands for a fresh machine with Python 3.11:  make demo  ·  make test
+# Each creates the virtual environment it needs on first use.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+MLSERVER_VENV := .venv-mlserver
+PORT ?= 8000
+
+.PHONY: demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# MLServer is a real Open Inference Protocol server the tests put behind the gateway;
+# its pinned dependencies clash with ours, so it lives in its own environment.
+$(MLSERVER_VENV)/.installed:
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MLSERVER_VENV)/bin/python -m pip install -q mlserver==1.7.1 mlserver-sklearn==1.7.1
+	touch $@
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/modelfence demo --port $(PORT)
+
+test: $(VENV)/.installed $(MLSERVER_VENV)/.installed
+	MODELFENCE_TEST_MLSERVER=$(abspath $(MLSERVER_VENV))/bin/mlserver $(VENV)/bin/python -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/python bench/overhead.py
+
+clean:
+	rm -rf $(VENV) $(MLSERVER_VENV) .pytest_cache .mypy_cache .ruff_cache

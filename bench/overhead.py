@@ -1,0 +1,256 @@
+"""What the modelfence gateway costs: added latency and throughput, measured on loopback.
+
+Three targets answer the same OIP v2 request (one digits row, [1, 64] FP32, "input"):
+
+- direct:      the benchmark's OIP backend (bench/oip_backend.py), called directly;
+- passthrough: a minimal Starlette + granian proxy with one pooled aiohttp session
+               (bench/passthrough.py), the floor for a Python gateway on this stack;
+- gateway:     `modelfence serve` with its full chain (API-key identity, model access,
+               bounded body, input validation, metrics, audit to a jsonl file) and an
+               `oip` upstream backend pointing at the same backend.
+
+Each round, for each target: a warm-up, then latency at 1 connection and throughput at
+`--connections`; the table shows medians over `--rounds`. Every server runs one worker.
+
+    /tmp/v1/bin/python bench/overhead.py --duration 5 --rounds 3 --json overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from loadgen import AiohttpLoader, Load, Result, WrkLoader, make_loader
+from oip_backend import ANSWER_ENV, ANSWERS, CLASSES
+from passthrough import UPSTREAM_ENV
+from servers import start_gateway, start_granian
+
+INFER_PATH = "/v2/models/digits/infer"
+TARGET_ADDED_P50_MS = 1.0
+TARGET_ADDED_P99_MS = 3.0
+TARGET_THROUGHPUT_RATIO = 0.60
+NAMES = ("direct", "passthrough", "gateway")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Medians over the rounds for one target."""
+
+    name: str
+    p50_ms: float
+    p99_ms: float
+    rps: float
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up per target")
+    p.add_argument("--rounds", type=int, default=3, help="rounds over all targets (median)")
+    p.add_argument("--connections", type=int, default=32, help="connections for throughput")
+    p.add_argument("--loadgen", choices=("auto", "wrk", "aiohttp"), default="auto")
+    p.add_argument("--wrk-threads", type=int, default=1,
+                   help="wrk threads at most (each competes with the servers for a core)")
+    p.add_argument("--answer", choices=ANSWERS, default=ANSWERS[0],
+                   help="how the backend answers: a real LogisticRegression or a constant")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--keep", type=Path, help="keep logs, config and audit file in this folder")
+    args = p.parse_args(argv)
+    if args.duration <= 0 or args.warmup < 0 or args.rounds < 1 or args.connections < 1:
+        p.error("--duration, --rounds and --connections must be positive, --warmup >= 0")
+    return args
+
+
+def digits_body() -> bytes:
+    """One real digits row, scaled to [0, 1], as an OIP v2 request."""
+    from sklearn.datasets import load_digits
+
+    row = load_digits().data[0] / 16.0
+    doc = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                       "data": [float(v) for v in row]}]}
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def machine() -> dict[str, Any]:
+    model = "unknown"
+    with Path("/proc/cpuinfo").open() as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "versions": {p: version(p) for p in ("modelfence", "granian", "starlette", "aiohttp")},
+    }
+
+
+def answer_of(load: Load) -> list[float]:
+    """POST once; the `probabilities` output (and a clear error for anything unexpected)."""
+    req = urllib.request.Request(  # noqa: S310 (loopback only)
+        load.url, data=load.body, headers=load.headers, method="POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 (loopback only)
+        doc = json.loads(resp.read())
+    proba = next(o for o in doc["outputs"] if o["name"] == "probabilities")
+    if proba["shape"] != [1, CLASSES]:
+        raise RuntimeError(f"{load.url}: probabilities of shape {proba['shape']}")
+    return [float(v) for v in proba["data"]]
+
+
+def check_answers(loads: dict[str, Load]) -> None:
+    """All three targets must give the backend's answer before anything is timed."""
+    want = answer_of(loads["direct"])
+    for name in NAMES[1:]:
+        got = answer_of(loads[name])
+        if any(abs(a - b) > 1e-6 for a, b in zip(want, got, strict=True)):
+            raise RuntimeError(f"{name} answered {got}, the backend {want}")
+
+
+def measure(loader: WrkLoader | AiohttpLoader, loads: dict[str, Load],
+            args: argparse.Namespace, console: Console) -> dict[str, list[dict[str, Result]]]:
+    """Rounds over the targets (order rotated each round, so none always goes first)."""
+    runs: dict[str, list[dict[str, Result]]] = {n: [] for n in NAMES}
+    for r in range(args.rounds):
+        for name in NAMES[r % 3:] + NAMES[:r % 3]:
+            load = loads[name]
+            if args.warmup:
+                loader.run(load, args.connections, args.warmup)
+            one = loader.run(load, 1, args.duration)
+            many = loader.run(load, args.connections, args.duration)
+            runs[name].append({"latency": one, "throughput": many})
+            console.print(f"  round {r + 1}/{args.rounds} {name:<11} p50 {one.p50_ms:.3f} ms  "
+                          f"p99 {one.p99_ms:.3f} ms  {many.rps:,.0f} req/s", highlight=False)
+    return runs
+
+
+def summarize(runs: dict[str, list[dict[str, Result]]]) -> dict[str, Summary]:
+    def med(name: str, kind: str, attr: str) -> float:
+        return statistics.median(getattr(r[kind], attr) for r in runs[name])
+
+    return {n: Summary(n, med(n, "latency", "p50_ms"), med(n, "latency", "p99_ms"),
+                       med(n, "throughput", "rps")) for n in NAMES}
+
+
+def verdicts(s: dict[str, Summary]) -> dict[str, dict[str, Any]]:
+    gw, direct, proxy = s["gateway"], s["direct"], s["passthrough"]
+    checks = {
+        "added_p50_ms": (gw.p50_ms - direct.p50_ms, TARGET_ADDED_P50_MS, "<="),
+        "added_p99_ms": (gw.p99_ms - direct.p99_ms, TARGET_ADDED_P99_MS, "<="),
+        "throughput_vs_passthrough": (gw.rps / proxy.rps, TARGET_THROUGHPUT_RATIO, ">="),
+    }
+    return {k: {"value": round(v, 4), "target": t, "op": op,
+                "met": v <= t if op == "<=" else v >= t} for k, (v, t, op) in checks.items()}
+
+
+def table(s: dict[str, Summary], connections: int) -> Table:
+    t = Table(title="modelfence overhead (medians over rounds)")
+    for col in ("target", "p50 ms (1 conn)", "p99 ms (1 conn)", f"req/s ({connections} conns)",
+                "added p50 ms", "added p99 ms", "req/s vs passthrough"):
+        t.add_column(col, justify="left" if col == "target" else "right")
+    direct, proxy = s["direct"], s["passthrough"]
+    for n in NAMES:
+        row = s[n]
+        added = ("—", "—") if n == "direct" else (f"{row.p50_ms - direct.p50_ms:+.3f}",
+                                                   f"{row.p99_ms - direct.p99_ms:+.3f}")
+        t.add_row(n, f"{row.p50_ms:.3f}", f"{row.p99_ms:.3f}", f"{row.rps:,.0f}", *added,
+                  f"{row.rps / proxy.rps:.0%}")
+    return t
+
+
+def report(console: Console, info: dict[str, Any], s: dict[str, Summary],
+           checks: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+    console.print(f"machine: {info['nproc']} CPUs ({info['cpu_model']}), "
+                  f"load average at start {info['loadavg_at_start']}; date {info['date']}; "
+                  f"Python {info['python']}", highlight=False)
+    console.print(f"load generator: {info['loadgen']}; backend answer: {info['backend_answer']};"
+                  f" {args.rounds} round(s) of {args.duration:g} s per measurement "
+                  f"after {args.warmup:g} s warm-up", highlight=False)
+    console.print(table(s, args.connections))
+    for key, c in checks.items():
+        mark = "[green]met[/]" if c["met"] else "[red]missed[/]"
+        value = f"{c['value']:.0%}" if key.startswith("throughput") else f"{c['value']:+.3f} ms"
+        target = (f"{c['target']:.0%}" if key.startswith("throughput")
+                  else f"{c['target']:g} ms")
+        console.print(f"  {key}: {value} (target {c['op']} {target}) {mark}")
+    console.print(f"  gateway audit records written: {info['audit_records']:,}", highlight=False)
+
+
+@contextmanager
+def workdir(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="modelfence-bench-") as tmp:
+        yield Path(tmp)
+
+
+def _terminate(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds the ExitStack, which stops every server
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    console = Console()
+    info = machine()
+    loader = make_loader(args.loadgen, args.wrk_threads)
+    body = digits_body()
+    with workdir(args.keep) as folder, ExitStack() as stack:
+        backend = start_granian(stack, "backend", "oip_backend:create_app", folder,
+                                {ANSWER_ENV: args.answer})
+        proxy = start_granian(stack, "passthrough", "passthrough:create_app", folder,
+                              {UPSTREAM_ENV: backend.url})
+        gateway, key = start_gateway(stack, folder / "gateway", backend.url)
+        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+        loads = {s.name: Load(s.url + INFER_PATH, body, headers)
+                 for s in (backend, proxy, gateway)}
+        loads["direct"] = loads.pop("backend")
+        check_answers(loads)
+        console.print(f"servers up: direct {backend.url}, passthrough {proxy.url}, "
+                      f"gateway {gateway.url}; measuring…", highlight=False)
+        runs = measure(loader, loads, args, console)
+        audit = folder / "gateway" / "audit.jsonl"
+        with audit.open("rb") as f:
+            info["audit_records"] = sum(chunk.count(b"\n") for chunk in iter(
+                lambda: f.read(1 << 20), b""))
+    info.update(loadgen=loader.name, backend_answer=args.answer)
+    s = summarize(runs)
+    checks = verdicts(s)
+    report(console, info, s, checks, args)
+    if args.json:
+        args.json.write_text(json.dumps({
+            "machine": info,
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "summary": {n: asdict(v) for n, v in s.items()},
+            "targets": checks,
+            "rounds": {n: [{k: {**asdict(r), "rps": r.rps} for k, r in run.items()}
+                           for run in rs] for n, rs in runs.items()},
+        }, indent=2) + "\n")
+        console.print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

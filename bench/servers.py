@@ -1,0 +1,145 @@
+"""Start and always stop the benchmark's server processes, on 127.0.0.1 only.
+
+Every process is started in its own session (process group) and registered on an
+`ExitStack`, so it is stopped when the stack closes, error or not: SIGTERM to the
+process we started, then SIGKILL to its group (granian's workers) if anything is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HOST = "127.0.0.1"
+BENCH_DIR = Path(__file__).resolve().parent
+STOP_WAIT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Server:
+    name: str
+    url: str
+    log: Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)  # the group we created: leftover workers only
+
+
+def spawn(stack: ExitStack, argv: list[str], log: Path, env: dict[str, str] | None = None
+          ) -> subprocess.Popen[bytes]:
+    """Start `argv` with output to `log`; the stack stops it."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                start_new_session=True)
+    stack.callback(_stop, proc)
+    return proc
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float = 60.0
+              ) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{argv0(proc)} exited with {proc.returncode} before {url} "
+                               f"answered; its log:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):  # noqa: S310 (loopback only)
+                return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:g} s; see {log}")
+
+
+def argv0(proc: subprocess.Popen[bytes]) -> str:
+    args = proc.args
+    return " ".join(map(str, args)) if isinstance(args, list) else str(args)
+
+
+def start_granian(stack: ExitStack, name: str, target: str, folder: Path,
+                  env: dict[str, str]) -> Server:
+    """One granian worker serving the factory `target` from a module in bench/."""
+    port = free_port()
+    log = folder / f"{name}.log"
+    path = os.pathsep.join(p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH")) if p)
+    proc = spawn(stack, [sys.executable, "-m", "granian", "--interface", "asgi", "--factory",
+                         "--host", HOST, "--port", str(port), "--workers", "1",
+                         "--backlog", "2048", "--no-access-log", "--log-level", "warning",
+                         target], log, {**env, "PYTHONPATH": path})
+    url = f"http://{HOST}:{port}"
+    wait_http(f"{url}/v2/health/live", proc, log)
+    return Server(name, url, log)
+
+
+def _modelfence(*args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "modelfence", *args], capture_output=True,
+                            text=True, timeout=120, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"modelfence {' '.join(args)} failed ({result.returncode}):\n"
+                           f"{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+def gateway_config(port: int, backend_url: str) -> dict[str, Any]:
+    """The full chain: API-key identity, model access, bounded body, validation, metrics,
+    audit to jsonl; one worker; `digits` on the upstream OIP server."""
+    return {
+        "server": {"host": HOST, "port": port, "workers": 1},
+        "secret_file": "secret",
+        "stores": {"keys": "sqlite:///keys.db"},
+        "audit": {"sink": "jsonl:///audit.jsonl"},
+        "models": [{
+            "name": "digits",
+            "backend": {"type": "oip", "url": backend_url,
+                        "probabilities_output": "probabilities"},
+            "input": {"name": "input", "datatype": "FP32", "shape": [-1, 64]},
+        }],
+    }
+
+
+def start_gateway(stack: ExitStack, folder: Path, backend_url: str) -> tuple[Server, str]:
+    """`modelfence serve` in `folder` in front of `backend_url`, and a key for `digits`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "secret").write_text(secrets.token_urlsafe(48))
+    port = free_port()
+    config = folder / "modelfence.yaml"
+    config.write_text(yaml.safe_dump(gateway_config(port, backend_url), sort_keys=False))
+    key = json.loads(_modelfence("keys", "create", "--config", str(config), "--principal",
+                                 "bench", "--tenant", "bench", "--model", "digits",
+                                 "--json"))["key"]
+    log = folder / "gateway.log"
+    proc = spawn(stack, [sys.executable, "-m", "modelfence", "serve", "--config", str(config)],
+                 log)
+    url = f"http://{HOST}:{port}"
+    wait_http(f"{url}/v2/health/live", proc, log)
+    return Server("gateway", url, log), str(key)

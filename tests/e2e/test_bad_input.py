@@ -1,0 +1,175 @@
+"""Malformed, oversized and hostile input through real HTTP: a clear error, nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+
+from ..support import Gateway, digits_rows, infer_body
+
+
+async def post(gw: Gateway, key: str | None, body: bytes, *, model: str = "digits",
+               headers: dict[str, str] | None = None) -> tuple[int, dict[str, object]]:
+    h = {"Content-Type": "application/json", **(headers or {})}
+    if key is not None:
+        h["Authorization"] = f"Bearer {key}"
+    async with aiohttp.ClientSession() as s, s.post(
+            f"{gw.url}/v2/models/{model}/infer", data=body, headers=h) as r:
+        text = await r.text()
+        return r.status, json.loads(text)
+
+
+def body_of(doc: object) -> bytes:
+    return json.dumps(doc).encode()
+
+
+@pytest.fixture(scope="module")
+def key(local_gateway: Gateway) -> str:
+    return local_gateway.key()
+
+
+ROW = digits_rows(1)[0]
+
+
+@pytest.mark.parametrize(("doc", "field"), [
+    ({"inputs": [{"name": "input", "shape": [1, 63], "datatype": "FP32", "data": ROW[:63]}]},
+     "inputs[0].shape"),
+    ({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": ROW[:60]}]},
+     "inputs[0].data"),
+    ({"inputs": [{"name": "input", "shape": [64], "datatype": "FP32", "data": ROW}]},
+     "inputs[0].shape"),
+    ({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "INT32",
+                  "data": [int(v) for v in ROW]}]}, "inputs[0].datatype"),
+    ({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FLOAT",
+                  "data": ROW}]}, "inputs[0].datatype"),
+    ({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                  "data": ["x"] * 64}]}, "inputs[0].data"),
+    ({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                  "data": [True] * 64}]}, "inputs[0].data"),
+    ({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": ROW}]},
+     "inputs[0].name"),
+    ({"inputs": [{"shape": [1, 64], "datatype": "FP32", "data": ROW}]}, "inputs[0].name"),
+    ({"inputs": [{"name": "input", "datatype": "FP32", "data": ROW}]}, "inputs[0].shape"),
+    ({"inputs": [{"name": "input", "shape": [1, 64], "data": ROW}]}, "inputs[0].datatype"),
+    ({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32"}]}, "inputs[0].data"),
+    ({"inputs": []}, "body.inputs"),
+    ({"inputs": "input"}, "body.inputs"),
+    ({}, "body.inputs"),
+    ([1, 2, 3], "request body"),
+    ({"inputs": [{"name": "input", "shape": [65, 64], "datatype": "FP32", "data": ROW * 65}]},
+     "inputs[0].shape"),  # over max_batch 64
+    ({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                  "data": [[1.0, 2.0], [3.0]]}]}, "inputs[0].data"),
+    ({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP16",
+                  "data": [1e6] * 64}]}, "inputs[0].data"),  # overflows FP16
+])
+async def test_invalid_inputs_get_400_naming_the_field(local_gateway: Gateway, key: str,
+                                                       doc: object, field: str) -> None:
+    status, answer = await post(local_gateway, key, body_of(doc))
+    assert status == 400, answer
+    assert str(answer["error"]).startswith(field), answer
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [NaN'
+    + b", 0.0" * 63 + b"]}]}",
+    b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [Infinity'
+    + b", 0.0" * 63 + b"]}]}",
+    b'{"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [1e999'
+    + b", 0.0" * 63 + b"]}]}",
+])
+async def test_nan_and_infinity_are_refused(local_gateway: Gateway, key: str, raw: bytes) -> None:
+    status, answer = await post(local_gateway, key, raw)
+    assert status == 400
+    assert "NaN" in str(answer["error"])
+
+
+async def test_fp32_overflow_is_refused_as_non_finite(local_gateway: Gateway, key: str) -> None:
+    doc = infer_body([[1e300, *ROW[1:]]])
+    status, answer = await post(local_gateway, key, body_of(doc))
+    assert status == 400
+    assert str(answer["error"]).startswith("inputs[0].data: NaN or infinite")
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"{", b"\xff\xfe", b'{"inputs": [1, 2'])
+async def test_non_json_gets_400(local_gateway: Gateway, key: str, raw: bytes) -> None:
+    status, answer = await post(local_gateway, key, raw)
+    assert status == 400
+    assert "not valid JSON" in str(answer["error"])
+
+
+async def test_empty_body_gets_400(local_gateway: Gateway, key: str) -> None:
+    status, answer = await post(local_gateway, key, b"")
+    assert status == 400
+    assert "empty" in str(answer["error"])
+
+
+async def test_body_over_limit_declared_gets_413_without_upload(local_gateway: Gateway,
+                                                                key: str) -> None:
+    # 256 KiB limit in the test config; claim 50 MB and send only a little of it.
+    reader, writer = await asyncio.open_connection("127.0.0.1", local_gateway.port)
+    writer.write(
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: x\r\n"
+        + f"Authorization: Bearer {key}\r\n".encode()
+        + b"Content-Type: application/json\r\nContent-Length: 50000000\r\n\r\n{\"inputs\":")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.read(4096), timeout=5)
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 413"), head[:200]
+    assert b"limit" in head
+
+
+async def test_body_over_limit_chunked_gets_413(local_gateway: Gateway, key: str) -> None:
+    sent = 0
+
+    async def chunks() -> AsyncIterator[bytes]:
+        nonlocal sent
+        for _ in range(2000):  # up to 64 MB if the gateway kept reading
+            sent += 32 * 1024
+            yield b" " * (32 * 1024)
+
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    try:
+        async with aiohttp.ClientSession() as s, s.post(
+                f"{local_gateway.url}/v2/models/digits/infer", data=chunks(),
+                headers=headers) as r:
+            assert r.status == 413
+            assert "limit" in (await r.json())["error"]
+    except aiohttp.ClientError:
+        pass  # the gateway may close the connection after answering; the bound below matters
+    assert sent < 8 * 1024 * 1024, f"gateway kept reading {sent} bytes past a 256 KiB limit"
+
+
+async def test_unknown_model_gets_404(local_gateway: Gateway) -> None:
+    key = local_gateway.key(models=["*"])
+    status, answer = await post(local_gateway, key, body_of(infer_body([ROW])), model="nope")
+    assert status == 404
+    assert "unknown model" in str(answer["error"])
+
+
+async def test_model_not_granted_gets_403(local_gateway: Gateway) -> None:
+    key = local_gateway.key(models=["digits-onnx"])
+    status, answer = await post(local_gateway, key, body_of(infer_body([ROW])))
+    assert status == 403
+    assert "may not use model" in str(answer["error"])
+
+
+async def test_unknown_route_and_method(local_gateway: Gateway) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{local_gateway.url}/v3/nothing") as r:
+            assert r.status == 404
+            assert await r.json() == {"error": "not found"}
+        async with s.get(f"{local_gateway.url}/v2/models/digits/infer") as r:
+            assert r.status == 405
+            assert await r.json() == {"error": "method not allowed"}
+
+
+async def test_requests_after_bad_ones_still_work(local_gateway: Gateway, key: str) -> None:
+    for raw in (b"junk", b"{}", b'{"inputs":[{"name":"input"}]}'):
+        assert (await post(local_gateway, key, raw))[0] == 400
+    status, _ = await post(local_gateway, key, body_of(infer_body([ROW])))
+    assert status == 200
