@@ -1,8 +1,9 @@
 """A real MLServer on loopback, from its own virtualenv (its pins conflict with ours).
 
-The executable is the one named by MODELFENCE_TEST_MLSERVER (CI sets it), else
-/tmp/vml/bin/mlserver, else `mlserver` on PATH. Without one, tests skip with the reason;
-with CI=true they fail instead, as for PostgreSQL in tests/conftest.py.
+The executable is the one named by MODELFENCE_TEST_MLSERVER (`make test` and CI set it),
+else the Makefile's .venv-mlserver, else /tmp/vml/bin/mlserver, else `mlserver` on PATH.
+Without one, tests skip with the reason; with CI=true they fail instead, as for
+PostgreSQL in tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -12,20 +13,20 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from ..support import IN_CI, free_port, wait_http
+from ..support import IN_CI, wait_http
 
 MLSERVER_ENV = "MODELFENCE_TEST_MLSERVER"
-DEFAULT_MLSERVER = Path("/tmp/vml/bin/mlserver")
+DEFAULT_MLSERVERS = (Path(__file__).resolve().parents[2] / ".venv-mlserver" / "bin" / "mlserver",
+                     Path("/tmp/vml/bin/mlserver"))
 START_TIMEOUT_S = 60.0
 
 
@@ -37,13 +38,14 @@ def find_mlserver() -> tuple[Path | None, str]:
         if path.is_file() and os.access(path, os.X_OK):
             return path, ""
         return None, f"{MLSERVER_ENV}={named} is not an executable file"
-    if DEFAULT_MLSERVER.is_file() and os.access(DEFAULT_MLSERVER, os.X_OK):
-        return DEFAULT_MLSERVER, ""
+    for path in DEFAULT_MLSERVERS:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path, ""
     on_path = shutil.which("mlserver")
     if on_path:
         return Path(on_path), ""
     return None, (f"no mlserver executable: set {MLSERVER_ENV} to the mlserver of a venv with "
-                  f"mlserver and mlserver-sklearn, or create {DEFAULT_MLSERVER}")
+                  "mlserver and mlserver-sklearn (`make test` makes one in .venv-mlserver)")
 
 
 def require_mlserver() -> Path:
@@ -54,6 +56,19 @@ def require_mlserver() -> Path:
             pytest.fail(why + "; CI=true requires it")
         pytest.skip(why)
     return exe
+
+
+def free_ports(n: int, *, avoid: Collection[int] = ()) -> list[int]:
+    """`n` distinct free loopback ports (held open together, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        ports: list[int] = []
+        while len(ports) < n:
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+            if port not in avoid:
+                ports.append(port)
+        return ports
 
 
 @dataclass
@@ -80,8 +95,9 @@ class MLServer:
 
     def start(self, models: dict[str, Path]) -> MLServer:
         self.folder.mkdir(parents=True, exist_ok=True)
-        settings = {"http_port": self.http_port, "grpc_port": free_port(),
-                    "metrics_port": free_port(), "parallel_workers": 0, "host": "127.0.0.1",
+        grpc_port, metrics_port = free_ports(2, avoid={self.http_port})
+        settings = {"http_port": self.http_port, "grpc_port": grpc_port,
+                    "metrics_port": metrics_port, "parallel_workers": 0, "host": "127.0.0.1",
                     "metrics_endpoint": None}
         (self.folder / "settings.json").write_text(json.dumps(settings))
         for name, joblib_file in models.items():
@@ -130,18 +146,9 @@ class MLServer:
 @contextlib.contextmanager
 def running_mlserver(folder: Path, models: dict[str, Path]) -> Iterator[MLServer]:
     """An MLServer serving `models` (name → joblib file), stopped on exit; skips if absent."""
-    server = MLServer(require_mlserver(), folder, free_port()).start(models)
+    server = MLServer(require_mlserver(), folder, free_ports(1)[0]).start(models)
     try:
         yield server
     finally:
         server.stop()
 
-
-def get_status(url: str) -> int:
-    """Status of a GET straight to MLServer, bypassing the gateway."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 (loopback only)
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        return int(exc.code)

@@ -15,6 +15,7 @@ gateway points a model at a mode with `backend.upstream_model`:
 ``garbage``     200 with an HTML body, not JSON
 ``not-oip``     200 with JSON that is not an inference response
 ``no-proba``    200 with a valid response lacking the requested output
+``big``         a normal answer padded to about 1 MiB, sent chunked in pieces a little apart
 ==============  ===================================================================
 
 ``GET /v2/models/{mode}`` publishes input metadata (64 FP32 features), and
@@ -24,6 +25,7 @@ gateway points a model at a mode with `backend.upstream_model`:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import threading
@@ -45,13 +47,14 @@ CRASH_BODY = (
     "is expecting 64 features as input.\n"
 )
 FEATURES = 64
+BIG_PADDING = 1024 * 1024
 CLASSES = 10
 
 
 def stub_probabilities(rows: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """The probabilities mode ``ok`` answers for `rows` [n, 64]: deterministic, rows sum to 1."""
-    raw = np.asarray(rows, dtype=np.float64)[:, :CLASSES] + 0.05
-    return raw / raw.sum(axis=1, keepdims=True)
+    raw: np.ndarray[Any, Any] = np.asarray(rows, dtype=np.float64)[:, :CLASSES] + 0.05
+    return np.asarray(raw / raw.sum(axis=1, keepdims=True))
 
 
 @dataclass(frozen=True)
@@ -162,15 +165,14 @@ class UpstreamStub:
             "outputs": [{"name": "predict_proba", "datatype": "FP64", "shape": [-1, CLASSES]}],
         })
 
-    async def _infer(self, request: web.Request) -> web.Response:
+    async def _infer(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
         mode = request.match_info["mode"]
         if mode == "slow":
             assert self._stopping is not None
-            try:  # released early when the stub stops, so shutdown never waits on it
+            # released early when the stub stops, so shutdown never waits on it
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.slow_s)
-            except TimeoutError:
-                pass
             return _answer(mode, body)
         if mode == "reject":
             return web.json_response({"error": REJECT_MESSAGE}, status=422)
@@ -179,6 +181,10 @@ class UpstreamStub:
                                                   "msg": "field required"}]}, status=400)
         if mode == "missing":
             return web.json_response({"error": "Model missing not found"}, status=404)
+        if mode == "unauthorized":
+            return web.json_response({"error": "invalid upstream token"}, status=401)
+        if mode == "overloaded":
+            return web.json_response({"error": "too many requests"}, status=429)
         if mode == "crash":
             return web.Response(text=CRASH_BODY, status=500, content_type="text/plain")
         if mode == "garbage":
@@ -188,10 +194,29 @@ class UpstreamStub:
             return web.json_response({"hello": "world", "outputs": "none"})
         if mode == "no-proba":
             return _answer(mode, body, proba=False)
+        if mode == "big":
+            return await _in_pieces(request, _answer(mode, body, padding=BIG_PADDING))
         return _answer(mode, body)
 
 
-def _answer(mode: str, body: Any, *, proba: bool = True) -> web.Response:
+async def _in_pieces(request: web.Request, answer: web.Response, pieces: int = 4
+                    ) -> web.StreamResponse:
+    """Send `answer` with chunked encoding, in `pieces` writes 20 ms apart (as a slow network
+    or a streaming server would), so a client must read to the end to get it whole."""
+    body = answer.body
+    assert isinstance(body, bytes)
+    out = web.StreamResponse(status=answer.status, headers={"Content-Type": "application/json"})
+    out.enable_chunked_encoding()
+    await out.prepare(request)
+    step = -(-len(body) // pieces)
+    for i in range(0, len(body), step):
+        await out.write(body[i:i + step])
+        await asyncio.sleep(0.02)
+    await out.write_eof()
+    return out
+
+
+def _answer(mode: str, body: Any, *, proba: bool = True, padding: int = 0) -> web.Response:
     """An MLServer-like answer: `predict_proba` if asked for (and allowed), else `predict`."""
     tensor = body["inputs"][0]
     x = np.asarray(tensor["data"], dtype=np.float64).reshape(tensor["shape"])
@@ -203,5 +228,6 @@ def _answer(mode: str, body: Any, *, proba: bool = True) -> web.Response:
     else:
         out = {"name": "predict", "shape": [len(p)], "datatype": "INT64",
                "data": np.argmax(p, axis=1).tolist()}
-    return web.json_response({"model_name": mode, "id": "stub-id", "parameters": {},
+    params = {"padding": "x" * padding} if padding else {}
+    return web.json_response({"model_name": mode, "id": "stub-id", "parameters": params,
                               "outputs": [out]})

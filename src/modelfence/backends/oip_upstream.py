@@ -7,6 +7,8 @@ because servers such as MLServer answer 500 with a raw Python traceback.
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from typing import Any, ClassVar
 
@@ -25,6 +27,10 @@ from .base import Backend, ModelMetadata, classifier_response
 from .transport import Transport
 
 _READY_CACHE_S = 1.0
+#: Upstream answers about the gateway's own access or load, not the client's request:
+#: passing them through would make a client think its own key was refused.
+_GATEWAY_FAULTS = frozenset({401, 403, 407, 429})
+log = logging.getLogger("modelfence.backends.oip")
 
 
 class OipUpstream(Backend):
@@ -36,6 +42,7 @@ class OipUpstream(Backend):
         self._cfg: OipUpstreamBackend = settings.backend
         self._transport = transport
         upstream = self._cfg.upstream_model or settings.name
+        self._upstream_name = upstream
         base = self._cfg.url.rstrip("/")
         self._model_url = f"{base}/v2/models/{upstream}"
         self._infer_url = f"{self._model_url}/infer"
@@ -75,13 +82,18 @@ class OipUpstream(Backend):
             request.outputs = [{"name": self._cfg.probabilities_output}]
         status, body = await self._transport.request(
             "POST", self._infer_url, encode_infer_request(request), self._cfg.timeout_s)
+        if status in _GATEWAY_FAULTS:
+            log.warning("upstream %s answered %d to the gateway", self._model_url, status)
+            raise UpstreamError(f"the upstream model server refused the gateway (status {status})")
         if 400 <= status < 500:
-            raise UpstreamRejected(status, _upstream_message(status, body))
+            raise UpstreamRejected(status, self._public(_upstream_message(status, body)))
         if status != 200:
+            log.warning("upstream %s failed with status %d", self._model_url, status)
             raise UpstreamError(f"the upstream model server failed (status {status})")
         try:
             response = decode_infer_response(body)
         except BadRequest:
+            log.warning("upstream %s sent an answer that is not OIP", self._model_url)
             raise UpstreamError("the upstream model server sent an invalid answer") from None
         response.model_name = self.name
         return self._as_classifier(response, request.id)
@@ -97,6 +109,12 @@ class OipUpstream(Backend):
         if len(classes) != tensor.data.shape[1]:
             raise UpstreamError("the upstream answer's class count does not match labels")
         return classifier_response(self.name, tensor.data, classes, request_id or response.id)
+
+    def _public(self, message: str) -> str:
+        """Say the gateway's model name where the upstream says its internal one."""
+        if self._upstream_name == self.name:
+            return message
+        return re.sub(rf"\b{re.escape(self._upstream_name)}\b", self.name, message)
 
     async def ready(self) -> bool:
         now = time.monotonic()

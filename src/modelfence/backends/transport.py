@@ -55,10 +55,17 @@ class AiohttpTransport(Transport):
                 length = resp.content_length
                 if length is not None and length > MAX_UPSTREAM_BODY:
                     raise UpstreamError("the upstream model server answered with an oversized body")
-                data = await resp.content.read(MAX_UPSTREAM_BODY + 1)
-                if len(data) > MAX_UPSTREAM_BODY:
-                    raise UpstreamError("the upstream model server answered with an oversized body")
-                return resp.status, data
+                data = bytearray()
+                async for chunk in resp.content.iter_any():  # read(n) stops at the first chunk
+                    data += chunk
+                    if len(data) > MAX_UPSTREAM_BODY:
+                        raise UpstreamError(
+                            "the upstream model server answered with an oversized body")
+                return resp.status, bytes(data)
+        except aiohttp.ConnectionTimeoutError:
+            raise UpstreamTimeout(
+                "the upstream model server did not accept a connection within "
+                f"{self._connect_timeout:g} s") from None
         except TimeoutError:
             raise UpstreamTimeout(
                 f"the upstream model server did not answer within {timeout_s:g} s") from None
