@@ -127,6 +127,10 @@ class Gateway:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line]
 
+    def audit_text(self) -> str:
+        path = self.folder / "audit.jsonl"
+        return path.read_text() if path.exists() else ""
+
 
 def train_digits(folder: Path) -> dict[str, Path]:
     """A small digits classifier saved as skops, ONNX (if skl2onnx is there) and joblib."""

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -53,7 +54,26 @@ class StoreSettings(_Strict):
 
 
 class AuditSettings(_Strict):
-    sink: str = Field("log://", description="log://, jsonl:///path/file.jsonl or none://")
+    """The audit log. sqlite:/// and postgresql:// are hash-chained and verifiable.
+
+    `durability: strict` answers a write after its batch committed; `batched` queues it and
+    may lose up to `queue_max + batch_max` records (about `flush_interval_ms` worth) on a
+    crash. `checkpoint_key_file` is an Ed25519 private key (`modelfence audit keygen`);
+    without it the newest records could be removed undetected.
+    """
+
+    sink: str = Field("sqlite:///audit.db", description="sqlite:///PATH, postgresql://..., "
+                      "log://, jsonl:///PATH or none://")
+    durability: Literal["strict", "batched"] = "batched"
+    batch_max: int = Field(512, ge=1, le=100_000, description="most records per commit")
+    flush_interval_ms: float = Field(10.0, ge=0, le=10_000,
+                                     description="batched: longest wait for a batch to fill")
+    queue_max: int = Field(10_000, ge=1, le=10_000_000,
+                           description="records waiting to be written; writers wait when full")
+    checkpoint_every: int = Field(1000, ge=1, description="sign the head every N records")
+    checkpoint_interval_s: float = Field(60.0, gt=0, le=86_400,
+                                         description="and at least this often while writing")
+    checkpoint_key_file: Path | None = None
     record_inputs: bool = False
 
 
@@ -112,12 +132,105 @@ class OipUpstreamBackend(_Strict):
 BackendSettings = Annotated[LocalBackend | OipUpstreamBackend, Field(discriminator="type")]
 
 
+class ModelAttributes(_Strict):
+    """What policies know about a model (`resource.owner`, `resource.sensitivity`, ...)."""
+
+    owner: str = ""
+    sensitivity: int = Field(0, ge=0, le=1000)
+    tags: list[str] = Field(default_factory=list)
+
+
 class ModelSettings(_Strict):
     name: str = Field(pattern=_MODEL_NAME)
     backend: BackendSettings
     input: TensorSpec | None = None
     labels: list[str] | None = None
     limits: InputLimits = InputLimits()
+    attributes: ModelAttributes = ModelAttributes()
+
+
+class PolicySettings(_Strict):
+    """Cedar policy files; none listed means the shipped default (a key's own grants)."""
+
+    files: list[Path] = Field(default_factory=list)
+    schema_file: Path | None = Field(None, description="Cedar schema; default: the shipped one")
+    state_dir: Path | None = Field(
+        None, description="where the last good policy set is kept for worker restarts")
+
+
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                         "ES256", "ES384", "ES512", "EdDSA")
+
+
+class JwtSettings(_Strict):
+    """OIDC/JWT bearer tokens verified against a JWKS (URL or file) and mapped to a principal.
+
+    Only asymmetric algorithms: an HMAC secret would have to be shared with every verifier,
+    and accepting HMAC at all opens key confusion (a public key used as the secret).
+    """
+
+    issuer: str = Field(min_length=1, description="the exact `iss` every token must carry")
+    audiences: list[str] = Field(min_length=1, description="a token's `aud` must name one")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256", "EdDSA"],
+                                  min_length=1)
+    jwks_url: str | None = Field(None, pattern=r"^https?://")
+    jwks_file: Path | None = None
+    jwks_timeout_s: float = Field(5.0, gt=0, le=60)
+    jwks_min_refresh_s: float = Field(
+        60.0, ge=1, le=86400, description="least time between refetches for an unknown kid")
+    jwks_max_age_s: float = Field(
+        3600.0, ge=0, description="refetch in the background this often (0: only on unknown kid)")
+    leeway_s: float = Field(30.0, ge=0, le=300, description="clock skew allowed on exp/nbf/iat")
+    principal_claim: str = "sub"
+    tenant_claim: str | None = None
+    tenant: str | None = Field(None, description="one fixed tenant, instead of tenant_claim")
+    groups_claim: str | None = "groups"
+    models_claim: str | None = Field("models", description="a list, or a space-separated string")
+    models_prefix: str = Field("", description="keep only entries with this prefix, stripped "
+                               "(e.g. 'model:' in a scope claim)")
+    attributes: dict[str, str] = Field(default_factory=dict,
+                                       description="principal attribute -> claim name")
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, v: list[str]) -> list[str]:
+        bad = [a for a in v if a not in ASYMMETRIC_ALGORITHMS]
+        if bad:
+            raise ValueError(f"{', '.join(bad)} not allowed; only asymmetric algorithms: "
+                             f"{', '.join(ASYMMETRIC_ALGORITHMS)}")
+        return v
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _https_unless_loopback(cls, v: str | None) -> str | None:
+        if v and v.startswith("http://"):  # a MITM could hand out its own keys
+            host = urlsplit(v).hostname or ""
+            if host not in ("localhost", "::1") and not host.startswith("127."):
+                raise ValueError("use https:// (plain http only for loopback addresses)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source_one_tenant(self) -> JwtSettings:
+        if (self.jwks_url is None) == (self.jwks_file is None):
+            raise ValueError("give exactly one of jwks_url or jwks_file")
+        if (self.tenant_claim is None) == (self.tenant is None):
+            raise ValueError("give exactly one of tenant_claim (the claim naming the tenant) "
+                             "or tenant (one fixed tenant)")
+        return self
+
+
+class IdentitySettings(_Strict):
+    """Which bearer credentials the gateway accepts: API keys, OIDC/JWT tokens, or both."""
+
+    api_keys: bool = True
+    jwt: JwtSettings | None = None
+
+    @model_validator(mode="after")
+    def _something_accepted(self) -> IdentitySettings:
+        if not self.api_keys and self.jwt is None:
+            raise ValueError("api_keys is off and jwt is not configured: no caller could "
+                             "authenticate")
+        return self
 
 
 class Settings(_Strict):
@@ -126,7 +239,9 @@ class Settings(_Strict):
     admin: AdminSettings = AdminSettings()
     stores: StoreSettings = StoreSettings()
     key_cache_ttl_s: float = Field(1.0, ge=0, le=60)
+    identity: IdentitySettings = IdentitySettings()
     audit: AuditSettings = AuditSettings()
+    policy: PolicySettings = PolicySettings()
     models: list[ModelSettings] = Field(default_factory=list)
 
     @field_validator("models")
@@ -274,12 +389,25 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
     if keys_url.startswith("sqlite:///") and not keys_url.startswith("sqlite:////"):
         keys_url = "sqlite:///" + str(rel(Path(keys_url.removeprefix("sqlite:///"))))
     audit_sink = s.audit.sink
-    if audit_sink.startswith("jsonl:///") and not audit_sink.startswith("jsonl:////"):
-        audit_sink = "jsonl:///" + str(rel(Path(audit_sink.removeprefix("jsonl:///"))))
+    for scheme in ("jsonl:///", "sqlite:///"):
+        if audit_sink.startswith(scheme) and not audit_sink.startswith(scheme + "/"):
+            audit_sink = scheme + str(rel(Path(audit_sink.removeprefix(scheme))))
+    policy = s.policy.model_copy(update={
+        "files": [rel(p) for p in s.policy.files],
+        "schema_file": rel(s.policy.schema_file),
+        "state_dir": rel(s.policy.state_dir),
+    })
+    identity = s.identity
+    if identity.jwt is not None:
+        jwt = identity.jwt.model_copy(update={"jwks_file": rel(identity.jwt.jwks_file)})
+        identity = identity.model_copy(update={"jwt": jwt})
     return s.model_copy(update={
+        "identity": identity,
+        "policy": policy,
         "secret_file": rel(s.secret_file),
         "admin": s.admin.model_copy(update={"token_file": rel(s.admin.token_file)}),
         "stores": s.stores.model_copy(update={"keys": keys_url}),
-        "audit": s.audit.model_copy(update={"sink": audit_sink}),
+        "audit": s.audit.model_copy(update={
+            "sink": audit_sink, "checkpoint_key_file": rel(s.audit.checkpoint_key_file)}),
         "models": models,
     })

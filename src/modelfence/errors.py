@@ -5,6 +5,7 @@ Hierarchy::
     ModelfenceError                      base; never shown to a client as-is
     ├── ConfigurationError               bad config or wiring; refuses to start
     ├── StoreError                       a store cannot answer (fail closed → 503)
+    ├── PolicyError                      the policy engine cannot decide (fail closed → 503)
     └── RequestError                     carries an HTTP status and a client-safe message
         ├── BadRequest          400      malformed or invalid input, names the field
         ├── Unauthenticated     401      no, malformed, unknown, revoked or expired credential
@@ -35,6 +36,10 @@ class ConfigurationError(ModelfenceError):
 
 class StoreError(ModelfenceError):
     """A backing store (SQLite, PostgreSQL, Redis) cannot answer."""
+
+
+class PolicyError(ModelfenceError):
+    """The policy engine failed to decide; the request is denied (fail closed)."""
 
 
 class RequestError(ModelfenceError):
@@ -132,4 +137,6 @@ def http_status_and_message(exc: BaseException) -> tuple[int, str, str, dict[str
         return exc.status, exc.message, exc.reason, exc.headers()
     if isinstance(exc, StoreError):
         return 503, "a required store is unavailable; request denied", "store_unavailable", {}
+    if isinstance(exc, PolicyError):
+        return 503, "the policy engine could not decide; request denied", "policy_error", {}
     return 500, "internal error", "internal_error", {}

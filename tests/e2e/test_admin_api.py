@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -49,6 +50,14 @@ async def test_create_use_list_and_revoke_a_key(local_gateway: Gateway) -> None:
             f"{local_gateway.url}/v2/models/digits/infer", data=body,
             headers={"Authorization": f"Bearer {key}"}) as r:
         assert r.status == 401  # revoked through this replica: refused at once
+
+    await asyncio.sleep(0.3)
+    admin_records = [(r["action"], r["key_id"], r["status"]) for r in
+                     local_gateway.audit_records() if r["action"].startswith("admin:")]
+    assert ("admin:create-key", key_id, 201) in admin_records
+    assert ("admin:revoke-key", key_id, 200) in admin_records
+    assert key.split("_", 2)[2] not in local_gateway.audit_text()
+    assert local_gateway.admin_token not in local_gateway.audit_text()
 
 
 @pytest.mark.parametrize(("body", "field"), [

@@ -7,6 +7,8 @@ bearer token never reaches the record (only the public key id does).
 from __future__ import annotations
 
 import hashlib
+import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -27,10 +29,16 @@ class AuditRecord:
     key_id: str | None
     source: str
     status: int
+    decision: str                 # "allow" | "deny" | "error"
     reason: str
+    policy_ids: list[str]
     latency_ms: float
     rows: int
+    risk: float
+    bytes_in: int
+    bytes_out: int
     input_sha256: str | None
+    output_sha256: str | None
     trail: list[dict[str, str]] = field(default_factory=list)
     inputs: Any = None
 
@@ -48,6 +56,7 @@ class AuditGuard(Guard):
     def assemble(self, call: Call) -> AuditRecord:
         p = call.principal
         body = call.body
+        out = call.response_body
         return AuditRecord(
             time=datetime.fromtimestamp(call.received_at, UTC).isoformat(),
             request_id=call.request_id,
@@ -58,13 +67,37 @@ class AuditGuard(Guard):
             key_id=p.key_id if p else None,
             source=call.source,
             status=call.status,
+            decision=_decision(call.status),
             reason=call.error.reason if call.error else "ok",
+            policy_ids=list(call.policy_ids),
             latency_ms=round(call.elapsed_s() * 1000, 3),
             rows=call.inputs.rows if call.inputs else 0,
+            risk=round(call.risk, 4),
+            bytes_in=len(body) if body else 0,
+            bytes_out=len(out) if out else 0,
             input_sha256=hashlib.sha256(body).hexdigest() if body else None,
+            output_sha256=hashlib.sha256(out).hexdigest() if out else None,
             trail=[d.as_dict() for d in call.trail],
             inputs=body.decode("utf-8", "replace") if body and self._record_inputs else None,
         )
 
     async def on_complete(self, call: Call) -> None:
+        """Runs after the answer was sent: digests and the write stay off the critical path."""
         await self._sink.write(self.assemble(call))
+
+
+def admin_record(*, action: str, source: str, status: int, reason: str, target: str | None,
+                 started: float) -> AuditRecord:
+    """An admin action (keys, policies) as an audit record; `target` is a key id or a policy."""
+    return AuditRecord(
+        time=datetime.now(UTC).isoformat(), request_id=uuid.uuid4().hex, action=action,
+        model=None, principal="admin", tenant=None, key_id=target, source=source,
+        status=status, decision=_decision(status), reason=reason, policy_ids=[],
+        latency_ms=round((time.perf_counter() - started) * 1000, 3), rows=0, risk=0.0,
+        bytes_in=0, bytes_out=0, input_sha256=None, output_sha256=None)
+
+
+def _decision(status: int) -> str:
+    if status < 400:
+        return "allow"
+    return "deny" if status < 500 else "error"

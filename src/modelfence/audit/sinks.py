@@ -1,4 +1,9 @@
-"""Where audit records go, chosen by URL: log://, jsonl:///path, none://."""
+"""Where audit records go, chosen by URL.
+
+The default is a tamper-evident chained store (writer.py): `sqlite:///audit.db` or
+`postgresql://...`. `log://`, `jsonl:///path` and `none://` are plain, unchained sinks
+for development and for shipping records elsewhere; `audit verify` cannot check them.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,25 @@ import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import orjson
 
 from ..errors import ConfigurationError
 
 if TYPE_CHECKING:
+    from ..config import AuditSettings
     from .record import AuditRecord
+
+CHAINED_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
 class AuditSink(ABC):
+    """`open()` before the first write (it may start a background writer), `close()` last."""
+
+    async def open(self) -> None:
+        return None
+
     @abstractmethod
     async def write(self, record: AuditRecord) -> None: ...
 
@@ -61,7 +75,25 @@ class JsonlSink(AuditSink):
             self._file = None
 
 
-def audit_sink_from_url(url: str) -> AuditSink:
+def audit_sink_from_url(url: str, settings: AuditSettings | None = None) -> AuditSink:
+    """Build (not open) the sink `url` names; `settings` tunes a chained store.
+
+    The checkpoint key is read here, at start-up, so a missing or wrong key refuses to
+    start with one line naming the file (and never its content).
+    """
+    if urlsplit(url).scheme in CHAINED_SCHEMES:
+        from ..config import AuditSettings
+        from .checkpoint import CheckpointPolicy, load_signer
+        from .store import audit_store_from_url
+        from .writer import ChainedSink
+
+        s = settings or AuditSettings(sink=url)
+        key_file = s.checkpoint_key_file
+        return ChainedSink(
+            audit_store_from_url(url, durability=s.durability), durability=s.durability,
+            batch_max=s.batch_max, flush_interval_ms=s.flush_interval_ms,
+            queue_max=s.queue_max, signer=load_signer(key_file) if key_file else None,
+            policy=CheckpointPolicy(s.checkpoint_every, s.checkpoint_interval_s))
     if url in ("none://", "none"):
         return NullSink()
     if url in ("log://", "log"):
@@ -71,4 +103,5 @@ def audit_sink_from_url(url: str) -> AuditSink:
         if path:
             return JsonlSink(Path(path))
     raise ConfigurationError(
-        f"audit.sink: unknown sink {url!r}; use log://, jsonl:///PATH or none://")
+        f"audit.sink: unknown sink {url!r}; use sqlite:///PATH, postgresql://USER@HOST/DB, "
+        "log://, jsonl:///PATH or none://")

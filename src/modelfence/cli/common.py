@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -48,3 +48,19 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
 
 async def _call(fn: Callable[[], Awaitable[T]]) -> T:
     return await fn()
+
+
+def parse_assignments(items: list[str], option: str) -> dict[str, Any]:
+    """NAME=VALUE pairs; integers and true/false become numbers and booleans."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise fail(f"{option} {item!r}: expected NAME=VALUE", 2)
+        value: Any = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        elif raw.lstrip("-").isdigit():
+            value = int(raw)
+        out[name.strip()] = value
+    return out

@@ -11,7 +11,15 @@ from rich.table import Table
 
 from ..identity.apikeys import ApiKeys, expiry_from, public_view
 from ..stores import key_store_from_url
-from .common import ConfigOption, console, err_console, fail, run_async, settings_from
+from .common import (
+    ConfigOption,
+    console,
+    err_console,
+    fail,
+    parse_assignments,
+    run_async,
+    settings_from,
+)
 
 app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 
@@ -34,18 +42,33 @@ def create(
                      help="A group the principal belongs to; repeat for more")] = None,
     expires_in: Annotated[str | None, typer.Option(help="Lifetime, e.g. 12h, 30d")] = None,
     description: Annotated[str, typer.Option(help="A note shown in lists")] = "",
+    clearance: Annotated[int | None, typer.Option(
+        help="Clearance level for policy (principal.clearance)")] = None,
+    purpose: Annotated[str | None, typer.Option(
+        help="Grant purpose: requests must declare it in X-Modelfence-Purpose")] = None,
+    network: Annotated[list[str] | None, typer.Option(
+        "--network", help="CIDR the key may be used from; repeat for more")] = None,
+    attr: Annotated[list[str] | None, typer.Option(
+        "--attr", help="Extra principal attribute NAME=VALUE for policy; repeat for more")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Mint a key. It is printed once and stored only as a digest: copy it now."""
     keys = _keys(config)
+    attributes = parse_assignments(attr or [], "--attr")
+    if clearance is not None:
+        attributes["clearance"] = clearance
+    if purpose:
+        attributes["purpose"] = purpose
+    if network:
+        attributes["networks"] = network
 
     async def go() -> tuple[str, dict[str, object]]:
         await keys.store.open()
         try:
             new = await keys.create(principal=principal, tenant=tenant, groups=group or [],
                                     models=model or [], expires_at=expiry_from(expires_in, None),
-                                    description=description)
+                                    description=description, attributes=attributes)
             return new.token, public_view(new.record)
         finally:
             await keys.store.close()

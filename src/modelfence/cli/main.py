@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import ModelfenceError
-from . import demo, keys
+from . import audit, demo, keys, policy
 from .common import ConfigOption, console, fail, settings_from
 
 app = typer.Typer(
@@ -22,6 +22,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(keys.app, name="keys")
+app.add_typer(audit.app, name="audit")
+app.add_typer(policy.app, name="policy")
 config_app = typer.Typer(help="Inspect configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.command("demo")(demo.demo)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -17,14 +19,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import BadRequest, Forbidden, NotFound, Unauthenticated
+from ..audit.record import admin_record
+from ..audit.sinks import AuditSink
+from ..errors import BadRequest, ConfigurationError, Forbidden, NotFound, Unauthenticated
 from ..identity.apikeys import ApiKeys, digest, expiry_from, public_view
 from ..identity.guard import bearer_token
+from ..policy.reload import PolicyReloader
 from .guards import read_bounded
 from .responses import error_response, json_response
 
 log = logging.getLogger("modelfence.admin")
 _MAX_ADMIN_BODY = 64 * 1024
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 class KeyCreate(BaseModel):
@@ -36,20 +42,45 @@ class KeyCreate(BaseModel):
     expires_at: datetime | None = None
     expires_in: str | None = None
     description: str = Field("", max_length=200)
+    attributes: dict[str, Any] = Field(default_factory=dict, max_length=32)
 
 
 class AdminApi:
-    def __init__(self, keys: ApiKeys, secret: bytes, admin_token: str | None) -> None:
+    def __init__(self, keys: ApiKeys, secret: bytes, admin_token: str | None, *,
+                 policy: PolicyReloader, audit: AuditSink) -> None:
         self._keys = keys
+        self._policy = policy
+        self._audit = audit
         self._secret = secret
         self._token_digest = digest(secret, admin_token) if admin_token else None
 
     def routes(self) -> list[Route]:
         return [
-            Route("/admin/keys", self.create_key, methods=["POST"]),
-            Route("/admin/keys", self.list_keys, methods=["GET"]),
-            Route("/admin/keys/{key_id}", self.revoke_key, methods=["DELETE"]),
+            Route("/admin/keys", self._audited("admin:create-key", self.create_key),
+                  methods=["POST"]),
+            Route("/admin/keys", self._audited("admin:list-keys", self.list_keys),
+                  methods=["GET"]),
+            Route("/admin/keys/{key_id}", self._audited("admin:revoke-key", self.revoke_key),
+                  methods=["DELETE"]),
+            Route("/admin/policy", self._audited("admin:show-policy", self.show_policy),
+                  methods=["GET"]),
+            Route("/admin/policy/reload",
+                  self._audited("admin:reload-policy", self.reload_policy), methods=["POST"]),
         ]
+
+    def _audited(self, action: str, handler: Handler) -> Handler:
+        """Every admin call, allowed or refused, leaves an audit record (never the token)."""
+        async def run(request: Request) -> Response:
+            started = time.perf_counter()
+            response = await handler(request)
+            target = request.path_params.get("key_id") or getattr(
+                request.state, "audit_target", None)
+            reason = "ok" if response.status_code < 400 else f"status {response.status_code}"
+            await self._audit.write(admin_record(
+                action=action, source=request.client.host if request.client else "unknown",
+                status=response.status_code, reason=reason, target=target, started=started))
+            return response
+        return run
 
     def _authorize(self, request: Request) -> None:
         if self._token_digest is None:
@@ -72,9 +103,10 @@ class AdminApi:
             new = await self._keys.create(
                 principal=spec.principal, tenant=spec.tenant, groups=spec.groups,
                 models=spec.models, expires_at=expiry_from(spec.expires_in, spec.expires_at),
-                description=spec.description)
+                description=spec.description, attributes=spec.attributes)
             log.info("admin created key %s for principal %s", new.record.key_id,
                      new.record.principal)
+            request.state.audit_target = new.record.key_id
             return json_response({"key": new.token, **public_view(new.record)}, 201)
         except Exception as exc:
             return error_response(exc, where=" in admin create_key")[0]
@@ -96,6 +128,29 @@ class AdminApi:
             return json_response({"key_id": key_id, "revoked": True})
         except Exception as exc:
             return error_response(exc, where=" in admin revoke_key")[0]
+
+
+    async def show_policy(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+            return json_response(self._policy.describe())
+        except Exception as exc:
+            return error_response(exc, where=" in admin show_policy")[0]
+
+    async def reload_policy(self, request: Request) -> Response:
+        """Reload the policy files; a bad set is refused (422) and the current one kept."""
+        try:
+            self._authorize(request)
+            try:
+                self._policy.reload()
+            except ConfigurationError as exc:
+                log.error("policy reload refused, keeping the current set: %s", exc)
+                return json_response({"error": f"policy reload refused, the current set stays: "
+                                               f"{exc}"}, 422)
+            log.info("admin reloaded the policy set")
+            return json_response({"reloaded": True, **self._policy.describe()})
+        except Exception as exc:
+            return error_response(exc, where=" in admin reload_policy")[0]
 
 
 async def _bounded_json(request: Request) -> Any:

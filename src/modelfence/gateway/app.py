@@ -22,12 +22,17 @@ from starlette.routing import Route
 from ..audit import AuditGuard, AuditSink, audit_sink_from_url
 from ..backends import ModelEntry, backend_from_settings
 from ..config import Settings
+from ..identity import BearerAuthenticator, build_authenticator
 from ..identity.apikeys import ApiKeys
 from ..identity.guard import IdentityGuard
+from ..policy import PolicyEngine, PolicyGuard, engine_from_settings
+from ..policy.reload import PolicyReloader
+from ..policy.snapshot import load_policies
+from ..quota.usage import UsageGuard
 from ..stores import KeyStore, key_store_from_url
 from .admin import AdminApi
 from .chain import GuardChain
-from .guards import BodyGuard, InputValidationGuard, ModelAccessGuard
+from .guards import BodyGuard, InputValidationGuard, ModelLookupGuard
 from .metrics import GatewayMetrics, MetricsGuard
 from .oip_routes import OipRoutes
 from .responses import json_response
@@ -45,9 +50,15 @@ class Gateway:
     models: dict[str, ModelEntry]
     metrics: GatewayMetrics
     audit_sink: AuditSink
+    authenticator: BearerAuthenticator
+    policy: PolicyEngine
 
-    async def start(self) -> None:
+    async def start(self, *, policy_fallback: bool = False) -> None:
+        """Open stores, load policies and models. `policy_fallback` is for worker restarts."""
+        load_policies(self.policy, self.settings.policy.state_dir, fallback=policy_fallback)
         await self.key_store.open()
+        await self.audit_sink.open()
+        await self.authenticator.start()  # loads the JWKS, if JWTs are configured
         for entry in self.models.values():
             await entry.backend.start()
             log.info("model %s ready (%s)", entry.name, entry.backend.platform)
@@ -55,6 +66,7 @@ class Gateway:
     async def stop(self) -> None:
         for entry in self.models.values():
             await entry.backend.close()
+        await self.authenticator.close()
         await self.audit_sink.close()
         await self.key_store.close()
 
@@ -63,20 +75,25 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
     """Make (but do not open) every part the configuration names; wiring errors raise here."""
     secret = settings.server_secret()
     store = key_store or key_store_from_url(settings.stores.keys)
+    keys = ApiKeys(store, secret, cache_ttl_s=settings.key_cache_ttl_s)
     return Gateway(
         settings=settings,
         key_store=store,
-        keys=ApiKeys(store, secret, cache_ttl_s=settings.key_cache_ttl_s),
+        keys=keys,
+        authenticator=build_authenticator(settings.identity, keys),
         models={m.name: ModelEntry(m, backend_from_settings(m)) for m in settings.models},
         metrics=GatewayMetrics(),
-        audit_sink=audit_sink_from_url(settings.audit.sink),
+        audit_sink=audit_sink_from_url(settings.audit.sink, settings.audit),
+        policy=engine_from_settings(settings),
     )
 
 
 def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlette:
     gw = gateway or build_gateway(settings)
-    identity = IdentityGuard(gw.keys)
-    access = ModelAccessGuard(gw.models)
+    identity = IdentityGuard(gw.authenticator)
+    model = ModelLookupGuard(gw.models)
+    usage = UsageGuard()
+    policy = PolicyGuard(gw.policy)
     metrics = MetricsGuard(gw.metrics)
     audit = AuditGuard(gw.audit_sink, record_inputs=settings.audit.record_inputs)
 
@@ -85,22 +102,26 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         metrics,
         audit,
         identity,
-        access,
+        model,
+        usage,
+        policy,
         BodyGuard(settings.server.max_body_bytes),
         InputValidationGuard(),
     ])
-    metadata_chain = GuardChain([metrics, audit, identity, access])
+    metadata_chain = GuardChain([metrics, audit, identity, model, usage, policy])
 
     oip = OipRoutes(infer_chain=infer_chain, metadata_chain=metadata_chain, models=gw.models,
                     key_store=gw.key_store, metrics=gw.metrics)
-    admin = AdminApi(gw.keys, settings.server_secret(), settings.admin_token())
+    reloader = PolicyReloader(gw.policy, settings.policy.state_dir, settings.server.workers)
+    admin = AdminApi(gw.keys, settings.server_secret(), settings.admin_token(), policy=reloader,
+                     audit=gw.audit_sink)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await gw.start()
+        await gw.start(policy_fallback=True)
         try:
             yield
         finally:

@@ -43,8 +43,11 @@ class Call:
     body: bytes | None = None
     inputs: InferRequest | None = None
     outputs: InferResponse | None = None
+    response_body: bytes | None = None
     result: Any = None
     risk: float = 0.0
+    queries: int = 0
+    policy_ids: list[str] = field(default_factory=list)
     trail: list[Decision] = field(default_factory=list)
     status: int = 0
     error: RequestError | None = None

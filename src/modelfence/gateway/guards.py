@@ -8,20 +8,20 @@ from typing import ClassVar
 from starlette.requests import Request
 
 from ..backends.base import ModelEntry
-from ..errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
+from ..errors import BadRequest, NotFound, PayloadTooLarge
 from .call import Call
 from .chain import Guard
 from .oip import decode_infer_request
 
 
-class ModelAccessGuard(Guard):
-    """Resolve the model (404) and check the key's own grants (403).
+class ModelLookupGuard(Guard):
+    """Resolve the model or answer 404.
 
-    Runs after identity so that an anonymous caller cannot learn which models exist.
-    Attribute-based policy (Cedar) replaces the grant check when configured.
+    Runs after identity so that an anonymous caller cannot learn which models exist;
+    whether this principal may use the model is the policy guard's decision.
     """
 
-    name: ClassVar[str] = "model_access"
+    name: ClassVar[str] = "model_lookup"
     requires: ClassVar[frozenset[str]] = frozenset({"principal"})
     provides: ClassVar[frozenset[str]] = frozenset({"model"})
 
@@ -33,10 +33,6 @@ class ModelAccessGuard(Guard):
         entry = self._models.get(name)
         if entry is None:
             raise NotFound(f"unknown model {name[:128]!r}", reason="unknown_model")
-        assert call.principal is not None
-        if not call.principal.may_use(name):
-            call.note(self.name, "deny", "model not granted to key")
-            raise Forbidden(f"this key may not use model {name!r}", reason="model_not_granted")
         call.model = entry
 
 
@@ -44,7 +40,7 @@ class BodyGuard(Guard):
     """Read the body up to the limit and decode it; never buffers more than the limit."""
 
     name: ClassVar[str] = "body"
-    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model"})
+    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "decision"})
     provides: ClassVar[frozenset[str]] = frozenset({"body", "inputs"})
 
     def __init__(self, max_body_bytes: int) -> None:

@@ -95,4 +95,5 @@ class OipRoutes:
 def _infer_body(call: Call) -> Response:
     assert call.outputs is not None
     call.outputs.id = call.inputs.id if call.inputs else None
-    return Response(encode_infer_response(call.outputs), 200, media_type="application/json")
+    call.response_body = encode_infer_response(call.outputs)
+    return Response(call.response_body, 200, media_type="application/json")

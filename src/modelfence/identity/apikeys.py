@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from ..errors import BadRequest, Unauthenticated
 from ..stores.keys import KeyRecord, KeyStore
@@ -65,7 +67,9 @@ class ApiKeys:
         models: list[str] | tuple[str, ...] = (),
         expires_at: datetime | None = None,
         description: str = "",
+        attributes: dict[str, Any] | None = None,
     ) -> NewKey:
+        """Mint a key. `attributes` carry grants for policy: clearance, purpose, networks."""
         _check_name(principal, "principal")
         _check_name(tenant, "tenant")
         for g in groups:
@@ -81,7 +85,7 @@ class ApiKeys:
             key_id=key_id, digest=digest(self._secret, token), principal=principal,
             tenant=tenant, groups=tuple(groups), models=tuple(models),
             created_at=datetime.now(UTC), expires_at=expires_at, revoked_at=None,
-            description=description[:200],
+            description=description[:200], attributes=check_attributes(attributes or {}),
         )
         await self._store.put(record)
         return NewKey(token, record)
@@ -112,6 +116,7 @@ class ApiKeys:
         return Principal(
             id=record.principal, tenant=record.tenant, groups=record.groups,
             models=record.models, key_id=record.key_id, expires_at=record.expires_at,
+            attributes=dict(record.attributes),
         )
 
     async def _lookup(self, key_id: str) -> KeyRecord | None:
@@ -124,6 +129,35 @@ class ApiKeys:
             self._cache.clear()  # bounded: unknown ids cannot grow memory without limit
         self._cache[key_id] = (now, record)
         return record
+
+
+_ATTR_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_RESERVED = {"name", "tenant", "groups", "models", "kind"}
+
+
+def check_attributes(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Grant attributes a policy can rely on: well-formed names, scalar values, real CIDRs."""
+    out: dict[str, Any] = {}
+    for name, value in attributes.items():
+        if not isinstance(name, str) or not _ATTR_NAME.match(name) or name in _RESERVED:
+            raise BadRequest(f"attributes: {str(name)[:40]!r} is not an allowed attribute name")
+        if name == "clearance":
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 1000:
+                raise BadRequest("attributes.clearance: must be an integer from 0 to 1000")
+        elif name == "networks":
+            if not isinstance(value, list) or not value:
+                raise BadRequest("attributes.networks: must be a non-empty list of CIDRs")
+            for net in value:
+                try:
+                    ipaddress.ip_network(str(net), strict=False)
+                except ValueError:
+                    raise BadRequest(
+                        f"attributes.networks: {str(net)[:50]!r} is not a CIDR network") from None
+            value = [str(ipaddress.ip_network(str(n), strict=False)) for n in value]
+        elif not (isinstance(value, str | int | bool) and len(str(value)) <= 200):
+            raise BadRequest(f"attributes.{name}: must be a string, integer or boolean")
+        out[name] = value
+    return out
 
 
 def public_view(record: KeyRecord) -> dict[str, object]:
@@ -139,7 +173,7 @@ def public_view(record: KeyRecord) -> dict[str, object]:
         "key_id": r.key_id, "principal": r.principal, "tenant": r.tenant,
         "groups": list(r.groups), "models": list(r.models), "created_at": iso(r.created_at),
         "expires_at": iso(r.expires_at), "revoked_at": iso(r.revoked_at),
-        "description": r.description, "status": status,
+        "description": r.description, "attributes": r.attributes, "status": status,
     }
 
 

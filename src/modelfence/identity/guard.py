@@ -1,4 +1,8 @@
-"""The identity guard: no principal, no further work (the body is not even read)."""
+"""The identity guard: no principal, no further work (the body is not even read).
+
+The guard only reads the bearer token; which credential kinds are accepted (API keys,
+JWTs) is the `Authenticator`'s business, chosen at start from the configuration.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import ClassVar
 from ..errors import Unauthenticated
 from ..gateway.call import Call
 from ..gateway.chain import Guard
-from .apikeys import ApiKeys
+from . import Authenticator
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -16,7 +20,8 @@ def bearer_token(authorization: str | None) -> str:
         raise Unauthenticated(reason="missing_credentials")
     scheme, _, token = authorization.partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > 4096:
+    # 8 KiB: an IdP's JWT with many groups can outgrow 4 KiB; anything longer is refused
+    if scheme.lower() != "bearer" or not token or len(token) > 8192:
         raise Unauthenticated(reason="malformed_credentials")
     return token
 
@@ -25,10 +30,10 @@ class IdentityGuard(Guard):
     name: ClassVar[str] = "identity"
     provides: ClassVar[frozenset[str]] = frozenset({"principal"})
 
-    def __init__(self, keys: ApiKeys) -> None:
-        self._keys = keys
+    def __init__(self, authenticator: Authenticator) -> None:
+        self._auth = authenticator
 
     async def on_request(self, call: Call) -> None:
         token = bearer_token(call.request.headers.get("authorization"))
-        call.principal = await self._keys.authenticate(token)
+        call.principal = await self._auth.authenticate(token)
         call.note(self.name, "allow", f"key {call.principal.key_id}")

@@ -10,7 +10,7 @@ import asyncio
 import json
 import sqlite3
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,10 +30,11 @@ class KeyRecord:
     expires_at: datetime | None
     revoked_at: datetime | None
     description: str = ""
+    attributes: dict[str, Any] = field(default_factory=dict)  # grants: clearance, purpose, networks
 
 
 _COLUMNS = ("key_id", "digest", "principal", "tenant", "groups", "models",
-            "created_at", "expires_at", "revoked_at", "description")
+            "created_at", "expires_at", "revoked_at", "description", "attributes")
 
 
 # Built once from constants above: no caller-supplied text ever enters SQL.
@@ -48,7 +49,7 @@ def _to_row(r: KeyRecord) -> tuple[Any, ...]:
         return d.isoformat() if d else None
     return (r.key_id, r.digest, r.principal, r.tenant, json.dumps(list(r.groups)),
             json.dumps(list(r.models)), ts(r.created_at), ts(r.expires_at), ts(r.revoked_at),
-            r.description)
+            r.description, json.dumps(r.attributes))
 
 
 def _from_row(row: tuple[Any, ...]) -> KeyRecord:
@@ -60,7 +61,8 @@ def _from_row(row: tuple[Any, ...]) -> KeyRecord:
     created = ts(row[6])
     assert created is not None
     return KeyRecord(row[0], row[1], row[2], row[3], tuple(json.loads(row[4])),
-                     tuple(json.loads(row[5])), created, ts(row[7]), ts(row[8]), row[9] or "")
+                     tuple(json.loads(row[5])), created, ts(row[7]), ts(row[8]), row[9] or "",
+                     json.loads(row[10]) if row[10] else {})
 
 
 class KeyStore(ABC):
@@ -122,7 +124,8 @@ class MemoryKeyStore(KeyStore):
 _SQL_CREATE = """CREATE TABLE IF NOT EXISTS modelfence_keys (
     key_id TEXT PRIMARY KEY, digest TEXT NOT NULL, principal TEXT NOT NULL,
     tenant TEXT NOT NULL, groups TEXT NOT NULL, models TEXT NOT NULL,
-    created_at TEXT NOT NULL, expires_at TEXT, revoked_at TEXT, description TEXT)"""
+    created_at TEXT NOT NULL, expires_at TEXT, revoked_at TEXT, description TEXT,
+    attributes TEXT)"""
 
 
 class SqliteKeyStore(KeyStore):
@@ -139,6 +142,9 @@ class SqliteKeyStore(KeyStore):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=2000")
             db.execute(_SQL_CREATE)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(modelfence_keys)")}
+            if "attributes" not in columns:  # key stores made before grants existed
+                db.execute("ALTER TABLE modelfence_keys ADD COLUMN attributes TEXT")
         except (sqlite3.Error, OSError) as exc:
             raise ConfigurationError(f"sqlite key store {self._path}: {exc}") from None
         self._db = db
@@ -180,7 +186,8 @@ _PG_CREATE = """CREATE TABLE IF NOT EXISTS modelfence_keys (
     key_id TEXT PRIMARY KEY, digest TEXT NOT NULL, principal TEXT NOT NULL,
     tenant TEXT NOT NULL, groups TEXT NOT NULL, models TEXT NOT NULL,
     created_at TIMESTAMPTZ NOT NULL, expires_at TIMESTAMPTZ, revoked_at TIMESTAMPTZ,
-    description TEXT)"""
+    description TEXT, attributes TEXT)"""
+_PG_MIGRATE = "ALTER TABLE modelfence_keys ADD COLUMN IF NOT EXISTS attributes TEXT"
 
 
 class PostgresKeyStore(KeyStore):
@@ -201,6 +208,7 @@ class PostgresKeyStore(KeyStore):
             await pool.open(wait=True, timeout=self._timeout)
             async with pool.connection() as conn:
                 await conn.execute(_PG_CREATE)
+                await conn.execute(_PG_MIGRATE)
         except Exception as exc:
             await pool.close()
             raise StoreError(

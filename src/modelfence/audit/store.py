@@ -1,0 +1,173 @@
+"""Chained audit stores: the interface, the query shape and the factory by URL.
+
+A store persists rows and checkpoints; it does not decide what they contain. Appending
+goes through one hook, `commit(plan)`: under the store's write lock (SQLite's
+`BEGIN IMMEDIATE`, PostgreSQL's transaction-scoped advisory lock) the store reads the
+current head and newest checkpoint, asks `plan` for the rows and optional checkpoint
+that follow them, writes both and commits — all or nothing. Because the head is read
+under the lock, several processes (granian workers, gateway replicas) appending to one
+store still build one chain, and a crash mid-batch leaves no half-written rows.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from ..errors import ConfigurationError
+from .chain import COLUMNS, Head, Row
+from .checkpoint import Checkpoint
+
+Durability = Literal["strict", "batched"]
+TABLE = "modelfence_audit"
+CHECKPOINTS = "modelfence_audit_checkpoints"
+CHECKPOINT_COLUMNS = ("seq", "ts_us", "hash", "key_id", "signature")
+
+# SQL both backends share; built from the constants above, never from caller text.
+HEAD_SQL = f"SELECT seq, hash FROM {TABLE} ORDER BY seq DESC LIMIT 1"  # noqa: S608
+CHECKPOINTS_SQL = f"SELECT {','.join(CHECKPOINT_COLUMNS)} FROM {CHECKPOINTS} ORDER BY seq"  # noqa: S608
+LAST_CHECKPOINT_SQL = f"{CHECKPOINTS_SQL} DESC LIMIT 1"
+
+
+def schema(*, bigint: str, blob: str) -> tuple[str, ...]:
+    """Tables and indexes in a backend's type names (SQLite INTEGER/BLOB, PostgreSQL BIGINT/BYTEA).
+
+    Payloads are stored as bytes, never as JSON(B) values: the hash covers the exact bytes.
+    """
+    return (
+        f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+            seq {bigint} PRIMARY KEY, ts_us {bigint} NOT NULL, request_id TEXT, principal TEXT,
+            tenant TEXT, model TEXT, action TEXT, status INTEGER, payload {blob} NOT NULL,
+            prev {blob} NOT NULL, hash {blob} NOT NULL)""",
+        f"CREATE INDEX IF NOT EXISTS {TABLE}_principal ON {TABLE} (principal, seq)",
+        f"CREATE INDEX IF NOT EXISTS {TABLE}_model ON {TABLE} (model, seq)",
+        f"CREATE INDEX IF NOT EXISTS {TABLE}_time ON {TABLE} (ts_us)",
+        f"""CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (
+            seq {bigint} PRIMARY KEY, ts_us {bigint} NOT NULL, hash {blob} NOT NULL,
+            key_id TEXT NOT NULL, signature {blob} NOT NULL)""",
+    )
+
+
+def checkpoint_from_row(r: Sequence[Any]) -> Checkpoint:
+    """A checkpoint from a row in CHECKPOINT_COLUMNS order."""
+    return Checkpoint(seq=r[0], hash=bytes(r[2]), ts_us=r[1], key_id=r[3],
+                      signature=bytes(r[4]))
+
+
+def checkpoint_row(cp: Checkpoint) -> tuple[Any, ...]:
+    return (cp.seq, cp.ts_us, cp.hash, cp.key_id, cp.signature)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """What one commit writes: rows continuing the chain, and maybe a checkpoint of them."""
+
+    rows: list[Row]
+    checkpoint: Checkpoint | None = None
+
+
+#: Given the head and newest checkpoint read under the write lock, what to write next.
+Plan = Callable[[Head, Checkpoint | None], Batch]
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """Filters for tail, query and export; every field is optional, rows come by position."""
+
+    principal: str | None = None
+    tenant: str | None = None
+    model: str | None = None
+    since_us: int | None = None
+    until_us: int | None = None
+    after_seq: int | None = None
+    upto_seq: int | None = None
+    limit: int = 1000
+    newest_first: bool = False
+
+    def sql(self, mark: str) -> tuple[str, list[Any]]:
+        """SELECT text and arguments; column names are constants, values are parameters."""
+        conds: list[str] = []
+        args: list[Any] = []
+        for column, op, value in (
+            ("principal", "=", self.principal), ("tenant", "=", self.tenant),
+            ("model", "=", self.model), ("ts_us", ">=", self.since_us),
+            ("ts_us", "<", self.until_us), ("seq", ">", self.after_seq),
+            ("seq", "<=", self.upto_seq),
+        ):
+            if value is not None:
+                conds.append(f"{column} {op} {mark}")
+                args.append(value)
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        order = "DESC" if self.newest_first else "ASC"
+        args.append(self.limit)
+        return (f"SELECT {','.join(COLUMNS)} FROM {TABLE}{where} "  # noqa: S608
+                f"ORDER BY seq {order} LIMIT {mark}"), args
+
+
+class AuditStore(ABC):
+    """Where a chained log lives; every backend failure surfaces as `StoreError`."""
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    @abstractmethod
+    async def commit(self, plan: Plan) -> Batch:
+        """Write what `plan` returns after the current head, atomically, under the write lock."""
+
+    @abstractmethod
+    async def select(self, query: Query) -> list[Row]: ...
+
+    @abstractmethod
+    async def checkpoints(self) -> list[Checkpoint]:
+        """Every stored checkpoint, oldest first."""
+
+    @abstractmethod
+    async def head(self) -> Head: ...
+
+    async def scan(self, query: Query | None = None, *, page: int = 20_000
+                   ) -> AsyncIterator[list[Row]]:
+        """Rows matching `query` oldest first, a page at a time (keyset, so memory stays flat)."""
+        query = query or Query()
+        after = query.after_seq or 0
+        while True:
+            rows = await self.select(Query(
+                principal=query.principal, tenant=query.tenant, model=query.model,
+                since_us=query.since_us, until_us=query.until_us, after_seq=after,
+                upto_seq=query.upto_seq, limit=page))
+            if not rows:
+                return
+            yield rows
+            if len(rows) < page:
+                return
+            after = rows[-1].seq
+
+
+def audit_store_from_url(url: str, *, durability: Durability = "batched", create: bool = True
+                         ) -> AuditStore:
+    """sqlite:///relative/or////absolute.db or postgresql://user@host/db.
+
+    `create=False` (readers: verify, query, export) refuses to make a new, empty SQLite log
+    where a typo in the path would otherwise make every check pass on nothing.
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        path = url.removeprefix("sqlite:///")
+        if not path or path == url:
+            raise ConfigurationError(f"audit.sink: sqlite URL needs a path: {url}")
+        from .store_sqlite import SqliteAuditStore
+
+        return SqliteAuditStore(Path(path), durable=durability == "strict", create=create)
+    if scheme in ("postgresql", "postgres"):
+        from .store_postgres import PostgresAuditStore
+
+        return PostgresAuditStore(url)
+    raise ConfigurationError(
+        f"audit.sink: {scheme!r} is not a chained audit store; use sqlite:///PATH or "
+        "postgresql://USER@HOST/DB")

@@ -1,0 +1,143 @@
+"""`modelfence policy validate|check`: see what the policy set says before a caller does."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.table import Table
+
+from ..config import ModelAttributes, Settings
+from ..errors import ModelfenceError
+from ..identity.apikeys import check_attributes
+from ..identity.principal import Principal
+from ..policy import Facts, PolicyEngine, cedar_request, engine_from_settings
+from ..stores import key_store_from_url
+from .common import ConfigOption, console, fail, parse_assignments, run_async, settings_from
+
+app = typer.Typer(help="Validate Cedar policies and ask them for decisions.",
+                  no_args_is_help=True)
+
+_ACTIONS = ("infer", "metadata", "chat", "completion", "embed", "artifact-download")
+
+
+def _engine(settings: Settings) -> PolicyEngine:
+    engine = engine_from_settings(settings)
+    try:
+        engine.load()
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+    return engine
+
+
+@app.command()
+def validate(config: ConfigOption = None) -> None:
+    """Parse and validate the policy files against the schema; list the policies."""
+    _, settings = settings_from(config)
+    bundle = _engine(settings).bundle
+    table = Table("policy", "file", "line")
+    for st in bundle.statements:
+        table.add_row(st.label, st.file, str(st.line))
+    console.print(table)
+    console.print(f"[bold green]ok[/] {len(bundle.statements)} policies valid")
+
+
+@app.command()
+def check(
+    model: Annotated[str, typer.Option(help="The model (resource) asked for")],
+    action: Annotated[str, typer.Option(help=f"One of: {', '.join(_ACTIONS)}")] = "infer",
+    principal: Annotated[str | None, typer.Option(help="Principal id")] = None,
+    key: Annotated[str | None, typer.Option(
+        help="Take the principal and its grants from this key id in the key store")] = None,
+    tenant: Annotated[str, typer.Option(help="Principal's tenant")] = "default",
+    group: Annotated[list[str] | None, typer.Option("--group", help="Repeat for more")] = None,
+    grant: Annotated[list[str] | None, typer.Option(
+        "--grant", help="A model the principal's key grants; repeat for more")] = None,
+    attr: Annotated[list[str] | None, typer.Option(
+        "--attr", help="Principal attribute NAME=VALUE (clearance=2, purpose=x, "
+        "networks=10.0.0.0/8,192.168.0.0/16)")] = None,
+    context: Annotated[list[str] | None, typer.Option(
+        "--context", help="source=IP, purpose=TEXT, risk=0.9, queries=N, time=ISO-8601")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Print the decision and the policies that determined it (exit 1 when denied)."""
+    if action not in _ACTIONS:
+        raise fail(f"--action {action!r}: use one of {', '.join(_ACTIONS)}", 2)
+    _, settings = settings_from(config)
+    engine = _engine(settings)
+    who = _principal(settings, key, principal, tenant, group or [], grant or [], attr or [])
+    facts = _facts(parse_assignments(context or [], "--context"))
+    configured = settings.model(model)
+    attributes = configured.attributes if configured else ModelAttributes()
+    request, entities = cedar_request(who, action, model, attributes, facts)
+    try:
+        verdict = engine.decide(request, entities)
+    except ModelfenceError as exc:
+        raise fail(str(exc)) from None
+    where = {st.label: f"{st.file}:{st.line}" for st in engine.bundle.statements}
+    if json_out:
+        console.print_json(orjson.dumps({
+            "decision": "allow" if verdict.allowed else "deny",
+            "policies": [{"id": p, "at": where.get(p)} for p in verdict.policies],
+            "request": request}).decode())
+    else:
+        word = "[bold green]ALLOW[/]" if verdict.allowed else "[bold red]DENY[/]"
+        console.print(f"{word} {who.id} ({who.tenant}) → {action} on {model}"
+                      + ("" if configured else "  [yellow](model not in the config)[/]"))
+        if verdict.policies:
+            kind = "permitted by" if verdict.allowed else "forbidden by"
+            for p in verdict.policies:
+                console.print(f"  {kind} {p}  [dim]{where.get(p, '')}[/]")
+        else:
+            console.print("  no policy permits it (deny by default)")
+    if not verdict.allowed:
+        raise typer.Exit(1)
+
+
+def _principal(settings: Settings, key: str | None, principal: str | None, tenant: str,
+               groups: list[str], grants: list[str], attrs: list[str]) -> Principal:
+    extra = parse_assignments(attrs, "--attr")
+    if isinstance(extra.get("networks"), str):
+        extra["networks"] = [n.strip() for n in extra["networks"].split(",")]
+    try:
+        extra = check_attributes(extra)
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+    if key:
+        record = run_async(lambda: _load_key(settings, key))
+        if record is None:
+            raise fail(f"no key with id {key!r}")
+        return Principal(id=record.principal, tenant=record.tenant, groups=record.groups,
+                         models=record.models, key_id=record.key_id,
+                         attributes={**record.attributes, **extra})
+    if not principal:
+        raise fail("give --principal ID (with --tenant, --group, --grant, --attr) or --key ID", 2)
+    return Principal(id=principal, tenant=tenant, groups=tuple(groups), models=tuple(grants),
+                     attributes=extra)
+
+
+async def _load_key(settings: Settings, key_id: str) -> Any:
+    store = key_store_from_url(settings.stores.keys)
+    await store.open()
+    try:
+        return await store.get(key_id)
+    finally:
+        await store.close()
+
+
+def _facts(ctx: dict[str, Any]) -> Facts:
+    unknown = set(ctx) - {"source", "purpose", "risk", "queries", "time"}
+    if unknown:
+        raise fail(f"--context: unknown fact(s) {', '.join(sorted(unknown))}; "
+                   "use source, purpose, risk, queries, time", 2)
+    try:
+        now = datetime.fromisoformat(str(ctx["time"])).timestamp() if "time" in ctx else None
+        return Facts(source=str(ctx.get("source", "127.0.0.1")),
+                     purpose=str(ctx.get("purpose", "")),
+                     risk=float(ctx.get("risk", 0.0)), queries=int(ctx.get("queries", 0)),
+                     now=now)
+    except ValueError as exc:
+        raise fail(f"--context: {exc}", 2) from None

@@ -1,0 +1,167 @@
+"""JSON Web Key Sets: where they come from, and which of their keys may verify what.
+
+A JWKS is read from a file or fetched over HTTP (aiohttp, one session made in the
+running loop, as the upstream transport does). Parsing binds each key to the
+algorithms its type can verify (RSA → RS*/PS*, P-256 → ES256, Ed25519 → EdDSA, ...)
+and that the configuration allows; symmetric (``oct``) keys, encryption keys and RSA
+keys under 2048 bits are skipped, so no token can pick a weaker way to be checked.
+Messages name the file, or the URL without credentials, query or fragment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import jwt
+from jwt import PyJWK
+
+from ..config import JwtSettings
+
+log = logging.getLogger("modelfence.identity.jwt")
+
+MAX_JWKS_BYTES = 1024 * 1024
+MIN_RSA_BITS = 2048
+_RSA = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+#: What a key of each type (and curve) can verify; HMAC ("oct") is absent on purpose.
+_FAMILIES: dict[tuple[Any, Any], frozenset[str]] = {
+    ("EC", "P-256"): frozenset({"ES256"}),
+    ("EC", "P-384"): frozenset({"ES384"}),
+    ("EC", "P-521"): frozenset({"ES512"}),
+    ("OKP", "Ed25519"): frozenset({"EdDSA"}),
+    ("OKP", "Ed448"): frozenset({"EdDSA"}),
+}
+
+
+class JwksError(Exception):
+    """A JWKS could not be read or used; the message is safe to log."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    """Verification keys by ``(kid, alg)``; replaced whole on refresh, never mutated."""
+
+    keys: dict[tuple[str, str], PyJWK] = field(default_factory=dict)
+    kids: frozenset[str] = frozenset()
+
+    def resolve(self, kid: Any) -> str | None:
+        """The kid a token means: its own, or the only key when it names none."""
+        if kid is None and len(self.kids) == 1:
+            return next(iter(self.kids))
+        return kid if isinstance(kid, str) else None
+
+
+def parse_jwks(doc: Any, allowed: frozenset[str]) -> KeySet:
+    """Keep the signing keys that can verify an allowed algorithm; skip (and log) the rest."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise JwksError("not a JWKS (expected a JSON object with a 'keys' list)")
+    keys: dict[tuple[str, str], PyJWK] = {}
+    for jwk in doc["keys"]:
+        if not isinstance(jwk, dict) or jwk.get("use", "sig") != "sig":
+            continue
+        kid, kty = jwk.get("kid", ""), jwk.get("kty")
+        if not isinstance(kid, str):
+            continue
+        family = _RSA if kty == "RSA" else _FAMILIES.get((kty, jwk.get("crv")), frozenset())
+        declared = jwk.get("alg")
+        algs = family & allowed & ({declared} if isinstance(declared, str) else family)
+        if not algs:
+            log.warning("JWKS key %r (kty %r) cannot verify any allowed algorithm; skipped",
+                        kid[:64], str(kty)[:16])
+            continue
+        for alg in sorted(algs):
+            try:
+                key = PyJWK(jwk, alg)
+            except (jwt.PyJWTError, ValueError, TypeError, KeyError):
+                # PyJWT's message would quote the whole JWK; the kid is enough
+                log.warning("JWKS key %r (kty %r) cannot be read; skipped", kid[:64], kty)
+                break
+            if kty == "RSA" and getattr(key.key, "key_size", 0) < MIN_RSA_BITS:
+                log.warning("JWKS key %r is an RSA key under %d bits; skipped", kid[:64],
+                            MIN_RSA_BITS)
+                break
+            keys[(kid, alg)] = key
+    return KeySet(keys, frozenset(k for k, _ in keys))
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may appear in logs and errors: no user, password, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
+
+
+class JwksSource:
+    """Reads the configured JWKS: a file (read again on each refresh) or a URL."""
+
+    def __init__(self, settings: JwtSettings) -> None:
+        self._url = settings.jwks_url
+        self._file = settings.jwks_file
+        self._timeout_s = settings.jwks_timeout_s
+        self._session: Any = None
+        self.where = redact_url(self._url) if self._url else str(self._file)
+
+    async def open(self) -> None:
+        if self._url and self._session is None:
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(
+                headers={"Accept": "application/json"}, skip_auto_headers=("User-Agent",))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+            await asyncio.sleep(0)
+
+    async def load(self) -> Any:
+        """The decoded JSON document; every failure is a `JwksError` with a short reason."""
+        raw = await self._fetch() if self._url else self._read()
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise JwksError(f"not JSON ({str(exc)[:80]})") from None
+
+    def _read(self) -> bytes:
+        assert self._file is not None
+        try:
+            with self._file.open("rb") as f:
+                raw = f.read(MAX_JWKS_BYTES + 1)
+        except OSError as exc:
+            raise JwksError(f"cannot read file: {exc.strerror}") from None
+        if len(raw) > MAX_JWKS_BYTES:
+            raise JwksError(f"larger than {MAX_JWKS_BYTES} bytes")
+        return raw
+
+    async def _fetch(self) -> bytes:
+        import aiohttp
+
+        if self._session is None:
+            raise JwksError("not opened")
+        timeout = aiohttp.ClientTimeout(total=self._timeout_s)
+        try:
+            async with self._session.get(self._url, timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise JwksError(f"HTTP {resp.status}")
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.content.iter_any():  # read(n) may stop at one chunk
+                    size += len(chunk)
+                    if size > MAX_JWKS_BYTES:
+                        raise JwksError(f"larger than {MAX_JWKS_BYTES} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise JwksError(f"no answer within {self._timeout_s:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise JwksError(f"cannot connect ({type(exc).__name__})") from None
+        return b"".join(chunks)

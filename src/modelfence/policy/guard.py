@@ -1,0 +1,44 @@
+"""The policy guard: every call is decided by Cedar; deny by default; fail closed."""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+from ..errors import Forbidden
+from ..gateway.call import Call
+from ..gateway.chain import Guard
+from .engine import PolicyEngine
+from .request import Facts, cedar_request
+
+log = logging.getLogger("modelfence.policy")
+
+PURPOSE_HEADER = "x-modelfence-purpose"
+
+
+class PolicyGuard(Guard):
+    name: ClassVar[str] = "policy"
+    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "queries"})
+    provides: ClassVar[frozenset[str]] = frozenset({"decision"})
+
+    def __init__(self, engine: PolicyEngine) -> None:
+        self._engine = engine
+
+    async def on_request(self, call: Call) -> None:
+        assert call.principal is not None and call.model is not None
+        facts = Facts(source=call.source,
+                      purpose=call.request.headers.get(PURPOSE_HEADER, "")[:128],
+                      risk=call.risk, queries=call.queries)
+        request, entities = cedar_request(call.principal, call.action, call.model.name,
+                                          call.model.settings.attributes, facts)
+        verdict = self._engine.decide(request, entities)  # PolicyError → 503, fail closed
+        call.policy_ids = list(verdict.policies)
+        if verdict.allowed:
+            call.note(self.name, "allow", ",".join(verdict.policies))
+            return
+        if verdict.policies:
+            reason = f"denied by policy {', '.join(verdict.policies)}"
+        else:
+            reason = f"no policy permits {call.action} on model {call.model.name!r}"
+        call.note(self.name, "deny", reason)
+        raise Forbidden(f"access denied: {reason}", reason="policy_denied")

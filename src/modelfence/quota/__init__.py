@@ -1,0 +1,1 @@
+"""Usage counts, rate limits and extraction budgets."""

@@ -1,0 +1,105 @@
+"""A real gateway writes a chained, signed audit log; the `modelfence audit` CLI reads it.
+
+Also checks what must never be in a record: keys, tokens, raw inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import aiohttp
+
+from ..support import Gateway, cli
+
+MARK = 0.7654321  # a distinctive input value: it must not reach the audit log
+
+
+def body(value: float) -> bytes:
+    return json.dumps({"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
+                                   "data": [value] * 64}]}).encode()
+
+
+async def post(gw: Gateway, model: str, token: str) -> int:
+    async with aiohttp.ClientSession() as s, s.post(
+            f"{gw.url}/v2/models/{model}/infer", data=body(MARK),
+            headers={"Authorization": f"Bearer {token}",
+                     "Content-Type": "application/json"}) as r:
+        return r.status
+
+
+async def test_gateway_log_verifies_reads_exports_and_catches_tampering(
+        tmp_path: Path, digits_files: dict[str, Path]) -> None:
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    made = cli("audit", "keygen", "--out", str(folder / "cp.pem")).stdout
+    assert "created checkpoint key" in made and (folder / "cp.pub.pem").exists()
+    gw = Gateway(folder, [{"name": "digits",
+                           "backend": {"type": "skops", "path": str(digits_files["skops"])}}],
+                 extra={"audit": {"sink": "sqlite:///audit.db", "durability": "strict",
+                                  "checkpoint_key_file": "cp.pem", "checkpoint_every": 3}})
+    gw.start()
+    try:
+        alice, bob = gw.key(principal="alice"), gw.key(principal="bob")
+        statuses = [await post(gw, "digits", alice) for _ in range(3)]
+        statuses += [await post(gw, "digits", bob) for _ in range(2)]
+        statuses.append(await post(gw, "digits", alice[:-4] + "AAAA"))
+        statuses.append(await post(gw, "no-such-model", alice))
+    finally:
+        gw.stop()  # a clean stop commits the queue and signs the head
+    assert statuses[:5] == [200] * 5 and statuses[5] == 401
+    config = str(gw.config)
+
+    ok = cli("audit", "verify", "--config", config)
+    assert ok.stdout.startswith("ok ") and "checkpoints verified" in ok.stdout
+    report = json.loads(cli("audit", "verify", "--config", config, "--json").stdout)
+    assert report["ok"] and report["records"] >= 7 and report["signatures_checked"]
+    assert report["unsealed"] == 0
+    auditor = cli("audit", "verify", "--store", f"sqlite:///{folder}/audit.db",
+                  "--public-key", str(folder / "cp.pub.pem"))
+    assert auditor.stdout.startswith("ok ")
+
+    found = json.loads(cli("audit", "query", "--principal", "alice", "--config", config,
+                           "--json").stdout)["records"]
+    assert len(found) == 4
+    assert {r["record"]["principal"] for r in found} == {"alice"}
+    assert sorted(r["record"]["status"] for r in found) == [200, 200, 200, 404]
+    bob_digits = json.loads(cli("audit", "query", "--principal", "bob", "--model", "digits",
+                                "--since", "1h", "--config", config, "--json").stdout)
+    assert len(bob_digits["records"]) == 2
+    table = cli("audit", "query", "--principal", "bob", "--config", config,
+                env={"COLUMNS": "160"}).stdout
+    assert "bob" in table and "digits" in table
+    tail = json.loads(cli("audit", "tail", "-n", "2", "--config", config, "--json").stdout)
+    assert [r["seq"] for r in tail["records"]] == [report["records"] - 1, report["records"]]
+
+    exported = folder / "export.jsonl"
+    cli("audit", "export", "--format", "jsonl", "-o", str(exported), "--config", config)
+    lines = [json.loads(line) for line in exported.read_text().splitlines()]
+    assert len(lines) == report["records"]
+    assert {"seq", "hash", "prev_hash", "record"} <= set(lines[0])
+    assert lines[1]["prev_hash"] == lines[0]["hash"]
+
+    # No key, token or raw input anywhere in the log or its export.
+    db_text = (folder / "audit.db").read_bytes().decode("latin-1") + exported.read_text()
+    for secret in (alice.split("_", 2)[2], bob.split("_", 2)[2], gw.admin_token, str(MARK)):
+        assert secret not in db_text
+    assert all(r["record"].get("inputs") is None for r in lines)
+
+    with sqlite3.connect(folder / "audit.db") as db:  # hide one of alice's calls
+        db.execute("UPDATE modelfence_audit SET principal = 'nobody' WHERE seq = ?",
+                   (found[1]["seq"],))
+    bad = cli("audit", "verify", "--config", config, check=False)
+    assert bad.returncode == 1
+    assert f"DAMAGED at record {found[1]['seq']}: modified" in bad.stdout
+
+
+def test_cli_refuses_unchained_sinks_and_missing_logs(tmp_path: Path) -> None:
+    config = tmp_path / "modelfence.yaml"
+    config.write_text("audit: {sink: 'jsonl:///audit.jsonl'}\n")
+    out = cli("audit", "verify", "--config", str(config), check=False)
+    assert out.returncode == 2 and "not a chained store" in out.stderr
+    out = cli("audit", "tail", "--store", f"sqlite:///{tmp_path}/nothing.db", check=False)
+    assert out.returncode == 1 and "no audit log at" in out.stderr
+    assert not (tmp_path / "nothing.db").exists()

@@ -1,0 +1,102 @@
+"""The audit log on a real PostgreSQL: append, query, verify, tamper, replicas sharing it."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from modelfence.audit.checkpoint import CheckpointPolicy, Signer, generate_keypair
+from modelfence.audit.store import Query, audit_store_from_url
+from modelfence.audit.store_postgres import PostgresAuditStore
+from modelfence.audit.verify import verify_store
+from modelfence.audit.writer import ChainedSink
+from modelfence.errors import StoreError
+
+from ..unit.test_audit_chain import Rec
+from .test_audit_crash import crash_and_recover, start_writer, verify
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def pg_audit_url(pg_url: str) -> Iterator[str]:
+    """A schema of its own, chosen through libpq's `options` (search_path)."""
+    schema = f"mf_audit_{secrets.token_hex(4)}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in pg_url else "?"
+    yield f"{pg_url}{sep}options=-csearch_path%3D{schema}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+async def test_append_query_verify_and_tamper(pg_audit_url: str) -> None:
+    key = Ed25519PrivateKey.generate()
+    sink = ChainedSink(audit_store_from_url(pg_audit_url), durability="strict",
+                       signer=Signer(key), policy=CheckpointPolicy(10, 3600))
+    await sink.open()
+    for i in range(40):
+        await sink.write(Rec(i))  # type: ignore[arg-type]
+    await sink.close()
+
+    store = audit_store_from_url(pg_audit_url)
+    await store.open()
+    try:
+        assert [r.seq for r in await store.select(Query(principal="user2", model="m1"))] == [
+            8, 23, 38]
+        assert (await verify_store(store, public_key=key.public_key())).ok
+        async with await psycopg.AsyncConnection.connect(pg_audit_url, autocommit=True) as c:
+            await c.execute("UPDATE modelfence_audit SET model = 'hidden' WHERE seq = 12")
+            damage = (await verify_store(store, public_key=key.public_key())).damage
+            assert damage is not None and (damage.seq, damage.kind) == (12, "modified")
+            await c.execute("UPDATE modelfence_audit SET model = 'm2' WHERE seq = 12")
+            await c.execute("DELETE FROM modelfence_audit WHERE seq > 38")
+            damage = (await verify_store(store, public_key=key.public_key())).damage
+            assert damage is not None and (damage.seq, damage.kind) == (39, "truncated")
+    finally:
+        await store.close()
+
+
+async def test_two_replica_processes_append_one_chain(pg_audit_url: str,
+                                                      tmp_path: Path) -> None:
+    """Two processes append at once; the advisory lock makes their batches take turns."""
+    key = tmp_path / "cp.pem"
+    generate_keypair(key, tmp_path / "cp.pub.pem")
+    gate = tmp_path / "go"
+    procs = [start_writer(pg_audit_url, "batched", key, 2000, tag, tmp_path / "acks", gate)
+             for tag in ("a", "b")]
+    deadline = time.monotonic() + 30
+    while not all((tmp_path / f"go.{t}").exists() for t in "ab"):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.01)
+    gate.touch()
+    for p in procs:
+        assert p.wait(timeout=60) == 0, p.stderr.read().decode()  # type: ignore[union-attr]
+        p.stderr.close()  # type: ignore[union-attr]
+    report, ids = await verify(pg_audit_url, key)
+    assert report.ok, report.damage
+    assert report.records == 4000 and report.last_checkpoint == 4000
+    assert ids == {f"{t}-{i}" for t in "ab" for i in range(2000)}
+    store = audit_store_from_url(pg_audit_url)
+    await store.open()
+    rows = await store.select(Query(limit=4000))
+    await store.close()
+    tags = [r.principal for r in rows]
+    assert sum(a != b for a, b in itertools.pairwise(tags)) > 1  # really interleaved
+
+
+async def test_sigkill_mid_load_on_postgres(pg_audit_url: str, tmp_path: Path) -> None:
+    await crash_and_recover(pg_audit_url, "strict", tmp_path)
+
+
+async def test_unreachable_postgres_is_a_store_error() -> None:
+    store = PostgresAuditStore("postgresql://nobody@127.0.0.1:1/none", timeout_s=1)
+    with pytest.raises(StoreError, match="postgresql audit store unreachable"):
+        await store.open()

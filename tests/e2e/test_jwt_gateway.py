@@ -1,0 +1,185 @@
+"""JWT bearer identities through a real gateway process and a JWKS served on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ..jwks_server import AUDIENCE, ISSUER, Issuer, JwksServer
+from ..support import Gateway, cli, digits_rows, free_port, infer_body
+
+BODY = json.dumps(infer_body(digits_rows(1))).encode()
+KINDS = ("rsa", "ec", "ed25519")
+
+
+def jwt_config(jwks_url: str) -> dict[str, Any]:
+    return {"identity": {"jwt": {
+        "issuer": ISSUER, "audiences": [AUDIENCE], "jwks_url": jwks_url, "tenant_claim": "tid",
+        "groups_claim": "groups", "models_claim": "models",
+        "attributes": {"clearance": "clearance"}}}}
+
+
+def two_models(digits_files: dict[str, Path]) -> list[dict[str, Any]]:
+    skops = str(digits_files["skops"])
+    return [{"name": "digits", "backend": {"type": "skops", "path": skops}},
+            {"name": "digits-2", "backend": {"type": "skops", "path": skops}}]
+
+
+def new_issuer() -> Issuer:
+    idp = Issuer()
+    for kind in KINDS:
+        idp.add(kind, f"{kind}-1")
+    idp.add("rsa", "stranger", publish=False)
+    return idp
+
+
+@pytest.fixture(scope="module")
+def idp_server() -> Iterator[JwksServer]:
+    with JwksServer(new_issuer()) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def jwt_gateway(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path],
+                idp_server: JwksServer) -> Iterator[Gateway]:
+    gw = Gateway(tmp_path_factory.mktemp("gw-jwt"), two_models(digits_files),
+                 extra=jwt_config(idp_server.url)).start()
+    yield gw
+    gw.stop()
+
+
+async def infer(gw: Gateway, token: str | None, model: str = "digits"
+                ) -> tuple[int, dict[str, Any], str]:
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    async with aiohttp.ClientSession() as s, s.post(
+            f"{gw.url}/v2/models/{model}/infer", data=BODY, headers=headers) as r:
+        return r.status, await r.json(), r.headers.get("WWW-Authenticate", "")
+
+
+async def audit_for(gw: Gateway, count: int) -> list[dict[str, Any]]:
+    """The last `count` audit records, once the gateway has written them."""
+    deadline = time.monotonic() + 5
+    while len(gw.audit_records()) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    return gw.audit_records()[-count:]
+
+
+async def test_a_valid_token_of_each_algorithm_is_let_in(
+        jwt_gateway: Gateway, idp_server: JwksServer) -> None:
+    before = len(jwt_gateway.audit_records())
+    for kind in KINDS:
+        status, body, _ = await infer(jwt_gateway, idp_server.issuer.token(f"{kind}-1"))
+        assert status == 200, body
+        assert body["model_name"] == "digits"
+    records = await audit_for(jwt_gateway, before + 3)
+    assert [(r["principal"], r["tenant"], r["key_id"], r["status"]) for r in records[-3:]] == [
+        ("alice", "acme", f"jwt:{kind}-1", 200) for kind in KINDS]
+
+
+async def test_every_jwt_failure_is_the_same_401(
+        jwt_gateway: Gateway, idp_server: JwksServer) -> None:
+    idp = idp_server.issuer
+    now = int(time.time())
+    rsa = idp.keys["rsa-1"]
+    cases = {
+        "bad_signature": idp.token("rsa-1", signer="stranger"),
+        "expired_token": idp.token("ec-1", exp=now - 120),
+        "not_yet_valid": idp.token("ed25519-1", nbf=now + 300),
+        "wrong_audience": idp.token("rsa-1", aud="another-api"),
+        "wrong_issuer": idp.token("ec-1", iss="https://evil.example/"),
+        "unknown_kid": idp.token("not-in-the-jwks", signer="stranger"),
+        "alg_not_allowed": idp.forge("rsa-1", "none"),
+        "alg_not_allowed/hs256": idp.forge("rsa-1", "HS256", rsa.public_pem()),
+        "malformed_token": "garbage.garbage.garbage",
+        "missing_claim": idp.token("rsa-1", tid=None),
+    }
+    before = len(jwt_gateway.audit_records())
+    answers = {name: await infer(jwt_gateway, token) for name, token in cases.items()}
+    assert {a[0] for a in answers.values()} == {401}, answers
+    assert {json.dumps(a[1]) for a in answers.values()} == {
+        json.dumps({"error": "missing or invalid credentials"})}
+    assert {a[2] for a in answers.values()} == {'Bearer realm="modelfence"'}
+    records = await audit_for(jwt_gateway, before + len(cases))
+    assert [r["reason"] for r in records[-len(cases):]] == [n.split("/")[0] for n in cases]
+
+
+async def test_claims_grant_models_and_api_keys_still_work(
+        jwt_gateway: Gateway, idp_server: JwksServer) -> None:
+    idp = idp_server.issuer
+    status, body, _ = await infer(jwt_gateway, idp.token("ec-1"), model="digits-2")
+    assert status == 403, body
+    status, _, _ = await infer(jwt_gateway, idp.token("ec-1", models="digits digits-2"),
+                               model="digits-2")
+    assert status == 200
+    status, _, _ = await infer(jwt_gateway, jwt_gateway.key(), model="digits-2")
+    assert status == 200
+
+
+async def test_tokens_never_reach_the_log_or_the_audit(
+        jwt_gateway: Gateway, idp_server: JwksServer) -> None:
+    idp = idp_server.issuer
+    tokens = [idp.token("rsa-1"), idp.token("ec-1", exp=int(time.time()) - 120),
+              idp.token("ed25519-1", aud="x"), idp.token("whatever", signer="stranger"),
+              idp.forge("ec-1", "none")]
+    for token in tokens:
+        await infer(jwt_gateway, token)
+    await asyncio.sleep(0.3)  # audit and logs are written after the answer
+    texts = {"gateway log": jwt_gateway.log.read_text(),
+             "audit log": (jwt_gateway.folder / "audit.jsonl").read_text()}
+    assert "JWKS from http://127.0.0.1" in texts["gateway log"]
+    for where, text in texts.items():
+        for token in tokens:
+            for part in token.split("."):
+                assert len(part) < 16 or part not in text, f"a token leaked into the {where}"
+
+
+async def test_rotation_is_picked_up_by_one_refetch_never_per_request(
+        tmp_path: Path, digits_files: dict[str, Path]) -> None:
+    with JwksServer(new_issuer()) as server:
+        idp = server.issuer
+        gw = Gateway(tmp_path / "gw", two_models(digits_files), extra=jwt_config(server.url))
+        gw.start()
+        try:
+            fetched_at_start = server.fetches
+            for _ in range(30):
+                assert (await infer(gw, idp.token("rsa-1")))[0] == 200
+            assert server.fetches == fetched_at_start  # never per request
+
+            rotated = idp.add("ec", "rotated-2")
+            assert (await infer(gw, idp.token(rotated.kid)))[0] == 200
+            assert server.fetches == fetched_at_start + 1
+
+            flood = [idp.token(f"random-{i}", signer="rsa-1") for i in range(40)]
+            statuses = await asyncio.gather(*(infer(gw, t) for t in flood))
+            assert {s[0] for s in statuses} == {401}
+            late = idp.add("ed25519", "late-3")  # inside jwks_min_refresh_s: not fetched yet
+            assert (await infer(gw, idp.token(late.kid)))[0] == 401
+            assert server.fetches == fetched_at_start + 1
+            assert (await infer(gw, idp.token(rotated.kid)))[0] == 200
+        finally:
+            gw.stop()
+
+
+def test_an_unreachable_jwks_refuses_to_start(tmp_path: Path,
+                                              digits_files: dict[str, Path]) -> None:
+    port = free_port()
+    url = f"http://svc:hunter2@127.0.0.1:{port}/jwks.json?access_token=s3cr3t"
+    gw = Gateway(tmp_path, two_models(digits_files), extra=jwt_config(url))
+    gw.write_config()
+    result = cli("serve", "--config", str(gw.config), check=False)
+    assert result.returncode == 2
+    message = result.stderr.strip()
+    assert (f"identity.jwt: cannot use the JWKS from http://127.0.0.1:{port}/jwks.json: "
+            "cannot connect") in message, message
+    assert len(message.splitlines()) == 1
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "s3cr3t" not in result.stderr + result.stdout
