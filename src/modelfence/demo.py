@@ -2,7 +2,7 @@
 
 Everything lives in one folder (``~/.modelfence/demo`` or ``$MODELFENCE_HOME/demo``):
 the model in skops format, a server secret (mode 0600), modelfence.yaml, the key
-store and the audit log. Each run mints a fresh demo key and revokes the previous one,
+store, the hash-chained audit log and the key that signs its checkpoints. Each run mints a fresh demo key and revokes the previous one,
 so keys stay shown-once and stored only as digests.
 """
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 import yaml
 
+from .audit.checkpoint import generate_keypair
 from .config import load_settings
 from .identity.apikeys import ApiKeys
 from .stores import key_store_from_url
@@ -45,6 +46,8 @@ def prepare(home: Path) -> DemoFiles:
     if trained:
         accuracy = _train(model, sample)
     _write_secret(home / "secret")
+    if not (home / "audit-checkpoint.pem").exists():
+        generate_keypair(home / "audit-checkpoint.pem", home / "audit-checkpoint.pub.pem")
     config = home / "modelfence.yaml"
     if not config.exists():
         config.write_text(yaml.safe_dump(_config(), sort_keys=False))
@@ -87,7 +90,7 @@ def _config() -> dict[str, object]:
         "server": {"host": "127.0.0.1", "port": 8000},
         "secret_file": "secret",
         "stores": {"keys": "sqlite:///keys.db"},
-        "audit": {"sink": "jsonl:///audit.jsonl"},
+        "audit": {"sink": "sqlite:///audit.db", "checkpoint_key_file": "audit-checkpoint.pem"},
         "models": [{
             "name": MODEL_NAME,
             "backend": {"type": "skops", "path": "digits.skops"},

@@ -82,8 +82,12 @@ class AuditGuard(Guard):
         )
 
     async def on_complete(self, call: Call) -> None:
-        """Runs after the answer was sent: digests and the write stay off the critical path."""
-        await self._sink.write(self.assemble(call))
+        """Runs after the answer is sent (batched) or just before (strict durability)."""
+        try:
+            await self._sink.write(self.assemble(call))
+        except Exception:
+            call.audit_failed = True
+            raise
 
 
 def admin_record(*, action: str, source: str, status: int, reason: str, target: str | None,

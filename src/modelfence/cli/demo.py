@@ -42,9 +42,10 @@ def demo(
     console.print(curl, soft_wrap=True, markup=False)
     console.print("\n[bold]Model metadata:[/]")
     console.print(metadata, soft_wrap=True, markup=False)
-    console.print(f"\nMetrics: http://127.0.0.1:{port}/metrics   "
-                  f"Audit log: {files.home / 'audit.jsonl'}   Config: {files.config}",
+    console.print(f"\nMetrics: http://127.0.0.1:{port}/metrics   Config: {files.config}",
                   soft_wrap=True)
+    console.print(f"Audit:   modelfence audit tail --config {files.config}   "
+                  f"(and: audit verify)", soft_wrap=True, markup=False)
     console.rule()
     console.print("serving; press Ctrl+C to stop")
     start_gateway(files.config, "127.0.0.1", port, 1, False, "INFO")

@@ -76,9 +76,14 @@ class AdminApi:
             target = request.path_params.get("key_id") or getattr(
                 request.state, "audit_target", None)
             reason = "ok" if response.status_code < 400 else f"status {response.status_code}"
-            await self._audit.write(admin_record(
+            record = admin_record(
                 action=action, source=request.client.host if request.client else "unknown",
-                status=response.status_code, reason=reason, target=target, started=started))
+                status=response.status_code, reason=reason, target=target, started=started)
+            try:
+                await self._audit.write(record)
+            except Exception as exc:  # the action is done; say loudly that its record is not
+                log.error("audit record of %s (%s) not written: %s", action, record.request_id,
+                          exc.__class__.__name__)
             return response
         return run
 

@@ -111,7 +111,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     metadata_chain = GuardChain([metrics, audit, identity, model, usage, policy])
 
     oip = OipRoutes(infer_chain=infer_chain, metadata_chain=metadata_chain, models=gw.models,
-                    key_store=gw.key_store, metrics=gw.metrics)
+                    key_store=gw.key_store, metrics=gw.metrics,
+                    audit_before_answer=settings.audit.durability == "strict")
     reloader = PolicyReloader(gw.policy, settings.policy.state_dir, settings.server.workers)
     admin = AdminApi(gw.keys, settings.server_secret(), settings.admin_token(), policy=reloader,
                      audit=gw.audit_sink)

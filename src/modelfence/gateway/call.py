@@ -51,6 +51,7 @@ class Call:
     trail: list[Decision] = field(default_factory=list)
     status: int = 0
     error: RequestError | None = None
+    audit_failed: bool = False
 
     @property
     def source(self) -> str:

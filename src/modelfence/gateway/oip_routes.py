@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..backends.base import ModelEntry
+from ..errors import StoreError
 from ..stores.keys import KeyStore
 from .call import Call
 from .chain import GuardChain, Terminal
@@ -31,12 +32,13 @@ async def _metadata_terminal(call: Call) -> None:
 class OipRoutes:
     def __init__(self, *, infer_chain: GuardChain, metadata_chain: GuardChain,
                  models: dict[str, ModelEntry], key_store: KeyStore,
-                 metrics: GatewayMetrics) -> None:
+                 metrics: GatewayMetrics, audit_before_answer: bool = False) -> None:
         self._infer_chain = infer_chain
         self._metadata_chain = metadata_chain
         self._models = models
         self._key_store = key_store
         self._metrics = metrics
+        self._audit_before_answer = audit_before_answer
 
     def routes(self) -> list[Route]:
         return [
@@ -82,7 +84,15 @@ class OipRoutes:
             if response.status_code >= 500 and not call.error.reason.startswith("upstream"):
                 self._count_server_failure(call.error.reason)
         call.status = response.status_code
-        response.background = BackgroundTask(chain.complete, call)
+        if not self._audit_before_answer:
+            response.background = BackgroundTask(chain.complete, call)
+            return response
+        # strict durability: the answer leaves only once its audit record is committed
+        await chain.complete(call)
+        if call.audit_failed:
+            self._metrics.store_errors.labels("audit").inc()
+            return error_response(StoreError("audit record not committed"),
+                                  where=f" in {call.action}")[0]
         return response
 
     def _count_server_failure(self, reason: str) -> None:
