@@ -41,6 +41,8 @@ class Load:
 
 @dataclass(frozen=True)
 class Result:
+    """One measured window: answers counted, its length, latency percentiles."""
+
     connections: int
     requests: int
     duration_s: float
@@ -94,7 +96,8 @@ class AiohttpLoader:
     """Fallback: one asyncio task per connection in this process (a Python client: it may
     saturate a core before the server does, so treat its req/s as a lower bound)."""
 
-    name = "aiohttp closed loop (wrk not found)"
+    def __init__(self, why: str) -> None:
+        self.name = f"aiohttp closed loop in Python ({why})"
 
     def run(self, load: Load, connections: int, duration_s: float) -> Result:
         return asyncio.run(_closed_loop(load, connections, duration_s))
@@ -134,8 +137,10 @@ async def _closed_loop(load: Load, connections: int, duration_s: float) -> Resul
 def make_loader(kind: str, max_threads: int) -> WrkLoader | AiohttpLoader:
     """`auto` picks wrk when it is on PATH; `wrk` insists on it; `aiohttp` forces the fallback."""
     wrk = shutil.which("wrk")
-    if kind == "aiohttp" or (kind == "auto" and wrk is None):
-        return AiohttpLoader()
+    if kind == "aiohttp":
+        return AiohttpLoader("chosen with --loadgen aiohttp")
+    if kind == "auto" and wrk is None:
+        return AiohttpLoader("wrk not found")
     if wrk is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk, or --loadgen aiohttp")
     return WrkLoader(wrk, max_threads)

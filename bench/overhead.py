@@ -5,9 +5,9 @@ Three targets answer the same OIP v2 request (one digits row, [1, 64] FP32, "inp
 - direct:      the benchmark's OIP backend (bench/oip_backend.py), called directly;
 - passthrough: a minimal Starlette + granian proxy with one pooled aiohttp session
                (bench/passthrough.py), the floor for a Python gateway on this stack;
-- gateway:     `modelfence serve` with its full chain (API-key identity, model access,
-               bounded body, input validation, metrics, audit to a jsonl file) and an
-               `oip` upstream backend pointing at the same backend.
+- gateway:     `modelfence serve` with the full chain its app factory wires (API-key
+               identity, model access/policy, bounded body, input validation, metrics,
+               audit to a jsonl file) and an `oip` upstream backend at the same backend.
 
 Each round, for each target: a warm-up, then latency at 1 connection and throughput at
 `--connections`; the table shows medians over `--rounds`. Every server runs one worker.
@@ -23,6 +23,7 @@ import os
 import platform
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -41,13 +42,30 @@ from rich.table import Table
 from loadgen import AiohttpLoader, Load, Result, WrkLoader, make_loader
 from oip_backend import ANSWER_ENV, ANSWERS, CLASSES
 from passthrough import UPSTREAM_ENV
-from servers import start_gateway, start_granian
+from servers import cpu_seconds, start_gateway, start_granian
 
 INFER_PATH = "/v2/models/digits/infer"
 TARGET_ADDED_P50_MS = 1.0
 TARGET_ADDED_P99_MS = 3.0
 TARGET_THROUGHPUT_RATIO = 0.60
 NAMES = ("direct", "passthrough", "gateway")
+TABLE_WIDTH = 110
+JSONL_SINK = "jsonl:///audit.jsonl"
+BUSY_LOAD_PER_CPU = 0.5  # 1-minute load average per CPU above which the machine was not quiet
+
+
+@dataclass(frozen=True)
+class Round:
+    """One target in one round: latency at 1 connection, throughput at many."""
+
+    latency: Result
+    throughput: Result
+    cpu_us_per_req: float  # the target's own processes during the throughput run
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"latency": {**asdict(self.latency), "rps": self.latency.rps},
+                "throughput": {**asdict(self.throughput), "rps": self.throughput.rps},
+                "cpu_us_per_req": self.cpu_us_per_req}
 
 
 @dataclass(frozen=True)
@@ -58,6 +76,7 @@ class Summary:
     p50_ms: float
     p99_ms: float
     rps: float
+    cpu_us_per_req: float
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -71,6 +90,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="wrk threads at most (each competes with the servers for a core)")
     p.add_argument("--answer", choices=ANSWERS, default=ANSWERS[0],
                    help="how the backend answers: a real LogisticRegression or a constant")
+    p.add_argument("--audit-sink", default=JSONL_SINK,
+                   help="the gateway's audit.sink (relative paths: its folder)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--keep", type=Path, help="keep logs, config and audit file in this folder")
     args = p.parse_args(argv)
@@ -103,7 +124,28 @@ def machine() -> dict[str, Any]:
         "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "python": platform.python_version(),
         "versions": {p: version(p) for p in ("modelfence", "granian", "starlette", "aiohttp")},
+        "source": source_revision(),
     }
+
+
+def source_revision() -> str:
+    """The git commit measured, marked `+dirty` when src/ has uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                             check=False)
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--", "src") else "")
+
+
+def count_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with path.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
 def answer_of(load: Load) -> list[float]:
@@ -127,29 +169,31 @@ def check_answers(loads: dict[str, Load]) -> None:
             raise RuntimeError(f"{name} answered {got}, the backend {want}")
 
 
-def measure(loader: WrkLoader | AiohttpLoader, loads: dict[str, Load],
-            args: argparse.Namespace, console: Console) -> dict[str, list[dict[str, Result]]]:
+def measure(loader: WrkLoader | AiohttpLoader, targets: dict[str, tuple[Load, int]],
+            args: argparse.Namespace, console: Console) -> dict[str, list[Round]]:
     """Rounds over the targets (order rotated each round, so none always goes first)."""
-    runs: dict[str, list[dict[str, Result]]] = {n: [] for n in NAMES}
+    runs: dict[str, list[Round]] = {n: [] for n in NAMES}
     for r in range(args.rounds):
         for name in NAMES[r % 3:] + NAMES[:r % 3]:
-            load = loads[name]
+            load, pgid = targets[name]
             if args.warmup:
                 loader.run(load, args.connections, args.warmup)
             one = loader.run(load, 1, args.duration)
+            cpu = cpu_seconds(pgid)
             many = loader.run(load, args.connections, args.duration)
-            runs[name].append({"latency": one, "throughput": many})
+            cpu = (cpu_seconds(pgid) - cpu) / many.requests * 1e6
+            runs[name].append(Round(one, many, cpu))
             console.print(f"  round {r + 1}/{args.rounds} {name:<11} p50 {one.p50_ms:.3f} ms  "
-                          f"p99 {one.p99_ms:.3f} ms  {many.rps:,.0f} req/s", highlight=False)
+                          f"p99 {one.p99_ms:.3f} ms  {many.rps:,.0f} req/s  "
+                          f"{cpu:.0f} CPU µs/req", highlight=False)
     return runs
 
 
-def summarize(runs: dict[str, list[dict[str, Result]]]) -> dict[str, Summary]:
-    def med(name: str, kind: str, attr: str) -> float:
-        return statistics.median(getattr(r[kind], attr) for r in runs[name])
-
-    return {n: Summary(n, med(n, "latency", "p50_ms"), med(n, "latency", "p99_ms"),
-                       med(n, "throughput", "rps")) for n in NAMES}
+def summarize(runs: dict[str, list[Round]]) -> dict[str, Summary]:
+    med = statistics.median
+    return {n: Summary(n, med(r.latency.p50_ms for r in rs), med(r.latency.p99_ms for r in rs),
+                       med(r.throughput.rps for r in rs), med(r.cpu_us_per_req for r in rs))
+            for n, rs in runs.items()}
 
 
 def verdicts(s: dict[str, Summary]) -> dict[str, dict[str, Any]]:
@@ -159,41 +203,63 @@ def verdicts(s: dict[str, Summary]) -> dict[str, dict[str, Any]]:
         "added_p99_ms": (gw.p99_ms - direct.p99_ms, TARGET_ADDED_P99_MS, "<="),
         "throughput_vs_passthrough": (gw.rps / proxy.rps, TARGET_THROUGHPUT_RATIO, ">="),
     }
-    return {k: {"value": round(v, 4), "target": t, "op": op,
-                "met": v <= t if op == "<=" else v >= t} for k, (v, t, op) in checks.items()}
+    out = {k: {"value": round(v, 4), "target": t, "op": op,
+               "met": v <= t if op == "<=" else v >= t} for k, (v, t, op) in checks.items()}
+    # Not a target: the req/s ratio if each proxy had a core to itself (backend and load
+    # generator elsewhere). Here they share the CPUs, so req/s also pays for the backend.
+    out["cpu_per_request_vs_passthrough"] = {"value": round(proxy.cpu_us_per_req
+                                                            / gw.cpu_us_per_req, 4)}
+    return out
 
 
 def table(s: dict[str, Summary], connections: int) -> Table:
-    t = Table(title="modelfence overhead (medians over rounds)")
-    for col in ("target", "p50 ms (1 conn)", "p99 ms (1 conn)", f"req/s ({connections} conns)",
-                "added p50 ms", "added p99 ms", "req/s vs passthrough"):
-        t.add_column(col, justify="left" if col == "target" else "right")
+    t = Table(title="modelfence overhead (medians over rounds)",
+              caption=f"p50/p99 at 1 connection; req/s at {connections} connections; "
+                      "added = target minus direct; CPU µs/req: the target's own processes "
+                      "(without the backend, for the proxies)")
+    t.add_column("target", no_wrap=True)
+    for col in ("p50 ms", "p99 ms", "req/s", "added p50", "added p99", "vs passthrough",
+                "CPU µs/req"):
+        t.add_column(col, justify="right", no_wrap=True)
     direct, proxy = s["direct"], s["passthrough"]
     for n in NAMES:
         row = s[n]
         added = ("—", "—") if n == "direct" else (f"{row.p50_ms - direct.p50_ms:+.3f}",
                                                    f"{row.p99_ms - direct.p99_ms:+.3f}")
         t.add_row(n, f"{row.p50_ms:.3f}", f"{row.p99_ms:.3f}", f"{row.rps:,.0f}", *added,
-                  f"{row.rps / proxy.rps:.0%}")
+                  f"{row.rps / proxy.rps:.0%}", f"{row.cpu_us_per_req:.0f}")
     return t
 
 
 def report(console: Console, info: dict[str, Any], s: dict[str, Summary],
            checks: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
-    console.print(f"machine: {info['nproc']} CPUs ({info['cpu_model']}), "
-                  f"load average at start {info['loadavg_at_start']}; date {info['date']}; "
-                  f"Python {info['python']}", highlight=False)
+    console.print(f"machine: {info['nproc']} CPUs ({info['cpu_model']}); date {info['date']}; "
+                  f"Python {info['python']}; modelfence {info['source']}", highlight=False)
+    console.print(f"load average (1, 5, 15 min) at start {info['loadavg_at_start']}, "
+                  f"at end {info['loadavg_at_end']}", highlight=False)
+    if info["loadavg_at_start"][0] > BUSY_LOAD_PER_CPU * info["nproc"]:
+        console.print("[yellow]warning:[/] other processes were using the CPUs before the "
+                      "servers started; p99 at 1 connection then includes waits for a CPU. "
+                      "Rerun on a quiet machine before trusting the p99 columns.")
     console.print(f"load generator: {info['loadgen']}; backend answer: {info['backend_answer']};"
                   f" {args.rounds} round(s) of {args.duration:g} s per measurement "
                   f"after {args.warmup:g} s warm-up", highlight=False)
     console.print(table(s, args.connections))
     for key, c in checks.items():
+        if "target" not in c:
+            console.print(f"  {key}: {c['value']:.0%} (passthrough CPU µs/req ÷ gateway's: "
+                          "the req/s ratio if each proxy had a core of its own)")
+            continue
         mark = "[green]met[/]" if c["met"] else "[red]missed[/]"
         value = f"{c['value']:.0%}" if key.startswith("throughput") else f"{c['value']:+.3f} ms"
         target = (f"{c['target']:.0%}" if key.startswith("throughput")
                   else f"{c['target']:g} ms")
         console.print(f"  {key}: {value} (target {c['op']} {target}) {mark}")
-    console.print(f"  gateway audit records written: {info['audit_records']:,}", highlight=False)
+    if "audit_records" in info:
+        console.print(f"  gateway audit records written: {info['audit_records']:,}",
+                      highlight=False)
+    else:
+        console.print(f"  gateway audit sink: {args.audit_sink}", highlight=False)
 
 
 @contextmanager
@@ -214,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     console = Console()
+    console.width = max(console.width, TABLE_WIDTH)
     info = machine()
     loader = make_loader(args.loadgen, args.wrk_threads)
     body = digits_body()
@@ -222,20 +289,18 @@ def main(argv: list[str] | None = None) -> int:
                                 {ANSWER_ENV: args.answer})
         proxy = start_granian(stack, "passthrough", "passthrough:create_app", folder,
                               {UPSTREAM_ENV: backend.url})
-        gateway, key = start_gateway(stack, folder / "gateway", backend.url)
+        gateway, key = start_gateway(stack, folder / "gateway", backend.url, args.audit_sink)
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
-        loads = {s.name: Load(s.url + INFER_PATH, body, headers)
-                 for s in (backend, proxy, gateway)}
-        loads["direct"] = loads.pop("backend")
-        check_answers(loads)
+        targets = {name: (Load(s.url + INFER_PATH, body, headers), s.pgid)
+                   for name, s in zip(NAMES, (backend, proxy, gateway), strict=True)}
+        check_answers({name: load for name, (load, _) in targets.items()})
         console.print(f"servers up: direct {backend.url}, passthrough {proxy.url}, "
                       f"gateway {gateway.url}; measuring…", highlight=False)
-        runs = measure(loader, loads, args, console)
-        audit = folder / "gateway" / "audit.jsonl"
-        with audit.open("rb") as f:
-            info["audit_records"] = sum(chunk.count(b"\n") for chunk in iter(
-                lambda: f.read(1 << 20), b""))
-    info.update(loadgen=loader.name, backend_answer=args.answer)
+        runs = measure(loader, targets, args, console)
+        if args.audit_sink == JSONL_SINK:
+            info["audit_records"] = count_lines(folder / "gateway" / "audit.jsonl")
+    info.update(loadgen=loader.name, backend_answer=args.answer,
+                loadavg_at_end=[round(x, 2) for x in os.getloadavg()])
     s = summarize(runs)
     checks = verdicts(s)
     report(console, info, s, checks, args)
@@ -245,8 +310,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
             "summary": {n: asdict(v) for n, v in s.items()},
             "targets": checks,
-            "rounds": {n: [{k: {**asdict(r), "rps": r.rps} for k, r in run.items()}
-                           for run in rs] for n, rs in runs.items()},
+            "rounds": {n: [r.as_dict() for r in rs] for n, rs in runs.items()},
         }, indent=2) + "\n")
         console.print(f"results written to {args.json}")
     return 0

@@ -32,9 +32,25 @@ STOP_WAIT_S = 10.0
 
 @dataclass(frozen=True)
 class Server:
+    """A started server; `pgid` is its process group (the process and its workers)."""
+
     name: str
     url: str
     log: Path
+    pgid: int
+
+
+def cpu_seconds(pgid: int) -> float:
+    """User + system CPU time used so far by the live processes of process group `pgid`."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the process ended while we looked
+        if int(fields[2]) == pgid:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -98,7 +114,7 @@ def start_granian(stack: ExitStack, name: str, target: str, folder: Path,
                          target], log, {**env, "PYTHONPATH": path})
     url = f"http://{HOST}:{port}"
     wait_http(f"{url}/v2/health/live", proc, log)
-    return Server(name, url, log)
+    return Server(name, url, log, proc.pid)
 
 
 def _modelfence(*args: str) -> str:
@@ -110,14 +126,14 @@ def _modelfence(*args: str) -> str:
     return result.stdout
 
 
-def gateway_config(port: int, backend_url: str) -> dict[str, Any]:
-    """The full chain: API-key identity, model access, bounded body, validation, metrics,
-    audit to jsonl; one worker; `digits` on the upstream OIP server."""
+def gateway_config(port: int, backend_url: str, audit_sink: str) -> dict[str, Any]:
+    """The full chain (API-key identity, model access, bounded body, validation, metrics,
+    audit to `audit_sink`); one worker; `digits` on the upstream OIP server."""
     return {
         "server": {"host": HOST, "port": port, "workers": 1},
         "secret_file": "secret",
         "stores": {"keys": "sqlite:///keys.db"},
-        "audit": {"sink": "jsonl:///audit.jsonl"},
+        "audit": {"sink": audit_sink},
         "models": [{
             "name": "digits",
             "backend": {"type": "oip", "url": backend_url,
@@ -127,13 +143,15 @@ def gateway_config(port: int, backend_url: str) -> dict[str, Any]:
     }
 
 
-def start_gateway(stack: ExitStack, folder: Path, backend_url: str) -> tuple[Server, str]:
+def start_gateway(stack: ExitStack, folder: Path, backend_url: str,
+                  audit_sink: str = "jsonl:///audit.jsonl") -> tuple[Server, str]:
     """`modelfence serve` in `folder` in front of `backend_url`, and a key for `digits`."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "secret").write_text(secrets.token_urlsafe(48))
     port = free_port()
     config = folder / "modelfence.yaml"
-    config.write_text(yaml.safe_dump(gateway_config(port, backend_url), sort_keys=False))
+    doc = gateway_config(port, backend_url, audit_sink)
+    config.write_text(yaml.safe_dump(doc, sort_keys=False))
     key = json.loads(_modelfence("keys", "create", "--config", str(config), "--principal",
                                  "bench", "--tenant", "bench", "--model", "digits",
                                  "--json"))["key"]
@@ -142,4 +160,4 @@ def start_gateway(stack: ExitStack, folder: Path, backend_url: str) -> tuple[Ser
                  log)
     url = f"http://{HOST}:{port}"
     wait_http(f"{url}/v2/health/live", proc, log)
-    return Server("gateway", url, log), str(key)
+    return Server("gateway", url, log, proc.pid), str(key)

@@ -2,8 +2,9 @@
 
 Everything lives in one folder (``~/.modelfence/demo`` or ``$MODELFENCE_HOME/demo``):
 the model in skops format, a server secret (mode 0600), modelfence.yaml, the key
-store, the hash-chained audit log and the key that signs its checkpoints. Each run mints a fresh demo key and revokes the previous one,
-so keys stay shown-once and stored only as digests.
+store, the hash-chained audit log and the key that signs its checkpoints. Each run
+mints a fresh demo key and revokes the previous one, so keys stay shown-once and stored
+only as digests.
 """
 
 from __future__ import annotations

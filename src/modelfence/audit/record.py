@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -43,7 +43,11 @@ class AuditRecord:
     inputs: Any = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """A shallow dict: every value is built fresh by `assemble`, so no deep copy is needed."""
+        return {name: getattr(self, name) for name in _FIELDS}
+
+
+_FIELDS = tuple(f.name for f in fields(AuditRecord))
 
 
 class AuditGuard(Guard):

@@ -50,7 +50,7 @@ class LogSink(AuditSink):
 
     async def write(self, record: AuditRecord) -> None:
         if self._log.isEnabledFor(logging.INFO):
-            self._log.info("%s", orjson.dumps(record.to_dict()).decode())
+            self._log.info("%s", orjson.dumps(record).decode())
 
 
 class JsonlSink(AuditSink):
@@ -67,7 +67,7 @@ class JsonlSink(AuditSink):
         return self._file
 
     async def write(self, record: AuditRecord) -> None:
-        self._handle().write(orjson.dumps(record.to_dict()) + b"\n")
+        self._handle().write(orjson.dumps(record) + b"\n")
 
     async def close(self) -> None:
         if self._file is not None:

@@ -82,7 +82,7 @@ def check(
         console.print_json(orjson.dumps({
             "decision": "allow" if verdict.allowed else "deny",
             "policies": [{"id": p, "at": where.get(p)} for p in verdict.policies],
-            "request": request}).decode())
+            "request": {**request, "context": orjson.loads(request["context"])}}).decode())
     else:
         word = "[bold green]ALLOW[/]" if verdict.allowed else "[bold red]DENY[/]"
         console.print(f"{word} {who.id} ({who.tenant}) → {action} on {model}"
