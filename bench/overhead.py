@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -50,7 +51,7 @@ TARGET_ADDED_P99_MS = 3.0
 TARGET_THROUGHPUT_RATIO = 0.60
 NAMES = ("direct", "passthrough", "gateway")
 TABLE_WIDTH = 110
-JSONL_SINK = "jsonl:///audit.jsonl"
+DEFAULT_SINK = "sqlite:///audit.db"  # the product's default: the hash-chained log
 BUSY_LOAD_PER_CPU = 0.5  # 1-minute load average per CPU above which the machine was not quiet
 
 
@@ -90,7 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="wrk threads at most (each competes with the servers for a core)")
     p.add_argument("--answer", choices=ANSWERS, default=ANSWERS[0],
                    help="how the backend answers: a real LogisticRegression or a constant")
-    p.add_argument("--audit-sink", default=JSONL_SINK,
+    p.add_argument("--audit-sink", default=DEFAULT_SINK,
                    help="the gateway's audit.sink (relative paths: its folder)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--keep", type=Path, help="keep logs, config and audit file in this folder")
@@ -141,11 +142,12 @@ def source_revision() -> str:
     return commit + ("+dirty" if git("status", "--porcelain", "--", "src") else "")
 
 
-def count_lines(path: Path) -> int:
+def count_audit_rows(path: Path) -> int:
+    """Records in the gateway's audit log: proof the audit hook ran on the measured path."""
     if not path.exists():
         return 0
-    with path.open("rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    with sqlite3.connect(path) as db:
+        return int(db.execute("SELECT COUNT(*) FROM modelfence_audit").fetchone()[0])
 
 
 def answer_of(load: Load) -> list[float]:
@@ -297,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"servers up: direct {backend.url}, passthrough {proxy.url}, "
                       f"gateway {gateway.url}; measuring…", highlight=False)
         runs = measure(loader, targets, args, console)
-        if args.audit_sink == JSONL_SINK:
-            info["audit_records"] = count_lines(folder / "gateway" / "audit.jsonl")
+        if args.audit_sink == DEFAULT_SINK:
+            info["audit_records"] = count_audit_rows(folder / "gateway" / "audit.db")
     info.update(loadgen=loader.name, backend_answer=args.answer,
                 loadavg_at_end=[round(x, 2) for x in os.getloadavg()])
     s = summarize(runs)

@@ -233,6 +233,70 @@ class IdentitySettings(_Strict):
         return self
 
 
+class RateLimit(_Strict):
+    """One limit, e.g. `100/minute` per principal; `models` narrows it to some models."""
+
+    scope: Literal["principal", "tenant", "model"]
+    rate: str = Field(description="limits syntax: '100/minute', '10/second;1000/hour'")
+    models: list[str] = Field(default_factory=list, description="empty: every model")
+
+    @field_validator("rate")
+    @classmethod
+    def _parse(cls, v: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a rate like '100/minute' or '10/second;1000/hour'"
+                             ) from None
+        return v
+
+
+class Budget(_Strict):
+    """A hard cap per principal and model and period: queries (requests) and input rows."""
+
+    models: list[str] = Field(default_factory=list, description="empty: every model")
+    queries: int | None = Field(None, ge=1)
+    rows: int | None = Field(None, ge=1)
+    period: Literal["day", "week", "month", "total"] = "month"
+    alert_at: float = Field(0.8, gt=0, le=1, description="share that raises an alert")
+
+    @model_validator(mode="after")
+    def _some_cap(self) -> Budget:
+        if self.queries is None and self.rows is None:
+            raise ValueError("a budget needs queries, rows or both")
+        return self
+
+
+class QuotaSettings(_Strict):
+    """Rate limits (the `limits` library) and extraction budgets.
+
+    `risk_curve` maps the caller's risk score to a cost per request: at cost 4 a caller
+    gets a quarter of its rate. Points are (risk, cost), linearly interpolated.
+    """
+
+    storage: str = Field("memory://", description="memory:// or redis://HOST:PORT/DB")
+    strategy: Literal["moving-window", "fixed-window", "sliding-window-counter"] = (
+        "moving-window")
+    fail_open: bool = Field(False, description="rate limits only: allow when storage is down")
+    limits: list[RateLimit] = Field(default_factory=list)
+    risk_curve: list[tuple[float, float]] = Field(
+        default_factory=lambda: [(0.0, 1.0), (0.5, 1.0), (0.8, 4.0), (1.0, 10.0)])
+    budget_store: str = Field("sqlite:///budgets.db", description="sqlite:/// or postgresql://")
+    budgets: list[Budget] = Field(default_factory=list)
+
+    @field_validator("risk_curve")
+    @classmethod
+    def _curve(cls, v: list[tuple[float, float]]) -> list[tuple[float, float]]:
+        risks = [r for r, _ in v]
+        if not v or risks != sorted(risks) or any(not 0 <= r <= 1 for r in risks):
+            raise ValueError("risk_curve needs (risk, cost) points with risk rising in [0, 1]")
+        if any(c < 1 for _, c in v):
+            raise ValueError("risk_curve costs must be >= 1 (a cost below 1 would raise a limit)")
+        return v
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     secret_file: Path | None = Field(None, description="server secret for key digests")
@@ -242,6 +306,7 @@ class Settings(_Strict):
     identity: IdentitySettings = IdentitySettings()
     audit: AuditSettings = AuditSettings()
     policy: PolicySettings = PolicySettings()
+    quotas: QuotaSettings = QuotaSettings()
     models: list[ModelSettings] = Field(default_factory=list)
 
     @field_validator("models")
@@ -385,13 +450,13 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
         if isinstance(m.backend, LocalBackend) else m
         for m in s.models
     ]
-    keys_url = s.stores.keys
-    if keys_url.startswith("sqlite:///") and not keys_url.startswith("sqlite:////"):
-        keys_url = "sqlite:///" + str(rel(Path(keys_url.removeprefix("sqlite:///"))))
-    audit_sink = s.audit.sink
-    for scheme in ("jsonl:///", "sqlite:///"):
-        if audit_sink.startswith(scheme) and not audit_sink.startswith(scheme + "/"):
-            audit_sink = scheme + str(rel(Path(audit_sink.removeprefix(scheme))))
+    def rel_url(url: str) -> str:
+        """`sqlite:///x.db` and `jsonl:///x` are relative; four slashes are absolute."""
+        for scheme in ("jsonl:///", "sqlite:///"):
+            if url.startswith(scheme) and not url.startswith(scheme + "/"):
+                return scheme + str(rel(Path(url.removeprefix(scheme))))
+        return url
+
     policy = s.policy.model_copy(update={
         "files": [rel(p) for p in s.policy.files],
         "schema_file": rel(s.policy.schema_file),
@@ -406,8 +471,9 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
         "policy": policy,
         "secret_file": rel(s.secret_file),
         "admin": s.admin.model_copy(update={"token_file": rel(s.admin.token_file)}),
-        "stores": s.stores.model_copy(update={"keys": keys_url}),
+        "stores": s.stores.model_copy(update={"keys": rel_url(s.stores.keys)}),
         "audit": s.audit.model_copy(update={
-            "sink": audit_sink, "checkpoint_key_file": rel(s.audit.checkpoint_key_file)}),
+            "sink": rel_url(s.audit.sink), "checkpoint_key_file": rel(s.audit.checkpoint_key_file)}),
+        "quotas": s.quotas.model_copy(update={"budget_store": rel_url(s.quotas.budget_store)}),
         "models": models,
     })

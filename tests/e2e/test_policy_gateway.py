@@ -120,7 +120,10 @@ async def test_engine_failure_fails_closed_with_503(gw: Gateway) -> None:
     assert status == 503
     assert doc == {"error": "the policy engine could not decide; request denied"}
     await asyncio.sleep(0.3)
-    assert "policy" in gw.log.read_text()
+    assert "policy engine failure in infer, request denied: policy evaluation failed" in (
+        gw.log.read_text())
+    async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as r:
+        assert "modelfence_policy_errors_total 1.0" in await r.text()
 
 
 async def test_audit_records_carry_the_policy_ids(gw: Gateway) -> None:

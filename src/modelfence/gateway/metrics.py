@@ -30,6 +30,9 @@ class GatewayMetrics:
         self.store_errors = Counter("modelfence_store_errors",
                                     "Requests denied because a store could not answer", ["store"],
                                     registry=r)
+        self.policy_errors = Counter("modelfence_policy_errors",
+                                     "Requests denied because the policy engine could not decide",
+                                     registry=r)
         self.internal_errors = Counter("modelfence_internal_errors",
                                        "Requests that failed inside modelfence", registry=r)
         self.model_ready = Gauge("modelfence_model_ready", "1 when the model can answer",

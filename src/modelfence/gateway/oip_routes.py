@@ -98,6 +98,8 @@ class OipRoutes:
     def _count_server_failure(self, reason: str) -> None:
         if reason == "store_unavailable":
             self._metrics.store_errors.labels("keys").inc()
+        elif reason == "policy_error":
+            self._metrics.policy_errors.inc()
         elif reason == "internal_error":
             self._metrics.internal_errors.inc()
 

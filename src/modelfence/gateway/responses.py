@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from ..errors import RequestError, StoreError, http_status_and_message
+from ..errors import PolicyError, RequestError, StoreError, http_status_and_message
 
 log = logging.getLogger("modelfence.gateway")
 
@@ -28,6 +28,8 @@ def error_response(exc: BaseException, *, where: str = "") -> tuple[Response, Re
         err.status = status
         if isinstance(exc, StoreError):
             log.error("store failure%s, request denied: %s", where, exc)
+        elif isinstance(exc, PolicyError):
+            log.error("policy engine failure%s, request denied: %s", where, exc)
         else:
             log.exception("internal error%s", where)
     return json_response({"error": message}, status, headers), err

@@ -1,0 +1,215 @@
+"""Extraction budgets: a hard cap on queries and rows per principal, model and period.
+
+Query-based extraction needs many queries; a budget makes them scarce no matter how
+slowly they are spent. Reservations are atomic in the store (check and add in one
+statement), so a budget of N is never exceeded across replicas; a request that fails
+afterwards gives its reservation back. Stores: SQLite (one machine, survives restarts)
+and PostgreSQL (many replicas).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import ConfigurationError, StoreError
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The outcome of one reservation attempt."""
+
+    granted: bool
+    used_queries: int
+    used_rows: int
+
+
+def period_bounds(period: str, now: datetime) -> tuple[str, datetime]:
+    """(label, end) of the budget period holding `now`, in UTC."""
+    if period == "total":
+        return "total", datetime.max.replace(tzinfo=UTC)
+    if period == "day":
+        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        return start.strftime("%Y-%m-%d"), start + timedelta(days=1)
+    if period == "week":
+        start = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0,
+                                                              microsecond=0)
+        return start.strftime("%G-W%V"), start + timedelta(days=7)
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = (start + timedelta(days=32)).replace(day=1)
+    return start.strftime("%Y-%m"), end
+
+
+class BudgetStore(ABC):
+    """`reserve` adds to the usage only if both caps still hold, atomically."""
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    @abstractmethod
+    async def reserve(self, key: str, queries: int, rows: int, max_queries: int | None,
+                      max_rows: int | None) -> Reservation: ...
+
+    @abstractmethod
+    async def release(self, key: str, queries: int, rows: int) -> None: ...
+
+    @abstractmethod
+    async def usage(self, key: str) -> tuple[int, int]: ...
+
+
+_NO_CAP = 2**62
+
+_SQLITE_SCHEMA = """CREATE TABLE IF NOT EXISTS modelfence_budgets (
+    key TEXT PRIMARY KEY, queries INTEGER NOT NULL, rows INTEGER NOT NULL)"""
+_RESERVE = """INSERT INTO modelfence_budgets (key, queries, rows) VALUES ({p}, 0, 0)
+ON CONFLICT (key) DO NOTHING"""
+_ADD = """UPDATE modelfence_budgets SET queries = queries + {p}, rows = rows + {p}
+WHERE key = {p} AND queries + {p} <= {p} AND rows + {p} <= {p}
+RETURNING queries, rows"""
+_RELEASE = """UPDATE modelfence_budgets SET queries = MAX(queries - {p}, 0),
+rows = MAX(rows - {p}, 0) WHERE key = {p}"""
+_USAGE = "SELECT queries, rows FROM modelfence_budgets WHERE key = {p}"
+
+
+class SqliteBudgetStore(BudgetStore):
+    """One machine; `BEGIN IMMEDIATE` makes reservations atomic across its processes."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._db: sqlite3.Connection | None = None
+
+    async def open(self) -> None:
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA busy_timeout=5000")
+            db.execute(_SQLITE_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise ConfigurationError(f"budget store {self._path}: {exc}") from None
+        self._db = db
+
+    async def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("budget store is not open")
+        return self._db
+
+    async def reserve(self, key: str, queries: int, rows: int, max_queries: int | None,
+                      max_rows: int | None) -> Reservation:
+        db = self._conn()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(_RESERVE.format(p="?"), (key,))
+                got = db.execute(_ADD.format(p="?"), (
+                    queries, rows, key, queries, max_queries or _NO_CAP, rows,
+                    max_rows or _NO_CAP)).fetchone()
+                used = got or db.execute(_USAGE.format(p="?"), (key,)).fetchone()
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite budget store: {exc.__class__.__name__}") from None
+        return Reservation(got is not None, int(used[0]), int(used[1]))
+
+    async def release(self, key: str, queries: int, rows: int) -> None:
+        try:
+            self._conn().execute(_RELEASE.format(p="?"), (queries, rows, key))
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite budget store: {exc.__class__.__name__}") from None
+
+    async def usage(self, key: str) -> tuple[int, int]:
+        try:
+            row = self._conn().execute(_USAGE.format(p="?"), (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite budget store: {exc.__class__.__name__}") from None
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+class PostgresBudgetStore(BudgetStore):
+    """Shared by replicas: one conditional UPDATE per reservation, no lock held across calls."""
+
+    def __init__(self, url: str, *, timeout_s: float = 3.0) -> None:
+        self._url = url
+        self._timeout = timeout_s
+        self._pool: Any = None
+
+    async def open(self) -> None:
+        from psycopg_pool import AsyncConnectionPool
+
+        pool = AsyncConnectionPool(self._url, min_size=1, max_size=10, open=False,
+                                   timeout=self._timeout, kwargs={"autocommit": True})
+        try:
+            await pool.open(wait=True, timeout=self._timeout)
+            async with pool.connection() as conn:
+                await conn.execute(_SQLITE_SCHEMA.replace("INTEGER", "BIGINT"))
+        except Exception as exc:
+            await pool.close()
+            raise StoreError(
+                f"postgresql budget store unreachable: {exc.__class__.__name__}") from None
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _run(self, *statements: tuple[str, tuple[Any, ...]]) -> Any:
+        if self._pool is None:
+            raise StoreError("budget store is not open")
+        try:
+            async with asyncio.timeout(self._timeout), self._pool.connection() as conn:
+                row = None
+                for sql, args in statements:
+                    cur = await conn.execute(sql, args)
+                    row = await cur.fetchone() if cur.description else None
+                return row
+        except Exception as exc:
+            raise StoreError(f"postgresql budget store: {exc.__class__.__name__}") from None
+
+    async def reserve(self, key: str, queries: int, rows: int, max_queries: int | None,
+                      max_rows: int | None) -> Reservation:
+        got = await self._run(
+            (_RESERVE.format(p="%s"), (key,)),
+            (_ADD.format(p="%s"), (queries, rows, key, queries, max_queries or _NO_CAP, rows,
+                                   max_rows or _NO_CAP)))
+        if got is not None:
+            return Reservation(True, int(got[0]), int(got[1]))
+        used = await self.usage(key)
+        return Reservation(False, *used)
+
+    async def release(self, key: str, queries: int, rows: int) -> None:
+        await self._run((_RELEASE.format(p="%s").replace("MAX(", "GREATEST("),
+                         (queries, rows, key)))
+
+    async def usage(self, key: str) -> tuple[int, int]:
+        row = await self._run((_USAGE.format(p="%s"), (key,)))
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def budget_store_from_url(url: str) -> BudgetStore:
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        path = url.removeprefix("sqlite:///")
+        if path and path != url:
+            return SqliteBudgetStore(Path(path))
+    if scheme in ("postgresql", "postgres"):
+        return PostgresBudgetStore(url)
+    raise ConfigurationError(
+        f"quotas.budget_store: unknown or incomplete URL scheme {scheme!r}; use "
+        "sqlite:///PATH or postgresql://USER@HOST/DB (budgets must survive restarts)")
