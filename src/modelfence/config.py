@@ -473,7 +473,8 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
         "admin": s.admin.model_copy(update={"token_file": rel(s.admin.token_file)}),
         "stores": s.stores.model_copy(update={"keys": rel_url(s.stores.keys)}),
         "audit": s.audit.model_copy(update={
-            "sink": rel_url(s.audit.sink), "checkpoint_key_file": rel(s.audit.checkpoint_key_file)}),
+            "sink": rel_url(s.audit.sink),
+            "checkpoint_key_file": rel(s.audit.checkpoint_key_file)}),
         "quotas": s.quotas.model_copy(update={"budget_store": rel_url(s.quotas.budget_store)}),
         "models": models,
     })
