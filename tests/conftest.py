@@ -11,6 +11,7 @@ import pytest
 from .support import IN_CI, Gateway, train_digits
 
 PG_URL = os.environ.get("MODELFENCE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("MODELFENCE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +55,28 @@ def pg_url() -> str:
             pytest.fail(message + "; CI=true requires it")
         pytest.skip(message)
     return PG_URL
+
+
+def _redis_reachable(url: str) -> str | None:
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except Exception as exc:
+        return f"{exc.__class__.__name__}: {str(exc).strip()[:200]}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    problem = _redis_reachable(REDIS_URL)
+    if problem is not None:
+        message = f"Redis at {REDIS_URL} is not reachable ({problem})"
+        if IN_CI:
+            pytest.fail(message + "; CI=true requires it")
+        pytest.skip(message)
+    return REDIS_URL

@@ -35,7 +35,11 @@ class ConfigurationError(ModelfenceError):
 
 
 class StoreError(ModelfenceError):
-    """A backing store (SQLite, PostgreSQL, Redis) cannot answer."""
+    """A backing store (SQLite, PostgreSQL, Redis) cannot answer; `store` names which."""
+
+    def __init__(self, message: str, *, store: str = "keys") -> None:
+        super().__init__(message)
+        self.store = store
 
 
 class PolicyError(ModelfenceError):
@@ -97,9 +101,10 @@ class RateLimited(RequestError):
     def __init__(self, message: str, *, retry_after_s: int, reason: str | None = None) -> None:
         super().__init__(message, reason=reason)
         self.retry_after_s = max(1, int(retry_after_s))
+        self.extra_headers: dict[str, str] = {}
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)}
+        return {"Retry-After": str(self.retry_after_s), **self.extra_headers}
 
 
 class UpstreamError(RequestError):

@@ -94,14 +94,19 @@ class AuditGuard(Guard):
             raise
 
 
-def admin_record(*, action: str, source: str, status: int, reason: str, target: str | None,
-                 started: float) -> AuditRecord:
-    """An admin action (keys, policies) as an audit record; `target` is a key id or a policy."""
+def event_record(*, action: str, reason: str, status: int = 200, principal: str | None = None,
+                 tenant: str | None = None, model: str | None = None, target: str | None = None,
+                 source: str = "gateway", started: float | None = None) -> AuditRecord:
+    """A record for something other than a model call: admin actions, budget alerts.
+
+    `target` names what was acted on (a key id); it lands in the key_id column.
+    """
+    elapsed = 0.0 if started is None else (time.perf_counter() - started) * 1000
     return AuditRecord(
         time=datetime.now(UTC).isoformat(), request_id=uuid.uuid4().hex, action=action,
-        model=None, principal="admin", tenant=None, key_id=target, source=source,
+        model=model, principal=principal, tenant=tenant, key_id=target, source=source,
         status=status, decision=_decision(status), reason=reason, policy_ids=[],
-        latency_ms=round((time.perf_counter() - started) * 1000, 3), rows=0, risk=0.0,
+        latency_ms=round(elapsed, 3), rows=0, risk=0.0,
         bytes_in=0, bytes_out=0, input_sha256=None, output_sha256=None)
 
 

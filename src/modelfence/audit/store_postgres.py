@@ -90,12 +90,13 @@ class PostgresAuditStore(AuditStore):
                 self._url, autocommit=True, connect_timeout=max(1, int(self._timeout)))
         except Exception as exc:
             raise StoreError(
-                f"postgresql audit store unreachable: {self._problem(exc)}") from None
+                f"postgresql audit store unreachable: {self._problem(exc)}",
+                    store="audit") from None
 
     async def _use(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         """Run `fn` on the connection, reconnecting once it broke; errors become StoreError."""
         if self._lock is None:
-            raise StoreError("audit store is not open")
+            raise StoreError("audit store is not open", store="audit")
         async with self._lock:
             if self._conn is None or self._conn.closed or self._conn.broken:
                 self._conn = await self._connect()
@@ -110,7 +111,8 @@ class PostgresAuditStore(AuditStore):
                     await conn.close()
                 if isinstance(exc, StoreError):
                     raise
-                raise StoreError(f"postgresql audit store: {self._problem(exc)}") from None
+                raise StoreError(f"postgresql audit store: {self._problem(exc)}",
+                    store="audit") from None
 
     async def commit(self, plan: Plan) -> Batch:
         async def go(conn: Any) -> Batch:

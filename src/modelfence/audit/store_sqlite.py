@@ -63,7 +63,7 @@ class SqliteAuditStore(AuditStore):
 
     def _open(self) -> None:
         if not self._create and not self.path.is_file():
-            raise StoreError(f"no audit log at {self.path}")
+            raise StoreError(f"no audit log at {self.path}", store="audit")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # The log names principals and models: readable by its owner only.
@@ -75,7 +75,8 @@ class SqliteAuditStore(AuditStore):
             for statement in _SCHEMA:
                 db.execute(statement)
         except (sqlite3.Error, OSError) as exc:
-            raise StoreError(f"sqlite audit store {self.path}: cannot open: {exc}") from None
+            raise StoreError(f"sqlite audit store {self.path}: cannot open: {exc}",
+                store="audit") from None
         self._db = db
 
     async def close(self) -> None:
@@ -88,11 +89,11 @@ class SqliteAuditStore(AuditStore):
             try:
                 return fn()
             except sqlite3.Error as exc:
-                raise StoreError(f"sqlite audit store {self.path}: {exc}") from None
+                raise StoreError(f"sqlite audit store {self.path}: {exc}", store="audit") from None
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
-            raise StoreError("audit store is not open")
+            raise StoreError("audit store is not open", store="audit")
         return self._db
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:

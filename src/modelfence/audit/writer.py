@@ -85,7 +85,7 @@ class ChainedSink(AuditSink):
 
     async def write(self, record: AuditRecord) -> None:
         if self._closing or self._queue is None or self._task is None or self._task.done():
-            raise StoreError("audit sink is not open")
+            raise StoreError("audit sink is not open", store="audit")
         entry = entry_from_dict(record.to_dict(), now=time.time())
         if not self.strict:
             await self._queue.put((entry, None))

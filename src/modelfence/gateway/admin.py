@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..audit.record import admin_record
+from ..audit.record import event_record
 from ..audit.sinks import AuditSink
 from ..errors import BadRequest, ConfigurationError, Forbidden, NotFound, Unauthenticated
 from ..identity.apikeys import ApiKeys, digest, expiry_from, public_view
@@ -76,9 +76,10 @@ class AdminApi:
             target = request.path_params.get("key_id") or getattr(
                 request.state, "audit_target", None)
             reason = "ok" if response.status_code < 400 else f"status {response.status_code}"
-            record = admin_record(
+            record = event_record(
                 action=action, source=request.client.host if request.client else "unknown",
-                status=response.status_code, reason=reason, target=target, started=started)
+                status=response.status_code, reason=reason, principal="admin", target=target,
+                started=started)
             try:
                 await self._audit.write(record)
             except Exception as exc:  # the action is done; say loudly that its record is not

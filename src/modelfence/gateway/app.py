@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..audit import AuditGuard, AuditSink, audit_sink_from_url
+from ..audit.record import event_record
 from ..backends import ModelEntry, backend_from_settings
 from ..config import Settings
 from ..identity import BearerAuthenticator, build_authenticator
@@ -28,6 +29,9 @@ from ..identity.guard import IdentityGuard
 from ..policy import PolicyEngine, PolicyGuard, engine_from_settings
 from ..policy.reload import PolicyReloader
 from ..policy.snapshot import load_policies
+from ..quota.budget_guard import BudgetAlert, BudgetGuard
+from ..quota.budgets import BudgetStore, budget_store_from_url
+from ..quota.ratelimit import RateLimitGuard
 from ..quota.usage import UsageGuard
 from ..stores import KeyStore, key_store_from_url
 from .admin import AdminApi
@@ -52,12 +56,16 @@ class Gateway:
     audit_sink: AuditSink
     authenticator: BearerAuthenticator
     policy: PolicyEngine
+    rate_limits: RateLimitGuard
+    budget_store: BudgetStore | None
 
     async def start(self, *, policy_fallback: bool = False) -> None:
         """Open stores, load policies and models. `policy_fallback` is for worker restarts."""
         load_policies(self.policy, self.settings.policy.state_dir, fallback=policy_fallback)
         await self.key_store.open()
         await self.audit_sink.open()
+        if self.budget_store is not None:
+            await self.budget_store.open()
         await self.authenticator.start()  # loads the JWKS, if JWTs are configured
         for entry in self.models.values():
             await entry.backend.start()
@@ -67,6 +75,8 @@ class Gateway:
         for entry in self.models.values():
             await entry.backend.close()
         await self.authenticator.close()
+        if self.budget_store is not None:
+            await self.budget_store.close()
         await self.audit_sink.close()
         await self.key_store.close()
 
@@ -85,6 +95,9 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
         metrics=GatewayMetrics(),
         audit_sink=audit_sink_from_url(settings.audit.sink, settings.audit),
         policy=engine_from_settings(settings),
+        rate_limits=RateLimitGuard(settings.quotas),
+        budget_store=(budget_store_from_url(settings.quotas.budget_store)
+                      if settings.quotas.budgets else None),
     )
 
 
@@ -96,6 +109,17 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     policy = PolicyGuard(gw.policy)
     metrics = MetricsGuard(gw.metrics)
     audit = AuditGuard(gw.audit_sink, record_inputs=settings.audit.record_inputs)
+    rate_limits = [gw.rate_limits] if gw.rate_limits.active else []
+
+    async def budget_alert(alert: BudgetAlert) -> None:
+        gw.metrics.budget_alerts.labels(alert.model).inc()
+        log.warning("budget alert: %s", alert.describe())
+        await gw.audit_sink.write(event_record(
+            action="alert:budget", reason=alert.describe(), principal=alert.principal,
+            tenant=alert.tenant, model=alert.model))
+
+    budgets = ([BudgetGuard(gw.budget_store, settings.quotas.budgets, budget_alert)]
+               if gw.budget_store is not None else [])
 
     # The request phases run top to bottom; response and complete phases bottom to top.
     infer_chain = GuardChain([
@@ -105,10 +129,12 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         model,
         usage,
         policy,
+        *rate_limits,
         BodyGuard(settings.server.max_body_bytes),
         InputValidationGuard(),
+        *budgets,
     ])
-    metadata_chain = GuardChain([metrics, audit, identity, model, usage, policy])
+    metadata_chain = GuardChain([metrics, audit, identity, model, usage, policy, *rate_limits])
 
     oip = OipRoutes(infer_chain=infer_chain, metadata_chain=metadata_chain, models=gw.models,
                     key_store=gw.key_store, metrics=gw.metrics,

@@ -52,6 +52,7 @@ class Call:
     status: int = 0
     error: RequestError | None = None
     audit_failed: bool = False
+    budget_holds: list[Any] = field(default_factory=list)
 
     @property
     def source(self) -> str:

@@ -33,6 +33,9 @@ class GatewayMetrics:
         self.policy_errors = Counter("modelfence_policy_errors",
                                      "Requests denied because the policy engine could not decide",
                                      registry=r)
+        self.budget_alerts = Counter("modelfence_budget_alerts",
+                                     "Principals crossing a budget's alert share", ["model"],
+                                     registry=r)
         self.internal_errors = Counter("modelfence_internal_errors",
                                        "Requests that failed inside modelfence", registry=r)
         self.model_ready = Gauge("modelfence_model_ready", "1 when the model can answer",

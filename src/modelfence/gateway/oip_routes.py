@@ -10,7 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..backends.base import ModelEntry
-from ..errors import StoreError
+from ..errors import PolicyError, RequestError, StoreError
 from ..stores.keys import KeyStore
 from .call import Call
 from .chain import GuardChain, Terminal
@@ -81,8 +81,7 @@ class OipRoutes:
             response = encode(call)
         except Exception as exc:
             response, call.error = error_response(exc, where=f" in {call.action}")
-            if response.status_code >= 500 and not call.error.reason.startswith("upstream"):
-                self._count_server_failure(call.error.reason)
+            self._count_server_failure(exc)
         call.status = response.status_code
         if not self._audit_before_answer:
             response.background = BackgroundTask(chain.complete, call)
@@ -91,16 +90,16 @@ class OipRoutes:
         await chain.complete(call)
         if call.audit_failed:
             self._metrics.store_errors.labels("audit").inc()
-            return error_response(StoreError("audit record not committed"),
+            return error_response(StoreError("audit record not committed", store="audit"),
                                   where=f" in {call.action}")[0]
         return response
 
-    def _count_server_failure(self, reason: str) -> None:
-        if reason == "store_unavailable":
-            self._metrics.store_errors.labels("keys").inc()
-        elif reason == "policy_error":
+    def _count_server_failure(self, exc: Exception) -> None:
+        if isinstance(exc, StoreError):
+            self._metrics.store_errors.labels(exc.store).inc()
+        elif isinstance(exc, PolicyError):
             self._metrics.policy_errors.inc()
-        elif reason == "internal_error":
+        elif not isinstance(exc, RequestError):
             self._metrics.internal_errors.inc()
 
 

@@ -46,6 +46,10 @@ def period_bounds(period: str, now: datetime) -> tuple[str, datetime]:
     return start.strftime("%Y-%m"), end
 
 
+def _failed(kind: str, exc: BaseException, what: str = "") -> StoreError:
+    return StoreError(f"{kind} budget store: {what}{exc.__class__.__name__}", store="budget")
+
+
 class BudgetStore(ABC):
     """`reserve` adds to the usage only if both caps still hold, atomically."""
 
@@ -105,7 +109,7 @@ class SqliteBudgetStore(BudgetStore):
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
-            raise StoreError("budget store is not open")
+            raise StoreError("budget store is not open", store="budget")
         return self._db
 
     async def reserve(self, key: str, queries: int, rows: int, max_queries: int | None,
@@ -124,20 +128,20 @@ class SqliteBudgetStore(BudgetStore):
                 db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise StoreError(f"sqlite budget store: {exc.__class__.__name__}") from None
+            raise _failed("sqlite", exc) from None
         return Reservation(got is not None, int(used[0]), int(used[1]))
 
     async def release(self, key: str, queries: int, rows: int) -> None:
         try:
             self._conn().execute(_RELEASE.format(p="?"), (queries, rows, key))
         except sqlite3.Error as exc:
-            raise StoreError(f"sqlite budget store: {exc.__class__.__name__}") from None
+            raise _failed("sqlite", exc) from None
 
     async def usage(self, key: str) -> tuple[int, int]:
         try:
             row = self._conn().execute(_USAGE.format(p="?"), (key,)).fetchone()
         except sqlite3.Error as exc:
-            raise StoreError(f"sqlite budget store: {exc.__class__.__name__}") from None
+            raise _failed("sqlite", exc) from None
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
@@ -160,8 +164,7 @@ class PostgresBudgetStore(BudgetStore):
                 await conn.execute(_SQLITE_SCHEMA.replace("INTEGER", "BIGINT"))
         except Exception as exc:
             await pool.close()
-            raise StoreError(
-                f"postgresql budget store unreachable: {exc.__class__.__name__}") from None
+            raise _failed("postgresql", exc, "unreachable: ") from None
         self._pool = pool
 
     async def close(self) -> None:
@@ -171,7 +174,7 @@ class PostgresBudgetStore(BudgetStore):
 
     async def _run(self, *statements: tuple[str, tuple[Any, ...]]) -> Any:
         if self._pool is None:
-            raise StoreError("budget store is not open")
+            raise StoreError("budget store is not open", store="budget")
         try:
             async with asyncio.timeout(self._timeout), self._pool.connection() as conn:
                 row = None
@@ -180,7 +183,7 @@ class PostgresBudgetStore(BudgetStore):
                     row = await cur.fetchone() if cur.description else None
                 return row
         except Exception as exc:
-            raise StoreError(f"postgresql budget store: {exc.__class__.__name__}") from None
+            raise _failed("postgresql", exc) from None
 
     async def reserve(self, key: str, queries: int, rows: int, max_queries: int | None,
                       max_rows: int | None) -> Reservation:

@@ -1,0 +1,142 @@
+"""Rate limits per principal, tenant and model, shrinking as the caller's risk rises.
+
+Built on the `limits` library: `memory://` for one process, `redis://` shared by
+replicas. A risky caller pays more per request (the `risk_curve` cost), so its allowed
+rate shrinks without a separate counter. When the storage cannot answer, requests are
+denied (503) unless `fail_open` is set — for rate limits only, never for budgets.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from ..config import QuotaSettings
+from ..errors import ConfigurationError, RateLimited, StoreError
+from ..gateway.call import Call
+from ..gateway.chain import Guard
+
+log = logging.getLogger("modelfence.quota")
+
+
+def risk_cost(risk: float, curve: list[tuple[float, float]]) -> int:
+    """The cost of one request at `risk`, linearly interpolated on the curve, rounded up."""
+    risk = min(max(risk, 0.0), 1.0)
+    if risk <= curve[0][0]:
+        return math.ceil(curve[0][1])
+    for (r0, c0), (r1, c1) in itertools.pairwise(curve):
+        if r0 <= risk <= r1:
+            share = 0.0 if r1 == r0 else (risk - r0) / (r1 - r0)
+            return math.ceil(c0 + share * (c1 - c0) - 1e-9)
+    return math.ceil(curve[-1][1])
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    scope: str
+    items: tuple[Any, ...]
+    models: frozenset[str]
+    text: str
+
+
+class RateLimitGuard(Guard):
+    name: ClassVar[str] = "rate_limit"
+    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "decision"})
+    provides: ClassVar[frozenset[str]] = frozenset({"rate_limited"})
+
+    def __init__(self, settings: QuotaSettings) -> None:
+        from limits import parse_many
+        from limits.aio import strategies
+
+        self._settings = settings
+        self._storage = _storage(settings.storage, settings.strategy)
+        limiter: dict[str, type[Any]] = {
+                   "moving-window": strategies.MovingWindowRateLimiter,
+                   "fixed-window": strategies.FixedWindowRateLimiter,
+                   "sliding-window-counter": strategies.SlidingWindowCounterRateLimiter}
+        self._limiter = limiter[settings.strategy](self._storage)
+        self._rules = [_Rule(r.scope, tuple(parse_many(r.rate)), frozenset(r.models), r.rate)
+                       for r in settings.limits]
+        self._last_warning = 0.0
+
+    @property
+    def active(self) -> bool:
+        return bool(self._rules)
+
+    async def check_storage(self) -> bool:
+        try:
+            return bool(await self._storage.check())
+        except Exception:
+            return False
+
+    async def on_request(self, call: Call) -> None:
+        assert call.principal is not None and call.model is not None
+        cost = risk_cost(call.risk, self._settings.risk_curve)
+        for rule in self._rules:
+            if rule.models and call.model.name not in rule.models:
+                continue
+            ident = _identity(rule, call)
+            for item in rule.items:
+                if not await self._hit(item, ident, cost):
+                    raise await self._refusal(rule, item, ident, cost)
+
+    async def _hit(self, item: Any, ident: tuple[str, str], cost: int) -> bool:
+        try:
+            return bool(await self._limiter.hit(item, *ident, cost=cost))
+        except Exception as exc:
+            return self._storage_failed(exc)
+
+    def _storage_failed(self, exc: Exception) -> bool:
+        if not self._settings.fail_open:
+            raise StoreError(f"rate limit storage: {exc.__class__.__name__}",
+                             store="ratelimit") from None
+        now = time.monotonic()
+        if now - self._last_warning > 10:
+            self._last_warning = now
+            log.warning("rate limit storage failed (%s); allowing requests (fail_open)",
+                        exc.__class__.__name__)
+        return True
+
+    async def _refusal(self, rule: _Rule, item: Any, ident: tuple[str, str],
+                       cost: int) -> RateLimited:
+        try:
+            stats = await self._limiter.get_window_stats(item, *ident)
+            reset_s = max(1, math.ceil(stats.reset_time - time.time()))
+            remaining = stats.remaining
+        except Exception:
+            reset_s, remaining = int(item.get_expiry()), 0
+        slowed = " (slowed down for this caller's risk)" if cost > 1 else ""
+        err = RateLimited(f"rate limit {rule.text} per {rule.scope} reached{slowed}; "
+                          f"retry in {reset_s} s", retry_after_s=reset_s)
+        err.extra_headers = {
+            "RateLimit-Limit": str(item.amount), "RateLimit-Remaining": str(remaining),
+            "RateLimit-Reset": str(reset_s),
+            "RateLimit-Policy": f"{item.amount};w={int(item.get_expiry())}"}
+        return err
+
+
+def _identity(rule: _Rule, call: Call) -> tuple[str, str]:
+    assert call.principal is not None and call.model is not None
+    if rule.scope == "principal":
+        return "principal", call.principal.id
+    if rule.scope == "tenant":
+        return "tenant", call.principal.tenant
+    return "model", call.model.name
+
+
+def _storage(url: str, strategy: str) -> Any:
+    from limits.aio.storage import MemoryStorage, RedisStorage
+
+    prefix = f"modelfence-{strategy}"  # strategies must not share Redis keys (WRONGTYPE)
+    if url.startswith("memory://"):
+        return MemoryStorage()
+    if url.startswith(("redis://", "rediss://")):
+        return RedisStorage(f"async+{url}", implementation="redispy", key_prefix=prefix,
+                            wrap_exceptions=True, socket_timeout=1.0,
+                            socket_connect_timeout=1.0)
+    raise ConfigurationError(f"quotas.storage: unknown scheme in {url.split('://')[0]!r}; "
+                             "use memory:// or redis://HOST:PORT/DB")
