@@ -79,7 +79,8 @@ class Gateway:
 
     def write_config(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "secret").write_text(secrets.token_urlsafe(48))
+        if not (self.folder / "secret").exists():  # a restart keeps the secret and the keys
+            (self.folder / "secret").write_text(secrets.token_urlsafe(48))
         (self.folder / "admin-token").write_text(self.admin_token)
         doc: dict[str, Any] = {
             "server": {"host": "127.0.0.1", "port": self.port, "max_body_bytes": 256 * 1024},

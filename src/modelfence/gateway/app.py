@@ -75,6 +75,7 @@ class Gateway:
         for entry in self.models.values():
             await entry.backend.close()
         await self.authenticator.close()
+        await self.rate_limits.close()
         if self.budget_store is not None:
             await self.budget_store.close()
         await self.audit_sink.close()

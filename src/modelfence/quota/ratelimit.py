@@ -53,7 +53,8 @@ class RateLimitGuard(Guard):
         from limits.aio import strategies
 
         self._settings = settings
-        self._storage = _storage(settings.storage, settings.strategy)
+        self._pool: Any = None
+        self._storage = self._make_storage(settings.storage, settings.strategy)
         limiter: dict[str, type[Any]] = {
                    "moving-window": strategies.MovingWindowRateLimiter,
                    "fixed-window": strategies.FixedWindowRateLimiter,
@@ -62,6 +63,27 @@ class RateLimitGuard(Guard):
         self._rules = [_Rule(r.scope, tuple(parse_many(r.rate)), frozenset(r.models), r.rate)
                        for r in settings.limits]
         self._last_warning = 0.0
+
+    def _make_storage(self, url: str, strategy: str) -> Any:
+        from limits.aio.storage import MemoryStorage, RedisStorage
+
+        if url.startswith("memory://"):
+            return MemoryStorage()
+        if url.startswith(("redis://", "rediss://")):
+            import redis.asyncio
+
+            # Our own pool, so that `close` can release its connections.
+            self._pool = redis.asyncio.ConnectionPool.from_url(
+                url, socket_timeout=1.0, socket_connect_timeout=1.0)
+            prefix = f"modelfence-{strategy}"  # strategies must not share keys (WRONGTYPE)
+            return RedisStorage(f"async+{url}", implementation="redispy", key_prefix=prefix,
+                                wrap_exceptions=True, connection_pool=self._pool)
+        raise ConfigurationError(f"quotas.storage: unknown scheme {url.split('://')[0]!r}; "
+                                 "use memory:// or redis://HOST:PORT/DB")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.disconnect()
 
     @property
     def active(self) -> bool:
@@ -126,17 +148,3 @@ def _identity(rule: _Rule, call: Call) -> tuple[str, str]:
     if rule.scope == "tenant":
         return "tenant", call.principal.tenant
     return "model", call.model.name
-
-
-def _storage(url: str, strategy: str) -> Any:
-    from limits.aio.storage import MemoryStorage, RedisStorage
-
-    prefix = f"modelfence-{strategy}"  # strategies must not share Redis keys (WRONGTYPE)
-    if url.startswith("memory://"):
-        return MemoryStorage()
-    if url.startswith(("redis://", "rediss://")):
-        return RedisStorage(f"async+{url}", implementation="redispy", key_prefix=prefix,
-                            wrap_exceptions=True, socket_timeout=1.0,
-                            socket_connect_timeout=1.0)
-    raise ConfigurationError(f"quotas.storage: unknown scheme in {url.split('://')[0]!r}; "
-                             "use memory:// or redis://HOST:PORT/DB")
