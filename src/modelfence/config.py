@@ -41,6 +41,21 @@ class ServerSettings(_Strict):
     workers: int = Field(1, ge=1, le=64)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body")
     access_log: bool = False
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="CIDRs of load balancers whose X-Forwarded-For "
+        "is believed for the caller's address")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not a CIDR network") from None
+        return v
 
 
 class AdminSettings(_Strict):
@@ -302,7 +317,9 @@ class Settings(_Strict):
     secret_file: Path | None = Field(None, description="server secret for key digests")
     admin: AdminSettings = AdminSettings()
     stores: StoreSettings = StoreSettings()
-    key_cache_ttl_s: float = Field(1.0, ge=0, le=60)
+    key_cache_ttl_s: float = Field(
+        0.5, ge=0, le=60, description="how long a key lookup is reused: bounds how long a key "
+        "revoked through another replica still works")
     identity: IdentitySettings = IdentitySettings()
     audit: AuditSettings = AuditSettings()
     policy: PolicySettings = PolicySettings()

@@ -120,7 +120,7 @@ def revoke(
     key_id: Annotated[str, typer.Argument(help="The key id shown by `keys list`")],
     config: ConfigOption = None,
 ) -> None:
-    """Revoke a key; gateways refuse it within their cache time (1 s by default)."""
+    """Revoke a key; gateways refuse it within their key cache time (0.5 s by default)."""
     keys = _keys(config)
 
     async def go() -> bool:

@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import ModelfenceError
-from . import audit, demo, keys, policy
+from . import audit, demo, keys, policy, redteam
 from .common import ConfigOption, console, fail, settings_from
 
 app = typer.Typer(
@@ -27,6 +27,8 @@ app.add_typer(policy.app, name="policy")
 config_app = typer.Typer(help="Inspect configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.command("demo")(demo.demo)
+app.command("attack")(redteam.attack)
+app.command("assess")(redteam.assess)
 
 
 @app.command()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -39,6 +40,7 @@ from .chain import GuardChain
 from .guards import BodyGuard, InputValidationGuard, ModelLookupGuard
 from .metrics import GatewayMetrics, MetricsGuard
 from .oip_routes import OipRoutes
+from .proxies import ProxyHeaders
 from .responses import json_response
 
 log = logging.getLogger("modelfence.gateway")
@@ -155,8 +157,11 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         finally:
             await gw.stop()
 
+    proxies = ([Middleware(ProxyHeaders, trusted=settings.server.trusted_proxies)]
+               if settings.server.trusted_proxies else [])
     app = Starlette(
         routes=[*oip.routes(), *admin.routes(), Route("/metrics", metrics_endpoint)],
+        middleware=proxies,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )

@@ -3,7 +3,7 @@
 A key looks like ``mf_<key id>_<secret>``. The key id is public (it names the key in
 lists, revocations and the audit log); the whole key is hashed with HMAC-SHA256 under
 the server secret, so a copy of the key store alone cannot be used to call the API.
-Lookups are cached for `cache_ttl_s` (default 1 s) so the hot path rarely touches the
+Lookups are cached for `cache_ttl_s` (default 0.5 s) so the hot path rarely touches the
 store; a revocation through this process drops the cache entry at once.
 """
 

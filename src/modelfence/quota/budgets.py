@@ -71,6 +71,7 @@ class BudgetStore(ABC):
 
 
 _NO_CAP = 2**62
+_PG_SCHEMA_LOCK = 0x6D66_6275_6467_6574  # "mfbudget": serializes schema creation
 
 _SQLITE_SCHEMA = """CREATE TABLE IF NOT EXISTS modelfence_budgets (
     key TEXT PRIMARY KEY, queries INTEGER NOT NULL, rows INTEGER NOT NULL)"""
@@ -156,11 +157,17 @@ class PostgresBudgetStore(BudgetStore):
     async def open(self) -> None:
         from psycopg_pool import AsyncConnectionPool
 
+        # reconnect_timeout: the pool's reconnect backoff doubles without bound until it gives
+        # up, so after a long outage it would wait as long again before trying; giving up
+        # early lets the next request start a fresh attempt at once.
         pool = AsyncConnectionPool(self._url, min_size=1, max_size=10, open=False,
-                                   timeout=self._timeout, kwargs={"autocommit": True})
+                                   timeout=self._timeout, reconnect_timeout=self._timeout,
+                                   kwargs={"autocommit": True})
         try:
             await pool.open(wait=True, timeout=self._timeout)
-            async with pool.connection() as conn:
+            async with pool.connection() as conn, conn.transaction():
+                # replicas starting together would race on CREATE TABLE (UniqueViolation)
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
                 await conn.execute(_SQLITE_SCHEMA.replace("INTEGER", "BIGINT"))
         except Exception as exc:
             await pool.close()

@@ -187,6 +187,7 @@ _PG_CREATE = """CREATE TABLE IF NOT EXISTS modelfence_keys (
     tenant TEXT NOT NULL, groups TEXT NOT NULL, models TEXT NOT NULL,
     created_at TIMESTAMPTZ NOT NULL, expires_at TIMESTAMPTZ, revoked_at TIMESTAMPTZ,
     description TEXT, attributes TEXT)"""
+_PG_SCHEMA_LOCK = 0x6D66_6B65_7973  # "mfkeys": serializes schema creation across replicas
 _PG_MIGRATE = "ALTER TABLE modelfence_keys ADD COLUMN IF NOT EXISTS attributes TEXT"
 
 
@@ -202,11 +203,16 @@ class PostgresKeyStore(KeyStore):
     async def open(self) -> None:
         from psycopg_pool import AsyncConnectionPool
 
+        # reconnect_timeout: give up a reconnect loop early, so that after an outage the next
+        # request starts a fresh attempt instead of waiting out a long backoff.
         pool = AsyncConnectionPool(self._url, min_size=1, max_size=self._pool_size, open=False,
-                                   timeout=self._timeout, kwargs={"autocommit": True})
+                                   timeout=self._timeout, reconnect_timeout=self._timeout,
+                                   kwargs={"autocommit": True})
         try:
             await pool.open(wait=True, timeout=self._timeout)
-            async with pool.connection() as conn:
+            async with pool.connection() as conn, conn.transaction():
+                # replicas starting together would race on CREATE TABLE (UniqueViolation)
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
                 await conn.execute(_PG_CREATE)
                 await conn.execute(_PG_MIGRATE)
         except Exception as exc:

@@ -1,0 +1,206 @@
+"""`modelfence attack` and `modelfence assess`: the red team on the command line.
+
+Thin, as every command: parse, call `modelfence.redteam`, print with rich. The library is
+imported inside the commands so that `modelfence --help` stays fast. A refusal by the
+gateway during an attack (401, 403, 429) is a finding, not a crash: the partial results are
+printed, then one yellow line says what stopped it, and the exit code is 3.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import ModelfenceError, RequestError
+from .common import console, err_console, fail
+
+if TYPE_CHECKING:
+    from ..redteam.results import Assessment, AttackResult, AttackRun
+
+STOPPED_EXIT = 3
+TargetArg = Annotated[str, typer.Argument(
+    help="A model file (.skops, .onnx), 'demo', or (attack only) a gateway address "
+         "http://HOST:PORT/v2/models/NAME")]
+PoolOption = Annotated[str, typer.Option(
+    help="Attacker's data: a .npy/.npz/.csv/.parquet file, sklearn:NAME "
+         "(digits, iris, wine, breast_cancer) or synthetic[:ROWS]")]
+ThiefOption = Annotated[str, typer.Option(
+    help="lr, mlp, torch-mlp or torch-cnn (the torch ones need modelfence\\[torch])")]
+LabelColumn = Annotated[str | None, typer.Option(
+    help="CSV/Parquet column with the true labels (for accuracy)")]
+Trust = Annotated[list[str] | None, typer.Option(
+    "--trust", help="A type in the skops file to trust; repeat for more")]
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise fail(f"{option} {text!r}: expected numbers separated by commas", 2) from None
+    if not values or min(values) < 1:
+        raise fail(f"{option} {text!r}: expected positive numbers", 2)
+    return values
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
+
+
+def attack(
+    target: TargetArg,
+    attack_name: Annotated[str, typer.Option(
+        "--attack", "-a", help="random, adaptive, jacobian, equation, uniform or active; "
+        "add :labels for the label-only variant")] = "random",
+    budgets: Annotated[str, typer.Option(help="Query budgets, e.g. 100,500,2000")] = "100,500,1000",
+    thief: ThiefOption = "mlp",
+    pool: PoolOption = "sklearn:digits",
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same result)")] = 0,
+    defense: Annotated[str, typer.Option(
+        help="In-process only: none, round:D, topk:K, labels, rsig:BETA,GAMMA, noise:SCALE"
+    )] = "none",
+    key: Annotated[str | None, typer.Option(
+        envvar="MODELFENCE_KEY", help="API key for a gateway address", show_default=False,
+        show_envvar=True)] = None,
+    eval_key: Annotated[str | None, typer.Option(
+        help="Key for the held-out evaluation queries (default: --key)", show_default=False
+    )] = None,
+    model_name: Annotated[str | None, typer.Option(
+        help="Model name, if the address does not end in /v2/models/NAME")] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Rows per request over HTTP")] = 1,
+    label_column: LabelColumn = None,
+    trust: Trust = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON"
+                                                  )] = None,
+) -> None:
+    """Run one extraction attack and print fidelity and accuracy per budget."""
+    from ..redteam import run_attack
+
+    budget_list = _ints(budgets, "--budgets")
+    try:
+        with console.status(f"attacking {target} ({attack_name})…"):
+            run = run_attack(target, attack=attack_name, thief=thief, pool=pool,
+                             budgets=budget_list, seed=seed, defense=defense, key=key,
+                             eval_key=eval_key, model_name=model_name, batch=batch,
+                             label_column=label_column, trusted_types=tuple(trust or ()))
+    except RequestError as exc:
+        raise fail(f"the endpoint answered {exc.status}: {exc.message}") from None
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+    _print_run(run)
+    if json_out is not None:
+        import orjson
+
+        doc = {"target": run.target, "pool": run.pool, "eval_rows": run.eval_rows,
+               "victim_accuracy": run.victim_accuracy, **run.result.to_dict()}
+        json_out.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    stop = run.result.stopped
+    if stop is not None:
+        if not run.result.points:
+            raise fail(f"no query answered: {stop.describe()}")
+        err_console.print(f"[bold yellow]stopped:[/] {stop.describe()}; the results above "
+                          f"cover the {stop.after} answered quer"
+                          f"{'y' if stop.after == 1 else 'ies'}", soft_wrap=True)
+        raise typer.Exit(STOPPED_EXIT)
+
+
+def _print_run(run: AttackRun) -> None:
+    r = run.result
+    variant = "soft labels" if r.variant == "soft" else "labels only"
+    console.print(f"[bold]{r.title}[/], {variant}; thief: {r.thief}; defense: {r.defense}")
+    console.print(f"target: {run.target} ({run.n_classes} classes, {run.n_features} features)",
+                  soft_wrap=True, markup=False)
+    acc = "" if run.victim_accuracy is None else f"; model accuracy {run.victim_accuracy:.3f}"
+    asked = f" (asked in {run.eval_requests} requests)" if run.eval_requests else ""
+    console.print(f"pool: {run.pool}: {run.attack_rows:,} rows to query, {run.eval_rows:,} "
+                  f"held out{asked}{acc}", soft_wrap=True, markup=False)
+    table = Table("budget", "queries", "fidelity", "accuracy", "train s")
+    for p in r.points:
+        table.add_row(f"{p.budget:,}", f"{p.queries:,}", f"{p.fidelity:.3f}",
+                      "—" if p.accuracy is None else f"{p.accuracy:.3f}", f"{p.train_s:.2f}")
+    console.print(table)
+    over_http = run.target.startswith(("http://", "https://"))
+    sent = f" in {r.requests:,} requests" if over_http else ""
+    console.print(f"{r.queries:,} queries{sent}; {r.total_s:.2f} s")
+
+
+def assess(
+    target: TargetArg,
+    attacks: Annotated[str | None, typer.Option(
+        help="Comma-separated attacks [default: all six with soft labels, plus random:labels]",
+        show_default=False)] = None,
+    defenses: Annotated[str | None, typer.Option(
+        help="Comma-separated defenses [default: none, round:2, topk:3, labels, "
+        "rsig:0.8,1.2, noise:2]", show_default=False)] = None,
+    budgets: Annotated[str, typer.Option(help="Query budgets")] = "100,300,1000",
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per cell")] = 3,
+    thief: ThiefOption = "mlp",
+    pool: PoolOption = "sklearn:digits",
+    label_column: LabelColumn = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Local worker processes [default: one per core]", show_default=False
+    )] = None,
+    dask: Annotated[str | None, typer.Option(
+        help="Run the cells on a Dask cluster: scheduler address, e.g. tcp://host:8786",
+        show_default=False)] = None,
+    out: Annotated[Path, typer.Option(help="Folder for assessment.json and report.html")] = Path(
+        "redteam-report"),
+    trust: Trust = None,
+) -> None:
+    """Run attacks x defenses x budgets x seeds in-process; write JSON and an HTML report."""
+    from ..redteam import assess as run_assessment
+    from ..redteam import write_report
+    from ..redteam.executors import executor_for
+    from ..redteam.matrix import DEFAULT_ATTACKS, canonical_attack
+    from ..shaping import DEFAULT_DEFENSES
+
+    if target.startswith(("http://", "https://")):
+        raise fail("assess runs against a model file or 'demo'; use `modelfence attack "
+                   "ADDRESS` for a live gateway", 2)
+    try:
+        attack_list = [canonical_attack(a) for a in _names(attacks) or DEFAULT_ATTACKS]
+        defense_list = _names(defenses) or list(DEFAULT_DEFENSES)
+        executor = executor_for(dask, workers)
+        with _progress() as progress:
+            per_attack = len(set(defense_list)) * seeds
+            bars = {a: progress.add_task(a, total=per_attack) for a in dict.fromkeys(attack_list)}
+            total = progress.add_task("all cells", total=per_attack * len(bars))
+
+            def tick(result: AttackResult, done: int, count: int) -> None:
+                progress.advance(bars[result.name])
+                progress.update(total, completed=done, total=count)
+
+            result = run_assessment(target, attacks=attack_list, defenses=defense_list,
+                                    budgets=_ints(budgets, "--budgets"), seeds=seeds,
+                                    thief=thief, pool=pool, label_column=label_column,
+                                    executor=executor, progress=tick,
+                                    trusted_types=tuple(trust or ()))
+        json_path, html_path = write_report(result, out)
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+    _print_assessment(result)
+    console.print(f"wrote {json_path} and {html_path}", soft_wrap=True, markup=False)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=False)
+
+
+def _print_assessment(a: Assessment) -> None:
+    top = a.budgets[-1]
+    table = Table(title=f"fidelity at {top:,} queries (mean of {len(a.seeds)} seeds)")
+    table.add_column("attack")
+    for d in a.defenses:
+        table.add_column(d.spec, justify="right")
+    for at in a.attacks:
+        row = []
+        for d in a.defenses:
+            v = a.fidelity(at, d.spec, top)
+            row.append(f"{sum(v) / len(v):.3f}" if v else "—")
+        table.add_row(at, *row)
+    console.print(table)
+    console.print(f"{len(a.cells)} cells on {a.executor} in {a.elapsed_s:.1f} s")

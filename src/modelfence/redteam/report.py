@@ -1,0 +1,185 @@
+"""The assessment report: one self-contained HTML page (inline CSS and SVG) and the JSON.
+
+The page answers the owner's questions in order: how much does a given query budget steal
+with no defense; what does each defense change (fidelity vs budget, one chart per defense);
+what does each defense cost honest callers (benign accuracy vs protection); and the exact
+numbers. Nothing is fetched from anywhere, so the file can be mailed or archived as is.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from .attacks import ATTACKS, split_attack
+from .results import Assessment
+from .svg import PALETTE, Point, Series, line_chart, scatter_chart
+
+CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1400px;color:#222;
+padding:0 1em}h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ddd;padding:3px 8px;
+text-align:right}th{background:#f5f5f5}td.l,th.l{text-align:left}.grid{display:flex;
+flex-wrap:wrap;gap:12px}.legend span{display:inline-block;margin-right:14px}
+.sw{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px}
+.key{background:#fff8e1;border-left:4px solid #f0b400;padding:.5em 1em}.muted{color:#666}"""
+
+
+def attack_label(name: str) -> str:
+    kind, variant = split_attack(name)
+    return f"{ATTACKS[kind].title}, {'soft labels' if variant == 'soft' else 'labels only'}"
+
+
+def _stats(a: Assessment, attack: str, defense: str, budget: int) -> tuple[float, float, float]:
+    v = a.fidelity(attack, defense, budget)
+    return (float(np.mean(v)), float(np.min(v)), float(np.max(v))) if v else (np.nan,) * 3
+
+
+def protection(a: Assessment, defense: str) -> tuple[float, str]:
+    """1 - the strongest attack's mean fidelity at the largest budget, and that attack."""
+    top = a.budgets[-1]
+    best = max(a.attacks, key=lambda at: _stats(a, at, defense, top)[0])
+    return 1.0 - _stats(a, best, defense, top)[0], best
+
+
+def _charts(a: Assessment) -> str:
+    colors = {at: PALETTE[i % len(PALETTE)] for i, at in enumerate(a.attacks)}
+    legend = "".join(f'<span><i class="sw" style="background:{colors[at]}"></i>'
+                     f"{escape(attack_label(at))}</span>" for at in a.attacks)
+    charts = []
+    for d in a.defenses:
+        series = []
+        for at in a.attacks:
+            s = [_stats(a, at, d.spec, b) for b in a.budgets]
+            series.append(Series(attack_label(at), list(a.budgets), [m for m, _, _ in s],
+                                 colors[at], [lo for _, lo, _ in s], [hi for _, _, hi in s]))
+        charts.append(line_chart(series, title=f"{d.description}", x_label="queries (budget)",
+                                 y_label="fidelity"))
+    return f'<p class="legend">{legend}</p><div class="grid">{"".join(charts)}</div>'
+
+
+def _tradeoff(a: Assessment) -> str:
+    labelled = all(d.benign_accuracy is not None for d in a.defenses)
+    points = []
+    for i, d in enumerate(a.defenses):
+        benign = d.benign_accuracy if labelled and d.benign_accuracy is not None \
+            else d.benign_agreement
+        points.append(Point(d.spec, protection(a, d.spec)[0], benign,
+                            PALETTE[i % len(PALETTE)]))
+    low = min([p.y for p in points] + [0.8])
+    y_range = (max(0.0, np.floor(low * 10) / 10 - 0.1), 1.0)
+    what = "benign accuracy" if labelled else "agreement with the model"
+    return scatter_chart(points, title=f"{what} vs protection (budget {a.budgets[-1]:,})",
+                         x_label="protection = 1 - strongest attack's fidelity",
+                         y_label=what, y_range=y_range)
+
+
+def _fidelity_table(a: Assessment) -> str:
+    top = a.budgets[-1]
+    head = "".join(f"<th>{escape(d.spec)}</th>" for d in a.defenses)
+    rows = []
+    for at in a.attacks:
+        cells = []
+        for d in a.defenses:
+            m, lo, hi = _stats(a, at, d.spec, top)
+            shade = f"rgba(214,39,40,{max(0.0, m) * 0.45:.2f})"
+            cells.append(f'<td style="background:{shade}" title="min {lo:.3f}, max {hi:.3f}">'
+                         f"{m:.3f}</td>")
+        rows.append(f'<tr><td class="l">{escape(attack_label(at))}</td>{"".join(cells)}</tr>')
+    return (f'<table><tr><th class="l">attack \\ defense</th>{head}</tr>{"".join(rows)}'
+            "</table>")
+
+
+def _defense_table(a: Assessment) -> str:
+    rows = []
+    for d in a.defenses:
+        prot, strongest = protection(a, d.spec)
+        acc = "—" if d.benign_accuracy is None else f"{d.benign_accuracy:.3f}"
+        rows.append(
+            f'<tr><td class="l">{escape(d.spec)}</td><td class="l">{escape(d.description)}</td>'
+            f"<td>{acc}</td><td>{d.benign_agreement:.3f}</td><td>{d.distortion:.3f}</td>"
+            f"<td>{1 - prot:.3f}</td><td class=\"l\">{escape(attack_label(strongest))}</td></tr>")
+    return ('<table><tr><th class="l">defense</th><th class="l">what callers see</th>'
+            "<th>benign accuracy</th><th>agreement with model</th><th>distortion (TV)</th>"
+            f"<th>strongest attack's fidelity at {a.budgets[-1]:,}</th>"
+            f'<th class="l">strongest attack</th></tr>{"".join(rows)}</table>')
+
+
+def _findings(a: Assessment) -> str:
+    top = a.budgets[-1]
+    out = []
+    if any(d.spec == "none" for d in a.defenses):
+        prot, best = protection(a, "none")
+        out.append(f"Undefended, the strongest attack ({escape(attack_label(best))}) copies the "
+                   f"model to <b>{1 - prot:.1%}</b> fidelity with {top:,} queries.")
+    others = [d for d in a.defenses if d.spec != "none"]
+    if others:
+        best_d = max(others, key=lambda d: protection(a, d.spec)[0])
+        prot, best = protection(a, best_d.spec)
+        out.append(f"The most protective defense here is <b>{escape(best_d.description)}</b>: "
+                   f"the strongest attack against it ({escape(attack_label(best))}) still "
+                   f"reaches {1 - prot:.1%} at {top:,} queries, at a benign-agreement cost "
+                   f"of {1 - best_d.benign_agreement:.1%}.")
+    label_only = [at for at in a.attacks if at.endswith(":labels")]
+    if label_only and others:
+        worst = min(min(_stats(a, at, d.spec, top)[0] for d in a.defenses)
+                    for at in label_only)
+        out.append(f"A label-only thief is not slowed by defenses that keep the top class: "
+                   f"it reaches at least {worst:.1%} under every defense here. Only query "
+                   "budgets and detection limit it.")
+    return "".join(f"<li>{line}</li>" for line in out)
+
+
+def render_html(a: Assessment) -> str:
+    """The report as one HTML string."""
+    acc = "unknown (the pool has no labels)" if a.victim_accuracy is None \
+        else f"{a.victim_accuracy:.3f}"
+    meta = (f"<tr><td class=l>model</td><td class=l>{escape(a.target)}</td></tr>"
+            f"<tr><td class=l>classes, features</td><td class=l>{a.n_classes}, "
+            f"{a.n_features}</td></tr>"
+            f"<tr><td class=l>attacker's pool</td><td class=l>{escape(a.pool)}: "
+            f"{a.attack_rows:,} rows to query, {a.eval_rows:,} held out</td></tr>"
+            f"<tr><td class=l>model accuracy (held out)</td><td class=l>{acc}</td></tr>"
+            f"<tr><td class=l>thief</td><td class=l>{escape(a.thief)}</td></tr>"
+            f"<tr><td class=l>budgets; seeds</td><td class=l>"
+            f"{', '.join(f'{b:,}' for b in a.budgets)}; {len(a.seeds)} seed(s)</td></tr>"
+            f"<tr><td class=l>ran on</td><td class=l>{escape(a.executor)}, "
+            f"{a.elapsed_s:.0f} s, {escape(a.created)}</td></tr>")
+    return f"""<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">
+<title>modelfence red-team assessment</title><style>{CSS}</style></head><body>
+<h1>What a query budget steals: red-team assessment</h1>
+<table>{meta}</table>
+<div class="key"><ul>{_findings(a)}</ul></div>
+<h2>Fidelity vs budget, per defense</h2>
+<p>Each chart is one defense applied to the model's answers; each line is an attack (mean over
+{len(a.seeds)} seed(s), band = min to max). <b>Fidelity</b> is the share of {a.eval_rows:,}
+held-out rows on which the thief's copy decides like the model.</p>
+{_charts(a)}
+<h2>Benign accuracy vs protection</h2>
+<p>Up is better for honest callers; right is better against thieves. Protection is
+1 &minus; the fidelity of the strongest attack at {a.budgets[-1]:,} queries.</p>
+{_tradeoff(a)}
+<h2>Fidelity at {a.budgets[-1]:,} queries</h2>{_fidelity_table(a)}
+<h2>Defenses</h2>{_defense_table(a)}
+<h2>How to read this</h2>
+<p class="muted">Each cell is one run of an attack to the largest budget; the thief at a smaller
+budget is trained on that run's first queries. Soft-label attacks see the (shaped)
+probabilities, label-only attacks see only the decision. Defenses run in-process on the
+model's answers exactly as the gateway's output shaping would apply them; keyed noise uses a
+secret fixed per seed. Benign accuracy is measured on the held-out rows through each defense.
+Risk over time is not shown: this version of modelfence has no extraction monitor, so there
+is no per-caller risk score to plot; budgets and quotas are the gateway's limit on a thief
+today (see <code>modelfence attack</code> against a live gateway).</p>
+</body></html>"""
+
+
+def write_report(a: Assessment, folder: str | Path) -> tuple[Path, Path]:
+    """Write ``assessment.json`` and ``report.html`` into `folder`; return both paths."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path, html_path = out / "assessment.json", out / "report.html"
+    json_path.write_bytes(orjson.dumps(a.to_dict(), option=orjson.OPT_INDENT_2))
+    html_path.write_text(render_html(a), encoding="utf-8")
+    return json_path, html_path

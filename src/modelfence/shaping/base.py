@@ -1,0 +1,162 @@
+"""Output defenses over a probability matrix, and the simple ones: rounding, top-k, label-only.
+
+A defense maps what the model computed (an ``[n, classes]`` matrix of probabilities) to what
+a caller is shown. Every defense here keeps the top-1 class, so the answer a benign caller
+acts on does not change while the extra information a thief trains on (the shape of the
+distribution) shrinks. They are pure: the same input, principal and secret always give the
+same output, which the gateway (output shaping) and the red team (assessment) both rely on.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import ConfigurationError
+
+Array = np.ndarray[Any, Any]
+
+
+def as_probabilities(proba: Any) -> Array:
+    """Check and copy: a finite, non-negative ``[n, classes]`` matrix as float64."""
+    p = np.array(proba, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"expected probabilities of shape [n, classes>=2], got {list(p.shape)}")
+    if not np.isfinite(p).all() or (p < 0).any():
+        raise ValueError("probabilities must be finite and non-negative")
+    return p
+
+
+def normalise(p: Array) -> Array:
+    """Rows scaled to sum to 1; an all-zero row becomes uniform rather than NaN."""
+    s = p.sum(axis=1, keepdims=True)
+    k = p.shape[1]
+    return np.where(s > 0, p / np.where(s > 0, s, 1.0), 1.0 / k)
+
+
+class Defense(ABC):
+    """One output defense. Subclasses implement `_shape`; `apply` does the shared checks.
+
+    `inputs` and `principal` are only read by defenses keyed on who asked what (keyed
+    noise); the others ignore them, so every defense can be called the same way.
+    """
+
+    kind: ClassVar[str]
+    uses_inputs: ClassVar[bool] = False
+
+    def apply(self, proba: Any, *, inputs: Any = None, principal: str = "") -> Array:
+        p = as_probabilities(proba)
+        self.check(p.shape[1])
+        if self.uses_inputs and (inputs is None or len(inputs) != p.shape[0]):
+            raise ValueError(f"{self.kind} needs the inputs, one row per probability row")
+        return self._shape(p, inputs, principal)
+
+    def check(self, n_classes: int) -> None:
+        """Refuse settings that cannot work for a model with `n_classes` classes."""
+        return None
+
+    @abstractmethod
+    def _shape(self, p: Array, inputs: Any, principal: str) -> Array: ...
+
+    @property
+    @abstractmethod
+    def spec(self) -> str:
+        """The short form `parse_defense` reads back, e.g. ``round:2``."""
+
+    @property
+    def description(self) -> str:
+        return self.spec
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.spec}>"
+
+
+class NoDefense(Defense):
+    """The model's own probabilities: the baseline every other defense is compared with."""
+
+    kind = "none"
+
+    def _shape(self, p: Array, inputs: Any, principal: str) -> Array:
+        return p
+
+    @property
+    def spec(self) -> str:
+        return "none"
+
+    @property
+    def description(self) -> str:
+        return "no defense: full probabilities"
+
+
+class Rounding(Defense):
+    """Probabilities rounded to `decimals` places (Tramèr et al. 2016's first countermeasure).
+
+    Cheap and harmless to callers, but it only hides the low digits: a label-only thief
+    loses nothing, and equation solving loses its exactness, not its direction.
+    """
+
+    kind = "round"
+
+    def __init__(self, decimals: int) -> None:
+        if not 0 <= decimals <= 8:
+            raise ConfigurationError(f"round: decimals must be 0..8, got {decimals}")
+        self.decimals = decimals
+
+    def _shape(self, p: Array, inputs: Any, principal: str) -> Array:
+        return np.round(p, self.decimals)
+
+    @property
+    def spec(self) -> str:
+        return f"round:{self.decimals}"
+
+    @property
+    def description(self) -> str:
+        return f"probabilities rounded to {self.decimals} decimals"
+
+
+class TopK(Defense):
+    """Only the `k` most likely classes, renormalised; the others read as 0."""
+
+    kind = "topk"
+
+    def __init__(self, k: int) -> None:
+        if k < 1:
+            raise ConfigurationError(f"topk: k must be at least 1, got {k}")
+        self.k = k
+
+    def _shape(self, p: Array, inputs: Any, principal: str) -> Array:
+        if self.k >= p.shape[1]:
+            return p
+        drop = np.argsort(-p, axis=1, kind="stable")[:, self.k:]
+        out = p.copy()
+        np.put_along_axis(out, drop, 0.0, axis=1)
+        return normalise(out)
+
+    @property
+    def spec(self) -> str:
+        return f"topk:{self.k}"
+
+    @property
+    def description(self) -> str:
+        return f"top-{self.k} classes only, renormalised"
+
+
+class LabelOnly(Defense):
+    """A one-hot vector for the top class: the caller learns the decision and nothing else."""
+
+    kind = "labels"
+
+    def _shape(self, p: Array, inputs: Any, principal: str) -> Array:
+        out = np.zeros_like(p)
+        out[np.arange(p.shape[0]), np.argmax(p, axis=1)] = 1.0
+        return out
+
+    @property
+    def spec(self) -> str:
+        return "labels"
+
+    @property
+    def description(self) -> str:
+        return "label only (one-hot)"
