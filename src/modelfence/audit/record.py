@@ -7,6 +7,8 @@ bearer token never reaches the record (only the public key id does).
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field, fields
@@ -40,6 +42,7 @@ class AuditRecord:
     input_sha256: str | None
     output_sha256: str | None
     trail: list[dict[str, str]] = field(default_factory=list)
+    replica: str = ""             # which gateway process wrote it (host:pid)
     inputs: Any = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,6 +59,7 @@ class AuditGuard(Guard):
     def __init__(self, sink: AuditSink, *, record_inputs: bool = False) -> None:
         self._sink = sink
         self._record_inputs = record_inputs
+        self._replica = replica_name()
 
     def assemble(self, call: Call) -> AuditRecord:
         p = call.principal
@@ -82,6 +86,7 @@ class AuditGuard(Guard):
             input_sha256=hashlib.sha256(body).hexdigest() if body else None,
             output_sha256=hashlib.sha256(out).hexdigest() if out else None,
             trail=[d.as_dict() for d in call.trail],
+            replica=self._replica,
             inputs=body.decode("utf-8", "replace") if body and self._record_inputs else None,
         )
 
@@ -107,7 +112,13 @@ def event_record(*, action: str, reason: str, status: int = 200, principal: str 
         model=model, principal=principal, tenant=tenant, key_id=target, source=source,
         status=status, decision=_decision(status), reason=reason, policy_ids=[],
         latency_ms=round(elapsed, 3), rows=0, risk=0.0,
-        bytes_in=0, bytes_out=0, input_sha256=None, output_sha256=None)
+        bytes_in=0, bytes_out=0, input_sha256=None, output_sha256=None,
+        replica=replica_name())
+
+
+def replica_name() -> str:
+    """host:pid of this gateway process, so one shared trail tells replicas apart."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _decision(status: int) -> str:

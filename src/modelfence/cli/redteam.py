@@ -47,7 +47,16 @@ def _ints(text: str, option: str) -> list[int]:
 
 
 def _names(text: str | None) -> list[str] | None:
-    return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
+    """Comma-separated names; a bare number continues the previous one (``rsig:0.8,1.2``)."""
+    if text is None:
+        return None
+    out: list[str] = []
+    for part in (v.strip() for v in text.split(",")):
+        if out and part.replace(".", "", 1).isdigit():
+            out[-1] += "," + part
+        elif part:
+            out.append(part)
+    return out
 
 
 def attack(
@@ -164,20 +173,25 @@ def assess(
         attack_list = [canonical_attack(a) for a in _names(attacks) or DEFAULT_ATTACKS]
         defense_list = _names(defenses) or list(DEFAULT_DEFENSES)
         executor = executor_for(dask, workers)
-        with _progress() as progress:
-            per_attack = len(set(defense_list)) * seeds
-            bars = {a: progress.add_task(a, total=per_attack) for a in dict.fromkeys(attack_list)}
-            total = progress.add_task("all cells", total=per_attack * len(bars))
+        progress = _progress()
+        per_attack = len(set(defense_list)) * seeds
+        bars = {a: progress.add_task(a, total=per_attack) for a in dict.fromkeys(attack_list)}
+        total = progress.add_task("all cells", total=per_attack * len(bars))
 
-            def tick(result: AttackResult, done: int, count: int) -> None:
-                progress.advance(bars[result.name])
-                progress.update(total, completed=done, total=count)
+        def tick(result: AttackResult, done: int, count: int) -> None:
+            if not progress.live.is_started:  # shown once the settings were accepted
+                progress.start()
+            progress.advance(bars[result.name])
+            progress.update(total, completed=done, total=count)
 
-            result = run_assessment(target, attacks=attack_list, defenses=defense_list,
-                                    budgets=_ints(budgets, "--budgets"), seeds=seeds,
-                                    thief=thief, pool=pool, label_column=label_column,
-                                    executor=executor, progress=tick,
-                                    trusted_types=tuple(trust or ()))
+        try:
+            result = run_assessment(
+                target, attacks=attack_list, defenses=defense_list,
+                budgets=_ints(budgets, "--budgets"), seeds=seeds, thief=thief, pool=pool,
+                label_column=label_column, executor=executor, progress=tick,
+                trusted_types=tuple(trust or ()))
+        finally:
+            progress.stop()
         json_path, html_path = write_report(result, out)
     except ModelfenceError as exc:
         raise fail(str(exc), 2) from None

@@ -87,6 +87,7 @@ class Gateway:
 def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> Gateway:
     """Make (but do not open) every part the configuration names; wiring errors raise here."""
     secret = settings.server_secret()
+    metrics = GatewayMetrics()
     store = key_store or key_store_from_url(settings.stores.keys)
     keys = ApiKeys(store, secret, cache_ttl_s=settings.key_cache_ttl_s)
     return Gateway(
@@ -95,10 +96,10 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
         keys=keys,
         authenticator=build_authenticator(settings.identity, keys),
         models={m.name: ModelEntry(m, backend_from_settings(m)) for m in settings.models},
-        metrics=GatewayMetrics(),
+        metrics=metrics,
         audit_sink=audit_sink_from_url(settings.audit.sink, settings.audit),
         policy=engine_from_settings(settings),
-        rate_limits=RateLimitGuard(settings.quotas),
+        rate_limits=RateLimitGuard(settings.quotas, on_fail_open=metrics.fail_open.inc),
         budget_store=(budget_store_from_url(settings.quotas.budget_store)
                       if settings.quotas.budgets else None),
     )

@@ -33,6 +33,9 @@ class GatewayMetrics:
         self.policy_errors = Counter("modelfence_policy_errors",
                                      "Requests denied because the policy engine could not decide",
                                      registry=r)
+        self.fail_open = Counter("modelfence_rate_limit_fail_open",
+                                 "Requests let through unchecked because rate-limit storage "
+                                 "failed (quotas.fail_open)", registry=r)
         self.budget_alerts = Counter("modelfence_budget_alerts",
                                      "Principals crossing a budget's alert share", ["model"],
                                      registry=r)

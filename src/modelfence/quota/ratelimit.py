@@ -12,6 +12,7 @@ import itertools
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -48,7 +49,8 @@ class RateLimitGuard(Guard):
     requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "decision"})
     provides: ClassVar[frozenset[str]] = frozenset({"rate_limited"})
 
-    def __init__(self, settings: QuotaSettings) -> None:
+    def __init__(self, settings: QuotaSettings,
+                 on_fail_open: Callable[[], None] | None = None) -> None:
         from limits import parse_many
         from limits.aio import strategies
 
@@ -63,6 +65,7 @@ class RateLimitGuard(Guard):
         self._rules = [_Rule(r.scope, tuple(parse_many(r.rate)), frozenset(r.models), r.rate)
                        for r in settings.limits]
         self._last_warning = 0.0
+        self._on_fail_open = on_fail_open
 
     def _make_storage(self, url: str, strategy: str) -> Any:
         from limits.aio.storage import MemoryStorage, RedisStorage
@@ -116,6 +119,8 @@ class RateLimitGuard(Guard):
         if not self._settings.fail_open:
             raise StoreError(f"rate limit storage: {exc.__class__.__name__}",
                              store="ratelimit") from None
+        if self._on_fail_open is not None:
+            self._on_fail_open()
         now = time.monotonic()
         if now - self._last_warning > 10:
             self._last_warning = now

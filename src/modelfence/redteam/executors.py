@@ -38,10 +38,22 @@ def one_thread() -> AbstractContextManager[Any]:
     return limits
 
 
-def pin_worker() -> None:
-    """Process initializer: one thread for good (env for children, pools for this process)."""
-    for name in _THREAD_VARS:
-        os.environ[name] = "1"
+def pin_worker(set_env: bool = True) -> None:
+    """Worker set-up: one thread for good, and thieves' ConvergenceWarning silenced.
+
+    Thieves silence the warning around each fit with `warnings.catch_warnings`, which is not
+    thread-safe: on a Dask worker with several threads one fit's exit can restore the
+    filters while another fit is running. A process-wide filter makes every interleaving
+    safe. Stopping at max_iter is the budgeted training chosen for the thieves.
+    """
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    warnings.filterwarnings("ignore", category=ConvergenceWarning)
+    if set_env:  # for the worker's own children; a Dask worker may share our process
+        for name in _THREAD_VARS:
+            os.environ[name] = "1"
     one_thread()  # not restored: the whole worker process is single-threaded
     try:
         import torch
@@ -98,7 +110,8 @@ class DaskCluster(Executor):
     the first cell.
     """
 
-    def __init__(self, address: str | None = None, *, client: Any = None) -> None:
+    def __init__(self, address: str | None = None, *, client: Any = None,
+                 connect_timeout_s: float = 10.0) -> None:
         try:
             import distributed
         except ImportError:
@@ -106,6 +119,7 @@ class DaskCluster(Executor):
                                      "pip install 'modelfence[dask]'") from None
         self._distributed = distributed
         self._address, self._client = address, client
+        self._timeout = f"{connect_timeout_s}s"
         if client is None and not address:
             raise ConfigurationError("give the Dask scheduler address, e.g. tcp://host:8786")
         self.name = f"Dask at {address}" if address else "Dask"
@@ -116,14 +130,15 @@ class DaskCluster(Executor):
         if own:
             try:
                 client = self._distributed.Client(  # type: ignore[no-untyped-call]
-                    self._address, set_as_default=False, timeout="10s")
+                    self._address, set_as_default=False, timeout=self._timeout)
             except OSError as exc:
                 raise ConfigurationError(f"cannot reach the Dask scheduler at "
                                          f"{self._address}: {exc}") from None
         try:
-            client.run(pin_worker)
+            client.run(pin_worker, False)
             futures = client.map(fn, list(items), pure=False)
-            done = self._distributed.as_completed(futures)  # type: ignore[no-untyped-call]
+            done = self._distributed.as_completed(  # type: ignore[no-untyped-call]
+                futures, loop=client.loop)
             for future in done:
                 yield future.result()
         finally:

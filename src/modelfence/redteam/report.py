@@ -37,10 +37,16 @@ def _stats(a: Assessment, attack: str, defense: str, budget: int) -> tuple[float
     return (float(np.mean(v)), float(np.min(v)), float(np.max(v))) if v else (np.nan,) * 3
 
 
-def protection(a: Assessment, defense: str) -> tuple[float, str]:
-    """1 - the strongest attack's mean fidelity at the largest budget, and that attack."""
+def protection(a: Assessment, defense: str, *, soft_only: bool = False) -> tuple[float, str]:
+    """1 - the strongest attack's mean fidelity at the largest budget, and that attack.
+
+    With `soft_only`, only attacks that see the (shaped) probabilities count: a label-only
+    thief sees the same answers under every top-1-preserving defense, so including it would
+    rank every defense alike. (Falls back to all attacks when none is soft.)
+    """
     top = a.budgets[-1]
-    best = max(a.attacks, key=lambda at: _stats(a, at, defense, top)[0])
+    pool = [at for at in a.attacks if not at.endswith(":labels")] if soft_only else []
+    best = max(pool or a.attacks, key=lambda at: _stats(a, at, defense, top)[0])
     return 1.0 - _stats(a, best, defense, top)[0], best
 
 
@@ -66,14 +72,15 @@ def _tradeoff(a: Assessment) -> str:
     for i, d in enumerate(a.defenses):
         benign = d.benign_accuracy if labelled and d.benign_accuracy is not None \
             else d.benign_agreement
-        points.append(Point(d.spec, protection(a, d.spec)[0], benign,
+        points.append(Point(d.spec, protection(a, d.spec, soft_only=True)[0], benign,
                             PALETTE[i % len(PALETTE)]))
     low = min([p.y for p in points] + [0.8])
     y_range = (max(0.0, np.floor(low * 10) / 10 - 0.1), 1.0)
+    x_max = min(1.0, max(0.2, float(np.ceil(max(p.x for p in points) * 5) / 5)))
     what = "benign accuracy" if labelled else "agreement with the model"
-    return scatter_chart(points, title=f"{what} vs protection (budget {a.budgets[-1]:,})",
-                         x_label="protection = 1 - strongest attack's fidelity",
-                         y_label=what, y_range=y_range)
+    return scatter_chart(points, title=f"{what} vs protection at {a.budgets[-1]:,} queries",
+                         x_label="protection = 1 - strongest soft-label attack's fidelity",
+                         y_label=what, y_range=y_range, x_range=(0.0, x_max))
 
 
 def _fidelity_table(a: Assessment) -> str:
@@ -96,15 +103,20 @@ def _defense_table(a: Assessment) -> str:
     rows = []
     for d in a.defenses:
         prot, strongest = protection(a, d.spec)
+        soft, soft_best = protection(a, d.spec, soft_only=True)
         acc = "—" if d.benign_accuracy is None else f"{d.benign_accuracy:.3f}"
         rows.append(
             f'<tr><td class="l">{escape(d.spec)}</td><td class="l">{escape(d.description)}</td>'
             f"<td>{acc}</td><td>{d.benign_agreement:.3f}</td><td>{d.distortion:.3f}</td>"
+            f"<td>{1 - soft:.3f}</td><td class=\"l\">{escape(attack_label(soft_best))}</td>"
             f"<td>{1 - prot:.3f}</td><td class=\"l\">{escape(attack_label(strongest))}</td></tr>")
+    top = f"{a.budgets[-1]:,}"
     return ('<table><tr><th class="l">defense</th><th class="l">what callers see</th>'
             "<th>benign accuracy</th><th>agreement with model</th><th>distortion (TV)</th>"
-            f"<th>strongest attack's fidelity at {a.budgets[-1]:,}</th>"
-            f'<th class="l">strongest attack</th></tr>{"".join(rows)}</table>')
+            f"<th>strongest soft-label attack's fidelity at {top}</th>"
+            '<th class="l">that attack</th>'
+            f"<th>strongest attack's fidelity at {top}</th>"
+            f'<th class="l">that attack</th></tr>{"".join(rows)}</table>')
 
 
 def _findings(a: Assessment) -> str:
@@ -116,12 +128,13 @@ def _findings(a: Assessment) -> str:
                    f"model to <b>{1 - prot:.1%}</b> fidelity with {top:,} queries.")
     others = [d for d in a.defenses if d.spec != "none"]
     if others:
-        best_d = max(others, key=lambda d: protection(a, d.spec)[0])
-        prot, best = protection(a, best_d.spec)
-        out.append(f"The most protective defense here is <b>{escape(best_d.description)}</b>: "
-                   f"the strongest attack against it ({escape(attack_label(best))}) still "
-                   f"reaches {1 - prot:.1%} at {top:,} queries, at a benign-agreement cost "
-                   f"of {1 - best_d.benign_agreement:.1%}.")
+        best_d = max(others, key=lambda d: protection(a, d.spec, soft_only=True)[0])
+        prot, best = protection(a, best_d.spec, soft_only=True)
+        out.append(f"Against thieves that learn from the probabilities, the most protective "
+                   f"defense here is <b>{escape(best_d.description)}</b>: the strongest such "
+                   f"attack ({escape(attack_label(best))}) reaches {1 - prot:.1%} at {top:,} "
+                   f"queries, and honest callers get the model's decision on "
+                   f"{best_d.benign_agreement:.1%} of the held-out rows.")
     label_only = [at for at in a.attacks if at.endswith(":labels")]
     if label_only and others:
         worst = min(min(_stats(a, at, d.spec, top)[0] for d in a.defenses)
@@ -159,7 +172,9 @@ held-out rows on which the thief's copy decides like the model.</p>
 {_charts(a)}
 <h2>Benign accuracy vs protection</h2>
 <p>Up is better for honest callers; right is better against thieves. Protection is
-1 &minus; the fidelity of the strongest attack at {a.budgets[-1]:,} queries.</p>
+1 &minus; the fidelity of the strongest attack that learns from the probabilities, at
+{a.budgets[-1]:,} queries (label-only thieves see the same answers under every defense
+here, so they would rank all defenses alike).</p>
 {_tradeoff(a)}
 <h2>Fidelity at {a.budgets[-1]:,} queries</h2>{_fidelity_table(a)}
 <h2>Defenses</h2>{_defense_table(a)}

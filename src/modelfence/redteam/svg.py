@@ -38,7 +38,7 @@ class Point:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:.1f}".rstrip("0").rstrip(".")
+    return f"{v:.2f}".rstrip("0").rstrip(".")
 
 
 class _Frame:
@@ -117,24 +117,25 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
 
 
 def scatter_chart(points: Sequence[Point], *, title: str, x_label: str, y_label: str,
-                  y_range: tuple[float, float] = (0.0, 1.0)) -> str:
-    """Labelled points on linear axes from 0 to 1 (x) and `y_range` (y)."""
-    frame = _Frame((0.0, 1.0), y_range, log_x=False)
-    step = (y_range[1] - y_range[0]) / 5
-    y_ticks = [y_range[0] + i * step for i in range(6)]
-    body = frame.axes(title, x_label, y_label, [0, 0.2, 0.4, 0.6, 0.8, 1.0], y_ticks,
-                      ["0", "0.2", "0.4", "0.6", "0.8", "1"])
+                  y_range: tuple[float, float] = (0.0, 1.0),
+                  x_range: tuple[float, float] = (0.0, 1.0)) -> str:
+    """Labelled points on linear axes; labels of coinciding points stack downwards."""
+    frame = _Frame(x_range, y_range, log_x=False)
+    ticks = [[r[0] + i * (r[1] - r[0]) / 5 for i in range(6)] for r in (x_range, y_range)]
+    body = frame.axes(title, x_label, y_label, ticks[0], ticks[1],
+                      [_fmt(x) for x in ticks[0]])
     placed: list[tuple[float, float]] = []
     for p in points:
-        a, b = frame.px(min(max(p.x, 0.0), 1.0)), frame.py(min(max(p.y, y_range[0]), y_range[1]))
-        dy = -8.0
+        a = frame.px(min(max(p.x, x_range[0]), x_range[1]))
+        b = frame.py(min(max(p.y, y_range[0]), y_range[1]))
+        dy = 4.0
         while any(abs(a - u) < 60 and abs(b + dy - v) < 11 for u, v in placed):
-            dy -= 11  # stack labels of points that sit on top of each other
+            dy += 11  # stack labels of points that sit on top of each other
         placed.append((a, b + dy))
         anchor = "end" if a > W - 90 else "start"
         body.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="5" fill="{p.color}"><title>'
                     f'{escape(p.label)}: protection {p.x:.3f}, benign accuracy {p.y:.3f}'
                     '</title></circle>')
-        body.append(f'<text x="{a + (4 if anchor == "start" else -4):.1f}" y="{b + dy:.1f}" '
+        body.append(f'<text x="{a + (8 if anchor == "start" else -8):.1f}" y="{b + dy:.1f}" '
                     f'text-anchor="{anchor}">{escape(p.label)}</text>')
     return _svg(body, title)

@@ -95,7 +95,7 @@ class SklearnThief(Thief):
             # Adam with a fixed number of sample passes: lbfgs on soft targets runs to its
             # iteration cap (no separable optimum), costing 2-3 times more for less fidelity
             epochs = min(80, max(15, math.ceil(40_000 / max(1, len(x)))))
-            est = MLPRegressor(hidden_layer_sizes=(64,), alpha=1e-3, batch_size=64,
+            est = MLPRegressor(hidden_layer_sizes=(64,), alpha=1e-3, batch_size=min(64, len(x)),
                                learning_rate_init=3e-3, max_iter=epochs, tol=0.0,
                                n_iter_no_change=epochs + 1, random_state=self.seed)
         else:

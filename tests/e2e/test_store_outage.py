@@ -1,0 +1,272 @@
+"""Store outages through a real gateway: Redis or PostgreSQL cut, then restored.
+
+The gateway reaches the real Redis and PostgreSQL through a loopback proxy
+(tests/tcp_proxy.py) that the test cuts — open connections reset, new ones refused — and
+restores, so the machine's services keep running. By default a store that cannot answer
+denies the request (503, a clear error naming no secret, counted, logged);
+`quotas.fail_open` lets rate-limited requests through instead, and never budgets. The
+gateway reconnects by itself: no restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from modelfence.errors import StoreError
+from modelfence.quota.budgets import PostgresBudgetStore
+from modelfence.stores.keys import PostgresKeyStore
+
+from ..support import Gateway, digits_rows, infer_body
+from ..tcp_proxy import TcpProxy
+
+BODY = json.dumps(infer_body(digits_rows(1))).encode()
+STORE_DOWN = {"error": "a required store is unavailable; request denied"}
+RECOVERY_S = 5.0  # longest wait for the first answer after a store comes back
+
+
+def http(gw: Gateway, key: str, model: str = "digits") -> tuple[int, dict[str, Any], float]:
+    """POST one inference; (status, body, seconds)."""
+    req = urllib.request.Request(  # noqa: S310 (loopback only)
+        f"{gw.url}/v2/models/{model}/infer", data=BODY, method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:  # noqa: S310 (loopback only)
+            return r.status, json.loads(r.read()), time.monotonic() - started
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read()), time.monotonic() - started
+
+
+def store_errors(gw: Gateway, store: str) -> float:
+    with urllib.request.urlopen(f"{gw.url}/metrics", timeout=5) as r:  # noqa: S310 (loopback)
+        text = r.read().decode()
+    m = re.search(rf'^modelfence_store_errors_total{{store="{store}"}} (\S+)$', text,
+                  re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
+
+
+def wait_for_log(gw: Gateway, text: str, timeout_s: float = 3.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        log = gw.log.read_text()
+        if text in log or time.monotonic() > deadline:
+            assert text in log, f"{text!r} not logged; the log ends:\n{log[-2000:]}"
+            return log
+        time.sleep(0.05)
+
+
+def recover(gw: Gateway, key: str) -> float:
+    """Seconds until the gateway answers 200 again (polled every 50 ms, bounded)."""
+    started = time.monotonic()
+    while True:
+        status, doc, _ = http(gw, key)
+        if status == 200:
+            return time.monotonic() - started
+        assert (status, doc) == (503, STORE_DOWN)
+        assert time.monotonic() - started < RECOVERY_S, "no recovery without a restart"
+        time.sleep(0.05)
+
+
+def assert_no_secret(doc: dict[str, Any], *secrets_: str) -> None:
+    text = json.dumps(doc)
+    for s in secrets_:
+        assert s not in text
+
+
+@pytest.fixture
+def redis_proxy(redis_url: str) -> Iterator[TcpProxy]:
+    parts = urlsplit(redis_url)
+    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 6379) as proxy:
+        yield proxy
+
+
+def redis_gateway(folder: Path, digits: dict[str, Path], redis_url: str, proxy: TcpProxy,
+                  *, fail_open: bool) -> Gateway:
+    parts = urlsplit(redis_url)
+    storage = urlunsplit(parts._replace(netloc=f"127.0.0.1:{proxy.port}"))
+    models = [{"name": name, "backend": {"type": "skops", "path": str(digits["skops"])}}
+              for name in ("digits", "free")]
+    return Gateway(folder, models, extra={"quotas": {
+        "storage": storage, "fail_open": fail_open,
+        "limits": [{"scope": "principal", "rate": "1000/minute", "models": ["digits"]}]}})
+
+
+def forget_redis_keys(url: str, principal: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        for key in client.scan_iter(match=f"*{principal}*", count=1000):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+def test_redis_outage_fails_closed_and_recovers(
+        tmp_path: Path, digits_files: dict[str, Path], redis_url: str,
+        redis_proxy: TcpProxy) -> None:
+    gw = redis_gateway(tmp_path, digits_files, redis_url, redis_proxy, fail_open=False).start()
+    principal = f"outage-{secrets.token_hex(4)}"
+    try:
+        key = gw.key(principal=principal)
+        assert http(gw, key)[0] == 200
+
+        redis_proxy.cut()
+        status, doc, seconds = http(gw, key)
+        assert (status, doc) == (503, STORE_DOWN)
+        assert seconds < 2.0  # refused connections fail at once (socket timeout 1 s)
+        assert_no_secret(doc, key, gw.admin_token, "redis://", str(redis_proxy.port))
+        assert http(gw, key, "free")[0] == 200  # a route without rate limits needs no Redis
+        assert store_errors(gw, "ratelimit") == 1
+        wait_for_log(gw, "store failure in infer, request denied: rate limit storage")
+
+        redis_proxy.restore()
+        assert recover(gw, key) < RECOVERY_S
+        assert http(gw, key)[0] == 200
+        assert store_errors(gw, "ratelimit") == 1
+    finally:
+        gw.stop()
+        forget_redis_keys(redis_url, principal)
+
+
+def test_redis_outage_fails_open_when_configured(
+        tmp_path: Path, digits_files: dict[str, Path], redis_url: str,
+        redis_proxy: TcpProxy) -> None:
+    gw = redis_gateway(tmp_path, digits_files, redis_url, redis_proxy, fail_open=True).start()
+    principal = f"outage-{secrets.token_hex(4)}"
+    try:
+        key = gw.key(principal=principal)
+        assert http(gw, key)[0] == 200
+        redis_proxy.cut()
+        for _ in range(3):
+            status, doc, seconds = http(gw, key)
+            assert status == 200, doc
+            assert seconds < 2.0
+        log = wait_for_log(gw, "rate limit storage failed")
+        assert re.search(r"WARNING modelfence\.quota: rate limit storage failed \(\w+\); "
+                         r"allowing requests \(fail_open\)", log), log[-2000:]
+        assert store_errors(gw, "ratelimit") == 0  # nothing was denied
+        text = urllib.request.urlopen(f"{gw.url}/metrics", timeout=5).read().decode()  # noqa: S310
+        let_through = re.search(r"^modelfence_rate_limit_fail_open_total (\S+)$", text, re.M)
+        assert let_through is not None and float(let_through.group(1)) >= 3
+        redis_proxy.restore()
+        assert http(gw, key)[0] == 200
+    finally:
+        gw.stop()
+        forget_redis_keys(redis_url, principal)
+
+
+@pytest.fixture(scope="module")
+def outage_db(pg_url: str) -> Iterator[str]:
+    name = f"modelfence_outage_{secrets.token_hex(4)}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        yield name
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.mark.postgres
+def test_postgres_outage_fails_closed_and_recovers(
+        tmp_path: Path, digits_files: dict[str, Path], pg_url: str, outage_db: str) -> None:
+    """Keys and budgets on PostgreSQL; `fail_open` is set and must not apply to them."""
+    parts = urlsplit(pg_url)
+    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:"
+                                        f"{proxy.port}", path=f"/{outage_db}"))
+        models = [{"name": "digits", "backend": {"type": "skops",
+                                                  "path": str(digits_files["skops"])}}]
+        gw = Gateway(tmp_path, models, extra={
+            "stores": {"keys": url}, "key_cache_ttl_s": 1.0,
+            "quotas": {"fail_open": True, "budget_store": url,
+                       "budgets": [{"queries": 1000, "period": "month"}]}}).start()
+        try:
+            key = gw.key()
+            assert http(gw, key)[0] == 200
+
+            proxy.cut()
+            # The key is still in the replica's cache (key_cache_ttl_s): the budget store fails.
+            status, doc, seconds = http(gw, key)
+            assert (status, doc) == (503, STORE_DOWN)
+            assert seconds < 2.0  # not the 3 s wait for a pool connection
+            assert_no_secret(doc, key, gw.admin_token, "postgresql://", str(proxy.port))
+            assert store_errors(gw, "budget") == 1
+            wait_for_log(gw, "store failure in infer, request denied: postgresql budget store")
+
+            time.sleep(1.1)  # past the key cache: now the key store fails first
+            status, doc, seconds = http(gw, key)
+            assert (status, doc) == (503, STORE_DOWN)
+            assert seconds < 2.0  # not the 3 s wait for a pool connection
+            assert store_errors(gw, "keys") == 1
+            wait_for_log(gw, "store failure in infer, request denied: postgresql key store")
+
+            proxy.restore()
+            assert recover(gw, key) < RECOVERY_S
+            with urllib.request.urlopen(f"{gw.url}/v2/health/ready",  # noqa: S310 (loopback)
+                                        timeout=10) as r:
+                assert r.status == 200
+        finally:
+            gw.stop()
+
+
+@pytest.mark.postgres
+async def test_postgres_stores_reconnect_promptly_after_a_longer_outage(
+        pg_url: str, outage_db: str) -> None:
+    """A request that waited for a connection during the outage must not leave the pool
+    backing off for seconds after PostgreSQL is back (psycopg_pool doubles its reconnect
+    delay until `reconnect_timeout`, 5 minutes by default)."""
+    parts = urlsplit(pg_url)
+    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:"
+                                        f"{proxy.port}", path=f"/{outage_db}"))
+        keys, budgets = PostgresKeyStore(url), PostgresBudgetStore(url)
+        calls: dict[str, Callable[[], Awaitable[object]]] = {
+            "keys": lambda: keys.get("0" * 16), "budget": lambda: budgets.usage("probe")}
+        await keys.open()
+        await budgets.open()
+        try:
+            for call in calls.values():
+                await call()
+            proxy.cut()
+
+            async def during(call: Callable[[], Awaitable[object]]) -> None:
+                for _ in range(2):  # a broken connection, then a wait for a new one
+                    with pytest.raises(StoreError):
+                        await call()
+
+            await asyncio.gather(*(during(c) for c in calls.values()))
+            await asyncio.sleep(0.5)
+            proxy.restore()
+
+            async def recovery(call: Callable[[], Awaitable[object]]) -> float:
+                started = time.monotonic()
+                while time.monotonic() - started < 8:
+                    try:
+                        await call()
+                        return time.monotonic() - started
+                    except StoreError:
+                        await asyncio.sleep(0.05)
+                return float("inf")
+
+            took = dict(zip(calls, await asyncio.gather(*(recovery(c) for c in
+                                                          calls.values())), strict=True))
+        finally:
+            await keys.close()
+            await budgets.close()
+    assert all(t <= 1.5 for t in took.values()), f"seconds to the first answer: {took}"
