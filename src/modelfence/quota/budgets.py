@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, StoreError
+from ..stores.failfast import FailFast
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +154,7 @@ class PostgresBudgetStore(BudgetStore):
         self._url = url
         self._timeout = timeout_s
         self._pool: Any = None
+        self._fail_fast = FailFast("budget")
 
     async def open(self) -> None:
         from psycopg_pool import AsyncConnectionPool
@@ -182,6 +184,7 @@ class PostgresBudgetStore(BudgetStore):
     async def _run(self, *statements: tuple[str, tuple[Any, ...]]) -> Any:
         if self._pool is None:
             raise StoreError("budget store is not open", store="budget")
+        self._fail_fast.check()
         try:
             async with asyncio.timeout(self._timeout), self._pool.connection() as conn:
                 row = None
@@ -190,6 +193,7 @@ class PostgresBudgetStore(BudgetStore):
                     row = await cur.fetchone() if cur.description else None
                 return row
         except Exception as exc:
+            self._fail_fast.failed()
             raise _failed("postgresql", exc) from None
 
     async def reserve(self, key: str, queries: int, rows: int, max_queries: int | None,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
+from .failfast import FailFast
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +200,7 @@ class PostgresKeyStore(KeyStore):
         self._pool_size = pool_size
         self._timeout = timeout_s
         self._pool: Any = None
+        self._fail_fast = FailFast("keys")
 
     async def open(self) -> None:
         from psycopg_pool import AsyncConnectionPool
@@ -230,13 +232,13 @@ class PostgresKeyStore(KeyStore):
                    ) -> list[tuple[Any, ...]]:
         if self._pool is None:
             raise StoreError("key store is not open")
+        self._fail_fast.check()
         try:
             async with asyncio.timeout(self._timeout), self._pool.connection() as conn:
                 cur = await conn.execute(sql, args)
                 return list(await cur.fetchall()) if fetch else []
-        except StoreError:
-            raise
         except Exception as exc:
+            self._fail_fast.failed()
             raise StoreError(f"postgresql key store: {exc.__class__.__name__}") from None
 
     async def put(self, record: KeyRecord) -> None:
