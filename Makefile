@@ -8,11 +8,18 @@ PORT ?= 8000
 
 .PHONY: demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+
+# The demo needs the package only; tests and lint add the dev extras (dask, playwright, ...).
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install -q -e .
 	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.installed
 
 # MLServer is a real Open Inference Protocol server the tests put behind the gateway;
 # its pinned dependencies clash with ours, so it lives in its own environment.
@@ -25,14 +32,14 @@ $(MLSERVER_VENV)/.installed:
 demo: $(VENV)/.installed
 	$(VENV)/bin/modelfence demo --port $(PORT)
 
-test: $(VENV)/.installed $(MLSERVER_VENV)/.installed
+test: $(VENV)/.installed-dev $(MLSERVER_VENV)/.installed
 	MODELFENCE_TEST_MLSERVER=$(abspath $(MLSERVER_VENV))/bin/mlserver $(VENV)/bin/python -m pytest
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed-dev
 	$(VENV)/bin/python bench/overhead.py
 
 clean:

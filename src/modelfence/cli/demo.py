@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+import shutil
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -44,8 +46,14 @@ def demo(
     console.print(metadata, soft_wrap=True, markup=False)
     console.print(f"\nMetrics: http://127.0.0.1:{port}/metrics   Config: {files.config}",
                   soft_wrap=True)
-    console.print(f"Audit:   modelfence audit tail --config {files.config}   "
+    console.print(f"Audit:   {_self_command()} audit tail --config {files.config}   "
                   f"(and: audit verify)", soft_wrap=True, markup=False)
     console.rule()
     console.print("serving; press Ctrl+C to stop")
     start_gateway(files.config, "127.0.0.1", port, 1, False, "INFO")
+
+
+def _self_command() -> str:
+    """`modelfence` if that is what the shell finds, else the full path of this one."""
+    here = Path(sys.executable).parent / "modelfence"
+    return "modelfence" if shutil.which("modelfence") == str(here) else str(here)
