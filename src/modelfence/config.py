@@ -24,6 +24,7 @@ CONFIG_ENV = "MODELFENCE_CONFIG"
 SECRET_ENV = "MODELFENCE_SECRET"  # noqa: S105 (a variable name, not a secret)
 ADMIN_TOKEN_ENV = "MODELFENCE_ADMIN_TOKEN"  # noqa: S105
 DATA_DIR_ENV = "MODELFENCE_HOME"
+KEY_ENV = "MODELFENCE_KEY"
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"

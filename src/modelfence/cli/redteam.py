@@ -15,7 +15,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..errors import ModelfenceError, RequestError
+from ..config import KEY_ENV
+from ..errors import ModelfenceError, RequestError, UpstreamError
 from .common import console, err_console, fail
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ def attack(
         help="In-process only: none, round:D, topk:K, labels, rsig:BETA,GAMMA, noise:SCALE"
     )] = "none",
     key: Annotated[str | None, typer.Option(
-        envvar="MODELFENCE_KEY", help="API key for a gateway address", show_default=False,
+        envvar=KEY_ENV, help="API key for a gateway address", show_default=False,
         show_envvar=True)] = None,
     eval_key: Annotated[str | None, typer.Option(
         help="Key for the held-out evaluation queries (default: --key)", show_default=False
@@ -95,6 +96,8 @@ def attack(
                              budgets=budget_list, seed=seed, defense=defense, key=key,
                              eval_key=eval_key, model_name=model_name, batch=batch,
                              label_column=label_column, trusted_types=tuple(trust or ()))
+    except UpstreamError as exc:  # unreachable, or a 5xx whose message says so
+        raise fail(exc.message) from None
     except RequestError as exc:
         raise fail(f"the endpoint answered {exc.status}: {exc.message}") from None
     except ModelfenceError as exc:
@@ -119,7 +122,8 @@ def attack(
 def _print_run(run: AttackRun) -> None:
     r = run.result
     variant = "soft labels" if r.variant == "soft" else "labels only"
-    console.print(f"[bold]{r.title}[/], {variant}; thief: {r.thief}; defense: {r.defense}")
+    console.print(f"[bold]{r.title}[/], {variant}; thief: {r.thief}; defense: {r.defense}",
+                  soft_wrap=True)
     console.print(f"target: {run.target} ({run.n_classes} classes, {run.n_features} features)",
                   soft_wrap=True, markup=False)
     acc = "" if run.victim_accuracy is None else f"; model accuracy {run.victim_accuracy:.3f}"

@@ -91,7 +91,9 @@ def assess(target: Any, *, attacks: Sequence[str] = DEFAULT_ATTACKS,
     `target` is a model file (.skops/.onnx), ``"demo"`` or a fitted estimator. Every
     setting is checked before the first cell runs (a reverse-sigmoid setting that would
     change the model's answers is refused here, naming the pair of probabilities it flips).
-    `seeds` is a list or a count; `executor` defaults to local processes, one per core.
+    `seeds` is a list or a count; `executor` defaults to local processes, one per core,
+    which are spawned: a script calling `assess` needs the usual
+    ``if __name__ == "__main__":`` guard (notebooks do not).
 
     Example::
 
