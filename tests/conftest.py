@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .support import IN_CI, Gateway, train_digits
+from .support import Gateway, skip_or_fail, train_digits
 
 PG_URL = os.environ.get("MODELFENCE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("MODELFENCE_TEST_REDIS", "redis://127.0.0.1:6379/0")
@@ -46,15 +46,16 @@ def _postgres_reachable(url: str) -> str | None:
     return None
 
 
+def require_service(name: str, url: str, problem: str | None) -> str:
+    """The URL of a reachable service; else skip with the reason (fail when CI=true)."""
+    if problem is not None:
+        skip_or_fail(f"{name} at {url} is not reachable ({problem})")
+    return url
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> str:
-    problem = _postgres_reachable(PG_URL)
-    if problem is not None:
-        message = f"PostgreSQL at {PG_URL} is not reachable ({problem})"
-        if IN_CI:
-            pytest.fail(message + "; CI=true requires it")
-        pytest.skip(message)
-    return PG_URL
+    return require_service("PostgreSQL", PG_URL, _postgres_reachable(PG_URL))
 
 
 def _redis_reachable(url: str) -> str | None:
@@ -73,10 +74,4 @@ def _redis_reachable(url: str) -> str | None:
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    problem = _redis_reachable(REDIS_URL)
-    if problem is not None:
-        message = f"Redis at {REDIS_URL} is not reachable ({problem})"
-        if IN_CI:
-            pytest.fail(message + "; CI=true requires it")
-        pytest.skip(message)
-    return REDIS_URL
+    return require_service("Redis", REDIS_URL, _redis_reachable(REDIS_URL))

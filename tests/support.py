@@ -13,11 +13,20 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def skip_or_fail(message: str) -> NoReturn:
+    """Skip a test whose service or tool is missing, visibly; under CI=true, fail instead."""
+    import pytest
+
+    if IN_CI:
+        pytest.fail(message + "; CI=true requires it")
+    pytest.skip(message)
 
 
 def free_port() -> int:

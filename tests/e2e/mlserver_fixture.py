@@ -20,9 +20,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from ..support import IN_CI, wait_http
+from ..support import skip_or_fail, wait_http
 
 MLSERVER_ENV = "MODELFENCE_TEST_MLSERVER"
 DEFAULT_MLSERVERS = (Path(__file__).resolve().parents[2] / ".venv-mlserver" / "bin" / "mlserver",
@@ -52,9 +50,7 @@ def require_mlserver() -> Path:
     """The executable, or skip (fail under CI=true) with a visible reason."""
     exe, why = find_mlserver()
     if exe is None:
-        if IN_CI:
-            pytest.fail(why + "; CI=true requires it")
-        pytest.skip(why)
+        skip_or_fail(why)
     return exe
 
 

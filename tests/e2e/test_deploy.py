@@ -41,7 +41,7 @@ from modelfence.audit.checkpoint import generate_keypair
 from modelfence.config import load_settings
 from modelfence.errors import ConfigurationError
 
-from ..support import IN_CI, digits_rows, free_port, infer_body, wait_http
+from ..support import digits_rows, free_port, infer_body, skip_or_fail, wait_http
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 GATEWAYS = ("gateway-1", "gateway-2")
@@ -348,10 +348,7 @@ def _redis_reachable(port: int = 6379) -> str | None:
 
 def _need(problem: str | None, what: str) -> None:
     if problem is not None:
-        message = f"{what} ({problem})"
-        if IN_CI:
-            pytest.fail(message + "; CI=true requires it")
-        pytest.skip(message)
+        skip_or_fail(f"{what} ({problem})")
 
 
 def _nginx() -> str | None:

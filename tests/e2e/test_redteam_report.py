@@ -5,12 +5,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
 from sklearn.datasets import load_digits
 
 from modelfence.redteam import InProcess, Pool, assess, write_report
 
-from ..support import IN_CI
+from ..support import skip_or_fail
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -26,9 +25,7 @@ def _browser_or_skip() -> None:
     if problem is None and not (Path(CHROMIUM).exists() or shutil.which("chromium")):
         problem = f"Chromium is not at {CHROMIUM} (apt-get install chromium)"
     if problem is not None:
-        if IN_CI:
-            pytest.fail(problem + "; CI=true requires it")
-        pytest.skip(problem)
+        skip_or_fail(problem)
 
 
 def test_report_plots_render_in_chromium(tmp_path: Path, digits_files: dict[str, Path]) -> None:

@@ -25,7 +25,7 @@ from modelfence.redteam import (
     write_report,
 )
 
-from ..support import IN_CI
+from ..support import skip_or_fail
 
 ATTACKS = ["random", "random:labels", "equation"]
 DEFENSES = ["none", "labels", "rsig:0.8,1.2"]
@@ -118,10 +118,7 @@ def dask_cluster() -> Iterator[str]:
     try:
         from distributed import LocalCluster
     except ImportError:
-        message = "dask[distributed] is not installed (the [dask] extra)"
-        if IN_CI:
-            pytest.fail(message + "; CI=true requires it")
-        pytest.skip(message)
+        skip_or_fail("dask[distributed] is not installed (the [dask] extra)")
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                            dashboard_address=None)
     try:

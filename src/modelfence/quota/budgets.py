@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, StoreError
 from ..stores.failfast import FailFast
+from ..stores.sqlite import open_sqlite
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,15 +95,8 @@ class SqliteBudgetStore(BudgetStore):
         self._db: sqlite3.Connection | None = None
 
     async def open(self) -> None:
-        try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=5000")
-            db.execute(_SQLITE_SCHEMA)
-        except (sqlite3.Error, OSError) as exc:
-            raise ConfigurationError(f"budget store {self._path}: {exc}") from None
-        self._db = db
+        self._db = open_sqlite(self._path, _SQLITE_SCHEMA, what="sqlite budget store",
+                               busy_timeout_ms=5000)
 
     async def close(self) -> None:
         if self._db is not None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ConfigurationError, StoreError
 from .failfast import FailFast
+from .sqlite import open_sqlite
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,16 +138,13 @@ class SqliteKeyStore(KeyStore):
         self._db: sqlite3.Connection | None = None
 
     async def open(self) -> None:
+        db = open_sqlite(self._path, _SQL_CREATE, what="sqlite key store")
         try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA busy_timeout=2000")
-            db.execute(_SQL_CREATE)
             columns = {row[1] for row in db.execute("PRAGMA table_info(modelfence_keys)")}
             if "attributes" not in columns:  # key stores made before grants existed
                 db.execute("ALTER TABLE modelfence_keys ADD COLUMN attributes TEXT")
-        except (sqlite3.Error, OSError) as exc:
+        except sqlite3.Error as exc:
+            db.close()
             raise ConfigurationError(f"sqlite key store {self._path}: {exc}") from None
         self._db = db
 
