@@ -16,7 +16,8 @@ from .common import ConfigOption, console, fail, settings_from
 
 app = typer.Typer(
     name="modelfence",
-    help="Protect models served over an API from theft: gateway, API keys and audit.",
+    help="Protect models served over an API from theft: gateway, keys, policy, quotas, audit "
+         "and a red-team simulator.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
