@@ -51,6 +51,15 @@ def http(gw: Gateway, key: str, model: str = "digits") -> tuple[int, dict[str, A
             return exc.code, json.loads(exc.read()), time.monotonic() - started
 
 
+def readiness(gw: Gateway) -> tuple[int, str | None]:
+    """Status and error of /v2/health/ready."""
+    try:
+        with urllib.request.urlopen(f"{gw.url}/v2/health/ready", timeout=5) as r:  # noqa: S310
+            return r.status, json.loads(r.read()).get("error")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()).get("error")
+
+
 def store_errors(gw: Gateway, store: str) -> float:
     with urllib.request.urlopen(f"{gw.url}/metrics", timeout=5) as r:  # noqa: S310 (loopback)
         text = r.read().decode()
@@ -133,11 +142,13 @@ def test_redis_outage_fails_closed_and_recovers(
         assert http(gw, key, "free")[0] == 200  # a route without rate limits needs no Redis
         assert store_errors(gw, "ratelimit") == 1
         wait_for_log(gw, "store failure in infer, request denied: rate limit storage")
+        assert readiness(gw) == (503, "not ready: rate limit store")
 
         redis_proxy.restore()
         assert recover(gw, key) < RECOVERY_S
         assert http(gw, key)[0] == 200
         assert store_errors(gw, "ratelimit") == 1
+        assert readiness(gw) == (200, None)
     finally:
         gw.stop()
         forget_redis_keys(redis_url, principal)

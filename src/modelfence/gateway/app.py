@@ -39,7 +39,7 @@ from .admin import AdminApi
 from .chain import GuardChain
 from .guards import BodyGuard, InputValidationGuard, ModelLookupGuard
 from .metrics import GatewayMetrics, MetricsGuard
-from .oip_routes import OipRoutes
+from .oip_routes import OipRoutes, StoreCheck
 from .proxies import ProxyHeaders
 from .responses import json_response
 
@@ -140,8 +140,13 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     ])
     metadata_chain = GuardChain([metrics, audit, identity, model, usage, policy, *rate_limits])
 
+    stores: list[tuple[str, StoreCheck]] = [("key store", gw.key_store.ping)]
+    if gw.rate_limits.active:
+        stores.append(("rate limit store", gw.rate_limits.check_storage))
+    if gw.budget_store is not None:
+        stores.append(("budget store", gw.budget_store.ping))
     oip = OipRoutes(infer_chain=infer_chain, metadata_chain=metadata_chain, models=gw.models,
-                    key_store=gw.key_store, metrics=gw.metrics,
+                    stores=stores, metrics=gw.metrics,
                     audit_before_answer=settings.audit.durability == "strict")
     reloader = PolicyReloader(gw.policy, settings.policy.state_dir, settings.server.workers)
     admin = AdminApi(gw.keys, settings.server_secret(), settings.admin_token(), policy=reloader,

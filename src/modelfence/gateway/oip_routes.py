@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from starlette.background import BackgroundTask
 from starlette.requests import Request
@@ -11,12 +11,13 @@ from starlette.routing import Route
 
 from ..backends.base import ModelEntry
 from ..errors import PolicyError, RequestError, StoreError
-from ..stores.keys import KeyStore
 from .call import Call
 from .chain import GuardChain, Terminal
 from .metrics import GatewayMetrics
 from .oip import encode_infer_response
 from .responses import error_response, json_response
+
+StoreCheck = Callable[[], Awaitable[bool]]
 
 
 async def _infer_terminal(call: Call) -> None:
@@ -31,12 +32,12 @@ async def _metadata_terminal(call: Call) -> None:
 
 class OipRoutes:
     def __init__(self, *, infer_chain: GuardChain, metadata_chain: GuardChain,
-                 models: dict[str, ModelEntry], key_store: KeyStore,
+                 models: dict[str, ModelEntry], stores: list[tuple[str, StoreCheck]],
                  metrics: GatewayMetrics, audit_before_answer: bool = False) -> None:
         self._infer_chain = infer_chain
         self._metadata_chain = metadata_chain
         self._models = models
-        self._key_store = key_store
+        self._stores = stores
         self._metrics = metrics
         self._audit_before_answer = audit_before_answer
 
@@ -58,8 +59,9 @@ class OipRoutes:
             self._metrics.model_ready.labels(name).set(1 if ok else 0)
             if not ok:
                 not_ready.append(f"model {name}")
-        if not await self._key_store.ping():
-            not_ready.append("key store")
+        for name, check in self._stores:
+            if not await check():
+                not_ready.append(name)
         if not_ready:
             return json_response({"ready": False,
                                   "error": "not ready: " + ", ".join(not_ready)}, 503)

@@ -71,6 +71,14 @@ class BudgetStore(ABC):
     @abstractmethod
     async def usage(self, key: str) -> tuple[int, int]: ...
 
+    async def ping(self) -> bool:
+        """Readiness: can the store answer a read?"""
+        try:
+            await self.usage("")
+        except StoreError:
+            return False
+        return True
+
 
 _NO_CAP = 2**62
 _PG_SCHEMA_LOCK = 0x6D66_6275_6467_6574  # "mfbudget": serializes schema creation
