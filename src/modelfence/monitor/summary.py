@@ -1,0 +1,131 @@
+"""What benign traffic looks like for one model: the yardstick every detector compares with.
+
+Extraction queries are judged against the model's own data, not against absolute numbers:
+a margin of 0.3 is unusual for a confident digits classifier and common for a noisy tabular
+one. `Summary.fit` is run once when the model is registered (the future
+`modelfence monitor fit`) on data that looks like real use; it keeps only a few kilobytes:
+
+- per-feature mean and standard deviation, so distances weigh every feature alike;
+- a k-means codebook of the standardized data and the 99th percentile of the data's own
+  distance to its nearest centroid (the out-of-distribution radius);
+- how often each cell and each predicted class occurs (the expected coverage);
+- the share of rows with a small top-1 margin (the expected boundary share) and the typical
+  nearest-neighbour distance (the near-duplicate radius).
+
+Give it rows the model was *not* trained on where possible: on its own training rows a
+model is over-confident, and the boundary baseline comes out too low.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigurationError
+
+Array = np.ndarray[Any, Any]
+#: A feature's scale is at least this share of the mean scale, so that a near-constant
+#: feature (an always-blank pixel) cannot dominate every distance.
+FLOOR = 0.5
+
+
+def top1_margin(proba: Array) -> Array:
+    """Top-1 minus top-2 probability per row (1.0 with a single class)."""
+    if proba.shape[1] < 2:
+        return np.ones(len(proba))
+    part = np.partition(proba, -2, axis=1)
+    out: Array = part[:, -1] - part[:, -2]
+    return out
+
+
+@dataclass(frozen=True)
+class Summary:
+    mean: Array
+    scale: Array
+    centroids: Array  # [cells, d], standardized space
+    ood_radius: float  # 99th percentile of the data's own nearest-centroid distance
+    cell_freq: Array  # [cells], sums to 1
+    class_freq: Array  # [k], sums to 1
+    margin_cut: float  # a query is "near the boundary" below this top-1 margin
+    boundary_share: float  # share of the data below margin_cut
+    dup_radius: float  # "near-duplicate" below this standardized distance
+    nn_median: float  # median nearest-neighbour distance in the data
+    prada_w: float = 0.94  # lowest Shapiro-Wilk W seen on replays of the data (PRADA's delta)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_freq)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.mean)
+
+    def transform(self, x: Array) -> Array:
+        z: Array = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
+        return z
+
+    def nearest_cell(self, z: Array) -> tuple[Array, Array]:
+        """(cell index, distance to its centroid) per standardized row."""
+        d2 = ((z[:, None, :] - self.centroids[None, :, :]) ** 2).sum(axis=2)
+        cell = d2.argmin(axis=1)
+        return cell, np.sqrt(d2[np.arange(len(z)), cell])
+
+    @classmethod
+    def fit(cls, x: Array, proba: Array, *, cells: int = 32, margin_cut: float = 0.5,
+            seed: int = 0) -> Summary:
+        from sklearn.cluster import KMeans
+
+        x = np.asarray(x, dtype=np.float64)
+        proba = np.asarray(proba, dtype=np.float64)
+        if x.ndim != 2 or proba.ndim != 2 or len(x) != len(proba):
+            raise ConfigurationError("summary needs rows [n, d] and probabilities [n, k]")
+        if len(x) < 2 * cells:
+            raise ConfigurationError(f"summary needs at least {2 * cells} rows, got {len(x)}")
+        mean = x.mean(axis=0)
+        std = x.std(axis=0)
+        floor = max(float(std.mean()) * FLOOR, 1e-9)
+        scale = np.maximum(std, floor)
+        z = (x - mean) / scale
+        km = KMeans(n_clusters=cells, n_init=3, random_state=seed).fit(z)
+        centroids = np.asarray(km.cluster_centers_, dtype=np.float64)
+        d_cent = np.sqrt(((z[:, None, :] - centroids[None]) ** 2).sum(axis=2))
+        labels = d_cent.argmin(axis=1)
+        own = d_cent[np.arange(len(z)), labels]
+        # nearest-neighbour distances on (at most) 2,000 rows: the near-duplicate scale
+        sub = z[np.random.default_rng(seed).permutation(len(z))[:2000]]
+        sq = (sub**2).sum(axis=1)
+        d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * sub @ sub.T, 0.0)
+        np.fill_diagonal(d2, np.inf)
+        nn = np.sqrt(d2.min(axis=1))
+        predicted = proba.argmax(axis=1)
+        k = proba.shape[1]
+        summary = cls(
+            mean=mean, scale=scale, centroids=centroids,
+            ood_radius=float(np.quantile(own, 0.99)),
+            cell_freq=np.bincount(labels, minlength=cells) / len(z),
+            class_freq=np.bincount(predicted, minlength=k) / len(z),
+            margin_cut=margin_cut,
+            boundary_share=float(np.mean(top1_margin(proba) < margin_cut)),
+            dup_radius=float(np.quantile(nn, 0.01)) * 0.5,
+            nn_median=float(np.median(nn)),
+        )
+        from .detectors import DistanceNormality  # detectors import this module
+
+        return replace(summary, prada_w=DistanceNormality.calibrate(summary, z, proba, seed))
+
+
+def expected_distinct(freq: Array, n: int) -> tuple[float, float]:
+    """Mean and standard deviation of the number of distinct cells hit by `n` iid draws.
+
+    With q_i = (1 - p_i)^n the chance that cell i is missed, E = sum(1 - q_i) and
+    Var = sum q_i(1 - q_i) + sum_{i != j} [(1 - p_i - p_j)^n - q_i q_j].
+    """
+    p = freq[freq > 0]
+    q = (1.0 - p) ** n
+    mean = float(np.sum(1.0 - q))
+    pair = np.clip(1.0 - p[:, None] - p[None, :], 0.0, 1.0) ** n - q[:, None] * q[None, :]
+    np.fill_diagonal(pair, 0.0)
+    var = float(np.sum(q * (1.0 - q)) + pair.sum())
+    return mean, float(np.sqrt(max(var, 1e-12)))

@@ -1,0 +1,211 @@
+"""The extraction monitor on real streams: digits, a logistic-regression victim, redteam attacks.
+
+Rows are split three ways: the victim is trained on one part, the monitor's summary is fitted
+on a second (as `monitor fit` would be, on data the model did not see), and benign callers
+replay the third in random order.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+
+from modelfence.errors import ConfigurationError
+from modelfence.monitor import (
+    BoundaryProbing,
+    Coverage,
+    Detector,
+    DistanceNormality,
+    Monitor,
+    MonitorSettings,
+    NearDuplicates,
+    OutOfDistribution,
+    Reading,
+    Summary,
+    combine,
+)
+from modelfence.redteam.attacks.base import Attack
+from modelfence.redteam.attacks.jacobian import JacobianAugmentation
+from modelfence.redteam.attacks.sampling import UniformRandom
+from modelfence.redteam.data import Pool
+from modelfence.redteam.victims import LocalVictim, Recorder
+
+Array = np.ndarray[Any, Any]
+
+
+class World:
+    def __init__(self) -> None:
+        x, y = load_digits(return_X_y=True)
+        x = np.asarray(x, dtype=np.float64)
+        order = np.random.default_rng(0).permutation(len(x))
+        train, fit, held = order[:450], order[450:800], order[800:]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = LogisticRegression(max_iter=2000).fit(x[train], y[train])
+        self.victim = LocalVictim(model.predict_proba, n_classes=10, n_features=64,
+                                  classes=None, description="digits LR")
+        self.pool = Pool("digits", x[train], y[train])
+        self.held = x[held]
+        self.summary = Summary.fit(x[fit], self.proba(x[fit]))
+
+    def proba(self, x: Array) -> Array:
+        p = self.victim.ask(x).proba
+        assert p is not None
+        return p
+
+    def benign(self, n: int, seed: int) -> Array:
+        rng = np.random.default_rng(seed)
+        reps = -(-n // len(self.held))
+        return np.concatenate([self.held[rng.permutation(len(self.held))]
+                               for _ in range(reps)])[:n]
+
+    def attack(self, attack: Attack, budget: int) -> Array:
+        rec = Recorder(self.victim, budget, soft=True)
+        attack.collect(rec, self.pool)
+        return rec.transcript()[0]
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World()
+
+
+def replay(world: World, xs: Array, det: Detector | None = None) -> tuple[int | None, float]:
+    """(queries until flagged or None, highest risk) for one caller sending `xs` one by one."""
+    monitor = Monitor(world.summary)
+    p = world.proba(xs)
+    first, top = None, 0.0
+    for i in range(len(xs)):
+        if det is None:
+            monitor.observe("caller", xs[i:i + 1], p[i:i + 1])
+            score = monitor.risk("caller").score
+        else:
+            det.observe(world.summary.transform(xs[i:i + 1]), p[i:i + 1])
+            score = det.score().score
+        top = max(top, score)
+        if first is None and score >= 0.5:
+            first = i + 1
+    return first, top
+
+
+# the monitor as a whole ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_benign_held_out_stays_low(world: World, seed: int) -> None:
+    first, top = replay(world, world.benign(1000, seed))
+    assert first is None and top < 0.5
+
+
+def test_benign_repeating_user_stays_low(world: World) -> None:
+    """Five passes over the held-out rows: every row sent again, none flagged."""
+    first, top = replay(world, world.benign(5000, 9))
+    assert first is None and top < 0.5
+
+
+@pytest.mark.parametrize("attack", [UniformRandom("soft", 0), JacobianAugmentation("soft", 0)],
+                         ids=lambda a: a.kind)
+def test_synthetic_attacks_flagged_within_200(world: World, attack: Attack) -> None:
+    first, _ = replay(world, world.attack(attack, 200))
+    assert first is not None and first <= 200
+
+
+def test_risk_explains_itself(world: World) -> None:
+    monitor = Monitor(world.summary)
+    xs = world.attack(UniformRandom("soft", 1), 100)
+    monitor.observe("thief", xs, world.proba(xs))
+    risk = monitor.risk("thief")
+    assert risk.flagged and risk.queries == 100
+    assert risk.readings["ood"].score == 1.0 and "out of distribution" in risk.explain()
+    assert monitor.risk("nobody").score == 0.0 and len(monitor) == 1
+
+
+def test_memory_is_bounded(world: World) -> None:
+    monitor = Monitor(world.summary)
+    rng = np.random.default_rng(0)
+    sizes = []
+    for step in range(100):
+        xs = world.held[rng.integers(0, len(world.held), 1000)]
+        monitor.observe("caller", xs, world.proba(xs))
+        if step in (9, 99):
+            sizes.append(monitor.state_bytes("caller"))
+    assert sizes[0] == sizes[1] > 0
+    assert monitor.risk("caller").queries == 100_000
+
+
+def test_caller_table_is_an_lru(world: World) -> None:
+    monitor = Monitor(world.summary, MonitorSettings(max_principals=2))
+    row, p = world.held[:1], world.proba(world.held[:1])
+    for name in ("a", "b", "a", "c"):
+        monitor.observe(name, row, p)
+    assert len(monitor) == 2
+    assert monitor.risk("b").queries == 0 and monitor.risk("a").queries == 2
+
+
+def test_settings_and_shapes_are_checked(world: World) -> None:
+    with pytest.raises(ConfigurationError, match="unknown monitor detector"):
+        MonitorSettings(detectors=("prada", "psychic"))
+    with pytest.raises(ConfigurationError, match="64 features"):
+        Monitor(world.summary).observe("x", np.zeros((1, 3)), np.zeros((1, 10)))
+    with pytest.raises(ConfigurationError, match="10 probabilities"):
+        Monitor(world.summary).observe("x", np.zeros((1, 64)), np.zeros((1, 3)))
+
+
+def test_noisy_or() -> None:
+    assert combine({}) == 0.0
+    assert combine({"a": Reading(0.5, ""), "b": Reading(0.5, "")}) == pytest.approx(0.75)
+    assert combine({"a": Reading(1.0, ""), "b": Reading(0.0, "")}) == 1.0
+
+
+# each detector on its own -------------------------------------------------------------------
+
+
+def test_prada_flags_jacobian_not_benign(world: World) -> None:
+    assert replay(world, world.benign(1000, 4), DistanceNormality(world.summary))[0] is None
+    first, _ = replay(world, world.attack(JacobianAugmentation("soft", 0), 300),
+                      DistanceNormality(world.summary))
+    assert first is not None and first <= 300
+
+
+def test_boundary_probing(world: World) -> None:
+    assert replay(world, world.benign(1000, 5), BoundaryProbing(world.summary))[1] < 0.5
+    # points on the segment between two natural rows of different classes: line search
+    rng = np.random.default_rng(0)
+    a, b = world.held[rng.integers(0, 900, 200)], world.held[rng.integers(0, 900, 200)]
+    mid = a + rng.uniform(0.4, 0.6, (200, 1)) * (b - a)
+    first, _ = replay(world, mid, BoundaryProbing(world.summary))
+    assert first is not None and first <= 200
+
+
+def test_near_duplicates(world: World) -> None:
+    assert replay(world, world.benign(1000, 6), NearDuplicates(world.summary))[1] < 0.5
+    rng = np.random.default_rng(0)
+    base = np.repeat(world.held[:50], 4, axis=0)
+    noisy = base + rng.normal(0.0, 0.05, base.shape)
+    first, _ = replay(world, noisy, NearDuplicates(world.summary))
+    assert first is not None and first <= 200
+    # the same rows sent again unchanged are retries, not a search
+    assert replay(world, base, NearDuplicates(world.summary))[1] == 0.0
+
+
+def test_out_of_distribution(world: World) -> None:
+    assert replay(world, world.benign(1000, 7), OutOfDistribution(world.summary))[1] < 0.5
+    first, _ = replay(world, world.attack(UniformRandom("soft", 2), 200),
+                      OutOfDistribution(world.summary))
+    assert first is not None and first <= 30
+
+
+def test_coverage(world: World) -> None:
+    assert replay(world, world.benign(1000, 8), Coverage(world.summary))[1] < 0.5
+    # a thief who takes one natural row from every region in turn
+    cells, _ = world.summary.nearest_cell(world.summary.transform(world.held))
+    by_cell = [world.held[cells == c] for c in np.unique(cells)]
+    stream = np.array([rows[i % len(rows)] for i in range(8) for rows in by_cell])
+    first, _ = replay(world, stream, Coverage(world.summary))
+    assert first is not None and first <= 200
