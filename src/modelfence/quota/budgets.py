@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, StoreError
 from ..stores.failfast import FailFast
-from ..stores.sqlite import open_sqlite
+from ..stores.sqlite import SqliteFile
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,26 +99,18 @@ class SqliteBudgetStore(BudgetStore):
     """One machine; `BEGIN IMMEDIATE` makes reservations atomic across its processes."""
 
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._db: sqlite3.Connection | None = None
+        self._file = SqliteFile(path, _SQLITE_SCHEMA, what="sqlite budget store", store="budget",
+                                busy_timeout_ms=5000)
 
     async def open(self) -> None:
-        self._db = open_sqlite(self._path, _SQLITE_SCHEMA, what="sqlite budget store",
-                               busy_timeout_ms=5000)
+        self._file.open()
 
     async def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise StoreError("budget store is not open", store="budget")
-        return self._db
+        self._file.close()
 
     async def reserve(self, key: str, queries: int, rows: int, max_queries: int | None,
                       max_rows: int | None) -> Reservation:
-        db = self._conn()
+        db = self._file.conn
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -137,13 +129,13 @@ class SqliteBudgetStore(BudgetStore):
 
     async def release(self, key: str, queries: int, rows: int) -> None:
         try:
-            self._conn().execute(_RELEASE.format(p="?"), (queries, rows, key))
+            self._file.conn.execute(_RELEASE.format(p="?"), (queries, rows, key))
         except sqlite3.Error as exc:
             raise _failed("sqlite", exc) from None
 
     async def usage(self, key: str) -> tuple[int, int]:
         try:
-            row = self._conn().execute(_USAGE.format(p="?"), (key,)).fetchone()
+            row = self._file.conn.execute(_USAGE.format(p="?"), (key,)).fetchone()
         except sqlite3.Error as exc:
             raise _failed("sqlite", exc) from None
         return (int(row[0]), int(row[1])) if row else (0, 0)

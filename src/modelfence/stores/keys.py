@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import ConfigurationError, StoreError
 from .failfast import FailFast
-from .sqlite import open_sqlite
+from .sqlite import SqliteFile
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,29 +134,20 @@ class SqliteKeyStore(KeyStore):
     """One file on one machine. Reads are microseconds, so they run inline on the loop."""
 
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._db: sqlite3.Connection | None = None
+        self._file = SqliteFile(path, _SQL_CREATE, what="sqlite key store", store="keys")
 
     async def open(self) -> None:
-        db = open_sqlite(self._path, _SQL_CREATE, what="sqlite key store")
+        db = self._file.open()
         try:
             columns = {row[1] for row in db.execute("PRAGMA table_info(modelfence_keys)")}
             if "attributes" not in columns:  # key stores made before grants existed
                 db.execute("ALTER TABLE modelfence_keys ADD COLUMN attributes TEXT")
         except sqlite3.Error as exc:
-            db.close()
-            raise ConfigurationError(f"sqlite key store {self._path}: {exc}") from None
-        self._db = db
+            self._file.close()
+            raise ConfigurationError(f"sqlite key store {self._file.path}: {exc}") from None
 
     async def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise StoreError("key store is not open")
-        return self._db
+        self._file.close()
 
     async def put(self, record: KeyRecord) -> None:
         self._run(_INSERT_SQLITE, _to_row(record))
@@ -176,7 +167,7 @@ class SqliteKeyStore(KeyStore):
 
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
-            return self._conn().execute(sql, args).fetchall()
+            return self._file.conn.execute(sql, args).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite key store: {exc.__class__.__name__}") from None
 

@@ -1,22 +1,47 @@
-"""Opening a SQLite store file the same way everywhere: WAL, a busy timeout, one clear error."""
+"""One SQLite store file, opened and closed the same way by every store that uses one."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, StoreError
 
 
-def open_sqlite(path: Path, schema: str, *, what: str, busy_timeout_ms: int = 2000
-                ) -> sqlite3.Connection:
-    """An autocommit connection usable from the event loop thread, with `schema` applied."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        db.execute(schema)
-    except (sqlite3.Error, OSError) as exc:
-        raise ConfigurationError(f"{what} {path}: {exc}") from None
-    return db
+class SqliteFile:
+    """An autocommit WAL connection usable from the event loop thread, with a schema applied.
+
+    `what` names the store in errors; `store` is the label of its StoreError (metrics).
+    """
+
+    def __init__(self, path: Path, schema: str, *, what: str, store: str,
+                 busy_timeout_ms: int = 2000) -> None:
+        self.path = path
+        self._schema = schema
+        self._what = what
+        self._store = store
+        self._busy_timeout_ms = int(busy_timeout_ms)
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
+            db.execute(self._schema)
+        except (sqlite3.Error, OSError) as exc:
+            raise ConfigurationError(f"{self._what} {self.path}: {exc}") from None
+        self._db = db
+        return db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError(f"{self._what} is not open", store=self._store)
+        return self._db
