@@ -156,6 +156,24 @@ class ModelAttributes(_Strict):
     tags: list[str] = Field(default_factory=list)
 
 
+class ModelMonitor(_Strict):
+    """The extraction monitor for one model: its data summary (`modelfence monitor fit`)."""
+
+    summary: Path
+    detectors: list[str] | None = Field(
+        None, description="detectors on for this model; default: the monitor's list")
+
+
+class ShapingBand(_Strict):
+    """From risk `from_risk` upwards (until the next band), answers are shaped by `defense`."""
+
+    from_risk: float = Field(ge=0.0, le=1.0)
+    defense: str = Field(description="none, round:D, topk:K, labels, rsig:B,G, noise:S, "
+                         "misinfo[:TAU]; several joined with '+' apply left to right")
+    name: str | None = Field(None, description="the band's name in audit records and policies; "
+                             "default: the defense text")
+
+
 class ModelSettings(_Strict):
     name: str = Field(pattern=_MODEL_NAME)
     backend: BackendSettings
@@ -163,6 +181,21 @@ class ModelSettings(_Strict):
     labels: list[str] | None = None
     limits: InputLimits = InputLimits()
     attributes: ModelAttributes = ModelAttributes()
+    monitor: ModelMonitor | None = None
+    shaping: list[ShapingBand] = Field(
+        default_factory=list, description="output shaping per risk band; none: answers as is")
+
+    @field_validator("shaping")
+    @classmethod
+    def _bands(cls, v: list[ShapingBand]) -> list[ShapingBand]:
+        starts = [b.from_risk for b in v]
+        if v and (starts[0] != 0.0 or starts != sorted(set(starts))):
+            raise ValueError("shaping bands need from_risk values rising strictly, "
+                             "the first one 0.0")
+        names = [b.name or b.defense for b in v]
+        if len(set(names)) != len(names):
+            raise ValueError("shaping band names must be unique (set name: on repeats)")
+        return v
 
 
 class PolicySettings(_Strict):
@@ -313,6 +346,46 @@ class QuotaSettings(_Strict):
         return v
 
 
+class WebhookSettings(_Strict):
+    """Alerts are POSTed here as JSON, signed with HMAC-SHA256 when a secret file is given."""
+
+    url: str = Field(pattern=r"^https?://")
+    secret_file: Path | None = None
+    timeout_s: float = Field(5.0, gt=0, le=60)
+
+
+class MonitorSettings(_Strict):
+    """The extraction monitor. On for every model that names a `monitor.summary`.
+
+    `shared` (redis://) makes every replica see every observation, in one order, and keeps
+    snapshots there; without it the state lives in this process and is saved under
+    `state_dir` on stop and every `snapshot_interval_s`.
+    """
+
+    threshold: float = Field(0.5, gt=0.0, le=1.0, description="risk at which a caller is "
+                             "flagged and an alert raised")
+    detectors: list[str] = Field(
+        default_factory=lambda: ["prada", "boundary", "duplicates", "ood", "coverage", "volume"])
+    max_principals: int = Field(10_000, ge=1, description="callers kept per model (LRU)")
+    shared: str | None = Field(None, description="redis://HOST:PORT/DB shared by replicas")
+    key_prefix: str = Field("modelfence:monitor:", pattern=r"^[A-Za-z0-9:_.\-]{1,64}$",
+                            description="Redis keys start with this (one per deployment)")
+    state_dir: Path | None = Field(None, description="snapshots without a shared store")
+    snapshot_interval_s: float = Field(10.0, gt=0, le=3600)
+    stream_max: int = Field(100_000, ge=1000, description="observations kept in the shared "
+                            "stream between snapshots")
+    queue_max: int = Field(10_000, ge=1, description="observations waiting; beyond it they "
+                           "are taken on the request's own time")
+    webhook: WebhookSettings | None = None
+
+    @field_validator("shared")
+    @classmethod
+    def _redis(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://")):
+            raise ValueError("monitor.shared must be a redis:// or rediss:// URL")
+        return v
+
+
 class Settings(_Strict):
     server: ServerSettings = ServerSettings()
     secret_file: Path | None = Field(None, description="server secret for key digests")
@@ -325,6 +398,7 @@ class Settings(_Strict):
     audit: AuditSettings = AuditSettings()
     policy: PolicySettings = PolicySettings()
     quotas: QuotaSettings = QuotaSettings()
+    monitor: MonitorSettings = MonitorSettings()
     models: list[ModelSettings] = Field(default_factory=list)
 
     @field_validator("models")
@@ -357,6 +431,12 @@ class Settings(_Strict):
         if self.admin.token_file is None:
             return None
         return _read_secret_file(self.admin.token_file)
+
+    def webhook_secret(self) -> bytes | None:
+        hook = self.monitor.webhook
+        if hook is None or hook.secret_file is None:
+            return None
+        return _secret_bytes(_read_secret_file(hook.secret_file), str(hook.secret_file))
 
 
 def _read_secret_file(path: Path) -> str:
@@ -463,11 +543,15 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
     def rel(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else (base / p).resolve()
 
-    models = [
-        m.model_copy(update={"backend": m.backend.model_copy(update={"path": rel(m.backend.path)})})
-        if isinstance(m.backend, LocalBackend) else m
-        for m in s.models
-    ]
+    def rel_model(m: ModelSettings) -> ModelSettings:
+        update: dict[str, Any] = {}
+        if isinstance(m.backend, LocalBackend):
+            update["backend"] = m.backend.model_copy(update={"path": rel(m.backend.path)})
+        if m.monitor is not None:
+            update["monitor"] = m.monitor.model_copy(update={"summary": rel(m.monitor.summary)})
+        return m.model_copy(update=update)
+
+    models = [rel_model(m) for m in s.models]
     def rel_url(url: str) -> str:
         """`sqlite:///x.db` and `jsonl:///x` are relative; four slashes are absolute."""
         for scheme in ("jsonl:///", "sqlite:///"):
@@ -494,5 +578,9 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
             "sink": rel_url(s.audit.sink),
             "checkpoint_key_file": rel(s.audit.checkpoint_key_file)}),
         "quotas": s.quotas.model_copy(update={"budget_store": rel_url(s.quotas.budget_store)}),
+        "monitor": s.monitor.model_copy(update={
+            "state_dir": rel(s.monitor.state_dir),
+            "webhook": s.monitor.webhook and s.monitor.webhook.model_copy(
+                update={"secret_file": rel(s.monitor.webhook.secret_file)})}),
         "models": models,
     })

@@ -20,9 +20,11 @@ import yaml
 from .audit.checkpoint import generate_keypair
 from .config import load_settings
 from .identity.apikeys import ApiKeys
+from .monitor.summary import Summary
 from .stores import key_store_from_url
 
 MODEL_NAME = "digits"
+SUMMARY = "digits.summary.npz"
 DEMO_PRINCIPAL = "demo"
 DEMO_KEY_NOTE = "modelfence demo key"
 
@@ -72,6 +74,8 @@ def _train(model_path: Path, sample_path: Path) -> float:
     tmp = model_path.with_suffix(".tmp")
     sio.dump(clf, tmp)
     tmp.replace(model_path)
+    # the monitor's yardstick: natural rows the model was not trained on (`monitor fit`)
+    Summary.fit(x_test, clf.predict_proba(x_test)).save(model_path.parent / SUMMARY)
     request = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
                            "data": [float(v) for v in x_test[0]]}]}
     sample_path.write_bytes(orjson.dumps(request))
@@ -97,7 +101,14 @@ def _config() -> dict[str, object]:
             "backend": {"type": "skops", "path": "digits.skops"},
             "input": {"name": "input", "datatype": "FP32", "shape": [-1, 64]},
             "limits": {"max_batch": 256},
+            "monitor": {"summary": SUMMARY},
+            "shaping": [
+                {"from_risk": 0.0, "defense": "none", "name": "full"},
+                {"from_risk": 0.5, "defense": "topk:3+round:2", "name": "reduced"},
+                {"from_risk": 0.8, "defense": "labels", "name": "labels"},
+            ],
         }],
+        "monitor": {"state_dir": "monitor-state"},
     }
 
 

@@ -86,7 +86,7 @@ def replay(world: World, xs: Array, det: Detector | None = None) -> tuple[int | 
             monitor.observe("caller", xs[i:i + 1], p[i:i + 1])
             score = monitor.risk("caller").score
         else:
-            det.observe(world.summary.transform(xs[i:i + 1]), p[i:i + 1])
+            det.observe(world.summary.transform(xs[i:i + 1]), p[i:i + 1], 1e9 + i)
             score = det.score().score
         top = max(top, score)
         if first is None and score >= 0.5:

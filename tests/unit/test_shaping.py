@@ -1,5 +1,6 @@
-"""Output defenses: each keeps the top class; reverse sigmoid refuses settings that would not;
-keyed noise repeats exactly per (secret, principal, input), so averaging repeats gains nothing."""
+"""Output defenses: each keeps the top class (misinformation only in distribution); reverse
+sigmoid refuses settings that would not; keyed noise and misinformation repeat exactly per
+(secret, principal, input), so averaging repeats gains nothing."""
 
 from __future__ import annotations
 
@@ -7,13 +8,18 @@ import numpy as np
 import pytest
 
 from modelfence.errors import ConfigurationError
+from modelfence.monitor.summary import Summary
 from modelfence.shaping import (
     DEFAULT_DEFENSES,
+    AdaptiveMisinformation,
+    Chain,
     KeyedNoise,
     LabelOnly,
     ReverseSigmoid,
     Rounding,
     TopK,
+    as_probabilities,
+    keyed_offsets,
     noise_matrix,
     parse_defense,
     ranking_flip,
@@ -99,17 +105,17 @@ def test_keyed_noise_is_deterministic_per_secret_principal_and_input() -> None:
 
 
 def test_averaging_repeated_answers_recovers_nothing() -> None:
-    """Asking one input 200 times returns one answer 200 times; fresh noise would average out."""
+    """Asking one input 100 times returns one answer 100 times; fresh noise would average out."""
     p = random_proba(20, 10, seed=7)
     x = np.random.default_rng(4).standard_normal((20, 8))
     d = KeyedNoise(SECRET, 1.0)
-    repeats = np.stack([d.apply(p, inputs=x, principal="mallory") for _ in range(200)])
+    repeats = np.stack([d.apply(p, inputs=x, principal="mallory") for _ in range(100)])
     single_error = np.abs(np.log(repeats[0]) - np.log(p)).mean()
     averaged_error = np.abs(np.log(repeats.mean(axis=0)) - np.log(p)).mean()
     assert np.all(repeats == repeats[0])
     assert averaged_error == pytest.approx(single_error)
     rng = np.random.default_rng(0)  # the contrast: unkeyed noise of the same size
-    fresh = np.stack([np.exp(np.log(p) + rng.standard_normal(p.shape)) for _ in range(200)])
+    fresh = np.stack([np.exp(np.log(p) + rng.standard_normal(p.shape)) for _ in range(100)])
     fresh /= fresh.sum(axis=2, keepdims=True)
     fresh_avg = np.exp(np.log(fresh).mean(axis=0))
     fresh_avg /= fresh_avg.sum(axis=1, keepdims=True)
@@ -130,3 +136,148 @@ def test_parse_defense_forms_and_errors() -> None:
         KeyedNoise(SECRET).apply(random_proba(3, 4))
     with pytest.raises(ValueError, match="shape"):
         Rounding(2).apply(np.ones(3))
+
+
+# the new defenses: misinformation, chains; and the contract every defense keeps ----------
+
+K, D = 4, 6
+
+
+@pytest.fixture(scope="module")
+def summary() -> Summary:
+    """A yardstick of a 4-class model's data: standard normal rows in 6 dimensions."""
+    x, p = data(400, seed=11)
+    return Summary.fit(x, p, cells=8)
+
+
+def data(n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, D)) + shift
+    logits = 2.0 * x @ np.random.default_rng(99).standard_normal((D, K))
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return x, p / p.sum(axis=1, keepdims=True)
+
+
+ALL_SPECS = (*DEFAULT_DEFENSES, "rsig:0.95,1.05", "misinfo", "misinfo:0.8,20",
+             "rsig:0.95,1.05+noise:0.5", "misinfo+rsig:0.95,1.05")
+
+
+@pytest.mark.parametrize("spec", ALL_SPECS)
+def test_every_defense_keeps_its_contract(spec: str, summary: Summary) -> None:
+    """Shape kept, rows sum to 1 (rounding: nearly), deterministic, a row's answer does not
+    depend on its batch, the input is not modified, and top-1 kept on in-distribution rows."""
+    x, p = data(300, seed=1)
+    d = parse_defense(spec, secret=SECRET, summary=summary)
+    before = p.copy()
+    a = d.apply(p, inputs=x, principal="alice")
+    assert np.array_equal(p, before)
+    assert a.shape == p.shape and np.all(a >= 0)
+    assert np.allclose(a.sum(axis=1), 1, atol=0.03 if spec.startswith("round") else 1e-9)
+    assert np.array_equal(a, d.apply(p, inputs=x, principal="alice"))
+    for i in (0, 17, 299):
+        assert np.array_equal(a[i:i + 1], d.apply(p[i:i + 1], inputs=x[i:i + 1],
+                                                  principal="alice"))
+    inside = np.ones(len(x), dtype=bool)
+    for step in d.steps if isinstance(d, Chain) else (d,):
+        if isinstance(step, AdaptiveMisinformation):
+            inside &= step.weight(x) == 0
+    assert inside.mean() > 0.15  # rows near the centroids get the model's answer
+    top = a[inside][np.arange(inside.sum()), p[inside].argmax(1)]
+    assert np.all(top == a[inside].max(axis=1))
+
+
+def test_misinformation_answers_in_distribution_truly_and_lies_outside(summary: Summary) -> None:
+    x_in, p_in = data(200, seed=2)
+    x_out, p_out = data(200, seed=3, shift=6.0)  # far from every centroid
+    d = AdaptiveMisinformation(summary, SECRET)
+    w_in, w_out = d.weight(x_in), d.weight(x_out)
+    inside = w_in == 0
+    assert inside.mean() > 0.85 and np.all(w_out > 0.999)
+    a_in = d.apply(p_in, inputs=x_in, principal="alice")
+    assert np.array_equal(a_in[inside], p_in[inside])  # bit for bit the model's answer
+    a_out = d.apply(p_out, inputs=x_out, principal="alice")
+    assert np.all(a_out.argmax(1) != p_out.argmax(1))  # a lie on every far row
+    assert np.allclose(np.sort(a_out, axis=1), np.sort(p_out, axis=1), atol=1e-3)  # same look
+    assert np.allclose(a_out.sum(1), 1)
+    # the lie is keyed by (secret, input): repeats and other callers get the same one ...
+    assert np.array_equal(a_out, d.apply(p_out, inputs=x_out, principal="bob"))
+    assert np.array_equal(a_out, AdaptiveMisinformation(summary, SECRET).apply(
+        p_out, inputs=x_out, principal="alice"))
+    decoy = (p_out.argmax(1) + 1 + keyed_offsets(SECRET, x_out, K - 1)) % K
+    assert np.array_equal(a_out.argmax(1), decoy)
+    # ... and another secret tells other lies
+    other = AdaptiveMisinformation(summary, b"t" * 32).apply(p_out, inputs=x_out)
+    assert np.mean(other.argmax(1) != a_out.argmax(1)) > 0.3
+
+
+def test_misinformation_blends_smoothly_with_distance(summary: Summary) -> None:
+    start = summary.mean + summary.scale * summary.centroids[:1]  # a centroid, in raw units
+    direction = np.random.default_rng(4).standard_normal((1, D))
+    direction /= np.linalg.norm(direction)
+    rows = np.concatenate([start + t * direction for t in np.linspace(0, 12, 200)])
+    d = AdaptiveMisinformation(summary, SECRET, tau=1.0, nu=20.0)
+    score, weight = d.score(rows), d.weight(rows)
+    z = summary.transform(rows)
+    assert np.allclose(score, summary.nearest_cell(z)[1] / summary.ood_radius)
+    order = np.argsort(score)
+    assert np.all(np.diff(weight[order]) >= 0)
+    assert weight[order][0] == 0 and weight[order][-1] > 0.99
+    assert np.any((weight > 0.1) & (weight < 0.9))  # a blend, not a switch
+
+
+def test_misinformation_repeated_100_times_is_one_answer(summary: Summary) -> None:
+    x, p = data(1, seed=5, shift=6.0)
+    d = AdaptiveMisinformation(summary, SECRET)
+    repeats = np.stack([d.apply(p, inputs=x, principal="mallory") for _ in range(100)])
+    assert np.all(repeats == repeats[0])
+    assert np.allclose(repeats.mean(axis=0), repeats[0], rtol=1e-14, atol=0)
+    assert repeats[0].argmax() != p.argmax()
+
+
+def test_parse_misinformation_and_chains(summary: Summary) -> None:
+    assert parse_defense("misinfo", secret=SECRET, summary=summary).spec == "misinfo:1"
+    assert parse_defense("misinfo:0.8,20", secret=SECRET, summary=summary).spec == \
+        "misinfo:0.8,20"
+    with pytest.raises(ConfigurationError, match="needs the monitor's summary"):
+        parse_defense("misinfo:1", secret=SECRET)
+    with pytest.raises(ConfigurationError, match="needs a secret"):
+        parse_defense("misinfo", summary=summary)
+    for bad in ("misinfo:x", "misinfo:1,2,3"):
+        with pytest.raises(ConfigurationError, match="unknown defense"):
+            parse_defense(bad, secret=SECRET, summary=summary)
+    with pytest.raises(ConfigurationError, match="tau must be positive"):
+        parse_defense("misinfo:0", secret=SECRET, summary=summary)
+    with pytest.raises(ConfigurationError, match="4-class model, not a 10-class"):
+        AdaptiveMisinformation(summary, SECRET).check(10)
+    assert "secret" not in repr(AdaptiveMisinformation(summary, SECRET))
+    chain = parse_defense("rsig:0.9,1.1+noise:0.5", secret=SECRET)
+    assert isinstance(chain, Chain) and chain.spec == "rsig:0.9,1.1+noise:0.5"
+    assert chain.uses_inputs and not parse_defense("topk:2+round:2").uses_inputs
+    with pytest.raises(ConfigurationError, match="would change answers"):
+        parse_defense("round:2+rsig:1,0.1").check(10)
+
+
+def test_reverse_sigmoid_matches_the_papers_formula() -> None:
+    """The faster form equals y - beta * (sigmoid(gamma * logit(y)) - 1/2), renormalised."""
+    p = np.vstack([random_proba(500, 10, seed=9), np.eye(10)[:2], np.full((1, 10), 0.1)])
+    for beta, gamma in ((0.8, 1.2), (0.95, 1.05), (0.5, 3.0)):
+        y = np.clip(p, 1e-9, 1 - 1e-9)
+        logit = np.log(y) - np.log1p(-y)
+        f = np.clip(p - beta * (1 / (1 + np.exp(-gamma * logit)) - 0.5), 0, None)
+        assert np.allclose(reverse_sigmoid(p, beta, gamma), f / f.sum(1, keepdims=True),
+                           rtol=1e-9, atol=1e-12)
+
+
+def test_topk_keeps_classes_tied_with_the_kth() -> None:
+    p = np.array([[0.4, 0.2, 0.2, 0.1, 0.1], [0.5, 0.3, 0.1, 0.06, 0.04]])
+    out = TopK(2).apply(p)
+    assert np.allclose(out[0], [0.5, 0.25, 0.25, 0, 0]) and np.count_nonzero(out[1]) == 2
+
+
+@pytest.mark.parametrize("n", [1, 100])  # one answer (Python checks) and a batch (numpy's)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -0.1])
+def test_bad_probabilities_are_refused(n: int, bad: float) -> None:
+    p = random_proba(n, 10)
+    p[-1, 3] = bad
+    with pytest.raises(ValueError, match="finite and non-negative"):
+        as_probabilities(p)

@@ -43,6 +43,7 @@ class AuditRecord:
     output_sha256: str | None
     trail: list[dict[str, str]] = field(default_factory=list)
     replica: str = ""             # which gateway process wrote it (host:pid)
+    shaping: str | None = None    # the output band the answer was shaped by
     inputs: Any = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -87,6 +88,7 @@ class AuditGuard(Guard):
             output_sha256=hashlib.sha256(out).hexdigest() if out else None,
             trail=[d.as_dict() for d in call.trail],
             replica=self._replica,
+            shaping=call.shaping_band,
             inputs=body.decode("utf-8", "replace") if body and self._record_inputs else None,
         )
 
@@ -101,7 +103,8 @@ class AuditGuard(Guard):
 
 def event_record(*, action: str, reason: str, status: int = 200, principal: str | None = None,
                  tenant: str | None = None, model: str | None = None, target: str | None = None,
-                 source: str = "gateway", started: float | None = None) -> AuditRecord:
+                 source: str = "gateway", started: float | None = None,
+                 risk: float = 0.0) -> AuditRecord:
     """A record for something other than a model call: admin actions, budget alerts.
 
     `target` names what was acted on (a key id); it lands in the key_id column.
@@ -111,7 +114,7 @@ def event_record(*, action: str, reason: str, status: int = 200, principal: str 
         time=datetime.now(UTC).isoformat(), request_id=uuid.uuid4().hex, action=action,
         model=model, principal=principal, tenant=tenant, key_id=target, source=source,
         status=status, decision=_decision(status), reason=reason, policy_ids=[],
-        latency_ms=round(elapsed, 3), rows=0, risk=0.0,
+        latency_ms=round(elapsed, 3), rows=0, risk=round(risk, 4),
         bytes_in=0, bytes_out=0, input_sha256=None, output_sha256=None,
         replica=replica_name())
 

@@ -85,6 +85,7 @@ class Query:
     until_us: int | None = None
     after_seq: int | None = None
     upto_seq: int | None = None
+    action_prefix: str | None = None  # "alert:" finds every alert
     limit: int = 1000
     newest_first: bool = False
 
@@ -101,6 +102,10 @@ class Query:
             if value is not None:
                 conds.append(f"{column} {op} {mark}")
                 args.append(value)
+        if self.action_prefix is not None:
+            # prefix match without LIKE's wildcards: substr compares the text itself
+            conds.append(f"substr(action, 1, {len(self.action_prefix)}) = {mark}")
+            args.append(self.action_prefix)
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         order = "DESC" if self.newest_first else "ASC"
         args.append(self.limit)

@@ -49,6 +49,13 @@ class Backend(ABC):
             raise RuntimeError(f"backend {self.name} used before start()")
         return self._metadata
 
+    def class_values(self, n_classes: int) -> np.ndarray[Any, Any]:
+        """The label of each probability column (column indices when the model has none)."""
+        classes = getattr(self, "_classes", None)
+        if classes is None or len(classes) != n_classes:
+            return np.arange(n_classes)
+        return np.asarray(classes)
+
     async def start(self) -> None:
         """Load the model or reach the server; raise ConfigurationError if it cannot serve."""
         self._metadata = await self._start()

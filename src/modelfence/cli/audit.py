@@ -231,6 +231,21 @@ def query(
     _print_rows(_with_store(st, lambda s: s.select(q)), json_out)
 
 
+def alerts(
+    model: Model = None, principal: Principal = None, tenant: Tenant = None,
+    since: Since = None,
+    limit: Annotated[int, typer.Option(min=1, help="Most alerts to show")] = 50,
+    config: ConfigOption = None,
+    store: StoreOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """List alerts (extraction risk, budgets), newest first, from the audit log."""
+    st, _ = _open_store(config, store)
+    q = _query(principal, tenant, model, since, None, limit=limit, newest_first=True,
+               action_prefix="alert:")
+    _print_rows(_with_store(st, lambda s: s.select(q)), json_out)
+
+
 @app.command()
 def export(
     fmt: Annotated[Literal["jsonl"], typer.Option("--format", help="Output format")] = "jsonl",

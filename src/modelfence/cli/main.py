@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import ModelfenceError
-from . import audit, demo, keys, policy, redteam
+from . import audit, demo, keys, monitor, policy, redteam, shaping
 from .common import ConfigOption, console, fail, settings_from
 
 app = typer.Typer(
@@ -25,11 +25,14 @@ app = typer.Typer(
 app.add_typer(keys.app, name="keys")
 app.add_typer(audit.app, name="audit")
 app.add_typer(policy.app, name="policy")
+app.add_typer(monitor.app, name="monitor")
+app.add_typer(shaping.app, name="shaping")
 config_app = typer.Typer(help="Inspect configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.command("demo")(demo.demo)
 app.command("attack")(redteam.attack)
 app.command("assess")(redteam.assess)
+app.command("alerts")(audit.alerts)
 
 
 @app.command()

@@ -19,11 +19,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..audit.chain import Row
 from ..audit.record import event_record
 from ..audit.sinks import AuditSink
+from ..audit.store import AuditStore, Query
 from ..errors import BadRequest, ConfigurationError, Forbidden, NotFound, Unauthenticated
 from ..identity.apikeys import ApiKeys, digest, expiry_from, public_view
 from ..identity.guard import bearer_token
+from ..monitor.service import MonitorService
 from ..policy.reload import PolicyReloader
 from .guards import read_bounded
 from .responses import error_response, json_response
@@ -47,8 +50,10 @@ class KeyCreate(BaseModel):
 
 class AdminApi:
     def __init__(self, keys: ApiKeys, secret: bytes, admin_token: str | None, *,
-                 policy: PolicyReloader, audit: AuditSink) -> None:
+                 policy: PolicyReloader, audit: AuditSink,
+                 monitor: MonitorService | None = None) -> None:
         self._keys = keys
+        self._monitor = monitor
         self._policy = policy
         self._audit = audit
         self._secret = secret
@@ -66,6 +71,10 @@ class AdminApi:
                   methods=["GET"]),
             Route("/admin/policy/reload",
                   self._audited("admin:reload-policy", self.reload_policy), methods=["POST"]),
+            Route("/admin/alerts", self._audited("admin:list-alerts", self.list_alerts),
+                  methods=["GET"]),
+            Route("/admin/risk/{model}", self._audited("admin:show-risk", self.show_risk),
+                  methods=["GET"]),
         ]
 
     def _audited(self, action: str, handler: Handler) -> Handler:
@@ -157,6 +166,61 @@ class AdminApi:
             return json_response({"reloaded": True, **self._policy.describe()})
         except Exception as exc:
             return error_response(exc, where=" in admin reload_policy")[0]
+
+
+    async def list_alerts(self, request: Request) -> Response:
+        """Newest alerts first, from the audit log (`?limit=N&model=NAME`)."""
+        try:
+            self._authorize(request)
+            store = getattr(self._audit, "store", None)
+            if not isinstance(store, AuditStore):
+                raise NotFound("alerts are kept in the audit log; configure a sqlite:/// or "
+                               "postgresql:// audit.sink to list them")
+            limit = _int_param(request, "limit", 100, 1, 10_000)
+            rows = await store.select(Query(action_prefix="alert:", limit=limit,
+                                            model=request.query_params.get("model"),
+                                            newest_first=True))
+            return json_response({"alerts": [alert_view(r) for r in rows]})
+        except Exception as exc:
+            return error_response(exc, where=" in admin list_alerts")[0]
+
+    async def show_risk(self, request: Request) -> Response:
+        """A principal's or tenant's current risk on a model, with each detector's part."""
+        try:
+            self._authorize(request)
+            model = request.path_params["model"]
+            if self._monitor is None or not self._monitor.watches(model):
+                raise NotFound(f"model {model[:64]!r} is not monitored")
+            principal = request.query_params.get("principal")
+            tenant = request.query_params.get("tenant")
+            if (principal is None) == (tenant is None):
+                raise BadRequest("give exactly one of ?principal=ID or ?tenant=ID")
+            risk = (self._monitor.risk(model, principal) if principal is not None
+                    else self._monitor.tenant_risk(model, str(tenant)))
+            return json_response({
+                "model": model, "principal": principal, "tenant": tenant,
+                "risk": round(risk.score, 4), "flagged": risk.flagged, "queries": risk.queries,
+                "detectors": {n: {"score": round(r.score, 4), "why": r.why}
+                              for n, r in risk.readings.items()}})
+        except Exception as exc:
+            return error_response(exc, where=" in admin show_risk")[0]
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise BadRequest(f"?{name}= must be a whole number from {low} to {high}")
+    return int(text)
+
+
+def alert_view(row: Row) -> dict[str, Any]:
+    """An alert as the API and CLI show it: when, what, whom, and why."""
+    record = orjson.loads(row.payload)
+    return {"seq": row.seq, "time": record.get("time"), "action": row.action,
+            "model": row.model, "principal": row.principal, "tenant": row.tenant,
+            "risk": record.get("risk"), "reason": record.get("reason")}
 
 
 async def _bounded_json(request: Request) -> Any:

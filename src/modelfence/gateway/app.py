@@ -27,6 +27,8 @@ from ..config import Settings
 from ..identity import BearerAuthenticator, build_authenticator
 from ..identity.apikeys import ApiKeys
 from ..identity.guard import IdentityGuard
+from ..monitor.guard import MonitorGuard
+from ..monitor.service import MonitorService
 from ..policy import PolicyEngine, PolicyGuard, engine_from_settings
 from ..policy.reload import PolicyReloader
 from ..policy.snapshot import load_policies
@@ -34,6 +36,7 @@ from ..quota.budget_guard import BudgetAlert, BudgetGuard
 from ..quota.budgets import BudgetStore, budget_store_from_url
 from ..quota.ratelimit import RateLimitGuard
 from ..quota.usage import UsageGuard
+from ..shaping.guard import build_shaping
 from ..stores import KeyStore, key_store_from_url
 from .admin import AdminApi
 from .chain import GuardChain
@@ -60,6 +63,7 @@ class Gateway:
     policy: PolicyEngine
     rate_limits: RateLimitGuard
     budget_store: BudgetStore | None
+    monitor: MonitorService
 
     async def start(self, *, policy_fallback: bool = False) -> None:
         """Open stores, load policies and models. `policy_fallback` is for worker restarts."""
@@ -72,8 +76,10 @@ class Gateway:
         for entry in self.models.values():
             await entry.backend.start()
             log.info("model %s ready (%s)", entry.name, entry.backend.platform)
+        await self.monitor.start()
 
     async def stop(self) -> None:
+        await self.monitor.stop()
         for entry in self.models.values():
             await entry.backend.close()
         await self.authenticator.close()
@@ -90,6 +96,7 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
     metrics = GatewayMetrics()
     store = key_store or key_store_from_url(settings.stores.keys)
     keys = ApiKeys(store, secret, cache_ttl_s=settings.key_cache_ttl_s)
+    audit_sink = audit_sink_from_url(settings.audit.sink, settings.audit)
     return Gateway(
         settings=settings,
         key_store=store,
@@ -97,11 +104,12 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
         authenticator=build_authenticator(settings.identity, keys),
         models={m.name: ModelEntry(m, backend_from_settings(m)) for m in settings.models},
         metrics=metrics,
-        audit_sink=audit_sink_from_url(settings.audit.sink, settings.audit),
+        audit_sink=audit_sink,
         policy=engine_from_settings(settings),
         rate_limits=RateLimitGuard(settings.quotas, on_fail_open=metrics.fail_open.inc),
         budget_store=(budget_store_from_url(settings.quotas.budget_store)
                       if settings.quotas.budgets else None),
+        monitor=MonitorService(settings, audit_sink, metrics),
     )
 
 
@@ -114,6 +122,10 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     metrics = MetricsGuard(gw.metrics)
     audit = AuditGuard(gw.audit_sink, record_inputs=settings.audit.record_inputs)
     rate_limits = [gw.rate_limits] if gw.rate_limits.active else []
+    monitor = [MonitorGuard(gw.monitor)] if gw.monitor.monitors else []
+    shaping_guard = build_shaping(gw.models, settings.server_secret(),
+                                  {n: m.summary for n, m in gw.monitor.monitors.items()})
+    shaping = [shaping_guard] if shaping_guard.active else []
 
     async def budget_alert(alert: BudgetAlert) -> None:
         gw.metrics.budget_alerts.labels(alert.model).inc()
@@ -132,25 +144,30 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         identity,
         model,
         usage,
+        *monitor,
         policy,
         *rate_limits,
         BodyGuard(settings.server.max_body_bytes),
         InputValidationGuard(),
         *budgets,
+        *shaping,  # its response phase runs first: every later one sees the shaped answer
     ])
-    metadata_chain = GuardChain([metrics, audit, identity, model, usage, policy, *rate_limits])
+    metadata_chain = GuardChain([metrics, audit, identity, model, usage, *monitor, policy,
+                                 *rate_limits])
 
     stores: list[tuple[str, StoreCheck]] = [("key store", gw.key_store.ping)]
     if gw.rate_limits.active:
         stores.append(("rate limit store", gw.rate_limits.check_storage))
     if gw.budget_store is not None:
         stores.append(("budget store", gw.budget_store.ping))
+    if gw.monitor.monitors:
+        stores.append(("monitor store", gw.monitor.ping))
     oip = OipRoutes(infer_chain=infer_chain, metadata_chain=metadata_chain, models=gw.models,
                     stores=stores, metrics=gw.metrics,
                     audit_before_answer=settings.audit.durability == "strict")
     reloader = PolicyReloader(gw.policy, settings.policy.state_dir, settings.server.workers)
     admin = AdminApi(gw.keys, settings.server_secret(), settings.admin_token(), policy=reloader,
-                     audit=gw.audit_sink)
+                     audit=gw.audit_sink, monitor=gw.monitor)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")

@@ -46,6 +46,9 @@ class Call:
     response_body: bytes | None = None
     result: Any = None
     risk: float = 0.0
+    unshaped_proba: Any = None  # the model's probabilities before output shaping
+    shaping_band: str | None = None  # the output shaping band applied, for the audit record
+    pinned_bands: tuple[str, ...] = ()  # bands a policy's @shaping annotation pins
     queries: int = 0
     policy_ids: list[str] = field(default_factory=list)
     trail: list[Decision] = field(default_factory=list)

@@ -41,6 +41,17 @@ class GatewayMetrics:
                                      registry=r)
         self.internal_errors = Counter("modelfence_internal_errors",
                                        "Requests that failed inside modelfence", registry=r)
+        self.monitor_alerts = Counter("modelfence_monitor_alerts",
+                                      "Principals or tenants whose extraction risk crossed the "
+                                      "threshold", ["model", "kind"], registry=r)
+        self.monitor_observe = Histogram("modelfence_monitor_observe_seconds",
+                                         "Time to take one answered request into the monitor",
+                                         buckets=_BUCKETS, registry=r)
+        self.monitor_store_errors = Counter("modelfence_monitor_store_errors",
+                                            "Observations kept locally because the shared "
+                                            "monitor store failed", registry=r)
+        self.monitor_backlog = Gauge("modelfence_monitor_backlog",
+                                     "Observations waiting to be taken in", registry=r)
         self.model_ready = Gauge("modelfence_model_ready", "1 when the model can answer",
                                  ["model"], registry=r)
 

@@ -8,23 +8,28 @@ from .detectors import (
     DistanceNormality,
     NearDuplicates,
     OutOfDistribution,
+    PeerStats,
     Reading,
+    VolumeVelocity,
 )
-from .score import Monitor, MonitorSettings, Risk, combine
+from .score import Crossing, Monitor, MonitorSettings, Risk, combine
 from .summary import Summary
 
 __all__ = [
     "DETECTORS",
     "BoundaryProbing",
     "Coverage",
+    "Crossing",
     "Detector",
     "DistanceNormality",
     "Monitor",
     "MonitorSettings",
     "NearDuplicates",
     "OutOfDistribution",
+    "PeerStats",
     "Reading",
     "Risk",
     "Summary",
+    "VolumeVelocity",
     "combine",
 ]

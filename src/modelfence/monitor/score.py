@@ -1,34 +1,52 @@
-"""One risk per caller from many detectors, and the bounded table of callers.
+"""One risk per caller from many detectors, the bounded tables of callers, and their snapshots.
 
 Detector scores are calibrated alike (0 for what benign traffic shows, 1 for far beyond it),
 so they combine by noisy-OR, 1 - prod(1 - s_i): any one detector that is sure makes the
 risk sure, and several half-sure detectors add up, as independent evidence would. Each
 detector's contribution is reported with its explanation, so a denial can say why.
 
-The caller table is an LRU dict capped at `max_principals`; with each caller's state fixed in
-size, the monitor's memory is bounded by settings alone. Sharing state across replicas
-(through `stores/`) is the next step and not done here.
+A caller is a principal (an API key, a user) and, when the request names one, its tenant: a
+tenant's state sees every query of all its principals, so a thief who spreads one extraction
+over many keys is judged on the whole of it. Each kind has its own LRU table capped at
+`max_principals` and its own `PeerStats`; with each caller's state fixed in size, the
+monitor's memory is bounded by settings alone.
+
+`observe` recomputes the risk of the callers it updates and caches it, so the request path
+reads a risk with one dictionary lookup (`peek`), and reports callers that have just crossed
+the threshold (`Crossing`). `snapshot` and `restore` carry the whole state as plain arrays
+(.npz, no pickle) for persistence and for replicas that share one monitor's state.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import math
+import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 import numpy as np
 
 from ..errors import ConfigurationError
-from .detectors import DETECTORS, Detector, Reading
+from .detectors import DETECTORS, Cells, Detector, PeerStats, Reading, Shared
 from .summary import Array, Summary
+
+#: What `snapshot` writes; `restore` reads only this format and version.
+SNAPSHOT_FORMAT, SNAPSHOT_VERSION = "modelfence-monitor", 1
+
+Kind = Literal["principal", "tenant"]
 
 
 @dataclass(frozen=True)
 class MonitorSettings:
     """Monitor settings; moves into config.py when the monitor is wired into the gateway."""
 
-    detectors: tuple[str, ...] = ("prada", "boundary", "duplicates", "ood", "coverage")
+    detectors: tuple[str, ...] = ("prada", "boundary", "duplicates", "ood", "coverage", "volume")
     threshold: float = 0.5  # risk at or above which a caller is flagged
-    max_principals: int = 10_000
+    max_principals: int = 10_000  # per table: principals, and tenants
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.detectors) - set(DETECTORS))
@@ -55,6 +73,18 @@ class Risk:
         return "; ".join(parts) or "no detector raised"
 
 
+NO_RISK = Risk(0.0, False, 0)
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """A principal or tenant whose risk rose to the threshold in this observe (rising edge)."""
+
+    subject_kind: Kind
+    subject: str
+    risk: Risk
+
+
 def combine(readings: dict[str, Reading]) -> float:
     """Noisy-OR of the detector scores."""
     keep = 1.0
@@ -64,38 +94,100 @@ def combine(readings: dict[str, Reading]) -> float:
 
 
 class CallerState:
-    """All detectors for one caller, plus a query count."""
+    """All detectors for one caller, its query count and its latest risk."""
 
-    def __init__(self, summary: Summary, names: tuple[str, ...]) -> None:
-        self.detectors: dict[str, Detector] = {n: DETECTORS[n](summary) for n in names}
+    def __init__(self, summary: Summary, names: tuple[str, ...], *, key: str,
+                 shared: Shared) -> None:
+        self.detectors: dict[str, Detector] = {
+            n: DETECTORS[n].for_caller(summary, key=key, shared=shared) for n in names}
         self.queries = 0
+        self.risk = NO_RISK
 
     @property
     def nbytes(self) -> int:
         return sum(d.nbytes for d in self.detectors.values())
 
 
+class Table:
+    """The callers of one kind, least recently seen first, and what they do as peers."""
+
+    def __init__(self, kind: Kind, summary: Summary, settings: MonitorSettings,
+                 cells: Cells) -> None:
+        self.kind, self.summary, self.settings = kind, summary, settings
+        self.states: OrderedDict[str, CallerState] = OrderedDict()
+        self.shared = Shared(PeerStats(), cells)
+        self.peers = self.shared.peers
+
+    def new(self, key: str) -> CallerState:
+        return CallerState(self.summary, self.settings.detectors, key=key, shared=self.shared)
+
+    def touch(self, key: str) -> CallerState:
+        """The caller's state, created if new, marked most recent."""
+        state = self.states.get(key)
+        if state is None:
+            state = self.states[key] = self.new(key)
+            while len(self.states) > self.settings.max_principals:
+                self.states.popitem(last=False)
+        else:
+            self.states.move_to_end(key)
+        return state
+
+    def risk(self, key: str) -> Risk:
+        state = self.states.get(key)
+        return NO_RISK if state is None else state.risk
+
+
+def fingerprint(summary: Summary) -> str:
+    """A digest of every number in the summary: state is only meaningful against the same one."""
+    digest = hashlib.sha256()
+    for f in fields(summary):
+        value = np.ascontiguousarray(getattr(summary, f.name), dtype=np.float64)
+        digest.update(f"{f.name}{value.shape}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()[:16]
+
+
 class Monitor:
-    """Per-principal extraction monitoring for one model."""
+    """Per-principal and per-tenant extraction monitoring for one model."""
 
     def __init__(self, summary: Summary, settings: MonitorSettings | None = None) -> None:
         self.summary = summary
         self.settings = settings or MonitorSettings()
-        self._callers: OrderedDict[str, CallerState] = OrderedDict()
+        self._cells = Cells(summary)  # one cell lookup per observe, for every table
+        self._tables: dict[Kind, Table] = {
+            k: Table(k, summary, self.settings, self._cells) for k in ("principal", "tenant")}
+        self._principals = self._tables["principal"].states
+        self._tenants = self._tables["tenant"].states
 
-    def _state(self, principal: str) -> CallerState:
-        state = self._callers.get(principal)
-        if state is None:
-            state = CallerState(self.summary, self.settings.detectors)
-            self._callers[principal] = state
-            while len(self._callers) > self.settings.max_principals:
-                self._callers.popitem(last=False)
-        else:
-            self._callers.move_to_end(principal)
-        return state
+    def observe(self, principal: str, features: Array, proba: Array, *,
+                tenant: str | None = None, now: float | None = None) -> list[Crossing]:
+        """Record answered rows [n, d] and their probabilities [n, k] for `principal`.
 
-    def observe(self, principal: str, features: Array, proba: Array) -> None:
-        """Record answered rows [n, d] and their probabilities [n, k] for `principal`."""
+        `now` (unix seconds, default the clock) is when they were asked; `tenant`, when given,
+        is charged the same rows. Returns the subjects whose risk has just reached the
+        threshold: each rise counts once, and again only after falling below.
+        """
+        x, p = self._rows(features, proba)
+        at = time.time() if now is None else float(now)
+        if not math.isfinite(at):
+            raise ConfigurationError(f"monitor observe needs a finite time, got {now}")
+        z = self.summary.transform(x)
+        subjects: list[tuple[Kind, str]] = [("principal", principal)]
+        if tenant is not None:
+            subjects.append(("tenant", tenant))
+        crossings = []
+        for kind, key in subjects:
+            state = self._tables[kind].touch(key)
+            for det in state.detectors.values():
+                det.observe(z, p, at)
+            state.queries += len(x)
+            was = state.risk.flagged
+            state.risk = self._assess(state)
+            if state.risk.flagged and not was:
+                crossings.append(Crossing(kind, key, state.risk))
+        return crossings
+
+    def _rows(self, features: Array, proba: Array) -> tuple[Array, Array]:
         x = np.asarray(features, dtype=np.float64)
         p = np.asarray(proba, dtype=np.float64)
         if x.ndim == 1:
@@ -105,24 +197,157 @@ class Monitor:
             raise ConfigurationError(
                 f"monitor expects rows of {self.summary.n_features} features with "
                 f"{self.summary.n_classes} probabilities each; got {x.shape} and {p.shape}")
-        z = self.summary.transform(x)
-        state = self._state(principal)
-        for det in state.detectors.values():
-            det.observe(z, p)
-        state.queries += len(x)
+        return x, p
 
-    def risk(self, principal: str) -> Risk:
-        """The caller's current risk (0 for an unknown caller); does not create state."""
-        state = self._callers.get(principal)
-        if state is None:
-            return Risk(0.0, False, 0)
+    def _assess(self, state: CallerState) -> Risk:
         readings = {n: d.score() for n, d in state.detectors.items()}
         score = combine(readings)
         return Risk(score, score >= self.settings.threshold, state.queries, readings)
 
+    def risk(self, principal: str) -> Risk:
+        """The principal's risk as of its last observe (0 for an unknown one)."""
+        return self._tables["principal"].risk(principal)
+
+    def tenant_risk(self, tenant: str) -> Risk:
+        """The tenant's risk over all its principals' queries, as of its last observe."""
+        return self._tables["tenant"].risk(tenant)
+
+    def peek(self, principal: str) -> float:
+        """The principal's cached risk score: one dictionary lookup, for the request path."""
+        state = self._principals.get(principal)
+        return 0.0 if state is None else state.risk.score
+
+    def peek_tenant(self, tenant: str) -> float:
+        """The tenant's cached risk score: one dictionary lookup."""
+        state = self._tenants.get(tenant)
+        return 0.0 if state is None else state.risk.score
+
     def state_bytes(self, principal: str) -> int:
-        state = self._callers.get(principal)
+        state = self._principals.get(principal)
         return 0 if state is None else state.nbytes
 
     def __len__(self) -> int:
-        return len(self._callers)
+        return len(self._principals)
+
+    # snapshots ------------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """Every caller's state, cached risk and the peer tables, as an .npz without pickle.
+
+        A JSON header (format, version, the summary's fingerprint, detectors, caller names)
+        travels as a uint8 array; each detector field is one array stacked over the callers.
+        """
+        names = self.settings.detectors
+        header: dict[str, Any] = {
+            "format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION,
+            "summary": fingerprint(self.summary), "n_features": self.summary.n_features,
+            "n_classes": self.summary.n_classes, "detectors": list(names)}
+        arrays: dict[str, Array] = {}
+        for kind, table in self._tables.items():
+            states = list(table.states.values())
+            readings = [[s.risk.readings.get(n, Reading(0.0, "")) for n in names] for s in states]
+            peer_keys, peer_arrays = table.peers.state()
+            header[kind] = {"keys": list(table.states), "peers": peer_keys,
+                            "why": [[r.why for r in row] for row in readings]}
+            arrays[f"{kind}.queries"] = np.array([s.queries for s in states], np.int64)
+            arrays[f"{kind}.risk"] = np.array(
+                [[s.risk.score, *(r.score for r in row)] for s, row in zip(states, readings,
+                                                                           strict=True)],
+                np.float64).reshape(len(states), 1 + len(names))
+            arrays.update({f"{kind}.peers.{k}": v for k, v in peer_arrays.items()})
+            for n in names:
+                parts = [s.detectors[n].state() for s in states]
+                for k in parts[0] if parts else ():
+                    arrays[f"{kind}.{n}.{k}"] = np.stack([part[k] for part in parts])
+        arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+        out = io.BytesIO()
+        np.savez(out, **arrays)  # type: ignore[arg-type]  # numpy's stub: allow_pickle in kwds
+        return out.getvalue()
+
+    def restore(self, data: bytes) -> None:
+        """Replace this monitor's state with a snapshot's (all or nothing).
+
+        An instance method: the summary and settings are the monitor's own, and the snapshot
+        must have been taken with the same summary and detectors. Anything else, and bytes
+        that are not a snapshot, raise ConfigurationError and leave the monitor as it was.
+        Cached risks are flagged against this monitor's threshold; beyond `max_principals`,
+        the least recently seen callers are dropped.
+        """
+        arrays = _read_npz(data)
+        try:
+            header = json.loads(arrays.pop("header").tobytes().decode())
+            self._check(header)
+            tables: dict[Kind, Table] = {}
+            for kind in self._tables:
+                tables[kind] = self._rebuild(kind, header[kind], arrays)
+        except ConfigurationError:
+            raise
+        except Exception as exc:  # a malformed snapshot: say so in one line, not numpy's words
+            raise ConfigurationError(
+                f"not a valid monitor snapshot ({type(exc).__name__}: {exc})"[:300]) from None
+        self._tables = tables
+        self._principals = tables["principal"].states
+        self._tenants = tables["tenant"].states
+
+    def _check(self, header: dict[str, Any]) -> None:
+        if header.get("format") != SNAPSHOT_FORMAT or header.get("version") != SNAPSHOT_VERSION:
+            raise ConfigurationError(
+                f"monitor snapshot format {header.get('format')!r} version "
+                f"{header.get('version')!r}; this modelfence reads {SNAPSHOT_FORMAT!r} version "
+                f"{SNAPSHOT_VERSION}")
+        shape = (self.summary.n_features, self.summary.n_classes)
+        if (header["n_features"], header["n_classes"]) != shape:
+            raise ConfigurationError(
+                f"monitor snapshot is for a model of {header['n_features']} features and "
+                f"{header['n_classes']} classes; this monitor's summary has {shape[0]} and "
+                f"{shape[1]}")
+        if tuple(header["detectors"]) != self.settings.detectors:
+            raise ConfigurationError(
+                f"monitor snapshot has detectors {header['detectors']}; this monitor runs "
+                f"{list(self.settings.detectors)}")
+        if header["summary"] != fingerprint(self.summary):
+            raise ConfigurationError(
+                "monitor snapshot was taken with a different summary (fingerprint "
+                f"{header['summary']}, this monitor's {fingerprint(self.summary)}); its state "
+                "is measured against that one and cannot be restored here")
+
+    def _rebuild(self, kind: Kind, header: dict[str, Any], arrays: dict[str, Array]) -> Table:
+        table = Table(kind, self.summary, self.settings, self._cells)
+        keys: list[str] = header["keys"]
+        n, names = len(keys), self.settings.detectors
+        queries, risks = arrays[f"{kind}.queries"], arrays[f"{kind}.risk"]
+        whys: list[list[str]] = header["why"]
+        if (queries.shape != (n,) or risks.shape != (n, 1 + len(names)) or len(whys) != n
+                or len(set(keys)) != n or not all(isinstance(k, str) for k in keys)):
+            raise ConfigurationError(f"monitor snapshot's {kind} table is inconsistent")
+        table.peers.load(header["peers"], {
+            k: arrays[f"{kind}.peers.{k}"] for k in table.peers.state()[1]})
+        keep = max(0, n - self.settings.max_principals)  # the least recent go first
+        for i in range(keep, n):
+            state = table.states[keys[i]] = table.new(keys[i])
+            for name, det in state.detectors.items():
+                det.load({k: _row(arrays, f"{kind}.{name}.{k}", i, n) for k in det.state()})
+            state.queries = int(queries[i])
+            readings = {name: Reading(float(risks[i, 1 + j]), str(whys[i][j]))
+                        for j, name in enumerate(names)}
+            score = float(risks[i, 0])
+            state.risk = Risk(score, score >= self.settings.threshold, state.queries, readings)
+        return table
+
+
+def _row(arrays: dict[str, Array], name: str, i: int, n: int) -> Array:
+    stacked = arrays[name]
+    if len(stacked) != n:
+        raise ConfigurationError(f"monitor snapshot's {name} holds {len(stacked)} callers, not {n}")
+    row: Array = stacked[i]
+    return row
+
+
+def _read_npz(data: bytes) -> dict[str, Array]:
+    """The arrays of an .npz, refusing pickled objects; any failure is a ConfigurationError."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {k: npz[k] for k in npz.files}
+    except Exception as exc:  # zipfile, numpy format and pickle refusals alike
+        raise ConfigurationError(
+            f"not a monitor snapshot ({type(exc).__name__}: {exc})"[:300]) from None

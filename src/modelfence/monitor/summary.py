@@ -18,7 +18,9 @@ model is over-confident, and the boundary baseline comes out too low.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import zipfile
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,8 @@ import numpy as np
 from ..errors import ConfigurationError
 
 Array = np.ndarray[Any, Any]
+#: Version of the file `Summary.save` writes; `load` refuses any other.
+FORMAT_VERSION = 1
 #: A feature's scale is at least this share of the mean scale, so that a near-constant
 #: feature (an always-blank pixel) cannot dominate every distance.
 FLOOR = 0.5
@@ -114,6 +118,68 @@ class Summary:
         from .detectors import DistanceNormality  # detectors import this module
 
         return replace(summary, prada_w=DistanceNormality.calibrate(summary, z, proba, seed))
+
+    def save(self, path: Path | str) -> Path:
+        """Write the summary as plain arrays (.npz, no pickle), so loading runs no code."""
+        path = Path(path)
+        arrays: dict[str, Array] = {
+            f.name: np.asarray(getattr(self, f.name), dtype=np.float64) for f in fields(self)}
+        arrays["format_version"] = np.asarray(FORMAT_VERSION, dtype=np.int64)
+        savez: Any = np.savez  # numeric arrays only: nothing is pickled (load refuses pickles)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tmp.open("wb") as out:  # a file object: np.savez would append .npz to a name
+                savez(out, **arrays)
+            tmp.replace(path)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot write monitor summary {path}: "
+                                     f"{exc.strerror or exc}") from None
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> Summary:
+        """Read what `save` wrote; anything else is one ConfigurationError naming the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigurationError(f"monitor summary {path} does not exist "
+                                     "(create it with `modelfence monitor fit`)")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                found = {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigurationError(f"monitor summary {path}: not a summary file ({reason})"
+                                     ) from None
+        version = found.pop("format_version", None)
+        if (version is None or version.shape != () or version.dtype.kind not in "iu"
+                or int(version) != FORMAT_VERSION):
+            raise ConfigurationError(f"monitor summary {path}: format version "
+                                     f"{None if version is None else version.tolist()}, "
+                                     f"expected {FORMAT_VERSION}; fit it again")
+        missing = [f.name for f in fields(cls) if f.name not in found]
+        if missing:
+            raise ConfigurationError(f"monitor summary {path}: missing {', '.join(missing)}")
+        return cls._checked(path, {f.name: found[f.name] for f in fields(cls)})
+
+    @classmethod
+    def _checked(cls, path: Path, a: dict[str, Array]) -> Summary:
+        vectors = ("mean", "scale", "centroids", "cell_freq", "class_freq")
+        d = a["mean"].shape[0] if a["mean"].ndim == 1 else -1
+        ok = (all(v.dtype.kind in "iuf" for v in a.values())
+              and d > 0 and a["scale"].shape == (d,) and a["centroids"].ndim == 2
+              and a["centroids"].shape[1] == d
+              and a["cell_freq"].shape == (a["centroids"].shape[0],)
+              and a["class_freq"].ndim == 1 and len(a["class_freq"]) > 0
+              and all(a[k].shape == () for k in a if k not in vectors)
+              and all(np.isfinite(v).all() for v in a.values())
+              and bool((a["scale"] > 0).all()))
+        if not ok:
+            raise ConfigurationError(f"monitor summary {path}: arrays of the wrong shape or "
+                                     "non-finite values; fit it again")
+        values: dict[str, Any] = {k: (np.asarray(v, dtype=np.float64) if k in vectors
+                                      else float(v)) for k, v in a.items()}
+        return cls(**values)
 
 
 def expected_distinct(freq: Array, n: int) -> tuple[float, float]:

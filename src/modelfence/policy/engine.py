@@ -38,11 +38,15 @@ class PolicyBundle:
 
     def label(self, cedar_id: str) -> str:
         """Cedar's `policyN` → the policy's @id or file:line."""
+        found = self.statement(cedar_id)
+        return found.label if found else cedar_id
+
+    def statement(self, cedar_id: str) -> Statement | None:
         if cedar_id.startswith("policy") and cedar_id[6:].isdigit():
             idx = int(cedar_id[6:])
             if idx < len(self.statements):
-                return self.statements[idx].label
-        return cedar_id
+                return self.statements[idx]
+        return None
 
 
 def load_bundle(paths: list[Path], schema_path: Path) -> PolicyBundle:
@@ -93,6 +97,7 @@ class Verdict:
     allowed: bool
     policies: tuple[str, ...]   # the determining policies (permits if allowed, forbids if not)
     errors: tuple[str, ...] = ()
+    shaping: tuple[str, ...] = ()  # output bands the determining permits pin (@shaping)
 
 
 class PolicyEngine:
@@ -138,4 +143,7 @@ class PolicyEngine:
         errors = tuple(" ".join(e.split()) for e in diagnostics.errors)
         if errors:
             raise PolicyError("policy evaluation failed: " + "; ".join(errors)[:500])
-        return Verdict(result.decision == cedarpy.Decision.Allow, labels)
+        allowed = result.decision == cedarpy.Decision.Allow
+        pins = tuple(st.shaping for r in diagnostics.reasons
+                     if (st := bundle.statement(r)) is not None and st.shaping) if allowed else ()
+        return Verdict(allowed, labels, shaping=pins)

@@ -34,6 +34,7 @@ class PolicyGuard(Guard):
         verdict = self._engine.decide(request, entities)  # PolicyError → 503, fail closed
         call.policy_ids = list(verdict.policies)
         if verdict.allowed:
+            call.pinned_bands = verdict.shaping
             call.note(self.name, "allow", ",".join(verdict.policies))
             return
         if verdict.policies:

@@ -14,6 +14,7 @@ from pathlib import Path
 from ..errors import ConfigurationError
 
 _ID_ANNOTATION = re.compile(r'@id\s*\(\s*"((?:[^"\\]|\\.)*)"\s*\)')
+_SHAPING_ANNOTATION = re.compile(r'@shaping\s*\(\s*"((?:[^"\\]|\\.)*)"\s*\)')
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,12 @@ class Statement:
         """The policy's @id, or file:line when it has none."""
         m = _ID_ANNOTATION.search(self.text)
         return m.group(1) if m else f"{Path(self.file).name}:{self.line}"
+
+    @property
+    def shaping(self) -> str | None:
+        """`@shaping("band")` on a permit pins the callers it lets in to that output band."""
+        m = _SHAPING_ANNOTATION.search(self.text)
+        return m.group(1) if m else None
 
 
 def split_statements(text: str, file: str) -> list[Statement]:

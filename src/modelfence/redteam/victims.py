@@ -141,7 +141,8 @@ class ShapedOracle(Oracle):
         if a.proba is None:
             raise ConfigurationError("a defense needs the victim's probabilities")
         shaped = self._defense.apply(a.proba, inputs=x, principal=self._principal)
-        return Answers(a.labels, shaped)
+        # the decision a caller sees is the shaped one (misinformation changes it on purpose)
+        return Answers(np.argmax(shaped, axis=1), shaped)
 
 
 @dataclass

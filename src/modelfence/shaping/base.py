@@ -9,6 +9,7 @@ same output, which the gateway (output shaping) and the red team (assessment) bo
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -17,6 +18,10 @@ import numpy as np
 from ..errors import ConfigurationError
 
 Array = np.ndarray[Any, Any]
+#: ufunc reductions: a third of the time of ``p.min()`` / ``p.sum()`` on one answer, which
+#: matters at the gateway's ~20 µs budget per shaped answer
+_MIN, _SUM = np.minimum.reduce, np.add.reduce
+_SMALL = 256
 
 
 def as_probabilities(proba: Any) -> Array:
@@ -24,16 +29,38 @@ def as_probabilities(proba: Any) -> Array:
     p = np.array(proba, dtype=np.float64)
     if p.ndim != 2 or p.shape[1] < 2:
         raise ValueError(f"expected probabilities of shape [n, classes>=2], got {list(p.shape)}")
-    if not np.isfinite(p).all() or (p < 0).any():
+    # a NaN or an infinity makes the sum fail `< inf`; on one answer, Python's min and sum
+    # over a list take half the time of numpy's reductions
+    if p.size <= _SMALL:
+        values = p.ravel().tolist()
+        ok = not values or (min(values) >= 0.0 and sum(values) < math.inf)
+    else:
+        ok = bool(_MIN(p, axis=None) >= 0.0 and _SUM(p, axis=None) < np.inf)
+    if not ok:
         raise ValueError("probabilities must be finite and non-negative")
     return p
 
 
 def normalise(p: Array) -> Array:
     """Rows scaled to sum to 1; an all-zero row becomes uniform rather than NaN."""
-    s = p.sum(axis=1, keepdims=True)
-    k = p.shape[1]
-    return np.where(s > 0, p / np.where(s > 0, s, 1.0), 1.0 / k)
+    s = _SUM(p, axis=1, keepdims=True)
+    if _MIN(s, axis=None) > 0:
+        fast: Array = p / s
+        return fast
+    out: Array = np.divide(p, s, out=np.full_like(p, 1.0 / p.shape[1]), where=s > 0)
+    return out
+
+
+def shaped_labels(original: Array, shaped: Array) -> Array:
+    """The class a caller is told: the shaped top-1, the original's where it ties for the top.
+
+    Rounding can tie the top class with another; the label then stays the model's.
+    """
+    top = original.argmax(axis=1)
+    rows = np.arange(len(top))
+    keep = shaped[rows, top] >= np.maximum.reduce(shaped, axis=1)
+    out: Array = np.where(keep, top, shaped.argmax(axis=1))
+    return out
 
 
 class Defense(ABC):
@@ -105,7 +132,8 @@ class Rounding(Defense):
         self.decimals = decimals
 
     def _shape(self, p: Array, inputs: Any, principal: str) -> Array:
-        return np.round(p, self.decimals)
+        out: Array = p.round(self.decimals)
+        return out
 
     @property
     def spec(self) -> str:
@@ -117,7 +145,11 @@ class Rounding(Defense):
 
 
 class TopK(Defense):
-    """Only the `k` most likely classes, renormalised; the others read as 0."""
+    """Only the `k` most likely classes, renormalised; the others read as 0.
+
+    Classes tied with the k-th are kept too (no arbitrary pick among equals); ties carry no
+    more than the tied value, and the cut is one partition rather than a full sort.
+    """
 
     kind = "topk"
 
@@ -129,10 +161,8 @@ class TopK(Defense):
     def _shape(self, p: Array, inputs: Any, principal: str) -> Array:
         if self.k >= p.shape[1]:
             return p
-        drop = np.argsort(-p, axis=1, kind="stable")[:, self.k:]
-        out = p.copy()
-        np.put_along_axis(out, drop, 0.0, axis=1)
-        return normalise(out)
+        kth = np.partition(p, -self.k, axis=1)[:, -self.k, None]
+        return normalise(np.where(p >= kth, p, 0.0))
 
     @property
     def spec(self) -> str:
@@ -150,7 +180,7 @@ class LabelOnly(Defense):
 
     def _shape(self, p: Array, inputs: Any, principal: str) -> Array:
         out = np.zeros_like(p)
-        out[np.arange(p.shape[0]), np.argmax(p, axis=1)] = 1.0
+        out[np.arange(p.shape[0]), p.argmax(axis=1)] = 1.0
         return out
 
     @property

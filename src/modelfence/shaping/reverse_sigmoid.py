@@ -26,11 +26,14 @@ EPS = 1e-9
 
 
 def _f(y: Array, beta: float, gamma: float) -> Array:
-    """The shaped value before renormalisation, clipped at 0."""
-    yc = np.clip(y, EPS, 1.0 - EPS)
-    logit = np.log(yc) - np.log1p(-yc)
-    r = beta * (1.0 / (1.0 + np.exp(-gamma * logit)) - 0.5)
-    out: Array = np.clip(y - r, 0.0, None)
+    """The shaped value before renormalisation, clipped at 0.
+
+    ``sigmoid(gamma * logit(y)) = 1 / (1 + ((1 - y) / y) ** gamma)``: the same value in
+    fewer array operations (each costs about a microsecond on one answer).
+    """
+    yc = np.minimum(np.maximum(y, EPS), 1.0 - EPS)  # np.clip costs twice as much
+    sig = beta / (1.0 + ((1.0 - yc) / yc) ** gamma)  # beta * sigmoid(gamma * logit(y))
+    out: Array = np.maximum((y + 0.5 * beta) - sig, 0.0)
     return out
 
 
@@ -95,7 +98,7 @@ class ReverseSigmoid(Defense):
         self._checked.add(n_classes)
 
     def _shape(self, p: Array, inputs: Any, principal: str) -> Array:
-        return reverse_sigmoid(p, self.beta, self.gamma)
+        return normalise(_f(p, self.beta, self.gamma))
 
     @property
     def spec(self) -> str:

@@ -1,0 +1,254 @@
+"""`modelfence monitor fit|evaluate|calibrate`: the extraction monitor on the command line.
+
+`fit` measures what a model's normal traffic looks like (the summary every detector compares
+with), loading the model exactly as the gateway serves it. `evaluate` and `calibrate` answer
+the questions an owner asks before turning the monitor on: does it catch the attacks, and
+how often does it cry wolf on users. Library imports stay inside the commands so that
+`modelfence --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import ModelfenceError
+from .common import ConfigOption, console, err_console, fail, settings_from
+
+if TYPE_CHECKING:
+    from ..config import ModelSettings
+    from ..monitor.evaluate import Calibration, Evaluation
+
+app = typer.Typer(help="Extraction monitor: fit a model's summary, evaluate, calibrate.",
+                  no_args_is_help=True)
+
+DataOption = Annotated[str, typer.Option(
+    help="Labelled data: sklearn:NAME (digits, iris, wine, breast_cancer), "
+         "make_classification[:ROWS], or a .npy/.npz/.csv/.parquet file")]
+VictimOption = Annotated[str, typer.Option(help="Victim(s) trained on the data: lr, mlp or lr,mlp")]
+LabelColumn = Annotated[str | None, typer.Option(help="CSV/Parquet column holding the labels")]
+Streams = Annotated[int, typer.Option(min=1, help="Benign streams (users)")]
+Queries = Annotated[int, typer.Option(min=10, help="Queries per benign stream")]
+Seed = Annotated[int, typer.Option(help="Random seed (same seed, same result)")]
+
+
+@app.command("fit")
+def fit(
+    model: Annotated[str, typer.Option(help="Name of the model in the configuration")],
+    data: Annotated[Path, typer.Option(
+        help="Rows that look like real use (.npy, .npz, .csv, .parquet), ideally not the "
+             "training rows")],
+    config: ConfigOption = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Where to write the summary [default: <policy.state_dir or the config's folder>"
+             "/monitor/<model>.summary.npz]", show_default=False)] = None,
+    label_column: Annotated[str | None, typer.Option(
+        help="CSV/Parquet column to leave out (labels are not features)")] = None,
+) -> None:
+    """Fit the monitor's summary of a model's data, with the model's own probabilities."""
+    from ..monitor import Summary
+    from ..redteam.data import load_pool
+
+    path, settings = settings_from(config)
+    ms = settings.model(model)
+    if ms is None:
+        raise fail(f"no model {model!r} in {path}; configured: "
+                   + (", ".join(m.name for m in settings.models) or "none"), 2)
+    target = (out or (settings.policy.state_dir or path.parent) / "monitor" / (
+        f"{model}.summary.npz")).absolute()
+    if not data.is_file():
+        raise fail(f"--data {data} does not exist", 2)
+    try:
+        with console.status(f"loading {model} and scoring {data}…"):
+            pool = load_pool(data, label_column=label_column)
+            proba = _model_proba(ms, pool.x)
+            summary = Summary.fit(pool.x, proba)
+        summary.save(target)
+    except ModelfenceError as exc:
+        raise fail(f"--data {data}: {exc}", 2) from None
+    console.print(f"wrote {target}: {len(pool.x):,} rows, {summary.n_features} features, "
+                  f"{summary.n_classes} classes, {len(summary.centroids)} cells "
+                  f"({target.stat().st_size:,} bytes)", soft_wrap=True, markup=False)
+    console.print(f"to use it, give model {model} in {path}: monitor: {{summary: {target}}}",
+                  soft_wrap=True, markup=False)
+
+
+def _model_proba(ms: ModelSettings, x: Any) -> Any:
+    """The model's probabilities for `x`, through the backend the gateway would build."""
+    import asyncio
+
+    import numpy as np
+
+    from ..backends import backend_from_settings
+    from ..errors import ConfigurationError
+    from ..gateway.oip import NUMPY_DTYPES, InferRequest, Tensor
+
+    async def go() -> Any:
+        backend = backend_from_settings(ms)
+        await backend.start()
+        try:
+            spec = backend.metadata.inputs[0]
+            width = spec.shape[-1] if len(spec.shape) == 2 else -1
+            if x.ndim != 2 or (width != -1 and x.shape[1] != width):
+                raise ConfigurationError(
+                    f"{x.shape[-1]} features per row but model {ms.name} expects {width}")
+            dtype = NUMPY_DTYPES.get(spec.datatype, np.float32)
+            step, out = ms.limits.max_batch, []
+            for i in range(0, len(x), step):
+                rows = np.asarray(x[i:i + step], dtype=dtype)
+                answer = await backend.infer(InferRequest(
+                    [Tensor(spec.name, spec.datatype, list(rows.shape), rows)]))
+                p = answer.output("probabilities")
+                if p is None:
+                    raise ConfigurationError(f"model {ms.name} returns no probabilities")
+                out.append(np.asarray(p.data, dtype=np.float64).reshape(len(rows), -1))
+            return np.concatenate(out)
+        finally:
+            await backend.close()
+
+    return asyncio.run(go())
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err_console, transient=True)
+
+
+@app.command("evaluate")
+def evaluate(
+    data: DataOption = "sklearn:digits",
+    victim: VictimOption = "lr",
+    threshold: Annotated[float, typer.Option(min=0.001, max=1.0,
+                                             help="Risk at which a caller is flagged")] = 0.5,
+    attack_queries: Annotated[int, typer.Option(min=10, help="Queries per attack")] = 2000,
+    benign_streams: Streams = 22,
+    benign_queries: Queries = 5000,
+    seed: Seed = 0,
+    label_column: LabelColumn = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results as JSON",
+                                                  show_default=False)] = None,
+    html_out: Annotated[Path | None, typer.Option(
+        "--html", help="Write a self-contained HTML report with risk plots",
+        show_default=False)] = None,
+) -> None:
+    """Replay attacks and benign users through the monitor; when is each flagged?"""
+    from ..monitor import evaluate as ev
+
+    results: list[Evaluation] = []
+    try:
+        base = ev.load_data(data, label_column=label_column, seed=seed)
+        for kind in _victims(victim):
+            with console.status(f"training {kind} on {base.name}, fitting the summary…"):
+                world = ev.build_world(data, kind, seed=seed, pool=base)
+            with _progress() as progress:
+                task = progress.add_task(f"{kind}: streams", total=None)
+
+                def tick(label: str, done: int, total: int, task: Any = task,
+                         progress: Progress = progress) -> None:
+                    progress.update(task, description=label, completed=done, total=total)
+
+                result = ev.evaluate(world, threshold=threshold, attack_queries=attack_queries,
+                                     benign_streams=benign_streams,
+                                     benign_queries=benign_queries, seed=seed, progress=tick)
+            results.append(result)
+            _print_evaluation(result)
+        if json_out is not None:
+            ev.write_json(results, json_out)
+            console.print(f"wrote {json_out}", markup=False)
+        if html_out is not None:
+            ev.write_html(results, html_out)
+            console.print(f"wrote {html_out}", markup=False)
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+
+
+def _victims(text: str) -> list[str]:
+    from ..monitor.evaluate import VICTIMS
+
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in names if v not in VICTIMS]
+    if not names or bad:
+        raise fail(f"--victim {text!r}: use {', '.join(VICTIMS)} (comma-separated)", 2)
+    return names
+
+
+def _print_evaluation(e: Evaluation) -> None:
+    table = Table(title=f"{e.data}, victim {e.victim} (accuracy {e.accuracy:.3f}), "
+                        f"threshold {e.threshold}")
+    for col in ("stream", "side", "queries", "flagged at", "top risk", "top detector"):
+        table.add_column(col, justify="left" if col in ("stream", "side", "top detector")
+                         else "right")
+    rows = [*e.attacks, *([e.tenant] if e.tenant else []), *e.benign]
+    for r in rows:
+        wrong = (r.flagged_at is not None) != r.attack
+        at = "—" if r.flagged_at is None else f"{r.flagged_at:,}"
+        table.add_row(r.name, "attack" if r.attack else "benign", f"{r.queries:,}",
+                      f"[red]{at}[/]" if wrong else at, f"{r.top_risk:.3f}", r.top_detector)
+    console.print(table)
+    if e.tenant is not None:
+        key = ("no single key was flagged" if e.tenant_key_flagged_at is None
+               else f"the first single key at {e.tenant_key_flagged_at:,}")
+        tenant = ("never" if e.tenant.flagged_at is None
+                  else f"at {e.tenant.flagged_at:,} queries")
+        console.print(f"tenant: Knockoff split over keys flagged {tenant}; {key}")
+    alarms = sum(r.alarms for r in e.benign)
+    console.print(f"benign: {len(e.benign)} streams, {e.benign_queries:,} queries, "
+                  f"{e.benign_flagged} flagged; per-query false alarms {e.false_alarm_rate:.3%} "
+                  f"({alarms:,} queries); {e.elapsed_s:.1f} s")
+
+
+@app.command("calibrate")
+def calibrate(
+    data: DataOption = "sklearn:digits",
+    victim: Annotated[str, typer.Option(help="Victim trained on the data: lr or mlp")] = "lr",
+    false_alarm_rate: Annotated[float, typer.Option(
+        min=0.0, max=0.5, help="Highest share of benign queries after which a caller may "
+        "stand flagged")] = 0.001,
+    benign_streams: Streams = 22,
+    benign_queries: Queries = 5000,
+    seed: Seed = 0,
+    label_column: LabelColumn = None,
+    yaml_out: Annotated[Path | None, typer.Option(
+        "--yaml", help="Write `monitor: {threshold: X}` to this file", show_default=False
+    )] = None,
+) -> None:
+    """Replay benign users and print the threshold that keeps false alarms under a rate."""
+    from ..monitor import evaluate as ev
+
+    try:
+        kind = _victims(victim)[0]
+        with console.status(f"training {kind} on {data}, fitting the summary…"):
+            world = ev.build_world(data, kind, seed=seed, label_column=label_column)
+        with _progress() as progress:
+            task = progress.add_task("benign streams", total=benign_streams)
+            result = ev.calibrate(
+                world, false_alarm_rate, benign_streams=benign_streams,
+                benign_queries=benign_queries, seed=seed,
+                progress=lambda label, done, total: progress.update(
+                    task, description=label, completed=done, total=total))
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+    _print_calibration(result)
+    if not result.feasible:
+        raise fail(f"no threshold up to 1.0 keeps false alarms at {false_alarm_rate:.3%}: "
+                   f"{result.achieved_rate:.3%} of benign queries reach risk 1.0", 1)
+    if yaml_out is not None:
+        yaml_out.write_text(result.yaml())
+        console.print(f"wrote {yaml_out}", markup=False)
+
+
+def _print_calibration(c: Calibration) -> None:
+    table = Table(title=f"benign detector scores ({c.streams} streams, {c.queries:,} queries)")
+    table.add_column("detector")
+    table.add_column(f"{1 - c.target_rate:.2%} quantile", justify="right")
+    table.add_column("max", justify="right")
+    for name, q in c.detectors.items():
+        table.add_row(name, f"{q['quantile']:.3f}", f"{q['max']:.3f}")
+    console.print(table)
+    console.print(f"threshold {c.threshold} keeps per-query false alarms at "
+                  f"{c.achieved_rate:.3%} (target ≤ {c.target_rate:.3%}); risk at the "
+                  f"{1 - c.target_rate:.2%} quantile: {c.risk_quantile:.3f}")

@@ -1,0 +1,112 @@
+"""`modelfence shaping tradeoff`: what each output defense costs honest callers and thieves.
+
+Thin, as every command: parse, call `modelfence.shaping.tradeoff`, print with rich (or as
+markdown, for reports and issues). The library is imported inside the command so that
+`modelfence --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..errors import ModelfenceError
+from .common import console, fail
+from .redteam import _ints
+
+if TYPE_CHECKING:
+    from ..shaping.tradeoff_table import Tradeoff
+
+WIDE = 132
+app = typer.Typer(help="Output shaping: measure what each defense costs callers and thieves.",
+                  no_args_is_help=True)
+
+
+@app.command()
+def tradeoff(
+    data: Annotated[str, typer.Option(
+        help="Labelled data to train the victim on: sklearn:NAME or a .npz/.csv/.parquet file"
+    )] = "sklearn:digits",
+    defense: Annotated[list[str] | None, typer.Option(
+        "--defense", "-d", help="A defense to measure (repeat for more): none, round:D, "
+        "topk:K, labels, rsig:BETA,GAMMA, noise:SCALE, misinfo[:TAU[,NU]], A+B "
+        "\\[default: one of each kind and the settings tuned on digits]", show_default=False
+    )] = None,
+    budgets: Annotated[str, typer.Option(
+        help="Query budgets of the natural-data thieves")] = "500,2000,5000",
+    augmented_budget: Annotated[int, typer.Option(
+        min=1, help="Budget of the rescaled, Jacobian and uniform thieves")] = 2000,
+    seeds: Annotated[int, typer.Option(min=1, help="Seeds per cell (mean reported)")] = 3,
+    thief: Annotated[str, typer.Option(help="lr, mlp, torch-mlp or torch-cnn")] = "mlp",
+    workers: Annotated[int, typer.Option(
+        min=1, help="Local worker processes (1: in this process)")] = 1,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write the result as JSON", show_default=False)] = None,
+    markdown: Annotated[bool, typer.Option(
+        "--markdown", help="Print the table as markdown")] = False,
+) -> None:
+    """Benign top-1 accuracy and thief fidelity per defense, on a victim trained here."""
+    from ..redteam.executors import executor_for
+    from ..shaping.tradeoff import DEFAULT_DEFENSES
+    from ..shaping.tradeoff import tradeoff as run_tradeoff
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, transient=True)
+    task = progress.add_task("thieves", total=None)
+
+    def tick(done: int, total: int) -> None:
+        if not progress.live.is_started:  # shown once the settings were accepted
+            progress.start()
+        progress.update(task, completed=done, total=total)
+
+    try:
+        try:
+            result = run_tradeoff(
+                data, defenses=defense or DEFAULT_DEFENSES,
+                budgets=_ints(budgets, "--budgets"), augmented_budget=augmented_budget,
+                seeds=seeds, thief=thief, executor=executor_for(None, workers),
+                progress=tick)
+        finally:
+            progress.stop()
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+    if markdown:
+        console.print(result.markdown(), markup=False, highlight=False, soft_wrap=True)
+    else:
+        _print_table(result)
+    if json_out is not None:
+        import orjson
+
+        json_out.write_bytes(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+        console.print(f"wrote {json_out}", soft_wrap=True, markup=False)
+
+
+def _print_table(result: Tradeoff) -> None:
+    """One row per defense; headers stacked ("soft / 2,000") to keep the table narrow."""
+    from ..shaping.tradeoff_table import changes
+
+    table = Table(title=f"thief fidelity (mean of {len(result.seeds)} seeds) and benign "
+                        "cost per defense", box=box.SIMPLE_HEAD)
+    table.add_column("defense", no_wrap=True)
+    table.add_column("benign\nacc", justify="right")
+    table.add_column("top-1\nchanged", justify="right")
+    for c in result.columns:
+        name, _, budget = c.title.rpartition(" ")
+        table.add_column(f"{name.replace(' ', chr(10))}\n{budget}", justify="right")
+    for r in result.rows:
+        acc = "—" if r.benign_accuracy is None else f"{r.benign_accuracy:.3f}"
+        table.add_row(r.spec, acc, changes(r.top1_changes),
+                      *(f"{r.fidelity[c.key]:.3f}" if c.key in r.fidelity else "—"
+                        for c in result.columns))
+    # ten numeric columns: never squeeze them into a narrow (or absent) terminal
+    wide = console if console.width >= WIDE else Console(width=WIDE, highlight=False)
+    wide.print(table)
+    acc_text = "—" if result.victim_accuracy is None else f"{result.victim_accuracy:.3f}"
+    console.print(f"{result.data}: victim test accuracy {acc_text}; {result.machine}; "
+                  f"{result.elapsed_s:.0f} s", soft_wrap=True, markup=False)

@@ -1,0 +1,120 @@
+"""What happens when a caller's extraction risk crosses the threshold.
+
+An alert is three things at once: an `alert:monitor` audit record (so `modelfence alerts`,
+the admin API and the tamper-evident trail all show it), a Prometheus counter, and a JSON
+POST to a webhook. The webhook body is signed as Stripe and GitHub sign theirs:
+``X-Modelfence-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "t.body">``, so a receiver
+can check origin and reject replays. The URL is never logged (it may carry a token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from ..audit.record import event_record
+from ..audit.sinks import AuditSink
+from ..config import WebhookSettings
+from ..gateway.metrics import GatewayMetrics
+
+log = logging.getLogger("modelfence.monitor")
+
+SIGNATURE_HEADER = "X-Modelfence-Signature"
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    model: str
+    kind: str  # "principal" | "tenant"
+    subject: str
+    tenant: str | None
+    risk: float
+    queries: int
+    explanation: str
+
+    def describe(self) -> str:
+        return (f"extraction risk {self.risk:.2f} for {self.kind} {self.subject} on model "
+                f"{self.model} after {self.queries} queries: {self.explanation}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "monitor.alert", "time": datetime.now(UTC).isoformat(),
+                "model": self.model, "kind": self.kind, "subject": self.subject,
+                "tenant": self.tenant, "risk": round(self.risk, 4), "queries": self.queries,
+                "explanation": self.explanation}
+
+
+def sign(secret: bytes, body: bytes, now: int) -> str:
+    mac = hmac.new(secret, f"{now}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={now},v1={mac}"
+
+
+class Webhook:
+    """Fire-and-forget POSTs with a timeout; failures are logged and never retried forever."""
+
+    def __init__(self, settings: WebhookSettings, secret: bytes | None) -> None:
+        self._settings = settings
+        self._secret = secret
+        self._host = urlsplit(settings.url).hostname or "?"
+        self._session: Any = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def send(self, payload: dict[str, Any]) -> None:
+        task = asyncio.ensure_future(self._post(orjson.dumps(payload)))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _post(self, body: bytes) -> None:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._settings.timeout_s))
+        headers = {"Content-Type": "application/json"}
+        if self._secret is not None:
+            headers[SIGNATURE_HEADER] = sign(self._secret, body, int(time.time()))
+        try:
+            async with self._session.post(self._settings.url, data=body,
+                                          headers=headers) as resp:
+                if resp.status >= 300:
+                    log.warning("alert webhook to %s answered %d", self._host, resp.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("alert webhook to %s failed: %s", self._host, type(exc).__name__)
+
+    async def close(self) -> None:
+        if self._pending:
+            await asyncio.wait(self._pending, timeout=self._settings.timeout_s)
+        if self._session is not None:
+            await self._session.close()
+
+
+class Alerts:
+    """Raises one alert on every channel; called only by the replica that saw the crossing."""
+
+    def __init__(self, audit: AuditSink, metrics: GatewayMetrics,
+                 webhook: Webhook | None) -> None:
+        self._audit = audit
+        self._metrics = metrics
+        self._webhook = webhook
+
+    async def raise_alert(self, alert: Alert) -> None:
+        self._metrics.monitor_alerts.labels(alert.model, alert.kind).inc()
+        log.warning("monitor alert: %s", alert.describe())
+        if self._webhook is not None:
+            self._webhook.send(alert.to_json())
+        principal = alert.subject if alert.kind == "principal" else None
+        await self._audit.write(event_record(
+            action="alert:monitor", reason=alert.describe()[:1000], principal=principal,
+            tenant=alert.tenant, model=alert.model, risk=alert.risk))
+
+    async def close(self) -> None:
+        if self._webhook is not None:
+            await self._webhook.close()

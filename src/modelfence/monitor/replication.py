@@ -1,0 +1,280 @@
+"""How observations reach every replica's monitor, and how its state survives a restart.
+
+With a shared store every observation goes through one Redis stream per model and every
+replica applies the stream in its order, its own observations included: all replicas hold
+the same state, so a thief alternating between two replicas is caught after the same number
+of queries as on one. A snapshot is the state after a known stream position; a replica that
+starts loads the newest snapshot and replays the stream from that position, so each
+observation counts exactly once (observations trimmed from the stream before a snapshot
+covered them are lost, and logged).
+
+Without a shared store (one process) observations are applied at once, and the state is
+saved to a file on stop and every `snapshot_interval_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigurationError
+
+log = logging.getLogger("modelfence.monitor")
+
+Array = np.ndarray[Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One answered request as the monitor sees it: who, which model, rows and answers."""
+
+    model: str
+    principal: str
+    tenant: str | None
+    features: Array  # [n, d] float64
+    proba: Array  # [n, k] float64, before output shaping
+    ts: float
+    origin: str  # the replica that answered, so only it raises the alert
+
+    def encode(self) -> dict[str, bytes | str]:
+        n, d = self.features.shape
+        return {"o": self.origin, "p": self.principal, "t": self.tenant or "",
+                "ts": repr(self.ts), "n": str(n), "d": str(d), "k": str(self.proba.shape[1]),
+                "x": np.ascontiguousarray(self.features, dtype="<f8").tobytes(),
+                "q": np.ascontiguousarray(self.proba, dtype="<f8").tobytes()}
+
+    @classmethod
+    def decode(cls, model: str, f: dict[bytes, bytes]) -> Observation:
+        n, d, k = (int(f[key]) for key in (b"n", b"d", b"k"))
+        tenant = f[b"t"].decode()
+        return cls(model=model, principal=f[b"p"].decode(), tenant=tenant or None,
+                   features=np.frombuffer(f[b"x"], dtype="<f8").reshape(n, d),
+                   proba=np.frombuffer(f[b"q"], dtype="<f8").reshape(n, k),
+                   ts=float(f[b"ts"]), origin=f[b"o"].decode())
+
+
+#: Applies one observation; `mine` is true on the replica that answered the request.
+Apply = Callable[[Observation, bool], None]
+#: The state of one model's monitor as bytes, and how to put it back.
+Snapshotter = Callable[[str], bytes]
+Restorer = Callable[[str, bytes], None]
+
+
+class ObservationLog(ABC):
+    """Delivers observations to `apply` and keeps snapshots of the resulting state."""
+
+    def __init__(self, models: Sequence[str], replica: str, apply: Apply,
+                 snapshot: Snapshotter, restore: Restorer, *, interval_s: float) -> None:
+        self.models = tuple(models)
+        self.replica = replica
+        self._apply = apply
+        self._snapshot = snapshot
+        self._restore = restore
+        self._interval_s = interval_s
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self._load()
+        self._spawn(self._every(self._interval_s, self._save))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        with contextlib.suppress(Exception):
+            await self._save()
+
+    @abstractmethod
+    async def publish(self, batch: Sequence[Observation]) -> None:
+        """Hand observations on; raises `OSError`-like errors when the store is down."""
+
+    def apply_locally(self, batch: Sequence[Observation]) -> None:
+        """Apply without the shared store (its fallback when the store fails)."""
+        for obs in batch:
+            self._apply(obs, True)
+
+    async def ping(self) -> bool:
+        return True
+
+    @abstractmethod
+    async def _load(self) -> None: ...
+
+    @abstractmethod
+    async def _save(self) -> None: ...
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        self._tasks.append(asyncio.ensure_future(coro))
+
+    @staticmethod
+    async def _every(seconds: float, fn: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await fn()
+            except Exception as exc:  # a failed snapshot must not stop the next one
+                log.warning("monitor snapshot failed: %s", type(exc).__name__)
+
+
+class LocalLog(ObservationLog):
+    """One process: apply at once; snapshots are files under `state_dir` (if given)."""
+
+    def __init__(self, *args: Any, state_dir: Path | None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._dir = state_dir
+
+    async def publish(self, batch: Sequence[Observation]) -> None:
+        self.apply_locally(batch)
+
+    def _path(self, model: str) -> Path:
+        assert self._dir is not None
+        return self._dir / f"{model}.monitor-state"
+
+    async def _load(self) -> None:
+        if self._dir is None:
+            return
+        for model in self.models:
+            path = self._path(model)
+            if not path.exists():
+                continue
+            try:
+                self._restore(model, path.read_bytes())
+                log.info("monitor state for %s restored from %s", model, path)
+            except (OSError, ConfigurationError) as exc:
+                log.warning("monitor state for %s not restored (%s); starting empty", model,
+                            exc)
+
+    async def _save(self) -> None:
+        if self._dir is None:
+            return
+        self._dir.mkdir(parents=True, exist_ok=True)
+        for model in self.models:
+            data = self._snapshot(model)
+            fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=f".{model}.")
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, self._path(model))
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+
+
+class RedisLog(ObservationLog):
+    """Replicas share a Redis stream per model and snapshots next to it."""
+
+    def __init__(self, *args: Any, url: str, stream_max: int, prefix: str, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        import redis.asyncio
+
+        self.prefix = prefix
+        self._url = url
+        self._max = stream_max
+        self._client = redis.asyncio.Redis.from_url(url, socket_timeout=2.0,
+                                                    socket_connect_timeout=2.0)
+        # XREAD BLOCK needs a connection whose timeout outlasts the block
+        self._reader = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2.0)
+        self._position = {m: "0-0" for m in self.models}
+        self.ready = asyncio.Event()
+
+    def _stream(self, model: str) -> str:
+        return f"{self.prefix}{model}"
+
+    async def publish(self, batch: Sequence[Observation]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for obs in batch:
+            pipe.xadd(self._stream(obs.model), obs.encode(),  # type: ignore[arg-type]
+                      maxlen=self._max, approximate=True)
+        await pipe.execute()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._client.ping())
+        except Exception:
+            return False
+
+    async def start(self) -> None:
+        await super().start()
+        self._spawn(self._consume())
+
+    async def stop(self) -> None:
+        await super().stop()
+        await self._client.aclose()
+        await self._reader.aclose()
+
+    async def _load(self) -> None:
+        for model in self.models:
+            try:
+                saved: Any = await self._client.hgetall(
+                    f"{self._stream(model)}:snapshot")
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"monitor.shared: cannot read the monitor state ({type(exc).__name__}); "
+                    "is Redis running?") from None
+            if not saved:
+                continue
+            try:
+                self._restore(model, saved[b"data"])
+                self._position[model] = saved[b"id"].decode()
+                log.info("monitor state for %s restored at stream position %s", model,
+                         self._position[model])
+            except (KeyError, ConfigurationError) as exc:
+                log.warning("monitor snapshot for %s not used (%s); replaying the stream",
+                            model, exc)
+
+    async def _save(self) -> None:
+        # one replica writes per interval: they all hold the same state
+        lock = await self._client.set(f"{self.prefix}snapshot-lock", self.replica, nx=True,
+                                      ex=max(1, int(self._interval_s)))
+        if not lock:
+            return
+        for model in self.models:
+            await self._client.hset(f"{self._stream(model)}:snapshot", mapping={
+                "data": self._snapshot(model), "id": self._position[model]})
+
+    async def _consume(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                await self._read_once()
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("monitor stream read failed (%s); retrying in %.1fs",
+                            type(exc).__name__, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _read_once(self) -> None:
+        streams = {self._stream(m): self._position[m] for m in self.models}
+        answer: Any = await self._reader.xread(streams, count=500,  # type: ignore[arg-type]
+                                               block=1000)
+        if not answer:
+            self.ready.set()
+            return
+        for name, entries in answer:
+            model = (name.decode() if isinstance(name, bytes) else name)[len(self.prefix):]
+            for entry_id, fields in entries:
+                try:
+                    obs = Observation.decode(model, fields)
+                except (KeyError, ValueError) as exc:
+                    log.warning("monitor stream entry %r skipped: %s", entry_id, exc)
+                else:
+                    self._apply(obs, obs.origin == self.replica)
+                self._position[model] = entry_id.decode()

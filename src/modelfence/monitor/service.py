@@ -1,0 +1,211 @@
+"""The monitor inside the gateway: one `Monitor` per model, fed off the request's path.
+
+Requests read a caller's risk with one dictionary lookup (`peek`). Answered requests are
+queued (`submit`) and taken in by a background task that publishes them to the
+observation log (a shared Redis stream, or this process), which applies them to every
+replica's monitors; the replica that answered raises the alert when a principal or tenant
+crosses the threshold. If the shared store fails, observations are applied locally so risk
+keeps rising on this replica (counted in `modelfence_monitor_store_errors`). If the queue is
+full, observations are applied on the request's own time rather than dropped: a flood must
+not be a way to go unseen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..audit.record import replica_name
+from ..audit.sinks import AuditSink
+from ..config import ModelSettings, Settings
+from ..errors import ConfigurationError
+from ..gateway.metrics import GatewayMetrics
+from .alerts import Alert, Alerts, Webhook
+from .replication import Array, LocalLog, Observation, ObservationLog, RedisLog
+from .score import Monitor, Risk
+from .score import MonitorSettings as MonitorOptions
+from .summary import Summary
+
+log = logging.getLogger("modelfence.monitor")
+
+#: Most observations published in one round trip to the shared store.
+BATCH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Whose risk a request carries: the principal's, or its tenant's when that is higher."""
+
+    principal: str
+    tenant: str | None
+
+
+class MonitorService:
+    def __init__(self, settings: Settings, audit: AuditSink, metrics: GatewayMetrics) -> None:
+        self._settings = settings.monitor
+        self._metrics = metrics
+        self.monitors: dict[str, Monitor] = {
+            m.name: self._monitor_for(m, settings) for m in settings.models
+            if m.monitor is not None}
+        if self.monitors and settings.server.workers > 1 and self._settings.shared is None:
+            raise ConfigurationError(
+                "monitor: with server.workers > 1 each worker would see only its own share of "
+                "a caller's queries; set monitor.shared to a redis:// URL")
+        hook = self._settings.webhook
+        self._alerts = Alerts(audit, metrics,
+                              Webhook(hook, settings.webhook_secret()) if hook else None)
+        self.replica = replica_name()
+        common = dict(models=list(self.monitors), replica=self.replica, apply=self._apply,
+                      snapshot=self._snapshot, restore=self._restore,
+                      interval_s=self._settings.snapshot_interval_s)
+        self.log: ObservationLog = (
+            RedisLog(**common, url=self._settings.shared, stream_max=self._settings.stream_max,
+                     prefix=self._settings.key_prefix)
+            if self._settings.shared else LocalLog(**common, state_dir=self._settings.state_dir))
+        self._queue: asyncio.Queue[Observation] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._pending_alerts: set[asyncio.Task[None]] = set()
+
+    def _monitor_for(self, model: ModelSettings, settings: Settings) -> Monitor:
+        assert model.monitor is not None
+        summary = Summary.load(model.monitor.summary)
+        where = f"models[{model.name}].monitor"
+        if model.input is not None and model.input.shape[-1] not in (-1, summary.n_features):
+            raise ConfigurationError(
+                f"{where}: the summary has {summary.n_features} features but the model's "
+                f"input has {model.input.shape[-1]}; run `modelfence monitor fit` again")
+        if model.labels is not None and len(model.labels) != summary.n_classes:
+            raise ConfigurationError(
+                f"{where}: the summary has {summary.n_classes} classes but the model "
+                f"{len(model.labels)} labels")
+        detectors = model.monitor.detectors or settings.monitor.detectors
+        return Monitor(summary, MonitorOptions(
+            detectors=tuple(detectors), threshold=settings.monitor.threshold,
+            max_principals=settings.monitor.max_principals))
+
+    # the request's path ----------------------------------------------------------------
+
+    def watches(self, model: str) -> bool:
+        return model in self.monitors
+
+    def peek(self, model: str, who: Subject) -> float:
+        """The caller's current risk: the higher of its own and its tenant's."""
+        monitor = self.monitors[model]
+        risk = monitor.peek(who.principal)
+        if who.tenant is not None:
+            risk = max(risk, monitor.peek_tenant(who.tenant))
+        return risk
+
+    def risk(self, model: str, principal: str) -> Risk:
+        return self.monitors[model].risk(principal)
+
+    def tenant_risk(self, model: str, tenant: str) -> Risk:
+        return self.monitors[model].tenant_risk(tenant)
+
+    def submit(self, model: str, who: Subject, features: Array, proba: Array) -> None:
+        """Queue an answered request; never blocks, never raises for a full queue."""
+        obs = Observation(model=model, principal=who.principal, tenant=who.tenant,
+                          features=np.asarray(features, dtype=np.float64),
+                          proba=np.asarray(proba, dtype=np.float64), ts=time.time(),
+                          origin=self.replica)
+        if self._queue is None:
+            self.log.apply_locally([obs])
+            return
+        try:
+            self._queue.put_nowait(obs)
+        except asyncio.QueueFull:
+            self.log.apply_locally([obs])
+            self._metrics.monitor_store_errors.inc()
+        self._metrics.monitor_backlog.set(self._queue.qsize())
+
+    # lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if not self.monitors:
+            return
+        await self.log.start()
+        self._queue = asyncio.Queue(maxsize=self._settings.queue_max)
+        self._worker = asyncio.ensure_future(self._drain())
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            assert self._queue is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), timeout=5.0)
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        if self.monitors:
+            await self.log.stop()
+        if self._pending_alerts:
+            await asyncio.wait(self._pending_alerts, timeout=5.0)
+        await self._alerts.close()
+
+    async def ping(self) -> bool:
+        return await self.log.ping()
+
+    async def _drain(self) -> None:
+        assert self._queue is not None
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < BATCH and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                await self.log.publish(batch)
+            except Exception as exc:
+                self._metrics.monitor_store_errors.inc()
+                log.warning("monitor store failed (%s); %d observations kept on this replica",
+                            type(exc).__name__, len(batch))
+                self.log.apply_locally(batch)
+            finally:
+                for _ in batch:
+                    queue.task_done()
+                self._metrics.monitor_backlog.set(queue.qsize())
+
+    # applying observations (called by the log, on every replica) ------------------------
+
+    def _apply(self, obs: Observation, mine: bool) -> None:
+        monitor = self.monitors.get(obs.model)
+        if monitor is None:
+            return
+        started = time.perf_counter()
+        try:
+            crossings = monitor.observe(obs.principal, obs.features, obs.proba,
+                                        tenant=obs.tenant, now=obs.ts)
+        except ConfigurationError as exc:
+            log.warning("monitor for %s skipped an observation: %s", obs.model, exc)
+            return
+        self._metrics.monitor_observe.observe(time.perf_counter() - started)
+        if not mine:
+            return
+        for crossing in crossings:
+            alert = Alert(model=obs.model, kind=crossing.subject_kind,
+                          subject=crossing.subject, tenant=obs.tenant,
+                          risk=crossing.risk.score, queries=crossing.risk.queries,
+                          explanation=crossing.risk.explain())
+            task = asyncio.ensure_future(self._alerts.raise_alert(alert))
+            self._pending_alerts.add(task)
+            task.add_done_callback(self._pending_alerts.discard)
+
+    def _snapshot(self, model: str) -> bytes:
+        return self.monitors[model].snapshot()
+
+    def _restore(self, model: str, data: bytes) -> None:
+        self.monitors[model].restore(data)
+
+
+def rows_of(values: Array) -> Array:
+    """A request's first input as [n, features]: how the monitor sees a batch."""
+    x = np.asarray(values, dtype=np.float64)
+    return x.reshape(len(x), -1) if x.ndim != 1 else x.reshape(1, -1)
+
+
+def models_watched(settings: Settings) -> Sequence[str]:
+    return [m.name for m in settings.models if m.monitor is not None]

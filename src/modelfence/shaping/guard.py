@@ -1,0 +1,141 @@
+"""Output shaping in the gateway: each model's answers shaped by the caller's risk band.
+
+A model lists bands (`shaping:` in its config): from a risk upwards, a defense. The band is
+chosen from `call.risk` (the monitor's score), unless a permitting Cedar policy pins it with
+``@shaping("band")`` (a trusted partner pinned to full answers, a contractor to labels);
+a pin naming a band the model does not have falls back to the model's strongest band, so a
+typo can only make answers poorer, never richer.
+
+Answers keep the OIP shape and output names. The response's `parameters.shaping` names the
+band, and the audit record carries it. A band whose answers carry only labels withholds the
+`probabilities` output instead of sending a one-hot matrix that would read as certainty;
+a caller who explicitly asked for `probabilities` gets a 403 that says why. The label output
+is recomputed from the shaped probabilities, so it never contradicts them (misinformation
+changes the top class on purpose).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..backends.base import ModelEntry, classifier_response
+from ..config import ModelSettings
+from ..errors import ConfigurationError, Forbidden
+from ..gateway.call import Call
+from ..gateway.chain import Guard
+from ..monitor.summary import Summary
+from .base import Defense, LabelOnly
+from .chain import Chain
+from .spec import parse_defense
+
+log = logging.getLogger("modelfence.shaping")
+
+PROBABILITIES = "probabilities"
+
+
+def labels_only(defense: Defense) -> bool:
+    """Whether the answers under `defense` carry nothing but the decision."""
+    steps = defense.steps if isinstance(defense, Chain) else (defense,)
+    return any(isinstance(step, LabelOnly) for step in steps)
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    name: str
+    from_risk: float
+    defense: Defense
+
+
+def shaping_secret(server_secret: bytes, model: str) -> bytes:
+    """A per-model key for keyed noise and misinformation, derived from the server secret."""
+    return hmac.new(server_secret, f"shaping:{model}".encode(), hashlib.sha256).digest()
+
+
+def bands_for(model: ModelSettings, secret: bytes, summary: Summary | None) -> list[Band]:
+    """Parse a model's bands; any bad defense text fails start-up with the model's name."""
+    bands = []
+    for i, band in enumerate(model.shaping):
+        try:
+            defense = parse_defense(band.defense, secret=secret, summary=summary)
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"models[{model.name}].shaping[{i}]: {exc}") from None
+        bands.append(Band(band.name or band.defense, band.from_risk, defense))
+    return bands
+
+
+class ShapingGuard(Guard):
+    name: ClassVar[str] = "shaping"
+    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "outputs"})
+
+    def __init__(self, bands: dict[str, list[Band]]) -> None:
+        self._bands = {name: b for name, b in bands.items() if b}
+
+    @property
+    def active(self) -> bool:
+        return bool(self._bands)
+
+    def choose(self, model: str, risk: float, pins: tuple[str, ...]) -> Band | None:
+        bands = self._bands.get(model)
+        if not bands:
+            return None
+        if pins:
+            by_name = {b.name: b for b in bands}
+            known = [by_name[p] for p in pins if p in by_name]
+            if len(known) < len(pins):
+                log.warning("policy pins an unknown output band %s on model %s; using its "
+                            "strongest", sorted(set(pins) - set(by_name)), model)
+                return bands[-1]
+            return max(known, key=lambda b: b.from_risk)
+        chosen = bands[0]
+        for band in bands:
+            if risk >= band.from_risk:
+                chosen = band
+        return chosen
+
+    async def on_response(self, call: Call) -> None:
+        assert call.model is not None and call.principal is not None
+        band = self.choose(call.model.name, call.risk, call.pinned_bands)
+        if band is None or call.outputs is None:
+            return
+        tensor = call.outputs.output(PROBABILITIES)
+        if tensor is None:
+            return
+        call.shaping_band = band.name
+        proba = np.asarray(tensor.data, dtype=np.float64).reshape(tensor.shape[0], -1)
+        call.unshaped_proba = proba
+        rows = None
+        if band.defense.uses_inputs and call.inputs is not None:
+            x = np.asarray(call.inputs.inputs[0].data, dtype=np.float64)
+            rows = x.reshape(len(x), -1)
+        shaped = band.defense.apply(proba, inputs=rows, principal=call.principal.id)
+        self._replace(call, call.model, shaped, band)
+
+    @staticmethod
+    def _replace(call: Call, entry: ModelEntry, shaped: Any, band: Band) -> None:
+        assert call.outputs is not None
+        classes = entry.backend.class_values(shaped.shape[1])
+        answer = classifier_response(call.outputs.model_name, shaped, classes, call.outputs.id)
+        keep = answer.outputs
+        if labels_only(band.defense):
+            asked = call.inputs.outputs if call.inputs is not None else None
+            if asked and any(o.get("name") == PROBABILITIES for o in asked):
+                raise Forbidden(
+                    f"probabilities are withheld from this caller (output band {band.name!r}); "
+                    "ask for the 'label' output", reason="probabilities_withheld")
+            keep = [t for t in keep if t.name != PROBABILITIES]
+        call.outputs.outputs = keep
+        call.outputs.parameters = {**call.outputs.parameters, "shaping": band.name}
+
+
+def build_shaping(models: dict[str, ModelEntry], server_secret: bytes,
+                  summaries: dict[str, Summary]) -> ShapingGuard:
+    return ShapingGuard({
+        name: bands_for(entry.settings, shaping_secret(server_secret, name),
+                        summaries.get(name))
+        for name, entry in models.items()})

@@ -1,0 +1,238 @@
+"""The monitor and output shaping in the running gateway, over real HTTP.
+
+One gateway serves the digits model with the monitor on, three output bands (full answers,
+rounded top-3, labels only) and a Cedar policy that refuses callers whose risk passes 0.9
+once they have had 60 answers, and pins partners to full answers. A benign caller sending
+natural digits keeps full answers; a thief sending uniform random rows is moved to labels
+only within a few dozen queries, raises one alert (audit log, `modelfence alerts`, the admin
+API and a signed webhook), and is then refused by the policy. The state survives a restart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx2 as httpx
+import joblib
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from modelfence.monitor.summary import Summary
+
+from ..support import Gateway, cli, free_port, infer_body
+
+POLICY = """
+@id("own-grants")
+permit (principal, action in [Action::"infer", Action::"metadata"], resource)
+when { principal.models.contains(resource.name) };
+
+@id("partners-see-everything")
+@shaping("full")
+permit (principal, action == Action::"infer", resource)
+when { principal.groups.contains("partners") };
+
+@id("stop-likely-thieves")
+forbid (principal, action == Action::"infer", resource)
+when { context.risk.greaterThan(decimal("0.9")) && context.queries >= 60 };
+"""
+
+BANDS = [{"from_risk": 0.0, "defense": "none", "name": "full"},
+         {"from_risk": 0.3, "defense": "topk:3+round:2", "name": "reduced"},
+         {"from_risk": 0.5, "defense": "labels", "name": "labels"}]
+WEBHOOK_SECRET = "w" * 40
+
+
+def digits() -> np.ndarray[Any, Any]:
+    x, _ = load_digits(return_X_y=True)
+    return np.asarray(x, dtype=np.float64) / 16.0
+
+
+#: Rows the summary is fitted on, and rows benign callers send: disjoint random halves.
+SPLIT = np.random.default_rng(0).permutation(1797)
+FIT_ROWS, USE_ROWS = SPLIT[:900], SPLIT[900:]
+
+
+def fit_summary(model_path: Path, out: Path) -> Path:
+    """As `modelfence monitor fit` does: the model's own answers on natural data."""
+    model = joblib.load(model_path)
+    x = digits()[FIT_ROWS]
+    return Summary.fit(x, model.predict_proba(x)).save(out)
+
+
+class Hooks(BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Hooks.received.append((dict(self.headers), body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", free_port()), Hooks)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
+    server.shutdown()
+    server.server_close()
+
+
+def monitored_gateway(folder: Path, digits_files: dict[str, Path], *, extra_monitor:
+                      dict[str, Any] | None = None, webhook: str | None = None) -> Gateway:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "policy.cedar").write_text(POLICY)
+    (folder / "webhook-secret").write_text(WEBHOOK_SECRET)
+    summary = fit_summary(digits_files["joblib"], folder / "digits.summary.npz")
+    monitor: dict[str, Any] = {"state_dir": "monitor-state", **(extra_monitor or {})}
+    if webhook:
+        monitor["webhook"] = {"url": webhook, "secret_file": "webhook-secret"}
+    models = [{"name": "digits", "backend": {"type": "skops", "path": str(digits_files["skops"])},
+               "monitor": {"summary": str(summary)}, "shaping": BANDS}]
+    return Gateway(folder, models, extra={
+        "audit": {"sink": "sqlite:///audit.db"},
+        "policy": {"files": ["policy.cedar"]},
+        "monitor": monitor})
+
+
+def ask(gw: Gateway, key: str, rows: np.ndarray[Any, Any]) -> httpx.Response:
+    with httpx.Client(timeout=10) as client:
+        return client.post(f"{gw.url}/v2/models/digits/infer", json=infer_body(rows.tolist()),
+                           headers={"Authorization": f"Bearer {key}"})
+
+
+def wait_for(predicate: Any, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path],
+            webhook: str) -> Iterator[Gateway]:
+    gw = monitored_gateway(tmp_path_factory.mktemp("monitored"), digits_files,
+                           webhook=webhook).start()
+    yield gw
+    gw.stop()
+
+
+def thief_rows(n: int, seed: int = 7) -> np.ndarray[Any, Any]:
+    return np.random.default_rng(seed).uniform(0.0, 1.0, size=(n, 64))
+
+
+def test_benign_caller_keeps_full_answers(gateway: Gateway) -> None:
+    key = gateway.key(principal="reader")
+    rows = digits()[USE_ROWS]
+    order = np.random.default_rng(1).permutation(len(rows))[:150]
+    for i in order:
+        r = ask(gateway, key, rows[i:i + 1])
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["parameters"]["shaping"] == "full"
+        assert {o["name"] for o in answer["outputs"]} == {"probabilities", "label"}
+
+
+def test_thief_is_shaped_then_refused_and_alerted(gateway: Gateway) -> None:
+    key = gateway.key(principal="mallory", tenant="shady")
+    bands: list[str] = []
+    refused_at = None
+    for i, row in enumerate(thief_rows(120)):
+        r = ask(gateway, key, row[None, :])
+        if r.status_code == 403:
+            refused_at = i + 1
+            assert "stop-likely-thieves" in r.json()["error"]
+            break
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        bands.append(answer["parameters"]["shaping"])
+        names = [o["name"] for o in answer["outputs"]]
+        if bands[-1] == "labels":
+            assert names == ["label"]  # probabilities withheld, not faked as one-hot
+        time.sleep(0.005)
+    assert bands[0] == "full"
+    assert "labels" in bands and bands.index("labels") <= 40
+    assert refused_at == 61  # the forbid needs risk > 0.9 and 60 answers
+
+    # the band each answer was shaped by is in the audit log
+    rows = json.loads(cli("audit", "query", "--config", str(gateway.config), "--principal",
+                          "mallory", "--limit", "500", "--json").stdout)["records"]
+    shaped = [r["record"]["shaping"] for r in rows if r["record"]["action"] == "infer"]
+    assert shaped[0] == "full" and "labels" in shaped
+
+    # one alert, visible everywhere
+    alerts = json.loads(cli("alerts", "--config", str(gateway.config), "--json").stdout)
+    mine = [a["record"] for a in alerts["records"] if a["record"]["principal"] == "mallory"]
+    assert len(mine) == 1 and mine[0]["action"] == "alert:monitor"
+    admin = httpx.get(f"{gateway.url}/admin/alerts",
+                      headers={"Authorization": f"Bearer {gateway.admin_token}"}).json()
+    assert any(a["principal"] == "mallory" and a["risk"] >= 0.5 for a in admin["alerts"])
+    risk = httpx.get(f"{gateway.url}/admin/risk/digits", params={"principal": "mallory"},
+                     headers={"Authorization": f"Bearer {gateway.admin_token}"}).json()
+    assert risk["flagged"] and risk["detectors"]["ood"]["score"] > 0.5
+
+    wait_for(lambda: any(b"mallory" in body for _, body in Hooks.received))
+    headers, body = next((h, b) for h, b in Hooks.received if b"mallory" in b)
+    stamp, mac = (part.split("=", 1)[1] for part in
+                  headers["X-Modelfence-Signature"].split(","))
+    expected = hmac.new(WEBHOOK_SECRET.encode(), f"{stamp}.".encode() + body,
+                        hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(mac, expected)
+    assert json.loads(body)["kind"] == "principal"
+
+
+def test_partner_pinned_to_full_answers(gateway: Gateway) -> None:
+    args = ["keys", "create", "--config", str(gateway.config), "--principal", "partner",
+            "--tenant", "friends", "--model", "digits", "--group", "partners", "--json"]
+    key = json.loads(cli(*args).stdout)["key"]
+    for row in thief_rows(60, seed=3):
+        r = ask(gateway, key, row[None, :])
+        if r.status_code == 403:  # the pin shapes answers; it does not lift the forbid
+            break
+        assert r.json()["parameters"]["shaping"] == "full"
+
+
+def test_asking_for_withheld_probabilities_is_refused_clearly(gateway: Gateway) -> None:
+    key = gateway.key(principal="eve", tenant="eve-co")
+    body = infer_body(thief_rows(1).tolist())
+    body["outputs"] = [{"name": "probabilities"}]
+    for row in thief_rows(60, seed=11):
+        r = ask(gateway, key, row[None, :])
+        if r.json().get("parameters", {}).get("shaping") == "labels":
+            break
+    r = httpx.post(f"{gateway.url}/v2/models/digits/infer", json=body,
+                   headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 403
+    assert "withheld" in r.json()["error"] and "Traceback" not in r.text
+
+
+def test_risk_survives_a_restart(tmp_path: Path, digits_files: dict[str, Path]) -> None:
+    gw = monitored_gateway(tmp_path / "gw", digits_files).start()
+    try:
+        key = gw.key(principal="mallory", tenant="shady")
+        for row in thief_rows(40):
+            ask(gw, key, row[None, :])
+        time.sleep(0.2)
+        before = ask(gw, key, thief_rows(1, seed=99)).json()["parameters"]["shaping"]
+        assert before == "labels"
+    finally:
+        gw.stop()
+    gw.start()
+    try:
+        after = ask(gw, key, thief_rows(1, seed=98)).json()["parameters"]["shaping"]
+        assert after == "labels"
+    finally:
+        gw.stop()
