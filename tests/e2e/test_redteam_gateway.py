@@ -120,5 +120,6 @@ def test_assess_writes_json_and_html_for_a_model_file(
     assert (out / "report.html").read_text().count("<svg ") == 3
     refused = cli("assess", "demo", "--defenses", "rsig:1,0.1", check=False)
     assert refused.returncode == 2 and "would change answers" in refused.stderr
-    http = cli("assess", gateway_url := "http://127.0.0.1:9", check=False)
-    assert http.returncode == 2 and "use `modelfence attack" in http.stderr, gateway_url
+    http = cli("assess", "http://127.0.0.1:9/v2/models/digits", check=False,
+               env={"MODELFENCE_ADMIN_TOKEN": ""})
+    assert http.returncode == 2 and "needs its admin token" in http.stderr

@@ -3,7 +3,9 @@
 Thin, as every command: parse, call `modelfence.redteam`, print with rich. The library is
 imported inside the commands so that `modelfence --help` stays fast. A refusal by the
 gateway during an attack (401, 403, 429) is a finding, not a crash: the partial results are
-printed, then one yellow line says what stopped it, and the exit code is 3.
+printed, then one yellow line says what stopped it, and the exit code is 3. With the
+gateway's admin token, the monitor's risk score for the attacking key is read as the attack
+goes and printed per budget; the token is never printed or logged.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..config import KEY_ENV
+from ..config import ADMIN_TOKEN_ENV, KEY_ENV
 from ..errors import ModelfenceError, RequestError, UpstreamError
 from .common import console, err_console, fail
 
@@ -24,7 +26,7 @@ if TYPE_CHECKING:
 
 STOPPED_EXIT = 3
 TargetArg = Annotated[str, typer.Argument(
-    help="A model file (.skops, .onnx), 'demo', or (attack only) a gateway address "
+    help="A model file (.skops, .onnx), 'demo', or a gateway address "
          "http://HOST:PORT/v2/models/NAME")]
 PoolOption = Annotated[str, typer.Option(
     help="Attacker's data: a .npy/.npz/.csv/.parquet file, sklearn:NAME "
@@ -35,6 +37,15 @@ LabelColumn = Annotated[str | None, typer.Option(
     help="CSV/Parquet column with the true labels (for accuracy)")]
 Trust = Annotated[list[str] | None, typer.Option(
     "--trust", help="A type in the skops file to trust; repeat for more")]
+AdminToken = Annotated[str | None, typer.Option(
+    envvar=ADMIN_TOKEN_ENV, show_default=False, show_envvar=True,
+    help="The gateway's admin token: read the monitor's risk score as the attack goes "
+    "(assess: also mint one key per cell)")]
+RiskEvery = Annotated[int, typer.Option(
+    min=1, help="Over HTTP with --admin-token: read the risk score every N queries")]
+ModelName = Annotated[str | None, typer.Option(
+    help="Model name, if the address does not end in /v2/models/NAME")]
+BatchOption = Annotated[int, typer.Option(min=1, help="Rows per request over HTTP")]
 
 
 def _ints(text: str, option: str) -> list[int]:
@@ -78,24 +89,31 @@ def attack(
     eval_key: Annotated[str | None, typer.Option(
         help="Key for the held-out evaluation queries (default: --key)", show_default=False
     )] = None,
-    model_name: Annotated[str | None, typer.Option(
-        help="Model name, if the address does not end in /v2/models/NAME")] = None,
-    batch: Annotated[int, typer.Option(min=1, help="Rows per request over HTTP")] = 1,
+    model_name: ModelName = None,
+    batch: BatchOption = 1,
     label_column: LabelColumn = None,
     trust: Trust = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON"
                                                   )] = None,
+    admin_token: AdminToken = None,
+    principal: Annotated[str | None, typer.Option(
+        help="With --admin-token: the key's principal [default: looked up by the key's id]",
+        show_default=False)] = None,
+    risk_every: RiskEvery = 10,
 ) -> None:
     """Run one extraction attack and print fidelity and accuracy per budget."""
     from ..redteam import run_attack
 
     budget_list = _ints(budgets, "--budgets")
+    over_http = target.startswith(("http://", "https://"))
     try:
         with console.status(f"attacking {target} ({attack_name})…"):
             run = run_attack(target, attack=attack_name, thief=thief, pool=pool,
                              budgets=budget_list, seed=seed, defense=defense, key=key,
                              eval_key=eval_key, model_name=model_name, batch=batch,
-                             label_column=label_column, trusted_types=tuple(trust or ()))
+                             label_column=label_column, trusted_types=tuple(trust or ()),
+                             admin_token=admin_token if over_http else None,
+                             principal=principal, risk_every=risk_every)
     except UpstreamError as exc:  # unreachable, or a 5xx whose message says so
         raise fail(exc.message) from None
     except RequestError as exc:
@@ -131,13 +149,29 @@ def _print_run(run: AttackRun) -> None:
     console.print(f"pool: {run.pool}: {run.attack_rows:,} rows to query, {run.eval_rows:,} "
                   f"held out{asked}{acc}", soft_wrap=True, markup=False)
     table = Table("budget", "queries", "fidelity", "accuracy", "train s")
+    if r.risk_trail:
+        table.add_column("risk")
     for p in r.points:
-        table.add_row(f"{p.budget:,}", f"{p.queries:,}", f"{p.fidelity:.3f}",
-                      "—" if p.accuracy is None else f"{p.accuracy:.3f}", f"{p.train_s:.2f}")
+        row = [f"{p.budget:,}", f"{p.queries:,}", f"{p.fidelity:.3f}",
+               "—" if p.accuracy is None else f"{p.accuracy:.3f}", f"{p.train_s:.2f}"]
+        if r.risk_trail:
+            risk = r.risk_at(p.queries)
+            row.append("—" if risk is None else f"{risk:.2f}")
+        table.add_row(*row)
     console.print(table)
     over_http = run.target.startswith(("http://", "https://"))
     sent = f" in {r.requests:,} requests" if over_http else ""
     console.print(f"{r.queries:,} queries{sent}; {r.total_s:.2f} s")
+    if r.bands:
+        console.print("answers per shaping band: " + ", ".join(
+            f"{band} {n:,}" for band, n in r.bands.items()), soft_wrap=True, markup=False)
+    if r.risk_trail:
+        last, peak = r.risk_trail[-1], r.peak_risk
+        console.print(f"risk score of {r.principal}: {r.risk_trail[0][1]:.2f} at the start, "
+                      f"{last[1]:.2f} after {last[0]:,} queries (peak {peak:.2f})",
+                      soft_wrap=True, markup=False)
+    if run.note:
+        err_console.print(f"[yellow]note:[/] {run.note}", soft_wrap=True, highlight=False)
 
 
 def assess(
@@ -162,17 +196,28 @@ def assess(
     out: Annotated[Path, typer.Option(help="Folder for assessment.json and report.html")] = Path(
         "redteam-report"),
     trust: Trust = None,
+    admin_token: AdminToken = None,
+    model_name: ModelName = None,
+    batch: BatchOption = 1,
+    risk_every: RiskEvery = 10,
 ) -> None:
-    """Run attacks x defenses x budgets x seeds in-process; write JSON and an HTML report."""
-    from ..redteam import assess as run_assessment
+    """Run attacks x defenses x budgets x seeds and write JSON and an HTML report.
+
+    Against a model file the defenses are applied in-process, cells in parallel. Against a
+    gateway address (with its admin token) the attacks go through the gateway one cell at a
+    time, each with a freshly minted key: its own output shaping, monitor and quotas act.
+    """
     from ..redteam import write_report
+
+    if target.startswith(("http://", "https://")):
+        _assess_http(target, attacks, defenses, budgets, seeds, thief, pool, label_column,
+                     workers, dask, out, admin_token, model_name, batch, risk_every)
+        return
+    from ..redteam import assess as run_assessment
     from ..redteam.executors import executor_for
     from ..redteam.matrix import DEFAULT_ATTACKS, canonical_attack
     from ..shaping import DEFAULT_DEFENSES
 
-    if target.startswith(("http://", "https://")):
-        raise fail("assess runs against a model file or 'demo'; use `modelfence attack "
-                   "ADDRESS` for a live gateway", 2)
     try:
         attack_list = [canonical_attack(a) for a in _names(attacks) or DEFAULT_ATTACKS]
         defense_list = _names(defenses) or list(DEFAULT_DEFENSES)
@@ -203,6 +248,56 @@ def assess(
     console.print(f"wrote {json_path} and {html_path}", soft_wrap=True, markup=False)
 
 
+def _assess_http(target: str, attacks: str | None, defenses: str | None, budgets: str,
+                 seeds: int, thief: str, pool: str, label_column: str | None,
+                 workers: int | None, dask: str | None, out: Path, admin_token: str | None,
+                 model_name: str | None, batch: int, risk_every: int) -> None:
+    """`assess ADDRESS`: cells one after the other through the gateway, a bar per cell."""
+    from ..redteam import write_report
+    from ..redteam.matrix import DEFAULT_ATTACKS, canonical_attack
+    from ..redteam.run import assess_http
+
+    if not admin_token:
+        raise fail("assessing a gateway needs its admin token (--admin-token or "
+                   f"{ADMIN_TOKEN_ENV}) to mint one key per cell", 2)
+    if defenses is not None:
+        raise fail("--defenses apply in-process; through a gateway its own output shaping "
+                   "is what is measured", 2)
+    if workers is not None or dask is not None:
+        raise fail("through a gateway the cells run one after the other; drop --workers "
+                   "and --dask", 2)
+    budget_list = _ints(budgets, "--budgets")
+    try:
+        attack_list = [canonical_attack(a) for a in _names(attacks) or DEFAULT_ATTACKS]
+        progress = _progress()
+        bars = {a: progress.add_task(a, total=seeds) for a in dict.fromkeys(attack_list)}
+        total = progress.add_task("all cells", total=seeds * len(bars))
+        queries = progress.add_task("queries", total=max(budget_list))
+
+        def on_query(cell: str, answered: int, budget: int) -> None:
+            if not progress.live.is_started:  # shown once the gateway accepted the settings
+                progress.start()
+            progress.update(queries, completed=answered, total=budget,
+                            description=f"{cell} queries")
+
+        def tick(result: AttackResult, done: int, count: int) -> None:
+            progress.advance(bars[result.name])
+            progress.update(total, completed=done, total=count)
+
+        try:
+            result = assess_http(target, admin_token=admin_token, model_name=model_name,
+                                 attacks=attack_list, budgets=budget_list, seeds=seeds,
+                                 thief=thief, pool=pool, batch=batch, risk_every=risk_every,
+                                 label_column=label_column, progress=tick, on_query=on_query)
+        finally:
+            progress.stop()
+        json_path, html_path = write_report(result, out)
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+    _print_assessment(result)
+    console.print(f"wrote {json_path} and {html_path}", soft_wrap=True, markup=False)
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=False)
@@ -221,4 +316,16 @@ def _print_assessment(a: Assessment) -> None:
             row.append(f"{sum(v) / len(v):.3f}" if v else "—")
         table.add_row(at, *row)
     console.print(table)
+    if a.remote:
+        cells = Table("attack", "seed", "queries", "fidelity", "peak risk", "stopped",
+                      title="cells through the gateway")
+        for c in a.cells:
+            last = c.points[-1] if c.points else None
+            peak = c.peak_risk
+            cells.add_row(c.name, str(c.seed), f"{c.queries:,}",
+                          "—" if last is None else f"{last.fidelity:.3f}",
+                          "—" if peak is None else f"{peak:.2f}",
+                          "—" if c.stopped is None else f"{c.stopped.status} after "
+                          f"{c.stopped.after:,}")
+        console.print(cells)
     console.print(f"{len(a.cells)} cells on {a.executor} in {a.elapsed_s:.1f} s")

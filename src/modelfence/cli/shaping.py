@@ -35,7 +35,8 @@ def tradeoff(
     )] = "sklearn:digits",
     defense: Annotated[list[str] | None, typer.Option(
         "--defense", "-d", help="A defense to measure (repeat for more): none, round:D, "
-        "topk:K, labels, rsig:BETA,GAMMA, noise:SCALE, misinfo[:TAU[,NU]], A+B "
+        "topk:K, labels, rsig:BETA,GAMMA, noise:SCALE, misinfo[:TAU[,NU]], A+B, "
+        "watched:DEFENSE (DEFENSE once the monitor flags the caller) "
         "\\[default: one of each kind and the settings tuned on digits]", show_default=False
     )] = None,
     budgets: Annotated[str, typer.Option(

@@ -1,7 +1,8 @@
 """Results of attack runs and assessments as plain data: what the CLI prints, the report
 draws and the JSON file keeps. Only numbers and strings, so results load back without
 modelfence objects and compare exactly across runs (timings are kept apart from metrics
-for that reason)."""
+for that reason, and so is what a live gateway's monitor and shaping did: the risk trail
+and the answers per band depend on when the monitor took in each query)."""
 
 from __future__ import annotations
 
@@ -47,10 +48,32 @@ class AttackResult:
     stopped: Stop | None = None
     collect_s: float = field(compare=False, default=0.0)
     total_s: float = field(compare=False, default=0.0)
+    #: Over HTTP: the attacking principal, the rows answered per output-shaping band, and
+    #: (with the admin token, on a monitored model) its risk score as (queries, risk).
+    principal: str | None = field(compare=False, default=None)
+    bands: dict[str, int] = field(compare=False, hash=False, default_factory=dict)
+    risk_trail: tuple[tuple[int, float], ...] = field(compare=False, default=())
 
     @property
     def name(self) -> str:
         return self.attack if self.variant == "soft" else f"{self.attack}:labels"
+
+    def at_budget(self, budget: int) -> BudgetPoint | None:
+        """The thief at `budget`; for an attack stopped before it, the last one it had."""
+        exact = [p for p in self.points if p.budget == budget]
+        if exact or self.stopped is None:
+            return exact[0] if exact else None
+        before = [p for p in self.points if p.budget < budget]
+        return before[-1] if before else None
+
+    def risk_at(self, queries: int) -> float | None:
+        """The last risk reading taken at or before `queries` answered queries."""
+        seen = [r for q, r in self.risk_trail if q <= queries]
+        return seen[-1] if seen else None
+
+    @property
+    def peak_risk(self) -> float | None:
+        return max((r for _, r in self.risk_trail), default=None)
 
     def metrics(self) -> list[tuple[int, int, float, float | None]]:
         """(budget, queries, fidelity, accuracy) per budget: what must repeat for a seed."""
@@ -63,7 +86,10 @@ class AttackResult:
     def from_dict(cls, d: dict[str, Any]) -> AttackResult:
         stop = d.get("stopped")
         return cls(**{**d, "points": tuple(BudgetPoint(**p) for p in d["points"]),
-                      "stopped": Stop(**stop) if stop else None})
+                      "stopped": Stop(**stop) if stop else None,
+                      "bands": {str(k): int(v) for k, v in (d.get("bands") or {}).items()},
+                      "risk_trail": tuple((int(q), float(r))
+                                          for q, r in d.get("risk_trail") or ())})
 
 
 @dataclass(frozen=True)
@@ -79,6 +105,7 @@ class AttackRun:
     victim_accuracy: float | None
     n_classes: int
     n_features: int
+    note: str | None = None  # e.g. why there is no risk trail
 
 
 @dataclass(frozen=True)
@@ -88,8 +115,11 @@ class DefenseSummary:
     spec: str
     description: str
     benign_accuracy: float | None  # argmax of the shaped answer vs the true labels
-    benign_agreement: float  # argmax of the shaped answer vs the model's own decision
-    distortion: float  # mean total-variation distance from the model's probabilities
+    #: argmax of the shaped answer vs the model's own decision, and the mean total-variation
+    #: distance from the model's probabilities; None through a gateway, whose unshaped
+    #: answers a caller cannot see
+    benign_agreement: float | None
+    distortion: float | None
 
 
 @dataclass(frozen=True)
@@ -111,6 +141,11 @@ class Assessment:
     created: str
     elapsed_s: float = field(compare=False, default=0.0)
 
+    @property
+    def remote(self) -> bool:
+        """Run through a live gateway (its shaping, monitor and quotas acting)."""
+        return self.target.startswith(("http://", "https://"))
+
     def to_dict(self) -> dict[str, Any]:
         return {"modelfence_assessment": 1, **asdict(self)}
 
@@ -123,6 +158,8 @@ class Assessment:
                       "cells": tuple(AttackResult.from_dict(c) for c in d["cells"])})
 
     def fidelity(self, attack: str, defense: str, budget: int) -> list[float]:
-        """Fidelity per seed for one cell of the matrix at one budget."""
-        return [p.fidelity for c in self.cells if c.name == attack and c.defense == defense
-                for p in c.points if p.budget == budget]
+        """Fidelity per seed for one cell of the matrix at one budget (a cell the gateway
+        stopped before `budget` counts with the thief it had when it was stopped)."""
+        points = (c.at_budget(budget) for c in self.cells
+                  if c.name == attack and c.defense == defense)
+        return [p.fidelity for p in points if p is not None]

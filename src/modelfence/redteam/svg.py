@@ -2,7 +2,9 @@
 
 A report must open anywhere, offline, years later, so the plots are drawn as SVG text
 embedded in the page. Only what the report needs is here: line charts with a min-max band
-on a log budget axis, and a labelled scatter plot. Every mark carries a <title>, which
+on a log budget axis (or a linear one, for the risk score over queries), and a labelled
+scatter plot. Points that are not numbers (a budget a stopped attack never reached) are
+left out of their line. Every mark carries a <title>, which
 browsers show as a tooltip with the exact number.
 """
 
@@ -91,14 +93,31 @@ def _svg(body: list[str], label: str) -> str:
             + "".join(body) + "</svg>")
 
 
+def _nice_step(span: float) -> float:
+    """A round tick step (1, 2 or 5 times a power of ten) giving about five ticks."""
+    raw = max(span, 1e-9) / 5
+    power = 10.0 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+
+
 def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: str,
-               y_range: tuple[float, float] = (0.0, 1.0)) -> str:
-    """Lines over a log x axis (budgets), ticks at the x values, optional min-max bands."""
-    xs = sorted({x for s in series for x in s.xs})
-    frame = _Frame((xs[0], xs[-1]) if xs else (1.0, 10.0), y_range, log_x=True)
-    body = frame.axes(title, x_label, y_label, xs, [0, 0.2, 0.4, 0.6, 0.8, 1.0],
-                      [f"{int(x):,}" for x in xs])
-    for s in series:
+               y_range: tuple[float, float] = (0.0, 1.0), log_x: bool = True,
+               markers: bool = True) -> str:
+    """Lines with optional min-max bands: over a log x axis with ticks at the x values
+    (budgets), or over a linear axis from 0 with round ticks (`log_x=False`)."""
+    clean = [_finite(s) for s in series]
+    xs = sorted({x for s in clean for x in s.xs})
+    if log_x:
+        frame = _Frame((xs[0], xs[-1]) if xs else (1.0, 10.0), y_range, log_x=True)
+        x_ticks: list[float] = list(xs)
+    else:
+        step = _nice_step(xs[-1] if xs else 1.0)
+        top = step * max(1, math.ceil((xs[-1] if xs else 1.0) / step))
+        frame = _Frame((0.0, top), y_range, log_x=False)
+        x_ticks = [i * step for i in range(round(top / step) + 1)]
+    body = frame.axes(title, x_label, y_label, x_ticks, [0, 0.2, 0.4, 0.6, 0.8, 1.0],
+                      [f"{int(x):,}" for x in x_ticks])
+    for s in clean:
         pts = [(frame.px(x), frame.py(y)) for x, y in zip(s.xs, s.ys, strict=True)]
         if s.low is not None and s.high is not None and len(pts) > 1:
             upper = [(frame.px(x), frame.py(v)) for x, v in zip(s.xs, s.high, strict=True)]
@@ -111,9 +130,23 @@ def line_chart(series: Sequence[Series], *, title: str, x_label: str, y_label: s
                     f'stroke-width="2" data-series="{escape(s.name)}">'
                     f'<title>{escape(s.name)}</title></polyline>')
         for (a, b), x, y in zip(pts, s.xs, s.ys, strict=True):
-            body.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="3" fill="{s.color}"><title>'
-                        f'{escape(s.name)}: {y:.3f} at {int(x):,}</title></circle>')
+            body.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="{3 if markers else 1.5}" '
+                        f'fill="{s.color}"><title>{escape(s.name)}: {y:.3f} at {int(x):,}'
+                        '</title></circle>')
     return _svg(body, title)
+
+
+def _finite(s: Series) -> Series:
+    """The series without the points whose value is not a number."""
+    keep = [i for i, y in enumerate(s.ys) if math.isfinite(y)]
+    if len(keep) == len(s.ys):
+        return s
+
+    def pick(values: Sequence[float] | None) -> list[float] | None:
+        return None if values is None else [values[i] for i in keep]
+
+    return Series(s.name, [s.xs[i] for i in keep], [s.ys[i] for i in keep], s.color,
+                  pick(s.low), pick(s.high))
 
 
 def scatter_chart(points: Sequence[Point], *, title: str, x_label: str, y_label: str,

@@ -44,7 +44,11 @@ from .tradeoff_table import Column, Row, Tradeoff
 
 #: The table's defenses: one of each kind, then the settings tuned on digits.
 DEFAULT_DEFENSES = ("none", "round:2", "topk:3", "labels", "rsig:0.8,1.2", "noise:2",
-                    "rsig:0.95,1.05", "misinfo", "misinfo+rsig:0.95,1.05")
+                    "rsig:0.95,1.05", "misinfo", "misinfo+rsig:0.95,1.05",
+                    "watched:misinfo:0.01")
+#: ``watched:DEFENSE``: the gateway's loop, in-process: the extraction monitor scores the
+#: caller, and once it is flagged its answers go through DEFENSE (the risk band).
+WATCHED = "watched:"
 DEFAULT_BUDGETS = (500, 2000, 5000)
 AUGMENTED_BUDGET = 2000
 #: (attack, title prefix): natural-data thieves run at every budget, the others at one.
@@ -126,6 +130,50 @@ class ShapedAnswers(Oracle):
         return Answers(shaped_labels(a.proba, shaped), shaped)
 
 
+class WatchedAnswers(Oracle):
+    """The monitor and one risk band, row by row as the gateway serves them: answers are the
+    model's own until the caller's risk reaches the threshold, then `defense` shapes them.
+    Queries are spaced 50 ms apart on a simulated clock (the volume detector sees a steady
+    caller, not a flood)."""
+
+    def __init__(self, inner: LocalVictim, defense: Defense, summary: Summary,
+                 principal: str) -> None:
+        from ..monitor.score import Monitor
+
+        defense.check(inner.n_classes)
+        self._inner, self._defense, self._principal = inner, defense, principal
+        self.monitor = Monitor(summary)
+        self._clock = 0.0
+        self.n_classes, self.n_features = inner.n_classes, inner.n_features
+        self.classes = inner.classes
+        self.description = f"{inner.description}, {defense.spec} once flagged"
+
+    def ask(self, x: Array) -> Answers:
+        a = self._inner.ask(x)
+        assert a.proba is not None
+        out = a.proba.copy()
+        threshold = self.monitor.settings.threshold
+        for i in range(len(x)):
+            if self.monitor.peek(self._principal) >= threshold:
+                out[i:i + 1] = self._defense.apply(a.proba[i:i + 1], inputs=x[i:i + 1],
+                                                   principal=self._principal)
+            self.monitor.observe(self._principal, x[i:i + 1], a.proba[i:i + 1],
+                                 now=self._clock)
+            self._clock += 0.05
+        out = out.astype(np.float32).astype(np.float64)
+        return Answers(shaped_labels(a.proba, out), out)
+
+
+def make_oracle(setting: Setting, spec: str, seed: int, principal: str) -> Oracle:
+    """What a caller of `spec` is answered by: a defense, or the monitor and a band."""
+    watched = spec.startswith(WATCHED)
+    defense = parse_defense(spec.removeprefix(WATCHED), secret=defense_secret(seed),
+                            summary=setting.summary)
+    if watched:
+        return WatchedAnswers(setting.victim.load(), defense, setting.summary, principal)
+    return ShapedAnswers(setting.victim.load(), defense, principal)
+
+
 class RescaledKnockoff(KnockoffRandom):
     """Knockoff (random) with soft labels, its thief trained on each answer's log-probabilities
     scaled to unit spread: a squeeze toward uniform (reverse sigmoid with beta near 1) shrinks
@@ -155,12 +203,11 @@ class Cell:
 def run_cell(cell: Cell) -> tuple[Cell, dict[int, float]]:
     """One thief against one defense with one seed: fidelity per budget."""
     s = cell.setting
-    defense = parse_defense(cell.spec, secret=defense_secret(cell.seed), summary=s.summary)
-    oracle = ShapedAnswers(s.victim.load(), defense, principal="thief")
+    oracle = make_oracle(s, cell.spec, cell.seed, "thief")
     attack = RescaledKnockoff("soft", cell.seed) if cell.attack == RESCALED else make_attack(
         cell.attack, cell.seed)
     result = execute(attack, oracle, s.pool, s.held,
-                     budgets=cell.budgets, thief=cell.thief, defense=defense.spec)
+                     budgets=cell.budgets, thief=cell.thief, defense=cell.spec)
     return cell, {p.budget: p.fidelity for p in result.points}
 
 
@@ -172,8 +219,13 @@ def benign(setting: Setting, spec: str, seeds: Sequence[int]) -> tuple[float | N
     assert proba is not None
     accs, changes = [], []
     for seed in seeds:
-        d = parse_defense(spec, secret=defense_secret(seed), summary=setting.summary)
-        labels = shaped_labels(proba, d.apply(proba, inputs=x, principal=BENIGN))
+        if spec.startswith(WATCHED):  # a benign caller sends the test rows in random order
+            order = np.random.default_rng(seed).permutation(len(x))
+            labels = np.empty(len(x), dtype=np.int64)
+            labels[order] = make_oracle(setting, spec, seed, BENIGN).ask(x[order]).labels
+        else:
+            d = parse_defense(spec, secret=defense_secret(seed), summary=setting.summary)
+            labels = shaped_labels(proba, d.apply(proba, inputs=x, principal=BENIGN))
         accs.append(accuracy(labels, victim.classes, held.y))
         changes.append(int(np.sum(labels != held.labels)))
     acc = None if accs[0] is None else float(np.mean([a for a in accs if a is not None]))
@@ -203,10 +255,14 @@ def tradeoff(data: str | Setting = "sklearn:digits", *,
     specs: list[str] = []
     descriptions: dict[str, str] = {}
     for text in defenses:  # every setting is checked before the first query
-        d = parse_defense(text, secret=defense_secret(0), summary=setting.summary)
+        watched = text.startswith(WATCHED)
+        d = parse_defense(text.removeprefix(WATCHED), secret=defense_secret(0),
+                          summary=setting.summary)
         d.check(victim.n_classes)
-        specs.append(d.spec)
-        descriptions[d.spec] = d.description
+        spec = WATCHED + d.spec if watched else d.spec
+        specs.append(spec)
+        descriptions[spec] = (f"monitor, then once flagged: {d.description}" if watched
+                              else d.description)
     specs = list(dict.fromkeys(specs))
     columns = tuple(Column(a, b, f"{t} {b:,}") for a, t in NATURAL for b in budget_list) + \
         tuple(Column(a, aug[0], f"{t} {aug[0]:,}") for a, t in AUGMENTED)
