@@ -109,6 +109,36 @@ def test_benign_repeating_user_stays_low(world: World) -> None:
     assert first is None and top < 0.5
 
 
+def test_users_of_one_or_two_classes_stay_low(world: World) -> None:
+    """Each class alone, and pairs, resampled: PRADA's distances then come from one class (a
+    rare style far from the rest must not decide the test) and margins from a class the model
+    may often confuse (compared with that class's own cut)."""
+    labels = world.proba(world.held).argmax(axis=1)
+    rng = np.random.default_rng(0)
+    for classes in [[c] for c in range(10)] + [[1, 8], [3, 5], [4, 9]]:
+        rows = world.held[np.isin(labels, classes)]
+        xs = np.concatenate([rows[rng.permutation(len(rows))] for _ in range(2000 // len(rows))])
+        first, top = replay(world, xs)
+        assert first is None and top < 0.5, (classes, top)
+
+
+def test_a_repeated_row_counts_once(world: World) -> None:
+    """Out-of-distribution rows each sent three times in a row (a client retrying) weigh as
+    much as sent once, except for volume, which counts load."""
+    calm = world.benign(100, 12)
+    odd = world.attack(UniformRandom("soft", 5), 10)
+    once, thrice = Monitor(world.summary), Monitor(world.summary)
+    for monitor, xs in ((once, np.concatenate([calm, odd])),
+                        (thrice, np.concatenate([calm, np.repeat(odd, 3, axis=0)]))):
+        p = world.proba(xs)
+        for i in range(len(xs)):
+            monitor.observe("caller", xs[i:i + 1], p[i:i + 1], now=1e9 + i)
+    a, b = once.risk("caller"), thrice.risk("caller")
+    assert (a.queries, b.queries) == (110, 130)
+    for name in ("prada", "boundary", "duplicates", "ood", "coverage"):
+        assert a.readings[name] == b.readings[name], name
+
+
 @pytest.mark.parametrize("attack", [UniformRandom("soft", 0), JacobianAugmentation("soft", 0)],
                          ids=lambda a: a.kind)
 def test_synthetic_attacks_flagged_within_200(world: World, attack: Attack) -> None:
@@ -136,6 +166,7 @@ def test_memory_is_bounded(world: World) -> None:
         if step in (9, 99):
             sizes.append(monitor.state_bytes("caller"))
     assert sizes[0] == sizes[1] > 0
+    assert sizes[0] <= 120 * 1024  # float32 rows: 10,000 callers in about 1.2 GB
     assert monitor.risk("caller").queries == 100_000
 
 
@@ -158,6 +189,7 @@ def test_settings_and_shapes_are_checked(world: World) -> None:
 
 
 def test_noisy_or() -> None:
+    assert Reading(0.5, lambda: "late") == Reading(0.5, "late")  # explanations format lazily
     assert combine({}) == 0.0
     assert combine({"a": Reading(0.5, ""), "b": Reading(0.5, "")}) == pytest.approx(0.75)
     assert combine({"a": Reading(1.0, ""), "b": Reading(0.0, "")}) == 1.0

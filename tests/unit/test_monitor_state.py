@@ -293,6 +293,7 @@ def snapshot(world: World) -> bytes:
     ({"header": {"n_features": 3}}, "3 features"),
     ({"header": {"summary": "0" * 16}}, "different summary"),
     ({"principal.prada.dmin": np.zeros((1, 5))}, "dmin"),
+    ({"principal.repeats.digests": np.zeros((1, 5), np.int64)}, "repeat digests"),
     ({"principal.queries": np.zeros(2, np.int64)}, "inconsistent"),
     ({"tenant.coverage.cells": np.full((1, 32), 999, np.int32)}, "out of range"),
     ({"principal.peers.values": np.zeros(3)}, "peer table"),

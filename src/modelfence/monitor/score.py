@@ -11,9 +11,11 @@ over many keys is judged on the whole of it. Each kind has its own LRU table cap
 `max_principals` and its own `PeerStats`; with each caller's state fixed in size, the
 monitor's memory is bounded by settings alone.
 
-`observe` recomputes the risk of the callers it updates and caches it, so the request path
-reads a risk with one dictionary lookup (`peek`), and reports callers that have just crossed
-the threshold (`Crossing`). `snapshot` and `restore` carry the whole state as plain arrays
+Each caller's rows pass its `Repeats` first: exact repeats of its recent rows reach only the
+volume detector. `observe` recomputes the risk of the callers it updates (the readings of
+detectors that saw new rows) and caches it, so the request path reads a risk with one
+dictionary lookup (`peek`), and reports callers that have just crossed the threshold
+(`Crossing`). `snapshot` and `restore` carry the whole state as plain arrays
 (.npz, no pickle) for persistence and for replicas that share one monitor's state.
 """
 
@@ -31,11 +33,12 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import ConfigurationError
-from .detectors import DETECTORS, Cells, Detector, PeerStats, Reading, Shared
+from .detectors import DETECTORS, ROW, Cells, Detector, PeerStats, Reading, Repeats, Shared
 from .summary import Array, Summary
 
-#: What `snapshot` writes; `restore` reads only this format and version.
-SNAPSHOT_FORMAT, SNAPSHOT_VERSION = "modelfence-monitor", 1
+#: What `snapshot` writes; `restore` reads only this format and version (2: float32 rows,
+#: each caller's repeat digests, the peer table's latest hour).
+SNAPSHOT_FORMAT, SNAPSHOT_VERSION = "modelfence-monitor", 2
 
 Kind = Literal["principal", "tenant"]
 
@@ -94,18 +97,39 @@ def combine(readings: dict[str, Reading]) -> float:
 
 
 class CallerState:
-    """All detectors for one caller, its query count and its latest risk."""
+    """All detectors for one caller, its recent rows' digests, its query count and risk."""
 
     def __init__(self, summary: Summary, names: tuple[str, ...], *, key: str,
                  shared: Shared) -> None:
         self.detectors: dict[str, Detector] = {
             n: DETECTORS[n].for_caller(summary, key=key, shared=shared) for n in names}
+        self.repeats = Repeats()
         self.queries = 0
         self.risk = NO_RISK
 
+    def observe(self, x: Array, z: Array, p: Array, now: float) -> set[str]:
+        """Show the rows (raw `x`, standardized `z`) to the detectors, repeats only to those
+        that count them; returns the names of the detectors that saw any."""
+        if len(x) == 1:  # the request path: no mask to build
+            zf, pf = (z[:0], p[:0]) if self.repeats.seen(x[0]) else (z, p)
+        else:
+            fresh = self.repeats.fresh(x)
+            zf, pf = (z, p) if fresh.all() else (z[fresh], p[fresh])
+        seen = set()
+        for name, det in self.detectors.items():
+            if det.sees_repeats:
+                det.observe(z, p, now)
+            elif len(zf):
+                det.observe(zf, pf, now)
+            else:
+                continue
+            seen.add(name)
+        self.queries += len(z)
+        return seen
+
     @property
     def nbytes(self) -> int:
-        return sum(d.nbytes for d in self.detectors.values())
+        return sum(d.nbytes for d in self.detectors.values()) + self.repeats.nbytes
 
 
 class Table:
@@ -171,18 +195,16 @@ class Monitor:
         at = time.time() if now is None else float(now)
         if not math.isfinite(at):
             raise ConfigurationError(f"monitor observe needs a finite time, got {now}")
-        z = self.summary.transform(x)
+        z = np.divide(x - self.summary.mean, self.summary.scale, dtype=ROW)
         subjects: list[tuple[Kind, str]] = [("principal", principal)]
         if tenant is not None:
             subjects.append(("tenant", tenant))
         crossings = []
         for kind, key in subjects:
             state = self._tables[kind].touch(key)
-            for det in state.detectors.values():
-                det.observe(z, p, at)
-            state.queries += len(x)
+            seen = state.observe(x, z, p, at)
             was = state.risk.flagged
-            state.risk = self._assess(state)
+            state.risk = self._assess(state, seen)
             if state.risk.flagged and not was:
                 crossings.append(Crossing(kind, key, state.risk))
         return crossings
@@ -199,8 +221,11 @@ class Monitor:
                 f"{self.summary.n_classes} probabilities each; got {x.shape} and {p.shape}")
         return x, p
 
-    def _assess(self, state: CallerState) -> Risk:
-        readings = {n: d.score() for n, d in state.detectors.items()}
+    def _assess(self, state: CallerState, seen: set[str]) -> Risk:
+        """The risk from fresh readings of the detectors in `seen`, kept ones of the rest."""
+        kept = state.risk.readings
+        readings = {n: d.score() if n in seen or n not in kept else kept[n]
+                    for n, d in state.detectors.items()}
         score = combine(readings)
         return Risk(score, score >= self.settings.threshold, state.queries, readings)
 
@@ -255,6 +280,10 @@ class Monitor:
                                                                            strict=True)],
                 np.float64).reshape(len(states), 1 + len(names))
             arrays.update({f"{kind}.peers.{k}": v for k, v in peer_arrays.items()})
+            digests = [s.repeats.state() for s in states]
+            for k, blank in Repeats().state().items():
+                arrays[f"{kind}.repeats.{k}"] = np.stack(
+                    [d[k] for d in digests]) if digests else blank[None][:0]
             for n in names:
                 parts = [s.detectors[n].state() for s in states]
                 for k in parts[0] if parts else ():
@@ -327,6 +356,8 @@ class Monitor:
             state = table.states[keys[i]] = table.new(keys[i])
             for name, det in state.detectors.items():
                 det.load({k: _row(arrays, f"{kind}.{name}.{k}", i, n) for k in det.state()})
+            state.repeats.load({k: _row(arrays, f"{kind}.repeats.{k}", i, n)
+                                for k in state.repeats.state()})
             state.queries = int(queries[i])
             readings = {name: Reading(float(risks[i, 1 + j]), str(whys[i][j]))
                         for j, name in enumerate(names)}

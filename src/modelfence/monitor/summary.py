@@ -9,8 +9,9 @@ one. `Summary.fit` is run once when the model is registered (the future
 - a k-means codebook of the standardized data and the 99th percentile of the data's own
   distance to its nearest centroid (the out-of-distribution radius);
 - how often each cell and each predicted class occurs (the expected coverage);
-- the share of rows with a small top-1 margin (the expected boundary share) and the typical
-  nearest-neighbour distance (the near-duplicate radius).
+- per predicted class, a low quantile of the top-1 margin (what counts as near the boundary);
+- the distance within which natural rows of a class rarely come (the near-duplicate radius)
+  and the lowest PRADA statistic of benign replays (its floor).
 
 Give it rows the model was *not* trained on where possible: on its own training rows a
 model is over-confident, and the boundary baseline comes out too low.
@@ -28,11 +29,14 @@ import numpy as np
 from ..errors import ConfigurationError
 
 Array = np.ndarray[Any, Any]
-#: Version of the file `Summary.save` writes; `load` refuses any other.
-FORMAT_VERSION = 1
+#: Version of the file `Summary.save` writes; `load` refuses any other (2: per-class margin
+#: cuts, a same-class near-duplicate radius and a trimmed PRADA floor).
+FORMAT_VERSION = 2
 #: A feature's scale is at least this share of the mean scale, so that a near-constant
 #: feature (an always-blank pixel) cannot dominate every distance.
 FLOOR = 0.5
+#: A class with fewer rows than this gets the margin cut of all rows.
+MIN_CLASS_ROWS = 20
 
 
 def top1_margin(proba: Array) -> Array:
@@ -52,11 +56,11 @@ class Summary:
     ood_radius: float  # 99th percentile of the data's own nearest-centroid distance
     cell_freq: Array  # [cells], sums to 1
     class_freq: Array  # [k], sums to 1
-    margin_cut: float  # a query is "near the boundary" below this top-1 margin
-    boundary_share: float  # share of the data below margin_cut
+    margin_cuts: Array  # [k] near the boundary below this top-1 margin, per predicted class
+    boundary_share: float  # share of the data below its class's cut
     dup_radius: float  # "near-duplicate" below this standardized distance
     nn_median: float  # median nearest-neighbour distance in the data
-    prada_w: float = 0.94  # lowest Shapiro-Wilk W seen on replays of the data (PRADA's delta)
+    prada_w: float = 0.94  # lowest (trimmed) W on benign replays, less a slack (PRADA's delta)
 
     @property
     def n_classes(self) -> int:
@@ -77,8 +81,14 @@ class Summary:
         return cell, np.sqrt(d2[np.arange(len(z)), cell])
 
     @classmethod
-    def fit(cls, x: Array, proba: Array, *, cells: int = 32, margin_cut: float = 0.5,
+    def fit(cls, x: Array, proba: Array, *, cells: int = 32, boundary_quantile: float = 0.3,
             seed: int = 0) -> Summary:
+        """Summarize rows [n, d] and the model's probabilities for them [n, k].
+
+        A class's margin cut is the `boundary_quantile` of its rows' margins (the quantile
+        of all rows for a class with fewer than `MIN_CLASS_ROWS`), so near-boundary queries
+        are `boundary_quantile` of benign ones whatever classes a user asks about.
+        """
         from sklearn.cluster import KMeans
 
         x = np.asarray(x, dtype=np.float64)
@@ -97,7 +107,7 @@ class Summary:
         d_cent = np.sqrt(((z[:, None, :] - centroids[None]) ** 2).sum(axis=2))
         labels = d_cent.argmin(axis=1)
         own = d_cent[np.arange(len(z)), labels]
-        # nearest-neighbour distances on (at most) 2,000 rows: the near-duplicate scale
+        # nearest-neighbour distances on (at most) 2,000 rows: the data's typical spacing
         sub = z[np.random.default_rng(seed).permutation(len(z))[:2000]]
         sq = (sub**2).sum(axis=1)
         d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * sub @ sub.T, 0.0)
@@ -105,18 +115,23 @@ class Summary:
         nn = np.sqrt(d2.min(axis=1))
         predicted = proba.argmax(axis=1)
         k = proba.shape[1]
+        margin = top1_margin(proba)
+        overall = float(np.quantile(margin, boundary_quantile))
+        cuts = np.array([
+            float(np.quantile(margin[predicted == c], boundary_quantile))
+            if np.sum(predicted == c) >= MIN_CLASS_ROWS else overall for c in range(k)])
+        from .detectors import DistanceNormality, NearDuplicates  # they import this module
+
         summary = cls(
             mean=mean, scale=scale, centroids=centroids,
             ood_radius=float(np.quantile(own, 0.99)),
             cell_freq=np.bincount(labels, minlength=cells) / len(z),
             class_freq=np.bincount(predicted, minlength=k) / len(z),
-            margin_cut=margin_cut,
-            boundary_share=float(np.mean(top1_margin(proba) < margin_cut)),
-            dup_radius=float(np.quantile(nn, 0.01)) * 0.5,
+            margin_cuts=cuts,
+            boundary_share=float(np.mean(margin < cuts[predicted])),
+            dup_radius=NearDuplicates.calibrate(z, predicted, seed),
             nn_median=float(np.median(nn)),
         )
-        from .detectors import DistanceNormality  # detectors import this module
-
         return replace(summary, prada_w=DistanceNormality.calibrate(summary, z, proba, seed))
 
     def save(self, path: Path | str) -> Path:
@@ -164,13 +179,14 @@ class Summary:
 
     @classmethod
     def _checked(cls, path: Path, a: dict[str, Array]) -> Summary:
-        vectors = ("mean", "scale", "centroids", "cell_freq", "class_freq")
+        vectors = ("mean", "scale", "centroids", "cell_freq", "class_freq", "margin_cuts")
         d = a["mean"].shape[0] if a["mean"].ndim == 1 else -1
         ok = (all(v.dtype.kind in "iuf" for v in a.values())
               and d > 0 and a["scale"].shape == (d,) and a["centroids"].ndim == 2
               and a["centroids"].shape[1] == d
               and a["cell_freq"].shape == (a["centroids"].shape[0],)
               and a["class_freq"].ndim == 1 and len(a["class_freq"]) > 0
+              and a["margin_cuts"].shape == a["class_freq"].shape
               and all(a[k].shape == () for k in a if k not in vectors)
               and all(np.isfinite(v).all() for v in a.values())
               and bool((a["scale"] > 0).all()))
