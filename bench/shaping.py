@@ -18,10 +18,17 @@ import numpy as np
 
 from modelfence.redteam.run import defense_secret
 from modelfence.shaping import parse_defense
-from modelfence.shaping.tradeoff import DEFAULT_BUDGETS, DEFAULT_DEFENSES, prepare, tradeoff
+from modelfence.shaping.tradeoff import (
+    DEFAULT_BUDGETS,
+    DEFAULT_DEFENSES,
+    WATCHED,
+    prepare,
+    tradeoff,
+)
 
 COST_TARGET_US = 20.0
-COST_DEFENSES = (*DEFAULT_DEFENSES, "misinfo:0.5")  # misinfo:0.5 lies on most rows
+# misinfo:0.5 lies on most rows; a watched row costs its defense plus the monitor's observe
+COST_DEFENSES = (*(d for d in DEFAULT_DEFENSES if not d.startswith(WATCHED)), "misinfo:0.5")
 
 
 def costs_us(specs: tuple[str, ...], x: np.ndarray, proba: np.ndarray, summary: object,

@@ -13,6 +13,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import yaml
@@ -48,6 +49,7 @@ def prepare(home: Path) -> DemoFiles:
     trained = not model.exists()
     if trained:
         accuracy = _train(model, sample)
+    _ensure_summary(model, home / SUMMARY)
     _write_secret(home / "secret")
     if not (home / "audit-checkpoint.pem").exists():
         generate_keypair(home / "audit-checkpoint.pem", home / "audit-checkpoint.pub.pem")
@@ -59,27 +61,49 @@ def prepare(home: Path) -> DemoFiles:
 
 def _train(model_path: Path, sample_path: Path) -> float:
     import skops.io as sio
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x, y = load_digits(return_X_y=True)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=0.25, random_state=0, stratify=y)
+    x_train, x_test, y_train, y_test = _digits_split()
     clf = make_pipeline(StandardScaler(), MLPClassifier(
         hidden_layer_sizes=(64,), solver="lbfgs", alpha=1e-3, max_iter=400, random_state=0))
     clf.fit(x_train, y_train)
     tmp = model_path.with_suffix(".tmp")
     sio.dump(clf, tmp)
     tmp.replace(model_path)
-    # the monitor's yardstick: natural rows the model was not trained on (`monitor fit`)
-    Summary.fit(x_test, clf.predict_proba(x_test)).save(model_path.parent / SUMMARY)
     request = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
                            "data": [float(v) for v in x_test[0]]}]}
     sample_path.write_bytes(orjson.dumps(request))
     return float(clf.score(x_test, y_test))
+
+
+def _digits_split() -> tuple[Any, Any, Any, Any]:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    return tuple(train_test_split(x, y, test_size=0.25, random_state=0, stratify=y))
+
+
+def _ensure_summary(model_path: Path, path: Path) -> None:
+    """The monitor's yardstick (`monitor fit`): the held-out rows, the model's own answers.
+
+    Refitted when missing or written by an older modelfence (a format it no longer reads).
+    """
+    from .errors import ConfigurationError
+
+    if path.exists():
+        try:
+            Summary.load(path)
+            return
+        except ConfigurationError:
+            pass
+    import skops.io as sio
+
+    clf = sio.load(model_path)  # the default trust, as the gateway loads it
+    x_test = _digits_split()[1]
+    Summary.fit(x_test, clf.predict_proba(x_test)).save(path)
 
 
 def _write_secret(path: Path) -> None:

@@ -93,3 +93,22 @@ def test_evaluate_bad_data_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and "nope" in _one_error_line(result.stderr)
     result = cli("monitor", "evaluate", "--victim", "svm", check=False)
     assert result.returncode == 2 and "--victim" in _one_error_line(result.stderr)
+
+
+def test_calibrate_a_configured_model_on_its_own_traffic(tmp_path: Path, config: Path) -> None:
+    rows = _rows(tmp_path, "traffic.npy", 600)
+    cli("monitor", "fit", "--config", str(config), "--model", "digits", "--data", str(rows))
+    doc = yaml.safe_load(config.read_text())
+    doc["models"][0]["monitor"] = {"summary": "monitor/digits.summary.npz"}
+    config.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "threshold.yaml"
+    result = cli("monitor", "calibrate", "--config", str(config), "--model", "digits",
+                 "--data", str(rows), "--benign-streams", "2", "--benign-queries", "300",
+                 "--false-alarm-rate", "0.001", "--yaml", str(out))
+    assert "keeps per-query false alarms" in " ".join(result.stdout.split())
+    threshold = yaml.safe_load(out.read_text())["monitor"]["threshold"]
+    assert 0.0 < threshold <= 1.0
+    unfitted = cli("monitor", "calibrate", "--config", str(config), "--model", "nope",
+                   "--data", str(rows), check=False)
+    assert unfitted.returncode == 2
+    assert "has no monitor.summary" in _one_error_line(unfitted.stderr)

@@ -113,6 +113,32 @@ def _model_proba(ms: ModelSettings, x: Any) -> Any:
     return asyncio.run(go())
 
 
+def _configured_world(config: Path | None, model: str, data: str,
+                      label_column: str | None) -> Any:
+    """The monitor's world for a served model: its summary, its answers, the user's rows."""
+    import numpy as np
+
+    from ..errors import ConfigurationError
+    from ..monitor import Summary
+    from ..monitor.evaluate import World
+    from ..redteam.data import Pool, load_pool
+    from ..redteam.victims import LocalVictim
+
+    path, settings = settings_from(config)
+    ms = settings.model(model)
+    if ms is None or ms.monitor is None:
+        raise ConfigurationError(f"model {model!r} in {path} has no monitor.summary; run "
+                                 "`modelfence monitor fit` first")
+    summary = Summary.load(ms.monitor.summary)
+    pool = load_pool(data, label_column=label_column)
+    proba = _model_proba(ms, pool.x)
+    victim = LocalVictim(lambda x: _model_proba(ms, x), n_classes=summary.n_classes,
+                         n_features=summary.n_features, classes=np.arange(summary.n_classes),
+                         description=model, dtype=np.float64)
+    return World(str(data), "configured", victim, float("nan"), summary,
+                 Pool(str(data), pool.x, None), np.argmax(proba, axis=1))
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=err_console, transient=True)
@@ -215,14 +241,22 @@ def calibrate(
     yaml_out: Annotated[Path | None, typer.Option(
         "--yaml", help="Write `monitor: {threshold: X}` to this file", show_default=False
     )] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Calibrate a configured model instead (its own summary; --data is then rows of "
+             "its real, benign traffic)", show_default=False)] = None,
+    config: ConfigOption = None,
 ) -> None:
     """Replay benign users and print the threshold that keeps false alarms under a rate."""
     from ..monitor import evaluate as ev
 
     try:
-        kind = _victims(victim)[0]
-        with console.status(f"training {kind} on {data}, fitting the summary…"):
-            world = ev.build_world(data, kind, seed=seed, label_column=label_column)
+        if model is not None:
+            with console.status(f"loading {model} and scoring {data}…"):
+                world = _configured_world(config, model, data, label_column)
+        else:
+            kind = _victims(victim)[0]
+            with console.status(f"training {kind} on {data}, fitting the summary…"):
+                world = ev.build_world(data, kind, seed=seed, label_column=label_column)
         with _progress() as progress:
             task = progress.add_task("benign streams", total=benign_streams)
             result = ev.calibrate(
