@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigurationError
+from .watermark.settings import WatermarkSettings
 
 CONFIG_ENV = "MODELFENCE_CONFIG"
 SECRET_ENV = "MODELFENCE_SECRET"  # noqa: S105 (a variable name, not a secret)
@@ -399,6 +400,7 @@ class Settings(_Strict):
     policy: PolicySettings = PolicySettings()
     quotas: QuotaSettings = QuotaSettings()
     monitor: MonitorSettings = MonitorSettings()
+    watermark: WatermarkSettings | None = None
     models: list[ModelSettings] = Field(default_factory=list)
 
     @field_validator("models")
@@ -582,5 +584,6 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
             "state_dir": rel(s.monitor.state_dir),
             "webhook": s.monitor.webhook and s.monitor.webhook.model_copy(
                 update={"secret_file": rel(s.monitor.webhook.secret_file)})}),
+        "watermark": s.watermark and s.watermark.resolved(base),
         "models": models,
     })

@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import ModelfenceError
-from . import audit, demo, keys, monitor, policy, redteam, shaping
+from . import audit, demo, keys, monitor, policy, redteam, shaping, watermark
 from .common import ConfigOption, console, fail, settings_from
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.command("demo")(demo.demo)
 app.command("attack")(redteam.attack)
 app.command("assess")(redteam.assess)
 app.command("alerts")(audit.alerts)
+watermark.register(app)
 
 
 @app.command()

@@ -38,6 +38,7 @@ from ..quota.ratelimit import RateLimitGuard
 from ..quota.usage import UsageGuard
 from ..shaping.guard import build_shaping
 from ..stores import KeyStore, key_store_from_url
+from ..watermark.guard import WatermarkGuard, build_watermark
 from .admin import AdminApi
 from .chain import GuardChain
 from .guards import BodyGuard, InputValidationGuard, ModelLookupGuard
@@ -64,6 +65,7 @@ class Gateway:
     rate_limits: RateLimitGuard
     budget_store: BudgetStore | None
     monitor: MonitorService
+    watermark: WatermarkGuard | None
 
     async def start(self, *, policy_fallback: bool = False) -> None:
         """Open stores, load policies and models. `policy_fallback` is for worker restarts."""
@@ -77,8 +79,12 @@ class Gateway:
             await entry.backend.start()
             log.info("model %s ready (%s)", entry.name, entry.backend.platform)
         await self.monitor.start()
+        if self.watermark is not None:
+            await self.watermark.open()
 
     async def stop(self) -> None:
+        if self.watermark is not None:
+            await self.watermark.close()
         await self.monitor.stop()
         for entry in self.models.values():
             await entry.backend.close()
@@ -97,12 +103,13 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
     store = key_store or key_store_from_url(settings.stores.keys)
     keys = ApiKeys(store, secret, cache_ttl_s=settings.key_cache_ttl_s)
     audit_sink = audit_sink_from_url(settings.audit.sink, settings.audit)
+    models = {m.name: ModelEntry(m, backend_from_settings(m)) for m in settings.models}
     return Gateway(
         settings=settings,
         key_store=store,
         keys=keys,
         authenticator=build_authenticator(settings.identity, keys),
-        models={m.name: ModelEntry(m, backend_from_settings(m)) for m in settings.models},
+        models=models,
         metrics=metrics,
         audit_sink=audit_sink,
         policy=engine_from_settings(settings),
@@ -110,6 +117,8 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
         budget_store=(budget_store_from_url(settings.quotas.budget_store)
                       if settings.quotas.budgets else None),
         monitor=MonitorService(settings, audit_sink, metrics),
+        watermark=(build_watermark(settings.watermark, models)
+                   if settings.watermark is not None else None),
     )
 
 
@@ -126,6 +135,7 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     shaping_guard = build_shaping(gw.models, settings.server_secret(),
                                   {n: m.summary for n, m in gw.monitor.monitors.items()})
     shaping = [shaping_guard] if shaping_guard.active else []
+    watermark = [gw.watermark] if gw.watermark is not None else []
 
     async def budget_alert(alert: BudgetAlert) -> None:
         gw.metrics.budget_alerts.labels(alert.model).inc()
@@ -150,7 +160,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         BodyGuard(settings.server.max_body_bytes),
         InputValidationGuard(),
         *budgets,
-        *shaping,  # its response phase runs first: every later one sees the shaped answer
+        *watermark,  # response phases run bottom to top: shaping first, then the watermark,
+        *shaping,    # so the watermark reaches labels-only answers and every later guard
     ])
     metadata_chain = GuardChain([metrics, audit, identity, model, usage, *monitor, policy,
                                  *rate_limits])
@@ -162,6 +173,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         stores.append(("budget store", gw.budget_store.ping))
     if gw.monitor.monitors:
         stores.append(("monitor store", gw.monitor.ping))
+    if gw.watermark is not None:
+        stores.append(("watermark evidence store", gw.watermark.ping))
     oip = OipRoutes(infer_chain=infer_chain, metadata_chain=metadata_chain, models=gw.models,
                     stores=stores, metrics=gw.metrics,
                     audit_before_answer=settings.audit.durability == "strict")

@@ -1,0 +1,325 @@
+"""`modelfence verify-ownership`, `modelfence evidence verify`, `modelfence watermark ...`.
+
+Thin, as every command: parse, call `modelfence.watermark`, print. The library is imported
+inside the commands so that `modelfence --help` stays fast. Bad input (a missing file, an
+unknown model, no signing key) is one red line and exit 2; a suspect that cannot be reached
+is exit 1; `evidence verify` exits 1 when the signature does not hold.
+
+`register(app)` adds the three to the main command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import orjson
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..config import KEY_ENV, LocalBackend, Settings
+from ..errors import ConfigurationError, ModelfenceError, RequestError, StoreError
+from .common import ConfigOption, console, fail, settings_from
+
+if TYPE_CHECKING:
+    from ..watermark.settings import WatermarkSettings
+    from ..watermark.verify import Evidence, FingerprintPlan
+
+evidence_app = typer.Typer(help="Check signed ownership evidence bundles.", no_args_is_help=True)
+watermark_app = typer.Typer(help="The response watermark: keys and recorded evidence.",
+                            no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `verify-ownership`, `evidence` and `watermark` to the `modelfence` command."""
+    app.command("verify-ownership")(verify_ownership)
+    app.add_typer(evidence_app, name="evidence")
+    app.add_typer(watermark_app, name="watermark")
+
+
+def watermark_settings(config: Path | None) -> tuple[Path, Settings, WatermarkSettings]:
+    """The config and its `watermark:` section (paths resolved); exit 2 without one."""
+    path, settings = settings_from(config)
+    ws = getattr(settings, "watermark", None)
+    if ws is None:
+        raise fail(f"{path}: no watermark: section; ownership evidence needs the watermark "
+                   "keys and the evidence store", 2)
+    return path, settings, ws.resolved(path.parent.resolve())
+
+
+def _check_sqlite_exists(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        db = Path(url.removeprefix("sqlite:///"))
+        if not db.is_file():
+            raise fail(f"no watermark evidence store at {db}", 2)
+
+
+def verify_ownership(
+    suspect: Annotated[str, typer.Option(
+        help="The suspect: an OIP address http(s)://HOST:PORT/v2/models/NAME, or a model "
+             "file (.skops, .onnx)", show_default=False)],
+    model: Annotated[str, typer.Option(help="The protected model's name in the config",
+                                       show_default=False)],
+    principal: Annotated[str | None, typer.Option(
+        help="Only the answers this principal received [default: every principal's]",
+        show_default=False)] = None,
+    config: ConfigOption = None,
+    suspect_key: Annotated[str, typer.Option(
+        envvar=KEY_ENV, show_envvar=True, help="Bearer key for the suspect endpoint")] = "",
+    suspect_model: Annotated[str | None, typer.Option(
+        help="Model name at the suspect address, if it does not end in /v2/models/NAME",
+        show_default=False)] = None,
+    max_queries: Annotated[int, typer.Option(
+        min=1, help="Most watermark and control inputs asked of the suspect")] = 500,
+    alpha: Annotated[float, typer.Option(
+        help="Significance level of the verdict (the decoy test's p-value must be <= it)"
+    )] = 1e-6,
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for evidence.json and evidence.html "
+             "[default: ./evidence-MODEL-UTCTIME]", show_default=False)] = None,
+    signing_key: Annotated[Path | None, typer.Option(
+        help="Ed25519 private key PEM that signs the bundle "
+             "[default: audit.checkpoint_key_file]", show_default=False)] = None,
+    include_inputs: Annotated[bool, typer.Option(
+        help="Put the inputs themselves in the bundle (float32 bytes, base64), not only "
+             "their SHA-256")] = False,
+    reference: Annotated[list[Path] | None, typer.Option(
+        help="Fingerprint: a model file trained independently on the same task (repeat); "
+             "enables the decision-boundary second opinion", show_default=False)] = None,
+    reference_pool: Annotated[str | None, typer.Option(
+        help="Fingerprint: labelled data (sklearn:NAME or a file) to train --references "
+             "independent models on", show_default=False)] = None,
+    references: Annotated[int, typer.Option(min=2, help="Models trained on --reference-pool"
+                                            )] = 5,
+    fingerprint_points: Annotated[int, typer.Option(min=10, help="Boundary points asked")] = 200,
+    trust: Annotated[list[str] | None, typer.Option(
+        "--trust", help="A type in a skops file to trust; repeat for more")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON")] = False,
+) -> None:
+    """Test whether a suspect model was made from this model's watermarked answers."""
+    from ..watermark import bundle
+    from ..watermark.keyring import EvidenceCipher, Keyring
+    from ..watermark.marking import Watermarker
+    from ..watermark.store import evidence_store_from_url
+    from ..watermark.suspect import suspect_from
+    from ..watermark.verify import gather, verify
+
+    path, settings, ws = watermark_settings(config)
+    if settings.model(model) is None:
+        raise fail(f"no model {model!r} in {path}", 2)
+    if not 0 < alpha < 1:
+        raise fail(f"--alpha {alpha}: must be between 0 and 1", 2)
+    key_path = signing_key or settings.audit.checkpoint_key_file
+    if key_path is None:
+        raise fail("no signing key: pass --signing-key PEM or set audit.checkpoint_key_file "
+                   "(make one with `modelfence audit keygen`)", 2)
+    _check_sqlite_exists(ws.evidence_store)
+    trusted = tuple(trust or ())
+    try:
+        private = bundle.load_signing_key(key_path)
+        keyring = Keyring.from_settings(ws)
+        marker = Watermarker.from_settings(ws, keyring)
+        cipher = (EvidenceCipher.from_file(ws.evidence_key_file)
+                  if ws.evidence_key_file is not None else None)
+        store = evidence_store_from_url(ws.evidence_store)
+
+        async def load() -> Evidence:
+            await store.open()
+            try:
+                return await gather(store, model, principal=principal, marker=marker,
+                                    cipher=cipher)
+            finally:
+                await store.close()
+
+        evidence = asyncio.run(load())
+        plan = _fingerprint_plan(settings, model, reference or [], reference_pool, references,
+                                 fingerprint_points, evidence, keyring.active.derive(
+                                     b"fingerprint:" + model.encode()), trusted)
+        target = suspect_from(suspect, key=suspect_key, model=suspect_model,
+                              trusted_types=trusted)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2 if isinstance(exc, ConfigurationError) else 1) from None
+    try:
+        with console.status(f"asking {target.description}…"):
+            doc = verify(evidence, target, max_queries=max_queries, alpha=alpha,
+                         include_inputs=include_inputs, fingerprint=plan)
+    except RequestError as exc:
+        raise fail(f"the suspect answered {exc.status}: {exc.message}") from None
+    except ModelfenceError as exc:
+        raise fail(str(exc)) from None
+    finally:
+        target.close()
+    signed = bundle.sign(doc, private)
+    folder = out or Path(f"evidence-{model}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
+    json_path, html_path = bundle.write(signed, folder)
+    _print_outcome(signed, json_path, html_path, json_out)
+
+
+def _fingerprint_plan(settings: Settings, model: str, reference: list[Path],
+                      reference_pool: str | None, count: int, points: int, evidence: Evidence,
+                      key: bytes, trusted: tuple[str, ...]) -> FingerprintPlan | None:
+    if not reference and reference_pool is None:
+        return None
+    import numpy as np
+
+    from ..redteam.data import load_pool
+    from ..redteam.victims import victim_source
+    from ..watermark.verify import FingerprintPlan
+
+    entry = settings.model(model)
+    assert entry is not None
+    if not isinstance(entry.backend, LocalBackend):
+        raise ConfigurationError(f"fingerprinting needs model {model!r} as a local model file; "
+                                 "it is served from an upstream server")
+    protected = victim_source(entry.backend.path,
+                              trusted_types=(*entry.backend.trusted_types, *trusted)).load()
+    refs = [_labeler(victim_source(p, trusted_types=trusted).load()) for p in reference]
+    seeds = np.stack([q.features() for q in evidence.watermark + evidence.control]) if (
+        evidence.watermark or evidence.control) else np.empty((0, protected.n_features))
+    if reference_pool is not None:
+        pool = load_pool(reference_pool, n_features=protected.n_features)
+        if pool.y is None:
+            raise ConfigurationError(f"--reference-pool {reference_pool}: needs true labels")
+        refs += [_labeler_fn(m.predict) for m in _train_references(pool.x, pool.y, count)]
+        seeds = pool.x
+    if len(refs) < 2:
+        raise ConfigurationError("fingerprinting needs at least two reference models "
+                                 "(--reference FILE twice, or --reference-pool)")
+    return FingerprintPlan(_labeler(protected), refs, seeds, key, points)
+
+
+def _labeler(victim: Any) -> Any:
+    classes = victim.classes
+
+    def labels(x: Any) -> list[str]:
+        idx = victim.ask(x).labels
+        return [str(classes[i]) if classes is not None else str(i) for i in idx]
+    return labels
+
+
+def _labeler_fn(predict: Any) -> Any:
+    def labels(x: Any) -> list[str]:
+        return [str(v) for v in predict(x)]
+    return labels
+
+
+def _train_references(x: Any, y: Any, count: int) -> list[Any]:
+    """Independent models on the same labelled data: MLPs of several sizes and seeds."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    models = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for i in range(count):
+            models.append(make_pipeline(StandardScaler(), MLPClassifier(
+                hidden_layer_sizes=((32, 64, 128)[i % 3],), solver="lbfgs", alpha=1e-3,
+                max_iter=400, random_state=1000 + i)).fit(x, y))
+    return models
+
+
+def _print_outcome(doc: dict[str, Any], json_path: Path, html_path: Path,
+                   json_out: bool) -> None:
+    from ..watermark.stats import format_p
+
+    verdict = doc["verdict"]
+    decoy = doc["tests"]["decoy"]
+    if json_out:
+        console.print_json(orjson.dumps({
+            "accused": verdict["accused"], "p_value": decoy["p_value"],
+            "log2_p": decoy["log2_p"], "alpha": verdict["alpha"],
+            "summary": verdict["summary"], "bundle": str(json_path),
+            "html": str(html_path)}).decode())
+        return
+    head = "[bold red]copy identified[/]" if verdict["accused"] else "[bold]not identified[/]"
+    console.print(f"{head}: {escape(verdict['summary'])}", soft_wrap=True)
+    console.print(f"p-value {format_p(decoy['log2_p'])} (log2 p = {decoy['log2_p']:.2f}; "
+                  f"{decoy['successes']} of {decoy['trials']} disagreements repeat the "
+                  f"watermark)")
+    console.print(f"evidence: {json_path} (signed), {html_path}")
+
+
+@evidence_app.command("verify")
+def evidence_verify(
+    bundle_path: Annotated[Path, typer.Argument(metavar="BUNDLE",
+                                                help="The evidence .json file")],
+    public_key: Annotated[Path, typer.Option(
+        help="Ed25519 public (or private) key PEM of the signer", show_default=False)],
+) -> None:
+    """Check a bundle's signature: ok, or exit 1 if anything in it was edited."""
+    from ..audit.checkpoint import load_public_key
+    from ..watermark import bundle
+
+    try:
+        public = load_public_key(public_key)
+        doc = bundle.read(bundle_path)
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+    problem = bundle.problem(doc, public)
+    if problem is not None:
+        raise fail(problem, 1)
+    verdict = doc.get("verdict")
+    summary = verdict.get("summary", "-") if isinstance(verdict, dict) else "-"
+    console.print(f"[bold green]ok[/] {escape(str(bundle_path))}: signature valid (key "
+                  f"{doc['signature']['key_id']}); verdict: {escape(str(summary))}",
+                  soft_wrap=True)
+
+
+@watermark_app.command("keygen")
+def keygen(path: Annotated[Path, typer.Argument(help="Where to write the new key")]) -> None:
+    """Write a random 256-bit key (64 hex characters, mode 0600): a watermark secret or an
+    evidence key."""
+    from ..watermark.keyring import write_new_key
+
+    try:
+        write_new_key(path)
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+    console.print(f"wrote {escape(str(path))}: list it under watermark.keys (secret_file) or "
+                  "as watermark.evidence_key_file")
+
+
+@watermark_app.command("records")
+def records(
+    model: Annotated[str, typer.Option(help="The model", show_default=False)],
+    config: ConfigOption = None,
+) -> None:
+    """Who holds watermarked answers of a model: records per principal."""
+    from ..watermark.store import evidence_store_from_url
+
+    _, _, ws = watermark_settings(config)
+    _check_sqlite_exists(ws.evidence_store)
+    try:
+        store = evidence_store_from_url(ws.evidence_store)
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+
+    async def load() -> list[Any]:
+        await store.open()
+        try:
+            return list(await store.holdings(model))
+        finally:
+            await store.close()
+
+    try:
+        rows = asyncio.run(load())
+    except ModelfenceError as exc:
+        raise fail(str(exc)) from None
+    table = Table("principal", "tenant", "kind", "records", "first (UTC)", "last (UTC)")
+    for h in rows:
+        table.add_row(*(escape(str(v)) for v in (
+            h.principal, h.tenant, h.kind, h.count, _when(h.first_us), _when(h.last_us))))
+    console.print(table)
+
+
+def _when(us: int) -> str:
+    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S")
