@@ -59,8 +59,9 @@ def _check_sqlite_exists(url: str) -> None:
 
 def verify_ownership(
     suspect: Annotated[str, typer.Option(
-        help="The suspect: an OIP address http(s)://HOST:PORT/v2/models/NAME, or a model "
-             "file (.skops, .onnx)", show_default=False)],
+        help="The suspect: an OIP address http(s)://HOST:PORT/v2/models/NAME, an "
+             "OpenAI-compatible base URL (with --suspect-api openai), or a model file "
+             "(.skops, .onnx)", show_default=False)],
     model: Annotated[str, typer.Option(help="The protected model's name in the config",
                                        show_default=False)],
     principal: Annotated[str | None, typer.Option(
@@ -72,6 +73,12 @@ def verify_ownership(
     suspect_model: Annotated[str | None, typer.Option(
         help="Model name at the suspect address, if it does not end in /v2/models/NAME",
         show_default=False)] = None,
+    suspect_api: Annotated[str, typer.Option(
+        help="How to ask an http(s) suspect: oip, or openai (chat completions; the reply's "
+             "text is the label)")] = "oip",
+    suspect_prompt: Annotated[str, typer.Option(
+        help="openai: the user message, with {features} for the row as a JSON list"
+    )] = "{features}",
     max_queries: Annotated[int, typer.Option(
         min=1, help="Most watermark and control inputs asked of the suspect")] = 500,
     alpha: Annotated[float, typer.Option(
@@ -112,6 +119,8 @@ def verify_ownership(
         raise fail(f"no model {model!r} in {path}", 2)
     if not 0 < alpha < 1:
         raise fail(f"--alpha {alpha}: must be between 0 and 1", 2)
+    if suspect_api not in ("oip", "openai"):
+        raise fail(f"--suspect-api {suspect_api!r}: use oip or openai", 2)
     key_path = signing_key or settings.audit.checkpoint_key_file
     if key_path is None:
         raise fail("no signing key: pass --signing-key PEM or set audit.checkpoint_key_file "
@@ -139,7 +148,7 @@ def verify_ownership(
                                  fingerprint_points, evidence, keyring.active.derive(
                                      b"fingerprint:" + model.encode()), trusted)
         target = suspect_from(suspect, key=suspect_key, model=suspect_model,
-                              trusted_types=trusted)
+                              trusted_types=trusted, api=suspect_api, template=suspect_prompt)
     except StoreError as exc:
         raise fail(str(exc)) from None
     except ModelfenceError as exc:

@@ -84,10 +84,74 @@ class FunctionSuspect(Suspect):
         return [str(v) for v in self._fn(x)]
 
 
+class OpenAIChatSuspect(Suspect):
+    """A classifier behind an OpenAI-compatible chat endpoint (a fine-tuned LLM, a vendor API).
+
+    Each row is sent as one user message, the features as a JSON list (or through a
+    template with a ``{features}`` field), at temperature 0; the reply's text, stripped, is
+    the label. One request per row, as such endpoints answer one conversation at a time.
+    """
+
+    kind = "openai"
+
+    def __init__(self, url: str, key: str, model: str, *, template: str = "{features}",
+                 timeout_s: float = 30.0) -> None:
+        from urllib.parse import urlsplit
+
+        from ..errors import ConfigurationError
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(f"{url}: not an http(s) address")
+        if not model:
+            raise ConfigurationError("an OpenAI-style suspect needs --suspect-model (the "
+                                     "`model` field of its requests)")
+        if "{features}" not in template:
+            raise ConfigurationError("the suspect prompt template needs a {features} field")
+        base = url.rstrip("/")
+        self._url = base if base.endswith("/chat/completions") else base + "/chat/completions"
+        self._key, self._model, self._template = key, model, template
+        self._timeout = timeout_s
+        self.description = f"{self._url} ({model})"
+
+    def _labels(self, x: Array) -> list[str]:
+        return [self._ask(row) for row in x]
+
+    def _ask(self, row: Array) -> str:
+        import json
+        import urllib.error
+        import urllib.request
+
+        from ..errors import UpstreamError
+
+        features = json.dumps([float(v) for v in row])
+        body = json.dumps({"model": self._model, "temperature": 0, "max_tokens": 16,
+                           "messages": [{"role": "user",
+                                         "content": self._template.format(features=features)}]})
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        request = urllib.request.Request(  # noqa: S310 (the scheme is checked: http or https)
+            self._url, data=body.encode(), headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout) as resp:  # noqa: S310
+                answer = json.loads(resp.read())
+            return str(answer["choices"][0]["message"]["content"]).strip()
+        except urllib.error.HTTPError as exc:
+            raise UpstreamError(f"{self.description} answered {exc.code}") from None
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+            raise UpstreamError(f"{self.description}: no usable answer "
+                                f"({type(exc).__name__})") from None
+
+
 def suspect_from(target: Any, *, key: str = "", model: str | None = None, batch: int = 16,
-                 trusted_types: tuple[str, ...] = (), timeout_s: float = 30.0) -> Suspect:
-    """An http(s):// OIP address, a .skops/.onnx file, or a fitted estimator."""
+                 trusted_types: tuple[str, ...] = (), timeout_s: float = 30.0,
+                 api: str = "oip", template: str = "{features}") -> Suspect:
+    """An http(s):// OIP address (or, with `api="openai"`, an OpenAI-compatible chat
+    endpoint), a .skops/.onnx file, or a fitted estimator."""
     text = str(target)
+    if api == "openai":
+        return OpenAIChatSuspect(text, key, model or "", template=template, timeout_s=timeout_s)
     if isinstance(target, str) and text.startswith(("http://", "https://")):
         from ..redteam.http_oracle import HttpOracle
 
