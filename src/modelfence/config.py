@@ -114,6 +114,49 @@ class InputLimits(_Strict):
     allow_nonfinite: bool = False
 
 
+class ArtifactSignature(_Strict):
+    """A valid OpenSSF model-signing signature, chaining to this key or certificate chain."""
+
+    public_key: Path | None = None
+    certificate_chain: list[Path] = Field(default_factory=list)
+    file: Path | None = Field(None, description="the signature; default: <model file>.sig")
+
+    @model_validator(mode="after")
+    def _one_anchor(self) -> ArtifactSignature:
+        if (self.public_key is None) == (not self.certificate_chain):
+            raise ValueError("give public_key or certificate_chain (one of them)")
+        return self
+
+
+class ArtifactDecryption(_Strict):
+    """The key-encryption key of an encrypted model file: a keyring file or a PKCS#11 token."""
+
+    keyring: Path | None = None
+    key_id: str | None = None
+    pkcs11_module: Path | None = None
+    token_label: str | None = None
+    key_label: str | None = None
+    pin_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_provider(self) -> ArtifactDecryption:
+        token = (self.pkcs11_module, self.token_label, self.key_label, self.pin_file)
+        if self.keyring is None and not all(token):
+            raise ValueError("give keyring, or pkcs11_module, token_label, key_label and "
+                             "pin_file")
+        if self.keyring is not None and any(token):
+            raise ValueError("give keyring or a PKCS#11 token, not both")
+        return self
+
+
+class ArtifactChecks(_Strict):
+    """What a model file must pass before it is loaded; a model failing them is not served."""
+
+    signature: ArtifactSignature | None = None
+    scan: bool = Field(True, description="scan pickle-based files (picklescan, modelscan)")
+    decrypt: ArtifactDecryption | None = None
+
+
 class LocalBackend(_Strict):
     """A model file served in-process: skops (scikit-learn), ONNX, or — only if allowed — pickle."""
 
@@ -121,6 +164,7 @@ class LocalBackend(_Strict):
     path: Path
     trusted_types: list[str] = Field(default_factory=list, description="extra skops types to trust")
     allow_unsafe_pickle: bool = False
+    artifact: ArtifactChecks | None = None
 
     @model_validator(mode="after")
     def _pickle_needs_consent(self) -> LocalBackend:
@@ -441,6 +485,11 @@ class Settings(_Strict):
         return _secret_bytes(_read_secret_file(hook.secret_file), str(hook.secret_file))
 
 
+def read_secret(path: Path) -> str:
+    """A secret from a file (a PKCS#11 PIN, ...): read at start, never kept on settings."""
+    return _read_secret_file(path)
+
+
 def _read_secret_file(path: Path) -> str:
     try:
         return path.read_text().strip()
@@ -545,10 +594,23 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
     def rel(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else (base / p).resolve()
 
+    def rel_artifact(a: ArtifactChecks | None) -> ArtifactChecks | None:
+        if a is None:
+            return None
+        sig, dec = a.signature, a.decrypt
+        return a.model_copy(update={
+            "signature": sig and sig.model_copy(update={
+                "public_key": rel(sig.public_key), "file": rel(sig.file),
+                "certificate_chain": [rel(p) for p in sig.certificate_chain]}),
+            "decrypt": dec and dec.model_copy(update={
+                "keyring": rel(dec.keyring), "pkcs11_module": rel(dec.pkcs11_module),
+                "pin_file": rel(dec.pin_file)})})
+
     def rel_model(m: ModelSettings) -> ModelSettings:
         update: dict[str, Any] = {}
         if isinstance(m.backend, LocalBackend):
-            update["backend"] = m.backend.model_copy(update={"path": rel(m.backend.path)})
+            update["backend"] = m.backend.model_copy(update={
+                "path": rel(m.backend.path), "artifact": rel_artifact(m.backend.artifact)})
         if m.monitor is not None:
             update["monitor"] = m.monitor.model_copy(update={"summary": rel(m.monitor.summary)})
         return m.model_copy(update=update)

@@ -131,6 +131,7 @@ class ModelEntry:
 
     settings: ModelSettings
     backend: Backend
+    refused: str | None = None  # why its artifact failed the checks (then it is not served)
 
     @property
     def name(self) -> str:

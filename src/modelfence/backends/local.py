@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from ..config import LocalBackend, TensorSpec
+from ..config import LocalBackend, TensorSpec, read_secret
 from ..errors import ConfigurationError
 from .base import LocalClassifier
 
@@ -14,6 +16,39 @@ from .base import LocalClassifier
 def _settings(b: LocalClassifier) -> LocalBackend:
     assert isinstance(b.settings.backend, LocalBackend)
     return b.settings.backend
+
+
+def _artifact(b: LocalClassifier) -> bytes | Path:
+    """The model file after its configured checks: a checked path, or decrypted bytes.
+
+    Decrypted weights stay in memory; they are never written to disk. A failed check raises
+    an `ArtifactError`, and the gateway then serves the other models without this one.
+    """
+    cfg = _settings(b)
+    if cfg.artifact is None:
+        return cfg.path
+    from ..artifacts.guard import check_artifact
+    from ..artifacts.keys import KeyProvider, KeyringProvider, Pkcs11Provider
+    from ..artifacts.signing import SignaturePolicy
+
+    checks = cfg.artifact
+    signature = None
+    if checks.signature is not None:
+        sig = checks.signature
+        signature = SignaturePolicy(public_key=sig.public_key,
+                                    certificate_chain=tuple(sig.certificate_chain),
+                                    signature=sig.file)
+    provider: KeyProvider | None = None
+    if checks.decrypt is not None:
+        d = checks.decrypt
+        if d.keyring is not None:
+            provider = KeyringProvider(d.keyring, d.key_id)
+        else:
+            assert d.pkcs11_module and d.token_label and d.key_label and d.pin_file
+            provider = Pkcs11Provider(d.pkcs11_module, token_label=d.token_label,
+                                      key_label=d.key_label, pin=read_secret(d.pin_file))
+    return check_artifact(cfg.path, require_signature=signature, require_scan=checks.scan,
+                          decrypt_with=provider)
 
 
 class _SklearnClassifier(LocalClassifier):
@@ -42,8 +77,10 @@ class SkopsClassifier(_SklearnClassifier):
         import skops.io as sio
 
         cfg = _settings(self)
+        source = _artifact(self)
         try:
-            untrusted = set(sio.get_untrusted_types(file=cfg.path))
+            untrusted = set(sio.get_untrusted_types(data=source) if isinstance(source, bytes)
+                            else sio.get_untrusted_types(file=source))
         except Exception as exc:
             raise ConfigurationError(f"model {self.name}: cannot read skops file {cfg.path}: "
                                      f"{exc.__class__.__name__}") from None
@@ -52,7 +89,10 @@ class SkopsClassifier(_SklearnClassifier):
             raise ConfigurationError(
                 f"model {self.name}: {cfg.path} contains types skops does not trust: "
                 f"{', '.join(refused)}; review them and list them under backend.trusted_types")
-        return self._from_estimator(sio.load(cfg.path, trusted=sorted(untrusted)))
+        trusted = sorted(untrusted)
+        model = (sio.loads(source, trusted=trusted) if isinstance(source, bytes)
+                 else sio.load(source, trusted=trusted))
+        return self._from_estimator(model)
 
 
 class PickleClassifier(_SklearnClassifier):
@@ -66,8 +106,9 @@ class PickleClassifier(_SklearnClassifier):
         cfg = _settings(self)
         if not cfg.allow_unsafe_pickle:  # config validation already refuses this; keep it closed
             raise ConfigurationError(f"model {self.name}: pickle refused")
+        source = _artifact(self)
         try:
-            model = joblib.load(cfg.path)
+            model = joblib.load(io.BytesIO(source) if isinstance(source, bytes) else source)
         except Exception as exc:
             raise ConfigurationError(f"model {self.name}: cannot load {cfg.path}: "
                                      f"{exc.__class__.__name__}") from None
@@ -88,8 +129,10 @@ class OnnxClassifier(LocalClassifier):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
+        source = _artifact(self)
         try:
-            sess = ort.InferenceSession(str(cfg.path), opts, providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(source if isinstance(source, bytes) else str(source),
+                                        opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ConfigurationError(f"model {self.name}: cannot load ONNX file {cfg.path}: "
                                      f"{exc.__class__.__name__}") from None

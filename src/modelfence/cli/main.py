@@ -11,7 +11,7 @@ import typer
 
 from .. import __version__
 from ..errors import ModelfenceError
-from . import audit, demo, keys, monitor, policy, redteam, shaping, watermark
+from . import artifact, audit, demo, keys, monitor, policy, redteam, shaping, watermark
 from .common import ConfigOption, console, fail, settings_from
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(policy.app, name="policy")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(shaping.app, name="shaping")
+app.add_typer(artifact.app, name="artifact")
 config_app = typer.Typer(help="Inspect configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.command("demo")(demo.demo)

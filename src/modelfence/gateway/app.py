@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..artifacts.errors import ArtifactError
 from ..audit import AuditGuard, AuditSink, audit_sink_from_url
 from ..audit.record import event_record
 from ..backends import ModelEntry, backend_from_settings
@@ -41,6 +42,7 @@ from ..stores import KeyStore, key_store_from_url
 from ..watermark.guard import WatermarkGuard, build_watermark
 from .admin import AdminApi
 from .chain import GuardChain
+from .downloads import DownloadRoutes, DownloadWatch, audit_store_of
 from .guards import BodyGuard, InputValidationGuard, ModelLookupGuard
 from .metrics import GatewayMetrics, MetricsGuard
 from .oip_routes import OipRoutes, StoreCheck
@@ -76,7 +78,12 @@ class Gateway:
             await self.budget_store.open()
         await self.authenticator.start()  # loads the JWKS, if JWTs are configured
         for entry in self.models.values():
-            await entry.backend.start()
+            try:
+                await entry.backend.start()
+            except ArtifactError as exc:  # this model is not served; the others are
+                entry.refused = str(exc)
+                log.error("model %s is not served: %s", entry.name, exc)
+                continue
             log.info("model %s ready (%s)", entry.name, entry.backend.platform)
         await self.monitor.start()
         if self.watermark is not None:
@@ -166,6 +173,20 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     metadata_chain = GuardChain([metrics, audit, identity, model, usage, *monitor, policy,
                                  *rate_limits])
 
+    async def download_alert(principal: str, tenant: str, model: str | None, why: str) -> None:
+        reason = f"unusual artifact download by {principal} of model {model}: {why}"
+        gw.metrics.download_alerts.inc()
+        log.warning("download alert: %s", reason)
+        gw.monitor.send_webhook({"type": "download.alert", "principal": principal,
+                                 "tenant": tenant, "model": model, "explanation": why})
+        await gw.audit_sink.write(event_record(
+            action="alert:download", reason=reason, principal=principal, tenant=tenant,
+            model=model))
+
+    download_watch = DownloadWatch(download_alert)
+    download_chain = GuardChain([metrics, audit, identity, model, usage, policy, *rate_limits,
+                                 download_watch])
+
     stores: list[tuple[str, StoreCheck]] = [("key store", gw.key_store.ping)]
     if gw.rate_limits.active:
         stores.append(("rate limit store", gw.rate_limits.check_storage))
@@ -188,6 +209,9 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gw.start(policy_fallback=True)
+        audit_store = audit_store_of(gw.audit_sink)
+        if audit_store is not None:
+            await download_watch.load(audit_store)
         try:
             yield
         finally:
@@ -196,7 +220,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     proxies = ([Middleware(ProxyHeaders, trusted=settings.server.trusted_proxies)]
                if settings.server.trusted_proxies else [])
     app = Starlette(
-        routes=[*oip.routes(), *admin.routes(), Route("/metrics", metrics_endpoint)],
+        routes=[*oip.routes(), *DownloadRoutes(download_chain, gw.models).routes(),
+                *admin.routes(), Route("/metrics", metrics_endpoint)],
         middleware=proxies,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,

@@ -8,7 +8,7 @@ from typing import ClassVar
 from starlette.requests import Request
 
 from ..backends.base import ModelEntry
-from ..errors import BadRequest, NotFound, PayloadTooLarge
+from ..errors import BadRequest, NotFound, NotReady, PayloadTooLarge
 from .call import Call
 from .chain import Guard
 from .oip import decode_infer_request
@@ -33,6 +33,9 @@ class ModelLookupGuard(Guard):
         entry = self._models.get(name)
         if entry is None:
             raise NotFound(f"unknown model {name[:128]!r}", reason="unknown_model")
+        if entry.refused is not None:
+            raise NotReady(f"model {name!r} is not served: its artifact failed the checks",
+                           reason="artifact_refused")
         call.model = entry
 
 

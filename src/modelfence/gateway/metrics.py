@@ -52,6 +52,9 @@ class GatewayMetrics:
                                             "monitor store failed", registry=r)
         self.monitor_backlog = Gauge("modelfence_monitor_backlog",
                                      "Observations waiting to be taken in", registry=r)
+        self.download_alerts = Counter("modelfence_download_alerts",
+                                       "Unusual artifact downloads (volume or hour)",
+                                       registry=r)
         self.model_ready = Gauge("modelfence_model_ready", "1 when the model can answer",
                                  ["model"], registry=r)
 

@@ -55,9 +55,11 @@ class OipRoutes:
     async def ready(self, request: Request) -> Response:
         not_ready = []
         for name, entry in self._models.items():
-            ok = await entry.backend.ready()
+            ok = entry.refused is None and await entry.backend.ready()
             self._metrics.model_ready.labels(name).set(1 if ok else 0)
-            if not ok:
+            if entry.refused is not None:
+                not_ready.append(f"model {name} (refused: {entry.refused})")
+            elif not ok:
                 not_ready.append(f"model {name}")
         for name, check in self._stores:
             if not await check():

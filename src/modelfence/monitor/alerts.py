@@ -115,6 +115,10 @@ class Alerts:
             action="alert:monitor", reason=alert.describe()[:1000], principal=principal,
             tenant=alert.tenant, model=alert.model, risk=alert.risk))
 
+    def send(self, payload: dict[str, Any]) -> None:
+        if self._webhook is not None:
+            self._webhook.send(payload)
+
     async def close(self) -> None:
         if self._webhook is not None:
             await self._webhook.close()

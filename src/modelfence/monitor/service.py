@@ -102,6 +102,10 @@ class MonitorService:
             risk = max(risk, monitor.peek_tenant(who.tenant))
         return risk
 
+    def send_webhook(self, payload: dict[str, object]) -> None:
+        """Other alerts (downloads) go to the same webhook as the monitor's."""
+        self._alerts.send(payload)
+
     def risk(self, model: str, principal: str) -> Risk:
         return self.monitors[model].risk(principal)
 
