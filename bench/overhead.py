@@ -93,6 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="how the backend answers: a real LogisticRegression or a constant")
     p.add_argument("--audit-sink", default=DEFAULT_SINK,
                    help="the gateway's audit.sink (relative paths: its folder)")
+    p.add_argument("--monitor", action="store_true",
+                   help="also run the extraction monitor, output bands and the watermark")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--keep", type=Path, help="keep logs, config and audit file in this folder")
     args = p.parse_args(argv)
@@ -291,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
                                 {ANSWER_ENV: args.answer})
         proxy = start_granian(stack, "passthrough", "passthrough:create_app", folder,
                               {UPSTREAM_ENV: backend.url})
-        gateway, key = start_gateway(stack, folder / "gateway", backend.url, args.audit_sink)
+        gateway, key = start_gateway(stack, folder / "gateway", backend.url, args.audit_sink,
+                                     protect=args.monitor)
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
         targets = {name: (Load(s.url + INFER_PATH, body, headers), s.pgid)
                    for name, s in zip(NAMES, (backend, proxy, gateway), strict=True)}
@@ -301,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = measure(loader, targets, args, console)
         if args.audit_sink == DEFAULT_SINK:
             info["audit_records"] = count_audit_rows(folder / "gateway" / "audit.db")
-    info.update(loadgen=loader.name, backend_answer=args.answer,
+    info.update(loadgen=loader.name, backend_answer=args.answer, protections=args.monitor,
                 loadavg_at_end=[round(x, 2) for x in os.getloadavg()])
     s = summarize(runs)
     checks = verdicts(s)

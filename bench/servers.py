@@ -126,6 +126,31 @@ def _modelfence(*args: str) -> str:
     return result.stdout
 
 
+def protections(folder: Path) -> dict[str, Any]:
+    """The monitor, three output bands and the watermark for `digits`, with the files they
+    need: a summary of the backend's model (the same LogisticRegression on digits / 16) and
+    a watermark secret. Merged into the config by `--monitor`."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    from modelfence.monitor.summary import Summary
+
+    x, y = load_digits(return_X_y=True)
+    model = LogisticRegression(max_iter=2000).fit(x / 16.0, y)
+    Summary.fit(x[1000:] / 16.0, model.predict_proba(x[1000:] / 16.0)).save(
+        folder / "digits.summary.npz")
+    (folder / "wm.secret").write_text(secrets.token_urlsafe(48))
+    return {
+        "model": {"monitor": {"summary": "digits.summary.npz"}, "shaping": [
+            {"from_risk": 0.0, "defense": "none", "name": "full"},
+            {"from_risk": 0.5, "defense": "topk:3+round:2", "name": "reduced"},
+            {"from_risk": 0.8, "defense": "labels", "name": "labels"}]},
+        "top": {"monitor": {"state_dir": "monitor-state"},
+                "watermark": {"keys": [{"id": "k1", "secret_file": "wm.secret"}],
+                              "evidence_store": "sqlite:///evidence.db"}},
+    }
+
+
 def gateway_config(port: int, backend_url: str, audit_sink: str) -> dict[str, Any]:
     """The full chain (API-key identity, model access, bounded body, validation, metrics,
     audit to `audit_sink`); one worker; `digits` on the upstream OIP server."""
@@ -144,13 +169,19 @@ def gateway_config(port: int, backend_url: str, audit_sink: str) -> dict[str, An
 
 
 def start_gateway(stack: ExitStack, folder: Path, backend_url: str,
-                  audit_sink: str = "jsonl:///audit.jsonl") -> tuple[Server, str]:
-    """`modelfence serve` in `folder` in front of `backend_url`, and a key for `digits`."""
+                  audit_sink: str = "jsonl:///audit.jsonl", *, protect: bool = False
+                  ) -> tuple[Server, str]:
+    """`modelfence serve` in `folder` in front of `backend_url`, and a key for `digits`;
+    with `protect`, also the monitor, output bands and watermark."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "secret").write_text(secrets.token_urlsafe(48))
     port = free_port()
     config = folder / "modelfence.yaml"
     doc = gateway_config(port, backend_url, audit_sink)
+    if protect:
+        extra = protections(folder)
+        doc["models"][0].update(extra["model"])
+        doc.update(extra["top"])
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
     key = json.loads(_modelfence("keys", "create", "--config", str(config), "--principal",
                                  "bench", "--tenant", "bench", "--model", "digits",

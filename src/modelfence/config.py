@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigurationError
+from .llm.settings import LlmSettings
 from .watermark.settings import WatermarkSettings
 
 CONFIG_ENV = "MODELFENCE_CONFIG"
@@ -446,6 +447,8 @@ class Settings(_Strict):
     monitor: MonitorSettings = MonitorSettings()
     watermark: WatermarkSettings | None = None
     models: list[ModelSettings] = Field(default_factory=list)
+    llm: LlmSettings = Field(default_factory=LlmSettings, description="OpenAI-compatible "
+                             "models served on /v1")
 
     @field_validator("models")
     @classmethod
@@ -647,5 +650,7 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
             "webhook": s.monitor.webhook and s.monitor.webhook.model_copy(
                 update={"secret_file": rel(s.monitor.webhook.secret_file)})}),
         "watermark": s.watermark and s.watermark.resolved(base),
+        "llm": s.llm.model_copy(update={"models": [
+            m.model_copy(update={"api_key_file": rel(m.api_key_file)}) for m in s.llm.models]}),
         "models": models,
     })

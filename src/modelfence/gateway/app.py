@@ -28,6 +28,7 @@ from ..config import Settings
 from ..identity import BearerAuthenticator, build_authenticator
 from ..identity.apikeys import ApiKeys
 from ..identity.guard import IdentityGuard
+from ..llm.routes import llm_routes
 from ..monitor.guard import MonitorGuard
 from ..monitor.service import MonitorService
 from ..policy import PolicyEngine, PolicyGuard, engine_from_settings
@@ -196,6 +197,9 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         stores.append(("monitor store", gw.monitor.ping))
     if gw.watermark is not None:
         stores.append(("watermark evidence store", gw.watermark.ping))
+    llm = llm_routes(settings.llm, head=[metrics, audit], identity=identity, usage=usage,
+                     policy=policy, rate_limits=rate_limits,
+                     audit_before_answer=settings.audit.durability == "strict")
     oip = OipRoutes(infer_chain=infer_chain, metadata_chain=metadata_chain, models=gw.models,
                     stores=stores, metrics=gw.metrics,
                     audit_before_answer=settings.audit.durability == "strict")
@@ -215,12 +219,14 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         try:
             yield
         finally:
+            await llm.close()
             await gw.stop()
 
     proxies = ([Middleware(ProxyHeaders, trusted=settings.server.trusted_proxies)]
                if settings.server.trusted_proxies else [])
     app = Starlette(
         routes=[*oip.routes(), *DownloadRoutes(download_chain, gw.models).routes(),
+                *(llm.routes() if settings.llm.models else []),
                 *admin.routes(), Route("/metrics", metrics_endpoint)],
         middleware=proxies,
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},

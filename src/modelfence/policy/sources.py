@@ -8,7 +8,7 @@ and an audit record can say `policies/analysts.cedar:12` or the policy's `@id`.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigurationError
@@ -19,21 +19,24 @@ _SHAPING_ANNOTATION = re.compile(r'@shaping\s*\(\s*"((?:[^"\\]|\\.)*)"\s*\)')
 
 @dataclass(frozen=True, slots=True)
 class Statement:
+    """One policy and where it came from; its annotations are read once, here, not per request.
+
+    `label` is the policy's @id, or file:line when it has none; `shaping` is the output band a
+    `@shaping("band")` annotation on a permit pins the callers it lets in to.
+    """
+
     text: str
     file: str
     line: int
+    label: str = field(init=False, compare=False)
+    shaping: str | None = field(init=False, compare=False)
 
-    @property
-    def label(self) -> str:
-        """The policy's @id, or file:line when it has none."""
+    def __post_init__(self) -> None:
         m = _ID_ANNOTATION.search(self.text)
-        return m.group(1) if m else f"{Path(self.file).name}:{self.line}"
-
-    @property
-    def shaping(self) -> str | None:
-        """`@shaping("band")` on a permit pins the callers it lets in to that output band."""
+        object.__setattr__(self, "label",
+                           m.group(1) if m else f"{Path(self.file).name}:{self.line}")
         m = _SHAPING_ANNOTATION.search(self.text)
-        return m.group(1) if m else None
+        object.__setattr__(self, "shaping", m.group(1) if m else None)
 
 
 def split_statements(text: str, file: str) -> list[Statement]:

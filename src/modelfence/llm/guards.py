@@ -1,0 +1,113 @@
+"""The LLM model lookup and request body guards, and what they put on the Call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import orjson
+
+from ..errors import BadRequest, NotFound
+from ..gateway.call import Call
+from ..gateway.chain import Guard
+from ..gateway.guards import read_bounded
+from .controls import apply_controls
+from .settings import LlmModel
+from .usage import TokenUsage, UsageTally
+
+#: The route's action (Cedar) → the model kind that serves it.
+KIND_OF_ACTION = {"chat": "chat", "completion": "completion", "embed": "embed"}
+
+
+@dataclass(slots=True)
+class LlmEntry:
+    """A served LLM, duck-typed like `ModelEntry` (`name`, `settings.attributes`)."""
+
+    settings: LlmModel
+    refused: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+
+@dataclass(slots=True)
+class LlmExchange:
+    """The LLM part of a Call (kept in `call.result`): the request sent and the tokens used."""
+
+    entry: LlmEntry
+    request: dict[str, Any] = field(default_factory=dict)
+    stream: bool = False
+    client_wants_usage: bool = False
+    tally: UsageTally | None = None
+    usage: TokenUsage | None = None
+    cancelled: bool = False
+
+
+def exchange_of(call: Call) -> LlmExchange:
+    ex = call.result
+    assert isinstance(ex, LlmExchange)
+    return ex
+
+
+class LlmModelGuard(Guard):
+    """Resolve the LLM named in the body (or 404); after identity, like `ModelLookupGuard`.
+
+    The model name comes from the JSON body, so this guard reads the body first
+    (bounded); the controls are applied later, after policy, by `LlmBodyGuard`.
+    """
+
+    name: ClassVar[str] = "llm_model"
+    requires: ClassVar[frozenset[str]] = frozenset({"principal"})
+    provides: ClassVar[frozenset[str]] = frozenset({"model", "body"})
+
+    def __init__(self, models: dict[str, LlmEntry], max_body_bytes: int) -> None:
+        self._models = models
+        self._max = max_body_bytes
+
+    async def on_request(self, call: Call) -> None:
+        call.body = await read_bounded(call.request, self._max)
+        try:
+            doc = orjson.loads(call.body)
+        except orjson.JSONDecodeError:
+            raise BadRequest("body: not valid JSON", reason="bad_json") from None
+        if not isinstance(doc, dict):
+            raise BadRequest("body: must be a JSON object", reason="bad_json")
+        name = doc.get("model")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("model: required (a string)", reason="bad_parameter")
+        call.model_name = name[:128]
+        entry = self._models.get(name)
+        if entry is None or KIND_OF_ACTION[call.action] not in entry.settings.kinds:
+            raise NotFound(f"unknown model {name[:128]!r}", reason="unknown_model")
+        call.model = entry  # type: ignore[assignment]  # duck-typed ModelEntry
+        call.result = LlmExchange(entry, doc)
+
+
+class LlmBodyGuard(Guard):
+    """Apply the model's output controls to the request (400 names the field)."""
+
+    name: ClassVar[str] = "llm_body"
+    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "body", "decision"})
+    provides: ClassVar[frozenset[str]] = frozenset({"inputs"})
+
+    async def on_request(self, call: Call) -> None:
+        ex = exchange_of(call)
+        body = ex.request
+        kind = KIND_OF_ACTION[call.action]
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise BadRequest("stream: must be true or false", reason="bad_parameter")
+        if kind == "embed" and stream:
+            raise BadRequest("stream: embeddings do not stream", reason="bad_parameter")
+        ex.stream = stream
+        apply_controls(kind, body, ex.entry.settings)
+        ex.tally = UsageTally(kind, body)
+        if stream:
+            options = body.get("stream_options")
+            if options is not None and not isinstance(options, dict):
+                raise BadRequest("stream_options: must be an object", reason="bad_parameter")
+            options = dict(options or {})
+            ex.client_wants_usage = bool(options.get("include_usage"))
+            options["include_usage"] = True
+            body["stream_options"] = options

@@ -1,0 +1,238 @@
+"""OpenAI-compatible routes: chat, completions, embeddings (streamed or not), model list.
+
+Each POST runs the gateway's guard chain (identity → llm_model → usage → monitor →
+policy → rate limits → llm_body → budgets) with the upstream call as the terminal.
+A stream is passed through event by event as it arrives; its audit record is written
+when it ends, or when the client goes away (which also closes the upstream request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import orjson
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from ..errors import http_status_and_message
+from ..gateway.call import Call
+from ..gateway.chain import Guard, GuardChain
+from ..gateway.responses import error_response
+from .guards import LlmBodyGuard, LlmEntry, LlmExchange, LlmModelGuard, exchange_of
+from .settings import LlmSettings
+from .upstream import LlmUpstream, loads_object
+
+log = logging.getLogger("modelfence.llm")
+
+PATHS = {"chat": "/chat/completions", "completion": "/completions", "embed": "/embeddings"}
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+               403: "permission_error", 404: "not_found_error", 413: "invalid_request_error",
+               429: "rate_limit_error"}
+
+
+def openai_error(status: int, message: str, code: str,
+                 headers: dict[str, str] | None = None) -> Response:
+    kind = ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+    doc = {"error": {"message": message, "type": kind, "code": code}}
+    return Response(orjson.dumps(doc), status, headers=headers, media_type="application/json")
+
+
+def _sse(doc: Any) -> bytes:
+    return b"data: " + orjson.dumps(doc) + b"\n\n"
+
+
+class LlmRoutes:
+    """The /v1 routes over the gateway's guards; `close()` it in the app's lifespan."""
+
+    def __init__(self, settings: LlmSettings, *, before_policy: Sequence[Guard],
+                 policy: Sequence[Guard], after_policy: Sequence[Guard] = (),
+                 after_body: Sequence[Guard] = (), head: Sequence[Guard] = (),
+                 audit_before_answer: bool = False) -> None:
+        self.settings = settings
+        self.models = {m.name: LlmEntry(m) for m in settings.models}
+        self.upstream = LlmUpstream(max_connections=settings.max_connections)
+        lookup = LlmModelGuard(self.models, settings.max_body_bytes)
+        self._chain = GuardChain([*head, before_policy[0], lookup, *before_policy[1:], *policy,
+                                  *after_policy, LlmBodyGuard(), *after_body])
+        self._list_chain = GuardChain([*head, before_policy[0]])
+        self._audit_before_answer = audit_before_answer
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/completions", self.completion, methods=["POST"]),
+            Route("/v1/embeddings", self.embed, methods=["POST"]),
+            Route("/v1/models", self.list_models, methods=["GET"]),
+        ]
+
+    async def close(self) -> None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self.upstream.close()
+
+    async def chat(self, request: Request) -> Response:
+        return await self._post(Call(request, "chat", None))
+
+    async def completion(self, request: Request) -> Response:
+        return await self._post(Call(request, "completion", None))
+
+    async def embed(self, request: Request) -> Response:
+        return await self._post(Call(request, "embed", None))
+
+    async def list_models(self, request: Request) -> Response:
+        call = Call(request, "metadata", None)
+
+        async def terminal(call: Call) -> None:
+            p = call.principal
+            assert p is not None
+            call.result = {"object": "list", "data": [
+                {"id": name, "object": "model", "created": 0,
+                 "owned_by": e.settings.attributes.owner or "modelfence"}
+                for name, e in self.models.items() if p.may_use(name)]}
+
+        try:
+            await self._list_chain.run(call, terminal)
+            call.response_body = orjson.dumps(call.result)
+            response = Response(call.response_body, 200, media_type="application/json")
+        except Exception as exc:
+            response = self._error(call, exc)
+        return await self._finish(call, self._list_chain, response)
+
+    async def _post(self, call: Call) -> Response:
+        stream: AsyncIterator[bytes] | None = None
+
+        async def terminal(call: Call) -> None:
+            nonlocal stream
+            ex = exchange_of(call)
+            path = PATHS[call.action]
+            body = orjson.dumps(ex.request)
+            if ex.stream:
+                stream = await self.upstream.stream(ex.entry.settings, path, body)
+            else:
+                doc = loads_object(await self.upstream.post(ex.entry.settings, path, body))
+                assert ex.tally is not None
+                ex.tally.see(doc)
+                ex.usage = ex.tally.result()
+                call.note("llm", "note", ex.usage.describe())
+                if "model" in doc:
+                    doc["model"] = ex.entry.name
+                call.response_body = orjson.dumps(doc)
+
+        try:
+            await self._chain.run(call, terminal)
+        except Exception as exc:
+            return await self._finish(call, self._chain, self._error(call, exc))
+        if stream is None:
+            assert call.response_body is not None
+            response = Response(call.response_body, 200, media_type="application/json")
+            return await self._finish(call, self._chain, response)
+        call.status = 200
+        return StreamingResponse(self._relay(call, stream), 200,
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
+
+    async def _relay(self, call: Call, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """Pass upstream events through as they arrive; finish the call however it ends."""
+        ex = exchange_of(call)
+        sent = bytearray()
+        buffer = b""
+        finished = False
+        try:
+            async for chunk in upstream:
+                buffer += chunk.replace(b"\r\n", b"\n")
+                *events, buffer = buffer.split(b"\n\n")
+                out = b"".join(self._event(ex, e) for e in events)
+                if out:
+                    sent += out
+                    yield out
+            if buffer.strip():
+                out = self._event(ex, buffer)
+                sent += out
+                yield out
+            finished = True
+        except Exception as exc:  # after the headers: the error travels as a last event
+            status, message, reason, _ = http_status_and_message(exc)
+            log.warning("LLM stream for %s broke off: %s", call.model_name, message)
+            call.status = status
+            call.error = error_response(exc)[1]
+            out = _sse({"error": {"message": message, "type": "api_error", "code": reason}})
+            sent += out
+            yield out
+            finished = True
+        finally:
+            aclose = getattr(upstream, "aclose", None)
+            if not finished:
+                ex.cancelled = True
+                call.note("llm", "note", "client disconnected; upstream request closed")
+            if aclose is not None:
+                task = asyncio.ensure_future(aclose())
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            call.response_body = bytes(sent)
+            assert ex.tally is not None
+            ex.usage = ex.tally.result()
+            call.note("llm", "note", ex.usage.describe())
+            self._spawn(self._chain.complete(call))
+
+    def _event(self, ex: LlmExchange, event: bytes) -> bytes:
+        """One SSE event, with the upstream model name replaced and added usage hidden."""
+        if not event.strip():
+            return b""
+        lines = event.split(b"\n")
+        data = [line[5:].lstrip() for line in lines if line.startswith(b"data:")]
+        if len(data) != 1 or data[0] == b"[DONE]":
+            return event + b"\n\n"
+        try:
+            doc = orjson.loads(data[0])
+        except orjson.JSONDecodeError:
+            return event + b"\n\n"
+        assert ex.tally is not None
+        ex.tally.see(doc)
+        if not isinstance(doc, dict):
+            return event + b"\n\n"
+        if not ex.client_wants_usage and doc.get("usage") is not None:
+            if not doc.get("choices"):
+                return b""  # the usage-only chunk the gateway asked for
+            doc["usage"] = None
+        if "model" in doc:
+            doc["model"] = ex.entry.name
+        return _sse(doc)
+
+    def _error(self, call: Call, exc: Exception) -> Response:
+        _, call.error = error_response(exc, where=f" in {call.action}")
+        status, message, reason, headers = http_status_and_message(call.error)
+        return openai_error(status, message, reason, headers)
+
+    async def _finish(self, call: Call, chain: GuardChain, response: Response) -> Response:
+        call.status = response.status_code
+        if not self._audit_before_answer:
+            response.background = BackgroundTask(chain.complete, call)
+            return response
+        await chain.complete(call)
+        if call.audit_failed:
+            return openai_error(503, "audit record not committed", "store_unavailable")
+        return response
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+
+def llm_routes(settings: LlmSettings, *, head: Sequence[Guard], identity: Guard,
+               usage: Guard, policy: Guard, monitor: Sequence[Guard] = (),
+               rate_limits: Sequence[Guard] = (), budgets: Sequence[Guard] = (),
+               audit_before_answer: bool = False) -> LlmRoutes:
+    """The LLM routes wired like the OIP infer chain; `head` is e.g. (metrics, audit).
+
+    Mount `llm.routes()` and `await llm.close()` in the app's lifespan.
+    """
+    return LlmRoutes(settings, head=head, before_policy=[identity, usage, *monitor],
+                     policy=[policy], after_policy=rate_limits, after_body=budgets,
+                     audit_before_answer=audit_before_answer)

@@ -1,0 +1,166 @@
+"""The HTTP client to OpenAI-compatible upstreams (aiohttp, pooled; see NOTES.md).
+
+Failures become `UpstreamError` (502) / `UpstreamTimeout` (504); an upstream 4xx becomes
+`UpstreamRejected` with the upstream's own message. A stream is read as it arrives and
+closing the iterator (the client went away) closes the upstream connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from ..backends.transport import MAX_UPSTREAM_BODY
+from ..errors import UpstreamError, UpstreamRejected, UpstreamTimeout
+from .settings import LlmModel
+
+CONNECT_TIMEOUT_S = 2.0
+
+
+def upstream_message(status: int, data: bytes) -> str:
+    """The upstream's error message (OpenAI shape, or a bare one), bounded."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return f"the upstream model server refused the request ({status})"
+    err = doc.get("error") if isinstance(doc, dict) else None
+    if isinstance(err, dict):
+        err = err.get("message")
+    if not isinstance(err, str):
+        err = doc.get("message") if isinstance(doc, dict) else None
+    if not isinstance(err, str) or not err:
+        return f"the upstream model server refused the request ({status})"
+    return err[:500]
+
+
+class LlmUpstream:
+    """One pooled aiohttp session shared by every LLM model; made inside the running loop."""
+
+    def __init__(self, *, max_connections: int = 100) -> None:
+        self._max = max_connections
+        self._session: Any = None
+
+    def _client(self) -> Any:
+        if self._session is None:
+            import aiohttp
+
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._max, keepalive_timeout=30),
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    @staticmethod
+    def _headers(model: LlmModel) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        key = model.api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _timeout(self, model: LlmModel) -> Any:
+        import aiohttp
+
+        return aiohttp.ClientTimeout(total=model.timeout_s, sock_connect=CONNECT_TIMEOUT_S)
+
+    async def post(self, model: LlmModel, path: str, body: bytes) -> bytes:
+        """The body of a 2xx answer to a POST; errors raised as above."""
+        return await self._exchange("POST", model, path, body)
+
+    async def _exchange(self, method: str, model: LlmModel, path: str, body: bytes | None
+                        ) -> bytes:
+        import aiohttp
+
+        try:
+            async with self._client().request(
+                    method, model.upstream + path, data=body, headers=self._headers(model),
+                    timeout=self._timeout(model)) as resp:
+                data = bytearray()
+                async for chunk in resp.content.iter_any():
+                    data += chunk
+                    if len(data) > MAX_UPSTREAM_BODY:
+                        raise UpstreamError(
+                            "the upstream model server answered with an oversized body")
+                _check(resp.status, bytes(data))
+                return bytes(data)
+        except aiohttp.ConnectionTimeoutError:
+            raise UpstreamTimeout("the upstream model server did not accept a connection in "
+                                  f"{CONNECT_TIMEOUT_S:g} s") from None
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"the upstream model server did not answer within {model.timeout_s:g} s"
+            ) from None
+        except aiohttp.ClientError:
+            raise UpstreamError("cannot reach the upstream model server") from None
+
+    async def stream(self, model: LlmModel, path: str, body: bytes) -> AsyncIterator[bytes]:
+        """Open a streaming POST; errors before the first byte raise from this call.
+
+        The returned iterator yields raw chunks as they arrive; closing it closes the
+        upstream connection, which is how a client's disconnect cancels the generation.
+        """
+        import aiohttp
+
+        ctx = self._client().post(model.upstream + path, data=body,
+                                  headers=self._headers(model), timeout=self._timeout(model))
+        try:
+            resp = await ctx.__aenter__()
+        except aiohttp.ConnectionTimeoutError:
+            raise UpstreamTimeout("the upstream model server did not accept a connection in "
+                                  f"{CONNECT_TIMEOUT_S:g} s") from None
+        except TimeoutError:
+            raise UpstreamTimeout(
+                f"the upstream model server did not answer within {model.timeout_s:g} s"
+            ) from None
+        except aiohttp.ClientError:
+            raise UpstreamError("cannot reach the upstream model server") from None
+        if resp.status >= 300:
+            try:
+                data = await resp.content.read(64 * 1024)
+            finally:
+                await ctx.__aexit__(None, None, None)
+            _check(resp.status, data)
+        return _chunks(ctx, resp, model)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+            await asyncio.sleep(0)
+
+
+async def _chunks(ctx: Any, resp: Any, model: LlmModel) -> AsyncIterator[bytes]:
+    import aiohttp
+
+    try:
+        async for chunk in resp.content.iter_any():
+            yield chunk
+    except TimeoutError:
+        raise UpstreamTimeout(
+            f"the upstream model server did not finish within {model.timeout_s:g} s") from None
+    except aiohttp.ClientError:
+        raise UpstreamError("the upstream model server broke off the stream") from None
+    finally:
+        resp.close()  # drop the connection: the upstream sees the disconnect and stops
+        await ctx.__aexit__(None, None, None)
+
+
+def _check(status: int, data: bytes) -> None:
+    if status < 300:
+        return
+    if 400 <= status < 500 and status not in (401, 403, 407):
+        raise UpstreamRejected(status, upstream_message(status, data))
+    raise UpstreamError(f"the upstream model server failed ({status})")
+
+
+def loads_object(data: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("the upstream model server answered with invalid JSON") from None
+    if not isinstance(doc, dict):
+        raise UpstreamError("the upstream model server answered with a non-object")
+    return doc

@@ -1,0 +1,359 @@
+"""The OpenAI-compatible routes end to end: the official `openai` client → gateway → stub.
+
+The gateway is `modelfence serve` with an `llm:` section (the real identity, policy, usage,
+rate-limit and audit guards); the upstream is an aiohttp stub on loopback speaking the
+OpenAI API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from ..support import Gateway
+
+WORDS = ["Hello", " from", " the", " stub", " model", "."]
+
+
+# -- the upstream stub --------------------------------------------------------------------------
+
+class OpenAiStub:
+    """An OpenAI-speaking upstream on loopback; the `model` field picks its behaviour.
+
+    `slow`: a stream of 200 chunks 0.1 s apart (to see a cancel); `fail`: 400 error;
+    `no-usage`: never reports usage; anything else: a normal answer (streams 0.15 s apart).
+    """
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.cancelled = threading.Event()
+        self.slow_chunks_sent = 0
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
+        self._started = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> OpenAiStub:
+        self._thread.start()
+        assert self._started.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(10)
+        self._sock.close()
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embed)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        await web.SockSite(runner, self._sock).start()
+        self._started.set()
+        await self._stop.wait()
+        await runner.cleanup()
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        body["_path"] = request.path
+        body["_auth"] = request.headers.get("Authorization")
+        self.received.append(body)
+        model = body["model"]
+        if model == "fail":
+            return web.json_response({"error": {"message": "prompt too long for stub",
+                                                "type": "invalid_request_error",
+                                                "code": None}}, status=400)
+        chat = request.path.endswith("/chat/completions")
+        usage = {"prompt_tokens": 11, "completion_tokens": len(WORDS), "total_tokens": 17}
+        if not body.get("stream"):
+            choice: dict[str, Any] = (
+                {"index": 0, "message": {"role": "assistant", "content": "".join(WORDS)},
+                 "finish_reason": "stop"} if chat else
+                {"index": 0, "text": "".join(WORDS), "finish_reason": "stop"})
+            doc = {"id": "x1", "object": "chat.completion" if chat else "text_completion",
+                   "created": 1, "model": model, "choices": [choice]}
+            if model != "no-usage":
+                doc["usage"] = usage
+            return web.json_response(doc)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        words = WORDS * 40 if model == "slow" else WORDS
+        try:
+            for i, word in enumerate(words):
+                chunk = {"id": "x1", "object": "chat.completion.chunk", "created": 1,
+                         "model": model, "choices": [
+                             {"index": 0, "delta": {"content": word},
+                              "finish_reason": "stop" if i == len(words) - 1 else None}]}
+                await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                if model == "slow":
+                    self.slow_chunks_sent += 1
+                await asyncio.sleep(0.1 if model == "slow" else 0.15)
+            options = body.get("stream_options") or {}
+            if options.get("include_usage") and model != "no-usage":
+                last = {"id": "x1", "object": "chat.completion.chunk", "created": 1,
+                        "model": model, "choices": [], "usage": usage}
+                await resp.write(b"data: " + json.dumps(last).encode() + b"\n\n")
+            await resp.write(b"data: [DONE]\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.cancelled.set()
+            raise
+        return resp
+
+    async def _embed(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.received.append(body)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        return web.json_response({
+            "object": "list", "model": body["model"],
+            "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
+                     for i in range(len(inputs))],
+            "usage": {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs)}})
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stub() -> Iterator[OpenAiStub]:
+    s = OpenAiStub().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def llm_gateway(tmp_path_factory: pytest.TempPathFactory, stub: OpenAiStub
+                ) -> Iterator[Gateway]:
+    folder = tmp_path_factory.mktemp("llmgw")
+    (folder / "upstream-key").write_text("sk-upstream-secret\n")
+    llm = {"models": [
+        {"name": "chat", "upstream": stub.url, "upstream_model": "ok",
+         "api_key_file": str(folder / "upstream-key"),
+         "controls": {"max_tokens": 64, "logprobs": True, "max_top_logprobs": 2}},
+        {"name": "strict", "upstream": stub.url, "upstream_model": "ok",
+         "controls": {"over_cap": "reject", "max_tokens": 64}},
+        {"name": "slow", "upstream": stub.url, "upstream_model": "slow"},
+        {"name": "failing", "upstream": stub.url, "upstream_model": "fail"},
+        {"name": "quiet", "upstream": stub.url, "upstream_model": "no-usage"},
+        {"name": "secret-model", "upstream": stub.url, "upstream_model": "ok"},
+        {"name": "down", "upstream": "http://127.0.0.1:1/v1"},
+    ], "max_body_bytes": 4096}
+    gw = Gateway(folder, [], extra={"llm": llm}).start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture(scope="module")
+def key(llm_gateway: Gateway) -> str:
+    return llm_gateway.key(models=["chat", "strict", "slow", "failing", "quiet", "down"])
+
+
+@pytest.fixture
+def client(llm_gateway: Gateway, key: str) -> Any:
+    import openai
+
+    with openai.OpenAI(base_url=f"{llm_gateway.url}/v1", api_key=key, max_retries=0,
+                       timeout=20) as c:
+        yield c
+
+
+def _last_received(stub: OpenAiStub) -> dict[str, Any]:
+    return stub.received[-1]
+
+
+def _body(exc: Any) -> dict[str, Any]:
+    """The `error` object of an OpenAI error (the client unwraps it into `.body`)."""
+    body = exc.body
+    assert isinstance(body, dict)
+    return body
+
+
+def _audit(gw: Gateway, action: str, *, timeout_s: float = 10) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = [r for r in gw.audit_records() if r["action"] == action]
+        if records or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
+# -- tests ----------------------------------------------------------------------------------
+
+def test_chat_non_stream(client: Any, stub: OpenAiStub, llm_gateway: Gateway) -> None:
+    reply = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "".join(WORDS)
+    assert reply.model == "chat"  # the upstream's name is not shown
+    assert reply.usage.prompt_tokens == 11
+    sent = _last_received(stub)
+    assert sent["model"] == "ok"
+    assert sent["max_tokens"] == 64  # the cap is set when the client names none
+    assert sent["_auth"] == "Bearer sk-upstream-secret"
+    records = _audit(llm_gateway, "chat")
+    assert records and records[-1]["status"] == 200 and records[-1]["principal"] == "alice"
+    assert any("tokens prompt=11 completion=6" in d["reason"] for d in records[-1]["trail"])
+
+
+def test_chat_stream_arrives_incrementally(client: Any, stub: OpenAiStub) -> None:
+    arrivals: list[float] = []
+    text = ""
+    stream = client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "hi"}], stream=True)
+    for chunk in stream:
+        arrivals.append(time.monotonic())
+        assert chunk.model == "chat"
+        assert chunk.usage is None  # the client did not ask for usage
+        text += "".join(c.delta.content or "" for c in chunk.choices)
+    assert text == "".join(WORDS)
+    assert len(arrivals) == len(WORDS)
+    assert arrivals[-1] - arrivals[0] > 0.4  # 6 chunks 0.15 s apart, not one late burst
+    assert _last_received(stub)["stream_options"] == {"include_usage": True}
+
+
+def test_stream_usage_when_asked(client: Any) -> None:
+    chunks = list(client.chat.completions.create(
+        model="chat", messages=[{"role": "user", "content": "hi"}], stream=True,
+        stream_options={"include_usage": True}))
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == len(WORDS)
+
+
+def test_stream_without_upstream_usage_is_estimated(client: Any, llm_gateway: Gateway
+                                                    ) -> None:
+    list(client.chat.completions.create(
+        model="quiet", messages=[{"role": "user", "content": "12345678"}], stream=True))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        recs = [r for r in _audit(llm_gateway, "chat") if r["model"] == "quiet"]
+        if recs:
+            break
+        time.sleep(0.1)
+    reasons = [d["reason"] for d in recs[-1]["trail"]]
+    # "Hello from the stub model." is 26 characters → 7 tokens; the prompt 8 → 2
+    assert "tokens prompt=2 completion=7 (estimated)" in reasons
+
+
+def test_completions_and_embeddings(client: Any, stub: OpenAiStub) -> None:
+    done = client.completions.create(model="chat", prompt="say hi", max_tokens=1000)
+    assert done.choices[0].text == "".join(WORDS)
+    assert _last_received(stub)["max_tokens"] == 64  # clamped (the default over_cap)
+    emb = client.embeddings.create(model="chat", input=["a", "b"])
+    assert [len(d.embedding) for d in emb.data] == [3, 3]
+    assert emb.usage.prompt_tokens == 6
+
+
+def test_models_list_shows_only_granted(client: Any) -> None:
+    names = {m.id for m in client.models.list()}
+    assert names == {"chat", "strict", "slow", "failing", "quiet", "down"}  # no secret-model
+
+
+def test_bad_key_is_openai_401(llm_gateway: Gateway) -> None:
+    import openai
+
+    with openai.OpenAI(base_url=f"{llm_gateway.url}/v1", api_key="mf_wrong",
+                       max_retries=0) as bad, pytest.raises(openai.AuthenticationError) as err:
+        bad.chat.completions.create(model="chat", messages=[{"role": "user", "content": "x"}])
+    assert err.value.status_code == 401
+    assert _body(err.value)["type"] == "authentication_error"
+    assert _body(err.value)["code"] == "malformed_key"
+    assert err.value.response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_policy_denial_and_unknown_model(client: Any) -> None:
+    import openai
+
+    with pytest.raises(openai.PermissionDeniedError) as denied:
+        client.chat.completions.create(model="secret-model",
+                                       messages=[{"role": "user", "content": "x"}])
+    assert _body(denied.value)["type"] == "permission_error"
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="nope", messages=[{"role": "user", "content": "x"}])
+    assert "unknown model" in _body(missing.value)["message"]
+
+
+def test_output_controls(client: Any, stub: OpenAiStub) -> None:
+    import openai
+
+    before = len(stub.received)
+    with pytest.raises(openai.BadRequestError) as bias:
+        client.chat.completions.create(model="chat", logit_bias={"50256": -100},
+                                       messages=[{"role": "user", "content": "x"}])
+    assert "logit_bias" in _body(bias.value)["message"]
+    with pytest.raises(openai.BadRequestError) as over:
+        client.chat.completions.create(model="strict", max_tokens=65,
+                                       messages=[{"role": "user", "content": "x"}])
+    assert "max_tokens" in _body(over.value)["message"]
+    with pytest.raises(openai.BadRequestError) as logprobs:
+        client.chat.completions.create(model="strict", logprobs=True,
+                                       messages=[{"role": "user", "content": "x"}])
+    assert "logprobs" in _body(logprobs.value)["message"]
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="chat", prompt="x", echo=True)
+    assert len(stub.received) == before  # nothing refused reached the upstream
+    client.chat.completions.create(model="chat", logprobs=True, top_logprobs=5, n=3,
+                                   messages=[{"role": "user", "content": "x"}])
+    sent = _last_received(stub)
+    assert (sent["top_logprobs"], sent["n"]) == (2, 1)
+
+
+def test_upstream_error_in_openai_shape(client: Any) -> None:
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="failing",
+                                       messages=[{"role": "user", "content": "x"}])
+    assert _body(err.value)["message"] == "prompt too long for stub"
+    assert _body(err.value)["code"] == "upstream_rejected"
+
+
+def test_client_disconnect_cancels_upstream(client: Any, stub: OpenAiStub,
+                                            llm_gateway: Gateway) -> None:
+    stream = client.chat.completions.create(
+        model="slow", messages=[{"role": "user", "content": "go"}], stream=True)
+    for i, _ in enumerate(stream):
+        if i == 2:
+            break
+    stream.close()
+    assert stub.cancelled.wait(10), "the upstream never saw the gateway hang up"
+    assert stub.slow_chunks_sent < 100  # far from the 240 it would have sent
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        recs = [r for r in _audit(llm_gateway, "chat") if r["model"] == "slow"]
+        if recs:
+            break
+        time.sleep(0.1)
+    assert any("client disconnected" in d["reason"] for d in recs[-1]["trail"])
+
+
+def test_unreachable_upstream_and_oversized_body(client: Any) -> None:
+    import openai
+
+    with pytest.raises(openai.InternalServerError) as down:
+        client.chat.completions.create(model="down", messages=[{"role": "user", "content": "x"}])
+    assert down.value.status_code == 502
+    assert _body(down.value) == {"message": "cannot reach the upstream model server",
+                                 "type": "api_error", "code": "upstream_error"}
+    with pytest.raises(openai.APIStatusError) as big:
+        client.chat.completions.create(model="chat",
+                                       messages=[{"role": "user", "content": "x" * 5000}])
+    assert big.value.status_code == 413
+    assert "4096 byte limit" in _body(big.value)["message"]
