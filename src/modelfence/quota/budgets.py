@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, StoreError
 from ..stores.failfast import FailFast
+from ..stores.postgres import open_pool
 from ..stores.sqlite import SqliteFile
 
 
@@ -151,22 +152,11 @@ class PostgresBudgetStore(BudgetStore):
         self._fail_fast = FailFast("budget")
 
     async def open(self) -> None:
-        from psycopg_pool import AsyncConnectionPool
-
-        # reconnect_timeout: the pool's reconnect backoff doubles without bound until it gives
-        # up, so after a long outage it would wait as long again before trying; giving up
-        # early lets the next request start a fresh attempt at once.
-        pool = AsyncConnectionPool(self._url, min_size=1, max_size=10, open=False,
-                                   timeout=self._timeout, reconnect_timeout=self._timeout,
-                                   kwargs={"autocommit": True})
         try:
-            await pool.open(wait=True, timeout=self._timeout)
-            async with pool.connection() as conn, conn.transaction():
-                # replicas starting together would race on CREATE TABLE (UniqueViolation)
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
-                await conn.execute(_SQLITE_SCHEMA.replace("INTEGER", "BIGINT"))
+            pool = await open_pool(self._url, max_size=10, timeout_s=self._timeout,
+                                   schema_lock=_PG_SCHEMA_LOCK,
+                                   schema=(_SQLITE_SCHEMA.replace("INTEGER", "BIGINT"),))
         except Exception as exc:
-            await pool.close()
             raise _failed("postgresql", exc, "unreachable: ") from None
         self._pool = pool
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import ConfigurationError, StoreError
 from .failfast import FailFast
+from .postgres import open_pool
 from .sqlite import SqliteFile
 
 
@@ -192,22 +193,11 @@ class PostgresKeyStore(KeyStore):
         self._fail_fast = FailFast("keys")
 
     async def open(self) -> None:
-        from psycopg_pool import AsyncConnectionPool
-
-        # reconnect_timeout: give up a reconnect loop early, so that after an outage the next
-        # request starts a fresh attempt instead of waiting out a long backoff.
-        pool = AsyncConnectionPool(self._url, min_size=1, max_size=self._pool_size, open=False,
-                                   timeout=self._timeout, reconnect_timeout=self._timeout,
-                                   kwargs={"autocommit": True})
         try:
-            await pool.open(wait=True, timeout=self._timeout)
-            async with pool.connection() as conn, conn.transaction():
-                # replicas starting together would race on CREATE TABLE (UniqueViolation)
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
-                await conn.execute(_PG_CREATE)
-                await conn.execute(_PG_MIGRATE)
+            pool = await open_pool(self._url, max_size=self._pool_size,
+                                   timeout_s=self._timeout, schema_lock=_PG_SCHEMA_LOCK,
+                                   schema=(_PG_CREATE, _PG_MIGRATE))
         except Exception as exc:
-            await pool.close()
             raise StoreError(
                 f"postgresql key store unreachable: {exc.__class__.__name__}") from None
         self._pool = pool

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, StoreError
 from ..stores.failfast import FailFast
+from ..stores.postgres import open_pool
 from ..stores.sqlite import SqliteFile
 
 STORE = "watermark"
@@ -217,19 +218,10 @@ class PostgresEvidenceStore(EvidenceStore):
         self._fail_fast = FailFast(STORE)
 
     async def open(self) -> None:
-        from psycopg_pool import AsyncConnectionPool
-
-        pool = AsyncConnectionPool(self._url, min_size=1, max_size=4, open=False,
-                                   timeout=self._timeout, reconnect_timeout=self._timeout,
-                                   kwargs={"autocommit": True})
         try:
-            await pool.open(wait=True, timeout=self._timeout)
-            async with pool.connection() as conn, conn.transaction():
-                # replicas starting together would race on CREATE TABLE (UniqueViolation)
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
-                await conn.execute(_PG_SCHEMA)
+            pool = await open_pool(self._url, max_size=4, timeout_s=self._timeout,
+                                   schema_lock=_PG_SCHEMA_LOCK, schema=(_PG_SCHEMA,))
         except Exception as exc:
-            await pool.close()
             raise StoreError("postgresql watermark evidence store unreachable: "
                              f"{exc.__class__.__name__}", store=STORE) from None
         self._pool = pool

@@ -1,0 +1,34 @@
+"""Opening a PostgreSQL store: one pool, its schema created once however many replicas start.
+
+Every PostgreSQL-backed store (keys, budgets, watermark evidence) opens the same way, so the
+same two lessons live here once: `reconnect_timeout` gives up a reconnect loop early (the
+pool's backoff doubles without bound, so after a long outage it would wait as long again;
+giving up lets the next request start a fresh attempt at once), and schema creation runs
+under a transaction-scoped advisory lock (replicas starting together would race on CREATE
+TABLE and fail with UniqueViolation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+async def open_pool(url: str, *, max_size: int, timeout_s: float, schema_lock: int,
+                    schema: Sequence[str]) -> Any:
+    """An open `AsyncConnectionPool` with `schema` applied; raises what psycopg raised."""
+    from psycopg_pool import AsyncConnectionPool
+
+    pool = AsyncConnectionPool(url, min_size=1, max_size=max_size, open=False,
+                               timeout=timeout_s, reconnect_timeout=timeout_s,
+                               kwargs={"autocommit": True})
+    try:
+        await pool.open(wait=True, timeout=timeout_s)
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (schema_lock,))
+            for statement in schema:
+                await conn.execute(statement)
+    except BaseException:
+        await pool.close()
+        raise
+    return pool
