@@ -236,3 +236,19 @@ def test_risk_survives_a_restart(tmp_path: Path, digits_files: dict[str, Path]) 
         assert after == "labels"
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize(("path", "params", "status", "message"), [
+    ("/admin/risk/digits", {}, 400, "exactly one of"),
+    ("/admin/risk/digits", {"principal": "a", "tenant": "b"}, 400, "exactly one of"),
+    ("/admin/risk/nope", {"principal": "a"}, 404, "not monitored"),
+    ("/admin/alerts", {"limit": "0"}, 400, "whole number"),
+    ("/admin/alerts", {"limit": "ten"}, 400, "whole number"),
+])
+def test_admin_monitor_routes_reject_bad_input(gateway: Gateway, path: str,
+                                               params: dict[str, str], status: int,
+                                               message: str) -> None:
+    r = httpx.get(f"{gateway.url}{path}", params=params,
+                  headers={"Authorization": f"Bearer {gateway.admin_token}"})
+    assert r.status_code == status and message in r.json()["error"]
+    assert httpx.get(f"{gateway.url}{path}", params=params).status_code == 401

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 import skops.io as sio
 from sklearn.datasets import load_digits
@@ -60,6 +61,10 @@ def test_a_thief_through_the_gateway_is_identified(tmp_path: Path,
 
         records = cli("watermark", "records", "--model", "digits", "--config", str(gw.config))
         assert "mallory" in records.stdout
+        metrics = httpx.get(f"{gw.url}/metrics").text
+        marked = [line for line in metrics.splitlines()
+                  if line.startswith("modelfence_watermark_marked_rows_total")]
+        assert marked and float(marked[0].split()[-1]) > 0
 
         case = tmp_path / "case"
         verdict = cli("verify-ownership", "--config", str(gw.config), "--suspect",

@@ -125,7 +125,7 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
         budget_store=(budget_store_from_url(settings.quotas.budget_store)
                       if settings.quotas.budgets else None),
         monitor=MonitorService(settings, audit_sink, metrics),
-        watermark=(build_watermark(settings.watermark, models)
+        watermark=(build_watermark(settings.watermark, models, metrics)
                    if settings.watermark is not None else None),
     )
 

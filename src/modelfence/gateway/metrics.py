@@ -55,6 +55,11 @@ class GatewayMetrics:
         self.download_alerts = Counter("modelfence_download_alerts",
                                        "Unusual artifact downloads (volume or hour)",
                                        registry=r)
+        self.watermark_marked = Counter("modelfence_watermark_marked_rows",
+                                        "Answer rows given a watermark mark", registry=r)
+        self.watermark_lost = Counter("modelfence_watermark_evidence_lost",
+                                      "Watermark evidence records a failing store did not take",
+                                      registry=r)
         self.model_ready = Gauge("modelfence_model_ready", "1 when the model can answer",
                                  ["model"], registry=r)
 

@@ -24,6 +24,7 @@ from ..backends.base import ModelEntry
 from ..errors import StoreError
 from ..gateway.call import Call
 from ..gateway.chain import Guard
+from ..gateway.metrics import GatewayMetrics
 from .keyring import EvidenceCipher, Keyring
 from .marking import Mark, Watermarker, make_record
 from .settings import WatermarkSettings
@@ -52,8 +53,10 @@ class WatermarkGuard(Guard):
 
     def __init__(self, marker: Watermarker, store: EvidenceStore, *,
                  models: frozenset[str] | None = None,
-                 cipher: EvidenceCipher | None = None) -> None:
+                 cipher: EvidenceCipher | None = None,
+                 metrics: GatewayMetrics | None = None) -> None:
         self.marker = marker
+        self._metrics = metrics
         self.store = store
         self._models = models
         self._cipher = cipher
@@ -93,6 +96,8 @@ class WatermarkGuard(Guard):
                 call.unshaped_proba = proba
             self._rewrite(entry, call, marked, proba.shape[1])
             self.marked_rows += len(marked)
+            if self._metrics is not None:
+                self._metrics.watermark_marked.inc(len(marked))
             call.note(self.name, "note", f"{len(marked)} of {len(proba)} rows watermarked")
         self._pending[call.request_id] = _Pending(
             marks, entry.name, call.principal.id, call.principal.tenant, classes,
@@ -138,6 +143,8 @@ class WatermarkGuard(Guard):
             self.recorded += await self.store.add(records)
         except StoreError as exc:
             self.lost += len(records)
+            if self._metrics is not None:
+                self._metrics.watermark_lost.inc(len(records))
             log.warning("watermark evidence not recorded (%d records): %s", len(records), exc)
 
     def record(self, p: _Pending, m: Mark, request_id: str) -> EvidenceRecord:
@@ -146,8 +153,8 @@ class WatermarkGuard(Guard):
                            time_us=p.time_us, cipher=self._cipher)
 
 
-def build_watermark(settings: WatermarkSettings, models: dict[str, ModelEntry]
-                    ) -> WatermarkGuard:
+def build_watermark(settings: WatermarkSettings, models: dict[str, ModelEntry],
+                    metrics: GatewayMetrics | None = None) -> WatermarkGuard:
     """The guard for the configured models; bad keys or store URLs fail start-up here."""
     unknown = sorted(set(settings.models) - set(models))
     if unknown:
@@ -161,4 +168,5 @@ def build_watermark(settings: WatermarkSettings, models: dict[str, ModelEntry]
     return WatermarkGuard(
         Watermarker.from_settings(settings, Keyring.from_settings(settings)),
         evidence_store_from_url(settings.evidence_store),
-        models=frozenset(settings.models) if settings.models else None, cipher=cipher)
+        models=frozenset(settings.models) if settings.models else None, cipher=cipher,
+        metrics=metrics)
