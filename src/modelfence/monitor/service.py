@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -209,7 +208,3 @@ def rows_of(values: Array) -> Array:
     """A request's first input as [n, features]: how the monitor sees a batch."""
     x = np.asarray(values, dtype=np.float64)
     return x.reshape(len(x), -1) if x.ndim != 1 else x.reshape(1, -1)
-
-
-def models_watched(settings: Settings) -> Sequence[str]:
-    return [m.name for m in settings.models if m.monitor is not None]
