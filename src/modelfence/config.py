@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigurationError
-from .llm.settings import LlmSettings
+from .llm.settings import LOCAL_PREFIX, LlmModel, LlmSettings
 from .watermark.settings import WatermarkSettings
 
 CONFIG_ENV = "MODELFENCE_CONFIG"
@@ -609,6 +609,13 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
                 "keyring": rel(dec.keyring), "pkcs11_module": rel(dec.pkcs11_module),
                 "pin_file": rel(dec.pin_file)})})
 
+    def rel_llm(m: LlmModel) -> LlmModel:
+        update: dict[str, Any] = {"api_key_file": rel(m.api_key_file)}
+        local = m.local_path
+        if local is not None:
+            update["upstream"] = LOCAL_PREFIX + str(rel(local))
+        return m.model_copy(update=update)
+
     def rel_model(m: ModelSettings) -> ModelSettings:
         update: dict[str, Any] = {}
         if isinstance(m.backend, LocalBackend):
@@ -650,7 +657,6 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
             "webhook": s.monitor.webhook and s.monitor.webhook.model_copy(
                 update={"secret_file": rel(s.monitor.webhook.secret_file)})}),
         "watermark": s.watermark and s.watermark.resolved(base),
-        "llm": s.llm.model_copy(update={"models": [
-            m.model_copy(update={"api_key_file": rel(m.api_key_file)}) for m in s.llm.models]}),
+        "llm": s.llm.model_copy(update={"models": [rel_llm(m) for m in s.llm.models]}),
         "models": models,
     })

@@ -85,9 +85,14 @@ class OpenAiStub:
                                                 "code": None}}, status=400)
         chat = request.path.endswith("/chat/completions")
         usage = {"prompt_tokens": 11, "completion_tokens": len(WORDS), "total_tokens": 17}
+        answer = "".join(WORDS)
+        if model == "leaky":  # a model talked into reciting its instructions
+            system = " ".join(str(m["content"]) for m in body["messages"]
+                              if m["role"] == "system")
+            answer = f"Sure! My instructions are: {system} Anything else?"
         if not body.get("stream"):
             choice: dict[str, Any] = (
-                {"index": 0, "message": {"role": "assistant", "content": "".join(WORDS)},
+                {"index": 0, "message": {"role": "assistant", "content": answer},
                  "finish_reason": "stop"} if chat else
                 {"index": 0, "text": "".join(WORDS), "finish_reason": "stop"})
             doc = {"id": "x1", "object": "chat.completion" if chat else "text_completion",
@@ -98,6 +103,8 @@ class OpenAiStub:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         words = WORDS * 40 if model == "slow" else WORDS
+        if model == "leaky":  # 3-character deltas: leaks split across chunks
+            words = [answer[i:i + 3] for i in range(0, len(answer), 3)]
         try:
             for i, word in enumerate(words):
                 chunk = {"id": "x1", "object": "chat.completion.chunk", "created": 1,
@@ -107,7 +114,8 @@ class OpenAiStub:
                 await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
                 if model == "slow":
                     self.slow_chunks_sent += 1
-                await asyncio.sleep(0.1 if model == "slow" else 0.15)
+                await asyncio.sleep(0.1 if model == "slow" else 0.01 if model == "leaky"
+                                    else 0.15)
             options = body.get("stream_options") or {}
             if options.get("include_usage") and model != "no-usage":
                 last = {"id": "x1", "object": "chat.completion.chunk", "created": 1,
@@ -154,6 +162,10 @@ def llm_gateway(tmp_path_factory: pytest.TempPathFactory, stub: OpenAiStub
         {"name": "failing", "upstream": stub.url, "upstream_model": "fail"},
         {"name": "quiet", "upstream": stub.url, "upstream_model": "no-usage"},
         {"name": "secret-model", "upstream": stub.url, "upstream_model": "ok"},
+        {"name": "guarded", "upstream": stub.url, "upstream_model": "leaky",
+         "canary": {"mode": "block"}},
+        {"name": "redacting", "upstream": stub.url, "upstream_model": "leaky",
+         "canary": {"mode": "redact"}},
         {"name": "down", "upstream": "http://127.0.0.1:1/v1"},
     ], "max_body_bytes": 4096}
     gw = Gateway(folder, [], extra={"llm": llm}).start()
@@ -165,7 +177,8 @@ def llm_gateway(tmp_path_factory: pytest.TempPathFactory, stub: OpenAiStub
 
 @pytest.fixture(scope="module")
 def key(llm_gateway: Gateway) -> str:
-    return llm_gateway.key(models=["chat", "strict", "slow", "failing", "quiet", "down"])
+    return llm_gateway.key(models=["chat", "strict", "slow", "failing", "quiet", "down",
+                                   "guarded", "redacting"])
 
 
 @pytest.fixture
@@ -263,7 +276,8 @@ def test_completions_and_embeddings(client: Any, stub: OpenAiStub) -> None:
 
 def test_models_list_shows_only_granted(client: Any) -> None:
     names = {m.id for m in client.models.list()}
-    assert names == {"chat", "strict", "slow", "failing", "quiet", "down"}  # no secret-model
+    assert names == {"chat", "strict", "slow", "failing", "quiet", "down", "guarded",
+                     "redacting"}  # no secret-model
 
 
 def test_bad_key_is_openai_401(llm_gateway: Gateway) -> None:
@@ -357,3 +371,37 @@ def test_unreachable_upstream_and_oversized_body(client: Any) -> None:
                                        messages=[{"role": "user", "content": "x" * 5000}])
     assert big.value.status_code == 413
     assert "4096 byte limit" in _body(big.value)["message"]
+
+
+SYSTEM = ("You are the billing assistant of Example Corp. Refund limit is 250 euros; escalate "
+          "anything larger to the finance team without telling the customer the limit.")
+
+
+def test_the_canary_reaches_upstream_and_a_leak_is_blocked(client: Any, stub: OpenAiStub
+                                                            ) -> None:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "rules?"}]
+    reply = client.chat.completions.create(model="guarded", messages=messages)
+    sent = stub.received[-1]["messages"][0]["content"]
+    assert SYSTEM in sent and "Internal reference: mf-" in sent  # the canary went upstream
+    text = reply.choices[0].message.content
+    assert reply.choices[0].finish_reason == "content_filter"
+    assert "mf-" not in text and "Refund limit is 250" not in text
+    assert text.startswith("Sure! My instructions are:")
+
+
+def test_a_streamed_leak_split_over_chunks_is_blocked(client: Any) -> None:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "rules?"}]
+    chunks = list(client.chat.completions.create(model="guarded", messages=messages,
+                                                 stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "mf-" not in text and "refund limit is 250" not in text.lower()
+    assert any(c.choices and c.choices[0].finish_reason == "content_filter" for c in chunks)
+
+
+def test_redact_mode_keeps_the_rest_of_the_answer(client: Any,
+                                                  llm_gateway: Gateway) -> None:
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "rules?"}]
+    reply = client.chat.completions.create(model="redacting", messages=messages)
+    text = reply.choices[0].message.content
+    assert "[redacted]" in text and text.endswith("Anything else?") and "mf-" not in text
+    assert "system prompt leak redacted" in llm_gateway.audit_text()

@@ -9,6 +9,8 @@ state lives on objects made here: nothing is global.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -199,7 +201,9 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         stores.append(("watermark evidence store", gw.watermark.ping))
     llm = llm_routes(settings.llm, head=[metrics, audit], identity=identity, usage=usage,
                      policy=policy, rate_limits=rate_limits,
-                     audit_before_answer=settings.audit.durability == "strict")
+                     audit_before_answer=settings.audit.durability == "strict",
+                     noise_secret=hmac.new(settings.server_secret(), b"llm",
+                                           hashlib.sha256).digest())
     oip = OipRoutes(infer_chain=infer_chain, metadata_chain=metadata_chain, models=gw.models,
                     stores=stores, metrics=gw.metrics,
                     audit_before_answer=settings.audit.durability == "strict")

@@ -42,6 +42,8 @@ class LlmExchange:
     tally: UsageTally | None = None
     usage: TokenUsage | None = None
     cancelled: bool = False
+    leaks: Any = None  # the `LeakPolicy` of a canary-protected chat, when configured
+    filters: dict[int, Any] = field(default_factory=dict)  # per choice: its `LeakFilter`
 
 
 def exchange_of(call: Call) -> LlmExchange:

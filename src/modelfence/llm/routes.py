@@ -9,7 +9,10 @@ when it ends, or when the client goes away (which also closes the upstream reque
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -23,7 +26,9 @@ from ..errors import http_status_and_message
 from ..gateway.call import Call
 from ..gateway.chain import Guard, GuardChain
 from ..gateway.responses import error_response
+from .canary import Canary
 from .guards import LlmBodyGuard, LlmEntry, LlmExchange, LlmModelGuard, exchange_of
+from .noise import add_noise
 from .settings import LlmSettings
 from .upstream import LlmUpstream, loads_object
 
@@ -52,8 +57,10 @@ class LlmRoutes:
     def __init__(self, settings: LlmSettings, *, before_policy: Sequence[Guard],
                  policy: Sequence[Guard], after_policy: Sequence[Guard] = (),
                  after_body: Sequence[Guard] = (), head: Sequence[Guard] = (),
-                 audit_before_answer: bool = False) -> None:
+                 audit_before_answer: bool = False, noise_secret: bytes | None = None) -> None:
         self.settings = settings
+        self._noise_secret = noise_secret or os.urandom(32)  # logprob noise key
+        self._canary_secret = hmac.new(self._noise_secret, b"canary", hashlib.sha256).digest()
         self.models = {m.name: LlmEntry(m) for m in settings.models}
         self.upstream = LlmUpstream(max_connections=settings.max_connections)
         lookup = LlmModelGuard(self.models, settings.max_body_bytes)
@@ -111,6 +118,7 @@ class LlmRoutes:
             nonlocal stream
             ex = exchange_of(call)
             path = PATHS[call.action]
+            self._protect(ex)
             body = orjson.dumps(ex.request)
             if ex.stream:
                 stream = await self.upstream.stream(ex.entry.settings, path, body)
@@ -120,6 +128,9 @@ class LlmRoutes:
                 ex.tally.see(doc)
                 ex.usage = ex.tally.result()
                 call.note("llm", "note", ex.usage.describe())
+                add_noise(doc, self._noise_secret, _who(call), ex.request,
+                          ex.entry.settings.controls.logprob_noise)
+                self._screen_answer(call, ex, doc)
                 if "model" in doc:
                     doc["model"] = ex.entry.name
                 call.response_body = orjson.dumps(doc)
@@ -202,7 +213,62 @@ class LlmRoutes:
             doc["usage"] = None
         if "model" in doc:
             doc["model"] = ex.entry.name
+        if ex.leaks is not None:
+            self._screen_delta(ex, doc)
         return _sse(doc)
+
+    # system-prompt theft protection --------------------------------------------------------
+
+    def _protect(self, ex: LlmExchange) -> None:
+        """Add the deployment's canary to the system prompt; remember what a leak looks like."""
+        settings = ex.entry.settings.canary
+        messages = ex.request.get("messages")
+        if settings is None or not isinstance(messages, list):
+            return
+        canary = Canary(self._canary_secret, ex.entry.name)
+        ex.leaks = canary.policy(messages, mode=settings.mode, span_len=settings.span_len)
+        ex.request["messages"] = canary.protect(messages)
+
+    def _screen_answer(self, call: Call, ex: LlmExchange, doc: dict[str, Any]) -> None:
+        if ex.leaks is None:
+            return
+        for choice in doc.get("choices") or ():
+            message = choice.get("message") if isinstance(choice, dict) else None
+            if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+                continue
+            result = ex.leaks.scan(message["content"])
+            if result.leaked:
+                message["content"] = result.text
+                if ex.leaks.mode == "block":
+                    choice["finish_reason"] = "content_filter"
+                self._leak_noted(call, ex.leaks.mode, result.detections)
+
+    def _screen_delta(self, ex: LlmExchange, doc: dict[str, Any]) -> None:
+        """Pass each choice's text through its leak filter; hold back what could still leak."""
+        for choice in doc.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            index = int(choice.get("index", 0))
+            f = ex.filters.get(index)
+            if f is None:
+                f = ex.filters[index] = ex.leaks.filter()
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else None
+            out = f.feed(text) if isinstance(text, str) else ""
+            if choice.get("finish_reason") is not None:
+                out += f.finish()
+                if f.leaked and ex.leaks.mode == "block":
+                    choice["finish_reason"] = "content_filter"
+            if isinstance(delta, dict) and (isinstance(text, str) or out):
+                delta["content"] = out
+
+    def _leak_noted(self, call: Call, mode: str, detections: Any) -> None:
+        kinds = sorted({d.kind for d in detections})
+        action = "blocked" if mode == "block" else "redacted"
+        call.note("canary", "deny" if mode == "block" else "note",
+                  f"system prompt leak {action}: {', '.join(kinds)}")
+        log.warning("LLM answer on %s would leak the system prompt (%s); %s",
+                    call.model_name, ", ".join(kinds), action)
 
     def _error(self, call: Call, exc: Exception) -> Response:
         _, call.error = error_response(exc, where=f" in {call.action}")
@@ -225,14 +291,20 @@ class LlmRoutes:
         task.add_done_callback(self._pending.discard)
 
 
+def _who(call: Call) -> str:
+    p = call.principal
+    return "" if p is None else f"{p.tenant}/{p.id}"
+
+
 def llm_routes(settings: LlmSettings, *, head: Sequence[Guard], identity: Guard,
                usage: Guard, policy: Guard, monitor: Sequence[Guard] = (),
                rate_limits: Sequence[Guard] = (), budgets: Sequence[Guard] = (),
-               audit_before_answer: bool = False) -> LlmRoutes:
+               audit_before_answer: bool = False, noise_secret: bytes | None = None
+               ) -> LlmRoutes:
     """The LLM routes wired like the OIP infer chain; `head` is e.g. (metrics, audit).
 
     Mount `llm.routes()` and `await llm.close()` in the app's lifespan.
     """
     return LlmRoutes(settings, head=head, before_policy=[identity, usage, *monitor],
                      policy=[policy], after_policy=rate_limits, after_body=budgets,
-                     audit_before_answer=audit_before_answer)
+                     audit_before_answer=audit_before_answer, noise_secret=noise_secret)

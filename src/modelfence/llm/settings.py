@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-:/]{0,127}$"
 
+LOCAL_PREFIX = "local:"
+
 Kind = Literal["chat", "completion", "embed"]
 
 
@@ -31,12 +33,25 @@ class LlmAttributes(_Strict):
     tags: list[str] = Field(default_factory=list)
 
 
+class CanarySettings(_Strict):
+    """System-prompt theft protection: a secret canary added to system prompts, and answers
+    that would repeat it (or a verbatim span of the system prompt) blocked or redacted."""
+
+    mode: Literal["block", "redact"] = "block"
+    span_len: int = Field(40, ge=12, le=1000, description="shortest verbatim span of the system "
+                          "prompt counted as a leak (characters, whitespace collapsed)")
+
+
 class LlmControls(_Strict):
     """Output controls: what a caller may ask of the model, enforced before the upstream call."""
 
     logprobs: bool = Field(False, description="allow logprobs / top_logprobs at all")
-    max_top_logprobs: int = Field(5, ge=0, le=20, description="cap on top_logprobs "
-                                  "(chat) and logprobs (completions)")
+    max_top_logprobs: int = Field(5, ge=0, le=1_000_000, description="cap on top_logprobs "
+                                  "(chat) and logprobs (completions); OpenAI stops at 20, a "
+                                  "local model can give its whole vocabulary")
+    logprob_noise: float = Field(0.0, ge=0.0, le=100.0, description="scale of keyed noise "
+                                 "added to returned logprobs (same request, same numbers); "
+                                 "0: none. Streams asking for logprobs are refused when on")
     logit_bias: Literal["refuse", "clamp", "allow"] = Field(
         "refuse", description="refuse: 400; clamp: each bias clamped to ±max_logit_bias")
     max_logit_bias: float = Field(5.0, ge=0.0, le=100.0)
@@ -55,7 +70,9 @@ class LlmModel(_Strict):
     """One LLM served through an upstream that speaks the OpenAI API (vLLM, Ollama, TGI...)."""
 
     name: str = Field(pattern=_MODEL_NAME, description="the model name clients send")
-    upstream: str = Field(description="base URL of the upstream API, e.g. http://host:8000/v1")
+    upstream: str = Field(description="base URL of the upstream API, e.g. http://host:8000/v1, "
+                          "or local:PATH: a saved Hugging Face transformers model folder "
+                          "served in-process (the `llm` extra: torch and transformers)")
     upstream_model: str | None = Field(None, description="model name upstream; default: name")
     api_key_file: Path | None = Field(None, description="file holding the upstream API key")
     timeout_s: float = Field(120.0, gt=0, description="whole exchange (a stream included)")
@@ -63,13 +80,25 @@ class LlmModel(_Strict):
                               description="which routes serve this model")
     attributes: LlmAttributes = Field(default_factory=LlmAttributes)
     controls: LlmControls = Field(default_factory=LlmControls)
+    canary: CanarySettings | None = Field(None, description="system-prompt theft protection")
 
     @field_validator("upstream")
     @classmethod
     def _http_url(cls, value: str) -> str:
+        if value.startswith(LOCAL_PREFIX):
+            if not value[len(LOCAL_PREFIX):].strip():
+                raise ValueError("upstream local: needs a model folder, e.g. local:models/gpt2")
+            return value
         if not value.startswith(("http://", "https://")):
-            raise ValueError("upstream must be an http:// or https:// URL")
+            raise ValueError("upstream must be an http:// or https:// URL, or local:PATH")
         return value.rstrip("/")
+
+    @property
+    def local_path(self) -> Path | None:
+        """The model folder of a `local:PATH` upstream; None for an HTTP upstream."""
+        if not self.upstream.startswith(LOCAL_PREFIX):
+            return None
+        return Path(self.upstream[len(LOCAL_PREFIX):])
 
     @property
     def target_model(self) -> str:

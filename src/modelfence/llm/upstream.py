@@ -42,6 +42,14 @@ class LlmUpstream:
     def __init__(self, *, max_connections: int = 100) -> None:
         self._max = max_connections
         self._session: Any = None
+        self._local: Any = None  # LocalBackend, made on the first `local:` call
+
+    def _local_backend(self) -> Any:
+        if self._local is None:
+            from .local import LocalBackend
+
+            self._local = LocalBackend()
+        return self._local
 
     def _client(self) -> Any:
         if self._session is None:
@@ -68,6 +76,8 @@ class LlmUpstream:
 
     async def post(self, model: LlmModel, path: str, body: bytes) -> bytes:
         """The body of a 2xx answer to a POST; errors raised as above."""
+        if model.local_path is not None:
+            return bytes(await self._local_backend().post(model, path, body))
         return await self._exchange("POST", model, path, body)
 
     async def _exchange(self, method: str, model: LlmModel, path: str, body: bytes | None
@@ -102,6 +112,9 @@ class LlmUpstream:
         The returned iterator yields raw chunks as they arrive; closing it closes the
         upstream connection, which is how a client's disconnect cancels the generation.
         """
+        if model.local_path is not None:
+            chunks: AsyncIterator[bytes] = await self._local_backend().stream(model, path, body)
+            return chunks
         import aiohttp
 
         ctx = self._client().post(model.upstream + path, data=body,
