@@ -20,6 +20,18 @@ def digits_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
+def pool_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits the test model was trained on (scaled to [0, 1]), with labels: a thief's pool."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    path = tmp_path_factory.mktemp("pool") / "digits.npz"
+    np.savez(path, x=x / 16.0, y=y)
+    return path
+
+
+@pytest.fixture(scope="session")
 def local_gateway(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
                   ) -> Iterator[Gateway]:
     """One gateway serving the skops and ONNX digits models, shared by read-only tests."""

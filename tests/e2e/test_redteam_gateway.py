@@ -11,22 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from modelfence.redteam import Pool, run_attack
 
 from ..support import Gateway, cli
 
 BUDGET = 30
-
-
-@pytest.fixture(scope="module")
-def pool_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The digits the test model was trained on (scaled to [0, 1]), with labels."""
-    x, y = load_digits(return_X_y=True)
-    path = tmp_path_factory.mktemp("pool") / "digits.npz"
-    np.savez(path, x=x / 16.0, y=y)
-    return path
 
 
 @pytest.fixture(scope="module")

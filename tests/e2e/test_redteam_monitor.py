@@ -17,9 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2 as httpx
-import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from modelfence.redteam.results import Assessment, AttackResult
 
@@ -27,14 +25,6 @@ from ..support import Gateway, cli
 from .test_monitor_gateway import BANDS, fit_summary
 
 BUDGET, TIGHT = 200, 40
-
-
-@pytest.fixture(scope="module")
-def pool_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    x, y = load_digits(return_X_y=True)
-    path = tmp_path_factory.mktemp("pool") / "digits.npz"
-    np.savez(path, x=x / 16.0, y=y)
-    return path
 
 
 @pytest.fixture(scope="module")

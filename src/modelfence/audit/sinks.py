@@ -20,6 +20,7 @@ from ..errors import ConfigurationError
 if TYPE_CHECKING:
     from ..config import AuditSettings
     from .record import AuditRecord
+    from .store import AuditStore
 
 CHAINED_SCHEMES = ("sqlite", "postgresql", "postgres")
 
@@ -73,6 +74,14 @@ class JsonlSink(AuditSink):
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def audit_store_of(sink: AuditSink) -> AuditStore | None:
+    """The queryable store behind a hash-chained sink (alerts, download history), else None."""
+    from .store import AuditStore
+
+    store = getattr(sink, "store", None)
+    return store if isinstance(store, AuditStore) else None
 
 
 def audit_sink_from_url(url: str, settings: AuditSettings | None = None) -> AuditSink:

@@ -8,12 +8,31 @@ than httpx here), and tests can swap in another transport. Every failure becomes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import Any
 
 from ..errors import UpstreamError, UpstreamTimeout
 
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def upstream_errors(connect_timeout_s: float, timeout_s: float) -> Iterator[None]:
+    """aiohttp's failures as modelfence's: 504 for a timeout, 502 for anything else."""
+    import aiohttp
+
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError:
+        raise UpstreamTimeout("the upstream model server did not accept a connection within "
+                              f"{connect_timeout_s:g} s") from None
+    except TimeoutError:
+        raise UpstreamTimeout(
+            f"the upstream model server did not answer within {timeout_s:g} s") from None
+    except aiohttp.ClientError:
+        raise UpstreamError("cannot reach the upstream model server") from None
 
 
 class Transport(ABC):
@@ -50,7 +69,7 @@ class AiohttpTransport(Transport):
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=self._connect_timeout)
-        try:
+        with upstream_errors(self._connect_timeout, timeout_s):
             async with self._client().request(method, url, data=body, timeout=timeout) as resp:
                 length = resp.content_length
                 if length is not None and length > MAX_UPSTREAM_BODY:
@@ -62,15 +81,6 @@ class AiohttpTransport(Transport):
                         raise UpstreamError(
                             "the upstream model server answered with an oversized body")
                 return resp.status, bytes(data)
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamTimeout(
-                "the upstream model server did not accept a connection within "
-                f"{self._connect_timeout:g} s") from None
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"the upstream model server did not answer within {timeout_s:g} s") from None
-        except aiohttp.ClientError:
-            raise UpstreamError("cannot reach the upstream model server") from None
 
     async def close(self) -> None:
         if self._session is not None:

@@ -21,8 +21,8 @@ from starlette.routing import Route
 
 from ..audit.chain import Row
 from ..audit.record import event_record
-from ..audit.sinks import AuditSink
-from ..audit.store import AuditStore, Query
+from ..audit.sinks import AuditSink, audit_store_of
+from ..audit.store import Query
 from ..errors import BadRequest, ConfigurationError, Forbidden, NotFound, Unauthenticated
 from ..identity.apikeys import ApiKeys, digest, expiry_from, public_view
 from ..identity.guard import bearer_token
@@ -172,8 +172,8 @@ class AdminApi:
         """Newest alerts first, from the audit log (`?limit=N&model=NAME`)."""
         try:
             self._authorize(request)
-            store = getattr(self._audit, "store", None)
-            if not isinstance(store, AuditStore):
+            store = audit_store_of(self._audit)
+            if store is None:
                 raise NotFound("alerts are kept in the audit log; configure a sqlite:/// or "
                                "postgresql:// audit.sink to list them")
             limit = _int_param(request, "limit", 100, 1, 10_000)

@@ -25,6 +25,7 @@ from starlette.routing import Route
 from ..artifacts.errors import ArtifactError
 from ..audit import AuditGuard, AuditSink, audit_sink_from_url
 from ..audit.record import event_record
+from ..audit.sinks import audit_store_of
 from ..backends import ModelEntry, backend_from_settings
 from ..config import Settings
 from ..identity import BearerAuthenticator, build_authenticator
@@ -45,7 +46,7 @@ from ..stores import KeyStore, key_store_from_url
 from ..watermark.guard import WatermarkGuard, build_watermark
 from .admin import AdminApi
 from .chain import GuardChain
-from .downloads import DownloadRoutes, DownloadWatch, audit_store_of
+from .downloads import DownloadRoutes, DownloadWatch
 from .guards import BodyGuard, InputValidationGuard, ModelLookupGuard
 from .metrics import GatewayMetrics, MetricsGuard
 from .oip_routes import OipRoutes, StoreCheck
@@ -229,7 +230,7 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     proxies = ([Middleware(ProxyHeaders, trusted=settings.server.trusted_proxies)]
                if settings.server.trusted_proxies else [])
     app = Starlette(
-        routes=[*oip.routes(), *DownloadRoutes(download_chain, gw.models).routes(),
+        routes=[*oip.routes(), *DownloadRoutes(download_chain, oip.answer).routes(),
                 *(llm.routes() if settings.llm.models else []),
                 *admin.routes(), Route("/metrics", metrics_endpoint)],
         middleware=proxies,

@@ -28,19 +28,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
-from ..audit.sinks import AuditSink
 from ..audit.store import AuditStore, Query
-from ..backends.base import ModelEntry
 from ..config import LocalBackend
 from ..errors import NotFound
 from .call import Call
-from .chain import Guard, GuardChain
-from .responses import error_response
+from .chain import Guard, GuardChain, Terminal
 
 log = logging.getLogger("modelfence.downloads")
 
@@ -49,6 +45,7 @@ DAY_S = 86_400
 HISTORY_DAYS = 30
 
 AlertSink = Callable[[str, str, str | None, str], Awaitable[None]]  # principal, tenant, model, why
+Answer = Callable[[Call, GuardChain, Terminal, Callable[[Call], Response]], Awaitable[Response]]
 
 
 @dataclass
@@ -127,35 +124,28 @@ class DownloadWatch(Guard):
 
 
 class DownloadRoutes:
-    def __init__(self, chain: GuardChain, models: dict[str, ModelEntry]) -> None:
+    """The download route; `answer` is the OIP routes' (the same strict-audit handling)."""
+
+    def __init__(self, chain: GuardChain, answer: Answer) -> None:
         self._chain = chain
-        self._models = models
+        self._answer = answer
 
     def routes(self) -> list[Route]:
         return [Route("/v2/models/{name}/artifact", self.download, methods=["GET"])]
 
-    async def _locate(self, call: Call) -> None:
+    @staticmethod
+    async def _locate(call: Call) -> None:
         assert call.model is not None
         backend = call.model.settings.backend
         if not isinstance(backend, LocalBackend) or not Path(backend.path).is_file():
             raise NotFound(f"model {call.model.name!r} has no artifact file at this gateway")
         call.result = Path(backend.path)
 
+    @staticmethod
+    def _file(call: Call) -> Response:
+        path: Path = call.result
+        return FileResponse(path, filename=path.name, media_type="application/octet-stream")
+
     async def download(self, request: Request) -> Response:
         call = Call(request, ACTION, request.path_params["name"])
-        response: Response
-        try:
-            await self._chain.run(call, self._locate)
-            path: Path = call.result
-            response = FileResponse(path, filename=path.name,
-                                    media_type="application/octet-stream")
-        except Exception as exc:
-            response, call.error = error_response(exc, where=f" in {ACTION}")
-        call.status = response.status_code
-        response.background = BackgroundTask(self._chain.complete, call)
-        return response
-
-
-def audit_store_of(sink: AuditSink) -> AuditStore | None:
-    store = getattr(sink, "store", None)
-    return store if isinstance(store, AuditStore) else None
+        return await self._answer(call, self._chain, self._locate, self._file)

@@ -71,15 +71,17 @@ class OipRoutes:
 
     async def metadata(self, request: Request) -> Response:
         call = Call(request, "metadata", request.path_params["name"])
-        return await self._answer(call, self._metadata_chain, _metadata_terminal,
+        return await self.answer(call, self._metadata_chain, _metadata_terminal,
                                   lambda c: json_response(c.result))
 
     async def infer(self, request: Request) -> Response:
         call = Call(request, "infer", request.path_params["name"])
-        return await self._answer(call, self._infer_chain, _infer_terminal, _infer_body)
+        return await self.answer(call, self._infer_chain, _infer_terminal, _infer_body)
 
-    async def _answer(self, call: Call, chain: GuardChain, terminal: Terminal,
-                      encode: Callable[[Call], Response]) -> Response:
+    async def answer(self, call: Call, chain: GuardChain, terminal: Terminal,
+                     encode: Callable[[Call], Response]) -> Response:
+        """Run `chain` around `terminal`, encode the answer, and complete the call: after the
+        answer (batched audit) or before it leaves (strict audit). Every route shares it."""
         try:
             await chain.run(call, terminal)
             response = encode(call)

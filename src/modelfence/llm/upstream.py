@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ..backends.transport import MAX_UPSTREAM_BODY
+from ..backends.transport import MAX_UPSTREAM_BODY, upstream_errors
 from ..errors import UpstreamError, UpstreamRejected, UpstreamTimeout
 from .settings import LlmModel
 
@@ -43,6 +43,7 @@ class LlmUpstream:
         self._max = max_connections
         self._session: Any = None
         self._local: Any = None  # LocalBackend, made on the first `local:` call
+        self._keys: dict[str, str | None] = {}  # upstream API keys, read once per model
 
     def _local_backend(self) -> Any:
         if self._local is None:
@@ -61,10 +62,11 @@ class LlmUpstream:
             )
         return self._session
 
-    @staticmethod
-    def _headers(model: LlmModel) -> dict[str, str]:
+    def _headers(self, model: LlmModel) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
-        key = model.api_key()
+        if model.name not in self._keys:
+            self._keys[model.name] = model.api_key()
+        key = self._keys[model.name]
         if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
@@ -82,9 +84,7 @@ class LlmUpstream:
 
     async def _exchange(self, method: str, model: LlmModel, path: str, body: bytes | None
                         ) -> bytes:
-        import aiohttp
-
-        try:
+        with upstream_errors(CONNECT_TIMEOUT_S, model.timeout_s):
             async with self._client().request(
                     method, model.upstream + path, data=body, headers=self._headers(model),
                     timeout=self._timeout(model)) as resp:
@@ -96,15 +96,6 @@ class LlmUpstream:
                             "the upstream model server answered with an oversized body")
                 _check(resp.status, bytes(data))
                 return bytes(data)
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamTimeout("the upstream model server did not accept a connection in "
-                                  f"{CONNECT_TIMEOUT_S:g} s") from None
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"the upstream model server did not answer within {model.timeout_s:g} s"
-            ) from None
-        except aiohttp.ClientError:
-            raise UpstreamError("cannot reach the upstream model server") from None
 
     async def stream(self, model: LlmModel, path: str, body: bytes) -> AsyncIterator[bytes]:
         """Open a streaming POST; errors before the first byte raise from this call.
@@ -115,21 +106,10 @@ class LlmUpstream:
         if model.local_path is not None:
             chunks: AsyncIterator[bytes] = await self._local_backend().stream(model, path, body)
             return chunks
-        import aiohttp
-
         ctx = self._client().post(model.upstream + path, data=body,
                                   headers=self._headers(model), timeout=self._timeout(model))
-        try:
+        with upstream_errors(CONNECT_TIMEOUT_S, model.timeout_s):
             resp = await ctx.__aenter__()
-        except aiohttp.ConnectionTimeoutError:
-            raise UpstreamTimeout("the upstream model server did not accept a connection in "
-                                  f"{CONNECT_TIMEOUT_S:g} s") from None
-        except TimeoutError:
-            raise UpstreamTimeout(
-                f"the upstream model server did not answer within {model.timeout_s:g} s"
-            ) from None
-        except aiohttp.ClientError:
-            raise UpstreamError("cannot reach the upstream model server") from None
         if resp.status >= 300:
             try:
                 data = await resp.content.read(64 * 1024)
