@@ -31,4 +31,4 @@ async def test_postgres_key_store_fails_fast_after_a_failure() -> None:
     started = time.monotonic()
     with pytest.raises(StoreError, match="failed moments ago"):
         await store.get("0" * 16)
-    assert time.monotonic() - started < 0.5  # not the 3 s pool timeout
+    assert time.monotonic() - started < 2.0  # well short of the 3 s pool timeout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import pytest
 
@@ -150,22 +149,15 @@ def test_no_system_prompt_only_canary() -> None:
     assert pol.scan("x" + CANARY.token).leaked
 
 
-def test_performance_100kb_small_deltas() -> None:
+def test_100kb_small_deltas_pass_unchanged() -> None:
+    """Tiny deltas over a long benign answer change nothing (bench/llm.py times this)."""
     rng = random.Random(1)
     words = (BENIGN + PROMPT).split()
     text = " ".join(rng.choice(words) for _ in range(20000))
     text = text.replace(PROMPT[:12], "")[:100_000]
     pol = LeakPolicy(canary=CANARY.token, system_prompt="zz " * 3 + PROMPT * 5, span_len=40)
-    results = {}
-    for size in (4, 8, 16):
+    for size in (4, 16):
         deltas = [text[i:i + size] for i in range(0, len(text), size)]
-        best = 1e9
-        for _ in range(3):
-            f = pol.filter()
-            t = time.perf_counter()
-            out = "".join(f.feed(d) for d in deltas) + f.finish()
-            best = min(best, time.perf_counter() - t)
+        f = pol.filter()
+        out = "".join(f.feed(d) for d in deltas) + f.finish()
         assert out == text or pol.scan(text).leaked
-        results[size] = best * 1000
-    print("100 KB filtered, ms by delta size:", {k: round(v, 1) for k, v in results.items()})
-    assert results[16] < 50
