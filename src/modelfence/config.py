@@ -349,18 +349,20 @@ class RateLimit(_Strict):
 
 
 class Budget(_Strict):
-    """A hard cap per principal and model and period: queries (requests) and input rows."""
+    """A hard cap per principal and model and period: queries (requests), input rows, and
+    for LLMs tokens (prompt and completion)."""
 
     models: list[str] = Field(default_factory=list, description="empty: every model")
     queries: int | None = Field(None, ge=1)
     rows: int | None = Field(None, ge=1)
+    tokens: int | None = Field(None, ge=1, description="LLM models: tokens per period")
     period: Literal["day", "week", "month", "total"] = "month"
     alert_at: float = Field(0.8, gt=0, le=1, description="share that raises an alert")
 
     @model_validator(mode="after")
     def _some_cap(self) -> Budget:
-        if self.queries is None and self.rows is None:
-            raise ValueError("a budget needs queries, rows or both")
+        if self.queries is None and self.rows is None and self.tokens is None:
+            raise ValueError("a budget needs queries, rows, tokens or some of them")
         return self
 
 
@@ -611,6 +613,10 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
 
     def rel_llm(m: LlmModel) -> LlmModel:
         update: dict[str, Any] = {"api_key_file": rel(m.api_key_file)}
+        ext = m.screening.external if m.screening is not None else None
+        if m.screening is not None and ext is not None:
+            update["screening"] = m.screening.model_copy(update={
+                "external": ext.model_copy(update={"api_key_file": rel(ext.api_key_file)})})
         local = m.local_path
         if local is not None:
             update["upstream"] = LOCAL_PREFIX + str(rel(local))

@@ -404,4 +404,7 @@ def test_redact_mode_keeps_the_rest_of_the_answer(client: Any,
     reply = client.chat.completions.create(model="redacting", messages=messages)
     text = reply.choices[0].message.content
     assert "[redacted]" in text and text.endswith("Anything else?") and "mf-" not in text
-    assert "system prompt leak redacted" in llm_gateway.audit_text()
+    deadline = time.monotonic() + 10  # the audit record is written after the answer
+    while "system prompt leak redacted" not in llm_gateway.audit_text():
+        assert time.monotonic() < deadline, "no audit record of the redacted leak"
+        time.sleep(0.1)

@@ -37,7 +37,7 @@ def write(tmp_path: Path, text: str) -> Path:
      "quotas.limits[0].rate: value error, 'lots' is not a rate"),
     ("quotas:\n  limits: [{scope: user, rate: '1/second'}]\n", "quotas.limits[0].scope"),
     ("quotas:\n  budgets: [{period: month}]\n",
-     "quotas.budgets[0]: value error, a budget needs queries, rows or both"),
+     "quotas.budgets[0]: value error, a budget needs queries, rows, tokens or some of them"),
     ("quotas:\n  risk_curve: [[0.5, 1], [0.2, 2]]\n", "quotas.risk_curve: value error"),
     ("quotas:\n  risk_curve: [[0.0, 0.5]]\n", "costs must be >= 1"),
     ("stores:\n  keys: ${MODELFENCE_TEST_UNSET_VAR}\n",

@@ -87,11 +87,12 @@ def test_budget_store_urls() -> None:
 
 
 def fake_call(principal: str = "alice", model: str = "digits", rows: int = 1,
-              risk: float = 0.0, tenant: str = "acme") -> Any:
+              risk: float = 0.0, tenant: str = "acme", token_cost: int | None = None) -> Any:
     return SimpleNamespace(
         principal=Principal(id=principal, tenant=tenant, models=(model,)),
         model=SimpleNamespace(name=model), inputs=SimpleNamespace(rows=rows), risk=risk,
-        status=0, budget_holds=[], note=lambda *a: None)
+        status=0, budget_holds=[], note=lambda *a: None, token_cost=token_cost,
+        tokens_used=None)
 
 
 async def test_budget_guard_alerts_once_and_refunds_failed_calls(tmp_path: Path) -> None:
@@ -136,6 +137,41 @@ async def test_budget_guard_applies_only_to_its_models(tmp_path: Path) -> None:
     with pytest.raises(RateLimited):
         await guard.on_request(fake_call(model="secret"))
     await store.close()
+
+
+async def test_token_budgets_reserve_the_ceiling_and_settle_to_use(store: BudgetStore) -> None:
+    alerts: list[BudgetAlert] = []
+
+    async def alert(a: BudgetAlert) -> None:
+        alerts.append(a)
+
+    model = f"llm-{uuid.uuid4().hex[:8]}"
+    guard = BudgetGuard(store, [Budget(models=[model], tokens=100, period="day",
+                                       alert_at=0.5)], alert)
+    calls = [fake_call(model=model, token_cost=30) for _ in range(8)]
+    results = await asyncio.gather(*(guard.on_request(c) for c in calls),
+                                   return_exceptions=True)
+    granted = [c for c, r in zip(calls, results, strict=True) if r is None]
+    assert len(granted) == 3  # 3 x 30 reserved; a 4th would pass 100 while all are in flight
+    refusal = next(r for r in results if isinstance(r, RateLimited))
+    assert refusal.reason == "token_budget_exhausted"
+    assert "10 of 100 tokens per day left" in refusal.message and "30" in refusal.message
+    for call, used in zip(granted, (5, 5, 40), strict=True):  # settle: 5 + 5 + 40 = 50
+        call.status, call.tokens_used = 200, used
+        await guard.on_complete(call)
+    key = granted[0].budget_holds[0].key
+    assert await store.usage(key) == (0, 50)
+    failed = fake_call(model=model, token_cost=30)
+    await guard.on_request(failed)
+    failed.status = 502  # nothing came back: the whole reservation is given back
+    await guard.on_complete(failed)
+    assert await store.usage(key) == (0, 50)
+    # 60: the reservation that crossed 50; the refunds fell back to 40 and the third call's
+    # extra 10 tokens crossed again at 50
+    assert [a.used_tokens for a in alerts] == [60, 50]
+    assert "tokens" in alerts[0].describe()
+    # a budget of tokens only does not touch classifier calls (no token cost)
+    await guard.on_request(fake_call(model=model))
 
 
 @pytest.fixture

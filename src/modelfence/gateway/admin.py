@@ -26,6 +26,7 @@ from ..audit.store import Query
 from ..errors import BadRequest, ConfigurationError, Forbidden, NotFound, Unauthenticated
 from ..identity.apikeys import ApiKeys, digest, expiry_from, public_view
 from ..identity.guard import bearer_token
+from ..llm.risk import LlmRiskBook
 from ..monitor.service import MonitorService
 from ..policy.reload import PolicyReloader
 from .guards import read_bounded
@@ -51,9 +52,11 @@ class KeyCreate(BaseModel):
 class AdminApi:
     def __init__(self, keys: ApiKeys, secret: bytes, admin_token: str | None, *,
                  policy: PolicyReloader, audit: AuditSink,
-                 monitor: MonitorService | None = None) -> None:
+                 monitor: MonitorService | None = None,
+                 llm_risk: LlmRiskBook | None = None) -> None:
         self._keys = keys
         self._monitor = monitor
+        self._llm_risk = llm_risk
         self._policy = policy
         self._audit = audit
         self._secret = secret
@@ -189,12 +192,21 @@ class AdminApi:
         try:
             self._authorize(request)
             model = request.path_params["model"]
-            if self._monitor is None or not self._monitor.watches(model):
-                raise NotFound(f"model {model[:64]!r} is not monitored")
             principal = request.query_params.get("principal")
             tenant = request.query_params.get("tenant")
             if (principal is None) == (tenant is None):
                 raise BadRequest("give exactly one of ?principal=ID or ?tenant=ID")
+            if self._llm_risk is not None and self._llm_risk.knows(model):
+                kind = "principal" if principal is not None else "tenant"
+                llm = self._llm_risk.risk(model, kind, str(principal or tenant))
+                return json_response({
+                    "model": model, "principal": principal, "tenant": tenant,
+                    "risk": round(llm.score, 4), "flagged": llm.flagged,
+                    "queries": llm.requests, "tokens": round(llm.tokens),
+                    "detectors": {n: {"score": round(v, 4), "why": _LLM_WHY[n]}
+                                  for n, v in llm.parts.items()}})
+            if self._monitor is None or not self._monitor.watches(model):
+                raise NotFound(f"model {model[:64]!r} is not monitored")
             risk = (self._monitor.risk(model, principal) if principal is not None
                     else self._monitor.tenant_risk(model, str(tenant)))
             return json_response({
@@ -204,6 +216,13 @@ class AdminApi:
                               for n, r in risk.readings.items()}})
         except Exception as exc:
             return error_response(exc, where=" in admin show_risk")[0]
+
+
+_LLM_WHY = {"leak": "answers that would have leaked the system prompt",
+            "extraction": "prompts screened as system-prompt extraction",
+            "injection": "prompts screened as injection",
+            "probe": "refused requests for logprobs, logit_bias, echo or over a cap",
+            "volume": "tokens far above its peers'"}
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

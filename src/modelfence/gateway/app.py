@@ -31,7 +31,9 @@ from ..config import Settings
 from ..identity import BearerAuthenticator, build_authenticator
 from ..identity.apikeys import ApiKeys
 from ..identity.guard import IdentityGuard
+from ..llm.risk import Crossing as LlmCrossing
 from ..llm.routes import llm_routes
+from ..monitor.alerts import Alert
 from ..monitor.guard import MonitorGuard
 from ..monitor.service import MonitorService
 from ..policy import PolicyEngine, PolicyGuard, engine_from_settings
@@ -200,17 +202,25 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         stores.append(("monitor store", gw.monitor.ping))
     if gw.watermark is not None:
         stores.append(("watermark evidence store", gw.watermark.ping))
+    def llm_alert(crossing: LlmCrossing) -> None:
+        gw.monitor.raise_alert(Alert(
+            model=crossing.model, kind=crossing.kind, subject=crossing.subject,
+            tenant=crossing.tenant, risk=crossing.risk.score, queries=crossing.risk.requests,
+            explanation=crossing.risk.explain()))
+
     llm = llm_routes(settings.llm, head=[metrics, audit], identity=identity, usage=usage,
-                     policy=policy, rate_limits=rate_limits,
+                     policy=policy, rate_limits=rate_limits, budgets=budgets,
                      audit_before_answer=settings.audit.durability == "strict",
                      noise_secret=hmac.new(settings.server_secret(), b"llm",
-                                           hashlib.sha256).digest())
+                                           hashlib.sha256).digest(),
+                     on_alert=llm_alert)
     oip = OipRoutes(infer_chain=infer_chain, metadata_chain=metadata_chain, models=gw.models,
                     stores=stores, metrics=gw.metrics,
                     audit_before_answer=settings.audit.durability == "strict")
     reloader = PolicyReloader(gw.policy, settings.policy.state_dir, settings.server.workers)
     admin = AdminApi(gw.keys, settings.server_secret(), settings.admin_token(), policy=reloader,
-                     audit=gw.audit_sink, monitor=gw.monitor)
+                     audit=gw.audit_sink, monitor=gw.monitor,
+                     llm_risk=llm.risk.book if llm.risk is not None else None)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
@@ -218,6 +228,7 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gw.start(policy_fallback=True)
+        await llm.start()
         audit_store = audit_store_of(gw.audit_sink)
         if audit_store is not None:
             await download_watch.load(audit_store)

@@ -56,6 +56,10 @@ class Call:
     error: RequestError | None = None
     audit_failed: bool = False
     budget_holds: list[Any] = field(default_factory=list)
+    token_cost: int | None = None  # LLM calls: the most tokens the checked request can use
+    tokens_used: int | None = None  # LLM calls: the tokens it used (upstream's or estimated)
+    screen: str = ""  # LLM calls: the prompt screening verdict ("benign", "injection", ...)
+    screen_score: float = 0.0
 
     @property
     def source(self) -> str:

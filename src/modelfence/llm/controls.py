@@ -83,9 +83,13 @@ def _logprobs_completion(body: dict[str, Any], controls: LlmControls) -> None:
     _cap(body, "logprobs", controls.max_top_logprobs, controls)
 
 
-def apply_controls(kind: str, body: dict[str, Any], model: LlmModel) -> dict[str, Any]:
-    """The body to send upstream for a `chat`, `completion` or `embed` call (mutated in place)."""
-    controls = model.controls
+def apply_controls(kind: str, body: dict[str, Any], model: LlmModel,
+                   controls: LlmControls | None = None) -> dict[str, Any]:
+    """The body to send upstream for a `chat`, `completion` or `embed` call (mutated in place).
+
+    `controls`: the caller's band's (default: the model's base controls).
+    """
+    controls = controls or model.controls
     body["model"] = model.target_model
     if kind == "embed":
         return body
@@ -107,3 +111,19 @@ def apply_controls(kind: str, body: dict[str, Any], model: LlmModel) -> dict[str
         else:
             _cap(body, field, controls.max_tokens, controls, minimum=1)
     return body
+
+
+def token_ceiling(kind: str, body: dict[str, Any], prompt_tokens: int) -> int:
+    """The most tokens a checked request can use: its prompt and every choice's cap.
+
+    Token budgets reserve this before the upstream call and settle to the real usage after.
+    """
+    if kind == "embed":
+        return prompt_tokens
+    def whole(field: str) -> int:
+        value = body.get(field)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    cap = max(whole("max_tokens"), whole("max_completion_tokens"))
+    n, best_of = whole("n"), whole("best_of")
+    return prompt_tokens + cap * max(n, best_of, 1)

@@ -11,9 +11,9 @@ from ..errors import BadRequest, NotFound
 from ..gateway.call import Call
 from ..gateway.chain import Guard
 from ..gateway.guards import read_bounded
-from .controls import apply_controls
-from .settings import LlmModel
-from .usage import TokenUsage, UsageTally
+from .controls import apply_controls, token_ceiling
+from .settings import LlmControls, LlmModel
+from .usage import TokenUsage, UsageTally, estimate, prompt_chars
 
 #: The route's action (Cedar) → the model kind that serves it.
 KIND_OF_ACTION = {"chat": "chat", "completion": "completion", "embed": "embed"}
@@ -44,6 +44,8 @@ class LlmExchange:
     cancelled: bool = False
     leaks: Any = None  # the `LeakPolicy` of a canary-protected chat, when configured
     filters: dict[int, Any] = field(default_factory=dict)  # per choice: its `LeakFilter`
+    controls: LlmControls | None = None  # the caller's band's controls
+    leaked: bool = False  # an answer would have leaked the system prompt (blocked/redacted)
 
 
 def exchange_of(call: Call) -> LlmExchange:
@@ -86,8 +88,18 @@ class LlmModelGuard(Guard):
         call.result = LlmExchange(entry, doc)
 
 
+#: 400 reasons that mean a caller asked for more of the output layer than it may have.
+PROBE_REASONS = frozenset({"logprobs_refused", "logit_bias_refused", "echo_refused",
+                           "over_cap"})
+
+
 class LlmBodyGuard(Guard):
-    """Apply the model's output controls to the request (400 names the field)."""
+    """Apply the output controls of the caller's band to the request (400 names the field).
+
+    The band follows the caller's risk, or a policy's ``@shaping("band")`` pin; it is
+    named in the audit record. The most tokens the request can use goes on the Call
+    for token budgets.
+    """
 
     name: ClassVar[str] = "llm_body"
     requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "body", "decision"})
@@ -103,8 +115,12 @@ class LlmBodyGuard(Guard):
         if kind == "embed" and stream:
             raise BadRequest("stream: embeddings do not stream", reason="bad_parameter")
         ex.stream = stream
-        apply_controls(kind, body, ex.entry.settings)
+        band, ex.controls = ex.entry.settings.controls_for(call.risk, call.pinned_bands)
+        if ex.entry.settings.bands:
+            call.shaping_band = band
+        apply_controls(kind, body, ex.entry.settings, ex.controls)
         ex.tally = UsageTally(kind, body)
+        call.token_cost = token_ceiling(kind, body, estimate(prompt_chars(kind, body)))
         if stream:
             options = body.get("stream_options")
             if options is not None and not isinstance(options, dict):

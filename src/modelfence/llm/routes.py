@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -29,6 +29,9 @@ from ..gateway.responses import error_response
 from .canary import Canary
 from .guards import LlmBodyGuard, LlmEntry, LlmExchange, LlmModelGuard, exchange_of
 from .noise import add_noise
+from .risk import Crossing, LlmRiskBook
+from .risk_guard import LlmRiskGuard
+from .screen_guard import ScreeningGuard
 from .settings import LlmSettings
 from .upstream import LlmUpstream, loads_object
 
@@ -57,15 +60,23 @@ class LlmRoutes:
     def __init__(self, settings: LlmSettings, *, before_policy: Sequence[Guard],
                  policy: Sequence[Guard], after_policy: Sequence[Guard] = (),
                  after_body: Sequence[Guard] = (), head: Sequence[Guard] = (),
-                 audit_before_answer: bool = False, noise_secret: bytes | None = None) -> None:
+                 audit_before_answer: bool = False, noise_secret: bytes | None = None,
+                 on_alert: Callable[[Crossing], None] | None = None) -> None:
         self.settings = settings
         self._noise_secret = noise_secret or os.urandom(32)  # logprob noise key
         self._canary_secret = hmac.new(self._noise_secret, b"canary", hashlib.sha256).digest()
         self.models = {m.name: LlmEntry(m) for m in settings.models}
         self.upstream = LlmUpstream(max_connections=settings.max_connections)
         lookup = LlmModelGuard(self.models, settings.max_body_bytes)
-        self._chain = GuardChain([*head, before_policy[0], lookup, *before_policy[1:], *policy,
-                                  *after_policy, LlmBodyGuard(), *after_body])
+        self.screening = ScreeningGuard(settings.models)
+        screening = [self.screening] if self.screening.active else []
+        book = LlmRiskBook(settings.monitor, self.models)
+        self.risk = (LlmRiskGuard(book, on_alert or _log_crossing)
+                     if settings.monitor.enabled else None)
+        risk = [self.risk] if self.risk is not None else []
+        self._chain = GuardChain([*head, before_policy[0], lookup, *before_policy[1:],
+                                  *screening, *risk, *policy, *after_policy, LlmBodyGuard(),
+                                  *after_body])
         self._list_chain = GuardChain([*head, before_policy[0]])
         self._audit_before_answer = audit_before_answer
         self._pending: set[asyncio.Task[None]] = set()
@@ -78,9 +89,13 @@ class LlmRoutes:
             Route("/v1/models", self.list_models, methods=["GET"]),
         ]
 
+    async def start(self) -> None:
+        await self.screening.start()
+
     async def close(self) -> None:
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
+        await self.screening.close()
         await self.upstream.close()
 
     async def chat(self, request: Request) -> Response:
@@ -127,9 +142,11 @@ class LlmRoutes:
                 assert ex.tally is not None
                 ex.tally.see(doc)
                 ex.usage = ex.tally.result()
+                call.tokens_used = ex.usage.total
                 call.note("llm", "note", ex.usage.describe())
+                assert ex.controls is not None
                 add_noise(doc, self._noise_secret, _who(call), ex.request,
-                          ex.entry.settings.controls.logprob_noise)
+                          ex.controls.logprob_noise)
                 self._screen_answer(call, ex, doc)
                 if "model" in doc:
                     doc["model"] = ex.entry.name
@@ -159,12 +176,12 @@ class LlmRoutes:
             async for chunk in upstream:
                 buffer += chunk.replace(b"\r\n", b"\n")
                 *events, buffer = buffer.split(b"\n\n")
-                out = b"".join(self._event(ex, e) for e in events)
+                out = b"".join(self._event(call, ex, e) for e in events)
                 if out:
                     sent += out
                     yield out
             if buffer.strip():
-                out = self._event(ex, buffer)
+                out = self._event(call, ex, buffer)
                 sent += out
                 yield out
             finished = True
@@ -188,10 +205,11 @@ class LlmRoutes:
             call.response_body = bytes(sent)
             assert ex.tally is not None
             ex.usage = ex.tally.result()
+            call.tokens_used = ex.usage.total
             call.note("llm", "note", ex.usage.describe())
             self._spawn(self._chain.complete(call))
 
-    def _event(self, ex: LlmExchange, event: bytes) -> bytes:
+    def _event(self, call: Call, ex: LlmExchange, event: bytes) -> bytes:
         """One SSE event, with the upstream model name replaced and added usage hidden."""
         if not event.strip():
             return b""
@@ -214,7 +232,7 @@ class LlmRoutes:
         if "model" in doc:
             doc["model"] = ex.entry.name
         if ex.leaks is not None:
-            self._screen_delta(ex, doc)
+            self._screen_delta(call, ex, doc)
         return _sse(doc)
 
     # system-prompt theft protection --------------------------------------------------------
@@ -241,9 +259,10 @@ class LlmRoutes:
                 message["content"] = result.text
                 if ex.leaks.mode == "block":
                     choice["finish_reason"] = "content_filter"
+                ex.leaked = True
                 self._leak_noted(call, ex.leaks.mode, result.detections)
 
-    def _screen_delta(self, ex: LlmExchange, doc: dict[str, Any]) -> None:
+    def _screen_delta(self, call: Call, ex: LlmExchange, doc: dict[str, Any]) -> None:
         """Pass each choice's text through its leak filter; hold back what could still leak."""
         for choice in doc.get("choices") or ():
             if not isinstance(choice, dict):
@@ -259,6 +278,9 @@ class LlmRoutes:
                 out += f.finish()
                 if f.leaked and ex.leaks.mode == "block":
                     choice["finish_reason"] = "content_filter"
+            if f.leaked and not ex.leaked:
+                ex.leaked = True
+                self._leak_noted(call, ex.leaks.mode, f.detections)
             if isinstance(delta, dict) and (isinstance(text, str) or out):
                 delta["content"] = out
 
@@ -291,20 +313,26 @@ class LlmRoutes:
         task.add_done_callback(self._pending.discard)
 
 
+def _log_crossing(crossing: Crossing) -> None:
+    log.warning("LLM extraction risk %.2f for %s %s on %s: %s", crossing.risk.score,
+                crossing.kind, crossing.subject, crossing.model, crossing.risk.explain())
+
+
 def _who(call: Call) -> str:
     p = call.principal
     return "" if p is None else f"{p.tenant}/{p.id}"
 
 
 def llm_routes(settings: LlmSettings, *, head: Sequence[Guard], identity: Guard,
-               usage: Guard, policy: Guard, monitor: Sequence[Guard] = (),
-               rate_limits: Sequence[Guard] = (), budgets: Sequence[Guard] = (),
-               audit_before_answer: bool = False, noise_secret: bytes | None = None
-               ) -> LlmRoutes:
+               usage: Guard, policy: Guard, rate_limits: Sequence[Guard] = (),
+               budgets: Sequence[Guard] = (), audit_before_answer: bool = False,
+               noise_secret: bytes | None = None,
+               on_alert: Callable[[Crossing], None] | None = None) -> LlmRoutes:
     """The LLM routes wired like the OIP infer chain; `head` is e.g. (metrics, audit).
 
-    Mount `llm.routes()` and `await llm.close()` in the app's lifespan.
+    Mount `llm.routes()`, `await llm.start()` and `await llm.close()` in the app's lifespan.
     """
-    return LlmRoutes(settings, head=head, before_policy=[identity, usage, *monitor],
-                     policy=[policy], after_policy=rate_limits, after_body=budgets,
-                     audit_before_answer=audit_before_answer, noise_secret=noise_secret)
+    return LlmRoutes(settings, head=head, before_policy=[identity, usage], policy=[policy],
+                     after_policy=rate_limits, after_body=budgets,
+                     audit_before_answer=audit_before_answer, noise_secret=noise_secret,
+                     on_alert=on_alert)

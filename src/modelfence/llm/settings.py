@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .screening_settings import ScreeningSettings
+
 _MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-:/]{0,127}$"
 
 LOCAL_PREFIX = "local:"
@@ -66,6 +68,18 @@ class LlmControls(_Strict):
     echo: bool = Field(False, description="allow echo (completions); off: 400")
 
 
+class LlmBand(_Strict):
+    """Stricter output controls for riskier callers: used from `from_risk` upwards.
+
+    A policy can pin a caller to a band by name with ``@shaping("name")``, as for
+    classifiers' output bands; a pin naming no band of the model gets the strictest.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")
+    from_risk: float = Field(ge=0.0, le=1.0)
+    controls: LlmControls
+
+
 class LlmModel(_Strict):
     """One LLM served through an upstream that speaks the OpenAI API (vLLM, Ollama, TGI...)."""
 
@@ -81,6 +95,39 @@ class LlmModel(_Strict):
     attributes: LlmAttributes = Field(default_factory=LlmAttributes)
     controls: LlmControls = Field(default_factory=LlmControls)
     canary: CanarySettings | None = Field(None, description="system-prompt theft protection")
+    bands: list[LlmBand] = Field(default_factory=list, description="stricter controls as the "
+                                 "caller's risk rises (`controls` below the first band)")
+    screening: ScreeningSettings | None = Field(
+        None, description="screen prompts for injection and extraction attempts; the "
+        "verdict is policy context (`context.screen`, `context.screen_score`)")
+
+    @field_validator("bands")
+    @classmethod
+    def _rising(cls, bands: list[LlmBand]) -> list[LlmBand]:
+        risks = [b.from_risk for b in bands]
+        if risks != sorted(risks) or len(set(risks)) != len(risks):
+            raise ValueError("bands must have strictly rising from_risk")
+        names = [b.name for b in bands]
+        if "default" in names or len(set(names)) != len(names):
+            raise ValueError("band names must be unique and not 'default' (the base controls)")
+        return bands
+
+    def controls_for(self, risk: float, pins: tuple[str, ...] = ()) -> tuple[str, LlmControls]:
+        """(band name, controls) for a caller at `risk`, or pinned by policy to a band."""
+        chosen = ("default", self.controls)
+        if pins:
+            by_name = {b.name: b for b in self.bands}
+            if self.bands and any(p not in by_name and p != "default" for p in pins):
+                return self.bands[-1].name, self.bands[-1].controls
+            known = [by_name[p] for p in pins if p in by_name]
+            if known:
+                band = max(known, key=lambda b: b.from_risk)
+                return band.name, band.controls
+            return chosen
+        for band in self.bands:
+            if risk >= band.from_risk:
+                chosen = (band.name, band.controls)
+        return chosen
 
     @field_validator("upstream")
     @classmethod
@@ -110,8 +157,29 @@ class LlmModel(_Strict):
         return self.api_key_file.read_text().strip() or None
 
 
+class LlmMonitorSettings(_Strict):
+    """How LLM callers' extraction risk is scored (see `llm/risk.py`); feeds `context.risk`,
+    the risk-weighted rate limits and the control bands."""
+
+    enabled: bool = True
+    half_life_s: float = Field(3600.0, gt=0, description="evidence halves in this time")
+    alert_at: float = Field(0.5, gt=0, le=1, description="risk that raises an alert")
+    leak: float = Field(0.6, ge=0, le=1, description="weight of a system-prompt leak")
+    extraction: float = Field(0.35, ge=0, le=1,
+                              description="weight of a prompt screened as extraction (x score)")
+    injection: float = Field(0.2, ge=0, le=1,
+                             description="weight of a prompt screened as injection (x score)")
+    probe: float = Field(0.1, ge=0, le=1, description="weight of a refused output-layer probe "
+                         "(logprobs, logit_bias, echo, over a cap)")
+    volume: float = Field(0.5, ge=0, le=1, description="weight of token volume 100x the peers'")
+    min_peers: int = Field(3, ge=1, description="peers needed before volume counts")
+    max_subjects: int = Field(100_000, ge=10, description="principals and tenants kept per "
+                              "model (least recently seen dropped)")
+
+
 class LlmSettings(_Strict):
     models: list[LlmModel] = Field(default_factory=list)
+    monitor: LlmMonitorSettings = Field(default_factory=LlmMonitorSettings)
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="request body limit on /v1")
     max_connections: int = Field(100, ge=1, description="pooled upstream connections")
 

@@ -193,9 +193,14 @@ class MonitorService:
                           subject=crossing.subject, tenant=obs.tenant,
                           risk=crossing.risk.score, queries=crossing.risk.queries,
                           explanation=crossing.risk.explain())
-            task = asyncio.ensure_future(self._alerts.raise_alert(alert))
-            self._pending_alerts.add(task)
-            task.add_done_callback(self._pending_alerts.discard)
+            self.raise_alert(alert)
+
+    def raise_alert(self, alert: Alert) -> None:
+        """Audit record, metric, log line and webhook, off the caller's path (the LLM
+        routes' risk book raises its alerts here too)."""
+        task = asyncio.ensure_future(self._alerts.raise_alert(alert))
+        self._pending_alerts.add(task)
+        task.add_done_callback(self._pending_alerts.discard)
 
     def _snapshot(self, model: str) -> bytes:
         return self.monitors[model].snapshot()

@@ -28,7 +28,8 @@ class PolicyGuard(Guard):
         assert call.principal is not None and call.model is not None
         facts = Facts(source=call.source,
                       purpose=call.request.headers.get(PURPOSE_HEADER, "")[:128],
-                      risk=call.risk, queries=call.queries)
+                      risk=call.risk, queries=call.queries, screen=call.screen,
+                      screen_score=call.screen_score)
         request, entities = cedar_request(call.principal, call.action, call.model.name,
                                           call.model.settings.attributes, facts)
         verdict = self._engine.decide(request, entities)  # PolicyError → 503, fail closed

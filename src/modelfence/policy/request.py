@@ -30,6 +30,8 @@ class Facts:
     purpose: str = ""
     risk: float = 0.0
     queries: int = 0
+    screen: str = ""
+    screen_score: float = 0.0
     now: float | None = None
 
 
@@ -95,6 +97,9 @@ def context(principal: Principal, facts: Facts) -> dict[str, Any]:
         "purpose": facts.purpose,
         "risk": {"__extn": {"fn": "decimal", "arg": f"{min(max(facts.risk, 0.0), 1.0):.4f}"}},
         "queries": int(facts.queries),
+        "screen": facts.screen,
+        "screen_score": {"__extn": {"fn": "decimal",
+                                    "arg": f"{min(max(facts.screen_score, 0.0), 1.0):.4f}"}},
     }
 
 

@@ -1,0 +1,52 @@
+"""The LLM risk book's place in the chain: risk in before policy, evidence out after.
+
+`on_request` sets `call.risk` (principal or tenant, the higher) before the policy, rate
+limit and control-band choices read it. `on_complete` tells the book what the call
+showed — tokens used, a blocked system-prompt leak, the screening verdict, a refused
+probe of the output layer — and raises an alert for each subject that crossed over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import ClassVar
+
+from ..gateway.call import Call
+from ..gateway.chain import Guard
+from .guards import PROBE_REASONS, LlmExchange
+from .risk import Crossing, LlmRiskBook, Observation
+
+AlertSink = Callable[[Crossing], None]
+
+
+class LlmRiskGuard(Guard):
+    name: ClassVar[str] = "llm_risk"
+    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model"})
+    provides: ClassVar[frozenset[str]] = frozenset({"risk"})
+
+    def __init__(self, book: LlmRiskBook, alert: AlertSink) -> None:
+        self.book = book
+        self._alert = alert
+
+    async def on_request(self, call: Call) -> None:
+        assert call.principal is not None and call.model is not None
+        call.risk = self.book.peek(call.model.name, call.principal.id,
+                                   call.principal.tenant or None)
+        if call.risk > 0.0:
+            call.note(self.name, "note", f"risk {call.risk:.2f}")
+
+    async def on_complete(self, call: Call) -> None:
+        if call.principal is None or call.model is None:
+            return
+        ex = call.result if isinstance(call.result, LlmExchange) else None
+        reason = call.error.reason if call.error is not None else ""
+        obs = Observation(model=call.model.name, principal=call.principal.id,
+                          tenant=call.principal.tenant or None,
+                          tokens=call.tokens_used or 0,
+                          leak=ex is not None and ex.leaked,
+                          screen=call.screen, screen_score=call.screen_score,
+                          probe=reason in PROBE_REASONS)
+        if not (obs.tokens or obs.leak or obs.probe or obs.screen not in ("", "benign")):
+            return
+        for crossing in self.book.observe(obs):
+            self._alert(crossing)
