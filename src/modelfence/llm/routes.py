@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import http_status_and_message
@@ -33,6 +33,7 @@ from .risk import Crossing, LlmRiskBook
 from .risk_guard import LlmRiskGuard
 from .screen_guard import ScreeningGuard
 from .settings import LlmSettings
+from .sse import SseResponse
 from .upstream import LlmUpstream, loads_object
 
 log = logging.getLogger("modelfence.llm")
@@ -161,10 +162,8 @@ class LlmRoutes:
             response = Response(call.response_body, 200, media_type="application/json")
             return await self._finish(call, self._chain, response)
         call.status = 200
-        return StreamingResponse(self._relay(call, stream), 200,
-                                 media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache",
-                                          "X-Accel-Buffering": "no"})
+        return SseResponse(self._relay(call, stream),
+                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def _relay(self, call: Call, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Pass upstream events through as they arrive; finish the call however it ends."""
