@@ -39,15 +39,12 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -69,7 +66,7 @@ from llm_targets import (
 )
 from loadgen import AiohttpLoader, Load, LoadError, WrkLoader, make_loader
 from overhead import count_audit_rows
-from servers import cpu_seconds
+from servers import cpu_seconds, stop_on_sigterm, workdir
 
 TARGET_ADDED_P50_MS = 1.0
 TARGET_VS_LITELLM = 1 / 3
@@ -352,25 +349,11 @@ def report(console: Console, info: dict[str, Any], s: dict[str, Summary],
 
 # -- main -----------------------------------------------------------------------------------
 
-@contextmanager
-def workdir(keep: Path | None) -> Iterator[Path]:
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        yield keep.resolve()
-        return
-    with tempfile.TemporaryDirectory(prefix="modelfence-bench-llm-") as tmp:
-        yield Path(tmp)
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds the ExitStack, which stops every server
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.src is not None:
         sys.path.insert(0, str(args.src))  # the canary filter timed in-process too
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     console = Console()
     console.width = max(console.width, TABLE_WIDTH)
     info = machine()
@@ -379,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     loader = make_loader(args.loadgen, 1)
     console.print("canary leak filter on 100 KB…")
     canary = canary_cost(repeats=3 if args.quick else 7)
-    with workdir(args.keep) as folder, ExitStack() as stack:
+    with workdir(args.keep, prefix="modelfence-bench-llm-") as folder, ExitStack() as stack:
         direct = start_upstream(stack, folder, args.chunks, args.interval_ms)
         gateway, guarded = start_modelfence(stack, folder / "modelfence", direct.base,
                                            args.src)

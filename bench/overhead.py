@@ -26,15 +26,12 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -43,7 +40,7 @@ from rich.table import Table
 from loadgen import AiohttpLoader, Load, Result, WrkLoader, make_loader
 from oip_backend import ANSWER_ENV, ANSWERS, CLASSES
 from passthrough import UPSTREAM_ENV
-from servers import cpu_seconds, start_gateway, start_granian
+from servers import cpu_seconds, start_gateway, start_granian, stop_on_sigterm, workdir
 
 INFER_PATH = "/v2/models/digits/infer"
 TARGET_ADDED_P50_MS = 1.0
@@ -266,29 +263,15 @@ def report(console: Console, info: dict[str, Any], s: dict[str, Summary],
         console.print(f"  gateway audit sink: {args.audit_sink}", highlight=False)
 
 
-@contextmanager
-def workdir(keep: Path | None) -> Iterator[Path]:
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        yield keep.resolve()
-        return
-    with tempfile.TemporaryDirectory(prefix="modelfence-bench-") as tmp:
-        yield Path(tmp)
-
-
-def _terminate(signum: int, frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds the ExitStack, which stops every server
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     console = Console()
     console.width = max(console.width, TABLE_WIDTH)
     info = machine()
     loader = make_loader(args.loadgen, args.wrk_threads)
     body = digits_body()
-    with workdir(args.keep) as folder, ExitStack() as stack:
+    with workdir(args.keep, prefix="modelfence-bench-") as folder, ExitStack() as stack:
         backend = start_granian(stack, "backend", "oip_backend:create_app", folder,
                                 {ANSWER_ENV: args.answer})
         proxy = start_granian(stack, "passthrough", "passthrough:create_app", folder,

@@ -15,12 +15,15 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import yaml
@@ -192,3 +195,19 @@ def start_gateway(stack: ExitStack, folder: Path, backend_url: str,
     url = f"http://{HOST}:{port}"
     wait_http(f"{url}/v2/health/live", proc, log)
     return Server("gateway", url, log, proc.pid), str(key)
+
+
+@contextlib.contextmanager
+def workdir(keep: Path | None, *, prefix: str) -> Iterator[Path]:
+    """`keep` (created, kept afterwards) or a temporary folder removed at the end."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
+
+
+def stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM handler: unwinds the ExitStack, which stops every server."""
+    raise SystemExit(128 + signum)

@@ -243,6 +243,26 @@ def test_chat_stream_arrives_incrementally(client: Any, stub: OpenAiStub) -> Non
     assert _last_received(stub)["stream_options"] == {"include_usage": True}
 
 
+def test_raw_stream_keeps_order_and_ends_with_done(llm_gateway: Gateway, key: str) -> None:
+    """On the wire: SSE framing, the upstream's order, `data: [DONE]` last, no length."""
+    import urllib.request
+
+    body = json.dumps({"model": "chat", "stream": True,
+                       "messages": [{"role": "user", "content": "hi"}]}).encode()
+    req = urllib.request.Request(  # noqa: S310 (loopback)
+        f"{llm_gateway.url}/v1/chat/completions", data=body,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=20) as resp:  # noqa: S310
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        assert resp.headers.get("Content-Length") is None
+        raw = resp.read().decode()
+    events = [e for e in raw.split("\n\n") if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    deltas = [json.loads(e[6:])["choices"][0]["delta"]["content"] for e in events[:-1]]
+    assert deltas == WORDS  # one event per upstream chunk, in order; usage chunk hidden
+
+
 def test_stream_usage_when_asked(client: Any) -> None:
     chunks = list(client.chat.completions.create(
         model="chat", messages=[{"role": "user", "content": "hi"}], stream=True,
