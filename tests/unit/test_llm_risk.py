@@ -104,3 +104,16 @@ def test_bands_follow_risk_and_policy_pins() -> None:
 def test_bad_bands_are_refused(bands: list[dict[str, object]]) -> None:
     with pytest.raises(ValidationError):
         _model(bands=bands)
+
+
+def test_stream_entries_round_trip() -> None:
+    from modelfence.llm.risk_sync import decode, encode
+
+    obs = Observation("m", "p", "t", tokens=12, leak=True, screen="extraction",
+                      screen_score=0.9, probe=True, ts=T0 + 0.25, origin="host:1")
+    wire = {k.encode(): v.encode() for k, v in encode(obs).items()}
+    assert decode(wire) == obs
+    plain = Observation("m", "p", None, ts=T0, origin="h")
+    assert decode({k.encode(): v.encode() for k, v in encode(plain).items()}) == plain
+    with pytest.raises(KeyError):
+        decode({b"m": b"m"})

@@ -214,6 +214,12 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
                      noise_secret=hmac.new(settings.server_secret(), b"llm",
                                            hashlib.sha256).digest(),
                      on_alert=llm_alert)
+    if llm.risk_stream is not None:
+        stores.append(("llm risk store", llm.risk_stream.ping))
+    elif llm.risk is not None and settings.llm.models and settings.server.workers > 1:
+        log.warning("llm.monitor: with %d workers each scores only its own share of a "
+                    "caller's requests; set llm.monitor.shared to a redis:// URL",
+                    settings.server.workers)
     oip = OipRoutes(infer_chain=infer_chain, metadata_chain=metadata_chain, models=gw.models,
                     stores=stores, metrics=gw.metrics,
                     audit_before_answer=settings.audit.durability == "strict")

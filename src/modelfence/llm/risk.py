@@ -93,6 +93,8 @@ class Observation:
     screen: str = ""
     screen_score: float = 0.0
     probe: bool = False
+    ts: float = 0.0  # when it was seen (shared observations are applied at their time)
+    origin: str = ""  # the replica that answered
 
 
 class LlmRiskBook:

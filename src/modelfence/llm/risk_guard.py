@@ -8,6 +8,7 @@ probe of the output layer — and raises an alert for each subject that crossed 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -15,6 +16,7 @@ from ..gateway.call import Call
 from ..gateway.chain import Guard
 from .guards import PROBE_REASONS, LlmExchange
 from .risk import Crossing, LlmRiskBook, Observation
+from .risk_sync import RiskStream
 
 AlertSink = Callable[[Crossing], None]
 
@@ -24,9 +26,12 @@ class LlmRiskGuard(Guard):
     requires: ClassVar[frozenset[str]] = frozenset({"principal", "model"})
     provides: ClassVar[frozenset[str]] = frozenset({"risk"})
 
-    def __init__(self, book: LlmRiskBook, alert: AlertSink) -> None:
+    def __init__(self, book: LlmRiskBook, alert: AlertSink, *, replica: str = "",
+                 stream: RiskStream | None = None) -> None:
         self.book = book
         self._alert = alert
+        self._replica = replica
+        self.stream = stream
 
     async def on_request(self, call: Call) -> None:
         assert call.principal is not None and call.model is not None
@@ -45,8 +50,11 @@ class LlmRiskGuard(Guard):
                           tokens=call.tokens_used or 0,
                           leak=ex is not None and ex.leaked,
                           screen=call.screen, screen_score=call.screen_score,
-                          probe=reason in PROBE_REASONS)
+                          probe=reason in PROBE_REASONS, ts=time.time(),
+                          origin=self._replica)
         if not (obs.tokens or obs.leak or obs.probe or obs.screen not in ("", "benign")):
             return
-        for crossing in self.book.observe(obs):
+        for crossing in self.book.observe(obs, now=obs.ts):
             self._alert(crossing)
+        if self.stream is not None:
+            self.stream.publish(obs)

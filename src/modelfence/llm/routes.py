@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..audit.record import replica_name
 from ..errors import http_status_and_message
 from ..gateway.call import Call
 from ..gateway.chain import Guard, GuardChain
@@ -31,6 +32,7 @@ from .guards import LlmBodyGuard, LlmEntry, LlmExchange, LlmModelGuard, exchange
 from .noise import add_noise
 from .risk import Crossing, LlmRiskBook
 from .risk_guard import LlmRiskGuard
+from .risk_sync import RiskStream
 from .screen_guard import ScreeningGuard
 from .settings import LlmSettings
 from .sse import SseResponse
@@ -71,9 +73,7 @@ class LlmRoutes:
         lookup = LlmModelGuard(self.models, settings.max_body_bytes)
         self.screening = ScreeningGuard(settings.models)
         screening = [self.screening] if self.screening.active else []
-        book = LlmRiskBook(settings.monitor, self.models)
-        self.risk = (LlmRiskGuard(book, on_alert or _log_crossing)
-                     if settings.monitor.enabled else None)
+        self.risk = self._risk_guard(settings, on_alert) if settings.monitor.enabled else None
         risk = [self.risk] if self.risk is not None else []
         self._chain = GuardChain([*head, before_policy[0], lookup, *before_policy[1:],
                                   *screening, *risk, *policy, *after_policy, LlmBodyGuard(),
@@ -81,6 +81,18 @@ class LlmRoutes:
         self._list_chain = GuardChain([*head, before_policy[0]])
         self._audit_before_answer = audit_before_answer
         self._pending: set[asyncio.Task[None]] = set()
+
+    def _risk_guard(self, settings: LlmSettings,
+                    on_alert: Callable[[Crossing], None] | None) -> LlmRiskGuard:
+        book = LlmRiskBook(settings.monitor, self.models)
+        m, replica = settings.monitor, replica_name()
+        stream = (RiskStream(book, url=m.shared, key=m.key, stream_max=m.stream_max,
+                             replica=replica) if m.shared else None)
+        return LlmRiskGuard(book, on_alert or _log_crossing, replica=replica, stream=stream)
+
+    @property
+    def risk_stream(self) -> RiskStream | None:
+        return self.risk.stream if self.risk is not None else None
 
     def routes(self) -> list[Route]:
         return [
@@ -91,12 +103,16 @@ class LlmRoutes:
         ]
 
     async def start(self) -> None:
+        if self.risk_stream is not None:
+            await self.risk_stream.start()
         await self.screening.start()
 
     async def close(self) -> None:
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
         await self.screening.close()
+        if self.risk_stream is not None:
+            await self.risk_stream.stop()
         await self.upstream.close()
 
     async def chat(self, request: Request) -> Response:

@@ -175,6 +175,19 @@ class LlmMonitorSettings(_Strict):
     min_peers: int = Field(3, ge=1, description="peers needed before volume counts")
     max_subjects: int = Field(100_000, ge=10, description="principals and tenants kept per "
                               "model (least recently seen dropped)")
+    shared: str | None = Field(None, description="redis://HOST:PORT/DB: replicas share the "
+                               "evidence and a restart replays it; without it each gateway "
+                               "process keeps its own, and loses it when it stops")
+    key: str = Field("modelfence:llm-risk", pattern=r"^[A-Za-z0-9:_.\-]{1,64}$",
+                     description="the Redis stream's key")
+    stream_max: int = Field(100_000, ge=1000, description="observations kept in the stream")
+
+    @field_validator("shared")
+    @classmethod
+    def _redis(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("llm.monitor.shared must be a redis:// or rediss:// URL")
+        return value
 
 
 class LlmSettings(_Strict):
