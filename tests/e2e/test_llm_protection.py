@@ -131,11 +131,11 @@ def test_a_blocked_leak_raises_risk_alerts_and_tightens_the_band(gw: Gateway) ->
 
     messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "rules?"}]
     with _client(gw, gw.key(models=["guarded"], principal="leaker", tenant="leakco")) as c:
-        first = c.chat.completions.create(model="guarded", messages=HI, logprobs=True,
+        # risk 0: the base controls allow logprobs; the stub recites its system prompt,
+        # canary included, and the filter blocks it
+        first = c.chat.completions.create(model="guarded", messages=messages, logprobs=True,
                                           top_logprobs=2)
-        assert first.choices[0].message.content  # low risk: the base controls allow logprobs
-        reply = c.chat.completions.create(model="guarded", messages=messages)
-        assert reply.choices[0].finish_reason == "content_filter"
+        assert first.choices[0].finish_reason == "content_filter"
         risk = _wait(lambda: (r := _risk(gw, "guarded", "leaker"))["risk"] >= 0.5 and r)
         assert risk and risk["detectors"]["leak"]["score"] >= 0.5
         with pytest.raises(openai.BadRequestError) as refused:  # now in the "watched" band
@@ -144,9 +144,10 @@ def test_a_blocked_leak_raises_risk_alerts_and_tightens_the_band(gw: Gateway) ->
     alerts = _wait(lambda: [r for r in gw.audit_records() if r["action"] == "alert:monitor"
                             and r.get("model") == "guarded"])
     assert alerts and "leak" in alerts[0]["reason"]
-    bands = [r.get("shaping") for r in gw.audit_records()
-             if r.get("principal") == "leaker" and r["action"] == "chat"]
-    assert bands[0] == "default" and bands[-1] == "watched"
+    bands = _wait(lambda: (b := [r.get("shaping") for r in gw.audit_records()
+                                 if r.get("principal") == "leaker" and r["action"] == "chat"]
+                           ) and len(b) == 2 and b)
+    assert bands == ["default", "watched"]
     # the tenant carries the risk too: a fresh key of the same tenant starts watched
     with _client(gw, gw.key(models=["guarded"], principal="leaker2", tenant="leakco")) as c, \
             pytest.raises(openai.BadRequestError):
@@ -168,8 +169,15 @@ def test_screening_verdict_is_policy_context(gw: Gateway) -> None:
                 client.chat.completions.create(model="screened", messages=[
                     {"role": "user", "content": prompt}])
             assert "no-prompt-attacks" in denied.value.body["message"]
-            record = [r for r in gw.audit_records() if r.get("principal") == "screener"][-1]
-            assert record["status"] == 403
+            denials = 1 if label == "extraction" else 2
+
+            def nth_denial(n: int = denials) -> dict[str, Any] | None:
+                rs = [r for r in gw.audit_records()
+                      if r.get("principal") == "screener" and r["status"] == 403]
+                return rs[-1] if len(rs) == n else None
+
+            record = _wait(nth_denial)
+            assert record
             notes = [t["reason"] for t in record["trail"] if t["guard"] == "screening"]
             assert notes and notes[0].startswith(label)  # the verdict is in the trail
     risk = _wait(lambda: (r := _risk(gw, "screened", "screener"))["risk"] > 0.3 and r)
@@ -186,3 +194,20 @@ def test_refused_probes_of_the_output_layer_count_as_risk(gw: Gateway) -> None:
                                                logit_bias={"42": 100})
     risk = _wait(lambda: (r := _risk(gw, "probed", "prober"))["queries"] >= 3 and r)
     assert risk and 0.2 < risk["detectors"]["probe"]["score"] < 0.5
+
+
+def test_hostile_bodies_get_a_400_not_a_traceback(gw: Gateway) -> None:
+    import openai
+
+    deep: Any = "x"
+    for _ in range(300):
+        deep = [deep]
+    with _client(gw, gw.key(models=["metered"], principal="hostile")) as client:
+        with pytest.raises(openai.BadRequestError) as nested:
+            client.chat.completions.create(model="metered", messages=[
+                {"role": "user", "content": deep}])
+        assert "nested deeper" in nested.value.body["message"]
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model="metered", messages=HI,
+                                           max_tokens="many")  # type: ignore[arg-type]
+    assert "Traceback" not in gw.log.read_text()

@@ -107,3 +107,19 @@ def test_upstream_messages() -> None:
     assert upstream_message(400, b'{"error": {"message": "too long"}}') == "too long"
     assert upstream_message(422, b'{"error": "bad"}') == "bad"
     assert "refused the request (400)" in upstream_message(400, b"<html>")
+
+
+def test_token_ceiling_counts_every_prompt_and_choice() -> None:
+    from modelfence.llm.controls import MAX_TOKEN_COST, token_ceiling
+
+    assert token_ceiling("chat", {"max_tokens": 100, "n": 2}, 10) == 210
+    assert token_ceiling("chat", {"max_tokens": 100, "best_of": 50}, 10) == 110  # not chat's
+    batch = {"prompt": ["a", "b", "c"], "max_tokens": 100, "n": 2, "best_of": 3}
+    assert token_ceiling("completion", batch, 3) == 3 + 100 * 3 * 3
+    ids = {"prompt": [1, 2, 3], "max_tokens": 10}  # one prompt given as token ids
+    assert token_ceiling("completion", ids, 3) == 13
+    token_lists = {"prompt": [[1, 2], [3]], "max_tokens": 10}
+    assert token_ceiling("completion", token_lists, 3) == 23
+    assert token_ceiling("embed", {"input": ["x"] * 5}, 7) == 7
+    assert token_ceiling("chat", {"max_tokens": 2**62, "n": 2**62}, 1) == MAX_TOKEN_COST
+    assert token_ceiling("chat", {"max_tokens": "9", "n": True}, 4) == 4  # junk counts 0

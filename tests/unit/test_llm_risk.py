@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from pydantic import ValidationError
 
@@ -117,3 +119,36 @@ def test_stream_entries_round_trip() -> None:
     assert decode({k.encode(): v.encode() for k, v in encode(plain).items()}) == plain
     with pytest.raises(KeyError):
         decode({b"m": b"m"})
+
+
+async def test_a_restarted_replica_replays_its_own_evidence(redis_url: str) -> None:
+    import secrets
+
+    import redis.asyncio
+
+    from modelfence.llm.risk_sync import RiskStream
+
+    key = f"mftest:llm-risk:{secrets.token_hex(4)}"
+    settings = LlmMonitorSettings(shared=redis_url, key=key)
+    before = LlmRiskBook(settings, ["m"])
+    stream = RiskStream(before, url=redis_url, key=key, stream_max=1000, replica="host:7:aa")
+    await stream.start()
+    obs = Observation("m", "eve", None, leak=True, ts=T0, origin="host:7:aa")
+    before.observe(obs, now=T0)
+    stream.publish(obs)
+    stream.publish(Observation("other-model", "eve", None, leak=True, ts=T0, origin="x"))
+    await asyncio.sleep(0.2)
+    await stream.stop()
+    client = redis.asyncio.Redis.from_url(redis_url)
+    await client.xadd(key, {"m": "m", "junk": "1"})  # a malformed entry is skipped
+    try:
+        after = LlmRiskBook(settings, ["m"])  # same host and pid, a new process
+        restarted = RiskStream(after, url=redis_url, key=key, stream_max=1000,
+                               replica="host:7:bb")
+        await restarted.start()
+        assert after.peek("m", "eve", None, now=T0) == pytest.approx(0.6)
+        assert not after.knows("other-model")
+        await restarted.stop()
+    finally:
+        await client.delete(key)
+        await client.aclose()

@@ -470,6 +470,14 @@ class Classifier:
             return web.Response(text="<html>not json</html>")
         if name == "redirect":
             raise web.HTTPFound("/generic")
+        if name == "pieces":  # a healthy answer in two writes: read to the end, not once
+            resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await resp.prepare(request)
+            await resp.write(b'[{"label": "INJECTION",')
+            await asyncio.sleep(0.05)
+            await resp.write(b' "score": 0.99}]')
+            await resp.write_eof()
+            return resp
         return web.json_response(answers.get(name, {}))
 
     def url(self, name: str, query: str = "") -> str:
@@ -518,6 +526,8 @@ async def test_external_answer_shapes_and_labels(classifier: Classifier, token_f
     assert classifier.seen[-1][2] == {"inputs": "hello"}
     v = await screen_with(cfg("nested"))
     assert (v.label, v.score) == ("extraction", 0.7)
+    v = await screen_with(cfg("pieces"))
+    assert (v.label, v.score, v.failed) == ("injection", 0.99, False)
     v = await screen_with(cfg("nested", labels={"LEAK": "injection"}))  # the mapping decides
     assert v.label == "injection"
     v = await screen_with(cfg("generic", labels={}))  # unknown label → benign

@@ -167,11 +167,13 @@ async def test_token_budgets_reserve_the_ceiling_and_settle_to_use(store: Budget
     await guard.on_complete(failed)
     assert await store.usage(key) == (0, 50)
     # 60: the reservation that crossed 50; the refunds fell back to 40 and the third call's
-    # extra 10 tokens crossed again at 50
-    assert [a.used_tokens for a in alerts] == [60, 50]
+    # extra 10 tokens crossed 50 again: still one alert for this key and period
+    assert [a.used_tokens for a in alerts] == [60]
     assert "tokens" in alerts[0].describe()
     # a budget of tokens only does not touch classifier calls (no token cost)
-    await guard.on_request(fake_call(model=model))
+    classifier = fake_call(model=model)
+    await guard.on_request(classifier)
+    assert classifier.budget_holds == [] and await store.usage(key) == (0, 50)
 
 
 @pytest.fixture

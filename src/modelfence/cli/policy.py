@@ -59,7 +59,8 @@ def check(
         "--attr", help="Principal attribute NAME=VALUE (clearance=2, purpose=x, "
         "networks=10.0.0.0/8,192.168.0.0/16)")] = None,
     context: Annotated[list[str] | None, typer.Option(
-        "--context", help="source=IP, purpose=TEXT, risk=0.9, queries=N, time=ISO-8601")] = None,
+        "--context", help="source=IP, purpose=TEXT, risk=0.9, queries=N, time=ISO-8601, "
+        "screen=extraction, screen_score=0.9, screen_failed=true")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -129,15 +130,21 @@ async def _load_key(settings: Settings, key_id: str) -> Any:
 
 
 def _facts(ctx: dict[str, Any]) -> Facts:
-    unknown = set(ctx) - {"source", "purpose", "risk", "queries", "time"}
+    known = ("source", "purpose", "risk", "queries", "time", "screen", "screen_score",
+             "screen_failed")
+    unknown = set(ctx) - set(known)
     if unknown:
         raise fail(f"--context: unknown fact(s) {', '.join(sorted(unknown))}; "
-                   "use source, purpose, risk, queries, time", 2)
+                   f"use {', '.join(known)}", 2)
     try:
         now = datetime.fromisoformat(str(ctx["time"])).timestamp() if "time" in ctx else None
         return Facts(source=str(ctx.get("source", "127.0.0.1")),
                      purpose=str(ctx.get("purpose", "")),
                      risk=float(ctx.get("risk", 0.0)), queries=int(ctx.get("queries", 0)),
+                     screen=str(ctx.get("screen", "")),
+                     screen_score=float(ctx.get("screen_score", 0.0)),
+                     screen_failed=str(ctx.get("screen_failed", "false")).lower()
+                     in ("true", "1", "yes"),
                      now=now)
     except ValueError as exc:
         raise fail(f"--context: {exc}", 2) from None

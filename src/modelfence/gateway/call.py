@@ -60,6 +60,7 @@ class Call:
     tokens_used: int | None = None  # LLM calls: the tokens it used (upstream's or estimated)
     screen: str = ""  # LLM calls: the prompt screening verdict ("benign", "injection", ...)
     screen_score: float = 0.0
+    screen_failed: bool = False  # a detector could not answer (the label is its on_error)
 
     @property
     def source(self) -> str:

@@ -113,6 +113,10 @@ def apply_controls(kind: str, body: dict[str, Any], model: LlmModel,
     return body
 
 
+#: Far above any real request; keeps a hostile one inside the stores' 64-bit integers.
+MAX_TOKEN_COST = 2**40
+
+
 def token_ceiling(kind: str, body: dict[str, Any], prompt_tokens: int) -> int:
     """The most tokens a checked request can use: its prompt and every choice's cap.
 
@@ -125,5 +129,10 @@ def token_ceiling(kind: str, body: dict[str, Any], prompt_tokens: int) -> int:
         return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     cap = max(whole("max_tokens"), whole("max_completion_tokens"))
-    n, best_of = whole("n"), whole("best_of")
-    return prompt_tokens + cap * max(n, best_of, 1)
+    n = whole("n")
+    best_of = whole("best_of") if kind == "completion" else 0
+    prompt = body.get("prompt")
+    # completions take a batch: a list of prompts (strings or token lists), each answered
+    prompts = (len(prompt) if kind == "completion" and isinstance(prompt, list) and prompt
+               and not all(isinstance(p, int) for p in prompt) else 1)
+    return min(prompt_tokens + cap * max(n, best_of, 1) * prompts, MAX_TOKEN_COST)

@@ -15,6 +15,23 @@ from .controls import apply_controls, token_ceiling
 from .settings import LlmControls, LlmModel
 from .usage import TokenUsage, UsageTally, estimate, prompt_chars
 
+#: No OpenAI request nests deeper than a few levels; a hostile one could overflow the
+#: recursion of the usage estimate or the JSON encoder.
+MAX_DEPTH = 32
+
+
+def _depth_over(doc: Any, limit: int) -> bool:
+    """Whether `doc` nests containers deeper than `limit` (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        stack.extend((v, depth + 1) for v in children if isinstance(v, dict | list))
+    return False
+
+
 #: The route's action (Cedar) → the model kind that serves it.
 KIND_OF_ACTION = {"chat": "chat", "completion": "completion", "embed": "embed"}
 
@@ -46,6 +63,7 @@ class LlmExchange:
     filters: dict[int, Any] = field(default_factory=dict)  # per choice: its `LeakFilter`
     controls: LlmControls | None = None  # the caller's band's controls
     leaked: bool = False  # an answer would have leaked the system prompt (blocked/redacted)
+    ended: bool = False  # a stream's end was handled (upstream closed, call completed)
 
 
 def exchange_of(call: Call) -> LlmExchange:
@@ -77,6 +95,9 @@ class LlmModelGuard(Guard):
             raise BadRequest("body: not valid JSON", reason="bad_json") from None
         if not isinstance(doc, dict):
             raise BadRequest("body: must be a JSON object", reason="bad_json")
+        if _depth_over(doc, MAX_DEPTH):
+            raise BadRequest(f"body: nested deeper than {MAX_DEPTH} levels",
+                             reason="bad_json")
         name = doc.get("model")
         if not isinstance(name, str) or not name:
             raise BadRequest("model: required (a string)", reason="bad_parameter")

@@ -133,7 +133,15 @@ class LlmRiskBook:
         ev.decay(time.time() if now is None else now, self._s.half_life_s)
         return LlmRisk(ev.score(), dict(ev.values), ev.requests, ev.tokens, ev.flagged)
 
-    def observe(self, obs: Observation, now: float | None = None) -> list[Crossing]:
+    def observe(self, obs: Observation, now: float | None = None, *,
+                remote: bool = False) -> list[Crossing]:
+        """Add what `obs` shows; the subjects it lifted over `alert_at` (alert each once).
+
+        `remote`: another replica's observation. It never flags a subject, so the next
+        observation a replica answers itself raises the alert there, even when the
+        crossing came from the stream (two replicas may then both alert: better twice
+        than never).
+        """
         now = time.time() if now is None else now
         table = self._subjects.setdefault(obs.model, OrderedDict())
         crossings = []
@@ -146,7 +154,7 @@ class LlmRiskBook:
                 ev.flagged = False  # re-armed once the risk has clearly fallen back
             self._add(ev, obs, table, key[0], now)
             score = ev.score()
-            if score >= self._s.alert_at and not ev.flagged:
+            if score >= self._s.alert_at and not ev.flagged and not remote:
                 ev.flagged = True
                 crossings.append(Crossing(obs.model, kind, subject, obs.tenant,
                                           LlmRisk(score, dict(ev.values), ev.requests,

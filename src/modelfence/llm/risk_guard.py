@@ -47,7 +47,7 @@ class LlmRiskGuard(Guard):
         reason = call.error.reason if call.error is not None else ""
         obs = Observation(model=call.model.name, principal=call.principal.id,
                           tenant=call.principal.tenant or None,
-                          tokens=call.tokens_used or 0,
+                          tokens=_tokens(call, ex),
                           leak=ex is not None and ex.leaked,
                           screen=call.screen, screen_score=call.screen_score,
                           probe=reason in PROBE_REASONS, ts=time.time(),
@@ -58,3 +58,10 @@ class LlmRiskGuard(Guard):
             self._alert(crossing)
         if self.stream is not None:
             self.stream.publish(obs)
+
+
+def _tokens(call: Call, ex: LlmExchange | None) -> int:
+    """Tokens used; where a budget keeps its reservation (usage unknown), the estimate."""
+    if call.tokens_used is not None:
+        return call.tokens_used
+    return ex.usage.total if ex is not None and ex.usage is not None else 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import Any
 
@@ -30,6 +31,9 @@ def encode(obs: Observation) -> dict[str, str]:
 
 def decode(fields: dict[bytes, bytes]) -> Observation:
     f = {k.decode(): v.decode() for k, v in fields.items()}
+    if not (math.isfinite(float(f["ts"])) and 0.0 <= float(f["c"]) <= 1.0
+            and int(f["k"]) >= 0):
+        raise ValueError("a number out of range")
     return Observation(model=f["m"], principal=f["p"], tenant=f["t"] or None,
                        tokens=int(f["k"]), leak=bool(f["l"]), screen=f["s"],
                        screen_score=float(f["c"]), probe=bool(f["b"]), ts=float(f["ts"]),
@@ -49,8 +53,10 @@ class RiskStream:
         self.replica = replica
         self._client = redis.asyncio.Redis.from_url(url, socket_timeout=2.0,
                                                     socket_connect_timeout=2.0)
-        # XREAD BLOCK needs a connection whose timeout outlasts the block
-        self._reader = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2.0)
+        # XREAD BLOCK needs a connection whose timeout outlasts the block (1 s)
+        self._reader = redis.asyncio.Redis.from_url(url, socket_timeout=6.0,
+                                                    socket_connect_timeout=2.0,
+                                                    socket_keepalive=True)
         self._position = "0-0"
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_warning = 0.0
@@ -107,21 +113,23 @@ class RiskStream:
                 backoff = min(backoff * 2, 10.0)
 
     async def _read(self, block: int | None) -> int:
+        """Apply the next entries (others' only: this replica applied its own at once);
+        the number of entries read, applied or not."""
         answer: Any = await self._reader.xread({self._key: self._position}, count=1000,
                                                block=block)
-        applied = 0
+        read = 0
         for _, entries in answer or ():
             for entry_id, fields in entries:
                 self._position = entry_id.decode()
+                read += 1
                 try:
                     obs = decode(fields)
                 except (KeyError, ValueError, UnicodeDecodeError) as exc:
                     log.warning("LLM risk stream entry %r skipped: %s", entry_id, exc)
                     continue
-                if obs.origin != self.replica:
-                    self._book.observe(obs, now=obs.ts)
-                applied += 1
-        return applied
+                if obs.origin != self.replica and self._book.knows(obs.model):
+                    self._book.observe(obs, now=obs.ts, remote=True)
+        return read
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)

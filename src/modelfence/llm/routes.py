@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import logging
 import os
+import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -85,7 +86,8 @@ class LlmRoutes:
     def _risk_guard(self, settings: LlmSettings,
                     on_alert: Callable[[Crossing], None] | None) -> LlmRiskGuard:
         book = LlmRiskBook(settings.monitor, self.models)
-        m, replica = settings.monitor, replica_name()
+        # host:pid can repeat after a restart (containers): a random part keeps it unique
+        m, replica = settings.monitor, f"{replica_name()}:{secrets.token_hex(4)}"
         stream = (RiskStream(book, url=m.shared, key=m.key, stream_max=m.stream_max,
                              replica=replica) if m.shared else None)
         return LlmRiskGuard(book, on_alert or _log_crossing, replica=replica, stream=stream)
@@ -178,8 +180,10 @@ class LlmRoutes:
             response = Response(call.response_body, 200, media_type="application/json")
             return await self._finish(call, self._chain, response)
         call.status = 200
-        return SseResponse(self._relay(call, stream),
-                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        upstream = stream
+        return SseResponse(self._relay(call, upstream),
+                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                           on_close=lambda: self._end_stream(call, upstream, b"", False))
 
     async def _relay(self, call: Call, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Pass upstream events through as they arrive; finish the call however it ends."""
@@ -210,19 +214,32 @@ class LlmRoutes:
             yield out
             finished = True
         finally:
-            aclose = getattr(upstream, "aclose", None)
-            if not finished:
-                ex.cancelled = True
-                call.note("llm", "note", "client disconnected; upstream request closed")
-            if aclose is not None:
-                task = asyncio.ensure_future(aclose())
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())
-            call.response_body = bytes(sent)
-            assert ex.tally is not None
-            ex.usage = ex.tally.result()
+            self._end_stream(call, upstream, bytes(sent), finished)
+
+    def _end_stream(self, call: Call, upstream: AsyncIterator[bytes], sent: bytes,
+                    finished: bool) -> None:
+        """Close the upstream and finish the call, once, however the stream ended — also
+        when the client left before the first event (the relay never started)."""
+        ex = exchange_of(call)
+        if ex.ended:
+            return
+        ex.ended = True
+        if not finished:
+            ex.cancelled = True
+            call.note("llm", "note", "client disconnected; upstream request closed")
+        aclose = getattr(upstream, "aclose", None)
+        if aclose is not None:
+            self._spawn(aclose())
+        call.response_body = sent
+        assert ex.tally is not None
+        ex.usage = ex.tally.result()
+        call.note("llm", "note", ex.usage.describe())
+        if finished or ex.tally.reported is not None:
             call.tokens_used = ex.usage.total
-            call.note("llm", "note", ex.usage.describe())
-            self._spawn(self._chain.complete(call))
+        else:  # an estimate of a cut-off stream could be far too low: keep the reservation
+            call.note("llm", "note", "usage unknown: the client left before the upstream "
+                      "reported it; the token reservation is kept")
+        self._spawn(self._chain.complete(call))
 
     def _event(self, call: Call, ex: LlmExchange, event: bytes) -> bytes:
         """One SSE event, with the upstream model name replaced and added usage hidden."""
@@ -325,7 +342,16 @@ class LlmRoutes:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        task.add_done_callback(_forget(self._pending))
+
+
+def _forget(pending: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+    """Drop a finished task; read its exception so that none goes unretrieved."""
+    def done(task: asyncio.Task[None]) -> None:
+        pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("LLM background task failed: %r", task.exception())
+    return done
 
 
 def _log_crossing(crossing: Crossing) -> None:

@@ -50,11 +50,15 @@ class ScreeningGuard(Guard):
         kind = KIND_OF_ACTION[call.action]
         if screener is None or kind == "embed":
             return
-        text = text_of(kind, exchange_of(call).request)
+        text = text_of(kind, exchange_of(call).request, max_chars=screener.max_chars)
         if not text:
             return
         verdict = await screener.screen(text)
         call.screen, call.screen_score = verdict.label, verdict.score
-        if verdict.label != "benign":
+        call.screen_failed = verdict.failed
+        if verdict.label != "benign" or verdict.failed:
+            # the rule's name, never the quoted prompt text: audit records keep digests
+            why = verdict.reason.split(":", 1)[0][:120]
+            failed = ", a detector failed" if verdict.failed else ""
             call.note(self.name, "note", f"{verdict.label} {verdict.score:.2f} "
-                      f"({verdict.source}): {verdict.reason}")
+                      f"({verdict.source}{failed}): {why}")

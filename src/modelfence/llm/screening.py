@@ -738,7 +738,12 @@ class ExternalScreener(Screener):
             body = orjson.dumps({s.text_field: text})
             async with self._client().post(s.url, data=body, headers=self._headers(),
                                            timeout=timeout, allow_redirects=False) as resp:
-                data = await resp.content.read(MAX_ANSWER + 1)
+                data = b""
+                while len(data) <= MAX_ANSWER:  # read() gives what is buffered, not all
+                    part = await resp.content.read(MAX_ANSWER + 1 - len(data))
+                    if not part:
+                        break
+                    data += part
                 if resp.status >= 300:
                     raise _Failed(f"answered {resp.status}")
             if len(data) > MAX_ANSWER:

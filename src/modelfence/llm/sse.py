@@ -12,21 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+log = logging.getLogger("modelfence.llm")
 
 
 class SseResponse(Response):
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str]) -> None:
+    def __init__(self, events: AsyncIterator[bytes], headers: dict[str, str], *,
+                 on_close: Callable[[], None] | None = None) -> None:
         # As StreamingResponse does: no body, so no Content-Length header.
         self.status_code = 200
         self.background = None
         self.init_headers(headers)
         self._events = events
+        self._on_close = on_close  # runs last, always: an iterator never started cleans nothing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         me = asyncio.current_task()
@@ -54,9 +59,14 @@ class SseResponse(Response):
             pass  # the client went away between two events
         finally:
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await watcher
             aclose = getattr(self._events, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
+            try:
+                if aclose is not None:
                     await aclose()
+            except Exception:
+                log.debug("closing an SSE stream failed", exc_info=True)
+            finally:
+                if self._on_close is not None:
+                    self._on_close()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher

@@ -72,7 +72,7 @@ def from_upstream(doc: Any) -> TokenUsage | None:
     completion = usage.get("completion_tokens", 0)
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
-    return TokenUsage(prompt, completion)
+    return TokenUsage(max(prompt, 0), max(completion, 0))
 
 
 class UsageTally:

@@ -29,7 +29,7 @@ class PolicyGuard(Guard):
         facts = Facts(source=call.source,
                       purpose=call.request.headers.get(PURPOSE_HEADER, "")[:128],
                       risk=call.risk, queries=call.queries, screen=call.screen,
-                      screen_score=call.screen_score)
+                      screen_score=call.screen_score, screen_failed=call.screen_failed)
         request, entities = cedar_request(call.principal, call.action, call.model.name,
                                           call.model.settings.attributes, facts)
         verdict = self._engine.decide(request, entities)  # PolicyError → 503, fail closed

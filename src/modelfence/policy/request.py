@@ -32,6 +32,7 @@ class Facts:
     queries: int = 0
     screen: str = ""
     screen_score: float = 0.0
+    screen_failed: bool = False
     now: float | None = None
 
 
@@ -100,6 +101,7 @@ def context(principal: Principal, facts: Facts) -> dict[str, Any]:
         "screen": facts.screen,
         "screen_score": {"__extn": {"fn": "decimal",
                                     "arg": f"{min(max(facts.screen_score, 0.0), 1.0):.4f}"}},
+        "screen_failed": facts.screen_failed,
     }
 
 

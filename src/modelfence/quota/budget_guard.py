@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -69,6 +70,17 @@ class BudgetGuard(Guard):
         self._store = store
         self._budgets = budgets
         self._alert = alert
+        # keys (budget, principal, model, period) this process alerted for: reservations
+        # given back (failed calls, tokens settled low) can cross alert_at again
+        self._alerted: OrderedDict[str, None] = OrderedDict()
+
+    async def _alert_once(self, key: str, alert: BudgetAlert) -> None:
+        if key in self._alerted:
+            return
+        self._alerted[key] = None
+        while len(self._alerted) > 100_000:
+            self._alerted.popitem(last=False)
+        await self._alert(alert)
 
     async def on_request(self, call: Call) -> None:
         assert call.principal is not None and call.model is not None
@@ -104,9 +116,9 @@ class BudgetGuard(Guard):
         held.append(_Held(key, rows))
         if _crossed(budget.alert_at, got.used_queries, 1, budget.queries) or _crossed(
                 budget.alert_at, got.used_rows, rows, budget.rows):
-            await self._alert(BudgetAlert(call.principal.id, call.principal.tenant,
-                                          call.model.name, period, got.used_queries,
-                                          got.used_rows, budget))
+            await self._alert_once(key, BudgetAlert(
+                call.principal.id, call.principal.tenant, call.model.name, period,
+                got.used_queries, got.used_rows, budget))
 
     async def _reserve_tokens(self, call: Call, budget: Budget, key: str, period: str,
                               ends: datetime, held: list[_Held]) -> None:
@@ -125,9 +137,9 @@ class BudgetGuard(Guard):
                 retry_after_s=_until(ends), reason="token_budget_exhausted")
         held.append(_Held(key, cost, tokens=True, budget=budget, period=period))
         if _crossed(budget.alert_at, got.used_rows, cost, budget.tokens):
-            await self._alert(BudgetAlert(call.principal.id, call.principal.tenant,
-                                          call.model.name, period, got.used_queries,
-                                          got.used_rows, budget, used_tokens=got.used_rows))
+            await self._alert_once(key, BudgetAlert(
+                call.principal.id, call.principal.tenant, call.model.name, period,
+                got.used_queries, got.used_rows, budget, used_tokens=got.used_rows))
 
     async def on_complete(self, call: Call) -> None:
         """A call that was not answered does not spend the budget; tokens settle to use."""
@@ -143,6 +155,7 @@ class BudgetGuard(Guard):
 
     async def _settle(self, call: Call, held: _Held, used: int) -> None:
         """Give back what was reserved and not used; add what an estimate missed."""
+        used = max(used, 0)
         if used < held.rows:
             await self._store.release(held.key, 0, held.rows - used)
         elif used > held.rows:
@@ -151,9 +164,9 @@ class BudgetGuard(Guard):
             b = held.budget
             if b is not None and _crossed(b.alert_at, got.used_rows, extra, b.tokens):
                 assert call.principal is not None and call.model is not None
-                await self._alert(BudgetAlert(call.principal.id, call.principal.tenant,
-                                              call.model.name, held.period, got.used_queries,
-                                              got.used_rows, b, used_tokens=got.used_rows))
+                await self._alert_once(held.key, BudgetAlert(
+                    call.principal.id, call.principal.tenant, call.model.name, held.period,
+                    got.used_queries, got.used_rows, b, used_tokens=got.used_rows))
 
     async def _release(self, held: list[_Held]) -> None:
         for h in held:
