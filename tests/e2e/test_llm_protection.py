@@ -211,3 +211,15 @@ def test_hostile_bodies_get_a_400_not_a_traceback(gw: Gateway) -> None:
             client.chat.completions.create(model="metered", messages=HI,
                                            max_tokens="many")  # type: ignore[arg-type]
     assert "Traceback" not in gw.log.read_text()
+
+
+def test_policy_check_explains_a_screening_decision(gw: Gateway) -> None:
+    from ..support import cli
+
+    args = ["policy", "check", "--config", str(gw.config), "--principal", "p",
+            "--grant", "screened", "--model", "screened", "--action", "chat"]
+    denied = cli(*args, "--context", "screen=extraction", "--context", "screen_score=0.95",
+                 check=False)
+    assert denied.returncode == 1 and "no-prompt-attacks" in denied.stdout
+    allowed = cli(*args, "--context", "screen=benign", "--context", "screen_score=0.95")
+    assert "ALLOW" in allowed.stdout

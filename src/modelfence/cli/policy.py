@@ -72,7 +72,9 @@ def check(
     who = _principal(settings, key, principal, tenant, group or [], grant or [], attr or [])
     facts = _facts(parse_assignments(context or [], "--context"))
     configured = settings.model(model)
-    attributes = configured.attributes if configured else ModelAttributes()
+    llm = next((m for m in settings.llm.models if m.name == model), None)
+    attributes = (configured.attributes if configured else
+                  ModelAttributes(**llm.attributes.model_dump()) if llm else ModelAttributes())
     request, entities = cedar_request(who, action, model, attributes, facts)
     try:
         verdict = engine.decide(request, entities)
