@@ -142,15 +142,23 @@ def test_through_the_gateway(tiny_model: Path, tmp_path: Path) -> None:
     try:
         key = gw.key(models=["open", "noisy", "guarded"])
 
-        def post(name: str, prompt: str) -> tuple[int, dict[str, Any]]:
+        def post(name: str, prompt: str, stream: bool = False) -> tuple[int, dict[str, Any]]:
             body = {"model": name, "temperature": 0, "max_tokens": 1, "logprobs": True,
-                    "top_logprobs": VOCAB, "messages": [{"role": "user", "content": prompt}]}
+                    "top_logprobs": VOCAB, "messages": [{"role": "user", "content": prompt}],
+                    "stream": stream}
             req = urllib.request.Request(  # noqa: S310 (loopback)
                 f"{gw.url}/v1/chat/completions", json.dumps(body).encode(),
                 {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
             try:
                 with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310
-                    return resp.status, json.loads(resp.read())
+                    raw = resp.read()
+                    if not stream:
+                        return resp.status, json.loads(raw)
+                    events = [json.loads(e[6:]) for e in raw.decode().split("\n\n")
+                              if e.startswith("data: {")]
+                    content = [c for ev in events for ch in ev["choices"]
+                               for c in (ch.get("logprobs") or {}).get("content") or []]
+                    return resp.status, {"choices": [{"logprobs": {"content": content}}]}
             except urllib.error.HTTPError as err:
                 return err.code, json.loads(err.read())
 
@@ -170,5 +178,7 @@ def test_through_the_gateway(tiny_model: Path, tmp_path: Path) -> None:
         first, again = post("noisy", "the fox"), post("noisy", "the fox")
         assert first[0] == 200 and vector(first[1]) == vector(again[1])  # repeatable
         assert vector(first[1]) != vector(post("open", "the fox")[1])  # but noised
+        streamed = post("noisy", "the fox", stream=True)  # a stream: the same noised numbers
+        assert streamed[0] == 200 and vector(streamed[1]) == vector(first[1])
     finally:
         gw.stop()

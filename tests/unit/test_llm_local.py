@@ -247,12 +247,26 @@ def test_logprob_noise_is_keyed_and_repeatable(tiny_model: Path) -> None:
     assert unchanged["choices"][0]["logprobs"]["content"] == content
 
 
-def test_noisy_logprobs_refused_on_streams() -> None:
+def test_noisy_logprobs_stream_with_the_numbers_of_the_whole_answer() -> None:
+    from modelfence.llm.noise import LogprobNoise
+
     model = LlmModel(name="m", upstream="http://h/v1",
                      controls=LlmControls(logprobs=True, logprob_noise=0.1))
-    with pytest.raises(BadRequest, match="streams"):
-        apply_controls("chat", chat(stream=True, logprobs=True), model)
-    with pytest.raises(BadRequest, match="streams"):
-        apply_controls("completion", {"model": "m", "prompt": "x", "stream": True,
-                                      "logprobs": 1}, model)
-    apply_controls("chat", chat(stream=True), model)  # no logprobs asked: fine
+    apply_controls("chat", chat(stream=True, logprobs=True), model)  # allowed now
+
+    def entry(i: int) -> dict[str, Any]:
+        return {"token": f"t{i}", "logprob": -0.1 * i,
+                "top_logprobs": [{"token": f"t{i}", "logprob": -0.1 * i},
+                                 {"token": "x", "logprob": -3.0}]}
+
+    whole = {"choices": [{"index": 0, "logprobs": {"content": [entry(i) for i in range(5)]}}]}
+    noise = LogprobNoise(b"s" * 32, b"ctx", 0.5)
+    noise.apply(whole)
+    offsets: dict[Any, int] = {}
+    streamed = []
+    for part in ([0, 1], [2], [3, 4]):
+        chunk = {"choices": [{"index": 0, "logprobs": {"content": [entry(i) for i in part]}}]}
+        noise.apply(chunk, offsets)
+        streamed += chunk["choices"][0]["logprobs"]["content"]
+    assert streamed == whole["choices"][0]["logprobs"]["content"]
+    assert streamed[3]["logprob"] != -0.3  # noised

@@ -59,18 +59,10 @@ def _logit_bias(body: dict[str, Any], controls: LlmControls) -> None:
     body["logit_bias"] = clamped
 
 
-def _no_noisy_stream(body: dict[str, Any], controls: LlmControls) -> None:
-    if controls.logprob_noise > 0 and body.get("stream") is True:
-        raise BadRequest("logprobs: not available on streams for this model",
-                         reason="logprobs_refused")
-
-
 def _logprobs_chat(body: dict[str, Any], controls: LlmControls) -> None:
     wants = bool(body.get("logprobs")) or body.get("top_logprobs") is not None
     if wants and not controls.logprobs:
         raise BadRequest("logprobs: not available for this model", reason="logprobs_refused")
-    if wants:
-        _no_noisy_stream(body, controls)
     _cap(body, "top_logprobs", controls.max_top_logprobs, controls)
 
 
@@ -79,7 +71,6 @@ def _logprobs_completion(body: dict[str, Any], controls: LlmControls) -> None:
         return
     if not controls.logprobs:
         raise BadRequest("logprobs: not available for this model", reason="logprobs_refused")
-    _no_noisy_stream(body, controls)
     _cap(body, "logprobs", controls.max_top_logprobs, controls)
 
 

@@ -64,6 +64,8 @@ class LlmExchange:
     controls: LlmControls | None = None  # the caller's band's controls
     leaked: bool = False  # an answer would have leaked the system prompt (blocked/redacted)
     ended: bool = False  # a stream's end was handled (upstream closed, call completed)
+    noise: Any = None  # a stream's `LogprobNoise`, when its band noises logprobs
+    noise_offsets: dict[Any, int] = field(default_factory=dict)  # its running positions
 
 
 def exchange_of(call: Call) -> LlmExchange:

@@ -4,7 +4,9 @@ Each returned logprob gets `scale` times a standard normal drawn from a keyed ha
 (secret, principal, prompt, token position, token): repeating a request returns the same
 numbers, so averaging repeats does not remove the noise, while another principal or
 another prompt draws afresh. The same token at the same position gets the same noise in
-`logprob` and in `top_logprobs`. Noised values stay at or below 0.
+`logprob` and in `top_logprobs`. Noised values stay at or below 0. A stream is noised
+chunk by chunk with each choice's running position, so it gets the same numbers as the
+same answer in one piece.
 """
 
 from __future__ import annotations
@@ -53,23 +55,29 @@ class LogprobNoise:
             return logprob
         return min(0.0, float(logprob) + self.scale * self.gaussian(position, token))
 
-    def apply(self, doc: dict[str, Any]) -> None:
-        """Noise every logprob in an OpenAI chat or completions answer, in place."""
+    def apply(self, doc: dict[str, Any], offsets: dict[Any, int] | None = None) -> None:
+        """Noise every logprob in an OpenAI chat or completions answer, in place.
+
+        `offsets`: for a stream, one dict kept across its chunks (each choice's next
+        position, keyed by the choice's index and the kind of list).
+        """
         if self.scale <= 0:
             return
         for choice in doc.get("choices") or []:
             logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
             if not isinstance(logprobs, dict):
                 continue
-            if isinstance(logprobs.get("content"), list):
-                self._chat(logprobs["content"])
-            if isinstance(logprobs.get("refusal"), list):
-                self._chat(logprobs["refusal"])
+            index = choice.get("index", 0)
+            for kind in ("content", "refusal"):
+                if isinstance(logprobs.get(kind), list):
+                    self._chat(logprobs[kind], _advance(offsets, (index, kind),
+                                                        len(logprobs[kind])))
             if isinstance(logprobs.get("token_logprobs"), list):
-                self._completion(logprobs)
+                self._completion(logprobs, _advance(offsets, (index, "text"),
+                                                    len(logprobs["token_logprobs"])))
 
-    def _chat(self, entries: list[Any]) -> None:
-        for position, entry in enumerate(entries):
+    def _chat(self, entries: list[Any], start: int) -> None:
+        for position, entry in enumerate(entries, start):
             if not isinstance(entry, dict):
                 continue
             entry["logprob"] = self.noised(position, _token(entry), entry.get("logprob"))
@@ -77,16 +85,25 @@ class LogprobNoise:
                 if isinstance(alt, dict):
                     alt["logprob"] = self.noised(position, _token(alt), alt.get("logprob"))
 
-    def _completion(self, logprobs: dict[str, Any]) -> None:
+    def _completion(self, logprobs: dict[str, Any], start: int) -> None:
         tokens = logprobs.get("tokens") or []
         values = logprobs["token_logprobs"]
-        for position, value in enumerate(values):
-            token = tokens[position] if position < len(tokens) else ""
-            values[position] = self.noised(position, str(token).encode(), value)
-        for position, alts in enumerate(logprobs.get("top_logprobs") or []):
+        for i, value in enumerate(values):
+            token = tokens[i] if i < len(tokens) else ""
+            values[i] = self.noised(start + i, str(token).encode(), value)
+        for i, alts in enumerate(logprobs.get("top_logprobs") or []):
             if isinstance(alts, dict):
                 for token, value in alts.items():
-                    alts[token] = self.noised(position, str(token).encode(), value)
+                    alts[token] = self.noised(start + i, str(token).encode(), value)
+
+
+def _advance(offsets: dict[Any, int] | None, key: Any, count: int) -> int:
+    """The first position of `count` entries, and move the stream's position past them."""
+    if offsets is None:
+        return 0
+    start = offsets.get(key, 0)
+    offsets[key] = start + count
+    return start
 
 
 def _token(entry: dict[str, Any]) -> bytes:

@@ -30,7 +30,7 @@ from ..gateway.chain import Guard, GuardChain
 from ..gateway.responses import error_response
 from .canary import Canary
 from .guards import LlmBodyGuard, LlmEntry, LlmExchange, LlmModelGuard, exchange_of
-from .noise import add_noise
+from .noise import LogprobNoise, add_noise, request_context
 from .risk import Crossing, LlmRiskBook
 from .risk_guard import LlmRiskGuard
 from .risk_sync import RiskStream
@@ -155,6 +155,11 @@ class LlmRoutes:
             self._protect(ex)
             body = orjson.dumps(ex.request)
             if ex.stream:
+                assert ex.controls is not None
+                if ex.controls.logprob_noise > 0:
+                    ex.noise = LogprobNoise(self._noise_secret,
+                                            request_context(_who(call), ex.request),
+                                            ex.controls.logprob_noise)
                 stream = await self.upstream.stream(ex.entry.settings, path, body)
             else:
                 doc = loads_object(await self.upstream.post(ex.entry.settings, path, body))
@@ -263,6 +268,8 @@ class LlmRoutes:
             doc["usage"] = None
         if "model" in doc:
             doc["model"] = ex.entry.name
+        if ex.noise is not None:
+            ex.noise.apply(doc, ex.noise_offsets)
         if ex.leaks is not None:
             self._screen_delta(call, ex, doc)
         return _sse(doc)

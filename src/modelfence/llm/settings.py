@@ -53,7 +53,7 @@ class LlmControls(_Strict):
                                   "local model can give its whole vocabulary")
     logprob_noise: float = Field(0.0, ge=0.0, le=100.0, description="scale of keyed noise "
                                  "added to returned logprobs (same request, same numbers); "
-                                 "0: none. Streams asking for logprobs are refused when on")
+                                 "0: none. Streams get the same numbers as whole answers")
     logit_bias: Literal["refuse", "clamp", "allow"] = Field(
         "refuse", description="refuse: 400; clamp: each bias clamped to ±max_logit_bias")
     max_logit_bias: float = Field(5.0, ge=0.0, le=100.0)
