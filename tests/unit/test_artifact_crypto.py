@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
+import json
 import os
 import shutil
 import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from modelfence.artifacts import (
     DecryptionError,
@@ -20,6 +25,7 @@ from modelfence.artifacts import (
     decrypt_file,
     decrypt_to_bytes,
     encrypt_file,
+    envelope,
     iter_decrypt,
 )
 from modelfence.artifacts.envelope import MAGIC, encrypt_stream
@@ -160,3 +166,133 @@ def test_pkcs11_kek_round_trip_and_wrong_key(softhsm: Path) -> None:
         list(iter_decrypt(io.BytesIO(blob), other))
     with pytest.raises(KeyProviderError):
         Pkcs11Provider(softhsm, token_label="mf", pin="0000", key_label="kek").wrap(b"x" * 32)
+
+
+# --- format stability and the in-place (encrypt_into/decrypt_into) fast path -----------------
+
+FIXTURES = Path(__file__).parent / "fixtures" / "envelope_v1"
+
+
+def _fixture_plain(n: int) -> bytes:
+    out = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(n // 32 + 1))
+    return out[:n]
+
+
+@pytest.fixture(params=[True, False], ids=["into", "allocating"])
+def into(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run a test with the in-place AES-GCM calls and with the fallback for older releases."""
+    if request.param and not envelope._INTO:
+        pytest.skip("installed cryptography has no encrypt_into/decrypt_into")
+    monkeypatch.setattr(envelope, "_INTO", request.param)
+    return bool(request.param)
+
+
+@pytest.mark.parametrize("name", ["p0_c64", "p64_c64", "p200_c64", "p1000_c100", "p5000_c4096"])
+def test_files_written_by_the_first_release_still_decrypt(tmp_path: Path, into: bool,
+                                                          name: str) -> None:
+    # Written by the allocating implementation before the in-place rewrite (same format).
+    kr = KeyringProvider(FIXTURES / "kr.json")
+    blob = FIXTURES / f"{name}.enc"
+    plain = _fixture_plain(int(name[1:].split("_")[0]))
+    assert b"".join(iter_decrypt(io.BytesIO(blob.read_bytes()), kr)) == plain
+    assert decrypt_to_bytes(blob, kr) == plain
+    assert decrypt_file(blob, tmp_path / "out.bin", kr) == len(plain)
+    assert (tmp_path / "out.bin").read_bytes() == plain
+
+
+def _reference_decrypt(blob: bytes, kr: KeyringProvider) -> bytes:
+    """The documented format, decoded independently of the module's code."""
+    hlen = struct.unpack(">I", blob[len(MAGIC):len(MAGIC) + 4])[0]
+    start = len(MAGIC) + 4 + hlen
+    header = json.loads(blob[len(MAGIC) + 4:start])
+    digest = hashlib.sha256(blob[:start]).digest()
+    aead = AESGCM(kr.unwrap(base64.b64decode(header["wrapped_key"]), header["kek"], name="x"))
+    prefix = base64.b64decode(header["nonce_prefix"])
+    size = header["chunk"] + 16
+    body = blob[start:]
+    parts = [body[i:i + size] for i in range(0, max(len(body), 1), size)]
+    return b"".join(
+        aead.decrypt(prefix + struct.pack(">I", i), part,
+                     digest + struct.pack(">QB", i, 1 if i == len(parts) - 1 else 0))
+        for i, part in enumerate(parts))
+
+
+@pytest.mark.parametrize("n", [0, 1, 1 << 20, (1 << 20) + 1, 3 * (1 << 20) - 5])
+def test_default_chunk_output_matches_the_documented_format(tmp_path: Path, into: bool,
+                                                            keyring: KeyringProvider,
+                                                            n: int) -> None:
+    src = tmp_path / "w.bin"
+    src.write_bytes(os.urandom(n))
+    assert encrypt_file(src, tmp_path / "w.enc", keyring) == n
+    blob = (tmp_path / "w.enc").read_bytes()
+    assert len(blob) - len(_chunks(blob)[0]) == n + 16 * max(1, -(-n // (1 << 20)))
+    assert _reference_decrypt(blob, keyring) == src.read_bytes()
+    assert decrypt_file(tmp_path / "w.enc", tmp_path / "o.bin", keyring) == n
+    assert (tmp_path / "o.bin").read_bytes() == src.read_bytes()
+    parts = list(iter_decrypt(io.BytesIO(blob), keyring))
+    assert all(type(p) is bytes for p in parts)  # fresh objects, never views of a reused buffer
+    assert b"".join(parts) == src.read_bytes()
+    got = decrypt_to_bytes(tmp_path / "w.enc", keyring)
+    assert type(got) is bytes and got == src.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["truncated_at_chunk", "truncated_mid_chunk", "reordered",
+                                  "appended", "dropped_middle", "altered", "altered_header"])
+def test_tampering_fails_on_both_paths(tmp_path: Path, keyring: KeyringProvider, into: bool,
+                                       kind: str) -> None:
+    data = os.urandom(4 * CHUNK + 10)
+    blob = _tampered(_enc(data, keyring))[kind]
+    bad = tmp_path / "bad.enc"
+    bad.write_bytes(blob)
+    with pytest.raises(DecryptionError):
+        decrypt_file(bad, tmp_path / "out.bin", keyring)
+    assert not (tmp_path / "out.bin").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.enc", "kr.json"]
+    with pytest.raises(DecryptionError):
+        decrypt_to_bytes(bad, keyring)
+
+
+def test_failed_chunk_leaves_no_unverified_plaintext_in_the_buffer(
+        keyring: KeyringProvider) -> None:
+    if not envelope._INTO:
+        pytest.skip("installed cryptography has no decrypt_into")
+    data = os.urandom(3 * CHUNK)
+    head, cs = _chunks(_enc(data, keyring))
+    flipped = bytearray(cs[1])
+    flipped[-1] ^= 1  # tag only: decrypt_into still writes the (correct) plaintext first
+    buf = bytearray()
+    got: list[bytes] = []
+    with pytest.raises(DecryptionError, match="chunk 1"):
+        for part in envelope._open_chunks(io.BytesIO(head + cs[0] + bytes(flipped) + cs[2]),
+                                          keyring, "x", buf):
+            got.append(bytes(part))
+    assert got == [data[:CHUNK]]
+    assert buf == bytes(CHUNK)
+
+
+class _Trickle(io.RawIOBase):
+    """A raw stream that reads and writes at most 7 bytes per call."""
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.src, self.out = io.BytesIO(data), bytearray()
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        return self.src.readinto(memoryview(b)[:7])
+
+    def write(self, b: Any) -> int:
+        chunk = bytes(memoryview(b)[:7])
+        self.out += chunk
+        return len(chunk)
+
+
+def test_short_reads_and_writes_of_raw_streams(keyring: KeyringProvider, into: bool) -> None:
+    data = os.urandom(3 * CHUNK + 5)
+    sink = _Trickle()
+    assert encrypt_stream(_Trickle(data), sink, keyring, chunk_size=CHUNK) == len(data)  # type: ignore[arg-type]
+    assert b"".join(iter_decrypt(_Trickle(bytes(sink.out)), keyring)) == data  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import os
 import struct
@@ -36,6 +37,9 @@ _TAG = 16
 _MAX_HEADER = 64 * 1024
 _MAX_CHUNK = 64 << 20
 _Body = Callable[[BinaryIO], int]
+# Recent `cryptography` releases seal and open into a caller's buffer (no allocation per
+# chunk); older ones (the floor is 42) take the allocating path.
+_INTO = hasattr(AESGCM, "encrypt_into") and hasattr(AESGCM, "decrypt_into")
 
 
 def _aad(header_digest: bytes, index: int, last: bool) -> bytes:
@@ -63,26 +67,31 @@ def encrypt_stream(src: BinaryIO, dst: BinaryIO, provider: KeyProvider, *,
     }, sort_keys=True).encode()
     head = MAGIC + struct.pack(">I", len(header)) + header
     digest = hashlib.sha256(head).digest()
-    dst.write(head)
+    _writeall(dst, head)
     aead = AESGCM(dek)
-    buf = bytearray(chunk_size)
-    view = memoryview(buf)
-    n = _readfull(src, view)
+    # Two input buffers (read one chunk ahead to know whether this one is the last) and one
+    # output buffer, reused for every chunk: no allocation, no copy per chunk.
+    cur, ahead = memoryview(bytearray(chunk_size)), memoryview(bytearray(chunk_size))
+    out = memoryview(bytearray(chunk_size + _TAG))
+    n = _readfull(src, cur)
     index = total = 0
     while True:
-        nxt = bytearray(chunk_size)
-        # Read ahead one chunk to know whether this one is the last.
-        m = _readfull(src, memoryview(nxt)) if n == chunk_size else 0
+        m = _readfull(src, ahead) if n == chunk_size else 0
         last = m == 0
-        dst.write(aead.encrypt(_nonce(prefix, index), view[:n], _aad(digest, index, last)))
+        nonce, aad = _nonce(prefix, index), _aad(digest, index, last)
+        if _INTO:
+            aead.encrypt_into(nonce, cur[:n], aad, out[:n + _TAG])
+            _writeall(dst, out[:n + _TAG])
+        else:
+            _writeall(dst, aead.encrypt(nonce, cur[:n], aad))
         total += n
         if last:
             return total
-        buf, n, index = nxt, m, index + 1
-        view = memoryview(buf)
+        cur, ahead, n, index = ahead, cur, m, index + 1
 
 
 def _readfull(src: BinaryIO, view: memoryview) -> int:
+    """Fill `view` from `src` (short only at end of stream); returns the bytes read."""
     got = 0
     while got < len(view):
         r = src.readinto(view[got:])  # type: ignore[attr-defined]
@@ -92,15 +101,28 @@ def _readfull(src: BinaryIO, view: memoryview) -> int:
     return got
 
 
+def _readexact(src: BinaryIO, n: int) -> bytes:
+    """`n` bytes, or fewer only at end of stream."""
+    buf = bytearray(n)
+    return bytes(buf[:_readfull(src, memoryview(buf))])
+
+
+def _writeall(dst: BinaryIO, data: memoryview | bytes) -> None:
+    """Write all of `data` (a raw, unbuffered stream may accept only part of it)."""
+    done = dst.write(data)
+    while done is not None and done < len(data):
+        done += dst.write(data[done:])
+
+
 def read_header(src: BinaryIO, name: str = "artifact") -> tuple[dict[str, object], bytes]:
     """The parsed header and its digest; the stream is left at the first chunk."""
-    start = src.read(len(MAGIC) + 4)
+    start = _readexact(src, len(MAGIC) + 4)
     if len(start) < len(MAGIC) + 4 or not start.startswith(MAGIC):
         raise DecryptionError(f"{name}: not a modelfence encrypted artifact (bad magic)")
     (length,) = struct.unpack(">I", start[len(MAGIC):])
     if length > _MAX_HEADER:
         raise DecryptionError(f"{name}: header too large ({length} bytes)")
-    raw = src.read(length)
+    raw = _readexact(src, length)
     if len(raw) != length:
         raise DecryptionError(f"{name}: truncated header")
     try:
@@ -120,6 +142,15 @@ def iter_decrypt(src: BinaryIO, provider: KeyProvider | None = None, *,
     discard what it received if `DecryptionError` is raised midway (truncation is only
     detected at the end).
     """
+    for part in _open_chunks(src, provider, name, None):
+        yield part if isinstance(part, bytes) else bytes(part)
+
+
+def _open_chunks(src: BinaryIO, provider: KeyProvider | None, name: str,
+                 into: bytearray | None) -> Iterator[bytes | memoryview]:
+    """Verified plaintext chunks: fresh `bytes`, or with `into` given (and the installed
+    `cryptography` able to decrypt in place) views of one reused buffer, each valid only
+    until the next chunk is asked for."""
     header, digest = read_header(src, name)
     try:
         chunk = int(header["chunk"])  # type: ignore[call-overload]
@@ -134,23 +165,37 @@ def iter_decrypt(src: BinaryIO, provider: KeyProvider | None = None, *,
     dek = prov.unwrap(wrapped, kek, name=name)
     aead = AESGCM(dek)
     size = chunk + _TAG
-    cur = src.read(size)
+    cur, ahead = memoryview(bytearray(size)), memoryview(bytearray(size))
+    plain: memoryview | None = None
+    if into is not None and _INTO:
+        if len(into) < chunk:
+            into.extend(bytes(chunk - len(into)))
+        plain = memoryview(into)
+    n = _readfull(src, cur)
     index = 0
     while True:
-        if len(cur) < _TAG:
+        if n < _TAG:
             raise DecryptionError(f"{name}: truncated ciphertext at chunk {index}")
-        nxt = src.read(size) if len(cur) == size else b""
-        last = not nxt
+        m = _readfull(src, ahead) if n == size else 0
+        last = m == 0
+        nonce, aad = _nonce(prefix, index), _aad(digest, index, last)
+        part: bytes | memoryview
         try:
-            plain = aead.decrypt(_nonce(prefix, index), cur, _aad(digest, index, last))
+            if plain is not None:
+                aead.decrypt_into(nonce, cur[:n], aad, plain[:n - _TAG])
+                part = plain[:n - _TAG]
+            else:
+                part = aead.decrypt(nonce, cur[:n], aad)
         except InvalidTag:
+            if plain is not None:  # decrypt_into leaves unverified plaintext behind
+                plain[:n - _TAG] = bytes(n - _TAG)
             raise DecryptionError(
                 f"{name}: chunk {index} failed authentication (altered, truncated, "
                 "reordered or appended ciphertext)") from None
-        yield plain
+        yield part
         if last:
             return
-        cur, index = nxt, index + 1
+        cur, ahead, n, index = ahead, cur, m, index + 1
 
 
 def decrypt_to_bytes(path: str | Path, provider: KeyProvider | None = None) -> bytes:
@@ -158,7 +203,12 @@ def decrypt_to_bytes(path: str | Path, provider: KeyProvider | None = None) -> b
     path = Path(path)
     try:
         with path.open("rb") as f:
-            return b"".join(iter_decrypt(f, provider, name=str(path)))
+            # One growing buffer rather than a list of chunks joined at the end: the peak is
+            # about the plaintext size, not twice it (getvalue() hands the buffer over).
+            out = io.BytesIO()
+            for part in _open_chunks(f, provider, str(path), bytearray()):
+                out.write(part)
+            return out.getvalue()
     except OSError as exc:
         raise DecryptionError(f"{path}: cannot read ({exc.strerror})") from None
 
@@ -181,8 +231,8 @@ def decrypt_file(src: str | Path, dst: str | Path, provider: KeyProvider | None 
 
     def body(out: BinaryIO) -> int:
         n = 0
-        for part in iter_decrypt(fin, provider, name=str(src)):
-            out.write(part)
+        for part in _open_chunks(fin, provider, str(src), bytearray()):
+            _writeall(out, part)
             n += len(part)
         return n
 
@@ -193,17 +243,35 @@ def decrypt_file(src: str | Path, dst: str | Path, provider: KeyProvider | None 
         raise DecryptionError(f"{exc.filename or src}: {exc.strerror}") from None
 
 
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)  # never readable by others, not even for a moment
+
+
 def _atomic_write(dst: Path, body: _Body) -> int:
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.partial")
     try:
-        with open(tmp, "xb") as out:
+        with open(tmp, "xb", opener=_private) as out:
             os.chmod(tmp, 0o600)
             n = body(out)
             out.flush()
-            os.fsync(out.fileno())
+            os.fsync(out.fileno())  # the one data sync: contents durable before the rename
         os.replace(tmp, dst)
+        _fsync_dir(dst.parent)
         return n
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (best effort: some platforms cannot open a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
