@@ -106,6 +106,8 @@ def main() -> None:
     parser.add_argument("--benign-queries", type=int, default=5000)
     parser.add_argument("--history", type=int, default=100_000)
     parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--cost-only", action="store_true",
+                        help="only the cost of observe() on the last victim of each data set")
     args = parser.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python "
           f"{platform.python_version()}, {datetime.now(UTC):%Y-%m-%d}, "
@@ -114,6 +116,8 @@ def main() -> None:
         for victim in args.victim.split(","):
             started = time.perf_counter()
             world = ev.build_world(data, victim)
+            if args.cost_only:
+                continue
             e = ev.evaluate(world, threshold=args.threshold, attack_queries=args.attack_queries,
                             benign_streams=args.benign_streams,
                             benign_queries=args.benign_queries)
