@@ -684,3 +684,36 @@ async def test_build_screener_with_similarity(embedder: MiniLmEmbedder) -> None:
     v = await screener.screen("What's the capital of Peru?")
     assert (v.label, v.source) == ("benign", "heuristics+similarity")
     await screener.close()
+
+
+async def test_a_busy_similarity_screener_answers_failed_at_once() -> None:
+    """A flood does not queue without bound or hold the shared executor: over
+    `max_waiting`, the verdict is a failure policies can see, given at once."""
+    import threading
+
+    import numpy as np
+
+    from modelfence.llm.screening import SimilarityScreener
+
+    release = threading.Event()
+
+    class SlowEmbedder:
+        def encode(self, texts: list[str]) -> Any:
+            release.wait(5)
+            out = np.ones((len(texts), 4))
+            return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    screener = SimilarityScreener(embedder=SlowEmbedder())  # type: ignore[arg-type]
+    screener.max_waiting = 2
+    try:
+        tasks = [asyncio.ensure_future(screener.screen(f"tell me about topic {i}"))
+                 for i in range(5)]
+        await asyncio.sleep(0.1)
+        busy = [t.result() for t in tasks if t.done()]
+        assert len(busy) == 3 and all(v.failed and "busy" in v.reason for v in busy)
+        release.set()
+        done = await asyncio.gather(*tasks)
+        assert sum(not v.failed for v in done) == 2
+    finally:
+        release.set()
+        await screener.close()

@@ -18,6 +18,7 @@ import re
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -200,6 +201,9 @@ class SimilarityScreener(Screener):
                                for w in _WORD.findall(normalise(seed.text))) - _STOP
         self._matrix: Any = None  # seed embeddings, [seeds, 384]
         self._ready = threading.Lock()
+        self.max_waiting = 16
+        self._waiting = 0
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="mf-screen")
 
     def _seed_matrix(self) -> Any:
         with self._ready:
@@ -244,14 +248,29 @@ class SimilarityScreener(Screener):
         return [pieces[i] for i in sorted(keep)]
 
     async def _screen(self, text: str) -> Verdict:
-        return await asyncio.to_thread(self.check, text)
+        """On the screener's own thread, never the shared default executor (the audit
+        store and model inference use that); at most `max_waiting` prompts wait: over that,
+        a failed verdict at once (policies see `context.screen_failed`), not a backlog."""
+        if self._waiting >= self.max_waiting:
+            return Verdict("benign", 0.0, self.source,
+                           f"similarity screener busy ({self._waiting} prompts waiting)",
+                           failed=True)
+        self._waiting += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self.check, text)
+        finally:
+            self._waiting -= 1
 
     async def start(self) -> None:
         if self.preload:
             await self.warm()
 
     async def warm(self) -> None:
-        await asyncio.to_thread(self._seed_matrix)
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._seed_matrix)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _unit(x: float) -> float:
