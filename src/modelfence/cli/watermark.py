@@ -4,6 +4,7 @@ Thin, as every command: parse, call `modelfence.watermark`, print. The library i
 inside the commands so that `modelfence --help` stays fast. Bad input (a missing file, an
 unknown model, no signing key) is one red line and exit 2; a suspect that cannot be reached
 is exit 1; `evidence verify` exits 1 when the signature does not hold.
+`watermark detect-text` exits 0 when the text is watermarked, 1 when it is not, 2 on errors.
 
 `register(app)` adds the three to the main command.
 """
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
     from ..watermark.verify import Evidence, FingerprintPlan
 
 evidence_app = typer.Typer(help="Check signed ownership evidence bundles.", no_args_is_help=True)
-watermark_app = typer.Typer(help="The response watermark: keys and recorded evidence.",
+watermark_app = typer.Typer(help="The response watermark: keys and recorded evidence; the "
+                            "LLM text watermark.",
                             no_args_is_help=True)
 
 
@@ -332,3 +334,68 @@ def records(
 
 def _when(us: int) -> str:
     return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@watermark_app.command("detect-text")
+def detect_text(
+    model: Annotated[str, typer.Option(help="The LLM's name in the config (a local: model "
+                                       "with text_watermark)", show_default=False)],
+    config: ConfigOption = None,
+    text: Annotated[str | None, typer.Option(help="The text to test", show_default=False)
+                    ] = None,
+    file: Annotated[Path | None, typer.Option(help="A UTF-8 file holding the text to test",
+                                              show_default=False)] = None,
+    alpha: Annotated[float, typer.Option(
+        help="Significance level: watermarked when the p-value is <= it")] = 1e-6,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON")] = False,
+) -> None:
+    """Test a text for a local LLM's text watermark: exit 0 watermarked, 1 not, 2 errors.
+
+    The text is re-tokenized with the model's own tokenizer; the key is derived from the
+    config's server secret and the model name, as the gateway derives it.
+    """
+    from ..watermark.llm_text import TextWatermark, text_watermark_key
+
+    path, settings = settings_from(config)
+    entry = next((m for m in settings.llm.models if m.name == model), None)
+    if entry is None:
+        raise fail(f"no LLM {model!r} under llm.models in {path}", 2)
+    folder = entry.local_path
+    if folder is None or entry.text_watermark is None:
+        raise fail(f"LLM {model!r} has no text watermark: only a local: model with "
+                   "text_watermark set is watermarked", 2)
+    if (text is None) == (file is None):
+        raise fail("give the text with exactly one of --text or --file", 2)
+    if not 0 < alpha < 1:
+        raise fail(f"--alpha {alpha}: must be between 0 and 1", 2)
+    if file is not None:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise fail(f"cannot read {file}: {exc}", 2) from None
+    assert text is not None
+    try:
+        secret = settings.server_secret()
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+    try:
+        from transformers import AutoConfig, AutoTokenizer
+    except ImportError:
+        raise fail("detect-text needs the `llm` extra (transformers)", 2) from None
+    try:
+        tokenizer: Any = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        vocab = int(AutoConfig.from_pretrained(folder, local_files_only=True).vocab_size)
+    except (OSError, ValueError) as exc:
+        raise fail(f"cannot load the tokenizer of {model!r} from {folder}: {exc}", 2) from None
+    wm = entry.text_watermark
+    detector = TextWatermark(text_watermark_key(secret, model), vocab, wm.gamma, wm.delta)
+    found = detector.detect_text(text, tokenizer, alpha=alpha)
+    if json_out:
+        console.print_json(orjson.dumps({"model": model, **found.as_dict()}).decode())
+    else:
+        head = "[bold red]watermarked[/]" if found.watermarked else "[bold]not watermarked[/]"
+        console.print(f"{head}: {found.green} of {found.tokens_scored} tokens scored are green "
+                      f"(expected {found.gamma * found.tokens_scored:.1f} by chance)")
+        console.print(f"z = {found.z:.2f}, p-value = {found.p_value:.3g} ({found.method}; "
+                      f"alpha {alpha:g})")
+    raise typer.Exit(0 if found.watermarked else 1)

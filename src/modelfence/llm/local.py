@@ -5,6 +5,13 @@ extra) are imported when such a model is first called, never at start-up. Genera
 in a worker thread, one request at a time per model; it answers chat and completions
 (streams are the finished answer cut into chunks) with `logprobs` / `top_logprobs`,
 `logit_bias`, `temperature`, `seed`, `n`, `stop` and `max_tokens`.
+
+A model with `text_watermark` set gets the keyed green-list bias of
+`modelfence.watermark.llm_text` added to its logits at every step (after `logit_bias`,
+before sampling or argmax), keyed per model name from the secret the gateway gives the
+backend. The logprobs returned are those of the distribution actually sampled from, the
+biased one, as with `logit_bias`: the unbiased numbers would take a second softmax per step
+and would tell a caller exactly how far each token was pushed.
 """
 
 from __future__ import annotations
@@ -18,12 +25,18 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from ..errors import UpstreamError, UpstreamRejected, UpstreamTimeout
 from .settings import LlmModel
+
+if TYPE_CHECKING:
+    from ..watermark.llm_text import TextWatermark
+
+#: (key, gamma, delta) of a model's text watermark.
+WatermarkSpec = tuple[bytes, float, float]
 
 #: OpenAI's own bound on one logit_bias value.
 MAX_BIAS = 100.0
@@ -83,6 +96,7 @@ class LocalModel:
         self.vocab_size = 0
         self.max_positions = 1024
         self._cache_arg = "past_key_values"  # transformers 5.x names it `cache`
+        self._watermarks: dict[WatermarkSpec, TextWatermark] = {}
 
     def _load(self) -> None:
         if self._model is not None:
@@ -110,11 +124,24 @@ class LocalModel:
         self._tokenizer = tokenizer
         self._model = model
 
-    def answer(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
-        """The OpenAI answer (non-stream shape) for a `chat` or `completion` request."""
+    def answer(self, kind: str, body: dict[str, Any],
+               watermark: WatermarkSpec | None = None) -> dict[str, Any]:
+        """The OpenAI answer (non-stream shape) for a `chat` or `completion` request,
+        watermarked with `watermark` (key, gamma, delta) when given."""
         with self._lock:
             self._load()
-            return self._answer(kind, body)
+            return self._answer(kind, body, self._watermark(watermark))
+
+    def _watermark(self, spec: WatermarkSpec | None) -> TextWatermark | None:
+        if spec is None:
+            return None
+        found = self._watermarks.get(spec)
+        if found is None:
+            from ..watermark.llm_text import TextWatermark
+
+            key, gamma, delta = spec
+            found = self._watermarks[spec] = TextWatermark(key, self.vocab_size, gamma, delta)
+        return found
 
     # -- request parsing ----------------------------------------------------------------------
 
@@ -174,7 +201,8 @@ class LocalModel:
 
     # -- generation ---------------------------------------------------------------------------
 
-    def _answer(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _answer(self, kind: str, body: dict[str, Any],
+                watermark: TextWatermark | None = None) -> dict[str, Any]:
         import torch
 
         prompt = self._prompt(kind, body)
@@ -211,7 +239,7 @@ class LocalModel:
         completion_tokens = 0
         for index in range(n):
             tokens, finish = self._generate(ids, max_tokens, float(temperature), bias, top_k,
-                                            stops, generator)
+                                            stops, generator, watermark)
             completion_tokens += len(tokens)
             choices.append(self._choice(kind, index, tokens, finish, want_logprobs, top_k,
                                         stops))
@@ -229,7 +257,8 @@ class LocalModel:
         return int(eos) if eos is not None else 0
 
     def _generate(self, ids: list[int], max_tokens: int, temperature: float, bias: Any,
-                  top_k: int, stops: list[str], generator: Any) -> tuple[list[_Token], str]:
+                  top_k: int, stops: list[str], generator: Any,
+                  watermark: TextWatermark | None = None) -> tuple[list[_Token], str]:
         import torch
 
         eos = self._tokenizer.eos_token_id
@@ -241,6 +270,9 @@ class LocalModel:
                 logits = result.logits[0, -1, :].float()
                 if bias is not None:
                     logits = logits + bias
+                if watermark is not None:  # green list of the previous token
+                    prev = out[-1].id if out else ids[-1]
+                    logits = logits + torch.tensor(watermark.bias(prev))
                 logp = torch.log_softmax(logits, dim=-1)
                 if temperature == 0:
                     token = int(torch.argmax(logits))
@@ -305,8 +337,21 @@ class LocalModel:
 class LocalBackend:
     """The `local:` models of one gateway process, each loaded on its first call."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, watermark_secret: bytes | None = None) -> None:
         self._models: dict[Path, LocalModel] = {}
+        self._watermark_secret = watermark_secret
+
+    def watermark(self, settings: LlmModel) -> WatermarkSpec | None:
+        """(key, gamma, delta) of the model's text watermark; None when it has none."""
+        wm = settings.text_watermark
+        if wm is None:
+            return None
+        if self._watermark_secret is None:
+            raise UpstreamError(f"model {settings.name!r} has a text_watermark but the local "
+                                "backend was given no watermark secret")
+        from ..watermark.llm_text import model_key
+
+        return model_key(self._watermark_secret, settings.name), wm.gamma, wm.delta
 
     def model(self, settings: LlmModel) -> LocalModel:
         path = settings.local_path
@@ -334,8 +379,10 @@ class LocalBackend:
             raise _reject("this local model serves chat and completions only")
         request = orjson.loads(body)
         model = self.model(settings)
+        watermark = self.watermark(settings)
         try:
-            return await asyncio.wait_for(asyncio.to_thread(model.answer, kind, request),
+            return await asyncio.wait_for(asyncio.to_thread(model.answer, kind, request,
+                                                            watermark),
                                           settings.timeout_s)
         except TimeoutError:
             raise UpstreamTimeout(

@@ -70,7 +70,9 @@ class LlmRoutes:
         self._noise_secret = noise_secret or os.urandom(32)  # logprob noise key
         self._canary_secret = hmac.new(self._noise_secret, b"canary", hashlib.sha256).digest()
         self.models = {m.name: LlmEntry(m) for m in settings.models}
-        self.upstream = LlmUpstream(max_connections=settings.max_connections)
+        text_wm = hmac.new(self._noise_secret, b"text-watermark", hashlib.sha256).digest()
+        self.upstream = LlmUpstream(max_connections=settings.max_connections,
+                                    watermark_secret=text_wm)
         lookup = LlmModelGuard(self.models, settings.max_body_bytes)
         self.screening = ScreeningGuard(settings.models)
         screening = [self.screening] if self.screening.active else []

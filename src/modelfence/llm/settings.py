@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .screening_settings import ScreeningSettings
 
@@ -68,6 +68,17 @@ class LlmControls(_Strict):
     echo: bool = Field(False, description="allow echo (completions); off: 400")
 
 
+class TextWatermarkSettings(_Strict):
+    """A keyed green-list text watermark on a local model's answers (Kirchenbauer et al.
+    2023; see `modelfence.watermark.llm_text`). The key is derived from the server secret and
+    the model name; `modelfence watermark detect-text` tests a text for it."""
+
+    gamma: float = Field(0.25, gt=0.0, lt=1.0, description="fraction of the vocabulary in "
+                         "each step's green list")
+    delta: float = Field(2.0, gt=0.0, le=10.0, description="added to green tokens' logits "
+                         "before sampling: stronger signal, more change to the answers")
+
+
 class LlmBand(_Strict):
     """Stricter output controls for riskier callers: used from `from_risk` upwards.
 
@@ -100,6 +111,18 @@ class LlmModel(_Strict):
     screening: ScreeningSettings | None = Field(
         None, description="screen prompts for injection and extraction attempts; the "
         "verdict is policy context (`context.screen`, `context.screen_score`)")
+    text_watermark: TextWatermarkSettings | None = Field(
+        None, description="watermark the answers of a local: model (green-list logit bias); "
+        "logprobs returned are those of the biased distribution sampled from")
+
+    @model_validator(mode="after")
+    def _watermark_needs_local(self) -> LlmModel:
+        if self.text_watermark is not None and self.local_path is None:
+            raise ValueError(
+                f"model {self.name!r}: text_watermark needs a local: upstream; a proxy cannot "
+                "bias the sampling of an upstream server (watermark there, e.g. with the "
+                "upstream's own logits processor)")
+        return self
 
     @field_validator("bands")
     @classmethod

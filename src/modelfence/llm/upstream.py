@@ -39,8 +39,10 @@ def upstream_message(status: int, data: bytes) -> str:
 class LlmUpstream:
     """One pooled aiohttp session shared by every LLM model; made inside the running loop."""
 
-    def __init__(self, *, max_connections: int = 100) -> None:
+    def __init__(self, *, max_connections: int = 100,
+                 watermark_secret: bytes | None = None) -> None:
         self._max = max_connections
+        self._watermark_secret = watermark_secret  # local models' text watermark keys
         self._session: Any = None
         self._local: Any = None  # LocalBackend, made on the first `local:` call
         self._keys: dict[str, str | None] = {}  # upstream API keys, read once per model
@@ -49,7 +51,7 @@ class LlmUpstream:
         if self._local is None:
             from .local import LocalBackend
 
-            self._local = LocalBackend()
+            self._local = LocalBackend(watermark_secret=self._watermark_secret)
         return self._local
 
     def _client(self) -> Any:
