@@ -66,7 +66,7 @@ from llm_targets import (
 )
 from loadgen import AiohttpLoader, Load, LoadError, WrkLoader, make_loader
 from overhead import count_audit_rows
-from servers import cpu_seconds, stop_on_sigterm, workdir
+from servers import cpu_model, cpu_seconds, stop_on_sigterm, workdir
 
 TARGET_ADDED_P50_MS = 1.0
 TARGET_VS_LITELLM = 1 / 3
@@ -235,12 +235,7 @@ def canary_cost(repeats: int, size: int = 100_000) -> dict[str, Any]:
 # -- report ---------------------------------------------------------------------------------
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    with Path("/proc/cpuinfo").open() as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
 
     def ver(p: str) -> str:
         try:

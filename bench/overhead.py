@@ -40,7 +40,7 @@ from rich.table import Table
 from loadgen import AiohttpLoader, Load, Result, WrkLoader, make_loader
 from oip_backend import ANSWER_ENV, ANSWERS, CLASSES
 from passthrough import UPSTREAM_ENV
-from servers import cpu_seconds, start_gateway, start_granian, stop_on_sigterm, workdir
+from servers import cpu_model, cpu_seconds, start_gateway, start_granian, stop_on_sigterm, workdir
 
 INFER_PATH = "/v2/models/digits/infer"
 TARGET_ADDED_P50_MS = 1.0
@@ -111,12 +111,7 @@ def digits_body() -> bytes:
 
 
 def machine() -> dict[str, Any]:
-    model = "unknown"
-    with Path("/proc/cpuinfo").open() as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     return {
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_model": model,

@@ -211,3 +211,12 @@ def workdir(keep: Path | None, *, prefix: str) -> Iterator[Path]:
 def stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
     """SIGTERM handler: unwinds the ExitStack, which stops every server."""
     raise SystemExit(128 + signum)
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for the machine line of a report."""
+    with Path("/proc/cpuinfo").open() as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ..support import Gateway
-from .test_llm_gateway import SYSTEM, OpenAiStub
+from .openai_stub import SYSTEM, OpenAiStub
 
 POLICY = """
 @id("own-grants")
@@ -33,13 +33,6 @@ when { resource.tags.contains("strict-risk") && context.risk.greaterThan(decimal
 """
 
 TOKEN_BUDGET = 60  # the stub reports 17 tokens per answer; the gateway estimates 11 up front
-
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[OpenAiStub]:
-    s = OpenAiStub().start()
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")

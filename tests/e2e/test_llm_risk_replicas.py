@@ -18,16 +18,9 @@ import pytest
 import redis
 
 from ..support import Gateway
-from .test_llm_gateway import SYSTEM, OpenAiStub
+from .openai_stub import SYSTEM, OpenAiStub
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture(scope="module")
-def stub() -> Iterator[OpenAiStub]:
-    s = OpenAiStub().start()
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")
