@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigurationError
 from .llm.settings import LOCAL_PREFIX, LlmModel, LlmSettings
+from .validators import redis_url, unique_names
 from .watermark.settings import WatermarkSettings
 
 CONFIG_ENV = "MODELFENCE_CONFIG"
@@ -429,9 +430,7 @@ class MonitorSettings(_Strict):
     @field_validator("shared")
     @classmethod
     def _redis(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("redis://", "rediss://")):
-            raise ValueError("monitor.shared must be a redis:// or rediss:// URL")
-        return v
+        return redis_url(v, "monitor.shared")
 
 
 class Settings(_Strict):
@@ -455,10 +454,7 @@ class Settings(_Strict):
     @field_validator("models")
     @classmethod
     def _unique_names(cls, v: list[ModelSettings]) -> list[ModelSettings]:
-        names = [m.name for m in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"model names must be unique; repeated: {', '.join(dupes)}")
+        unique_names((m.name for m in v), "model")
         return v
 
     def model(self, name: str) -> ModelSettings | None:

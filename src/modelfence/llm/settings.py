@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..validators import redis_url, unique_names
 from .screening_settings import ScreeningSettings
 
 _MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-:/]{0,127}$"
@@ -208,9 +209,7 @@ class LlmMonitorSettings(_Strict):
     @field_validator("shared")
     @classmethod
     def _redis(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://")):
-            raise ValueError("llm.monitor.shared must be a redis:// or rediss:// URL")
-        return value
+        return redis_url(value, "llm.monitor.shared")
 
 
 class LlmSettings(_Strict):
@@ -222,8 +221,5 @@ class LlmSettings(_Strict):
     @field_validator("models")
     @classmethod
     def _unique(cls, models: list[LlmModel]) -> list[LlmModel]:
-        names = [m.name for m in models]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"LLM model names must be unique: {dupes}")
+        unique_names((m.name for m in models), "LLM model")
         return models
