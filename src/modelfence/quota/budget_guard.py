@@ -99,7 +99,8 @@ class BudgetGuard(Guard):
                 if budget.tokens is not None and call.token_cost is not None:
                     await self._reserve_tokens(call, budget, key + "|tokens", period, ends, held)
         except BaseException:
-            await self._release(held)
+            for h in held:
+                await self._give_back(h)
             call.budget_holds = []
             raise
 
@@ -151,7 +152,7 @@ class BudgetGuard(Guard):
             if h.tokens and call.tokens_used is not None:
                 await self._settle(call, h, call.tokens_used)
             elif not answered:
-                await self._store.release(h.key, 0 if h.tokens else 1, h.rows)
+                await self._give_back(h)
 
     async def _settle(self, call: Call, held: _Held, used: int) -> None:
         """Give back what was reserved and not used; add what an estimate missed."""
@@ -168,9 +169,9 @@ class BudgetGuard(Guard):
                     call.principal.id, call.principal.tenant, call.model.name, held.period,
                     got.used_queries, got.used_rows, b, used_tokens=got.used_rows))
 
-    async def _release(self, held: list[_Held]) -> None:
-        for h in held:
-            await self._store.release(h.key, 0 if h.tokens else 1, h.rows)
+    async def _give_back(self, held: _Held) -> None:
+        """Release a whole reservation (a token one holds no query)."""
+        await self._store.release(held.key, 0 if held.tokens else 1, held.rows)
 
 
 def _caps(b: Budget) -> str:
