@@ -177,3 +177,16 @@ def infer_body(rows: list[list[float]], *, name: str = "input", datatype: str = 
                ) -> dict[str, Any]:
     return {"inputs": [{"name": name, "shape": [len(rows), len(rows[0])], "datatype": datatype,
                         "data": [v for row in rows for v in row]}]}
+
+
+def ec_key_pair(private: Path, public: Path) -> None:
+    """A fresh ECDSA P-256 signing key as PEM files (PKCS#8 private, SPKI public)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))

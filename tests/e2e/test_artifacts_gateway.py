@@ -18,10 +18,8 @@ from pathlib import Path
 
 import httpx2 as httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from ..support import Gateway, cli, digits_rows, infer_body
+from ..support import Gateway, cli, digits_rows, ec_key_pair, infer_body
 
 POLICY = """
 @id("own-grants")
@@ -48,12 +46,7 @@ class Payload:
 def gateway(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
             ) -> Iterator[Gateway]:
     folder = tmp_path_factory.mktemp("artifacts")
-    key = ec.generate_private_key(ec.SECP256R1())
-    (folder / "sign.pem").write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    (folder / "sign.pub.pem").write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    ec_key_pair(folder / "sign.pem", folder / "sign.pub.pem")
     for name in ("signed", "tampered"):
         shutil.copy(digits_files["skops"], folder / f"{name}.skops")
         cli("artifact", "sign", str(folder / f"{name}.skops"), "--key", str(folder / "sign.pem"),

@@ -30,6 +30,7 @@ from modelfence.artifacts import (
 )
 from modelfence.cli.artifact import app
 
+from ..support import ec_key_pair
 from .test_artifact_crypto import softhsm  # noqa: F401  (fixture)
 
 runner = CliRunner()
@@ -42,13 +43,8 @@ class _Evil:
 
 @pytest.fixture
 def keys(tmp_path: Path) -> tuple[Path, Path]:
-    priv = ec.generate_private_key(ec.SECP256R1())
     k, p = tmp_path / "k.pem", tmp_path / "p.pem"
-    k.write_bytes(priv.private_bytes(serialization.Encoding.PEM,
-                                     serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()))
-    p.write_bytes(priv.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    ec_key_pair(k, p)
     return k, p
 
 
