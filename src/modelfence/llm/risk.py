@@ -104,7 +104,8 @@ class LlmRiskBook:
         self._s = settings
         self._models = frozenset(models)
         self._subjects: dict[str, OrderedDict[str, _Evidence]] = {}
-        self._medians: dict[tuple[int, str], tuple[float | None, float]] = {}
+        # (model, "p" or "t") → (median of peers' decayed tokens, when computed)
+        self._medians: dict[tuple[str, str], tuple[float | None, float]] = {}
 
     def knows(self, model: str) -> bool:
         """Whether this book scores `model` (an LLM served on /v1)."""
@@ -152,7 +153,7 @@ class LlmRiskBook:
             ev = self._touch(table, key, now)
             if ev.score() < self._s.alert_at / 2:
                 ev.flagged = False  # re-armed once the risk has clearly fallen back
-            self._add(ev, obs, table, key[0], now)
+            self._add(ev, obs, key[0], now)
             score = ev.score()
             if score >= self._s.alert_at and not ev.flagged and not remote:
                 ev.flagged = True
@@ -172,8 +173,7 @@ class LlmRiskBook:
             ev.decay(now, self._s.half_life_s)
         return ev
 
-    def _add(self, ev: _Evidence, obs: Observation, table: OrderedDict[str, _Evidence],
-             prefix: str, now: float) -> None:
+    def _add(self, ev: _Evidence, obs: Observation, prefix: str, now: float) -> None:
         s = self._s
         ev.requests += 1
         ev.tokens += max(obs.tokens, 0)
@@ -186,27 +186,26 @@ class LlmRiskBook:
         if obs.probe:
             ev.add("probe", s.probe)
         if obs.tokens > 0:
-            ev.values["volume"] = s.volume * self._volume_share(ev, table, prefix, now)
+            ev.values["volume"] = s.volume * self._volume_share(ev, obs.model, prefix, now)
 
-    def _volume_share(self, ev: _Evidence, table: OrderedDict[str, _Evidence], prefix: str,
-                      now: float) -> float:
+    def _volume_share(self, ev: _Evidence, model: str, prefix: str, now: float) -> float:
         """0 below 10x the peers' median decayed tokens, rising to 1 at 100x."""
-        median = self._peer_median(table, prefix, now)
+        median = self._peer_median(model, prefix, now)
         if median is None or median <= 0:
             return 0.0
         ratio = ev.tokens / median
         return 0.0 if ratio <= 10 else min(1.0, math.log10(ratio) - 1.0)
 
-    def _peer_median(self, table: OrderedDict[str, _Evidence], prefix: str,
-                     now: float) -> float | None:
+    def _peer_median(self, model: str, prefix: str, now: float) -> float | None:
         """The median decayed token count of the most recent peers, recomputed every 10 s.
 
         A sample of the 1,000 most recently seen subjects keeps this bounded; a thief is
         always among them, which only lifts the median a little.
         """
-        cached = self._medians.get((id(table), prefix))
+        cached = self._medians.get((model, prefix))
         if cached is not None and now - cached[1] < 10.0:
             return cached[0]
+        table = self._subjects[model]
         sample = []
         for key in reversed(table):
             if key[0] != prefix:
@@ -218,5 +217,5 @@ class LlmRiskBook:
             if len(sample) >= 1000:
                 break
         median = statistics.median(sample) if len(sample) > self._s.min_peers else None
-        self._medians[(id(table), prefix)] = (median, now)
+        self._medians[(model, prefix)] = (median, now)
         return median
