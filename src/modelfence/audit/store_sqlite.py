@@ -14,7 +14,6 @@ process, but the newest commits may be lost if the machine itself goes down.
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import StoreError
+from ..stores.sqlite import create_private
 from .chain import COLUMNS, Head, Row
 from .checkpoint import Checkpoint
 from .store import (
@@ -66,8 +66,7 @@ class SqliteAuditStore(AuditStore):
             raise StoreError(f"no audit log at {self.path}", store="audit")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # The log names principals and models: readable by its owner only.
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+            create_private(self.path)  # the log names principals and models: owner only
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute(f"PRAGMA busy_timeout={int(self._busy_ms)}")
             db.execute("PRAGMA journal_mode=WAL")

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from pathlib import Path
 
 from ..errors import ConfigurationError, StoreError
+
+
+def create_private(path: Path) -> None:
+    """Create a new store file readable by its owner only; never open and close an existing one.
+
+    Closing any descriptor of a file drops every POSIX lock this process holds on it, the
+    locks SQLite's other connections to that file rely on: an outside reader would then
+    take itself for the last user and delete the WAL they still write to (keys and audit
+    sharing one `state.db`). O_EXCL opens only a file that did not exist, which nobody holds.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 class SqliteFile:
@@ -26,6 +40,7 @@ class SqliteFile:
     def open(self) -> sqlite3.Connection:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            create_private(self.path)  # key digests, usage, evidence: the owner's only
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA busy_timeout={self._busy_timeout_ms}")
