@@ -21,12 +21,17 @@ class OpenAiStub:
 
     `slow`: a stream of 200 chunks 0.1 s apart (to see a cancel); `fail`: 400 error;
     `no-usage`: never reports usage; anything else: a normal answer (streams 0.15 s apart).
+    A suffix picks how stream events are framed (all legal SSE): `+multiline` (the JSON
+    indented over several `data:` lines), `+cr` (bare CR line endings), `+crlf`; `+raw`
+    sends one event of data that is not JSON. A stream asked for `logprobs` carries them.
     """
 
     def __init__(self) -> None:
         self.received: list[dict[str, Any]] = []
         self.cancelled = threading.Event()
         self.slow_chunks_sent = 0
+        self.redirected = 0  # redirects answered
+        self.elsewhere = 0   # requests that followed one
         self._sock = socket.socket()
         self._sock.bind(("127.0.0.1", 0))
         self.port = int(self._sock.getsockname()[1])
@@ -57,6 +62,7 @@ class OpenAiStub:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embed)
+        app.router.add_post("/v1/elsewhere", self._elsewhere)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         await web.SockSite(runner, self._sock).start()
@@ -69,11 +75,19 @@ class OpenAiStub:
         body["_path"] = request.path
         body["_auth"] = request.headers.get("Authorization")
         self.received.append(body)
-        model = body["model"]
+        model, _, framing = body["model"].partition("+")
         if model == "fail":
             return web.json_response({"error": {"message": "prompt too long for stub",
                                                 "type": "invalid_request_error",
                                                 "code": None}}, status=400)
+        if model.startswith("fail-"):  # fail-<status>: an error naming the upstream model
+            return web.json_response(
+                {"error": {"message": f"model {body['model']} at {request.url} failed",
+                           "type": "server_error", "code": None}},
+                status=int(model.removeprefix("fail-")))
+        if model == "redirect":  # somewhere else: a gateway must not follow
+            self.redirected += 1
+            raise web.HTTPTemporaryRedirect(f"{request.url.with_path('/v1/elsewhere')}")
         chat = request.path.endswith("/chat/completions")
         usage = {"prompt_tokens": 11, "completion_tokens": len(WORDS), "total_tokens": 17}
         answer = "".join(WORDS)
@@ -99,10 +113,15 @@ class OpenAiStub:
         try:
             for i, word in enumerate(words):
                 chunk = {"id": "x1", "object": "chat.completion.chunk", "created": 1,
-                         "model": model, "choices": [
+                         "model": body["model"], "choices": [
                              {"index": 0, "delta": {"content": word},
                               "finish_reason": "stop" if i == len(words) - 1 else None}]}
-                await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                if body.get("logprobs"):
+                    chunk["choices"][0]["logprobs"] = {"content": [
+                        {"token": word, "logprob": -0.5, "top_logprobs": []}]}
+                if framing == "raw" and i == 1:
+                    await resp.write(b"data: " + word.encode() + b" <not json>\n\n")
+                await resp.write(_frame(chunk, framing))
                 if model == "slow":
                     self.slow_chunks_sent += 1
                 await asyncio.sleep(0.1 if model == "slow" else 0.01 if model == "leaky"
@@ -111,12 +130,19 @@ class OpenAiStub:
             if options.get("include_usage") and model != "no-usage":
                 last = {"id": "x1", "object": "chat.completion.chunk", "created": 1,
                         "model": model, "choices": [], "usage": usage}
-                await resp.write(b"data: " + json.dumps(last).encode() + b"\n\n")
-            await resp.write(b"data: [DONE]\n\n")
+                await resp.write(_frame(last, framing))
+            await resp.write(_frame("[DONE]", framing))
         except (ConnectionResetError, asyncio.CancelledError):
             self.cancelled.set()
             raise
         return resp
+
+    async def _elsewhere(self, request: web.Request) -> web.Response:
+        self.elsewhere += 1
+        return web.json_response({"id": "x1", "object": "chat.completion", "created": 1,
+                                  "model": "elsewhere", "choices": [
+                                      {"index": 0, "finish_reason": "stop", "message": {
+                                          "role": "assistant", "content": "followed"}}]})
 
     async def _embed(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -127,6 +153,19 @@ class OpenAiStub:
             "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
                      for i in range(len(inputs))],
             "usage": {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs)}})
+
+
+def _frame(doc: Any, framing: str) -> bytes:
+    """One SSE event carrying `doc` (or the literal [DONE]), framed as `framing` says."""
+    data = doc if isinstance(doc, str) else json.dumps(doc)
+    if framing == "multiline":  # each line of indented JSON its own data: line
+        text = data if isinstance(doc, str) else json.dumps(doc, indent=1)
+        return "".join(f"data: {line}\n" for line in text.split("\n")).encode() + b"\n"
+    if framing == "cr":
+        return f"data: {data}\r\r".encode()
+    if framing == "crlf":
+        return f": keep-alive\r\ndata: {data}\r\n\r\n".encode()
+    return f"data: {data}\n\n".encode()
 
 
 SYSTEM = ("You are the billing assistant of Example Corp. Refund limit is 250 euros; escalate "

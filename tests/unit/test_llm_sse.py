@@ -1,5 +1,6 @@
 """The SSE response: events in order, and the end of the stream handled exactly once
-however the client leaves — also before the first event (the relay never started)."""
+however the client leaves — also before the first event (the relay never started); and the
+parser that reads upstream streams as the standard defines them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
+
+from modelfence.errors import UpstreamError
 from modelfence.llm.sse import SseResponse
+from modelfence.llm.sse_events import SseEvent, SseParser
 
 
 class Relay:
@@ -82,3 +87,45 @@ async def test_a_disconnect_mid_stream_cancels_the_wait_and_cleans_up() -> None:
     await asyncio.wait_for(respond(relay, closes)({"type": "http"}, receive, send), 5)
     assert relay.cleaned and closes == ["closed"]
     assert len(sent) < 10  # it stopped soon after the client left, without an error
+
+
+# -- the parser the relay reads upstream streams with (WHATWG SSE) -----------------------------
+
+STREAM = (b'\xef\xbb\xbfdata: {"a":\r\ndata: 1}\r\n\r\n: keep-alive\r'
+          b'event: error\rid: 7\rretry: 10\rdata\r\rdata: x\ndata: y\n\ndata: [DONE]\r\r')
+EXPECTED = [SseEvent('{"a":\n1}'), SseEvent("", "error", "7", 10),
+            SseEvent("x\ny", "message", "7"), SseEvent("[DONE]", "message", "7")]
+
+
+def parse(chunks: list[bytes]) -> list[SseEvent]:
+    parser, out = SseParser(), []
+    for chunk in chunks:
+        out += parser.feed(chunk)
+    return out + parser.finish()
+
+
+def test_every_line_ending_multi_line_data_and_fields() -> None:
+    assert parse([STREAM]) == EXPECTED
+
+
+def test_any_split_into_chunks_gives_the_same_events() -> None:
+    """A CR ending one chunk and an LF starting the next are one line ending; a BOM or a
+    line may be split anywhere."""
+    for cut in range(1, len(STREAM)):
+        assert parse([STREAM[:cut], STREAM[cut:]]) == EXPECTED, cut
+    assert parse([bytes([b]) for b in STREAM]) == EXPECTED
+
+
+def test_an_event_cut_off_by_the_end_is_still_dispatched_to_the_filters() -> None:
+    assert parse([b"data: tail"]) == [SseEvent("tail")]
+    assert parse([b"\xef\xbb"]) == []  # shorter than a BOM, then nothing
+
+
+def test_an_endless_line_or_event_is_refused() -> None:
+    parser = SseParser(max_event_bytes=100)
+    with pytest.raises(UpstreamError):
+        for _ in range(20):
+            parser.feed(b"data: " + b"x" * 10)
+    parser = SseParser(max_event_bytes=100)
+    with pytest.raises(UpstreamError):
+        parser.feed(b"data: xxxxxxxxxx\n" * 20)

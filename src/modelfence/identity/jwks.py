@@ -15,12 +15,12 @@ import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import jwt
 from jwt import PyJWK
 
 from ..config import JwtSettings
+from ..redaction import redact_url
 
 log = logging.getLogger("modelfence.identity.jwt")
 
@@ -86,19 +86,6 @@ def parse_jwks(doc: Any, allowed: frozenset[str]) -> KeySet:
                 break
             keys[(kid, alg)] = key
     return KeySet(keys, frozenset(k for k, _ in keys))
-
-
-def redact_url(url: str) -> str:
-    """The URL as it may appear in logs and errors: no user, password, query or fragment."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        port = ""
-    return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
 
 
 class JwksSource:

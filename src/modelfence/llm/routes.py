@@ -2,8 +2,10 @@
 
 Each POST runs the gateway's guard chain (identity → llm_model → usage → monitor →
 policy → rate limits → llm_body → budgets) with the upstream call as the terminal.
-A stream is passed through event by event as it arrives; its audit record is written
-when it ends, or when the client goes away (which also closes the upstream request).
+A stream is passed through event by event as it arrives, each event parsed as the SSE
+standard defines (sse_events.py) and re-encoded after the filters, never forwarded raw; its
+audit record is written when it ends, or when the client goes away (which also closes the
+upstream request).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..audit.record import replica_name
-from ..errors import http_status_and_message
+from ..errors import UpstreamError, http_status_and_message
 from ..gateway.call import Call
 from ..gateway.chain import Guard, GuardChain
 from ..gateway.responses import error_response
@@ -37,6 +39,7 @@ from .risk_sync import RiskStream
 from .screen_guard import ScreeningGuard
 from .settings import LlmSettings
 from .sse import SseResponse
+from .sse_events import SseEvent, SseParser
 from .upstream import LlmUpstream, loads_object
 
 log = logging.getLogger("modelfence.llm")
@@ -193,23 +196,24 @@ class LlmRoutes:
                            on_close=lambda: self._end_stream(call, upstream, b"", False))
 
     async def _relay(self, call: Call, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Pass upstream events through as they arrive; finish the call however it ends."""
+        """Pass upstream events through as they arrive, each one filtered (`_event`); finish
+        the call however it ends."""
         ex = exchange_of(call)
         sent = bytearray()
-        buffer = b""
+        parser = SseParser()
         finished = False
         try:
             async for chunk in upstream:
-                buffer += chunk.replace(b"\r\n", b"\n")
-                *events, buffer = buffer.split(b"\n\n")
-                out = b"".join(self._event(call, ex, e) for e in events)
+                for event in parser.feed(chunk):
+                    out = self._event(call, ex, event)
+                    if out:
+                        sent += out
+                        yield out
+            for event in parser.finish():
+                out = self._event(call, ex, event)
                 if out:
                     sent += out
                     yield out
-            if buffer.strip():
-                out = self._event(call, ex, buffer)
-                sent += out
-                yield out
             finished = True
         except Exception as exc:  # after the headers: the error travels as a last event
             status, message, reason, _ = http_status_and_message(exc)
@@ -248,22 +252,28 @@ class LlmRoutes:
                       "reported it; the token reservation is kept")
         self._spawn(self._chain.complete(call))
 
-    def _event(self, call: Call, ex: LlmExchange, event: bytes) -> bytes:
-        """One SSE event, with the upstream model name replaced and added usage hidden."""
-        if not event.strip():
-            return b""
-        lines = event.split(b"\n")
-        data = [line[5:].lstrip() for line in lines if line.startswith(b"data:")]
-        if len(data) != 1 or data[0] == b"[DONE]":
-            return event + b"\n\n"
+    def _event(self, call: Call, ex: LlmExchange, event: SseEvent) -> bytes:
+        """One upstream event as the client gets it: the upstream model name replaced, added
+        usage hidden, logprobs noised, leaks filtered, and always re-encoded as one line.
+        What cannot be read as a chunk object ends the stream (`UpstreamError`)."""
+        data = event.data.strip()
+        if data == "[DONE]":
+            return b"data: [DONE]\n\n"
+        if not data:
+            return b""  # an empty event carries nothing to filter or to pass on
         try:
-            doc = orjson.loads(data[0])
+            doc = orjson.loads(data)
         except orjson.JSONDecodeError:
-            return event + b"\n\n"
+            doc = None
+        if not isinstance(doc, dict):
+            raise UpstreamError("the upstream model server sent an unreadable stream event")
+        if event.event == "error" or ("error" in doc and not doc.get("choices")):
+            # the upstream's own words can name its hidden model: they stay in the log
+            log.warning("LLM upstream for %s sent an error event: %.300r", call.model_name,
+                        data)
+            raise UpstreamError("the upstream model server failed during the stream")
         assert ex.tally is not None
         ex.tally.see(doc)
-        if not isinstance(doc, dict):
-            return event + b"\n\n"
         if not ex.client_wants_usage and doc.get("usage") is not None:
             if not doc.get("choices"):
                 return b""  # the usage-only chunk the gateway asked for
@@ -374,15 +384,18 @@ def _who(call: Call) -> str:
 
 
 def llm_routes(settings: LlmSettings, *, head: Sequence[Guard], identity: Guard,
-               usage: Guard, policy: Guard, rate_limits: Sequence[Guard] = (),
+               usage: Guard, policy: Guard, inflight: Sequence[Guard] = (),
+               rate_limits: Sequence[Guard] = (),
                budgets: Sequence[Guard] = (), audit_before_answer: bool = False,
                noise_secret: bytes | None = None,
                on_alert: Callable[[Crossing], None] | None = None) -> LlmRoutes:
     """The LLM routes wired like the OIP infer chain; `head` is e.g. (metrics, audit).
 
     Mount `llm.routes()`, `await llm.start()` and `await llm.close()` in the app's lifespan.
+    `inflight` (the per-caller cap on open requests) runs after identity and model lookup.
     """
-    return LlmRoutes(settings, head=head, before_policy=[identity, usage], policy=[policy],
+    return LlmRoutes(settings, head=head, before_policy=[identity, *inflight, usage],
+                     policy=[policy],
                      after_policy=rate_limits, after_body=budgets,
                      audit_before_answer=audit_before_answer, noise_secret=noise_secret,
                      on_alert=on_alert)

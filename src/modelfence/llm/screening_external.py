@@ -13,10 +13,10 @@ import logging
 import math
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
+from ..redaction import redact_url
 from .screening_base import Screener, Verdict, benign
 from .screening_settings import ExternalClassifier
 
@@ -31,14 +31,8 @@ class _Failed(Exception):
     """The classifier's answer could not be used; the message is client-safe."""
 
 
-def safe_url(url: str) -> str:
-    """scheme://host[:port]/path: no credentials, no query (tokens hide there)."""
-    try:
-        parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
-    except ValueError:
-        return "<unparsable url>"
+#: The URL as it may appear in a log line (the one redaction helper of the project).
+safe_url = redact_url
 
 
 def _entries(doc: Any) -> list[tuple[str, float]]:

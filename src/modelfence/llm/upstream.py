@@ -1,13 +1,18 @@
 """The HTTP client to OpenAI-compatible upstreams (aiohttp, pooled; see NOTES.md).
 
 Failures become `UpstreamError` (502) / `UpstreamTimeout` (504); an upstream 4xx becomes
-`UpstreamRejected` with the upstream's own message. A stream is read as it arrives and
-closing the iterator (the client went away) closes the upstream connection.
+`UpstreamRejected` with its status and a generic message: the upstream's own text can name
+the hidden `upstream_model` or the upstream's address, so it is logged here (the URL
+redacted), never sent to the client. Redirects are not followed: a 3xx is a 502, because a
+redirected request would carry the upstream API key and the prompt somewhere unconfigured.
+A stream is read as it arrives and closing the iterator (the client went away) closes the
+upstream connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +20,10 @@ import orjson
 
 from ..backends.transport import MAX_UPSTREAM_BODY, upstream_errors
 from ..errors import UpstreamError, UpstreamRejected, UpstreamTimeout
+from ..redaction import redact_url
 from .settings import LlmModel
+
+log = logging.getLogger("modelfence.llm")
 
 CONNECT_TIMEOUT_S = 2.0
 
@@ -89,14 +97,14 @@ class LlmUpstream:
         with upstream_errors(CONNECT_TIMEOUT_S, model.timeout_s):
             async with self._client().request(
                     method, model.upstream + path, data=body, headers=self._headers(model),
-                    timeout=self._timeout(model)) as resp:
+                    timeout=self._timeout(model), allow_redirects=False) as resp:
                 data = bytearray()
                 async for chunk in resp.content.iter_any():
                     data += chunk
                     if len(data) > MAX_UPSTREAM_BODY:
                         raise UpstreamError(
                             "the upstream model server answered with an oversized body")
-                _check(resp.status, bytes(data))
+                _check(resp.status, bytes(data), model, path)
                 return bytes(data)
 
     async def stream(self, model: LlmModel, path: str, body: bytes) -> AsyncIterator[bytes]:
@@ -109,7 +117,8 @@ class LlmUpstream:
             chunks: AsyncIterator[bytes] = await self._local_backend().stream(model, path, body)
             return chunks
         ctx = self._client().post(model.upstream + path, data=body,
-                                  headers=self._headers(model), timeout=self._timeout(model))
+                                  headers=self._headers(model), timeout=self._timeout(model),
+                                  allow_redirects=False)
         with upstream_errors(CONNECT_TIMEOUT_S, model.timeout_s):
             resp = await ctx.__aenter__()
         if resp.status >= 300:
@@ -117,7 +126,7 @@ class LlmUpstream:
                 data = await resp.content.read(64 * 1024)
             finally:
                 await ctx.__aexit__(None, None, None)
-            _check(resp.status, data)
+            _check(resp.status, data, model, path)
         return _chunks(ctx, resp, model)
 
     async def close(self) -> None:
@@ -143,12 +152,30 @@ async def _chunks(ctx: Any, resp: Any, model: LlmModel) -> AsyncIterator[bytes]:
         await ctx.__aexit__(None, None, None)
 
 
-def _check(status: int, data: bytes) -> None:
+def _check(status: int, data: bytes, model: LlmModel, path: str) -> None:
+    """Raise for a non-2xx answer: the details in the log, a generic message to the client."""
     if status < 300:
         return
+    where = redact_url(model.upstream + path)
+    if status < 400:
+        log.warning("LLM upstream %s (model %s) answered a redirect (%d); not followed",
+                    where, model.name, status)
+        raise UpstreamError("the upstream model server answered with a redirect, which the "
+                            "gateway does not follow", reason="upstream_redirect")
+    detail = _printable(upstream_message(status, data))
     if 400 <= status < 500 and status not in (401, 403, 407):
-        raise UpstreamRejected(status, upstream_message(status, data))
+        log.info("LLM upstream %s (model %s) refused a request (%d): %s", where, model.name,
+                 status, detail)
+        raise UpstreamRejected(status, f"the upstream model server rejected the request "
+                                       f"({status})")
+    log.warning("LLM upstream %s (model %s) failed (%d): %s", where, model.name, status,
+                detail)
     raise UpstreamError(f"the upstream model server failed ({status})")
+
+
+def _printable(text: str, limit: int = 300) -> str:
+    """Upstream text fit for one log line: printable characters only, bounded."""
+    return "".join(c if c.isprintable() else " " for c in text[:limit])
 
 
 def loads_object(data: bytes) -> dict[str, Any]:
