@@ -103,3 +103,52 @@ def test_cli_refuses_unchained_sinks_and_missing_logs(tmp_path: Path) -> None:
     out = cli("audit", "tail", "--store", f"sqlite:///{tmp_path}/nothing.db", check=False)
     assert out.returncode == 1 and "no audit log at" in out.stderr
     assert not (tmp_path / "nothing.db").exists()
+
+
+def test_cli_key_changes_are_audited_in_the_chain(tmp_path: Path) -> None:
+    """`keys create` and `keys revoke` leave chained records naming who did what, never the key."""
+    import getpass
+
+    (tmp_path / "secret").write_text("s" * 48)
+    cli("audit", "keygen", "--out", str(tmp_path / "cp.pem"))
+    cfg = tmp_path / "modelfence.yaml"
+    cfg.write_text("secret_file: secret\nstores: {keys: 'sqlite:///keys.db'}\n"
+                   "audit: {sink: 'sqlite:///audit.db', checkpoint_key_file: cp.pem}\n")
+    created = json.loads(cli("keys", "create", "--config", str(cfg), "--principal", "alice",
+                             "--tenant", "acme", "--model", "digits", "--json").stdout)
+    cli("keys", "revoke", created["key_id"], "--config", str(cfg))
+
+    report = json.loads(cli("audit", "verify", "--config", str(cfg), "--json").stdout)
+    assert report["ok"] and report["records"] == 2 and report["signatures_checked"]
+    assert report["unsealed"] == 0  # each CLI change is signed, not left at the chain's head
+    records = [r["record"] for r in json.loads(cli(
+        "audit", "query", "--config", str(cfg), "--json").stdout)["records"]]
+    assert [r["action"] for r in records] == ["admin:create-key", "admin:revoke-key"]
+    for r in records:
+        assert r["principal"] == f"cli:{getpass.getuser()}" and r["source"] == "cli"
+        assert r["key_id"] == created["key_id"] and r["status"] == 200
+        assert r["details"]["principal"] == "alice" and r["details"]["models"] == ["digits"]
+    assert records[1]["details"]["status"] == "revoked"
+    assert created["key"].split("_", 2)[2] not in (tmp_path / "audit.db").read_bytes().decode(
+        "latin-1")
+
+
+def test_cli_key_changes_when_the_audit_trail_is_down(tmp_path: Path) -> None:
+    """No record, no key: creating refuses; revoking still revokes, and exits 1 saying so."""
+    (tmp_path / "secret").write_text("s" * 48)
+    (tmp_path / "down.db").mkdir()  # a folder where the audit file should be
+    down, up = tmp_path / "down.yaml", tmp_path / "up.yaml"
+    for cfg, sink in ((down, "down.db"), (up, "up.db")):
+        cfg.write_text("secret_file: secret\nstores: {keys: 'sqlite:///keys.db'}\n"
+                       f"audit: {{sink: 'sqlite:///{sink}'}}\n")
+    args = ("--principal", "alice", "--tenant", "acme", "--model", "digits", "--json")
+    out = cli("keys", "create", "--config", str(down), *args, check=False)
+    assert out.returncode == 1 and "no key created: the audit log cannot record it" in out.stderr
+    assert "mf_" not in out.stdout and "Traceback" not in out.stderr
+    assert json.loads(cli("keys", "list", "--config", str(up), "--json").stdout)["keys"] == []
+
+    key_id = json.loads(cli("keys", "create", "--config", str(up), *args).stdout)["key_id"]
+    out = cli("keys", "revoke", key_id, "--config", str(down), check=False)
+    assert out.returncode == 1 and f"{key_id} is revoked, but its audit record" in out.stderr
+    keys = json.loads(cli("keys", "list", "--config", str(up), "--json").stdout)["keys"]
+    assert [k["status"] for k in keys] == ["revoked"]

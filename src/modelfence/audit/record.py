@@ -45,10 +45,17 @@ class AuditRecord:
     replica: str = ""             # which gateway process wrote it (host:pid)
     shaping: str | None = None    # the output band the answer was shaped by
     inputs: Any = None
+    details: dict[str, Any] | None = None  # what an admin action changed (never a secret)
 
     def to_dict(self) -> dict[str, Any]:
-        """A shallow dict: every value is built fresh by `assemble`, so no deep copy is needed."""
-        return {name: getattr(self, name) for name in _FIELDS}
+        """A shallow dict: every value is built fresh by `assemble`, so no deep copy is needed.
+
+        `details` is left out when empty, so model calls do not pay for it in every record.
+        """
+        d = {name: getattr(self, name) for name in _FIELDS}
+        if self.details is None:
+            del d["details"]
+        return d
 
 
 _FIELDS = tuple(f.name for f in fields(AuditRecord))
@@ -104,10 +111,11 @@ class AuditGuard(Guard):
 def event_record(*, action: str, reason: str, status: int = 200, principal: str | None = None,
                  tenant: str | None = None, model: str | None = None, target: str | None = None,
                  source: str = "gateway", started: float | None = None,
-                 risk: float = 0.0) -> AuditRecord:
+                 risk: float = 0.0, details: dict[str, Any] | None = None) -> AuditRecord:
     """A record for something other than a model call: admin actions, budget alerts.
 
     `target` names what was acted on (a key id); it lands in the key_id column.
+    `details` says what changed (a key's principal and models), never a secret.
     """
     elapsed = 0.0 if started is None else (time.perf_counter() - started) * 1000
     return AuditRecord(
@@ -116,7 +124,7 @@ def event_record(*, action: str, reason: str, status: int = 200, principal: str 
         status=status, decision=_decision(status), reason=reason, policy_ids=[],
         latency_ms=round(elapsed, 3), rows=0, risk=round(risk, 4),
         bytes_in=0, bytes_out=0, input_sha256=None, output_sha256=None,
-        replica=replica_name())
+        replica=replica_name(), details=details)
 
 
 def replica_name() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -9,8 +10,11 @@ import orjson
 import typer
 from rich.table import Table
 
+from ..config import Settings
+from ..errors import ModelfenceError
 from ..identity.apikeys import ApiKeys, expiry_from, public_view
 from ..stores import key_store_from_url
+from .audited import admin_trail, cli_record
 from .common import (
     ConfigOption,
     console,
@@ -24,10 +28,10 @@ from .common import (
 app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 
 
-def _keys(config: Path | None) -> ApiKeys:
+def _keys(config: Path | None) -> tuple[ApiKeys, Settings]:
     _, settings = settings_from(config)
     try:
-        return ApiKeys(key_store_from_url(settings.stores.keys), settings.server_secret())
+        return ApiKeys(key_store_from_url(settings.stores.keys), settings.server_secret()), settings
     except Exception as exc:
         raise fail(str(exc), 2) from None
 
@@ -53,8 +57,12 @@ def create(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Mint a key. It is printed once and stored only as a digest: copy it now."""
-    keys = _keys(config)
+    """Mint a key. It is printed once and stored only as a digest: copy it now.
+
+    The audit log records who minted it and for whom; a key the log cannot record is revoked
+    at once and never printed.
+    """
+    keys, settings = _keys(config)
     attributes = parse_assignments(attr or [], "--attr")
     if clearance is not None:
         attributes["clearance"] = clearance
@@ -64,14 +72,25 @@ def create(
         attributes["networks"] = network
 
     async def go() -> tuple[str, dict[str, object]]:
-        await keys.store.open()
-        try:
-            new = await keys.create(principal=principal, tenant=tenant, groups=group or [],
-                                    models=model or [], expires_at=expiry_from(expires_in, None),
-                                    description=description, attributes=attributes)
-            return new.token, public_view(new.record)
-        finally:
-            await keys.store.close()
+        started = time.perf_counter()
+        async with admin_trail(settings.audit, "no key created") as trail:
+            await keys.store.open()
+            try:
+                new = await keys.create(principal=principal, tenant=tenant, groups=group or [],
+                                        models=model or [],
+                                        expires_at=expiry_from(expires_in, None),
+                                        description=description, attributes=attributes)
+                view = public_view(new.record)
+                try:
+                    await trail.write(cli_record("admin:create-key", target=new.record.key_id,
+                                                 details=view, started=started))
+                except ModelfenceError as exc:
+                    await keys.revoke(new.record.key_id)
+                    raise fail(f"key {new.record.key_id} revoked unused: its audit record "
+                               f"could not be written: {exc}") from None
+                return new.token, view
+            finally:
+                await keys.store.close()
 
     token, view = run_async(go)
     if json_out:
@@ -92,7 +111,7 @@ def list_keys(
     config: ConfigOption = None,
 ) -> None:
     """List keys (ids and attributes; never the keys themselves)."""
-    keys = _keys(config)
+    keys, _ = _keys(config)
 
     async def go() -> list[dict[str, object]]:
         await keys.store.open()
@@ -120,15 +139,30 @@ def revoke(
     key_id: Annotated[str, typer.Argument(help="The key id shown by `keys list`")],
     config: ConfigOption = None,
 ) -> None:
-    """Revoke a key; gateways refuse it within their key cache time (0.5 s by default)."""
-    keys = _keys(config)
+    """Revoke a key; gateways refuse it within their key cache time (0.5 s by default).
+
+    The revocation stands even if the audit log cannot record it (exit 1 says so).
+    """
+    keys, settings = _keys(config)
 
     async def go() -> bool:
-        await keys.store.open()
+        started = time.perf_counter()
+        await keys.store.open()  # revoke first: a trail that is down must not delay it
         try:
-            return await keys.revoke(key_id)
+            if not await keys.revoke(key_id):
+                return False
+            view = next((public_view(r) for r in await keys.records() if r.key_id == key_id),
+                        None)
         finally:
             await keys.store.close()
+        refusal = f"{key_id} is revoked, but its audit record could not be written"
+        async with admin_trail(settings.audit, refusal) as trail:
+            try:
+                await trail.write(cli_record("admin:revoke-key", target=key_id, details=view,
+                                             started=started))
+            except ModelfenceError as exc:
+                raise fail(f"{refusal}: {exc}") from None
+        return True
 
     if not run_async(go):
         raise fail(f"no key with id {key_id!r}")
