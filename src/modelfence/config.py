@@ -8,6 +8,7 @@ passwords); relative paths are resolved against the config file's folder.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -28,9 +29,14 @@ SECRET_ENV = "MODELFENCE_SECRET"  # noqa: S105 (a variable name, not a secret)
 ADMIN_TOKEN_ENV = "MODELFENCE_ADMIN_TOKEN"  # noqa: S105
 DATA_DIR_ENV = "MODELFENCE_HOME"
 KEY_ENV = "MODELFENCE_KEY"
+ADMIN_FD_ENV = "MODELFENCE_ADMIN_FD"
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own name
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+#: OIP parameters that steer the upstream's decoding or its response headers (MLServer
+#: crashes on a `content_type` that does not fit the tensor): only the operator sets them.
+NEVER_FORWARDED = frozenset({"content_type", "headers"})
 DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
              "FP16", "FP32", "FP64", "BYTES")
 
@@ -44,10 +50,36 @@ class ServerSettings(_Strict):
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, le=64)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body")
+    # slow or stalled callers: how long a request may take to arrive (408 beyond)
+    header_timeout_s: float = Field(10.0, gt=0, le=300, description="request head must "
+                                    "arrive within this (granian's header_read_timeout)")
+    body_timeout_s: float = Field(10.0, gt=0, le=3600, description="whole body must arrive "
+                                  "within this of the request's start")
+    body_gap_timeout_s: float = Field(5.0, gt=0, le=3600, description="longest pause between "
+                                      "two parts of a body")
+    # connection limits (per worker where it says so); none of them is shared between workers
+    backlog: int = Field(2048, ge=128, le=65535, description="connections the kernel queues "
+                         "before the gateway accepts them")
+    backpressure: int | None = Field(None, ge=1, description="most connections one worker "
+                                     "serves at once; null: backlog / workers (granian's rule)")
+    max_inflight_per_principal: int = Field(64, ge=0, description="requests one principal may "
+                                            "have in flight per worker (429 beyond); 0: no cap")
+    max_inflight_per_tenant: int = Field(256, ge=0, description="requests one tenant may "
+                                         "have in flight per worker (429 beyond); 0: no cap")
     access_log: bool = False
     trusted_proxies: list[str] = Field(
         default_factory=list, description="CIDRs of load balancers whose X-Forwarded-For "
         "is believed for the caller's address")
+    admin_listen: str | None = Field(
+        "127.0.0.1:9090", description="the admin API, /admin/ready and /metrics listen here "
+        "(HOST:PORT or unix:/PATH), never on the public port; null: not served")
+
+    @field_validator("admin_listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            listen_address(v)
+        return v
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -62,10 +94,82 @@ class ServerSettings(_Strict):
         return v
 
 
+ADMIN_SCOPES = ("keys:read", "keys:write", "policy:read", "policy:write", "risk:read",
+                "alerts:read")
+
+
+def listen_address(text: str) -> tuple[str, int] | Path:
+    """`HOST:PORT` (`[::1]:PORT` for IPv6) or `unix:/absolute/path`."""
+    if text.startswith("unix:"):
+        path = Path(text.removeprefix("unix:"))
+        if not path.is_absolute():
+            raise ValueError("a unix socket needs an absolute path: "
+                             "unix:/run/modelfence/admin.sock")
+        return path
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{text!r} is not HOST:PORT or unix:/PATH")
+    return host, int(port)
+
+
+class AdminCredential(_Strict):
+    """A named admin token limited to some scopes and models (a key it mints covers no more).
+
+    The token is given as exactly one of: a file, an environment variable's name, or the
+    SHA-256 (hex) of the token, so that the config file never holds the token itself."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@\-]{0,63}$")
+    token_file: Path | None = None
+    token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    scopes: list[Literal[ADMIN_SCOPES]] = Field(min_length=1)  # type: ignore[valid-type]
+    models: list[str] = Field(default_factory=lambda: ["*"], min_length=1,
+                              description="models its keys, risk and alerts may cover; * all")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> AdminCredential:
+        given = [s for s in (self.token_file, self.token_env, self.token_sha256) if s is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of token_file, token_env or token_sha256")
+        return self
+
+
+class AdminOidc(_Strict):
+    """Admins by OIDC: a JWT of identity.jwt whose groups claim names `group`."""
+
+    group: str = Field(min_length=1)
+    scopes: list[Literal[ADMIN_SCOPES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(ADMIN_SCOPES), min_length=1)
+    models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+
+
 class AdminSettings(_Strict):
-    """The admin API is enabled only when an admin token is configured."""
+    """Admin credentials: the full-power token (token_file or MODELFENCE_ADMIN_TOKEN), named
+    scoped tokens, and OIDC admins. The admin API answers 403 when none is configured."""
 
     token_file: Path | None = None
+    tokens: list[AdminCredential] = Field(default_factory=list)
+    oidc: AdminOidc | None = None
+    failed_logins: str = Field("10/minute", description="failed admin logins allowed per "
+                               "client address (per worker) before 429")
+
+    @field_validator("failed_logins")
+    @classmethod
+    def _rate(cls, v: str) -> str:
+        from limits import parse_many
+
+        try:
+            parse_many(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a rate like '10/minute'") from None
+        return v
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique_tokens(cls, v: list[AdminCredential]) -> list[AdminCredential]:
+        unique_names((c.name for c in v), "admin token")
+        return v
 
 
 class StoreSettings(_Strict):
@@ -94,6 +198,19 @@ class AuditSettings(_Strict):
                                          description="and at least this often while writing")
     checkpoint_key_file: Path | None = None
     record_inputs: bool = False
+    spill_dir: Path = Field(Path("audit-spill"), description="where batches the store cannot "
+                            "take wait, on local disk, to be replayed in order")
+    spill_max_bytes: int = Field(256 * 1024 * 1024, ge=0, description="spill size at which "
+                                 "calls are refused (503) until the store answers again")
+    disabled_acknowledged: bool = Field(False, description="run with sink none:// (no audit "
+                                        "trail at all)")
+
+    @model_validator(mode="after")
+    def _none_is_acknowledged(self) -> AuditSettings:
+        if self.sink in ("none://", "none") and not self.disabled_acknowledged:
+            raise ValueError("sink none:// records no call at all; set "
+                             "audit.disabled_acknowledged: true to run without an audit trail")
+        return self
 
 
 class TensorSpec(_Strict):
@@ -114,6 +231,9 @@ class InputLimits(_Strict):
     max_elements: int = Field(1_000_000, ge=1)
     max_body_bytes: int | None = Field(None, ge=1024)
     allow_nonfinite: bool = False
+    max_abs_value: float | None = Field(
+        1e30, gt=0, description="largest magnitude of a numeric input value (400 beyond); "
+        "keeps float32 sums finite in the model; null turns the check off")
 
 
 class ArtifactSignature(_Strict):
@@ -190,6 +310,21 @@ class OipUpstreamBackend(_Strict):
     probabilities_output: str | None = Field(
         None, description="upstream output holding [n, classes] probabilities; when set, the "
         "answer is reshaped into modelfence's classifier contract (probabilities, label)")
+    forward_parameters: list[str] = Field(
+        default_factory=list, description="names of client `parameters` (request-level and "
+        "per-input) passed to the upstream when their value is a short string, a number or a "
+        "boolean; every other parameter is dropped, and the client's `id` is never sent")
+
+    @field_validator("forward_parameters")
+    @classmethod
+    def _safe_forwarding(cls, v: list[str]) -> list[str]:
+        refused = sorted(set(v) & NEVER_FORWARDED)
+        if refused:
+            raise ValueError(f"{', '.join(refused)} cannot be forwarded from clients: it "
+                             "decides how the upstream decodes a tensor the gateway has "
+                             "validated or what headers it answers with; set it in the "
+                             "upstream's own model settings")
+        return v
 
 
 BackendSettings = Annotated[LocalBackend | OipUpstreamBackend, Field(discriminator="type")]
@@ -457,6 +592,13 @@ class Settings(_Strict):
         unique_names((m.name for m in v), "model")
         return v
 
+    @model_validator(mode="after")
+    def _oidc_admins_need_jwt(self) -> Settings:
+        if self.admin.oidc is not None and self.identity.jwt is None:
+            raise ValueError("admin.oidc needs identity.jwt (the identity provider whose "
+                             "tokens name the admin group)")
+        return self
+
     def model(self, name: str) -> ModelSettings | None:
         return next((m for m in self.models if m.name == name), None)
 
@@ -478,6 +620,27 @@ class Settings(_Strict):
         if self.admin.token_file is None:
             return None
         return _read_secret_file(self.admin.token_file)
+
+    def admin_token_sha256s(self) -> list[tuple[AdminCredential, str]]:
+        """Each scoped admin token's SHA-256 (hex), read from its file or variable at start."""
+        out = []
+        for cred in self.admin.tokens:
+            if cred.token_sha256 is not None:
+                out.append((cred, cred.token_sha256))
+                continue
+            if cred.token_env is not None:
+                token = os.environ.get(cred.token_env, "").strip()
+                where = f"admin.tokens {cred.name}: environment variable {cred.token_env}"
+                if not token:
+                    raise ConfigurationError(f"{where} is not set")
+            else:
+                assert cred.token_file is not None
+                token = _read_secret_file(cred.token_file)
+                where = f"admin.tokens {cred.name}: {cred.token_file}"
+            if len(token) < 24:
+                raise ConfigurationError(f"{where}: an admin token needs 24 characters or more")
+            out.append((cred, hashlib.sha256(token.encode()).hexdigest()))
+        return out
 
     def webhook_secret(self) -> bytes | None:
         hook = self.monitor.webhook
@@ -512,6 +675,30 @@ def default_config_path() -> Path:
 def export_config_path(path: Path) -> None:
     """Hand the config path to server worker processes, which read it in `default_config_path`."""
     os.environ[CONFIG_ENV] = str(path.resolve())
+
+
+def export_admin_socket(fd: int) -> None:
+    """Hand the admin unix socket bound before the workers fork to each of them."""
+    os.environ[ADMIN_FD_ENV] = str(fd)
+
+
+def inherited_admin_socket() -> int | None:
+    text = os.environ.get(ADMIN_FD_ENV, "")
+    return int(text) if text.isdigit() else None
+
+
+def export_metrics_dir(path: Path | None) -> None:
+    """Workers of one server share metrics through this folder (prometheus_client's
+    multiprocess mode reads the variable); None: each process keeps its own."""
+    if path is None:
+        os.environ.pop(METRICS_DIR_ENV, None)
+    else:
+        os.environ[METRICS_DIR_ENV] = str(path)
+
+
+def metrics_dir() -> Path | None:
+    text = os.environ.get(METRICS_DIR_ENV)
+    return Path(text) if text else None
 
 
 def default_home() -> Path:
@@ -648,10 +835,13 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
         "identity": identity,
         "policy": policy,
         "secret_file": rel(s.secret_file),
-        "admin": s.admin.model_copy(update={"token_file": rel(s.admin.token_file)}),
+        "admin": s.admin.model_copy(update={
+            "token_file": rel(s.admin.token_file),
+            "tokens": [c.model_copy(update={"token_file": rel(c.token_file)})
+                       for c in s.admin.tokens]}),
         "stores": s.stores.model_copy(update={"keys": rel_url(s.stores.keys)}),
         "audit": s.audit.model_copy(update={
-            "sink": rel_url(s.audit.sink),
+            "sink": rel_url(s.audit.sink), "spill_dir": rel(s.audit.spill_dir),
             "checkpoint_key_file": rel(s.audit.checkpoint_key_file)}),
         "quotas": s.quotas.model_copy(update={"budget_store": rel_url(s.quotas.budget_store)}),
         "monitor": s.monitor.model_copy(update={

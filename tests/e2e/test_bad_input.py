@@ -173,3 +173,39 @@ async def test_requests_after_bad_ones_still_work(local_gateway: Gateway, key: s
         assert (await post(local_gateway, key, raw))[0] == 400
     status, _ = await post(local_gateway, key, body_of(infer_body([ROW])))
     assert status == 200
+
+
+@pytest.mark.parametrize("model", ["digits", "digits-onnx"])
+@pytest.mark.parametrize(("value", "cells"), [(3e38, [5]), (-3e38, list(range(64))),
+                                              (1e31, [63])])
+async def test_values_too_large_to_compute_with_get_400_on_every_backend(
+        local_gateway: Gateway, key: str, model: str, value: float, cells: list[int]) -> None:
+    """3e38 fits FP32, yet scikit-learn raised on it (500) and ONNX answered NaN."""
+    row = list(ROW)
+    for i in cells:
+        row[i] = value
+    status, answer = await post(local_gateway, key, body_of(infer_body([ROW, row])),
+                                model=model)
+    assert status == 400, answer
+    assert answer["error"] == (f"inputs[0].data: value {value:.3g} at row 1, column {cells[0]} "
+                               "is over the magnitude limit of 1e+30 (limits.max_abs_value)")
+
+
+@pytest.mark.parametrize("where", ["body", "input", "output"])
+async def test_deeply_nested_parameters_get_400(local_gateway: Gateway, key: str,
+                                                where: str) -> None:
+    deep: dict[str, object] = {}
+    for _ in range(250):
+        deep = {"p": deep}
+    doc = infer_body([ROW])
+    if where == "body":
+        doc["parameters"] = deep
+    elif where == "input":
+        doc["inputs"][0]["parameters"] = deep
+    else:
+        doc["outputs"] = [{"name": "probabilities", "parameters": deep}]
+    status, answer = await post(local_gateway, key, body_of(doc))
+    field = {"body": "body.parameters", "input": "inputs[0].parameters",
+             "output": "body.outputs[0]"}[where]
+    assert status == 400, answer
+    assert answer["error"] == f"{field}: nested deeper than 8 levels"

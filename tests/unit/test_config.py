@@ -31,6 +31,11 @@ def write(tmp_path: Path, text: str) -> Path:
      "be unique; repeated: a"),
     ("models:\n  - name: m\n    backend: {type: oip, url: 'ftp://x'}\n",
      "models[0].backend.url: string should match pattern"),
+    ("models:\n  - name: m\n    backend: {type: oip, url: 'http://x', "
+     "forward_parameters: [content_type]}\n",
+     "models[0].backend.forward_parameters: value error, content_type cannot be forwarded"),
+    ("models:\n  - name: m\n    backend: {type: skops, path: x}\n    limits: "
+     "{max_abs_value: 0}\n", "models[0].limits.max_abs_value: input should be greater than 0"),
     ("server: [1, 2\n", "YAML syntax error"),
     ("- a\n- b\n", "top level must be a mapping"),
     ("quotas:\n  limits: [{scope: principal, rate: 'lots'}]\n",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from modelfence.gateway.oip import (
     Tensor,
     decode_infer_request,
     decode_infer_response,
+    encode_infer_request,
     encode_infer_response,
 )
 
@@ -78,3 +80,51 @@ def test_response_round_trip() -> None:
     assert back.id == "r1" and back.model_name == "m"
     np.testing.assert_allclose(back.outputs[0].data, [[0.25, 0.75]])
     assert back.outputs[1].data.tolist() == ["cat"]
+
+
+def nested(depth: int) -> dict[str, object]:
+    """{"a": {"a": ... {}}} with `depth` objects in all."""
+    doc: dict[str, object] = {}
+    for _ in range(depth - 1):
+        doc = {"a": doc}
+    return doc
+
+
+def with_top(**fields: object) -> bytes:
+    doc = json.loads(req())
+    doc.update(fields)
+    return json.dumps(doc).encode()
+
+
+@pytest.mark.parametrize(("body", "where"), [
+    (with_top(parameters=nested(250)), "body.parameters"),
+    (req(parameters=nested(250)), "inputs[0].parameters"),
+    (with_top(outputs=[{"name": "y", "parameters": nested(250)}]), "body.outputs[0]"),
+    (with_top(parameters={"list": [[[[[[[[[1]]]]]]]]]}), "body.parameters"),
+])
+def test_deep_parameters_are_refused_when_decoded(body: bytes, where: str) -> None:
+    """Nesting that orjson reads (1,024 levels) but cannot write (254) used to pass here
+    and fail with a 500 when re-encoded for an upstream."""
+    with pytest.raises(BadRequest, match=re.escape(f"{where}: nested deeper than 8 levels")):
+        decode_infer_request(body)
+
+
+def test_parameters_within_bounds_survive_re_encoding() -> None:
+    doc = decode_infer_request(with_top(parameters=nested(8), outputs=[{"name": "y"}]))
+    doc.inputs[0].parameters = nested(8)
+    assert json.loads(encode_infer_request(doc))["parameters"] == nested(8)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (with_top(parameters={"k": "x" * 20_000}), "body.parameters: over the limit of 16384 bytes"),
+    (req(parameters=[1]), "inputs[0].parameters: must be an object"),
+    (with_top(id="i" * 257), "body.id: over the limit of 256 characters"),
+    (with_top(outputs=[{"parameters": {}}]), "body.outputs[0].name: field required"),
+    (with_top(outputs=[{"name": "y"}] * 65), "body.outputs: 65 outputs is over the limit"),
+    (req(shape=[1] * 40, data=[1.0]), "inputs[0].shape: 40 dimensions is over the limit of 32"),
+    (req(shape=[0, 2**62, 2**62], data=[]), "inputs[0].shape: dimensions too large"),
+])
+def test_sizes_numpy_or_an_upstream_cannot_take_are_400(body: bytes, message: str) -> None:
+    """Each of these used to pass the decoder (or raise a ValueError: a 500)."""
+    with pytest.raises(BadRequest, match=re.escape(message)):
+        decode_infer_request(body)

@@ -14,10 +14,13 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..config import ModelSettings, TensorSpec
+from ..errors import BadRequest
 from ..gateway.oip import InferRequest, InferResponse, Tensor
 
 #: Batches larger than this run in a worker thread so one big request cannot stall the loop.
 INLINE_MAX_ROWS = 64
+NOT_COMPUTABLE = ("inputs[0].data: the model cannot compute with these values (its answer "
+                  "would be NaN or infinite); send values of smaller magnitude")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +116,14 @@ class LocalClassifier(Backend):
 
 def classifier_response(model: str, proba: np.ndarray[Any, Any], classes: np.ndarray[Any, Any],
                         request_id: str | None) -> InferResponse:
-    """The classifier contract: `probabilities` [n, classes] and `label` [n]."""
+    """The classifier contract: `probabilities` [n, classes] and `label` [n].
+
+    A model whose answer is not finite was given values it cannot compute with (ONNX turns
+    a row of 3e38 into NaN): that is the input's fault, said as such, for every backend.
+    """
     proba = np.asarray(proba, dtype=np.float32)
+    if not np.isfinite(proba).all():
+        raise BadRequest(NOT_COMPUTABLE)
     labels = classes[np.argmax(proba, axis=1)]
     if classes.dtype.kind in "iu":
         label = Tensor("label", "INT64", [len(labels)], labels.astype(np.int64))

@@ -9,8 +9,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..config import LocalBackend, TensorSpec, read_secret
-from ..errors import ConfigurationError
-from .base import LocalClassifier
+from ..errors import BadRequest, ConfigurationError
+from .base import NOT_COMPUTABLE, LocalClassifier
+
+#: How scikit-learn's check_array words non-finite input (sklearn/utils/validation.py).
+_SKLEARN_NOT_FINITE = ("contains infinity or a value too large", "contains NaN")
 
 
 def _settings(b: LocalClassifier) -> LocalBackend:
@@ -67,7 +70,12 @@ class _SklearnClassifier(LocalClassifier):
         return spec, np.asarray(model.classes_)
 
     def _predict_proba(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        return np.asarray(self._model.predict_proba(x))
+        try:
+            return np.asarray(self._model.predict_proba(x))
+        except ValueError as exc:  # scikit-learn's own check, e.g. after a scaler overflowed
+            if any(word in str(exc) for word in _SKLEARN_NOT_FINITE):
+                raise BadRequest(NOT_COMPUTABLE) from None
+            raise
 
 
 class SkopsClassifier(_SklearnClassifier):

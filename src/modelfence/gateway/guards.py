@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import Any, ClassVar
 
+import numpy as np
 from starlette.requests import Request
 
 from ..backends.base import ModelEntry
@@ -110,3 +111,22 @@ class InputValidationGuard(Guard):
             if math.prod(tensor.shape) > limits.max_elements:
                 raise BadRequest(f"{where}: {math.prod(tensor.shape)} elements is over the "
                                  f"limit of {limits.max_elements}")
+            if limits.max_abs_value is not None:
+                _check_magnitude(tensor.data, limits.max_abs_value, where)
+
+
+def _check_magnitude(data: np.ndarray[Any, Any], limit: float, where: str) -> None:
+    """Refuse finite values no model can compute with: 3e38 fits FP32, yet a float32 sum or
+    a scaler overflows on it, and local and upstream models would fail in different ways."""
+    if data.dtype.kind not in "iuf" or data.size == 0:
+        return
+    values = data if data.dtype.kind == "f" else data.astype(np.float64)
+    with np.errstate(invalid="ignore"):  # NaN and infinity: limits.allow_nonfinite decides
+        over = (np.abs(values) > np.float64(limit)) & np.isfinite(values)
+    if not over.any():
+        return
+    at = tuple(int(i) for i in np.argwhere(over)[0])
+    place = f"row {at[0]}" + (f", column {at[1]}" if len(at) == 2 else
+                              f", index {list(at[1:])}" if len(at) > 2 else "")
+    raise BadRequest(f"{where}.data: value {float(data[at]):.3g} at {place} is over the "
+                     f"magnitude limit of {limit:g} (limits.max_abs_value)")

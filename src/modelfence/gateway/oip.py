@@ -24,6 +24,13 @@ NUMPY_DTYPES: dict[str, type[np.generic]] = {
 OIP_DATATYPES = (*NUMPY_DTYPES, "BYTES")
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 _NONFINITE_LITERAL = re.compile(rb"[\[,:]\s*-?(NaN|Infinity)\s*[\],}]")
+#: Bounds checked at decode time, so that whatever decodes can be re-encoded for an upstream
+#: (orjson refuses to write more than 254 levels) and no client sends a megabyte of metadata.
+MAX_PARAMETER_DEPTH = 8
+MAX_PARAMETER_BYTES = 16 * 1024
+MAX_ID_CHARS = 256
+MAX_DIMS = 32  # numpy's own limit is 64; no OIP model takes more than a handful
+MAX_OUTPUTS = 64
 
 
 @dataclass(slots=True)
@@ -109,16 +116,51 @@ def decode_tensor(obj: Any, where: str, *, allow_nonfinite: bool = False) -> Ten
         raise BadRequest(f"{where}.datatype: unknown datatype {datatype[:20]!r}")
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise BadRequest(f"{where}.shape: must be a list of non-negative integers")
+    if len(shape) > MAX_DIMS:
+        raise BadRequest(f"{where}.shape: {len(shape)} dimensions is over the limit of "
+                         f"{MAX_DIMS}")
     expected = math.prod(shape)
     array = _to_array(data, datatype, where)
     if array.size != expected:
         raise BadRequest(
             f"{where}.data: has {array.size} elements but shape {shape} needs {expected}")
-    array = array.reshape(shape)
+    try:
+        array = array.reshape(shape)
+    except ValueError:  # an empty tensor whose other dimensions overflow numpy's sizes
+        raise BadRequest(f"{where}.shape: dimensions too large for an array") from None
     if array.dtype.kind == "f" and not allow_nonfinite and not np.isfinite(array).all():
         raise BadRequest(f"{where}.data: NaN or infinite values (or overflow of {datatype})")
-    params = obj.get("parameters")
-    return Tensor(name, datatype, shape, array, params if isinstance(params, dict) else None)
+    params = _parameters(obj.get("parameters"), f"{where}.parameters")
+    return Tensor(name, datatype, shape, array, params)
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any] | None:
+    """An OIP `parameters` object, bounded in depth and size; None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where}: must be an object")
+    _check_nesting(value, where)
+    return value
+
+
+def _check_nesting(value: Any, where: str) -> None:
+    """Refuse JSON nested deeper than MAX_PARAMETER_DEPTH or larger than MAX_PARAMETER_BYTES.
+
+    Iterative, so a hostile document cannot exhaust the stack while it is being measured.
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (item.values() if isinstance(item, dict)
+                    else item if isinstance(item, list) else ())
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth >= MAX_PARAMETER_DEPTH:
+                    raise BadRequest(f"{where}: nested deeper than {MAX_PARAMETER_DEPTH} levels")
+                stack.append((child, depth + 1))
+    if len(orjson.dumps(value)) > MAX_PARAMETER_BYTES:
+        raise BadRequest(f"{where}: over the limit of {MAX_PARAMETER_BYTES} bytes")
 
 
 def _to_array(data: list[Any], datatype: str, where: str) -> np.ndarray[Any, Any]:
@@ -162,20 +204,35 @@ def decode_infer_request(body: bytes, *, allow_nonfinite: bool = False) -> Infer
     req_id = doc.get("id")
     if req_id is not None and not isinstance(req_id, str):
         raise BadRequest("body.id: must be a string")
-    params = doc.get("parameters")
-    if params is not None and not isinstance(params, dict):
-        raise BadRequest("body.parameters: must be an object")
-    outputs = doc.get("outputs")
-    if outputs is not None and not (
-            isinstance(outputs, list) and all(isinstance(o, dict) for o in outputs)):
+    if req_id is not None and len(req_id) > MAX_ID_CHARS:
+        raise BadRequest(f"body.id: over the limit of {MAX_ID_CHARS} characters")
+    params = _parameters(doc.get("parameters"), "body.parameters")
+    return InferRequest(tensors, req_id, params, _outputs(doc.get("outputs")))
+
+
+def _outputs(outputs: Any) -> list[dict[str, Any]] | None:
+    """The requested outputs: each an object with a string `name` and bounded parameters."""
+    if outputs is None:
+        return None
+    if not isinstance(outputs, list):
         raise BadRequest("body.outputs: must be a list of objects")
-    return InferRequest(tensors, req_id, params, outputs)
+    if len(outputs) > MAX_OUTPUTS:
+        raise BadRequest(f"body.outputs: {len(outputs)} outputs is over the limit of "
+                         f"{MAX_OUTPUTS}")
+    for i, out in enumerate(outputs):
+        if not isinstance(out, dict):
+            raise BadRequest("body.outputs: must be a list of objects")
+        _field(out, "name", str, f"body.outputs[{i}]")
+        _check_nesting(out, f"body.outputs[{i}]")
+    return outputs
 
 
 def encode_infer_request(req: InferRequest) -> bytes:
     doc: dict[str, Any] = {"inputs": [t.to_json() for t in req.inputs]}
     if req.id:
         doc["id"] = req.id
+    if req.parameters:
+        doc["parameters"] = req.parameters
     if req.outputs:
         doc["outputs"] = req.outputs
     return orjson.dumps(doc, option=_JSON_OPTS)
