@@ -6,17 +6,22 @@ Hierarchy::
     ├── ConfigurationError               bad config or wiring; refuses to start
     ├── StoreError                       a store cannot answer (fail closed → 503)
     ├── PolicyError                      the policy engine cannot decide (fail closed → 503)
+    ├── RetentionRefused                 audit seal/prune refused: it would lose proof
     └── RequestError                     carries an HTTP status and a client-safe message
         ├── BadRequest          400      malformed or invalid input, names the field
         ├── Unauthenticated     401      no, malformed, unknown, revoked or expired credential
         ├── Forbidden           403      identity known, access denied
         ├── NotFound            404      unknown model or route
+        ├── RequestTimeout      408      the body did not arrive in time (closes the connection)
         ├── PayloadTooLarge     413      body over the configured limit
         ├── RateLimited         429      quota exhausted (carries Retry-After)
         ├── UpstreamError       502      the model server failed or could not be reached
         │   └── UpstreamTimeout 504      the model server did not answer in time
         ├── UpstreamRejected    4xx      the model server refused the request (passed through)
-        └── NotReady            503      the gateway or its model is not ready
+        ├── NotReady            503      the gateway or its model is not ready
+        ├── Unavailable         503      the identity provider or prompt screening cannot
+        │                                answer: refused (fail closed), with Retry-After
+        └── ClientDisconnected  499      the client left mid-body: recorded, never answered
 
 A `RequestError` message is written for the client: it must never contain a secret,
 a credential or a stack trace. `reason` is a short machine-readable slug used for the
@@ -35,15 +40,30 @@ class ConfigurationError(ModelfenceError):
 
 
 class StoreError(ModelfenceError):
-    """A backing store (SQLite, PostgreSQL, Redis) cannot answer; `store` names which."""
+    """A backing store (SQLite, PostgreSQL, Redis) cannot answer; `store` names which.
 
-    def __init__(self, message: str, *, store: str = "keys") -> None:
+    `reported`: the store's circuit breaker has logged this outage already, so the request
+    it refuses is counted, not logged again.
+    """
+
+    def __init__(self, message: str, *, store: str = "keys", reported: bool = False) -> None:
         super().__init__(message)
         self.store = store
+        self.reported = reported
+
+
+#: how a client's 503 names each store (never its URL or address)
+STORE_NAMES = {"keys": "key store", "budget": "budget store", "ratelimit": "rate limit store",
+               "audit": "audit store", "watermark": "watermark evidence store"}
 
 
 class PolicyError(ModelfenceError):
     """The policy engine failed to decide; the request is denied (fail closed)."""
+
+
+class RetentionRefused(ModelfenceError):
+    """Sealing or pruning the audit log would lose proof: the records or their archive do
+    not verify, no sealed segment covers them, or they include the chain's head."""
 
 
 class RequestError(ModelfenceError):
@@ -89,6 +109,24 @@ class NotFound(RequestError):
     reason = "not_found"
 
 
+class RequestTimeout(RequestError):
+    status = 408
+    reason = "body_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}  # the rest of the body may still come: do not wait for it
+
+
+class ClientDisconnected(RequestError):
+    """The client closed the connection before its request was read: not a server failure.
+
+    499 is nginx's status for it; it appears in metrics and the audit record only.
+    """
+
+    status = 499
+    reason = "client_disconnected"
+
+
 class PayloadTooLarge(RequestError):
     status = 413
     reason = "payload_too_large"
@@ -132,6 +170,22 @@ class NotReady(RequestError):
     reason = "not_ready"
 
 
+class Unavailable(RequestError):
+    """A service a decision needs (the identity provider's JWKS, prompt screening) cannot
+    answer: the request is refused (fail closed) and may be retried after `retry_after_s`."""
+
+    status = 503
+    reason = "unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5, reason: str | None = None
+                 ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after_s = max(1, int(retry_after_s))
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
 def http_status_and_message(exc: BaseException) -> tuple[int, str, str, dict[str, str]]:
     """Map any exception to (status, client message, reason, headers): the one HTTP mapping.
 
@@ -141,7 +195,8 @@ def http_status_and_message(exc: BaseException) -> tuple[int, str, str, dict[str
     if isinstance(exc, RequestError):
         return exc.status, exc.message, exc.reason, exc.headers()
     if isinstance(exc, StoreError):
-        return 503, "a required store is unavailable; request denied", "store_unavailable", {}
+        name = STORE_NAMES.get(exc.store, "required store")
+        return 503, f"the {name} is unavailable; request denied", "store_unavailable", {}
     if isinstance(exc, PolicyError):
         return 503, "the policy engine could not decide; request denied", "policy_error", {}
     return 500, "internal error", "internal_error", {}

@@ -50,6 +50,12 @@ def gw(tmp_path_factory: pytest.TempPathFactory, stub: OpenAiStub) -> Iterator[G
         {"name": "screened", "upstream": stub.url, "upstream_model": "ok",
          "attributes": {"tags": ["screened"]}, "screening": {"heuristics": True}},
         {"name": "probed", "upstream": stub.url, "upstream_model": "ok"},
+        # a prompt classifier that cannot be reached: screening gives no verdict
+        {"name": "unscreenable", "upstream": stub.url, "upstream_model": "ok",
+         "screening": {"external": {"url": "http://127.0.0.1:1/classify", "timeout_s": 1}}},
+        {"name": "unscreenable-allowed", "upstream": stub.url, "upstream_model": "ok",
+         "screening": {"external": {"url": "http://127.0.0.1:1/classify", "timeout_s": 1},
+                       "on_failure": "allow"}},
     ]}
     quotas = {"budget_store": "sqlite:///budgets.db", "budgets": [
         {"models": ["metered"], "tokens": TOKEN_BUDGET, "period": "day", "alert_at": 0.5}]}
@@ -175,6 +181,34 @@ def test_screening_verdict_is_policy_context(gw: Gateway) -> None:
             assert notes and notes[0].startswith(label)  # the verdict is in the trail
     risk = _wait(lambda: (r := _risk(gw, "screened", "screener"))["risk"] > 0.3 and r)
     assert risk and set(risk["detectors"]) == {"extraction", "injection"}
+
+
+def test_screening_that_cannot_answer_refuses_unless_allowed(gw: Gateway) -> None:
+    """No verdict is not a benign verdict: 503 with Retry-After by default, counted and
+    logged once per outage; `on_failure: allow` lets policy see `context.screen_failed`."""
+    import openai
+
+    key = gw.key(models=["unscreenable", "unscreenable-allowed"], principal="unscreened")
+    with _client(gw, key) as client:
+        for _ in range(3):
+            with pytest.raises(openai.InternalServerError) as down:
+                client.chat.completions.create(model="unscreenable", messages=HI)
+            assert down.value.status_code == 503
+            assert down.value.response.headers["retry-after"] == "2"
+            assert down.value.body["code"] == "screening_unavailable"
+            assert down.value.body["message"] == "prompt screening is unavailable; retry later"
+        ok = client.chat.completions.create(model="unscreenable-allowed", messages=HI)
+        assert ok.choices[0].message.content
+    records = _wait(lambda: (rs := [r for r in gw.audit_records()
+                                    if r.get("principal") == "unscreened"]) and len(rs) == 4
+                    and rs)
+    assert [r["status"] for r in records] == [503, 503, 503, 200]
+    assert any(t["guard"] == "screening" and t["outcome"] == "deny"
+               for t in records[0]["trail"])
+    assert any("a detector failed" in t["reason"] for t in records[3]["trail"])
+    log = gw.log.read_text()
+    assert log.count("prompt screening for model unscreenable cannot give a verdict") == 1
+    assert "Traceback" not in log
 
 
 def test_refused_probes_of_the_output_layer_count_as_risk(gw: Gateway) -> None:

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from pydantic import ValidationError
 
-from modelfence.errors import ConfigurationError
+from modelfence.errors import ConfigurationError, Unavailable
 from modelfence.llm import screening as sc
 from modelfence.llm.screening import (
     CombinedScreener,
@@ -717,3 +717,55 @@ async def test_a_busy_similarity_screener_answers_failed_at_once() -> None:
     finally:
         release.set()
         await screener.close()
+
+
+# -- no verdict in the chain: refused unless `on_failure: allow` ---------------------------------
+
+
+async def test_a_busy_screener_refuses_the_request_unless_allowed(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The similarity screener with its queue full gives no verdict: by default the request
+    is refused (503, Retry-After), counted, and the outage logged once, and once when it
+    ends; `on_failure: allow` passes it on marked `screen_failed`."""
+    from modelfence.gateway.call import Call
+    from modelfence.llm.guards import LlmEntry, LlmExchange
+    from modelfence.llm.screen_guard import ScreeningGuard
+    from modelfence.llm.settings import LlmModel
+
+    entries = {name: LlmEntry(LlmModel(
+        name=name, upstream="http://127.0.0.1:1/v1",
+        screening=ScreeningSettings(on_failure=mode))) for name, mode in
+        [("strict", "refuse"), ("lenient", "allow")]}
+    counted: list[tuple[str, str]] = []
+    guard = ScreeningGuard([e.settings for e in entries.values()],
+                           on_failure=lambda model, outcome: counted.append((model, outcome)))
+    for name in entries:  # as if 16 prompts were already waiting for the embedding model
+        busy = SimilarityScreener(embedder=object())  # type: ignore[arg-type]
+        busy.max_waiting = 0
+        guard._screeners[name] = busy
+
+    def call(name: str) -> Call:
+        c = Call(request=None, action="chat", model_name=name)  # type: ignore[arg-type]
+        c.model = entries[name]  # type: ignore[assignment]
+        c.result = LlmExchange(entries[name], request={"messages": [
+            {"role": "user", "content": "What is the capital of France?"}]})
+        return c
+
+    caplog.set_level(logging.INFO, "modelfence.llm")
+    for _ in range(3):
+        with pytest.raises(Unavailable) as refused:
+            await guard.on_request(call("strict"))
+        assert refused.value.status == 503 and refused.value.headers() == {"Retry-After": "2"}
+        assert refused.value.reason == "screening_unavailable"
+    allowed = call("lenient")
+    await guard.on_request(allowed)
+    assert allowed.screen_failed and allowed.screen == "benign"
+    assert counted == [("strict", "refused")] * 3 + [("lenient", "allowed")]
+    outages = [r for r in caplog.records if "cannot give a verdict" in r.getMessage()]
+    assert len(outages) == 2  # once per model, not once per request
+    guard._screeners["strict"] = HeuristicScreener()  # it recovers
+    recovered = call("strict")
+    await guard.on_request(recovered)
+    assert not recovered.screen_failed
+    assert any("strict works again (3 prompt(s) failed" in r.getMessage()
+               for r in caplog.records)

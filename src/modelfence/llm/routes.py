@@ -68,7 +68,8 @@ class LlmRoutes:
                  policy: Sequence[Guard], after_policy: Sequence[Guard] = (),
                  after_body: Sequence[Guard] = (), head: Sequence[Guard] = (),
                  audit_before_answer: bool = False, noise_secret: bytes | None = None,
-                 on_alert: Callable[[Crossing], None] | None = None) -> None:
+                 on_alert: Callable[[Crossing], None] | None = None,
+                 on_screen_failure: Callable[[str, str], None] | None = None) -> None:
         self.settings = settings
         self._noise_secret = noise_secret or os.urandom(32)  # logprob noise key
         self._canary_secret = hmac.new(self._noise_secret, b"canary", hashlib.sha256).digest()
@@ -77,7 +78,7 @@ class LlmRoutes:
         self.upstream = LlmUpstream(max_connections=settings.max_connections,
                                     watermark_secret=text_wm)
         lookup = LlmModelGuard(self.models, settings.max_body_bytes)
-        self.screening = ScreeningGuard(settings.models)
+        self.screening = ScreeningGuard(settings.models, on_failure=on_screen_failure)
         screening = [self.screening] if self.screening.active else []
         self.risk = self._risk_guard(settings, on_alert) if settings.monitor.enabled else None
         risk = [self.risk] if self.risk is not None else []
@@ -388,7 +389,8 @@ def llm_routes(settings: LlmSettings, *, head: Sequence[Guard], identity: Guard,
                rate_limits: Sequence[Guard] = (),
                budgets: Sequence[Guard] = (), audit_before_answer: bool = False,
                noise_secret: bytes | None = None,
-               on_alert: Callable[[Crossing], None] | None = None) -> LlmRoutes:
+               on_alert: Callable[[Crossing], None] | None = None,
+               on_screen_failure: Callable[[str, str], None] | None = None) -> LlmRoutes:
     """The LLM routes wired like the OIP infer chain; `head` is e.g. (metrics, audit).
 
     Mount `llm.routes()`, `await llm.start()` and `await llm.close()` in the app's lifespan.
@@ -398,4 +400,4 @@ def llm_routes(settings: LlmSettings, *, head: Sequence[Guard], identity: Guard,
                      policy=[policy],
                      after_policy=rate_limits, after_body=budgets,
                      audit_before_answer=audit_before_answer, noise_secret=noise_secret,
-                     on_alert=on_alert)
+                     on_alert=on_alert, on_screen_failure=on_screen_failure)

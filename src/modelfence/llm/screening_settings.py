@@ -73,3 +73,8 @@ class ScreeningSettings(_Strict):
                                 "heuristics already flagged the text")
     max_chars: int = Field(8000, ge=256, le=1_000_000, description="text screened per request: "
                            "its first quarter and last three quarters when longer")
+    on_failure: Literal["refuse", "allow"] = Field(
+        "refuse", description="when screening cannot give a verdict (a detector busy, "
+        "timed out or failing, and none flagged the text): refuse the request (503 with "
+        "Retry-After), or let policy decide with `context.screen_failed` set (the label is "
+        "then the external classifier's `on_error`)")

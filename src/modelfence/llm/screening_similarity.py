@@ -250,7 +250,8 @@ class SimilarityScreener(Screener):
     async def _screen(self, text: str) -> Verdict:
         """On the screener's own thread, never the shared default executor (the audit
         store and model inference use that); at most `max_waiting` prompts wait: over that,
-        a failed verdict at once (policies see `context.screen_failed`), not a backlog."""
+        a failed verdict at once, not a backlog (`screening.on_failure` decides: 503, or
+        policy sees `context.screen_failed`)."""
         if self._waiting >= self.max_waiting:
             return Verdict("benign", 0.0, self.source,
                            f"similarity screener busy ({self._waiting} prompts waiting)",
