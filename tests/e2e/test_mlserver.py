@@ -55,6 +55,12 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, mlserver: MLServer) -> Ite
         upstream_model("ghost", mlserver.url, upstream="nope"),
         # the gateway lets 32 features through, the model behind wants 64: MLServer crashes
         upstream_model("digits-32", mlserver.url, upstream="digits", features=32),
+        # any width passes the gateway: 64 features are answered, others crash MLServer
+        upstream_model("digits-any", mlserver.url, upstream="digits", features=-1),
+        # MLServer's own outputs (predict), passed through as they come
+        {**upstream_model("digits-raw", mlserver.url, upstream="digits"),
+         "backend": {"type": "oip", "url": mlserver.url, "upstream_model": "digits",
+                     "timeout_s": 10}},
     ]
     gw = Gateway(tmp_path_factory.mktemp("gw-mlserver"), models).start()
     yield gw
@@ -150,3 +156,94 @@ def test_gateway_refuses_to_start_on_mlservers_empty_input_metadata(
     assert "publishes no input metadata" in result.stderr
     assert "declare `input:`" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("model", ["digits", "digits-raw"])
+async def test_values_and_parameters_no_model_can_take_get_400_before_mlserver(
+        gateway: Gateway, key: str, mlserver: MLServer, model: str) -> None:
+    """The same 400s as for local models: MLServer answered 3e38 with 200 where scikit-learn
+    in-process raised, and parameters 250 levels deep failed re-encoding (500)."""
+    huge = infer_body(digits_rows(1))
+    huge["inputs"][0]["data"][7] = 3e38
+    deep: dict[str, Any] = {}
+    for _ in range(250):
+        deep = {"p": deep}
+    nested = {**infer_body(digits_rows(1)), "parameters": deep}
+    url = f"{gateway.url}/v2/models/{model}/infer"
+    status, doc, _ = await post(url, huge, key)
+    assert (status, doc["error"]) == (400, "inputs[0].data: value 3e+38 at row 0, column 7 is "
+                                      "over the magnitude limit of 1e+30 (limits.max_abs_value)")
+    status, doc, _ = await post(url, nested, key)
+    assert (status, doc["error"]) == (400, "body.parameters: nested deeper than 8 levels")
+
+
+#: What caller A sends: each crashed MLServer 1.7.1 when forwarded as sent, or was refused.
+HOSTILE: list[tuple[str, dict[str, Any]]] = [
+    ("crlf id", {"id": "a\r\nX-Injected: 1"}),
+    ("non-latin-1 id", {"id": "\u2603 snow \u20ac"}),
+    ("content_type str", {"input_parameters": {"content_type": "str"}}),
+    ("content_type pd", {"parameters": {"content_type": "pd"}}),
+    ("headers", {"parameters": {"headers": {"X-Evil": "a\r\nb"}}}),
+    ("output content_type", {"outputs": [{"name": "predict",
+                                          "parameters": {"content_type": "str"}}]}),
+]
+
+
+def hostile_body(spec: dict[str, Any]) -> dict[str, Any]:
+    body = infer_body(digits_rows(1))
+    for field, value in spec.items():
+        if field == "input_parameters":
+            body["inputs"][0]["parameters"] = value
+        else:
+            body[field] = value
+    return body
+
+
+@pytest.mark.parametrize("model", ["digits", "digits-raw"])
+async def test_one_callers_hostile_ids_and_parameters_never_fail_another_caller(
+        gateway: Gateway, key: str, mlserver: MLServer, model: str) -> None:
+    """Before: MLServer crashed on these and closed the connection, which the gateway then
+    handed to the next caller: B's valid request got 502 in about half of the trials."""
+    url = f"{gateway.url}/v2/models/{model}/infer"
+    b_key = gateway.key(principal="bob")
+    valid = infer_body(digits_rows(1))
+    answers_a: list[tuple[str, int, dict[str, Any]]] = []
+    failed_b = []
+    for trial in range(30):
+        name, spec = HOSTILE[trial % len(HOSTILE)]
+        status_a, doc_a, _ = await post(url, hostile_body(spec), key)
+        answers_a.append((name, status_a, doc_a))
+        status_b, _, text_b = await post(url, valid, b_key)
+        if status_b != 200:
+            failed_b.append((trial, name, status_b, text_b[:200]))
+    assert failed_b == [], f"caller B failed after caller A's input: {failed_b}"
+    for name, status, doc in answers_a:
+        assert status == 200, (name, status, doc)  # the hostile parts are simply not sent
+        if "id" in dict(HOSTILE)[name]:
+            assert doc["id"] == dict(HOSTILE)[name]["id"]  # the client's id comes back as sent
+    log = gateway.log.read_text()
+    assert "Traceback" not in log and " ERROR " not in log
+
+
+async def test_an_oversized_id_is_refused_and_never_reaches_mlserver(
+        gateway: Gateway, key: str) -> None:
+    status, doc, _ = await post(f"{gateway.url}/v2/models/digits/infer",
+                                {**infer_body(digits_rows(1)), "id": "x" * 10_240}, key)
+    assert (status, doc["error"]) == (400, "body.id: over the limit of 256 characters")
+
+
+
+async def test_a_crash_of_mlserver_never_fails_the_next_callers_request(
+        gateway: Gateway, key: str) -> None:
+    """After a 500 MLServer's server closes the connection without saying so; the gateway
+    pooled it and wrote the next request into it (502 for an innocent caller)."""
+    url = f"{gateway.url}/v2/models/digits-any/infer"
+    crash = infer_body([row[:32] for row in digits_rows(1)])
+    valid = infer_body(digits_rows(1))
+    failed = []
+    for trial in range(30):
+        assert (await post(url, crash, key))[0] == 502
+        status, _, text = await post(url, valid, key)
+        if status != 200:
+            failed.append((trial, status, text[:200]))
+    assert failed == []

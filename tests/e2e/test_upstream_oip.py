@@ -79,7 +79,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             oip_model("up-no-proba", stub.url, "no-proba"),
             oip_model("up-big", stub.url, "big"),
             oip_model("up-down", nobody),
+            oip_model("up-params", stub.url, "ok"),
         ]
+        models[-1]["backend"]["forward_parameters"] = ["trace", "priority"]
         gw = Gateway(tmp_path_factory.mktemp("gw-upstream"), models).start()
         try:
             yield Setup(gw, stub, gw.key())
@@ -169,6 +171,31 @@ async def test_bad_input_is_refused_by_the_gateway_and_never_sent_upstream(setup
     assert status == 400
     assert "shape" in assert_clean_error(doc, text)
     assert len(setup.stub.infer_requests("ok")) == before
+
+
+@pytest.mark.parametrize(("model", "request_parameters"), [
+    ("up-ok", None),
+    ("up-params", {"trace": "t-1", "priority": 2}),
+])
+async def test_upstream_gets_neither_the_clients_id_nor_parameters_off_the_allow_list(
+        setup: Setup, model: str, request_parameters: dict[str, Any] | None) -> None:
+    """Client ids and parameters crashed MLServer when forwarded as sent (tests/e2e/
+    test_mlserver.py); the answer still carries the client's id."""
+    body = infer_body(digits_rows(1))
+    body["id"] = "a\r\nX-Injected: 1"
+    body["parameters"] = {"trace": "t-1", "priority": 2, "content_type": "pd",
+                          "headers": {"X": "1"}, "other": "x"}
+    body["inputs"][0]["parameters"] = {"content_type": "str", "trace": {"deep": 1},
+                                       "priority": "x\r\n"}
+    before = len(setup.stub.infer_requests("ok"))
+    status, doc, text = await setup.infer(model, body)
+    assert status == 200, text
+    assert doc["id"] == body["id"]
+    (sent,) = setup.stub.infer_requests("ok")[before:]
+    assert "id" not in sent.body
+    assert sent.body.get("parameters") == request_parameters
+    assert "parameters" not in sent.body["inputs"][0]
+    assert sent.body["outputs"] == [{"name": "predict_proba"}]
 
 
 # -- failures ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ because servers such as MLServer answer 500 with a raw Python traceback.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 from typing import Any, ClassVar
@@ -20,6 +21,7 @@ from ..errors import BadRequest, ConfigurationError, RequestError, UpstreamError
 from ..gateway.oip import (
     InferRequest,
     InferResponse,
+    Tensor,
     decode_infer_response,
     encode_infer_request,
 )
@@ -27,6 +29,7 @@ from .base import Backend, ModelMetadata, classifier_response
 from .transport import Transport
 
 _READY_CACHE_S = 1.0
+_MAX_FORWARDED_CHARS = 256
 #: Upstream answers about the gateway's own access or load, not the client's request:
 #: passing them through would make a client think its own key was refused.
 _GATEWAY_FAULTS = frozenset({401, 403, 407, 429})
@@ -78,10 +81,9 @@ class OipUpstream(Backend):
                                  "(name, datatype, shape) for this model in the config")
 
     async def infer(self, request: InferRequest) -> InferResponse:
-        if self._cfg.probabilities_output:
-            request.outputs = [{"name": self._cfg.probabilities_output}]
         status, body = await self._transport.request(
-            "POST", self._infer_url, encode_infer_request(request), self._cfg.timeout_s)
+            "POST", self._infer_url, encode_infer_request(self._forwarded(request)),
+            self._cfg.timeout_s)
         if status in _GATEWAY_FAULTS:
             log.warning("upstream %s answered %d to the gateway", self._model_url, status)
             raise UpstreamError(f"the upstream model server refused the gateway (status {status})")
@@ -97,6 +99,26 @@ class OipUpstream(Backend):
             raise UpstreamError("the upstream model server sent an invalid answer") from None
         response.model_name = self.name
         return self._as_classifier(response, request.id)
+
+    def _forwarded(self, request: InferRequest) -> InferRequest:
+        """What the upstream is sent: validated tensors, never the client's `id`, and only the
+        allow-listed scalar parameters (forward_parameters).
+
+        MLServer 1.7 copies the request id into a response header and decodes a tensor by its
+        `content_type` parameter: an id holding CRLF or non-Latin-1 text, or a `content_type`
+        that does not fit the tensor, crashed it and closed the connection under the next
+        caller. The answer gets the client's id back from the gateway, not from upstream.
+        """
+        allowed = self._cfg.forward_parameters
+        tensors = [Tensor(t.name, t.datatype, t.shape, t.data, _scalars(t.parameters, allowed))
+                   for t in request.inputs]
+        if self._cfg.probabilities_output:
+            outputs: list[dict[str, Any]] | None = [{"name": self._cfg.probabilities_output}]
+        elif request.outputs:
+            outputs = [_output(o, allowed) for o in request.outputs]
+        else:
+            outputs = None
+        return InferRequest(tensors, None, _scalars(request.parameters, allowed), outputs)
 
     def _as_classifier(self, response: InferResponse, request_id: str | None) -> InferResponse:
         name = self._cfg.probabilities_output
@@ -131,6 +153,32 @@ class OipUpstream(Backend):
 
     async def close(self) -> None:
         await self._transport.close()
+
+
+def _scalars(params: dict[str, Any] | None, allowed: list[str]) -> dict[str, Any] | None:
+    """The allow-listed parameters whose values are plain: a short printable string, a finite
+    number or a boolean. Anything else is dropped, not refused, as other OIP servers do."""
+    kept = {k: v for k, v in (params or {}).items() if k in allowed and _plain(v)}
+    return kept or None
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, str):
+        return len(value) <= _MAX_FORWARDED_CHARS and value.isprintable()
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, int)  # bool is an int
+
+
+def _output(requested: dict[str, Any], allowed: list[str]) -> dict[str, Any]:
+    """A requested output as forwarded: its name (the decoder checked it is a string) and
+    its allow-listed parameters."""
+    out: dict[str, Any] = {"name": requested["name"]}
+    params = requested.get("parameters")
+    params = _scalars(params if isinstance(params, dict) else None, allowed)
+    if params:
+        out["parameters"] = params
+    return out
 
 
 def _upstream_message(status: int, body: bytes) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from ..errors import UpstreamError, UpstreamTimeout
 
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+log = logging.getLogger("modelfence.backends.transport")
 
 
 @contextlib.contextmanager
@@ -46,22 +48,30 @@ class Transport(ABC):
 
 
 class AiohttpTransport(Transport):
-    """Pooled keep-alive connections; the session is made inside the running loop."""
+    """Pooled keep-alive connections; the sessions are made inside the running loop.
+
+    A connection the upstream has closed never fails the next caller's request. A crashed
+    server may close a connection after its answer without saying so (uvicorn does, under
+    MLServer), or close an idle one just as a request leaves on it. A request that fails
+    that way on a *reused* connection, before any answer arrived, is sent once more on a new
+    connection that is never pooled, as RFC 9112 §9.3.1 allows (aiohttp does so itself for
+    idempotent methods only; the gateway's POSTs are inference, without side effects).
+    A request that fails on a new connection is not sent again: the upstream saw it.
+    """
 
     def __init__(self, *, max_connections: int = 100, connect_timeout_s: float = 2.0) -> None:
         self._max = max_connections
         self._connect_timeout = connect_timeout_s
         self._session: Any = None
+        self._fresh: Any = None  # for the one retry: a new connection, closed after use
 
-    def _client(self) -> Any:
+    def _client(self, *, fresh: bool = False) -> Any:
+        if fresh:
+            if self._fresh is None:
+                self._fresh = _session(force_close=True, limit=self._max)
+            return self._fresh
         if self._session is None:
-            import aiohttp
-
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._max, keepalive_timeout=30),
-                headers={"Content-Type": "application/json"},
-                skip_auto_headers=("User-Agent",),
-            )
+            self._session = _session(force_close=False, limit=self._max)
         return self._session
 
     async def request(self, method: str, url: str, body: bytes | None, timeout_s: float
@@ -70,20 +80,56 @@ class AiohttpTransport(Transport):
 
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=self._connect_timeout)
         with upstream_errors(self._connect_timeout, timeout_s):
-            async with self._client().request(method, url, data=body, timeout=timeout) as resp:
-                length = resp.content_length
-                if length is not None and length > MAX_UPSTREAM_BODY:
-                    raise UpstreamError("the upstream model server answered with an oversized body")
-                data = bytearray()
-                async for chunk in resp.content.iter_any():  # read(n) stops at the first chunk
-                    data += chunk
-                    if len(data) > MAX_UPSTREAM_BODY:
-                        raise UpstreamError(
-                            "the upstream model server answered with an oversized body")
-                return resp.status, bytes(data)
+            seen: dict[str, bool] = {}
+            try:
+                return await self._exchange(self._client(), method, url, body, timeout, seen)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                if not seen.get("reused") or seen.get("answered"):
+                    raise
+            log.debug("the upstream closed a pooled connection under a request; "
+                      "sending it once more on a new connection")
+            return await self._exchange(self._client(fresh=True), method, url, body, timeout,
+                                        {})
+
+    @staticmethod
+    async def _exchange(session: Any, method: str, url: str, body: bytes | None, timeout: Any,
+                        seen: dict[str, bool]) -> tuple[int, bytes]:
+        """One try; `seen` learns whether the connection was reused and an answer began."""
+        async with session.request(method, url, data=body, timeout=timeout,
+                                   trace_request_ctx=seen) as resp:
+            seen["answered"] = True
+            length = resp.content_length
+            if length is not None and length > MAX_UPSTREAM_BODY:
+                raise UpstreamError("the upstream model server answered with an oversized body")
+            data = bytearray()
+            async for chunk in resp.content.iter_any():  # read(n) stops at the first chunk
+                data += chunk
+                if len(data) > MAX_UPSTREAM_BODY:
+                    raise UpstreamError(
+                        "the upstream model server answered with an oversized body")
+            return resp.status, bytes(data)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-            await asyncio.sleep(0)
+        for session in (self._session, self._fresh):
+            if session is not None:
+                await session.close()
+        self._session = self._fresh = None
+        await asyncio.sleep(0)
+
+
+def _session(*, force_close: bool, limit: int) -> Any:
+    import aiohttp
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_reuseconn.append(_mark_reused)
+    connector = (aiohttp.TCPConnector(limit=limit, force_close=True) if force_close
+                 else aiohttp.TCPConnector(limit=limit, keepalive_timeout=30))
+    return aiohttp.ClientSession(connector=connector,
+                                 headers={"Content-Type": "application/json"},
+                                 skip_auto_headers=("User-Agent",), trace_configs=[trace])
+
+
+async def _mark_reused(session: Any, ctx: Any, params: Any) -> None:
+    """aiohttp's trace hook: this request took a pooled connection, not a fresh one."""
+    if isinstance(ctx.trace_request_ctx, dict):
+        ctx.trace_request_ctx["reused"] = True
