@@ -108,12 +108,15 @@ class Issuer:
 class JwksServer:
     """Serves ``GET /jwks.json`` from `issuer` on loopback; `fetches` counts the GETs."""
 
-    def __init__(self, issuer: Issuer) -> None:
+    def __init__(self, issuer: Issuer, *, port: int = 0) -> None:
+        """`port`: a stopped server's, to bring the identity provider back where it was."""
         self.issuer = issuer
         self.fetches = 0
         self.failing = False
+        self.redirect_to: str | None = None  # answer 302 to this URL instead of the keys
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", port))
         self.port = int(self._sock.getsockname()[1])
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -162,4 +165,6 @@ class JwksServer:
         self.fetches += 1
         if self.failing:
             return web.Response(status=503, text="down for maintenance")
+        if self.redirect_to is not None:
+            raise web.HTTPFound(self.redirect_to)
         return web.json_response(self.issuer.jwks())

@@ -411,6 +411,10 @@ class JwtSettings(_Strict):
         60.0, ge=1, le=86400, description="least time between refetches for an unknown kid")
     jwks_max_age_s: float = Field(
         3600.0, ge=0, description="refetch in the background this often (0: only on unknown kid)")
+    jwks_max_stale_s: float = Field(
+        86400.0, gt=0, description="while the JWKS cannot be fetched, the last keys verify "
+        "tokens for at most this long after the last good fetch; then every JWT is refused "
+        "with 503 until the JWKS answers again")
     leeway_s: float = Field(30.0, ge=0, le=300, description="clock skew allowed on exp/nbf/iat")
     principal_claim: str = "sub"
     tenant_claim: str | None = None

@@ -169,6 +169,42 @@ async def test_rotation_is_picked_up_by_one_refetch_never_per_request(
             gw.stop()
 
 
+async def test_a_jwks_outage_is_503_for_unknown_kids_then_for_every_jwt(
+        tmp_path: Path, digits_files: dict[str, Path]) -> None:
+    """The JWKS server on loopback stopped under a running gateway: known keys keep
+    verifying up to `jwks_max_stale_s`, a token naming another key id is 503 with
+    Retry-After (the gateway cannot tell a new key from a forged one), and past the
+    staleness limit every JWT is 503; never a 401 that would call the token bad."""
+    idp = new_issuer()
+    server = JwksServer(idp).start()
+    config = jwt_config(server.url)
+    config["identity"]["jwt"].update(jwks_max_stale_s=3, jwks_min_refresh_s=1, jwks_max_age_s=0)
+    gw = Gateway(tmp_path / "gw", two_models(digits_files), extra=config).start()
+    try:
+        assert (await infer(gw, idp.token("rsa-1")))[0] == 200
+        server.stop()
+        idp.add("ec", "rotated-during-outage")
+        started = time.monotonic()
+        headers = {"Authorization": f"Bearer {idp.token('rotated-during-outage')}"}
+        async with aiohttp.ClientSession() as s, s.post(
+                f"{gw.url}/v2/models/digits/infer", data=BODY, headers=headers) as r:
+            assert r.status == 503
+            assert 1 <= int(r.headers["Retry-After"]) <= 60
+            assert await r.json() == {
+                "error": "the identity provider cannot be reached; retry later"}
+        assert (await infer(gw, idp.token("rsa-1")))[0] == 200  # known key, not yet stale
+        await asyncio.sleep(max(0.0, 3.2 - (time.monotonic() - started)))
+        statuses = [(await infer(gw, idp.token(kid)))[0] for kid in ("rsa-1", "ec-1")]
+        assert statuses == [503, 503]
+        records = await audit_for(gw, 4)
+        assert [r["status"] for r in records] == [503, 200, 503, 503]
+    finally:
+        gw.stop()
+    log = gw.log.read_text()
+    assert "JWKS refresh" in log and "failed: cannot connect" in log
+    assert "Traceback" not in log
+
+
 def test_an_unreachable_jwks_refuses_to_start(tmp_path: Path,
                                               digits_files: dict[str, Path]) -> None:
     port = free_port()

@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from modelfence.config import JwtSettings, load_settings, settings_from_mapping
-from modelfence.errors import ConfigurationError, Unauthenticated
+from modelfence.errors import ConfigurationError, Unauthenticated, Unavailable
 from modelfence.identity import BearerAuthenticator, build_authenticator
 from modelfence.identity.jwt import JwtAuthenticator
 
@@ -173,17 +173,65 @@ async def test_a_flood_of_unknown_kids_at_once_costs_one_fetch(
     assert server.fetches == before + 1
 
 
-async def test_a_failed_refresh_keeps_the_last_good_set(
+async def test_a_failed_refresh_keeps_the_last_good_set_and_refuses_unknown_kids_with_503(
         auth: JwtAuthenticator, server: JwksServer, caplog: pytest.LogCaptureFixture) -> None:
+    """While the JWKS cannot be fetched, an unknown kid may be a new key or a forged one:
+    503 (retry later), not 401 (your token is bad); the known keys go on verifying."""
     server.failing = True
     try:
-        with caplog.at_level(logging.WARNING, logger="modelfence.identity.jwt"):
-            assert await reason_of(auth, server.issuer.token("nope", signer="rsa-1")) \
-                == "unknown_kid"
-        assert "keeping the last good 3 key(s): HTTP 503" in caplog.text
+        with caplog.at_level(logging.WARNING, logger="modelfence.identity.jwt"), \
+                pytest.raises(Unavailable) as down:
+            await auth.authenticate(server.issuer.token("nope", signer="rsa-1"))
+        assert down.value.status == 503 and down.value.reason == "identity_unavailable"
+        assert down.value.message == "the identity provider cannot be reached; retry later"
+        assert 1 <= int(down.value.headers()["Retry-After"]) <= 60
+        assert "failed: HTTP 503; the last good 3 key(s) verify" in caplog.text
         assert (await auth.authenticate(server.issuer.token("ed25519-1"))).id == "alice"
     finally:
         server.failing = False
+
+
+async def test_a_stopped_jwks_server_past_max_staleness_refuses_every_jwt(
+        issuer: Issuer, caplog: pytest.LogCaptureFixture) -> None:
+    """The JWKS server stopped: known keys verify for `jwks_max_stale_s` after the last good
+    fetch, then every JWT gets 503; a JWKS that answers again lets them in at once."""
+    failures: list[str] = []
+    own = Issuer(keys=dict(issuer.keys), published=list(issuer.published))
+    server = JwksServer(own).start()
+    auth = JwtAuthenticator(jwt_settings(jwks_url=server.url, jwks_max_stale_s=1.5,
+                                         jwks_min_refresh_s=1, jwks_max_age_s=0),
+                            on_fetch_error=failures.append)
+    await auth.start()
+    try:
+        server.stop()
+        with pytest.raises(Unavailable):
+            await auth.authenticate(own.token("nope", signer="rsa-1"))
+        assert failures == ["unreachable"]
+        assert (await auth.authenticate(own.token("rsa-1"))).id == "alice"  # still fresh
+        await asyncio.sleep(1.6)
+        for _ in range(5):
+            with pytest.raises(Unavailable) as stale:
+                await auth.authenticate(own.token("rsa-1"))
+            assert stale.value.reason == "identity_unavailable"
+        assert failures == ["unreachable"] * 2  # one more fetch tried, not one per request
+        with JwksServer(own, port=server.port):  # the identity provider answers again
+            await asyncio.sleep(1.0)
+            assert (await auth.authenticate(own.token("rsa-1"))).id == "alice"
+        assert "answers again" in caplog.text
+    finally:
+        await auth.close()
+
+
+async def test_a_jwks_redirect_is_not_followed(server: JwksServer, issuer: Issuer) -> None:
+    """Following it would fetch keys from a place the https-only rule never checked."""
+    failures: list[str] = []
+    with JwksServer(Issuer()) as mover:
+        mover.redirect_to = server.url
+        auth = JwtAuthenticator(jwt_settings(jwks_url=mover.url),
+                                on_fetch_error=failures.append)
+        with pytest.raises(ConfigurationError, match="HTTP 302: a redirect, not followed"):
+            await auth.start()
+    assert server.fetches == 0 and failures == ["redirect"]
 
 
 async def test_periodic_refresh_drops_a_removed_key(issuer: Issuer) -> None:

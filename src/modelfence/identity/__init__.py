@@ -8,6 +8,7 @@ The JWT module (and with it PyJWT and cryptography) is imported only when config
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import Unauthenticated
@@ -38,6 +39,11 @@ class BearerAuthenticator:
         self._keys = api_keys
         self._jwt = jwt
 
+    @property
+    def jwt(self) -> JwtAuthenticator | None:
+        """The JWT verifier, shared with the admin API's OIDC admins."""
+        return self._jwt
+
     async def start(self) -> None:
         if self._jwt is not None:
             await self._jwt.start()
@@ -54,11 +60,14 @@ class BearerAuthenticator:
         raise Unauthenticated(reason="malformed_token")
 
 
-def build_authenticator(settings: IdentitySettings, api_keys: ApiKeys) -> BearerAuthenticator:
-    """The authenticator the identity settings ask for (made here, opened by `start`)."""
+def build_authenticator(settings: IdentitySettings, api_keys: ApiKeys, *,
+                        on_jwks_error: Callable[[str], None] | None = None
+                        ) -> BearerAuthenticator:
+    """The authenticator the identity settings ask for (made here, opened by `start`);
+    `on_jwks_error` counts failed JWKS fetches by kind."""
     jwt = None
     if settings.jwt is not None:
         from .jwt import JwtAuthenticator
 
-        jwt = JwtAuthenticator(settings.jwt)
+        jwt = JwtAuthenticator(settings.jwt, on_fetch_error=on_jwks_error)
     return BearerAuthenticator(api_keys=api_keys if settings.api_keys else None, jwt=jwt)

@@ -5,7 +5,9 @@ running loop, as the upstream transport does). Parsing binds each key to the
 algorithms its type can verify (RSA → RS*/PS*, P-256 → ES256, Ed25519 → EdDSA, ...)
 and that the configuration allows; symmetric (``oct``) keys, encryption keys and RSA
 keys under 2048 bits are skipped, so no token can pick a weaker way to be checked.
-Messages name the file, or the URL without credentials, query or fragment.
+Messages name the file, or the URL without credentials, query or fragment. Redirects are
+not followed: a 3xx is a failed fetch, so the https-only rule holds for where the keys
+really come from, not only for the configured URL.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +41,12 @@ _FAMILIES: dict[tuple[Any, Any], frozenset[str]] = {
 
 
 class JwksError(Exception):
-    """A JWKS could not be read or used; the message is safe to log."""
+    """A JWKS could not be read or used; the message is safe to log. `kind` is a metric
+    label: redirect, status, unreachable, timeout, too_large or invalid."""
+
+    def __init__(self, message: str, *, kind: str = "invalid") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +99,12 @@ def parse_jwks(doc: Any, allowed: frozenset[str]) -> KeySet:
 class JwksSource:
     """Reads the configured JWKS: a file (read again on each refresh) or a URL."""
 
-    def __init__(self, settings: JwtSettings) -> None:
+    def __init__(self, settings: JwtSettings, *,
+                 on_error: Callable[[str], None] | None = None) -> None:
         self._url = settings.jwks_url
         self._file = settings.jwks_file
         self._timeout_s = settings.jwks_timeout_s
+        self._on_error = on_error  # counts each failed fetch by its kind
         self._session: Any = None
         self.where = redact_url(self._url) if self._url else str(self._file)
 
@@ -113,11 +123,16 @@ class JwksSource:
 
     async def load(self) -> Any:
         """The decoded JSON document; every failure is a `JwksError` with a short reason."""
-        raw = await self._fetch() if self._url else self._read()
         try:
-            return json.loads(raw)
-        except ValueError as exc:
-            raise JwksError(f"not JSON ({str(exc)[:80]})") from None
+            raw = await self._fetch() if self._url else self._read()
+            try:
+                return json.loads(raw)
+            except ValueError as exc:
+                raise JwksError(f"not JSON ({str(exc)[:80]})") from None
+        except JwksError as exc:
+            if self._on_error is not None:
+                self._on_error(exc.kind)
+            raise
 
     def _read(self) -> bytes:
         assert self._file is not None
@@ -125,9 +140,9 @@ class JwksSource:
             with self._file.open("rb") as f:
                 raw = f.read(MAX_JWKS_BYTES + 1)
         except OSError as exc:
-            raise JwksError(f"cannot read file: {exc.strerror}") from None
+            raise JwksError(f"cannot read file: {exc.strerror}", kind="unreachable") from None
         if len(raw) > MAX_JWKS_BYTES:
-            raise JwksError(f"larger than {MAX_JWKS_BYTES} bytes")
+            raise JwksError(f"larger than {MAX_JWKS_BYTES} bytes", kind="too_large")
         return raw
 
     async def _fetch(self) -> bytes:
@@ -137,18 +152,23 @@ class JwksSource:
             raise JwksError("not opened")
         timeout = aiohttp.ClientTimeout(total=self._timeout_s)
         try:
-            async with self._session.get(self._url, timeout=timeout) as resp:
+            async with self._session.get(self._url, timeout=timeout,
+                                         allow_redirects=False) as resp:
+                if 300 <= resp.status < 400:
+                    raise JwksError(f"HTTP {resp.status}: a redirect, not followed (serve the "
+                                    "JWKS from the configured URL)", kind="redirect")
                 if resp.status != 200:
-                    raise JwksError(f"HTTP {resp.status}")
+                    raise JwksError(f"HTTP {resp.status}", kind="status")
                 chunks: list[bytes] = []
                 size = 0
                 async for chunk in resp.content.iter_any():  # read(n) may stop at one chunk
                     size += len(chunk)
                     if size > MAX_JWKS_BYTES:
-                        raise JwksError(f"larger than {MAX_JWKS_BYTES} bytes")
+                        raise JwksError(f"larger than {MAX_JWKS_BYTES} bytes", kind="too_large")
                     chunks.append(chunk)
         except TimeoutError:
-            raise JwksError(f"no answer within {self._timeout_s:g} s") from None
+            raise JwksError(f"no answer within {self._timeout_s:g} s", kind="timeout") from None
         except aiohttp.ClientError as exc:
-            raise JwksError(f"cannot connect ({type(exc).__name__})") from None
+            raise JwksError(f"cannot connect ({type(exc).__name__})",
+                            kind="unreachable") from None
         return b"".join(chunks)

@@ -11,8 +11,15 @@ Why it is built this way:
   in the background every `jwks_max_age_s` (so a removed key stops verifying), and
   refetched when a token names an unknown ``kid`` — at most once per
   `jwks_min_refresh_s`, so a flood of random kids never becomes a flood of fetches.
-  A failed refresh keeps the last good set and says so in the log.
-* Every failure is the same `Unauthenticated` with a reason slug; the token never
+* When the JWKS cannot be fetched (down, an error status, a redirect, garbage), the last
+  good keys keep verifying the tokens they can, for at most `jwks_max_stale_s` after the
+  last good fetch. A token naming a key id they lack is refused with 503 (`Unavailable`,
+  retryable): while the identity provider is unreachable the gateway cannot know whether
+  the key is new or forged, and a 401 would tell the client its token is bad. Past
+  `jwks_max_stale_s` every JWT is refused with 503 until the JWKS answers. The outage is
+  logged when it starts (each failed fetch, at most once per refresh interval) and when it
+  ends, and refused requests are counted (`modelfence_denials{reason="identity_unavailable"}`).
+* Every other failure is the same `Unauthenticated` with a reason slug; the token never
   reaches a log line, an error or the audit record (exceptions are raised ``from None``).
 """
 
@@ -24,7 +31,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,7 +39,7 @@ import jwt
 import orjson
 
 from ..config import JwtSettings
-from ..errors import ConfigurationError, Unauthenticated
+from ..errors import ConfigurationError, Unauthenticated, Unavailable
 from .jwks import JwksError, JwksSource, KeySet, parse_jwks
 from .principal import Principal
 
@@ -80,16 +87,19 @@ def _peek_header(token: str) -> dict[str, Any]:
 class JwtAuthenticator:
     """Verify a JWT against the cached JWKS and map its claims to a `Principal`."""
 
-    def __init__(self, settings: JwtSettings, *, source: JwksSource | None = None) -> None:
+    def __init__(self, settings: JwtSettings, *, source: JwksSource | None = None,
+                 on_fetch_error: Callable[[str], None] | None = None) -> None:
         self._s = settings
         self._allowed = frozenset(settings.algorithms)
-        self._source = source or JwksSource(settings)
+        self._source = source or JwksSource(settings, on_error=on_fetch_error)
         self._audiences = tuple(settings.audiences)
         # exp is required: a token without one would be valid forever.
         self._decoder = jwt.PyJWT({"require": ["exp", "iss", "aud"]})
         self._keys = KeySet()
         self._lock = asyncio.Lock()
         self._last_refresh = -math.inf  # the first unknown kid after start may refetch at once
+        self._fetched_at = -math.inf  # when the keys were last fetched successfully
+        self._unreachable = False  # the last fetch failed: the keys may be out of date
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -108,7 +118,7 @@ class JwtAuthenticator:
             await self._source.close()
             raise ConfigurationError(
                 f"identity.jwt: cannot use the JWKS from {self._source.where}: {exc}") from None
-        self._keys = keys
+        self._keys, self._fetched_at = keys, time.monotonic()
         log.info("JWKS from %s: %d key(s)", self._source.where, len(keys.kids))
         if self._s.jwks_max_age_s > 0:
             self._task = asyncio.create_task(self._refresh_periodically(), name="jwks-refresh")
@@ -122,17 +132,24 @@ class JwtAuthenticator:
         await self._source.close()
 
     async def authenticate(self, token: str) -> Principal:
-        """The principal a valid token names; every failure is the same 401."""
+        """The principal a valid token names; a bad token is a 401, an identity provider
+        that cannot be reached (see the module's notes) a 503."""
         header = _peek_header(token)
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._allowed:
             raise Unauthenticated(reason="alg_not_allowed")
+        if self._too_stale():
+            await self._refresh_when_stale()
+            if self._too_stale():
+                raise self._unavailable()
         kid = self._keys.resolve(header.get("kid"))
         if kid is None:  # no kid, and more than one key it could mean
             raise Unauthenticated(reason="unknown_kid")
         if kid not in self._keys.kids:
             await self._refresh_for_unknown(kid)
             if kid not in self._keys.kids:
+                if self._unreachable:  # a new key, or a forged one: no way to tell now
+                    raise self._unavailable()
                 raise Unauthenticated(reason="unknown_kid")
         key = self._keys.keys.get((kid, alg))
         if key is None:  # the key exists but is not one that verifies this algorithm
@@ -144,6 +161,23 @@ class JwtAuthenticator:
         except jwt.PyJWTError as exc:
             raise Unauthenticated(reason=_reason(exc)) from None
         return principal_from_claims(claims, kid, self._s)
+
+    def _too_stale(self) -> bool:
+        return time.monotonic() - self._fetched_at > self._s.jwks_max_stale_s
+
+    def _unavailable(self) -> Unavailable:
+        wait = self._s.jwks_min_refresh_s - (time.monotonic() - self._last_refresh)
+        return Unavailable("the identity provider cannot be reached; retry later",
+                           retry_after_s=math.ceil(max(1.0, wait)),
+                           reason="identity_unavailable")
+
+    async def _refresh_when_stale(self) -> None:
+        async with self._lock:
+            if not self._too_stale():
+                return
+            if time.monotonic() - self._last_refresh < self._s.jwks_min_refresh_s:
+                return
+            await self._refresh(f"the keys are older than {self._s.jwks_max_stale_s:g} s")
 
     async def _refresh_for_unknown(self, kid: str) -> None:
         async with self._lock:  # concurrent unknown kids wait for one fetch, not one each
@@ -166,15 +200,21 @@ class JwtAuthenticator:
             if not keys.kids:
                 raise JwksError("it holds no usable signing key")
         except JwksError as exc:
-            log.warning("JWKS refresh (%s) from %s failed, keeping the last good %d key(s): %s",
-                        why, self._source.where, len(self._keys.kids), exc)
+            self._unreachable = True
+            log.warning("JWKS refresh (%s) from %s failed: %s; the last good %d key(s) verify "
+                        "for up to %g s after the last good fetch, tokens naming other key "
+                        "ids get 503", why, self._source.where, exc, len(self._keys.kids),
+                        self._s.jwks_max_stale_s)
             return
         except Exception:  # a surprise must not kill the refresher or drop the good keys
+            self._unreachable = True
             log.exception("JWKS refresh (%s) from %s failed, keeping the last good %d key(s)",
                           why, self._source.where, len(self._keys.kids))
             return
+        if self._unreachable:
+            log.warning("JWKS from %s answers again", self._source.where)
         added, removed = keys.kids - self._keys.kids, self._keys.kids - keys.kids
-        self._keys = keys
+        self._keys, self._fetched_at, self._unreachable = keys, time.monotonic(), False
         log.info("JWKS refreshed (%s) from %s: %d key(s), %d new, %d removed",
                  why, self._source.where, len(keys.kids), len(added), len(removed))
 
