@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
+
+from modelfence.backends.base import NOT_COMPUTABLE
 
 from ..support import Gateway, digits_rows, infer_body
 
@@ -209,3 +212,41 @@ async def test_deeply_nested_parameters_get_400(local_gateway: Gateway, key: str
              "output": "body.outputs[0]"}[where]
     assert status == 400, answer
     assert answer["error"] == f"{field}: nested deeper than 8 levels"
+
+
+@pytest.fixture(scope="module")
+def unlimited(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
+              ) -> Iterator[tuple[Gateway, str]]:
+    """The magnitude limit off: what the models themselves make of 3e38."""
+    import skops.io as sio
+    from sklearn.datasets import load_digits
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folder = tmp_path_factory.mktemp("unlimited")
+    x, y = load_digits(return_X_y=True)
+    scaled = make_pipeline(StandardScaler(), MLPClassifier(  # as the demo model
+        hidden_layer_sizes=(16,), solver="lbfgs", max_iter=50, random_state=0)).fit(x / 16, y)
+    sio.dump(scaled, folder / "scaled.skops")
+    off = {"max_abs_value": None}
+    gw = Gateway(folder, [
+        {"name": "scaled", "backend": {"type": "skops", "path": str(folder / "scaled.skops")},
+         "limits": off},
+        {"name": "onnx", "backend": {"type": "onnx", "path": str(digits_files["onnx"])},
+         "input": {"name": "input", "datatype": "FP32", "shape": [-1, 64]}, "limits": off},
+    ]).start()
+    yield gw, gw.key()
+    gw.stop()
+
+
+@pytest.mark.parametrize("model", ["scaled", "onnx"])
+async def test_a_model_that_cannot_compute_with_the_values_gets_400_not_500(
+        unlimited: tuple[Gateway, str], model: str) -> None:
+    """scikit-learn raised ValueError after its scaler overflowed (500), ONNX answered NaN."""
+    gw, key = unlimited
+    status, answer = await post(gw, key, body_of(infer_body([[3e38] * 64])), model=model)
+    assert (status, answer["error"]) == (400, NOT_COMPUTABLE)
+    assert (await post(gw, key, body_of(infer_body([ROW])), model=model))[0] == 200
+    log = gw.log.read_text()
+    assert "Traceback" not in log and " ERROR " not in log and "Warning" not in log

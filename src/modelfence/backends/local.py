@@ -71,7 +71,8 @@ class _SklearnClassifier(LocalClassifier):
 
     def _predict_proba(self, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         try:
-            return np.asarray(self._model.predict_proba(x))
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                return np.asarray(self._model.predict_proba(x))  # a non-finite answer is a 400
         except ValueError as exc:  # scikit-learn's own check, e.g. after a scaler overflowed
             if any(word in str(exc) for word in _SKLEARN_NOT_FINITE):
                 raise BadRequest(NOT_COMPUTABLE) from None
