@@ -41,12 +41,14 @@ from ..policy.reload import PolicyReloader
 from ..policy.snapshot import load_policies
 from ..quota.budget_guard import BudgetAlert, BudgetGuard
 from ..quota.budgets import BudgetStore, budget_store_from_url
+from ..quota.inflight import InflightGuard
 from ..quota.ratelimit import RateLimitGuard
 from ..quota.usage import UsageGuard
 from ..shaping.guard import build_shaping
 from ..stores import KeyStore, key_store_from_url
 from ..watermark.guard import WatermarkGuard, build_watermark
 from .admin import AdminApi
+from .body_deadline import BodyDeadline
 from .chain import GuardChain
 from .downloads import DownloadRoutes, DownloadWatch
 from .guards import BodyGuard, InputValidationGuard, ModelLookupGuard
@@ -138,6 +140,10 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
 def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlette:
     gw = gateway or build_gateway(settings)
     identity = IdentityGuard(gw.authenticator)
+    # a cap on open requests per principal and tenant, right after identity in every chain
+    inflight_guard = InflightGuard(per_principal=settings.server.max_inflight_per_principal,
+                                   per_tenant=settings.server.max_inflight_per_tenant)
+    inflight = [inflight_guard] if inflight_guard.active else []
     model = ModelLookupGuard(gw.models)
     usage = UsageGuard()
     policy = PolicyGuard(gw.policy)
@@ -165,6 +171,7 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         metrics,
         audit,
         identity,
+        *inflight,
         model,
         usage,
         *monitor,
@@ -176,8 +183,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         *watermark,  # response phases run bottom to top: shaping first, then the watermark,
         *shaping,    # so the watermark reaches labels-only answers and every later guard
     ])
-    metadata_chain = GuardChain([metrics, audit, identity, model, usage, *monitor, policy,
-                                 *rate_limits])
+    metadata_chain = GuardChain([metrics, audit, identity, *inflight, model, usage, *monitor,
+                                 policy, *rate_limits])
 
     async def download_alert(principal: str, tenant: str, model: str | None, why: str) -> None:
         reason = f"unusual artifact download by {principal} of model {model}: {why}"
@@ -190,8 +197,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
             model=model))
 
     download_watch = DownloadWatch(download_alert)
-    download_chain = GuardChain([metrics, audit, identity, model, usage, policy, *rate_limits,
-                                 download_watch])
+    download_chain = GuardChain([metrics, audit, identity, *inflight, model, usage, policy,
+                                 *rate_limits, download_watch])
 
     stores: list[tuple[str, StoreCheck]] = [("key store", gw.key_store.ping)]
     if gw.rate_limits.active:
@@ -208,7 +215,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
             tenant=crossing.tenant, risk=crossing.risk.score, queries=crossing.risk.requests,
             explanation=crossing.risk.explain()))
 
-    llm = llm_routes(settings.llm, head=[metrics, audit], identity=identity, usage=usage,
+    llm = llm_routes(settings.llm, head=[metrics, audit], identity=identity, inflight=inflight,
+                     usage=usage,
                      policy=policy, rate_limits=rate_limits, budgets=budgets,
                      audit_before_answer=settings.audit.durability == "strict",
                      noise_secret=hmac.new(settings.server_secret(), b"llm",
@@ -244,13 +252,18 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
             await llm.close()
             await gw.stop()
 
+    # every body read (OIP, /v1, admin) is bounded in time; a client leaving is no failure
+    deadline = Middleware(BodyDeadline, body_timeout_s=settings.server.body_timeout_s,
+                          gap_timeout_s=settings.server.body_gap_timeout_s,
+                          on_timeout=gw.metrics.body_timeouts.inc,
+                          on_disconnect=gw.metrics.client_disconnects.inc)
     proxies = ([Middleware(ProxyHeaders, trusted=settings.server.trusted_proxies)]
                if settings.server.trusted_proxies else [])
     app = Starlette(
         routes=[*oip.routes(), *DownloadRoutes(download_chain, oip.answer).routes(),
                 *(llm.routes() if settings.llm.models else []),
                 *admin.routes(), Route("/metrics", metrics_endpoint)],
-        middleware=proxies,
+        middleware=[deadline, *proxies],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )

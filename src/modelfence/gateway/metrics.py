@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ..errors import UpstreamError, UpstreamRejected
+from ..errors import ClientDisconnected, RequestTimeout, UpstreamError, UpstreamRejected
 from .call import Call
 from .chain import Guard
 
@@ -41,6 +41,12 @@ class GatewayMetrics:
                                      registry=r)
         self.internal_errors = Counter("modelfence_internal_errors",
                                        "Requests that failed inside modelfence", registry=r)
+        self.client_disconnects = Counter("modelfence_client_disconnects",
+                                          "Requests whose client left before sending the whole "
+                                          "body (status 499; not a server failure)", registry=r)
+        self.body_timeouts = Counter("modelfence_body_timeouts",
+                                     "Requests answered 408: the body did not arrive within "
+                                     "server.body_timeout_s or paused too long", registry=r)
         self.monitor_alerts = Counter("modelfence_monitor_alerts",
                                       "Principals or tenants whose extraction risk crossed the "
                                       "threshold", ["model", "kind"], registry=r)
@@ -85,5 +91,7 @@ class MetricsGuard(Guard):
             return
         if isinstance(err, UpstreamError | UpstreamRejected):
             m.upstream_errors.labels(model, err.reason).inc()
+        elif isinstance(err, ClientDisconnected | RequestTimeout):
+            return  # counted where they are detected (BodyDeadline), not denials
         elif 400 <= call.status < 500:
             m.denials.labels(err.reason).inc()

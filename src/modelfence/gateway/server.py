@@ -36,10 +36,14 @@ def log_config(level: str = "INFO") -> dict[str, Any]:
 
 def run_server(config_path: Path, *, host: str, port: int, workers: int,
                access_log: bool = False, log_level: str = "INFO") -> None:
+    """Serve with the configured connection limits (server.backlog, .backpressure,
+    .header_timeout_s); the body timeouts are the app's (gateway/body_deadline.py)."""
     from granian import Granian
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
 
     export_config_path(config_path)
+    limits = load_settings(config_path).server
     Granian(
         "modelfence.gateway.server:create_app_from_env",
         factory=True,
@@ -49,5 +53,7 @@ def run_server(config_path: Path, *, host: str, port: int, workers: int,
         workers=workers,
         log_access=access_log,
         log_dictconfig=log_config(log_level),
-        backlog=2048,
+        backlog=limits.backlog,
+        backpressure=limits.backpressure,
+        http1_settings=HTTP1Settings(header_read_timeout=int(limits.header_timeout_s * 1000)),
     ).serve()
