@@ -63,6 +63,8 @@ class Setup:
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     with UpstreamStub(slow_s=3.0) as stub:
         nobody = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        # credentials in the upstream URL: they must never reach a log line
+        secret_url = stub.url.replace("http://", "http://svc:s3cret-pw@")
         models = [
             oip_model("up-ok", stub.url, "ok"),
             oip_model("up-named", stub.url, "ok", labels=DIGIT_NAMES),
@@ -79,6 +81,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             oip_model("up-no-proba", stub.url, "no-proba"),
             oip_model("up-big", stub.url, "big"),
             oip_model("up-down", nobody),
+            oip_model("up-moved", secret_url, "redirect"),
+            oip_model("up-crash-auth", secret_url, "crash"),
             oip_model("up-params", stub.url, "ok"),
         ]
         models[-1]["backend"]["forward_parameters"] = ["trace", "priority"]
@@ -255,6 +259,26 @@ async def test_upstream_garbage_is_502(setup: Setup, model: str) -> None:
     message = assert_clean_error(doc, text)
     assert "upstream" in message
     assert "nginx" not in text and "hello" not in text
+
+
+async def test_an_upstream_redirect_is_not_followed(setup: Setup) -> None:
+    """Following it would send the client's inputs somewhere the config never named."""
+    followed = len(setup.stub.infer_requests("ok"))
+    status, doc, text = await setup.infer("up-moved")
+    assert status == 502
+    assert "redirect" in assert_clean_error(doc, text)
+    assert len(setup.stub.infer_requests("redirect")) == 1
+    assert len(setup.stub.infer_requests("ok")) == followed
+    assert (f"upstream http://127.0.0.1:{setup.stub.port}/v2/models/redirect answered a "
+            "redirect (307); not followed") in setup.gateway.log.read_text()
+
+
+async def test_upstream_urls_are_logged_without_credentials(setup: Setup) -> None:
+    assert (await setup.infer("up-crash-auth"))[0] == 502
+    assert (await setup.infer("up-moved"))[0] == 502
+    log = setup.gateway.log.read_text()
+    assert f"upstream http://127.0.0.1:{setup.stub.port}/v2/models/crash failed" in log
+    assert "s3cret-pw" not in log and "svc:" not in log
 
 
 async def test_readiness_names_the_unreachable_upstream(setup: Setup) -> None:

@@ -16,6 +16,7 @@ gateway points a model at a mode with `backend.upstream_model`:
 ``not-oip``     200 with JSON that is not an inference response
 ``no-proba``    200 with a valid response lacking the requested output
 ``big``         a normal answer padded to about 1 MiB, sent chunked in pieces a little apart
+``redirect``    307 to ``ok``'s infer URL (a gateway must not follow it)
 ==============  ===================================================================
 
 ``GET /v2/models/{mode}`` publishes input metadata (64 FP32 features), and
@@ -187,6 +188,8 @@ class UpstreamStub:
             return web.json_response({"error": "too many requests"}, status=429)
         if mode == "crash":
             return web.Response(text=CRASH_BODY, status=500, content_type="text/plain")
+        if mode == "redirect":
+            raise web.HTTPTemporaryRedirect("/v2/models/ok/infer")
         if mode == "garbage":
             return web.Response(text="<html><body>502 Bad Gateway (nginx)</body></html>",
                                 status=200, content_type="text/html")

@@ -25,6 +25,7 @@ from ..gateway.oip import (
     decode_infer_response,
     encode_infer_request,
 )
+from ..redaction import redact_url
 from .base import Backend, ModelMetadata, classifier_response
 from .transport import Transport
 
@@ -49,6 +50,7 @@ class OipUpstream(Backend):
         base = self._cfg.url.rstrip("/")
         self._model_url = f"{base}/v2/models/{upstream}"
         self._infer_url = f"{self._model_url}/infer"
+        self._where = redact_url(self._model_url)  # for logs and errors: no credentials
         self._ready_at = 0.0
         self._ready = False
         self._classes: np.ndarray[Any, Any] | None = (
@@ -64,7 +66,7 @@ class OipUpstream(Backend):
         return ModelMetadata(self.name, self.platform, (spec,), outputs)
 
     async def _upstream_input_spec(self) -> TensorSpec:
-        where = f"model {self.name}: upstream {self._model_url}"
+        where = f"model {self.name}: upstream {self._where}"
         try:
             status, body = await self._transport.request("GET", self._model_url, None,
                                                          self._cfg.timeout_s)
@@ -85,17 +87,22 @@ class OipUpstream(Backend):
             "POST", self._infer_url, encode_infer_request(self._forwarded(request)),
             self._cfg.timeout_s)
         if status in _GATEWAY_FAULTS:
-            log.warning("upstream %s answered %d to the gateway", self._model_url, status)
+            log.warning("upstream %s answered %d to the gateway", self._where, status)
             raise UpstreamError(f"the upstream model server refused the gateway (status {status})")
         if 400 <= status < 500:
             raise UpstreamRejected(status, self._public(_upstream_message(status, body)))
+        if 300 <= status < 400:
+            log.warning("upstream %s answered a redirect (%d); not followed", self._where,
+                        status)
+            raise UpstreamError("the upstream model server answered with a redirect, which the "
+                                "gateway does not follow", reason="upstream_redirect")
         if status != 200:
-            log.warning("upstream %s failed with status %d", self._model_url, status)
+            log.warning("upstream %s failed with status %d", self._where, status)
             raise UpstreamError(f"the upstream model server failed (status {status})")
         try:
             response = decode_infer_response(body)
         except BadRequest:
-            log.warning("upstream %s sent an answer that is not OIP", self._model_url)
+            log.warning("upstream %s sent an answer that is not OIP", self._where)
             raise UpstreamError("the upstream model server sent an invalid answer") from None
         response.model_name = self.name
         return self._as_classifier(response, request.id)

@@ -95,8 +95,9 @@ class AiohttpTransport(Transport):
     async def _exchange(session: Any, method: str, url: str, body: bytes | None, timeout: Any,
                         seen: dict[str, bool]) -> tuple[int, bytes]:
         """One try; `seen` learns whether the connection was reused and an answer began."""
+        # never follow a redirect: the body would go somewhere unconfigured (a 3xx is a 502)
         async with session.request(method, url, data=body, timeout=timeout,
-                                   trace_request_ctx=seen) as resp:
+                                   trace_request_ctx=seen, allow_redirects=False) as resp:
             seen["answered"] = True
             length = resp.content_length
             if length is not None and length > MAX_UPSTREAM_BODY:
