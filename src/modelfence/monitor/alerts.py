@@ -4,7 +4,8 @@ An alert is three things at once: an `alert:monitor` audit record (so `modelfenc
 the admin API and the tamper-evident trail all show it), a Prometheus counter, and a JSON
 POST to a webhook. The webhook body is signed as Stripe and GitHub sign theirs:
 ``X-Modelfence-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "t.body">``, so a receiver
-can check origin and reject replays. The URL is never logged (it may carry a token).
+can check origin and reject replays. The URL is never logged (it may carry a token), and
+a redirect is not followed: the signed alert would go to a host nobody configured.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import hashlib
 import hmac
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -60,9 +62,11 @@ def sign(secret: bytes, body: bytes, now: int) -> str:
 class Webhook:
     """Fire-and-forget POSTs with a timeout; failures are logged and never retried forever."""
 
-    def __init__(self, settings: WebhookSettings, secret: bytes | None) -> None:
+    def __init__(self, settings: WebhookSettings, secret: bytes | None, *,
+                 on_error: Callable[[str], None] | None = None) -> None:
         self._settings = settings
         self._secret = secret
+        self._on_error = on_error  # counts failed deliveries by kind
         self._host = urlsplit(settings.url).hostname or "?"
         self._session: Any = None
         self._pending: set[asyncio.Task[None]] = set()
@@ -82,12 +86,22 @@ class Webhook:
         if self._secret is not None:
             headers[SIGNATURE_HEADER] = sign(self._secret, body, int(time.time()))
         try:
-            async with self._session.post(self._settings.url, data=body,
-                                          headers=headers) as resp:
-                if resp.status >= 300:
+            async with self._session.post(self._settings.url, data=body, headers=headers,
+                                          allow_redirects=False) as resp:
+                if 300 <= resp.status < 400:
+                    log.warning("alert webhook to %s answered a redirect (%d); not followed",
+                                self._host, resp.status)
+                    self._failed("redirect")
+                elif resp.status >= 400:
                     log.warning("alert webhook to %s answered %d", self._host, resp.status)
+                    self._failed("status")
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("alert webhook to %s failed: %s", self._host, type(exc).__name__)
+            self._failed("timeout" if isinstance(exc, TimeoutError) else "unreachable")
+
+    def _failed(self, kind: str) -> None:
+        if self._on_error is not None:
+            self._on_error(kind)
 
     async def close(self) -> None:
         if self._pending:
