@@ -23,7 +23,8 @@ class OpenAiStub:
     `no-usage`: never reports usage; anything else: a normal answer (streams 0.15 s apart).
     A suffix picks how stream events are framed (all legal SSE): `+multiline` (the JSON
     indented over several `data:` lines), `+cr` (bare CR line endings), `+crlf`; `+raw`
-    sends one event of data that is not JSON. A stream asked for `logprobs` carries them.
+    sends one event of data that is not JSON, `+error` an error event after the first chunk.
+    A stream asked for `logprobs` carries them.
     """
 
     def __init__(self) -> None:
@@ -121,6 +122,11 @@ class OpenAiStub:
                         {"token": word, "logprob": -0.5, "top_logprobs": []}]}
                 if framing == "raw" and i == 1:
                     await resp.write(b"data: " + word.encode() + b" <not json>\n\n")
+                if framing == "error" and i == 1:  # as vLLM reports a failure mid-stream
+                    await resp.write(_frame({"error": {
+                        "message": f"model {body['model']} ran out of memory",
+                        "type": "internal_error", "code": 500}}, ""))
+                    return resp
                 await resp.write(_frame(chunk, framing))
                 if model == "slow":
                     self.slow_chunks_sent += 1

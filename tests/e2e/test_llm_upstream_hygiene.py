@@ -32,6 +32,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, stub: OpenAiStub) -> Iterator[G
              "controls": {"logprobs": True, "max_top_logprobs": 2, "logprob_noise": 1.0}}]
     models += [
         {"name": "garbled", "upstream": stub.url, "upstream_model": "ok+raw"},
+        {"name": "crashing", "upstream": stub.url, "upstream_model": "ok+error"},
         {"name": "moved", "upstream": secret_url, "upstream_model": "redirect"},
         {"name": "picky", "upstream": secret_url, "upstream_model": "fail-422"},
         {"name": "lost", "upstream": secret_url, "upstream_model": "fail-404"},
@@ -108,6 +109,17 @@ def test_an_event_that_is_not_json_ends_the_stream_with_an_error(gw: Gateway,
     assert events[-1]["error"]["code"] == "upstream_error"
     assert "unreadable" in events[-1]["error"]["message"]
     assert len(events) == 2  # nothing after the error
+
+
+def test_an_upstream_error_event_mid_stream_is_scrubbed(gw: Gateway, key: str) -> None:
+    status, raw = _post(gw, key, {"model": "crashing", "stream": True,
+                                  "messages": [{"role": "user", "content": "hi"}]})
+    assert status == 200
+    assert b"ok+error" not in raw and b"memory" not in raw  # the upstream's words stay here
+    events = _events(raw)
+    assert events[-1]["error"] == {"message": "the upstream model server failed during the "
+                                   "stream", "type": "api_error", "code": "upstream_error"}
+    assert "ok+error ran out of memory" in gw.log.read_text()
 
 
 @pytest.mark.parametrize("stream", [False, True])
