@@ -60,8 +60,9 @@ class ServerSettings(_Strict):
     # connection limits (per worker where it says so); none of them is shared between workers
     backlog: int = Field(2048, ge=128, le=65535, description="connections the kernel queues "
                          "before the gateway accepts them")
-    backpressure: int | None = Field(None, ge=1, description="most connections one worker "
-                                     "serves at once; null: backlog / workers (granian's rule)")
+    backpressure: int | None = Field(None, ge=1, description="most requests one worker "
+                                     "serves at once, more wait in the backlog; null: "
+                                     "backlog / workers (granian's rule)")
     max_inflight_per_principal: int = Field(64, ge=0, description="requests one principal may "
                                             "have in flight per worker (429 beyond); 0: no cap")
     max_inflight_per_tenant: int = Field(256, ge=0, description="requests one tenant may "
