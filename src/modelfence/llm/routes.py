@@ -268,7 +268,7 @@ class LlmRoutes:
             doc = None
         if not isinstance(doc, dict):
             raise UpstreamError("the upstream model server sent an unreadable stream event")
-        if event.event == "error" or ("error" in doc and not doc.get("choices")):
+        if event.event == "error" or (doc.get("error") is not None and not doc.get("choices")):
             # the upstream's own words can name its hidden model: they stay in the log
             log.warning("LLM upstream for %s sent an error event: %.300r", call.model_name,
                         data)
