@@ -177,6 +177,15 @@ class StoreSettings(_Strict):
     keys: str = "sqlite:///modelfence-keys.db"
 
 
+class AuditRetention(_Strict):
+    """`modelfence audit seal` / `prune`: archive old records in signed segments, then drop them."""
+
+    archive_dir: Path = Field(Path("audit-archive"), description="where sealed segments "
+                              "(compressed records and signed manifests) are written")
+    segment_records: int = Field(100_000, ge=1, le=100_000_000,
+                                 description="most records per sealed segment")
+
+
 class AuditSettings(_Strict):
     """The audit log. sqlite:/// and postgresql:// are hash-chained and verifiable.
 
@@ -205,6 +214,7 @@ class AuditSettings(_Strict):
                                  "calls are refused (503) until the store answers again")
     disabled_acknowledged: bool = Field(False, description="run with sink none:// (no audit "
                                         "trail at all)")
+    retention: AuditRetention = AuditRetention()
 
     @model_validator(mode="after")
     def _none_is_acknowledged(self) -> AuditSettings:
@@ -847,7 +857,9 @@ def _resolve_paths(s: Settings, base: Path) -> Settings:
         "stores": s.stores.model_copy(update={"keys": rel_url(s.stores.keys)}),
         "audit": s.audit.model_copy(update={
             "sink": rel_url(s.audit.sink), "spill_dir": rel(s.audit.spill_dir),
-            "checkpoint_key_file": rel(s.audit.checkpoint_key_file)}),
+            "checkpoint_key_file": rel(s.audit.checkpoint_key_file),
+            "retention": s.audit.retention.model_copy(update={
+                "archive_dir": rel(s.audit.retention.archive_dir)})}),
         "quotas": s.quotas.model_copy(update={"budget_store": rel_url(s.quotas.budget_store)}),
         "monitor": s.monitor.model_copy(update={
             "state_dir": rel(s.monitor.state_dir),

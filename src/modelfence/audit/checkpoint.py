@@ -64,16 +64,7 @@ class Checkpoint:
 
     def problem(self, public: Ed25519PublicKey | None) -> str | None:
         """Why this checkpoint cannot be trusted under `public`, or None when it can."""
-        if public is None:
-            return None
-        expected = key_id(public)
-        if self.key_id != expected:
-            return f"signed by key {self.key_id}, not by the given key {expected}"
-        try:
-            public.verify(self.signature, self.message())
-        except InvalidSignature:
-            return "its signature is not valid (forged or altered checkpoint)"
-        return None
+        return signature_problem(public, self.key_id, self.signature, self.message())
 
 
 class Signer:
@@ -86,7 +77,26 @@ class Signer:
 
     def sign(self, seq: int, hash_: bytes, ts_us: int) -> Checkpoint:
         unsigned = Checkpoint(seq, hash_, ts_us, self.key_id, b"")
-        return Checkpoint(seq, hash_, ts_us, self.key_id, self._private.sign(unsigned.message()))
+        return Checkpoint(seq, hash_, ts_us, self.key_id, self.sign_message(unsigned.message()))
+
+    def sign_message(self, message: bytes) -> bytes:
+        """An Ed25519 signature over canonical bytes (checkpoints, sealed-segment manifests)."""
+        return self._private.sign(message)
+
+
+def signature_problem(public: Ed25519PublicKey | None, signer_id: str, signature: bytes,
+                      message: bytes) -> str | None:
+    """Why a signature made by key `signer_id` does not verify under `public`, or None."""
+    if public is None:
+        return None
+    expected = key_id(public)
+    if signer_id != expected:
+        return f"signed by key {signer_id}, not by the given key {expected}"
+    try:
+        public.verify(signature, message)
+    except InvalidSignature:
+        return "its signature is not valid (forged or altered)"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,19 +18,26 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, RetentionRefused
 from .chain import COLUMNS, Head, Row
 from .checkpoint import Checkpoint
 
 Durability = Literal["strict", "batched"]
 TABLE = "modelfence_audit"
 CHECKPOINTS = "modelfence_audit_checkpoints"
+SEGMENTS = "modelfence_audit_segments"  # signed manifests of sealed segments (segment.py)
 CHECKPOINT_COLUMNS = ("seq", "ts_us", "hash", "key_id", "signature")
 
 # SQL both backends share; built from the constants above, never from caller text.
 HEAD_SQL = f"SELECT seq, hash FROM {TABLE} ORDER BY seq DESC LIMIT 1"  # noqa: S608
 CHECKPOINTS_SQL = f"SELECT {','.join(CHECKPOINT_COLUMNS)} FROM {CHECKPOINTS} ORDER BY seq"  # noqa: S608
 LAST_CHECKPOINT_SQL = f"{CHECKPOINTS_SQL} DESC LIMIT 1"
+SEGMENTS_SQL = f"SELECT manifest FROM {SEGMENTS} ORDER BY last_seq"  # noqa: S608
+SEGMENT_ENDS_SQL = f"SELECT 1 FROM {SEGMENTS} WHERE last_seq = {{mark}}"  # noqa: S608
+DELETE_ROWS_SQL = f"DELETE FROM {TABLE} WHERE seq <= {{mark}}"  # noqa: S608
+DELETE_CHECKPOINTS_SQL = f"DELETE FROM {CHECKPOINTS} WHERE seq <= {{mark}}"  # noqa: S608
+INSERT_SEGMENT_SQL = (f"INSERT INTO {SEGMENTS} (first_seq, last_seq, manifest) "  # noqa: S608
+                      "VALUES ({mark}, {mark}, {mark})")
 
 
 def schema(*, bigint: str, blob: str) -> tuple[str, ...]:
@@ -49,6 +56,9 @@ def schema(*, bigint: str, blob: str) -> tuple[str, ...]:
         f"""CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (
             seq {bigint} PRIMARY KEY, ts_us {bigint} NOT NULL, hash {blob} NOT NULL,
             key_id TEXT NOT NULL, signature {blob} NOT NULL)""",
+        f"""CREATE TABLE IF NOT EXISTS {SEGMENTS} (
+            last_seq {bigint} PRIMARY KEY, first_seq {bigint} NOT NULL,
+            manifest {blob} NOT NULL)""",
     )
 
 
@@ -152,6 +162,30 @@ class AuditStore(ABC):
             if len(rows) < page:
                 return
             after = rows[-1].seq
+
+    # Retention (retention.py): sealed-segment manifests, and dropping what they cover.
+
+    async def segments(self) -> list[bytes]:
+        """Manifests of sealed segments (segment.py), oldest first."""
+        return []
+
+    async def add_segment(self, first_seq: int, last_seq: int, manifest: bytes) -> None:
+        raise RetentionRefused(f"{type(self).__name__} cannot keep sealed segments")
+
+    async def delete_through(self, seq: int) -> int:
+        """Delete rows and checkpoints up to `seq`, where a sealed segment must end, in one
+        transaction under the write lock; never the head. Returns the rows deleted."""
+        raise RetentionRefused(f"{type(self).__name__} cannot prune")
+
+
+def prune_refusal(seq: int, head_seq: int, sealed: bool) -> str | None:
+    """Why rows up to `seq` must stay (checked under the write lock), or None."""
+    if not sealed:
+        return f"no sealed segment ends at record {seq}"
+    if seq >= head_seq:
+        return (f"record {seq} is the chain's head: the newest record stays in the store, "
+                "so the next one links to it")
+    return None
 
 
 def audit_store_from_url(url: str, *, durability: Durability = "batched", create: bool = True

@@ -20,15 +20,20 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from ..errors import StoreError
+from ..errors import RetentionRefused, StoreError
 from .chain import COLUMNS, Head, Row
 from .checkpoint import Checkpoint
 from .store import (
     CHECKPOINT_COLUMNS,
     CHECKPOINTS,
     CHECKPOINTS_SQL,
+    DELETE_CHECKPOINTS_SQL,
+    DELETE_ROWS_SQL,
     HEAD_SQL,
+    INSERT_SEGMENT_SQL,
     LAST_CHECKPOINT_SQL,
+    SEGMENT_ENDS_SQL,
+    SEGMENTS_SQL,
     TABLE,
     AuditStore,
     Batch,
@@ -36,6 +41,7 @@ from .store import (
     Query,
     checkpoint_from_row,
     checkpoint_row,
+    prune_refusal,
     schema,
 )
 
@@ -154,3 +160,40 @@ class PostgresAuditStore(AuditStore):
             return Head(row[0], bytes(row[1])) if row else Head()
 
         return await self._use(go)
+
+    # Retention: new methods for sealed segments (see store.py).
+
+    async def segments(self) -> list[bytes]:
+        async def go(conn: Any) -> list[bytes]:
+            return [bytes(r[0]) for r in await (await conn.execute(SEGMENTS_SQL)).fetchall()]
+
+        return await self._use(go)
+
+    async def add_segment(self, first_seq: int, last_seq: int, manifest: bytes) -> None:
+        async def go(conn: Any) -> None:
+            await conn.execute(INSERT_SEGMENT_SQL.format(mark="%s"),
+                               (first_seq, last_seq, manifest))
+
+        await self._use(go)
+
+    async def delete_through(self, seq: int) -> int:
+        refused: list[str] = []
+
+        async def go(conn: Any) -> int:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+                head = await (await conn.execute(HEAD_SQL)).fetchone()
+                sealed = await (await conn.execute(SEGMENT_ENDS_SQL.format(mark="%s"),
+                                                   (seq,))).fetchone()
+                problem = prune_refusal(seq, head[0] if head else 0, sealed is not None)
+                if problem is not None:
+                    refused.append(problem)
+                    return 0
+                cur = await conn.execute(DELETE_ROWS_SQL.format(mark="%s"), (seq,))
+                await conn.execute(DELETE_CHECKPOINTS_SQL.format(mark="%s"), (seq,))
+                return int(cur.rowcount)
+
+        n = await self._use(go)
+        if refused:
+            raise RetentionRefused(refused[0])
+        return n

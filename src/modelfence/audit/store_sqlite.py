@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from ..errors import StoreError
+from ..errors import RetentionRefused, StoreError
 from ..stores.sqlite import create_private
 from .chain import COLUMNS, Head, Row
 from .checkpoint import Checkpoint
@@ -28,8 +28,13 @@ from .store import (
     CHECKPOINT_COLUMNS,
     CHECKPOINTS,
     CHECKPOINTS_SQL,
+    DELETE_CHECKPOINTS_SQL,
+    DELETE_ROWS_SQL,
     HEAD_SQL,
+    INSERT_SEGMENT_SQL,
     LAST_CHECKPOINT_SQL,
+    SEGMENT_ENDS_SQL,
+    SEGMENTS_SQL,
     TABLE,
     AuditStore,
     Batch,
@@ -37,6 +42,7 @@ from .store import (
     Query,
     checkpoint_from_row,
     checkpoint_row,
+    prune_refusal,
     schema,
 )
 
@@ -131,3 +137,33 @@ class SqliteAuditStore(AuditStore):
     async def head(self) -> Head:
         row = await self._run(lambda db: db.execute(HEAD_SQL).fetchone())
         return Head(*row) if row else Head()
+
+    # Retention: new methods for sealed segments (see store.py).
+
+    async def segments(self) -> list[bytes]:
+        return await self._run(lambda db: [bytes(r[0]) for r in db.execute(SEGMENTS_SQL)])
+
+    async def add_segment(self, first_seq: int, last_seq: int, manifest: bytes) -> None:
+        sql = INSERT_SEGMENT_SQL.format(mark="?")
+        await self._run(lambda db: db.execute(sql, (first_seq, last_seq, manifest)))
+
+    async def delete_through(self, seq: int) -> int:
+        return await self._run(lambda db: self._delete_through(db, seq))
+
+    @staticmethod
+    def _delete_through(db: sqlite3.Connection, seq: int) -> int:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            head = db.execute(HEAD_SQL).fetchone()
+            sealed = db.execute(SEGMENT_ENDS_SQL.format(mark="?"), (seq,)).fetchone()
+            problem = prune_refusal(seq, head[0] if head else 0, sealed is not None)
+            if problem is not None:
+                raise RetentionRefused(problem)
+            n = db.execute(DELETE_ROWS_SQL.format(mark="?"), (seq,)).rowcount
+            db.execute(DELETE_CHECKPOINTS_SQL.format(mark="?"), (seq,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return int(n)

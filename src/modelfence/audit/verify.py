@@ -11,9 +11,15 @@ damage apart (a row that only *looks* modified is often a moved or renumbered on
 * reordered — a row links to a row that comes after it
 * truncated — a checkpoint covers rows the log no longer has
 * bad_checkpoint — a checkpoint whose signature or key does not verify
+* bad_segment — a sealed segment's manifest does not verify, or segments do not join
+* bad_archive — a sealed segment's archive file is missing or not the file it signed
 
 Without a public key, checkpoints still catch truncation and re-hashing, but anyone
 could have written them; with it, only the holder of the private key.
+
+After retention pruned records 1..b, the store's walk starts from the hash that the
+signed manifest of the sealed segment ending at b gives for record b; every other
+sealed segment still in the store's range acts as a checkpoint (segment.py).
 """
 
 from __future__ import annotations
@@ -21,15 +27,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from .chain import GENESIS, Row, hash_of, row_hash, us_to_iso
+from .chain import Head, Row, hash_of, row_hash, us_to_iso
 from .checkpoint import Checkpoint
+from .segment import Manifest
 from .store import AuditStore, Query
 
 _SEARCH = 16  # how far a renumbered row's original position is searched
+_ORIGIN = Head()  # the chain before record 1 (frozen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +47,29 @@ class Damage:
     detail: str
 
 
+class Anchor(Protocol):
+    """A signed statement "record `seq` hashed to `hash`": a checkpoint or a segment manifest."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def hash(self) -> bytes: ...
+    @property
+    def ts_us(self) -> int: ...
+    def problem(self, public: Ed25519PublicKey | None) -> str | None: ...
+
+
+def _what(a: Anchor) -> tuple[str, str]:
+    """How a damage report names an anchor, and the kind of damage a bad one is."""
+    if isinstance(a, Manifest):
+        return f"sealed {a.name()}", "bad_segment"
+    return f"checkpoint at record {a.seq}", "bad_checkpoint"
+
+
 @dataclass(slots=True)
 class Report:
     records: int = 0
+    first_seq: int = 1
     last_seq: int = 0
     checkpoints: int = 0
     last_checkpoint: int = 0
@@ -58,8 +86,14 @@ class Report:
     def rate(self) -> float:
         return self.records / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def pruned_through(self) -> int:
+        """Records before `first_seq` were pruned; the walk started from a sealed segment."""
+        return self.first_seq - 1
+
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "records": self.records, "last_seq": self.last_seq,
+        return {"ok": self.ok, "records": self.records, "first_seq": self.first_seq,
+                "last_seq": self.last_seq, "pruned_through": self.pruned_through,
                 "checkpoints": self.checkpoints, "last_checkpoint": self.last_checkpoint,
                 "unsealed": self.last_seq - self.last_checkpoint if self.ok else None,
                 "signatures_checked": self.signed, "seconds": round(self.seconds, 3),
@@ -70,10 +104,12 @@ class Report:
                 "notes": self.notes}
 
 
-def diagnose(row: Row, good: Row | None, following: list[Row]) -> Damage:
-    """Why `row` breaks the chain after the last good row `good`, given the rows after it."""
-    want_seq = good.seq + 1 if good else 1
-    want_prev = good.hash if good else GENESIS
+def diagnose(row: Row, good: Row | None, following: list[Row], start: Head = _ORIGIN
+             ) -> Damage:
+    """Why `row` breaks the chain after the last good row `good` (or after `start`, the
+    genesis or a sealed segment's end), given the rows after it."""
+    want_seq = good.seq + 1 if good else start.seq + 1
+    want_prev = good.hash if good else start.hash
     if row.seq > want_seq:
         gone = (f"record {want_seq} is" if row.seq == want_seq + 1
                 else f"records {want_seq}-{row.seq - 1} are")
@@ -105,6 +141,10 @@ def diagnose(row: Row, good: Row | None, following: list[Row]) -> Damage:
                               f"{row.seq - d}: {d} record(s) were inserted before it")
         return Damage(row.seq, "modified",
                       f"record {row.seq} matches neither its hash nor its predecessor")
+    if good is None and start.seq:
+        return Damage(row.seq, "modified", f"record {row.seq} does not link to the signed "
+                      f"hash of record {start.seq}: it was changed and re-hashed, or the "
+                      "records before it were replaced")
     if good is None:
         return Damage(row.seq, "deleted", f"record {row.seq} does not start the chain: the "
                       "records before it were removed")
@@ -112,29 +152,32 @@ def diagnose(row: Row, good: Row | None, following: list[Row]) -> Damage:
                   f"record {good.seq} has: record {good.seq} was changed and re-hashed")
 
 
-class _Checkpoints:
-    """Stored checkpoints and outside anchors, checked as the walk reaches their position."""
+class Checkpoints:
+    """Checkpoints, sealed segments and outside anchors after `start`, checked as the walk
+    reaches their position (those before `start` cover pruned records: see retention.py)."""
 
-    def __init__(self, items: Iterable[Checkpoint], public: Ed25519PublicKey | None) -> None:
+    def __init__(self, items: Iterable[Anchor], public: Ed25519PublicKey | None,
+                 start: Head = _ORIGIN) -> None:
         self.public = public
-        self.by_seq: dict[int, list[Checkpoint]] = {}
+        self.by_seq: dict[int, list[Anchor]] = {}
         for cp in items:
             same = self.by_seq.setdefault(cp.seq, [])
             if cp not in same:
                 same.append(cp)
-        self.positions = sorted(self.by_seq)
-        self.good = 0  # newest position whose checkpoints matched the chain
+        self.positions = sorted(p for p in self.by_seq if p > start.seq)
+        self.good = start.seq  # newest position whose checkpoints matched the chain
         self.checked = 0
 
     def check(self, row: Row) -> Damage | None:
         for cp in self.by_seq[row.seq]:
             problem = cp.problem(self.public)
             if problem is not None:
-                return Damage(row.seq, "bad_checkpoint",
-                              f"checkpoint at record {row.seq}: {problem}")
+                what, kind = _what(cp)
+                return Damage(row.seq, kind, f"{what}: {problem}")
             if cp.hash != row.hash:
                 return Damage(self.good + 1, "modified", f"the chain up to record {row.seq} no "
-                              f"longer matches the checkpoint signed at {us_to_iso(cp.ts_us)}: "
+                              f"longer matches the {_what(cp)[0]} signed at "
+                              f"{us_to_iso(cp.ts_us)}: "
                               f"records {self.good + 1}-{row.seq} were changed and re-hashed")
             self.checked += 1
         self.good = row.seq
@@ -148,12 +191,92 @@ class _Checkpoints:
             for cp in self.by_seq[seq]:
                 if cp.problem(self.public) is None:
                     return Damage(last_seq + 1, "truncated", f"the log ends at record "
-                                  f"{last_seq} but the checkpoint signed at "
+                                  f"{last_seq} but the {_what(cp)[0]} signed at "
                                   f"{us_to_iso(cp.ts_us)} covers {seq}: records "
                                   f"{last_seq + 1}-{seq} were removed")
-            return Damage(seq, "bad_checkpoint", f"checkpoint at record {seq} is past the end "
-                          f"of the log and {self.by_seq[seq][0].problem(self.public)}")
+            first = self.by_seq[seq][0]
+            what, kind = _what(first)
+            return Damage(seq, kind, f"{what} is past the end of the log and "
+                          f"{first.problem(self.public)}")
         return None
+
+
+class Walk:
+    """Checks rows in order after `start`: positions consecutive, links, hashes, anchors."""
+
+    def __init__(self, cps: Checkpoints, start: Head = _ORIGIN) -> None:
+        self.cps = cps
+        self.start = start
+        self.seq, self.prev = start.seq, start.hash
+        self.good: Row | None = None
+        self._next_cp = iter([*cps.positions, 0])
+        self._cp_at = next(self._next_cp)
+
+    def feed(self, rows: list[Row]) -> tuple[Row, Damage | None] | None:
+        """None when every row is good; else the first bad row, with its damage when an
+        anchor already names it (None: the caller diagnoses it with the rows after it)."""
+        seq, prev, cp_at = self.seq, self.prev, self._cp_at
+        try:
+            for row in rows:
+                s, ts, rid, pr, te, mo, ac, st, payload, rprev, h = row
+                if s != seq + 1 or rprev != prev or row_hash(
+                        rprev, s, ts, rid, pr, te, mo, ac, st, payload) != h:
+                    return row, None
+                seq, prev = s, h
+                self.good = row
+                if s == cp_at:
+                    damage = self.cps.check(row)
+                    if damage is not None:
+                        return row, damage
+                    cp_at = self._cp_at = next(self._next_cp)
+            return None
+        finally:
+            self.seq, self.prev = seq, prev
+
+    def diagnose(self, row: Row, following: list[Row]) -> Damage:
+        good = self.good
+        if good is not None and self.cps.good == good.seq:  # a signature vouches for it
+            return diagnose(row, None, following, Head(good.seq, good.hash))
+        return diagnose(row, good, following, self.start)
+
+    def report(self, report: Report, started: float) -> Report:
+        report.first_seq = self.start.seq + 1
+        report.last_seq = self.seq
+        report.records = self.seq - self.start.seq
+        report.checkpoints = self.cps.checked
+        report.last_checkpoint = self.cps.good
+        report.seconds = time.perf_counter() - started
+        return report
+
+
+def parse_segments(blobs: Iterable[bytes], public: Ed25519PublicKey | None
+                   ) -> tuple[list[Manifest], Damage | None]:
+    """The store's sealed-segment manifests, and the first that does not verify or join."""
+    out: list[Manifest] = []
+    for blob in blobs:
+        try:
+            m = Manifest.from_json(blob)
+        except ValueError as exc:
+            return out, Damage(0, "bad_segment", f"a sealed segment's manifest: {exc}")
+        problem = m.problem(public)
+        if problem is not None:
+            return out, Damage(m.first_seq, "bad_segment", f"sealed {m.name()}: {problem}")
+        if not out and m.first_seq != 1:
+            return out, Damage(1, "bad_segment", f"the oldest sealed segment is {m.name()}: "
+                               "the manifests of the segments before it were removed")
+        if out and (m.first_seq != out[-1].last_seq + 1 or m.prev_hash != out[-1].last_hash):
+            return out, Damage(m.first_seq, "bad_segment", f"sealed {m.name()} does not "
+                               f"continue sealed {out[-1].name()}")
+        out.append(m)
+    return out, None
+
+
+def start_of(segments: list[Manifest], first_live: int | None) -> Head:
+    """Where the store's walk starts: after the newest segment that ends before its first row."""
+    if not first_live or first_live <= 1:
+        return Head()
+    before = [m for m in segments if m.last_seq < first_live]
+    return Head(before[-1].last_seq, before[-1].last_hash) if before else Head()
 
 
 async def verify_store(store: AuditStore, *, public_key: Ed25519PublicKey | None = None,
@@ -162,37 +285,31 @@ async def verify_store(store: AuditStore, *, public_key: Ed25519PublicKey | None
                        page: int = 20_000) -> Report:
     """Walk the whole log once; `progress(seq, head_seq)` is called after every page."""
     started = time.perf_counter()
-    cps = _Checkpoints([*await store.checkpoints(), *anchors], public_key)
-    head = await store.head()  # read after the checkpoints: every checkpoint is ≤ head
     report = Report(signed=public_key is not None)
-    if public_key is None and cps.positions:
-        report.notes.append("no public key given: checkpoint signatures were not checked")
-    next_cp = iter([*cps.positions, 0])
-    cp_at = next(next_cp)
-    seq, prev, good = 0, GENESIS, None
+    segments, bad = parse_segments(await store.segments(), public_key)
+    stored = await store.checkpoints()
+    head = await store.head()  # read after the checkpoints: every checkpoint is ≤ head
+    first = await store.select(Query(limit=1))
+    start = start_of(segments, first[0].seq if first else None)
+    walk = Walk(Checkpoints([*stored, *anchors, *segments], public_key, start), start)
+    if public_key is None and (walk.cps.positions or start.seq):
+        report.notes.append("no public key given: checkpoint and sealed segment signatures "
+                            "were not checked")
+    if start.seq:
+        report.notes.append(f"records 1-{start.seq} were pruned after sealing; the walk "
+                            f"starts from the signed hash of record {start.seq} (check the "
+                            "archive with --archive DIR)")
+    if bad is not None:
+        report.damage = bad
+        return walk.report(report, started)
     async for rows in store.scan(Query(upto_seq=head.seq), page=page):
-        for row in rows:
-            s, ts, rid, pr, te, mo, ac, st, payload, rprev, h = row
-            if s != seq + 1 or rprev != prev or row_hash(
-                    rprev, s, ts, rid, pr, te, mo, ac, st, payload) != h:
-                following = await store.select(Query(after_seq=s, limit=4))
-                report.damage = diagnose(row, good, following)
-                return _done(report, seq, cps, started)
-            seq, prev, good = s, h, row
-            if s == cp_at:
-                report.damage = cps.check(row)
-                if report.damage is not None:
-                    return _done(report, seq, cps, started)
-                cp_at = next(next_cp)
+        found = walk.feed(rows)
+        if found is not None:
+            row, damage = found
+            report.damage = damage or walk.diagnose(
+                row, await store.select(Query(after_seq=row.seq, limit=4)))
+            return walk.report(report, started)
         if progress is not None:
-            progress(seq, head.seq)
-    report.damage = cps.beyond(seq)
-    return _done(report, seq, cps, started)
-
-
-def _done(report: Report, seq: int, cps: _Checkpoints, started: float) -> Report:
-    report.records = report.last_seq = seq
-    report.checkpoints = cps.checked
-    report.last_checkpoint = cps.good
-    report.seconds = time.perf_counter() - started
-    return report
+            progress(walk.seq, head.seq)
+    report.damage = walk.cps.beyond(walk.seq)
+    return walk.report(report, started)

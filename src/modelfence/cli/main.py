@@ -11,7 +11,18 @@ import typer
 
 from .. import __version__
 from ..errors import ModelfenceError
-from . import artifact, audit, demo, keys, monitor, policy, redteam, shaping, watermark
+from . import (
+    artifact,
+    audit,
+    audit_retention,
+    demo,
+    keys,
+    monitor,
+    policy,
+    redteam,
+    shaping,
+    watermark,
+)
 from .common import ConfigOption, console, fail, settings_from
 
 app = typer.Typer(
@@ -24,6 +35,7 @@ app = typer.Typer(
 )
 app.add_typer(keys.app, name="keys")
 app.add_typer(audit.app, name="audit")
+audit_retention.register(audit.app)
 app.add_typer(policy.app, name="policy")
 app.add_typer(monitor.app, name="monitor")
 app.add_typer(shaping.app, name="shaping")
