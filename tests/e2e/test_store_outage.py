@@ -14,6 +14,7 @@ import asyncio
 import json
 import re
 import secrets
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,7 +34,9 @@ from ..support import Gateway, digits_rows, infer_body
 from ..tcp_proxy import TcpProxy
 
 BODY = json.dumps(infer_body(digits_rows(1))).encode()
-STORE_DOWN = {"error": "a required store is unavailable; request denied"}
+KEYS_DOWN = {"error": "the key store is unavailable; request denied"}
+BUDGET_DOWN = {"error": "the budget store is unavailable; request denied"}
+RATE_LIMIT_DOWN = {"error": "the rate limit store is unavailable; request denied"}
 RECOVERY_S = 5.0  # longest wait for the first answer after a store comes back
 
 
@@ -61,7 +64,7 @@ def readiness(gw: Gateway) -> tuple[int, str | None]:
 
 
 def store_errors(gw: Gateway, store: str) -> float:
-    with urllib.request.urlopen(f"{gw.url}/metrics", timeout=5) as r:  # noqa: S310 (loopback)
+    with urllib.request.urlopen(f"{gw.admin_url}/metrics", timeout=5) as r:  # noqa: S310
         text = r.read().decode()
     m = re.search(rf'^modelfence_store_errors_total{{store="{store}"}} (\S+)$', text,
                   re.MULTILINE)
@@ -85,7 +88,7 @@ def recover(gw: Gateway, key: str) -> float:
         status, doc, _ = http(gw, key)
         if status == 200:
             return time.monotonic() - started
-        assert (status, doc) == (503, STORE_DOWN)
+        assert (status, doc) in ((503, KEYS_DOWN), (503, BUDGET_DOWN), (503, RATE_LIMIT_DOWN))
         assert time.monotonic() - started < RECOVERY_S, "no recovery without a restart"
         time.sleep(0.05)
 
@@ -136,19 +139,21 @@ def test_redis_outage_fails_closed_and_recovers(
 
         redis_proxy.cut()
         status, doc, seconds = http(gw, key)
-        assert (status, doc) == (503, STORE_DOWN)
+        assert (status, doc) == (503, RATE_LIMIT_DOWN)
         assert seconds < 2.0  # refused connections fail at once (socket timeout 1 s)
         assert_no_secret(doc, key, gw.admin_token, "redis://", str(redis_proxy.port))
         assert http(gw, key, "free")[0] == 200  # a route without rate limits needs no Redis
         assert store_errors(gw, "ratelimit") == 1
-        wait_for_log(gw, "store failure in infer, request denied: rate limit storage")
-        assert readiness(gw) == (503, "not ready: rate limit store")
+        wait_for_log(gw, "ERROR modelfence.stores: rate limit storage failed")
+        assert readiness(gw) == (503, "not ready")
 
         redis_proxy.restore()
         assert recover(gw, key) < RECOVERY_S
+        refused = store_errors(gw, "ratelimit")  # the outage's, and the polls' until its probe
         assert http(gw, key)[0] == 200
-        assert store_errors(gw, "ratelimit") == 1
+        assert store_errors(gw, "ratelimit") == refused
         assert readiness(gw) == (200, None)
+        wait_for_log(gw, "INFO modelfence.stores: rate limit storage answers again")
     finally:
         gw.stop()
         forget_redis_keys(redis_url, principal)
@@ -168,10 +173,11 @@ def test_redis_outage_fails_open_when_configured(
             assert status == 200, doc
             assert seconds < 2.0
         log = wait_for_log(gw, "rate limit storage failed")
-        assert re.search(r"WARNING modelfence\.quota: rate limit storage failed \(\w+\); "
+        assert re.search(r"WARNING modelfence\.stores: rate limit storage failed \(\w+\); "
                          r"allowing requests \(fail_open\)", log), log[-2000:]
         assert store_errors(gw, "ratelimit") == 0  # nothing was denied
-        text = urllib.request.urlopen(f"{gw.url}/metrics", timeout=5).read().decode()  # noqa: S310
+        text = urllib.request.urlopen(f"{gw.admin_url}/metrics",  # noqa: S310 (loopback)
+                                      timeout=5).read().decode()
         let_through = re.search(r"^modelfence_rate_limit_fail_open_total (\S+)$", text, re.M)
         assert let_through is not None and float(let_through.group(1)) >= 3
         redis_proxy.restore()
@@ -214,18 +220,18 @@ def test_postgres_outage_fails_closed_and_recovers(
             proxy.cut()
             # The key is still in the replica's cache (key_cache_ttl_s): the budget store fails.
             status, doc, seconds = http(gw, key)
-            assert (status, doc) == (503, STORE_DOWN)
+            assert (status, doc) == (503, BUDGET_DOWN)
             assert seconds < 2.0  # not the 3 s wait for a pool connection
             assert_no_secret(doc, key, gw.admin_token, "postgresql://", str(proxy.port))
             assert store_errors(gw, "budget") == 1
-            wait_for_log(gw, "store failure in infer, request denied: postgresql budget store")
+            wait_for_log(gw, "ERROR modelfence.stores: postgresql budget store failed")
 
             time.sleep(1.1)  # past the key cache: now the key store fails first
             status, doc, seconds = http(gw, key)
-            assert (status, doc) == (503, STORE_DOWN)
+            assert (status, doc) == (503, KEYS_DOWN)
             assert seconds < 2.0  # not the 3 s wait for a pool connection
             assert store_errors(gw, "keys") == 1
-            wait_for_log(gw, "store failure in infer, request denied: postgresql key store")
+            wait_for_log(gw, "ERROR modelfence.stores: postgresql key store failed")
 
             proxy.restore()
             assert recover(gw, key) < RECOVERY_S
@@ -281,3 +287,106 @@ async def test_postgres_stores_reconnect_promptly_after_a_longer_outage(
             await keys.close()
             await budgets.close()
     assert all(t <= 1.5 for t in took.values()), f"seconds to the first answer: {took}"
+
+
+class Load:
+    """A few clients sending inferences in a loop from threads; each answer's (start, status,
+    seconds) recorded, so an outage's refusals can be timed one by one."""
+
+    def __init__(self, gw: Gateway, keys: list[str]) -> None:
+        self._gw = gw
+        self._keys = keys
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client, args=(k,), daemon=True)
+                         for k in keys]
+        self.answers: list[tuple[float, int, float]] = []
+
+    def _client(self, key: str) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            status, _, seconds = http(self._gw, key)
+            self.answers.append((started, status, seconds))
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=20)
+
+    def between(self, start: float, end: float) -> list[tuple[float, int, float]]:
+        return [a for a in self.answers if start <= a[0] < end]
+
+
+def timed_readiness(gw: Gateway) -> tuple[int, float]:
+    started = time.monotonic()
+    status, _ = readiness(gw)
+    return status, time.monotonic() - started
+
+
+def problem_lines(log: str) -> list[str]:
+    return [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line
+            or line.startswith(("error ", "discarding ", "Traceback"))]
+
+
+@pytest.mark.postgres
+def test_postgres_outage_under_load_refuses_fast_and_logs_once(
+        tmp_path: Path, digits_files: dict[str, Path], pg_url: str, outage_db: str) -> None:
+    """Every request during the outage is refused at once (none waits for a pool timeout),
+    readiness answers within Kubernetes' 1 s probe timeout, and the log says once that each
+    store went away and once that it came back; the refusals are counted, not logged."""
+    parts = urlsplit(pg_url)
+    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:"
+                                        f"{proxy.port}", path=f"/{outage_db}"))
+        models = [{"name": "digits", "backend": {"type": "skops",
+                                                  "path": str(digits_files["skops"])}}]
+        gw = Gateway(tmp_path, models, extra={
+            "stores": {"keys": url}, "key_cache_ttl_s": 0.5,
+            "quotas": {"budget_store": url,
+                       "budgets": [{"queries": 1_000_000, "period": "month"}]}}).start()
+        try:
+            keys = [gw.key(principal=f"load-{i}-{secrets.token_hex(3)}") for i in range(4)]
+            with Load(gw, keys) as load:
+                time.sleep(1.0)
+                proxy.cut()
+                cut_at = time.monotonic()
+                time.sleep(2.5)
+                ready_during = timed_readiness(gw)
+                proxy.restore()
+                restored_at = time.monotonic()
+                deadline = restored_at + RECOVERY_S
+                while time.monotonic() < deadline and not any(
+                        a[1] == 200 for a in load.between(restored_at, deadline)):
+                    time.sleep(0.05)
+                time.sleep(0.5)
+            ready_after = timed_readiness(gw)
+            counted = store_errors(gw, "budget") + store_errors(gw, "keys")
+            log = gw.log.read_text()
+        finally:
+            gw.stop()
+    before = [a for a in load.between(0, cut_at) if a[0] + a[2] < cut_at]
+    during = load.between(cut_at + 0.05, restored_at)
+    refusals = [a for a in during if a[1] == 503]
+    assert before and all(a[1] == 200 for a in before), {a[1] for a in before}
+    assert {a[1] for a in during} == {503}, {a[1] for a in during}
+    slowest = max(a[2] for a in load.between(cut_at, restored_at) if a[1] == 503)
+    assert slowest < 1.0, f"a refusal waited {slowest:.2f} s ({len(refusals)} refusals)"
+    assert ready_during[0] == 503 and ready_during[1] < 1.0, ready_during
+    assert any(a[1] == 200 for a in load.between(restored_at, time.monotonic())), \
+        "no recovery without a restart"
+    assert ready_after[0] == 200, ready_after
+    assert counted >= len(refusals)  # every refusal counted, though not logged
+    lines = problem_lines(log)
+    assert len(refusals) > 20 and len(lines) <= 4, \
+        f"{len(refusals)} refusals, {len(lines)} warning/error lines:\n" + "\n".join(lines[:20])
+    for store in ("budget", "key"):
+        down = [li for li in lines if f"ERROR modelfence.stores: postgresql {store} store "
+                "failed" in li]
+        up = [li for li in log.splitlines()
+              if f"INFO modelfence.stores: postgresql {store} store answers again" in li]
+        assert len(down) <= 1 and len(up) == len(down), (store, down, up)
+    assert any("store failed" in li for li in lines)

@@ -26,8 +26,9 @@ def error_response(exc: BaseException, *, where: str = "") -> tuple[Response, Re
     else:
         err = RequestError(message, reason=reason)
         err.status = status
-        if isinstance(exc, StoreError):
-            log.error("store failure%s, request denied: %s", where, exc)
+        if isinstance(exc, StoreError):  # an outage its breaker logged once: count, not log
+            log.log(logging.DEBUG if exc.reported else logging.ERROR,
+                    "store failure%s, request denied: %s", where, exc)
         elif isinstance(exc, PolicyError):
             log.error("policy engine failure%s, request denied: %s", where, exc)
         else:

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -248,16 +249,24 @@ class RedisLog(ObservationLog):
                 "data": self._snapshot(model), "id": self._position[model]})
 
     async def _consume(self) -> None:
+        """Read the stream for ever; an outage is logged when it starts and when it ends."""
         backoff = 0.5
+        failing_since: float | None = None
         while True:
             try:
                 await self._read_once()
                 backoff = 0.5
+                if failing_since is not None:
+                    log.info("monitor stream readable again after %.1f s",
+                             time.monotonic() - failing_since)
+                    failing_since = None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("monitor stream read failed (%s); retrying in %.1fs",
-                            type(exc).__name__, backoff)
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning("monitor stream read failed (%s); retrying, with a backoff "
+                                "up to 10 s, until it answers", type(exc).__name__)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ import numpy as np
 from ..audit.record import replica_name
 from ..audit.sinks import AuditSink
 from ..config import ModelSettings, Settings
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, StoreError
 from ..gateway.metrics import GatewayMetrics
+from ..stores.breaker import Breaker
 from .alerts import Alert, Alerts, Webhook
 from .replication import Array, LocalLog, Observation, ObservationLog, RedisLog
 from .score import Monitor, Risk
@@ -57,8 +59,10 @@ class MonitorService:
                 "monitor: with server.workers > 1 each worker would see only its own share of "
                 "a caller's queries; set monitor.shared to a redis:// URL")
         hook = self._settings.webhook
-        self._alerts = Alerts(audit, metrics,
-                              Webhook(hook, settings.webhook_secret()) if hook else None)
+        self._alerts = Alerts(audit, metrics, Webhook(
+            hook, settings.webhook_secret(),
+            on_error=lambda kind: metrics.outbound_errors.labels("webhook", kind).inc(),
+        ) if hook else None)
         self.replica = replica_name()
         common = dict(models=list(self.monitors), replica=self.replica, apply=self._apply,
                       snapshot=self._snapshot, restore=self._restore,
@@ -70,6 +74,11 @@ class MonitorService:
         self._queue: asyncio.Queue[Observation] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._pending_alerts: set[asyncio.Task[None]] = set()
+        # while the shared store is down, observations stay on this replica without a try
+        # (and a log line) per batch: the breaker logs the outage once and its end
+        self._breaker = Breaker("monitor", "monitor store", self._probe, outage=(Exception,),
+                                consequence="observations are applied on this replica only",
+                                level=logging.WARNING)
 
     def _monitor_for(self, model: ModelSettings, settings: Settings) -> Monitor:
         assert model.monitor is not None
@@ -144,6 +153,7 @@ class MonitorService:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
+        await self._breaker.close()
         if self.monitors:
             await self.log.stop()
         if self._pending_alerts:
@@ -151,7 +161,11 @@ class MonitorService:
         await self._alerts.close()
 
     async def ping(self) -> bool:
-        return await self.log.ping()
+        return not self._breaker.is_open and await self.log.ping()
+
+    async def _probe(self) -> None:
+        if not await self.log.ping():
+            raise ConnectionError("monitor store did not answer")
 
     async def _drain(self) -> None:
         assert self._queue is not None
@@ -161,11 +175,10 @@ class MonitorService:
             while len(batch) < BATCH and not queue.empty():
                 batch.append(queue.get_nowait())
             try:
-                await self.log.publish(batch)
-            except Exception as exc:
+                await self._breaker.run(functools.partial(self.log.publish, batch),
+                                        timeout_s=5.0)
+            except StoreError:
                 self._metrics.monitor_store_errors.inc()
-                log.warning("monitor store failed (%s); %d observations kept on this replica",
-                            type(exc).__name__, len(batch))
                 self.log.apply_locally(batch)
             finally:
                 for _ in batch:

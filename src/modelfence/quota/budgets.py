@@ -9,7 +9,6 @@ and PostgreSQL (many replicas).
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -19,8 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, StoreError
-from ..stores.failfast import FailFast
-from ..stores.postgres import open_pool
+from ..stores.postgres import open_pool, pool_breaker
 from ..stores.sqlite import SqliteFile
 
 
@@ -149,7 +147,7 @@ class PostgresBudgetStore(BudgetStore):
         self._url = url
         self._timeout = timeout_s
         self._pool: Any = None
-        self._fail_fast = FailFast("budget")
+        self._breaker = pool_breaker("budget", "postgresql budget store", lambda: self._pool)
 
     async def open(self) -> None:
         try:
@@ -161,6 +159,7 @@ class PostgresBudgetStore(BudgetStore):
         self._pool = pool
 
     async def close(self) -> None:
+        await self._breaker.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -168,16 +167,21 @@ class PostgresBudgetStore(BudgetStore):
     async def _run(self, *statements: tuple[str, tuple[Any, ...]]) -> Any:
         if self._pool is None:
             raise StoreError("budget store is not open", store="budget")
-        self._fail_fast.check()
-        try:
-            async with asyncio.timeout(self._timeout), self._pool.connection() as conn:
+        pool = self._pool
+
+        async def run() -> Any:
+            async with pool.connection() as conn:
                 row = None
                 for sql, args in statements:
                     cur = await conn.execute(sql, args)
                     row = await cur.fetchone() if cur.description else None
                 return row
-        except Exception as exc:
-            self._fail_fast.failed()
+
+        try:
+            return await self._breaker.run(run, timeout_s=self._timeout)
+        except StoreError:
+            raise
+        except Exception as exc:  # not an outage (a constraint, bad data): this call only
             raise _failed("postgresql", exc) from None
 
     async def reserve(self, key: str, queries: int, rows: int, max_queries: int | None,

@@ -20,8 +20,11 @@ from ..config import QuotaSettings
 from ..errors import ConfigurationError, RateLimited, StoreError
 from ..gateway.call import Call
 from ..gateway.chain import Guard
+from ..stores.breaker import Breaker
 
 log = logging.getLogger("modelfence.quota")
+
+_TIMEOUT_S = 1.0  # the longest a rate limit check waits for Redis (its socket timeout)
 
 
 def risk_cost(risk: float, curve: list[tuple[float, float]]) -> int:
@@ -64,8 +67,8 @@ class RateLimitGuard(Guard):
         self._limiter = limiter[settings.strategy](self._storage)
         self._rules = [_Rule(r.scope, tuple(parse_many(r.rate)), frozenset(r.models), r.rate)
                        for r in settings.limits]
-        self._last_warning = 0.0
         self._on_fail_open = on_fail_open
+        self._breaker = self._make_breaker(settings)
 
     def _make_storage(self, url: str, strategy: str) -> Any:
         from limits.aio.storage import MemoryStorage, RedisStorage
@@ -84,7 +87,25 @@ class RateLimitGuard(Guard):
         raise ConfigurationError(f"quotas.storage: unknown scheme {url.split('://')[0]!r}; "
                                  "use memory:// or redis://HOST:PORT/DB")
 
+    def _make_breaker(self, settings: QuotaSettings) -> Breaker:
+        """Refuse (or let through, with `fail_open`) at once while the storage is down."""
+        import redis.exceptions
+        from limits.errors import StorageError
+
+        async def probe() -> None:
+            if not await self._storage.check():
+                raise ConnectionError("rate limit storage did not answer")
+
+        return Breaker(
+            "ratelimit", "rate limit storage", probe,
+            outage=(StorageError, redis.exceptions.ConnectionError,
+                    redis.exceptions.TimeoutError, OSError),
+            consequence=("allowing requests (fail_open)" if settings.fail_open else
+                         "requests with rate limits are refused"),
+            level=logging.WARNING if settings.fail_open else logging.ERROR)
+
     async def close(self) -> None:
+        await self._breaker.close()
         if self._pool is not None:
             await self._pool.disconnect()
 
@@ -93,6 +114,8 @@ class RateLimitGuard(Guard):
         return bool(self._rules)
 
     async def check_storage(self) -> bool:
+        if self._breaker.is_open:
+            return False
         try:
             return bool(await self._storage.check())
         except Exception:
@@ -111,21 +134,21 @@ class RateLimitGuard(Guard):
 
     async def _hit(self, item: Any, ident: tuple[str, str], cost: int) -> bool:
         try:
-            return bool(await self._limiter.hit(item, *ident, cost=cost))
-        except Exception as exc:
+            return bool(await self._breaker.run(
+                lambda: self._limiter.hit(item, *ident, cost=cost), timeout_s=_TIMEOUT_S))
+        except StoreError as exc:  # an outage: its breaker logged it once
             return self._storage_failed(exc)
+        except Exception as exc:  # anything else: this call only
+            return self._storage_failed(StoreError(
+                f"rate limit storage: {exc.__class__.__name__}", store="ratelimit"))
 
-    def _storage_failed(self, exc: Exception) -> bool:
+    def _storage_failed(self, exc: StoreError) -> bool:
         if not self._settings.fail_open:
-            raise StoreError(f"rate limit storage: {exc.__class__.__name__}",
-                             store="ratelimit") from None
+            raise exc
         if self._on_fail_open is not None:
             self._on_fail_open()
-        now = time.monotonic()
-        if now - self._last_warning > 10:
-            self._last_warning = now
-            log.warning("rate limit storage failed (%s); allowing requests (fail_open)",
-                        exc.__class__.__name__)
+        if not exc.reported:
+            log.warning("rate limit storage failed (%s); allowing requests (fail_open)", exc)
         return True
 
     async def _refusal(self, rule: _Rule, item: Any, ident: tuple[str, str],

@@ -6,7 +6,6 @@ SQLite is the single-machine default; PostgreSQL is for many replicas.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 from abc import ABC, abstractmethod
@@ -16,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
-from .failfast import FailFast
-from .postgres import open_pool
+from .postgres import open_pool, pool_breaker
 from .sqlite import SqliteFile
 
 
@@ -190,7 +188,7 @@ class PostgresKeyStore(KeyStore):
         self._pool_size = pool_size
         self._timeout = timeout_s
         self._pool: Any = None
-        self._fail_fast = FailFast("keys")
+        self._breaker = pool_breaker("keys", "postgresql key store", lambda: self._pool)
 
     async def open(self) -> None:
         try:
@@ -203,6 +201,7 @@ class PostgresKeyStore(KeyStore):
         self._pool = pool
 
     async def close(self) -> None:
+        await self._breaker.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -211,13 +210,18 @@ class PostgresKeyStore(KeyStore):
                    ) -> list[tuple[Any, ...]]:
         if self._pool is None:
             raise StoreError("key store is not open")
-        self._fail_fast.check()
-        try:
-            async with asyncio.timeout(self._timeout), self._pool.connection() as conn:
+        pool = self._pool
+
+        async def run() -> list[tuple[Any, ...]]:
+            async with pool.connection() as conn:
                 cur = await conn.execute(sql, args)
                 return list(await cur.fetchall()) if fetch else []
-        except Exception as exc:
-            self._fail_fast.failed()
+
+        try:
+            return await self._breaker.run(run, timeout_s=self._timeout)
+        except StoreError:
+            raise
+        except Exception as exc:  # not an outage (a constraint, bad data): this call only
             raise StoreError(f"postgresql key store: {exc.__class__.__name__}") from None
 
     async def put(self, record: KeyRecord) -> None:

@@ -10,8 +10,11 @@ TABLE and fail with UniqueViolation).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from ..errors import StoreError
+from .breaker import Breaker
 
 
 async def open_pool(url: str, *, max_size: int, timeout_s: float, schema_lock: int,
@@ -32,3 +35,19 @@ async def open_pool(url: str, *, max_size: int, timeout_s: float, schema_lock: i
         await pool.close()
         raise
     return pool
+
+
+def pool_breaker(store: str, what: str, pool: Callable[[], Any]) -> Breaker:
+    """The breaker of a store on a psycopg pool: its probe asks the pool for `SELECT 1`, so
+    the breaker closes only once the pool itself can serve again."""
+    import psycopg
+
+    async def probe() -> None:
+        current = pool()
+        if current is None:
+            raise StoreError(f"{what} is not open", store=store)
+        async with current.connection() as conn:
+            await conn.execute("SELECT 1")
+
+    return Breaker(store, what, probe,
+                   outage=(psycopg.OperationalError, psycopg.InterfaceError, OSError))

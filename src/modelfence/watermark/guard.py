@@ -145,7 +145,9 @@ class WatermarkGuard(Guard):
             self.lost += len(records)
             if self._metrics is not None:
                 self._metrics.watermark_lost.inc(len(records))
-            log.warning("watermark evidence not recorded (%d records): %s", len(records), exc)
+            # during an outage its breaker logged once; the loss is counted per request
+            log.log(logging.DEBUG if exc.reported else logging.WARNING,
+                    "watermark evidence not recorded (%d records): %s", len(records), exc)
 
     def record(self, p: _Pending, m: Mark, request_id: str) -> EvidenceRecord:
         return make_record(m, model=p.model, principal=p.principal, tenant=p.tenant,

@@ -10,7 +10,6 @@ PostgreSQL is for many replicas. Every backend error is a `StoreError`.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -20,8 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import ConfigurationError, StoreError
-from ..stores.failfast import FailFast
-from ..stores.postgres import open_pool
+from ..stores.postgres import open_pool, pool_breaker
 from ..stores.sqlite import SqliteFile
 
 STORE = "watermark"
@@ -215,7 +213,8 @@ class PostgresEvidenceStore(EvidenceStore):
         self._url = url
         self._timeout = timeout_s
         self._pool: Any = None
-        self._fail_fast = FailFast(STORE)
+        self._breaker = pool_breaker(STORE, "postgresql watermark evidence store",
+                                     lambda: self._pool)
 
     async def open(self) -> None:
         try:
@@ -227,6 +226,7 @@ class PostgresEvidenceStore(EvidenceStore):
         self._pool = pool
 
     async def close(self) -> None:
+        await self._breaker.close()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -253,16 +253,21 @@ class PostgresEvidenceStore(EvidenceStore):
             return []
         if self._pool is None:
             raise StoreError("watermark evidence store is not open", store=STORE)
-        self._fail_fast.check()
-        try:
-            async with asyncio.timeout(self._timeout), self._pool.connection() as conn:
+        pool = self._pool
+
+        async def run() -> list[list[tuple[Any, ...]]]:
+            async with pool.connection() as conn:
                 out = []
                 for sql, args in statements:
                     cur = await conn.execute(sql, args)
                     out.append(list(await cur.fetchall()) if cur.description else [])
                 return out
-        except Exception as exc:
-            self._fail_fast.failed()
+
+        try:
+            return await self._breaker.run(run, timeout_s=self._timeout)
+        except StoreError:
+            raise
+        except Exception as exc:  # not an outage (a constraint, bad data): this call only
             raise StoreError(f"postgresql watermark evidence store: {exc.__class__.__name__}",
                              store=STORE) from None
 
