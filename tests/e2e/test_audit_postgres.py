@@ -100,3 +100,45 @@ async def test_unreachable_postgres_is_a_store_error() -> None:
     store = PostgresAuditStore("postgresql://nobody@127.0.0.1:1/none", timeout_s=1)
     with pytest.raises(StoreError, match="postgresql audit store unreachable"):
         await store.open()
+
+
+async def test_seal_prune_verify_and_tamper_on_postgres(pg_audit_url: str,
+                                                        tmp_path: Path) -> None:
+    """Retention on PostgreSQL: the same segments, the same anchor after pruning."""
+    from modelfence.audit.retention import prune, seal, verify_archive
+    from modelfence.errors import RetentionRefused
+
+    signer = Signer(Ed25519PrivateKey.generate())
+    sink = ChainedSink(audit_store_from_url(pg_audit_url), durability="strict", signer=signer,
+                       policy=CheckpointPolicy(10, 3600))
+    await sink.open()
+    for i in range(40):
+        await sink.write(Rec(i))  # type: ignore[arg-type]
+    await sink.close()
+    archive = tmp_path / "archive"
+    store = audit_store_from_url(pg_audit_url)
+    await store.open()
+    try:
+        done = await seal(store, signer, archive, segment_records=15)
+        assert [(m.first_seq, m.last_seq) for m in done.segments] == [(1, 15), (16, 30)]
+        done = await seal(store, signer, archive, through=40, segment_records=15)
+        assert [(m.first_seq, m.last_seq) for m in done.segments] == [(31, 40)]
+        with pytest.raises(RetentionRefused, match="chain's head"):
+            await store.delete_through(40)
+        pruned = await prune(store, signer.public, archive, through=30)
+        assert pruned.rows == 30
+        assert (await store.select(Query(limit=1)))[0].seq == 31
+        report = await verify_store(store, public_key=signer.public)
+        assert report.ok and (report.first_seq, report.last_seq) == (31, 40)
+        whole = await verify_archive(store, archive, public_key=signer.public)
+        assert whole.ok and (whole.first_seq, whole.records) == (1, 40)
+        async with await psycopg.AsyncConnection.connect(pg_audit_url, autocommit=True) as c:
+            await c.execute("UPDATE modelfence_audit SET tenant = 'other' WHERE seq = 31")
+        damage = (await verify_store(store, public_key=signer.public)).damage
+        assert damage is not None and (damage.seq, damage.kind) == (31, "modified")
+        async with await psycopg.AsyncConnection.connect(pg_audit_url, autocommit=True) as c:
+            await c.execute("DELETE FROM modelfence_audit WHERE seq = 31")
+        damage = (await verify_store(store, public_key=signer.public)).damage
+        assert damage is not None and (damage.seq, damage.kind) == (31, "deleted")
+    finally:
+        await store.close()

@@ -70,7 +70,7 @@ def sql(path: Path, *statements: str | tuple[str, tuple[object, ...]]) -> None:
 
 async def sealed_and_pruned(log: Path, archive: Path, signer: Signer, *,
                             through: int = 30) -> None:
-    done = await on(log, lambda s: seal(s, signer, archive, segment_records=15))
+    done = await on(log, lambda s: seal(s, signer, archive, through=N, segment_records=15))
     assert [(m.first_seq, m.last_seq) for m in done.segments] == [(1, 15), (16, 30), (31, 40)]
     pruned = await on(log, lambda s: prune(s, signer.public, archive, through=through))
     assert pruned.rows == through
@@ -115,7 +115,9 @@ async def test_seal_prune_and_verify_from_the_signed_segment(
 
     # sealing again seals only what is new, and a second prune finds nothing left to do
     await write_log(log, 5, signer=signer, start=N)
-    more = await on(log, lambda s: seal(s, signer, archive, segment_records=15))
+    whole_only = await on(log, lambda s: seal(s, signer, archive, segment_records=15))
+    assert not whole_only.segments  # 5 new records: less than one whole segment
+    more = await on(log, lambda s: seal(s, signer, archive, through=99, segment_records=15))
     assert [(m.first_seq, m.last_seq) for m in more.segments] == [(41, 45)]
     assert (await on(log, lambda s: prune(s, signer.public, archive, through=30))).rows == 0
     assert (await archived(log, archive, signer)).ok
@@ -124,7 +126,7 @@ async def test_seal_prune_and_verify_from_the_signed_segment(
 async def test_the_head_stays_and_only_sealed_records_go(
         log: Path, tmp_path: Path, signer: Signer) -> None:
     archive = tmp_path / "archive"
-    await on(log, lambda s: seal(s, signer, archive, segment_records=15))
+    await on(log, lambda s: seal(s, signer, archive, through=N, segment_records=15))
     done = await on(log, lambda s: prune(s, signer.public, archive, through=N))
     assert [m.last_seq for m in done.segments] == [15, 30]
     assert done.kept is not None and "head" in done.kept
@@ -137,7 +139,7 @@ async def test_the_head_stays_and_only_sealed_records_go(
 
 async def test_prune_by_age(log: Path, tmp_path: Path, signer: Signer) -> None:
     archive = tmp_path / "archive"
-    await on(log, lambda s: seal(s, signer, archive, segment_records=15))
+    await on(log, lambda s: seal(s, signer, archive, through=N, segment_records=15))
     # Rec times are 2025-01-01T00:00:SS: segment 1-15 ends at second 14, 16-30 at second 29
     cutoff = 1735689620 * 1_000_000  # 2025-01-01T00:00:20Z
     done = await on(log, lambda s: prune(s, signer.public, archive, older_than_us=cutoff))
@@ -147,14 +149,15 @@ async def test_prune_by_age(log: Path, tmp_path: Path, signer: Signer) -> None:
 async def test_seal_refuses_a_damaged_chain(log: Path, tmp_path: Path, signer: Signer) -> None:
     sql(log, "UPDATE modelfence_audit SET principal = 'nobody' WHERE seq = 12")
     with pytest.raises(RetentionRefused, match="record 12: modified"):
-        await on(log, lambda s: seal(s, signer, tmp_path / "archive", segment_records=15))
+        await on(log, lambda s: seal(s, signer, tmp_path / "archive", through=N,
+                                     segment_records=15))
     assert not list((tmp_path / "archive").glob("*"))  # no partial or half-signed files
 
 
 async def test_seal_needs_no_key_holder_to_verify_but_refuses_foreign_segments(
         log: Path, tmp_path: Path, signer: Signer) -> None:
     archive = tmp_path / "archive"
-    await on(log, lambda s: seal(s, signer, archive, segment_records=15))
+    await on(log, lambda s: seal(s, signer, archive, through=N, segment_records=15))
     thief = Signer(Ed25519PrivateKey.generate())
     with pytest.raises(RetentionRefused, match="do not verify"):
         await on(log, lambda s: seal(s, thief, archive))
@@ -165,16 +168,16 @@ async def test_seal_needs_no_key_holder_to_verify_but_refuses_foreign_segments(
 async def test_an_interrupted_seal_is_adopted(log: Path, tmp_path: Path, signer: Signer) -> None:
     """Files in place but the store never recorded them (a crash): sealing again adopts them."""
     archive = tmp_path / "archive"
-    first = await on(log, lambda s: seal(s, signer, archive, segment_records=15))
+    first = await on(log, lambda s: seal(s, signer, archive, through=N, segment_records=15))
     sql(log, "DELETE FROM modelfence_audit_segments")
-    again = await on(log, lambda s: seal(s, signer, archive, segment_records=15))
+    again = await on(log, lambda s: seal(s, signer, archive, through=N, segment_records=15))
     assert again.segments == first.segments
     (archive / first.segments[0].file).write_bytes(b"other")  # not the same bytes: refused
     sql(log, "DELETE FROM modelfence_audit_segments")
     manifest = archive / (first.segments[0].file.removesuffix(".jsonl.gz") + ".manifest.json")
     manifest.write_bytes(manifest.read_bytes().replace(b'"records": 15', b'"records": 16'))
     with pytest.raises(RetentionRefused, match="holds a different segment 1-15"):
-        await on(log, lambda s: seal(s, signer, archive, segment_records=15))
+        await on(log, lambda s: seal(s, signer, archive, through=N, segment_records=15))
 
 
 def _rewrite_archive(archive: Path, m: Manifest, old: bytes, new: bytes) -> None:
@@ -188,7 +191,7 @@ def _rewrite_archive(archive: Path, m: Manifest, old: bytes, new: bytes) -> None
 async def test_tampered_archive_is_caught_and_never_pruned(
         log: Path, tmp_path: Path, signer: Signer) -> None:
     archive = tmp_path / "archive"
-    done = await on(log, lambda s: seal(s, signer, archive, segment_records=15))
+    done = await on(log, lambda s: seal(s, signer, archive, through=N, segment_records=15))
     m = done.segments[0]
     _rewrite_archive(archive, m, b'"principal":"user3"', b'"principal":"nobody"')
     report = await archived(log, archive, signer)
@@ -306,7 +309,7 @@ async def test_records_written_after_sealing_extend_the_chain(
     path = tmp_path / "audit.db"
     await write_log(path, 20, signer=signer, every=10)
     archive = tmp_path / "archive"
-    await on(path, lambda s: seal(s, signer, archive, segment_records=100))
+    await on(path, lambda s: seal(s, signer, archive, through=20))
     await write_log(path, 3, signer=signer, start=20)
     done = await on(path, lambda s: prune(s, signer.public, archive, through=20))
     assert done.rows == 20

@@ -65,15 +65,19 @@ def _refuse(what: str, d: Damage) -> RetentionRefused:
 async def seal(store: AuditStore, signer: Signer, folder: Path, *, through: int | None = None,
                segment_records: int = 100_000, page: int = 20_000,
                progress: Progress | None = None) -> Sealed:
-    """Seal the records after the newest sealed segment up to `through` (default: the head)."""
+    """Seal the records after the newest sealed segment up to `through`, the last segment
+    possibly short; without `through`, only whole segments of `segment_records` (so that a
+    seal run from cron does not cut a small segment each time)."""
     started = time.perf_counter()
     segments, bad = parse_segments(await store.segments(), signer.public)
     if bad is not None:
         raise _refuse("refusing to seal: the store's sealed segments do not verify", bad)
     stored = await store.checkpoints()
     head = await store.head()
-    target = head.seq if through is None else min(through, head.seq)
     start = Head(segments[-1].last_seq, segments[-1].last_hash) if segments else Head()
+    target = head.seq if through is None else min(through, head.seq)
+    if through is None:
+        target = start.seq + (target - start.seq) // segment_records * segment_records
     out = Sealed()
     if target <= start.seq:
         return out

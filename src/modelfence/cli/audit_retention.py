@@ -61,7 +61,8 @@ def _progress(what: str, show: bool) -> Iterator[Callable[[int, int], None]]:
 
 def seal_command(
     through: Annotated[int | None, typer.Option(
-        min=1, help="Seal up to this record (default: the newest)")] = None,
+        min=1, help="Seal up to this record, the last segment possibly short (default: "
+                    "as many whole segments as there are records)")] = None,
     archive: ArchiveOption = None,
     key: Annotated[Path | None, typer.Option(
         help="Ed25519 private key that signs manifests (default: audit.checkpoint_key_file)")
@@ -113,7 +114,8 @@ def seal_command(
     if json_out:
         console.print_json(orjson.dumps(out).decode())
     elif not done.segments:
-        console.print("nothing to seal: every record up to the one asked for is sealed")
+        console.print("nothing to seal: fewer new records than one segment holds "
+                      "(seal them anyway with --through SEQ)")
     else:
         console.print(f"[bold green]sealed[/] {done.records:,} records in "
                       f"{len(done.segments)} segment(s), {done.bytes:,} bytes "
