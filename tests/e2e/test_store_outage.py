@@ -32,6 +32,7 @@ from modelfence.stores.keys import PostgresKeyStore
 
 from ..support import Gateway, digits_rows, infer_body
 from ..tcp_proxy import TcpProxy
+from .openai_stub import OpenAiStub
 
 BODY = json.dumps(infer_body(digits_rows(1))).encode()
 KEYS_DOWN = {"error": "the key store is unavailable; request denied"}
@@ -390,3 +391,50 @@ def test_postgres_outage_under_load_refuses_fast_and_logs_once(
               if f"INFO modelfence.stores: postgresql {store} store answers again" in li]
         assert len(down) <= 1 and len(up) == len(down), (store, down, up)
     assert any("store failed" in li for li in lines)
+
+
+def chat(gw: Gateway, key: str) -> tuple[int, dict[str, Any], float]:
+    """POST one /v1 chat completion; (status, body, seconds)."""
+    body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    req = urllib.request.Request(  # noqa: S310 (loopback only)
+        f"{gw.url}/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(req, timeout=15) as r:  # noqa: S310 (loopback only)
+            return r.status, json.loads(r.read()), time.monotonic() - started
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.loads(exc.read()), time.monotonic() - started
+
+
+@pytest.mark.postgres
+def test_v1_refusals_in_a_postgres_outage_are_fast_and_counted(
+        tmp_path: Path, pg_url: str, outage_db: str, stub: OpenAiStub) -> None:
+    """/v1 calls need the budget store too (budgets and context.queries): refused at once,
+    naming the store, counted in modelfence_store_errors_total like OIP refusals."""
+    parts = urlsplit(pg_url)
+    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:"
+                                        f"{proxy.port}", path=f"/{outage_db}"))
+        llm = {"models": [{"name": "chat", "upstream": stub.url, "upstream_model": "ok"}]}
+        gw = Gateway(tmp_path, [], extra={"llm": llm, "quotas": {
+            "budget_store": url, "budgets": [{"queries": 1000, "period": "month"}]}}).start()
+        try:
+            key = gw.key(models=["chat"])
+            assert chat(gw, key)[0] == 200
+            proxy.cut()
+            for _ in range(5):
+                status, doc, seconds = chat(gw, key)
+                assert status == 503, doc
+                assert doc["error"]["message"] == BUDGET_DOWN["error"]
+                assert seconds < 1.0
+                assert_no_secret(doc, key, "postgresql://", str(proxy.port))
+            assert store_errors(gw, "budget") == 5
+            proxy.restore()
+            started = time.monotonic()
+            while chat(gw, key)[0] != 200:
+                assert time.monotonic() - started < RECOVERY_S, "no recovery without a restart"
+                time.sleep(0.05)
+        finally:
+            gw.stop()

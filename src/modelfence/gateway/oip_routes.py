@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
 from starlette.background import BackgroundTask
@@ -11,6 +12,7 @@ from starlette.routing import Route
 
 from ..backends.base import ModelEntry
 from ..errors import PolicyError, RequestError, StoreError
+from ..stores.health import stores_not_ready
 from .call import Call
 from .chain import GuardChain, Terminal
 from .metrics import GatewayMetrics
@@ -18,6 +20,7 @@ from .oip import encode_infer_response
 from .responses import error_response, json_response
 
 StoreCheck = Callable[[], Awaitable[bool]]
+log = logging.getLogger("modelfence.gateway")
 
 
 async def _infer_terminal(call: Call) -> None:
@@ -33,13 +36,16 @@ async def _metadata_terminal(call: Call) -> None:
 class OipRoutes:
     def __init__(self, *, infer_chain: GuardChain, metadata_chain: GuardChain,
                  models: dict[str, ModelEntry], stores: list[tuple[str, StoreCheck]],
-                 metrics: GatewayMetrics, audit_before_answer: bool = False) -> None:
+                 metrics: GatewayMetrics, audit_before_answer: bool = False,
+                 notes: dict[str, str] | None = None) -> None:
         self._infer_chain = infer_chain
         self._metadata_chain = metadata_chain
         self._models = models
         self._stores = stores
         self._metrics = metrics
         self._audit_before_answer = audit_before_answer
+        self._last_not_ready: list[str] = []
+        self._notes = notes or {}  # said by the admin readiness, ready or not ("audit")
 
     def routes(self) -> list[Route]:
         return [
@@ -53,6 +59,30 @@ class OipRoutes:
         return json_response({"live": True})
 
     async def ready(self, request: Request) -> Response:
+        """Ready or not, and nothing more: model names, paths and reasons would tell an
+        anonymous caller which models exist. The details are on the admin listener's
+        /admin/ready and in the log (once per change)."""
+        not_ready = await self.readiness()
+        if not_ready != self._last_not_ready:
+            if not_ready:
+                log.warning("not ready: %s", ", ".join(not_ready))
+            elif self._last_not_ready:
+                log.info("ready again")
+            self._last_not_ready = not_ready
+        if not_ready:
+            return json_response({"ready": False, "error": "not ready"}, 503)
+        return json_response({"ready": True})
+
+    async def ready_details(self, request: Request) -> Response:
+        """The admin listener's readiness: what is not ready, and why."""
+        not_ready = await self.readiness()
+        if not_ready:
+            return json_response({"ready": False, "not_ready": not_ready,
+                                  "error": "not ready: " + ", ".join(not_ready),
+                                  **self._notes}, 503)
+        return json_response({"ready": True, **self._notes})
+
+    async def readiness(self) -> list[str]:
         not_ready = []
         for name, entry in self._models.items():
             ok = entry.refused is None and await entry.backend.ready()
@@ -61,13 +91,8 @@ class OipRoutes:
                 not_ready.append(f"model {name} (refused: {entry.refused})")
             elif not ok:
                 not_ready.append(f"model {name}")
-        for name, check in self._stores:
-            if not await check():
-                not_ready.append(name)
-        if not_ready:
-            return json_response({"ready": False,
-                                  "error": "not ready: " + ", ".join(not_ready)}, 503)
-        return json_response({"ready": True})
+        not_ready += await stores_not_ready(self._stores)  # all at once, each bounded
+        return not_ready
 
     async def metadata(self, request: Request) -> Response:
         call = Call(request, "metadata", request.path_params["name"])

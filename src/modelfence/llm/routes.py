@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..audit.record import replica_name
-from ..errors import UpstreamError, http_status_and_message
+from ..errors import StoreError, UpstreamError, http_status_and_message
 from ..gateway.call import Call
 from ..gateway.chain import Guard, GuardChain
 from ..gateway.responses import error_response
@@ -69,8 +69,10 @@ class LlmRoutes:
                  after_body: Sequence[Guard] = (), head: Sequence[Guard] = (),
                  audit_before_answer: bool = False, noise_secret: bytes | None = None,
                  on_alert: Callable[[Crossing], None] | None = None,
-                 on_screen_failure: Callable[[str, str], None] | None = None) -> None:
+                 on_screen_failure: Callable[[str, str], None] | None = None,
+                 on_store_error: Callable[[str], None] | None = None) -> None:
         self.settings = settings
+        self._on_store_error = on_store_error  # counts refusals by store, as OIP routes do
         self._noise_secret = noise_secret or os.urandom(32)  # logprob noise key
         self._canary_secret = hmac.new(self._noise_secret, b"canary", hashlib.sha256).digest()
         self.models = {m.name: LlmEntry(m) for m in settings.models}
@@ -346,6 +348,8 @@ class LlmRoutes:
 
     def _error(self, call: Call, exc: Exception) -> Response:
         _, call.error = error_response(exc, where=f" in {call.action}")
+        if isinstance(exc, StoreError) and self._on_store_error is not None:
+            self._on_store_error(exc.store)
         status, message, reason, headers = http_status_and_message(call.error)
         return openai_error(status, message, reason, headers)
 
@@ -390,7 +394,8 @@ def llm_routes(settings: LlmSettings, *, head: Sequence[Guard], identity: Guard,
                budgets: Sequence[Guard] = (), audit_before_answer: bool = False,
                noise_secret: bytes | None = None,
                on_alert: Callable[[Crossing], None] | None = None,
-               on_screen_failure: Callable[[str, str], None] | None = None) -> LlmRoutes:
+               on_screen_failure: Callable[[str, str], None] | None = None,
+               on_store_error: Callable[[str], None] | None = None) -> LlmRoutes:
     """The LLM routes wired like the OIP infer chain; `head` is e.g. (metrics, audit).
 
     Mount `llm.routes()`, `await llm.start()` and `await llm.close()` in the app's lifespan.
@@ -400,4 +405,5 @@ def llm_routes(settings: LlmSettings, *, head: Sequence[Guard], identity: Guard,
                      policy=[policy],
                      after_policy=rate_limits, after_body=budgets,
                      audit_before_answer=audit_before_answer, noise_secret=noise_secret,
-                     on_alert=on_alert, on_screen_failure=on_screen_failure)
+                     on_alert=on_alert, on_screen_failure=on_screen_failure,
+                     on_store_error=on_store_error)
