@@ -104,22 +104,6 @@ async def test_full_queue_makes_writers_wait_and_drops_nothing(tmp_path: Path) -
     assert count(tmp_path / "a.db") == 6
 
 
-async def test_a_failing_store_is_retried_then_reported(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    store = GatedStore(tmp_path / "a.db")
-    sink = ChainedSink(store, durability="strict", retry_s=0.1)
-    await sink.open()
-    store.down = True
-    with pytest.raises(StoreError, match="disk on fire"):
-        await sink.write(Rec(1))  # type: ignore[arg-type]
-    assert sink.lost == 1
-    assert "audit records lost: 1" in caplog.text
-    store.down = False  # it recovers: later records are written
-    await sink.write(Rec(2))  # type: ignore[arg-type]
-    await sink.close()
-    assert count(tmp_path / "a.db") == 1
-
-
 async def test_idle_writer_signs_the_head_after_the_interval(tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture
                                                             ) -> None:

@@ -47,6 +47,8 @@ def write(tmp_path: Path, text: str) -> Path:
     ("quotas:\n  risk_curve: [[0.0, 0.5]]\n", "costs must be >= 1"),
     ("stores:\n  keys: ${MODELFENCE_TEST_UNSET_VAR}\n",
      "stores.keys: environment variable MODELFENCE_TEST_UNSET_VAR is not set"),
+    ("audit:\n  sink: none://\n", "audit: value error, sink none:// records no call at all; "
+     "set audit.disabled_acknowledged: true to run without an audit trail"),
 ])
 def test_errors_name_file_key_and_reason(tmp_path: Path, text: str, expected: str) -> None:
     path = write(tmp_path, text)

@@ -61,7 +61,8 @@ def setup(tmp_path: Path, digits_files: dict[str, Path],
     config = tmp_path / "modelfence.yaml"
     config.write_text(yaml.safe_dump({
         "secret_file": "secret",
-        "audit": {"sink": "none://", "checkpoint_key_file": "signing.pem"},
+        "audit": {"sink": "none://", "disabled_acknowledged": True,
+                  "checkpoint_key_file": "signing.pem"},
         "models": [{"name": "digits",
                     "backend": {"type": "skops", "path": str(digits_files["skops"])}}]}))
     settings = load_settings(config)

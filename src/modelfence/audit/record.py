@@ -15,9 +15,12 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from ..errors import StoreError
 from ..gateway.call import Call
 from ..gateway.chain import Guard
 from .sinks import AuditSink
+
+_REFUSED = "audit records cannot be kept"
 
 
 @dataclass(slots=True)
@@ -99,8 +102,17 @@ class AuditGuard(Guard):
             inputs=body.decode("utf-8", "replace") if body and self._record_inputs else None,
         )
 
+    async def on_request(self, call: Call) -> None:
+        """Fail closed: a call whose record could not be kept is not served (503)."""
+        if not self._sink.accepting:
+            call.note(self.name, "deny", _REFUSED)
+            raise StoreError("the audit store and its spill are full or failing",
+                             store="audit", reported=True)  # the sink logged it once
+
     async def on_complete(self, call: Call) -> None:
         """Runs after the answer is sent (batched) or just before (strict durability)."""
+        if any(d.reason is _REFUSED for d in call.trail):
+            return  # refused above because no record can be kept: counted, not recorded
         try:
             await self._sink.write(self.assemble(call))
         except Exception:

@@ -20,6 +20,7 @@ from ..errors import ConfigurationError
 if TYPE_CHECKING:
     from ..config import AuditSettings
     from .record import AuditRecord
+    from .spill import SpillMetrics
     from .store import AuditStore
 
 CHAINED_SCHEMES = ("sqlite", "postgresql", "postgres")
@@ -27,6 +28,17 @@ CHAINED_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 class AuditSink(ABC):
     """`open()` before the first write (it may start a background writer), `close()` last."""
+
+    #: True for none://: nothing is recorded (started only with an acknowledgement)
+    disabled: bool = False
+
+    @property
+    def accepting(self) -> bool:
+        """False when a record written now could not be kept: the gateway refuses calls."""
+        return True
+
+    async def ready(self) -> bool:
+        return self.accepting
 
     async def open(self) -> None:
         return None
@@ -39,6 +51,15 @@ class AuditSink(ABC):
 
 
 class NullSink(AuditSink):
+    """none://: no audit trail. The config must acknowledge it; every start says so loudly."""
+
+    disabled = True
+
+    async def open(self) -> None:
+        logging.getLogger("modelfence.audit").warning(
+            "AUDIT TRAIL DISABLED: audit.sink is none:// (audit.disabled_acknowledged is set); "
+            "no call, denial or admin action is recorded")
+
     async def write(self, record: AuditRecord) -> None:
         return None
 
@@ -84,8 +105,9 @@ def audit_store_of(sink: AuditSink) -> AuditStore | None:
     return store if isinstance(store, AuditStore) else None
 
 
-def audit_sink_from_url(url: str, settings: AuditSettings | None = None) -> AuditSink:
-    """Build (not open) the sink `url` names; `settings` tunes a chained store.
+def audit_sink_from_url(url: str, settings: AuditSettings | None = None,
+                        spill_metrics: SpillMetrics | None = None) -> AuditSink:
+    """Build (not open) the sink `url` names; `settings` tunes a chained store and its spill.
 
     The checkpoint key is read here, at start-up, so a missing or wrong key refuses to
     start with one line naming the file (and never its content).
@@ -93,6 +115,7 @@ def audit_sink_from_url(url: str, settings: AuditSettings | None = None) -> Audi
     if urlsplit(url).scheme in CHAINED_SCHEMES:
         from ..config import AuditSettings
         from .checkpoint import CheckpointPolicy, load_signer
+        from .spill import Spill
         from .store import audit_store_from_url
         from .writer import ChainedSink
 
@@ -102,7 +125,8 @@ def audit_sink_from_url(url: str, settings: AuditSettings | None = None) -> Audi
             audit_store_from_url(url, durability=s.durability), durability=s.durability,
             batch_max=s.batch_max, flush_interval_ms=s.flush_interval_ms,
             queue_max=s.queue_max, signer=load_signer(key_file) if key_file else None,
-            policy=CheckpointPolicy(s.checkpoint_every, s.checkpoint_interval_s))
+            policy=CheckpointPolicy(s.checkpoint_every, s.checkpoint_interval_s),
+            spill=Spill(s.spill_dir, s.spill_max_bytes, spill_metrics))
     if url in ("none://", "none"):
         return NullSink()
     if url in ("log://", "log"):

@@ -17,14 +17,23 @@ Durability modes:
   with `synchronous=NORMAL`, so a power cut may also drop the newest commits.
 
 A full queue makes `write()` wait (back-pressure), never drop: an audit log with silent
-gaps would be worse than a slower complete phase. A store that keeps failing is retried
-for `retry_s`; then that batch is dropped, counted in `lost` and logged as an error, and
-strict writers get the `StoreError`.
+gaps would be worse than a slower complete phase.
+
+A store that fails is retried for `retry_s`; then the batch goes to the spill (spill.py),
+fsync'd on local disk, and every later batch follows it there until a replay task has
+committed the spill, oldest first: the chain keeps the order in which calls completed,
+and an outage loses nothing. The outage is logged once when it begins and once when it
+ends. Strict writers are answered once their batch is in the spill. When the spill is
+nearly full (or missing, or the disk refuses it) `accepting` turns false and the gateway
+refuses calls with 503 until the store takes records again; a batch with nowhere to go
+is held in memory meanwhile. Only a gateway stopped while that holds drops records,
+counted in `lost` and logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,6 +44,7 @@ from ..errors import StoreError
 from .chain import Entry, Head, entry_from_dict, link
 from .checkpoint import Checkpoint, CheckpointPolicy, Signer
 from .sinks import AuditSink
+from .spill import Spill
 from .store import AuditStore, Batch, Plan
 
 if TYPE_CHECKING:
@@ -55,33 +65,59 @@ class ChainedSink(AuditSink):
     def __init__(self, store: AuditStore, *, durability: Literal["strict", "batched"] = "batched",
                  batch_max: int = 512, flush_interval_ms: float = 10.0, queue_max: int = 10_000,
                  signer: Signer | None = None, policy: CheckpointPolicy | None = None,
-                 retry_s: float = 5.0) -> None:
+                 retry_s: float = 0.25, spill: Spill | None = None,
+                 close_timeout_s: float = 5.0) -> None:
         self.store = store
         self.strict = durability == "strict"
+        self.spill = spill
         self._batch_max = batch_max
         self._linger_s = flush_interval_ms / 1000
         self._queue_max = queue_max
         self._signer = signer
         self._policy = policy or CheckpointPolicy()
         self._retry_s = retry_s
+        self._close_timeout_s = close_timeout_s
         self._queue: asyncio.Queue[Any] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._replayer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()  # the spill has records to replay
         self._unsealed = False
         self._closing = False
+        self._held = False  # a batch has nowhere to go: calls are refused
+        self._outage_since: float | None = None
         self.written = 0
         self.lost = 0
+        self.replayed = 0
 
     @property
     def pending(self) -> int:
         return self._queue.qsize() if self._queue is not None else 0
 
+    @property
+    def accepting(self) -> bool:
+        """False while a batch has nowhere to go or the spill is over 90 % full."""
+        spill = self.spill
+        if self._held:
+            return False
+        return spill is None or spill.empty or spill.room(spill.max_bytes // 10)
+
+    async def ready(self) -> bool:
+        return self.accepting
+
     async def open(self) -> None:
+        if self.spill is not None:
+            await self.spill.open()  # records a stopped gateway left go first
         await self.store.open()
         if self._signer is None:
             log.warning("audit checkpoints are off (no audit.checkpoint_key_file): removal of "
                         "the newest records cannot be detected")
         self._queue = asyncio.Queue(self._queue_max)
         self._task = asyncio.create_task(self._run(), name="modelfence-audit-writer")
+        if self.spill is not None:
+            self._replayer = asyncio.create_task(self._replay(self.spill),
+                                                 name="modelfence-audit-replay")
+            if not self.spill.empty:
+                self._wake.set()
 
     async def write(self, record: AuditRecord) -> None:
         if self._closing or self._queue is None or self._task is None or self._task.done():
@@ -95,12 +131,23 @@ class ChainedSink(AuditSink):
         await done
 
     async def close(self) -> None:
-        """Commit what is queued, sign the head, close the store."""
+        """Commit what is queued, replay the spill while the store answers, sign the head,
+        close the store; what the store did not take stays in the spill for the next start."""
         if self._queue is not None and self._task is not None and not self._task.done():
             self._closing = True
             await self._queue.put(_STOP)
             await self._task
+        if self._replayer is not None:
+            self._replayer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._replayer
+            self._replayer = None
         self._queue = self._task = None
+        if self.spill is not None:
+            if not self.spill.empty:
+                log.warning("audit: %d records wait in the spill %s; they are replayed when "
+                            "the gateway starts again", self.spill.records, self.spill.folder)
+            await self.spill.close()
         await self.store.close()
 
     async def _run(self) -> None:
@@ -128,6 +175,7 @@ class ChainedSink(AuditSink):
                 stopping = self._take(None, items, queue)
             if items:
                 await self._commit(items)
+        await self._flush_spill()
         if self._unsealed and self._signer is not None:
             await self._seal()
 
@@ -178,22 +226,108 @@ class ChainedSink(AuditSink):
         except Exception as exc:
             log.error("audit checkpoint failed: %s", exc)
 
+    def _spill_empty(self) -> bool:
+        return self.spill is None or self.spill.empty
+
     async def _commit(self, items: list[_Item]) -> None:
-        try:
-            await self._store_commit(self._plan([entry for entry, _ in items]))
-        except Exception as exc:
-            self.lost += len(items)
-            log.error("audit records lost: %d; the store failed (retried for %.0f s): %s",
-                      len(items), self._retry_s, exc,
-                      exc_info=not isinstance(exc, StoreError))
-            for _, done in items:
-                if done is not None and not done.done():
-                    done.set_exception(exc)
-            return
-        self.written += len(items)
+        """Commit to the store while nothing older waits in the spill; else spill; else hold."""
+        entries = [entry for entry, _ in items]
+        delay, give_up = 0.05, None
+        while True:
+            if self._spill_empty():
+                try:
+                    await self._store_commit(self._plan(entries))
+                except Exception as exc:
+                    self._outage_began(exc)
+                else:
+                    self.written += len(items)
+                    self._settle(items, None)
+                    self._outage_ended()
+                    return
+            if self.spill is not None and await self.spill.append(entries):
+                self._settle(items, None)
+                self._wake.set()
+                return
+            self._hold()
+            if self._closing:
+                give_up = give_up or time.monotonic() + self._close_timeout_s
+                if time.monotonic() > give_up:
+                    self.lost += len(items)
+                    if self.spill is not None:
+                        self.spill.metrics.lost(len(items))
+                    log.error("audit records lost: %d; the gateway stopped while neither the "
+                              "store nor the spill could take them", len(items))
+                    self._settle(items, StoreError("audit record not written", store="audit"))
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def _settle(self, items: list[_Item], exc: BaseException | None) -> None:
+        if exc is None:
+            self._held = False
         for _, done in items:
             if done is not None and not done.done():
-                done.set_result(None)
+                if exc is None:
+                    done.set_result(None)
+                else:
+                    done.set_exception(exc)
+
+    def _hold(self) -> None:
+        if self._held:
+            return
+        self._held = True
+        where = (f"the spill {self.spill.folder} is full ({self.spill.size:,} of "
+                 f"{self.spill.max_bytes:,} bytes) or cannot be written"
+                 if self.spill is not None else "no spill is configured")
+        log.error("audit records cannot be written: the store does not answer and %s; calls "
+                  "are refused (503) until it does", where)
+
+    def _outage_began(self, exc: BaseException) -> None:
+        if self._outage_since is not None:
+            log.debug("audit store still failing: %s", exc)
+            return
+        self._outage_since = time.monotonic()
+        where = (f"spilling them to {self.spill.folder} and replaying them in order when it "
+                 "answers" if self.spill is not None else "holding them in memory")
+        log.error("audit store cannot take records (%s); %s", exc, where,
+                  exc_info=not isinstance(exc, StoreError))
+
+    def _outage_ended(self) -> None:
+        if self._outage_since is None:
+            return
+        log.warning("audit store answers again after %.1f s; %d records replayed from the "
+                    "spill so far", time.monotonic() - self._outage_since, self.replayed)
+        self._outage_since = None
+
+    async def _replay(self, spill: Spill) -> None:
+        """Commit the spill oldest first whenever it has records; retry while the store fails."""
+        delay = 0.05
+        while True:
+            await self._wake.wait()
+            if spill.empty:
+                self._wake.clear()
+                self._outage_ended()
+                continue
+            entries = await spill.peek(self._batch_max)
+            try:
+                if entries:
+                    await self._commit_once(self._plan(entries))
+            except Exception as exc:
+                self._outage_began(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            self.replayed += await spill.done()
+            delay = 0.05
+
+    async def _flush_spill(self) -> None:
+        """At close: let the replay finish (up to `close_timeout_s`) unless the store is down."""
+        if self._spill_empty() or self._replayer is None or self._outage_since is not None:
+            return
+        self._wake.set()
+        deadline = time.monotonic() + self._close_timeout_s
+        while not self._spill_empty() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     async def _store_commit(self, plan: Plan) -> None:
         """Commit, retrying a failing store with backoff for up to `retry_s`."""
@@ -201,14 +335,17 @@ class ChainedSink(AuditSink):
         delay = 0.05
         while True:
             try:
-                batch = await self.store.commit(plan)
-                break
+                await self._commit_once(plan)
+                return
             except StoreError as exc:
                 if time.monotonic() + delay > deadline:
                     raise
-                log.warning("audit store failed, retrying in %.2f s: %s", delay, exc)
+                log.debug("audit store failed, retrying in %.2f s: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    async def _commit_once(self, plan: Plan) -> None:
+        batch = await self.store.commit(plan)
         if batch.checkpoint is not None:
             self._unsealed = False
             checkpoint_log.info("%s", orjson.dumps(batch.checkpoint.to_dict()).decode())

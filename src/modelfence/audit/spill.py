@@ -1,0 +1,303 @@
+"""The spill: audit records the store could not take, on local disk until it answers again.
+
+When a commit fails, the writer appends the batch here (fsync'd) instead of dropping it,
+and replays the spill oldest first once the store answers, before any newer record, so
+the chain keeps the order the calls completed in. Records are spilled unlinked: their
+position and hash are given when they are replayed, under the store's write lock.
+
+Each writer process appends to a segment file of its own in `folder`, holding an
+exclusive `flock` on it while it lives. A segment whose lock can be taken belongs to no
+running process (a gateway that was stopped or killed): the next writer to open adopts
+it and replays it before its own records. Adopting never races with creating: a segment
+is locked under a temporary name and only then renamed to `spill-*.log`.
+
+A segment is a 16-byte header (magic, then the offset up to which it was replayed) and
+one JSON array per record per line. The offset is rewritten and fsync'd after each
+replayed batch, so a crash between a commit and that write replays at most that batch
+twice, never skips one. A torn last line (a crash mid-append) is cut off at open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import orjson
+
+from .chain import Entry
+
+log = logging.getLogger("modelfence.audit")
+
+MAGIC = b"MFSPILL1"
+HEADER = 16
+PATTERN = "spill-*.log"
+
+
+def _noop(n: int) -> None:
+    return None
+
+
+def _noop2(a: int, b: int) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SpillMetrics:
+    """Where the spill reports what it took and gave back (the gateway's Prometheus metrics)."""
+
+    spilled: Callable[[int], None] = _noop
+    replayed: Callable[[int], None] = _noop
+    lost: Callable[[int], None] = _noop
+    pending: Callable[[int, int], None] = _noop2  # records, bytes
+
+
+def _line(e: Entry) -> bytes:
+    return orjson.dumps([e.ts_us, e.request_id, e.principal, e.tenant, e.model, e.action,
+                         e.status, e.payload.decode()]) + b"\n"
+
+
+def _entry(line: bytes) -> Entry:
+    ts, rid, principal, tenant, model, action, status, payload = orjson.loads(line)
+    return Entry(ts, rid, principal, tenant, model, action, status, payload.encode())
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(eq=False)
+class _Segment:
+    path: Path
+    file: BinaryIO  # holds the flock; appended at the end, read from `offset`
+    offset: int = HEADER  # replayed up to here
+    size: int = HEADER
+    records: int = 0  # not yet replayed
+    adopted: bool = False
+    lines: list[int] = field(default_factory=list)  # sizes of lines read, not yet done
+
+    def mark(self, offset: int) -> None:
+        os.pwrite(self.file.fileno(), offset.to_bytes(8, "big"), len(MAGIC))
+        os.fdatasync(self.file.fileno())
+
+
+def _lock(file: BinaryIO) -> bool:
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _read_segment(path: Path, file: BinaryIO) -> tuple[int, int, int]:
+    """(replayed offset, valid size, pending records) of an adopted segment; cuts a torn tail."""
+    data = file.read()
+    if len(data) < HEADER or data[:len(MAGIC)] != MAGIC:
+        return HEADER, HEADER, 0
+    offset = min(int.from_bytes(data[len(MAGIC):HEADER], "big"), len(data))
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        log.warning("audit spill %s: a torn last record (the writer died mid-append) was cut "
+                    "off; it had not been acknowledged", path.name)
+        os.ftruncate(file.fileno(), max(end, HEADER))
+    size = max(end, HEADER)
+    return offset, size, data.count(b"\n", offset, size)
+
+
+class Spill:
+    """Segments oldest first: adopted ones, then this process's own (made on first use)."""
+
+    def __init__(self, folder: Path, max_bytes: int, metrics: SpillMetrics | None = None) -> None:
+        self.folder = folder
+        self.max_bytes = max_bytes
+        self.metrics = metrics or SpillMetrics()
+        self._segments: list[_Segment] = []
+        self._own: _Segment | None = None
+        self._lock = asyncio.Lock()
+        self._failing = False
+
+    @property
+    def records(self) -> int:
+        return sum(s.records for s in self._segments)
+
+    @property
+    def size(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    @property
+    def empty(self) -> bool:
+        return not any(s.records for s in self._segments)
+
+    def room(self, needed: int = 0) -> bool:
+        return self.size + needed <= self.max_bytes
+
+    async def open(self) -> None:
+        """Adopt the segments no running process holds; they are replayed first."""
+        async with self._lock:
+            await asyncio.to_thread(self._adopt)
+        self._report()
+        if self.records:
+            log.warning("audit spill: %d records left by a stopped gateway in %s; replaying "
+                        "them before new records", self.records, self.folder)
+
+    async def close(self) -> None:
+        """Close the segments; an empty own one is removed, others wait for the next start."""
+        async with self._lock:
+            for s in self._segments:
+                if s is self._own and not s.records:
+                    s.path.unlink(missing_ok=True)
+                s.file.close()
+            self._segments.clear()
+            self._own = None
+
+    def _adopt(self) -> None:
+        if not self.folder.is_dir():
+            return
+        for path in sorted(self.folder.glob(PATTERN)):
+            try:
+                file = path.open("r+b")
+            except OSError as exc:
+                log.error("audit spill %s cannot be read: %s", path, exc.strerror)
+                continue
+            if not _lock(file):  # a running writer's own segment
+                file.close()
+                continue
+            offset, size, records = _read_segment(path, file)
+            self._segments.append(_Segment(path, file, offset, size, records, adopted=True))
+
+    def _create(self) -> _Segment:
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        name = f"spill-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp = self.folder / f"{name}.tmp"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # records: owner only
+        file = os.fdopen(fd, "r+b")
+        _lock(file)  # nobody else can know the temporary name
+        file.write(MAGIC + HEADER.to_bytes(8, "big"))
+        file.flush()
+        os.fsync(fd)
+        path = tmp.with_suffix(".log")
+        os.rename(tmp, path)
+        _fsync_dir(self.folder)
+        return _Segment(path, file)
+
+    async def append(self, entries: list[Entry]) -> bool:
+        """Write `entries` durably after everything spilled; False when there is no room
+        (the size limit, or the disk refused: logged once per writer problem)."""
+        data = b"".join(map(_line, entries))
+        async with self._lock:
+            if not self.room(len(data)):
+                return False
+            try:
+                await asyncio.to_thread(self._append, data)
+            except OSError as exc:
+                if not self._failing:
+                    log.error("audit spill %s cannot be written: %s", self.folder,
+                              exc.strerror or exc)
+                self._failing = True
+                return False
+            self._failing = False
+            own = self._own
+            assert own is not None
+            own.size += len(data)
+            own.records += len(entries)
+        self.metrics.spilled(len(entries))
+        self._report()
+        return True
+
+    def _append(self, data: bytes) -> None:
+        if self._own is None:
+            self._own = self._create()
+            self._segments.append(self._own)
+        fd = self._own.file.fileno()
+        os.pwrite(fd, data, self._own.size)
+        os.fdatasync(fd)
+
+    async def peek(self, limit: int) -> list[Entry]:
+        """Up to `limit` of the oldest records not yet replayed (from one segment)."""
+        async with self._lock:
+            seg = next((s for s in self._segments if s.records), None)
+            if seg is None:
+                return []
+            return await asyncio.to_thread(self._read, seg, limit)
+
+    def _read(self, seg: _Segment, limit: int) -> list[Entry]:
+        out: list[Entry] = []
+        seg.lines = []
+        with seg.path.open("rb") as f:  # its own description: the writer's flock stays
+            f.seek(seg.offset)
+            pos = seg.offset
+            while len(seg.lines) < limit and pos < seg.size:
+                line = f.readline(seg.size - pos)
+                if not line:
+                    break
+                pos += len(line)
+                seg.lines.append(len(line))
+                try:
+                    out.append(_entry(line))
+                except (ValueError, TypeError) as exc:  # damaged on disk: say so, go on
+                    log.error("audit spill %s: a damaged record was skipped: %s",
+                              seg.path.name, exc)
+                    self.metrics.lost(1)
+        if not seg.lines:  # the count and the file disagree: nothing more to give
+            log.error("audit spill %s: %d records were counted but none could be read",
+                      seg.path.name, seg.records)
+            self.metrics.lost(seg.records)
+            seg.records = 0
+        return out
+
+    async def done(self) -> int:
+        """The records the last `peek` returned are in the store: move past them."""
+        async with self._lock:
+            seg = next((s for s in self._segments if s.records), None)
+            if seg is None or not seg.lines:
+                return 0
+            n, seg.offset = len(seg.lines), seg.offset + sum(seg.lines)
+            seg.lines = []
+            seg.records -= n
+            await asyncio.to_thread(self._advance, seg)
+        self.metrics.replayed(n)
+        self._report()
+        return n
+
+    def _advance(self, seg: _Segment) -> None:
+        if seg.records:
+            seg.mark(seg.offset)
+            return
+        if seg.adopted:  # replayed to the end: gone, and its lock with it
+            seg.path.unlink(missing_ok=True)
+            seg.file.close()
+            self._segments.remove(seg)
+            return
+        os.ftruncate(seg.file.fileno(), HEADER)  # our own: empty again, ready for the next
+        seg.offset = seg.size = HEADER
+        seg.mark(HEADER)
+
+    def _report(self) -> None:
+        self.metrics.pending(self.records, self.size if self.records else 0)
+
+
+def pending_in(folder: Path) -> int:
+    """Records waiting in every segment under `folder` (for `audit verify`); reads only."""
+    total = 0
+    if not folder.is_dir():
+        return 0
+    for path in folder.glob(PATTERN):
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if len(data) >= HEADER and data[:len(MAGIC)] == MAGIC:
+            offset = min(int.from_bytes(data[len(MAGIC):HEADER], "big"), len(data))
+            total += data.count(b"\n", offset)
+    return total
