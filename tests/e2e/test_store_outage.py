@@ -145,7 +145,12 @@ def test_redis_outage_fails_closed_and_recovers(
         assert_no_secret(doc, key, gw.admin_token, "redis://", str(redis_proxy.port))
         assert http(gw, key, "free")[0] == 200  # a route without rate limits needs no Redis
         assert store_errors(gw, "ratelimit") == 1
-        wait_for_log(gw, "ERROR modelfence.stores: rate limit storage failed")
+        for _ in range(20):  # refused at once, counted, not logged one by one
+            status, doc, seconds = http(gw, key)
+            assert (status, doc) == (503, RATE_LIMIT_DOWN) and seconds < 1.0
+        assert store_errors(gw, "ratelimit") == 21
+        log = wait_for_log(gw, "ERROR modelfence.stores: rate limit storage failed")
+        assert len(problem_lines(log)) == 1, problem_lines(log)
         assert readiness(gw) == (503, "not ready")
 
         redis_proxy.restore()
