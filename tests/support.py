@@ -72,11 +72,17 @@ class Gateway:
     extra: dict[str, Any] = field(default_factory=dict)
     admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        """The admin listener: the admin API, /admin/ready and /metrics."""
+        return f"http://127.0.0.1:{self.admin_port}"
 
     @property
     def config(self) -> Path:
@@ -92,7 +98,8 @@ class Gateway:
             (self.folder / "secret").write_text(secrets.token_urlsafe(48))
         (self.folder / "admin-token").write_text(self.admin_token)
         doc: dict[str, Any] = {
-            "server": {"host": "127.0.0.1", "port": self.port, "max_body_bytes": 256 * 1024},
+            "server": {"host": "127.0.0.1", "port": self.port, "max_body_bytes": 256 * 1024,
+                       "admin_listen": f"127.0.0.1:{self.admin_port}"},
             "secret_file": "secret",
             "admin": {"token_file": "admin-token"},
             "stores": {"keys": "sqlite:///keys.db"},
@@ -110,7 +117,14 @@ class Gateway:
                  "--log-level", "DEBUG"],
                 stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         wait_http(f"{self.url}/v2/health/live", proc=self.proc, log=self.log)
+        if self.admin_listens():
+            wait_http(f"{self.admin_url}/metrics", proc=self.proc, log=self.log)
         return self
+
+    def admin_listens(self) -> bool:
+        server = self.extra.get("server", {})
+        return "admin_listen" not in server or server["admin_listen"] == (
+            f"127.0.0.1:{self.admin_port}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

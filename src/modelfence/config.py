@@ -30,6 +30,7 @@ ADMIN_TOKEN_ENV = "MODELFENCE_ADMIN_TOKEN"  # noqa: S105
 DATA_DIR_ENV = "MODELFENCE_HOME"
 KEY_ENV = "MODELFENCE_KEY"
 ADMIN_FD_ENV = "MODELFENCE_ADMIN_FD"
+ADMIN_LISTEN_ENV = "MODELFENCE_ADMIN_LISTEN"
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own name
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -690,6 +691,24 @@ def default_config_path() -> Path:
 def export_config_path(path: Path) -> None:
     """Hand the config path to server worker processes, which read it in `default_config_path`."""
     os.environ[CONFIG_ENV] = str(path.resolve())
+
+
+def export_admin_listen(address: str) -> None:
+    """`serve --admin-listen` (and the demo's admin port), handed to the worker processes."""
+    try:
+        listen_address(address)
+    except ValueError as exc:
+        raise ConfigurationError(f"--admin-listen: {exc}") from None
+    os.environ[ADMIN_LISTEN_ENV] = address
+
+
+def admin_listen_override(settings: Settings) -> Settings:
+    """The settings with the exported admin address, if one was exported."""
+    address = os.environ.get(ADMIN_LISTEN_ENV)
+    if not address:
+        return settings
+    server = settings.server.model_copy(update={"admin_listen": address})
+    return settings.model_copy(update={"server": server})
 
 
 def export_admin_socket(fd: int) -> None:

@@ -16,7 +16,7 @@ async def admin(gw: Gateway, method: str, path: str, body: Any = None,
                 raw: bytes | None = None) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {gw.admin_token}"}
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    async with aiohttp.ClientSession() as s, s.request(method, f"{gw.url}{path}", data=data,
+    async with aiohttp.ClientSession() as s, s.request(method, f"{gw.admin_url}{path}", data=data,
                                                        headers=headers) as r:
         return r.status, await r.json()
 

@@ -91,7 +91,9 @@ def test_only_checked_models_serve(gateway: Gateway) -> None:
     for refused in ("tampered", "evil"):
         r = ask(gateway, key, refused)
         assert r.status_code == 503 and "not served" in r.json()["error"]
-    ready = httpx.get(f"{gateway.url}/v2/health/ready")
+    public = httpx.get(f"{gateway.url}/v2/health/ready")  # names no model, no path
+    assert (public.status_code, public.json()) == (503, {"ready": False, "error": "not ready"})
+    ready = httpx.get(f"{gateway.admin_url}/admin/ready")
     assert ready.status_code == 503
     text = ready.json()["error"]
     assert "model tampered (refused" in text and "model evil (refused" in text

@@ -86,7 +86,7 @@ async def test_keys_never_appear_in_logs_errors_or_audit(local_gateway: Gateway)
         async with s.post(f"{local_gateway.url}/v2/models/digits/infer", data=b"{bad",
                           headers={"Authorization": f"Bearer {key}"}) as r:
             error_text = await r.text()
-        async with s.get(f"{local_gateway.url}/metrics") as r:
+        async with s.get(f"{local_gateway.admin_url}/metrics") as r:
             metrics_text = await r.text()
     await asyncio.sleep(0.3)  # audit and logs are written after the answer
     listing = cli("keys", "list", "--json", "--config", str(local_gateway.config)).stdout
@@ -108,7 +108,7 @@ async def test_keys_never_appear_in_logs_errors_or_audit(local_gateway: Gateway)
 async def test_admin_api_refuses_without_admin_token(local_gateway: Gateway,
                                                      bad_auth: str | None) -> None:
     headers = {"Authorization": bad_auth} if bad_auth else {}
-    async with aiohttp.ClientSession() as s, s.get(f"{local_gateway.url}/admin/keys",
+    async with aiohttp.ClientSession() as s, s.get(f"{local_gateway.admin_url}/admin/keys",
                                                    headers=headers) as r:
         assert r.status == 401
         assert await r.json() == {"error": "missing or invalid credentials"}
@@ -117,5 +117,6 @@ async def test_admin_api_refuses_without_admin_token(local_gateway: Gateway,
 async def test_a_model_key_is_not_an_admin_key(local_gateway: Gateway) -> None:
     key = local_gateway.key()
     async with aiohttp.ClientSession() as s, s.get(
-            f"{local_gateway.url}/admin/keys", headers={"Authorization": f"Bearer {key}"}) as r:
+            f"{local_gateway.admin_url}/admin/keys",
+            headers={"Authorization": f"Bearer {key}"}) as r:
         assert r.status == 401

@@ -9,6 +9,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -154,6 +156,19 @@ def test_demo_prints_a_curl_that_works_and_reuses_its_model(tmp_path: Path) -> N
         names = [o["name"] for o in doc["outputs"]]
         assert names == ["probabilities", "label"]
         assert abs(sum(doc["outputs"][0]["data"]) - 1.0) < 1e-4
+        # metrics on the admin listener the demo names (port + 1), not on the public port
+        assert proc.stdout is not None
+        printed = ""
+        while "/metrics" not in printed:
+            printed += proc.stdout.readline()
+        admin = f"http://127.0.0.1:{port + 1}"
+        assert f"{admin}/metrics" in printed
+        with urllib.request.urlopen(f"{admin}/metrics", timeout=5) as r:  # noqa: S310
+            assert b"modelfence_" in r.read()
+        with pytest.raises(urllib.error.HTTPError) as public:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5)
+        assert public.value.code == 404
+        public.value.close()
     finally:
         stop(proc)
     model = tmp_path / "demo" / "digits.skops"

@@ -47,7 +47,8 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 GATEWAYS = ("gateway-1", "gateway-2")
 #: deploy/modelfence.yaml's values that name a container path or a compose host: the only
 #: ones `localize_config` may change to run a replica here.
-LOCAL_CHANGES = {"server.host", "server.port", "secret_file", "admin.token_file", "stores.keys",
+LOCAL_CHANGES = {"server.host", "server.port", "server.admin_listen", "secret_file",
+                 "admin.token_file", "stores.keys",
                  "audit.sink", "audit.checkpoint_key_file", "quotas.storage",
                  "quotas.budget_store", "models[0].backend.path"}
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -239,6 +240,7 @@ def test_deploy_config_validates(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_PASSWORD", "redis-pass")
     s = load_settings(path)
     assert (s.server.host, s.server.port) == ("0.0.0.0", 8000)
+    assert s.server.admin_listen == "0.0.0.0:9090"  # the backend network only, not published
     pg = "postgresql://modelfence:pg-pass@postgres:5432/modelfence"
     assert s.stores.keys == s.audit.sink == s.quotas.budget_store == pg
     assert s.quotas.storage == "redis://:redis-pass@redis:6379/0"
@@ -261,12 +263,14 @@ def leaves(doc: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def localize_config(doc: dict[str, Any], *, port: int, root: Path, pg: SplitResult,
-                    database: str, redis_port: int) -> dict[str, Any]:
+                    database: str, redis_port: int, admin_port: int = 19090
+                    ) -> dict[str, Any]:
     """deploy/modelfence.yaml as one replica runs here instead of in its container.
 
-    0.0.0.0 -> loopback and the port -> `port`; an absolute container path -> the same path
-    under `root`; the compose hosts `postgres` and `redis` -> the local servers, PostgreSQL
-    with its user and this run's database. `${...}` references are kept as they are.
+    0.0.0.0 -> loopback and the ports -> `port` and `admin_port`; an absolute container
+    path -> the same path under `root`; the compose hosts `postgres` and `redis` -> the
+    local servers, PostgreSQL with its user and this run's database. `${...}` references
+    are kept as they are.
     """
     def local(value: Any) -> Any:
         if isinstance(value, dict):
@@ -286,7 +290,8 @@ def localize_config(doc: dict[str, Any], *, port: int, root: Path, pg: SplitResu
         return value
 
     out: dict[str, Any] = local(doc)
-    out["server"] = {**out["server"], "host": "127.0.0.1", "port": port}
+    out["server"] = {**out["server"], "host": "127.0.0.1", "port": port,
+                     "admin_listen": f"127.0.0.1:{admin_port}"}
     return out
 
 
@@ -395,6 +400,7 @@ class Stack:
     env: dict[str, str]
     configs: list[Path]
     urls: list[str]
+    admin_urls: list[str]  # each replica's admin listener
     admin_token: str
     tag: str  # in principal names: shared Redis counts rate limits per principal
     lb: str | None = None
@@ -407,15 +413,21 @@ class Stack:
         return subprocess.run([sys.executable, "-m", "modelfence", *args], env=self.env,
                               capture_output=True, text=True, timeout=120)
 
-    def create_key(self, base: str, principal: str) -> tuple[str, str]:
-        status, body = call("POST", f"{base}/admin/keys", token=self.admin_token,
+    def admin_of(self, replica: str) -> str:
+        """The admin listener of the replica at `replica` (its public URL)."""
+        return self.admin_urls[self.urls.index(replica)]
+
+    def create_key(self, replica: str, principal: str) -> tuple[str, str]:
+        status, body = call("POST", f"{self.admin_of(replica)}/admin/keys",
+                            token=self.admin_token,
                             body={"principal": f"{principal}-{self.tag}", "tenant": "acme",
                                   "models": ["digits"]})
         assert status == 201, body
         return body["key"], body["key_id"]
 
-    def revoke(self, base: str, key_id: str) -> None:
-        status, body = call("DELETE", f"{base}/admin/keys/{key_id}", token=self.admin_token)
+    def revoke(self, replica: str, key_id: str) -> None:
+        status, body = call("DELETE", f"{self.admin_of(replica)}/admin/keys/{key_id}",
+                            token=self.admin_token)
         assert status == 200, body
 
     def stop(self) -> None:
@@ -465,10 +477,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[Sta
         generate_keypair(secret_dir / "audit-checkpoint.pem", root / "audit-checkpoint.pub.pem")
 
         ports = [free_port() for _ in GATEWAYS]
+        admin_ports = [free_port() for _ in GATEWAYS]
         configs = []
-        for name, port in zip(GATEWAYS, ports, strict=True):
+        for name, port, admin_port in zip(GATEWAYS, ports, admin_ports, strict=True):
             doc = localize_config(deploy_config(), port=port, root=root, pg=pg,
-                                  database=database, redis_port=6379)
+                                  database=database, redis_port=6379, admin_port=admin_port)
             configs.append(root / f"{name}.yaml")
             configs[-1].write_text(yaml.safe_dump(doc, sort_keys=False))
         env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFENCE_")}
@@ -476,8 +489,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[Sta
         # none, and an empty one sends no AUTH
         env |= {"POSTGRES_PASSWORD": secrets.token_hex(8), "REDIS_PASSWORD": "",
                 "PYTHONUNBUFFERED": "1"}
-        st = Stack(root, env, configs, [f"http://127.0.0.1:{p}" for p in ports], admin_token,
-                   tag)
+        st = Stack(root, env, configs, [f"http://127.0.0.1:{p}" for p in ports],
+                   [f"http://127.0.0.1:{p}" for p in admin_ports], admin_token, tag)
 
         # the one-shot services, in their depends_on order
         for name in ("demo-model", "migrate"):
@@ -560,7 +573,7 @@ def test_load_balancer_spreads_over_both_replicas(stack: Stack) -> None:
 
     def answered() -> list[float]:
         counts = []
-        for url in stack.urls:
+        for url in stack.admin_urls:  # Prometheus scrapes each replica's admin listener
             with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:  # noqa: S310
                 text = resp.read().decode()
             counts.append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
@@ -568,7 +581,7 @@ def test_load_balancer_spreads_over_both_replicas(stack: Stack) -> None:
                               and 'action="infer"' in line))
         return counts
 
-    key, key_id = stack.create_key(lb, "through-the-lb")
+    key, key_id = stack.create_key(stack.urls[0], "through-the-lb")  # no admin via the lb
     before = answered()
     for _ in range(8):
         status, body = infer(lb, key)
@@ -582,7 +595,7 @@ def test_load_balancer_spreads_over_both_replicas(stack: Stack) -> None:
     assert sum(delta) == 8 and all(d >= 1 for d in delta), delta  # both replicas answered
 
     sent = time.monotonic()
-    stack.revoke(lb, key_id)
+    stack.revoke(stack.urls[1], key_id)
     time.sleep(max(0.0, sent + 1.02 - time.monotonic()))
     assert [infer(lb, key)[0] for _ in range(4)] == [401] * 4
 
@@ -601,6 +614,9 @@ def test_load_balancer_spreads_over_both_replicas(stack: Stack) -> None:
         conn.close()
     # per-replica metrics are scraped from the replicas, not through the balancer
     assert call("GET", f"{lb}/metrics")[0] == 404
+    # nor the admin API, nor a readiness that names models
+    assert call("GET", f"{lb}/admin/keys", token=stack.admin_token)[0] == 404
+    assert call("GET", f"{lb}/v2/health/ready") == (200, {"ready": True})
 
 
 def test_audit_log_of_both_replicas_verifies_as_one_trail(stack: Stack) -> None:

@@ -75,7 +75,7 @@ def _client(gw: Gateway, key: str) -> Any:
 
 def _risk(gw: Gateway, model: str, principal: str) -> dict[str, Any]:
     req = urllib.request.Request(  # noqa: S310 (loopback)
-        f"{gw.url}/admin/risk/{model}?principal={principal}",
+        f"{gw.admin_url}/admin/risk/{model}?principal={principal}",
         headers={"Authorization": f"Bearer {gw.admin_token}"})
     with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310
         doc: dict[str, Any] = json.loads(r.read())

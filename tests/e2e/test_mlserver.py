@@ -139,7 +139,7 @@ async def test_mlserver_traceback_is_502_without_the_traceback(
 
 
 async def test_readiness_checks_each_model_on_mlserver(gateway: Gateway) -> None:
-    async with aiohttp.ClientSession() as s, s.get(f"{gateway.url}/v2/health/ready") as r:
+    async with aiohttp.ClientSession() as s, s.get(f"{gateway.admin_url}/admin/ready") as r:
         assert r.status == 503  # MLServer has no model "nope"
         doc = await r.json()
     assert doc["error"] == "not ready: model ghost"

@@ -51,7 +51,8 @@ def test_attack_sees_the_risk_rise_before_the_budget_stops_it(
     result = cli("attack", f"{gateway.url}/v2/models/digits", "--attack", "jacobian",
                  "--key", thief, "--eval-key", owner, "--pool", str(pool_file),
                  "--budgets", "100,600", "--thief", "lr", "--json", str(out),
-                 env={"MODELFENCE_ADMIN_TOKEN": gateway.admin_token}, check=False)
+                 env={"MODELFENCE_ADMIN_TOKEN": gateway.admin_token,
+                      "MODELFENCE_ADMIN_URL": gateway.admin_url}, check=False)
     assert result.returncode == 3, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert gateway.admin_token not in result.stdout + result.stderr
@@ -86,7 +87,8 @@ def test_assess_through_the_gateway_plots_the_risk_and_names_the_stops(
     result = cli("assess", f"{gateway.url}/v2/models/digits-tight", "--attacks",
                  "uniform,random", "--budgets", "20,60", "--seeds", "1", "--thief", "lr",
                  "--pool", str(pool_file), "--out", str(out),
-                 env={"MODELFENCE_ADMIN_TOKEN": gateway.admin_token}, check=False)
+                 env={"MODELFENCE_ADMIN_TOKEN": gateway.admin_token,
+                      "MODELFENCE_ADMIN_URL": gateway.admin_url}, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert gateway.admin_token not in result.stdout + result.stderr
     assert "cells through the gateway" in result.stdout

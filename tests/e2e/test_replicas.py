@@ -133,8 +133,8 @@ def _forget_redis_keys(url: str, tag: str) -> None:
 
 async def create_key(gw: Gateway, principal: str, models: list[str]) -> tuple[str, str]:
     async with aiohttp.ClientSession() as s, s.post(
-            f"{gw.url}/admin/keys", json={"principal": principal, "tenant": "acme",
-                                          "models": models},
+            f"{gw.admin_url}/admin/keys", json={"principal": principal, "tenant": "acme",
+                                                "models": models},
             headers={"Authorization": f"Bearer {gw.admin_token}"}) as r:
         doc = await r.json()
         assert r.status == 201, doc
@@ -167,7 +167,7 @@ async def alternate(c: Cluster, key: str, model: str, per_client: int
 def metric(gw: Gateway, name: str) -> float:
     import urllib.request
 
-    with urllib.request.urlopen(f"{gw.url}/metrics", timeout=5) as r:  # noqa: S310 (loopback)
+    with urllib.request.urlopen(f"{gw.admin_url}/metrics", timeout=5) as r:  # noqa: S310
         text = r.read().decode()
     return sum(float(m.group(1)) for m in re.finditer(
         rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
@@ -196,7 +196,7 @@ async def test_key_created_through_one_replica_works_on_the_other(cluster: Clust
     async with aiohttp.ClientSession() as s:
         status, doc, _ = await infer(s, cluster.b, key)
         assert status == 200, doc
-        async with s.get(f"{cluster.b.url}/admin/keys",
+        async with s.get(f"{cluster.b.admin_url}/admin/keys",
                          headers={"Authorization": f"Bearer {cluster.b.admin_token}"}) as r:
             listed = {k["key_id"]: k for k in (await r.json())["keys"]}
     assert listed[key_id]["principal"] == cluster.principal("maker")
@@ -210,7 +210,7 @@ async def test_revocation_through_one_replica_is_refused_by_the_other_within_1s(
         # The worst case: B has just looked the key up and holds a fresh cache entry.
         assert (await infer(s, cluster.b, key))[0] == 200
         started = time.monotonic()
-        async with s.delete(f"{cluster.a.url}/admin/keys/{key_id}",
+        async with s.delete(f"{cluster.a.admin_url}/admin/keys/{key_id}",
                             headers={"Authorization": f"Bearer {cluster.a.admin_token}"}) as r:
             assert r.status == 200, await r.text()
         assert (await infer(s, cluster.a, key))[0] == 401  # the revoking replica: at once

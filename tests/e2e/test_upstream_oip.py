@@ -282,8 +282,9 @@ async def test_upstream_urls_are_logged_without_credentials(setup: Setup) -> Non
 
 
 async def test_readiness_names_the_unreachable_upstream(setup: Setup) -> None:
+    """On the admin listener; the public readiness names no model (test_admin_listener)."""
     async with aiohttp.ClientSession() as s, s.get(
-            f"{setup.gateway.url}/v2/health/ready") as r:
+            f"{setup.gateway.admin_url}/admin/ready") as r:
         assert r.status == 503
         doc = await r.json()
     assert doc["ready"] is False
@@ -295,7 +296,7 @@ async def test_readiness_names_the_unreachable_upstream(setup: Setup) -> None:
 
 
 async def upstream_error_counts(gw: Gateway) -> dict[tuple[str, str], float]:
-    async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as r:
+    async with aiohttp.ClientSession() as s, s.get(f"{gw.admin_url}/metrics") as r:
         assert r.status == 200
         text = await r.text()
     counts: dict[tuple[str, str], float] = {}

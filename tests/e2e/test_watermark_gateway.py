@@ -61,7 +61,7 @@ def test_a_thief_through_the_gateway_is_identified(tmp_path: Path,
 
         records = cli("watermark", "records", "--model", "digits", "--config", str(gw.config))
         assert "mallory" in records.stdout
-        metrics = httpx.get(f"{gw.url}/metrics").text
+        metrics = httpx.get(f"{gw.admin_url}/metrics").text
         marked = [line for line in metrics.splitlines()
                   if line.startswith("modelfence_watermark_marked_rows_total")]
         assert marked and float(marked[0].split()[-1]) > 0

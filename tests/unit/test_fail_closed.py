@@ -36,6 +36,7 @@ def test_store_outage_denies_with_503_and_recovers(
     monkeypatch.setenv("MODELFENCE_SECRET", "s" * 40)
     monkeypatch.setenv("MODELFENCE_ADMIN_TOKEN", "admin-" + "t" * 30)
     settings = settings_from_mapping({
+        "server": {"admin_listen": None},
         "key_cache_ttl_s": 0,
         "audit": {"sink": "none://"},
         "models": [{"name": "digits",
@@ -44,9 +45,12 @@ def test_store_outage_denies_with_503_and_recovers(
     gw = build_gateway(settings, key_store=store)
     body = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32",
                         "data": [0.0] * 64}]}
-    with TestClient(build_app(settings, gateway=gw)) as client:
+    app = build_app(settings, gateway=gw)
+    with TestClient(app) as client:
         admin = {"Authorization": "Bearer admin-" + "t" * 30}
-        key = client.post("/admin/keys", json={"principal": "p", "tenant": "t",
+        admin_api = TestClient(app.state.admin_app)  # its own listener is off here
+        admin_api.portal = client.portal  # on the app's event loop
+        key = admin_api.post("/admin/keys", json={"principal": "p", "tenant": "t",
                                                "models": ["digits"]}, headers=admin).json()["key"]
         auth = {"Authorization": f"Bearer {key}"}
         assert client.post("/v2/models/digits/infer", json=body, headers=auth).status_code == 200
@@ -56,9 +60,9 @@ def test_store_outage_denies_with_503_and_recovers(
         assert denied.status_code == 503
         assert denied.json() == {"error": "a required store is unavailable; request denied"}
         assert client.get("/v2/health/ready").status_code == 503
-        revoke = client.delete(f"/admin/keys/{key.split('_')[1]}", headers=admin)
+        revoke = admin_api.delete(f"/admin/keys/{key.split('_')[1]}", headers=admin)
         assert revoke.status_code == 503
-        metrics = client.get("/metrics").text
+        metrics = admin_api.get("/metrics").text
         assert 'modelfence_store_errors_total{store="keys"} 1.0' in metrics
         assert "store failure in infer, request denied" in caplog.text
 

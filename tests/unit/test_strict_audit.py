@@ -22,6 +22,7 @@ ADMIN = "admin-" + "t" * 30
 
 def settings(tmp_path: Path, model: Path, **audit: object) -> object:
     return settings_from_mapping({
+        "server": {"admin_listen": None},
         "audit": {"durability": "strict", **audit},
         "models": [{"name": "digits", "backend": {"type": "skops", "path": str(model)}}]},
         base_dir=tmp_path)
@@ -33,9 +34,18 @@ def secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODELFENCE_ADMIN_TOKEN", ADMIN)
 
 
+def admin_of(client: TestClient) -> TestClient:
+    """The admin listener's app, driven in-process on the app's own event loop (its port
+    is off here)."""
+    admin = TestClient(client.app.state.admin_app)  # type: ignore[attr-defined]
+    admin.portal = client.portal
+    return admin
+
+
 def key_for(client: TestClient) -> dict[str, str]:
-    key = client.post("/admin/keys", json={"principal": "p", "tenant": "t", "models": ["digits"]},
-                      headers={"Authorization": f"Bearer {ADMIN}"}).json()["key"]
+    key = admin_of(client).post(
+        "/admin/keys", json={"principal": "p", "tenant": "t", "models": ["digits"]},
+        headers={"Authorization": f"Bearer {ADMIN}"}).json()["key"]
     return {"Authorization": f"Bearer {key}"}
 
 
@@ -64,7 +74,7 @@ class BrokenSink(AuditSink):
 
 def test_a_record_that_cannot_be_committed_fails_the_request_closed(
         tmp_path: Path, digits_files: dict[str, Path]) -> None:
-    s = settings(tmp_path, digits_files["skops"], sink="none://", disabled_acknowledged=True)
+    s = settings(tmp_path, digits_files["skops"], sink="none://")
     gw = build_gateway(s, key_store=MemoryKeyStore())  # type: ignore[arg-type]
     gw.audit_sink = BrokenSink()
     with TestClient(build_app(s, gateway=gw)) as client:  # type: ignore[arg-type]
@@ -72,4 +82,5 @@ def test_a_record_that_cannot_be_committed_fails_the_request_closed(
         answer = client.post("/v2/models/digits/infer", json=BODY, headers=auth)
         assert answer.status_code == 503
         assert answer.json() == {"error": "a required store is unavailable; request denied"}
-        assert 'modelfence_store_errors_total{store="audit"} 1.0' in client.get("/metrics").text
+        assert 'modelfence_store_errors_total{store="audit"} 1.0' in admin_of(client).get(
+            "/metrics").text

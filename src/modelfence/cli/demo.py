@@ -17,6 +17,8 @@ from .common import console, run_async
 
 def demo(
     port: Annotated[int, typer.Option(help="Port to serve on")] = 8000,
+    admin_port: Annotated[int | None, typer.Option(
+        help="Admin API and metrics port, on 127.0.0.1 [default: port + 1]")] = None,
     home: Annotated[Path | None, typer.Option(
         help="Demo folder [default: ~/.modelfence/demo, or $MODELFENCE_HOME/demo]")] = None,
 ) -> None:
@@ -44,13 +46,16 @@ def demo(
     console.print(curl, soft_wrap=True, markup=False)
     console.print("\n[bold]Model metadata:[/]")
     console.print(metadata, soft_wrap=True, markup=False)
-    console.print(f"\nMetrics: http://127.0.0.1:{port}/metrics   Config: {files.config}",
-                  soft_wrap=True)
+    admin = f"http://127.0.0.1:{admin_port or port + 1}"
+    console.print(f"\nAdmin API and metrics (a listener of their own): {admin}/metrics   "
+                  f"{admin}/admin/ready", soft_wrap=True, markup=False)
+    console.print(f"Config: {files.config}", soft_wrap=True, markup=False)
     console.print(f"Audit:   {_self_command()} audit tail --config {files.config}   "
                   f"(and: audit verify)", soft_wrap=True, markup=False)
     console.rule()
     console.print("serving; press Ctrl+C to stop")
-    start_gateway(files.config, "127.0.0.1", port, 1, False, "INFO")
+    start_gateway(files.config, "127.0.0.1", port, 1, False, "INFO",
+                  admin_listen=f"127.0.0.1:{admin_port or port + 1}")
 
 
 def _self_command() -> str:

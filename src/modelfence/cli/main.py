@@ -56,23 +56,33 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: server.port)")] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes")] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING or ERROR")] = "INFO",
+    admin_listen: Annotated[str | None, typer.Option(
+        help="Admin API and metrics: HOST:PORT or unix:/PATH (default: server.admin_listen)"
+    )] = None,
 ) -> None:
     """Start the gateway with a configuration file."""
     path, settings = settings_from(config)
     start_gateway(path, settings.server.host if host is None else host,
                   settings.server.port if port is None else port,
-                  workers or settings.server.workers, settings.server.access_log, log_level)
+                  workers or settings.server.workers, settings.server.access_log, log_level,
+                  admin_listen=admin_listen)
 
 
 def start_gateway(path: Path, host: str, port: int, workers: int, access_log: bool,
-                  log_level: str) -> None:
+                  log_level: str, *, admin_listen: str | None = None) -> None:
     """Check everything can start (models load, stores answer), then hand over to granian."""
+    from ..config import export_admin_listen
     from ..gateway.server import run_server
 
     preflight(path)
     ensure_port_free(host, port)
-    run_server(path, host=host, port=port, workers=workers, access_log=access_log,
-               log_level=log_level.upper())
+    try:
+        if admin_listen is not None:
+            export_admin_listen(admin_listen)
+        run_server(path, host=host, port=port, workers=workers, access_log=access_log,
+                   log_level=log_level.upper())
+    except ModelfenceError as exc:  # the admin address cannot be had
+        raise fail(str(exc), 2) from None
 
 
 def preflight(path: Path) -> None:

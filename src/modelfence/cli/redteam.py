@@ -41,6 +41,10 @@ AdminToken = Annotated[str | None, typer.Option(
     envvar=ADMIN_TOKEN_ENV, show_default=False, show_envvar=True,
     help="The gateway's admin token: read the monitor's risk score as the attack goes "
     "(assess: also mint one key per cell)")]
+AdminUrl = Annotated[str | None, typer.Option(
+    envvar="MODELFENCE_ADMIN_URL", show_default=False, show_envvar=True,
+    help="The gateway's admin listener (server.admin_listen), e.g. http://127.0.0.1:9090 "
+    "[default: port 9090 of the gateway's host]")]
 RiskEvery = Annotated[int, typer.Option(
     min=1, help="Over HTTP with --admin-token: read the risk score every N queries")]
 ModelName = Annotated[str | None, typer.Option(
@@ -96,6 +100,7 @@ def attack(
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON"
                                                   )] = None,
     admin_token: AdminToken = None,
+    admin_url: AdminUrl = None,
     principal: Annotated[str | None, typer.Option(
         help="With --admin-token: the key's principal [default: looked up by the key's id]",
         show_default=False)] = None,
@@ -113,7 +118,8 @@ def attack(
                              eval_key=eval_key, model_name=model_name, batch=batch,
                              label_column=label_column, trusted_types=tuple(trust or ()),
                              admin_token=admin_token if over_http else None,
-                             principal=principal, risk_every=risk_every)
+                             principal=principal, risk_every=risk_every,
+                             admin_url=admin_url)
     except UpstreamError as exc:  # unreachable, or a 5xx whose message says so
         raise fail(exc.message) from None
     except RequestError as exc:
@@ -197,6 +203,7 @@ def assess(
         "redteam-report"),
     trust: Trust = None,
     admin_token: AdminToken = None,
+    admin_url: AdminUrl = None,
     model_name: ModelName = None,
     batch: BatchOption = 1,
     risk_every: RiskEvery = 10,
@@ -211,7 +218,8 @@ def assess(
 
     if target.startswith(("http://", "https://")):
         _assess_http(target, attacks, defenses, budgets, seeds, thief, pool, label_column,
-                     workers, dask, out, admin_token, model_name, batch, risk_every)
+                     workers, dask, out, admin_token, model_name, batch, risk_every,
+                     admin_url)
         return
     from ..redteam import assess as run_assessment
     from ..redteam.executors import executor_for
@@ -251,7 +259,8 @@ def assess(
 def _assess_http(target: str, attacks: str | None, defenses: str | None, budgets: str,
                  seeds: int, thief: str, pool: str, label_column: str | None,
                  workers: int | None, dask: str | None, out: Path, admin_token: str | None,
-                 model_name: str | None, batch: int, risk_every: int) -> None:
+                 model_name: str | None, batch: int, risk_every: int,
+                 admin_url: str | None) -> None:
     """`assess ADDRESS`: cells one after the other through the gateway, a bar per cell."""
     from ..redteam import write_report
     from ..redteam.matrix import DEFAULT_ATTACKS, canonical_attack
@@ -285,7 +294,8 @@ def _assess_http(target: str, attacks: str | None, defenses: str | None, budgets
             progress.update(total, completed=done, total=count)
 
         try:
-            result = assess_http(target, admin_token=admin_token, model_name=model_name,
+            result = assess_http(target, admin_token=admin_token, admin_url=admin_url,
+                                 model_name=model_name,
                                  attacks=attack_list, budgets=budget_list, seeds=seeds,
                                  thief=thief, pool=pool, batch=batch, risk_every=risk_every,
                                  label_column=label_column, progress=tick, on_query=on_query)

@@ -26,7 +26,6 @@ from ..artifacts.errors import ArtifactError
 from ..audit import AuditGuard, AuditSink, audit_sink_from_url
 from ..audit.record import event_record
 from ..audit.sinks import audit_store_of
-from ..audit.spill import SpillMetrics
 from ..backends import ModelEntry, backend_from_settings
 from ..config import Settings
 from ..identity import BearerAuthenticator, build_authenticator
@@ -49,6 +48,8 @@ from ..shaping.guard import build_shaping
 from ..stores import KeyStore, key_store_from_url
 from ..watermark.guard import WatermarkGuard, build_watermark
 from .admin import AdminApi
+from .admin_auth import AdminAuthenticator
+from .admin_listener import AdminListener
 from .body_deadline import BodyDeadline
 from .chain import GuardChain
 from .downloads import DownloadRoutes, DownloadWatch
@@ -118,9 +119,7 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
     metrics = GatewayMetrics()
     store = key_store or key_store_from_url(settings.stores.keys)
     keys = ApiKeys(store, secret, cache_ttl_s=settings.key_cache_ttl_s)
-    audit_sink = audit_sink_from_url(settings.audit.sink, settings.audit, SpillMetrics(
-        spilled=metrics.audit_spilled.inc, replayed=metrics.audit_replayed.inc,
-        lost=metrics.audit_lost.inc, pending=metrics.audit_spill_pending))
+    audit_sink = audit_sink_from_url(settings.audit.sink, settings.audit)
     models = {m.name: ModelEntry(m, backend_from_settings(m)) for m in settings.models}
     return Gateway(
         settings=settings,
@@ -203,8 +202,7 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     download_chain = GuardChain([metrics, audit, identity, *inflight, model, usage, policy,
                                  *rate_limits, download_watch])
 
-    stores: list[tuple[str, StoreCheck]] = [("key store", gw.key_store.ping),
-                                             ("audit spill", gw.audit_sink.ready)]
+    stores: list[tuple[str, StoreCheck]] = [("key store", gw.key_store.ping)]
     if gw.rate_limits.active:
         stores.append(("rate limit store", gw.rate_limits.check_storage))
     if gw.budget_store is not None:
@@ -234,10 +232,12 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
                     settings.server.workers)
     oip = OipRoutes(infer_chain=infer_chain, metadata_chain=metadata_chain, models=gw.models,
                     stores=stores, metrics=gw.metrics,
-                    audit_before_answer=settings.audit.durability == "strict",
-                    notes={"audit": "disabled"} if gw.audit_sink.disabled else None)
+                    audit_before_answer=settings.audit.durability == "strict")
     reloader = PolicyReloader(gw.policy, settings.policy.state_dir, settings.server.workers)
-    admin = AdminApi(gw.keys, settings.server_secret(), settings.admin_token(), policy=reloader,
+    admin_auth = AdminAuthenticator(settings.admin, static_token=settings.admin_token(),
+                                    scoped=settings.admin_token_sha256s(),
+                                    jwt=gw.authenticator.jwt)
+    admin = AdminApi(gw.keys, admin_auth, policy=reloader,
                      audit=gw.audit_sink, monitor=gw.monitor,
                      llm_risk=llm.risk.book if llm.risk is not None else None)
 
@@ -251,28 +251,41 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         audit_store = audit_store_of(gw.audit_sink)
         if audit_store is not None:
             await download_watch.load(audit_store)
+        listener = (AdminListener(settings.server.admin_listen, admin_app)
+                    if settings.server.admin_listen else None)
+        if listener is not None:
+            await listener.start()
         try:
             yield
         finally:
+            if listener is not None:
+                await listener.stop()
             await llm.close()
             await gw.stop()
+            gw.metrics.close()
 
     # every body read (OIP, /v1, admin) is bounded in time; a client leaving is no failure
     deadline = Middleware(BodyDeadline, body_timeout_s=settings.server.body_timeout_s,
                           gap_timeout_s=settings.server.body_gap_timeout_s,
                           on_timeout=gw.metrics.body_timeouts.inc,
                           on_disconnect=gw.metrics.client_disconnects.inc)
+    # the admin listener's app: never mounted on the public one (a 404 there, as any route)
+    admin_app = Starlette(
+        routes=[*admin.routes(), Route("/admin/ready", oip.ready_details, methods=["GET"]),
+                Route("/metrics", metrics_endpoint, methods=["GET"])],
+        middleware=[deadline],
+        exception_handlers={HTTPException: _http_error, Exception: _internal_error})
     proxies = ([Middleware(ProxyHeaders, trusted=settings.server.trusted_proxies)]
                if settings.server.trusted_proxies else [])
     app = Starlette(
         routes=[*oip.routes(), *DownloadRoutes(download_chain, oip.answer).routes(),
-                *(llm.routes() if settings.llm.models else []),
-                *admin.routes(), Route("/metrics", metrics_endpoint)],
+                *(llm.routes() if settings.llm.models else [])],
         middleware=[deadline, *proxies],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )
     app.state.gateway = gw
+    app.state.admin_app = admin_app
     return app
 
 

@@ -1,11 +1,21 @@
-"""Prometheus metrics, one registry per app (no module-level globals)."""
+"""Prometheus metrics, one registry per app (no module-level globals).
+
+With `workers > 1`, `run_server` gives the workers one folder (PROMETHEUS_MULTIPROC_DIR)
+and prometheus_client's multiprocess mode: each worker writes its numbers to its own
+files there and any worker's /metrics sums them all, so the server answers with its
+counts, not one worker's. Gauges say how they combine (`multiprocess_mode`); the live
+ones drop a worker's files when it stops, or when a later worker finds it gone.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 from typing import ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ..config import metrics_dir
 from ..errors import ClientDisconnected, RequestTimeout, UpstreamError, UpstreamRejected
 from .call import Call
 from .chain import Guard
@@ -13,8 +23,43 @@ from .chain import Guard
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
+def _use_multiprocess_values() -> bool:
+    """True when this server's workers share metrics. prometheus_client picks its value
+    class when first imported; a worker forked from a parent that imported it before the
+    folder was set picks again here, before it makes any metric."""
+    from prometheus_client import values
+
+    if metrics_dir() is None:
+        return False
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    return True
+
+
+def _forget_dead_workers(folder: os.PathLike[str]) -> None:
+    """Live gauges of workers that died without stopping (killed) are not theirs to add."""
+    from prometheus_client import multiprocess
+
+    for name in os.listdir(folder):
+        m = re.fullmatch(r"gauge_live\w+_(\d+)\.db", name)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, str(folder))  # type: ignore[no-untyped-call]
+        except PermissionError:
+            pass  # alive, another user's
+
+
 class GatewayMetrics:
     def __init__(self) -> None:
+        self._multiprocess = _use_multiprocess_values()
+        if self._multiprocess:
+            folder = metrics_dir()
+            assert folder is not None
+            _forget_dead_workers(folder)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter("modelfence_requests", "Requests answered",
@@ -57,7 +102,8 @@ class GatewayMetrics:
                                             "Observations kept locally because the shared "
                                             "monitor store failed", registry=r)
         self.monitor_backlog = Gauge("modelfence_monitor_backlog",
-                                     "Observations waiting to be taken in", registry=r)
+                                     "Observations waiting to be taken in", registry=r,
+                                     multiprocess_mode="livesum")
         self.download_alerts = Counter("modelfence_download_alerts",
                                        "Unusual artifact downloads (volume or hour)",
                                        registry=r)
@@ -66,30 +112,26 @@ class GatewayMetrics:
         self.watermark_lost = Counter("modelfence_watermark_evidence_lost",
                                       "Watermark evidence records a failing store did not take",
                                       registry=r)
-        self.model_ready = Gauge("modelfence_model_ready", "1 when the model can answer",
-                                 ["model"], registry=r)
-        self.audit_spilled = Counter("modelfence_audit_spilled_records",
-                                     "Audit records written to the local spill because the "
-                                     "audit store could not take them", registry=r)
-        self.audit_replayed = Counter("modelfence_audit_replayed_records",
-                                      "Spilled audit records committed to the audit store",
-                                      registry=r)
-        self.audit_lost = Counter("modelfence_audit_lost_records",
-                                  "Audit records neither the store nor the spill could keep",
-                                  registry=r)
-        self.audit_spill_records = Gauge("modelfence_audit_spill_records",
-                                         "Audit records waiting in the spill for replay",
-                                         registry=r, multiprocess_mode="livesum")
-        self.audit_spill_bytes = Gauge("modelfence_audit_spill_bytes",
-                                       "Size of the audit spill waiting for replay",
-                                       registry=r, multiprocess_mode="livesum")
-
-    def audit_spill_pending(self, records: int, size: int) -> None:
-        self.audit_spill_records.set(records)
-        self.audit_spill_bytes.set(size)
+        self.model_ready = Gauge("modelfence_model_ready", "1 when the model can answer "
+                                 "(on every worker)", ["model"], registry=r,
+                                 multiprocess_mode="livemin")
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self._multiprocess:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
+
+    def close(self) -> None:
+        """A stopping worker's live gauges leave the sum; its counters stay counted."""
+        if self._multiprocess:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
+                os.getpid(), str(metrics_dir()))
 
 
 class MetricsGuard(Guard):

@@ -20,7 +20,7 @@ import http.client
 import re
 import ssl
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Self
 from urllib.parse import quote, urlsplit
 
@@ -43,6 +43,8 @@ from ..errors import (
 from ..gateway.oip import NUMPY_DTYPES, InferRequest, Tensor, decode_infer_response
 from ..gateway.oip import encode_infer_request as encode
 from .victims import Answers, Oracle
+
+DEFAULT_ADMIN_PORT = 9090  # server.admin_listen's default port
 
 Array = np.ndarray[Any, Any]
 #: Rows per request for the held-out evaluation rows (kept small for body-size limits).
@@ -94,6 +96,21 @@ class Endpoint:
             raise ConfigurationError(f"{url}: the port is not a number") from None
         return cls(parts.scheme, parts.hostname, port, base, name,
                    f"{parts.scheme}://{parts.netloc}{base}/v2/models/{name}")
+
+    def admin_at(self, url: str | None) -> Endpoint:
+        """This gateway's admin listener: `url`, or port 9090 of the same host (the default
+        server.admin_listen); the admin API is never on the public port."""
+        url = url or f"http://{self.host}:{DEFAULT_ADMIN_PORT}"
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(f"{url}: the admin address is not an http(s) address")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigurationError(f"{url}: the port is not a number") from None
+        base = parts.path.rstrip("/")
+        return replace(self, scheme=parts.scheme, host=parts.hostname, port=port, base=base,
+                       description=f"{parts.scheme}://{parts.netloc}{base}/admin")
 
 
 class _Client:

@@ -111,7 +111,8 @@ def run_attack(target: Any, *, attack: str = "random", thief: str = "mlp",
                model_name: str | None = None, batch: int = 1,
                label_column: str | None = None, eval_fraction: float = 0.25,
                trusted_types: tuple[str, ...] = (), admin_token: str | None = None,
-               principal: str | None = None, risk_every: int = RISK_EVERY) -> AttackRun:
+               principal: str | None = None, risk_every: int = RISK_EVERY,
+               admin_url: str | None = None) -> AttackRun:
     """Run one extraction attack and return fidelity and accuracy per budget.
 
     `target` is a model file (.skops/.onnx), ``"demo"``, a fitted scikit-learn estimator,
@@ -123,7 +124,8 @@ def run_attack(target: Any, *, attack: str = "random", thief: str = "mlp",
     covers what was stolen until then and `result.stopped` says why; `result.bands` counts
     the answers per output-shaping band, and with the gateway's `admin_token` the monitor's
     risk score for the key's principal (looked up by key id unless `principal` is given) is
-    read every `risk_every` queries and at each budget into `result.risk_trail`.
+    read every `risk_every` queries and at each budget into `result.risk_trail`, from the
+    gateway's admin listener at `admin_url` (default: port 9090 of the gateway's host).
 
     Example::
 
@@ -134,7 +136,7 @@ def run_attack(target: Any, *, attack: str = "random", thief: str = "mlp",
     with one_thread():
         return _run_attack(target, attack, thief, pool, budgets, seed, defense, key, eval_key,
                            model_name, batch, label_column, eval_fraction, trusted_types,
-                           admin_token, principal, risk_every)
+                           admin_token, principal, risk_every, admin_url)
 
 
 def _run_attack(target: Any, attack: str, thief: str, pool: str | Path | Pool, budgets: Any,
@@ -142,7 +144,8 @@ def _run_attack(target: Any, attack: str, thief: str, pool: str | Path | Pool, b
                 eval_key: str | None, model_name: str | None, batch: int,
                 label_column: str | None, eval_fraction: float,
                 trusted_types: tuple[str, ...], admin_token: str | None,
-                principal: str | None, risk_every: int) -> AttackRun:
+                principal: str | None, risk_every: int,
+                admin_url: str | None = None) -> AttackRun:
     spec = make_attack(attack, seed)
     budget_list = check_budgets(budgets)
     check_thief(thief)
@@ -152,7 +155,8 @@ def _run_attack(target: Any, attack: str, thief: str, pool: str | Path | Pool, b
                                      "gateway's own output shaping is what is measured")
         return _run_http(str(target), spec, key, eval_key, model_name, batch, pool,
                          label_column, eval_fraction, budget_list, thief,
-                         admin_token=admin_token, principal=principal, risk_every=risk_every)
+                         admin_token=admin_token, principal=principal, risk_every=risk_every,
+                         admin_url=admin_url)
     if admin_token or principal:
         raise ConfigurationError("an admin token and principal are for a gateway address; "
                                  "in-process there is no monitor to read")
@@ -194,12 +198,13 @@ def _run_http(url: str, spec: Attack, key: str | None, eval_key: str | None,
               model_name: str | None, batch: int, pool: str | Path | Pool,
               label_column: str | None, eval_fraction: float, budgets: tuple[int, ...],
               thief: str, *, admin_token: str | None = None, principal: str | None = None,
-              risk_every: int = RISK_EVERY) -> AttackRun:
+              risk_every: int = RISK_EVERY, admin_url: str | None = None) -> AttackRun:
     if not key:
         raise ConfigurationError("attacking an endpoint needs an API key (--key or "
                                  "MODELFENCE_KEY)")
     oracle = HttpOracle(url, key, model=model_name, batch=batch)
-    admin = AdminClient(oracle.endpoint, admin_token) if admin_token else None
+    admin = (AdminClient(oracle.endpoint.admin_at(admin_url), admin_token) if admin_token
+             else None)
     try:
         who = principal or (admin.principal_of(key) if admin else None)
         data = pool if isinstance(pool, Pool) else load_pool(
@@ -253,7 +258,8 @@ QueryTick = Callable[[str, int, int], None]
 CellDone = Callable[[AttackResult, int, int], None]
 
 
-def assess_http(url: str, *, admin_token: str, model_name: str | None = None,
+def assess_http(url: str, *, admin_token: str, admin_url: str | None = None,
+                model_name: str | None = None,
                 attacks: Sequence[str] | None = None, budgets: Sequence[int] = (100, 300, 1000),
                 seeds: Sequence[int] | int = 1, thief: str = "mlp",
                 pool: str | Path | Pool = "sklearn:digits", batch: int = 1,
@@ -264,7 +270,8 @@ def assess_http(url: str, *, admin_token: str, model_name: str | None = None,
 
     With the gateway's admin token, one fresh key is minted per cell (principal
     ``redteam-<attack>-s<seed>-<random>``, its own tenant, so that cells share neither risk
-    nor budgets) and revoked when the cell ends; held-out rows are labelled through one more
+    nor budgets) through its admin listener at `admin_url` (default: port 9090 of its host)
+    and revoked when the cell ends; held-out rows are labelled through one more
     fresh key. Cells run one after the other; on a monitored model each cell's risk score is
     read every `risk_every` queries. The defense column is ``gateway``. `progress` is called
     after each cell, `on_query(cell, answered, budget)` as queries are answered.
@@ -283,7 +290,7 @@ def assess_http(url: str, *, admin_token: str, model_name: str | None = None,
                                  "or MODELFENCE_ADMIN_TOKEN) to mint a key per cell")
     endpoint = Endpoint.parse(url, model_name)
     run_id = secrets.token_hex(2)
-    with one_thread(), AdminClient(endpoint, admin_token) as admin:
+    with one_thread(), AdminClient(endpoint.admin_at(admin_url), admin_token) as admin:
         judge_key = admin.create_key(f"redteam-eval-{run_id}", f"redteam-eval-{run_id}",
                                      [endpoint.model])
         try:

@@ -1,0 +1,133 @@
+"""Who may use the admin API, for what, and how often a caller may fail to log in.
+
+Three kinds of admin credential, any of them configured:
+
+* the full-power token (`admin.token_file` or MODELFENCE_ADMIN_TOKEN), named `admin`;
+* named scoped tokens (`admin.tokens`), named `admin:token:<name>`: each holds some scopes
+  and some models, and a key it mints, a risk it reads, an alert it lists, cover no more;
+* OIDC admins (`admin.oidc`): a JWT of `identity.jwt` whose groups name the admin group,
+  named `admin:oidc:<subject>`.
+
+Tokens are compared as SHA-256 digests in constant time, against every configured one
+(no early exit). A failed login is named `admin:unknown` (the source address goes in the
+audit record beside it) and counted per client address; past `admin.failed_logins` the
+address gets 429 with Retry-After before its credential is even looked at.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+
+from ..config import ADMIN_SCOPES, AdminSettings
+from ..errors import Forbidden, RateLimited, Unauthenticated
+from ..identity.guard import bearer_token
+
+if TYPE_CHECKING:
+    from ..identity.jwt import JwtAuthenticator
+
+log = logging.getLogger("modelfence.admin")
+UNKNOWN = "admin:unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminIdentity:
+    name: str
+    scopes: frozenset[str]
+    models: frozenset[str]
+
+    def covers(self, model: str | None) -> bool:
+        return "*" in self.models or (model is not None and model in self.models)
+
+    def covers_all(self, models: Iterable[str]) -> bool:
+        """A key's models are within this admin's: never an empty or `*` grant for a
+        scoped admin, since those would reach past its models."""
+        if "*" in self.models:
+            return True
+        wanted = list(models)
+        return bool(wanted) and all(m != "*" and m in self.models for m in wanted)
+
+    def describe_models(self) -> str:
+        return ", ".join(sorted(self.models))
+
+
+class AdminAuthenticator:
+    def __init__(self, settings: AdminSettings, *, static_token: str | None,
+                 scoped: list[tuple[Any, str]], jwt: JwtAuthenticator | None) -> None:
+        from limits import parse
+        from limits.aio.storage import MemoryStorage
+        from limits.aio.strategies import MovingWindowRateLimiter
+
+        everything = frozenset(ADMIN_SCOPES)
+        self._tokens: list[tuple[str, AdminIdentity]] = []
+        if static_token:
+            self._tokens.append((_sha256(static_token),
+                                 AdminIdentity("admin", everything, frozenset({"*"}))))
+        for cred, sha in scoped:
+            self._tokens.append((sha, AdminIdentity(f"admin:token:{cred.name}",
+                                                    frozenset(cred.scopes),
+                                                    frozenset(cred.models))))
+        self._oidc = settings.oidc
+        self._jwt = jwt if settings.oidc is not None else None
+        self._limit = parse(settings.failed_logins)
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._tokens) or self._jwt is not None
+
+    async def authenticate(self, request: Request, scope: str) -> AdminIdentity:
+        """The admin behind the request, allowed `scope`; sets request.state.admin_name
+        (for the audit record) as soon as it is known, failure or not."""
+        request.state.admin_name = UNKNOWN
+        if not self.enabled:
+            raise Forbidden("the admin API is disabled: configure admin.token_file, "
+                            "MODELFENCE_ADMIN_TOKEN, admin.tokens or admin.oidc",
+                            reason="admin_disabled")
+        source = request.client.host if request.client else "unix"
+        if not await self._limiter.test(self._limit, "admin-login", source):
+            reset, _ = await self._limiter.get_window_stats(self._limit, "admin-login", source)
+            log.debug("admin login from %s refused: too many failures", source)
+            raise RateLimited("too many failed admin logins from this address; wait and retry",
+                              retry_after_s=int(reset - time.time()) + 1,
+                              reason="admin_login_throttled")
+        try:
+            admin = await self._identify(request)
+        except (Unauthenticated, Forbidden) as exc:
+            await self._limiter.hit(self._limit, "admin-login", source)
+            log.warning("failed admin login from %s as %s: %s", source,
+                        request.state.admin_name, exc.reason)
+            raise
+        request.state.admin_name = admin.name
+        if scope not in admin.scopes:
+            raise Forbidden(f"{admin.name} lacks the {scope} scope", reason="admin_scope")
+        return admin
+
+    async def _identify(self, request: Request) -> AdminIdentity:
+        token = bearer_token(request.headers.get("authorization"))
+        if self._jwt is not None and self._oidc is not None and token.count(".") == 2:
+            principal = await self._jwt.authenticate(token)
+            request.state.admin_name = f"admin:oidc:{principal.id}"
+            if self._oidc.group not in principal.groups:
+                raise Forbidden("this identity is not in the admin group", reason="not_admin")
+            return AdminIdentity(request.state.admin_name, frozenset(self._oidc.scopes),
+                                 frozenset(self._oidc.models))
+        presented = _sha256(token)
+        found = None
+        for sha, admin in self._tokens:  # every one compared: no early exit
+            if hmac.compare_digest(presented, sha) and found is None:
+                found = admin
+        if found is None:
+            raise Unauthenticated(reason="bad_admin_token")
+        return found
+
+
+def _sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

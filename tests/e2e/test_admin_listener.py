@@ -1,0 +1,274 @@
+"""The admin API and metrics on a listener of their own, with scoped, audited, throttled
+admin credentials; the public listener tells an anonymous caller nothing about models."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from ..jwks_server import AUDIENCE, ISSUER, Issuer, JwksServer
+from ..support import Gateway, digits_rows, free_port, infer_body
+
+BODY = json.dumps(infer_body(digits_rows(1))).encode()
+
+
+def skops_model(digits_files: dict[str, Path], name: str = "digits") -> dict[str, Any]:
+    return {"name": name, "backend": {"type": "skops", "path": str(digits_files["skops"])}}
+
+
+async def call(url: str, method: str = "GET", token: str | None = None, body: Any = None,
+               connector: aiohttp.BaseConnector | None = None
+               ) -> tuple[int, Any, dict[str, str]]:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    data = json.dumps(body).encode() if body is not None else None
+    async with aiohttp.ClientSession(connector=connector) as s, s.request(
+            method, url, data=data, headers=headers) as r:
+        text = await r.text()
+        try:
+            doc: Any = json.loads(text)
+        except ValueError:
+            doc = text
+        return r.status, doc, dict(r.headers)
+
+
+async def admin_records(gw: Gateway, count: int) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        records = [r for r in gw.audit_records() if r["action"].startswith("admin:")]
+        if len(records) >= count:
+            return records
+        await asyncio.sleep(0.1)
+    return [r for r in gw.audit_records() if r["action"].startswith("admin:")]
+
+
+async def both_workers_up(gw: Gateway) -> None:
+    deadline = time.monotonic() + 30
+    while (gw.log.read_text().count("admin API and metrics on") < 2
+           and time.monotonic() < deadline):
+        await asyncio.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
+            ) -> Iterator[Gateway]:
+    """digits served, and `hidden-model` on an upstream that is not there (not ready)."""
+    models = [skops_model(digits_files),
+              {"name": "hidden-model", "backend": {
+                  "type": "oip", "url": f"http://127.0.0.1:{free_port()}",
+                  "connect_timeout_s": 0.2, "timeout_s": 0.5},
+               "input": {"name": "input", "datatype": "FP32", "shape": [-1, 64]}}]
+    gw = Gateway(tmp_path_factory.mktemp("gw-admin-listener"), models).start()
+    yield gw
+    gw.stop()
+
+
+async def test_public_listener_serves_no_admin_api_and_no_metrics(gateway: Gateway) -> None:
+    for method, path in (("GET", "/metrics"), ("GET", "/admin/keys"), ("POST", "/admin/keys"),
+                         ("GET", "/admin/ready"), ("GET", "/admin/policy")):
+        status, doc, _ = await call(f"{gateway.url}{path}", method, gateway.admin_token,
+                                    {"principal": "x", "tenant": "y"})
+        assert (status, doc) == (404, {"error": "not found"}), (method, path)
+    status, doc, _ = await call(f"{gateway.admin_url}/admin/keys", token=gateway.admin_token)
+    assert status == 200 and "keys" in doc
+    status, text, _ = await call(f"{gateway.admin_url}/metrics")
+    assert status == 200 and "modelfence_requests_total" in text
+    # the public port carries no admin and no metrics text at all
+    status, doc, _ = await call(f"{gateway.url}/v2/health/live")
+    assert status == 200
+
+
+async def test_public_readiness_names_no_model(gateway: Gateway) -> None:
+    status, doc, _ = await call(f"{gateway.url}/v2/health/ready")
+    assert (status, doc) == (503, {"ready": False, "error": "not ready"})
+    status, doc, _ = await call(f"{gateway.admin_url}/admin/ready")
+    assert status == 503 and doc["not_ready"] == ["model hidden-model"]
+    assert "not ready: model hidden-model" in gateway.log.read_text()
+    # and no model name in anything the public port answers without a credential
+    for path in ("/v2/health/ready", "/v2/health/live", "/v2", "/metrics",
+                 "/v2/models/hidden-model", "/v2/models/digits"):
+        _, doc, _ = await call(f"{gateway.url}{path}")
+        assert "hidden-model" not in json.dumps(doc) and "digits" not in json.dumps(doc), path
+
+
+async def test_failed_admin_logins_are_named_throttled_and_audited(
+        tmp_path: Path, digits_files: dict[str, Path]) -> None:
+    gw = Gateway(tmp_path / "gw", [skops_model(digits_files)],
+                 extra={"admin": {"token_file": "admin-token", "failed_logins": "3/minute"}})
+    gw.start()
+    try:
+        wrong = "wrong-" + secrets.token_urlsafe(16)
+        for _ in range(3):
+            status, doc, _ = await call(f"{gw.admin_url}/admin/keys", token=wrong)
+            assert status == 401, doc
+        status, doc, headers = await call(f"{gw.admin_url}/admin/keys", token=wrong)
+        assert status == 429 and int(headers["Retry-After"]) >= 1, doc
+        # the address is throttled, whatever it presents next
+        status, _, _ = await call(f"{gw.admin_url}/admin/keys", token=gw.admin_token)
+        assert status == 429
+        records = await admin_records(gw, 5)
+        assert [(r["principal"], r["status"], r["source"]) for r in records] == (
+            [("admin:unknown", 401, "127.0.0.1")] * 3 + [("admin:unknown", 429, "127.0.0.1")] * 2)
+        for text in (gw.audit_text(), gw.log.read_text()):
+            assert wrong not in text and gw.admin_token not in text
+        assert "failed admin login from 127.0.0.1 as admin:unknown" in gw.log.read_text()
+    finally:
+        gw.stop()
+
+
+async def test_scoped_admin_token_covers_only_its_models_and_scopes(
+        tmp_path: Path, digits_files: dict[str, Path]) -> None:
+    scorer = secrets.token_urlsafe(32)
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    (folder / "scorer-token").write_text(scorer)
+    auditor = secrets.token_urlsafe(32)
+    gw = Gateway(folder, [skops_model(digits_files), skops_model(digits_files, "other")],
+                 extra={"admin": {"token_file": "admin-token", "tokens": [
+                     {"name": "scorer", "token_file": "scorer-token",
+                      "scopes": ["keys:read", "keys:write"], "models": ["digits"]},
+                     {"name": "auditor", "token_sha256": hashlib.sha256(
+                         auditor.encode()).hexdigest(), "scopes": ["keys:read"]}]}})
+    gw.start()
+    try:
+        keys = f"{gw.admin_url}/admin/keys"
+        for models in (["other"], ["digits", "other"], ["*"], []):
+            status, doc, _ = await call(keys, "POST", scorer,
+                                        {"principal": "p", "tenant": "t", "models": models})
+            assert status == 403 and "admin:token:scorer may mint keys only" in doc["error"], (
+                models, doc)
+        status, mine, _ = await call(keys, "POST", scorer,
+                                     {"principal": "p", "tenant": "t", "models": ["digits"]})
+        assert status == 201, mine
+        status, other, _ = await call(keys, "POST", gw.admin_token,
+                                      {"principal": "q", "tenant": "t", "models": ["other"]})
+        assert status == 201, other
+        status, listing, _ = await call(keys, token=scorer)
+        assert [k["key_id"] for k in listing["keys"]] == [mine["key_id"]]
+        # a key outside its models is one it cannot see, nor revoke
+        status, _, _ = await call(f"{keys}/{other['key_id']}", "DELETE", scorer)
+        assert status == 404
+        status, doc, _ = await call(f"{gw.admin_url}/admin/policy/reload", "POST", scorer)
+        assert status == 403 and "lacks the policy:write scope" in doc["error"]
+        # read-only: lists every key, mints none
+        status, listing, _ = await call(keys, token=auditor)
+        assert {k["key_id"] for k in listing["keys"]} >= {mine["key_id"], other["key_id"]}
+        status, _, _ = await call(keys, "POST", auditor, {"principal": "r", "tenant": "t"})
+        assert status == 403
+        async with aiohttp.ClientSession() as s, s.post(
+                f"{gw.url}/v2/models/digits/infer", data=BODY,
+                headers={"Authorization": f"Bearer {mine['key']}"}) as r:
+            assert r.status == 200
+
+        records = await admin_records(gw, 11)
+        seen = {(r["principal"], r["action"], r["status"]) for r in records}
+        assert ("admin:token:scorer", "admin:create-key", 201) in seen
+        assert ("admin:token:scorer", "admin:create-key", 403) in seen
+        assert ("admin:token:scorer", "admin:revoke-key", 404) in seen
+        assert ("admin", "admin:create-key", 201) in seen
+        assert ("admin:token:auditor", "admin:list-keys", 200) in seen
+        for text in (gw.audit_text(), gw.log.read_text()):
+            assert scorer not in text and auditor not in text
+    finally:
+        gw.stop()
+
+
+async def test_oidc_admins_are_the_admin_group(tmp_path: Path,
+                                               digits_files: dict[str, Path]) -> None:
+    idp = Issuer()
+    idp.add("ec", "ec-1")
+    with JwksServer(idp) as jwks:
+        gw = Gateway(tmp_path / "gw", [skops_model(digits_files)], extra={
+            "identity": {"jwt": {"issuer": ISSUER, "audiences": [AUDIENCE],
+                                 "jwks_url": jwks.url, "tenant_claim": "tid",
+                                 "groups_claim": "groups"}},
+            "admin": {"oidc": {"group": "mf-admins", "scopes": ["keys:read", "keys:write"],
+                               "models": ["digits"]}}})
+        gw.start()
+        try:
+            keys = f"{gw.admin_url}/admin/keys"
+            admin_jwt = idp.token("ec-1", sub="carol", groups=["staff", "mf-admins"])
+            status, doc, _ = await call(keys, "POST", admin_jwt,
+                                        {"principal": "p", "tenant": "t", "models": ["digits"]})
+            assert status == 201, doc
+            status, doc, _ = await call(keys, "POST", admin_jwt, {"principal": "p",
+                                                                  "tenant": "t"})
+            assert status == 403  # its models bound the keys it mints
+            analyst = idp.token("ec-1", sub="dave", groups=["analysts"])
+            status, doc, _ = await call(keys, token=analyst)
+            assert status == 403 and "not in the admin group" in doc["error"]
+            expired = idp.token("ec-1", sub="carol", groups=["mf-admins"],
+                                exp=int(time.time()) - 3600)
+            status, _, _ = await call(keys, token=expired)
+            assert status == 401
+            # the static admin token is not configured here: nothing else gets in
+            status, _, _ = await call(keys, token=gw.admin_token)
+            assert status == 401
+            records = await admin_records(gw, 5)
+            assert [(r["principal"], r["status"]) for r in records] == [
+                ("admin:oidc:carol", 201), ("admin:oidc:carol", 403), ("admin:oidc:dave", 403),
+                ("admin:unknown", 401), ("admin:unknown", 401)]
+            assert admin_jwt not in gw.audit_text() and admin_jwt not in gw.log.read_text()
+        finally:
+            gw.stop()
+
+
+async def test_metrics_count_every_worker(tmp_path: Path, digits_files: dict[str, Path]
+                                          ) -> None:
+    gw = Gateway(tmp_path / "gw", [skops_model(digits_files)])
+    gw.extra["server"] = {"host": "127.0.0.1", "port": gw.port, "workers": 2,
+                          "admin_listen": f"127.0.0.1:{gw.admin_port}"}
+    gw.start()
+    try:
+        await both_workers_up(gw)
+        key = gw.key()
+        n = 40
+        for _ in range(n):  # a new connection each: the kernel spreads them over both workers
+            async with aiohttp.ClientSession() as s, s.post(
+                    f"{gw.url}/v2/models/digits/infer", data=BODY,
+                    headers={"Authorization": f"Bearer {key}", "Connection": "close"}) as r:
+                assert r.status == 200
+        await asyncio.sleep(0.5)  # metrics are counted just after the answer leaves
+        for _ in range(12):
+            status, text, _ = await call(f"{gw.admin_url}/metrics")
+            assert status == 200
+            counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                          if line.startswith("modelfence_requests_total{")
+                          and 'action="infer"' in line)
+            assert counted == n, text
+        assert gw.log.read_text().count("admin API and metrics on") == 2  # on both workers
+    finally:
+        gw.stop()
+
+
+async def test_admin_listener_on_a_unix_socket_with_two_workers(
+        tmp_path: Path, digits_files: dict[str, Path]) -> None:
+    sock = tmp_path / "run" / "admin.sock"
+    gw = Gateway(tmp_path / "gw", [skops_model(digits_files)])
+    gw.extra["server"] = {"host": "127.0.0.1", "port": gw.port, "workers": 2,
+                          "admin_listen": f"unix:{sock}"}
+    gw.start()
+    try:
+        await both_workers_up(gw)  # the socket is bound before the workers start
+        for _ in range(6):
+            status, doc, _ = await call("http://admin/admin/keys", token=gw.admin_token,
+                                        connector=aiohttp.UnixConnector(path=str(sock)))
+            assert status == 200 and "keys" in doc
+        status, text, _ = await call("http://admin/metrics",
+                                     connector=aiohttp.UnixConnector(path=str(sock)))
+        assert status == 200 and "# TYPE modelfence_" in text
+        assert gw.log.read_text().count("admin API and metrics on unix:") == 2  # both workers
+        assert oct(sock.stat().st_mode & 0o777) == "0o660"
+        status, _, _ = await call(f"{gw.url}/metrics")
+        assert status == 404
+    finally:
+        gw.stop()
+    assert not sock.exists()
