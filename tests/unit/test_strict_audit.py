@@ -74,7 +74,7 @@ class BrokenSink(AuditSink):
 
 def test_a_record_that_cannot_be_committed_fails_the_request_closed(
         tmp_path: Path, digits_files: dict[str, Path]) -> None:
-    s = settings(tmp_path, digits_files["skops"], sink="none://")
+    s = settings(tmp_path, digits_files["skops"], sink="none://", disabled_acknowledged=True)
     gw = build_gateway(s, key_store=MemoryKeyStore())  # type: ignore[arg-type]
     gw.audit_sink = BrokenSink()
     with TestClient(build_app(s, gateway=gw)) as client:  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ from ..artifacts.errors import ArtifactError
 from ..audit import AuditGuard, AuditSink, audit_sink_from_url
 from ..audit.record import event_record
 from ..audit.sinks import audit_store_of
+from ..audit.spill import SpillMetrics
 from ..backends import ModelEntry, backend_from_settings
 from ..config import Settings
 from ..identity import BearerAuthenticator, build_authenticator
@@ -119,7 +120,9 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
     metrics = GatewayMetrics()
     store = key_store or key_store_from_url(settings.stores.keys)
     keys = ApiKeys(store, secret, cache_ttl_s=settings.key_cache_ttl_s)
-    audit_sink = audit_sink_from_url(settings.audit.sink, settings.audit)
+    audit_sink = audit_sink_from_url(settings.audit.sink, settings.audit, SpillMetrics(
+        spilled=metrics.audit_spilled.inc, replayed=metrics.audit_replayed.inc,
+        lost=metrics.audit_lost.inc, pending=metrics.audit_spill_pending))
     models = {m.name: ModelEntry(m, backend_from_settings(m)) for m in settings.models}
     return Gateway(
         settings=settings,
@@ -202,7 +205,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     download_chain = GuardChain([metrics, audit, identity, *inflight, model, usage, policy,
                                  *rate_limits, download_watch])
 
-    stores: list[tuple[str, StoreCheck]] = [("key store", gw.key_store.ping)]
+    stores: list[tuple[str, StoreCheck]] = [("key store", gw.key_store.ping),
+                                             ("audit spill", gw.audit_sink.ready)]
     if gw.rate_limits.active:
         stores.append(("rate limit store", gw.rate_limits.check_storage))
     if gw.budget_store is not None:
@@ -232,7 +236,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
                     settings.server.workers)
     oip = OipRoutes(infer_chain=infer_chain, metadata_chain=metadata_chain, models=gw.models,
                     stores=stores, metrics=gw.metrics,
-                    audit_before_answer=settings.audit.durability == "strict")
+                    audit_before_answer=settings.audit.durability == "strict",
+                    notes={"audit": "disabled"} if gw.audit_sink.disabled else None)
     reloader = PolicyReloader(gw.policy, settings.policy.state_dir, settings.server.workers)
     admin_auth = AdminAuthenticator(settings.admin, static_token=settings.admin_token(),
                                     scoped=settings.admin_token_sha256s(),

@@ -115,6 +115,25 @@ class GatewayMetrics:
         self.model_ready = Gauge("modelfence_model_ready", "1 when the model can answer "
                                  "(on every worker)", ["model"], registry=r,
                                  multiprocess_mode="livemin")
+        self.audit_spilled = Counter("modelfence_audit_spilled_records",
+                                     "Audit records written to the local spill because the "
+                                     "audit store could not take them", registry=r)
+        self.audit_replayed = Counter("modelfence_audit_replayed_records",
+                                      "Spilled audit records committed to the audit store",
+                                      registry=r)
+        self.audit_lost = Counter("modelfence_audit_lost_records",
+                                  "Audit records neither the store nor the spill could keep",
+                                  registry=r)
+        self.audit_spill_records = Gauge("modelfence_audit_spill_records",
+                                         "Audit records waiting in the spill for replay",
+                                         registry=r, multiprocess_mode="livesum")
+        self.audit_spill_bytes = Gauge("modelfence_audit_spill_bytes",
+                                       "Size of the audit spill waiting for replay",
+                                       registry=r, multiprocess_mode="livesum")
+
+    def audit_spill_pending(self, records: int, size: int) -> None:
+        self.audit_spill_records.set(records)
+        self.audit_spill_bytes.set(size)
 
     def render(self) -> bytes:
         if not self._multiprocess:
