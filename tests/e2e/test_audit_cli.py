@@ -152,3 +152,55 @@ def test_cli_key_changes_when_the_audit_trail_is_down(tmp_path: Path) -> None:
     assert out.returncode == 1 and f"{key_id} is revoked, but its audit record" in out.stderr
     keys = json.loads(cli("keys", "list", "--config", str(up), "--json").stdout)["keys"]
     assert [k["status"] for k in keys] == ["revoked"]
+
+
+async def test_seal_prune_and_verify_with_the_cli(tmp_path: Path) -> None:
+    """Retention through the CLI: seal, prune, verify the rest and the archive, catch tampering."""
+    import gzip
+
+    from modelfence.audit.checkpoint import load_signer
+
+    from ..unit.test_audit_chain import write_log
+
+    cli("audit", "keygen", "--out", str(tmp_path / "cp.pem"))
+    cfg = tmp_path / "modelfence.yaml"
+    cfg.write_text("audit: {sink: 'sqlite:///audit.db', checkpoint_key_file: cp.pem,\n"
+                   "        retention: {archive_dir: archive, segment_records: 20}}\n")
+    await write_log(tmp_path / "audit.db", 50, signer=load_signer(tmp_path / "cp.pem"))
+    config = ("--config", str(cfg))
+
+    sealed = json.loads(cli("audit", "seal", *config, "--json").stdout)
+    assert sealed["segments"] == ["1-20", "21-40"] and sealed["records"] == 40  # whole ones
+    sealed = json.loads(cli("audit", "seal", "--through", "50", *config, "--json").stdout)
+    assert sealed["segments"] == ["41-50"]
+    assert json.loads(cli("audit", "seal", *config, "--json").stdout)["segments"] == []
+    refused = cli("audit", "prune", *config, check=False)
+    assert refused.returncode == 2 and "--through SEQ and/or --older-than" in refused.stderr
+    pruned = json.loads(cli("audit", "prune", "--through", "45", *config, "--json").stdout)
+    assert pruned["segments"] == ["1-20", "21-40"] and pruned["rows_deleted"] == 40
+
+    report = json.loads(cli("audit", "verify", *config, "--json").stdout)
+    assert report["ok"] and report["first_seq"] == 41 and report["pruned_through"] == 40
+    whole = json.loads(cli("audit", "verify", *config, "--archive", str(tmp_path / "archive"),
+                           "--json").stdout)
+    assert whole["ok"] and whole["first_seq"] == 1 and whole["last_seq"] == report["last_seq"]
+    records = json.loads(cli("audit", "query", "--since", "1h", *config, "--json").stdout)
+    actions = [r["record"]["action"] for r in records["records"]]
+    assert actions == ["admin:seal-audit", "admin:seal-audit", "admin:prune-audit"]
+    prune_record = records["records"][-1]["record"]
+    assert prune_record["principal"].startswith("cli:")
+    assert prune_record["details"]["first_seq"] == 1 and prune_record["details"]["last_seq"] == 40
+
+    # a changed archive: --archive says so; the store alone still verifies from its anchor
+    gz = tmp_path / "archive" / "audit-000000000001-000000000020.jsonl.gz"
+    text = gzip.decompress(gz.read_bytes())
+    gz.write_bytes(gzip.compress(text.replace(b'"status":200', b'"status":403', 1), mtime=0))
+    bad = cli("audit", "verify", *config, "--archive", str(tmp_path / "archive"), check=False)
+    assert bad.returncode == 1 and "DAMAGED at record 1: bad_archive" in bad.stdout
+    assert cli("audit", "verify", *config).stdout.startswith("ok ")
+
+    # the first live record after pruning, changed
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        db.execute("UPDATE modelfence_audit SET principal = 'nobody' WHERE seq = 41")
+    bad = cli("audit", "verify", *config, check=False)
+    assert bad.returncode == 1 and "DAMAGED at record 41: modified" in bad.stdout

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from ..audit.chain import Row, row_view
 from ..audit.checkpoint import Checkpoint, generate_keypair, load_public_key
+from ..audit.retention import verify_archive
 from ..audit.sinks import CHAINED_SCHEMES
 from ..audit.spill import pending_in
 from ..audit.store import AuditStore, Query, audit_store_from_url
@@ -131,10 +132,16 @@ def verify(
     spill_dir: Annotated[Path | None, typer.Option(
         help="The gateway's audit spill folder (default: audit.spill_dir of the config)")
     ] = None,
+    archive: Annotated[Path | None, typer.Option(
+        help="Folder of sealed segments (`audit seal`): verify them and the store as one "
+             "chain, from record 1")] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Check every record, link and checkpoint; exit 1 and name the first damage if any,
-    exit 3 when the log verifies but records still wait in the spill for replay."""
+    exit 3 when the log verifies but records still wait in the spill for replay.
+
+    After `audit prune`, the store's walk starts from the signed hash of the last pruned
+    segment; --archive DIR walks the archived records too."""
     st, key_file = _open_store(config, store)
     if spill_dir is None and (store is None or config is not None):
         spill_dir = settings_from(config)[1].audit.spill_dir
@@ -152,8 +159,12 @@ def verify(
             if bar is not None and task is not None:
                 bar.update(task, completed=seq, total=head)
 
-        report = _with_store(st, lambda s: verify_store(s, public_key=public, anchors=anchors,
-                                                        progress=progress))
+        if archive is not None:
+            report = _with_store(st, lambda s: verify_archive(
+                s, archive, public_key=public, anchors=anchors, progress=progress))
+        else:
+            report = _with_store(st, lambda s: verify_store(
+                s, public_key=public, anchors=anchors, progress=progress))
     # read after the walk: a record replayed meanwhile is counted in the log, or here
     pending = pending_in(spill_dir) if spill_dir is not None else 0
     _print_report(report, json_out, pending)
