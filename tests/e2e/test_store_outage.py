@@ -443,3 +443,47 @@ def test_v1_refusals_in_a_postgres_outage_are_fast_and_counted(
                 time.sleep(0.05)
         finally:
             gw.stop()
+
+
+def metric(gw: Gateway, name: str) -> float:
+    with urllib.request.urlopen(f"{gw.admin_url}/metrics", timeout=5) as r:  # noqa: S310
+        text = r.read().decode()
+    m = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return float(m.group(1)) if m else 0.0
+
+
+@pytest.mark.redis
+def test_monitor_store_outage_keeps_answering_and_logs_once(
+        tmp_path: Path, digits_files: dict[str, Path], redis_url: str,
+        redis_proxy: TcpProxy) -> None:
+    """The monitor's Redis is off the request's path: answers go on, observations are applied
+    on this replica and counted, and the log says once that the store went and came back."""
+    from .test_monitor_gateway import ask, monitored_gateway, thief_rows
+
+    parts = urlsplit(redis_url)
+    shared = urlunsplit(parts._replace(netloc=f"127.0.0.1:{redis_proxy.port}"))
+    prefix = f"mftest:{secrets.token_hex(4)}:"
+    gw = monitored_gateway(tmp_path, digits_files,
+                           extra_monitor={"shared": shared, "key_prefix": prefix}).start()
+    try:
+        key = gw.key(principal=f"watched-{secrets.token_hex(3)}")
+        assert ask(gw, key, thief_rows(1)).status_code == 200
+        redis_proxy.cut()
+        for i in range(20):
+            r = ask(gw, key, thief_rows(1, seed=100 + i))
+            assert r.status_code == 200, r.text
+            time.sleep(0.02)  # one observation per batch: a line per batch would show
+        deadline = time.monotonic() + 5
+        while metric(gw, "modelfence_monitor_store_errors_total") < 1:
+            assert time.monotonic() < deadline, "the monitor store's failures were not counted"
+            time.sleep(0.05)
+        redis_proxy.restore()
+        log = wait_for_log(gw, "INFO modelfence.stores: monitor store answers again", 5.0)
+        assert ask(gw, key, thief_rows(1, seed=99)).status_code == 200
+    finally:
+        gw.stop()
+        forget_redis_keys(redis_url, prefix)
+    failed = [li for li in log.splitlines() if "monitor store failed" in li]
+    assert len(failed) == 1 and " WARNING " in failed[0], failed
+    assert len([li for li in log.splitlines() if "monitor stream read failed" in li]) <= 1
+    assert not [li for li in problem_lines(log) if " ERROR " in li or "Traceback" in li]
