@@ -39,9 +39,9 @@ def outside_read(path: Path) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
-def call(gw: Gateway, method: str, path: str, token: str, body: bytes | None = None) -> int:
+def call(url: str, method: str, path: str, token: str, body: bytes | None = None) -> int:
     req = urllib.request.Request(  # noqa: S310 (loopback only)
-        f"{gw.url}{path}", data=body, method=method,
+        f"{url}{path}", data=body, method=method,
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=15) as r:  # noqa: S310 (loopback only)
@@ -66,9 +66,9 @@ def test_one_sqlite_file_for_keys_and_audit_with_an_outside_reader(
         body = json.dumps(infer_body(digits_rows(1))).encode()
         outside_read(state)  # an outside process opens and closes the file while we serve
         for _ in range(20):
-            assert call(gw, "POST", "/v2/models/digits/infer", user, body) == 200
-        assert call(gw, "DELETE", f"/admin/keys/{doomed_id}", gw.admin_token) == 200
-        assert call(gw, "POST", "/v2/models/digits/infer", doomed, body) == 401
+            assert call(gw.url, "POST", "/v2/models/digits/infer", user, body) == 200
+        assert call(gw.admin_url, "DELETE", f"/admin/keys/{doomed_id}", gw.admin_token) == 200
+        assert call(gw.url, "POST", "/v2/models/digits/infer", doomed, body) == 401
         deadline = time.monotonic() + 10
         while (seen := outside_read(state))["audit"] < 22 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -80,8 +80,8 @@ def test_one_sqlite_file_for_keys_and_audit_with_an_outside_reader(
         assert after_kill["audit"] >= seen["audit"] and doomed_id in after_kill["revoked"]
 
         gw.start()  # the revocation survived the kill: the key stays refused
-        assert call(gw, "POST", "/v2/models/digits/infer", doomed, body) == 401
-        assert call(gw, "POST", "/v2/models/digits/infer", user, body) == 200
+        assert call(gw.url, "POST", "/v2/models/digits/infer", doomed, body) == 401
+        assert call(gw.url, "POST", "/v2/models/digits/infer", user, body) == 200
     finally:
         gw.stop()
     report = json.loads(cli("audit", "verify", "--config", str(gw.config), "--json").stdout)
