@@ -65,6 +65,23 @@ async def infer(gw: Gateway, token: str | None, model: str = "digits"
         return r.status, await r.json(), r.headers.get("WWW-Authenticate", "")
 
 
+async def metric_samples(gw: Gateway) -> dict[tuple[str, str], float]:
+    """Denials by reason and outbound errors by client/kind, from the admin listener."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with aiohttp.ClientSession() as s, s.get(f"{gw.admin_url}/metrics") as r:
+        text = await r.text()
+    out: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "modelfence_denials_total":
+                out[(sample.name, sample.labels["reason"])] = sample.value
+            elif sample.name == "modelfence_outbound_errors_total":
+                key = f"{sample.labels['client']}/{sample.labels['kind']}"
+                out[(sample.name, key)] = sample.value
+    return out
+
+
 async def audit_for(gw: Gateway, count: int) -> list[dict[str, Any]]:
     """The last `count` audit records, once the gateway has written them."""
     deadline = time.monotonic() + 5
@@ -198,6 +215,9 @@ async def test_a_jwks_outage_is_503_for_unknown_kids_then_for_every_jwt(
         assert statuses == [503, 503]
         records = await audit_for(gw, 4)
         assert [r["status"] for r in records] == [503, 200, 503, 503]
+        counted = await metric_samples(gw)
+        assert counted[("modelfence_denials_total", "identity_unavailable")] == 3
+        assert counted[("modelfence_outbound_errors_total", "jwks/unreachable")] >= 2
     finally:
         gw.stop()
     log = gw.log.read_text()

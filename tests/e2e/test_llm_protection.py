@@ -206,6 +206,12 @@ def test_screening_that_cannot_answer_refuses_unless_allowed(gw: Gateway) -> Non
     assert any(t["guard"] == "screening" and t["outcome"] == "deny"
                for t in records[0]["trail"])
     assert any("a detector failed" in t["reason"] for t in records[3]["trail"])
+    with urllib.request.urlopen(f"{gw.admin_url}/metrics", timeout=10) as r:  # noqa: S310
+        metrics = r.read().decode()
+    assert ('modelfence_screening_failures_total{model="unscreenable",outcome="refused"} 3.0'
+            in metrics)
+    assert ('modelfence_screening_failures_total{model="unscreenable-allowed",'
+            'outcome="allowed"} 1.0') in metrics
     log = gw.log.read_text()
     assert log.count("prompt screening for model unscreenable cannot give a verdict") == 1
     assert "Traceback" not in log

@@ -128,7 +128,9 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
         settings=settings,
         key_store=store,
         keys=keys,
-        authenticator=build_authenticator(settings.identity, keys),
+        authenticator=build_authenticator(
+            settings.identity, keys,
+            on_jwks_error=lambda kind: metrics.outbound_errors.labels("jwks", kind).inc()),
         models=models,
         metrics=metrics,
         audit_sink=audit_sink,
@@ -150,7 +152,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
                                    per_tenant=settings.server.max_inflight_per_tenant)
     inflight = [inflight_guard] if inflight_guard.active else []
     model = ModelLookupGuard(gw.models)
-    usage = UsageGuard()
+    usage = UsageGuard(gw.budget_store)  # context.queries: the budget store's, if any
+    usage.warn_if_policy_reads(settings.policy.files, settings.server.workers)
     policy = PolicyGuard(gw.policy)
     metrics = MetricsGuard(gw.metrics)
     audit = AuditGuard(gw.audit_sink, record_inputs=settings.audit.record_inputs)
@@ -221,13 +224,17 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
             tenant=crossing.tenant, risk=crossing.risk.score, queries=crossing.risk.requests,
             explanation=crossing.risk.explain()))
 
+    def screen_failure(model: str, outcome: str) -> None:
+        gw.metrics.screening_failures.labels(model, outcome).inc()
+
     llm = llm_routes(settings.llm, head=[metrics, audit], identity=identity, inflight=inflight,
                      usage=usage,
                      policy=policy, rate_limits=rate_limits, budgets=budgets,
                      audit_before_answer=settings.audit.durability == "strict",
                      noise_secret=hmac.new(settings.server_secret(), b"llm",
                                            hashlib.sha256).digest(),
-                     on_alert=llm_alert)
+                     on_alert=llm_alert, on_screen_failure=screen_failure,
+                     on_store_error=lambda store: gw.metrics.store_errors.labels(store).inc())
     if llm.risk_stream is not None:
         stores.append(("llm risk store", llm.risk_stream.ping))
     elif llm.risk is not None and settings.llm.models and settings.server.workers > 1:

@@ -16,7 +16,13 @@ from typing import ClassVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ..config import metrics_dir
-from ..errors import ClientDisconnected, RequestTimeout, UpstreamError, UpstreamRejected
+from ..errors import (
+    ClientDisconnected,
+    RequestTimeout,
+    Unavailable,
+    UpstreamError,
+    UpstreamRejected,
+)
 from .call import Call
 from .chain import Guard
 
@@ -92,6 +98,14 @@ class GatewayMetrics:
         self.body_timeouts = Counter("modelfence_body_timeouts",
                                      "Requests answered 408: the body did not arrive within "
                                      "server.body_timeout_s or paused too long", registry=r)
+        self.screening_failures = Counter("modelfence_screening_failures",
+                                          "Prompts whose screening could not run, by what "
+                                          "screening.on_failure did (refused or allowed)",
+                                          ["model", "outcome"], registry=r)
+        self.outbound_errors = Counter("modelfence_outbound_errors",
+                                       "Failed calls to the JWKS and the alert webhook, by "
+                                       "kind (redirect, status, unreachable, timeout)",
+                                       ["client", "kind"], registry=r)
         self.monitor_alerts = Counter("modelfence_monitor_alerts",
                                       "Principals or tenants whose extraction risk crossed the "
                                       "threshold", ["model", "kind"], registry=r)
@@ -173,5 +187,5 @@ class MetricsGuard(Guard):
             m.upstream_errors.labels(model, err.reason).inc()
         elif isinstance(err, ClientDisconnected | RequestTimeout):
             return  # counted where they are detected (BodyDeadline), not denials
-        elif 400 <= call.status < 500:
+        elif 400 <= call.status < 500 or isinstance(err, Unavailable):
             m.denials.labels(err.reason).inc()
