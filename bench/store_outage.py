@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--audit-on-pg", action="store_true",
                    help="the audit log on the same PostgreSQL too (else a local JSONL file)")
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--keep", type=Path, help="keep the gateway's folder (log, config) here")
     return p.parse_args(argv)
 
 
@@ -201,8 +202,12 @@ async def measure(args: argparse.Namespace, proxy: TcpProxy, gateway: str, keys:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="mf-outage-") as tmp:
-        result = run(args, Path(tmp))
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        result = run(args, args.keep.resolve())
+    else:
+        with tempfile.TemporaryDirectory(prefix="mf-outage-") as tmp:
+            result = run(args, Path(tmp))
     print(json.dumps(result, indent=2))
     during = result["during"]
     print(f"\nduring the {args.outage:g} s outage: {during['requests']} requests, "

@@ -38,8 +38,8 @@ def log_config(level: str = "INFO") -> dict[str, Any]:
             "_granian": {"handlers": ["stderr"], "level": level, "propagate": False},
             "granian.access": {"handlers": ["stderr"], "level": level, "propagate": False},
             # a store outage is logged once by its breaker (stores/breaker.py), not by the
-            # pool at each reconnect attempt
-            "psycopg.pool": {"handlers": ["stderr"], "level": "ERROR", "propagate": False},
+            # pool at each reconnect attempt, nor by psycopg for each query it could not cancel
+            "psycopg": {"handlers": ["stderr"], "level": "ERROR", "propagate": False},
         },
     }
 
