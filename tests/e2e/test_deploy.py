@@ -49,7 +49,7 @@ GATEWAYS = ("gateway-1", "gateway-2")
 #: ones `localize_config` may change to run a replica here.
 LOCAL_CHANGES = {"server.host", "server.port", "server.admin_listen", "secret_file",
                  "admin.token_file", "stores.keys",
-                 "audit.sink", "audit.checkpoint_key_file", "quotas.storage",
+                 "audit.sink", "audit.checkpoint_key_file", "audit.spill_dir", "quotas.storage",
                  "quotas.budget_store", "models[0].backend.path"}
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -133,6 +133,8 @@ def test_compose_runs_two_replicas_of_one_image_and_config() -> None:
         assert (DEPLOY / build["context"]).resolve() == DEPLOY.parent
         assert (DEPLOY / build["context"] / build["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
         assert mounts(gw)[target] == ("./modelfence.yaml", "ro"), name
+        spill = deploy_config()["audit"]["spill_dir"]  # writable in a read-only container
+        assert mounts(gw)[spill] == ("audit-spill", "rw"), name
         # the image's ENTRYPOINT and CMD run them: no override that could drift from it
         assert "command" not in gw and "entrypoint" not in gw, name
         for dep in ("postgres", "redis"):
@@ -279,7 +281,7 @@ def localize_config(doc: dict[str, Any], *, port: int, root: Path, pg: SplitResu
             return [local(v) for v in value]
         if not isinstance(value, str):
             return value
-        if value.startswith(("/run/secrets/", "/models/")):
+        if value.startswith(("/run/secrets/", "/models/", "/var/lib/modelfence/")):
             return str(root / value.lstrip("/"))
         url = urlsplit(value)
         if url.scheme.startswith("postgres") and url.hostname == "postgres":
@@ -322,7 +324,7 @@ def test_localize_config_changes_only_container_paths_and_hosts(tmp_path: Path) 
     assert {k for k in before if before[k] != after[k]} == LOCAL_CHANGES
     for key, value in after.items():
         text = str(value)
-        assert not text.startswith(("/run/", "/models/", "0.0.0.0")), key
+        assert not text.startswith(("/run/", "/models/", "/var/", "0.0.0.0")), key
         assert "@postgres:" not in text and "@redis:" not in text, key
     assert "${POSTGRES_PASSWORD}" in local["stores"]["keys"]  # still read from the environment
 
