@@ -48,7 +48,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory, stub: OpenAiStub,
 
 def _risk(gw: Gateway, principal: str) -> float:
     req = urllib.request.Request(  # noqa: S310 (loopback)
-        f"{gw.url}/admin/risk/guarded?principal={principal}",
+        f"{gw.admin_url}/admin/risk/guarded?principal={principal}",
         headers={"Authorization": f"Bearer {gw.admin_token}"})
     with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310
         return float(json.loads(r.read())["risk"])

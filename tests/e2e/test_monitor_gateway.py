@@ -177,10 +177,10 @@ def test_thief_is_shaped_then_refused_and_alerted(gateway: Gateway) -> None:
     alerts = json.loads(cli("alerts", "--config", str(gateway.config), "--json").stdout)
     mine = [a["record"] for a in alerts["records"] if a["record"]["principal"] == "mallory"]
     assert len(mine) == 1 and mine[0]["action"] == "alert:monitor"
-    admin = httpx.get(f"{gateway.url}/admin/alerts",
+    admin = httpx.get(f"{gateway.admin_url}/admin/alerts",
                       headers={"Authorization": f"Bearer {gateway.admin_token}"}).json()
     assert any(a["principal"] == "mallory" and a["risk"] >= 0.5 for a in admin["alerts"])
-    risk = httpx.get(f"{gateway.url}/admin/risk/digits", params={"principal": "mallory"},
+    risk = httpx.get(f"{gateway.admin_url}/admin/risk/digits", params={"principal": "mallory"},
                      headers={"Authorization": f"Bearer {gateway.admin_token}"}).json()
     assert risk["flagged"] and risk["detectors"]["ood"]["score"] > 0.5
 
@@ -248,7 +248,7 @@ def test_risk_survives_a_restart(tmp_path: Path, digits_files: dict[str, Path]) 
 def test_admin_monitor_routes_reject_bad_input(gateway: Gateway, path: str,
                                                params: dict[str, str], status: int,
                                                message: str) -> None:
-    r = httpx.get(f"{gateway.url}{path}", params=params,
+    r = httpx.get(f"{gateway.admin_url}{path}", params=params,
                   headers={"Authorization": f"Bearer {gateway.admin_token}"})
     assert r.status_code == status and message in r.json()["error"]
-    assert httpx.get(f"{gateway.url}{path}", params=params).status_code == 401
+    assert httpx.get(f"{gateway.admin_url}{path}", params=params).status_code == 401

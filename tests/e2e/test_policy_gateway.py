@@ -76,7 +76,8 @@ async def infer(gw: Gateway, key: str, model: str = "public",
 
 async def admin(gw: Gateway, method: str, path: str) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as s, s.request(
-            method, f"{gw.url}{path}", headers={"Authorization": f"Bearer {gw.admin_token}"}) as r:
+            method, f"{gw.admin_url}{path}",
+            headers={"Authorization": f"Bearer {gw.admin_token}"}) as r:
         return r.status, await r.json()
 
 
@@ -122,7 +123,7 @@ async def test_engine_failure_fails_closed_with_503(gw: Gateway) -> None:
     await asyncio.sleep(0.3)
     assert "policy engine failure in infer, request denied: policy evaluation failed" in (
         gw.log.read_text())
-    async with aiohttp.ClientSession() as s, s.get(f"{gw.url}/metrics") as r:
+    async with aiohttp.ClientSession() as s, s.get(f"{gw.admin_url}/metrics") as r:
         assert "modelfence_policy_errors_total 1.0" in await r.text()
 
 

@@ -115,7 +115,7 @@ def test_assess_through_the_gateway_plots_the_risk_and_names_the_stops(
     assert page.count("<b>429</b> after 40") == 2 and "labels " in page
     assert not re.search(r"\bnan\b", page)
     # the minted keys are revoked once their cell is done
-    keys = httpx.get(f"{gateway.url}/admin/keys",
+    keys = httpx.get(f"{gateway.admin_url}/admin/keys",
                      headers={"Authorization": f"Bearer {gateway.admin_token}"}).json()["keys"]
     mine = [k for k in keys if k["principal"].startswith("redteam-")]
     assert len(mine) == 3 and all(k["status"] == "revoked" for k in mine)
@@ -125,9 +125,10 @@ def test_assess_bad_input_is_one_line(gateway: Gateway) -> None:
     url = f"{gateway.url}/v2/models/digits"
     for args, env, message in (
             ((url,), {"MODELFENCE_ADMIN_TOKEN": ""}, "needs its admin token"),
-            ((url, "--admin-token", "wrong"), {}, "refused the admin token (401"),
-            (("http://127.0.0.1:9/v2/models/digits", "--admin-token", "t"), {},
-             "cannot reach"),
+            ((url, "--admin-token", "wrong"), {"MODELFENCE_ADMIN_URL": gateway.admin_url},
+             "refused the admin token (401"),
+            (("http://127.0.0.1:9/v2/models/digits", "--admin-token", "t"),
+             {"MODELFENCE_ADMIN_URL": "http://127.0.0.1:9"}, "cannot reach"),
             ((url, "--admin-token", "t", "--defenses", "none"), {}, "in-process")):
         r = cli("assess", *args, env=env, check=False)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
