@@ -38,7 +38,7 @@ def test_store_outage_denies_with_503_and_recovers(
     settings = settings_from_mapping({
         "server": {"admin_listen": None},
         "key_cache_ttl_s": 0,
-        "audit": {"sink": "none://"},
+        "audit": {"sink": "none://", "disabled_acknowledged": True},
         "models": [{"name": "digits",
                     "backend": {"type": "skops", "path": str(digits_files["skops"])}}]})
     store = FlakyStore()
@@ -58,7 +58,7 @@ def test_store_outage_denies_with_503_and_recovers(
         store.down = True
         denied = client.post("/v2/models/digits/infer", json=body, headers=auth)
         assert denied.status_code == 503
-        assert denied.json() == {"error": "a required store is unavailable; request denied"}
+        assert denied.json() == {"error": "the key store is unavailable; request denied"}
         assert client.get("/v2/health/ready").status_code == 503
         revoke = admin_api.delete(f"/admin/keys/{key.split('_')[1]}", headers=admin)
         assert revoke.status_code == 503

@@ -81,6 +81,6 @@ def test_a_record_that_cannot_be_committed_fails_the_request_closed(
         auth = key_for(client)
         answer = client.post("/v2/models/digits/infer", json=BODY, headers=auth)
         assert answer.status_code == 503
-        assert answer.json() == {"error": "a required store is unavailable; request denied"}
+        assert answer.json() == {"error": "the audit store is unavailable; request denied"}
         assert 'modelfence_store_errors_total{store="audit"} 1.0' in admin_of(client).get(
             "/metrics").text
