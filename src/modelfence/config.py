@@ -613,6 +613,10 @@ class Settings(_Strict):
         if self.admin.oidc is not None and self.identity.jwt is None:
             raise ValueError("admin.oidc needs identity.jwt (the identity provider whose "
                              "tokens name the admin group)")
+        if self.admin.oidc is not None and not (self.identity.jwt and
+                                                self.identity.jwt.groups_claim):
+            raise ValueError("admin.oidc needs identity.jwt.groups_claim (the claim that "
+                             "names the admin group)")
         return self
 
     def model(self, name: str) -> ModelSettings | None:
