@@ -24,6 +24,12 @@ class Chat(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         Chat.seen.append({"path": self.path, "auth": self.headers.get("Authorization"),
                           "body": body})
+        if body["model"] == "moved":  # a 307 keeps the method, body and (in urllib) the key
+            self.send_response(307)
+            self.send_header("Location", "/elsewhere/chat/completions")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if body["model"] == "broken":
             self.send_response(500)
             self.end_headers()
@@ -69,3 +75,11 @@ def test_failures_are_clear(endpoint: str) -> None:
         suspect_from(endpoint, api="openai")
     with pytest.raises(ConfigurationError, match="features"):
         suspect_from(endpoint, model="m", api="openai", template="no field")
+
+
+def test_a_redirect_is_not_followed_so_the_key_stays_home(endpoint: str) -> None:
+    before = len(Chat.seen)
+    with pytest.raises(UpstreamError, match="redirect"):
+        suspect_from(endpoint, key="sk-secret", model="moved", api="openai").labels(
+            np.zeros((1, 2)))
+    assert [s["path"] for s in Chat.seen[before:]] == ["/v1/chat/completions"]

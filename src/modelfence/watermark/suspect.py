@@ -134,14 +134,29 @@ class OpenAIChatSuspect(Suspect):
         request = urllib.request.Request(  # noqa: S310 (the scheme is checked: http or https)
             self._url, data=body.encode(), headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self._timeout) as resp:  # noqa: S310
+            with _no_redirects().open(request, timeout=self._timeout) as resp:
                 answer = json.loads(resp.read())
             return str(answer["choices"][0]["message"]["content"]).strip()
         except urllib.error.HTTPError as exc:
+            if 300 <= exc.code < 400:  # never resent, with its key, to where a 3xx points
+                raise UpstreamError(f"{self.description} answered a redirect ({exc.code}), "
+                                    "which is not followed") from None
             raise UpstreamError(f"{self.description} answered {exc.code}") from None
         except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
             raise UpstreamError(f"{self.description}: no usable answer "
                                 f"({type(exc).__name__})") from None
+
+
+def _no_redirects() -> Any:
+    """A urllib opener that refuses redirects: urllib would resend the Authorization header
+    (the suspect API's key) to whatever host a 3xx names."""
+    import urllib.request
+
+    class Refuse(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    return urllib.request.build_opener(Refuse)
 
 
 def suspect_from(target: Any, *, key: str = "", model: str | None = None, batch: int = 16,
