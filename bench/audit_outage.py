@@ -60,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=4)
     p.add_argument("--keys-local", action="store_true",
                    help="API keys in local SQLite: calls are answered during the outage")
+    p.add_argument("--durability", choices=["batched", "strict"], default="batched")
     p.add_argument("--pg", default=DEFAULT_PG)
     p.add_argument("--json", type=Path, help="write the results here")
     return p.parse_args(argv)
@@ -147,7 +148,8 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 "secret_file": "secret", "admin": {"token_file": "admin-token"},
                 "stores": {"keys": "sqlite:///keys.db" if args.keys_local else url},
                 "key_cache_ttl_s": 1.0,
-                "audit": {"sink": url, "checkpoint_key_file": "cp.pem"},
+                "audit": {"sink": url, "checkpoint_key_file": "cp.pem",
+                          "durability": args.durability},
                 "models": [{"name": "digits", "backend": {"type": "skops", "path": str(model)}}],
             }, sort_keys=False))
             log = folder / "gateway.log"
@@ -214,6 +216,7 @@ async def measure(args: argparse.Namespace, proxy: TcpProxy, gateway: str, admin
     for a in answers:
         by_status[str(a[1])] = by_status.get(str(a[1]), 0) + 1
     return {"rate_rps": args.rate, "connections": args.connections, "outage_s": args.outage,
+            "durability": args.durability,
             "keys": "sqlite (local)" if args.keys_local else "postgresql (same database)",
             "answered_by_status": dict(sorted(by_status.items())),
             "before": window(answers, t0 + 1.0, cut_at),

@@ -190,9 +190,9 @@ class AuditRetention(_Strict):
 class AuditSettings(_Strict):
     """The audit log. sqlite:/// and postgresql:// are hash-chained and verifiable.
 
-    `durability: strict` answers a write after its batch committed; `batched` queues it and
-    may lose up to `queue_max + batch_max` records (about `flush_interval_ms` worth) on a
-    crash. `checkpoint_key_file` is an Ed25519 private key (`modelfence audit keygen`);
+    `durability: strict` answers a write after its batch committed (or, while the store is
+    away, was fsync'd to `spill_dir`); `batched` queues it and may lose up to
+    `queue_max + batch_max` records (about `flush_interval_ms` worth) on a crash. `checkpoint_key_file` is an Ed25519 private key (`modelfence audit keygen`);
     without it the newest records could be removed undetected.
     """
 

@@ -65,7 +65,7 @@ class ChainedSink(AuditSink):
     def __init__(self, store: AuditStore, *, durability: Literal["strict", "batched"] = "batched",
                  batch_max: int = 512, flush_interval_ms: float = 10.0, queue_max: int = 10_000,
                  signer: Signer | None = None, policy: CheckpointPolicy | None = None,
-                 retry_s: float = 0.25, spill: Spill | None = None,
+                 retry_s: float = 0.1, spill: Spill | None = None,
                  close_timeout_s: float = 5.0) -> None:
         self.store = store
         self.strict = durability == "strict"
