@@ -192,8 +192,9 @@ class AuditSettings(_Strict):
 
     `durability: strict` answers a write after its batch committed (or, while the store is
     away, was fsync'd to `spill_dir`); `batched` queues it and may lose up to
-    `queue_max + batch_max` records (about `flush_interval_ms` worth) on a crash. `checkpoint_key_file` is an Ed25519 private key (`modelfence audit keygen`);
-    without it the newest records could be removed undetected.
+    `queue_max + batch_max` records (about `flush_interval_ms` worth) on a crash.
+    `checkpoint_key_file` is an Ed25519 private key (`modelfence audit keygen`); without it
+    the newest records could be removed undetected.
     """
 
     sink: str = Field("sqlite:///audit.db", description="sqlite:///PATH, postgresql://..., "
