@@ -16,6 +16,7 @@ from modelfence.audit.store import Query
 from modelfence.audit.store_sqlite import SqliteAuditStore
 from modelfence.audit.verify import verify_store
 from modelfence.audit.writer import ChainedSink
+from modelfence.errors import StoreError
 
 from .test_audit_chain import Rec
 from .test_audit_writer import GatedStore
@@ -166,3 +167,55 @@ async def test_a_torn_last_line_is_cut_and_the_rest_replayed(tmp_path: Path) -> 
     await until(lambda: second.spill is not None and second.spill.empty)
     await second.close()
     assert await ids_in_order(tmp_path / "a.db") == [f"req-{i}" for i in range(5)]
+
+
+async def test_leftovers_of_a_stopped_writer_are_cleared_at_open(tmp_path: Path) -> None:
+    folder = tmp_path / "spill"
+    folder.mkdir()
+    (folder / "spill-1-1-a.tmp").write_bytes(b"")  # died while making its segment
+    done = folder / "spill-2-2-b.log"  # replayed to the end, not yet removed
+    done.write_bytes(b"MFSPILL1" + (16).to_bytes(8, "big"))
+    spill = Spill(folder, 1 << 20)
+    await spill.open()
+    assert spill.empty and list(folder.iterdir()) == []
+    await spill.close()
+
+
+class LostReplyStore(GatedStore):
+    """Commits, then fails as a connection that broke after COMMIT was sent would, `lose`
+    times; down meanwhile if `down_after_loss` (the reply never came because it went away)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.lose = 0
+
+    async def commit(self, plan):  # type: ignore[no-untyped-def]
+        batch = await super().commit(plan)
+        if self.lose:
+            self.lose -= 1
+            self.down = True
+            raise StoreError("connection reset after COMMIT")
+        return batch
+
+
+@pytest.mark.parametrize("outage_s", [0.0, 0.3])
+async def test_a_commit_whose_reply_was_lost_is_not_written_twice(
+        tmp_path: Path, outage_s: float) -> None:
+    store = LostReplyStore(tmp_path / "a.db")
+    sink = ChainedSink(store, batch_max=5, flush_interval_ms=1, retry_s=0.2,
+                       spill=Spill(tmp_path / "spill", 1 << 20))
+    await sink.open()
+    for i in range(5):
+        await sink.write(Rec(i))  # type: ignore[arg-type]
+    await until(lambda: store.commits == 1)
+    store.lose = 1
+    for i in range(5, 10):
+        await sink.write(Rec(i))  # type: ignore[arg-type]
+    await until(lambda: store.down)
+    await asyncio.sleep(outage_s)  # long: the batch waits in the spill, with its marker
+    for i in range(10, 15):
+        await sink.write(Rec(i))  # type: ignore[arg-type]
+    store.down = False
+    await until(lambda: sink.spill is not None and sink.spill.empty)
+    await sink.close()
+    assert await ids_in_order(tmp_path / "a.db") == [f"req-{i}" for i in range(15)]

@@ -12,9 +12,13 @@ it and replays it before its own records. Adopting never races with creating: a 
 is locked under a temporary name and only then renamed to `spill-*.log`.
 
 A segment is a 16-byte header (magic, then the offset up to which it was replayed) and
-one JSON array per record per line. The offset is rewritten and fsync'd after each
-replayed batch, so a crash between a commit and that write replays at most that batch
-twice, never skips one. A torn last line (a crash mid-append) is cut off at open.
+one JSON array per record per line. A batch whose commit failed after its rows were
+planned may have committed all the same (the connection broke after COMMIT was sent): it
+is preceded by a marker line, a JSON object naming the position and hash its first row
+would have had, and the replay first looks there (`Ambiguous`). The offset is rewritten
+and fsync'd after each replayed batch, so a crash between a commit and that write
+replays at most that batch twice, never skips one. A torn last line (a crash
+mid-append) is cut off at open.
 """
 
 from __future__ import annotations
@@ -59,6 +63,28 @@ class SpillMetrics:
     pending: Callable[[int, int], None] = _noop2  # records, bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Ambiguous:
+    """A commit failed after planning rows `count` rows from `seq`, the first hashing to
+    `hash`: if that row is in the store, the batch is there already."""
+
+    seq: int
+    hash: bytes
+    count: int
+
+
+def _marker(a: Ambiguous) -> bytes:
+    return orjson.dumps({"committed_if": [a.seq, a.hash.hex(), a.count]}) + b"\n"
+
+
+def _is_marker(line: bytes) -> bool:
+    return line.startswith(b"{")
+
+
+def _count_records(data: bytes) -> int:
+    return sum(1 for line in data.split(b"\n") if line and not _is_marker(line))
+
+
 def _line(e: Entry) -> bytes:
     return orjson.dumps([e.ts_us, e.request_id, e.principal, e.tenant, e.model, e.action,
                          e.status, e.payload.decode()]) + b"\n"
@@ -86,6 +112,7 @@ class _Segment:
     records: int = 0  # not yet replayed
     adopted: bool = False
     lines: list[int] = field(default_factory=list)  # sizes of lines read, not yet done
+    read: int = 0  # records among them
 
     def mark(self, offset: int) -> None:
         os.pwrite(self.file.fileno(), offset.to_bytes(8, "big"), len(MAGIC))
@@ -112,7 +139,7 @@ def _read_segment(path: Path, file: BinaryIO) -> tuple[int, int, int]:
                     "off; it had not been acknowledged", path.name)
         os.ftruncate(file.fileno(), max(end, HEADER))
     size = max(end, HEADER)
-    return offset, size, data.count(b"\n", offset, size)
+    return offset, size, _count_records(data[offset:size])
 
 
 class Spill:
@@ -174,7 +201,15 @@ class Spill:
                 file.close()
                 continue
             offset, size, records = _read_segment(path, file)
+            if not records:  # replayed to the end before its writer stopped
+                path.unlink(missing_ok=True)
+                file.close()
+                continue
             self._segments.append(_Segment(path, file, offset, size, records, adopted=True))
+        for path in self.folder.glob("spill-*.tmp"):  # a writer died making its segment
+            with path.open("rb") as tmp:
+                if _lock(tmp):
+                    path.unlink(missing_ok=True)
 
     def _create(self) -> _Segment:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -191,10 +226,10 @@ class Spill:
         _fsync_dir(self.folder)
         return _Segment(path, file)
 
-    async def append(self, entries: list[Entry]) -> bool:
+    async def append(self, entries: list[Entry], ambiguous: Ambiguous | None = None) -> bool:
         """Write `entries` durably after everything spilled; False when there is no room
         (the size limit, or the disk refused: logged once per writer problem)."""
-        data = b"".join(map(_line, entries))
+        data = (_marker(ambiguous) if ambiguous else b"") + b"".join(map(_line, entries))
         async with self._lock:
             if not self.room(len(data)):
                 return False
@@ -223,38 +258,57 @@ class Spill:
         os.pwrite(fd, data, self._own.size)
         os.fdatasync(fd)
 
-    async def peek(self, limit: int) -> list[Entry]:
-        """Up to `limit` of the oldest records not yet replayed (from one segment)."""
+    async def peek(self, limit: int) -> tuple[list[Entry], Ambiguous | None]:
+        """Up to `limit` of the oldest records not yet replayed (from one segment); a batch
+        that may have committed comes alone, with what shows whether it did."""
         async with self._lock:
             seg = next((s for s in self._segments if s.records), None)
             if seg is None:
-                return []
+                return [], None
             return await asyncio.to_thread(self._read, seg, limit)
 
-    def _read(self, seg: _Segment, limit: int) -> list[Entry]:
+    def _read(self, seg: _Segment, limit: int) -> tuple[list[Entry], Ambiguous | None]:
         out: list[Entry] = []
-        seg.lines = []
+        ambiguous = None
+        seg.lines, seg.read = [], 0
         with seg.path.open("rb") as f:  # its own description: the writer's flock stays
             f.seek(seg.offset)
             pos = seg.offset
-            while len(seg.lines) < limit and pos < seg.size:
+            while seg.read < limit and pos < seg.size:
                 line = f.readline(seg.size - pos)
                 if not line:
                     break
+                if _is_marker(line):
+                    if seg.lines:  # a marked batch starts a read of its own
+                        break
+                    ambiguous = self._ambiguous(seg, line)
+                    if ambiguous is not None:
+                        limit = ambiguous.count
+                else:
+                    seg.read += 1
+                    try:
+                        out.append(_entry(line))
+                    except (ValueError, TypeError) as exc:  # damaged on disk: say so, go on
+                        log.error("audit spill %s: a damaged record was skipped: %s",
+                                  seg.path.name, exc)
+                        self.metrics.lost(1)
                 pos += len(line)
                 seg.lines.append(len(line))
-                try:
-                    out.append(_entry(line))
-                except (ValueError, TypeError) as exc:  # damaged on disk: say so, go on
-                    log.error("audit spill %s: a damaged record was skipped: %s",
-                              seg.path.name, exc)
-                    self.metrics.lost(1)
-        if not seg.lines:  # the count and the file disagree: nothing more to give
+        if not seg.read:  # the count and the file disagree: nothing more to give
             log.error("audit spill %s: %d records were counted but none could be read",
                       seg.path.name, seg.records)
             self.metrics.lost(seg.records)
             seg.records = 0
-        return out
+        return out, ambiguous
+
+    def _ambiguous(self, seg: _Segment, line: bytes) -> Ambiguous | None:
+        try:
+            seq, hash_hex, count = orjson.loads(line)["committed_if"]
+            return Ambiguous(int(seq), bytes.fromhex(hash_hex), int(count))
+        except (ValueError, TypeError, KeyError) as exc:
+            log.error("audit spill %s: a damaged batch marker was skipped: %s",
+                      seg.path.name, exc)
+            return None
 
     async def done(self) -> int:
         """The records the last `peek` returned are in the store: move past them."""
@@ -262,26 +316,32 @@ class Spill:
             seg = next((s for s in self._segments if s.records), None)
             if seg is None or not seg.lines:
                 return 0
-            n, seg.offset = len(seg.lines), seg.offset + sum(seg.lines)
-            seg.lines = []
-            seg.records -= n
-            await asyncio.to_thread(self._advance, seg)
-        self.metrics.replayed(n)
+            n, offset, remaining = seg.read, seg.offset + sum(seg.lines), seg.records - seg.read
+            # the file first, then the counts: `empty` turns true only once it is on disk
+            await asyncio.to_thread(self._advance, seg, offset, remaining)
+            seg.lines, seg.read = [], 0
+            if remaining:
+                seg.offset, seg.records = offset, remaining
+            elif seg.adopted:  # replayed to the end: gone, and its lock with it
+                seg.records = 0
+                self._segments.remove(seg)
+            else:  # our own: empty again, ready for the next outage
+                seg.offset = seg.size = HEADER
+                seg.records = 0
+            self.metrics.replayed(n)
         self._report()
         return n
 
-    def _advance(self, seg: _Segment) -> None:
-        if seg.records:
-            seg.mark(seg.offset)
-            return
-        if seg.adopted:  # replayed to the end: gone, and its lock with it
+    @staticmethod
+    def _advance(seg: _Segment, offset: int, remaining: int) -> None:
+        if remaining:
+            seg.mark(offset)
+        elif seg.adopted:
             seg.path.unlink(missing_ok=True)
             seg.file.close()
-            self._segments.remove(seg)
-            return
-        os.ftruncate(seg.file.fileno(), HEADER)  # our own: empty again, ready for the next
-        seg.offset = seg.size = HEADER
-        seg.mark(HEADER)
+        else:
+            os.ftruncate(seg.file.fileno(), HEADER)
+            seg.mark(HEADER)
 
     def _report(self) -> None:
         self.metrics.pending(self.records, self.size if self.records else 0)
@@ -299,5 +359,6 @@ def pending_in(folder: Path) -> int:
             continue
         if len(data) >= HEADER and data[:len(MAGIC)] == MAGIC:
             offset = min(int.from_bytes(data[len(MAGIC):HEADER], "big"), len(data))
-            total += data.count(b"\n", offset)
+            end = data.rfind(b"\n") + 1
+            total += _count_records(data[offset:end]) if end > offset else 0
     return total

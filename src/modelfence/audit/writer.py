@@ -27,7 +27,9 @@ ends. Strict writers are answered once their batch is in the spill. When the spi
 nearly full (or missing, or the disk refuses it) `accepting` turns false and the gateway
 refuses calls with 503 until the store takes records again; a batch with nowhere to go
 is held in memory meanwhile. Only a gateway stopped while that holds drops records,
-counted in `lost` and logged.
+counted in `lost` and logged. A commit that fails after its rows were planned may have
+landed all the same (the connection broke after COMMIT was sent): the next attempt,
+direct or replayed, first looks for that batch's first row, so none is written twice.
 """
 
 from __future__ import annotations
@@ -36,16 +38,17 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from ..errors import StoreError
-from .chain import Entry, Head, entry_from_dict, link
+from .chain import Entry, Head, Row, entry_from_dict, link
 from .checkpoint import Checkpoint, CheckpointPolicy, Signer
 from .sinks import AuditSink
-from .spill import Spill
-from .store import AuditStore, Batch, Plan
+from .spill import Ambiguous, Spill
+from .store import AuditStore, Batch, Plan, Query
 
 if TYPE_CHECKING:
     from .record import AuditRecord
@@ -59,6 +62,14 @@ _Item = tuple[Entry, "asyncio.Future[None] | None"]
 
 def _now_us() -> int:
     return time.time_ns() // 1000
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A batch on its way to the store, and what a failed attempt may have written."""
+
+    entries: list[Entry]
+    ambiguous: Ambiguous | None = None
 
 
 class ChainedSink(AuditSink):
@@ -81,6 +92,7 @@ class ChainedSink(AuditSink):
         self._task: asyncio.Task[None] | None = None
         self._replayer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()  # the spill has records to replay
+        self._stop_replay = asyncio.Event()
         self._unsealed = False
         self._closing = False
         self._held = False  # a batch has nowhere to go: calls are refused
@@ -137,10 +149,11 @@ class ChainedSink(AuditSink):
             self._closing = True
             await self._queue.put(_STOP)
             await self._task
-        if self._replayer is not None:
-            self._replayer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._replayer
+        if self._replayer is not None:  # between two attempts, so none is cut off mid-commit
+            self._stop_replay.set()
+            self._wake.set()
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._replayer, self._close_timeout_s)
             self._replayer = None
         self._queue = self._task = None
         if self.spill is not None:
@@ -204,12 +217,17 @@ class ChainedSink(AuditSink):
             await self._seal()
             return None
 
-    def _plan(self, entries: list[Entry], *, force: bool = False) -> Plan:
-        """Link `entries` after the head; sign the new head when due (always, if `force`)."""
+    def _plan(self, entries: list[Entry], *, force: bool = False,
+              planned: list[Row] | None = None) -> Plan:
+        """Link `entries` after the head; sign the new head when due (always, if `force`).
+        The linked rows are put in `planned`, so a failed commit knows what it may have
+        written."""
         signer, policy = self._signer, self._policy
 
         def plan(head: Head, last: Checkpoint | None) -> Batch:
             rows = link(head, entries)
+            if planned is not None:
+                planned[:] = rows
             top_seq, top_hash = (rows[-1].seq, rows[-1].hash) if rows else (head.seq, head.hash)
             now = _now_us()
             if signer is None or top_seq <= (last.seq if last else 0):
@@ -222,7 +240,7 @@ class ChainedSink(AuditSink):
 
     async def _seal(self) -> None:
         try:
-            await self._store_commit(self._plan([], force=True))
+            await self._store_commit(_Pending([]), force=True)
         except Exception as exc:
             log.error("audit checkpoint failed: %s", exc)
 
@@ -231,12 +249,12 @@ class ChainedSink(AuditSink):
 
     async def _commit(self, items: list[_Item]) -> None:
         """Commit to the store while nothing older waits in the spill; else spill; else hold."""
-        entries = [entry for entry, _ in items]
+        pending = _Pending([entry for entry, _ in items])
         delay, give_up = 0.05, None
         while True:
             if self._spill_empty():
                 try:
-                    await self._store_commit(self._plan(entries))
+                    await self._store_commit(pending)
                 except Exception as exc:
                     self._outage_began(exc)
                 else:
@@ -244,7 +262,8 @@ class ChainedSink(AuditSink):
                     self._settle(items, None)
                     self._outage_ended()
                     return
-            if self.spill is not None and await self.spill.append(entries):
+            if self.spill is not None and await self.spill.append(pending.entries,
+                                                                  pending.ambiguous):
                 self._settle(items, None)
                 self._wake.set()
                 return
@@ -302,21 +321,27 @@ class ChainedSink(AuditSink):
     async def _replay(self, spill: Spill) -> None:
         """Commit the spill oldest first whenever it has records; retry while the store fails."""
         delay = 0.05
-        while True:
+        current: _Pending | None = None  # kept across retries: what they may have written
+        while not self._stop_replay.is_set():
             await self._wake.wait()
-            if spill.empty:
-                self._wake.clear()
-                self._outage_ended()
-                continue
-            entries = await spill.peek(self._batch_max)
+            if self._stop_replay.is_set():
+                return
+            if current is None:
+                if spill.empty:
+                    self._wake.clear()
+                    self._outage_ended()
+                    continue
+                current = _Pending(*await spill.peek(self._batch_max))
             try:
-                if entries:
-                    await self._commit_once(self._plan(entries))
+                if current.entries:
+                    await self._attempt(current)
             except Exception as exc:
                 self._outage_began(exc)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):  # a pause that a stop cuts short
+                    await asyncio.wait_for(self._stop_replay.wait(), delay)
                 delay = min(delay * 2, 2.0)
                 continue
+            current = None
             self.replayed += await spill.done()
             delay = 0.05
 
@@ -329,13 +354,13 @@ class ChainedSink(AuditSink):
         while not self._spill_empty() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
 
-    async def _store_commit(self, plan: Plan) -> None:
+    async def _store_commit(self, pending: _Pending, *, force: bool = False) -> None:
         """Commit, retrying a failing store with backoff for up to `retry_s`."""
         deadline = time.monotonic() + self._retry_s
         delay = 0.05
         while True:
             try:
-                await self._commit_once(plan)
+                await self._attempt(pending, force=force)
                 return
             except StoreError as exc:
                 if time.monotonic() + delay > deadline:
@@ -343,6 +368,26 @@ class ChainedSink(AuditSink):
                 log.debug("audit store failed, retrying in %.2f s: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    async def _attempt(self, pending: _Pending, *, force: bool = False) -> None:
+        """Commit `pending` exactly once: if an earlier attempt failed after planning its
+        rows, look first whether they are in the store (the COMMIT may have landed)."""
+        seen = pending.ambiguous
+        if seen is not None:
+            rows = await self.store.select(Query(after_seq=seen.seq - 1, upto_seq=seen.seq,
+                                                 limit=1))
+            pending.ambiguous = None
+            if rows and rows[0].hash == seen.hash:
+                log.info("audit: a batch of %d records whose commit seemed to fail is in the "
+                         "store; not written twice", seen.count)
+                return
+        planned: list[Row] = []
+        try:
+            await self._commit_once(self._plan(pending.entries, force=force, planned=planned))
+        except Exception:
+            if planned:
+                pending.ambiguous = Ambiguous(planned[0].seq, planned[0].hash, len(planned))
+            raise
 
     async def _commit_once(self, plan: Plan) -> None:
         batch = await self.store.commit(plan)
