@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -135,6 +137,19 @@ class Gateway:
                 self.proc.kill()
                 self.proc.wait()
 
+    def kill(self) -> None:
+        """SIGKILL the server and its worker processes at once, as a crash would (killing
+        only the main process leaves its workers running)."""
+        assert self.proc is not None
+        pids = [*descendants(self.proc.pid), self.proc.pid]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
     def key(self, *, models: list[str] | None = None, principal: str = "alice",
             tenant: str = "acme", expires_in: str | None = None) -> str:
         args = ["keys", "create", "--config", str(self.config), "--principal", principal,
@@ -154,6 +169,33 @@ class Gateway:
     def audit_text(self) -> str:
         path = self.folder / "audit.jsonl"
         return path.read_text() if path.exists() else ""
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        kids = [c for c, p in parents.items() if p == parent]
+        out += kids
+        todo += kids
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 def train_digits(folder: Path) -> dict[str, Path]:
