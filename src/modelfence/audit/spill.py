@@ -65,7 +65,7 @@ class SpillMetrics:
 
 @dataclass(frozen=True, slots=True)
 class Ambiguous:
-    """A commit failed after planning rows `count` rows from `seq`, the first hashing to
+    """A commit failed after planning `count` rows from position `seq`, the first hashing to
     `hash`: if that row is in the store, the batch is there already."""
 
     seq: int

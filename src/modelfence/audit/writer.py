@@ -117,6 +117,7 @@ class ChainedSink(AuditSink):
         return self.accepting
 
     async def open(self) -> None:
+        self._stop_replay.clear()
         if self.spill is not None:
             await self.spill.open()  # records a stopped gateway left go first
         await self.store.open()
@@ -241,8 +242,9 @@ class ChainedSink(AuditSink):
     async def _seal(self) -> None:
         try:
             await self._store_commit(_Pending([]), force=True)
-        except Exception as exc:
-            log.error("audit checkpoint failed: %s", exc)
+        except Exception as exc:  # during an outage already logged: said once, not each time
+            log.log(logging.DEBUG if self._outage_since is not None else logging.ERROR,
+                    "audit checkpoint failed: %s", exc)
 
     def _spill_empty(self) -> bool:
         return self.spill is None or self.spill.empty
