@@ -207,9 +207,12 @@ class Spill:
                 continue
             self._segments.append(_Segment(path, file, offset, size, records, adopted=True))
         for path in self.folder.glob("spill-*.tmp"):  # a writer died making its segment
-            with path.open("rb") as tmp:
-                if _lock(tmp):
-                    path.unlink(missing_ok=True)
+            try:
+                with path.open("rb") as tmp:
+                    if _lock(tmp):
+                        path.unlink(missing_ok=True)
+            except OSError:  # renamed by its (living) writer meanwhile
+                continue
 
     def _create(self) -> _Segment:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
