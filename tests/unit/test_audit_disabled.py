@@ -14,7 +14,8 @@ from modelfence.gateway.app import build_app
 
 
 def config(model: Path, **audit: object) -> dict[str, object]:
-    return {"audit": {"sink": "none://", **audit},
+    keys = model.parent / "audit-disabled-keys.db"  # never a file in the working directory
+    return {"audit": {"sink": "none://", **audit}, "stores": {"keys": f"sqlite:///{keys}"},
             "models": [{"name": "digits", "backend": {"type": "skops", "path": str(model)}}]}
 
 
