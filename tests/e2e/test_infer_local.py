@@ -52,12 +52,14 @@ async def test_metadata_describes_inputs_and_outputs(local_gateway: Gateway) -> 
 
 async def test_two_hundred_concurrent_requests_all_answered_correctly(
         local_gateway: Gateway, digits_files: dict[str, Path]) -> None:
-    key = local_gateway.key()
+    # four callers of 50 each: one principal may hold only server.max_inflight_per_principal
+    # (64) requests at once, which tests/e2e/test_hardening_serving.py covers
+    keys = [local_gateway.key(principal=f"crowd-{n}") for n in range(4)]
     rows = digits_rows(10)
     expected = local_model(digits_files).predict(np.asarray(rows)).tolist()
-    headers = {"Authorization": f"Bearer {key}"}
 
     async def one(s: aiohttp.ClientSession, i: int) -> int:
+        headers = {"Authorization": f"Bearer {keys[i % 4]}"}
         async with s.post(f"{local_gateway.url}/v2/models/digits/infer",
                           json=infer_body([rows[i % 10]]), headers=headers) as r:
             assert r.status == 200
