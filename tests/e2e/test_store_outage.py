@@ -358,8 +358,8 @@ def test_postgres_outage_under_load_refuses_fast_and_logs_once(
             keys = [gw.key(principal=f"load-{i}-{secrets.token_hex(3)}") for i in range(4)]
             with Load(gw, keys) as load:
                 time.sleep(1.0)
-                proxy.cut()
-                cut_at = time.monotonic()
+                cut_at = time.monotonic()  # before the cut: a refusal can land before the
+                proxy.cut()                # next line of this thread runs
                 time.sleep(2.5)
                 ready_during = timed_readiness(gw)
                 proxy.restore()
