@@ -120,3 +120,24 @@ async def test_a_model_key_is_not_an_admin_key(local_gateway: Gateway) -> None:
             f"{local_gateway.admin_url}/admin/keys",
             headers={"Authorization": f"Bearer {key}"}) as r:
         assert r.status == 401
+
+
+def test_the_body_of_an_unauthenticated_request_is_never_read(local_gateway: Gateway) -> None:
+    """A request that declares a large body and sends none is answered 401 at once: identity
+    runs before the body is read, so an anonymous caller cannot make the gateway wait on
+    (or buffer) its body."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(local_gateway.url)
+    head = (f"POST /v2/models/digits/infer HTTP/1.1\r\nHost: {url.hostname}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000000\r\n"
+            "Authorization: Bearer mf_0000000000000000_nope\r\n\r\n").encode()
+    with socket.create_connection((url.hostname or "127.0.0.1", url.port or 80),
+                                  timeout=5) as sock:
+        started = time.monotonic()
+        sock.sendall(head)  # and not one byte of the promised body
+        answer = sock.recv(4096).decode("latin-1")
+        waited = time.monotonic() - started
+    assert answer.startswith("HTTP/1.1 401"), answer[:200]
+    assert waited < 2.0, f"answered after {waited:.2f} s: the gateway waited for the body"
