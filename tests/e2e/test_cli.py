@@ -40,6 +40,20 @@ def test_missing_model_file_fails_before_serving(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_an_unreadable_secret_file_refuses_to_start_in_one_line(tmp_path: Path) -> None:
+    """A replica whose secret cannot be read stops at once with one line naming the file and
+    the reason (here a folder where the file should be: root reads any file's mode)."""
+    (tmp_path / "server-secret").mkdir()
+    cfg = tmp_path / "modelfence.yaml"
+    cfg.write_text("secret_file: server-secret\nmodels: []\n")
+    result = cli("serve", "--config", str(cfg), check=False)
+    assert result.returncode == 2
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines == [f"error: {tmp_path / 'server-secret'}: cannot read secret file: "
+                     "Is a directory"], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_untrusted_skops_types_are_refused(tmp_path: Path) -> None:
     import skops.io as sio
