@@ -4,6 +4,7 @@ admin credentials; the public listener tells an anonymous caller nothing about m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import secrets
@@ -11,12 +12,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
+import psycopg
 import pytest
 
 from ..jwks_server import AUDIENCE, ISSUER, Issuer, JwksServer
-from ..support import Gateway, digits_rows, free_port, infer_body
+from ..support import Gateway, cli, digits_rows, free_port, infer_body
+from ..tcp_proxy import TcpProxy
 
 BODY = json.dumps(infer_body(digits_rows(1))).encode()
 
@@ -272,3 +276,97 @@ async def test_admin_listener_on_a_unix_socket_with_two_workers(
     finally:
         gw.stop()
     assert not sock.exists()
+
+
+@contextlib.contextmanager
+def audit_on_cuttable_postgres(pg_url: str) -> Iterator[tuple[TcpProxy, str]]:
+    """A database of its own on `pg_url`'s server, reached through a proxy the test cuts:
+    the proxy and the database's URL through it."""
+    name = f"mf_admin_{secrets.token_hex(4)}"
+    parts = urlsplit(pg_url)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+            yield proxy, urlunsplit(parts._replace(
+                netloc=f"{parts.username or 'postgres'}@127.0.0.1:{proxy.port}", path=f"/{name}"))
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def key_statuses(gw: Gateway) -> dict[str, str]:
+    listed = json.loads(cli("keys", "list", "--config", str(gw.config), "--json").stdout)
+    return {k["key_id"]: k["status"] for k in listed["keys"]}
+
+
+@pytest.mark.postgres
+async def test_admin_actions_are_refused_while_the_audit_log_cannot_record_them(
+        tmp_path: Path, digits_files: dict[str, Path], pg_url: str) -> None:
+    """Fail closed: with the audit store away and no room to spill, an admin action is
+    refused (503) before it is done, as a model call is; once the store is back it works."""
+    with audit_on_cuttable_postgres(pg_url) as (proxy, audit_url):
+        gw = Gateway(tmp_path / "gw", [skops_model(digits_files)],
+                     extra={"audit": {"sink": audit_url, "spill_max_bytes": 0}})
+        gw.start()
+        try:
+            keys = f"{gw.admin_url}/admin/keys"
+            grant = {"principal": "p", "tenant": "t", "models": ["digits"]}
+            status, kept, _ = await call(keys, "POST", gw.admin_token, grant)
+            assert status == 201, kept
+            proxy.cut()
+            deadline = time.monotonic() + 30  # a call's record has nowhere to go: 503 after it
+            status = 0
+            while status != 503 and time.monotonic() < deadline:
+                status, doc, _ = await call(f"{gw.url}/v2/models/digits/infer", "POST",
+                                            kept["key"], infer_body(digits_rows(1)))
+                await asyncio.sleep(0.1)
+            assert status == 503, doc
+            status, doc, _ = await call(keys, "POST", gw.admin_token, grant)
+            assert status == 503 and "audit log cannot record" in doc["error"], doc
+            status, doc, _ = await call(f"{keys}/{kept['key_id']}", "DELETE", gw.admin_token)
+            assert status == 503, doc
+            status, doc, _ = await call(f"{gw.admin_url}/admin/policy/reload", "POST",
+                                        gw.admin_token)
+            assert status == 503, doc
+            assert key_statuses(gw) == {kept["key_id"]: "active"}  # nothing was done
+            proxy.restore()
+            deadline = time.monotonic() + 30
+            while status != 201 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                status, doc, _ = await call(keys, "POST", gw.admin_token, grant)
+            assert status == 201, doc
+        finally:
+            gw.stop()
+        assert "Traceback" not in gw.log.read_text()
+
+
+async def test_a_key_whose_audit_record_cannot_be_written_is_revoked_unused(
+        tmp_path: Path, digits_files: dict[str, Path]) -> None:
+    """No record, no key: the token is never handed out, and the key is revoked; a
+    revocation whose record fails stands, and the answer says so; a read is not answered."""
+    gw = Gateway(tmp_path / "gw", [skops_model(digits_files)],
+                 extra={"audit": {"sink": "jsonl:////dev/full"}})  # every write fails
+    gw.start()
+    try:
+        up = gw.folder / "up.yaml"  # the same keys, with an audit log that takes records
+        up.write_text("secret_file: secret\nstores: {keys: 'sqlite:///keys.db'}\n"
+                      "audit: {sink: 'jsonl:///up.jsonl'}\n")
+        kept = json.loads(cli("keys", "create", "--config", str(up), "--principal", "q",
+                              "--tenant", "t", "--model", "digits", "--json").stdout)
+        keys = f"{gw.admin_url}/admin/keys"
+        status, doc, _ = await call(keys, "POST", gw.admin_token,
+                                    {"principal": "p", "tenant": "t", "models": ["digits"]})
+        assert status == 503, doc
+        assert "revoked unused" in doc["error"] and "mf_" not in json.dumps(doc), doc
+        statuses = key_statuses(gw)
+        assert statuses.pop(kept["key_id"]) == "active"
+        assert list(statuses.values()) == ["revoked"]
+        status, doc, _ = await call(f"{keys}/{kept['key_id']}", "DELETE", gw.admin_token)
+        assert status == 503 and "took effect" in doc["error"], doc
+        assert key_statuses(gw)[kept["key_id"]] == "revoked"
+        status, doc, _ = await call(keys, token=gw.admin_token)
+        assert status == 503 and "keys" not in doc, doc
+    finally:
+        gw.stop()
+    assert "Traceback" not in gw.log.read_text()

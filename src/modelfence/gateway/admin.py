@@ -3,11 +3,14 @@
 Every route names the scope it needs; `AdminAuthenticator` says who is calling and
 whether that admin holds the scope, and a scoped admin's models bound what it may see
 and mint. Every call, allowed, refused or throttled, leaves an audit record naming the
-admin (never its credential) and the caller's address.
+admin (never its credential) and the caller's address. Nothing fails open: an action
+is refused (503) while the audit log cannot take records, and its answer leaves only
+after its record is written; a key whose record fails is revoked before its token leaves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -24,7 +27,7 @@ from ..audit.chain import Row
 from ..audit.record import event_record
 from ..audit.sinks import AuditSink, audit_store_of
 from ..audit.store import Query
-from ..errors import BadRequest, ConfigurationError, Forbidden, NotFound
+from ..errors import BadRequest, ConfigurationError, Forbidden, NotFound, Unavailable
 from ..identity.apikeys import ApiKeys, expiry_from, public_view
 from ..llm.risk import LlmRiskBook
 from ..monitor.service import MonitorService
@@ -35,6 +38,7 @@ from .responses import error_response, json_response
 
 log = logging.getLogger("modelfence.admin")
 _MAX_ADMIN_BODY = 64 * 1024
+_AUDIT_WAIT_S = 10.0  # an admin action whose record takes longer is answered as unrecorded
 Handler = Callable[[Request, AdminIdentity], Awaitable[Response]]
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -79,9 +83,19 @@ class AdminApi:
                 for path, method, action, scope, handler in table]
 
     def _audited(self, action: str, scope: str, handler: Handler) -> Endpoint:
-        """Authorize, run, and audit every admin call, allowed or refused (never the token)."""
+        """Authorize, run, and audit every admin call, allowed or refused (never the token).
+
+        Fail closed, as model calls do: nothing is done while the audit log cannot take a
+        record (503), and an answer leaves only once its record is written (see
+        `_unrecorded` for an action whose record fails).
+        """
         async def run(request: Request) -> Response:
             started = time.perf_counter()
+            if not self._audit.accepting:
+                log.warning("%s refused: the audit log cannot record it now", action)
+                return error_response(Unavailable(
+                    "the audit log cannot record admin actions now; nothing was done",
+                    reason="audit_unavailable"))[0]
             try:
                 admin = await self._auth.authenticate(request, scope)
                 response = await handler(request, admin)
@@ -96,12 +110,32 @@ class AdminApi:
                 principal=getattr(request.state, "admin_name", UNKNOWN), target=target,
                 started=started)
             try:
-                await self._audit.write(record)
-            except Exception as exc:  # the action is done; say loudly that its record is not
+                await asyncio.wait_for(self._audit.write(record), _AUDIT_WAIT_S)
+            except Exception as exc:
                 log.error("audit record of %s (%s) not written: %s", action, record.request_id,
                           exc.__class__.__name__)
+                if response.status_code < 400:
+                    response = await self._unrecorded(request, action)
             return response
         return run
+
+    async def _unrecorded(self, request: Request, action: str) -> Response:
+        """The answer to an action whose record could not be written: a new key is revoked
+        before its token leaves; a revocation or reload stands and says so; a read is not
+        answered."""
+        key_id = getattr(request.state, "revoke_if_unrecorded", None)
+        if key_id is not None:
+            try:
+                await self._keys.revoke(key_id)
+            except Exception as exc:  # its token never leaves, so nobody can use it
+                log.error("key %s could not be revoked after its audit record failed: %s",
+                          key_id, exc.__class__.__name__)
+            message = f"key {key_id} revoked unused: its audit record could not be written"
+        elif request.method == "GET":
+            message = f"{action} not answered: its audit record could not be written"
+        else:
+            message = f"{action} took effect, but its audit record could not be written"
+        return error_response(Unavailable(message, reason="audit_unavailable"))[0]
 
     async def create_key(self, request: Request, admin: AdminIdentity) -> Response:
         body = await _bounded_json(request)
@@ -121,6 +155,7 @@ class AdminApi:
         log.info("%s created key %s for principal %s", admin.name, new.record.key_id,
                  new.record.principal)
         request.state.audit_target = new.record.key_id
+        request.state.revoke_if_unrecorded = new.record.key_id
         return json_response({"key": new.token, **public_view(new.record)}, 201)
 
     async def list_keys(self, request: Request, admin: AdminIdentity) -> Response:
