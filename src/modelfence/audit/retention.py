@@ -27,7 +27,7 @@ from .chain import Head, Row
 from .checkpoint import Checkpoint, Signer
 from .segment import Manifest, SegmentWriter, manifest_path, manifests_in, read_segment
 from .store import AuditStore, Query
-from .verify import Checkpoints, Damage, Report, Walk, parse_segments, start_of
+from .verify import Checkpoints, Damage, Report, Walk, parse_segments, start_of, walk_store
 
 Progress = Callable[[int, int], None]  # (records done, records in all)
 
@@ -171,17 +171,12 @@ async def _check_archive(store: AuditStore, folder: Path, m: Manifest,
     if on_disk != m:
         raise RetentionRefused(f"refusing to prune {m.name()}: {path} differs from the "
                                "manifest the store keeps")
-    start = Head(m.first_seq - 1, m.prev_hash)
-    walk = Walk(Checkpoints([m], public, start), start)
     try:
-        for rows in read_segment(folder, m):
-            found = walk.feed(rows)
-            if found is not None:
-                row, damage = found
-                raise _refuse(f"refusing to prune {m.name()}: its archive does not verify",
-                              damage or walk.diagnose(row, []))
+        walk, damage = _walk_segment(folder, m, public, following=False)
     except ValueError as exc:
         raise RetentionRefused(f"refusing to prune: {exc}") from None
+    if damage is not None:
+        raise _refuse(f"refusing to prune {m.name()}: its archive does not verify", damage)
     if walk.seq != m.last_seq:
         raise RetentionRefused(f"refusing to prune {m.name()}: its archive ends at record "
                                f"{walk.seq}")
@@ -245,17 +240,8 @@ async def verify_archive(store: AuditStore, folder: Path, *,
             return walk.report(report, started)
         if progress is not None:
             progress(walk.seq, head.seq)
-    async for rows in store.scan(Query(after_seq=walk.seq, upto_seq=head.seq), page=page):
-        found = walk.feed(rows)
-        if found is not None:
-            row, damage = found
-            report.damage = damage or walk.diagnose(
-                row, await store.select(Query(after_seq=row.seq, limit=4)))
-            return walk.report(report, started)
-        if progress is not None:
-            progress(walk.seq, head.seq)
-    report.damage = walk.cps.beyond(walk.seq)
-    return walk.report(report, started)
+    return await walk_store(store, walk, Query(after_seq=walk.seq, upto_seq=head.seq), head,
+                            report, started, progress, page)
 
 
 def _check_live_segments(folder: Path, segments: list[Manifest],
@@ -266,19 +252,31 @@ def _check_live_segments(folder: Path, segments: list[Manifest],
         problem = m.problem(public)
         if problem is not None:
             return Damage(m.first_seq, "bad_segment", f"sealed {m.name()}: {problem}")
-        start = Head(m.first_seq - 1, m.prev_hash)
-        walk = Walk(Checkpoints([m], public, start), start)
         try:
-            for rows in read_segment(folder, m):
-                found = walk.feed(rows)
-                if found is not None:
-                    return found[1] or walk.diagnose(found[0], _after(rows, found[0]))
+            walk, damage = _walk_segment(folder, m, public, following=True)
         except ValueError as exc:
             return Damage(m.first_seq, "bad_archive", str(exc))
+        if damage is not None:
+            return damage
         if walk.seq != m.last_seq:
             return Damage(walk.seq + 1, "bad_archive", f"sealed {m.name()}: its archive ends "
                           f"at record {walk.seq}")
     return None
+
+
+def _walk_segment(folder: Path, m: Manifest, public: Ed25519PublicKey | None, *,
+                  following: bool) -> tuple[Walk, Damage | None]:
+    """Walk one sealed segment's archive on its own, from the hash it continues and against
+    its own manifest; the walk, and the first damage (diagnosed with the rows after the bad
+    one when `following`). An unreadable archive raises ValueError."""
+    start = Head(m.first_seq - 1, m.prev_hash)
+    walk = Walk(Checkpoints([m], public, start), start)
+    for rows in read_segment(folder, m):
+        found = walk.feed(rows)
+        if found is not None:
+            row, damage = found
+            return walk, damage or walk.diagnose(row, _after(rows, row) if following else [])
+    return walk, None
 
 
 def _after(rows: list[Row], row: Row) -> list[Row]:

@@ -302,7 +302,17 @@ async def verify_store(store: AuditStore, *, public_key: Ed25519PublicKey | None
     if bad is not None:
         report.damage = bad
         return walk.report(report, started)
-    async for rows in store.scan(Query(upto_seq=head.seq), page=page):
+    return await walk_store(store, walk, Query(upto_seq=head.seq), head, report, started,
+                            progress, page)
+
+
+async def walk_store(store: AuditStore, walk: Walk, query: Query, head: Head, report: Report,
+                     started: float, progress: Callable[[int, int], None] | None,
+                     page: int) -> Report:
+    """Feed the store's records in `query` to `walk`, page by page (`progress(seq,
+    head.seq)` after each); the report, with the first damage found, else what the
+    checkpoints say lies beyond the walk's end."""
+    async for rows in store.scan(query, page=page):
         found = walk.feed(rows)
         if found is not None:
             row, damage = found
