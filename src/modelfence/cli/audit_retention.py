@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
@@ -27,6 +27,7 @@ from .common import ConfigOption, console, fail, run_async, settings_from
 ArchiveOption = Annotated[Path | None, typer.Option(
     "--archive", help="Folder of sealed segments (default: audit.retention.archive_dir)",
     show_default=False)]
+K = TypeVar("K")
 
 
 def register(app: typer.Typer) -> None:
@@ -45,6 +46,17 @@ def _setup(config: Path | None, store: str | None, archive: Path | None
     audit = settings.audit if store is None else settings.audit.model_copy(
         update={"sink": store})
     return audit, archive or audit.retention.archive_dir
+
+
+def _load_key(path: Path | None, load: Callable[[Path], K], missing: str) -> K:
+    """The key at `path` (the option's, else audit.checkpoint_key_file's); exit 2 with
+    `missing` when there is none, or with the loader's error when it cannot be read."""
+    if path is None:
+        raise fail(missing, 2)
+    try:
+        return load(path)
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
 
 
 @contextmanager
@@ -80,14 +92,10 @@ def seal_command(
     """
     audit, folder = _setup(config, store, archive)
     st, _ = _open_store(None, audit.sink)
-    key_path = key or audit.checkpoint_key_file
-    if key_path is None:
-        raise fail("sealing signs manifests: give --key FILE or set "
-                   "audit.checkpoint_key_file (make one with `modelfence audit keygen`)", 2)
-    try:
-        signer: Signer = load_signer(key_path)
-    except ModelfenceError as exc:
-        raise fail(str(exc), 2) from None
+    signer: Signer = _load_key(
+        key or audit.checkpoint_key_file, load_signer,
+        "sealing signs manifests: give --key FILE or set "
+        "audit.checkpoint_key_file (make one with `modelfence audit keygen`)")
     per = segment_records or audit.retention.segment_records
     show = console.is_terminal and not json_out
 
@@ -149,14 +157,10 @@ def prune_command(
     older_than_us = _when(older_than, "--older-than")
     audit, folder = _setup(config, store, archive)
     st, _ = _open_store(None, audit.sink)
-    key_path = public_key or audit.checkpoint_key_file
-    if key_path is None:
-        raise fail("pruning needs the key that signed the manifests, to verify the "
-                   "archive: give --public-key FILE or set audit.checkpoint_key_file", 2)
-    try:
-        public = load_public_key(key_path)
-    except ModelfenceError as exc:
-        raise fail(str(exc), 2) from None
+    public = _load_key(
+        public_key or audit.checkpoint_key_file, load_public_key,
+        "pruning needs the key that signed the manifests, to verify the "
+        "archive: give --public-key FILE or set audit.checkpoint_key_file")
     show = console.is_terminal and not json_out
 
     async def go() -> Pruned:
