@@ -22,7 +22,7 @@ import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Self
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 import numpy as np
 import orjson
@@ -68,6 +68,18 @@ def _error(status: int, message: str, headers: dict[str, str]) -> RequestError:
     return UpstreamRejected(status, message)
 
 
+def _host_port(url: str, parts: SplitResult, not_http: str) -> tuple[str, int | None]:
+    """The host and port of an http(s) address; ConfigurationError `{url}: {not_http}` for
+    another scheme or no host, and another for a port that is not a number."""
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{url}: {not_http}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigurationError(f"{url}: the port is not a number") from None
+    return parts.hostname, port
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """A gateway address split into what the clients need, and the model it names."""
@@ -88,13 +100,8 @@ class Endpoint:
         if not name:
             raise ConfigurationError(f"{url}: name the model (--model-name, or end the "
                                      "address in /v2/models/NAME)")
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(f"{url}: not an http(s) address")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ConfigurationError(f"{url}: the port is not a number") from None
-        return cls(parts.scheme, parts.hostname, port, base, name,
+        host, port = _host_port(url, parts, "not an http(s) address")
+        return cls(parts.scheme, host, port, base, name,
                    f"{parts.scheme}://{parts.netloc}{base}/v2/models/{name}")
 
     def admin_at(self, url: str | None) -> Endpoint:
@@ -102,14 +109,9 @@ class Endpoint:
         server.admin_listen); the admin API is never on the public port."""
         url = url or f"http://{self.host}:{DEFAULT_ADMIN_PORT}"
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigurationError(f"{url}: the admin address is not an http(s) address")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ConfigurationError(f"{url}: the port is not a number") from None
+        host, port = _host_port(url, parts, "the admin address is not an http(s) address")
         base = parts.path.rstrip("/")
-        return replace(self, scheme=parts.scheme, host=parts.hostname, port=port, base=base,
+        return replace(self, scheme=parts.scheme, host=host, port=port, base=base,
                        description=f"{parts.scheme}://{parts.netloc}{base}/admin")
 
 
