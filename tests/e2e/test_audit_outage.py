@@ -13,18 +13,17 @@ from __future__ import annotations
 import json
 import re
 import secrets
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
 
+from ..outage_support import ClientThreads, postgres_via, proxied_postgres, scratch_database
 from ..support import Gateway, cli, digits_rows, infer_body
 from ..tcp_proxy import TcpProxy
 
@@ -61,30 +60,19 @@ def metric(gw: Gateway, name: str) -> float:
     return float(m.group(1)) if m else 0.0
 
 
-class Load:
+class Load(ClientThreads):
     """Clients sending inferences in a loop from threads, counting answers by status."""
 
+    join_s = 30.0
+
     def __init__(self, gw: Gateway, key: str, clients: int = 4) -> None:
+        super().__init__([key] * clients)
         self._gw, self._key = gw, key
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, daemon=True)
-                         for _ in range(clients)]
         self.statuses: list[int] = []
 
-    def _client(self) -> None:
-        while not self._stop.is_set():
-            self.statuses.append(post(self._gw, self._key)[0])
-            time.sleep(0.01)
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
+    def send(self, key: str) -> None:
+        self.statuses.append(post(self._gw, key)[0])
+        time.sleep(0.01)
 
 
 def recorded(url: str, principal: str) -> dict[int, int]:
@@ -105,28 +93,19 @@ def until(check: Any, timeout_s: float = 20.0) -> None:
 @pytest.fixture
 def audit_db(pg_url: str) -> Iterator[str]:
     """A database of its own: the chain starts empty."""
-    name = f"mf_audit_outage_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield urlunsplit(urlsplit(pg_url)._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(pg_url, "mf_audit_outage") as url:
+        yield url
 
 
 @pytest.fixture
 def proxy(pg_url: str) -> Iterator[TcpProxy]:
-    parts = urlsplit(pg_url)
-    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as p:
+    with proxied_postgres(pg_url) as (p, _):
         yield p
 
 
 def gateway(folder: Path, digits: dict[str, Path], direct_url: str, proxy: TcpProxy,
             workers: int = 1, **audit: Any) -> Gateway:
-    parts = urlsplit(direct_url)
-    via_proxy = urlunsplit(parts._replace(
-        netloc=f"{parts.username or 'postgres'}@127.0.0.1:{proxy.port}"))
+    via_proxy = postgres_via(direct_url, proxy)
     cli("audit", "keygen", "--out", str(folder / "cp.pem"))
     gw = Gateway(folder, [{"name": "digits", "backend": {
         "type": "skops", "path": str(digits["skops"])}}], extra={

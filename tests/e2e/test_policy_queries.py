@@ -4,19 +4,17 @@ there, so a policy on it holds across replicas and restarts, and /v1 calls count
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
 
 from modelfence.policy import DEFAULT_POLICY
 
+from ..outage_support import scratch_database
 from ..support import Gateway, digits_rows, infer_body
 from .openai_stub import OpenAiStub
 
@@ -52,15 +50,8 @@ def policy_files(folder: Path) -> list[str]:
 
 @pytest.fixture
 def shared_db(pg_url: str) -> Iterator[str]:
-    name = f"modelfence_queries_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        parts = urlsplit(pg_url)
-        yield urlunsplit(parts._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(pg_url, "modelfence_queries") as url:
+        yield url
 
 
 @pytest.mark.postgres

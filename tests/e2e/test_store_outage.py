@@ -14,7 +14,6 @@ import asyncio
 import json
 import re
 import secrets
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,13 +22,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import psycopg
 import pytest
 
 from modelfence.errors import StoreError
 from modelfence.quota.budgets import PostgresBudgetStore
 from modelfence.stores.keys import PostgresKeyStore
 
+from ..outage_support import ClientThreads, proxied_postgres, scratch_database
 from ..support import Gateway, digits_rows, infer_body
 from ..tcp_proxy import TcpProxy
 from .openai_stub import OpenAiStub
@@ -195,24 +194,15 @@ def test_redis_outage_fails_open_when_configured(
 
 @pytest.fixture(scope="module")
 def outage_db(pg_url: str) -> Iterator[str]:
-    name = f"modelfence_outage_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    try:
-        yield name
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(pg_url, "modelfence_outage") as url:
+        yield url
 
 
 @pytest.mark.postgres
 def test_postgres_outage_fails_closed_and_recovers(
-        tmp_path: Path, digits_files: dict[str, Path], pg_url: str, outage_db: str) -> None:
+        tmp_path: Path, digits_files: dict[str, Path], outage_db: str) -> None:
     """Keys and budgets on PostgreSQL; `fail_open` is set and must not apply to them."""
-    parts = urlsplit(pg_url)
-    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
-        url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:"
-                                        f"{proxy.port}", path=f"/{outage_db}"))
+    with proxied_postgres(outage_db) as (proxy, url):
         models = [{"name": "digits", "backend": {"type": "skops",
                                                   "path": str(digits_files["skops"])}}]
         gw = Gateway(tmp_path, models, extra={
@@ -250,14 +240,11 @@ def test_postgres_outage_fails_closed_and_recovers(
 
 @pytest.mark.postgres
 async def test_postgres_stores_reconnect_promptly_after_a_longer_outage(
-        pg_url: str, outage_db: str) -> None:
+        outage_db: str) -> None:
     """A request that waited for a connection during the outage must not leave the pool
     backing off for seconds after PostgreSQL is back (psycopg_pool doubles its reconnect
     delay until `reconnect_timeout`, 5 minutes by default)."""
-    parts = urlsplit(pg_url)
-    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
-        url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:"
-                                        f"{proxy.port}", path=f"/{outage_db}"))
+    with proxied_postgres(outage_db) as (proxy, url):
         keys, budgets = PostgresKeyStore(url), PostgresBudgetStore(url)
         calls: dict[str, Callable[[], Awaitable[object]]] = {
             "keys": lambda: keys.get("0" * 16), "budget": lambda: budgets.usage("probe")}
@@ -295,33 +282,22 @@ async def test_postgres_stores_reconnect_promptly_after_a_longer_outage(
     assert all(t <= 1.5 for t in took.values()), f"seconds to the first answer: {took}"
 
 
-class Load:
+class Load(ClientThreads):
     """A few clients sending inferences in a loop from threads; each answer's (start, status,
     seconds) recorded, so an outage's refusals can be timed one by one."""
 
+    join_s = 20.0
+
     def __init__(self, gw: Gateway, keys: list[str]) -> None:
+        super().__init__(keys)
         self._gw = gw
         self._keys = keys
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, args=(k,), daemon=True)
-                         for k in keys]
         self.answers: list[tuple[float, int, float]] = []
 
-    def _client(self, key: str) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            status, _, seconds = http(self._gw, key)
-            self.answers.append((started, status, seconds))
-
-    def __enter__(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=20)
+    def send(self, key: str) -> None:
+        started = time.monotonic()
+        status, _, seconds = http(self._gw, key)
+        self.answers.append((started, status, seconds))
 
     def between(self, start: float, end: float) -> list[tuple[float, int, float]]:
         return [a for a in self.answers if start <= a[0] < end]
@@ -340,14 +316,11 @@ def problem_lines(log: str) -> list[str]:
 
 @pytest.mark.postgres
 def test_postgres_outage_under_load_refuses_fast_and_logs_once(
-        tmp_path: Path, digits_files: dict[str, Path], pg_url: str, outage_db: str) -> None:
+        tmp_path: Path, digits_files: dict[str, Path], outage_db: str) -> None:
     """Every request during the outage is refused at once (none waits for a pool timeout),
     readiness answers within Kubernetes' 1 s probe timeout, and the log says once that each
     store went away and once that it came back; the refusals are counted, not logged."""
-    parts = urlsplit(pg_url)
-    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
-        url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:"
-                                        f"{proxy.port}", path=f"/{outage_db}"))
+    with proxied_postgres(outage_db) as (proxy, url):
         models = [{"name": "digits", "backend": {"type": "skops",
                                                   "path": str(digits_files["skops"])}}]
         gw = Gateway(tmp_path, models, extra={
@@ -415,13 +388,10 @@ def chat(gw: Gateway, key: str) -> tuple[int, dict[str, Any], float]:
 
 @pytest.mark.postgres
 def test_v1_refusals_in_a_postgres_outage_are_fast_and_counted(
-        tmp_path: Path, pg_url: str, outage_db: str, stub: OpenAiStub) -> None:
+        tmp_path: Path, outage_db: str, stub: OpenAiStub) -> None:
     """/v1 calls need the budget store too (budgets and context.queries): refused at once,
     naming the store, counted in modelfence_store_errors_total like OIP refusals."""
-    parts = urlsplit(pg_url)
-    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
-        url = urlunsplit(parts._replace(netloc=f"{parts.username or 'postgres'}@127.0.0.1:"
-                                        f"{proxy.port}", path=f"/{outage_db}"))
+    with proxied_postgres(outage_db) as (proxy, url):
         llm = {"models": [{"name": "chat", "upstream": stub.url, "upstream_model": "ok"}]}
         gw = Gateway(tmp_path, [], extra={"llm": llm, "quotas": {
             "budget_store": url, "budgets": [{"queries": 1000, "period": "month"}]}}).start()
