@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import secrets
 import subprocess
@@ -33,56 +32,30 @@ import urllib.request
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.outage_support import proxied_postgres, scratch_database  # noqa: E402
 from tests.support import digits_rows, infer_body, train_digits  # noqa: E402
 from tests.tcp_proxy import TcpProxy  # noqa: E402
 
+from outage_load import DEFAULT_PG, Answer, add_load_args, client, count_statuses  # noqa: E402
 from servers import HOST, _modelfence, free_port, spawn, wait_http  # noqa: E402
-
-DEFAULT_PG = os.environ.get("MODELFENCE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-Answer = tuple[float, int, float]  # start, status, seconds
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--outage", type=float, default=60.0, help="seconds PostgreSQL is away")
-    p.add_argument("--before", type=float, default=5.0, help="seconds of load before it")
-    p.add_argument("--after", type=float, default=5.0, help="seconds of load after it")
-    p.add_argument("--rate", type=float, default=50.0, help="requests per second, in all")
-    p.add_argument("--connections", type=int, default=4)
+    add_load_args(p)
     p.add_argument("--keys-local", action="store_true",
                    help="API keys in local SQLite: calls are answered during the outage")
     p.add_argument("--durability", choices=["batched", "strict"], default="batched")
     p.add_argument("--pg", default=DEFAULT_PG)
     p.add_argument("--json", type=Path, help="write the results here")
     return p.parse_args(argv)
-
-
-async def client(url: str, key: str, body: bytes, interval_s: float, until: float,
-                 out: list[Answer]) -> None:
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1),
-                                     timeout=aiohttp.ClientTimeout(total=15)) as session:
-        next_at = time.monotonic()
-        while next_at < until:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            started = time.monotonic()
-            try:
-                async with session.post(url, data=body, headers=headers) as r:
-                    await r.read()
-                    status = r.status
-            except (aiohttp.ClientError, TimeoutError):
-                status = 0
-            out.append((started, status, time.monotonic() - started))
-            next_at += interval_s
 
 
 def metrics(admin: str) -> dict[str, float]:
@@ -103,9 +76,7 @@ async def spill_watch(admin: str, until: float, peak: dict[str, float]) -> None:
 
 def window(answers: list[Answer], start: float, end: float) -> dict[str, Any]:
     inside = [a for a in answers if start <= a[0] < end]
-    statuses: dict[str, int] = {}
-    for a in inside:
-        statuses[str(a[1])] = statuses.get(str(a[1]), 0) + 1
+    statuses = count_statuses(inside)
     seconds = [a[2] for a in inside]
     return {"requests": len(inside), "statuses": statuses,
             "throughput_rps": round(len(inside) / (end - start), 1),
@@ -125,18 +96,9 @@ def recorded(url: str) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    import psycopg
-
-    db = f"modelfence_audit_outage_{secrets.token_hex(4)}"
-    with psycopg.connect(args.pg, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {db}")
-    parts = urlsplit(args.pg)
-    direct = urlunsplit(parts._replace(path=f"/{db}"))
-    try:
+    with scratch_database(args.pg, "modelfence_audit_outage") as direct:
         with ExitStack() as stack:
-            proxy = stack.enter_context(TcpProxy(parts.hostname or HOST, parts.port or 5432))
-            url = urlunsplit(parts._replace(
-                netloc=f"{parts.username or 'postgres'}@{HOST}:{proxy.port}", path=f"/{db}"))
+            proxy, url = stack.enter_context(proxied_postgres(direct))
             model = train_digits(folder)["skops"]
             port, admin_port = free_port(), free_port()
             (folder / "secret").write_text(secrets.token_urlsafe(48))
@@ -190,9 +152,6 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                                      if "modelfence.audit" in li and (" ERROR " in li
                                                                        or " WARNING " in li)]
         return result
-    finally:
-        with psycopg.connect(args.pg, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
 async def measure(args: argparse.Namespace, proxy: TcpProxy, gateway: str, admin: str,
@@ -212,9 +171,7 @@ async def measure(args: argparse.Namespace, proxy: TcpProxy, gateway: str, admin
     await asyncio.sleep(max(0.0, restore_at - time.monotonic()))
     await asyncio.to_thread(proxy.restore)
     await asyncio.gather(*load, watch)
-    by_status: dict[str, int] = {}
-    for a in answers:
-        by_status[str(a[1])] = by_status.get(str(a[1]), 0) + 1
+    by_status = count_statuses(answers)
     return {"rate_rps": args.rate, "connections": args.connections, "outage_s": args.outage,
             "durability": args.durability,
             "keys": "sqlite (local)" if args.keys_local else "postgresql (same database)",

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import secrets
 import sys
 import tempfile
@@ -29,7 +28,6 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import numpy as np
@@ -38,48 +36,23 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.outage_support import proxied_postgres, scratch_database  # noqa: E402
 from tests.support import digits_rows, infer_body, train_digits  # noqa: E402
 from tests.tcp_proxy import TcpProxy  # noqa: E402
 
+from outage_load import DEFAULT_PG, add_load_args, client, count_statuses  # noqa: E402
 from servers import HOST, _modelfence, free_port, spawn, wait_http  # noqa: E402
-
-DEFAULT_PG = os.environ.get("MODELFENCE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--outage", type=float, default=60.0, help="seconds PostgreSQL is away")
-    p.add_argument("--before", type=float, default=5.0, help="seconds of load before it")
-    p.add_argument("--after", type=float, default=5.0, help="seconds of load after it")
-    p.add_argument("--rate", type=float, default=50.0, help="requests per second, in all")
-    p.add_argument("--connections", type=int, default=4)
+    add_load_args(p)
     p.add_argument("--pg", default=DEFAULT_PG)
     p.add_argument("--audit-on-pg", action="store_true",
                    help="the audit log on the same PostgreSQL too (else a local JSONL file)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--keep", type=Path, help="keep the gateway's folder (log, config) here")
     return p.parse_args(argv)
-
-
-async def client(url: str, key: str, body: bytes, interval_s: float, until: float,
-                 out: list[tuple[float, int, float]]) -> None:
-    """One keep-alive connection sending at `interval_s`; (start, status, seconds) each."""
-    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=1)
-    timeout = aiohttp.ClientTimeout(total=15)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        next_at = time.monotonic()
-        while next_at < until:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-            started = time.monotonic()
-            try:
-                async with session.post(url, data=body, headers=headers) as r:
-                    await r.read()
-                    status = r.status
-            except (aiohttp.ClientError, TimeoutError):
-                status = 0
-            out.append((started, status, time.monotonic() - started))
-            next_at += interval_s
 
 
 async def readiness_probe(url: str, start: float, until: float,
@@ -102,9 +75,7 @@ def ms(values: list[float], q: float) -> float | None:
 def window(answers: list[tuple[float, int, float]], start: float, end: float
            ) -> dict[str, Any]:
     inside = [a for a in answers if start <= a[0] < end]
-    statuses: dict[str, int] = {}
-    for a in inside:
-        statuses[str(a[1])] = statuses.get(str(a[1]), 0) + 1
+    statuses = count_statuses(inside)
     refusals = [a[2] for a in inside if a[1] == 503]
     answered = [a[2] for a in inside if a[1] == 200]
     return {"requests": len(inside), "statuses": statuses,
@@ -116,45 +87,33 @@ def window(answers: list[tuple[float, int, float]], start: float, end: float
 
 
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    import psycopg
-
-    db = f"modelfence_outage_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(args.pg, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {db}")
-    parts = urlsplit(args.pg)
-    try:
-        with ExitStack() as stack:
-            proxy = stack.enter_context(TcpProxy(parts.hostname or HOST, parts.port or 5432))
-            url = urlunsplit(parts._replace(
-                netloc=f"{parts.username or 'postgres'}@{HOST}:{proxy.port}", path=f"/{db}"))
-            model = train_digits(folder)["skops"]
-            port = free_port()
-            (folder / "secret").write_text(secrets.token_urlsafe(48))
-            (folder / "admin-token").write_text(secrets.token_urlsafe(24))
-            config = folder / "modelfence.yaml"
-            config.write_text(yaml.safe_dump({
-                "server": {"host": HOST, "port": port},
-                "secret_file": "secret", "admin": {"token_file": "admin-token"},
-                "stores": {"keys": url}, "key_cache_ttl_s": 1.0,
-                "audit": {"sink": url if args.audit_on_pg else "jsonl:///audit.jsonl"},
-                "quotas": {"budget_store": url,
-                           "budgets": [{"queries": 100_000_000, "period": "month"}]},
-                "models": [{"name": "digits", "backend": {"type": "skops", "path": str(model)}}],
-            }, sort_keys=False))
-            log = folder / "gateway.log"
-            proc = spawn(stack, [sys.executable, "-m", "modelfence", "serve", "--config",
-                                 str(config)], log)
-            gateway = f"http://{HOST}:{port}"
-            wait_http(f"{gateway}/v2/health/live", proc, log)
-            keys = [json.loads(_modelfence(
-                "keys", "create", "--config", str(config), "--principal", f"bench-{i}",
-                "--tenant", "bench", "--model", "digits", "--json"))["key"]
-                for i in range(args.connections)]
-            body = json.dumps(infer_body(digits_rows(1))).encode()
-            return asyncio.run(measure(args, proxy, gateway, keys, body, log))
-    finally:
-        with psycopg.connect(args.pg, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    with scratch_database(args.pg, "modelfence_outage_bench") as direct, ExitStack() as stack:
+        proxy, url = stack.enter_context(proxied_postgres(direct))
+        model = train_digits(folder)["skops"]
+        port = free_port()
+        (folder / "secret").write_text(secrets.token_urlsafe(48))
+        (folder / "admin-token").write_text(secrets.token_urlsafe(24))
+        config = folder / "modelfence.yaml"
+        config.write_text(yaml.safe_dump({
+            "server": {"host": HOST, "port": port},
+            "secret_file": "secret", "admin": {"token_file": "admin-token"},
+            "stores": {"keys": url}, "key_cache_ttl_s": 1.0,
+            "audit": {"sink": url if args.audit_on_pg else "jsonl:///audit.jsonl"},
+            "quotas": {"budget_store": url,
+                       "budgets": [{"queries": 100_000_000, "period": "month"}]},
+            "models": [{"name": "digits", "backend": {"type": "skops", "path": str(model)}}],
+        }, sort_keys=False))
+        log = folder / "gateway.log"
+        proc = spawn(stack, [sys.executable, "-m", "modelfence", "serve", "--config",
+                             str(config)], log)
+        gateway = f"http://{HOST}:{port}"
+        wait_http(f"{gateway}/v2/health/live", proc, log)
+        keys = [json.loads(_modelfence(
+            "keys", "create", "--config", str(config), "--principal", f"bench-{i}",
+            "--tenant", "bench", "--model", "digits", "--json"))["key"]
+            for i in range(args.connections)]
+        body = json.dumps(infer_body(digits_rows(1))).encode()
+        return asyncio.run(measure(args, proxy, gateway, keys, body, log))
 
 
 async def measure(args: argparse.Namespace, proxy: TcpProxy, gateway: str, keys: list[str],
