@@ -115,8 +115,37 @@ def listen_address(text: str) -> tuple[str, int] | Path:
     return host, int(port)
 
 
-class AdminCredential(_Strict):
-    """A named admin token limited to some scopes and models (a key it mints covers no more).
+class _AdminGrant(_Strict):
+    """What a scoped admin (a named token or OIDC) may hand out: a key it mints covers no
+    more models and tenants, and carries no groups or attributes, than listed here. `*`
+    allows all. A credential limited to some models names its tenants too, so that it
+    cannot mint a key for another tenant's principal; groups and attributes (which policy
+    may grant on) are none unless listed."""
+
+    models: list[str] = Field(default_factory=lambda: ["*"], min_length=1,
+                              description="models its keys, risk and alerts may cover; * all")
+    tenants: list[str] | None = Field(None, min_length=1, description="tenants its keys may "
+                                      "name and it may list and revoke keys of; * all; "
+                                      "default * only when models is *, else required")
+    groups: list[str] = Field(default_factory=list, description="groups its keys may carry; "
+                              "* any; default none")
+    attributes: list[str] = Field(default_factory=list, description="attribute names its "
+                                  "keys may carry (clearance, purpose, ...); * any; default "
+                                  "none")
+
+    @model_validator(mode="after")
+    def _tenants_named(self) -> _AdminGrant:
+        if self.tenants is None and "*" not in self.models:
+            raise ValueError("an admin limited to some models must list the tenants its keys "
+                             'may name (tenants: [...], or ["*"] for every tenant)')
+        return self
+
+    def allowed_tenants(self) -> list[str]:
+        return self.tenants if self.tenants is not None else ["*"]
+
+
+class AdminCredential(_AdminGrant):
+    """A named admin token limited to some scopes, models, tenants, groups and attributes.
 
     The token is given as exactly one of: a file, an environment variable's name, or the
     SHA-256 (hex) of the token, so that the config file never holds the token itself."""
@@ -126,8 +155,6 @@ class AdminCredential(_Strict):
     token_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     scopes: list[Literal[ADMIN_SCOPES]] = Field(min_length=1)  # type: ignore[valid-type]
-    models: list[str] = Field(default_factory=lambda: ["*"], min_length=1,
-                              description="models its keys, risk and alerts may cover; * all")
 
     @model_validator(mode="after")
     def _one_source(self) -> AdminCredential:
@@ -137,13 +164,12 @@ class AdminCredential(_Strict):
         return self
 
 
-class AdminOidc(_Strict):
+class AdminOidc(_AdminGrant):
     """Admins by OIDC: a JWT of identity.jwt whose groups claim names `group`."""
 
     group: str = Field(min_length=1)
     scopes: list[Literal[ADMIN_SCOPES]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: list(ADMIN_SCOPES), min_length=1)
-    models: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
 
 
 class AdminSettings(_Strict):

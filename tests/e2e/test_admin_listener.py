@@ -138,7 +138,8 @@ async def test_scoped_admin_token_covers_only_its_models_and_scopes(
     gw = Gateway(folder, [skops_model(digits_files), skops_model(digits_files, "other")],
                  extra={"admin": {"token_file": "admin-token", "tokens": [
                      {"name": "scorer", "token_file": "scorer-token",
-                      "scopes": ["keys:read", "keys:write"], "models": ["digits"]},
+                      "scopes": ["keys:read", "keys:write"], "models": ["digits"],
+                      "tenants": ["t"]},
                      {"name": "auditor", "token_sha256": hashlib.sha256(
                          auditor.encode()).hexdigest(), "scopes": ["keys:read"]}]}})
     gw.start()
@@ -185,6 +186,56 @@ async def test_scoped_admin_token_covers_only_its_models_and_scopes(
         gw.stop()
 
 
+async def test_a_scoped_admin_grants_only_its_tenants_groups_and_attributes(
+        tmp_path: Path, digits_files: dict[str, Path]) -> None:
+    """A keys:write admin for one model cannot mint a key with more power than it holds: a
+    group or an attribute policy grants on, or a principal of another tenant; and it sees
+    and revokes only keys of its own tenants."""
+    team, plain = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+    gw = Gateway(tmp_path / "gw", [skops_model(digits_files)], extra={"admin": {
+        "token_file": "admin-token", "tokens": [
+            {"name": "team", "token_sha256": hashlib.sha256(team.encode()).hexdigest(),
+             "scopes": ["keys:read", "keys:write"], "models": ["digits"],
+             "tenants": ["acme"], "groups": ["batch"], "attributes": ["purpose"]},
+            {"name": "plain", "token_sha256": hashlib.sha256(plain.encode()).hexdigest(),
+             "scopes": ["keys:write"]}]}})
+    gw.start()
+    try:
+        keys = f"{gw.admin_url}/admin/keys"
+        base = {"principal": "p", "tenant": "acme", "models": ["digits"]}
+        for extra, refused in (
+                ({"groups": ["partners"]}, "groups partners (its groups: batch)"),
+                ({"groups": ["batch", "partners", "admins"]}, "groups admins, partners"),
+                ({"attributes": {"clearance": 3}}, "attributes clearance (its attributes: "
+                                                   "purpose)"),
+                ({"tenant": "globex"}, "tenant 'globex' (its tenants: acme)"),
+                ({"tenant": "globex", "attributes": {"purpose": "x", "networks": ["0/0"]}},
+                 "tenant 'globex' (its tenants: acme); attributes networks")):
+            status, doc, _ = await call(keys, "POST", team, {**base, **extra})
+            assert status == 403, (extra, doc)
+            assert doc["error"].startswith(f"admin:token:team may not grant {refused}"), doc
+        status, mine, _ = await call(keys, "POST", team, {
+            **base, "groups": ["batch"], "attributes": {"purpose": "scoring"}})
+        assert status == 201 and mine["groups"] == ["batch"], mine
+        # a token of every model and tenant still grants no group or attribute unlisted
+        status, doc, _ = await call(keys, "POST", plain, {**base, "groups": ["batch"]})
+        assert (status, doc["error"]) == (
+            403, "admin:token:plain may not grant groups batch (its groups: none)")
+        # the full-power admin keeps everything
+        status, theirs, _ = await call(keys, "POST", gw.admin_token, {
+            **base, "tenant": "globex", "groups": ["partners"], "attributes": {"clearance": 3}})
+        assert status == 201, theirs
+        status, listing, _ = await call(keys, token=team)
+        assert [k["key_id"] for k in listing["keys"]] == [mine["key_id"]]
+        status, _, _ = await call(f"{keys}/{theirs['key_id']}", "DELETE", team)
+        assert status == 404
+        records = await admin_records(gw, 11)
+        refusals = [r["principal"] for r in records if r["status"] == 403]
+        assert refusals == ["admin:token:team"] * 5 + ["admin:token:plain"]
+    finally:
+        gw.stop()
+
+
 async def test_oidc_admins_are_the_admin_group(tmp_path: Path,
                                                digits_files: dict[str, Path]) -> None:
     idp = Issuer()
@@ -195,7 +246,7 @@ async def test_oidc_admins_are_the_admin_group(tmp_path: Path,
                                  "jwks_url": jwks.url, "tenant_claim": "tid",
                                  "groups_claim": "groups"}},
             "admin": {"oidc": {"group": "mf-admins", "scopes": ["keys:read", "keys:write"],
-                               "models": ["digits"]}}})
+                               "models": ["digits"], "tenants": ["t"]}}})
         gw.start()
         try:
             keys = f"{gw.admin_url}/admin/keys"
@@ -206,6 +257,9 @@ async def test_oidc_admins_are_the_admin_group(tmp_path: Path,
             status, doc, _ = await call(keys, "POST", admin_jwt, {"principal": "p",
                                                                   "tenant": "t"})
             assert status == 403  # its models bound the keys it mints
+            status, doc, _ = await call(keys, "POST", admin_jwt, {
+                "principal": "p", "tenant": "t", "models": ["digits"], "groups": ["partners"]})
+            assert status == 403 and "may not grant groups partners" in doc["error"], doc
             analyst = idp.token("ec-1", sub="dave", groups=["analysts"])
             status, doc, _ = await call(keys, token=analyst)
             assert status == 403 and "not in the admin group" in doc["error"]
@@ -216,9 +270,10 @@ async def test_oidc_admins_are_the_admin_group(tmp_path: Path,
             # the static admin token is not configured here: nothing else gets in
             status, _, _ = await call(keys, token=gw.admin_token)
             assert status == 401
-            records = await admin_records(gw, 5)
+            records = await admin_records(gw, 6)
             assert [(r["principal"], r["status"]) for r in records] == [
-                ("admin:oidc:carol", 201), ("admin:oidc:carol", 403), ("admin:oidc:dave", 403),
+                ("admin:oidc:carol", 201), ("admin:oidc:carol", 403), ("admin:oidc:carol", 403),
+                ("admin:oidc:dave", 403),
                 ("admin:unknown", 401), ("admin:unknown", 401)]
             assert admin_jwt not in gw.audit_text() and admin_jwt not in gw.log.read_text()
         finally:

@@ -46,6 +46,10 @@ def test_admin_listen_defaults_to_loopback_and_can_be_off() -> None:
     ({"tokens": [{"name": "ops", "token_env": "X", "scopes": ["keys:read"]},
                  {"name": "ops", "token_env": "Y", "scopes": ["keys:read"]}]}, "repeated: ops"),
     ({"oidc": {"group": "admins"}}, "admin.oidc needs identity.jwt"),
+    ({"tokens": [{"name": "ops", "token_env": "X", "scopes": ["keys:write"],
+                  "models": ["m1"]}]}, r"admin\.tokens\[0\]: .*must list the tenants"),
+    ({"tokens": [{"name": "ops", "token_env": "X", "scopes": ["keys:write"],
+                  "models": ["m1"], "tenants": []}]}, "tenants"),
     ({"failed_logins": "often"}, "failed_logins"),
 ])
 def test_bad_admin_credentials_are_refused(admin: dict[str, Any], message: str) -> None:
@@ -97,3 +101,32 @@ def test_oidc_admins_need_a_groups_claim() -> None:
     with pytest.raises(ConfigurationError, match="groups_claim"):
         settings_from_mapping({"identity": {"jwt": {**jwt, "groups_claim": None}},
                                "admin": {"oidc": {"group": "g"}}})
+
+
+def test_scoped_admins_grant_no_groups_or_attributes_unless_listed() -> None:
+    jwt = {"issuer": "https://idp.example/", "audiences": ["mf"], "tenant": "acme",
+           "jwks_url": "http://127.0.0.1:1/jwks.json", "groups_claim": "groups"}
+    s = settings_from_mapping({"identity": {"jwt": jwt}, "admin": {
+        "oidc": {"group": "g"},
+        "tokens": [{"name": "all", "token_env": "X", "scopes": ["keys:write"]},
+                   {"name": "m1", "token_env": "Y", "scopes": ["keys:write"], "models": ["m1"],
+                    "tenants": ["acme"], "groups": ["batch"], "attributes": ["*"]}]}})
+    every, m1 = s.admin.tokens
+    for grant in (every, s.admin.oidc):
+        assert grant is not None
+        assert (grant.allowed_tenants(), grant.groups, grant.attributes) == (["*"], [], [])
+    assert (m1.allowed_tenants(), m1.groups, m1.attributes) == (["acme"], ["batch"], ["*"])
+
+
+def test_a_scoped_admin_names_what_it_may_not_grant() -> None:
+    scoped = AdminIdentity("admin:token:ops", frozenset({"keys:write"}), frozenset({"a"}),
+                           tenants=frozenset({"acme"}), groups=frozenset({"batch"}),
+                           attributes=frozenset())
+    assert scoped.refusals("acme", ["batch"], []) == []
+    assert scoped.refusals("globex", ["batch", "partners"], ["clearance"]) == [
+        "tenant 'globex' (its tenants: acme)", "groups partners (its groups: batch)",
+        "attributes clearance (its attributes: none)"]
+    assert scoped.covers_key(["a"], "acme") and not scoped.covers_key(["a"], "globex")
+    full = AdminIdentity("admin", frozenset({"keys:write"}), frozenset({"*"}))
+    assert full.refusals("any", ["partners"], ["clearance"]) == []
+    assert full.covers_key(["x"], "any")

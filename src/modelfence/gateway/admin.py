@@ -1,11 +1,12 @@
 """The admin API: manage API keys, policy, risk and alerts over HTTP, on the admin listener.
 
 Every route names the scope it needs; `AdminAuthenticator` says who is calling and
-whether that admin holds the scope, and a scoped admin's models bound what it may see
-and mint. Every call, allowed, refused or throttled, leaves an audit record naming the
-admin (never its credential) and the caller's address. Nothing fails open: an action
-is refused (503) while the audit log cannot take records, and its answer leaves only
-after its record is written; a key whose record fails is revoked before its token leaves.
+whether that admin holds the scope, and a scoped admin's models and tenants bound what it
+may see and mint, its groups and attribute names what a key it mints may carry. Every
+call, allowed, refused or throttled, leaves an audit record naming the admin (never its
+credential) and the caller's address. Nothing fails open: an action is refused (503)
+while the audit log cannot take records, and its answer leaves only after its record is
+written; a key whose record fails is revoked before its token leaves.
 """
 
 from __future__ import annotations
@@ -148,6 +149,10 @@ class AdminApi:
         if not admin.covers_all(spec.models):
             raise Forbidden(f"{admin.name} may mint keys only for some of: "
                             f"{admin.describe_models()}", reason="admin_models")
+        refused = admin.refusals(spec.tenant, spec.groups, spec.attributes)
+        if refused:
+            raise Forbidden(f"{admin.name} may not grant {'; '.join(refused)}",
+                            reason="admin_grant")
         new = await self._keys.create(
             principal=spec.principal, tenant=spec.tenant, groups=spec.groups,
             models=spec.models, expires_at=expiry_from(spec.expires_in, spec.expires_at),
@@ -159,14 +164,15 @@ class AdminApi:
         return json_response({"key": new.token, **public_view(new.record)}, 201)
 
     async def list_keys(self, request: Request, admin: AdminIdentity) -> Response:
-        records = [r for r in await self._keys.records() if admin.covers_all(r.models)]
+        records = [r for r in await self._keys.records()
+                   if admin.covers_key(r.models, r.tenant)]
         return json_response({"keys": [public_view(r) for r in records]})
 
     async def revoke_key(self, request: Request, admin: AdminIdentity) -> Response:
         key_id = request.path_params["key_id"]
-        if "*" not in admin.models:  # a key outside its models is one it cannot see
+        if "*" not in admin.models or "*" not in admin.tenants:  # one it cannot see
             record = next((r for r in await self._keys.records() if r.key_id == key_id), None)
-            if record is None or not admin.covers_all(record.models):
+            if record is None or not admin.covers_key(record.models, record.tenant):
                 raise NotFound(f"no key with id {key_id[:32]!r}")
         if not await self._keys.revoke(key_id):
             raise NotFound(f"no key with id {key_id[:32]!r}")

@@ -5,6 +5,8 @@ Three kinds of admin credential, any of them configured:
 * the full-power token (`admin.token_file` or MODELFENCE_ADMIN_TOKEN), named `admin`;
 * named scoped tokens (`admin.tokens`), named `admin:token:<name>`: each holds some scopes
   and some models, and a key it mints, a risk it reads, an alert it lists, cover no more;
+  a key it mints names one of its tenants and carries only its groups and attribute
+  names (none unless listed), and it sees and revokes only keys of its models and tenants;
 * OIDC admins (`admin.oidc`): a JWT of `identity.jwt` whose groups name the admin group,
   named `admin:oidc:<subject>`.
 
@@ -26,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
-from ..config import ADMIN_SCOPES, AdminSettings
+from ..config import ADMIN_SCOPES, AdminCredential, AdminOidc, AdminSettings
 from ..errors import Forbidden, RateLimited, Unauthenticated
 from ..identity.guard import bearer_token
 
@@ -37,11 +39,19 @@ log = logging.getLogger("modelfence.admin")
 UNKNOWN = "admin:unknown"
 
 
+_ALL = frozenset({"*"})
+
+
 @dataclass(frozen=True, slots=True)
 class AdminIdentity:
+    """An admin and what it may hand out: the full-power admin holds `*` everywhere."""
+
     name: str
     scopes: frozenset[str]
     models: frozenset[str]
+    tenants: frozenset[str] = _ALL
+    groups: frozenset[str] = _ALL
+    attributes: frozenset[str] = _ALL
 
     def covers(self, model: str | None) -> bool:
         return "*" in self.models or (model is not None and model in self.models)
@@ -54,8 +64,40 @@ class AdminIdentity:
         wanted = list(models)
         return bool(wanted) and all(m != "*" and m in self.models for m in wanted)
 
+    def covers_key(self, models: Iterable[str], tenant: str) -> bool:
+        """A key this admin may see and revoke: within its models and its tenants."""
+        return self.covers_all(models) and ("*" in self.tenants or tenant in self.tenants)
+
+    def refusals(self, tenant: str, groups: Iterable[str], attributes: Iterable[str]
+                 ) -> list[str]:
+        """What a key with this tenant, these groups and attribute names would grant beyond
+        this admin's allow-lists, one phrase each (empty: nothing)."""
+        out = []
+        if "*" not in self.tenants and tenant not in self.tenants:
+            out.append(f"tenant {tenant[:64]!r} (its tenants: {_listed(self.tenants)})")
+        for what, wanted, allowed in (("groups", groups, self.groups),
+                                      ("attributes", attributes, self.attributes)):
+            extra = sorted({w for w in wanted if w not in allowed}) if "*" not in allowed else []
+            if extra:
+                out.append(f"{what} {_listed(extra)} (its {what}: {_listed(allowed)})")
+        return out
+
     def describe_models(self) -> str:
         return ", ".join(sorted(self.models))
+
+
+def _listed(names: Iterable[str]) -> str:
+    shown = sorted(n[:64] for n in names)
+    if not shown:
+        return "none"
+    return ", ".join(shown[:8]) + (f" and {len(shown) - 8} more" if len(shown) > 8 else "")
+
+
+def _scoped(name: str, grant: AdminCredential | AdminOidc) -> AdminIdentity:
+    """The identity of a named token or OIDC admin, with its limits."""
+    return AdminIdentity(name, frozenset(grant.scopes), frozenset(grant.models),
+                         frozenset(grant.allowed_tenants()), frozenset(grant.groups),
+                         frozenset(grant.attributes))
 
 
 class AdminAuthenticator:
@@ -71,9 +113,7 @@ class AdminAuthenticator:
             self._tokens.append((_sha256(static_token),
                                  AdminIdentity("admin", everything, frozenset({"*"}))))
         for cred, sha in scoped:
-            self._tokens.append((sha, AdminIdentity(f"admin:token:{cred.name}",
-                                                    frozenset(cred.scopes),
-                                                    frozenset(cred.models))))
+            self._tokens.append((sha, _scoped(f"admin:token:{cred.name}", cred)))
         self._oidc = settings.oidc
         self._jwt = jwt if settings.oidc is not None else None
         self._limit = parse(settings.failed_logins)
@@ -117,8 +157,7 @@ class AdminAuthenticator:
             request.state.admin_name = f"admin:oidc:{principal.id}"
             if self._oidc.group not in principal.groups:
                 raise Forbidden("this identity is not in the admin group", reason="not_admin")
-            return AdminIdentity(request.state.admin_name, frozenset(self._oidc.scopes),
-                                 frozenset(self._oidc.models))
+            return _scoped(request.state.admin_name, self._oidc)
         presented = _sha256(token)
         found = None
         for sha, admin in self._tokens:  # every one compared: no early exit
