@@ -252,9 +252,16 @@ def _text(claims: Mapping[str, Any], name: str) -> str:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise _ClaimError("invalid_claim")
     text = str(value)
-    if len(text) > MAX_CLAIM_TEXT:
+    if len(text) > MAX_CLAIM_TEXT or _has_control(text):
         raise _ClaimError("invalid_claim")
     return text
+
+
+def _has_control(text: str) -> bool:
+    """NUL or another control character, or a lone surrogate: PostgreSQL refuses NUL in text
+    and text that is not UTF-8 (every store call of the caller would fail), and a line break
+    in an id forges log lines; no real id has one."""
+    return any(ord(c) < 0x20 or ord(c) == 0x7F or 0xD800 <= ord(c) <= 0xDFFF for c in text)
 
 
 def _names(claims: Mapping[str, Any], name: str | None, prefix: str) -> tuple[str, ...]:
@@ -263,6 +270,7 @@ def _names(claims: Mapping[str, Any], name: str | None, prefix: str) -> tuple[st
     if value is None:
         return ()
     items = value.split() if isinstance(value, str) else value
-    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+    if not isinstance(items, list) or not all(isinstance(i, str) and not _has_control(i)
+                                              for i in items):
         raise _ClaimError("invalid_claim")
     return tuple(i.removeprefix(prefix) for i in items if i.startswith(prefix) and i != prefix)

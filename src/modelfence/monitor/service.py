@@ -27,6 +27,7 @@ from ..config import ModelSettings, Settings
 from ..errors import ConfigurationError, StoreError
 from ..gateway.metrics import GatewayMetrics
 from ..stores.breaker import Breaker
+from ..stores.outages import redis_outage
 from .alerts import Alert, Alerts, Webhook
 from .replication import Array, LocalLog, Observation, ObservationLog, RedisLog
 from .score import Monitor, Risk
@@ -76,7 +77,7 @@ class MonitorService:
         self._pending_alerts: set[asyncio.Task[None]] = set()
         # while the shared store is down, observations stay on this replica without a try
         # (and a log line) per batch: the breaker logs the outage once and its end
-        self._breaker = Breaker("monitor", "monitor store", self._probe, outage=(Exception,),
+        self._breaker = Breaker("monitor", "monitor store", self._probe, outage=redis_outage,
                                 consequence="observations are applied on this replica only",
                                 level=logging.WARNING)
 

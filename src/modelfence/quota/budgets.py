@@ -9,6 +9,7 @@ and PostgreSQL (many replicas).
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -45,6 +46,22 @@ def period_bounds(period: str, now: datetime) -> tuple[str, datetime]:
     start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     end = (start + timedelta(days=32)).replace(day=1)
     return start.strftime("%Y-%m"), end
+
+
+#: ids up to this many characters appear in budget keys as they are (JWT claims are capped
+#: at 256, so every id a caller can present today keeps its rows); longer ones are hashed
+MAX_KEY_PART = 256
+
+
+def key_part(text: str) -> str:
+    """`text` as part of a budget key: as it is when short, else `sha256:` and its digest.
+
+    PostgreSQL refuses an index row over about 2.7 KB (ProgramLimitExceeded), so a long
+    principal id would fail every call of its owner; hashed, each id still has its own row.
+    """
+    if len(text) <= MAX_KEY_PART:
+        return text
+    return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _failed(kind: str, exc: BaseException, what: str = "") -> StoreError:

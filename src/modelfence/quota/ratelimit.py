@@ -21,6 +21,7 @@ from ..errors import ConfigurationError, RateLimited, StoreError
 from ..gateway.call import Call
 from ..gateway.chain import Guard
 from ..stores.breaker import Breaker
+from ..stores.outages import redis_outage
 
 log = logging.getLogger("modelfence.quota")
 
@@ -89,17 +90,13 @@ class RateLimitGuard(Guard):
 
     def _make_breaker(self, settings: QuotaSettings) -> Breaker:
         """Refuse (or let through, with `fail_open`) at once while the storage is down."""
-        import redis.exceptions
-        from limits.errors import StorageError
-
         async def probe() -> None:
             if not await self._storage.check():
                 raise ConnectionError("rate limit storage did not answer")
 
         return Breaker(
             "ratelimit", "rate limit storage", probe,
-            outage=(StorageError, redis.exceptions.ConnectionError,
-                    redis.exceptions.TimeoutError, OSError),
+            outage=redis_outage,
             consequence=("allowing requests (fail_open)" if settings.fail_open else
                          "requests with rate limits are refused"),
             level=logging.WARNING if settings.fail_open else logging.ERROR)

@@ -18,7 +18,7 @@ from typing import ClassVar
 from ..errors import StoreError
 from ..gateway.call import Call
 from ..gateway.chain import Guard
-from .budgets import BudgetStore
+from .budgets import BudgetStore, key_part
 
 log = logging.getLogger("modelfence.quota")
 
@@ -100,9 +100,10 @@ class UsageGuard(Guard):
 
 
 def _key(call: Call) -> str:
-    """The count's row in the budget store (budget rows start with their index, never 'q')."""
+    """The count's row in the budget store (budget rows start with their index, never 'q');
+    bounded whatever the principal's id (`key_part`)."""
     assert call.principal is not None and call.model is not None
-    return f"queries|{call.principal.id}|{call.model.name}"
+    return f"queries|{key_part(call.principal.id)}|{key_part(call.model.name)}"
 
 
 def _text(path: Path) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import StoreError
 from .breaker import Breaker
+from .outages import postgres_outage
 
 
 async def open_pool(url: str, *, max_size: int, timeout_s: float, schema_lock: int,
@@ -38,10 +39,9 @@ async def open_pool(url: str, *, max_size: int, timeout_s: float, schema_lock: i
 
 
 def pool_breaker(store: str, what: str, pool: Callable[[], Any]) -> Breaker:
-    """The breaker of a store on a psycopg pool: its probe asks the pool for `SELECT 1`, so
-    the breaker closes only once the pool itself can serve again."""
-    import psycopg
-
+    """The breaker of a store on a psycopg pool: only a lost connection opens it (a refused
+    statement fails its own call), and its probe asks the pool for `SELECT 1`, so the
+    breaker closes only once the pool itself can serve again."""
     async def probe() -> None:
         current = pool()
         if current is None:
@@ -49,5 +49,4 @@ def pool_breaker(store: str, what: str, pool: Callable[[], Any]) -> Breaker:
         async with current.connection() as conn:
             await conn.execute("SELECT 1")
 
-    return Breaker(store, what, probe,
-                   outage=(psycopg.OperationalError, psycopg.InterfaceError, OSError))
+    return Breaker(store, what, probe, outage=postgres_outage)
