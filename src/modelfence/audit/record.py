@@ -2,6 +2,14 @@
 
 Inputs are recorded as a SHA-256 digest unless `audit.record_inputs` is set; the
 bearer token never reaches the record (only the public key id does).
+
+Text fields come partly from the caller (the model name is the raw URL path segment, a
+principal id is a JWT claim), so every record keeps a safe form of them: control
+characters (NUL, which PostgreSQL text cannot hold, and the rest) and unpaired surrogates
+are removed, and each field is capped — `ID_MAX` characters for the indexed columns
+(model, principal, tenant, key id, action, request id, source, replica), `TEXT_MAX` for
+reasons and trail entries — ending in `TRUNCATED` when cut. A caller cannot make a record
+the store refuses.
 """
 
 from __future__ import annotations
@@ -10,6 +18,7 @@ import hashlib
 import os
 import socket
 import time
+import unicodedata
 import uuid
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -21,6 +30,24 @@ from ..gateway.chain import Guard
 from .sinks import AuditSink
 
 _REFUSED = "audit records cannot be kept"
+
+ID_MAX = 256     # characters kept of an indexed text column (a btree entry stays small)
+TEXT_MAX = 1024  # characters kept of a reason or a trail entry
+TRUNCATED = "…(truncated)"
+
+
+def safe_text(value: str, limit: int = ID_MAX) -> str:
+    """`value` without control characters or unpaired surrogates, at most `limit` long."""
+    if len(value) <= limit and value.isprintable():
+        return value  # the usual case, checked in C
+    clean = "".join(c for c in value if c == " " or unicodedata.category(c) not in ("Cc", "Cs"))
+    if len(clean) > limit:
+        clean = clean[:limit - len(TRUNCATED)] + TRUNCATED
+    return clean
+
+
+def _opt(value: str | None, limit: int = ID_MAX) -> str | None:
+    return None if value is None else safe_text(str(value), limit)
 
 
 @dataclass(slots=True)
@@ -49,6 +76,23 @@ class AuditRecord:
     shaping: str | None = None    # the output band the answer was shaped by
     inputs: Any = None
     details: dict[str, Any] | None = None  # what an admin action changed (never a secret)
+
+    def __post_init__(self) -> None:
+        """Keep only safe, capped text, whoever built the record (see the module docstring)."""
+        self.request_id = safe_text(str(self.request_id))
+        self.action = safe_text(str(self.action))
+        self.model = _opt(self.model)
+        self.principal = _opt(self.principal)
+        self.tenant = _opt(self.tenant)
+        self.key_id = _opt(self.key_id)
+        self.source = safe_text(str(self.source))
+        self.decision = safe_text(str(self.decision))
+        self.reason = safe_text(str(self.reason), TEXT_MAX)
+        self.replica = safe_text(str(self.replica))
+        self.shaping = _opt(self.shaping)
+        self.policy_ids = [safe_text(str(p)) for p in self.policy_ids]
+        self.trail = [{safe_text(str(k)): safe_text(str(v), TEXT_MAX) for k, v in d.items()}
+                      for d in self.trail]
 
     def to_dict(self) -> dict[str, Any]:
         """A shallow dict: every value is built fresh by `assemble`, so no deep copy is needed.

@@ -60,6 +60,7 @@ class SpillMetrics:
     spilled: Callable[[int], None] = _noop
     replayed: Callable[[int], None] = _noop
     lost: Callable[[int], None] = _noop
+    dead_letter: Callable[[int], None] = _noop  # refused by the store for good (writer.py)
     pending: Callable[[int, int], None] = _noop2  # records, bytes
 
 
@@ -111,7 +112,9 @@ class _Segment:
     size: int = HEADER
     records: int = 0  # not yet replayed
     adopted: bool = False
-    lines: list[int] = field(default_factory=list)  # sizes of lines read, not yet done
+    # (size, kind) of the lines read, not yet done: kind 0 a marker, 1 a record given out,
+    # 2 a damaged record skipped
+    lines: list[tuple[int, int]] = field(default_factory=list)
     read: int = 0  # records among them
 
     def mark(self, offset: int) -> None:
@@ -287,6 +290,7 @@ class Spill:
                     ambiguous = self._ambiguous(seg, line)
                     if ambiguous is not None:
                         limit = ambiguous.count
+                    seg.lines.append((len(line), 0))
                 else:
                     seg.read += 1
                     try:
@@ -295,8 +299,10 @@ class Spill:
                         log.error("audit spill %s: a damaged record was skipped: %s",
                                   seg.path.name, exc)
                         self.metrics.lost(1)
+                        seg.lines.append((len(line), 2))
+                    else:
+                        seg.lines.append((len(line), 1))
                 pos += len(line)
-                seg.lines.append(len(line))
         if not seg.read:  # the count and the file disagree: nothing more to give
             log.error("audit spill %s: %d records were counted but none could be read",
                       seg.path.name, seg.records)
@@ -313,16 +319,28 @@ class Spill:
                       seg.path.name, exc)
             return None
 
-    async def done(self) -> int:
-        """The records the last `peek` returned are in the store: move past them."""
+    async def done(self, entries: int | None = None) -> int:
+        """The records the last `peek` returned are in the store (or, with `entries`, its
+        first `entries` records are settled): move past them."""
         async with self._lock:
             seg = next((s for s in self._segments if s.records), None)
-            if seg is None or not seg.lines:
+            if seg is None or not seg.lines or entries == 0:
                 return 0
-            n, offset, remaining = seg.read, seg.offset + sum(seg.lines), seg.records - seg.read
+            take = len(seg.lines)
+            if entries is not None:  # through the line giving the `entries`-th record
+                given = 0
+                for i, (_, kind) in enumerate(seg.lines):
+                    given += kind == 1
+                    if given == entries:
+                        take = i + 1
+                        break
+            lines, rest = seg.lines[:take], seg.lines[take:]
+            n = sum(1 for _, kind in lines if kind)
+            offset = seg.offset + sum(size for size, _ in lines)
+            remaining = seg.records - n
             # the file first, then the counts: `empty` turns true only once it is on disk
             await asyncio.to_thread(self._advance, seg, offset, remaining)
-            seg.lines, seg.read = [], 0
+            seg.lines, seg.read = rest, seg.read - n
             if remaining:
                 seg.offset, seg.records = offset, remaining
             elif seg.adopted:  # replayed to the end: gone, and its lock with it

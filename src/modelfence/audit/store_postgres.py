@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from ..errors import RetentionRefused, StoreError
 from .chain import COLUMNS, Head, Row
 from .checkpoint import Checkpoint
+from .failure import pg_permanent, refused
 from .store import (
     CHECKPOINT_COLUMNS,
     CHECKPOINTS,
@@ -117,8 +118,8 @@ class PostgresAuditStore(AuditStore):
                     await conn.close()
                 if isinstance(exc, StoreError):
                     raise
-                raise StoreError(f"postgresql audit store: {self._problem(exc)}",
-                    store="audit") from None
+                raise refused(StoreError(f"postgresql audit store: {self._problem(exc)}",
+                                         store="audit"), pg_permanent(exc)) from None
 
     async def commit(self, plan: Plan) -> Batch:
         async def go(conn: Any) -> Batch:

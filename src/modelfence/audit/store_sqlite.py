@@ -24,6 +24,7 @@ from ..errors import RetentionRefused, StoreError
 from ..stores.sqlite import create_private
 from .chain import COLUMNS, Head, Row
 from .checkpoint import Checkpoint
+from .failure import refused, sqlite_permanent
 from .store import (
     CHECKPOINT_COLUMNS,
     CHECKPOINTS,
@@ -94,7 +95,8 @@ class SqliteAuditStore(AuditStore):
             try:
                 return fn()
             except sqlite3.Error as exc:
-                raise StoreError(f"sqlite audit store {self.path}: {exc}", store="audit") from None
+                raise refused(StoreError(f"sqlite audit store {self.path}: {exc}", store="audit"),
+                              sqlite_permanent(exc)) from None
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:

@@ -30,6 +30,12 @@ is held in memory meanwhile. Only a gateway stopped while that holds drops recor
 counted in `lost` and logged. A commit that fails after its rows were planned may have
 landed all the same (the connection broke after COMMIT was sent): the next attempt,
 direct or replayed, first looks for that batch's first row, so none is written twice.
+
+A store that refuses a batch for good (failure.py: a value it cannot hold, a limit) is no
+outage: retrying would stop every later record behind it. The writer commits that batch
+one record at a time, in order, sets aside each record the store refuses in the dead
+letter (deadletter.py, counted and logged once per batch) and goes on with the rest; the
+chain links only what the store took, so it still verifies.
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ import orjson
 from ..errors import StoreError
 from .chain import Entry, Head, Row, entry_from_dict, link
 from .checkpoint import Checkpoint, CheckpointPolicy, Signer
+from .deadletter import NAME as DEAD_LETTER
+from .deadletter import DeadLetter
+from .failure import permanent
 from .sinks import AuditSink
 from .spill import Ambiguous, Spill
 from .store import AuditStore, Batch, Plan, Query
@@ -100,6 +109,9 @@ class ChainedSink(AuditSink):
         self.written = 0
         self.lost = 0
         self.replayed = 0
+        self.dead_lettered = 0
+        self._dead = (DeadLetter(spill.folder / DEAD_LETTER, max(spill.max_bytes // 10, 1 << 20))
+                      if spill is not None else None)
 
     @property
     def pending(self) -> int:
@@ -258,9 +270,16 @@ class ChainedSink(AuditSink):
                 try:
                     await self._store_commit(pending)
                 except Exception as exc:
-                    self._outage_began(exc)
+                    if not permanent(exc):
+                        self._outage_began(exc)
+                    else:
+                        self.written += await self._isolate(pending, exc)
+                        if not pending.entries:  # else an outage came: the rest spill
+                            self._settle(items, None)
+                            self._outage_ended()
+                            return
                 else:
-                    self.written += len(items)
+                    self.written += len(pending.entries)
                     self._settle(items, None)
                     self._outage_ended()
                     return
@@ -338,7 +357,18 @@ class ChainedSink(AuditSink):
                 if current.entries:
                     await self._attempt(current)
             except Exception as exc:
-                self._outage_began(exc)
+                if not permanent(exc):
+                    self._outage_began(exc)
+                else:
+                    before = len(current.entries)
+                    self.replayed += await self._isolate(current, exc)
+                    if current.entries:  # an outage came: what was handled is done
+                        await spill.done(before - len(current.entries))
+                    else:
+                        current = None
+                        await spill.done()
+                        delay = 0.05
+                        continue
                 with contextlib.suppress(TimeoutError):  # a pause that a stop cuts short
                     await asyncio.wait_for(self._stop_replay.wait(), delay)
                 delay = min(delay * 2, 2.0)
@@ -365,11 +395,49 @@ class ChainedSink(AuditSink):
                 await self._attempt(pending, force=force)
                 return
             except StoreError as exc:
-                if time.monotonic() + delay > deadline:
+                if permanent(exc) or time.monotonic() + delay > deadline:
                     raise
                 log.debug("audit store failed, retrying in %.2f s: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+
+    async def _isolate(self, pending: _Pending, exc: BaseException) -> int:
+        """The store refused `pending` for good: commit its entries one at a time, in order,
+        setting aside those it refuses. Stops at an outage, leaving the rest in `pending`
+        (the first with what its attempt may have written). Returns the records committed."""
+        pending.ambiguous = None  # refused, so none of it was written
+        refused: list[Entry] = []
+        committed = 0
+        try:
+            while pending.entries:
+                one = _Pending(pending.entries[:1])
+                try:
+                    await self._store_commit(one)
+                except Exception as problem:
+                    if not permanent(problem):
+                        pending.ambiguous = one.ambiguous
+                        self._outage_began(problem)
+                        return committed
+                    refused.append(one.entries[0])
+                    exc = problem
+                else:
+                    committed += 1
+                del pending.entries[0]
+            return committed
+        finally:
+            if refused:
+                self._set_aside(refused, exc)
+
+    def _set_aside(self, entries: list[Entry], exc: BaseException) -> None:
+        """Dead-letter records the store refused for good; counted, logged once per batch."""
+        self.dead_lettered += len(entries)
+        if self.spill is not None:
+            self.spill.metrics.dead_letter(len(entries))
+        kept = self._dead is not None and self._dead.add(entries, str(exc))
+        where = (f"set aside in {self._dead.path}" if kept and self._dead is not None
+                 else "not kept (no spill folder, or the dead letter is full)")
+        log.error("audit: the store refused %d records for good (%s); they are %s, and the "
+                  "records after them are committed", len(entries), exc, where)
 
     async def _attempt(self, pending: _Pending, *, force: bool = False) -> None:
         """Commit `pending` exactly once: if an earlier attempt failed after planning its

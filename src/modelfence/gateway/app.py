@@ -122,6 +122,7 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
     keys = ApiKeys(store, secret, cache_ttl_s=settings.key_cache_ttl_s)
     audit_sink = audit_sink_from_url(settings.audit.sink, settings.audit, SpillMetrics(
         spilled=metrics.audit_spilled.inc, replayed=metrics.audit_replayed.inc,
+        dead_letter=metrics.audit_dead_letter.inc,
         lost=metrics.audit_lost.inc, pending=metrics.audit_spill_pending))
     models = {m.name: ModelEntry(m, backend_from_settings(m)) for m in settings.models}
     return Gateway(

@@ -138,6 +138,10 @@ class GatewayMetrics:
         self.audit_lost = Counter("modelfence_audit_lost_records",
                                   "Audit records neither the store nor the spill could keep",
                                   registry=r)
+        self.audit_dead_letter = Counter("modelfence_audit_dead_letter_records",
+                                         "Audit records the store refused for good, set aside "
+                                         "in the dead letter so later records are committed",
+                                         registry=r)
         self.audit_spill_records = Gauge("modelfence_audit_spill_records",
                                          "Audit records waiting in the spill for replay",
                                          registry=r, multiprocess_mode="livesum")
