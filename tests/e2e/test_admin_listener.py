@@ -229,9 +229,23 @@ async def test_a_scoped_admin_grants_only_its_tenants_groups_and_attributes(
         assert [k["key_id"] for k in listing["keys"]] == [mine["key_id"]]
         status, _, _ = await call(f"{keys}/{theirs['key_id']}", "DELETE", team)
         assert status == 404
-        records = await admin_records(gw, 11)
-        refusals = [r["principal"] for r in records if r["status"] == 403]
-        assert refusals == ["admin:token:team"] * 5 + ["admin:token:plain"]
+        status, _, _ = await call(f"{keys}/{mine['key_id']}", "DELETE", team)
+        assert status == 200
+        records = await admin_records(gw, 12)
+        refusals = [r for r in records if r["status"] == 403]
+        assert [r["principal"] for r in refusals] == ["admin:token:team"] * 5 + [
+            "admin:token:plain"]
+        # each record says what was granted, asked for, or revoked, like the CLI's
+        assert refusals[0]["details"]["requested"]["groups"] == ["partners"]
+        created, revoked = (next(r for r in records if r["action"] == action and r["status"]
+                                 < 400 and r["key_id"] == mine["key_id"])
+                            for action in ("admin:create-key", "admin:revoke-key"))
+        view = {k: v for k, v in mine.items() if k != "key"}
+        assert created["details"] == view
+        assert revoked["details"] == {**view, "status": "revoked",
+                                      "revoked_at": revoked["details"]["revoked_at"]}
+        assert revoked["details"]["revoked_at"]
+        assert mine["key"].split("_", 2)[2] not in gw.audit_text()
     finally:
         gw.stop()
 

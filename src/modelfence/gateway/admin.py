@@ -28,7 +28,14 @@ from ..audit.chain import Row
 from ..audit.record import event_record
 from ..audit.sinks import AuditSink, audit_store_of
 from ..audit.store import Query
-from ..errors import BadRequest, ConfigurationError, Forbidden, NotFound, Unavailable
+from ..errors import (
+    BadRequest,
+    ConfigurationError,
+    Forbidden,
+    NotFound,
+    StoreError,
+    Unavailable,
+)
 from ..identity.apikeys import ApiKeys, expiry_from, public_view
 from ..llm.risk import LlmRiskBook
 from ..monitor.service import MonitorService
@@ -109,7 +116,7 @@ class AdminApi:
                 action=action, source=request.client.host if request.client else "unix",
                 status=response.status_code, reason=reason,
                 principal=getattr(request.state, "admin_name", UNKNOWN), target=target,
-                started=started)
+                started=started, details=getattr(request.state, "audit_details", None))
             try:
                 await asyncio.wait_for(self._audit.write(record), _AUDIT_WAIT_S)
             except Exception as exc:
@@ -146,6 +153,7 @@ class AdminApi:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or "body"
             raise BadRequest(f"{field}: {err['msg']}") from None
+        request.state.audit_details = {"requested": spec.model_dump(mode="json")}
         if not admin.covers_all(spec.models):
             raise Forbidden(f"{admin.name} may mint keys only for some of: "
                             f"{admin.describe_models()}", reason="admin_models")
@@ -159,9 +167,11 @@ class AdminApi:
             description=spec.description, attributes=spec.attributes)
         log.info("%s created key %s for principal %s", admin.name, new.record.key_id,
                  new.record.principal)
+        view = public_view(new.record)
         request.state.audit_target = new.record.key_id
+        request.state.audit_details = view  # what was granted, as the CLI's record says
         request.state.revoke_if_unrecorded = new.record.key_id
-        return json_response({"key": new.token, **public_view(new.record)}, 201)
+        return json_response({"key": new.token, **view}, 201)
 
     async def list_keys(self, request: Request, admin: AdminIdentity) -> Response:
         records = [r for r in await self._keys.records()
@@ -176,8 +186,18 @@ class AdminApi:
                 raise NotFound(f"no key with id {key_id[:32]!r}")
         if not await self._keys.revoke(key_id):
             raise NotFound(f"no key with id {key_id[:32]!r}")
+        request.state.audit_details = await self._view(key_id)  # what was revoked
         log.info("%s revoked key %s", admin.name, key_id)
         return json_response({"key_id": key_id, "revoked": True})
+
+    async def _view(self, key_id: str) -> dict[str, object] | None:
+        """A key's public view for its audit record; a store that fails now (the change is
+        done) leaves the record with its id alone."""
+        try:
+            return next((public_view(r) for r in await self._keys.records()
+                         if r.key_id == key_id), None)
+        except StoreError:
+            return None
 
     async def show_policy(self, request: Request, admin: AdminIdentity) -> Response:
         return json_response(self._policy.describe())
