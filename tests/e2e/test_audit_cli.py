@@ -106,17 +106,22 @@ def test_cli_refuses_unchained_sinks_and_missing_logs(tmp_path: Path) -> None:
 
 
 def test_cli_key_changes_are_audited_in_the_chain(tmp_path: Path) -> None:
-    """`keys create` and `keys revoke` leave chained records naming who did what, never the key."""
-    import getpass
+    """`keys create` and `keys revoke` leave chained records naming who did what, never the key.
 
+    Who: the process's account, not LOGNAME/USER, which whoever runs the command sets."""
+    import os
+    import pwd
+
+    spoof = {name: "mallory" for name in ("LOGNAME", "USER", "LNAME", "USERNAME")}
     (tmp_path / "secret").write_text("s" * 48)
     cli("audit", "keygen", "--out", str(tmp_path / "cp.pem"))
     cfg = tmp_path / "modelfence.yaml"
     cfg.write_text("secret_file: secret\nstores: {keys: 'sqlite:///keys.db'}\n"
                    "audit: {sink: 'sqlite:///audit.db', checkpoint_key_file: cp.pem}\n")
     created = json.loads(cli("keys", "create", "--config", str(cfg), "--principal", "alice",
-                             "--tenant", "acme", "--model", "digits", "--json").stdout)
-    cli("keys", "revoke", created["key_id"], "--config", str(cfg))
+                             "--tenant", "acme", "--model", "digits", "--json",
+                             env=spoof).stdout)
+    cli("keys", "revoke", created["key_id"], "--config", str(cfg), env=spoof)
 
     report = json.loads(cli("audit", "verify", "--config", str(cfg), "--json").stdout)
     assert report["ok"] and report["records"] == 2 and report["signatures_checked"]
@@ -125,7 +130,8 @@ def test_cli_key_changes_are_audited_in_the_chain(tmp_path: Path) -> None:
         "audit", "query", "--config", str(cfg), "--json").stdout)["records"]]
     assert [r["action"] for r in records] == ["admin:create-key", "admin:revoke-key"]
     for r in records:
-        assert r["principal"] == f"cli:{getpass.getuser()}" and r["source"] == "cli"
+        assert r["principal"] == f"cli:{pwd.getpwuid(os.geteuid()).pw_name}"
+        assert r["source"] == "cli"
         assert r["key_id"] == created["key_id"] and r["status"] == 200
         assert r["details"]["principal"] == "alice" and r["details"]["models"] == ["digits"]
     assert records[1]["details"]["status"] == "revoked"

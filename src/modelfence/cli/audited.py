@@ -3,14 +3,15 @@
 Whoever can run `modelfence keys create` on a server can mint keys without the admin
 API, so the CLI writes the same kind of record the admin API does (`admin:create-key`,
 ...) into the configured audit sink, naming the operating-system account that ran it as
-`cli:<user>`. The sink runs in strict durability: `write()` returns only once the record
-committed, so a change the trail cannot record is refused or undone, never silent.
+`cli:<user>` (from the effective uid). The sink runs in strict durability: `write()`
+returns only once the record committed, so a change the trail cannot record is refused
+or undone, never silent.
 """
 
 from __future__ import annotations
 
-import getpass
 import os
+import pwd
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,11 +24,13 @@ from .common import fail
 
 
 def operator() -> str:
-    """Who ran the command: the OS account (a name, never a credential)."""
+    """Who ran the command: the account of the process's effective uid (a name, never a
+    credential). Not LOGNAME/USER, which whoever runs the command can set to any name."""
+    uid = os.geteuid()
     try:
-        name = getpass.getuser()
-    except (OSError, KeyError):  # no passwd entry and no LOGNAME/USER (some containers)
-        name = f"uid{os.getuid()}"
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:  # a uid with no passwd entry (some containers)
+        name = f"uid{uid}"
     return f"cli:{name}"
 
 
