@@ -12,9 +12,10 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from modelfence.audit.chain import Row
 from modelfence.audit.checkpoint import CheckpointPolicy, Signer, generate_keypair
 from modelfence.audit.store import Query, audit_store_from_url
-from modelfence.audit.store_postgres import PostgresAuditStore
+from modelfence.audit.store_postgres import LOCK_KEY, PostgresAuditStore
 from modelfence.audit.verify import verify_store
 from modelfence.audit.writer import ChainedSink
 from modelfence.errors import StoreError
@@ -140,5 +141,46 @@ async def test_seal_prune_verify_and_tamper_on_postgres(pg_audit_url: str,
             await c.execute("DELETE FROM modelfence_audit WHERE seq = 31")
         damage = (await verify_store(store, public_key=signer.public)).damage
         assert damage is not None and (damage.seq, damage.kind) == (31, "deleted")
+    finally:
+        await store.close()
+
+
+async def test_a_retry_waits_for_the_earlier_attempt_before_looking_for_it(
+        pg_audit_url: str) -> None:
+    """A commit whose reply was lost may still be committing when the retry looks for its
+    first row: the look happens under the advisory lock, so the retry sees it landed and
+    does not write the batch twice."""
+    import asyncio
+
+    from modelfence.audit.chain import Head, entry_from_dict, link
+    from modelfence.audit.spill import Ambiguous
+    from modelfence.audit.writer import _Pending
+
+    entries = [entry_from_dict(Rec(i).to_dict(), now=time.time()) for i in range(3)]
+    rows = link(Head(), entries)
+    sink = ChainedSink(audit_store_from_url(pg_audit_url), retry_s=0)
+    await sink.open()
+    try:
+        async with await psycopg.AsyncConnection.connect(pg_audit_url) as old:
+            # the earlier attempt: rows written under the lock, COMMIT not yet done
+            await old.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+            async with old.cursor() as cur, cur.copy(
+                    "COPY modelfence_audit (" + ",".join(Row._fields) + ") FROM STDIN") as cp:
+                for row in rows:
+                    await cp.write_row(row)
+            retry = asyncio.create_task(sink._attempt(  # the writer's retry of that batch
+                _Pending(entries, Ambiguous(rows[0].seq, rows[0].hash, len(rows)))))
+            await asyncio.sleep(0.5)
+            assert not retry.done()  # waits for the lock, not for nothing
+            await old.commit()
+        await asyncio.wait_for(retry, 10)
+    finally:
+        await sink.close()
+    store = audit_store_from_url(pg_audit_url)
+    await store.open()
+    try:
+        assert [r.request_id for r in await store.select(Query())] == [
+            "req-0", "req-1", "req-2"]
+        assert (await verify_store(store)).ok
     finally:
         await store.close()

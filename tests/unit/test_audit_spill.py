@@ -189,8 +189,8 @@ class LostReplyStore(GatedStore):
         super().__init__(path)
         self.lose = 0
 
-    async def commit(self, plan):  # type: ignore[no-untyped-def]
-        batch = await super().commit(plan)
+    async def commit(self, plan, *, probe=None):  # type: ignore[no-untyped-def]
+        batch = await super().commit(plan, probe=probe)
         if self.lose:
             self.lose -= 1
             self.down = True

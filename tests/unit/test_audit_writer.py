@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from modelfence.audit.chain import Head, Row
 from modelfence.audit.checkpoint import Checkpoint, CheckpointPolicy, Signer
-from modelfence.audit.store import AuditStore, Batch, Plan, Query
+from modelfence.audit.store import AuditStore, Batch, Plan, Probe, Query
 from modelfence.audit.store_sqlite import SqliteAuditStore
 from modelfence.audit.verify import verify_store
 from modelfence.audit.writer import ChainedSink
@@ -37,12 +37,12 @@ class GatedStore(AuditStore):
     async def close(self) -> None:
         await self.inner.close()
 
-    async def commit(self, plan: Plan) -> Batch:
+    async def commit(self, plan: Plan, *, probe: Probe | None = None) -> Batch:
         await self.gate.wait()
         if self.down:
             raise StoreError("disk on fire")
         self.commits += 1
-        return await self.inner.commit(plan)
+        return await self.inner.commit(plan, probe=probe)
 
     async def select(self, query: Query) -> list[Row]:
         return await self.inner.select(query)

@@ -32,6 +32,7 @@ CHECKPOINT_COLUMNS = ("seq", "ts_us", "hash", "key_id", "signature")
 HEAD_SQL = f"SELECT seq, hash FROM {TABLE} ORDER BY seq DESC LIMIT 1"  # noqa: S608
 CHECKPOINTS_SQL = f"SELECT {','.join(CHECKPOINT_COLUMNS)} FROM {CHECKPOINTS} ORDER BY seq"  # noqa: S608
 LAST_CHECKPOINT_SQL = f"{CHECKPOINTS_SQL} DESC LIMIT 1"
+PROBE_SQL = f"SELECT hash FROM {TABLE} WHERE seq = {{mark}}"  # noqa: S608
 SEGMENTS_SQL = f"SELECT manifest FROM {SEGMENTS} ORDER BY last_seq"  # noqa: S608
 SEGMENT_ENDS_SQL = f"SELECT 1 FROM {SEGMENTS} WHERE last_seq = {{mark}}"  # noqa: S608
 DELETE_ROWS_SQL = f"DELETE FROM {TABLE} WHERE seq <= {{mark}}"  # noqa: S608
@@ -78,6 +79,11 @@ class Batch:
 
     rows: list[Row]
     checkpoint: Checkpoint | None = None
+    already: bool = False  # the probe's row is in the store: nothing was written
+
+
+#: (position, hash) of the first row an earlier, failed attempt planned (writer.py).
+Probe = tuple[int, bytes]
 
 
 #: Given the head and newest checkpoint read under the write lock, what to write next.
@@ -133,8 +139,12 @@ class AuditStore(ABC):
         return None
 
     @abstractmethod
-    async def commit(self, plan: Plan) -> Batch:
-        """Write what `plan` returns after the current head, atomically, under the write lock."""
+    async def commit(self, plan: Plan, *, probe: Probe | None = None) -> Batch:
+        """Write what `plan` returns after the current head, atomically, under the write lock.
+
+        With `probe`, first look (under the same lock, so an earlier attempt still
+        committing has finished) whether the row at its position has its hash: then that
+        attempt landed, and nothing is planned or written (`Batch([], already=True)`)."""
 
     @abstractmethod
     async def select(self, query: Query) -> list[Row]: ...

@@ -33,12 +33,14 @@ from .store import (
     HEAD_SQL,
     INSERT_SEGMENT_SQL,
     LAST_CHECKPOINT_SQL,
+    PROBE_SQL,
     SEGMENT_ENDS_SQL,
     SEGMENTS_SQL,
     TABLE,
     AuditStore,
     Batch,
     Plan,
+    Probe,
     Query,
     checkpoint_from_row,
     checkpoint_row,
@@ -121,10 +123,15 @@ class PostgresAuditStore(AuditStore):
                 raise refused(StoreError(f"postgresql audit store: {self._problem(exc)}",
                                          store="audit"), pg_permanent(exc)) from None
 
-    async def commit(self, plan: Plan) -> Batch:
+    async def commit(self, plan: Plan, *, probe: Probe | None = None) -> Batch:
         async def go(conn: Any) -> Batch:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+                if probe is not None:
+                    found = await (await conn.execute(PROBE_SQL.format(mark="%s"),
+                                                      (probe[0],))).fetchone()
+                    if found is not None and bytes(found[0]) == probe[1]:
+                        return Batch([], already=True)
                 head = await (await conn.execute(HEAD_SQL)).fetchone()
                 last = await (await conn.execute(LAST_CHECKPOINT_SQL)).fetchone()
                 batch = plan(Head(head[0], bytes(head[1])) if head else Head(),

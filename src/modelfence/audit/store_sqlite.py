@@ -34,12 +34,14 @@ from .store import (
     HEAD_SQL,
     INSERT_SEGMENT_SQL,
     LAST_CHECKPOINT_SQL,
+    PROBE_SQL,
     SEGMENT_ENDS_SQL,
     SEGMENTS_SQL,
     TABLE,
     AuditStore,
     Batch,
     Plan,
+    Probe,
     Query,
     checkpoint_from_row,
     checkpoint_row,
@@ -107,13 +109,18 @@ class SqliteAuditStore(AuditStore):
         db = self._conn()
         return await asyncio.to_thread(self._locked, lambda: fn(db))
 
-    async def commit(self, plan: Plan) -> Batch:
-        return await self._run(lambda db: self._commit(db, plan))
+    async def commit(self, plan: Plan, *, probe: Probe | None = None) -> Batch:
+        return await self._run(lambda db: self._commit(db, plan, probe))
 
     @staticmethod
-    def _commit(db: sqlite3.Connection, plan: Plan) -> Batch:
+    def _commit(db: sqlite3.Connection, plan: Plan, probe: Probe | None = None) -> Batch:
         db.execute("BEGIN IMMEDIATE")
         try:
+            if probe is not None:
+                found = db.execute(PROBE_SQL.format(mark="?"), (probe[0],)).fetchone()
+                if found is not None and bytes(found[0]) == probe[1]:
+                    db.execute("ROLLBACK")
+                    return Batch([], already=True)
             head = db.execute(HEAD_SQL).fetchone()
             last = db.execute(LAST_CHECKPOINT_SQL).fetchone()
             batch = plan(Head(*head) if head else Head(),

@@ -57,7 +57,7 @@ from .deadletter import DeadLetter
 from .failure import permanent
 from .sinks import AuditSink
 from .spill import Ambiguous, Spill
-from .store import AuditStore, Batch, Plan, Query
+from .store import AuditStore, Batch, Plan
 
 if TYPE_CHECKING:
     from .record import AuditRecord
@@ -441,26 +441,26 @@ class ChainedSink(AuditSink):
 
     async def _attempt(self, pending: _Pending, *, force: bool = False) -> None:
         """Commit `pending` exactly once: if an earlier attempt failed after planning its
-        rows, look first whether they are in the store (the COMMIT may have landed)."""
+        rows, the store first looks, under its write lock, whether they are there (the
+        COMMIT may have landed; under the lock, that attempt has finished either way)."""
         seen = pending.ambiguous
-        if seen is not None:
-            rows = await self.store.select(Query(after_seq=seen.seq - 1, upto_seq=seen.seq,
-                                                 limit=1))
-            pending.ambiguous = None
-            if rows and rows[0].hash == seen.hash:
-                log.info("audit: a batch of %d records whose commit seemed to fail is in the "
-                         "store; not written twice", seen.count)
-                return
         planned: list[Row] = []
         try:
-            await self._commit_once(self._plan(pending.entries, force=force, planned=planned))
+            batch = await self.store.commit(
+                self._plan(pending.entries, force=force, planned=planned),
+                probe=(seen.seq, seen.hash) if seen is not None else None)
         except Exception:
-            if planned:
+            if planned:  # the probe found nothing: only this attempt may have landed
                 pending.ambiguous = Ambiguous(planned[0].seq, planned[0].hash, len(planned))
             raise
+        pending.ambiguous = None
+        if batch.already and seen is not None:
+            log.info("audit: a batch of %d records whose commit seemed to fail is in the "
+                     "store; not written twice", seen.count)
+            return
+        self._committed(batch)
 
-    async def _commit_once(self, plan: Plan) -> None:
-        batch = await self.store.commit(plan)
+    def _committed(self, batch: Batch) -> None:
         if batch.checkpoint is not None:
             self._unsealed = False
             checkpoint_log.info("%s", orjson.dumps(batch.checkpoint.to_dict()).decode())
