@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,7 @@ async def test_leftovers_of_a_stopped_writer_are_cleared_at_open(tmp_path: Path)
     folder = tmp_path / "spill"
     folder.mkdir()
     (folder / "spill-1-1-a.tmp").write_bytes(b"")  # died while making its segment
+    os.utime(folder / "spill-1-1-a.tmp", (1, 1))  # long ago (a fresh one may be in the making)
     done = folder / "spill-2-2-b.log"  # replayed to the end, not yet removed
     done.write_bytes(b"MFSPILL1" + (16).to_bytes(8, "big"))
     spill = Spill(folder, 1 << 20)

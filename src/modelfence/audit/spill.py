@@ -19,6 +19,13 @@ would have had, and the replay first looks there (`Ambiguous`). The offset is re
 and fsync'd after each replayed batch, so a crash between a commit and that write
 replays at most that batch twice, never skips one. A torn last line (a crash
 mid-append) is cut off at open.
+
+Several processes share the folder, so: a fully replayed adopted segment gets its final
+offset written before it is unlinked, and a segment whose lock is taken after it was
+unlinked (`st_nlink == 0`) is skipped, so a process that opened it just before is not
+fooled into replaying it again; a new segment whose lock cannot be taken is abandoned for
+another name; and a `.tmp` left by a writer that died making its segment is removed only
+once it is older than `TMP_STALE_S`, never the one a living writer is making right now.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ log = logging.getLogger("modelfence.audit")
 MAGIC = b"MFSPILL1"
 HEADER = 16
 PATTERN = "spill-*.log"
+TMP_STALE_S = 60.0  # a writer renames its new segment within microseconds
 
 
 def _noop(n: int) -> None:
@@ -200,8 +208,8 @@ class Spill:
             except OSError as exc:
                 log.error("audit spill %s cannot be read: %s", path, exc.strerror)
                 continue
-            if not _lock(file):  # a running writer's own segment
-                file.close()
+            if not _lock(file) or os.fstat(file.fileno()).st_nlink == 0:
+                file.close()  # a running writer's own segment, or one replayed and removed
                 continue
             offset, size, records = _read_segment(path, file)
             if not records:  # replayed to the end before its writer stopped
@@ -212,18 +220,26 @@ class Spill:
         for path in self.folder.glob("spill-*.tmp"):  # a writer died making its segment
             try:
                 with path.open("rb") as tmp:
-                    if _lock(tmp):
+                    st = os.fstat(tmp.fileno())
+                    if time.time() - st.st_mtime < TMP_STALE_S:
+                        continue  # maybe being made right now, not yet locked
+                    if _lock(tmp) and os.stat(path).st_ino == st.st_ino:
                         path.unlink(missing_ok=True)
             except OSError:  # renamed by its (living) writer meanwhile
                 continue
 
     def _create(self) -> _Segment:
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        name = f"spill-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp = self.folder / f"{name}.tmp"
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # records: owner only
-        file = os.fdopen(fd, "r+b")
-        _lock(file)  # nobody else can know the temporary name
+        for _ in range(3):
+            name = f"spill-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            tmp = self.folder / f"{name}.tmp"
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # owner only
+            file = os.fdopen(fd, "r+b")
+            if _lock(file):
+                break
+            file.close()  # another process holds it (a cleaner): leave it, take a new name
+        else:
+            raise OSError("a new spill segment could not be locked")
         file.write(MAGIC + HEADER.to_bytes(8, "big"))
         file.flush()
         os.fsync(fd)
@@ -357,7 +373,8 @@ class Spill:
     def _advance(seg: _Segment, offset: int, remaining: int) -> None:
         if remaining:
             seg.mark(offset)
-        elif seg.adopted:
+        elif seg.adopted:  # the end first: whoever opened it before the unlink sees it done
+            seg.mark(offset)
             seg.path.unlink(missing_ok=True)
             seg.file.close()
         else:
