@@ -15,6 +15,10 @@ must arrive at `last_hash`. The manifest, signed with the checkpoint key, says::
 The signature covers the canonical JSON of every other field. A copy of the manifest is
 kept in the store, so that once records ≤ b are pruned the live chain starts from a
 signed `last_hash` instead of from nothing.
+
+Archives hold full records, so, like the store and the spill, they are the owner's only:
+files 0600 in a folder made (or tightened to) 0700. The folder is fsync'd after the
+manifest and the archive are put in place, so a power cut cannot lose the names.
 """
 
 from __future__ import annotations
@@ -171,6 +175,29 @@ class _Hashing:
         self.f.flush()
 
 
+def private_folder(folder: Path) -> None:
+    """Make `folder` 0700, or take group and other access away from an existing one."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if folder.stat().st_mode & 0o077:
+        with contextlib.suppress(PermissionError):  # not ours: its owner decides
+            os.chmod(folder, 0o700)
+
+
+def _create_private(path: Path) -> int:
+    """A new (or emptied) file only the owner can read, whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a leftover of a crash kept its old mode
+    return fd
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class SegmentWriter:
     """Writes one archive file; `finish` signs its manifest and puts both in place.
 
@@ -185,9 +212,9 @@ class SegmentWriter:
         self.count = 0
         self.last: Row | None = None
         self.first_time_us = 0
-        folder.mkdir(parents=True, exist_ok=True)
+        private_folder(folder)
         self._tmp = folder / f".{stem(first_seq, 0)}.{os.getpid()}.tmp"
-        self._raw = self._tmp.open("wb")
+        self._raw = os.fdopen(_create_private(self._tmp), "wb")
         self._hashing = _Hashing(self._raw)
         self._gz = gzip.GzipFile(filename="", mode="wb", fileobj=self._hashing,
                                  compresslevel=COMPRESSLEVEL, mtime=0)
@@ -217,7 +244,10 @@ class SegmentWriter:
             sha256=self._hashing.sha.hexdigest(), created_us=now_us, key_id=signer.key_id)
         m = Manifest(**{**asdict(unsigned), "signature": signer.sign_message(unsigned.message())})
         tmp_manifest = self._tmp.with_suffix(".manifest")
-        tmp_manifest.write_bytes(m.to_json())
+        with os.fdopen(_create_private(tmp_manifest), "wb") as f:
+            f.write(m.to_json())
+            f.flush()
+            os.fsync(f.fileno())
         path = manifest_path(self.folder, m)
         try:
             os.link(tmp_manifest, path)  # never replaces a manifest already there
@@ -226,6 +256,7 @@ class SegmentWriter:
         finally:
             tmp_manifest.unlink(missing_ok=True)
         os.replace(self._tmp, self.folder / name)  # the same bytes if one was there
+        _fsync_dir(self.folder)
         return m
 
     def _adopt(self, path: Path, new: Manifest, signer: Signer) -> Manifest:
