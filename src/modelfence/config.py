@@ -96,6 +96,7 @@ class ServerSettings(_Strict):
         return v
 
 
+_MIN_ADMIN_TOKEN = 24  # characters of an admin token read from a file or variable
 ADMIN_SCOPES = ("keys:read", "keys:write", "policy:read", "policy:write", "risk:read",
                 "alerts:read")
 
@@ -661,12 +662,18 @@ class Settings(_Strict):
         return _secret_bytes(_read_secret_file(self.secret_file), str(self.secret_file))
 
     def admin_token(self) -> str | None:
+        """The full-power admin token; like a scoped one it needs 24 characters or more."""
         env = os.environ.get(ADMIN_TOKEN_ENV)
         if env:
-            return env.strip()
-        if self.admin.token_file is None:
+            token, where = env.strip(), ADMIN_TOKEN_ENV
+        elif self.admin.token_file is None:
             return None
-        return _read_secret_file(self.admin.token_file)
+        else:
+            token, where = _read_secret_file(self.admin.token_file), str(self.admin.token_file)
+        if len(token) < _MIN_ADMIN_TOKEN:
+            raise ConfigurationError(f"{where}: the admin token needs {_MIN_ADMIN_TOKEN} "
+                                     f"characters or more (it has {len(token)})")
+        return token
 
     def admin_token_sha256s(self) -> list[tuple[AdminCredential, str]]:
         """Each scoped admin token's SHA-256 (hex), read from its file or variable at start."""
@@ -684,8 +691,9 @@ class Settings(_Strict):
                 assert cred.token_file is not None
                 token = _read_secret_file(cred.token_file)
                 where = f"admin.tokens {cred.name}: {cred.token_file}"
-            if len(token) < 24:
-                raise ConfigurationError(f"{where}: an admin token needs 24 characters or more")
+            if len(token) < _MIN_ADMIN_TOKEN:
+                raise ConfigurationError(f"{where}: an admin token needs {_MIN_ADMIN_TOKEN} "
+                                         "characters or more")
             out.append((cred, hashlib.sha256(token.encode()).hexdigest()))
         return out
 

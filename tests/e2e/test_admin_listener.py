@@ -439,3 +439,13 @@ async def test_a_key_whose_audit_record_cannot_be_written_is_revoked_unused(
     finally:
         gw.stop()
     assert "Traceback" not in gw.log.read_text()
+
+
+def test_serve_refuses_a_short_admin_token_in_one_line(tmp_path: Path,
+                                                       digits_files: dict[str, Path]) -> None:
+    gw = Gateway(tmp_path / "gw", [skops_model(digits_files)], admin_token="changeme")
+    gw.write_config()
+    out = cli("serve", "--config", str(gw.config), check=False)
+    assert out.returncode == 2, out
+    assert "admin-token: the admin token needs 24 characters or more (it has 8)" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout

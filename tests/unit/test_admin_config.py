@@ -130,3 +130,23 @@ def test_a_scoped_admin_names_what_it_may_not_grant() -> None:
     full = AdminIdentity("admin", frozenset({"keys:write"}), frozenset({"*"}))
     assert full.refusals("any", ["partners"], ["clearance"]) == []
     assert full.covers_key(["x"], "any")
+
+
+def test_a_short_full_power_admin_token_refuses_to_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The full-power token needs 24+ characters, as scoped ones do, wherever it comes from."""
+    (tmp_path / "admin-token").write_text("changeme\n")
+    s = settings_from_mapping({"admin": {"token_file": "admin-token"}}, base_dir=tmp_path)
+    monkeypatch.delenv("MODELFENCE_ADMIN_TOKEN", raising=False)
+    with pytest.raises(ConfigurationError, match=r"admin-token: the admin token needs 24 "
+                                                 r"characters or more \(it has 8\)"):
+        s.admin_token()
+    monkeypatch.setenv("MODELFENCE_ADMIN_TOKEN", "t" * 23)
+    with pytest.raises(ConfigurationError, match="MODELFENCE_ADMIN_TOKEN: the admin token "
+                                                 "needs 24 characters or more"):
+        s.admin_token()
+    monkeypatch.setenv("MODELFENCE_ADMIN_TOKEN", "t" * 24)
+    assert s.admin_token() == "t" * 24
+    (tmp_path / "admin-token").write_text("a" * 24 + "\n")
+    monkeypatch.delenv("MODELFENCE_ADMIN_TOKEN")
+    assert s.admin_token() == "a" * 24

@@ -86,14 +86,18 @@ def start_gateway(path: Path, host: str, port: int, workers: int, access_log: bo
 
 
 def preflight(path: Path) -> None:
-    """Build and open the gateway once, so a bad model or store fails here in one line."""
+    """Build and open the gateway once, so a bad model, store or admin token fails here in
+    one line (not in each worker, with a traceback)."""
     import asyncio
 
     from ..config import load_settings
     from ..gateway.app import build_gateway
 
     async def check() -> None:
-        gw = build_gateway(load_settings(path))
+        settings = load_settings(path)
+        settings.admin_token()  # each worker reads them again, but a bad one fails here
+        settings.admin_token_sha256s()
+        gw = build_gateway(settings)
         try:
             await gw.start()
         finally:
