@@ -449,3 +449,50 @@ def test_serve_refuses_a_short_admin_token_in_one_line(tmp_path: Path,
     assert out.returncode == 2, out
     assert "admin-token: the admin token needs 24 characters or more (it has 8)" in out.stderr
     assert "Traceback" not in out.stderr + out.stdout
+
+
+async def test_serve_removes_only_a_stale_admin_socket(tmp_path: Path,
+                                                      digits_files: dict[str, Path]) -> None:
+    """A file that is not a socket, or the socket of a server that answers on it, stops the
+    start and is left alone; a socket nobody answers on (a killed server's) is replaced."""
+    import socket
+
+    sock = tmp_path / "run" / "admin.sock"
+    sock.parent.mkdir()
+
+    def unix_gateway(name: str) -> Gateway:
+        gw = Gateway(tmp_path / name, [skops_model(digits_files)])
+        gw.extra["server"] = {"host": "127.0.0.1", "port": gw.port,
+                              "admin_listen": f"unix:{sock}"}
+        return gw
+
+    sock.write_text("not a socket")
+    refused = unix_gateway("file")
+    try:
+        with pytest.raises(RuntimeError, match=f"{sock} exists and is not a socket"):
+            refused.start()
+    finally:
+        refused.stop()
+    assert sock.read_text() == "not a socket"
+    sock.unlink()
+
+    stale = socket.socket(socket.AF_UNIX)  # bound, never listening: nobody answers
+    stale.bind(str(sock))
+    stale.close()
+    first = unix_gateway("first").start()
+    try:
+        status, _, _ = await call("http://admin/admin/keys", token=first.admin_token,
+                                  connector=aiohttp.UnixConnector(path=str(sock)))
+        assert status == 200
+        second = unix_gateway("second")
+        try:
+            with pytest.raises(RuntimeError, match=f"another server answers on {sock}"):
+                second.start()
+        finally:
+            second.stop()
+        status, _, _ = await call("http://admin/admin/keys", token=first.admin_token,
+                                  connector=aiohttp.UnixConnector(path=str(sock)))
+        assert status == 200  # the first server's socket is still there and its own
+        assert "Traceback" not in second.log.read_text()
+    finally:
+        first.stop()

@@ -14,6 +14,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +24,49 @@ from ..errors import ConfigurationError
 
 log = logging.getLogger("modelfence.admin")
 _BACKLOG = 128
+_PROBE_S = 1.0  # how long a server on an existing admin socket has to accept
 
 
 def bind_admin_socket(address: str) -> Any:
-    """Bind (and listen on) `address`; a granian SocketHolder. OSError names the cause."""
+    """Bind (and listen on) `address`; a granian SocketHolder. OSError names the cause; a
+    path that is taken (`remove_stale_socket`) is a ConfigurationError."""
     from granian._granian import ListenerSpec, UnixListenerSpec
 
     where = listen_address(address)
     if isinstance(where, Path):
         where.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            where.unlink()  # a socket file left by a killed server
+        remove_stale_socket(where, address)
         holder = UnixListenerSpec(str(where), _BACKLOG, 0o660).build()
         return holder
     return ListenerSpec(where[0], where[1], _BACKLOG).build()
+
+
+def remove_stale_socket(path: Path, address: str) -> None:
+    """Remove the socket a killed server left at `path`, and nothing else: a file that is
+    not a socket (or a link) is someone's data, and a socket a server answers on is that
+    server's (a second gateway would take its admin API over)."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ConfigurationError(f"server.admin_listen: cannot listen on {address}: {path} "
+                                 "exists and is not a socket; remove it or pick another path")
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(_PROBE_S)
+        try:
+            probe.connect(str(path))
+        except (ConnectionRefusedError, FileNotFoundError):
+            pass  # nobody listens: stale
+        except OSError as exc:  # a server too busy to accept is still a server
+            raise ConfigurationError(f"server.admin_listen: cannot listen on {address}: "
+                                     f"{path} does not answer in time ({exc.__class__.__name__})"
+                                     "; stop whatever holds it") from None
+        else:
+            raise ConfigurationError(f"server.admin_listen: cannot listen on {address}: "
+                                     f"another server answers on {path}")
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
 
 
 def _embedded_server(app: Any, holder: Any) -> Any:
