@@ -144,10 +144,30 @@ def run_demo(home: Path, port: int) -> tuple[subprocess.Popen[str], str]:
             break
         lines.append(line)
         if line.startswith("curl -s http") and "/infer" in line:
-            wait_http(f"http://127.0.0.1:{port}/v2/health/ready", proc=None)
+            try:
+                wait_http(f"http://127.0.0.1:{port}/v2/health/ready", proc=proc)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
             return proc, line.strip()
     proc.kill()
     raise AssertionError("demo printed no curl command:\n" + "".join(lines))
+
+
+def free_port_pair() -> int:
+    """A free port whose next port is free too: the demo's admin listener takes port + 1."""
+    import socket
+
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two free ports in a row on loopback")
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
@@ -162,7 +182,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 
 def test_demo_prints_a_curl_that_works_and_reuses_its_model(tmp_path: Path) -> None:
-    port = free_port()
+    port = free_port_pair()
     proc, curl = run_demo(tmp_path, port)
     try:
         answer = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=20)

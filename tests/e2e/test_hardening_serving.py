@@ -62,11 +62,17 @@ def stalled(gw: Gateway, key: str) -> socket.socket:
 
 
 def answer(s: socket.socket, timeout_s: float = 10.0) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and body of the one response on `s`, read until the server closes."""
+    """Status, headers and body of the one response on `s`: read up to its Content-Length, or
+    until the server closes. (After a 408 to a stalled body granian sends `connection: close`
+    but does not always close at once, so the length, not the close, ends the answer.)"""
     s.settimeout(timeout_s)
     data = b""
     while chunk := s.recv(65536):
         data += chunk
+        raw_head, sep, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"(?im)^content-length: *(\d+)", raw_head)
+        if sep and length and len(body) >= int(length.group(1)):
+            break
     raw_head, _, body = data.partition(b"\r\n\r\n")
     lines = raw_head.decode("latin-1").split("\r\n")
     headers = dict(line.lower().split(": ", 1) for line in lines[1:] if ": " in line)
