@@ -86,7 +86,7 @@ def start_modelfence(stack: ExitStack, folder: Path, upstream: str, src: Path | 
     port = free_port()
     config = folder / "modelfence.yaml"
     config.write_text(yaml.safe_dump({
-        "server": {"host": HOST, "port": port, "workers": 1},
+        "server": {"host": HOST, "port": port, "workers": 1, "admin_listen": None},
         "secret_file": "secret",
         "stores": {"keys": "sqlite:///keys.db"},
         "models": [],

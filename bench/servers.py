@@ -158,7 +158,7 @@ def gateway_config(port: int, backend_url: str, audit_sink: str) -> dict[str, An
     """The full chain (API-key identity, model access, bounded body, validation, metrics,
     audit to `audit_sink`); one worker; `digits` on the upstream OIP server."""
     return {
-        "server": {"host": HOST, "port": port, "workers": 1},
+        "server": {"host": HOST, "port": port, "workers": 1, "admin_listen": None},
         "secret_file": "secret",
         "stores": {"keys": "sqlite:///keys.db"},
         "audit": {"sink": audit_sink},

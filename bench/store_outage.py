@@ -90,12 +90,12 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     with scratch_database(args.pg, "modelfence_outage_bench") as direct, ExitStack() as stack:
         proxy, url = stack.enter_context(proxied_postgres(direct))
         model = train_digits(folder)["skops"]
-        port = free_port()
+        port, admin_port = free_port(), free_port()
         (folder / "secret").write_text(secrets.token_urlsafe(48))
         (folder / "admin-token").write_text(secrets.token_urlsafe(24))
         config = folder / "modelfence.yaml"
         config.write_text(yaml.safe_dump({
-            "server": {"host": HOST, "port": port},
+            "server": {"host": HOST, "port": port, "admin_listen": f"{HOST}:{admin_port}"},
             "secret_file": "secret", "admin": {"token_file": "admin-token"},
             "stores": {"keys": url}, "key_cache_ttl_s": 1.0,
             "audit": {"sink": url if args.audit_on_pg else "jsonl:///audit.jsonl"},
