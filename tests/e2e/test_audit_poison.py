@@ -13,7 +13,6 @@ import secrets
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -30,18 +29,6 @@ from ..unit.test_audit_chain import Rec
 pytestmark = pytest.mark.postgres
 
 BODY = json.dumps(infer_body(digits_rows(1))).encode()
-
-
-@pytest.fixture
-def audit_url(pg_url: str) -> Iterator[str]:
-    """A schema of its own (search_path through libpq's `options`): the chain starts empty."""
-    schema = f"mf_poison_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in pg_url else "?"
-    yield f"{pg_url}{sep}options=-csearch_path%3D{schema}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def post(gw: Gateway, model_path: str, key: str | None) -> int:
@@ -64,11 +51,11 @@ def models_recorded(url: str) -> list[str | None]:
 
 
 def test_a_nul_or_huge_model_name_does_not_stop_the_audit_log(
-        tmp_path: Path, digits_files: dict[str, Path], audit_url: str) -> None:
+        tmp_path: Path, digits_files: dict[str, Path], pg_audit_url: str) -> None:
     cli("audit", "keygen", "--out", str(tmp_path / "cp.pem"))
     gw = Gateway(tmp_path, [{"name": "digits", "backend": {
         "type": "skops", "path": str(digits_files["skops"])}}], extra={
-        "audit": {"sink": audit_url, "durability": "strict", "checkpoint_key_file": "cp.pem",
+        "audit": {"sink": pg_audit_url, "durability": "strict", "checkpoint_key_file": "cp.pem",
                   "spill_dir": "audit-spill"}})
     gw.start()
     try:
@@ -80,12 +67,12 @@ def test_a_nul_or_huge_model_name_does_not_stop_the_audit_log(
         for _ in range(3):
             assert post(gw, "digits", key) == 200  # later calls are served and recorded
         deadline = time.monotonic() + 20
-        while models_recorded(audit_url).count("digits") < 3:
-            assert time.monotonic() < deadline, models_recorded(audit_url)
+        while models_recorded(pg_audit_url).count("digits") < 3:
+            assert time.monotonic() < deadline, models_recorded(pg_audit_url)
             time.sleep(0.1)
     finally:
         gw.stop()
-    models = models_recorded(audit_url)
+    models = models_recorded(pg_audit_url)
     assert models[-3:] == ["digits"] * 3
     assert all(m is None or ("\x00" not in m and len(m) <= 256) for m in models)
     assert any(m is not None and m.endswith("…(truncated)") for m in models)
@@ -96,19 +83,19 @@ def test_a_nul_or_huge_model_name_does_not_stop_the_audit_log(
     assert not list((tmp_path / "audit-spill").glob("spill-*.log"))
 
 
-async def test_the_writer_sets_aside_what_postgresql_refuses(audit_url: str,
+async def test_the_writer_sets_aside_what_postgresql_refuses(pg_audit_url: str,
                                                              tmp_path: Path) -> None:
     """Records straight to the writer (no record building to clean them): PostgreSQL's
     own refusals (a NUL: class 22; an index entry too large: class 54) are set aside."""
     poison = {3: "\x00", 5: secrets.token_hex(2500)}
-    sink = ChainedSink(audit_store_from_url(audit_url), batch_max=64, flush_interval_ms=50,
+    sink = ChainedSink(audit_store_from_url(pg_audit_url), batch_max=64, flush_interval_ms=50,
                        retry_s=0.05, spill=Spill(tmp_path / "spill", 1 << 20))
     await sink.open()
     for i in range(9):
         await sink.write(Rec(i, model=poison.get(i, "m")))  # type: ignore[arg-type]
     await sink.close()
     assert sink.dead_lettered == 2 and sink.lost == 0
-    store = audit_store_from_url(audit_url)
+    store = audit_store_from_url(pg_audit_url)
     await store.open()
     try:
         rows = await store.select(Query())

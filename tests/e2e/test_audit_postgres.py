@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import secrets
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -24,18 +22,6 @@ from ..unit.test_audit_chain import Rec
 from .test_audit_crash import crash_and_recover, start_writer, verify
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def pg_audit_url(pg_url: str) -> Iterator[str]:
-    """A schema of its own, chosen through libpq's `options` (search_path)."""
-    schema = f"mf_audit_{secrets.token_hex(4)}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in pg_url else "?"
-    yield f"{pg_url}{sep}options=-csearch_path%3D{schema}"
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 async def test_append_query_verify_and_tamper(pg_audit_url: str) -> None:

@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ..errors import RetentionRefused
 from .chain import GENESIS, Row, row_hash
 from .checkpoint import Signer, signature_problem
+from .files import fsync_dir
 
 _TYPE = "modelfence.audit.segment"
 _MARK = b',"record":'
@@ -190,14 +191,6 @@ def _create_private(path: Path) -> int:
     return fd
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class SegmentWriter:
     """Writes one archive file; `finish` signs its manifest and puts both in place.
 
@@ -256,7 +249,7 @@ class SegmentWriter:
         finally:
             tmp_manifest.unlink(missing_ok=True)
         os.replace(self._tmp, self.folder / name)  # the same bytes if one was there
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         return m
 
     def _adopt(self, path: Path, new: Manifest, signer: Signer) -> Manifest:

@@ -44,6 +44,7 @@ from typing import BinaryIO
 import orjson
 
 from .chain import Entry
+from .files import fsync_dir
 
 log = logging.getLogger("modelfence.audit")
 
@@ -102,14 +103,6 @@ def _line(e: Entry) -> bytes:
 def _entry(line: bytes) -> Entry:
     ts, rid, principal, tenant, model, action, status, payload = orjson.loads(line)
     return Entry(ts, rid, principal, tenant, model, action, status, payload.encode())
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass(eq=False)
@@ -245,7 +238,7 @@ class Spill:
         os.fsync(fd)
         path = tmp.with_suffix(".log")
         os.rename(tmp, path)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         return _Segment(path, file)
 
     async def append(self, entries: list[Entry], ambiguous: Ambiguous | None = None) -> bool:
