@@ -40,10 +40,11 @@ RATE_LIMIT_DOWN = {"error": "the rate limit store is unavailable; request denied
 RECOVERY_S = 5.0  # longest wait for the first answer after a store comes back
 
 
-def http(gw: Gateway, key: str, model: str = "digits") -> tuple[int, dict[str, Any], float]:
-    """POST one inference; (status, body, seconds)."""
+def post_json(gw: Gateway, path: str, data: bytes, key: str
+              ) -> tuple[int, dict[str, Any], float]:
+    """POST a JSON body to the gateway; (status, body, seconds), errors included."""
     req = urllib.request.Request(  # noqa: S310 (loopback only)
-        f"{gw.url}/v2/models/{model}/infer", data=BODY, method="POST",
+        f"{gw.url}{path}", data=data, method="POST",
         headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
     started = time.monotonic()
     try:
@@ -52,6 +53,11 @@ def http(gw: Gateway, key: str, model: str = "digits") -> tuple[int, dict[str, A
     except urllib.error.HTTPError as exc:
         with exc:
             return exc.code, json.loads(exc.read()), time.monotonic() - started
+
+
+def http(gw: Gateway, key: str, model: str = "digits") -> tuple[int, dict[str, Any], float]:
+    """POST one inference; (status, body, seconds)."""
+    return post_json(gw, f"/v2/models/{model}/infer", BODY, key)
 
 
 def readiness(gw: Gateway) -> tuple[int, str | None]:
@@ -374,16 +380,7 @@ def test_postgres_outage_under_load_refuses_fast_and_logs_once(
 def chat(gw: Gateway, key: str) -> tuple[int, dict[str, Any], float]:
     """POST one /v1 chat completion; (status, body, seconds)."""
     body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
-    req = urllib.request.Request(  # noqa: S310 (loopback only)
-        f"{gw.url}/v1/chat/completions", data=json.dumps(body).encode(), method="POST",
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    started = time.monotonic()
-    try:
-        with urllib.request.urlopen(req, timeout=15) as r:  # noqa: S310 (loopback only)
-            return r.status, json.loads(r.read()), time.monotonic() - started
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.loads(exc.read()), time.monotonic() - started
+    return post_json(gw, "/v1/chat/completions", json.dumps(body).encode(), key)
 
 
 @pytest.mark.postgres
