@@ -590,8 +590,18 @@ class MonitorSettings(_Strict):
     `state_dir` on stop and every `snapshot_interval_s`.
     """
 
-    threshold: float = Field(0.5, gt=0.0, le=1.0, description="risk at which a caller is "
-                             "flagged and an alert raised")
+    threshold: float = Field(0.5, gt=0.0, le=1.0, description="risk at which a caller's "
+                             "episode starts: it is flagged and one alert raised")
+    release: float | None = Field(
+        None, ge=0.0, lt=1.0, description="an episode ends only when the risk is below this "
+        "(default 0.6 x threshold) ...")
+    min_dwell_s: float = Field(600.0, ge=0.0, description="... and at least this long after "
+                               "it started ...")
+    hold_s: float = Field(86_400.0, ge=0.0, description="... and this long after the sticky "
+                          "detectors alone last reached the threshold (synthetic queries)")
+    sticky: list[str] = Field(
+        default_factory=lambda: ["ood", "prada", "boundary", "naturalness"],
+        description="detectors whose evidence is of synthetic queries; unknown names ignored")
     detectors: list[str] = Field(
         default_factory=lambda: ["prada", "boundary", "duplicates", "ood", "coverage", "volume"])
     max_principals: int = Field(10_000, ge=1, description="callers kept per model (LRU)")
@@ -610,6 +620,13 @@ class MonitorSettings(_Strict):
     @classmethod
     def _redis(cls, v: str | None) -> str | None:
         return redis_url(v, "monitor.shared")
+
+    @model_validator(mode="after")
+    def _release(self) -> MonitorSettings:
+        if self.release is not None and self.release >= self.threshold:
+            raise ValueError(f"monitor.release ({self.release}) must be below the threshold "
+                             f"({self.threshold})")
+        return self
 
 
 class Settings(_Strict):

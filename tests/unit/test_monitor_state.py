@@ -192,8 +192,11 @@ def test_peek_is_the_cached_risk(world: World) -> None:
     assert monitor.peek("nobody") == 0.0 and monitor.peek_tenant("nobody") == 0.0
 
 
-def test_crossings_are_rising_edges(world: World) -> None:
-    monitor = Monitor(world.summary, MonitorSettings(detectors=("ood",)))
+def test_crossings_are_episode_starts(world: World) -> None:
+    # no dwell and no hold: an episode ends as soon as the raw risk is below release
+    # (tests/unit/test_episodes.py covers dwell, hold and hysteresis)
+    monitor = Monitor(world.summary, MonitorSettings(detectors=("ood",), min_dwell_s=0.0,
+                                                     hold_s=0.0))
     thief = world.attack(UniformRandom("soft", 4), 100)
     calm = world.benign(400, 2)
     now = iter(T0 + np.arange(1000.0))
@@ -208,7 +211,7 @@ def test_crossings_are_rising_edges(world: World) -> None:
     first = feed(thief)
     assert len(first) == 1 and first[0].subject_kind == "principal" and first[0].risk.flagged
     assert feed(thief[:20]) == []  # still flagged: no new crossing
-    assert feed(calm) == [] and not monitor.risk("x").flagged  # fell below, quietly
+    assert feed(calm) == [] and not monitor.risk("x").flagged  # released, quietly
     again = feed(thief)
     assert [c.subject for c in again] == ["x"]
 

@@ -1,11 +1,13 @@
-"""What happens when a caller's extraction risk crosses the threshold.
+"""What happens when a caller's extraction episode starts: one alert per episode.
 
-An alert is three things at once: an `alert:monitor` audit record (so `modelfence alerts`,
-the admin API and the tamper-evident trail all show it), a Prometheus counter, and a JSON
-POST to a webhook. The webhook body is signed as Stripe and GitHub sign theirs:
-``X-Modelfence-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "t.body">``, so a receiver
-can check origin and reject replays. The URL is never logged (it may carry a token), and
-a redirect is not followed: the signed alert would go to a host nobody configured.
+A principal whose tenant is flagged by the same observation raises one alert that names both
+(`tenant_risk`), not two; a tenant flagged without its principal (evidence spread over keys)
+raises a tenant alert. An alert is three things at once: an `alert:monitor` audit record (so
+`modelfence alerts`, the admin API and the tamper-evident trail all show it), a Prometheus
+counter, and a JSON POST to a webhook. The webhook body is signed as Stripe and GitHub sign
+theirs: ``X-Modelfence-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "t.body">``, so a
+receiver can check origin and reject replays. The URL is never logged (it may carry a token),
+and a redirect is not followed: the signed alert would go to a host nobody configured.
 """
 
 from __future__ import annotations
@@ -42,15 +44,20 @@ class Alert:
     risk: float
     queries: int
     explanation: str
+    tenant_risk: float | None = None  # the tenant's, when its episode started with this one
 
     def describe(self) -> str:
+        also = ("" if self.tenant_risk is None else
+                f"; its tenant {self.tenant} is flagged too (risk {self.tenant_risk:.2f})")
         return (f"extraction risk {self.risk:.2f} for {self.kind} {self.subject} on model "
-                f"{self.model} after {self.queries} queries: {self.explanation}")
+                f"{self.model} after {self.queries} queries{also}: {self.explanation}")
 
     def to_json(self) -> dict[str, Any]:
         return {"type": "monitor.alert", "time": datetime.now(UTC).isoformat(),
                 "model": self.model, "kind": self.kind, "subject": self.subject,
                 "tenant": self.tenant, "risk": round(self.risk, 4), "queries": self.queries,
+                "tenant_flagged": self.tenant_risk is not None,
+                "tenant_risk": None if self.tenant_risk is None else round(self.tenant_risk, 4),
                 "explanation": self.explanation}
 
 

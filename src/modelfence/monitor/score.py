@@ -14,9 +14,11 @@ monitor's memory is bounded by settings alone.
 Each caller's rows pass its `Repeats` first: exact repeats of its recent rows reach only the
 volume detector. `observe` recomputes the risk of the callers it updates (the readings of
 detectors that saw new rows) and caches it, so the request path reads a risk with one
-dictionary lookup (`peek`), and reports callers that have just crossed the threshold
-(`Crossing`). `snapshot` and `restore` carry the whole state as plain arrays
-(.npz, no pickle) for persistence and for replicas that share one monitor's state.
+dictionary lookup (`peek`). The score the gateway acts on is held by each caller's episode
+(`monitor.episodes`: hysteresis, a minimum dwell, a sticky hold for synthetic queries), and
+`observe` reports each episode's start once (`Crossing`). `snapshot` and `restore` carry
+the whole state as plain arrays (.npz, no pickle) for persistence and for replicas that
+share one monitor's state.
 """
 
 from __future__ import annotations
@@ -34,11 +36,13 @@ import numpy as np
 
 from ..errors import ConfigurationError
 from .detectors import DETECTORS, ROW, Cells, Detector, PeerStats, Reading, Repeats, Shared
+from .episodes import NO_EPISODE, STICKY, Episode, Hysteresis, check_hysteresis, step
 from .summary import Array, Summary
 
 #: What `snapshot` writes; `restore` reads only this format and version (2: float32 rows,
-#: each caller's repeat digests, the peer table's latest hour).
-SNAPSHOT_FORMAT, SNAPSHOT_VERSION = "modelfence-monitor", 2
+#: each caller's repeat digests, the peer table's latest hour; 3: each caller's episode and
+#: its raw risk).
+SNAPSHOT_FORMAT, SNAPSHOT_VERSION = "modelfence-monitor", 3
 
 Kind = Literal["principal", "tenant"]
 
@@ -48,8 +52,12 @@ class MonitorSettings:
     """Monitor settings; moves into config.py when the monitor is wired into the gateway."""
 
     detectors: tuple[str, ...] = ("prada", "boundary", "duplicates", "ood", "coverage", "volume")
-    threshold: float = 0.5  # risk at or above which a caller is flagged
+    threshold: float = 0.5  # raw risk at or above which a caller's episode starts
     max_principals: int = 10_000  # per table: principals, and tenants
+    release: float | None = None  # raw risk below which an episode may end; None: 0.6 x threshold
+    min_dwell_s: float = 600.0  # an episode lasts at least this long
+    hold_s: float = 86_400.0  # how long synthetic-query evidence keeps an episode going
+    sticky: tuple[str, ...] = STICKY  # detectors whose evidence is of synthetic queries
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.detectors) - set(DETECTORS))
@@ -58,18 +66,26 @@ class MonitorSettings:
                 f"unknown monitor detector(s) {unknown}; use: {', '.join(sorted(DETECTORS))}")
         if not 0.0 < self.threshold <= 1.0:
             raise ConfigurationError("monitor threshold must be in (0, 1]")
+        check_hysteresis(self.threshold, self.release, self.min_dwell_s, self.hold_s)
         if self.max_principals < 1:
             raise ConfigurationError("monitor max_principals must be at least 1")
 
 
 @dataclass(frozen=True)
 class Risk:
-    """A caller's risk, whether it crosses the threshold, and each detector's part in it."""
+    """A caller's risk, whether it is flagged, and each detector's part in it.
+
+    `score` is the effective risk the gateway acts on (held by the episode's hysteresis),
+    `raw` the detectors' combined score of the last observation, `flagged` whether an
+    episode is on (`episode` says since when and any sticky hold).
+    """
 
     score: float
     flagged: bool
     queries: int
     readings: dict[str, Reading] = field(default_factory=dict)
+    raw: float = 0.0
+    episode: Episode = NO_EPISODE
 
     def explain(self) -> str:
         parts = [f"{n} {r.score:.2f} ({r.why})" for n, r in self.readings.items() if r.score > 0]
@@ -81,18 +97,28 @@ NO_RISK = Risk(0.0, False, 0)
 
 @dataclass(frozen=True)
 class Crossing:
-    """A principal or tenant whose risk rose to the threshold in this observe (rising edge)."""
+    """An episode that started with this observe: one per alert to raise.
+
+    A principal's episode names its `tenant`; when the tenant's episode started with the same
+    observation, `tenant_risk` carries it and there is no second Crossing for the tenant. A
+    tenant's episode is a Crossing of its own only when the principal that sent the
+    observation is not in an episode (evidence spread over keys, a Sybil): otherwise the
+    principal's alert already told of it.
+    """
 
     subject_kind: Kind
     subject: str
     risk: Risk
+    tenant: str | None = None
+    tenant_risk: Risk | None = None
 
 
-def combine(readings: dict[str, Reading]) -> float:
-    """Noisy-OR of the detector scores."""
+def combine(readings: dict[str, Reading], only: frozenset[str] | None = None) -> float:
+    """Noisy-OR of the detector scores (of those named in `only`, when given)."""
     keep = 1.0
-    for r in readings.values():
-        keep *= 1.0 - min(1.0, max(0.0, r.score))
+    for n, r in readings.items():
+        if only is None or n in only:
+            keep *= 1.0 - min(1.0, max(0.0, r.score))
     return 1.0 - keep
 
 
@@ -177,6 +203,7 @@ class Monitor:
     def __init__(self, summary: Summary, settings: MonitorSettings | None = None) -> None:
         self.summary = summary
         self.settings = settings or MonitorSettings()
+        self._rules = Hysteresis.of(self.settings)
         self._cells = Cells(summary)  # one cell lookup per observe, for every table
         self._tables: dict[Kind, Table] = {
             k: Table(k, summary, self.settings, self._cells) for k in ("principal", "tenant")}
@@ -188,8 +215,8 @@ class Monitor:
         """Record answered rows [n, d] and their probabilities [n, k] for `principal`.
 
         `now` (unix seconds, default the clock) is when they were asked; `tenant`, when given,
-        is charged the same rows. Returns the subjects whose risk has just reached the
-        threshold: each rise counts once, and again only after falling below.
+        is charged the same rows. Returns the episodes that started with these rows, one
+        `Crossing` per alert (see `Crossing` for a principal and its tenant starting together).
         """
         x, p = self._rows(features, proba)
         at = time.time() if now is None else float(now)
@@ -199,15 +226,21 @@ class Monitor:
         subjects: list[tuple[Kind, str]] = [("principal", principal)]
         if tenant is not None:
             subjects.append(("tenant", tenant))
-        crossings = []
+        started: dict[Kind, Risk] = {}
         for kind, key in subjects:
             state = self._tables[kind].touch(key)
             seen = state.observe(x, z, p, at)
-            was = state.risk.flagged
-            state.risk = self._assess(state, seen)
-            if state.risk.flagged and not was:
-                crossings.append(Crossing(kind, key, state.risk))
-        return crossings
+            state.risk, began = self._assess(state, seen, at)
+            if began:
+                started[kind] = state.risk
+        if not started:
+            return []
+        mine = started.get("principal")
+        if mine is not None:
+            return [Crossing("principal", principal, mine, tenant, started.get("tenant"))]
+        if tenant is not None and not self._principals[principal].risk.flagged:
+            return [Crossing("tenant", tenant, started["tenant"])]
+        return []
 
     def _rows(self, features: Array, proba: Array) -> tuple[Array, Array]:
         x = np.asarray(features, dtype=np.float64)
@@ -221,16 +254,20 @@ class Monitor:
                 f"{self.summary.n_classes} probabilities each; got {x.shape} and {p.shape}")
         return x, p
 
-    def _assess(self, state: CallerState, seen: set[str]) -> Risk:
-        """The risk from fresh readings of the detectors in `seen`, kept ones of the rest."""
+    def _assess(self, state: CallerState, seen: set[str], now: float) -> tuple[Risk, bool]:
+        """The risk from fresh readings of the detectors in `seen`, kept ones of the rest,
+        held by the caller's episode; and whether an episode started."""
         kept = state.risk.readings
         readings = {n: d.score() if n in seen or n not in kept else kept[n]
                     for n, d in state.detectors.items()}
-        score = combine(readings)
-        return Risk(score, score >= self.settings.threshold, state.queries, readings)
+        raw = combine(readings)
+        episode, began = step(state.risk.episode, raw, combine(readings, self._rules.sticky),
+                              now, self._rules)
+        return Risk(episode.level, episode.active, state.queries, readings, raw, episode), began
 
     def risk(self, principal: str) -> Risk:
-        """The principal's risk as of its last observe (0 for an unknown one)."""
+        """The principal's risk as of its last observe (0 for an unknown one); `score` is
+        the effective risk, `raw` the detectors' own."""
         return self._tables["principal"].risk(principal)
 
     def tenant_risk(self, tenant: str) -> Risk:
@@ -238,12 +275,13 @@ class Monitor:
         return self._tables["tenant"].risk(tenant)
 
     def peek(self, principal: str) -> float:
-        """The principal's cached risk score: one dictionary lookup, for the request path."""
+        """The principal's effective risk (held through its episode), as of its last observe:
+        one dictionary lookup, for the request path."""
         state = self._principals.get(principal)
         return 0.0 if state is None else state.risk.score
 
     def peek_tenant(self, tenant: str) -> float:
-        """The tenant's cached risk score: one dictionary lookup."""
+        """The tenant's effective risk as of its last observe: one dictionary lookup."""
         state = self._tenants.get(tenant)
         return 0.0 if state is None else state.risk.score
 
@@ -276,9 +314,11 @@ class Monitor:
                             "why": [[r.why for r in row] for row in readings]}
             arrays[f"{kind}.queries"] = np.array([s.queries for s in states], np.int64)
             arrays[f"{kind}.risk"] = np.array(
-                [[s.risk.score, *(r.score for r in row)] for s, row in zip(states, readings,
-                                                                           strict=True)],
+                [[s.risk.raw, *(r.score for r in row)] for s, row in zip(states, readings,
+                                                                         strict=True)],
                 np.float64).reshape(len(states), 1 + len(names))
+            arrays[f"{kind}.episode"] = np.array(
+                [s.risk.episode.as_row() for s in states], np.float64).reshape(len(states), 4)
             arrays.update({f"{kind}.peers.{k}": v for k, v in peer_arrays.items()})
             digests = [s.repeats.state() for s in states]
             for k, blank in Repeats().state().items():
@@ -299,8 +339,8 @@ class Monitor:
         An instance method: the summary and settings are the monitor's own, and the snapshot
         must have been taken with the same summary and detectors. Anything else, and bytes
         that are not a snapshot, raise ConfigurationError and leave the monitor as it was.
-        Cached risks are flagged against this monitor's threshold; beyond `max_principals`,
-        the least recently seen callers are dropped.
+        Episodes carry over as they were (their level, start and hold); beyond
+        `max_principals`, the least recently seen callers are dropped.
         """
         arrays = _read_npz(data)
         try:
@@ -345,8 +385,10 @@ class Monitor:
         keys: list[str] = header["keys"]
         n, names = len(keys), self.settings.detectors
         queries, risks = arrays[f"{kind}.queries"], arrays[f"{kind}.risk"]
+        episodes = arrays[f"{kind}.episode"]
         whys: list[list[str]] = header["why"]
         if (queries.shape != (n,) or risks.shape != (n, 1 + len(names)) or len(whys) != n
+                or episodes.shape != (n, 4)
                 or len(set(keys)) != n or not all(isinstance(k, str) for k in keys)):
             raise ConfigurationError(f"monitor snapshot's {kind} table is inconsistent")
         table.peers.load(header["peers"], {
@@ -361,8 +403,9 @@ class Monitor:
             state.queries = int(queries[i])
             readings = {name: Reading(float(risks[i, 1 + j]), str(whys[i][j]))
                         for j, name in enumerate(names)}
-            score = float(risks[i, 0])
-            state.risk = Risk(score, score >= self.settings.threshold, state.queries, readings)
+            episode = Episode.from_row(episodes[i])
+            state.risk = Risk(episode.level, episode.active, state.queries, readings,
+                              float(risks[i, 0]), episode)
         return table
 
 

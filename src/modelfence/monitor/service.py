@@ -1,13 +1,13 @@
 """The monitor inside the gateway: one `Monitor` per model, fed off the request's path.
 
-Requests read a caller's risk with one dictionary lookup (`peek`). Answered requests are
-queued (`submit`) and taken in by a background task that publishes them to the
-observation log (a shared Redis stream, or this process), which applies them to every
-replica's monitors; the replica that answered raises the alert when a principal or tenant
-crosses the threshold. If the shared store fails, observations are applied locally so risk
-keeps rising on this replica (counted in `modelfence_monitor_store_errors`). If the queue is
-full, observations are applied on the request's own time rather than dropped: a flood must
-not be a way to go unseen.
+Requests read a caller's risk with one dictionary lookup (`peek`). Answered requests are queued
+(`submit`) and taken in by a background task that publishes them to the observation log (a
+shared Redis stream, or this process), which applies them to every replica's monitors; the
+replica that answered raises the alert when a principal's or tenant's extraction episode starts
+(one alert per episode, see `Crossing`). If the shared store fails, observations are applied
+locally so risk keeps rising on this replica (counted in `modelfence_monitor_store_errors`). If
+the queue is full, observations are applied on the request's own time rather than dropped: a
+flood must not be a way to go unseen.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from ..stores.breaker import Breaker
 from ..stores.outages import redis_outage
 from .alerts import Alert, Alerts, Webhook
 from .replication import Array, LocalLog, Observation, ObservationLog, RedisLog
-from .score import Monitor, Risk
+from .score import Crossing, Monitor, Risk
 from .score import MonitorSettings as MonitorOptions
 from .summary import Summary
 
@@ -94,9 +94,11 @@ class MonitorService:
                 f"{where}: the summary has {summary.n_classes} classes but the model "
                 f"{len(model.labels)} labels")
         detectors = model.monitor.detectors or settings.monitor.detectors
+        ms = settings.monitor
         return Monitor(summary, MonitorOptions(
-            detectors=tuple(detectors), threshold=settings.monitor.threshold,
-            max_principals=settings.monitor.max_principals))
+            detectors=tuple(detectors), threshold=ms.threshold,
+            max_principals=ms.max_principals, release=ms.release, min_dwell_s=ms.min_dwell_s,
+            hold_s=ms.hold_s, sticky=tuple(ms.sticky)))
 
     # the request's path ----------------------------------------------------------------
 
@@ -203,11 +205,7 @@ class MonitorService:
         if not mine:
             return
         for crossing in crossings:
-            alert = Alert(model=obs.model, kind=crossing.subject_kind,
-                          subject=crossing.subject, tenant=obs.tenant,
-                          risk=crossing.risk.score, queries=crossing.risk.queries,
-                          explanation=crossing.risk.explain())
-            self.raise_alert(alert)
+            self.raise_alert(alert_for(obs.model, crossing, obs.tenant))
 
     def raise_alert(self, alert: Alert) -> None:
         """Audit record, metric, log line and webhook, off the caller's path (the LLM
@@ -221,6 +219,15 @@ class MonitorService:
 
     def _restore(self, model: str, data: bytes) -> None:
         self.monitors[model].restore(data)
+
+
+def alert_for(model: str, crossing: Crossing, tenant: str | None) -> Alert:
+    """The one alert for an episode's start (naming the tenant's too when it came along)."""
+    risk = crossing.risk
+    return Alert(model=model, kind=crossing.subject_kind, subject=crossing.subject,
+                 tenant=tenant, risk=risk.score, queries=risk.queries,
+                 explanation=risk.explain(),
+                 tenant_risk=None if crossing.tenant_risk is None else crossing.tenant_risk.score)
 
 
 def rows_of(values: Array) -> Array:

@@ -1,0 +1,64 @@
+"""The recommended graduated response: the configuration README quotes and the corpus measures.
+
+Two bands, so a caller's answers change at most twice per episode (in when it is flagged,
+out when it is released): the monitor holds a flagged caller's risk at or above the
+threshold for the whole episode (`monitor.episodes`), and no band edge lies above it.
+
+- ``standard`` (risk below the threshold): the model's answers, untouched. An honest caller
+  who is never flagged pays nothing.
+- ``flagged`` (from the threshold): first what costs an honest caller least, less
+  information: probabilities rounded to one decimal (the top class and a usable confidence
+  stay; fine-grained scores, which soft-label thieves learn from, go). The quota's
+  `risk_curve` (see `RECOMMENDED_RISK_CURVE`) makes each request cost more, so the rate and
+  the budgets shrink with the risk. Then misinformation, on off-distribution rows only:
+  ``misinfo:1`` lies only beyond the monitor's own out-of-distribution radius (s > 1, where
+  1% of the model's data lies), never on an in-distribution row because its sender was
+  flagged, with a keyed lie that is independent of the true answer. It runs before the
+  rounding, so lies and truths come out on the same 0.1 grid and nothing marks a lie.
+
+The monitor's hysteresis (see `monitor.episodes` for the rules):
+
+- ``threshold`` 0.5: detector scores are calibrated alike (0 for benign traffic, 1 for far
+  beyond it) and combined by noisy-OR, so 0.5 is one detector half-sure or several less.
+- ``release`` 0.3 (0.6 x the threshold): the raw risk must fall well below the entry level
+  before an episode may end, a gap wider than one detector's reading moves between windows,
+  so evidence that wobbles around 0.5 cannot end and restart episodes.
+- ``min_dwell_s`` 600: an episode lasts at least ten minutes, longer than the detectors'
+  short windows, so a burst that flags a caller is not forgotten by the next quiet minute.
+- ``hold_s`` 86,400 with ``sticky`` detectors (out-of-distribution, distance normality,
+  boundary probing, naturalness): a caller flagged for synthetic queries stays flagged for a
+  day after the last time that evidence alone reached the threshold, even if it then sends
+  natural rows to dilute it. Names not among the monitor's detectors are ignored.
+
+None of these numbers was fitted to a data set; the corpus (``modelfence monitor evaluate
+--suite``) measures them on victims and callers they were not chosen on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: (from_risk, defense, band name), ordered by what they cost an honest caller.
+RECOMMENDED_BANDS: tuple[tuple[float, str, str], ...] = (
+    (0.0, "none", "standard"),
+    (0.5, "misinfo:1+round:1", "flagged"),
+)
+
+#: The monitor's settings (``MonitorSettings(**RECOMMENDED_MONITOR)``); detectors: its default.
+RECOMMENDED_MONITOR: dict[str, Any] = {
+    "threshold": 0.5,
+    "release": 0.3,
+    "min_dwell_s": 600.0,
+    "hold_s": 86_400.0,
+    "sticky": ("ood", "prada", "boundary", "naturalness"),
+}
+
+#: The quota's `risk_curve` (risk, cost per request): from the threshold a flagged caller
+#: pays double (half its rate, its budget spent twice as fast), four times at certainty.
+RECOMMENDED_RISK_CURVE: tuple[tuple[float, float], ...] = (
+    (0.0, 1.0), (0.49, 1.0), (0.5, 2.0), (1.0, 4.0))
+
+
+def recommended_shaping() -> list[dict[str, Any]]:
+    """The bands as a model's ``shaping:`` list in the configuration file."""
+    return [{"from_risk": r, "defense": d, "name": n} for r, d, n in RECOMMENDED_BANDS]
