@@ -27,8 +27,8 @@ from modelfence.shaping.tradeoff import (
 )
 
 COST_TARGET_US = 20.0
-# misinfo:0.5 lies on most rows; a watched row costs its defense plus the monitor's observe
-COST_DEFENSES = (*(d for d in DEFAULT_DEFENSES if not d.startswith(WATCHED)), "misinfo:0.5")
+# misinfo:1.5 lies only farther out; a watched row costs its defense plus the monitor's observe
+COST_DEFENSES = (*(d for d in DEFAULT_DEFENSES if not d.startswith(WATCHED)), "misinfo:1.5")
 
 
 def costs_us(specs: tuple[str, ...], x: np.ndarray, proba: np.ndarray, summary: object,

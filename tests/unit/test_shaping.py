@@ -25,6 +25,7 @@ from modelfence.shaping import (
     ranking_flip,
     reverse_sigmoid,
 )
+from modelfence.shaping.recommended import RECOMMENDED_BANDS
 
 SECRET = b"s" * 32
 
@@ -158,7 +159,7 @@ def data(n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]
     return x, p / p.sum(axis=1, keepdims=True)
 
 
-ALL_SPECS = (*DEFAULT_DEFENSES, "rsig:0.95,1.05", "misinfo", "misinfo:0.8,20",
+ALL_SPECS = (*DEFAULT_DEFENSES, "rsig:0.95,1.05", "misinfo", "misinfo:1.5,20",
              "rsig:0.95,1.05+noise:0.5", "misinfo+rsig:0.95,1.05")
 
 
@@ -196,15 +197,17 @@ def test_misinformation_answers_in_distribution_truly_and_lies_outside(summary: 
     a_in = d.apply(p_in, inputs=x_in, principal="alice")
     assert np.array_equal(a_in[inside], p_in[inside])  # bit for bit the model's answer
     a_out = d.apply(p_out, inputs=x_out, principal="alice")
-    assert np.all(a_out.argmax(1) != p_out.argmax(1))  # a lie on every far row
+    decoy = keyed_offsets(SECRET, x_out, K)  # a keyed draw over all K classes
+    assert np.array_equal(a_out.argmax(1), decoy)  # every far row answers the draw ...
+    truthful = decoy == p_out.argmax(1)  # ... which is the truth about 1/K of the time
+    assert 0.15 < truthful.mean() < 0.35
+    assert np.array_equal(a_out[truthful], p_out[truthful])
     assert np.allclose(np.sort(a_out, axis=1), np.sort(p_out, axis=1), atol=1e-3)  # same look
     assert np.allclose(a_out.sum(1), 1)
     # the lie is keyed by (secret, input): repeats and other callers get the same one ...
     assert np.array_equal(a_out, d.apply(p_out, inputs=x_out, principal="bob"))
     assert np.array_equal(a_out, AdaptiveMisinformation(summary, SECRET).apply(
         p_out, inputs=x_out, principal="alice"))
-    decoy = (p_out.argmax(1) + 1 + keyed_offsets(SECRET, x_out, K - 1)) % K
-    assert np.array_equal(a_out.argmax(1), decoy)
     # ... and another secret tells other lies
     other = AdaptiveMisinformation(summary, b"t" * 32).apply(p_out, inputs=x_out)
     assert np.mean(other.argmax(1) != a_out.argmax(1)) > 0.3
@@ -231,13 +234,78 @@ def test_misinformation_repeated_100_times_is_one_answer(summary: Summary) -> No
     repeats = np.stack([d.apply(p, inputs=x, principal="mallory") for _ in range(100)])
     assert np.all(repeats == repeats[0])
     assert np.allclose(repeats.mean(axis=0), repeats[0], rtol=1e-14, atol=0)
-    assert repeats[0].argmax() != p.argmax()
+    assert repeats[0].argmax() == keyed_offsets(SECRET, x, K)[0]
+
+
+def rows_at(summary: Summary, s: np.ndarray, seed: int) -> np.ndarray:
+    """Raw rows at distance `s` (ood_radius units) from centroid 0, in random directions."""
+    direction = np.random.default_rng(seed).standard_normal((len(s), summary.n_features))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    z = summary.centroids[0] + direction * (s * summary.ood_radius)[:, None]
+    out: np.ndarray = summary.mean + summary.scale * z
+    return out
+
+
+@pytest.mark.parametrize(("tau", "nu"), [(1.0, 50.0), (1.0, 1.0), (1.5, 5.0), (4.0, 50.0)])
+def test_misinformation_never_touches_rows_within_the_radius(summary: Summary, tau: float,
+                                                             nu: float) -> None:
+    """Whatever tau and nu, a row the monitor calls in distribution (s <= 1, measured as its
+    nearest centroid) is answered bit for bit as the model answered it, also under the
+    recommended strongest band; beyond the radius, from tau on, rows are lied to."""
+    x = np.concatenate([rows_at(summary, np.linspace(0.0, 0.999, 300), 1),
+                        data(300, seed=6)[0]])
+    _, p = data(len(x), seed=7)
+    d = AdaptiveMisinformation(summary, SECRET, tau=tau, nu=nu)
+    inside = d.score(x) <= 1.0
+    assert inside[:300].all() and inside.sum() > 400
+    assert np.all(d.weight(x)[inside] == 0.0)
+    assert np.array_equal(d.apply(p, inputs=x)[inside], p[inside])
+    far = rows_at(summary, np.full(50, tau + 2.0), 2)
+    beyond = d.score(far) > tau + 0.1  # (another centroid may be nearer)
+    assert beyond.sum() > 10 and np.all(d.weight(far)[beyond] > 0.5)
+    strongest = parse_defense(RECOMMENDED_BANDS[-1][1], secret=SECRET, summary=summary)
+    assert any(isinstance(step, AdaptiveMisinformation)
+               for step in (strongest.steps if isinstance(strongest, Chain) else (strongest,)))
+    without = parse_defense("+".join(s for s in RECOMMENDED_BANDS[-1][1].split("+")
+                                     if not s.startswith("misinfo")) or "none")
+    assert np.array_equal(strongest.apply(p, inputs=x)[inside], without.apply(p)[inside])
+
+
+def binary_data(n: int, seed: int, shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A binary model's rows and answers, mostly confident either way."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, D)) + shift
+    logit = 3.0 * (x - shift) @ np.random.default_rng(98).standard_normal(D)
+    p1 = 1.0 / (1.0 + np.exp(-logit))
+    return x, np.stack([1.0 - p1, p1], axis=1)
+
+
+def test_on_a_binary_model_flipping_suspected_lies_recovers_nothing() -> None:
+    """A lie is a keyed coin: the answers to off-distribution rows agree with the truth about
+    half of the time, whatever the truth, so flipping them (or not) learns nothing; and
+    asking again returns the same answer, so re-asking exposes nothing either."""
+    x_fit, p_fit = binary_data(400, seed=11)
+    summary = Summary.fit(x_fit, p_fit, cells=8)
+    d = AdaptiveMisinformation(summary, SECRET)
+    x, p = binary_data(2000, seed=12, shift=6.0)
+    assert np.all(d.weight(x) > 0.999)
+    truth = p.argmax(1)
+    assert 0.3 < truth.mean() < 0.7
+    told = d.apply(p, inputs=x).argmax(1)
+    agree = np.mean(told == truth)
+    assert 0.45 < agree < 0.55 and 0.45 < np.mean((1 - told) == truth) < 0.55
+    for t in (0, 1):  # independent of the truth: the same coin for either class
+        assert 0.44 < np.mean(told[truth == t]) < 0.56
+    assert np.array_equal(d.apply(p, inputs=x), d.apply(p, inputs=x))  # re-asked: identical
+    again = np.concatenate([d.apply(p[i:i + 1], inputs=x[i:i + 1], principal=f"key-{j}")
+                      for j in range(5) for i in (0, 1, 2)])
+    assert np.array_equal(again, np.tile(d.apply(p[:3], inputs=x[:3]), (5, 1)))
 
 
 def test_parse_misinformation_and_chains(summary: Summary) -> None:
     assert parse_defense("misinfo", secret=SECRET, summary=summary).spec == "misinfo:1"
-    assert parse_defense("misinfo:0.8,20", secret=SECRET, summary=summary).spec == \
-        "misinfo:0.8,20"
+    assert parse_defense("misinfo:1.5,20", secret=SECRET, summary=summary).spec == \
+        "misinfo:1.5,20"
     with pytest.raises(ConfigurationError, match="needs the monitor's summary"):
         parse_defense("misinfo:1", secret=SECRET)
     with pytest.raises(ConfigurationError, match="needs a secret"):
@@ -245,8 +313,9 @@ def test_parse_misinformation_and_chains(summary: Summary) -> None:
     for bad in ("misinfo:x", "misinfo:1,2,3"):
         with pytest.raises(ConfigurationError, match="unknown defense"):
             parse_defense(bad, secret=SECRET, summary=summary)
-    with pytest.raises(ConfigurationError, match="tau must be positive"):
-        parse_defense("misinfo:0", secret=SECRET, summary=summary)
+    for low in ("misinfo:0", "misinfo:0.01", "misinfo:0.99"):  # README once said misinfo:0.01
+        with pytest.raises(ConfigurationError, match="tau must be at least 1"):
+            parse_defense(low, secret=SECRET, summary=summary)
     with pytest.raises(ConfigurationError, match="4-class model, not a 10-class"):
         AdaptiveMisinformation(summary, SECRET).check(10)
     assert "secret" not in repr(AdaptiveMisinformation(summary, SECRET))

@@ -94,22 +94,22 @@ def test_command_prints_markdown_and_writes_json(tmp_path: Path) -> None:
     assert [r["spec"] for r in orjson.loads(out.read_bytes())["rows"]] == ["none",
                                                                          "misinfo:1.2"]
     bad = CliRunner().invoke(app, ["shaping", "tradeoff", "--defense", "misinfo:0"])
-    assert bad.exit_code == 2 and "tau must be positive" in bad.output
+    assert bad.exit_code == 2 and "tau must be at least 1" in bad.output
 
 
 def test_watched_band_shapes_only_after_the_monitor_flags(setting: Setting) -> None:
     """The gateway's loop in-process: a benign caller keeps true answers; uniform rows are
     flagged within the share detectors' first window and lied to from then on."""
     victim = setting.victim.load()
-    benign = make_oracle(setting, "watched:misinfo:0.01", 0, "reader")
+    benign = make_oracle(setting, "watched:misinfo:1", 0, "reader")
     assert isinstance(benign, WatchedAnswers)
     x = setting.held.x
     assert (benign.ask(x).labels == setting.held.labels).all()
 
-    thief = make_oracle(setting, "watched:misinfo:0.01", 0, "thief")
+    thief = make_oracle(setting, "watched:misinfo:1", 0, "thief")
     lo, hi = setting.pool.bounds()
     rows = np.random.default_rng(0).uniform(lo, hi, size=(80, victim.n_features))
     got = np.concatenate([thief.ask(rows[i:i + 1]).labels for i in range(len(rows))])
     truth = victim.ask(rows).labels
     assert (got[:19] == truth[:19]).all()  # nothing is decided before 20 queries
-    assert (got[40:] != truth[40:]).mean() > 0.9
+    assert (got[40:] != truth[40:]).mean() > 0.75  # a keyed draw: the truth 1 time in 10

@@ -4,17 +4,29 @@ with Adaptive Misinformation", CVPR 2020): true answers in distribution, lies ou
 A benign caller asks about the kind of data the model was built for; an extraction attack
 that has no such data (or grows a little of it by augmentation) asks elsewhere. So the
 answer is blended: ``(1 - a) * p + a * lie``, where ``a = sigmoid(nu * (s - tau))`` rises
-smoothly with the out-of-distribution score ``s``, the distance to the nearest centroid of
-the monitor's `Summary` in units of its ``ood_radius`` (s = 1 is the 99th percentile of the
-model's own data). The paper scores with the model's confidence and trains a network to
-lie; here the score is the monitor's yardstick and the lie is keyed: the top class swaps
-its value with a decoy class chosen by a keyed hash of (secret, input). The lie keeps the
-answer's confidence profile, so nothing in it says "this is the lie", and the same input
-always gets the same lie, so repeating or averaging a question learns nothing.
+with the out-of-distribution score ``s``, the distance to the nearest centroid of the
+monitor's `Summary` in units of its ``ood_radius`` (s = 1 is the 99th percentile of the
+model's own data, where the monitor's own `ood` detector draws its line). The paper scores
+with the model's confidence and trains a network to lie; here the score is the monitor's
+yardstick and the lie is keyed.
+
+Three promises, each tested:
+
+- **In-distribution rows are never touched**: the weight is exactly 0 for every row within
+  the radius (s <= 1), whatever tau, and below `CUTOFF`; ``tau < 1`` is refused, since it
+  would lie to rows the monitor itself calls natural (and, as a band for flagged callers,
+  to every honest row they send).
+- **The lie is independent of the truth**: the decoy class is a keyed uniform draw over all
+  k classes, so it equals the true top class 1/k of the time, and the answer's top class
+  (the decoy, from tau on) says nothing about the true one. On a binary model a lie is a
+  keyed coin: flipping the answers one suspects are lies recovers nothing. The top class
+  swaps its value with the decoy's, so the answer keeps its confidence profile and nothing
+  in it says "this is the lie".
+- **Re-asking learns nothing**: the draw is keyed by (secret, input), so the same input
+  always gets the same answer, and repeating or averaging a question adds nothing.
 
 The lie is keyed by the input only, not by who asked: accounts pooling their answers (a
 Sybil attack) then agree with each other instead of exposing the lies by disagreement.
-Weights below `CUTOFF` count as 0, so in-distribution answers are the model's own, exactly.
 
 Its limit, measured on digits (``modelfence shaping tradeoff``): queries that stay near the
 data are not lied to. Jacobian augmentation's steps (a tenth of each feature's range) leave
@@ -43,6 +55,8 @@ MISINFO = b"mf-misinfo"
 CUTOFF = 1e-3
 DEFAULT_TAU = 1.0
 DEFAULT_NU = 50.0
+#: The monitor's out-of-distribution line, in ood_radius units: never a lie within it.
+RADIUS = 1.0
 
 
 def keyed_offsets(secret: bytes, inputs: Any, modulus: int) -> Array:
@@ -67,8 +81,10 @@ class AdaptiveMisinformation(Defense):
                  nu: float = DEFAULT_NU) -> None:
         if len(secret) < 16:
             raise ConfigurationError("misinformation: the secret must be at least 16 bytes")
-        if not (np.isfinite(tau) and tau > 0):
-            raise ConfigurationError(f"misinformation: tau must be positive, got {tau}")
+        if not (np.isfinite(tau) and tau >= RADIUS):
+            raise ConfigurationError(
+                f"misinformation: tau must be at least 1 (the monitor's out-of-distribution "
+                f"radius), got {tau:g}; a smaller tau lies to in-distribution rows")
         if not (np.isfinite(nu) and nu > 0):
             raise ConfigurationError(f"misinformation: nu must be positive, got {nu}")
         if not summary.ood_radius > 0:
@@ -79,8 +95,9 @@ class AdaptiveMisinformation(Defense):
         self.tau, self.nu = float(tau), float(nu)
         self._inv = 1.0 / summary.scale
         self._shift = summary.mean / summary.scale
-        # below this squared distance the weight is under CUTOFF: the answer is the model's
-        s_cut = max(0.0, self.tau + math.log(CUTOFF / (1.0 - CUTOFF)) / self.nu)
+        # at or below this squared distance the answer is the model's: within the radius,
+        # and where the weight would be under CUTOFF
+        s_cut = max(RADIUS, self.tau + math.log(CUTOFF / (1.0 - CUTOFF)) / self.nu)
         self._d2_cut = (s_cut * summary.ood_radius) ** 2
 
     def check(self, n_classes: int) -> None:
@@ -109,11 +126,11 @@ class AdaptiveMisinformation(Defense):
         return out
 
     def weight(self, inputs: Any) -> Array:
-        """The blend weight per row: 0 in distribution, 1/2 at s = tau, toward 1 beyond."""
+        """The blend weight per row: 0 within the radius, 1/2 at s = tau, toward 1 beyond."""
         return np.array([self._alpha(v) for v in self._d2(inputs)])
 
     def _alpha(self, d2: float) -> float:
-        if d2 < self._d2_cut:
+        if d2 <= self._d2_cut:
             return 0.0
         s = math.sqrt(d2) / self.summary.ood_radius
         a = 1.0 / (1.0 + math.exp(min(700.0, -self.nu * (s - self.tau))))
@@ -133,7 +150,9 @@ class AdaptiveMisinformation(Defense):
             row = out[i]
             top = int(row.argmax())
             message = np.asarray(inputs)[i].astype("<f4").tobytes()
-            decoy = (top + 1 + _offset(self._key, message, k - 1)) % k
+            decoy = _offset(self._key, message, k)  # uniform over all k: independent of top
+            if decoy == top:
+                continue
             t, d = float(row[top]), float(row[decoy])
             # (1 - a) * p + a * swap(p) moves only the two swapped classes
             row[top], row[decoy] = (1.0 - a) * t + a * d, (1.0 - a) * d + a * t
