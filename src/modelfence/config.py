@@ -600,10 +600,10 @@ class MonitorSettings(_Strict):
     hold_s: float = Field(86_400.0, ge=0.0, description="... and this long after the sticky "
                           "detectors alone last reached the threshold (synthetic queries)")
     sticky: list[str] = Field(
-        default_factory=lambda: ["ood", "prada", "boundary", "naturalness"],
+        default_factory=lambda: ["ood", "prada", "synthetic", "naturalness"],
         description="detectors whose evidence is of synthetic queries; unknown names ignored")
     detectors: list[str] = Field(
-        default_factory=lambda: ["prada", "boundary", "duplicates", "ood", "coverage", "volume"])
+        default_factory=lambda: ["prada", "boundary", "synthetic", "ood", "coverage", "volume"])
     max_principals: int = Field(10_000, ge=1, description="callers kept per model (LRU)")
     shared: str | None = Field(None, description="redis://HOST:PORT/DB shared by replicas")
     key_prefix: str = Field("modelfence:monitor:", pattern=r"^[A-Za-z0-9:_.\-]{1,64}$",

@@ -25,10 +25,13 @@ The monitor's hysteresis (see `monitor.episodes` for the rules):
   so evidence that wobbles around 0.5 cannot end and restart episodes.
 - ``min_dwell_s`` 600: an episode lasts at least ten minutes, longer than the detectors'
   short windows, so a burst that flags a caller is not forgotten by the next quiet minute.
-- ``hold_s`` 86,400 with ``sticky`` detectors (out-of-distribution, distance normality,
-  boundary probing, naturalness): a caller flagged for synthetic queries stays flagged for a
-  day after the last time that evidence alone reached the threshold, even if it then sends
-  natural rows to dilute it. Names not among the monitor's detectors are ignored.
+- ``hold_s`` 86,400 with ``sticky`` detectors, those whose evidence is of synthetic queries
+  (``ood``: rows off the data; ``prada``: abnormal distances between a caller's rows;
+  ``synthetic``/``naturalness``: rows off the data's own structure): a caller flagged for
+  synthetic queries stays flagged for a day after the last time that evidence alone reached
+  the threshold, even if it then sends natural rows to dilute it. Volume, coverage and
+  boundary evidence (natural-data and active-learning thieves, and busy honest callers) is
+  not sticky: it ends with the dwell. Names not among the monitor's detectors are ignored.
 
 None of these numbers was fitted to a data set; the corpus (``modelfence monitor evaluate
 --suite``) measures them on victims and callers they were not chosen on.
@@ -50,7 +53,7 @@ RECOMMENDED_MONITOR: dict[str, Any] = {
     "release": 0.3,
     "min_dwell_s": 600.0,
     "hold_s": 86_400.0,
-    "sticky": ("ood", "prada", "boundary", "naturalness"),
+    "sticky": ("ood", "prada", "synthetic", "naturalness"),
 }
 
 #: The quota's `risk_curve` (risk, cost per request): from the threshold a flagged caller
