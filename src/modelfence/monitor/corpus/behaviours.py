@@ -37,6 +37,8 @@ SYNTHETIC, AUGMENTED = 200, 500
 Generator = Callable[[Params, CorpusWorld, int, np.random.Generator], Drawn]
 GENERATORS: dict[str, Generator] = {**benign.GENERATORS, **thieves.GENERATORS,
                                     **adaptive.GENERATORS}
+#: Families that send another family's traffic differently (over keys, tenants, slowly).
+WRAPPED = ("sybil-keys", "sybil-tenants", "slow-low")
 
 
 @dataclass(frozen=True)
@@ -77,14 +79,19 @@ def generate(behaviour: Behaviour, world: CorpusWorld, n: int, seed: int) -> Cal
     seed)."""
     if n < 1:
         raise ConfigurationError("a stream needs at least one query")
+    from threadpoolctl import threadpool_limits
+
     rng = np.random.default_rng([seed, _stable(behaviour.name), _stable(world.spec.name)])
     p = behaviour.options
-    if behaviour.family in ("sybil-keys", "sybil-tenants", "slow-low"):
-        drawn = _wrapped(behaviour.family, p, world, n, rng)
-    elif behaviour.family in GENERATORS:
-        drawn = GENERATORS[behaviour.family](p, world, n, rng)
-    else:
+    if behaviour.family not in (*GENERATORS, *WRAPPED):
         raise ConfigurationError(f"unknown behaviour family {behaviour.family!r}")
+    # one thread: adaptive thieves fit small models, which threads only slow down on a busy
+    # machine, and the corpus generates streams side by side
+    with threadpool_limits(1):
+        if behaviour.family in WRAPPED:
+            drawn = _wrapped(behaviour.family, p, world, n, rng)
+        else:
+            drawn = GENERATORS[behaviour.family](p, world, n, rng)
     who = f"{behaviour.name}#{seed}"
     keys = drawn.keys
     tenants = drawn.tenants
