@@ -14,6 +14,7 @@ from modelfence.monitor.corpus.behaviours import (
     BENIGN_FAMILIES,
     THIEF_FAMILIES,
     Behaviour,
+    as_one_caller,
     behaviour,
     generate,
 )
@@ -193,8 +194,10 @@ def test_resend_noise_is_the_scale_its_name_says(world, name: str) -> None:  # t
 
 
 def test_resends_at_the_data_precision_stay_on_it(rounded) -> None:  # type: ignore[no-untyped-def]
-    s = generate(behaviour("resend-noise-5pct"), rounded, 1000, seed=0)
+    s = generate(behaviour("resend-noise-10pct"), rounded, 1000, seed=0)
     assert np.array_equal(snap(s.x, decimals(rounded.pool_x)), s.x)
+    lo, hi = rounded.pool_x.min(axis=0), rounded.pool_x.max(axis=0)
+    assert ((s.x >= lo) & (s.x <= hi)).all()  # a re-read is recorded inside the data's range
     # the thief that does not snap leaves the lattice
     t = generate(behaviour("augment-noise-10pct-copies3"), rounded, 400, seed=0)
     assert not np.array_equal(snap(t.x, decimals(rounded.pool_x)), t.x)
@@ -218,6 +221,9 @@ def test_sybil_streams_spread_over_keys_and_tenants(world) -> None:  # type: ign
     assert len(owner) == 10  # a key belongs to one tenant
     one = generate(behaviour("random-order-1qps"), world, 100, seed=0)
     assert len(set(one.principals)) == 1 and len(set(one.tenants)) == 1
+    unsplit = as_one_caller(keys)
+    assert np.array_equal(unsplit.x, keys.x) and np.array_equal(unsplit.t, keys.t)
+    assert len(set(unsplit.principals)) == 1 and len(set(unsplit.tenants)) == 1
 
 
 def test_short_lived_users_come_and_go(world) -> None:  # type: ignore[no-untyped-def]

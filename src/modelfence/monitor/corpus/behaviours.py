@@ -103,6 +103,14 @@ def generate(behaviour: Behaviour, world: CorpusWorld, n: int, seed: int) -> Cal
     return CallerStream(behaviour, drawn.x, drawn.t, principals, tenant_names, truth)
 
 
+def as_one_caller(stream: CallerStream, principal: str = "one-key") -> CallerStream:
+    """The same rows at the same times from one key of one tenant: what a Sybil thief's
+    traffic would look like unsplit, for comparing tenant-level with key-level detection."""
+    n = len(stream.x)
+    return CallerStream(stream.behaviour, stream.x, stream.t, (principal,) * n,
+                        (f"tenant-{principal}",) * n, stream.truth)
+
+
 def _stable(text: str) -> int:
     import zlib
 

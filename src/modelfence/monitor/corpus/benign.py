@@ -20,12 +20,11 @@ from .rows import (
     Drawn,
     Params,
     batch_sizes,
-    decimals,
+    natural,
     num,
     poisson_times,
     request_times,
     resample,
-    snap,
     spread,
     text,
 )
@@ -93,15 +92,15 @@ def resend_sources(n: int, share: float, lag: str, rng: np.random.Generator
 
 def resend_noise(p: Params, world: CorpusWorld, n: int, rng: np.random.Generator) -> Drawn:
     """Fresh pool rows, and re-reads of earlier ones with Gaussian noise of ``scale`` times
-    each feature's sd, recorded at the data's precision (so a tiny noise on integer pixels
-    reads back the same row)."""
+    each feature's sd, recorded as the data is: inside its range, at its precision (so a tiny
+    noise on integer pixels reads back the same row)."""
     fresh = resample(len(world.pool_x), n, rng)
     src, again = resend_sources(n, num(p, "share"), text(p, "lag", "mixed"), rng)
     idx = fresh[src]
     x = world.pool_x[idx].copy()
     sd = spread(world)
     noisy = x[again] + rng.standard_normal((int(again.sum()), x.shape[1])) * num(p, "scale") * sd
-    x[again] = snap(noisy, decimals(world.pool_x))
+    x[again] = natural(world, noisy)
     return Drawn(x, poisson_times(rng, n, num(p, "pace")), world.pool_y[idx].copy())
 
 
