@@ -87,7 +87,7 @@ def generate(behaviour: Behaviour, world: CorpusWorld, n: int, seed: int) -> Cal
         raise ConfigurationError(f"unknown behaviour family {behaviour.family!r}")
     # one thread: adaptive thieves fit small models, which threads only slow down on a busy
     # machine, and the corpus generates streams side by side
-    with threadpool_limits(1):
+    with threadpool_limits(1), np.errstate(over="ignore"):  # a substitute's exp may overflow
         if behaviour.family in WRAPPED:
             drawn = _wrapped(behaviour.family, p, world, n, rng)
         else:

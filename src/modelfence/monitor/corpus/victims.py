@@ -213,9 +213,10 @@ def make_model(family: str, seed: int, rows: int = 10_000) -> Any:
             hidden_layer_sizes=(64,), max_iter=300, early_stopping=rows >= 2000,
             n_iter_no_change=8, random_state=seed))
     if family == "gb":
-        return HistGradientBoostingClassifier(max_iter=100, random_state=seed)
+        return HistGradientBoostingClassifier(max_iter=100, early_stopping=rows >= 2000,
+                                              n_iter_no_change=8, random_state=seed)
     if family == "rf":
-        return RandomForestClassifier(n_estimators=100, min_samples_leaf=2, n_jobs=1,
+        return RandomForestClassifier(n_estimators=60, min_samples_leaf=2, n_jobs=1,
                                       random_state=seed)
     if family == "lr":
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
