@@ -406,6 +406,9 @@ class ModelSettings(_Strict):
     monitor: ModelMonitor | None = None
     shaping: list[ShapingBand] = Field(
         default_factory=list, description="output shaping per risk band; none: answers as is")
+    reveal_band: bool = Field(
+        False, description="name the caller's band in answers (parameters.shaping) and in "
+        "refusals; off, only the audit record and the admin API show it")
 
     @field_validator("shaping")
     @classmethod

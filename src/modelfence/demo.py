@@ -22,6 +22,7 @@ from .audit.checkpoint import generate_keypair
 from .config import load_settings
 from .identity.apikeys import ApiKeys
 from .monitor.summary import Summary
+from .shaping.recommended import RECOMMENDED_MONITOR, recommended_shaping
 from .stores import key_store_from_url
 
 MODEL_NAME = "digits"
@@ -126,13 +127,13 @@ def _config() -> dict[str, object]:
             "input": {"name": "input", "datatype": "FP32", "shape": [-1, 64]},
             "limits": {"max_batch": 256},
             "monitor": {"summary": SUMMARY},
-            "shaping": [
-                {"from_risk": 0.0, "defense": "none", "name": "full"},
-                {"from_risk": 0.5, "defense": "topk:3+round:2", "name": "reduced"},
-                {"from_risk": 0.8, "defense": "labels", "name": "labels"},
-            ],
+            # the recommended graduated response (shaping/recommended.py), the one measured
+            "shaping": recommended_shaping(),
+            "reveal_band": False,  # answers do not name the band; the audit record does
         }],
-        "monitor": {"state_dir": "monitor-state"},
+        "monitor": {"state_dir": "monitor-state",
+                    **{k: list(v) if isinstance(v, tuple) else v
+                       for k, v in RECOMMENDED_MONITOR.items()}},
     }
 
 

@@ -1,11 +1,17 @@
 """The monitor and output shaping in the running gateway, over real HTTP.
 
 One gateway serves the digits model with the monitor on, three output bands (full answers,
-rounded top-3, labels only) and a Cedar policy that refuses callers whose risk passes 0.9
-once they have had 60 answers, and pins partners to full answers. A benign caller sending
-natural digits keeps full answers; a thief sending uniform random rows is moved to labels
-only within a few dozen queries, raises one alert (audit log, `modelfence alerts`, the admin
-API and a signed webhook), and is then refused by the policy. The state survives a restart.
+rounded top-3, labels only) named in its answers (`reveal_band`, so the tests can follow
+them) and a Cedar policy that refuses callers whose risk passes 0.9 once they have had 60
+answers, and pins partners to full answers. A benign caller sending natural digits keeps
+full answers; a thief sending uniform random rows is moved to labels only within a few
+dozen queries, raises one alert (audit log, `modelfence alerts`, the admin API and a signed
+webhook), and is then refused by the policy. The state survives a restart.
+
+A second gateway runs the recommended bands (shaping/recommended.py) with the default of
+not naming the band: answers never say it, the audit record and the admin API do; an
+honest caller pinned to the strongest band gets the model's answers on its in-distribution
+rows.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from modelfence.monitor.summary import Summary
+from modelfence.shaping.recommended import recommended_shaping
 
 from ..support import Gateway, cli, free_port, infer_body
 
@@ -92,16 +99,18 @@ def webhook() -> Iterator[str]:
 
 
 def monitored_gateway(folder: Path, digits_files: dict[str, Path], *, extra_monitor:
-                      dict[str, Any] | None = None, webhook: str | None = None) -> Gateway:
+                      dict[str, Any] | None = None, webhook: str | None = None,
+                      bands: list[dict[str, Any]] = BANDS, reveal: bool = True,
+                      policy: str = POLICY) -> Gateway:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "policy.cedar").write_text(POLICY)
+    (folder / "policy.cedar").write_text(policy)
     (folder / "webhook-secret").write_text(WEBHOOK_SECRET)
     summary = fit_summary(digits_files["joblib"], folder / "digits.summary.npz")
     monitor: dict[str, Any] = {"state_dir": "monitor-state", **(extra_monitor or {})}
     if webhook:
         monitor["webhook"] = {"url": webhook, "secret_file": "webhook-secret"}
     models = [{"name": "digits", "backend": {"type": "skops", "path": str(digits_files["skops"])},
-               "monitor": {"summary": str(summary)}, "shaping": BANDS}]
+               "monitor": {"summary": str(summary)}, "shaping": bands, "reveal_band": reveal}]
     return Gateway(folder, models, extra={
         "audit": {"sink": "sqlite:///audit.db"},
         "policy": {"files": ["policy.cedar"]},
@@ -173,16 +182,19 @@ def test_thief_is_shaped_then_refused_and_alerted(gateway: Gateway) -> None:
     shaped = [r["record"]["shaping"] for r in rows if r["record"]["action"] == "infer"]
     assert shaped[0] == "full" and "labels" in shaped
 
-    # one alert, visible everywhere
+    # one alert, visible everywhere; its tenant (one key) is flagged with it, not alerted apart
     alerts = json.loads(cli("alerts", "--config", str(gateway.config), "--json").stdout)
     mine = [a["record"] for a in alerts["records"] if a["record"]["principal"] == "mallory"]
     assert len(mine) == 1 and mine[0]["action"] == "alert:monitor"
+    assert [a["record"]["principal"] for a in alerts["records"]
+            if a["record"]["tenant"] == "shady"] == ["mallory"]
     admin = httpx.get(f"{gateway.admin_url}/admin/alerts",
                       headers={"Authorization": f"Bearer {gateway.admin_token}"}).json()
     assert any(a["principal"] == "mallory" and a["risk"] >= 0.5 for a in admin["alerts"])
     risk = httpx.get(f"{gateway.admin_url}/admin/risk/digits", params={"principal": "mallory"},
                      headers={"Authorization": f"Bearer {gateway.admin_token}"}).json()
     assert risk["flagged"] and risk["detectors"]["ood"]["score"] > 0.5
+    assert risk["band"] == "labels" and risk["episode"]["since"] is not None
 
     wait_for(lambda: any(b"mallory" in body for _, body in Hooks.received))
     headers, body = next((h, b) for h, b in Hooks.received if b"mallory" in b)
@@ -217,6 +229,99 @@ def test_asking_for_withheld_probabilities_is_refused_clearly(gateway: Gateway) 
                    headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 403
     assert "withheld" in r.json()["error"] and "Traceback" not in r.text
+    assert "output band 'labels'" in r.json()["error"]  # this gateway reveals bands
+
+
+# the recommended bands, not revealed ------------------------------------------------------------
+
+QUIET_POLICY = POLICY + """
+@id("suspects-get-the-strongest-band")
+@shaping("flagged")
+permit (principal, action == Action::"infer", resource)
+when { principal.groups.contains("suspects") };
+
+@id("contractors-get-labels")
+@shaping("labels-only")
+permit (principal, action == Action::"infer", resource)
+when { principal.groups.contains("contractors") };
+"""
+QUIET_BANDS = [*recommended_shaping(),
+               {"from_risk": 0.99, "defense": "labels", "name": "labels-only"}]
+
+
+@pytest.fixture(scope="module")
+def quiet(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
+          ) -> Iterator[Gateway]:
+    gw = monitored_gateway(tmp_path_factory.mktemp("quiet"), digits_files, bands=QUIET_BANDS,
+                           reveal=False, policy=QUIET_POLICY).start()
+    yield gw
+    gw.stop()
+
+
+def grouped_key(gw: Gateway, principal: str, group: str) -> str:
+    args = ["keys", "create", "--config", str(gw.config), "--principal", principal,
+            "--tenant", f"{principal}-co", "--model", "digits", "--group", group, "--json"]
+    return str(json.loads(cli(*args).stdout)["key"])
+
+
+def audited_bands(gw: Gateway, principal: str) -> list[str]:
+    rows = json.loads(cli("audit", "query", "--config", str(gw.config), "--principal",
+                          principal, "--limit", "500", "--json").stdout)["records"]
+    return [r["record"]["shaping"] for r in rows if r["record"]["action"] == "infer"]
+
+
+def test_the_band_is_not_in_the_answer_by_default_but_in_the_audit_record(quiet: Gateway
+                                                                          ) -> None:
+    key = quiet.key(principal="trudy", tenant="trudy-co")
+    for row in thief_rows(50, seed=21):
+        r = ask(quiet, key, row[None, :])
+        assert r.status_code == 200, r.text
+        assert "shaping" not in r.json().get("parameters", {}), r.json()
+    shaped = audited_bands(quiet, "trudy")
+    assert len(shaped) == 50 and shaped[0] == "standard"
+    assert set(shaped[-5:]) <= {"flagged", "labels-only"}  # flagged, and only the audit says
+    risk = httpx.get(f"{quiet.admin_url}/admin/risk/digits", params={"principal": "trudy"},
+                     headers={"Authorization": f"Bearer {quiet.admin_token}"}).json()
+    assert risk["flagged"] and risk["band"] in ("flagged", "labels-only")
+    assert risk["episode"]["hold_until"] is not None  # flagged for synthetic rows: held
+
+
+def test_withheld_probabilities_are_refused_without_naming_the_band(quiet: Gateway) -> None:
+    key = grouped_key(quiet, "carol", "contractors")
+    body = infer_body(digits()[USE_ROWS[:1]].tolist())
+    body["outputs"] = [{"name": "probabilities"}]
+    r = httpx.post(f"{quiet.url}/v2/models/digits/infer", json=body,
+                   headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 403, r.text
+    error = r.json()["error"]
+    assert "probabilities are withheld from this caller" in error
+    assert "labels-only" not in error and "band" not in error
+    assert audited_bands(quiet, "carol") == ["labels-only"]
+
+
+def test_an_honest_caller_in_the_strongest_band_gets_true_answers_in_distribution(
+        quiet: Gateway, digits_files: dict[str, Path]) -> None:
+    """Pinned to `flagged` (misinformation and rounding): the rows the monitor calls in
+    distribution get the model's answer (rounded), and >= 95% of all rows its top class."""
+    key = grouped_key(quiet, "honest", "suspects")
+    x = digits()[USE_ROWS[:300]].astype(np.float32).astype(np.float64)  # as the wire carries
+    labels, proba = [], []
+    for start in range(0, len(x), 30):
+        r = ask(quiet, key, x[start:start + 30])
+        assert r.status_code == 200, r.text
+        out = {o["name"]: o for o in r.json()["outputs"]}
+        labels += out["label"]["data"]
+        proba += [out["probabilities"]["data"][i:i + 10]
+                  for i in range(0, len(out["probabilities"]["data"]), 10)]
+    assert set(audited_bands(quiet, "honest")) == {"flagged"}
+    model = joblib.load(digits_files["joblib"]).predict_proba(x)
+    summary = Summary.load(quiet.folder / "digits.summary.npz")
+    inside = summary.nearest_cell(summary.transform(x))[1] <= summary.ood_radius
+    assert inside.mean() > 0.9
+    got = np.array(proba)
+    assert np.allclose(got[inside], model[inside].round(1), atol=1e-6)
+    assert np.array_equal(np.array(labels)[inside], got[inside].argmax(1))
+    assert np.mean(np.array(labels) == model.argmax(1)) >= 0.95
 
 
 def test_risk_survives_a_restart(tmp_path: Path, digits_files: dict[str, Path]) -> None:

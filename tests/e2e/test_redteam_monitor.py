@@ -33,7 +33,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Pa
     folder = tmp_path_factory.mktemp("monitored-redteam")
     summary = fit_summary(digits_files["joblib"], folder / "digits.summary.npz")
     models = [{"name": name, "backend": {"type": "skops", "path": str(digits_files["skops"])},
-               "monitor": {"summary": str(summary)}, "shaping": BANDS}
+               "monitor": {"summary": str(summary)}, "shaping": BANDS,
+               "reveal_band": True}  # the red team counts answers per band it is told
               for name in ("digits", "digits-tight")]
     gw = Gateway(folder, models, extra={
         "monitor": {"state_dir": "monitor-state"},

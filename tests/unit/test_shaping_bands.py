@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
 from modelfence.config import ModelSettings
-from modelfence.errors import ConfigurationError
+from modelfence.errors import ConfigurationError, Forbidden
+from modelfence.gateway.call import Call
+from modelfence.monitor.summary import Summary
 from modelfence.shaping.chain import Chain
 from modelfence.shaping.guard import ShapingGuard, bands_for, labels_only
+from modelfence.shaping.misinformation import AdaptiveMisinformation
+from modelfence.shaping.recommended import (
+    RECOMMENDED_BANDS,
+    RECOMMENDED_MONITOR,
+    recommended_shaping,
+)
 
 SECRET = b"s" * 32
 
@@ -75,3 +84,65 @@ def test_a_bad_defense_names_the_model_and_band() -> None:
     bad = [{"from_risk": 0.0, "defense": "none"}, {"from_risk": 0.5, "defense": "round:x"}]
     with pytest.raises(ConfigurationError, match=r"models\[m\]\.shaping\[1\]"):
         bands_for(model(bad), SECRET, None)
+
+
+def test_the_recommended_bands_load_and_start_at_the_monitors_threshold() -> None:
+    """README's recommended configuration is a valid band list: the model's answers below
+    the threshold, less information and misinformation (off-distribution rows only) from it;
+    the band is not revealed unless the model says so."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((300, 4))
+    summary = Summary.fit(rng.standard_normal((300, 6)),
+                          np.exp(logits) / np.exp(logits).sum(1, keepdims=True), cells=8)
+    settings = model(recommended_shaping())
+    assert not settings.reveal_band
+    bands = bands_for(settings, SECRET, summary)
+    assert [b.from_risk for b in bands] == [r for r, _, _ in RECOMMENDED_BANDS]
+    assert bands[0].defense.spec == "none"
+    assert bands[-1].from_risk == RECOMMENDED_MONITOR["threshold"]
+    strongest = bands[-1].defense
+    steps = strongest.steps if isinstance(strongest, Chain) else (strongest,)
+    assert any(isinstance(s, AdaptiveMisinformation) for s in steps)
+    assert not labels_only(strongest)  # honest callers keep probabilities, rounded
+    with pytest.raises(ConfigurationError, match="needs the monitor's summary"):
+        bands_for(settings, SECRET, None)
+
+
+class _Backend:
+    def class_values(self, k: int) -> np.ndarray:
+        return np.arange(k)
+
+
+def shaped_call(settings: ModelSettings, risk: float, asked: list[str] | None = None
+                ) -> tuple[ShapingGuard, Call]:
+    """A guard for `settings` and an answered call of 3 classes at `risk`."""
+    from modelfence.gateway.oip import InferRequest, InferResponse, Tensor
+    from modelfence.identity.principal import Principal
+
+    entry = SimpleNamespace(name="m", settings=settings, backend=_Backend())
+    guard = ShapingGuard({"m": bands_for(settings, SECRET, None)},
+                         frozenset({"m"}) if settings.reveal_band else frozenset())
+    call = Call(request=None, action="infer", model_name="m")  # type: ignore[arg-type]
+    call.principal, call.model, call.risk = Principal(id="p", tenant="t"), entry, risk  # type: ignore[assignment]
+    x = np.zeros((1, 2))
+    call.inputs = InferRequest([Tensor("input", "FP64", [1, 2], x)],
+                               outputs=[{"name": n} for n in asked] if asked else None)
+    p = np.array([[0.7, 0.2, 0.1]])
+    call.outputs = InferResponse("m", [Tensor("probabilities", "FP32", [1, 3], p)])
+    return guard, call
+
+
+@pytest.mark.parametrize("reveal", [False, True])
+async def test_the_band_is_named_only_where_the_model_reveals_it(reveal: bool) -> None:
+    settings = model(BANDS).model_copy(update={"reveal_band": reveal})
+    guard, call = shaped_call(settings, 0.5)
+    await guard.on_response(call)
+    assert call.shaping_band == "reduced"  # the audit record's
+    assert call.outputs is not None
+    assert ("shaping" in call.outputs.parameters) == reveal
+    guard, call = shaped_call(settings, 0.9, asked=["probabilities"])
+    with pytest.raises(Forbidden) as refused:
+        await guard.on_response(call)
+    assert "probabilities are withheld from this caller" in str(refused.value)
+    assert ("labels" in str(refused.value)) == reveal
+    assert call.shaping_band == "labels"

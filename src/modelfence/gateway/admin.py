@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -252,9 +253,14 @@ class AdminApi:
             raise NotFound(f"model {model[:64]!r} is not monitored")
         risk = (self._monitor.risk(model, principal) if principal is not None
                 else self._monitor.tenant_risk(model, str(tenant)))
+        episode = risk.episode
         return json_response({
             "model": model, "principal": principal, "tenant": tenant,
-            "risk": round(risk.score, 4), "flagged": risk.flagged, "queries": risk.queries,
+            "risk": round(risk.score, 4), "raw_risk": round(risk.raw, 4),
+            "flagged": risk.flagged, "queries": risk.queries,
+            "band": self._monitor.band(model, risk.score),
+            "episode": {"since": _when(episode.since),
+                        "hold_until": _when(episode.hold_until)} if risk.flagged else None,
             "detectors": {n: {"score": round(r.score, 4), "why": r.why}
                           for n, r in risk.readings.items()}})
 
@@ -264,6 +270,11 @@ _LLM_WHY = {"leak": "answers that would have leaked the system prompt",
             "injection": "prompts screened as injection",
             "probe": "refused requests for logprobs, logit_bias, echo or over a cap",
             "volume": "tokens far above its peers'"}
+
+
+def _when(ts: float) -> str | None:
+    """A unix time as ISO 8601 (UTC), or None for never."""
+    return datetime.fromtimestamp(ts, UTC).isoformat() if math.isfinite(ts) else None
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:

@@ -55,6 +55,9 @@ class MonitorService:
         self.monitors: dict[str, Monitor] = {
             m.name: self._monitor_for(m, settings) for m in settings.models
             if m.monitor is not None}
+        # (from_risk, name) of each monitored model's output bands, for operators' views
+        self._bands = {m.name: [(b.from_risk, b.name or b.defense) for b in m.shaping]
+                       for m in settings.models if m.name in self.monitors}
         if self.monitors and settings.server.workers > 1 and self._settings.shared is None:
             raise ConfigurationError(
                 "monitor: with server.workers > 1 each worker would see only its own share of "
@@ -119,6 +122,14 @@ class MonitorService:
 
     def risk(self, model: str, principal: str) -> Risk:
         return self.monitors[model].risk(principal)
+
+    def band(self, model: str, risk: float) -> str | None:
+        """The output band `risk` selects on `model` (a policy's pin may choose another)."""
+        chosen = None
+        for start, name in self._bands.get(model, ()):
+            if risk >= start:
+                chosen = name
+        return chosen
 
     def tenant_risk(self, model: str, tenant: str) -> Risk:
         return self.monitors[model].tenant_risk(tenant)

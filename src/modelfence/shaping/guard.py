@@ -6,12 +6,14 @@ chosen from `call.risk` (the monitor's score), unless a permitting Cedar policy 
 a pin naming a band the model does not have falls back to the model's strongest band, so a
 typo can only make answers poorer, never richer.
 
-Answers keep the OIP shape and output names. The response's `parameters.shaping` names the
-band, and the audit record carries it. A band whose answers carry only labels withholds the
-`probabilities` output instead of sending a one-hot matrix that would read as certainty;
-a caller who explicitly asked for `probabilities` gets a 403 that says why. The label output
-is recomputed from the shaped probabilities, so it never contradicts them (misinformation
-changes the top class on purpose).
+Answers keep the OIP shape and output names. The audit record names the band (and the
+admin API shows it); the answer does not, unless the model sets `reveal_band`: telling a
+caller its band tells a thief it has been caught, and which answers to distrust. A band
+whose answers carry only labels withholds the `probabilities` output instead of sending a
+one-hot matrix that would read as certainty; a caller who explicitly asked for
+`probabilities` gets a 403 that says they are withheld from it (naming the band only where
+it is revealed). The label output is recomputed from the shaped probabilities, so it never
+contradicts them (misinformation changes the top class on purpose).
 """
 
 from __future__ import annotations
@@ -73,8 +75,10 @@ class ShapingGuard(Guard):
     name: ClassVar[str] = "shaping"
     requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "outputs"})
 
-    def __init__(self, bands: dict[str, list[Band]]) -> None:
+    def __init__(self, bands: dict[str, list[Band]],
+                 reveal: frozenset[str] = frozenset()) -> None:
         self._bands = {name: b for name, b in bands.items() if b}
+        self._reveal = reveal  # models whose answers name the band
 
     @property
     def active(self) -> bool:
@@ -114,10 +118,10 @@ class ShapingGuard(Guard):
             x = np.asarray(call.inputs.inputs[0].data, dtype=np.float64)
             rows = x.reshape(len(x), -1)
         shaped = band.defense.apply(proba, inputs=rows, principal=call.principal.id)
-        self._replace(call, call.model, shaped, band)
+        self._replace(call, call.model, shaped, band, call.model.name in self._reveal)
 
     @staticmethod
-    def _replace(call: Call, entry: ModelEntry, shaped: Any, band: Band) -> None:
+    def _replace(call: Call, entry: ModelEntry, shaped: Any, band: Band, reveal: bool) -> None:
         assert call.outputs is not None
         classes = entry.backend.class_values(shaped.shape[1])
         answer = classifier_response(call.outputs.model_name, shaped, classes, call.outputs.id)
@@ -125,12 +129,14 @@ class ShapingGuard(Guard):
         if labels_only(band.defense):
             asked = call.inputs.outputs if call.inputs is not None else None
             if asked and any(o.get("name") == PROBABILITIES for o in asked):
+                which = f" (output band {band.name!r})" if reveal else ""
                 raise Forbidden(
-                    f"probabilities are withheld from this caller (output band {band.name!r}); "
-                    "ask for the 'label' output", reason="probabilities_withheld")
+                    f"probabilities are withheld from this caller{which}; ask for the "
+                    "'label' output", reason="probabilities_withheld")
             keep = [t for t in keep if t.name != PROBABILITIES]
         call.outputs.outputs = keep
-        call.outputs.parameters = {**call.outputs.parameters, "shaping": band.name}
+        if reveal:
+            call.outputs.parameters = {**call.outputs.parameters, "shaping": band.name}
 
 
 def build_shaping(models: dict[str, ModelEntry], server_secret: bytes,
@@ -138,4 +144,5 @@ def build_shaping(models: dict[str, ModelEntry], server_secret: bytes,
     return ShapingGuard({
         name: bands_for(entry.settings, shaping_secret(server_secret, name),
                         summaries.get(name))
-        for name, entry in models.items()})
+        for name, entry in models.items()},
+        frozenset(name for name, entry in models.items() if entry.settings.reveal_band))
