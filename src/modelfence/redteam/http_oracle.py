@@ -9,7 +9,8 @@ gateway's message, which `Recorder` keeps to report why the attack stopped.
 
 The gateway's output shaping may withhold the probabilities from a caller it finds risky
 (a labels-only band): the oracle then hands the thief one-hot probabilities of the label, as
-a real thief would, and counts the answers per band (``parameters.shaping``). With the
+a real thief would, and counts the answers per band (``parameters.shaping``, which the
+gateway sends only for models that set ``reveal_band``: answers hide it by default). With the
 gateway's admin token, `AdminClient` mints keys for the red team and `RiskWatch` reads the
 monitor's risk score for the attacking principal every few queries: the risk trail.
 """
