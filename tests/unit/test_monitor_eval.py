@@ -67,7 +67,7 @@ def test_summary_load_refuses_bad_files(world: ev.World, tmp_path: Path) -> None
     np.savez(tmp_path / "v2.npz", **{**good, "format_version": np.int64(99)})
     with pytest.raises(ConfigurationError) as e:
         Summary.load(tmp_path / "v2.npz")
-    assert "format version 99, expected 2" in _one_line(e)
+    assert "format version 99, expected 3" in _one_line(e)
     np.savez(tmp_path / "short.npz", **{k: v for k, v in good.items() if k != "scale"})
     with pytest.raises(ConfigurationError, match="missing scale"):
         Summary.load(tmp_path / "short.npz")

@@ -212,7 +212,8 @@ def test_crossings_are_episode_starts(world: World) -> None:
     assert len(first) == 1 and first[0].subject_kind == "principal" and first[0].risk.flagged
     assert feed(thief[:20]) == []  # still flagged: no new crossing
     assert feed(calm) == [] and not monitor.risk("x").flagged  # released, quietly
-    again = feed(thief)
+    again = feed(world.attack(UniformRandom("soft", 5), 100))  # fresh: the first rows are
+    # re-sends now (volume only)
     assert [c.subject for c in again] == ["x"]
 
 

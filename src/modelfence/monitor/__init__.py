@@ -6,10 +6,10 @@ from .detectors import (
     Coverage,
     Detector,
     DistanceNormality,
-    NearDuplicates,
     OutOfDistribution,
     PeerStats,
     Reading,
+    Synthetic,
     VolumeVelocity,
 )
 from .score import Crossing, Monitor, MonitorSettings, Risk, combine
@@ -24,12 +24,12 @@ __all__ = [
     "DistanceNormality",
     "Monitor",
     "MonitorSettings",
-    "NearDuplicates",
     "OutOfDistribution",
     "PeerStats",
     "Reading",
     "Risk",
     "Summary",
+    "Synthetic",
     "VolumeVelocity",
     "combine",
 ]

@@ -37,7 +37,6 @@ are read in plain Python, and a reading's explanation is only formatted when som
 
 from __future__ import annotations
 
-import array
 import hashlib
 import math
 import warnings
@@ -50,15 +49,12 @@ from typing import Any, Self
 
 import numpy as np
 
-from ..errors import ConfigurationError
+from . import null
+from .rings import EXACT, ROW, Ring, RowRing, _bad_state, nearest
 from .summary import Array, Summary, expected_distinct
 
 #: z-values between which a score ramps from 0 to 1.
 Z_LOW, Z_HIGH = 4.0, 7.0
-#: Standardized distances at or below this are the same row sent again.
-EXACT = 1e-9
-#: How rows are kept: float32 halves a caller's memory against float64.
-ROW = np.float32
 
 
 class Reading:
@@ -124,110 +120,6 @@ def answers(proba: Array) -> list[tuple[int, float]]:
         row[label] = -math.inf
         out.append((label, top - max(row) if len(row) > 1 else 1.0))
     return out
-
-
-def nearest(rows: Array, half: Array, z: Array, zz: float) -> tuple[int, float]:
-    """(index, squared distance) of the row of `rows` nearest `z`, given `zz` = |z|^2.
-
-    |r - z|^2 = |z|^2 - 2 (r.z - |r|^2/2): one matrix-vector product against the rows' cached
-    half squared norms `half` finds the winner and its distance. In float32 that distance is
-    off by about 1e-7 of the norms, so one within 1e-3 of them is measured again, exactly: an
-    exact repeat measures 0, and the smallest step still measures what it is.
-    """
-    score = rows @ z - half
-    j = int(score.argmax())
-    d2 = zz - 2.0 * float(score[j])
-    if d2 <= 1e-3 * (zz + 1.0):
-        diff = rows[j] - z
-        d2 = float(diff @ diff)
-    return j, max(d2, 0.0)
-
-
-def _bad_state(what: str) -> ConfigurationError:
-    return ConfigurationError(f"monitor state does not fit this detector: {what}")
-
-
-#: array.array type codes for the scalar rings' numpy dtypes.
-_CODES = {np.dtype(np.bool_): "B", np.dtype(np.int32): "i", np.dtype(np.float64): "d"}
-
-
-class Ring:
-    """A fixed-size ring buffer of scalars (`RowRing`: of rows): a detector's memory.
-
-    Scalars live in an `array.array`, as compact as numpy's and several times faster to set
-    or read one at a time from Python; `array` is a numpy view of the same memory.
-    """
-
-    def __init__(self, size: int, dtype: Any = np.float64) -> None:
-        self.data: Any = array.array(_CODES[np.dtype(dtype)], bytes(np.dtype(dtype).itemsize
-                                                                    * size))
-        self.array: Array = np.frombuffer(self.data, dtype)
-        self.size, self.count, self.head = size, 0, 0
-
-    def push(self, value: Any) -> None:
-        self.data[self.head] = value
-        self.head = (self.head + 1) % self.size
-        if self.count < self.size:
-            self.count += 1
-
-    def oldest(self) -> Any:
-        """What the next push overwrites (only meaningful once full)."""
-        return self.data[self.head]
-
-    def view(self) -> Array:
-        """The filled part (order is not kept; no detector needs it)."""
-        return self.array[: self.count]
-
-    def state(self, name: str) -> dict[str, Array]:
-        return {name: self.array, f"{name}.at": np.array([self.count, self.head], np.int64)}
-
-    def load(self, name: str, state: Mapping[str, Array]) -> None:
-        data, at = np.asarray(state[name]), np.asarray(state[f"{name}.at"])
-        if data.shape != self.array.shape or data.dtype != self.array.dtype:
-            raise _bad_state(f"{name} is {data.dtype}{list(data.shape)}, "
-                             f"expected {self.array.dtype}{list(self.array.shape)}")
-        if at.shape != (2,) or not (0 <= at[0] <= self.size and 0 <= at[1] < self.size):
-            raise _bad_state(f"{name} position {at.tolist()}")
-        self.array[...] = data
-        self.count, self.head = int(at[0]), int(at[1])
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.array.nbytes)
-
-
-class RowRing(Ring):
-    """A ring of float32 rows that keeps half of each row's squared norm, for `nearest`."""
-
-    def __init__(self, size: int, width: int) -> None:
-        self.data = self.array = np.zeros((size, width), ROW)
-        self.size, self.count, self.head = size, 0, 0
-        self.half: Array = np.zeros(size, ROW)
-
-    def push(self, value: Any, zz: float | None = None) -> None:
-        """Add a row (float32, as the monitor sends), given its squared norm `zz` if known."""
-        self.data[self.head] = value
-        self.half[self.head] = 0.5 * (float(value @ value) if zz is None else zz)
-        self.head = (self.head + 1) % self.size
-        if self.count < self.size:
-            self.count += 1
-
-    def nearest(self, z: Array, zz: float) -> float:
-        """Squared distance from `z` (float32), with |z|^2 = `zz`, to the nearest row held
-        (inf when empty)."""
-        if not self.count:
-            return math.inf
-        if self.count < self.size:
-            return nearest(self.data[: self.count], self.half[: self.count], z, zz)[1]
-        return nearest(self.data, self.half, z, zz)[1]
-
-    def load(self, name: str, state: Mapping[str, Array]) -> None:
-        super().load(name, state)
-        self.half = 0.5 * np.einsum("ij,ij->i", self.data, self.data)
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.data.nbytes + self.half.nbytes)
 
 
 class Repeats:
@@ -412,6 +304,10 @@ class Detector(ABC):
         for i in range(len(features)):
             self._one(features[i], proba[i])
 
+    def observe_raw(self, x: Array, features: Array, proba: Array, now: float) -> None:
+        """`observe`, given the raw rows `x` (float64) too: what the monitor calls."""
+        self.observe(features, proba, now)
+
     def _one(self, z: Array, p: Array) -> None:
         """Take one row; detectors that override `observe` need not."""
         raise NotImplementedError
@@ -494,6 +390,8 @@ class DistanceNormality(Detector):
     SPREAD = 0.12
     #: Share of the largest distances left out of the test (1 in 16).
     TRIM = 1 / 16
+    #: The floor when no simulated benign caller had enough fresh rows to measure one.
+    UNMEASURED = 0.9
 
     def __init__(self, summary: Summary, *, per_class: int = 32, window: int = 128,
                  min_n: int = 64, every: int = 4) -> None:
@@ -507,29 +405,43 @@ class DistanceNormality(Detector):
 
     @classmethod
     def calibrate(cls, summary: Summary, z: Array, proba: Array, seed: int,
-                  replays: int = 8, slack: float = 0.02) -> float:
+                  replays: int = 8, slack: float = 0.02, orders: list[Array] | None = None
+                  ) -> float:
         """PRADA's threshold delta: the lowest W over replays of benign rows, less a slack.
 
         Natural data is not exactly normal in this test either (Juuti et al. set delta per
         data set for that reason), so the benign floor is measured, not assumed: on `replays`
-        users who draw from all the rows, and on one user per class who asks about that class
-        only (their distances come from one class, whose shape differs from the mixture's).
+        users who draw from all the rows, on one user per class who asks about that class
+        only (their distances come from one class, whose shape differs from the mixture's),
+        and on the honest callers of `orders` (`null.benign_orders`: class pairs, drifting
+        traffic). Each replay drops re-sends as the monitor does (`Resends`): the floor is
+        that of the fresh rows the detector will see.
         """
+        from .resends import Resends
+
         rng = np.random.default_rng(seed)
         labels = proba.argmax(axis=1)
-        orders = [rng.permutation(len(z)) for _ in range(replays)]
+        todo = [rng.permutation(len(z)) for _ in range(replays)]
         for c in np.unique(labels):
             rows = np.nonzero(labels == c)[0]
             if len(rows) > cls(summary).min_n:  # enough distances for a test
-                orders.append(rows[rng.permutation(len(rows))])
+                todo.append(rows[rng.permutation(len(rows))])
+        todo.extend(orders or ())
+        zf = z.astype(ROW)
         lowest = 1.0
-        for order in orders:
+        for order in todo:
             det = cls(summary)
-            for i in order:
-                det._one(z[i], proba[i])
+            resends = Resends(summary.n_features, summary.resend_radius,
+                              int(summary.resend_key))
+            for step, i in enumerate(order):
+                if resends.seen(zf[i]):
+                    continue
+                det._one(zf[i], proba[i])
                 d = det.dmin.view()
-                if len(d) >= det.min_n:
+                if len(d) >= det.min_n and step % det.every == 0:
                     lowest = min(lowest, det.statistic(d))
+        if lowest == 1.0:  # no benign caller had enough fresh rows to test: stay cautious
+            return cls.UNMEASURED
         return lowest - slack
 
     @classmethod
@@ -600,7 +512,16 @@ class DistanceNormality(Detector):
 
 
 class _ShareDetector(Detector):
-    """A windowed share of flagged queries against the benign share."""
+    """A windowed count of flagged queries against the count benign callers would show.
+
+    Each row carries its own expected flag rate (`expect`; the class's `base` unless a
+    detector knows better, e.g. the rate of the cell the row falls in), so the window's
+    expected count follows where the caller is: an honest caller drifting through a region
+    where natural rows are often flagged is expected to be flagged often there. The count is
+    compared with its expectation by the variance-stabilized binomial z (`null.share_z`),
+    and the score ramps from `z0` (beyond the most extreme benign caller simulated at fit,
+    at least `Z_LOW`) over `Z_HIGH - Z_LOW`.
+    """
 
     base: float = 0.01
     what: str = "flagged"
@@ -608,30 +529,45 @@ class _ShareDetector(Detector):
     def __init__(self, summary: Summary, *, window: int = 200, min_n: int = 20) -> None:
         super().__init__(summary)
         self.flags = Ring(window, dtype=np.bool_)
+        self.expected = Ring(window)
         self.min_n = min_n
-        self.hits = 0  # flags set in the window, kept as they come and go
+        self.z0 = Z_LOW
+        self.hits, self.sum = 0, 0.0  # flags and expectations in the window, kept as they go
 
-    def _flag(self, flag: bool) -> None:
-        flags = self.flags
+    def _flag(self, flag: bool, expect: float | None = None) -> None:
+        flags, expected = self.flags, self.expected
+        e = self.base if expect is None else expect
         if flags.count == flags.size:
             self.hits -= flags.data[flags.head]
+            self.sum -= expected.data[expected.head]
         flags.push(flag)
+        expected.push(e)
         self.hits += flag
+        self.sum += e
 
     def score(self) -> Reading:
-        n, hits = self.flags.count, self.hits
+        n, hits, exp = self.flags.count, self.hits, max(self.sum, 0.0)
         if n < self.min_n:
             return Reading(0.0, lambda: f"{n} queries, too few")
-        z = share_excess(hits, n, self.base)
-        return Reading(ramp(z), lambda: f"{hits}/{n} {self.what} (benign {self.base:.1%}), "
-                                        f"z={z:.1f}")
+        z = null.share_z(hits, exp, n)
+        z0 = self.z0
+        return Reading(ramp(z, z0, z0 + Z_HIGH - Z_LOW),
+                       lambda: f"{hits}/{n} {self.what} (benign {exp / n:.1%}), z={z:.1f} "
+                               f"(benign callers up to {z0 - null.MARGIN:.1f})")
+
+    @classmethod
+    def null(cls, flags: Array, expect: Array, orders: list[Array], *, window: int = 200,
+             min_n: int = 20) -> float:
+        """Where the score starts, from benign callers' flags and expectations (`null`)."""
+        return null.start(null.window_extreme(flags, expect, orders, window, min_n), Z_LOW)
 
     def rings(self) -> dict[str, Ring]:
-        return {"flags": self.flags}
+        return {"flags": self.flags, "expected": self.expected}
 
     def load(self, state: Mapping[str, Array]) -> None:
         super().load(state)
         self.hits = int(self.flags.view().sum())
+        self.sum = float(self.expected.view().sum())
 
 
 class BoundaryProbing(_ShareDetector):
@@ -640,19 +576,30 @@ class BoundaryProbing(_ShareDetector):
     The summary's cut for a class is a low quantile of the data's margins for that class
     (`Summary.margin_cuts`), so each class contributes the same benign share: a user who only
     asks about a class the model often confuses is compared with that class, not flagged.
+    A row's expected rate is its cell's (`Summary.cell_boundary`), so a caller whose traffic
+    drifts along a stretch of boundary is compared with what natural rows there show.
     """
 
     name = "boundary"
     what = "near the boundary"
+    #: Lowest expected rate of a cell.
+    FLOOR = 0.02
 
-    def __init__(self, summary: Summary, **kw: Any) -> None:
+    def __init__(self, summary: Summary, *, cells: Cells | None = None, **kw: Any) -> None:
         super().__init__(summary, **kw)
-        self.base = max(summary.boundary_share, 0.02)
+        self.cells = cells or Cells(summary)
         self.cuts: list[float] = summary.margin_cuts.tolist()
+        self.rates: list[float] = summary.cell_boundary.tolist()
+        self.z0 = summary.boundary_z0
+
+    @classmethod
+    def for_caller(cls, summary: Summary, *, key: str, shared: Shared) -> Self:
+        return cls(summary, cells=shared.cells)
 
     def observe(self, features: Array, proba: Array, now: float) -> None:
-        for label, margin in answers(proba):
-            self._flag(margin < self.cuts[label])
+        cells = self.cells.of(features)[0]
+        for (label, margin), cell in zip(answers(proba), cells, strict=True):
+            self._flag(margin < self.cuts[label], self.rates[cell])
 
 
 class Cells:
@@ -686,24 +633,92 @@ class Cells:
         return self._answer
 
 
+class Judge:
+    """Which rows fail the data's naturalness tests (`naturalness.Nature`), shared by a
+    model's detectors; like `Cells`, it remembers the last batch asked about."""
+
+    def __init__(self, summary: Summary) -> None:
+        self.nature = summary.nature
+        self._last: tuple[tuple[int, ...], bytes] = ((), b"")
+        self._answer: list[bool] = []
+
+    def of(self, x: Array, z: Array) -> list[bool]:
+        """Per raw row of `x` (float64) and its standardized `z` (float32): unnatural?"""
+        key = (x.shape, x.tobytes())
+        if key != self._last:
+            self._answer = self.nature.unnatural(x, z).tolist()
+            self._last = key
+        return self._answer
+
+
 @dataclass(frozen=True)
 class Shared:
-    """What the detectors of one table of callers share: peer statistics and the cell lookup."""
+    """What the detectors of one table of callers share: peer statistics, the cell lookup
+    and the naturalness tests."""
 
     peers: PeerStats
     cells: Cells
+    judge: Judge
+
+
+class Synthetic(_ShareDetector):
+    """Share of fresh queries no natural row would be: off the data's decimal grid, beyond
+    its bounds, or off its weak principal directions (`naturalness`).
+
+    What noise, shift, mixup and Jacobian augmentation, uniform sampling and equation solving
+    send. A row's expected rate is the cross-fitted rate of natural rows in its cell
+    (`Summary.cell_unnatural`, at least `FLOOR`). Re-sends never reach it: a re-read with
+    sensor noise is off the grid too, and teaches nothing.
+    """
+
+    name = "synthetic"
+    what = "unnatural"
+    #: Lowest expected rate of a cell: data drifts (a new decimal, a new range) in use.
+    FLOOR = 0.005
+
+    def __init__(self, summary: Summary, *, cells: Cells | None = None,
+                 judge: Judge | None = None, **kw: Any) -> None:
+        super().__init__(summary, **kw)
+        self.cells = cells or Cells(summary)
+        self.judge = judge or Judge(summary)
+        self.rates: list[float] = summary.cell_unnatural.tolist()
+        self.z0 = summary.unnatural_z0
+
+    @classmethod
+    def for_caller(cls, summary: Summary, *, key: str, shared: Shared) -> Self:
+        return cls(summary, cells=shared.cells, judge=shared.judge)
+
+    def observe(self, features: Array, proba: Array, now: float) -> None:
+        """Standardized rows only: the raw rows are taken back from them (float32 keeps a
+        grid step's worth for any grid `naturalness` uses); the monitor calls `observe_raw`."""
+        x = features.astype(np.float64) * self.summary.scale + self.summary.mean
+        self.observe_raw(x, features, proba, now)
+
+    def observe_raw(self, x: Array, features: Array, proba: Array, now: float) -> None:
+        flags = self.judge.of(x, features)
+        cells = self.cells.of(features)[0]
+        for flag, cell in zip(flags, cells, strict=True):
+            self._flag(flag, self.rates[cell])
 
 
 class OutOfDistribution(_ShareDetector):
-    """Share of queries farther from every k-means centroid than 99% of the data."""
+    """Share of queries farther from every k-means centroid than 99% of new natural rows.
+
+    The radius and each cell's expected rate are cross-fitted (`Summary.fit`): a row's
+    distance is measured to centroids fitted without it, as a new row's would be, so a small
+    fit set (where in-sample distances are short) does not make every caller look far.
+    """
 
     name = "ood"
     what = "out of distribution"
-    base = 0.02  # 1% by construction, doubled for data drift between fit and use
+    #: Lowest expected rate of a cell.
+    FLOOR = 0.01
 
     def __init__(self, summary: Summary, *, cells: Cells | None = None, **kw: Any) -> None:
         super().__init__(summary, **kw)
         self.cells = cells or Cells(summary)
+        self.rates: list[float] = summary.cell_ood.tolist()
+        self.z0 = summary.ood_z0
 
     @classmethod
     def for_caller(cls, summary: Summary, *, key: str, shared: Shared) -> Self:
@@ -711,58 +726,9 @@ class OutOfDistribution(_ShareDetector):
 
     def observe(self, features: Array, proba: Array, now: float) -> None:
         radius2 = self.summary.ood_radius**2
-        for d2 in self.cells.of(features)[1]:
-            self._flag(d2 > radius2)
-
-
-class NearDuplicates(_ShareDetector):
-    """Share of queries within `dup_radius` of one of the caller's last `memory` queries.
-
-    The radius is what natural rows rarely come within (`calibrate`): the 1st percentile of a
-    row's distance to the nearest of `memory` others *of its own class*, the closest a benign
-    user's earlier queries come even if it asks about one class only. Exact repeats do not
-    count: re-sending a row reveals nothing new to a thief, and benign clients retry.
-    Near-but-different rows are what perturbation-based searches and augmentation send.
-    """
-
-    name = "duplicates"
-    what = "near-duplicates"
-    base = 0.02  # 1% by construction, doubled for data drift between fit and use
-    MEMORY = 128
-
-    def __init__(self, summary: Summary, *, memory: int = MEMORY, **kw: Any) -> None:
-        super().__init__(summary, **kw)
-        self.recent = RowRing(memory, summary.n_features)
-        self.radius2 = summary.dup_radius**2
-
-    @classmethod
-    def calibrate(cls, z: Array, labels: Array, seed: int, *, memory: int = MEMORY,
-                  rows: int = 2000, q: float = 0.01) -> float:
-        """The `q` quantile of a row's distance to the nearest of `memory` random rows of its
-        own class (all of them when fewer), over `rows` sampled rows."""
-        rng = np.random.default_rng(seed)
-        by_class = {int(c): np.nonzero(labels == c)[0] for c in np.unique(labels)}
-        out = []
-        for i in rng.permutation(len(z))[:rows]:
-            same = by_class[int(labels[i])]
-            same = same[same != i]
-            if not len(same):
-                continue
-            if len(same) > memory:
-                same = rng.choice(same, memory, replace=False)
-            out.append(float(np.sqrt(((z[same] - z[i]) ** 2).sum(axis=1).min())))
-        return float(np.quantile(out, q)) if out else 0.0
-
-    def _one(self, z: Array, p: Array) -> None:
-        z = z.astype(ROW, copy=False)
-        zz = float(z @ z)
-        d2 = self.recent.nearest(z, zz)
-        # an exact repeat (a retry, a cache miss) tells a thief nothing; a small step does
-        self._flag(EXACT**2 < d2 < self.radius2)
-        self.recent.push(z, zz)
-
-    def rings(self) -> dict[str, Ring]:
-        return {**super().rings(), "recent": self.recent}
+        cells, d2s = self.cells.of(features)
+        for cell, d2 in zip(cells, d2s, strict=True):
+            self._flag(d2 > radius2, self.rates[cell])
 
 
 class _Distinct:
@@ -965,8 +931,16 @@ class VolumeVelocity(Detector):
         return 8 * (self.MINUTES + self.HOURS + 3)
 
 
+#: Detectors no longer offered, and what to do instead (a configuration naming one fails).
+RETIRED = {
+    "duplicates": "rows within the model's calibrated re-send radius of a caller's recent "
+                  "rows are now re-sends (volume only, never evidence), and unnatural fresh "
+                  "rows are what 'synthetic' scores; remove 'duplicates' from "
+                  "monitor.detectors (the default list has 'synthetic' instead)",
+}
+
 DETECTORS: dict[str, type[Detector]] = {
     cls.name: cls
-    for cls in (DistanceNormality, BoundaryProbing, NearDuplicates, OutOfDistribution, Coverage,
+    for cls in (DistanceNormality, BoundaryProbing, Synthetic, OutOfDistribution, Coverage,
                 VolumeVelocity)
 }

@@ -35,14 +35,26 @@ from typing import Any, Literal
 import numpy as np
 
 from ..errors import ConfigurationError
-from .detectors import DETECTORS, ROW, Cells, Detector, PeerStats, Reading, Repeats, Shared
+from .detectors import (
+    DETECTORS,
+    RETIRED,
+    Cells,
+    Detector,
+    Judge,
+    PeerStats,
+    Reading,
+    Repeats,
+    Shared,
+)
 from .episodes import NO_EPISODE, STICKY, Episode, Hysteresis, check_hysteresis, step
+from .resends import Resends
+from .rings import ROW
 from .summary import Array, Summary
 
 #: What `snapshot` writes; `restore` reads only this format and version (2: float32 rows,
 #: each caller's repeat digests, the peer table's latest hour; 3: each caller's episode and
-#: its raw risk).
-SNAPSHOT_FORMAT, SNAPSHOT_VERSION = "modelfence-monitor", 3
+#: its raw risk; 4: each caller's re-send anchors, detectors fitted by summary format 3).
+SNAPSHOT_FORMAT, SNAPSHOT_VERSION = "modelfence-monitor", 4
 
 Kind = Literal["principal", "tenant"]
 
@@ -51,7 +63,7 @@ Kind = Literal["principal", "tenant"]
 class MonitorSettings:
     """Monitor settings; moves into config.py when the monitor is wired into the gateway."""
 
-    detectors: tuple[str, ...] = ("prada", "boundary", "duplicates", "ood", "coverage", "volume")
+    detectors: tuple[str, ...] = ("prada", "boundary", "synthetic", "ood", "coverage", "volume")
     threshold: float = 0.5  # raw risk at or above which a caller's episode starts
     max_principals: int = 10_000  # per table: principals, and tenants
     release: float | None = None  # raw risk below which an episode may end; None: 0.6 x threshold
@@ -60,6 +72,10 @@ class MonitorSettings:
     sticky: tuple[str, ...] = STICKY  # detectors whose evidence is of synthetic queries
 
     def __post_init__(self) -> None:
+        retired = [n for n in self.detectors if n in RETIRED]
+        if retired:
+            raise ConfigurationError(f"monitor detector {retired[0]!r} was retired: "
+                                     f"{RETIRED[retired[0]]}")
         unknown = sorted(set(self.detectors) - set(DETECTORS))
         if unknown:
             raise ConfigurationError(
@@ -123,49 +139,66 @@ def combine(readings: dict[str, Reading], only: frozenset[str] | None = None) ->
 
 
 class CallerState:
-    """All detectors for one caller, its recent rows' digests, its query count and risk."""
+    """All detectors for one caller, its re-send filters, its query count and risk."""
 
     def __init__(self, summary: Summary, names: tuple[str, ...], *, key: str,
                  shared: Shared) -> None:
         self.detectors: dict[str, Detector] = {
             n: DETECTORS[n].for_caller(summary, key=key, shared=shared) for n in names}
         self.repeats = Repeats()
+        self.resends = Resends(summary.n_features, summary.resend_radius,
+                               int(summary.resend_key))
         self.queries = 0
         self.risk = NO_RISK
 
+    def _resent(self, x: Array, z: Array) -> bool:
+        """Whether one row repeats a recent one exactly or within the re-send radius; a
+        fresh row becomes an anchor for later re-sends."""
+        return self.repeats.seen(x) or self.resends.seen(z)
+
     def observe(self, x: Array, z: Array, p: Array, now: float) -> set[str]:
-        """Show the rows (raw `x`, standardized `z`) to the detectors, repeats only to those
-        that count them; returns the names of the detectors that saw any."""
+        """Show the rows (raw `x`, standardized `z`) to the detectors, re-sends only to those
+        that count them (volume); returns the names of the detectors that saw any."""
         if len(x) == 1:  # the request path: no mask to build
-            zf, pf = (z[:0], p[:0]) if self.repeats.seen(x[0]) else (z, p)
+            xf, zf, pf = (x[:0], z[:0], p[:0]) if self._resent(x[0], z[0]) else (x, z, p)
         else:
-            fresh = self.repeats.fresh(x)
-            zf, pf = (z, p) if fresh.all() else (z[fresh], p[fresh])
+            fresh = np.array([not self._resent(x[i], z[i]) for i in range(len(x))], np.bool_)
+            xf, zf, pf = (x, z, p) if fresh.all() else (x[fresh], z[fresh], p[fresh])
         seen = set()
         for name, det in self.detectors.items():
             if det.sees_repeats:
                 det.observe(z, p, now)
             elif len(zf):
-                det.observe(zf, pf, now)
+                det.observe_raw(xf, zf, pf, now)
             else:
                 continue
             seen.add(name)
         self.queries += len(z)
         return seen
 
+    def filters_state(self) -> dict[str, Array]:
+        """The re-send filters' state as named arrays (a snapshot's part for this caller)."""
+        return {**{f"repeats.{k}": v for k, v in self.repeats.state().items()},
+                **{f"resends.{k}": v for k, v in self.resends.state().items()}}
+
+    def load_filters(self, state: dict[str, Array]) -> None:
+        self.repeats.load({k[8:]: v for k, v in state.items() if k.startswith("repeats.")})
+        self.resends.load({k[8:]: v for k, v in state.items() if k.startswith("resends.")})
+
     @property
     def nbytes(self) -> int:
-        return sum(d.nbytes for d in self.detectors.values()) + self.repeats.nbytes
+        return (sum(d.nbytes for d in self.detectors.values()) + self.repeats.nbytes
+                + self.resends.nbytes)
 
 
 class Table:
     """The callers of one kind, least recently seen first, and what they do as peers."""
 
     def __init__(self, kind: Kind, summary: Summary, settings: MonitorSettings,
-                 cells: Cells) -> None:
+                 cells: Cells, judge: Judge) -> None:
         self.kind, self.summary, self.settings = kind, summary, settings
         self.states: OrderedDict[str, CallerState] = OrderedDict()
-        self.shared = Shared(PeerStats(), cells)
+        self.shared = Shared(PeerStats(), cells, judge)
         self.peers = self.shared.peers
 
     def new(self, key: str) -> CallerState:
@@ -205,8 +238,10 @@ class Monitor:
         self.settings = settings or MonitorSettings()
         self._rules = Hysteresis.of(self.settings)
         self._cells = Cells(summary)  # one cell lookup per observe, for every table
+        self._judge = Judge(summary)  # and one naturalness verdict
         self._tables: dict[Kind, Table] = {
-            k: Table(k, summary, self.settings, self._cells) for k in ("principal", "tenant")}
+            k: Table(k, summary, self.settings, self._cells, self._judge)
+            for k in ("principal", "tenant")}
         self._principals = self._tables["principal"].states
         self._tenants = self._tables["tenant"].states
 
@@ -320,10 +355,10 @@ class Monitor:
             arrays[f"{kind}.episode"] = np.array(
                 [s.risk.episode.as_row() for s in states], np.float64).reshape(len(states), 4)
             arrays.update({f"{kind}.peers.{k}": v for k, v in peer_arrays.items()})
-            digests = [s.repeats.state() for s in states]
-            for k, blank in Repeats().state().items():
-                arrays[f"{kind}.repeats.{k}"] = np.stack(
-                    [d[k] for d in digests]) if digests else blank[None][:0]
+            filters = [s.filters_state() for s in states]
+            for k, blank in table.new("").filters_state().items():
+                arrays[f"{kind}.{k}"] = np.stack(
+                    [f[k] for f in filters]) if filters else blank[None][:0]
             for n in names:
                 parts = [s.detectors[n].state() for s in states]
                 for k in parts[0] if parts else ():
@@ -381,7 +416,7 @@ class Monitor:
                 "is measured against that one and cannot be restored here")
 
     def _rebuild(self, kind: Kind, header: dict[str, Any], arrays: dict[str, Array]) -> Table:
-        table = Table(kind, self.summary, self.settings, self._cells)
+        table = Table(kind, self.summary, self.settings, self._cells, self._judge)
         keys: list[str] = header["keys"]
         n, names = len(keys), self.settings.detectors
         queries, risks = arrays[f"{kind}.queries"], arrays[f"{kind}.risk"]
@@ -398,8 +433,8 @@ class Monitor:
             state = table.states[keys[i]] = table.new(keys[i])
             for name, det in state.detectors.items():
                 det.load({k: _row(arrays, f"{kind}.{name}.{k}", i, n) for k in det.state()})
-            state.repeats.load({k: _row(arrays, f"{kind}.repeats.{k}", i, n)
-                                for k in state.repeats.state()})
+            state.load_filters({k: _row(arrays, f"{kind}.{k}", i, n)
+                                for k in state.filters_state()})
             state.queries = int(queries[i])
             readings = {name: Reading(float(risks[i, 1 + j]), str(whys[i][j]))
                         for j, name in enumerate(names)}

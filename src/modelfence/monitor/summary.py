@@ -9,9 +9,14 @@ one. `Summary.fit` is run once when the model is registered (the future
 - a k-means codebook of the standardized data and the 99th percentile of the data's own
   distance to its nearest centroid (the out-of-distribution radius);
 - how often each cell and each predicted class occurs (the expected coverage);
-- per predicted class, a low quantile of the top-1 margin (what counts as near the boundary);
-- the distance within which natural rows of a class rarely come (the near-duplicate radius)
-  and the lowest PRADA statistic of benign replays (its floor).
+- per predicted class, a low quantile of the top-1 margin (what counts as near the boundary),
+  and per cell how often natural rows fall below it;
+- the radius within which a row re-sends a recent one (measurement noise up to 10% of each
+  feature's spread, `resends`) and how close distinct natural rows come;
+- the structure natural rows share (decimal grids, bounds, weak principal directions,
+  `naturalness`) and, per cell, how often natural rows break it (cross-fitted);
+- each detector's benign extreme: the most its statistic reached for honest callers
+  simulated from these rows (`null`), and PRADA's floor on such callers.
 
 Give it rows the model was *not* trained on where possible: on its own training rows a
 model is over-confident, and the boundary baseline comes out too low.
@@ -27,11 +32,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError
+from . import null
+from .naturalness import Nature, crossfit
+from .resends import natural_gap, projection_key, resend_radius
 
 Array = np.ndarray[Any, Any]
-#: Version of the file `Summary.save` writes; `load` refuses any other (2: per-class margin
-#: cuts, a same-class near-duplicate radius and a trimmed PRADA floor).
-FORMAT_VERSION = 2
+#: Version of the file `Summary.save` writes; `load` refuses any other (3: the re-send radius,
+#: the naturalness tests and each detector's benign null replace the near-duplicate radius).
+FORMAT_VERSION = 3
 #: A feature's scale is at least this share of the mean scale, so that a near-constant
 #: feature (an always-blank pixel) cannot dominate every distance.
 FLOOR = 0.5
@@ -53,13 +61,26 @@ class Summary:
     mean: Array
     scale: Array
     centroids: Array  # [cells, d], standardized space
-    ood_radius: float  # 99th percentile of the data's own nearest-centroid distance
+    ood_radius: float  # 99th percentile of natural rows' (cross-fitted) nearest-centroid distance
+    cell_ood: Array  # [cells] cross-fitted share of natural rows beyond it
+    ood_z0: float  # where the ood score starts
     cell_freq: Array  # [cells], sums to 1
     class_freq: Array  # [k], sums to 1
     margin_cuts: Array  # [k] near the boundary below this top-1 margin, per predicted class
     boundary_share: float  # share of the data below its class's cut
-    dup_radius: float  # "near-duplicate" below this standardized distance
-    nn_median: float  # median nearest-neighbour distance in the data
+    cell_boundary: Array  # [cells] share of each cell's rows below their class's cut
+    boundary_z0: float  # where the boundary score starts (beyond benign callers' extreme)
+    resend_radius: float  # a row this close (standardized) to a recent one is a re-send
+    natural_gap: float  # 1st percentile of a natural row's distance to 128 others
+    resend_key: float  # keys the projection re-send anchors are kept in (an int < 2^48)
+    lattice_step: Array  # [d] decimal grid of each feature (0: continuous)
+    lower: Array  # [d] raw-space bounds of natural rows (widened)
+    upper: Array  # [d]
+    weak: Array  # [r, d] whitened weak principal directions (r may be 0)
+    weak_cut: float  # natural rows' 99th percentile of their energy there
+    cell_unnatural: Array  # [cells] cross-fitted share of natural rows failing a test
+    unnatural_share: float  # the same over all rows
+    unnatural_z0: float  # where the synthetic score starts
     prada_w: float = 0.94  # lowest (trimmed) W on benign replays, less a slack (PRADA's delta)
 
     @property
@@ -69,6 +90,11 @@ class Summary:
     @property
     def n_features(self) -> int:
         return len(self.mean)
+
+    @property
+    def nature(self) -> Nature:
+        """The naturalness tests (`naturalness.Nature`) this summary holds."""
+        return Nature(self.lattice_step, self.lower, self.upper, self.weak, self.weak_cut)
 
     def transform(self, x: Array) -> Array:
         z: Array = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale
@@ -87,7 +113,8 @@ class Summary:
 
         A class's margin cut is the `boundary_quantile` of its rows' margins (the quantile
         of all rows for a class with fewer than `MIN_CLASS_ROWS`), so near-boundary queries
-        are `boundary_quantile` of benign ones whatever classes a user asks about.
+        are `boundary_quantile` of benign ones whatever classes a user asks about. Each
+        detector's null is then measured on honest callers simulated from the same rows.
         """
         from sklearn.cluster import KMeans
 
@@ -104,15 +131,9 @@ class Summary:
         z = (x - mean) / scale
         km = KMeans(n_clusters=cells, n_init=3, random_state=seed).fit(z)
         centroids = np.asarray(km.cluster_centers_, dtype=np.float64)
-        d_cent = np.sqrt(((z[:, None, :] - centroids[None]) ** 2).sum(axis=2))
-        labels = d_cent.argmin(axis=1)
-        own = d_cent[np.arange(len(z)), labels]
-        # nearest-neighbour distances on (at most) 2,000 rows: the data's typical spacing
-        sub = z[np.random.default_rng(seed).permutation(len(z))[:2000]]
-        sq = (sub**2).sum(axis=1)
-        d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * sub @ sub.T, 0.0)
-        np.fill_diagonal(d2, np.inf)
-        nn = np.sqrt(d2.min(axis=1))
+        labels = _nearest(z, centroids)[0]
+        own = _crossfit_distance(z, cells, seed)
+        radius = float(np.quantile(own, 0.99))
         predicted = proba.argmax(axis=1)
         k = proba.shape[1]
         margin = top1_margin(proba)
@@ -120,19 +141,43 @@ class Summary:
         cuts = np.array([
             float(np.quantile(margin[predicted == c], boundary_quantile))
             if np.sum(predicted == c) >= MIN_CLASS_ROWS else overall for c in range(k)])
-        from .detectors import DistanceNormality, NearDuplicates  # they import this module
+        near = margin < cuts[predicted]
+        nature = Nature.fit(x, z)
+        unnatural = crossfit(x, z, seed)
+        from .detectors import (  # they import this module
+            BoundaryProbing,
+            DistanceNormality,
+            OutOfDistribution,
+            Synthetic,
+        )
 
+        orders = null.benign_orders(z, predicted, seed)
+        key = projection_key(x, seed)
+        cell_boundary = null.cell_rates(near, labels, cells, BoundaryProbing.FLOOR)
+        cell_unnatural = null.cell_rates(unnatural, labels, cells, Synthetic.FLOOR)
+        cell_ood = null.cell_rates(own > radius, labels, cells, OutOfDistribution.FLOOR)
         summary = cls(
             mean=mean, scale=scale, centroids=centroids,
-            ood_radius=float(np.quantile(own, 0.99)),
+            ood_radius=radius,
+            cell_ood=cell_ood,
+            ood_z0=OutOfDistribution.null(own > radius, cell_ood[labels], orders),
             cell_freq=np.bincount(labels, minlength=cells) / len(z),
             class_freq=np.bincount(predicted, minlength=k) / len(z),
             margin_cuts=cuts,
-            boundary_share=float(np.mean(margin < cuts[predicted])),
-            dup_radius=NearDuplicates.calibrate(z, predicted, seed),
-            nn_median=float(np.median(nn)),
+            boundary_share=float(np.mean(near)),
+            cell_boundary=cell_boundary,
+            boundary_z0=BoundaryProbing.null(near, cell_boundary[labels], orders),
+            resend_radius=resend_radius(x, scale, key),
+            natural_gap=natural_gap(z, seed, key),
+            resend_key=float(key),
+            lattice_step=nature.step, lower=nature.lo, upper=nature.hi, weak=nature.weak,
+            weak_cut=nature.cut,
+            cell_unnatural=cell_unnatural,
+            unnatural_share=float(np.mean(unnatural)),
+            unnatural_z0=Synthetic.null(unnatural, cell_unnatural[labels], orders),
         )
-        return replace(summary, prada_w=DistanceNormality.calibrate(summary, z, proba, seed))
+        return replace(summary, prada_w=DistanceNormality.calibrate(
+            summary, z, proba, seed, replays=0, orders=orders))
 
     def save(self, path: Path | str) -> Path:
         """Write the summary as plain arrays (.npz, no pickle), so loading runs no code."""
@@ -179,23 +224,52 @@ class Summary:
 
     @classmethod
     def _checked(cls, path: Path, a: dict[str, Array]) -> Summary:
-        vectors = ("mean", "scale", "centroids", "cell_freq", "class_freq", "margin_cuts")
+        per_feature = ("mean", "scale", "lattice_step", "lower", "upper")
+        per_cell = ("cell_freq", "cell_boundary", "cell_unnatural", "cell_ood")
+        per_class = ("class_freq", "margin_cuts")
+        matrices = ("centroids", "weak")
         d = a["mean"].shape[0] if a["mean"].ndim == 1 else -1
+        cells = a["centroids"].shape[0] if a["centroids"].ndim == 2 else -1
+        k = a["class_freq"].shape[0] if a["class_freq"].ndim == 1 else -1
         ok = (all(v.dtype.kind in "iuf" for v in a.values())
-              and d > 0 and a["scale"].shape == (d,) and a["centroids"].ndim == 2
-              and a["centroids"].shape[1] == d
-              and a["cell_freq"].shape == (a["centroids"].shape[0],)
-              and a["class_freq"].ndim == 1 and len(a["class_freq"]) > 0
-              and a["margin_cuts"].shape == a["class_freq"].shape
-              and all(a[k].shape == () for k in a if k not in vectors)
+              and d > 0 and cells > 0 and k > 0
+              and all(a[n].shape == (d,) for n in per_feature)
+              and all(a[n].shape == (cells,) for n in per_cell)
+              and all(a[n].shape == (k,) for n in per_class)
+              and all(a[n].ndim == 2 and a[n].shape[1] == d for n in matrices)
+              and all(a[n].shape == () for n in a
+                      if n not in (*per_feature, *per_cell, *per_class, *matrices))
               and all(np.isfinite(v).all() for v in a.values())
               and bool((a["scale"] > 0).all()))
         if not ok:
             raise ConfigurationError(f"monitor summary {path}: arrays of the wrong shape or "
                                      "non-finite values; fit it again")
-        values: dict[str, Any] = {k: (np.asarray(v, dtype=np.float64) if k in vectors
-                                      else float(v)) for k, v in a.items()}
+        arrays = (*per_feature, *per_cell, *per_class, *matrices)
+        values: dict[str, Any] = {n: (np.asarray(v, dtype=np.float64) if n in arrays
+                                      else float(v)) for n, v in a.items()}
         return cls(**values)
+
+
+def _nearest(z: Array, centroids: Array) -> tuple[Array, Array]:
+    """(nearest centroid, distance to it) per row."""
+    d2 = ((z[:, None, :] - centroids[None]) ** 2).sum(axis=2)
+    cell = d2.argmin(axis=1)
+    return cell, np.sqrt(d2[np.arange(len(z)), cell])
+
+
+def _crossfit_distance(z: Array, cells: int, seed: int, folds: int = 5) -> Array:
+    """Each row's distance to the nearest of `cells` centroids fitted without it (5 folds):
+    how far new natural rows fall, where in-sample distances would be too short."""
+    from sklearn.cluster import KMeans
+
+    part = np.random.default_rng(seed).permutation(len(z)) % folds
+    out = np.zeros(len(z))
+    for f in range(folds):
+        held = part == f
+        k = min(cells, int((~held).sum()))
+        km = KMeans(n_clusters=k, n_init=1, max_iter=50, random_state=seed).fit(z[~held])
+        out[held] = _nearest(z[held], np.asarray(km.cluster_centers_))[1]
+    return out
 
 
 def expected_distinct(freq: Array, n: int) -> tuple[float, float]:

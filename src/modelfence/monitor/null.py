@@ -1,0 +1,101 @@
+"""The benign null, measured at fit: what honest callers' statistics reach on this model's data.
+
+A threshold tuned on one model's users means nothing on the next model, so each detector
+learns at `Summary.fit` how far its own statistic goes for callers who only ever send natural
+rows, in the orders honest traffic comes in: random order, one class, two classes, and
+slowly drifting traffic (rows sorted along a principal direction or a random one, with some
+jitter). A detector's score then ramps from beyond the most extreme of those benign callers
+(`start`), not from a fixed z that fits one data set.
+
+Share statistics compare a window's count of flagged rows `H` with its expected count `E`
+(each row's expected flag rate, from the cell it falls in: a caller who drifts through a
+region where natural rows are often flagged is expected to be flagged often) by the
+variance-stabilized binomial z, 2 sqrt(n) (asin sqrt(H/n) - asin sqrt(E/n)), which stays
+honest at small expected counts where the normal approximation raises false alarms.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+Array = np.ndarray[Any, Any]
+
+#: Benign random-order callers simulated per model.
+RANDOM = 4
+#: A class needs this many fit rows to be simulated as a one-class caller.
+MIN_CLASS = 20
+#: Shrinkage of a cell's flag rate towards the overall rate, in rows.
+PRIOR_ROWS = 10.0
+#: z-units a detector's score starts above the most extreme benign caller at fit.
+MARGIN = 1.0
+
+
+def share_z(hits: float, expected: float, n: int) -> float:
+    """Variance-stabilized z of `hits` flags in `n` rows against `expected` (0 when fewer)."""
+    if n <= 0 or hits <= expected:
+        return 0.0
+    h = min(max(hits / n, 0.0), 1.0)
+    e = min(max(expected / n, 0.0), 1.0)
+    return 2.0 * math.sqrt(n) * (math.asin(math.sqrt(h)) - math.asin(math.sqrt(e)))
+
+
+def cell_rates(flags: Array, cells: Array, n_cells: int, floor: float) -> Array:
+    """Each cell's flag rate, shrunk towards the overall rate by `PRIOR_ROWS`, at least `floor`."""
+    overall = float(np.mean(flags)) if len(flags) else 0.0
+    hits = np.bincount(cells, weights=flags.astype(np.float64), minlength=n_cells)
+    rows = np.bincount(cells, minlength=n_cells).astype(np.float64)
+    rate = (hits + PRIOR_ROWS * overall) / (rows + PRIOR_ROWS)
+    out: Array = np.maximum(rate, floor)
+    return out
+
+
+def benign_orders(z: Array, labels: Array, seed: int) -> list[Array]:
+    """Orders of the fit rows honest callers might send them in (indices into `z`)."""
+    rng = np.random.default_rng(seed)
+    n = len(z)
+    orders = [rng.permutation(n) for _ in range(RANDOM)]
+    classes = [c for c in np.unique(labels) if np.sum(labels == c) >= MIN_CLASS]
+    for c in classes:
+        rows = np.nonzero(labels == c)[0]
+        orders.append(rows[rng.permutation(len(rows))])
+    if len(classes) >= 3:
+        for _ in range(2):
+            pair = rng.choice(classes, 2, replace=False)
+            rows = np.nonzero(np.isin(labels, pair))[0]
+            orders.append(rows[rng.permutation(len(rows))])
+    directions = [_first_component(z), *rng.standard_normal((2, z.shape[1]))]
+    for v in directions:
+        proj = z @ (v / max(float(np.linalg.norm(v)), 1e-12))
+        jitter = rng.normal(0.0, 0.25 * float(proj.std()) + 1e-12, n)
+        orders.append(np.argsort(proj + jitter, kind="stable"))
+    return orders
+
+
+def _first_component(z: Array) -> Array:
+    c = z - z.mean(axis=0)
+    _, _, vt = np.linalg.svd(c[:2000], full_matrices=False)
+    out: Array = vt[0]
+    return out
+
+
+def window_extreme(flags: Array, expect: Array, orders: list[Array], window: int,
+                   min_n: int) -> float:
+    """The largest `share_z` over every window (of up to `window` rows, at least `min_n`)
+    of every order."""
+    top = 0.0
+    f = flags.astype(np.float64)
+    for order in orders:
+        h = np.concatenate([[0.0], np.cumsum(f[order])])
+        e = np.concatenate([[0.0], np.cumsum(expect[order])])
+        for end in range(min_n, len(order) + 1):
+            start = max(0, end - window)
+            top = max(top, share_z(h[end] - h[start], e[end] - e[start], end - start))
+    return top
+
+
+def start(extreme: float, low: float) -> float:
+    """Where a score starts to ramp: `low`, or `MARGIN` beyond the benign extreme."""
+    return max(low, extreme + MARGIN)
