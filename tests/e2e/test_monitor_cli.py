@@ -112,3 +112,28 @@ def test_calibrate_a_configured_model_on_its_own_traffic(tmp_path: Path, config:
                    "--data", str(rows), check=False)
     assert unfitted.returncode == 2
     assert "has no monitor.summary" in _one_error_line(unfitted.stderr)
+
+
+def test_evaluate_suite_writes_the_corpus_report(tmp_path: Path) -> None:
+    result = cli("monitor", "evaluate", "--suite", "dev", "--victims", "wine-3c-13f-lr",
+                 "--behaviours", "uniform-range,random-order-1qps", "--queries", "200",
+                 "--benign-per-victim", "2", "--workers", "1", "--json",
+                 str(tmp_path / "c.json"), "--markdown", str(tmp_path / "c.md"), "--html",
+                 str(tmp_path / "c.html"), env={"COLUMNS": "200"})
+    assert "benign streams flagged" in result.stdout
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert doc["suite"] == "dev" and {c["victim"] for c in doc["cells"]} == {"wine-3c-13f-lr"}
+    assert sorted(c["behaviour"] for c in doc["cells"]) == [
+        "random-order-1qps", "random-order-1qps", "uniform-range"]
+    assert {t["name"] for t in doc["targets"]} >= {"benign streams flagged",
+                                                   "synthetic queries flagged in time"}
+    assert "| dev | synthetic queries flagged in time |" in (tmp_path / "c.md").read_text()
+    assert "<svg" in (tmp_path / "c.html").read_text()
+
+
+def test_evaluate_suite_unknown_names_are_one_line_and_exit_2() -> None:
+    for args, text in ((["--suite", "nope"], "unknown suite 'nope'"),
+                       (["--suite", "dev", "--victims", "nope"], "unknown corpus victim"),
+                       (["--suite", "dev", "--behaviours", "nope"], "unknown corpus behaviour")):
+        result = cli("monitor", "evaluate", *args, check=False)
+        assert result.returncode == 2 and text in _one_error_line(result.stderr), args

@@ -160,8 +160,37 @@ def evaluate(
     html_out: Annotated[Path | None, typer.Option(
         "--html", help="Write a self-contained HTML report with risk plots",
         show_default=False)] = None,
+    suite: Annotated[str | None, typer.Option(
+        help="Run the efficacy corpus instead: dev, test or all (victims x honest callers x "
+             "thieves through the recommended configuration)", show_default=False)] = None,
+    victims: Annotated[str | None, typer.Option(
+        help="With --suite: only these corpus victims (comma-separated names)",
+        show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="With --suite: local worker processes [default: one per core]",
+        show_default=False)] = None,
+    dask: Annotated[str | None, typer.Option(
+        help="With --suite: run on a Dask cluster, e.g. tcp://host:8786",
+        show_default=False)] = None,
+    markdown_out: Annotated[Path | None, typer.Option(
+        "--markdown", help="With --suite: write the tables as Markdown",
+        show_default=False)] = None,
+    behaviours: Annotated[str | None, typer.Option(
+        help="With --suite: only these callers (behaviour or family names, comma-separated)",
+        show_default=False)] = None,
+    queries: Annotated[int, typer.Option(min=10, help="With --suite: queries per caller")] = 2000,
+    benign_per_victim: Annotated[int, typer.Option(
+        min=0, help="With --suite: honest streams per victim")] = 34,
 ) -> None:
-    """Replay attacks and benign users through the monitor; when is each flagged?"""
+    """Replay attacks and benign users through the monitor; when is each flagged?
+
+    With --suite, run the efficacy corpus: many victims, honest callers and thieves through
+    the recommended monitor and output bands, reported against the targets.
+    """
+    if suite is not None:
+        cells = _suite_cells(suite, victims, behaviours, seed, queries, benign_per_victim)
+        _evaluate_suite(cells, suite, workers, dask, seed, json_out, html_out, markdown_out)
+        return
     from ..monitor import evaluate as ev
 
     results: list[Evaluation] = []
@@ -190,6 +219,52 @@ def evaluate(
             console.print(f"wrote {html_out}", markup=False)
     except ModelfenceError as exc:
         raise fail(str(exc), 2) from None
+
+
+def _suite_cells(suite: str, victims: str | None, behaviours: str | None, seed: int,
+                 queries: int, benign_per_victim: int) -> list[Any]:
+    from ..monitor.corpus import run
+
+    def names(text: str | None) -> list[str] | None:
+        return [v.strip() for v in (text or "").split(",") if v.strip()] or None
+
+    try:
+        cells = run.plan(suite, victims=names(victims), behaviours=names(behaviours),
+                         seed=seed, queries=queries, benign_per_victim=benign_per_victim)
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+    if not cells:
+        raise fail(f"--behaviours {behaviours!r} names no caller of suite {suite}", 2)
+    return cells
+
+
+def _evaluate_suite(cells: list[Any], suite: str, workers: int | None, dask: str | None,
+                    seed: int, json_out: Path | None, html_out: Path | None,
+                    markdown_out: Path | None) -> None:
+    """`evaluate --suite`: the corpus on local processes or Dask, with a progress bar."""
+    import orjson
+
+    from ..monitor.corpus import report, run
+    from ..redteam.executors import executor_for
+
+    try:
+        executor = executor_for(dask, workers)
+        with _progress() as progress:
+            task = progress.add_task(f"corpus {suite}", total=len(cells))
+            result = run.run(cells, executor, suite=suite, seed=seed,
+                             progress=lambda label, done, total: progress.update(
+                                 task, description=label, completed=done, total=total))
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+    console.print(report.markdown(result), markup=False, soft_wrap=True)
+    for path, text in ((markdown_out, report.markdown(result)), (html_out, report.html(result))):
+        if path is not None:
+            path.write_text(text, encoding="utf-8")
+            console.print(f"wrote {path}", markup=False)
+    if json_out is not None:
+        json_out.write_bytes(orjson.dumps(report.to_dict(result), option=orjson.OPT_INDENT_2
+                                          | orjson.OPT_SERIALIZE_NUMPY))
+        console.print(f"wrote {json_out}", markup=False)
 
 
 def _victims(text: str) -> list[str]:

@@ -5,7 +5,10 @@ families, other behaviour settings) is what gets reported.
 """
 
 from .behaviours import BEHAVIOURS, Behaviour, CallerStream, behaviours, generate
+from .harness import Gateway, Replay
+from .run import CellResult, CorpusRun, plan
 from .victims import VICTIMS, CorpusWorld, VictimSpec, build_world, victims
 
-__all__ = ["BEHAVIOURS", "VICTIMS", "Behaviour", "CallerStream", "CorpusWorld", "VictimSpec",
-           "behaviours", "build_world", "generate", "victims"]
+__all__ = ["BEHAVIOURS", "VICTIMS", "Behaviour", "CallerStream", "CellResult", "CorpusRun",
+           "CorpusWorld", "Gateway", "Replay", "VictimSpec", "behaviours", "build_world",
+           "generate", "plan", "victims"]

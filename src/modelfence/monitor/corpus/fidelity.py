@@ -1,0 +1,139 @@
+"""What a thief keeps: the fidelity of a copy trained on the answers it was shown.
+
+Each thief trains the red team's label-only copy (`redteam.thieves`, an MLP on standardised
+inputs) on its queries and the top-1 answers it received, and is scored by agreement with
+the model on the world's never-queried rows. Beside it, the same copy on the answers an
+undefended model gives (what the defence costs the thief), and a thief that knows the
+defence. That thief is told the band of every answer, which is more than any answer shows
+(an upper bound on what it can read from a marker or a change of format), and tries each
+way of undoing a lie it knows, keeping its best:
+
+- ``drop``: train only on answers from the first band (nothing after it was flagged);
+- ``flip`` (binary models): flip every answer from a later band, the rule that undid
+  misinformation whose lie was always the other class;
+- ``reask``: ask each such row twice more, nudged by 0.1% of each feature's spread (a lie
+  keyed by the exact input changes with it), and take the majority of the three answers.
+  The re-asks are answered in the band the row was answered in: the thief is still flagged.
+
+Copies are memoised by their training labels, so a defence that changed nothing costs one
+fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from ...redteam.thieves import make_thief
+from ..summary import Array
+from .harness import Gateway, Replay
+
+#: Re-asks are nudged by this share of each feature's standard deviation.
+NUDGE = 1e-3
+
+
+def model_proba(world: Any, x: Array) -> Array:
+    """The victim's probabilities for `x` (float64, as the monitor takes them)."""
+    p = world.victim.ask(x).proba
+    assert p is not None
+    out: Array = np.asarray(p, dtype=np.float64)
+    return out
+
+
+class _Labels:
+    """The model's top-1 on a world's never-queried rows, for the last few worlds (a world
+    holds arrays, so it is not hashable: kept by identity, with the world itself)."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self._seen: dict[int, tuple[Any, Array]] = {}
+
+    def __call__(self, world: Any) -> Array:
+        hit = self._seen.get(id(world))
+        if hit is not None and hit[0] is world:
+            return hit[1]
+        labels: Array = np.asarray(world.victim.ask(world.test_x).labels)
+        if len(self._seen) >= self.size:
+            self._seen.pop(next(iter(self._seen)))
+        self._seen[id(world)] = (world, labels)
+        return labels
+
+
+#: What a copy is compared with; per process, like the worlds themselves.
+victim_labels = _Labels()
+
+
+class Copies:
+    """Label-only copies of one victim from one thief's queries, fitted once per labelling."""
+
+    def __init__(self, world: Any, x: Array, seed: int) -> None:
+        self.world, self.x, self.seed = world, x, seed
+        self.k = int(world.summary.n_classes)
+        self._memo: dict[bytes, float] = {}
+
+    def fidelity(self, labels: Array, rows: Array | None = None) -> float:
+        """Agreement with the model on its test rows of a copy trained on (x, labels)."""
+        keep = np.ones(len(labels), dtype=bool) if rows is None else rows
+        key = hashlib.blake2b(np.asarray(labels, np.int64).tobytes()
+                              + np.packbits(keep).tobytes(), digest_size=16).digest()
+        if key not in self._memo:
+            if not keep.any():
+                self._memo[key] = 0.0
+            else:
+                thief = make_thief("mlp", self.seed).fit(
+                    self.x[keep], np.asarray(labels)[keep], None, self.k)
+                ref = victim_labels(self.world)
+                self._memo[key] = float(np.mean(thief.predict(self.world.test_x) == ref))
+        return self._memo[key]
+
+
+def fidelities(gw: Gateway, rep: Replay, stream: Any, proba: Array, world: Any, *,
+               seed: int) -> dict[str, Any]:
+    """The naive copy's fidelity defended and undefended, and the defence-aware best."""
+    copies = Copies(world, np.asarray(stream.x, dtype=np.float64), seed)
+    undefended = copies.fidelity(rep.truth_labels)
+    defended = copies.fidelity(rep.labels)
+    best, how = defended, "naive"
+    for name, (labels, rows) in knowing_views(gw, rep, stream, world, seed).items():
+        f = copies.fidelity(labels, rows)
+        if f > best:
+            best, how = f, name
+    return {"fidelity_defended": defended, "fidelity_undefended": undefended,
+            "fidelity_knowing": best, "knowing_strategy": how}
+
+
+def knowing_views(gw: Gateway, rep: Replay, stream: Any, world: Any, seed: int
+                  ) -> dict[str, tuple[Array, Array | None]]:
+    """The (labels, rows kept) each defence-aware strategy would train on."""
+    suspect = rep.band != 0
+    if not suspect.any():
+        return {}
+    views: dict[str, tuple[Array, Array | None]] = {"drop": (rep.labels, ~suspect)}
+    if gw.monitor.summary.n_classes == 2:
+        flipped = rep.labels.copy()
+        flipped[suspect] = 1 - flipped[suspect]
+        views["flip"] = (flipped, None)
+    views["reask"] = (reask(gw, rep, stream, world, suspect, seed), None)
+    return views
+
+
+def reask(gw: Gateway, rep: Replay, stream: Any, world: Any, suspect: Array,
+          seed: int) -> Array:
+    """Labels after asking each suspect row twice more, nudged, and taking the majority."""
+    idx = np.nonzero(suspect)[0]
+    x = np.asarray(stream.x, dtype=np.float64)[idx]
+    who = [stream.principals[i] for i in idx]
+    rng = np.random.default_rng(seed + 7)
+    scale = np.asarray(world.summary.scale, dtype=np.float64)
+    asks = []
+    for _ in range(2):
+        nudged = x + rng.normal(0.0, NUDGE, x.shape) * scale
+        shown = gw.answer(rep.band[idx], model_proba(world, nudged), nudged, who)
+        asks.append(shown.argmax(axis=1))
+    first, a, b = rep.labels[idx], asks[0], asks[1]
+    vote = np.where((first == a) | (first == b), first, np.where(a == b, a, first))
+    out: Array = rep.labels.copy()
+    out[idx] = vote
+    return out
