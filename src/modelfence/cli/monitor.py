@@ -307,12 +307,19 @@ def calibrate(
     data: DataOption = "sklearn:digits",
     victim: Annotated[str, typer.Option(help="Victim trained on the data: lr or mlp")] = "lr",
     false_alarm_rate: Annotated[float, typer.Option(
-        min=0.0, max=0.5, help="Highest share of benign queries after which a caller may "
-        "stand flagged")] = 0.001,
+        min=0.0, max=0.5, help="Highest share of benign queries (or of benign callers, with "
+        "--per stream) flagged; met with the confidence below, not just on the sample")
+    ] = 0.001,
     benign_streams: Streams = 22,
     benign_queries: Queries = 5000,
     seed: Seed = 0,
     label_column: LabelColumn = None,
+    per: Annotated[str, typer.Option(
+        help="What the rate counts: query (benign queries answered while flagged) or stream "
+        "(benign callers ever flagged)")] = "query",
+    confidence: Annotated[float, typer.Option(
+        min=0.5, max=0.999, help="Confidence of the Clopper-Pearson upper bound on the rate"
+    )] = 0.95,
     yaml_out: Annotated[Path | None, typer.Option(
         "--yaml", help="Write `monitor: {threshold: X}` to this file", show_default=False
     )] = None,
@@ -325,6 +332,7 @@ def calibrate(
     from ..monitor import evaluate as ev
 
     try:
+        ev.check_sample(false_alarm_rate, per, confidence, benign_streams, benign_queries)
         if model is not None:
             with console.status(f"loading {model} and scoring {data}…"):
                 world = _configured_world(config, model, data, label_column)
@@ -336,15 +344,21 @@ def calibrate(
             task = progress.add_task("benign streams", total=benign_streams)
             result = ev.calibrate(
                 world, false_alarm_rate, benign_streams=benign_streams,
-                benign_queries=benign_queries, seed=seed,
+                benign_queries=benign_queries, seed=seed, per=per, confidence=confidence,
                 progress=lambda label, done, total: progress.update(
                     task, description=label, completed=done, total=total))
     except ModelfenceError as exc:
         raise fail(str(exc), 2) from None
     _print_calibration(result)
     if not result.feasible:
-        raise fail(f"no threshold up to 1.0 keeps false alarms at {false_alarm_rate:.3%}: "
-                   f"{result.achieved_rate:.3%} of benign queries reach risk 1.0", 1)
+        raise fail(f"no threshold up to 1.0 keeps false alarms at {false_alarm_rate:.3%} per "
+                   f"{per} at {confidence:.0%} confidence: {result.achieved_rate:.3%} of benign "
+                   f"{per}s reach risk 1.0 (upper bound {result.upper_bound:.3%})", 1)
+    if result.sample < 2 * result.needed:
+        err_console.print(f"warning: {result.sample:,} benign {per}s only just support a "
+                          f"rate of {false_alarm_rate:g} (no alarm at all needs "
+                          f"{result.needed:,}); the threshold is the cautious end of what "
+                          "they allow, and a larger sample gives a tighter one", markup=False)
     if yaml_out is not None:
         yaml_out.write_text(result.yaml())
         console.print(f"wrote {yaml_out}", markup=False)
@@ -358,6 +372,8 @@ def _print_calibration(c: Calibration) -> None:
     for name, q in c.detectors.items():
         table.add_row(name, f"{q['quantile']:.3f}", f"{q['max']:.3f}")
     console.print(table)
-    console.print(f"threshold {c.threshold} keeps per-query false alarms at "
-                  f"{c.achieved_rate:.3%} (target ≤ {c.target_rate:.3%}); risk at the "
-                  f"{1 - c.target_rate:.2%} quantile: {c.risk_quantile:.3f}")
+    console.print(f"threshold {c.threshold} keeps per-{c.per} false alarms at "
+                  f"{c.achieved_rate:.3%} of the sample, at most {c.upper_bound:.3%} at "
+                  f"{c.confidence:.0%} confidence (Clopper-Pearson; target ≤ "
+                  f"{c.target_rate:.3%}); risk at the {1 - c.target_rate:.2%} quantile of "
+                  f"queries: {c.risk_quantile:.3f}", markup=False)

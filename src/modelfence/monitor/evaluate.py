@@ -294,26 +294,98 @@ class Calibration:
     streams: int
     risk_quantile: float  # the benign risk at the 1 - target quantile
     detectors: dict[str, dict[str, float]]  # name → {"quantile", "max"} of benign scores
+    per: str = "query"  # what the rate counts: benign queries, or benign streams (callers)
+    confidence: float = 0.95
+    upper_bound: float = 0.0  # Clopper-Pearson upper bound on the rate at the threshold
+    needed: int = 0  # queries (or streams) needed for the bound to reach the target at all
+
+    @property
+    def supported(self) -> bool:
+        """Whether the sample is large enough for the bound to meet the target."""
+        return self.sample >= self.needed
+
+    @property
+    def sample(self) -> int:
+        return self.queries if self.per == "query" else self.streams
 
     def yaml(self) -> str:
         return f"monitor:\n  threshold: {self.threshold}\n"
 
 
+def upper_bound(alarms: int, n: int, confidence: float) -> float:
+    """Clopper-Pearson upper bound on a rate seen as `alarms` in `n` (one-sided)."""
+    from scipy.stats import beta
+
+    if n <= 0 or alarms >= n:
+        return 1.0
+    return float(beta.ppf(confidence, alarms + 1, n - alarms))
+
+
+def needed(rate: float, confidence: float) -> int:
+    """The smallest sample whose upper bound, with no alarm at all, is at most `rate`
+    (about 3 / rate at 95%: the rule of three)."""
+    if rate <= 0.0:
+        return 2**62
+    return math.ceil(math.log(1.0 - confidence) / math.log1p(-rate))
+
+
 def threshold_for(risks: Array, rate: float) -> float:
     """The lowest threshold (3 decimals) at which at most `rate` of `risks` reach it."""
-    allowed = math.floor(rate * len(risks) + 1e-9)
+    return threshold_at(risks, math.floor(rate * len(risks) + 1e-9))
+
+
+def threshold_at(risks: Array, allowed: int) -> float:
+    """The lowest threshold (3 decimals) that at most `allowed` of `risks` reach."""
     if allowed >= len(risks):
         return 0.001
     edge = float(np.sort(risks)[::-1][allowed])  # the first risk that must stay below
     return min(1.0, max(0.001, math.ceil((edge + 1e-9) * 1000) / 1000))
 
 
+def bounded_threshold(risks: Array, rate: float, confidence: float) -> tuple[float, int]:
+    """(threshold, alarms allowed): the lowest threshold whose Clopper-Pearson upper bound
+    on the alarm rate is at most `rate`, allowing the most alarms that bound permits."""
+    n = len(risks)
+    if upper_bound(0, n, confidence) > rate:
+        return 1.0, 0
+    lo, hi = 0, n  # the bound rises with the alarms: the last `allowed` that keeps it
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if upper_bound(mid, n, confidence) <= rate else (lo, mid)
+    return threshold_at(risks, lo), lo
+
+
+def check_sample(rate: float, per: str, confidence: float, streams: int, queries: int) -> int:
+    """The sample `rate` needs (`needed`); a ConfigurationError naming it when the benign
+    `streams` x `queries` are fewer, so no replay is wasted on an unsupportable target."""
+    if not 0.0 < rate < 1.0:
+        raise ConfigurationError("--false-alarm-rate must be in (0, 1)")
+    if per not in ("query", "stream"):
+        raise ConfigurationError(f"--per {per!r}: use query or stream")
+    if not 0.5 <= confidence < 1.0:
+        raise ConfigurationError("--confidence must be in [0.5, 1)")
+    need = needed(rate, confidence)
+    have = streams * queries if per == "query" else streams
+    if have < need:
+        unit = "queries" if per == "query" else "streams"
+        hint = (f"e.g. --benign-queries {math.ceil(need / streams):,}" if per == "query"
+                else f"--benign-streams {need:,}")
+        raise ConfigurationError(
+            f"{have:,} benign {unit} cannot show a false-alarm rate of {rate:g} per {per} at "
+            f"{confidence:.0%} confidence: with no alarm at all the upper bound is "
+            f"{upper_bound(0, have, confidence):.2g}; it needs at least {need:,} benign {unit} "
+            f"({hint})")
+    return need
+
+
 def calibrate(world: World, false_alarm_rate: float = 0.001, *, benign_streams: int = 22,
-              benign_queries: int = 5000, seed: int = 0, progress: Progress | None = None
-              ) -> Calibration:
-    """The threshold giving at most `false_alarm_rate` flagged benign queries, per query."""
-    if not 0.0 <= false_alarm_rate < 1.0:
-        raise ConfigurationError("--false-alarm-rate must be in [0, 1)")
+              benign_queries: int = 5000, seed: int = 0, progress: Progress | None = None,
+              per: str = "query", confidence: float = 0.95) -> Calibration:
+    """The threshold whose false-alarm rate (per benign query, or per benign stream: a
+    caller ever flagged) has a Clopper-Pearson upper bound, at `confidence`, of at most
+    `false_alarm_rate`. A sample too small for any bound to reach the rate is refused
+    (ConfigurationError naming the sample needed) before any replay."""
+    need = check_sample(false_alarm_rate, per, confidence, benign_streams, benign_queries)
     settings = MonitorSettings()
     traces = []
     streams = benign_suite(world.pool.x, world.labels, streams=benign_streams, n=benign_queries,
@@ -324,15 +396,20 @@ def calibrate(world: World, false_alarm_rate: float = 0.001, *, benign_streams: 
             progress(s.name, i + 1, len(streams))
     risks = np.concatenate([t.risk for t in traces])
     scores = np.concatenate([t.scores for t in traces])
-    threshold = threshold_for(risks, false_alarm_rate)
-    achieved = float(np.mean(risks >= threshold))
+    sample = risks if per == "query" else np.array([t.risk.max(initial=0.0) for t in traces])
+    threshold, _ = bounded_threshold(sample, false_alarm_rate, confidence)
+    alarms = int(np.sum(sample >= threshold))
+    achieved = alarms / max(len(sample), 1)
+    bound = upper_bound(alarms, len(sample), confidence)
     q = 1.0 - false_alarm_rate
     return Calibration(
-        false_alarm_rate, threshold, achieved, achieved <= false_alarm_rate, len(risks),
-        len(streams), float(np.quantile(risks, q)),
+        false_alarm_rate, threshold, achieved,
+        bound <= false_alarm_rate, len(risks), len(streams),
+        float(np.quantile(risks, q)),
         {name: {"quantile": float(np.quantile(scores[:, j], q)),
                 "max": float(scores[:, j].max(initial=0.0))}
-         for j, name in enumerate(traces[0].detectors if traces else ())})
+         for j, name in enumerate(traces[0].detectors if traces else ())},
+        per=per, confidence=confidence, upper_bound=bound, needed=need)
 
 
 # report -----------------------------------------------------------------------------------
