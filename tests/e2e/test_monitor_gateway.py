@@ -320,8 +320,9 @@ def test_an_honest_caller_in_the_strongest_band_gets_true_answers_in_distributio
     assert inside.mean() > 0.9
     got = np.array(proba)
     assert np.allclose(got[inside], model[inside].round(1), atol=1e-6)
-    assert np.array_equal(np.array(labels)[inside], got[inside].argmax(1))
-    assert np.mean(np.array(labels) == model.argmax(1)) >= 0.95
+    told = np.array(labels)
+    assert np.array_equal(told[inside], model[inside].argmax(1))  # rounding ties included
+    assert np.mean(told == model.argmax(1)) >= 0.95
 
 
 def test_risk_survives_a_restart(tmp_path: Path, digits_files: dict[str, Path]) -> None:

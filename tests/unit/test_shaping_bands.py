@@ -13,13 +13,14 @@ from modelfence.errors import ConfigurationError, Forbidden
 from modelfence.gateway.call import Call
 from modelfence.monitor.summary import Summary
 from modelfence.shaping.chain import Chain
-from modelfence.shaping.guard import ShapingGuard, bands_for, labels_only
-from modelfence.shaping.misinformation import AdaptiveMisinformation
+from modelfence.shaping.guard import ShapingGuard, bands_for, labels_only, told_labels
+from modelfence.shaping.misinformation import AdaptiveMisinformation, keyed_offsets
 from modelfence.shaping.recommended import (
     RECOMMENDED_BANDS,
     RECOMMENDED_MONITOR,
     recommended_shaping,
 )
+from modelfence.shaping.spec import parse_defense
 
 SECRET = b"s" * 32
 
@@ -146,3 +147,31 @@ async def test_the_band_is_named_only_where_the_model_reveals_it(reveal: bool) -
     assert "probabilities are withheld from this caller" in str(refused.value)
     assert ("labels" in str(refused.value)) == reveal
     assert call.shaping_band == "labels"
+
+
+def test_a_rounding_tie_keeps_the_answer_it_rounded() -> None:
+    """round:1 ties 0.46 and 0.54: the label is the class that was higher before rounding
+    (the model's own), never the first of the tied ones; the probabilities stay rounded."""
+    p = np.array([[0.46, 0.54, 0.0], [0.54, 0.46, 0.0], [0.2, 0.7, 0.1]])
+    d = parse_defense("round:1")
+    shaped = d.apply(p)
+    assert shaped[0, 0] == shaped[0, 1] == 0.5 and shaped[0].argmax() == 0
+    assert told_labels(d, p, shaped).tolist() == [1, 0, 1]
+
+
+def test_a_rounding_tie_on_a_lied_row_keeps_the_lie() -> None:
+    """Under misinformation then rounding, a tie is broken toward the lie's decoy (the answer
+    before rounding), not toward the model's true class: a tie never reveals the truth."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((300, 4))
+    summary = Summary.fit(rng.standard_normal((300, 6)),
+                          np.exp(logits) / np.exp(logits).sum(1, keepdims=True), cells=8)
+    d = parse_defense("misinfo:1+round:1", secret=SECRET, summary=summary)
+    x = rng.standard_normal((400, 6)) + 8.0  # far off the data: every row is lied to
+    p = np.tile([0.46, 0.54, 0.0, 0.0], (400, 1))
+    shaped = d.apply(p, inputs=x)
+    told = told_labels(d, p, shaped, inputs=x)
+    decoy = keyed_offsets(SECRET, x, 4)
+    assert np.array_equal(told, decoy)
+    assert 0.15 < np.mean(told == 1) < 0.35  # the truth only when the draw says so
+    assert np.all(shaped[np.arange(400), told] == shaped.max(axis=1))

@@ -13,7 +13,9 @@ whose answers carry only labels withholds the `probabilities` output instead of 
 one-hot matrix that would read as certainty; a caller who explicitly asked for
 `probabilities` gets a 403 that says they are withheld from it (naming the band only where
 it is revealed). The label output is recomputed from the shaped probabilities, so it never
-contradicts them (misinformation changes the top class on purpose).
+contradicts them (misinformation changes the top class on purpose); where rounding ties the
+top with another class, the label is the one that was higher before the rounding
+(`told_labels`), so rounding never costs an honest caller its answer and never undoes a lie.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ..errors import ConfigurationError, Forbidden
 from ..gateway.call import Call
 from ..gateway.chain import Guard
 from ..monitor.summary import Summary
-from .base import Defense, LabelOnly
+from .base import Array, Defense, LabelOnly, Rounding, shaped_labels
 from .chain import Chain
 from .spec import parse_defense
 
@@ -45,6 +47,28 @@ def labels_only(defense: Defense) -> bool:
     """Whether the answers under `defense` carry nothing but the decision."""
     steps = defense.steps if isinstance(defense, Chain) else (defense,)
     return any(isinstance(step, LabelOnly) for step in steps)
+
+
+def told_labels(defense: Defense, proba: Array, shaped: Array, *, inputs: Any = None,
+                principal: str = "") -> Array:
+    """The class index each answer's `label` names: the shaped top class; where rounding
+    leaves several classes tied for it, the one highest before the rounding.
+
+    The reference is the answer without the defense's rounding steps (so a lie's decoy, not
+    the model's true class, wins a tie on a lied row); it is computed only for tied rows.
+    """
+    top: Array = shaped.argmax(axis=1)
+    tied = np.add.reduce(shaped == shaped.max(axis=1, keepdims=True), axis=1) > 1
+    if not tied.any():
+        return top
+    steps = defense.steps if isinstance(defense, Chain) else (defense,)
+    before = [step for step in steps if not isinstance(step, Rounding)]
+    ref = np.array(proba[tied], dtype=np.float64)
+    sub = None if inputs is None else np.asarray(inputs)[tied]
+    for step in before:
+        ref = step._shape(ref, sub, principal)
+    top[tied] = shaped_labels(ref, shaped[tied])
+    return top
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,13 +142,21 @@ class ShapingGuard(Guard):
             x = np.asarray(call.inputs.inputs[0].data, dtype=np.float64)
             rows = x.reshape(len(x), -1)
         shaped = band.defense.apply(proba, inputs=rows, principal=call.principal.id)
-        self._replace(call, call.model, shaped, band, call.model.name in self._reveal)
+        told = told_labels(band.defense, proba, shaped, inputs=rows,
+                           principal=call.principal.id)
+        self._replace(call, call.model, shaped, told, band, call.model.name in self._reveal)
 
     @staticmethod
-    def _replace(call: Call, entry: ModelEntry, shaped: Any, band: Band, reveal: bool) -> None:
+    def _replace(call: Call, entry: ModelEntry, shaped: Any, told: Array, band: Band,
+                 reveal: bool) -> None:
         assert call.outputs is not None
         classes = entry.backend.class_values(shaped.shape[1])
         answer = classifier_response(call.outputs.model_name, shaped, classes, call.outputs.id)
+        label = answer.output("label")
+        if label is not None and not np.array_equal(told, shaped.argmax(axis=1)):
+            values = classes[told]
+            label.data = (values.astype(np.int64) if classes.dtype.kind in "iu" else
+                          np.asarray([str(v) for v in values], dtype=object))
         keep = answer.outputs
         if labels_only(band.defense):
             asked = call.inputs.outputs if call.inputs is not None else None
