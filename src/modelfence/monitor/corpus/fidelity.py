@@ -4,16 +4,20 @@ Each thief trains the red team's label-only copy (`redteam.thieves`, an MLP on s
 inputs) on its queries and the top-1 answers it received, and is scored by agreement with
 the model on the world's never-queried rows. Beside it, the same copy on the answers an
 undefended model gives (what the defence costs the thief), and a thief that knows the
-defence. That thief is told the band of every answer, which is more than any answer shows
-(an upper bound on what it can read from a marker or a change of format), and tries each
-way of undoing a lie it knows, keeping its best:
+defence. That thief reads what an answer shows: whether probabilities came with it, and the
+decimal grid they lie on (a band that rounds or withholds shows itself; a band name is not
+sent unless the operator sets `reveal_band`). It suspects every answer whose look differs
+from that of its first answers (before any monitor could have flagged it), and, knowing
+that misinformation only touches rows off the data, only the rows it made up itself. Then it
+tries each way of undoing a lie it knows and keeps its best (an upper bound: a real thief
+cannot tell in advance which way wins):
 
-- ``drop``: train only on answers from the first band (nothing after it was flagged);
-- ``flip`` (binary models): flip every answer from a later band, the rule that undid
-  misinformation whose lie was always the other class;
-- ``reask``: ask each such row twice more, nudged by 0.1% of each feature's spread (a lie
-  keyed by the exact input changes with it), and take the majority of the three answers.
-  The re-asks are answered in the band the row was answered in: the thief is still flagged.
+- ``drop``: leave the suspected answers out of training;
+- ``flip`` (binary models): flip them, the rule that undid a lie that was always the other
+  class;
+- ``reask``: ask each suspected row twice more, nudged by 0.1% of each feature's spread (a
+  lie keyed by the exact input changes with it), and take the majority of the three. The
+  re-asks are answered in the band the row was answered in: the thief is still flagged.
 
 Copies are memoised by their training labels, so a defence that changed nothing costs one
 fit.
@@ -107,7 +111,10 @@ def fidelities(gw: Gateway, rep: Replay, stream: Any, proba: Array, world: Any, 
 def knowing_views(gw: Gateway, rep: Replay, stream: Any, world: Any, seed: int
                   ) -> dict[str, tuple[Array, Array | None]]:
     """The (labels, rows kept) each defence-aware strategy would train on."""
-    suspect = rep.band != 0
+    suspect = suspected(rep, reveal=gw.reveal_band,
+                        withheld=np.asarray(gw.withholds, dtype=bool)[rep.band])
+    if stream.truth is not None:  # natural rows are never lied to: only its own rows
+        suspect &= np.asarray(stream.truth) < 0
     if not suspect.any():
         return {}
     views: dict[str, tuple[Array, Array | None]] = {"drop": (rep.labels, ~suspect)}
@@ -117,6 +124,39 @@ def knowing_views(gw: Gateway, rep: Replay, stream: Any, world: Any, seed: int
         views["flip"] = (flipped, None)
     views["reask"] = (reask(gw, rep, stream, world, suspect, seed), None)
     return views
+
+
+#: Answers before this many queries are the thief's reference look (no monitor flags sooner).
+FIRST = 20
+#: The finest decimal grid a thief checks answers against (float32 carries about 7 digits).
+GRIDS = 4
+
+
+def looks(rep: Replay, withheld: Array) -> Array:
+    """What each answer shows of its band: -1 where probabilities are withheld, else the
+    fewest decimals (0-4) its probabilities are written with, 5 for finer ones."""
+    p = np.asarray(rep.proba, dtype=np.float64)
+    out = np.full(len(p), GRIDS + 1, dtype=np.int8)
+    for d in range(GRIDS, -1, -1):  # coarsest grid last, so it wins
+        scaled = p * 10.0**d
+        out[np.all(np.abs(scaled - np.round(scaled)) < 1e-3, axis=1)] = d
+    out[withheld] = -1
+    return out
+
+
+def suspected(rep: Replay, *, reveal: bool = False, withheld: Array | None = None) -> Array:
+    """Answers that look different from most of the first `FIRST` (or name another band)."""
+    if reveal:
+        out: Array = rep.band != rep.band[0] if len(rep) else np.zeros(0, bool)
+        return out
+    look = looks(rep, np.zeros(len(rep), bool) if withheld is None else withheld)
+    if not len(look):
+        return np.zeros(0, bool)
+    values, counts = np.unique(look[:FIRST], return_counts=True)
+    usual = values[np.argmax(counts)]
+    out = look != usual
+    out[:FIRST] = False
+    return out
 
 
 def reask(gw: Gateway, rep: Replay, stream: Any, world: Any, suspect: Array,

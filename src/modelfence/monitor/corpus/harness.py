@@ -76,7 +76,8 @@ class Gateway:
     """A `Monitor` and the output bands of one model, answering as the gateway would."""
 
     def __init__(self, summary: Summary, *, bands: Sequence[BandSpec] | None = None,
-                 monitor: dict[str, Any] | None = None, secret: bytes = TEST_SECRET) -> None:
+                 monitor: dict[str, Any] | None = None, secret: bytes = TEST_SECRET,
+                 reveal_band: bool = False) -> None:
         rec_bands, rec_monitor = recommended()
         specs = tuple(rec_bands if bands is None else bands)
         self.settings = MonitorSettings(**(rec_monitor if monitor is None else monitor))
@@ -87,6 +88,7 @@ class Gateway:
         if not self.bands:
             raise ValueError("a gateway needs at least one band")
         self.withholds = tuple(labels_only(b.defense) for b in self.bands)
+        self.reveal_band = reveal_band  # whether answers name their band (off by default)
         self._from = np.array([b.from_risk for b in self.bands])
 
     @property
