@@ -12,6 +12,7 @@ from modelfence.config import ModelSettings
 from modelfence.errors import ConfigurationError, Forbidden
 from modelfence.gateway.call import Call
 from modelfence.monitor.summary import Summary
+from modelfence.shaping.base import LabelOnly, Rounding, TopK
 from modelfence.shaping.chain import Chain
 from modelfence.shaping.guard import ShapingGuard, bands_for, labels_only, told_labels
 from modelfence.shaping.misinformation import AdaptiveMisinformation, keyed_offsets
@@ -104,7 +105,10 @@ def test_the_recommended_bands_load_and_start_at_the_monitors_threshold() -> Non
     strongest = bands[-1].defense
     steps = strongest.steps if isinstance(strongest, Chain) else (strongest,)
     assert any(isinstance(s, AdaptiveMisinformation) for s in steps)
-    assert not labels_only(strongest)  # honest callers keep probabilities, rounded
+    # nothing in a flagged answer's look differs from a standard one's: no rounding, no
+    # withheld output (a thief reading the decimal grid learns nothing)
+    assert not labels_only(strongest)
+    assert not any(isinstance(s, Rounding | TopK | LabelOnly) for s in steps)
     with pytest.raises(ConfigurationError, match="needs the monitor's summary"):
         bands_for(settings, SECRET, None)
 

@@ -6,15 +6,20 @@ threshold for the whole episode (`monitor.episodes`), and no band edge lies abov
 
 - ``standard`` (risk below the threshold): the model's answers, untouched. An honest caller
   who is never flagged pays nothing.
-- ``flagged`` (from the threshold): first what costs an honest caller least, less
-  information: probabilities rounded to one decimal (the top class and a usable confidence
-  stay; fine-grained scores, which soft-label thieves learn from, go). The quota's
-  `risk_curve` (see `RECOMMENDED_RISK_CURVE`) makes each request cost more, so the rate and
-  the budgets shrink with the risk. Then misinformation, on off-distribution rows only:
-  ``misinfo:1`` lies only beyond the monitor's own out-of-distribution radius (s > 1, where
-  1% of the model's data lies), never on an in-distribution row because its sender was
-  flagged, with a keyed lie that is independent of the true answer. It runs before the
-  rounding, so lies and truths come out on the same 0.1 grid and nothing marks a lie.
+- ``flagged`` (from the threshold), ordered by what it costs an honest caller: first fewer
+  answers, the quota's `risk_curve` (`RECOMMENDED_RISK_CURVE`): each request costs double, so
+  a flagged caller gets half its rate and spends its budgets twice as fast (four times at
+  certainty); an honest caller loses only time. Then misinformation on off-distribution rows
+  only: ``misinfo:1`` lies only beyond the monitor's own out-of-distribution radius (s > 1,
+  where 1% of the model's data lies), never on an in-distribution row because its sender was
+  flagged, with a keyed lie independent of the true answer.
+
+Why the flagged band shows nothing: its answers have the same look as the standard band's
+(full-precision probabilities, both outputs), and a lie keeps the answer's confidence
+profile. A band that rounds or withholds probabilities announces itself in its answers'
+decimal grid, and a thief that sees it has been flagged can leave those answers out of its
+training; rounding and labels-only also do nothing against a label-only thief (the trade-off
+table in README), while costing honest callers precision. So no output-format step.
 
 The monitor's hysteresis (see `monitor.episodes` for the rules):
 
@@ -44,7 +49,7 @@ from typing import Any
 #: (from_risk, defense, band name), ordered by what they cost an honest caller.
 RECOMMENDED_BANDS: tuple[tuple[float, str, str], ...] = (
     (0.0, "none", "standard"),
-    (0.5, "misinfo:1+round:1", "flagged"),
+    (0.5, "misinfo:1", "flagged"),
 )
 
 #: The monitor's settings (``MonitorSettings(**RECOMMENDED_MONITOR)``); detectors: its default.

@@ -45,7 +45,7 @@ from .tradeoff_table import Column, Row, Tradeoff
 #: The table's defenses: one of each kind, then the settings tuned on digits.
 DEFAULT_DEFENSES = ("none", "round:2", "topk:3", "labels", "rsig:0.8,1.2", "noise:2",
                     "rsig:0.95,1.05", "misinfo", "misinfo+rsig:0.95,1.05",
-                    "watched:misinfo:1+round:1")
+                    "watched:misinfo:1")
 #: ``watched:DEFENSE``: the gateway's loop, in-process: the extraction monitor scores the
 #: caller, and once it is flagged its answers go through DEFENSE (the risk band).
 WATCHED = "watched:"
