@@ -585,12 +585,20 @@ class BoundaryProbing(_ShareDetector):
     #: Lowest expected rate of a cell.
     FLOOR = 0.02
 
+    #: The long window: a persistent moderate excess (active learning through a proxy model
+    #: picks rows only somewhat nearer the boundary) shows over more rows than the short one.
+    LONG, LONG_MIN = 800, 400
+
     def __init__(self, summary: Summary, *, cells: Cells | None = None, **kw: Any) -> None:
         super().__init__(summary, **kw)
         self.cells = cells or Cells(summary)
         self.cuts: list[float] = summary.margin_cuts.tolist()
         self.rates: list[float] = summary.cell_boundary.tolist()
         self.z0 = summary.boundary_z0
+        self.z0_long = summary.boundary_z0_long
+        self.long = Ring(self.LONG, dtype=np.bool_)
+        self.long_expected = Ring(self.LONG)
+        self.long_hits, self.long_sum = 0, 0.0
 
     @classmethod
     def for_caller(cls, summary: Summary, *, key: str, shared: Shared) -> Self:
@@ -598,8 +606,42 @@ class BoundaryProbing(_ShareDetector):
 
     def observe(self, features: Array, proba: Array, now: float) -> None:
         cells = self.cells.of(features)[0]
+        long, expected = self.long, self.long_expected
         for (label, margin), cell in zip(answers(proba), cells, strict=True):
-            self._flag(margin < self.cuts[label], self.rates[cell])
+            flag, e = margin < self.cuts[label], self.rates[cell]
+            self._flag(flag, e)
+            if long.count == long.size:
+                self.long_hits -= long.data[long.head]
+                self.long_sum -= expected.data[expected.head]
+            long.push(flag)
+            expected.push(e)
+            self.long_hits += flag
+            self.long_sum += e
+
+    def score(self) -> Reading:
+        short = super().score()
+        n, hits, exp = self.long.count, self.long_hits, max(self.long_sum, 0.0)
+        if n < self.LONG_MIN:
+            return short
+        z = null.share_z(hits, exp, n)
+        z0 = self.z0_long
+        s = ramp(z, z0, z0 + Z_HIGH - Z_LOW)
+        if s <= short.score:
+            return short
+        return Reading(s, lambda: f"{hits}/{n} {self.what} (benign {exp / n:.1%}), z={z:.1f} "
+                                  f"(benign callers up to {z0 - null.MARGIN:.1f})")
+
+    @classmethod
+    def null_long(cls, flags: Array, expect: Array, orders: list[Array]) -> float:
+        return cls.null(flags, expect, orders, window=cls.LONG, min_n=cls.LONG_MIN)
+
+    def rings(self) -> dict[str, Ring]:
+        return {**super().rings(), "long": self.long, "long.expected": self.long_expected}
+
+    def load(self, state: Mapping[str, Array]) -> None:
+        super().load(state)
+        self.long_hits = int(self.long.view().sum())
+        self.long_sum = float(self.long_expected.view().sum())
 
 
 class Cells:
@@ -755,23 +797,58 @@ class _Distinct:
 
 
 class Coverage(Detector):
-    """Distinct k-means cells and classes in the last window vs iid draws from the data."""
+    """Distinct k-means cells and classes in the last window vs iid draws from the data.
+
+    The classes' window holds `CLASS_ROWS` rows per class (at least `MIN_WINDOW`): with one
+    row per class, a binary model with a rare class would call every caller who meets both
+    classes a prober. A count's sd is at least `MIN_SD` (counts are whole numbers), and the
+    score ramps from `Summary.coverage_z0`, beyond the honest callers simulated at fit.
+    """
 
     name = "coverage"
+    CLASS_ROWS, MIN_WINDOW, MIN_SD = 4, 16, 0.5
 
     def __init__(self, summary: Summary, *, window: int | None = None,
                  cells: Cells | None = None) -> None:
         super().__init__(summary)
         self.cell_of = cells or Cells(summary)
         n_cells, k = len(summary.cell_freq), summary.n_classes
-        self.cells = Ring(window or n_cells, dtype=np.int32)
-        self.classes = Ring(window or max(k, 2), dtype=np.int32)
+        sizes = self.windows(n_cells, k)
+        self.cells = Ring(window or sizes[0], dtype=np.int32)
+        self.classes = Ring(window or sizes[1], dtype=np.int32)
         self.distinct = {"cells": _Distinct(self.cells, n_cells),
                          "classes": _Distinct(self.classes, k)}
         self.expect = {
-            "cells": expected_distinct(summary.cell_freq, self.cells.size),
-            "classes": expected_distinct(summary.class_freq, self.classes.size),
+            "cells": self.expected(summary.cell_freq, self.cells.size),
+            "classes": self.expected(summary.class_freq, self.classes.size),
         }
+        self.z0 = summary.coverage_z0
+
+    @classmethod
+    def windows(cls, n_cells: int, k: int) -> tuple[int, int]:
+        """Window sizes: (cells, classes)."""
+        return n_cells, max(cls.CLASS_ROWS * k, cls.MIN_WINDOW)
+
+    @classmethod
+    def expected(cls, freq: Array, n: int) -> tuple[float, float]:
+        mean, sd = expected_distinct(freq, n)
+        return mean, max(sd, cls.MIN_SD)
+
+    @classmethod
+    def null(cls, cells: Array, labels: Array, cell_freq: Array, class_freq: Array,
+             orders: list[Array]) -> float:
+        """Where the score starts: beyond the most distinct cells or classes (in z) any
+        honest caller of `orders` showed in a window."""
+        sizes = cls.windows(len(cell_freq), len(class_freq))
+        top = 0.0
+        for values, freq, size in ((cells, cell_freq, sizes[0]), (labels, class_freq, sizes[1])):
+            mean, sd = cls.expected(freq, size)
+            for order in orders:
+                seq = values[order]
+                for end in range(size, len(seq) + 1, max(1, size // 4)):
+                    seen = len(np.unique(seq[end - size:end]))
+                    top = max(top, (seen - mean) / sd)
+        return null.start(top, Z_LOW)
 
     @classmethod
     def for_caller(cls, summary: Summary, *, key: str, shared: Shared) -> Self:
@@ -785,12 +862,13 @@ class Coverage(Detector):
 
     def score(self) -> Reading:
         best, why = 0.0, partial(str, "window not full")
+        z0 = self.z0
         for label, ring in (("cells", self.cells), ("classes", self.classes)):
             if ring.count < ring.size:
                 continue
             seen = self.distinct[label].distinct
             mean, sd = self.expect[label]
-            z = ramp((seen - mean) / sd)
+            z = ramp((seen - mean) / sd, z0, z0 + Z_HIGH - Z_LOW)
             if z >= best:
                 best = z
                 why = partial("{} distinct {} in {} (benign {:.1f}±{:.1f})".format,

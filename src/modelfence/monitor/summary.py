@@ -70,6 +70,7 @@ class Summary:
     boundary_share: float  # share of the data below its class's cut
     cell_boundary: Array  # [cells] share of each cell's rows below their class's cut
     boundary_z0: float  # where the boundary score starts (beyond benign callers' extreme)
+    boundary_z0_long: float  # the same for its long window
     resend_radius: float  # a row this close (standardized) to a recent one is a re-send
     natural_gap: float  # 1st percentile of a natural row's distance to 128 others
     resend_key: float  # keys the projection re-send anchors are kept in (an int < 2^48)
@@ -81,6 +82,7 @@ class Summary:
     cell_unnatural: Array  # [cells] cross-fitted share of natural rows failing a test
     unnatural_share: float  # the same over all rows
     unnatural_z0: float  # where the synthetic score starts
+    coverage_z0: float  # where the coverage score starts
     prada_w: float = 0.94  # lowest (trimmed) W on benign replays, less a slack (PRADA's delta)
 
     @property
@@ -146,6 +148,7 @@ class Summary:
         unnatural = crossfit(x, z, seed)
         from .detectors import (  # they import this module
             BoundaryProbing,
+            Coverage,
             DistanceNormality,
             OutOfDistribution,
             Synthetic,
@@ -156,17 +159,20 @@ class Summary:
         cell_boundary = null.cell_rates(near, labels, cells, BoundaryProbing.FLOOR)
         cell_unnatural = null.cell_rates(unnatural, labels, cells, Synthetic.FLOOR)
         cell_ood = null.cell_rates(own > radius, labels, cells, OutOfDistribution.FLOOR)
+        cell_freq = np.bincount(labels, minlength=cells) / len(z)
+        class_freq = np.bincount(predicted, minlength=k) / len(z)
         summary = cls(
             mean=mean, scale=scale, centroids=centroids,
             ood_radius=radius,
             cell_ood=cell_ood,
             ood_z0=OutOfDistribution.null(own > radius, cell_ood[labels], orders),
-            cell_freq=np.bincount(labels, minlength=cells) / len(z),
-            class_freq=np.bincount(predicted, minlength=k) / len(z),
+            cell_freq=cell_freq,
+            class_freq=class_freq,
             margin_cuts=cuts,
             boundary_share=float(np.mean(near)),
             cell_boundary=cell_boundary,
             boundary_z0=BoundaryProbing.null(near, cell_boundary[labels], orders),
+            boundary_z0_long=BoundaryProbing.null_long(near, cell_boundary[labels], orders),
             resend_radius=resend_radius(x, scale, key),
             natural_gap=natural_gap(z, seed, key),
             resend_key=float(key),
@@ -175,6 +181,7 @@ class Summary:
             cell_unnatural=cell_unnatural,
             unnatural_share=float(np.mean(unnatural)),
             unnatural_z0=Synthetic.null(unnatural, cell_unnatural[labels], orders),
+            coverage_z0=Coverage.null(labels, predicted, cell_freq, class_freq, orders),
         )
         return replace(summary, prada_w=DistanceNormality.calibrate(
             summary, z, proba, seed, replays=0, orders=orders))
