@@ -67,6 +67,7 @@ class Replay:
     principal_flagged: Array  # [n] the sender's own episode state after the row's request
     tenant_flagged: Array  # [n] its tenant's (False without a tenant)
     alerts: tuple[Alert, ...]
+    ends: Array | None = None  # [n] queries answered once the row's request was (its end)
 
     def __len__(self) -> int:
         return len(self.risk)
@@ -126,6 +127,7 @@ class Gateway:
         n = len(x)
         risk = np.zeros(n)
         own, ten_flag = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        ends = np.zeros(n, dtype=np.int64)
         alerts: list[Alert] = []
         m = self.monitor
         peek, peek_tenant, observe = m.peek, m.peek_tenant, m.observe
@@ -134,7 +136,7 @@ class Gateway:
             r = peek(who)
             if tenant is not None:
                 r = max(r, peek_tenant(tenant))
-            risk[s:e] = r
+            risk[s:e], ends[s:e] = r, e
             for c in observe(who, x[s:e], proba[s:e], tenant=tenant, now=float(t[s])):
                 joint = getattr(c, "tenant_risk", None) is not None
                 alerts.append(Alert(e, c.subject_kind, c.subject, _why(c.risk.readings),
@@ -145,7 +147,7 @@ class Gateway:
         band = self.bands_of(risk)
         shown = self.answer(band, proba, x, principals)
         return Replay(risk, band, shown.argmax(axis=1), shown, proba.argmax(axis=1), own,
-                      ten_flag, tuple(alerts))
+                      ten_flag, tuple(alerts), ends)
 
     def answer(self, band: Array, proba: Array, x: Array, principals: Sequence[str]) -> Array:
         """Each row shaped by its band (and its principal, for keyed defenses)."""

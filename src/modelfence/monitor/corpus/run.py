@@ -65,7 +65,7 @@ class CellResult:
     seed: int
     target: int | None  # thieves: flagged within this many queries
     queries: int
-    flagged_at: int | None  # first alert for the caller (a Sybil split: its tenant)
+    flagged_at: int | None  # first flagged (its own episode; a Sybil split: its tenant's)
     first_alert_at: int | None  # first alert for any of its subjects
     why: str  # the first alert's explanation
     one_key_flagged_at: int | None  # Sybil: the same traffic as one key
@@ -266,17 +266,18 @@ def evaluate_cell(cell: Cell, catalogue: Catalogue | None = None) -> CellResult:
     gw = Gateway(world.summary)
     tenants = tuple(t or None for t in stream.tenants)
     rep = gw.replay(stream.x, stream.t, proba, stream.principals, tenants)
-    sybil = behaviour.family in SYBIL
-    kind = "tenant" if behaviour.family == "sybil-keys" else "principal"
-    flagged_at = _first(rep, kind if sybil else "principal")
-    if sybil and behaviour.family == "sybil-tenants":
-        flagged_at = _first(rep, None)
+    if behaviour.family == "sybil-keys":  # the tenant, whether or not a key alerted first
+        flagged_at = _first(rep, rep.tenant_flagged)
+    elif behaviour.family == "sybil-tenants":
+        flagged_at = _first(rep, rep.principal_flagged | rep.tenant_flagged)
+    else:
+        flagged_at = _first(rep, rep.principal_flagged)
     one_key = None
-    if sybil:
+    if behaviour.family in SYBIL:
         solo = Gateway(world.summary).replay(stream.x, stream.t, proba,
                                              ("one-key",) * len(stream.x),
                                              ("one-tenant",) * len(stream.x))
-        one_key = _first(solo, "principal")
+        one_key = _first(solo, solo.principal_flagged)
     alerts_ok, episodes = _episodes(rep, stream.principals, tenants)
     changes, per_episode = _band_changes(rep, stream.principals)
     extra: dict[str, Any] = {}
@@ -294,8 +295,12 @@ def evaluate_cell(cell: Cell, catalogue: Catalogue | None = None) -> CellResult:
         elapsed_s=time.perf_counter() - started)
 
 
-def _first(rep: Replay, kind: str | None) -> int | None:
-    return min((a.at for a in rep.alerts if kind is None or a.kind == kind), default=None)
+def _first(rep: Replay, flags: Array) -> int | None:
+    """Queries answered when `flags` (a subject's episode flag per row) first stood."""
+    hit = np.flatnonzero(flags)
+    if not len(hit):
+        return None
+    return int(rep.ends[hit[0]]) if rep.ends is not None else int(hit[0]) + 1
 
 
 def _rises(flags: Array) -> int:
