@@ -5,19 +5,22 @@ benign user of that data asks, so no per-query detector can tell the two apart. 
 left is *how much* it asks and what the product does about how much. This bench measures
 each remaining signal on several corpus victims (`modelfence.monitor.corpus.victims`):
 
-1. **Volume against peers**: one `Monitor` (volume detector only: it reads counts, never
-   rows) and its shared `PeerStats`, fed a population of benign callers with heavy-tailed
-   daily volumes (lognormal; a tenth are nightly batch scorers ten times heavier; some live
-   one day only) for a 48-hour warm-up, then for 48 more hours with one thief sending 5x,
-   20x, 100x the population's 99th-percentile daily volume, steadily. Reported: when (hours
-   after it started, queries sent) the thief's key and its tenant are flagged, and how many
-   benign callers and tenants are flagged, during the cold start and after it.
+1. **Volume against peers**: the monitor's volume detector and its shared `PeerStats` for
+   principals and tenants (`VolumeFeed`, equal to a volume-only `Monitor`, which
+   `--through-monitor` runs instead, 40 times slower), fed a population of benign callers
+   with heavy-tailed daily volumes (lognormal; a tenth are nightly batch scorers ten times
+   heavier; some live one day only) for a 48-hour warm-up, then for 48 more hours with one
+   thief sending 5x, 20x, 100x the population's 99th-percentile daily volume, steadily.
+   Reported: when (hours after it started, queries sent) the thief's key and its tenant are
+   flagged, and how many benign callers and tenants are flagged, during the cold start and
+   after it.
 2. **Coverage over time**: distinct cells of a fine k-means codebook (fitted on rows nobody
    queries) that a caller's first n rows reach, as a z-score against iid draws, for the
-   natural Knockoff thief, a coverage-seeking thief (round-robin over its own clusters), and
-   benign users (random order, one class mostly, one region, slow drift, a re-read working
-   set); and the share of benign users that any long-horizon coverage threshold catching
-   the thief would flag. Also the full default monitor's highest risk for the Knockoff thief.
+   corpus's natural-data Knockoff thief, a coverage-seeking thief (round-robin over its own
+   clusters of its pool), the corpus's test-half honest behaviours (one key each) and a user
+   of one region of the data; and the share of honest streams that any long-horizon
+   coverage threshold catching the thief would flag. Also the recommended monitor's highest
+   risk (all detectors) for the Knockoff thief and for random-order users.
 3. **Tenant aggregation**: the thief split over 10 keys of one tenant (item 1's population):
    the tenant's volume against peer tenants, next to one key carrying the same traffic.
 4. **Budgets**: fidelity (top-1 agreement with the victim on never-queried rows) of a
@@ -31,31 +34,37 @@ thief and is not measured here (bench/watermark.py does).
 Targets (issue 15): natural-data Knockoff: reported (no pass/fail). Volume: no benign caller
 flagged after the cold start.
 
-    python bench/natural_thieves.py [--victims N|name,name] [--populations N] [--callers N]
-                                    [--quick] [--json PATH]
+    python bench/natural_thieves.py [--victims N|name,name] [--callers 50,120,200]
+        [--populations SEEDS] [--multipliers 5,20,100] [--through-monitor] [--quick]
+        [--json PATH]
 
-Runs in under 3 minutes on the 2-core machine with the defaults (4 test-half victims,
-2 populations of 120 callers); --quick is a smoke run.
+Defaults: 4 test-half victims (one per model family), populations of 50, 120 and 200
+callers, 2 seeds each; under 3 minutes on the 2-core machine. --quick is a smoke run.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import os
 import platform
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
+from modelfence.monitor.corpus.victims import CorpusWorld
+from modelfence.monitor.detectors import PeerStats, VolumeVelocity
 from modelfence.monitor.score import Monitor, MonitorSettings
 from modelfence.monitor.summary import Array, Summary, expected_distinct
 from modelfence.redteam.thieves import make_thief
 from modelfence.redteam.victims import LocalVictim
+from modelfence.shaping.recommended import RECOMMENDED_MONITOR
 
 #: Bundled sets too small to hold a pool worth the name (wine's pool is 62 rows).
 TINY = ("wine", "breast_cancer")
@@ -78,6 +87,7 @@ class World:
     pool_y: Array
     test_x: Array
     accuracy: float
+    corpus: CorpusWorld
 
 
 def spread(n: int) -> list[str]:
@@ -99,8 +109,14 @@ def load_worlds(names: list[str], seed: int) -> list[World]:
     out = []
     for name in names:
         w = build_world(victim(name), seed)
-        out.append(World(name, w.victim, w.summary, w.pool_x, w.pool_y, w.test_x, w.accuracy))
+        out.append(World(name, w.victim, w.summary, w.pool_x, w.pool_y, w.test_x, w.accuracy,
+                         w))
     return out
+
+
+def recommended(**override: object) -> MonitorSettings:
+    """README's recommended monitor settings (what the corpus measures), with `override`."""
+    return MonitorSettings(**{**RECOMMENDED_MONITOR, **override})
 
 
 def labels(world: World, x: Array) -> Array:
@@ -204,30 +220,76 @@ class PopulationRun:
     benign_scored: int = 0  # benign callers whose volume score ever rose above 0
 
 
-class Feeder:
-    """Rows for the monitor: the pool cycled, with the victim's probabilities precomputed."""
+class Feed(Protocol):
+    """Where the population's queries go; `observe` returns the (principal, tenant) risk."""
+
+    threshold: float
+
+    def observe(self, key: str, tenant: str, n: int, now: float) -> tuple[float, float]: ...
+
+    def copy(self) -> Feed: ...
+
+
+class VolumeFeed:
+    """The monitor's volume detector and its two peer tables (principals, tenants), fed
+    counts. `Monitor.observe` runs re-send filtering on every row before any detector (some
+    20 us a row, paid here for hundreds of thousands of thief rows), and the volume detector
+    sees every row anyway and reads only how many: so a volume-only monitor's risk is this
+    detector's score. `--through-monitor` runs the real `Monitor` instead to check that."""
+
+    def __init__(self, summary: Summary) -> None:
+        self.summary = summary
+        self.threshold = recommended().threshold
+        self.tables: dict[str, tuple[PeerStats, dict[str, VolumeVelocity]]] = {
+            "principal": (PeerStats(), {}), "tenant": (PeerStats(), {})}
+
+    def observe(self, key: str, tenant: str, n: int, now: float) -> tuple[float, float]:
+        rows = np.empty((n, 0))
+        out = []
+        for kind, k in (("principal", key), ("tenant", tenant)):
+            peers, dets = self.tables[kind]
+            det = dets.get(k)
+            if det is None:
+                det = dets[k] = VolumeVelocity(self.summary, peers=peers, key=k)
+            det.observe(rows, rows, now)
+            out.append(det.score().score)
+        return out[0], out[1]
+
+    def copy(self) -> VolumeFeed:
+        return copy.deepcopy(self)
+
+
+class MonitorFeed:
+    """A `Monitor` with the volume detector only, fed pool rows and their probabilities."""
 
     def __init__(self, world: World) -> None:
+        self.world = world
+        self.monitor = Monitor(world.summary, recommended(detectors=("volume",)))
+        self.threshold = self.monitor.settings.threshold
         self.x = world.pool_x
         proba = world.victim.ask(self.x).proba
         assert proba is not None
         self.p = proba
         self.at = 0
 
-    def rows(self, n: int) -> tuple[Array, Array]:
+    def observe(self, key: str, tenant: str, n: int, now: float) -> tuple[float, float]:
         idx = (self.at + np.arange(n)) % len(self.x)
         self.at = int((self.at + n) % len(self.x))
-        return self.x[idx], self.p[idx]
+        self.monitor.observe(key, self.x[idx], self.p[idx], tenant=tenant, now=now)
+        return self.monitor.peek(key), self.monitor.peek_tenant(tenant)
+
+    def copy(self) -> MonitorFeed:
+        out = MonitorFeed.__new__(MonitorFeed)
+        out.__dict__.update(self.__dict__)
+        out.monitor = Monitor(self.world.summary, self.monitor.settings)
+        out.monitor.restore(self.monitor.snapshot())
+        return out
 
 
-def volume_monitor(world: World) -> Monitor:
-    return Monitor(world.summary, MonitorSettings(detectors=("volume",)))
-
-
-def replay(monitor: Monitor, plan: Plan, events: Array, feeder: Feeder, run: PopulationRun,
+def replay(feed: Feed, plan: Plan, events: Array, run: PopulationRun,
            thief: dict[int, tuple[str, str]], start_tick: int) -> None:
     """Feed `events` (caller ids >= callers are thief keys in `thief`) and record flags."""
-    threshold = monitor.settings.threshold
+    threshold = feed.threshold
     n = len(plan.keys)
     thief_q = 0
     scored: set[str] = set()
@@ -235,9 +297,7 @@ def replay(monitor: Monitor, plan: Plan, events: Array, feeder: Feeder, run: Pop
         if c >= n and run.key_flagged_h is not None and run.tenant_flagged_h is not None:
             continue  # both flagged: the rest of its rows would change nothing measured
         key, tenant = thief[c] if c >= n else (plan.keys[c], plan.tenants[c])
-        x, p = feeder.rows(r)
-        monitor.observe(key, x, p, tenant=tenant, now=float(EPOCH + t * TICK + 30))
-        own, ten = monitor.peek(key), monitor.peek_tenant(tenant)
+        own, ten = feed.observe(key, tenant, r, float(EPOCH + t * TICK + 30))
         hours = (t - start_tick + 1) * TICK / 3600
         if c >= n:
             thief_q += r
@@ -273,7 +333,8 @@ def thief_events(daily: float, keys: int, first: int, last: int, callers: int) -
 
 
 def population_runs(world: World, pop: Population, seed: int, multipliers: tuple[float, ...],
-                    hours: int = 48) -> tuple[Plan, list[PopulationRun]]:
+                    hours: int = 48, through_monitor: bool = False
+                    ) -> tuple[Plan, list[PopulationRun]]:
     """The cold start alone, the steady population alone, then each thief on a copy of the
     warmed-up monitor."""
     days = 2 * math.ceil(hours / 24)
@@ -281,18 +342,14 @@ def population_runs(world: World, pop: Population, seed: int, multipliers: tuple
     warm_end = hours * 3600 // TICK
     warm = plan.events[plan.events[:, 0] < warm_end]
     rest = plan.events[(plan.events[:, 0] >= warm_end) & (plan.events[:, 0] < 2 * warm_end)]
-    feeder = Feeder(world)
-    monitor = volume_monitor(world)
+    warmed: Feed = MonitorFeed(world) if through_monitor else VolumeFeed(world.summary)
     cold = PopulationRun("cold start (first 48 h, no thief)", 0.0, 0, 0.0)
-    replay(monitor, plan, warm, feeder, cold, {}, 0)
-    snapshot = monitor.snapshot()
+    replay(warmed, plan, warm, cold, {}, 0)
     runs = [cold]
     scenarios = [("benign only", 0.0, 0)] + [
         (f"{m:g}x p99, {k} key{'s' if k > 1 else ''}", m, k)
         for m in multipliers for k in (1, SYBIL_KEYS)]
     for label, m, k in scenarios:
-        mon = volume_monitor(world)
-        mon.restore(snapshot)
         run = PopulationRun(label, m, k, m * plan.p99)
         thief: dict[int, tuple[str, str]] = {}
         events = rest
@@ -302,9 +359,37 @@ def population_runs(world: World, pop: Population, seed: int, multipliers: tuple
             te = thief_events(m * plan.p99, k, warm_end, 2 * warm_end, len(plan.keys))
             events = np.concatenate([rest, te])
             events = events[np.argsort(events[:, 0], kind="stable")]
-        replay(mon, plan, events, feeder, run, thief, warm_end)
+        replay(warmed.copy(), plan, events, run, thief, warm_end)
         runs.append(run)
     return plan, runs
+
+
+@dataclass(frozen=True)
+class TenantAlternative:
+    """What if a tenant's 48-hour volume were judged against *principals'* 99th percentile
+    (the volume detector compares tenants with tenants): computed from the plan, not the
+    monitor."""
+
+    principal_p99: float  # 99th percentile of benign callers' volume in the measured 48 h
+    benign_max_ratio: float  # the largest benign tenant's volume over it
+    benign_over: int  # benign tenants beyond the detector's 20x
+    thief_hours: dict[float, float | None]  # multiplier -> hours until the 10-key tenant is
+
+
+def tenant_alternative(plan: Plan, hours: int, multipliers: tuple[float, ...]
+                       ) -> TenantAlternative:
+    start = hours * 3600 // TICK
+    main = plan.events[(plan.events[:, 0] >= start) & (plan.events[:, 0] < 2 * start)]
+    per = np.bincount(main[:, 1], weights=main[:, 2], minlength=len(plan.keys))
+    p99 = float(np.quantile(per, 0.99))
+    tenants: dict[str, float] = {}
+    for c, v in enumerate(per.tolist()):
+        tenants[plan.tenants[c]] = tenants.get(plan.tenants[c], 0.0) + v
+    extreme = 20.0  # VolumeVelocity.EXTREME
+    ratios = np.array(list(tenants.values())) / max(p99, 1.0)
+    need = {m: extreme * p99 / (m * plan.p99 / 24) for m in multipliers}
+    return TenantAlternative(p99, float(ratios.max()), int((ratios > extreme).sum()),
+                             {m: (h if h <= hours else None) for m, h in need.items()})
 
 
 # 2: coverage over a long horizon ----------------------------------------------------------
@@ -333,37 +418,33 @@ def _assign(centroids: Array, z: Array) -> Array:
     return np.asarray(d.argmin(axis=1))
 
 
-def benign_streams(world: World, n: int, rng: np.random.Generator, zpool: Array,
-                   cells: Array, per: int) -> dict[str, list[Array]]:
-    """Row indices into the pool for honest users, by behaviour."""
-    m = len(zpool)
-    lab = labels(world, world.pool_x)
-    out: dict[str, list[Array]] = {k: [] for k in
-                                   ("random order", "one class mostly", "one region", "drift",
-                                    "re-reads")}
-    for _ in range(per):
-        out["random order"].append(_iid(rng, m, n))
-        main = rng.choice(np.unique(lab))
-        mine, other = np.nonzero(lab == main)[0], np.nonzero(lab != main)[0]
-        pick = np.where(rng.random(n) < 0.7, rng.choice(mine, n),
-                        rng.choice(other if len(other) else mine, n))
-        out["one class mostly"].append(pick)
-        anchor = zpool[rng.integers(m)]
-        near = np.argsort(((zpool - anchor) ** 2).sum(1))[:max(50, m // 10)]
-        out["one region"].append(rng.choice(near, n))
-        proj = zpool @ rng.standard_normal(zpool.shape[1])
-        order = np.argsort(proj)
-        width = max(50, m // 10)
-        centre = np.linspace(0, m - width, n).astype(int)
-        out["drift"].append(order[centre + rng.integers(0, width, n)])
-        work = rng.choice(m, min(m, 200), replace=False)
-        out["re-reads"].append(rng.choice(work, n))
+def corpus_streams(world: World, n: int, per: int, seed: int) -> dict[str, list[Array]]:
+    """Rows of the corpus's test-half honest behaviours (one key each), `per` streams each,
+    and the corpus's natural-data Knockoff thief."""
+    from modelfence.monitor.corpus.behaviours import BEHAVIOURS, generate
+
+    out: dict[str, list[Array]] = {}
+    for b in BEHAVIOURS:
+        if b.half != "test" or not (b.side == "benign" or b.family == "knockoff"):
+            continue
+        for j in range(1 if b.side == "thief" else per):
+            stream = generate(b, world.corpus, n, seed + j)
+            if len(set(stream.principals)) > 1:
+                continue  # short-lived keys: no long horizon to measure
+            name = "Knockoff (thief)" if b.side == "thief" else b.name
+            out.setdefault(name, []).append(np.asarray(stream.x))
     return out
 
 
-def _iid(rng: np.random.Generator, m: int, n: int) -> Array:
-    """n draws from m rows: a permutation, another when it runs out (as a thief would)."""
-    return np.concatenate([rng.permutation(m) for _ in range(math.ceil(n / m))])[:n]
+def one_region(world: World, n: int, per: int, rng: np.random.Generator) -> list[Array]:
+    """A user whose customers are alike (one branch, one kind of device): the nearest tenth
+    of the pool around a random row, in random order. Not a corpus behaviour."""
+    z = _standardize(world, world.pool_x)
+    out = []
+    for _ in range(per):
+        near = np.argsort(((z - z[rng.integers(len(z))]) ** 2).sum(1))[:max(50, len(z) // 10)]
+        out.append(world.pool_x[rng.choice(near, n)])
+    return out
 
 
 def _balanced(rng: np.random.Generator, cells: Array, n: int) -> Array:
@@ -389,50 +470,51 @@ def coverage(world: World, n: int, per: int, seed: int) -> CoverageResult:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         km = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(zref)
+        own = KMeans(n_clusters=k, n_init=1, random_state=seed + 1).fit(zpool).labels_
     fine = np.asarray(km.cluster_centers_)
     freq = np.bincount(km.labels_, minlength=k) / len(zref)
     sfreq = world.summary.cell_freq
-    fine_pool, coarse_pool = _assign(fine, zpool), _assign(world.summary.centroids, zpool)
-    own = KMeans(n_clusters=k, n_init=1, random_state=seed + 1).fit(zpool).labels_
-    streams: dict[str, list[Array]] = {"Knockoff (thief)": [_iid(rng, len(zpool), n)],
-                                       "coverage-seeking (thief)": [_balanced(rng, own, n)]}
-    benign = benign_streams(world, n, rng, zpool, fine_pool, per)
-    streams.update(benign)
+    streams = corpus_streams(world, n, per, seed)
+    thief_x = streams.pop("Knockoff (thief)")
+    benign = {**streams, "one region (not in the corpus)": one_region(world, n, per, rng)}
+    streams = {"Knockoff (thief)": thief_x,
+               "coverage-seeking (thief)": [world.pool_x[_balanced(rng, own, n)]], **benign}
     at = [a for a in COVERAGE_AT if a <= n]
     expect = {a: expected_distinct(freq, a) for a in at}
     sexpect = {a: expected_distinct(sfreq, a) for a in at}
 
-    def z_of(idx: Array, cells: Array, ex: dict[int, tuple[float, float]]) -> dict[int, Array]:
+    def z_of(x: Array, centroids: Array, ex: dict[int, tuple[float, float]]
+             ) -> dict[int, float]:
+        cells = _assign(centroids, _standardize(world, x))
         # a standard deviation under half a cell means the iid count is all but certain
-        return {a: np.array((len(np.unique(cells[idx[:a]])) - ex[a][0]) / max(ex[a][1], 0.5))
-                for a in at}
+        return {a: (len(np.unique(cells[:a])) - ex[a][0]) / max(ex[a][1], 0.5) for a in at}
 
     rows: dict[str, dict[int, float]] = {}
     srows: dict[str, dict[int, float]] = {}
-    zs: dict[str, list[dict[int, Array]]] = {}
+    zs: dict[str, list[dict[int, float]]] = {}
     for name, lst in streams.items():
-        zs[name] = [z_of(i, fine_pool, expect) for i in lst]
+        zs[name] = [z_of(x, fine, expect) for x in lst]
         rows[name] = {a: float(np.median([z[a] for z in zs[name]])) for a in at}
-        sz = [z_of(i, coarse_pool, sexpect) for i in lst]
+        sz = [z_of(x, world.summary.centroids, sexpect) for x in lst]
         srows[name] = {a: float(np.median([z[a] for z in sz])) for a in at}
     thief = zs["Knockoff (thief)"][0]
     allb = [z for name in benign for z in zs[name]]
     share = {a: float(np.mean([z[a] >= thief[a] for z in allb])) for a in at}
-    risk, top = monitor_risk(world, streams["Knockoff (thief)"][0])
-    brisk, btop = max(monitor_risk(world, i) for i in streams["random order"][:2])
+    risk, top = monitor_risk(world, thief_x[0])
+    randoms = [x for name, lst in benign.items() if name.startswith("random-order") for x in lst]
+    brisk, btop = max(monitor_risk(world, x) for x in randoms[:2])
     return CoverageResult(k, len(sfreq), rows, srows, share, risk, top, brisk, btop)
 
 
-def monitor_risk(world: World, idx: Array) -> tuple[float, str]:
-    """The default monitor's highest risk over one stream of pool rows (10-row requests)."""
-    monitor = Monitor(world.summary)
-    x = world.pool_x[idx]
+def monitor_risk(world: World, x: Array) -> tuple[float, str]:
+    """The recommended monitor's highest risk over one stream (10-row requests, 1 s apart)."""
+    monitor = Monitor(world.summary, recommended())
     p = world.victim.ask(x).proba
     assert p is not None
     best, top = 0.0, "-"
     for i in range(0, len(x), 10):
-        monitor.observe("thief", x[i:i + 10], p[i:i + 10], now=float(EPOCH + i))
-        r = monitor.risk("thief")
+        monitor.observe("caller", x[i:i + 10], p[i:i + 10], now=float(EPOCH + i))
+        r = monitor.risk("caller")
         if r.score > best:
             best = r.score
             top = max(r.readings, key=lambda k: r.readings[k].score)
@@ -489,27 +571,74 @@ def _h(v: float | None, q: int | None) -> str:
     return "never" if v is None or q is None else f"{v:.1f} h, {q:,} q"
 
 
-def population_table(seed: int, plan: Plan, runs: list[PopulationRun]) -> list[str]:
-    heavy = int(plan.batch.sum())
-    out = [f"population {seed}: {len(plan.keys)} callers ({heavy} batch scorers) in "
-           f"{len(set(plan.tenants))} tenants, 99th percentile {plan.p99:,.0f} queries/day", "",
-           "| scenario | thief/day | key flagged (after, queries) | tenant flagged | thief "
-           "score (key / tenant) | benign flagged (batch) | benign tenants flagged | benign "
-           "max score | benign scored > 0 |", "|---|---:|---|---|---|---:|---:|---:|---:|"]
-    for r in runs:
-        out.append(f"| {r.scenario} | {r.thief_daily:,.0f} | {_h(r.key_flagged_h, r.key_flagged_q)}"
-                   f" | {_h(r.tenant_flagged_h, r.tenant_flagged_q)} | {r.thief_score:.2f} / "
-                   f"{r.thief_tenant_score:.2f} | {len(r.benign_flagged)} "
-                   f"({r.benign_flagged_batch}) | {len(r.benign_tenants_flagged)} | "
-                   f"{r.benign_max_score:.2f} | {r.benign_scored} |")
+@dataclass
+class PopulationResult:
+    label: str
+    callers: int
+    batch: int
+    tenants: int
+    p99: float
+    runs: list[PopulationRun]
+    alternative: TenantAlternative
+
+    def run(self, multiplier: float, keys: int) -> PopulationRun:
+        return next(r for r in self.runs if r.multiplier == multiplier and r.keys == keys)
+
+
+def benign_table(results: list[PopulationResult]) -> list[str]:
+    out = ["| population | callers (batch scorers) | tenants | 99th pct/day | flagged in the "
+           "cold start: callers / tenants | flagged after it: callers / tenants | highest "
+           "benign score | callers scored > 0 | largest tenant / principals' 99th pct |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in results:
+        cold, steady = p.runs[0], p.runs[1:]
+        callers = {k for r in steady for k in r.benign_flagged}
+        tenants = {k for r in steady for k in r.benign_tenants_flagged}
+        out.append(f"| {p.label} | {p.callers} ({p.batch}) | {p.tenants} | {p.p99:,.0f} | "
+                   f"{len(cold.benign_flagged)} / {len(cold.benign_tenants_flagged)} | "
+                   f"{len(callers)} / {len(tenants)} | "
+                   f"{max(r.benign_max_score for r in p.runs):.2f} | "
+                   f"{max(r.benign_scored for r in steady)} | "
+                   f"{p.alternative.benign_max_ratio:.1f}x |")
     return out
+
+
+def thief_table(results: list[PopulationResult], mult: tuple[float, ...]) -> list[str]:
+    out = ["| population | thief | per day | 1 key: flagged (after, queries) | 1 key: its "
+           "tenant | 10 keys: any key | 10 keys: the tenant | 10 keys: tenant vs principals' "
+           "99th pct |", "|---|---|---:|---|---|---|---|---|"]
+    for p in results:
+        for m in mult:
+            one, ten = p.run(m, 1), p.run(m, SYBIL_KEYS)
+            alt = p.alternative.thief_hours[m]
+            out.append(f"| {p.label} | {m:g}x | {one.thief_daily:,.0f} | "
+                       f"{_h(one.key_flagged_h, one.key_flagged_q)} | "
+                       f"{_h(one.tenant_flagged_h, one.tenant_flagged_q)} | "
+                       f"{_h(ten.key_flagged_h, ten.key_flagged_q)} | "
+                       f"{_h(ten.tenant_flagged_h, ten.tenant_flagged_q)} | "
+                       + ("never" if alt is None else f"{alt:.1f} h (computed)") + " |")
+    out += ["", "| thief | 1 key flagged: median / worst (populations) | 10 keys, tenant "
+            "flagged: median / worst |", "|---|---|---|"]
+    for m in mult:
+        out.append(f"| {m:g}x | " + " | ".join(
+            _median_worst([p.run(m, k).key_flagged_h if k == 1 else p.run(m, k).tenant_flagged_h
+                           for p in results]) for k in (1, SYBIL_KEYS)) + " |")
+    return out
+
+
+def _median_worst(hours: list[float | None]) -> str:
+    """Median and worst (latest; never counts as latest) of first-flag hours."""
+    inf = [math.inf if h is None else h for h in hours]
+    med, worst = float(np.median(inf)), max(inf)
+    return " / ".join("never" if math.isinf(v) else f"{v:.1f} h" for v in (med, worst))
 
 
 def coverage_table(name: str, c: CoverageResult) -> list[str]:
     at = list(c.benign_at_or_above)
     out = [f"**{name}**: fine codebook {c.codebook} cells (monitor's own: {c.summary_cells}); "
-           f"default monitor's highest risk: Knockoff {c.knockoff_max_risk:.2f} ({c.knockoff_top}),"
-           f" random-order users {c.benign_max_risk:.2f} ({c.benign_top})", "",
+           "recommended monitor's highest risk: Knockoff "
+           f"{c.knockoff_max_risk:.2f} ({c.knockoff_top}), random-order users "
+           f"{c.benign_max_risk:.2f} ({c.benign_top})", "",
            "| stream | " + " | ".join(f"z at {a:,}" for a in at) + " | z at "
            f"{at[-1]:,}, monitor's cells |", "|---|" + "---:|" * (len(at) + 1)]
     for s, zs in c.rows.items():
@@ -540,27 +669,60 @@ def budget_table(results: dict[str, BudgetResult]) -> list[str]:
     return out
 
 
+def summary_line(results: list[PopulationResult], mult: tuple[float, ...],
+                 shares: list[float], bud: dict[str, BudgetResult], budget: int,
+                 pop: Population) -> str:
+    """Which signal catches the natural thief when, and what each costs honest callers."""
+    steady = [r for p in results for r in p.runs[1:]]  # runs[0] is the cold start
+    benign = sum(len(r.benign_flagged) + len(r.benign_tenants_flagged) for r in steady)
+    cold = sum(len(p.runs[0].benign_flagged) + len(p.runs[0].benign_tenants_flagged)
+               for p in results)
+    p99 = float(np.median([p.p99 for p in results]))
+    need = float(np.median([r.to_95 or r.pool for r in bud.values()]))
+    left = float(np.median([r.share(r.at_budget) for r in bud.values()]))
+    return (
+        "**Summary**: volume against peers flags the natural thief's key (median / worst over "
+        f"{len(results)} populations) at "
+        + ", ".join(f"{m:g}x the 99th percentile: "
+                    + _median_worst([p.run(m, 1).key_flagged_h for p in results])
+                    for m in mult)
+        + "; split over 10 keys, its tenant at "
+        + ", ".join(f"{m:g}x: " + _median_worst([p.run(m, SYBIL_KEYS).tenant_flagged_h
+                                                 for p in results]) for m in mult)
+        + f" (benign callers and tenants flagged: {benign} after the cold start, {cold} during "
+        f"it). But the thief needs no such volume: 95% of its undefended fidelity gain takes a "
+        f"median {need:,.0f} queries, {need / p99:.2f} of one 99th-percentile caller's day. "
+        f"Long-horizon coverage does not separate it (median {np.median(shares):.0%} of benign "
+        f"streams cover as much). A daily per-key budget at the 99.9th-percentile caller-day "
+        f"({budget:,}) leaves it {left:.0%} of that gain (median over victims); only a "
+        f"lifetime budget near {need:,.0f} queries per key ({need / pop.median:.0f} days of a "
+        "median caller) would bite. What remains is proof afterwards: the watermark.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--victims", default="4",
                     help="corpus victim names, or N: N test-half victims, one per family first")
-    ap.add_argument("--populations", type=int, default=1)
-    ap.add_argument("--callers", type=int, default=120)
+    ap.add_argument("--populations", type=int, default=2, help="seeds per population size")
+    ap.add_argument("--callers", default="50,120,200", help="population sizes")
     ap.add_argument("--multipliers", default=",".join(f"{m:g}" for m in MULTIPLIERS))
     ap.add_argument("--coverage-queries", type=int, default=2000)
     ap.add_argument("--benign-per-behaviour", type=int, default=4)
+    ap.add_argument("--through-monitor", action="store_true",
+                    help="volume: feed rows through Monitor.observe (slow) instead of counts")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 victims, small sizes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     started = time.perf_counter()
     names = spread(int(a.victims)) if a.victims.isdigit() else a.victims.split(",")
-    pop = Population(callers=a.callers)
+    pop = Population()
+    callers = [int(c) for c in a.callers.split(",")]
     sizes: tuple[int, ...] = CURVE
     cov_n, per, pops = a.coverage_queries, a.benign_per_behaviour, a.populations
     if a.quick:
         names, sizes, cov_n, per, pops = names[:2], CURVE[:5], 1000, 2, 1
-        pop = Population(callers=60, tenants=15)
+        callers = callers[:1]
     mult = tuple(float(m) for m in a.multipliers.split(","))
     worlds = load_worlds(names, a.seed)
     took = {"worlds": time.perf_counter() - started}
@@ -574,14 +736,23 @@ def main() -> None:
           f"{platform.node()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; victims "
           f"{', '.join(names)}\n")
 
-    print("## 1 + 3. Volume against peers (principal and tenant), one monitor, volume only\n")
-    pop_doc = []
-    for i in range(pops):
-        plan, runs = population_runs(worlds[i % len(worlds)], pop, a.seed + i, mult)
-        print("\n".join(population_table(i, plan, runs)) + "\n")
-        pop_doc.append({"seed": a.seed + i, "p99": plan.p99, "callers": len(plan.keys),
-                        "batch": int(plan.batch.sum()), "runs": [asdict(r) for r in runs]})
-
+    print("## 1 + 3. Volume against peers: principals and tenants, the volume detector\n")
+    populations = []
+    for size in callers:
+        for i in range(pops):
+            pop_i = replace(pop, callers=size, tenants=max(5, size // 4))
+            plan, runs = population_runs(worlds[0], pop_i, a.seed + i, mult,
+                                         through_monitor=a.through_monitor)
+            populations.append(PopulationResult(
+                f"{size}-{i}", size, int(plan.batch.sum()), len(set(plan.tenants)), plan.p99,
+                runs, tenant_alternative(plan, 48, mult)))
+    print("Benign callers: never flagged is the target (the cold start is the monitor's first "
+          "48 hours, with no peer history)\n")
+    print("\n".join(benign_table(populations)) + "\n")
+    print("A steady natural-data thief joining the warmed-up population for 48 hours, at "
+          "multiples of its 99th-percentile daily volume (the last column: computed, what a "
+          "tenant judged against principals' 99th percentile would give)\n")
+    print("\n".join(thief_table(populations, mult)) + "\n")
     lap("volume")
     print("## 2. Coverage over a long horizon (z of distinct cells vs iid draws, median "
           "over streams)\n")
@@ -604,42 +775,14 @@ def main() -> None:
     print("\n".join(budget_table(bud)) + "\n")
     lap("budgets")
 
-    steady = [r for d in pop_doc for r in d["runs"] if r["scenario"] != "cold start (first 48 h, "
-              "no thief)"]
-    flagged = {m: [r["key_flagged_h"] for r in steady if r["multiplier"] == m and r["keys"] == 1]
-               for m in mult}
-    tflag = {m: [r["tenant_flagged_h"] for r in steady if r["multiplier"] == m
-                 and r["keys"] == SYBIL_KEYS] for m in mult}
-
-    def when(v: list[float | None]) -> str:
-        hit = [h for h in v if h is not None]
-        if not hit:
-            return "never"
-        span = f"{min(hit):.0f}" + ("" if round(min(hit)) == round(max(hit))
-                                    else f"-{max(hit):.0f}")
-        return f"{span} h" + (
-            "" if len(hit) == len(v) else f" ({len(hit)}/{len(v)})")
-
-    benign = sum(len(r["benign_flagged"]) for r in steady)
-    cold = sum(len(d["runs"][0]["benign_flagged"]) for d in pop_doc)
-    print("**Summary**: volume flags the natural thief's key at "
-          + ", ".join(f"{m:g}x p99: {when(v)}" for m, v in flagged.items())
-          + f" (benign callers flagged after the cold start: {benign}; during it: {cold}); "
-          "its 10-key tenant at " + ", ".join(f"{m:g}x: {when(v)}" for m, v in tflag.items())
-          + f"; long-horizon coverage does not separate it (median {np.median(shares):.0%} of "
-          f"benign streams cover as much); a daily budget at the 99.9th percentile ({budget:,}) "
-          f"leaves it {np.median([r.share(r.at_budget) for r in bud.values()]):.0%} of its "
-          "undefended fidelity gain (median over victims; 95% of it takes a median "
-          f"{np.median([r.to_95 or r.pool for r in bud.values()]):,.0f} queries, "
-          f"{np.median([r.to_95 or r.pool for r in bud.values()]) / pop.median:.0f} days of a "
-          "median caller); the watermark proves the theft afterwards.")
+    print(summary_line(populations, mult, shares, bud, budget, pop))
     elapsed = time.perf_counter() - started
     print(f"\n({elapsed:.0f} s: " + ", ".join(f"{k} {v:.0f} s" for k, v in took.items()) + ")")
     if a.json:
         import json
 
         doc = {"victims": names, "population": asdict(pop), "budget": budget,
-               "populations": pop_doc,
+               "populations": [asdict(p) for p in populations],
                "coverage": {k: asdict(v) for k, v in cov.items()},
                "budgets": {k: asdict(v) for k, v in bud.items()}, "elapsed_s": elapsed,
                "took_s": took}
