@@ -143,9 +143,9 @@ def _detection(half: str, name: str, share: float, rs: list[CellResult]) -> Targ
               for b, g in by_b.items()}
     at = [_q(r.flagged_at) for r in rs]
     worst_b = min(shares, key=lambda b: shares[b], default="")
-    goal = f"within {rs[0].target if rs else '?'} on >= {share:.0%} of victims"
-    return Target(half, name, goal, f"{_fmt_q(_median(at)) if at else '—'} queries",
-                  f"{_fmt_q(max(at, default=None))} queries; {worst_b} "
+    goal = f"within {rs[0].target if rs else '?'} queries on >= {share:.0%} of victims"
+    return Target(half, name, goal, f"{_fmt_q(_median(at)) if at else '—'}",
+                  f"{_fmt_q(max(at, default=None))}; {worst_b} "
                   f"{shares.get(worst_b, math.nan):.0%} of victims" if rs else "—",
                   bool(rs) and min(shares.values()) >= share,
                   f"{len(by_b)} behaviours x {len(_by_victim(rs))} victims")
@@ -171,9 +171,9 @@ def _natural(half: str, rs: list[CellResult]) -> list[Target]:
         flagged = sum(r.flagged_at is not None for r in g)
         fd = [r.fidelity_defended / r.fidelity_undefended for r in g
               if r.fidelity_defended is not None and r.fidelity_undefended]
-        out.append(Target(half, f"natural-data thief: {family}", "reported",
-                          f"{_fmt_q(_median(at))} queries; keeps {_pct(_median(fd))}",
-                          f"{_fmt_q(max(at))} queries; keeps {_pct(max(fd, default=math.nan))}",
+        out.append(Target(half, f"natural-data thief: {family}", "reported (flagged at)",
+                          f"{_fmt_q(_median(at))}; keeps {_pct(_median(fd))}",
+                          f"{_fmt_q(max(at))}; keeps {_pct(max(fd, default=math.nan))}",
                           None, f"flagged on {flagged}/{len(g)} victims; 'keeps': fidelity "
                           "defended / undefended"))
     return out
@@ -369,9 +369,14 @@ def html(run: CorpusRun) -> str:
         parts.append(f"<h2>{half} half</h2><div>{_cdf(rs, colors, half)}</div>")
         parts.append(_md_table_html(behaviour_table(rs)))
         parts.append("<div>")
-        for name, g in _by_victim(rs).items():
+        groups = _by_victim(rs)
+        for name, g in groups.items():
             parts.append(_risk_chart(name, g, colors, run.monitor.get("threshold", 0.5)))
         parts.append("</div>")
+        for name, g in groups.items():
+            table = victim_table(name, run.victims.get(name, {}), g)
+            parts.append(f"<h3>{escape(name)}</h3><p>{escape(table[0].replace('**', ''))}</p>"
+                         + _md_table_html(table[2:]))
     parts.append("</body></html>")
     return "".join(parts)
 
