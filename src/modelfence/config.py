@@ -603,7 +603,7 @@ class MonitorSettings(_Strict):
     hold_s: float = Field(86_400.0, ge=0.0, description="... and this long after the sticky "
                           "detectors alone last reached the threshold (synthetic queries)")
     sticky: list[str] = Field(
-        default_factory=lambda: ["ood", "prada", "synthetic", "naturalness"],
+        default_factory=lambda: ["ood", "prada", "synthetic", "naturalness", "flips"],
         description="detectors whose evidence is of synthetic queries; unknown names ignored")
     detectors: list[str] = Field(
         default_factory=lambda: ["prada", "boundary", "synthetic", "ood", "coverage", "volume"])

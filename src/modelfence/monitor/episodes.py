@@ -11,9 +11,9 @@ rises at once with the raw risk and falls only when the raw risk has stayed well
   raw risk;
 - **sticky hold**: whenever, during an episode, the readings of the `sticky` detectors alone
   (evidence of synthetic queries: rows off the data, abnormal distances between a caller's
-  rows, rows off the data's own structure) combine to the threshold, the episode is held
-  for `hold_s` from then, so a caller flagged for synthetic queries stays flagged even if its
-  evidence decays;
+  rows, rows off the data's own structure, near-copies that walk across the boundary)
+  combine to the threshold, the episode is held for `hold_s` from then, so a caller flagged
+  for synthetic queries stays flagged even if its evidence decays;
 - below the threshold the same rule in proportion: the level falls to the raw risk only
   when that is below `release / threshold` of the level, `min_dwell_s` after it last rose.
 
@@ -39,7 +39,7 @@ from ..errors import ConfigurationError
 
 #: Detectors whose evidence is of synthetic queries (names not among the monitor's detectors,
 #: e.g. one a future version renames, are ignored).
-STICKY = ("ood", "prada", "synthetic", "naturalness")
+STICKY = ("ood", "prada", "synthetic", "naturalness", "flips")
 
 #: `release` when none is set: the share of the threshold the raw risk must fall below.
 RELEASE_SHARE = 0.6

@@ -32,9 +32,11 @@ The monitor's hysteresis (see `monitor.episodes` for the rules):
   short windows, so a burst that flags a caller is not forgotten by the next quiet minute.
 - ``hold_s`` 86,400 with ``sticky`` detectors, those whose evidence is of synthetic queries
   (``ood``: rows off the data; ``prada``: abnormal distances between a caller's rows;
-  ``synthetic``/``naturalness``: rows off the data's own structure): a caller flagged for
-  synthetic queries stays flagged for a day after the last time that evidence alone reached
-  the threshold, even if it then sends natural rows to dilute it. Volume, coverage and
+  ``synthetic``/``naturalness``: rows off the data's own structure; ``flips``: near-copies of
+  its rows that change class more often than re-reads do, a walk or bisection across the
+  boundary): a caller flagged for synthetic queries stays flagged for a day after the last
+  time that evidence alone reached the threshold, even if it then sends natural rows to
+  dilute it. Volume, coverage and
   boundary evidence (natural-data and active-learning thieves, and busy honest callers) is
   not sticky: it ends with the dwell. Names not among the monitor's detectors are ignored.
 
@@ -58,7 +60,7 @@ RECOMMENDED_MONITOR: dict[str, Any] = {
     "release": 0.3,
     "min_dwell_s": 600.0,
     "hold_s": 86_400.0,
-    "sticky": ("ood", "prada", "synthetic", "naturalness"),
+    "sticky": ("ood", "prada", "synthetic", "naturalness", "flips"),
 }
 
 #: The quota's `risk_curve` (risk, cost per request): from the threshold a flagged caller
