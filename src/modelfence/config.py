@@ -606,7 +606,8 @@ class MonitorSettings(_Strict):
         default_factory=lambda: ["ood", "prada", "synthetic", "naturalness", "flips"],
         description="detectors whose evidence is of synthetic queries; unknown names ignored")
     detectors: list[str] = Field(
-        default_factory=lambda: ["prada", "boundary", "synthetic", "ood", "coverage", "volume"])
+        default_factory=lambda: ["prada", "boundary", "synthetic", "flips", "ood", "coverage",
+                                 "volume"])
     max_principals: int = Field(10_000, ge=1, description="callers kept per model (LRU)")
     shared: str | None = Field(None, description="redis://HOST:PORT/DB shared by replicas")
     key_prefix: str = Field("modelfence:monitor:", pattern=r"^[A-Za-z0-9:_.\-]{1,64}$",

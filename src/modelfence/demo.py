@@ -104,7 +104,7 @@ def _ensure_summary(model_path: Path, path: Path) -> None:
 
     clf = sio.load(model_path)  # the default trust, as the gateway loads it
     x_test = _digits_split()[1]
-    Summary.fit(x_test, clf.predict_proba(x_test)).save(path)
+    Summary.fit(x_test, clf.predict_proba(x_test), predict=clf.predict_proba).save(path)
 
 
 def _write_secret(path: Path) -> None:

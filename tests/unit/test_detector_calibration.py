@@ -33,7 +33,8 @@ class Tabular:
                                    class_sep=1.3, random_state=1234)
         x = np.round(x, 2)
         self.model = LogisticRegression(max_iter=500).fit(x[:1200], y[:1200])
-        self.summary = Summary.fit(x[1200:2000], self.proba(x[1200:2000]), seed=3)
+        self.summary = Summary.fit(x[1200:2000], self.proba(x[1200:2000]), seed=3,
+                                   predict=self.proba)
         self.pool, self.labels = x[2000:], y[2000:]
 
     def proba(self, x: Array) -> Array:
@@ -98,6 +99,31 @@ def test_noised_fresh_rows_are_flagged_off_the_corpus(tab: Tabular) -> None:
     xs = tab.pool[:500] + rng.standard_normal((500, 18)) * 0.05 * tab.pool.std(axis=0)
     top, monitor = tab.top_risk(xs)
     assert top >= 0.5 and monitor.risk("c").readings["synthetic"].score == 1.0
+
+
+def test_a_bisection_within_the_resend_radius_is_flagged_by_its_flips(tab: Tabular) -> None:
+    """Re-sends are volume only while their answer stays that of the row they re-send: a
+    bisection that walks to the boundary in steps inside the radius changes it often."""
+    assert 0.0 < tab.summary.cell_flip.mean() < 0.25  # measured through the model at fit
+    labels = tab.proba(tab.pool).argmax(axis=1)
+    rng = np.random.default_rng(8)
+    rows = []
+    for _ in range(30):
+        a = tab.pool[rng.integers(len(tab.pool))]
+        b = tab.pool[rng.choice(np.nonzero(labels != labels[0])[0])]
+        lo, hi = 0.0, 1.0
+        for _ in range(8):  # the boundary between a and b, one halving at a time
+            mid = (lo + hi) / 2
+            rows.append(a + mid * (b - a))
+            same = tab.proba(rows[-1][None])[0].argmax() == tab.proba(a[None])[0].argmax()
+            lo, hi = (mid, hi) if same else (lo, mid)
+    top, monitor = tab.top_risk(np.array(rows))
+    assert top >= 0.5 and monitor.risk("c").readings["flips"].score > 0.5
+    honest = tab.pool[:300]
+    again = honest[rng.integers(0, 300, 300)] + rng.standard_normal((300, 18)) * 0.05 * \
+        tab.pool.std(axis=0)
+    top, monitor = tab.top_risk(np.r_[honest, again])
+    assert top < 0.2 and monitor.risk("c").readings["flips"].score == 0.0
 
 
 def test_duplicates_is_retired_with_a_clear_error() -> None:

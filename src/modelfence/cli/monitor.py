@@ -66,7 +66,7 @@ def fit(
         with console.status(f"loading {model} and scoring {data}…"):
             pool = load_pool(data, label_column=label_column)
             proba = _model_proba(ms, pool.x)
-            summary = Summary.fit(pool.x, proba)
+            summary = Summary.fit(pool.x, proba, predict=lambda rows: _model_proba(ms, rows))
         summary.save(target)
     except ModelfenceError as exc:
         raise fail(f"--data {data}: {exc}", 2) from None

@@ -288,6 +288,8 @@ class Detector(ABC):
     name: str = "detector"
     #: Whether it sees exact repeats of the caller's recent rows (see `Repeats`).
     sees_repeats: bool = False
+    #: Whether it sees the caller's noisy re-sends (`observe_resends`) instead of fresh rows.
+    sees_resends: bool = False
 
     def __init__(self, summary: Summary) -> None:
         self.summary = summary
@@ -307,6 +309,11 @@ class Detector(ABC):
     def observe_raw(self, x: Array, features: Array, proba: Array, now: float) -> None:
         """`observe`, given the raw rows `x` (float64) too: what the monitor calls."""
         self.observe(features, proba, now)
+
+    def observe_resends(self, features: Array, flips: list[bool], now: float) -> None:
+        """Take noisy re-sends (standardized rows) and whether each one's answer differs
+        from the answer its anchor got; only detectors that `sees_resends` are shown them."""
+        raise NotImplementedError
 
     def _one(self, z: Array, p: Array) -> None:
         """Take one row; detectors that override `observe` need not."""
@@ -434,7 +441,7 @@ class DistanceNormality(Detector):
             resends = Resends(summary.n_features, summary.resend_radius,
                               int(summary.resend_key))
             for step, i in enumerate(order):
-                if resends.seen(zf[i]):
+                if resends.seen(zf[i]) is not None:
                     continue
                 det._one(zf[i], proba[i])
                 d = det.dmin.view()
@@ -743,6 +750,41 @@ class Synthetic(_ShareDetector):
             self._flag(flag, self.rates[cell])
 
 
+class Flips(_ShareDetector):
+    """Share of noisy re-sends whose answer differs from the answer of the row they re-send.
+
+    A re-send (`resends`) teaches a thief little only while its answer stays the same: an
+    honest re-read with sensor noise changes class only where its row lies within the noise
+    of the boundary, while a walk or a bisection that stays within the re-send radius of its
+    last fresh row does it to find the boundary. A row's expected rate is its cell's, measured
+    at fit by re-reading the fit rows with noise at 10% of each feature's sd through the
+    model (`Summary.fit`'s `predict`); without the model it is `DEFAULT`, a cautious rate.
+    """
+
+    name = "flips"
+    what = "re-sends answered another class"
+    sees_resends = True
+    FLOOR, DEFAULT = 0.02, 0.25
+
+    def __init__(self, summary: Summary, *, cells: Cells | None = None, **kw: Any) -> None:
+        super().__init__(summary, **kw)
+        self.cells = cells or Cells(summary)
+        self.rates: list[float] = summary.cell_flip.tolist()
+        self.z0 = summary.flip_z0
+
+    @classmethod
+    def for_caller(cls, summary: Summary, *, key: str, shared: Shared) -> Self:
+        return cls(summary, cells=shared.cells)
+
+    def observe(self, features: Array, proba: Array, now: float) -> None:
+        """Fresh rows are not this detector's business."""
+
+    def observe_resends(self, features: Array, flips: list[bool], now: float) -> None:
+        cells = self.cells.of(features)[0]
+        for flip, cell in zip(flips, cells, strict=True):
+            self._flag(flip, self.rates[cell])
+
+
 class OutOfDistribution(_ShareDetector):
     """Share of queries farther from every k-means centroid than 99% of new natural rows.
 
@@ -1019,6 +1061,6 @@ RETIRED = {
 
 DETECTORS: dict[str, type[Detector]] = {
     cls.name: cls
-    for cls in (DistanceNormality, BoundaryProbing, Synthetic, OutOfDistribution, Coverage,
-                VolumeVelocity)
+    for cls in (DistanceNormality, BoundaryProbing, Synthetic, Flips, OutOfDistribution,
+                Coverage, VolumeVelocity)
 }

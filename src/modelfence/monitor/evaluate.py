@@ -91,7 +91,8 @@ def build_world(data: str, victim: str = "lr", *, seed: int = 0,
     lv = LocalVictim(model.predict_proba, n_classes=len(classes), n_features=pool.n_features,
                      classes=classes, description=f"{victim} on {pool.name}", dtype=np.float64)
     accuracy = float(np.mean(classes[lv.ask(x[held]).labels] == y[held]))
-    summary = Summary.fit(x[fit], _proba(lv, x[fit]), cells=min(32, len(fit) // 4), seed=seed)
+    summary = Summary.fit(x[fit], _proba(lv, x[fit]), cells=min(32, len(fit) // 4), seed=seed,
+                          predict=lambda rows: _proba(lv, rows))
     return World(pool.name, victim, lv, accuracy, summary,
                  Pool(f"{pool.name} (held out)", x[held], y[held]), np.asarray(y[held]))
 

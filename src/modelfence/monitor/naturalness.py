@@ -9,10 +9,11 @@ that structure: `Nature.unnatural` says, per row, whether any of three tests fai
 
 - off the lattice: a feature whose fit values all lie on a decimal grid (integers, two decimals)
   takes a value off it;
-- out of bounds: a feature beyond its fit range widened by half its standard deviation (a
-  constant feature, beyond a hair's width of its value);
+- out of bounds: a feature beyond its fit range widened by 1.5 standard deviations (a small
+  fit set does not see a heavy tail's extremes);
 - off the subspace: the row's energy in the data's weakest principal directions, each scaled by
-  its own variance (the whitened residual), beyond the 99th percentile of natural rows'.
+  its own variance (the whitened residual), beyond the 99th percentile of new natural rows'
+  (cross-fitted).
 
 How often natural rows fail, the null every score is compared with, is measured honestly at
 fit by cross-fitting: the tests are fitted on four fifths of the fit rows and applied to the
@@ -23,7 +24,7 @@ natural row for every test here, and nothing flags it: that limit is reported, n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -37,8 +38,9 @@ DECIMALS = range(0, 7)
 #: Float32 carries about 6e-8 of a value: a grid finer than this share of the values cannot
 #: be told from float32 rounding, so it is not used.
 F32 = 6e-8
-#: Bounds are widened by this many of the feature's standard deviations.
-BOUND_SD = 0.5
+#: Bounds are widened by this many of the feature's standard deviations (floored at half the
+#: mean one, so a feature constant in the fit rows may still take a rare value).
+BOUND_SD = 1.5
 #: Per-row residual cut: this quantile of natural rows' whitened residual.
 RESIDUAL_Q = 0.99
 #: Variance floor of a principal direction, in standardized units (noise at 1% of a
@@ -77,25 +79,40 @@ class Nature:
     cut: float  # natural rows' RESIDUAL_Q whitened residual (sum of squares)
 
     @classmethod
-    def fit(cls, x: Array, z: Array) -> Nature:
-        """Fit on raw rows `x` and their standardized form `z` (the summary's)."""
+    def fit(cls, x: Array, z: Array, cut: float | None = None) -> Nature:
+        """Fit on raw rows `x` and their standardized form `z` (the summary's); `cut` is the
+        residual cut (default: the `RESIDUAL_Q` quantile of these rows', in sample)."""
         std = x.std(axis=0)
+        std = np.maximum(std, 0.5 * float(std.mean()))  # as the summary's scale floors it
         lo, hi = x.min(axis=0) - BOUND_SD * std, x.max(axis=0) + BOUND_SD * std
-        weak = weak_directions(z)
-        resid = ((z @ weak.T) ** 2).sum(axis=1) if len(weak) else np.zeros(len(z))
-        cut = float(np.quantile(resid, RESIDUAL_Q)) if len(resid) else 0.0
-        return cls(lattice_steps(x), lo, hi, weak, cut)
+        nature = cls(lattice_steps(x), lo, hi, weak_directions(z), 0.0)
+        if cut is None:
+            resid = nature.residual(z)
+            cut = float(np.quantile(resid, RESIDUAL_Q)) if len(resid) else 0.0
+        return replace(nature, cut=cut)
 
-    def unnatural(self, x: Array, z: Array) -> Array:
-        """Per row of raw `x` [n, d] and standardized `z`: fails any test (bool [n])."""
+    def residual(self, z: Array) -> Array:
+        """Each row's whitened energy in the weak directions (0 without any)."""
+        if not len(self.weak):
+            return np.zeros(len(z))
+        t = z @ self.weak.T
+        out: Array = np.einsum("ij,ij->i", t, t)
+        return out
+
+    def off_grid(self, x: Array) -> Array:
+        """Rows beyond the bounds or off the decimal grid (bool [n])."""
         out: Array = np.asarray(((x < self.lo) | (x > self.hi)).any(axis=1))
         grid = self.step > 0
         if grid.any():
             g = x[:, grid] / self.step[grid]
             out |= (np.abs(g - np.rint(g)) > TOL).any(axis=1)
+        return out
+
+    def unnatural(self, x: Array, z: Array) -> Array:
+        """Per row of raw `x` [n, d] and standardized `z`: fails any test (bool [n])."""
+        out = self.off_grid(x)
         if len(self.weak):
-            t = z @ self.weak.T
-            out |= np.einsum("ij,ij->i", t, t) > self.cut
+            out |= self.residual(z) > self.cut
         return out
 
 
@@ -121,15 +138,22 @@ def weak_directions(z: Array, share: float = 0.5) -> Array:
     return weak
 
 
-def crossfit(x: Array, z: Array, seed: int, folds: int = FOLDS) -> Array:
-    """Each row's verdict from tests fitted without it (bool [n]): natural rows' honest rate."""
+def crossfit(x: Array, z: Array, seed: int, folds: int = FOLDS) -> tuple[Array, float]:
+    """(each row's verdict from tests fitted without it, the residual cut): the cut is the
+    `RESIDUAL_Q` quantile of the rows' residuals under weak directions fitted without them,
+    what new natural rows show (in sample, a small fit set's residuals are far too small),
+    and the verdicts are natural rows' honest failure rate under it."""
     n = len(x)
-    out = np.zeros(n, dtype=bool)
     if n < 2 * folds:
-        return out
+        nat = Nature.fit(x, z)
+        return np.zeros(n, dtype=bool), nat.cut
     part = np.random.default_rng(seed).permutation(n) % folds
+    off, resid = np.zeros(n, dtype=bool), np.zeros(n)
     for f in range(folds):
         held = part == f
         nat = Nature.fit(x[~held], z[~held])
-        out[held] = nat.unnatural(x[held], z[held])
-    return out
+        off[held] = nat.off_grid(x[held])
+        resid[held] = nat.residual(z[held])
+    cut = float(np.quantile(resid, RESIDUAL_Q))
+    flags: Array = off | (resid > cut)
+    return flags, cut

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .rings import RowRing
+from .rings import Ring, RowRing
 
 Array = np.ndarray[Any, Any]
 
@@ -125,22 +125,28 @@ class Resends:
     def __init__(self, width: int, radius: float, key: int = 0, memory: int = MEMORY) -> None:
         self.proj = projection(width, key)
         self.rows = RowRing(memory, width if self.proj is None else DIMS)
+        self.labels = Ring(memory, dtype=np.int32)  # the answer each anchor got
         self.radius2 = radius * radius
 
-    def seen(self, z: Array) -> bool:
+    def seen(self, z: Array, label: int = 0) -> int | None:
+        """The answer (class) of the anchor `z` re-sends, or None when `z` is fresh (it is
+        then kept as an anchor, with `label`, the class the model answered for it)."""
         a = z if self.proj is None else z @ self.proj
         aa = float(a @ a)
-        if self.rows.nearest(a, aa) <= self.radius2:
-            return True
+        j, d2 = self.rows.nearest_at(a, aa)
+        if d2 <= self.radius2:
+            return int(self.labels.data[j])
         self.rows.push(a, aa)
-        return False
+        self.labels.push(label)
+        return None
 
     def state(self) -> dict[str, Array]:
-        return self.rows.state("anchors")
+        return {**self.rows.state("anchors"), **self.labels.state("labels")}
 
     def load(self, state: Mapping[str, Array]) -> None:
         self.rows.load("anchors", state)
+        self.labels.load("labels", state)
 
     @property
     def nbytes(self) -> int:
-        return self.rows.nbytes
+        return self.rows.nbytes + self.labels.nbytes

@@ -113,11 +113,15 @@ class RowRing(Ring):
     def nearest(self, z: Array, zz: float) -> float:
         """Squared distance from `z` (float32), with |z|^2 = `zz`, to the nearest row held
         (inf when empty)."""
+        return self.nearest_at(z, zz)[1]
+
+    def nearest_at(self, z: Array, zz: float) -> tuple[int, float]:
+        """(slot, squared distance) of the nearest row held ((-1, inf) when empty)."""
         if not self.count:
-            return math.inf
+            return -1, math.inf
         if self.count < self.size:
-            return nearest(self.data[: self.count], self.half[: self.count], z, zz)[1]
-        return nearest(self.data, self.half, z, zz)[1]
+            return nearest(self.data[: self.count], self.half[: self.count], z, zz)
+        return nearest(self.data, self.half, z, zz)
 
     def load(self, name: str, state: Mapping[str, Array]) -> None:
         super().load(name, state)

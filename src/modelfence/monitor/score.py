@@ -63,7 +63,8 @@ Kind = Literal["principal", "tenant"]
 class MonitorSettings:
     """Monitor settings; moves into config.py when the monitor is wired into the gateway."""
 
-    detectors: tuple[str, ...] = ("prada", "boundary", "synthetic", "ood", "coverage", "volume")
+    detectors: tuple[str, ...] = ("prada", "boundary", "synthetic", "flips", "ood", "coverage",
+                                  "volume")
     threshold: float = 0.5  # raw risk at or above which a caller's episode starts
     max_principals: int = 10_000  # per table: principals, and tenants
     release: float | None = None  # raw risk below which an episode may end; None: 0.6 x threshold
@@ -138,6 +139,11 @@ def combine(readings: dict[str, Reading], only: frozenset[str] | None = None) ->
     return 1.0 - keep
 
 
+#: What a row is to its caller (`CallerState._kind`): new, an exact repeat, or a noisy
+#: re-send whose answer is the same as, or differs from, its anchor's.
+FRESH, REPEAT, SAME, FLIP = 0, 1, 2, 3
+
+
 class CallerState:
     """All detectors for one caller, its re-send filters, its query count and risk."""
 
@@ -151,23 +157,36 @@ class CallerState:
         self.queries = 0
         self.risk = NO_RISK
 
-    def _resent(self, x: Array, z: Array) -> bool:
-        """Whether one row repeats a recent one exactly or within the re-send radius; a
-        fresh row becomes an anchor for later re-sends."""
-        return self.repeats.seen(x) or self.resends.seen(z)
+    def _kind(self, x: Array, z: Array, label: int) -> int:
+        """`FRESH`, `REPEAT` (exact, or a noisy re-send answered as its anchor was) or `FLIP`
+        (a noisy re-send answered another class); a fresh row becomes an anchor."""
+        if self.repeats.seen(x):
+            return REPEAT
+        anchor = self.resends.seen(z, label)
+        if anchor is None:
+            return FRESH
+        return FLIP if anchor != label else SAME
 
     def observe(self, x: Array, z: Array, p: Array, now: float) -> set[str]:
-        """Show the rows (raw `x`, standardized `z`) to the detectors, re-sends only to those
-        that count them (volume); returns the names of the detectors that saw any."""
-        if len(x) == 1:  # the request path: no mask to build
-            xf, zf, pf = (x[:0], z[:0], p[:0]) if self._resent(x[0], z[0]) else (x, z, p)
+        """Show the rows (raw `x`, standardized `z`) to the detectors: fresh rows to most,
+        noisy re-sends to those that `sees_resends`, all rows to volume; returns the names of
+        the detectors that saw any."""
+        labels = p.argmax(axis=1).tolist()
+        kinds = [self._kind(x[i], z[i], labels[i]) for i in range(len(x))]
+        if all(k == FRESH for k in kinds):
+            xf, zf, pf = x, z, p
         else:
-            fresh = np.array([not self._resent(x[i], z[i]) for i in range(len(x))], np.bool_)
-            xf, zf, pf = (x, z, p) if fresh.all() else (x[fresh], z[fresh], p[fresh])
+            fresh = np.array([k == FRESH for k in kinds], np.bool_)
+            xf, zf, pf = x[fresh], z[fresh], p[fresh]
+        noisy = [i for i, k in enumerate(kinds) if k >= SAME]
         seen = set()
         for name, det in self.detectors.items():
             if det.sees_repeats:
                 det.observe(z, p, now)
+            elif det.sees_resends:
+                if not noisy:
+                    continue
+                det.observe_resends(z[noisy], [kinds[i] == FLIP for i in noisy], now)
             elif len(zf):
                 det.observe_raw(xf, zf, pf, now)
             else:

@@ -25,6 +25,7 @@ model is over-confident, and the boundary baseline comes out too low.
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,8 @@ class Summary:
     unnatural_share: float  # the same over all rows
     unnatural_z0: float  # where the synthetic score starts
     coverage_z0: float  # where the coverage score starts
+    cell_flip: Array  # [cells] share of 10%-noise re-reads the model answers another class
+    flip_z0: float  # where the flips score starts
     prada_w: float = 0.94  # lowest (trimmed) W on benign replays, less a slack (PRADA's delta)
 
     @property
@@ -110,13 +113,15 @@ class Summary:
 
     @classmethod
     def fit(cls, x: Array, proba: Array, *, cells: int = 32, boundary_quantile: float = 0.3,
-            seed: int = 0) -> Summary:
+            seed: int = 0, predict: Callable[[Array], Array] | None = None) -> Summary:
         """Summarize rows [n, d] and the model's probabilities for them [n, k].
 
         A class's margin cut is the `boundary_quantile` of its rows' margins (the quantile
         of all rows for a class with fewer than `MIN_CLASS_ROWS`), so near-boundary queries
         are `boundary_quantile` of benign ones whatever classes a user asks about. Each
         detector's null is then measured on honest callers simulated from the same rows.
+        `predict` (rows → the model's probabilities), when given, measures how often honest
+        noisy re-reads change the model's answer (the `flips` detector's null).
         """
         from sklearn.cluster import KMeans
 
@@ -144,12 +149,13 @@ class Summary:
             float(np.quantile(margin[predicted == c], boundary_quantile))
             if np.sum(predicted == c) >= MIN_CLASS_ROWS else overall for c in range(k)])
         near = margin < cuts[predicted]
-        nature = Nature.fit(x, z)
-        unnatural = crossfit(x, z, seed)
+        unnatural, weak_cut = crossfit(x, z, seed)
+        nature = Nature.fit(x, z, weak_cut)
         from .detectors import (  # they import this module
             BoundaryProbing,
             Coverage,
             DistanceNormality,
+            Flips,
             OutOfDistribution,
             Synthetic,
         )
@@ -160,6 +166,12 @@ class Summary:
         cell_unnatural = null.cell_rates(unnatural, labels, cells, Synthetic.FLOOR)
         cell_ood = null.cell_rates(own > radius, labels, cells, OutOfDistribution.FLOOR)
         cell_freq = np.bincount(labels, minlength=cells) / len(z)
+        if predict is None:
+            cell_flip, flip_z0 = np.full(cells, Flips.DEFAULT), null.start(0.0, 4.0)
+        else:
+            flips = _noisy_flips(x, predicted, predict, seed)
+            cell_flip = null.cell_rates(flips, labels, cells, Flips.FLOOR)
+            flip_z0 = Flips.null(flips, cell_flip[labels], orders)
         class_freq = np.bincount(predicted, minlength=k) / len(z)
         summary = cls(
             mean=mean, scale=scale, centroids=centroids,
@@ -182,6 +194,7 @@ class Summary:
             unnatural_share=float(np.mean(unnatural)),
             unnatural_z0=Synthetic.null(unnatural, cell_unnatural[labels], orders),
             coverage_z0=Coverage.null(labels, predicted, cell_freq, class_freq, orders),
+            cell_flip=cell_flip, flip_z0=flip_z0,
         )
         return replace(summary, prada_w=DistanceNormality.calibrate(
             summary, z, proba, seed, replays=0, orders=orders))
@@ -232,7 +245,7 @@ class Summary:
     @classmethod
     def _checked(cls, path: Path, a: dict[str, Array]) -> Summary:
         per_feature = ("mean", "scale", "lattice_step", "lower", "upper")
-        per_cell = ("cell_freq", "cell_boundary", "cell_unnatural", "cell_ood")
+        per_cell = ("cell_freq", "cell_boundary", "cell_unnatural", "cell_ood", "cell_flip")
         per_class = ("class_freq", "margin_cuts")
         matrices = ("centroids", "weak")
         d = a["mean"].shape[0] if a["mean"].ndim == 1 else -1
@@ -255,6 +268,16 @@ class Summary:
         values: dict[str, Any] = {n: (np.asarray(v, dtype=np.float64) if n in arrays
                                       else float(v)) for n, v in a.items()}
         return cls(**values)
+
+
+def _noisy_flips(x: Array, predicted: Array, predict: Callable[[Array], Array], seed: int,
+                 noise: float = 0.10) -> Array:
+    """Per fit row, whether a re-read with Gaussian noise of `noise` x each feature's sd
+    gets another class from the model: what an honest noisy re-sender's answers do."""
+    rng = np.random.default_rng(seed + 1)
+    noisy = x + rng.standard_normal(x.shape) * noise * x.std(axis=0)
+    out: Array = np.asarray(predict(noisy)).argmax(axis=1) != predicted
+    return out
 
 
 def _nearest(z: Array, centroids: Array) -> tuple[Array, Array]:

@@ -294,6 +294,7 @@ def _build(spec: VictimSpec, seed: int) -> CorpusWorld:
                      dtype=np.float64)
     proba = lv.ask(x[fit]).proba
     assert proba is not None
-    summary = Summary.fit(x[fit], proba, cells=min(32, len(fit) // 4), seed=seed)
+    summary = Summary.fit(x[fit], proba, cells=min(32, len(fit) // 4), seed=seed,
+                          predict=model.predict_proba)
     accuracy = float(np.mean(lv.ask(x[test]).labels == y[test]))
     return CorpusWorld(spec, lv, accuracy, summary, x[pool], y[pool], x[test], y[test])
