@@ -401,7 +401,8 @@ class CoverageResult:
     summary_cells: int
     rows: dict[str, dict[int, float]]  # stream -> n -> z of distinct fine cells vs iid
     summary_rows: dict[str, dict[int, float]]  # the same on the monitor's own codebook
-    benign_at_or_above: dict[int, float]  # share of benign streams >= the Knockoff's coverage
+    benign_at_or_above: dict[int, float]  # share of honest streams >= a Knockoff's coverage
+    # (averaged over the Knockoff streams)
     knockoff_max_risk: float  # the default monitor, all detectors, over the Knockoff stream
     knockoff_top: str
     benign_max_risk: float  # the same monitor over random-order benign streams (highest)
@@ -427,7 +428,7 @@ def corpus_streams(world: World, n: int, per: int, seed: int) -> dict[str, list[
     for b in BEHAVIOURS:
         if b.half != "test" or not (b.side == "benign" or b.family == "knockoff"):
             continue
-        for j in range(1 if b.side == "thief" else per):
+        for j in range(per):
             stream = generate(b, world.corpus, n, seed + j)
             if len(set(stream.principals)) > 1:
                 continue  # short-lived keys: no long horizon to measure
@@ -497,9 +498,9 @@ def coverage(world: World, n: int, per: int, seed: int) -> CoverageResult:
         rows[name] = {a: float(np.median([z[a] for z in zs[name]])) for a in at}
         sz = [z_of(x, world.summary.centroids, sexpect) for x in lst]
         srows[name] = {a: float(np.median([z[a] for z in sz])) for a in at}
-    thief = zs["Knockoff (thief)"][0]
     allb = [z for name in benign for z in zs[name]]
-    share = {a: float(np.mean([z[a] >= thief[a] for z in allb])) for a in at}
+    share = {a: float(np.mean([[z[a] >= thief[a] for z in allb]
+                               for thief in zs["Knockoff (thief)"]])) for a in at}
     risk, top = monitor_risk(world, thief_x[0])
     randoms = [x for name, lst in benign.items() if name.startswith("random-order") for x in lst]
     brisk, btop = max(monitor_risk(world, x) for x in randoms[:2])
@@ -649,6 +650,25 @@ def coverage_table(name: str, c: CoverageResult) -> list[str]:
     return out
 
 
+def coverage_summary(cov: dict[str, CoverageResult]) -> list[str]:
+    """Across victims: the thief against honest streams, and what catching it would cost."""
+    at = sorted({a for c in cov.values() for a in c.benign_at_or_above})
+    out = ["| victim | codebook | Knockoff z / random-order z at "
+           f"{at[-1]:,} | " + " | ".join(f"honest at or above it at {a:,}" for a in at) + " |",
+           "|---|---:|---|" + "---:|" * len(at)]
+    for name, c in cov.items():
+        rnd = [z[at[-1]] for s, z in c.rows.items() if s.startswith("random-order")]
+        out.append(f"| {name} | {c.codebook} | {c.rows['Knockoff (thief)'][at[-1]]:+.1f} / "
+                   f"{np.median(rnd):+.1f} | "
+                   + " | ".join(f"{c.benign_at_or_above.get(a, math.nan):.0%}" for a in at)
+                   + " |")
+    out.append("| **median / lowest** | | | " + " | ".join(
+        f"{np.median(v):.0%} / {min(v):.0%}" for v in
+        ([c.benign_at_or_above[a] for c in cov.values() if a in c.benign_at_or_above]
+         for a in at)) + " |")
+    return out
+
+
 def budget_table(results: dict[str, BudgetResult]) -> list[str]:
     sizes = sorted({s for r in results.values() for s in r.curve})
     out = ["| victim | pool | majority | " + " | ".join(f"{s:,}" for s in sizes)
@@ -762,8 +782,10 @@ def main() -> None:
         print("\n".join(coverage_table(w.name, cov[w.name])) + "\n")
     last = max(a for a in COVERAGE_AT if a <= cov_n)
     shares = [c.benign_at_or_above[last] for c in cov.values()]
-    print(f"Benign streams at or above the Knockoff's coverage at {last:,} queries: median "
-          f"{np.median(shares):.0%}, lowest {min(shares):.0%} across victims.\n")
+    print("Across victims: the share of honest streams whose coverage is at or above the "
+          "Knockoff thief's (what a long-horizon coverage threshold that flags it would flag)"
+          "\n")
+    print("\n".join(coverage_summary(cov)) + "\n")
 
     lap("coverage")
     print("## 4. Budgets: label-only MLP copy's fidelity vs natural queries (in brackets: "
