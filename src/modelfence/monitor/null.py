@@ -30,7 +30,7 @@ MIN_CLASS = 20
 #: Shrinkage of a cell's flag rate towards the overall rate, in rows.
 PRIOR_ROWS = 10.0
 #: z-units a detector's score starts above the most extreme benign caller at fit.
-MARGIN = 1.0
+MARGIN = 1.5
 
 
 def share_z(hits: float, expected: float, n: int) -> float:

@@ -96,7 +96,7 @@ def resend_radius(x: Array, scale: Array, key: int = 0, noise: float = NOISE,
     return float(noise * np.sqrt(c * chi2.ppf(1.0 - miss, nu)))
 
 
-def natural_gap(z: Array, seed: int, key: int = 0, memory: int = 128, rows: int = 1000,
+def natural_gap(z: Array, seed: int, key: int = 0, memory: int = MEMORY, rows: int = 500,
                 q: float = 0.01) -> float:
     """The `q` quantile of a natural row's distance (in anchor space) to the nearest of
     `memory` other random rows: how close a caller's distinct natural rows come."""
@@ -122,20 +122,25 @@ class Resends:
     fresh: one projection and one matrix-vector product against the anchors' cached norms.
     """
 
-    def __init__(self, width: int, radius: float, key: int = 0, memory: int = MEMORY) -> None:
+    def __init__(self, width: int, radius: float, key: int = 0, memory: int = MEMORY,
+                 gap: float | None = None) -> None:
         self.proj = projection(width, key)
+        # a re-send's answer is compared with its anchor's only where natural distinct rows
+        # do not come (`natural_gap`): there a changed answer is a probe, not another row
+        self.gap2 = radius * radius if gap is None else min(radius, gap) ** 2
         self.rows = RowRing(memory, width if self.proj is None else DIMS)
         self.labels = Ring(memory, dtype=np.int32)  # the answer each anchor got
         self.radius2 = radius * radius
 
     def seen(self, z: Array, label: int = 0) -> int | None:
-        """The answer (class) of the anchor `z` re-sends, or None when `z` is fresh (it is
-        then kept as an anchor, with `label`, the class the model answered for it)."""
+        """The answer (class) of the anchor `z` re-sends (-1 when it lies beyond the
+        natural gap, too far to judge), or None when `z` is fresh (it is then kept as an
+        anchor, with `label`, the class the model answered for it)."""
         a = z if self.proj is None else z @ self.proj
         aa = float(a @ a)
         j, d2 = self.rows.nearest_at(a, aa)
         if d2 <= self.radius2:
-            return int(self.labels.data[j])
+            return int(self.labels.data[j]) if d2 <= self.gap2 else -1
         self.rows.push(a, aa)
         self.labels.push(label)
         return None

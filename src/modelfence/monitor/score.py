@@ -153,7 +153,7 @@ class CallerState:
             n: DETECTORS[n].for_caller(summary, key=key, shared=shared) for n in names}
         self.repeats = Repeats()
         self.resends = Resends(summary.n_features, summary.resend_radius,
-                               int(summary.resend_key))
+                               int(summary.resend_key), gap=summary.natural_gap)
         self.queries = 0
         self.risk = NO_RISK
 
@@ -165,7 +165,7 @@ class CallerState:
         anchor = self.resends.seen(z, label)
         if anchor is None:
             return FRESH
-        return FLIP if anchor != label else SAME
+        return FLIP if anchor not in (label, -1) else SAME
 
     def observe(self, x: Array, z: Array, p: Array, now: float) -> set[str]:
         """Show the rows (raw `x`, standardized `z`) to the detectors: fresh rows to most,

@@ -73,7 +73,7 @@ class Summary:
     boundary_z0: float  # where the boundary score starts (beyond benign callers' extreme)
     boundary_z0_long: float  # the same for its long window
     resend_radius: float  # a row this close (standardized) to a recent one is a re-send
-    natural_gap: float  # 1st percentile of a natural row's distance to 128 others
+    natural_gap: float  # 1st percentile of a natural row's distance to 1,024 others
     resend_key: float  # keys the projection re-send anchors are kept in (an int < 2^48)
     lattice_step: Array  # [d] decimal grid of each feature (0: continuous)
     lower: Array  # [d] raw-space bounds of natural rows (widened)
