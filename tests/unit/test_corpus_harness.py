@@ -114,6 +114,8 @@ def test_a_tiny_corpus_run_reports_every_target() -> None:
             assert r.fidelity_defended is not None and r.fidelity_undefended is not None
             assert 0.0 <= r.fidelity_defended <= 1.0
             assert r.fidelity_knowing is not None and r.fidelity_knowing >= r.fidelity_defended
+            if r.shaped_share == 0.0:  # nothing was shaped: knowing the defence is worth 0
+                assert r.knowing_gain == 0.0
         else:
             assert r.accuracy_shown is not None and r.forced_kept is not None
     sybil = [r for r in out.results if r.family == "sybil-keys"]

@@ -10,7 +10,8 @@ sent unless the operator sets `reveal_band`). It suspects every answer whose loo
 from that of its first answers (before any monitor could have flagged it), and, knowing
 that misinformation only touches rows off the data, only the rows it made up itself. Then it
 tries each way of undoing a lie it knows and keeps its best (an upper bound: a real thief
-cannot tell in advance which way wins):
+cannot tell in advance which way wins), net of what the same way does to a copy of
+undefended answers (see `fidelities`):
 
 - ``drop``: leave the suspected answers out of training;
 - ``flip`` (binary models): flip them, the rule that undid a lie that was always the other
@@ -120,34 +121,45 @@ def copy_predict(x: Array, labels: Array, test_x: Array, seed: int) -> Array:
 
 def fidelities(gw: Gateway, rep: Replay, stream: Any, proba: Array, world: Any, *,
                seed: int) -> dict[str, Any]:
-    """The naive copy's fidelity defended and undefended, and the defence-aware best."""
+    """The naive copy's fidelity defended and undefended, and the defence-aware best.
+
+    A strategy's gain is what it adds against the defended answers less what the same
+    strategy (same rows dropped or flipped) adds against the undefended ones: dropping or
+    flipping answers moves a copy's fidelity by a point or two on its own, lies or not, and
+    only the part due to the defence is the thief's gain from knowing it."""
     copies = Copies(world, np.asarray(stream.x, dtype=np.float64), seed)
     undefended = copies.fidelity(rep.truth_labels)
     defended = copies.fidelity(rep.labels)
-    best, how = defended, "naive"
-    for name, (labels, rows) in knowing_views(gw, rep, stream, world, seed).items():
+    best, how, gain = defended, "naive", 0.0
+    for name, (labels, rows, control) in knowing_views(gw, rep, stream, world, seed).items():
         f = copies.fidelity(labels, rows)
-        if f > best:
-            best, how = f, name
+        g = (f - defended) - (copies.fidelity(control, rows) - undefended)
+        if g > gain:
+            best, how, gain = f, name, g
     return {"fidelity_defended": defended, "fidelity_undefended": undefended,
-            "fidelity_knowing": best, "knowing_strategy": how}
+            "fidelity_knowing": best, "knowing_strategy": how,
+            "knowing_gain_pts": 100.0 * gain}
 
 
 def knowing_views(gw: Gateway, rep: Replay, stream: Any, world: Any, seed: int
-                  ) -> dict[str, tuple[Array, Array | None]]:
-    """The (labels, rows kept) each defence-aware strategy would train on."""
+                  ) -> dict[str, tuple[Array, Array | None, Array]]:
+    """(labels, rows kept, the same strategy on undefended answers) per defence-aware
+    strategy."""
     suspect = suspected(rep, reveal=gw.reveal_band,
                         withheld=np.asarray(gw.withholds, dtype=bool)[rep.band])
     if stream.truth is not None:  # natural rows are never lied to: only its own rows
         suspect &= np.asarray(stream.truth) < 0
     if not suspect.any():
         return {}
-    views: dict[str, tuple[Array, Array | None]] = {"drop": (rep.labels, ~suspect)}
+    truth = rep.truth_labels
+    views: dict[str, tuple[Array, Array | None, Array]] = {
+        "drop": (rep.labels, ~suspect, truth)}
     if gw.monitor.summary.n_classes == 2:
-        flipped = rep.labels.copy()
+        flipped, control = rep.labels.copy(), truth.copy()
         flipped[suspect] = 1 - flipped[suspect]
-        views["flip"] = (flipped, None)
-    views["reask"] = (reask(gw, rep, stream, world, suspect, seed), None)
+        control[suspect] = 1 - control[suspect]
+        views["flip"] = (flipped, None, control)
+    views["reask"] = (reask(gw, rep, stream, world, suspect, seed), None, truth)
     return views
 
 

@@ -84,6 +84,7 @@ class CellResult:
     fidelity_undefended: float | None = None  # thieves: copy on the model's own answers
     fidelity_knowing: float | None = None  # thieves: the best defence-aware copy
     knowing_strategy: str = ""
+    knowing_gain_pts: float | None = None  # net of the strategy's effect without defence
     elapsed_s: float = 0.0
 
     @property
@@ -92,7 +93,10 @@ class CellResult:
 
     @property
     def knowing_gain(self) -> float | None:
-        """Fidelity points (x100) the defence-aware thief gains over the naive one."""
+        """Fidelity points (x100) the defence-aware thief gains over the naive one, net of
+        what its strategy does to a copy of undefended answers."""
+        if self.knowing_gain_pts is not None:
+            return self.knowing_gain_pts
         if self.fidelity_knowing is None or self.fidelity_defended is None:
             return None
         return 100.0 * (self.fidelity_knowing - self.fidelity_defended)
