@@ -123,17 +123,20 @@ def fidelities(gw: Gateway, rep: Replay, stream: Any, proba: Array, world: Any, 
                seed: int) -> dict[str, Any]:
     """The naive copy's fidelity defended and undefended, and the defence-aware best.
 
-    A strategy's gain is what it adds against the defended answers less what the same
-    strategy (same rows dropped or flipped) adds against the undefended ones: dropping or
-    flipping answers moves a copy's fidelity by a point or two on its own, lies or not, and
-    only the part due to the defence is the thief's gain from knowing it."""
+    A strategy's gain is what it adds over the naive copy against the defended answers, less
+    whatever the same strategy (same rows dropped, flipped or re-asked) adds against the
+    undefended ones: dropping, flipping or re-asking moves a copy's fidelity by a point or
+    two on its own, lies or not, and only the part due to the defence is the thief's gain
+    from knowing it. A strategy no better than naive gains nothing."""
     copies = Copies(world, np.asarray(stream.x, dtype=np.float64), seed)
     undefended = copies.fidelity(rep.truth_labels)
     defended = copies.fidelity(rep.labels)
     best, how, gain = defended, "naive", 0.0
     for name, (labels, rows, control) in knowing_views(gw, rep, stream, world, seed).items():
         f = copies.fidelity(labels, rows)
-        g = (f - defended) - (copies.fidelity(control, rows) - undefended)
+        if f <= defended:  # no better than naive: nothing gained from knowing
+            continue
+        g = (f - defended) - max(0.0, copies.fidelity(control, rows) - undefended)
         if g > gain:
             best, how, gain = f, name, g
     return {"fidelity_defended": defended, "fidelity_undefended": undefended,
@@ -159,7 +162,8 @@ def knowing_views(gw: Gateway, rep: Replay, stream: Any, world: Any, seed: int
         flipped[suspect] = 1 - flipped[suspect]
         control[suspect] = 1 - control[suspect]
         views["flip"] = (flipped, None, control)
-    views["reask"] = (reask(gw, rep, stream, world, suspect, seed), None, truth)
+    asked, control = reask(gw, rep, stream, world, suspect, seed)
+    views["reask"] = (asked, None, control)
     return views
 
 
@@ -197,20 +201,27 @@ def suspected(rep: Replay, *, reveal: bool = False, withheld: Array | None = Non
 
 
 def reask(gw: Gateway, rep: Replay, stream: Any, world: Any, suspect: Array,
-          seed: int) -> Array:
-    """Labels after asking each suspect row twice more, nudged, and taking the majority."""
+          seed: int) -> tuple[Array, Array]:
+    """Labels after asking each suspect row twice more, nudged, and taking the majority; and
+    the same votes over the model's own answers (what re-asking does without a defence)."""
     idx = np.nonzero(suspect)[0]
     x = np.asarray(stream.x, dtype=np.float64)[idx]
     who = [stream.principals[i] for i in idx]
     rng = np.random.default_rng(seed + 7)
     scale = np.asarray(world.summary.scale, dtype=np.float64)
-    asks = []
+    shown, own = [], []
     for _ in range(2):
         nudged = x + rng.normal(0.0, NUDGE, x.shape) * scale
-        shown = gw.answer(rep.band[idx], model_proba(world, nudged), nudged, who)
-        asks.append(shown.argmax(axis=1))
-    first, a, b = rep.labels[idx], asks[0], asks[1]
-    vote = np.where((first == a) | (first == b), first, np.where(a == b, a, first))
-    out: Array = rep.labels.copy()
-    out[idx] = vote
+        proba = model_proba(world, nudged)
+        shown.append(gw.answer(rep.band[idx], proba, nudged, who).argmax(axis=1))
+        own.append(proba.argmax(axis=1))
+    return (_vote(rep.labels, idx, shown[0], shown[1]),
+            _vote(rep.truth_labels, idx, own[0], own[1]))
+
+
+def _vote(labels: Array, idx: Array, a: Array, b: Array) -> Array:
+    """Majority of (labels[idx], a, b); the first answer where all three differ."""
+    first = labels[idx]
+    out: Array = labels.copy()
+    out[idx] = np.where((first == a) | (first == b), first, np.where(a == b, a, first))
     return out
