@@ -156,8 +156,9 @@ class RateLimitGuard(Guard):
             remaining = stats.remaining
         except Exception:
             reset_s, remaining = int(item.get_expiry()), 0
-        slowed = " (slowed down for this caller's risk)" if cost > 1 else ""
-        err = RateLimited(f"rate limit {rule.text} per {rule.scope} reached{slowed}; "
+        # the same words whatever the cost: "slowed down for your risk" would tell a thief it
+        # was flagged (the audit record carries the caller's risk for operators)
+        err = RateLimited(f"rate limit {rule.text} per {rule.scope} reached; "
                           f"retry in {reset_s} s", retry_after_s=reset_s)
         err.extra_headers = {
             "RateLimit-Limit": str(item.amount), "RateLimit-Remaining": str(remaining),
