@@ -518,16 +518,51 @@ class DistanceNormality(Detector):
         self.w, self.fresh = float(w[0]), int(w[1])
 
 
+class ShareWindow:
+    """The last `size` flags and each one's expected rate, with their sums kept as they go.
+
+    One for every share detector, and a second, longer one for `BoundaryProbing`: the count
+    is compared with its expectation by the variance-stabilized binomial z (`null.share_z`),
+    and the score ramps from `z0` over `Z_HIGH - Z_LOW`.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.flags = Ring(size, dtype=np.bool_)
+        self.expected = Ring(size)
+        self.hits, self.sum = 0, 0.0
+
+    def push(self, flag: bool, expect: float) -> None:
+        flags, expected = self.flags, self.expected
+        if flags.count == flags.size:
+            self.hits -= flags.data[flags.head]
+            self.sum -= expected.data[expected.head]
+        flags.push(flag)
+        expected.push(expect)
+        self.hits += flag
+        self.sum += expect
+
+    def reading(self, what: str, z0: float) -> Reading:
+        n, hits, exp = self.flags.count, self.hits, max(self.sum, 0.0)
+        z = null.share_z(hits, exp, n)
+        return Reading(ramp(z, z0, z0 + Z_HIGH - Z_LOW),
+                       lambda: f"{hits}/{n} {what} (benign {exp / n:.1%}), z={z:.1f} "
+                               f"(benign callers up to {z0 - null.MARGIN:.1f})")
+
+    def recount(self) -> None:
+        """Take the sums again from the rings (after they were loaded)."""
+        self.hits = int(self.flags.view().sum())
+        self.sum = float(self.expected.view().sum())
+
+
 class _ShareDetector(Detector):
     """A windowed count of flagged queries against the count benign callers would show.
 
     Each row carries its own expected flag rate (`expect`; the class's `base` unless a
     detector knows better, e.g. the rate of the cell the row falls in), so the window's
     expected count follows where the caller is: an honest caller drifting through a region
-    where natural rows are often flagged is expected to be flagged often there. The count is
-    compared with its expectation by the variance-stabilized binomial z (`null.share_z`),
-    and the score ramps from `z0` (beyond the most extreme benign caller simulated at fit,
-    at least `Z_LOW`) over `Z_HIGH - Z_LOW`.
+    where natural rows are often flagged is expected to be flagged often there. The score
+    ramps from `z0` (beyond the most extreme benign caller simulated at fit, at least
+    `Z_LOW`), see `ShareWindow`.
     """
 
     base: float = 0.01
@@ -535,32 +570,23 @@ class _ShareDetector(Detector):
 
     def __init__(self, summary: Summary, *, window: int = 200, min_n: int = 20) -> None:
         super().__init__(summary)
-        self.flags = Ring(window, dtype=np.bool_)
-        self.expected = Ring(window)
+        self.window = ShareWindow(window)
+        self.flags = self.window.flags
         self.min_n = min_n
         self.z0 = Z_LOW
-        self.hits, self.sum = 0, 0.0  # flags and expectations in the window, kept as they go
+
+    @property
+    def hits(self) -> int:
+        return self.window.hits
 
     def _flag(self, flag: bool, expect: float | None = None) -> None:
-        flags, expected = self.flags, self.expected
-        e = self.base if expect is None else expect
-        if flags.count == flags.size:
-            self.hits -= flags.data[flags.head]
-            self.sum -= expected.data[expected.head]
-        flags.push(flag)
-        expected.push(e)
-        self.hits += flag
-        self.sum += e
+        self.window.push(flag, self.base if expect is None else expect)
 
     def score(self) -> Reading:
-        n, hits, exp = self.flags.count, self.hits, max(self.sum, 0.0)
+        n = self.flags.count
         if n < self.min_n:
             return Reading(0.0, lambda: f"{n} queries, too few")
-        z = null.share_z(hits, exp, n)
-        z0 = self.z0
-        return Reading(ramp(z, z0, z0 + Z_HIGH - Z_LOW),
-                       lambda: f"{hits}/{n} {self.what} (benign {exp / n:.1%}), z={z:.1f} "
-                               f"(benign callers up to {z0 - null.MARGIN:.1f})")
+        return self.window.reading(self.what, self.z0)
 
     @classmethod
     def null(cls, flags: Array, expect: Array, orders: list[Array], *, window: int = 200,
@@ -569,12 +595,11 @@ class _ShareDetector(Detector):
         return null.start(null.window_extreme(flags, expect, orders, window, min_n), Z_LOW)
 
     def rings(self) -> dict[str, Ring]:
-        return {"flags": self.flags, "expected": self.expected}
+        return {"flags": self.window.flags, "expected": self.window.expected}
 
     def load(self, state: Mapping[str, Array]) -> None:
         super().load(state)
-        self.hits = int(self.flags.view().sum())
-        self.sum = float(self.expected.view().sum())
+        self.window.recount()
 
 
 class BoundaryProbing(_ShareDetector):
@@ -603,9 +628,7 @@ class BoundaryProbing(_ShareDetector):
         self.rates: list[float] = summary.cell_boundary.tolist()
         self.z0 = summary.boundary_z0
         self.z0_long = summary.boundary_z0_long
-        self.long = Ring(self.LONG, dtype=np.bool_)
-        self.long_expected = Ring(self.LONG)
-        self.long_hits, self.long_sum = 0, 0.0
+        self.long = ShareWindow(self.LONG)
 
     @classmethod
     def for_caller(cls, summary: Summary, *, key: str, shared: Shared) -> Self:
@@ -613,42 +636,30 @@ class BoundaryProbing(_ShareDetector):
 
     def observe(self, features: Array, proba: Array, now: float) -> None:
         cells = self.cells.of(features)[0]
-        long, expected = self.long, self.long_expected
+        short, long = self.window, self.long
         for (label, margin), cell in zip(answers(proba), cells, strict=True):
             flag, e = margin < self.cuts[label], self.rates[cell]
-            self._flag(flag, e)
-            if long.count == long.size:
-                self.long_hits -= long.data[long.head]
-                self.long_sum -= expected.data[expected.head]
-            long.push(flag)
-            expected.push(e)
-            self.long_hits += flag
-            self.long_sum += e
+            short.push(flag, e)
+            long.push(flag, e)
 
     def score(self) -> Reading:
         short = super().score()
-        n, hits, exp = self.long.count, self.long_hits, max(self.long_sum, 0.0)
-        if n < self.LONG_MIN:
+        if self.long.flags.count < self.LONG_MIN:
             return short
-        z = null.share_z(hits, exp, n)
-        z0 = self.z0_long
-        s = ramp(z, z0, z0 + Z_HIGH - Z_LOW)
-        if s <= short.score:
-            return short
-        return Reading(s, lambda: f"{hits}/{n} {self.what} (benign {exp / n:.1%}), z={z:.1f} "
-                                  f"(benign callers up to {z0 - null.MARGIN:.1f})")
+        long = self.long.reading(self.what, self.z0_long)
+        return long if long.score > short.score else short
 
     @classmethod
     def null_long(cls, flags: Array, expect: Array, orders: list[Array]) -> float:
         return cls.null(flags, expect, orders, window=cls.LONG, min_n=cls.LONG_MIN)
 
     def rings(self) -> dict[str, Ring]:
-        return {**super().rings(), "long": self.long, "long.expected": self.long_expected}
+        return {**super().rings(), "long": self.long.flags,
+                "long.expected": self.long.expected}
 
     def load(self, state: Mapping[str, Array]) -> None:
         super().load(state)
-        self.long_hits = int(self.long.view().sum())
-        self.long_sum = float(self.long_expected.view().sum())
+        self.long.recount()
 
 
 class Cells:
