@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from ..watermark.settings import WatermarkSettings
     from ..watermark.verify import Evidence, FingerprintPlan
 
-evidence_app = typer.Typer(help="Check signed ownership evidence bundles.", no_args_is_help=True)
 watermark_app = typer.Typer(help="The response watermark: keys and recorded evidence; the "
                             "LLM text watermark.",
                             no_args_is_help=True)
@@ -37,8 +36,12 @@ watermark_app = typer.Typer(help="The response watermark: keys and recorded evid
 
 def register(app: typer.Typer) -> None:
     """Add `verify-ownership`, `evidence` and `watermark` to the `modelfence` command."""
+    from .evidence import evidence_app
+    from .watermark_plan import plan
+
     app.command("verify-ownership")(verify_ownership)
     app.add_typer(evidence_app, name="evidence")
+    watermark_app.command("plan")(plan)
     app.add_typer(watermark_app, name="watermark")
 
 
@@ -257,32 +260,6 @@ def _print_outcome(doc: dict[str, Any], json_path: Path, html_path: Path,
                   f"{decoy['successes']} of {decoy['trials']} disagreements repeat the "
                   f"watermark)")
     console.print(f"evidence: {json_path} (signed), {html_path}")
-
-
-@evidence_app.command("verify")
-def evidence_verify(
-    bundle_path: Annotated[Path, typer.Argument(metavar="BUNDLE",
-                                                help="The evidence .json file")],
-    public_key: Annotated[Path, typer.Option(
-        help="Ed25519 public (or private) key PEM of the signer", show_default=False)],
-) -> None:
-    """Check a bundle's signature: ok, or exit 1 if anything in it was edited."""
-    from ..audit.checkpoint import load_public_key
-    from ..watermark import bundle
-
-    try:
-        public = load_public_key(public_key)
-        doc = bundle.read(bundle_path)
-    except ModelfenceError as exc:
-        raise fail(str(exc), 2) from None
-    problem = bundle.problem(doc, public)
-    if problem is not None:
-        raise fail(problem, 1)
-    verdict = doc.get("verdict")
-    summary = verdict.get("summary", "-") if isinstance(verdict, dict) else "-"
-    console.print(f"[bold green]ok[/] {escape(str(bundle_path))}: signature valid (key "
-                  f"{doc['signature']['key_id']}); verdict: {escape(str(summary))}",
-                  soft_wrap=True)
 
 
 @watermark_app.command("keygen")
