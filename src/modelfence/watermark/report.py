@@ -98,10 +98,10 @@ def _verdict(doc: dict[str, Any]) -> list[str]:
     lp = _num(v.get("log2_p"))
     words = ["<div class=box><p><b>What the p-value means.</b> Suppose the suspect had been "
              "made <i>without</i> this model's answers (an independent model). The p-value is "
-             "the chance that such a model would still match our secret, deliberately "
-             "altered answers at least as well as the suspect did. A small p-value means "
-             "the match is too good to be chance. It is <i>not</i> the chance that the "
-             "suspect is innocent.</p>"]
+             "the chance that such a model would still match this model's answers (above all "
+             "our secret, deliberately altered ones) at least as well as the suspect did. "
+             "A small p-value means the match is too good to be chance. It is <i>not</i> "
+             "the chance that the suspect is innocent.</p>"]
     if lp is not None:
         words.append(f"<p>Here p = <b>{_e(format_p(lp))}</b>: {_e(coins(lp))}.</p>")
     if alpha is not None and 0 < alpha < 1:
@@ -157,8 +157,8 @@ def _asked(doc: dict[str, Any]) -> list[str]:
         out.append(f"<p>A model made independently has no reason to disagree with the "
                    f"protected model more often on marked inputs than on controls, nor to "
                    f"pick our altered label. The suspect disagreed on {_e(rate)} of marked "
-                   f"inputs and {_e(base)} of controls, and repeated our altered answer "
-                   f"{_e(repeated)} times.</p>")
+                   f"inputs and {_e(base)} of controls, and gave our altered answer on "
+                   f"{_e(repeated)} of {_e(len(marks))} marked inputs.</p>")
     return out
 
 
