@@ -181,6 +181,17 @@ def test_stamp_and_check_against_a_local_tsa(tsa: Tsa) -> None:
     assert timestamp.describe(stamped) == f"timestamped at {ts['time']} by {tsa.url}"
 
 
+def test_the_tsa_ca_may_be_trusted_instead_of_the_tsa_itself(tsa: Tsa) -> None:
+    signed, _ = _signed()
+    stamped = timestamp.stamp(signed, tsa.url)
+    checked = timestamp.check(stamped, _certs(tsa.cert.parent / "ca.pem"))
+    assert "Test TSA 0" in checked.signer  # the token's own certificate, under the CA
+    stranger_key = ec.generate_private_key(ec.SECP256R1())
+    stranger = _cert("Test CA", stranger_key, "Test CA", stranger_key, ca=True)  # same name
+    with pytest.raises(TimestampError, match="nor by a certificate issued under it"):
+        timestamp.check(stamped, [stranger])
+
+
 def test_a_token_does_not_check_under_another_certificate_or_bundle(tsa: Tsa) -> None:
     signed, _ = _signed()
     stamped = timestamp.stamp(signed, tsa.url)
@@ -336,3 +347,19 @@ def test_cli_timestamp_failure_keeps_the_bundle(tsa: Tsa, signed_file: tuple[Pat
     # no timestamp, but one is asked to be checked: that fails
     no_ts = run("verify", str(path), "--public-key", str(pub), "--tsa-cert", str(tsa.cert))
     assert no_ts.exit_code == 1 and "carries no timestamp" in no_ts.output
+
+
+def test_a_failed_timestamp_still_writes_the_signed_bundle(tsa: Tsa, tmp_path: Path) -> None:
+    """The flow of verify-ownership: sign, stamp_or_note, write; a TSA error loses nothing."""
+    tsa.mode["mode"] = "http500"
+    signed, key = _signed()
+    kept, why = timestamp.stamp_or_note(signed, tsa.url)
+    assert why is not None
+    json_path, html_path = bundle.write(kept, tmp_path / "case")
+    pub = tmp_path / "k.pub.pem"
+    pub.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    ok = run("verify", str(json_path), "--public-key", str(pub))
+    assert ok.exit_code == 0, ok.output
+    assert "not timestamped: requesting one from" in ok.output and "HTTP 500" in ok.output
+    assert "requesting a timestamp from" in html_path.read_text()

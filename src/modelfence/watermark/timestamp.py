@@ -9,10 +9,12 @@ doc["timestamp"] = {"tsa", "token" (base64 DER TimeStampToken), "time", "hash"}.
 `stamp` asks the TSA (HTTP POST, application/timestamp-query) and checks the reply is for
 our hash and nonce; `stamp_or_note` never loses the signed bundle: on failure it records
 why in doc["timestamp"]["error"]. `check` verifies a token offline against the TSA
-certificate a person trusts (given as PEM): the imprint is our signature's hash, the CMS
-signature holds under that certificate (which must be for time stamping), the signed
-attributes bind the token's content, and the time lies within the certificate's validity.
-The certificate is pinned, not chained to a root: whoever checks chooses which TSA to trust.
+certificates a person trusts (given as PEM): the imprint is our signature's hash, the CMS
+signature holds under the TSA's certificate (which must be for time stamping, critical),
+the signed attributes bind the token's content and name that certificate, and the time lies
+within the validity of every certificate used. The trusted PEM may be the TSA's own
+certificate (pinned) or a CA certificate that issued it (the token carries the TSA's
+certificate; the chain is checked, revocation is not): whoever checks chooses whom to trust.
 """
 
 from __future__ import annotations
@@ -282,6 +284,63 @@ def _check_cert(cert: x509.Certificate) -> None:
                              "critical (RFC 3161 2.3)")
 
 
+def _embedded(token: cms.ContentInfo) -> list[x509.Certificate]:
+    """The certificates the TSA sent inside the token (we ask for them: cert_req)."""
+    out = []
+    for choice in token["content"]["certificates"] or []:
+        if choice.name == "certificate":
+            out.append(x509.load_der_x509_certificate(choice.chosen.dump()))
+    return out
+
+
+def _valid_at(cert: x509.Certificate, time: datetime) -> None:
+    if not cert.not_valid_before_utc <= time <= cert.not_valid_after_utc:
+        raise TimestampError(f"the token's time {time.isoformat()} is outside the validity of "
+                             f"{cert.subject.rfc4514_string()}")
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        bc = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    if not bc.ca:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _signer(sid: cms.SignerIdentifier, trusted: list[x509.Certificate],
+            embedded: list[x509.Certificate], time: datetime) -> x509.Certificate:
+    """The certificate that signed: one of the `trusted` ones itself (pinned), or one the
+    token carries that chains to a trusted CA through certificates it carries (at most a
+    few links), every one valid at the token's time."""
+    pinned = next((c for c in trusted if _signer_matches(sid, c)), None)
+    if pinned is not None:
+        _valid_at(pinned, time)
+        return pinned
+    signer = next((c for c in embedded if _signer_matches(sid, c)), None)
+    if signer is None:
+        raise TimestampError("the token was not signed by the given TSA certificate (and "
+                             "carries no certificate of its signer)")
+    current = signer
+    for _ in range(5):
+        _valid_at(current, time)
+        anchor = next((c for c in trusted if _issued_by(current, c)), None)
+        if anchor is not None:
+            _valid_at(anchor, time)
+            return signer
+        step = next((c for c in embedded if c != current and _issued_by(current, c)), None)
+        if step is None:
+            break
+        current = step
+    raise TimestampError("the token was not signed by the given TSA certificate, nor by a "
+                         "certificate issued under it")
+
+
 def check(doc: dict[str, Any], certificates: list[x509.Certificate]) -> Checked:
     """The token in `doc` checked against the trusted TSA `certificates` (see the module's
     docstring); TimestampError says why it does not hold."""
@@ -293,15 +352,10 @@ def check(doc: dict[str, Any], certificates: list[x509.Certificate]) -> Checked:
         if len(infos) != 1:
             raise TimestampError(f"the token has {len(infos)} signers, not one")
         si = infos[0]
-        cert = next((c for c in certificates if _signer_matches(si["sid"], c)), None)
-        if cert is None:
-            raise TimestampError("the token was not signed by the given TSA certificate")
+        time: datetime = info["gen_time"].native
+        cert = _signer(si["sid"], certificates, _embedded(token), time)
         _check_cert(cert)
         _verify_signature(si, _signed_attrs(si, content, cert), cert)
-        time: datetime = info["gen_time"].native
-        if not cert.not_valid_before_utc <= time <= cert.not_valid_after_utc:
-            raise TimestampError(f"the token's time {time.isoformat()} is outside the TSA "
-                                 "certificate's validity")
         if ts.get("time") != time.isoformat():
             raise TimestampError(f"the bundle says it was stamped at {ts.get('time')}, the "
                                  f"token says {time.isoformat()}: edited")
