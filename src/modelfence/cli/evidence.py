@@ -28,8 +28,9 @@ def evidence_verify(
     public_key: Annotated[Path, typer.Option(
         help="Ed25519 public (or private) key PEM of the signer", show_default=False)],
     tsa_cert: Annotated[Path | None, typer.Option(
-        help="PEM certificate of the time-stamping authority you trust: check the bundle's "
-             "RFC 3161 timestamp against it (without it the time is shown, not checked)",
+        help="PEM certificate of the time-stamping authority you trust, or of the CA that "
+             "issued its certificate: check the bundle's RFC 3161 timestamp against it "
+             "(without it the time is shown, not checked)",
         show_default=False)] = None,
 ) -> None:
     """Check a bundle: its signature, its exact bytes, and its timestamp (with --tsa-cert).
