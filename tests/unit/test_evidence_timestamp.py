@@ -25,7 +25,7 @@ import pytest
 import typer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from typer.testing import CliRunner
@@ -38,12 +38,14 @@ pytestmark = pytest.mark.skipif(shutil.which("openssl") is None,
                                 reason="the local TSA needs the openssl command")
 
 
+Key = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
 def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
 
 
-def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str,
-          issuer_key: ec.EllipticCurvePrivateKey, *, ca: bool,
+def _cert(subject: str, key: Key, issuer: str, issuer_key: Key, *, ca: bool,
           eku_critical: bool = True) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
@@ -75,10 +77,16 @@ class Tsa:
     mode: dict[str, str]  # "ok" | "http500" | "other-hash" | "garbage"
 
 
-def _make_tsa(folder: Path) -> tuple[Path, Path]:
-    ca_key = ec.generate_private_key(ec.SECP256R1())
+def _key(kind: str) -> Key:
+    if kind == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _make_tsa(folder: Path, kind: str) -> tuple[Path, Path]:
+    ca_key = _key(kind)
     ca = _cert("Test CA", ca_key, "Test CA", ca_key, ca=True)
-    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(2)]
+    keys = [_key(kind) for _ in range(2)]
     certs = [_cert(f"Test TSA {i}", k, "Test CA", ca_key, ca=False)
              for i, k in enumerate(keys)]
     (folder / "ca.pem").write_bytes(_pem(ca))
@@ -118,10 +126,11 @@ def _openssl_reply(folder: Path, query: bytes) -> bytes:
 
 
 @pytest.fixture
-def tsa(tmp_path: Path) -> Iterator[Tsa]:
+def tsa(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Tsa]:
+    """An EC P-256 TSA, or an RSA one (`indirect` parameter "rsa")."""
     folder = tmp_path / "tsa"
     folder.mkdir()
-    cert, other = _make_tsa(folder)
+    cert, other = _make_tsa(folder, getattr(request, "param", "ec"))
     mode = {"mode": "ok"}
     lock = threading.Lock()
 
@@ -166,6 +175,7 @@ def _certs(path: Path) -> list[x509.Certificate]:
     return timestamp.load_certificates(path.read_bytes(), str(path))
 
 
+@pytest.mark.parametrize("tsa", ["ec", "rsa"], indirect=True)
 def test_stamp_and_check_against_a_local_tsa(tsa: Tsa) -> None:
     signed, key = _signed()
     stamped = timestamp.stamp(signed, tsa.url)
