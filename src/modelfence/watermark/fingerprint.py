@@ -1,68 +1,332 @@
-"""Fingerprinting without the watermark: a second opinion from the decision boundary.
+"""A fingerprint that needs no watermarked answers: conferrable keyed points.
 
-The protected model's decision boundary is sampled at keyed points: pairs of inputs the
-model labels differently (drawn from domain rows with a generator seeded by a key derived
-from the watermark secret, so a thief cannot know them in advance), a binary search along
-the segment to where the label flips, then a step of `MARGIN` of the segment beyond it.
-A copy that learnt the boundary agrees with the protected model there more than models
-trained independently on the same data do. The suspect's agreement is compared with that of
-reference models the owner trained independently: a z-score against their mean and spread,
-and the rank (how many references agree as much).
+In the manner of conferrable adversarial examples (Lukas et al., ICLR 2021) and boundary
+fingerprints: among keyed candidate points, keep those where models *copied from* the
+protected model answer as it does and models *trained independently* do not. A suspect
+that agrees with the protected model on many of them learnt its answers from it.
 
-It needs no watermarked answers, so it also speaks about a copy of the weights themselves
-(which repeats no decoy), but it is only a second opinion: measured on digits, a label-only
-thief trained on a few thousand natural rows agrees at the boundary only a little more than
-independent models (see bench/watermark.py).
+`build_fingerprint`:
+
+1. Candidates, drawn by a generator seeded from `key` (a thief cannot know them): points just
+   across the protected model's decision boundary (a binary search between two rows it labels
+   differently, then a keyed step beyond the flip), and rows moved by keyed Gaussian noise.
+   They are rounded to float32 (what the wire carries) before the protected model labels them.
+2. Selection: surrogate copies (trained on the protected model's labels of the rows, stand-ins
+   for thieves) and references (trained on the true labels), several families each; a point's
+   conferrability is (copies agreeing) x (1 - references agreeing); the top `points` are kept.
+3. The null, calibrated on *held-out* references (other seeds and data, never used to choose
+   points, of every family): their agreement counts on the kept points, fitted per family with
+   a beta-binomial (the agreement of one model on many points is over-dispersed: a model agrees
+   more or less everywhere, so the points are not independent trials). Families differ far more
+   than seeds do (a smooth model agrees with a smooth protected model), so one distribution
+   over all families would be both wrong in shape and powerless; instead each family gets its
+   own component, made conservative (`fit_null`: upper bounds of mean and variance), and the
+   test's p is the largest over the families: a suspect is compared with the family of
+   independent models it most resembles.
+
+`fingerprint_test` counts the suspect's agreements with the protected labels and reports that
+beta-binomial upper tail, exact in log space.
+
+What it can and cannot do (bench/fingerprint.py): a suspect that answers as the protected model
+does (its weights, or a copy of very high fidelity) is identified strongly; a label-only copy
+trained on a few thousand natural rows of low-dimensional tabular data agrees with it hardly
+more than independent models of a similar family do, and the test, rightly, does not accuse it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigurationError
+from .references import DEFAULT_FAMILIES, Reference, train_references
+from .stats import LN2, TestResult
 
 Array = np.ndarray[Any, Any]
 Labeler = Callable[[Array], Sequence[str]]
-#: Beyond the boundary by this share of the segment (chosen on digits: there a copy and
-#: independent models differ most).
-MARGIN = 0.05
-SEARCH_STEPS = 14
+
+FORMAT = "modelfence-fingerprint"
+#: Binary-search steps along a segment between two rows labelled differently.
+SEARCH_STEPS = 12
+#: Keyed step beyond the boundary, as a share of the segment: uniform in this range.
+MARGIN = (0.02, 0.25)
+#: Keyed Gaussian noise of perturbed rows, in each feature's standard deviations.
+NOISE = (0.05, 0.6)
+#: The null's standard deviation of agreement rates is never taken below this.
+MIN_SD = 0.02
+#: One-sided confidence of the upper bound on the references' variance.
+VARIANCE_CONFIDENCE = 0.95
+#: The null's family means are raised to their one-sided 95% upper bounds.
+MEAN_Z = 1.645
+#: Noise (in feature standard deviations) of the copies' extra training rows.
+AUGMENT = (0.1, 0.3)
+#: Rows the selection and calibration models train on (a keyed sample of the data given).
+TRAIN_ROWS = 2000
+
+
+@dataclass(frozen=True)
+class NullComponent:
+    """The beta-binomial agreement of one family of independent models (or of all)."""
+
+    family: str
+    alpha: float
+    beta: float
+    models: int
+
+    @property
+    def mean(self) -> float:
+        return self.alpha / (self.alpha + self.beta)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "alpha": self.alpha, "beta": self.beta,
+                "mean_agreement": self.mean, "models": self.models}
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Keyed points, the protected model's labels there, and the calibrated null."""
+
+    points: Array  # (n, features) float64 holding float32 values
+    labels: list[str]
+    null: list[NullComponent]
+    calibration: list[dict[str, Any]] = field(default_factory=list)
+    copies: list[dict[str, Any]] = field(default_factory=list)
+    key_id: str = ""
+
+    @property
+    def n(self) -> int:
+        return len(self.labels)
+
+    @property
+    def null_mean(self) -> float:
+        """The largest mean agreement of any family of independent models."""
+        return max(c.mean for c in self.null)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able (plain floats, no NaN or infinity)."""
+        return {
+            "format": FORMAT, "v": 1, "key_id": self.key_id, "points": self.n,
+            "inputs": [[float(v) for v in row] for row in self.points],
+            "labels": list(self.labels),
+            "null": {"distribution": "beta-binomial per family; p is the largest",
+                     "components": [c.to_dict() for c in self.null]},
+            "calibration": self.calibration, "copies": self.copies,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Fingerprint:
+        if doc.get("format") != FORMAT:
+            raise ConfigurationError("not a modelfence fingerprint")
+        try:
+            points = np.asarray(doc["inputs"], dtype=np.float64)
+            labels = [str(v) for v in doc["labels"]]
+            null = [NullComponent(str(c["family"]), float(c["alpha"]), float(c["beta"]),
+                                  int(c["models"])) for c in doc["null"]["components"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigurationError(f"fingerprint: malformed document ({e})") from e
+        if points.ndim != 2 or len(points) != len(labels) or not null or not all(
+                c.alpha > 0 and c.beta > 0 for c in null):
+            raise ConfigurationError("fingerprint: inputs, labels and null do not fit")
+        return cls(points, labels, null, list(doc.get("calibration", [])),
+                   list(doc.get("copies", [])), str(doc.get("key_id", "")))
 
 
 def _labels(fn: Labeler, x: Array) -> Array:
     return np.asarray([str(v) for v in fn(x)], dtype=object)
 
 
-def boundary_points(protected: Labeler, seeds: Array, key: bytes, n: int) -> tuple[Array, Array]:
-    """`n` keyed points just across the protected model's boundary, and its labels there."""
-    seeds = np.asarray(seeds, dtype=np.float64)
-    base = _labels(protected, seeds)
-    if len(seeds) < 2 or len(set(base.tolist())) < 2:
-        raise ConfigurationError("fingerprint: the seed rows need at least two classes")
-    rng = np.random.default_rng(int.from_bytes(key[:8], "big"))
+def _rng(key: bytes, purpose: bytes) -> np.random.Generator:
+    digest = hashlib.sha256(b"modelfence-fingerprint\x00" + purpose + b"\x00" + key).digest()
+    return np.random.default_rng(int.from_bytes(digest[:16], "big"))
+
+
+def _f32(x: Array) -> Array:
+    return np.asarray(x, dtype=np.float32).astype(np.float64)
+
+
+def candidates(protected: Labeler, x: Array, key: bytes, n: int) -> Array:
+    """`n` keyed candidate points: half across the protected boundary, half perturbed rows."""
+    rng = _rng(key, b"candidates")
+    base = _labels(protected, x)
+    n_boundary = n // 2 if len(set(base.tolist())) >= 2 else 0
+    out = [_boundary(protected, x, base, rng, n_boundary)] if n_boundary else []
+    sd = np.maximum(x.std(axis=0), 1e-12)
+    rows = x[rng.integers(0, len(x), n - n_boundary)]
+    scale = rng.uniform(*NOISE, size=(len(rows), 1))
+    out.append(rows + rng.standard_normal(rows.shape) * scale * sd)
+    return _f32(np.concatenate(out))
+
+
+def _boundary(protected: Labeler, x: Array, base: Array, rng: np.random.Generator,
+              n: int) -> Array:
     i, j = np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
-    for _ in range(20):
-        a = rng.integers(0, len(seeds), 4 * n)
-        b = rng.integers(0, len(seeds), 4 * n)
+    for _ in range(50):
+        a, b = rng.integers(0, len(x), 4 * n), rng.integers(0, len(x), 4 * n)
         keep = base[a] != base[b]
         i, j = np.concatenate([i, a[keep]]), np.concatenate([j, b[keep]])
         if len(i) >= n:
             break
     i, j = i[:n], j[:n]
-    start, end, first = seeds[i], seeds[j], base[i]
+    start, end, first = x[i], x[j], base[i]
     lo, hi = np.zeros(len(i)), np.ones(len(i))
     for _ in range(SEARCH_STEPS):
         mid = (lo + hi) / 2
         same = _labels(protected, start + mid[:, None] * (end - start)) == first
         lo, hi = np.where(same, mid, lo), np.where(same, hi, mid)
-    t = np.clip(hi + MARGIN, 0.0, 1.0)
-    points = start + t[:, None] * (end - start)
-    return points, _labels(protected, points)
+    t = np.clip(hi + rng.uniform(*MARGIN, size=len(i)), 0.0, 1.0)
+    out: Array = start + t[:, None] * (end - start)
+    return out
+
+
+def build_fingerprint(protected: Labeler, x: Array, y: Sequence[Any] | Array, *, key: bytes,
+                      points: int = 200, candidates_per_point: int = 10, copies: int = 8,
+                      selectors: int = 10, calibrators: int = 30,
+                      families: Sequence[str] = DEFAULT_FAMILIES,
+                      key_id: str = "") -> Fingerprint:
+    """Choose `points` conferrable keyed points and calibrate the null (module docstring).
+
+    `x`, `y`: labelled rows of the protected model's domain (its training data is best: the
+    references then see what an innocent competitor with the same data would). `copies`,
+    `selectors`, `calibrators`: how many surrogate copies, selection references and held-out
+    calibration references to train (each cycles through `families`).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y_arr = np.asarray([str(v) for v in y], dtype=object)
+    if x.ndim != 2 or len(x) != len(y_arr) or len(x) < 20:
+        raise ConfigurationError("fingerprint: need at least 20 labelled rows (n, features)")
+    if points < 10:
+        raise ConfigurationError("fingerprint: need at least 10 points")
+    if min(copies, selectors) < 1 or calibrators < 3:
+        raise ConfigurationError("fingerprint: need copies and selectors >= 1, "
+                                 "calibrators >= 3")
+    rng = _rng(key, b"models")
+    if len(x) > TRAIN_ROWS:
+        keep = np.sort(rng.permutation(len(x))[:TRAIN_ROWS])
+        x, y_arr = x[keep], y_arr[keep]
+    own = _labels(protected, x)
+    if not set(own.tolist()) & set(y_arr.tolist()):
+        raise ConfigurationError("fingerprint: the true labels share no class name with the "
+                                 "protected model's answers (e.g. '1' and '1.0')")
+    seeds = [int(s) for s in rng.integers(0, 2**31 - 1, 3)]
+    cand = candidates(protected, x, key, max(points * candidates_per_point, 2 * points))
+    target = _labels(protected, cand)
+    # copies learn the protected model's answers off its training rows too (as a thief's
+    # natural rows are): trained on its rows and keyed noisy neighbours, labelled by it
+    sd = np.maximum(x.std(axis=0), 1e-12)
+    xa = _f32(np.concatenate([x, *(x + s * rng.standard_normal(x.shape) * sd
+                                   for s in AUGMENT)]))
+    surrogate = train_references(xa, _labels(protected, xa), count=copies, seed=seeds[0],
+                                 families=families, subsample=1.0 / (1 + len(AUGMENT)))
+    chooser = train_references(x, y_arr, count=selectors, seed=seeds[1], families=families,
+                               subsample=0.7)
+    c = np.mean([_labels(m, cand) == target for m in surrogate], axis=0)
+    agreeing = np.sum([_labels(m, cand) == target for m in chooser], axis=0)
+    score = c * 0.1 ** agreeing + 1e-9 * _rng(key, b"ties").random(len(cand))
+    kept = np.sort(np.argsort(-score, kind="stable")[:points])
+    pts, labels = cand[kept], target[kept]
+    # held-out references: other seeds (and data: every row) than the selectors
+    held = train_references(x, y_arr, count=calibrators, seed=seeds[2], families=families)
+    calibration = [_score(m, pts, labels) for m in held]
+    null = fit_null([d["agreements"] for d in calibration],
+                    [d["family"] for d in calibration], points)
+    return Fingerprint(pts, [str(v) for v in labels], null, calibration,
+                       [_score(m, pts, labels) for m in surrogate], key_id)
+
+
+def _score(ref: Reference, pts: Array, labels: Array) -> dict[str, Any]:
+    agree = int(np.sum(_labels(ref, pts) == labels))
+    return {"name": ref.name, "family": ref.family, "agreements": agree,
+            "rate": agree / len(labels)}
+
+
+def fit_null(agreements: Sequence[int], families: Sequence[str], n: int
+             ) -> list[NullComponent]:
+    """One conservative beta-binomial per family of reference models.
+
+    Each family's variance is the largest of: its own sample variance, the variance pooled
+    within families at its one-sided 95% chi-square upper bound, and `MIN_SD` squared; its
+    mean agreement is raised to its one-sided 95% upper bound (`MEAN_Z`).
+    A suspect of any family is then tested against the family it most resembles: the
+    test's p is the largest over the components.
+    """
+    from scipy.stats import chi2
+
+    rates = np.asarray(agreements, dtype=np.float64) / n
+    if len(rates) < 3 or len(rates) != len(families):
+        raise ConfigurationError("fingerprint: the null needs at least 3 reference models")
+    by_family: dict[str, list[float]] = {}
+    for f, v in zip(families, rates, strict=True):
+        by_family.setdefault(f, []).append(float(v))
+
+    def upper(var: float, dof: int) -> float:
+        return var * dof / float(chi2.ppf(1.0 - VARIANCE_CONFIDENCE, dof)) if dof else 0.0
+
+    dof_w = len(rates) - len(by_family)
+    within = sum(float(np.sum((np.asarray(v) - np.mean(v)) ** 2)) for v in by_family.values())
+    var_w = upper(within / dof_w, dof_w) if dof_w else 0.0
+    out = []
+    for family, v in sorted(by_family.items()):
+        var_f = float(np.var(v, ddof=1)) if len(v) > 1 else 0.0
+        var = max(var_f, var_w, MIN_SD**2)
+        mean = float(np.mean(v)) + MEAN_Z * math.sqrt(var / len(v))
+        mean = min(max(mean, 0.5 / n), 1.0 - 0.5 / n)
+        out.append(_component(family, mean, var, n, len(v)))
+    return out
+
+
+def _component(family: str, mean: float, var: float, n: int, models: int) -> NullComponent:
+    """The beta-binomial with this mean and variance of the agreement rate."""
+    binom = mean * (1.0 - mean) / n
+    rho = (var - binom) / (mean * (1.0 - mean) - binom) if var > binom else 0.0
+    rho = min(max(rho, 1e-6), 0.999)
+    conc = 1.0 / rho - 1.0
+    return NullComponent(family, mean * conc, (1.0 - mean) * conc, models)
+
+
+def log_betabinom_sf(x: int, n: int, a: float, b: float) -> float:
+    """ln P[BetaBinomial(n, a, b) >= x], exact (log-sum-exp of the terms)."""
+    if x <= 0:
+        return 0.0
+    if x > n:
+        return -math.inf
+
+    def lbeta(p: float, q: float) -> float:
+        return math.lgamma(p) + math.lgamma(q) - math.lgamma(p + q)
+
+    base = math.lgamma(n + 1) - lbeta(a, b)
+    terms = [base - math.lgamma(j + 1) - math.lgamma(n - j + 1) + lbeta(j + a, n - j + b)
+             for j in range(x, n + 1)]
+    top = max(terms)
+    return min(0.0, top + math.log(math.fsum(math.exp(t - top) for t in terms)))
+
+
+def fingerprint_test(fp: Fingerprint, suspect_labels: Sequence[Any]) -> TestResult:
+    """The suspect's agreements with the protected labels on the fingerprint, against the
+    calibrated null of independently trained models."""
+    got = [str(v) for v in suspect_labels]
+    if len(got) != fp.n:
+        raise ConfigurationError(f"fingerprint: {len(got)} suspect answers for {fp.n} points")
+    agree = sum(g == e for g, e in zip(got, fp.labels, strict=True))
+    log2_p = max(log_betabinom_sf(agree, fp.n, c.alpha, c.beta) for c in fp.null) / LN2
+    return TestResult(
+        "fingerprint test",
+        f"the suspect was asked {fp.n} keyed fingerprint points (chosen because copies of the "
+        "protected model answer them as it does and independently trained models do not) and "
+        f"gave the protected model's answer on {agree}; p is the probability that a model "
+        "trained independently of the protected model agrees on at least as many: the largest "
+        f"over {len(fp.null)} families of models of a beta-binomial fitted conservatively (upper "
+        "bounds of mean and variance) to that family's agreement, measured on "
+        f"{len(fp.calibration)} held-out reference models that were not used to choose the "
+        f"points (largest family mean agreement {fp.null_mean:.3f})",
+        fp.n, agree, fp.null_mean, max(log2_p, -1e9))
+
+
+# the earlier comparison with reference models, kept while verify.py still calls it ---------
 
 
 @dataclass(frozen=True)
@@ -76,18 +340,24 @@ class FingerprintResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "method": "keyed decision-boundary points (binary search between inputs the "
-                      f"protected model labels differently, then {MARGIN:.0%} of the segment "
-                      "beyond the boundary); agreement of the suspect with the protected model "
-                      "there, against the agreement of independently trained reference models",
+            "method": "keyed decision-boundary points; agreement of the suspect with the "
+                      "protected model there, against independently trained reference models",
             "points": self.points, "suspect_agreement": self.suspect_agreement,
             "reference_agreements": self.reference_agreements, "z": self.z,
-            "log2_p_normal": self.log2_p_normal,
-            "rank_p": self.rank_p,
+            "log2_p_normal": self.log2_p_normal, "rank_p": self.rank_p,
             "statement": "rank_p = (1 + references agreeing at least as much) / "
-                         "(1 + references); log2_p_normal: one-sided normal tail of z, "
-                         "z = (suspect - mean of references) / their standard deviation",
+                         "(1 + references); log2_p_normal: one-sided normal tail of z",
         }
+
+
+def boundary_points(protected: Labeler, seeds: Array, key: bytes, n: int) -> tuple[Array, Array]:
+    """`n` keyed points just across the protected model's boundary, and its labels there."""
+    seeds = np.asarray(seeds, dtype=np.float64)
+    base = _labels(protected, seeds)
+    if len(seeds) < 2 or len(set(base.tolist())) < 2:
+        raise ConfigurationError("fingerprint: the seed rows need at least two classes")
+    points = _f32(_boundary(protected, seeds, base, _rng(key, b"boundary"), n))
+    return points, _labels(protected, points)
 
 
 def compare(suspect: Sequence[str], protected: Array, references: Sequence[Sequence[str]]
