@@ -149,7 +149,9 @@ def test_settings_validate_keys(tmp_path: Path) -> None:
     ws = WatermarkSettings(keys=[key]).resolved(tmp_path)
     assert ws.keys[0].secret_file == tmp_path / "a.secret"
     assert ws.evidence_store == f"sqlite:///{tmp_path}/watermark-evidence.db"
-    assert ws.fraction_for(0.0) == 0.005 and ws.fraction_for(0.9) == 0.05
+    assert ws.fraction == "auto"  # planned per model: fraction_for takes the planned share
+    assert ws.fraction_for(0.0, 0.004) == 0.004 and ws.fraction_for(0.9, 0.004) == 0.05
+    assert ws.fraction_for(0.9, 0.08) == 0.08  # fraction_at_risk is a floor, not a cap
 
 
 def test_short_or_missing_secrets_fail_in_one_line(tmp_path: Path) -> None:
@@ -277,7 +279,8 @@ async def test_guard_marks_labels_even_when_shaping_withholds_probabilities(
     await entry.backend.start()
     (tmp_path / "k").write_text("s" * 40)
     ws = WatermarkSettings(keys=[{"id": "k", "secret_file": tmp_path / "k"}], fraction=0.2,
-                           fraction_at_risk=0.3, evidence_store="memory://")
+                           fraction_at_risk=0.3, control_ratio=1, repeats="consistent",
+                           evidence_store="memory://")
     wm = build_watermark(ws, {"digits": entry})
     shaping = build_shaping({"digits": entry}, b"z" * 40, {})
     chain = GuardChain([_Given(entry, risk), wm, shaping])  # shaping answers first
@@ -303,7 +306,7 @@ async def test_guard_marks_labels_even_when_shaping_withholds_probabilities(
         else:
             assert int(label.data[i]) == truth[i]
     assert any(d.guard == "watermark" for d in call.trail)
-    # the same input gets the same answer
+    # the same input gets the same answer (repeats: consistent)
     again = await _answer(chain, x)
     assert again.outputs is not None
     assert np.array_equal(again.outputs.output("label").data, label.data)  # type: ignore[union-attr]

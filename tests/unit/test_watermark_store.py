@@ -99,3 +99,23 @@ def test_the_same_input_for_two_principals_is_one_question_naming_both() -> None
 def test_unknown_store_urls_are_one_clear_error(url: str) -> None:
     with pytest.raises(ConfigurationError, match=r"watermark\.evidence_store"):
         evidence_store_from_url(url)
+
+
+async def test_marked_before_names_only_this_principals_marked_inputs(
+        store: EvidenceStore) -> None:
+    model = f"m-{uuid.uuid4().hex[:8]}"
+    mine = records(model, "alice")
+    await store.add(mine)
+    await store.add(records(model, "bob", seed=1))
+    marked = {r.input_sha256 for r in mine if r.kind == "watermark"}
+    controls = {r.input_sha256 for r in mine if r.kind == "control"}
+    assert marked and controls
+    unknown = {f"{i:064x}" for i in range(3)}
+    asked = sorted(marked | controls | unknown)
+    assert await store.marked_before(model, "alice", asked) == marked
+    assert await store.marked_before(model, "carol", asked) == set()  # another principal
+    assert await store.marked_before("other-model", "alice", asked) == set()
+    assert await store.marked_before(model, "alice", []) == set()
+    # many digests in one call (SQLite binds them in chunks)
+    many = [f"{i:064x}" for i in range(1200)] + sorted(marked)
+    assert await store.marked_before(model, "alice", many) == marked

@@ -7,6 +7,12 @@ the probabilities when nothing shaped them). A marked row then shows its decoy: 
 is set to the decoy's class, and where probabilities are sent, the decoy and the shown top
 class swap values. Whatever shaping does, the watermark reaches the caller intact.
 
+With ``repeats: truthful`` the rows drawn as marks are looked up in the evidence store (one
+query per request, only when some row is drawn): an input this principal already holds
+marked is answered truthfully and not recorded again, so a repeat user pays for a marked
+input once. When the store cannot answer, the rows are marked as usual (counted in
+`repeat_checks_failed`): the answers stay what they would be without the lookup.
+
 Recording runs in the complete phase, after the answer left (or just before it, under
 strict audit durability): the records are sealed and written to the evidence store there.
 A store failure loses those records (logged and counted), never the answer.
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -54,8 +60,10 @@ class WatermarkGuard(Guard):
     def __init__(self, marker: Watermarker, store: EvidenceStore, *,
                  models: frozenset[str] | None = None,
                  cipher: EvidenceCipher | None = None,
-                 metrics: GatewayMetrics | None = None) -> None:
+                 metrics: GatewayMetrics | None = None,
+                 repeats: Literal["truthful", "consistent"] = "truthful") -> None:
         self.marker = marker
+        self.repeats = repeats
         self._metrics = metrics
         self.store = store
         self._models = models
@@ -64,6 +72,8 @@ class WatermarkGuard(Guard):
         self.marked_rows = 0
         self.recorded = 0
         self.lost = 0  # records a failing store did not take
+        self.truthful_repeats = 0  # marked rows answered truthfully: already held marked
+        self.repeat_checks_failed = 0  # requests whose repeat lookup the store did not answer
 
     async def open(self) -> None:
         await self.store.open()
@@ -86,7 +96,10 @@ class WatermarkGuard(Guard):
         rows = call.inputs.inputs[0].data if call.inputs.inputs else None
         if proba is None or rows is None or len(rows) != len(proba):
             return
-        marks = self.marker.select(rows, np.argmax(proba, axis=1), proba.shape[1], call.risk)
+        marks = self.marker.select(rows, np.argmax(proba, axis=1), proba.shape[1], call.risk,
+                                   model=entry.name)
+        if self.repeats == "truthful":
+            marks = await self._drop_repeats(marks, entry.name, call.principal.id)
         if not marks:
             return
         classes = [str(v) for v in entry.backend.class_values(proba.shape[1])]
@@ -103,6 +116,23 @@ class WatermarkGuard(Guard):
             marks, entry.name, call.principal.id, call.principal.tenant, classes,
             int(np.asarray(rows).reshape(len(rows), -1).shape[1]),
             int(call.received_at * 1_000_000))
+
+    async def _drop_repeats(self, marks: list[Mark], model: str, principal: str
+                            ) -> list[Mark]:
+        """Marks without the inputs `principal` already holds marked (one store query)."""
+        digests = [m.digest for m in marks if m.kind == "watermark"]
+        if not digests:
+            return marks
+        try:
+            held = await self.store.marked_before(model, principal, digests)
+        except StoreError as exc:
+            self.repeat_checks_failed += 1
+            log.log(logging.DEBUG if exc.reported else logging.WARNING,
+                    "watermark: repeats not looked up, marked as usual: %s", exc)
+            return marks
+        kept = Watermarker.truthful_repeats(marks, held)
+        self.truthful_repeats += len(marks) - len(kept)
+        return kept
 
     @staticmethod
     def _model_proba(call: Call) -> np.ndarray[Any, Any] | None:
@@ -171,4 +201,4 @@ def build_watermark(settings: WatermarkSettings, models: dict[str, ModelEntry],
         Watermarker.from_settings(settings, Keyring.from_settings(settings)),
         evidence_store_from_url(settings.evidence_store),
         models=frozenset(settings.models) if settings.models else None, cipher=cipher,
-        metrics=metrics)
+        metrics=metrics, repeats=settings.repeats)

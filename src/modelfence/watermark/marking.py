@@ -6,9 +6,14 @@ nothing in it says "watermark"; the label names the decoy, so label-only callers
 too. Rows are chosen by the keyed function of the input alone (not of the caller), so
 accounts pooling their answers agree with each other instead of exposing the marks.
 
-The share rises with the caller's risk (`fraction_at_risk`); a row marked at a lower risk
-is marked at every higher one (the draw ``u`` is compared with a rising threshold), so a
-caller's answers only change when its risk band does.
+The share is fixed, or planned per model (`PlannedRate`: from its class count, seen at its
+first answer, and its disagreement in the plan file; computed once and kept). It rises with
+the caller's risk (`fraction_at_risk`); a row marked at a lower risk is marked at every
+higher one (the draw ``u`` is compared with a rising threshold), so a caller's answers only
+change when its risk band does. Controls are drawn from the top of [0, 1) at
+`control_ratio` times the mark rate in use, so that at every moment a recorded input is a
+mark or a control with the same odds, whatever the input: marks and controls are
+exchangeable samples of the caller's inputs, as the disagreement test assumes.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .keyring import EvidenceCipher, Keyring, input_digest, row_bytes
+from .power import Measured, clamp_disagreement, model_rate, read_plan
 from .settings import WatermarkSettings
 from .store import EvidenceRecord
 
@@ -40,37 +46,85 @@ class Mark:
     decoy_index: int  # the keyed decoy (the answer given, for a marked row)
 
 
-class Watermarker:
-    """Select rows and rewrite answers; shared by the gateway guard and in-process oracles."""
+class PlannedRate:
+    """The share of a model's answers marked for a caller at some risk.
 
-    def __init__(self, keyring: Keyring, fraction: Callable[[float], float], *,
-                 control: bool = True) -> None:
+    With ``fraction: auto`` each model's share is planned once, when its class count is
+    first seen, from the plan file's measured disagreement (else the configured one).
+    """
+
+    def __init__(self, settings: WatermarkSettings,
+                 measured: dict[str, Measured] | None = None) -> None:
+        self.settings = settings
+        self.measured = measured or {}
+        self._base: dict[tuple[str, int], float] = {}
+
+    @classmethod
+    def from_settings(cls, settings: WatermarkSettings) -> PlannedRate:
+        """Reads the plan file when one is configured (a bad one fails start-up)."""
+        measured = read_plan(settings.plan_file) if settings.plan_file is not None else None
+        return cls(settings, measured)
+
+    def base(self, model: str, n_classes: int) -> float:
+        """The share for callers below `at_risk`."""
+        key = (model, n_classes)
+        f = self._base.get(key)
+        if f is None:
+            m = self.measured.get(model)
+            d = clamp_disagreement(m.disagreement if m is not None and m.measured
+                                   else self.settings.disagreement)
+            f = model_rate(self.settings, n_classes, d)[1].fraction
+            self._base[key] = f
+        return f
+
+    def __call__(self, risk: float, model: str, n_classes: int) -> float:
+        return self.settings.fraction_for(risk, self.base(model, n_classes))
+
+
+class Watermarker:
+    """Select rows and rewrite answers; shared by the gateway guard and in-process oracles.
+
+    `fraction` is a `PlannedRate`, or a function of the caller's risk alone (a fixed share,
+    as in tests and benchmarks).
+    """
+
+    def __init__(self, keyring: Keyring, fraction: Callable[[float], float] | PlannedRate,
+                 *, control: bool = True, control_ratio: float = 1.0) -> None:
         self.keyring = keyring
-        self._fraction = fraction
+        self.rate = fraction if isinstance(fraction, PlannedRate) else None
+        self._fixed = None if isinstance(fraction, PlannedRate) else fraction
         self.control = control
+        self.control_ratio = control_ratio
 
     @classmethod
     def from_settings(cls, settings: WatermarkSettings, keyring: Keyring | None = None
                       ) -> Watermarker:
-        return cls(keyring or Keyring.from_settings(settings), settings.fraction_for,
-                   control=settings.control)
+        return cls(keyring or Keyring.from_settings(settings),
+                   PlannedRate.from_settings(settings), control=settings.control,
+                   control_ratio=settings.control_ratio)
 
-    def fraction(self, risk: float) -> float:
-        return self._fraction(risk)
+    def fraction(self, risk: float, model: str = "", n_classes: int = 2) -> float:
+        """The share of `model`'s answers marked for a caller at `risk`."""
+        if self.rate is not None:
+            return self.rate(risk, model, n_classes)
+        assert self._fixed is not None
+        return self._fixed(risk)
 
-    def select(self, inputs: Any, top: Array, n_classes: int, risk: float = 0.0) -> list[Mark]:
+    def select(self, inputs: Any, top: Array, n_classes: int, risk: float = 0.0, *,
+               model: str = "") -> list[Mark]:
         """The marked and control rows among `inputs`, whose model top-1 classes are `top`."""
         if n_classes < 2:
             return []
         key = self.keyring.active
-        f = self._fraction(risk)
+        f = self.fraction(risk, model, n_classes)
+        above = 1.0 - self.control_ratio * f
         out: list[Mark] = []
         for i, row in enumerate(row_bytes(inputs)):
             draw = key.draw(row)
             kind: Kind
             if draw.u < f:
                 kind = "watermark"
-            elif self.control and draw.u >= 1.0 - f:
+            elif self.control and draw.u >= above:
                 kind = "control"
             else:
                 continue
@@ -78,6 +132,15 @@ class Watermarker:
             out.append(Mark(i, kind, key.id, row, input_digest(row), t,
                             draw.decoy(t, n_classes)))
         return out
+
+    @staticmethod
+    def truthful_repeats(marks: list[Mark], held: set[str]) -> list[Mark]:
+        """`marks` without the marked rows whose input the caller already holds marked.
+
+        Those are answered truthfully and recorded no more: a repeat user pays for a marked
+        input once, not once per repeat.
+        """
+        return [m for m in marks if m.kind != "watermark" or m.digest not in held]
 
     @staticmethod
     def rewrite_proba(proba: Array, marks: list[Mark]) -> Array:

@@ -3,8 +3,15 @@
 ::
 
     watermark:
-      fraction: 0.005            # share of answers marked for every caller
-      fraction_at_risk: 0.05     # ... for callers whose risk (the monitor's score) >= at_risk
+      fraction: auto             # or a fixed share of answers marked for every caller
+      target_log2_p: -40         # auto: a perfect copy of `holding` answers reaches this p
+      holding: 2000              # ... for anyone holding this many answers (95% of them)
+      max_fraction: 0.01         # auto never marks more than this share
+      control_ratio: 10          # unmarked inputs recorded per marked one (the baseline)
+      disagreement: 0.1          # how often independent models disagree with ours, when
+      plan_file: null            # ... `modelfence watermark plan --write` has not measured it
+      repeats: truthful          # a repeat of an input this caller got marked: the truth
+      fraction_at_risk: 0.05     # the least share for callers whose risk >= at_risk
       at_risk: 0.5
       keys:                      # several secrets; `active` marks new answers, the others
         - {id: "2024", secret_file: wm-2024.secret}   # still verify old evidence
@@ -14,14 +21,22 @@
       evidence_key_file: evidence.key   # AES-256-GCM key; without it inputs are kept in clear
 
 Secrets are read by `Keyring.from_settings` at start, never kept on the settings object.
+
+With ``fraction: auto`` the share is planned per model (`power.planned_fraction`) from its
+class count, seen at its first answer, and the disagreement measured by `watermark plan`.
+Controls are drawn at `control_ratio` times the mark rate in use, at every moment, so marks
+and controls stay exchangeable samples of the same caller's inputs: what the disagreement
+test of `stats` needs. ``repeats: truthful`` costs a repeat user one wrong answer per
+marked input instead of one per repeat; the price is that a caller who re-sends every input
+sees which answers changed (`consistent` keeps every repeat marked).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _KEY_ID = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}$"
 
@@ -46,14 +61,36 @@ class WatermarkSettings(_Strict):
     models: list[str] = Field(default_factory=list,
                               description="models whose answers are marked; empty: every "
                               "classifier")
-    fraction: float = Field(0.005, gt=0.0, le=0.5,
-                            description="share of distinct inputs answered with a decoy")
+    fraction: float | Literal["auto"] = Field(
+        "auto", description="share of distinct inputs answered with a decoy, or auto: "
+        "planned per model for `target_log2_p` at `holding` answers")
+    target_log2_p: float = Field(-40.0, ge=-1000.0, le=-1.0,
+                                 description="auto: the log2 p-value a perfect copy reaches")
+    holding: int = Field(2000, ge=10, le=10_000_000,
+                         description="auto: answers after which a caller holds enough "
+                         "marks (with 95% probability)")
+    max_fraction: float = Field(0.01, gt=0.0, le=0.5,
+                                description="auto: the most it marks, whatever the plan")
+    control_ratio: float = Field(10.0, gt=0.0, le=100.0,
+                                 description="unmarked inputs recorded per marked one")
+    disagreement: float = Field(0.1, gt=0.0, lt=1.0,
+                                description="auto: how often independently trained models "
+                                "disagree with the protected one, for models the plan file "
+                                "does not measure")
+    plan_file: Path | None = Field(None, description="JSON written by `modelfence "
+                                   "watermark plan --write`: each model's measured "
+                                   "disagreement and class count")
+    repeats: Literal["truthful", "consistent"] = Field(
+        "truthful", description="truthful: a caller's repeat of an input it already got "
+        "marked is answered truthfully; consistent: marked again")
+    timestamp_url: str | None = Field(None, description="RFC 3161 time-stamping authority "
+                                      "for evidence bundles")
     fraction_at_risk: float | None = Field(
-        0.05, gt=0.0, le=0.5, description="the share for callers at or above `at_risk` "
-        "(the monitor's score); null: always `fraction`")
+        0.05, gt=0.0, le=0.5, description="the least share for callers at or above "
+        "`at_risk` (the monitor's score); null: always the planned or fixed share")
     at_risk: float = Field(0.5, ge=0.0, le=1.0)
-    control: bool = Field(True, description="also record as many unmarked inputs, whose "
-                          "answers measure a suspect's accuracy on ordinary queries")
+    control: bool = Field(True, description="also record unmarked inputs (`control_ratio` "
+                          "per mark), the disagreement test's baseline")
     keys: list[WatermarkKeySettings] = Field(min_length=1)
     active: str | None = Field(None, description="the key that marks new answers; default: "
                                "the last listed. The others only verify old evidence")
@@ -63,6 +100,24 @@ class WatermarkSettings(_Strict):
         None, description="32-byte key (64 hex characters) that encrypts recorded inputs "
         "(AES-256-GCM); without it inputs are stored in clear")
 
+    @field_validator("fraction", mode="before")
+    @classmethod
+    def _fraction(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError(f"fraction must be auto or a number in (0, 0.5], not {v!r}")
+        if not 0.0 < float(v) <= 0.5:
+            raise ValueError(f"fraction must be in (0, 0.5], not {v}")
+        return float(v)
+
+    @field_validator("timestamp_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError(f"timestamp_url must be an http(s) URL, not {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _keys_consistent(self) -> WatermarkSettings:
         ids = [k.id for k in self.keys]
@@ -70,19 +125,30 @@ class WatermarkSettings(_Strict):
             raise ValueError("watermark key ids must be unique (a retired key keeps its id)")
         if self.active is not None and self.active not in ids:
             raise ValueError(f"active key {self.active!r} is not among keys: {', '.join(ids)}")
-        if self.fraction_at_risk is not None and self.fraction_at_risk < self.fraction:
+        if (self.fraction_at_risk is not None and self.fraction != "auto"
+                and self.fraction_at_risk < self.fraction):
             raise ValueError("fraction_at_risk must be at least fraction")
+        top = max(self.max_fraction if self.fraction == "auto" else self.fraction,
+                  self.fraction_at_risk or 0.0)
+        if self.control and top * (1.0 + self.control_ratio) > 1.0:
+            raise ValueError(
+                f"marks at {top:g} and controls at control_ratio {self.control_ratio:g} "
+                f"times that would take more than every answer; lower control_ratio to at "
+                f"most {1.0 / top - 1.0:g} or the fractions")
         return self
 
     @property
     def active_id(self) -> str:
         return self.active or self.keys[-1].id
 
-    def fraction_for(self, risk: float) -> float:
-        """The share of answers marked for a caller at `risk`."""
+    def fraction_for(self, risk: float, planned: float | None = None) -> float:
+        """The share of answers marked for a caller at `risk`; `planned` stands in for auto."""
+        base = self.fraction if self.fraction != "auto" else planned
+        if base is None:
+            raise ValueError("fraction is auto: pass the planned share")
         if self.fraction_at_risk is not None and risk >= self.at_risk:
-            return self.fraction_at_risk
-        return self.fraction
+            return max(base, self.fraction_at_risk)
+        return base
 
     def marks(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -95,6 +161,7 @@ class WatermarkSettings(_Strict):
         update: dict[str, Any] = {
             "keys": [k.model_copy(update={"secret_file": rel(k.secret_file)}) for k in self.keys],
             "evidence_key_file": self.evidence_key_file and rel(self.evidence_key_file),
+            "plan_file": self.plan_file and rel(self.plan_file),
         }
         url = self.evidence_store
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):

@@ -4,7 +4,9 @@ A record holds the input (its float32 bytes, AES-256-GCM sealed when an evidence
 configured) and its SHA-256, the answer given (the decoy) and the model's own answer,
 the watermark key id, principal, tenant, model and time: enough to ask a suspect model
 the same questions later and to show who took the answers. One record per (model,
-principal, kind, input): asking again adds nothing. SQLite is the single-machine default;
+principal, kind, input): asking again adds nothing. `marked_before` tells the guard which
+of a request's marked inputs the caller already holds marked (answered truthfully then),
+in one indexed query. SQLite is the single-machine default;
 PostgreSQL is for many replicas. Every backend error is a `StoreError`.
 """
 
@@ -61,6 +63,9 @@ _SELECT = f"SELECT {_COLS} FROM modelfence_watermarks WHERE model = {{p}}"  # no
 _COUNTS = ("SELECT principal, tenant, kind, COUNT(*), MIN(time_us), MAX(time_us) "
            "FROM modelfence_watermarks WHERE model = {p} GROUP BY principal, tenant, kind "
            "ORDER BY principal, kind")
+_MARKED = ("SELECT input_sha256 FROM modelfence_watermarks WHERE model = {p} AND "
+           "principal = {p} AND kind = 'watermark' AND input_sha256 {match}")
+_SQLITE_CHUNK = 500  # bound parameters per query (SQLite's limit can be 999)
 _SCHEMA = """CREATE TABLE IF NOT EXISTS modelfence_watermarks (
     id {serial}, kind TEXT NOT NULL, model TEXT NOT NULL, principal TEXT NOT NULL,
     tenant TEXT NOT NULL, key_id TEXT NOT NULL, input_sha256 TEXT NOT NULL,
@@ -126,6 +131,11 @@ class EvidenceStore(ABC):
     @abstractmethod
     async def holdings(self, model: str) -> list[Holding]: ...
 
+    @abstractmethod
+    async def marked_before(self, model: str, principal: str,
+                            digests: Sequence[str]) -> set[str]:
+        """Those of `digests` that `principal` already holds a watermark record of."""
+
     async def ping(self) -> bool:
         try:
             await self.holdings("")
@@ -162,6 +172,10 @@ class MemoryEvidenceStore(EvidenceStore):
         return [Holding(p, t, k, len(v), min(v), max(v))
                 for (p, t, k), v in sorted(groups.items())]
 
+    async def marked_before(self, model: str, principal: str,
+                            digests: Sequence[str]) -> set[str]:
+        return {d for d in digests if (model, principal, "watermark", d) in self._rows}
+
 
 class SqliteEvidenceStore(EvidenceStore):
     """One file on one machine; writes are small and run inline on the loop."""
@@ -197,6 +211,16 @@ class SqliteEvidenceStore(EvidenceStore):
 
     async def holdings(self, model: str) -> list[Holding]:
         return [Holding(*r) for r in self._run(_COUNTS.format(p="?"), (model,))]
+
+    async def marked_before(self, model: str, principal: str,
+                            digests: Sequence[str]) -> set[str]:
+        unique = sorted(set(digests))
+        out: set[str] = set()
+        for i in range(0, len(unique), _SQLITE_CHUNK):
+            part = unique[i:i + _SQLITE_CHUNK]
+            sql = _MARKED.format(p="?", match=f"IN ({','.join('?' * len(part))})")
+            out.update(r[0] for r in self._run(sql, (model, principal, *part)))
+        return out
 
     def _run(self, sql: str, args: tuple[Any, ...]) -> list[Any]:
         try:
@@ -245,6 +269,14 @@ class PostgresEvidenceStore(EvidenceStore):
     async def holdings(self, model: str) -> list[Holding]:
         (rows,) = await self._run([(_COUNTS.format(p="%s"), (model,))])
         return [Holding(*r) for r in rows]
+
+    async def marked_before(self, model: str, principal: str,
+                            digests: Sequence[str]) -> set[str]:
+        if not digests:
+            return set()
+        sql = _MARKED.format(p="%s", match="= ANY(%s)")
+        (rows,) = await self._run([(sql, (model, principal, sorted(set(digests))))])
+        return {r[0] for r in rows}
 
     async def _run(self, statements: list[tuple[str, tuple[Any, ...]]]
                    ) -> list[list[tuple[Any, ...]]]:
