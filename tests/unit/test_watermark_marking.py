@@ -1,0 +1,259 @@
+"""Marking at the planned rate, controls at the ratio, repeats answered truthfully once marked."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from modelfence.backends.base import ModelEntry
+from modelfence.backends.local import SkopsClassifier
+from modelfence.config import ModelSettings
+from modelfence.errors import StoreError
+from modelfence.gateway.call import Call
+from modelfence.gateway.chain import Guard, GuardChain
+from modelfence.gateway.oip import InferRequest, Tensor
+from modelfence.identity.principal import Principal
+from modelfence.watermark import marking
+from modelfence.watermark.guard import WatermarkGuard
+from modelfence.watermark.keyring import Keyring, WatermarkKey, row_bytes
+from modelfence.watermark.marking import PlannedRate, Watermarker
+from modelfence.watermark.power import Measured, model_rate
+from modelfence.watermark.settings import WatermarkSettings
+from modelfence.watermark.store import (
+    EvidenceStore,
+    MemoryEvidenceStore,
+    evidence_store_from_url,
+)
+
+KEYRING = Keyring([WatermarkKey("k1", b"m" * 40)])
+
+
+def settings(**kw: Any) -> WatermarkSettings:
+    return WatermarkSettings(keys=[{"id": "k1", "secret_file": "k"}], **kw)
+
+
+def rows(n: int, seed: int = 0) -> np.ndarray[Any, Any]:
+    return np.random.default_rng(seed).standard_normal((n, 6)).astype(np.float32)
+
+
+def within(count: int, n: int, p: float, sds: float = 5.0) -> bool:
+    """`count` is a plausible Binomial(n, p) draw (within `sds` standard deviations)."""
+    return bool(abs(count - n * p) <= sds * (n * p * (1 - p)) ** 0.5)
+
+
+# the planned rate --------------------------------------------------------------------------
+
+
+def test_the_planned_rate_is_power_s_and_is_computed_once_per_model(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def counted(ws: WatermarkSettings, k: int, d: float) -> Any:
+        calls.append(k)
+        return model_rate(ws, k, d)
+
+    monkeypatch.setattr(marking, "model_rate", counted)
+    ws = settings()
+    rate = PlannedRate(ws)
+    for _ in range(3):
+        assert rate.base("m", 2) == model_rate(ws, 2, 0.1)[1].fraction
+        assert rate.base("m", 10) == model_rate(ws, 10, 0.1)[1].fraction
+    assert calls == [2, 10]
+    assert rate.base("m", 10) < rate.base("m", 2)  # more classes, fewer marks needed
+    # a flagged caller gets at least fraction_at_risk
+    assert rate(0.9, "m", 2) == 0.05 and rate(0.1, "m", 2) == rate.base("m", 2)
+
+
+def test_a_measured_disagreement_in_the_plan_file_sets_the_rate() -> None:
+    ws = settings(max_fraction=0.05)
+    assumed = PlannedRate(ws).base("m", 3)
+    low = PlannedRate(ws, {"m": Measured(3, 0.01)}).base("m", 3)
+    high = PlannedRate(ws, {"m": Measured(3, 0.4)}).base("m", 3)
+    stale = PlannedRate(ws, {"m": Measured(3, 0.4, measured=False)}).base("m", 3)
+    assert low < assumed < high and stale == assumed
+    assert PlannedRate(ws, {"other": Measured(3, 0.4)}).base("m", 3) == assumed
+
+
+def test_a_fixed_fraction_is_not_planned() -> None:
+    assert PlannedRate(settings(fraction=0.03)).base("m", 2) == 0.03
+
+
+@pytest.mark.parametrize("k", [2, 10])
+def test_marks_at_the_planned_rate_and_controls_at_the_ratio(k: int) -> None:
+    ws = settings()
+    marker = Watermarker(KEYRING, PlannedRate(ws), control_ratio=ws.control_ratio)
+    x = rows(60_000, seed=k)
+    f = PlannedRate(ws).base("m", k)
+    got = marker.select(x, np.zeros(len(x), dtype=np.int64), k, model="m")
+    wm = sum(m.kind == "watermark" for m in got)
+    ctl = sum(m.kind == "control" for m in got)
+    assert within(wm, len(x), f) and within(ctl, len(x), 10 * f)
+    # and the ratio holds for a flagged caller too: controls follow the rate in use
+    risky = marker.select(x, np.zeros(len(x), dtype=np.int64), k, risk=0.9, model="m")
+    assert within(sum(m.kind == "watermark" for m in risky), len(x), 0.05)
+    assert within(sum(m.kind == "control" for m in risky), len(x), 0.5)
+    # what a low-risk caller got marked stays marked when its risk rises
+    low = {m.digest for m in got if m.kind == "watermark"}
+    assert low <= {m.digest for m in risky if m.kind == "watermark"}
+
+
+def test_truthful_repeats_drop_only_the_held_marks() -> None:
+    marker = Watermarker(KEYRING, lambda risk: 0.3)
+    got = marker.select(rows(200), np.zeros(200, dtype=np.int64), 4)
+    marked = [m.digest for m in got if m.kind == "watermark"]
+    held = set(marked[:3])
+    kept = Watermarker.truthful_repeats(got, held)
+    assert len(kept) == len(got) - 3 and not {m.digest for m in kept
+                                               if m.kind == "watermark"} & held
+    assert [m for m in kept if m.kind == "control"] == [m for m in got if m.kind == "control"]
+
+
+# repeats through the guard -----------------------------------------------------------------
+
+
+class _Given(Guard):
+    """Stands in for identity and model lookup."""
+
+    name: ClassVar[str] = "given"
+    provides: ClassVar[frozenset[str]] = frozenset({"principal", "model"})
+
+    def __init__(self, entry: ModelEntry) -> None:
+        self._entry = entry
+        self.principal = f"mallory-{uuid.uuid4().hex[:8]}"  # PostgreSQL's table is shared
+
+    async def on_request(self, call: Call) -> None:
+        call.principal = Principal(self.principal, "acme")
+        call.model = self._entry
+        call.risk = 0.0
+
+
+async def _answer(chain: GuardChain, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    call = Call(request=None, action="infer", model_name="digits")  # type: ignore[arg-type]
+    call.inputs = InferRequest([Tensor("input", "FP32", list(x.shape), x)])
+
+    async def terminal(c: Call) -> None:
+        assert c.model is not None and c.inputs is not None
+        c.outputs = await c.model.backend.infer(c.inputs)
+
+    await chain.run(call, terminal)
+    call.status = 200
+    await chain.complete(call)
+    assert call.outputs is not None
+    label = call.outputs.output("label")
+    assert label is not None
+    return np.asarray(label.data).astype(np.int64)
+
+
+@pytest.fixture
+async def digits(digits_files: dict[str, Path]) -> ModelEntry:
+    ms = ModelSettings.model_validate({
+        "name": "digits", "backend": {"type": "skops", "path": str(digits_files["skops"])}})
+    entry = ModelEntry(ms, SkopsClassifier(ms))
+    await entry.backend.start()
+    return entry
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EvidenceStore]:
+    if request.param == "postgres":
+        url = request.getfixturevalue("pg_url")
+    elif request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/evidence.db"
+    else:
+        url = "memory://"
+    s = evidence_store_from_url(url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def _inputs(seed: int) -> np.ndarray[Any, Any]:
+    """Digits-like rows."""
+    from sklearn.datasets import load_digits
+
+    x = np.asarray(load_digits().data[:96]) / 16.0
+    noise = np.random.default_rng(seed).uniform(0, 0.01, x.shape)
+    out: np.ndarray[Any, Any] = (x + noise).astype(np.float32)
+    return out
+
+
+def _truth(entry: ModelEntry, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    backend = entry.backend
+    assert isinstance(backend, SkopsClassifier)
+    out: np.ndarray[Any, Any] = np.asarray(backend._predict_proba(x)).argmax(axis=1)
+    return out
+
+
+async def test_a_marked_input_is_answered_truthfully_when_the_caller_repeats_it(
+        digits: ModelEntry, store: EvidenceStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    lookups: list[int] = []
+    original = store.marked_before
+
+    async def counted(model: str, principal: str, digests: Sequence[str]) -> set[str]:
+        lookups.append(len(digests))
+        return await original(model, principal, digests)
+
+    monkeypatch.setattr(store, "marked_before", counted)
+    given = _Given(digits)
+    guard = WatermarkGuard(Watermarker(KEYRING, lambda risk: 0.25, control_ratio=1), store,
+                           repeats="truthful")
+    chain = GuardChain([given, guard])
+    x = _inputs(0)
+    mallory = given.principal
+    truth = _truth(digits, x)
+    first = await _answer(chain, x)
+    marked = first != truth
+    assert marked.sum() >= 10 and guard.marked_rows == marked.sum()
+    assert lookups == [int(marked.sum())]  # one lookup, of the rows drawn as marks only
+    records = await store.records("digits", principal=mallory)
+    assert sum(r.kind == "watermark" for r in records) == marked.sum()
+    # the repeat: every row truthful, nothing recorded again, still one lookup
+    again = await _answer(chain, x)
+    assert np.array_equal(again, truth)
+    assert guard.truthful_repeats == marked.sum() and len(lookups) == 2
+    assert len(await store.records("digits", principal=mallory)) == len(records)
+    # another caller asking the same inputs gets them marked (its first time)
+    given.principal = f"eve-{uuid.uuid4().hex[:8]}"
+    assert np.array_equal(await _answer(chain, x), first)
+    # a request with no row drawn as a mark asks the store nothing
+    unmarked = x[~marked][:5]
+    given.principal = mallory
+    await _answer(chain, unmarked)
+    assert len(lookups) == 3
+
+
+async def test_consistent_repeats_are_marked_again(digits: ModelEntry) -> None:
+    guard = WatermarkGuard(Watermarker(KEYRING, lambda risk: 0.25, control_ratio=1),
+                           MemoryEvidenceStore(), repeats="consistent")
+    chain = GuardChain([_Given(digits), guard])
+    x = _inputs(1)
+    first = await _answer(chain, x)
+    assert (first != _truth(digits, x)).sum() >= 10
+    assert np.array_equal(await _answer(chain, x), first) and guard.truthful_repeats == 0
+
+
+class _Deaf(MemoryEvidenceStore):
+    async def marked_before(self, model: str, principal: str,
+                            digests: Sequence[str]) -> set[str]:
+        raise StoreError("down", store="watermark")
+
+
+async def test_a_store_that_cannot_answer_leaves_the_marks_as_they_would_be(
+        digits: ModelEntry) -> None:
+    store = _Deaf()
+    guard = WatermarkGuard(Watermarker(KEYRING, lambda risk: 0.25, control_ratio=1), store,
+                           repeats="truthful")
+    chain = GuardChain([_Given(digits), guard])
+    x = _inputs(2)
+    first = await _answer(chain, x)
+    again = await _answer(chain, x)
+    assert np.array_equal(first, again) and (first != _truth(digits, x)).sum() >= 10
+    assert guard.repeat_checks_failed == 2 and guard.truthful_repeats == 0
+    digests = {hashlib.sha256(r).hexdigest() for r in row_bytes(x)}
+    assert {r.input_sha256 for r in await store.records("digits")} <= digests
