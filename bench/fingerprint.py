@@ -72,15 +72,16 @@ def _predict(model: Any) -> Any:
     return labels
 
 
-def run_victim(name: str, *, innocents: int, points: int, rows: int, seed: int = 0
-               ) -> dict[str, Any]:
+def run_victim(name: str, *, innocents: int, points: int, rows: int, use_recipe: bool,
+               seed: int = 0) -> dict[str, Any]:
     spec = victim(name)
     world = build_world(spec, seed)
     protected = _protected(world)
     x_train, y_train = _train_rows(spec, seed)
     t0 = time.perf_counter()
+    recipe = (lambda s: make_model(spec.family, s, len(x_train))) if use_recipe else None
     fp = build_fingerprint(protected, x_train, y_train, key=f"bench-{name}".encode(),
-                           points=points)
+                           points=points, recipe=recipe)
     build_s = time.perf_counter() - t0
 
     def test(labeler: Any) -> tuple[float, float]:
@@ -134,13 +135,16 @@ def main() -> None:
     ap.add_argument("--innocents", type=int, default=100)
     ap.add_argument("--points", type=int, default=200)
     ap.add_argument("--rows", type=int, default=2000, help="natural rows each copy is fit on")
+    ap.add_argument("--no-recipe", action="store_true",
+                    help="do not tell the fingerprint the victim's own algorithm")
     args = ap.parse_args()
     print("| victim | k | null mean | calib. max | innocents | innocent mean / max agreement "
           "| innocent min log2 p (model) | copies agreement/log2 p | build |")
     print("|---|---|---|---|---|---|---|---|---|")
     worst = 0.0
     for name in args.victims.split(","):
-        r = run_victim(name, innocents=args.innocents, points=args.points, rows=args.rows)
+        r = run_victim(name, innocents=args.innocents, points=args.points, rows=args.rows,
+                       use_recipe=not args.no_recipe)
         worst = min(worst, r["innocent_min_log2_p"])
         print(_row(r), flush=True)
     print(f"\nsmallest innocent log2 p over all victims: {worst:.1f} "

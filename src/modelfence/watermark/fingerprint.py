@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError
-from .references import DEFAULT_FAMILIES, Reference, train_references
+from .references import DEFAULT_FAMILIES, Reference, train_recipe, train_references
 from .stats import LN2, TestResult
 
 Array = np.ndarray[Any, Any]
@@ -65,6 +65,9 @@ VARIANCE_CONFIDENCE = 0.95
 MEAN_Z = 1.645
 #: Noise (in feature standard deviations) of the copies' extra training rows.
 AUGMENT = (0.1, 0.3)
+#: Models of the protected model's own recipe among the copies, the selectors (each) and the
+#: calibrators.
+RECIPE_SELECTORS, RECIPE_CALIBRATORS = 2, 4
 #: Rows the selection and calibration models train on (a keyed sample of the data given).
 TRAIN_ROWS = 2000
 
@@ -184,16 +187,20 @@ def _boundary(protected: Labeler, x: Array, base: Array, rng: np.random.Generato
 
 
 def build_fingerprint(protected: Labeler, x: Array, y: Sequence[Any] | Array, *, key: bytes,
-                      points: int = 200, candidates_per_point: int = 10, copies: int = 8,
+                      points: int = 200, candidates_per_point: int = 50, copies: int = 8,
                       selectors: int = 10, calibrators: int = 30,
                       families: Sequence[str] = DEFAULT_FAMILIES,
+                      recipe: Callable[[int], Any] | None = None,
                       key_id: str = "") -> Fingerprint:
     """Choose `points` conferrable keyed points and calibrate the null (module docstring).
 
     `x`, `y`: labelled rows of the protected model's domain (its training data is best: the
     references then see what an innocent competitor with the same data would). `copies`,
     `selectors`, `calibrators`: how many surrogate copies, selection references and held-out
-    calibration references to train (each cycles through `families`).
+    calibration references to train (each cycles through `families`). `recipe(seed)`, when
+    the protected model's algorithm is known (`references.recipe_of`), makes unfitted models
+    like it: a few with other seeds join the selectors and the calibration as a family of
+    their own, so the points are ones where even the same algorithm, trained again, differs.
     """
     x = np.asarray(x, dtype=np.float64)
     y_arr = np.asarray([str(v) for v in y], dtype=object)
@@ -222,8 +229,15 @@ def build_fingerprint(protected: Labeler, x: Array, y: Sequence[Any] | Array, *,
                                    for s in AUGMENT)]))
     surrogate = train_references(xa, _labels(protected, xa), count=copies, seed=seeds[0],
                                  families=families, subsample=1.0 / (1 + len(AUGMENT)))
+    if recipe is not None:
+        surrogate += train_recipe(xa, _labels(protected, xa), recipe, count=RECIPE_SELECTORS,
+                                  seed=seeds[0], subsample=1.0 / (1 + len(AUGMENT)),
+                                  family="recipe copy")
     chooser = train_references(x, y_arr, count=selectors, seed=seeds[1], families=families,
                                subsample=0.7)
+    if recipe is not None:
+        chooser += train_recipe(x, y_arr, recipe, count=RECIPE_SELECTORS, seed=seeds[1],
+                                subsample=0.7)
     c = np.mean([_labels(m, cand) == target for m in surrogate], axis=0)
     agreeing = np.sum([_labels(m, cand) == target for m in chooser], axis=0)
     score = c * 0.1 ** agreeing + 1e-9 * _rng(key, b"ties").random(len(cand))
@@ -231,6 +245,8 @@ def build_fingerprint(protected: Labeler, x: Array, y: Sequence[Any] | Array, *,
     pts, labels = cand[kept], target[kept]
     # held-out references: other seeds (and data: every row) than the selectors
     held = train_references(x, y_arr, count=calibrators, seed=seeds[2], families=families)
+    if recipe is not None:
+        held += train_recipe(x, y_arr, recipe, count=RECIPE_CALIBRATORS, seed=seeds[2] + 7919)
     calibration = [_score(m, pts, labels) for m in held]
     null = fit_null([d["agreements"] for d in calibration],
                     [d["family"] for d in calibration], points)

@@ -16,7 +16,7 @@ trained by the dozen on shared machines (fingerprint calibration, `verify-owners
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -144,6 +144,41 @@ def train_references(x: Array, y: Sequence[Any] | Array, *, count: int, seed: in
             model.fit(x[rows], y_arr[rows])
         out.append(Reference(f"{family}#{variant}/seed{seed + i}", family, model))
     return out
+
+
+def train_recipe(x: Array, y: Sequence[Any] | Array, recipe: Callable[[int], Any], *,
+                 count: int, seed: int = 0, subsample: float | None = None,
+                 family: str = "recipe") -> list[Reference]:
+    """`count` models made by `recipe(seed)` (an unfitted estimator: the protected model's own
+    algorithm and hyper-parameters) with seeds ``seed + i``: the innocent most like it."""
+    x = np.asarray(x, dtype=np.float64)
+    y_arr = np.asarray([str(v) for v in y], dtype=object)
+    if count < 1 or len(x) != len(y_arr):
+        raise ConfigurationError("recipe references: need count >= 1 and one label per row")
+    from threadpoolctl import threadpool_limits
+
+    out: list[Reference] = []
+    for i in range(count):
+        model = recipe(seed + i)
+        rows = _rows(len(x), y_arr, subsample, seed + i)
+        with warnings.catch_warnings(), threadpool_limits(limits=1):
+            warnings.simplefilter("ignore")
+            model.fit(x[rows], y_arr[rows])
+        out.append(Reference(f"{family}/seed{seed + i}", family, model))
+    return out
+
+
+def recipe_of(estimator: Any) -> Callable[[int], Any]:
+    """The recipe of a fitted scikit-learn estimator: an unfitted clone whose every
+    ``random_state`` is the given seed (a model trained the same way, another draw)."""
+    from sklearn.base import clone
+
+    def make(seed: int) -> Any:
+        model = clone(estimator)
+        states = {k: seed for k in model.get_params(deep=True)
+                  if k == "random_state" or k.endswith("__random_state")}
+        return model.set_params(**states) if states else model
+    return make
 
 
 def _rows(n: int, y: Array, share: float | None, seed: int) -> Array:
