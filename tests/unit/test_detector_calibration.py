@@ -163,3 +163,56 @@ def test_calibrate_refuses_a_sample_too_small(tmp_path: Path) -> None:
                                    "100", "--false-alarm-rate", "0.001"])
     assert out.exit_code == 2
     assert "needs at least 2,995 benign queries" in " ".join(out.output.split())
+
+
+def test_a_queue_of_one_true_class_stays_low_when_the_fit_knows_the_truth() -> None:
+    """An analyst working through the rare class of an imbalanced scorer asks, by what the rows
+    are, about the model's weakest region; with true labels at fit, the null holds such callers
+    (a model and data shape outside the corpus)."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    x, y = make_classification(n_samples=6000, n_features=12, n_informative=6,
+                               weights=[0.94, 0.06], class_sep=0.7, flip_y=0.02,
+                               random_state=77)
+    x = np.round(x, 3)
+    model = RandomForestClassifier(n_estimators=60, min_samples_leaf=3, random_state=0)
+    model.fit(x[:2000], y[:2000])
+    fit_x, fit_y = x[2000:4000], y[2000:4000]
+    queue = x[4000:][y[4000:] == 1]
+    assert len(queue) >= 100
+
+    def top(summary: Summary) -> float:
+        monitor, p, out = Monitor(summary), model.predict_proba(queue), 0.0
+        for i in range(len(queue)):
+            monitor.observe("analyst", queue[i:i + 1], p[i:i + 1], now=1e9 + i)
+            out = max(out, monitor.risk("analyst").score)
+        return out
+
+    blind = Summary.fit(fit_x, model.predict_proba(fit_x), seed=5)
+    knowing = Summary.fit(fit_x, model.predict_proba(fit_x), seed=5, truth=fit_y)
+    assert knowing.boundary_z0 > blind.boundary_z0  # the rare class's queue is in the null
+    assert top(knowing) < min(0.1, top(blind))
+
+
+def test_truth_must_match_the_rows(tab: Tabular) -> None:
+    x = tab.pool[:200]
+    with pytest.raises(ConfigurationError, match="labels for"):
+        Summary.fit(x, tab.proba(x), cells=8, truth=tab.labels[:10])
+
+
+def test_the_ood_radius_of_a_small_fit_holds_new_rows() -> None:
+    """On 40 fit rows the empirical 99th percentile is about the largest distance, which new
+    natural rows pass far more often than 1% of the time; the prediction bound holds them."""
+    from modelfence.monitor.summary import ood_radius
+
+    rng = np.random.default_rng(11)
+    beyond_empirical, beyond_bound = [], []
+    for _ in range(200):
+        own = np.sqrt(rng.chisquare(6, 40))
+        new = np.sqrt(rng.chisquare(6, 2000))
+        beyond_empirical.append(np.mean(new > np.quantile(own, 0.99)))
+        beyond_bound.append(np.mean(new > ood_radius(own)))
+    assert np.mean(beyond_empirical) > 0.02
+    assert np.mean(beyond_bound) < 0.02
+    big = np.sqrt(rng.chisquare(6, 2000))  # 20 rows beyond the 99th percentile: kept
+    assert ood_radius(big) == np.quantile(big, 0.99)

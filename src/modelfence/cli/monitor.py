@@ -47,7 +47,9 @@ def fit(
         help="Where to write the summary [default: <policy.state_dir or the config's folder>"
              "/monitor/<model>.summary.npz]", show_default=False)] = None,
     label_column: Annotated[str | None, typer.Option(
-        help="CSV/Parquet column to leave out (labels are not features)")] = None,
+        help="CSV/Parquet column of the rows' true classes: not a feature; it lets the fit "
+             "simulate honest callers who ask about one class (an .npz's y is used too)"
+    )] = None,
 ) -> None:
     """Fit the monitor's summary of a model's data, with the model's own probabilities."""
     from ..monitor import Summary
@@ -66,7 +68,8 @@ def fit(
         with console.status(f"loading {model} and scoring {data}…"):
             pool = load_pool(data, label_column=label_column)
             proba = _model_proba(ms, pool.x)
-            summary = Summary.fit(pool.x, proba, predict=lambda rows: _model_proba(ms, rows))
+            summary = Summary.fit(pool.x, proba, predict=lambda rows: _model_proba(ms, rows),
+                                  truth=pool.y)
         summary.save(target)
     except ModelfenceError as exc:
         raise fail(f"--data {data}: {exc}", 2) from None

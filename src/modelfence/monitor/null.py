@@ -52,8 +52,14 @@ def cell_rates(flags: Array, cells: Array, n_cells: int, floor: float) -> Array:
     return out
 
 
-def benign_orders(z: Array, labels: Array, seed: int) -> list[Array]:
-    """Orders of the fit rows honest callers might send them in (indices into `z`)."""
+def benign_orders(z: Array, labels: Array, seed: int, truth: Array | None = None
+                  ) -> list[Array]:
+    """Orders of the fit rows honest callers might send them in (indices into `z`).
+
+    `labels` are the model's answers; `truth`, when known, the rows' true classes: an honest
+    caller's workload is skewed by what its rows are (a queue of fraud cases), and where the
+    model errs those rows lie nearer its boundary than the ones it predicts as that class.
+    """
     rng = np.random.default_rng(seed)
     n = len(z)
     orders = [rng.permutation(n) for _ in range(RANDOM)]
@@ -71,6 +77,12 @@ def benign_orders(z: Array, labels: Array, seed: int) -> list[Array]:
         proj = z @ (v / max(float(np.linalg.norm(v)), 1e-12))
         jitter = rng.normal(0.0, 0.25 * float(proj.std()) + 1e-12, n)
         orders.append(np.argsort(proj + jitter, kind="stable"))
+    if truth is not None:  # a stream of its own: the orders above stay as without truth
+        own = np.random.default_rng([seed, 1])
+        for c in np.unique(truth):
+            rows = np.nonzero(truth == c)[0]
+            if len(rows) >= MIN_CLASS:
+                orders.append(rows[own.permutation(len(rows))])
     return orders
 
 

@@ -7,10 +7,10 @@ detector but volume sees it. Two filters, in order:
 
 - `Repeats`: the exact bytes of one of the caller's last 256 rows (a digest each, in
   `detectors`);
-- `Resends`: within `Summary.resend_radius` of one of its last `MEMORY` (1,024) fresh rows,
+- `Resends`: within `Summary.resend_radius` of one of its last `MEMORY` (2,048) fresh rows,
   kept in at most `DIMS` (16) dimensions (a random projection of the standardized row, keyed
-  per summary: an honest client may re-read a row from long ago, and 1,024 rows of 200
-  features would cost 800 kB a caller). Only fresh rows become anchors, so a walk of small
+  per summary: an honest client may re-read a row from long ago, and 2,048 rows of 200
+  features would cost 1.6 MB a caller). Only fresh rows become anchors, so a walk of small
   steps cannot chain re-sends away from what it first sent: after one radius it is fresh
   again, and evidence.
 
@@ -39,7 +39,7 @@ NOISE = 0.10
 #: Share of such noisy re-sends allowed to fall outside the radius.
 MISS = 1e-4
 #: Fresh rows each caller keeps as anchors: honest clients re-read rows from long ago.
-MEMORY = 1024
+MEMORY = 2048
 #: Anchors are kept in at most this many dimensions (a random projection beyond it).
 DIMS = 16
 

@@ -295,6 +295,6 @@ def _build(spec: VictimSpec, seed: int) -> CorpusWorld:
     proba = lv.ask(x[fit]).proba
     assert proba is not None
     summary = Summary.fit(x[fit], proba, cells=min(32, len(fit) // 4), seed=seed,
-                          predict=model.predict_proba)
+                          predict=model.predict_proba, truth=y[fit])
     accuracy = float(np.mean(lv.ask(x[test]).labels == y[test]))
     return CorpusWorld(spec, lv, accuracy, summary, x[pool], y[pool], x[test], y[test])
