@@ -74,6 +74,8 @@ def test_a_thief_through_the_gateway_is_identified(tmp_path: Path,
         doc = json.loads((case / "evidence.json").read_text())
         assert doc["verdict"]["accused"] is True, verdict.stdout
         assert doc["verdict"]["log2_p"] <= -64  # DAWN's bar, at 5% marked answers
+        assert doc["verdict"]["convicting_set"] == "principal:mallory"
+        assert doc["evidence"]["asked"]["control"] > doc["evidence"]["asked"]["watermark"]
         assert (case / "evidence.html").exists()
 
         ok = cli("evidence", "verify", str(case / "evidence.json"), "--public-key",

@@ -66,8 +66,9 @@ def setup(tmp_path: Path, digits_files: dict[str, Path],
         "models": [{"name": "digits",
                     "backend": {"type": "skops", "path": str(digits_files["skops"])}}]}))
     settings = load_settings(config)
-    ws = WatermarkSettings(keys=[{"id": "k1", "secret_file": "wm.secret"}], fraction=0.1,
-                           fraction_at_risk=None, evidence_store="sqlite:///evidence.db").resolved(tmp_path)
+    ws = WatermarkSettings(keys=[{"id": "k1", "secret_file": "wm.secret"}], fraction=0.05,
+                           fraction_at_risk=None, control_ratio=5,
+                           evidence_store="sqlite:///evidence.db").resolved(tmp_path)
     monkeypatch.setattr(cli, "watermark_settings", lambda c: (config, settings, ws))
     # the thief's answers, through the watermark, recorded in the evidence store
     x = load_digits().data / 16.0
@@ -115,11 +116,24 @@ def test_stolen_file_is_accused_and_the_bundle_verifies_until_edited(setup: Setu
     assert result.exit_code == 0, result.output
     outcome = orjson.loads(result.stdout)
     assert outcome["accused"] and outcome["log2_p"] <= -64
+    assert outcome["convicting_set"] == "principal:mallory"
+    (only,) = outcome["sets"]  # one caller: principal, tenant and all records are one set
+    assert only["tested"] and only["log2_p_adjusted"] <= -64
+    assert outcome["fingerprint"]["points"] == 60
+    assert outcome["combined"]["method"] == "Fisher"
+    assert outcome["combined"]["inputs"] == [only["log2_p_adjusted"],
+                                             outcome["fingerprint"]["log2_p"]]
     doc = orjson.loads((out / "evidence.json").read_bytes())
     assert doc["suspect"]["kind"] == "file" and len(doc["suspect"]["sha256"]) == 64
-    assert doc["suspect"]["queries"] <= 500 + 60
-    fingerprint = doc["fingerprint"]
-    assert fingerprint["points"] == 60 and len(fingerprint["reference_agreements"]) == 3
+    asked = doc["evidence"]["asked"]
+    # every recorded input once (fewer than the 2,000 default), and the 60 fingerprint points
+    assert asked["watermark"] == doc["evidence"]["distinct_watermark_inputs"] > 0
+    assert asked["control"] == doc["evidence"]["distinct_control_inputs"] > 0
+    assert doc["suspect"]["queries"] == asked["watermark"] + asked["control"] + 60
+    fingerprint = doc["tests"]["fingerprint"]
+    assert fingerprint["points"] == 60 and fingerprint["calibration_models"] >= 3
+    assert fingerprint["name"] == "fingerprint test"
+    assert doc["verdict"]["reasons"][0].startswith("principal:mallory: the suspect disagrees")
     assert "Copy identified" in (out / "evidence.html").read_text()
     pub = str(setup.folder / "signing.pub.pem")
     ok = run("evidence", "verify", str(out / "evidence.json"), "--public-key", pub)
@@ -143,7 +157,12 @@ def test_protected_model_behind_an_oip_endpoint_is_not_accused(
     assert "not identified" in result.output
     doc = orjson.loads((out / "evidence.json").read_bytes())
     assert doc["suspect"]["kind"] == "oip" and doc["suspect"]["queries"] == 120
-    assert doc["tests"]["decoy"]["trials"] == 0  # it agrees with the model everywhere
+    assert doc["evidence"]["asked"] == {"watermark": 60, "control": 60}  # half each
+    (only,) = doc["tests"]["sets"]
+    assert only["set"] == "principal:mallory"
+    assert only["mark_disagreements"] == 0  # it agrees with the model everywhere
+    assert doc["verdict"]["log2_p"] == 0.0 and doc["verdict"]["convicting_set"] is None
+    assert doc["verdict"]["summary"].startswith("no evidence of copying")
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -197,3 +216,38 @@ def test_keygen_and_records(setup: Setup) -> None:
     table = run("watermark", "records", "--model", "digits")
     assert table.exit_code == 0 and "mallory" in table.output and "control" in table.output
     Keyring([WatermarkKey("k", path.read_text().strip().encode())])  # usable as a secret
+
+
+def test_an_unknown_principal_is_inconclusive_and_a_failed_timestamp_keeps_the_bundle(
+        setup: Setup) -> None:
+    stolen = thief_file(setup)
+    out = setup.folder / "case"
+    tsa = "http://127.0.0.1:9/tsa"  # nothing listens on the discard port
+    result = run("verify-ownership", "--suspect", str(stolen), "--model", "digits",
+                 "--principal", "nobody", "--out", str(out), "--timestamp-url", tsa,
+                 "--trust", "sklearn.neural_network._multilayer_perceptron.MLPClassifier",
+                 "--json")
+    assert result.exit_code == 0, result.output
+    outcome = orjson.loads(result.stdout)
+    assert not outcome["accused"] and outcome["sets"] == [] and outcome["log2_p"] == 0.0
+    assert "no marked answers of model digits are recorded for principal nobody" in (
+        outcome["summary"])
+    assert "only" not in outcome["summary"]
+    assert "not timestamped" in result.stderr
+    doc = orjson.loads((out / "evidence.json").read_bytes())
+    assert doc["timestamp"]["tsa"] == tsa and doc["timestamp"]["error"]
+    assert doc["suspect"]["queries"] == 0
+    pub = str(setup.folder / "signing.pub.pem")
+    assert run("evidence", "verify", str(out / "evidence.json"), "--public-key",
+               pub).exit_code == 0
+
+
+def test_printed_outcome_names_the_convicting_set_and_each_test(setup: Setup) -> None:
+    stolen = thief_file(setup)
+    result = run("verify-ownership", "--suspect", str(stolen), "--model", "digits",
+                 "--out", str(setup.folder / "case"), "--trust",
+                 "sklearn.neural_network._multilayer_perceptron.MLPClassifier")
+    assert result.exit_code == 0, result.output
+    assert "copy identified" in result.output
+    assert "convicting set: principal:mallory" in result.output
+    assert "adjusted p" in result.output and "fingerprint not run" in result.output

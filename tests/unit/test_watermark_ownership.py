@@ -1,5 +1,5 @@
-"""Ownership verification end to end in-process: a label-only thief is accused, and twenty
-models trained independently on the same data are not.
+"""Ownership verification end to end in-process on a 10-class model: a label-only thief is
+accused, and twenty models trained independently on the same data are not.
 
 The victim answers through the watermark (`WatermarkedOracle`, the gateway guard's own
 `Watermarker`), the red team's label-only Knockoff thief steals from it, and the suspect is
@@ -89,14 +89,18 @@ def test_a_label_only_thief_is_accused_with_p_below_2_to_the_minus_64(victim: An
     suspect = FunctionSuspect(lambda z: victim.classes_[thief.predict(z)], n_features=64)
     doc = verify(evidence_of(oracle), suspect, max_queries=500)
     assert doc["verdict"]["accused"], doc["verdict"]["summary"]
-    assert doc["tests"]["decoy"]["log2_p"] <= -64
+    assert doc["verdict"]["log2_p"] <= -64
     assert suspect.asked <= 500
-    assert doc["by_principal"][0]["principal"] == "mallory"
+    # one caller: its principal, its tenant and all records are the same set, tested once
+    (only,) = doc["tests"]["sets"]
+    assert only["set"] == "principal:mallory" and only["log2_p_adjusted"] == only["log2_p"]
+    assert only["same_as"] == ["tenant:tenant", "all"]
+    assert doc["verdict"]["convicting_set"] == "principal:mallory"
     # signed, it verifies; edited, it does not
     key = Ed25519PrivateKey.generate()
     signed = bundle.sign(doc, key)
     assert bundle.problem(signed, key.public_key()) is None
-    signed["tests"]["decoy"]["log2_p"] = -1.0
+    signed["tests"]["sets"][0]["log2_p"] = -1.0
     assert bundle.problem(signed, key.public_key()) == bundle.EDITED
 
 
@@ -127,5 +131,6 @@ def test_twenty_independently_trained_models_are_never_accused(
             model.fit(x_train, y_train)
             doc = verify(evidence, FunctionSuspect(model.predict), max_queries=500)
             assert not doc["verdict"]["accused"]
-            p_values.append(doc["tests"]["decoy"]["p_value"])
+            assert doc["verdict"]["summary"].startswith("no evidence of copying")
+            p_values.append(doc["verdict"]["p_value"])
     assert min(p_values) > 1e-3, p_values

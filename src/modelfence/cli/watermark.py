@@ -23,7 +23,7 @@ from rich.table import Table
 
 from ..config import KEY_ENV, LocalBackend, Settings
 from ..errors import ConfigurationError, ModelfenceError, RequestError, StoreError
-from .common import ConfigOption, console, fail, settings_from
+from .common import ConfigOption, console, err_console, fail, settings_from
 
 if TYPE_CHECKING:
     from ..watermark.settings import WatermarkSettings
@@ -85,9 +85,10 @@ def verify_ownership(
         help="openai: the user message, with {features} for the row as a JSON list"
     )] = "{features}",
     max_queries: Annotated[int, typer.Option(
-        min=1, help="Most watermark and control inputs asked of the suspect")] = 500,
+        min=1, help="Most recorded inputs asked of the suspect (marks first, then controls; "
+                    "each distinct input once)")] = 2000,
     alpha: Annotated[float, typer.Option(
-        help="Significance level of the verdict (the decoy test's p-value must be <= it)"
+        help="Significance level of the verdict (the combined p-value must be <= it)"
     )] = 1e-6,
     out: Annotated[Path | None, typer.Option(
         help="Folder for evidence.json and evidence.html "
@@ -98,21 +99,28 @@ def verify_ownership(
     include_inputs: Annotated[bool, typer.Option(
         help="Put the inputs themselves in the bundle (float32 bytes, base64), not only "
              "their SHA-256")] = False,
-    reference: Annotated[list[Path] | None, typer.Option(
-        help="Fingerprint: a model file trained independently on the same task (repeat); "
-             "enables the decision-boundary second opinion", show_default=False)] = None,
     reference_pool: Annotated[str | None, typer.Option(
-        help="Fingerprint: labelled data (sklearn:NAME or a file) to train --references "
-             "independent models on", show_default=False)] = None,
-    references: Annotated[int, typer.Option(min=2, help="Models trained on --reference-pool"
-                                            )] = 5,
-    fingerprint_points: Annotated[int, typer.Option(min=10, help="Boundary points asked")] = 200,
+        help="Fingerprint: labelled rows of the model's domain (sklearn:NAME or a "
+             ".npz/.npy/.csv/.parquet file with labels; the training data is best). Models "
+             "trained there choose keyed fingerprint points and calibrate its null; enables "
+             "the test that needs no marked answers", show_default=False)] = None,
+    label_column: Annotated[str | None, typer.Option(
+        help="--reference-pool: the column holding the true labels (csv/parquet)",
+        show_default=False)] = None,
+    references: Annotated[int, typer.Option(
+        min=3, help="Fingerprint: independent models trained on --reference-pool to "
+                    "calibrate its null (held out from choosing the points)")] = 30,
+    fingerprint_points: Annotated[int, typer.Option(
+        min=10, help="Fingerprint points asked of the suspect")] = 200,
+    timestamp_url: Annotated[str | None, typer.Option(
+        help="RFC 3161 time-stamping authority URL for the signed bundle "
+             "[default: watermark.timestamp_url]", show_default=False)] = None,
     trust: Annotated[list[str] | None, typer.Option(
         "--trust", help="A type in a skops file to trust; repeat for more")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON")] = False,
 ) -> None:
     """Test whether a suspect model was made from this model's watermarked answers."""
-    from ..watermark import bundle
+    from ..watermark import bundle, timestamp
     from ..watermark.keyring import EvidenceCipher, Keyring
     from ..watermark.marking import Watermarker
     from ..watermark.store import evidence_store_from_url
@@ -149,9 +157,10 @@ def verify_ownership(
                 await store.close()
 
         evidence = asyncio.run(load())
-        plan = _fingerprint_plan(settings, model, reference or [], reference_pool, references,
-                                 fingerprint_points, evidence, keyring.active.derive(
-                                     b"fingerprint:" + model.encode()), trusted)
+        plan = _fingerprint_plan(settings, model, reference_pool, label_column, references,
+                                 fingerprint_points, keyring.active.derive(
+                                     b"fingerprint:" + model.encode()),
+                                 keyring.active.id, trusted)
         target = suspect_from(suspect, key=suspect_key, model=suspect_model,
                               trusted_types=trusted, api=suspect_api, template=suspect_prompt)
     except StoreError as exc:
@@ -159,28 +168,37 @@ def verify_ownership(
     except ModelfenceError as exc:
         raise fail(str(exc), 2 if isinstance(exc, ConfigurationError) else 1) from None
     try:
+        fingerprint = None
+        if plan is not None:
+            with console.status("building the fingerprint (training reference models)…"):
+                fingerprint = plan.build()
         with console.status(f"asking {target.description}…"):
             doc = verify(evidence, target, max_queries=max_queries, alpha=alpha,
-                         include_inputs=include_inputs, fingerprint=plan)
+                         include_inputs=include_inputs, fingerprint=fingerprint)
+        signed = bundle.sign(doc, private)
     except RequestError as exc:
         raise fail(f"the suspect answered {exc.status}: {exc.message}") from None
+    except ConfigurationError as exc:
+        raise fail(str(exc), 2) from None
     except ModelfenceError as exc:
         raise fail(str(exc)) from None
     finally:
         target.close()
-    signed = bundle.sign(doc, private)
+    signed, ts_problem = timestamp.stamp_or_note(signed, timestamp_url or ws.timestamp_url)
     folder = out or Path(f"evidence-{model}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}")
     json_path, html_path = bundle.write(signed, folder)
+    if ts_problem:
+        err_console.print(f"[yellow]not timestamped:[/] {escape(ts_problem)}; the signed "
+                          "bundle was written without one")
     _print_outcome(signed, json_path, html_path, json_out)
 
 
-def _fingerprint_plan(settings: Settings, model: str, reference: list[Path],
-                      reference_pool: str | None, count: int, points: int, evidence: Evidence,
-                      key: bytes, trusted: tuple[str, ...]) -> FingerprintPlan | None:
-    if not reference and reference_pool is None:
+def _fingerprint_plan(settings: Settings, model: str, reference_pool: str | None,
+                      label_column: str | None, calibrators: int, points: int, key: bytes,
+                      key_id: str, trusted: tuple[str, ...]) -> FingerprintPlan | None:
+    """What the fingerprint is built from (`verify.FingerprintPlan`); None without a pool."""
+    if reference_pool is None:
         return None
-    import numpy as np
-
     from ..redteam.data import load_pool
     from ..redteam.victims import victim_source
     from ..watermark.verify import FingerprintPlan
@@ -192,19 +210,13 @@ def _fingerprint_plan(settings: Settings, model: str, reference: list[Path],
                                  "it is served from an upstream server")
     protected = victim_source(entry.backend.path,
                               trusted_types=(*entry.backend.trusted_types, *trusted)).load()
-    refs = [_labeler(victim_source(p, trusted_types=trusted).load()) for p in reference]
-    seeds = np.stack([q.features() for q in evidence.watermark + evidence.control]) if (
-        evidence.watermark or evidence.control) else np.empty((0, protected.n_features))
-    if reference_pool is not None:
-        pool = load_pool(reference_pool, n_features=protected.n_features)
-        if pool.y is None:
-            raise ConfigurationError(f"--reference-pool {reference_pool}: needs true labels")
-        refs += [_labeler_fn(m.predict) for m in _train_references(pool.x, pool.y, count)]
-        seeds = pool.x
-    if len(refs) < 2:
-        raise ConfigurationError("fingerprinting needs at least two reference models "
-                                 "(--reference FILE twice, or --reference-pool)")
-    return FingerprintPlan(_labeler(protected), refs, seeds, key, points)
+    pool = load_pool(reference_pool, n_features=protected.n_features,
+                     label_column=label_column)
+    if pool.y is None:
+        raise ConfigurationError(f"--reference-pool {reference_pool}: needs the true labels "
+                                 "(an .npz with y, or --label-column)")
+    return FingerprintPlan(_labeler(protected), pool.x, pool.y, key, points, calibrators,
+                           key_id)
 
 
 def _labeler(victim: Any) -> Any:
@@ -216,49 +228,49 @@ def _labeler(victim: Any) -> Any:
     return labels
 
 
-def _labeler_fn(predict: Any) -> Any:
-    def labels(x: Any) -> list[str]:
-        return [str(v) for v in predict(x)]
-    return labels
-
-
-def _train_references(x: Any, y: Any, count: int) -> list[Any]:
-    """Independent models on the same labelled data: MLPs of several sizes and seeds."""
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.neural_network import MLPClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    models = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        for i in range(count):
-            models.append(make_pipeline(StandardScaler(), MLPClassifier(
-                hidden_layer_sizes=((32, 64, 128)[i % 3],), solver="lbfgs", alpha=1e-3,
-                max_iter=400, random_state=1000 + i)).fit(x, y))
-    return models
-
-
 def _print_outcome(doc: dict[str, Any], json_path: Path, html_path: Path,
                    json_out: bool) -> None:
     from ..watermark.stats import format_p
 
     verdict = doc["verdict"]
-    decoy = doc["tests"]["decoy"]
+    tests = doc["tests"]
+    sets = tests.get("sets") or []
+    fp = tests.get("fingerprint")
     if json_out:
         console.print_json(orjson.dumps({
-            "accused": verdict["accused"], "p_value": decoy["p_value"],
-            "log2_p": decoy["log2_p"], "alpha": verdict["alpha"],
-            "summary": verdict["summary"], "bundle": str(json_path),
-            "html": str(html_path)}).decode())
+            "accused": verdict["accused"], "log2_p": verdict["log2_p"],
+            "p_value": verdict["p_value"], "alpha": verdict["alpha"],
+            "convicting_set": verdict["convicting_set"], "summary": verdict["summary"],
+            "reasons": verdict["reasons"],
+            "sets": [{k: s.get(k) for k in (
+                "set", "kind", "marks", "controls", "mark_disagreements", "decoy_hits",
+                "control_disagreements", "tested", "log2_p", "log2_p_adjusted")}
+                for s in sets],
+            "fingerprint": None if fp is None else {
+                "log2_p": fp["log2_p"], "points": fp.get("points"),
+                "agreements": fp.get("agreements")},
+            "combined": tests.get("combined"),
+            "bundle": str(json_path), "html": str(html_path)}).decode())
         return
     head = "[bold red]copy identified[/]" if verdict["accused"] else "[bold]not identified[/]"
     console.print(f"{head}: {escape(verdict['summary'])}", soft_wrap=True)
-    console.print(f"p-value {format_p(decoy['log2_p'])} (log2 p = {decoy['log2_p']:.2f}; "
-                  f"{decoy['successes']} of {decoy['trials']} disagreements repeat the "
-                  f"watermark)")
+    if verdict["convicting_set"]:
+        console.print(f"convicting set: {escape(verdict['convicting_set'])}")
+    table = Table("set", "marks", "controls", "disagree (marks / controls)", "p",
+                  "adjusted p")
+    for s in sets:
+        table.add_row(escape(str(s["set"])), str(s["marks"]), str(s["controls"]),
+                      f"{s['mark_disagreements']} / {s['control_disagreements']}",
+                      format_p(s["log2_p"]),
+                      format_p(s["log2_p_adjusted"]) if s["tested"] else "not tested")
+    if sets:
+        console.print(table)
+    if fp is not None:
+        console.print(f"fingerprint: p = {format_p(fp['log2_p'])} ({fp.get('agreements')} of "
+                      f"{fp.get('points')} points agree)")
+    console.print(f"p-value {format_p(verdict['log2_p'])} (log2 p = {verdict['log2_p']:.2f})")
+    for reason in verdict["reasons"]:
+        console.print(f"  - {escape(reason)}", soft_wrap=True)
     console.print(f"evidence: {json_path} (signed), {html_path}")
 
 

@@ -1,15 +1,21 @@
-"""Ownership verification: ask a suspect the watermarked questions, test, make the bundle.
+"""Ownership verification: ask a suspect the recorded questions, test every set, make the bundle.
 
 1. `gather` reads the evidence records of a model (optionally of one principal), opens
    sealed inputs, and keeps only records whose input matches its digest and whose decoy the
    watermark key derives: the decoys were fixed by the key when the answers were given, not
-   chosen after seeing the suspect. Records of the same input merge (every principal who
-   received that answer is named).
-2. `verify` asks the suspect at most `max_queries` of them (watermark inputs first, up to a
-   fifth controls), compares its answers with the watermark labels and the model's own, and
-   runs the tests of `stats` (the decoy test gives the verdict), per principal as well.
-3. Optionally, a fingerprint of the decision boundary gives a second opinion
-   (`fingerprint`).
+   chosen after seeing the suspect. Records of the same input merge (every principal and
+   tenant who received that answer is named).
+2. `verify` asks the suspect each distinct recorded input once, at most `max_queries` of
+   them: marks first (at least half the budget when there are more), then controls. Both
+   are taken in the order of the inputs' SHA-256, an order independent of the watermark key,
+   so every set keeps its share and its marks and controls stay exchangeable (`stats`).
+3. Sets: every principal, every tenant, and all records, each with its own marks and the
+   controls of the same callers (sets holding the same records are tested once). Each set
+   gets the copy test (`stats.copy_test`); a set is tested when even a perfect copy could
+   reach alpha with its records, and the p-values are corrected by Bonferroni over the sets
+   tested, so neither the all-records test nor a per-principal one can hide the other.
+4. The fingerprint (keyed points, no marks needed), when given, is its own test; the
+   verdict's p is Fisher's combination of the best set's corrected p and the fingerprint's.
 
 The result is the unsigned bundle (a dict); `bundle.sign` signs it.
 """
@@ -23,23 +29,37 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..errors import ConfigurationError
 from .bundle import BUNDLE_TYPE
-from .fingerprint import Labeler, boundary_points, compare
+from .fingerprint import Labeler
 from .keyring import EvidenceCipher
 from .marking import Watermarker
-from .stats import LN2, conservative_test, decoy_test, format_p
+from .stats import (
+    LN2,
+    LOG2_P_FLOOR,
+    TestResult,
+    bonferroni,
+    conservative_test,
+    copy_test,
+    decoy_test,
+    fisher_combine,
+    format_p,
+    perfect_copy_log2_p,
+)
 from .store import EvidenceRecord, EvidenceStore
 from .suspect import Suspect
 
+if TYPE_CHECKING:
+    from .fingerprint import Fingerprint
+
 Array = np.ndarray[Any, Any]
-DEFAULT_MAX_QUERIES = 500
+DEFAULT_MAX_QUERIES = 2000
 DEFAULT_ALPHA = 1e-6
-CONTROL_SHARE = 5  # at most 1/5 of the queries go to control inputs
+_KIND_ORDER = {"principal": 0, "tenant": 1, "all": 2}
 
 
 @dataclass
@@ -123,26 +143,89 @@ async def gather(store: EvidenceStore, model: str, *, principal: str | None = No
 
 @dataclass(frozen=True)
 class FingerprintPlan:
-    """The protected model, reference models trained independently, rows to search from."""
+    """What a fingerprint is built from when none is given ready-made: the protected model,
+    labelled rows of its domain (its training data is best), the fingerprint key; built by
+    `fingerprint.build_fingerprint` (references trained on those rows calibrate its null)."""
 
     protected: Labeler
-    references: list[Labeler]
-    seeds: Array
+    x: Array
+    y: Array
     key: bytes
     points: int = 200
+    calibrators: int = 30
+    key_id: str = ""
+
+    def build(self) -> Fingerprint:
+        from .fingerprint import build_fingerprint
+
+        return build_fingerprint(self.protected, self.x, self.y, key=self.key,
+                                 points=self.points, calibrators=self.calibrators,
+                                 key_id=self.key_id)
+
+
+@dataclass
+class RecordSet:
+    """The records one group of callers received: marks and controls, as asked."""
+
+    name: str
+    kind: str
+    marks: list[Question]
+    controls: list[Question]
+    same_as: list[str] = field(default_factory=list)
+
+
+def record_sets(evidence: Evidence) -> list[RecordSet]:
+    """Every principal, tenant and all records holding at least one mark; a group holding
+    the same records as an earlier one is merged into it (named in `same_as`)."""
+    if not evidence.watermark:
+        return []
+    names: list[tuple[str, str]] = []
+    if evidence.principal is not None:
+        names.append(("principal", evidence.principal))
+    else:
+        names += [("principal", p) for p in sorted({p for q in evidence.watermark
+                                                    for p in q.principals})]
+        names += [("tenant", t) for t in sorted({t for q in evidence.watermark
+                                                 for t in q.tenants})]
+        names.append(("all", "all"))
+    out: list[RecordSet] = []
+    seen: dict[tuple[frozenset[str], frozenset[str]], RecordSet] = {}
+    for kind, name in names:
+        marks = [q for q in evidence.watermark if _member(q, kind, name)]
+        controls = [q for q in evidence.control if _member(q, kind, name)]
+        label = "all" if kind == "all" else f"{kind}:{name}"
+        key = (frozenset(q.digest for q in marks), frozenset(q.digest for q in controls))
+        if key in seen:
+            seen[key].same_as.append(label)
+            continue
+        seen[key] = RecordSet(label, kind, marks, controls)
+        out.append(seen[key])
+    return out
+
+
+def _member(q: Question, kind: str, name: str) -> bool:
+    if kind == "principal":
+        return name in q.principals
+    if kind == "tenant":
+        return name in q.tenants
+    return True
+
+
+def plan_queries(evidence: Evidence, max_queries: int) -> tuple[list[Question], list[Question]]:
+    """The marks and controls to ask: marks first (at least half the budget when both are
+    plentiful), each kind in SHA-256 order (independent of the key); sizes from counts alone."""
+    n_wm = min(len(evidence.watermark), max(max_queries // 2, max_queries - len(evidence.control)))
+    n_ctl = min(len(evidence.control), max_queries - n_wm)
+    return evidence.watermark[:n_wm], evidence.control[:n_ctl]
 
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
-def _finite(v: float | None) -> float | None:
-    return v if v is not None and math.isfinite(v) else None
-
-
 def verify(evidence: Evidence, suspect: Suspect, *, max_queries: int = DEFAULT_MAX_QUERIES,
            alpha: float = DEFAULT_ALPHA, include_inputs: bool = False,
-           fingerprint: FingerprintPlan | None = None) -> dict[str, Any]:
+           fingerprint: Fingerprint | FingerprintPlan | None = None) -> dict[str, Any]:
     """Ask, compare, test: the unsigned evidence bundle."""
     from .. import __version__
 
@@ -152,10 +235,8 @@ def verify(evidence: Evidence, suspect: Suspect, *, max_queries: int = DEFAULT_M
         raise ConfigurationError("alpha must be between 0 and 1")
     started = datetime.now(UTC).timestamp()
     asked_before = suspect.asked
-    n_ctl = min(len(evidence.control), max_queries // CONTROL_SHARE)
-    n_wm = min(len(evidence.watermark), max_queries - n_ctl)
-    n_ctl = min(len(evidence.control), max_queries - n_wm)
-    asked = evidence.watermark[:n_wm] + evidence.control[:n_ctl]
+    wm_asked, ctl_asked = plan_queries(evidence, max_queries)
+    asked = wm_asked + ctl_asked
     widths = {len(q.row) // 4 for q in asked}
     if len(widths) > 1:
         raise ConfigurationError(f"evidence inputs have different widths {sorted(widths)}")
@@ -164,24 +245,21 @@ def verify(evidence: Evidence, suspect: Suspect, *, max_queries: int = DEFAULT_M
                                  f"recorded inputs have {widths.pop()}")
     answers = suspect.labels(np.stack([q.features() for q in asked])) if asked else []
     queries = [_query(q, a, include_inputs) for q, a in zip(asked, answers, strict=True)]
+    by_digest = {(q["kind"], q["input_sha256"]): q for q in queries}
+    log2_alpha = math.log(alpha) / LN2
+    sets = _test_sets(evidence, by_digest, log2_alpha)
     wm = [q for q in queries if q["kind"] == "watermark"]
     ctl = [q for q in queries if q["kind"] == "control"]
-    k = min((q.n_classes for q in evidence.watermark[:n_wm]), default=2)
+    k = min((q.n_classes for q in wm_asked), default=2)
     matches = sum(q["repeats_watermark"] for q in wm)
     disagree = sum(not q["agrees_with_model"] for q in wm)
-    decoy = decoy_test(matches, disagree, k)
     ctl_disagree = sum(not q["agrees_with_model"] for q in ctl)
     conservative = conservative_test(matches, len(wm), ctl_disagree, len(ctl))
-    fp = None
-    if fingerprint is not None:
-        points, labels = boundary_points(fingerprint.protected, fingerprint.seeds,
-                                         fingerprint.key, fingerprint.points)
-        fp = compare(suspect.labels(points), labels,
-                     [list(ref(points)) for ref in fingerprint.references]).to_dict()
-        fp["log2_p_normal"] = _finite(fp["log2_p_normal"])
+    fp = _fingerprint(fingerprint, suspect)
+    combined = _combined(sets, fp)
     finished = datetime.now(UTC).timestamp()
     return {
-        "type": BUNDLE_TYPE, "v": 1, "modelfence": __version__,
+        "type": BUNDLE_TYPE, "v": 2, "modelfence": __version__,
         "model": evidence.model, "principal": evidence.principal,
         "started": _iso(started), "finished": _iso(finished),
         "suspect": {"kind": suspect.kind, "description": suspect.description,
@@ -189,24 +267,18 @@ def verify(evidence: Evidence, suspect: Suspect, *, max_queries: int = DEFAULT_M
         "evidence": {"records": evidence.records, "distinct_watermark_inputs":
                      len(evidence.watermark), "distinct_control_inputs": len(evidence.control),
                      "excluded": evidence.excluded, "watermark_keys": evidence.key_ids,
-                     "asked": {"watermark": len(wm), "control": len(ctl)}},
+                     "asked": {"watermark": len(wm), "control": len(ctl)},
+                     "max_queries": max_queries},
         "queries": queries,
-        "tests": {"decoy": _test(decoy.to_dict()),
-                  "conservative": None if conservative is None else _test(
-                      conservative.to_dict())},
+        "tests": {
+            "sets": sets, "fingerprint": fp, "combined": combined,
+            # over every mark asked, for comparison with the first bundles (not the verdict's)
+            "decoy": decoy_test(matches, disagree, k).to_dict() if wm else None,
+            "conservative": None if conservative is None else conservative.to_dict()},
         "control": {"asked": len(ctl), "disagreements": ctl_disagree,
                     "decoy_hits": sum(q["suspect_label"] == q["watermark_label"] for q in ctl)},
-        "by_principal": _by_principal(wm, k),
-        "fingerprint": fp,
-        "verdict": _verdict(decoy.log2_p, None if conservative is None else conservative.log2_p,
-                            alpha,
-                            len(wm), matches, disagree, k),
+        "verdict": _verdict(evidence, sets, fp, combined, alpha, fingerprint is not None),
     }
-
-
-def _test(d: dict[str, Any]) -> dict[str, Any]:
-    d["log2_p"] = max(d["log2_p"], -1e9)  # JSON has no -inf (never reached: p0 > 0)
-    return d
 
 
 def _query(q: Question, answer: str, include_inputs: bool) -> dict[str, Any]:
@@ -224,42 +296,188 @@ def _query(q: Question, answer: str, include_inputs: bool) -> dict[str, Any]:
     return out
 
 
-def _by_principal(wm: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
-    """The decoy test restricted to the answers each principal received."""
-    names = sorted({p for q in wm for p in q["principals"]})
-    out = []
-    for name in names:
-        mine = [q for q in wm if name in q["principals"]]
-        x = sum(q["repeats_watermark"] for q in mine)
-        m = sum(not q["agrees_with_model"] for q in mine)
-        t = decoy_test(x, m, k)
-        tenants = sorted({t for q in mine for t in q["tenants"]})
-        out.append({"principal": name, "tenants": tenants, "watermark_inputs": len(mine),
-                    "repeats": x, "disagreements": m, "log2_p": max(t.log2_p, -1e9),
-                    "p_value": t.p_value})
-    return sorted(out, key=lambda d: (d["log2_p"], d["principal"]))
+def _test_sets(evidence: Evidence, asked: dict[tuple[str, str], dict[str, Any]],
+               log2_alpha: float) -> list[dict[str, Any]]:
+    """The copy test of every set, on the answers to its asked marks and controls."""
+    rows = []
+    for s in record_sets(evidence):
+        wm = [asked[("watermark", q.digest)] for q in s.marks if ("watermark", q.digest) in asked]
+        ctl = [asked[("control", q.digest)] for q in s.controls if ("control", q.digest) in asked]
+        k = min((q.n_classes for q in s.marks), default=2)
+        mark_dis = sum(not q["agrees_with_model"] for q in wm)
+        hits = sum(q["repeats_watermark"] for q in wm)
+        ctl_dis = sum(not q["agrees_with_model"] for q in ctl)
+        result = copy_test(len(wm), mark_dis, hits, len(ctl), ctl_dis, k)
+        best = perfect_copy_log2_p(len(wm), len(ctl), k)
+        rows.append({
+            "set": s.name, "kind": s.kind, "same_as": s.same_as, "n_classes": k,
+            "marks_recorded": len(s.marks), "controls_recorded": len(s.controls),
+            "marks": len(wm), "controls": len(ctl), "mark_disagreements": mark_dis,
+            "decoy_hits": hits, "control_disagreements": ctl_dis,
+            "log2_p": max(result.log2_p, LOG2_P_FLOOR), "p_value": result.p_value,
+            "best_possible_log2_p": max(best, LOG2_P_FLOOR),
+            "tested": bool(wm) and best <= log2_alpha,
+            "log2_p_adjusted": None, "p_value_adjusted": None,
+            "statement": result.statement,
+            "parts": [p.to_dict() for p in result.parts]})
+    if rows and not any(r["tested"] for r in rows):
+        # no set can reach alpha alone: the one that comes closest is tested (it may still
+        # count with the fingerprint), alone
+        best_row = min((r for r in rows if r["marks"]), default=None,
+                       key=lambda r: (r["best_possible_log2_p"], _KIND_ORDER[r["kind"]]))
+        if best_row is not None:
+            best_row["tested"] = True
+    n = sum(r["tested"] for r in rows)
+    for r in rows:
+        if r["tested"]:
+            r["log2_p_adjusted"] = max(bonferroni(r["log2_p"], n), LOG2_P_FLOOR)
+            r["p_value_adjusted"] = _p(r["log2_p_adjusted"])
+            r["sets_tested"] = n
+    return sorted(rows, key=lambda r: (r["log2_p_adjusted"] is None,
+                                       r["log2_p_adjusted"] or 0.0, _KIND_ORDER[r["kind"]],
+                                       r["set"]))
 
 
-def _verdict(log2_p: float, log2_p_conservative: float | None, alpha: float, n: int,
-             matches: int, disagree: int, k: int) -> dict[str, Any]:
+def _p(log2_p: float) -> float:
+    return 2.0 ** log2_p if log2_p > -1074 else 0.0
+
+
+def _fingerprint(fingerprint: Fingerprint | FingerprintPlan | None,
+                 suspect: Suspect) -> dict[str, Any] | None:
+    if fingerprint is None:
+        return None
+    if isinstance(fingerprint, FingerprintPlan):
+        fingerprint = fingerprint.build()
+    from .fingerprint import fingerprint_test
+
+    result: TestResult = fingerprint_test(fingerprint, suspect.labels(fingerprint.points))
+    return {**result.to_dict(), "points": fingerprint.n, "agreements": result.successes,
+            "null_mean_agreement": result.p0, "key_id": fingerprint.key_id,
+            "calibration_models": len(fingerprint.calibration)}
+
+
+def _combined(sets: list[dict[str, Any]], fp: dict[str, Any] | None) -> dict[str, Any] | None:
+    tested = [s for s in sets if s["tested"]]
+    inputs: list[float] = []
+    names: list[str] = []
+    if tested:
+        inputs.append(tested[0]["log2_p_adjusted"])
+        names.append(f"copy test of {tested[0]['set']} (Bonferroni over {len(tested)} sets)")
+    if fp is not None:
+        inputs.append(fp["log2_p"])
+        names.append(str(fp.get("name", "fingerprint")))
+    if not inputs:
+        return None
+    log2_p = max(fisher_combine(inputs), LOG2_P_FLOOR)
+    return {"method": "Fisher" if len(inputs) > 1 else "single test", "log2_p": log2_p,
+            "p_value": _p(log2_p), "inputs": inputs, "tests": names}
+
+
+def _verdict(evidence: Evidence, sets: list[dict[str, Any]], fp: dict[str, Any] | None,
+             combined: dict[str, Any] | None, alpha: float,
+             fingerprint_given: bool) -> dict[str, Any]:
     log2_alpha = math.log(alpha) / LN2
-    accused = n > 0 and log2_p <= log2_alpha
-    best = n * math.log2(1.0 / (k - 1)) if n else 0.0
+    log2_p = combined["log2_p"] if combined is not None else 0.0
+    accused = combined is not None and log2_p <= log2_alpha
+    tested = [s for s in sets if s["tested"]]
+    best = tested[0] if tested else None
+    reasons: list[str] = []
+    who = f" for principal {evidence.principal}" if evidence.principal is not None else ""
+    if not evidence.watermark:
+        reasons.append(f"no marked answers of model {evidence.model} are recorded{who}: "
+                       "the watermark test had nothing to ask")
+    for s in tested:
+        reasons.append(_set_reason(s))
+    untested = [s for s in sets if not s["tested"]]
+    if untested:
+        reasons.append(f"{len(untested)} set(s) not tested because even a perfect copy could "
+                       "not reach alpha with their records: " + ", ".join(
+                           f"{s['set']} ({s['marks']} marks, {s['controls']} controls)"
+                           for s in untested[:5]) + (" …" if len(untested) > 5 else ""))
+    if fp is not None:
+        reasons.append(f"fingerprint ({fp.get('name', 'fingerprint')}): p = "
+                       f"{format_p(fp['log2_p'])}")
+    elif not fingerprint_given:
+        reasons.append("fingerprint not run: no reference data was given (--reference-pool)")
+    if combined is not None and combined["method"] == "Fisher":
+        reasons.append(f"Fisher's combination of the best set's corrected p and the "
+                       f"fingerprint's: p = {format_p(log2_p)}")
+    if evidence.excluded:
+        reasons.append("records left out: " + ", ".join(
+            f"{n} ({why})" for why, n in sorted(evidence.excluded.items())))
+    convicting = best["set"] if accused and best is not None else None
+    summary = _summary(accused, best, fp, log2_p, alpha, log2_alpha, evidence, who)
+    if not accused:
+        reasons = _why_not(best, fp, log2_alpha, alpha) + reasons
+    return {"accused": accused, "alpha": alpha, "log2_p": log2_p,
+            "p_value": _p(log2_p), "convicting_set": convicting,
+            "tests": combined["tests"] if combined is not None else [],
+            "summary": summary, "reasons": reasons}
+
+
+def _set_reason(s: dict[str, Any]) -> str:
+    text = (f"{s['set']}: the suspect disagrees with the protected model on "
+            f"{s['mark_disagreements']} of {s['marks']} marked inputs and on "
+            f"{s['control_disagreements']} of {s['controls']} controls")
+    if s["n_classes"] > 2:
+        text += f", and gives our altered answer on {s['decoy_hits']} of the marked inputs"
+    return (text + f"; p = {format_p(s['log2_p'])}, {format_p(s['log2_p_adjusted'])} after "
+            f"Bonferroni over {s['sets_tested']} set(s)")
+
+
+def _summary(accused: bool, best: dict[str, Any] | None, fp: dict[str, Any] | None,
+             log2_p: float, alpha: float, log2_alpha: float, evidence: Evidence,
+             who: str) -> str:
     if accused:
-        summary = (f"the suspect repeats {matches} of {n} watermark answers; a model made "
-                   f"without them would do so with p = {format_p(log2_p)} "
-                   f"(<= alpha = {alpha:g}): it was made from this model's watermarked answers")
-        if log2_p_conservative is not None and log2_p_conservative > log2_alpha:
-            summary += (f" (the conservative cross-check alone gives p = "
-                        f"{format_p(log2_p_conservative)})")
-    elif n == 0:
-        summary = "no watermark records to ask: nothing to test"
-    elif best > log2_alpha:
-        summary = (f"inconclusive: only {n} watermark inputs; even a perfect copy could only "
-                   f"reach p = {format_p(best)} > alpha = {alpha:g}")
-    else:
-        summary = (f"no evidence of copying: the suspect repeats {matches} of {n} watermark "
-                   f"answers (disagreeing with the model on {disagree}); p = "
-                   f"{format_p(log2_p)} > alpha = {alpha:g}")
-    return {"accused": accused, "alpha": alpha, "log2_p": max(log2_p, -1e9),
-            "test": "decoy", "summary": summary}
+        parts = []
+        if best is not None and best["log2_p_adjusted"] <= log2_alpha + 1e-9:
+            repeats = best["decoy_hits"] if best["n_classes"] > 2 else best["mark_disagreements"]
+            parts.append(f"the answers {best['set']} received: the suspect repeats "
+                         f"{repeats} of their {best['marks']} altered answers")
+        elif best is not None:
+            parts.append(f"the answers {best['set']} received (p = "
+                         f"{format_p(best['log2_p_adjusted'])} on their own)")
+        if fp is not None:
+            parts.append(f"the fingerprint (p = {format_p(fp['log2_p'])} on its own)")
+        return (f"the suspect was made from this model's answers; shown by "
+                f"{' and '.join(parts)}; p = {format_p(log2_p)} <= alpha = {alpha:g}")
+    if best is None and fp is None:
+        return (f"inconclusive: no marked answers of model {evidence.model} are "
+                f"recorded{who} and no fingerprint was given: nothing was tested")
+    if best is None:
+        assert fp is not None
+        return (f"not identified: no marked answers of model {evidence.model} are "
+                f"recorded{who}, and the fingerprint alone gives p = {format_p(log2_p)} > "
+                f"alpha = {alpha:g}")
+    if best["best_possible_log2_p"] > log2_alpha:
+        return (f"inconclusive: too few marked answers to convict even a perfect copy "
+                f"({best['set']} holds {best['marks']} marked answers asked; the best "
+                f"possible p is {format_p(best['best_possible_log2_p'])} > alpha = "
+                f"{alpha:g}); p = {format_p(log2_p)}")
+    return (f"no evidence of copying: p = {format_p(log2_p)} > alpha = {alpha:g}, where a "
+            "perfect copy of the answers these callers received would have been identified")
+
+
+def _why_not(best: dict[str, Any] | None, fp: dict[str, Any] | None, log2_alpha: float,
+             alpha: float) -> list[str]:
+    """Why no conviction, first in the reasons, in words."""
+    out = []
+    if best is not None and best["best_possible_log2_p"] > log2_alpha:
+        holder = {"principal": "the principal", "tenant": "the tenant"}.get(
+            best["kind"], "all records together")
+        out.append(f"too few marks: {holder} ({best['set']}) holds {best['marks']} marked "
+                   f"answers asked; even a perfect copy could reach only p = "
+                   f"{format_p(best['best_possible_log2_p'])} with {best['marks']} marks and "
+                   f"{best['controls']} controls, above alpha = {alpha:g}")
+        if best["controls"] == 0:
+            out.append(f"{best['set']} has no control answers asked: the disagreement test "
+                       "has no baseline without them")
+    elif best is not None:
+        out.append(f"the suspect disagrees with the protected model on marked inputs about "
+                   f"as often as on controls ({best['mark_disagreements']} of {best['marks']} "
+                   f"against {best['control_disagreements']} of {best['controls']} in "
+                   f"{best['set']}): what a model made without the marked answers does")
+    if fp is not None and fp["log2_p"] > log2_alpha:
+        out.append(f"the fingerprint does not single the suspect out: p = "
+                   f"{format_p(fp['log2_p'])}")
+    return out
