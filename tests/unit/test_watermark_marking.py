@@ -257,3 +257,22 @@ async def test_a_store_that_cannot_answer_leaves_the_marks_as_they_would_be(
     assert guard.repeat_checks_failed == 2 and guard.truthful_repeats == 0
     digests = {hashlib.sha256(r).hexdigest() for r in row_bytes(x)}
     assert {r.input_sha256 for r in await store.records("digits")} <= digests
+
+
+def test_the_gateway_plans_from_the_plan_file_and_a_bad_one_fails_start_up(
+        digits: ModelEntry, tmp_path: Path) -> None:
+    from modelfence.errors import ConfigurationError
+    from modelfence.watermark.guard import build_watermark
+
+    (tmp_path / "k").write_text("s" * 40)
+    plan = tmp_path / "plan.json"
+    ws = WatermarkSettings(keys=[{"id": "k1", "secret_file": "k"}], plan_file="plan.json",
+                           evidence_store="memory://").resolved(tmp_path)
+    with pytest.raises(ConfigurationError, match=r"plan_file .* cannot read"):
+        build_watermark(ws, {"digits": digits})
+    plan.write_text('{"version": 1, "models": {"digits": {"n_classes": 10, '
+                    '"disagreement": 0.02}}}')
+    guard = build_watermark(ws, {"digits": digits})
+    assert guard.repeats == "truthful" and guard.marker.control_ratio == 10
+    assert guard.marker.fraction(0.0, "digits", 10) == model_rate(ws, 10, 0.02)[1].fraction
+    assert guard.marker.fraction(0.0, "other", 10) == model_rate(ws, 10, 0.1)[1].fraction

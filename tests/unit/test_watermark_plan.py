@@ -117,3 +117,13 @@ def test_a_broken_plan_file_is_one_line_and_exit_2(config: Path, tmp_path: Path)
     (tmp_path / "plan.json").write_text("{not json")
     out = run("--config", str(config))
     assert out.exit_code == 2 and "not JSON" in out.output
+
+
+def test_nothing_to_plan_is_an_error(config: Path) -> None:
+    text = yaml.safe_load(config.read_text())
+    text["watermark"]["models"] = ["remote"]
+    config.write_text(yaml.safe_dump(text))
+    out = run("--config", str(config))
+    assert out.exit_code == 2 and "no model could be planned" in " ".join(out.output.split())
+    out = run("--config", str(config), "--model", "digits")
+    assert out.exit_code == 2 and "not watermarked" in out.output

@@ -114,7 +114,10 @@ def plan(
         plans.append(p)
         entries[name] = {**p.to_dict(), "measurement": (
             measurement.to_dict() if measurement is not None else None)}
-    if write is not None and entries:
+    if not entries:
+        raise fail("no model could be planned: " + "; ".join(
+            f"{s['model']}: {s['reason']}" for s in skipped), 2)
+    if write is not None:
         try:
             write_plan(write, entries)
         except ModelfenceError as exc:
@@ -125,9 +128,9 @@ def plan(
             "fraction": ws.fraction, "max_fraction": ws.max_fraction,
             "control_ratio": ws.control_ratio, "repeats": ws.repeats,
             "models": list(entries.values()), "skipped": skipped,
-            "written": str(write) if write is not None and entries else None}).decode())
+            "written": str(write) if write is not None else None}).decode())
         return
-    _print(plans, skipped, ws, write if entries else None)
+    _print(plans, skipped, ws, write)
 
 
 def _models(settings: Settings, ws: WatermarkSettings, model: str | None,

@@ -19,6 +19,7 @@
       active: "2025"             # default: the last key listed
       evidence_store: sqlite:///watermark-evidence.db
       evidence_key_file: evidence.key   # AES-256-GCM key; without it inputs are kept in clear
+      timestamp_url: null        # an RFC 3161 time-stamping authority for evidence bundles
 
 Secrets are read by `Keyring.from_settings` at start, never kept on the settings object.
 
