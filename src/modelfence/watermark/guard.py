@@ -10,8 +10,9 @@ class swap values. Whatever shaping does, the watermark reaches the caller intac
 With ``repeats: truthful`` the rows drawn as marks are looked up in the evidence store (one
 query per request, only when some row is drawn): an input this principal already holds
 marked is answered truthfully and not recorded again, so a repeat user pays for a marked
-input once. When the store cannot answer, the rows are marked as usual (counted in
-`repeat_checks_failed`): the answers stay what they would be without the lookup.
+input once. When the store cannot answer (PostgreSQL: within 1 s, as the lookup delays the
+answer), the rows are marked as usual (counted in `repeat_checks_failed`): the answers are
+then what they would be without the lookup.
 
 Recording runs in the complete phase, after the answer left (or just before it, under
 strict audit durability): the records are sealed and written to the evidence store there.

@@ -233,9 +233,11 @@ class SqliteEvidenceStore(EvidenceStore):
 class PostgresEvidenceStore(EvidenceStore):
     """Shared by replicas; a pooled async connection per call."""
 
-    def __init__(self, url: str, *, timeout_s: float = 5.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 5.0,
+                 lookup_timeout_s: float = 1.0) -> None:
         self._url = url
         self._timeout = timeout_s
+        self._lookup_timeout = lookup_timeout_s  # marked_before runs before an answer
         self._pool: Any = None
         self._breaker = pool_breaker(STORE, "postgresql watermark evidence store",
                                      lambda: self._pool)
@@ -275,11 +277,12 @@ class PostgresEvidenceStore(EvidenceStore):
         if not digests:
             return set()
         sql = _MARKED.format(p="%s", match="= ANY(%s)")
-        (rows,) = await self._run([(sql, (model, principal, sorted(set(digests))))])
+        (rows,) = await self._run([(sql, (model, principal, sorted(set(digests))))],
+                                  timeout_s=self._lookup_timeout)
         return {r[0] for r in rows}
 
-    async def _run(self, statements: list[tuple[str, tuple[Any, ...]]]
-                   ) -> list[list[tuple[Any, ...]]]:
+    async def _run(self, statements: list[tuple[str, tuple[Any, ...]]], *,
+                   timeout_s: float | None = None) -> list[list[tuple[Any, ...]]]:
         """Run statements on one pooled connection; the rows each one returned."""
         if not statements:
             return []
@@ -296,7 +299,7 @@ class PostgresEvidenceStore(EvidenceStore):
                 return out
 
         try:
-            return await self._breaker.run(run, timeout_s=self._timeout)
+            return await self._breaker.run(run, timeout_s=timeout_s or self._timeout)
         except StoreError:
             raise
         except Exception as exc:  # not an outage (a constraint, bad data): this call only
