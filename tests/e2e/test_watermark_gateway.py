@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, cast
 
 import httpx2 as httpx
 import pytest
@@ -57,7 +58,7 @@ def test_a_thief_through_the_gateway_is_identified(tmp_path: Path,
                 oracle.close()
             xs, labels, _ = rec.transcript()
             thief = make_thief("mlp", 0).fit(xs, labels, None, 10)
-        sio.dump(thief._model, tmp_path / "stolen.skops")
+        sio.dump(cast(Any, thief)._model, tmp_path / "stolen.skops")
 
         records = cli("watermark", "records", "--model", "digits", "--config", str(gw.config))
         assert "mallory" in records.stdout

@@ -405,12 +405,21 @@ def _verdict(evidence: Evidence, sets: list[dict[str, Any]], fp: dict[str, Any] 
     if evidence.excluded:
         reasons.append("records left out: " + ", ".join(
             f"{n} ({why})" for why, n in sorted(evidence.excluded.items())))
-    convicting = best["set"] if accused and best is not None else None
-    summary = _summary(accused, best, fp, log2_p, alpha, log2_alpha, evidence, who)
+    set_alone = best is not None and best["log2_p_adjusted"] <= log2_alpha
+    fp_alone = fp is not None and fp["log2_p"] <= log2_alpha
+    # what carried a conviction: each test that reaches alpha alone, else both together
+    set_carried = accused and best is not None and (set_alone or not fp_alone)
+    fp_carried = accused and fp is not None and (fp_alone or not set_alone)
+    convicting = best["set"] if set_carried and best is not None else None
+    carried_by = ([f"copy test of {convicting}"] if convicting else []) + (
+        [str(fp.get("name", "fingerprint"))] if fp_carried and fp is not None else [])
+    summary = _summary(accused, best if set_carried or not accused else None,
+                       fp if fp_carried or not accused else None, log2_p, alpha, log2_alpha,
+                       evidence, who)
     if not accused:
         reasons = _why_not(best, fp, log2_alpha, alpha) + reasons
     return {"accused": accused, "alpha": alpha, "log2_p": log2_p,
-            "p_value": _p(log2_p), "convicting_set": convicting,
+            "p_value": _p(log2_p), "convicting_set": convicting, "carried_by": carried_by,
             "tests": combined["tests"] if combined is not None else [],
             "summary": summary, "reasons": reasons}
 
@@ -428,15 +437,14 @@ def _set_reason(s: dict[str, Any]) -> str:
 def _summary(accused: bool, best: dict[str, Any] | None, fp: dict[str, Any] | None,
              log2_p: float, alpha: float, log2_alpha: float, evidence: Evidence,
              who: str) -> str:
+    """One sentence; when accused, `best` and `fp` are the tests that carried it (or None)."""
     if accused:
         parts = []
-        if best is not None and best["log2_p_adjusted"] <= log2_alpha + 1e-9:
+        if best is not None:
             repeats = best["decoy_hits"] if best["n_classes"] > 2 else best["mark_disagreements"]
-            parts.append(f"the answers {best['set']} received: the suspect repeats "
-                         f"{repeats} of their {best['marks']} altered answers")
-        elif best is not None:
-            parts.append(f"the answers {best['set']} received (p = "
-                         f"{format_p(best['log2_p_adjusted'])} on their own)")
+            parts.append(f"the answers {best['set']} received (the suspect repeats {repeats} "
+                         f"of their {best['marks']} altered answers; p = "
+                         f"{format_p(best['log2_p_adjusted'])} on its own)")
         if fp is not None:
             parts.append(f"the fingerprint (p = {format_p(fp['log2_p'])} on its own)")
         return (f"the suspect was made from this model's answers; shown by "
