@@ -52,7 +52,7 @@ class Measurement:
 def plan(
     config: ConfigOption = None,
     model: Annotated[str | None, typer.Option(
-        help="Only this model [default: every watermarked model]", show_default=False)] = None,
+        help="Only this model (default: every watermarked model)", show_default=False)] = None,
     data: Annotated[str | None, typer.Option(
         help="Labelled rows of the model's task, ideally not its training rows (.npz with "
              "x and y, .csv/.parquet with --label-column, or sklearn:NAME): reference models "
