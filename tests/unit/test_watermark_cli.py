@@ -251,3 +251,35 @@ def test_printed_outcome_names_the_convicting_set_and_each_test(setup: Setup) ->
     assert "copy identified" in result.output
     assert "convicting set: principal:mallory" in result.output
     assert "adjusted p" in result.output and "fingerprint not run" in result.output
+
+
+def test_every_set_by_default_and_one_with_principal(setup: Setup) -> None:
+    # an honest caller of another tenant holds answers too
+    honest = WatermarkedOracle(setup.oracle._inner, setup.oracle.marker, model="digits",
+                               principal="alice", tenant="globex")
+    honest.ask(np.clip(setup.x + np.random.default_rng(3).normal(0, 0.05, setup.x.shape), 0, 1))
+
+    async def record() -> None:
+        store = evidence_store_from_url(setup.watermark.evidence_store)
+        await store.open()
+        await store.add(honest.records)
+        await store.close()
+
+    asyncio.run(record())
+    stolen = thief_file(setup)
+    trust = ["--trust", "sklearn.neural_network._multilayer_perceptron.MLPClassifier"]
+    every = run("verify-ownership", "--suspect", str(stolen), "--model", "digits", "--out",
+                str(setup.folder / "every"), *trust, "--json")
+    assert every.exit_code == 0, every.output
+    outcome = orjson.loads(every.stdout)
+    names = [s["set"] for s in outcome["sets"]]
+    assert sorted(names) == ["all", "principal:alice", "principal:mallory"]
+    assert outcome["convicting_set"] == "principal:mallory" and outcome["accused"]
+    alice = next(s for s in outcome["sets"] if s["set"] == "principal:alice")
+    assert alice["log2_p_adjusted"] > -10
+    one = run("verify-ownership", "--suspect", str(stolen), "--model", "digits", "--out",
+              str(setup.folder / "one"), "--principal", "alice", *trust, "--json")
+    assert one.exit_code == 0, one.output
+    outcome = orjson.loads(one.stdout)
+    assert [s["set"] for s in outcome["sets"]] == ["principal:alice"]
+    assert not outcome["accused"] and outcome["convicting_set"] is None
