@@ -11,7 +11,9 @@ callers' inputs. The key is secret, so under H0 ("the suspect was made without o
 answers") the suspect's answer to an input does not depend on whether u made it a mark:
 given the recorded inputs of a set and how many are marks, which ones are marks is a uniform
 random subset (the draw is a pseudo-random function of the input; this holds whatever rate
-was in force when each was recorded). The suspect's disagreements with our model on marks and
+was in force when each was recorded, as long as controls were kept at the same ratio to marks,
+and assumes a caller's choice of inputs does not follow which of its earlier answers were marks:
+a marked answer reads like any other). The suspect's disagreements with our model on marks and
 controls are therefore exchangeable, and
 
 * the **disagreement test** (`disagreement_test`) is the permutation test of that: of the T
