@@ -2,7 +2,9 @@
 
 For red-team runs, tests and benchmarks: the victim's answers pass through the same
 `Watermarker` the gateway's guard uses, and each marked or control row becomes the same
-`EvidenceRecord` the guard writes, kept in `records`.
+`EvidenceRecord` the guard writes, kept in `records`. As the guard with `repeats: truthful`
+(the default), an input this principal already got marked is answered truthfully
+(`truthful_repeats=False` answers it with its mark again, as `repeats: consistent`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class WatermarkedOracle(Oracle):
     def __init__(self, inner: Oracle, marker: Watermarker, *, model: str = "model",
                  principal: str = "thief", tenant: str = "tenant",
                  risk: float | Callable[[], float] = 0.0,
-                 cipher: EvidenceCipher | None = None) -> None:
+                 cipher: EvidenceCipher | None = None, truthful_repeats: bool = True) -> None:
         self._inner, self.marker = inner, marker
         self.n_classes, self.n_features = inner.n_classes, inner.n_features
         self.classes, self.batch = inner.classes, inner.batch
@@ -38,13 +40,17 @@ class WatermarkedOracle(Oracle):
         self._cipher = cipher
         self.records: list[EvidenceRecord] = []
         self.marked = 0
+        self.truthful_repeats = truthful_repeats
+        self._held: set[str] = set()  # digests of the inputs this principal got marked
 
     def ask(self, x: Array) -> Answers:
         a = self._inner.ask(x)
         if a.proba is None:
             raise ValueError("the watermark needs the victim's probabilities")
         risk = self._risk() if callable(self._risk) else self._risk
-        marks = self.marker.select(x, a.labels, self.n_classes, risk)
+        marks = self.marker.select(x, a.labels, self.n_classes, risk, model=self.model)
+        if self.truthful_repeats:
+            marks = Watermarker.truthful_repeats(marks, self._held)
         if not marks:
             return a
         proba = Watermarker.rewrite_proba(a.proba, marks)
@@ -56,6 +62,7 @@ class WatermarkedOracle(Oracle):
             if m.kind == "watermark":
                 labels[m.row] = m.decoy_index
                 self.marked += 1
+                self._held.add(m.digest)
             self.records.append(make_record(
                 m, model=self.model, principal=self.principal, tenant=self.tenant,
                 classes=classes, n_features=self.n_features, request_id=request_id,
