@@ -17,6 +17,7 @@ from modelfence.config import ModelSettings
 from modelfence.errors import StoreError
 from modelfence.gateway.call import Call
 from modelfence.gateway.chain import Guard, GuardChain
+from modelfence.gateway.metrics import GatewayMetrics
 from modelfence.gateway.oip import InferRequest, Tensor
 from modelfence.identity.principal import Principal
 from modelfence.watermark import marking
@@ -201,8 +202,9 @@ async def test_a_marked_input_is_answered_truthfully_when_the_caller_repeats_it(
 
     monkeypatch.setattr(store, "marked_before", counted)
     given = _Given(digits)
+    metrics = GatewayMetrics()
     guard = WatermarkGuard(Watermarker(KEYRING, lambda risk: 0.25, control_ratio=1), store,
-                           repeats="truthful")
+                           repeats="truthful", metrics=metrics)
     chain = GuardChain([given, guard])
     x = _inputs(0)
     mallory = given.principal
@@ -217,6 +219,8 @@ async def test_a_marked_input_is_answered_truthfully_when_the_caller_repeats_it(
     again = await _answer(chain, x)
     assert np.array_equal(again, truth)
     assert guard.truthful_repeats == marked.sum() and len(lookups) == 2
+    assert metrics.registry.get_sample_value(
+        "modelfence_watermark_truthful_repeats_total") == marked.sum()
     assert len(await store.records("digits", principal=mallory)) == len(records)
     # another caller asking the same inputs gets them marked (its first time)
     given.principal = f"eve-{uuid.uuid4().hex[:8]}"

@@ -126,6 +126,12 @@ class GatewayMetrics:
         self.watermark_lost = Counter("modelfence_watermark_evidence_lost",
                                       "Watermark evidence records a failing store did not take",
                                       registry=r)
+        self.watermark_truthful_repeats = Counter(
+            "modelfence_watermark_truthful_repeats", "Marked rows answered truthfully because "
+            "the caller already holds that input marked", registry=r)
+        self.watermark_repeat_lookups_failed = Counter(
+            "modelfence_watermark_repeat_lookups_failed", "Requests whose repeat lookup the "
+            "evidence store did not answer (rows marked as usual)", registry=r)
         self.model_ready = Gauge("modelfence_model_ready", "1 when the model can answer "
                                  "(on every worker)", ["model"], registry=r,
                                  multiprocess_mode="livemin")

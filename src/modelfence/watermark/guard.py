@@ -128,11 +128,15 @@ class WatermarkGuard(Guard):
             held = await self.store.marked_before(model, principal, digests)
         except StoreError as exc:
             self.repeat_checks_failed += 1
+            if self._metrics is not None:
+                self._metrics.watermark_repeat_lookups_failed.inc()
             log.log(logging.DEBUG if exc.reported else logging.WARNING,
                     "watermark: repeats not looked up, marked as usual: %s", exc)
             return marks
         kept = Watermarker.truthful_repeats(marks, held)
         self.truthful_repeats += len(marks) - len(kept)
+        if self._metrics is not None and len(kept) < len(marks):
+            self._metrics.watermark_truthful_repeats.inc(len(marks) - len(kept))
         return kept
 
     @staticmethod
