@@ -47,6 +47,7 @@ class Setup:
     watermark: WatermarkSettings
     x: np.ndarray[Any, Any]
     oracle: WatermarkedOracle
+    labels: np.ndarray[Any, Any]  # what the thief was answered (marks included)
 
 
 @pytest.fixture
@@ -75,7 +76,7 @@ def setup(tmp_path: Path, digits_files: dict[str, Path],
     victim = victim_source(digits_files["skops"]).load()
     oracle = WatermarkedOracle(victim, Watermarker.from_settings(ws), model="digits",
                                principal="mallory", tenant="acme")
-    oracle.ask(x)
+    labels = oracle.ask(x).labels
 
     async def record() -> None:
         store = evidence_store_from_url(ws.evidence_store)
@@ -84,7 +85,7 @@ def setup(tmp_path: Path, digits_files: dict[str, Path],
         await store.close()
 
     asyncio.run(record())
-    return Setup(tmp_path, config, settings, ws, x, oracle)
+    return Setup(tmp_path, config, settings, ws, x, oracle, labels)
 
 
 def thief_file(s: Setup) -> Path:
@@ -93,10 +94,9 @@ def thief_file(s: Setup) -> Path:
     from sklearn.neural_network import MLPClassifier
     from threadpoolctl import threadpool_limits
 
-    labels = s.oracle.ask(s.x).labels
     with threadpool_limits(1):
         thief = MLPClassifier(hidden_layer_sizes=(64,), solver="lbfgs", alpha=1e-4,
-                              max_iter=400, random_state=0).fit(s.x, labels)
+                              max_iter=400, random_state=0).fit(s.x, s.labels)
     path = s.folder / "stolen.skops"
     sio.dump(thief, path)
     return path
