@@ -28,6 +28,10 @@ from modelfence.watermark.oracle import WatermarkedOracle
 from modelfence.watermark.settings import WatermarkSettings
 from modelfence.watermark.store import evidence_store_from_url
 
+# the local time-stamping authority (openssl ts behind a local HTTP server) of the evidence tests
+from .test_evidence_timestamp import Tsa
+from .test_evidence_timestamp import tsa as tsa
+
 
 def app() -> typer.Typer:
     a = typer.Typer()
@@ -283,3 +287,19 @@ def test_every_set_by_default_and_one_with_principal(setup: Setup) -> None:
     outcome = orjson.loads(one.stdout)
     assert [s["set"] for s in outcome["sets"]] == ["principal:alice"]
     assert not outcome["accused"] and outcome["convicting_set"] is None
+
+
+def test_a_timestamped_bundle_from_a_local_tsa_verifies(setup: Setup, tsa: Tsa) -> None:
+    stolen = thief_file(setup)
+    out = setup.folder / "case"
+    result = run("verify-ownership", "--suspect", str(stolen), "--model", "digits",
+                 "--out", str(out), "--timestamp-url", tsa.url, "--trust",
+                 "sklearn.neural_network._multilayer_perceptron.MLPClassifier")
+    assert result.exit_code == 0, result.output
+    assert "not timestamped" not in result.output
+    doc = orjson.loads((out / "evidence.json").read_bytes())
+    assert doc["timestamp"]["tsa"] == tsa.url and doc["timestamp"]["token"]
+    pub = str(setup.folder / "signing.pub.pem")
+    ok = run("evidence", "verify", str(out / "evidence.json"), "--public-key", pub,
+             "--tsa-cert", str(tsa.cert))
+    assert ok.exit_code == 0 and "timestamp valid" in ok.output, ok.output
