@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from modelfence.errors import ConfigurationError
-from modelfence.watermark.references import DEFAULT_FAMILIES, train_references
+from modelfence.watermark.references import (
+    DEFAULT_FAMILIES,
+    recipe_of,
+    train_recipe,
+    train_references,
+)
 
 
 def _data(n: int = 300, k: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -70,3 +75,20 @@ def test_bad_data_is_a_configuration_error() -> None:
         train_references(x, np.zeros(len(x)), count=1)
     with pytest.raises(ConfigurationError, match="rows"):
         train_references(x, y[:-1], count=1)
+
+
+def test_recipe_of_makes_the_same_algorithm_with_another_seed() -> None:
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y = _data()
+    fitted = make_pipeline(StandardScaler(), RandomForestClassifier(
+        n_estimators=7, max_depth=4, random_state=0)).fit(x, y)
+    made = recipe_of(fitted)(5)
+    forest = made.steps[-1][1]
+    assert forest.random_state == 5 and forest.n_estimators == 7 and forest.max_depth == 4
+    assert not hasattr(forest, "estimators_")  # unfitted: a clone, not the model
+    refs = train_recipe(x, y, recipe_of(fitted), count=2, seed=11)
+    assert [r.name for r in refs] == ["recipe/seed11", "recipe/seed12"]
+    assert refs[0].labels(x) != refs[1].labels(x)
