@@ -71,9 +71,10 @@ from modelfence.monitor.corpus.victims import (
     victim,
     victims,
 )
-from modelfence.redteam.victims import LocalVictim
-from modelfence.watermark.keyring import Keyring, WatermarkKey
-from modelfence.watermark.marking import Mark, PlannedRate, Watermarker, make_record
+from modelfence.redteam.victims import Answers, LocalVictim, Oracle
+from modelfence.watermark.keyring import Keyring, WatermarkKey, row_bytes
+from modelfence.watermark.marking import PlannedRate, Watermarker
+from modelfence.watermark.oracle import WatermarkedOracle
 from modelfence.watermark.power import Measured, clamp_disagreement, model_rate
 from modelfence.watermark.settings import WatermarkKeySettings, WatermarkSettings
 from modelfence.watermark.store import EvidenceRecord
@@ -99,6 +100,8 @@ REQUEST_ROWS = 100
 TARGET_2000, TARGET_5000, TARGET_TUNED = -40.0, -64.0, -20.0
 VICTIM_SHARE = 0.90
 COST_TARGET, REPEAT_COST_TARGET = 0.5, 1.0
+#: Honest answers the average cost is measured over, at least (keys x test rows).
+COST_ANSWERS = 20_000
 #: Repeat-heavy honest users: distinct inputs, times each is asked.
 REPEAT_INPUTS, REPEAT_TIMES = 50, 20
 
@@ -184,12 +187,11 @@ def bench_settings(repeats: Repeats = "truthful") -> WatermarkSettings:
 
 
 class Gateway:
-    """The guard's watermark for one model, in-process: one evidence store, many callers.
+    """The guard's watermark for one model, in-process: one key, one store, many callers.
 
-    Rows drawn as marks answer with their keyed decoy; with ``repeats: truthful`` a row whose
-    input this principal already holds marked is answered truthfully and not recorded again
-    (the guard asks the store's `marked_before`; here the store is `records`). Every mark and
-    control becomes the `EvidenceRecord` the guard writes.
+    Each caller is a `WatermarkedOracle` (the guard's `Watermarker` with the model's planned
+    rate, repeats of a marked input answered as `settings.repeats` says) sharing one
+    `Watermarker`; `records` is the store: every caller's `EvidenceRecord`s.
     """
 
     def __init__(self, v: Victim, settings: WatermarkSettings, disagreement: float,
@@ -200,41 +202,32 @@ class Gateway:
             Keyring([WatermarkKey("bench", secret)]),
             PlannedRate(settings, {MODEL: Measured(v.n_classes, disagreement)}),
             control=settings.control, control_ratio=settings.control_ratio)
-        self.records: list[EvidenceRecord] = []
-        self._held: dict[str, set[str]] = {}
-        self._class_names = [str(c) for c in v.classes]
+        self.callers: dict[str, WatermarkedOracle] = {}
 
     @property
     def fraction(self) -> float:
+        """The planned share for an unflagged caller's first answers."""
         return self.marker.fraction(0.0, MODEL, self.victim.n_classes)
 
-    def answer(self, x: Array, principal: str, tenant: str, *, proba: Array | None = None,
-               risk: float = 0.0) -> Array:
-        """The labels (class indices) `principal` receives for rows `x` (one request)."""
-        x = wire(x)
-        if proba is None:
-            got = self.victim.oracle.ask(x).proba
-            assert got is not None
-            proba = got
-        top = np.argmax(proba, axis=1)
-        marks = self.marker.select(x, top, self.victim.n_classes, risk, model=MODEL)
-        held = self._held.setdefault(principal, set())
-        if self.settings.repeats == "truthful":
-            marks = Watermarker.truthful_repeats(marks, held)
-        labels: Array = np.array(top, copy=True)
-        for m in marks:
-            if m.kind == "watermark":
-                labels[m.row] = m.decoy_index
-                held.add(m.digest)
-        self._record(marks, principal, tenant, x.shape[1])
-        return labels
+    def caller(self, principal: str, tenant: str, inner: Oracle | None = None
+               ) -> WatermarkedOracle:
+        """`principal`'s view of the model (made on first use, answering through `inner`)."""
+        o = self.callers.get(principal)
+        if o is None:
+            o = self.callers[principal] = WatermarkedOracle(
+                inner or self.victim.oracle, self.marker, model=MODEL, principal=principal,
+                tenant=tenant, truthful_repeats=self.settings.repeats == "truthful")
+        return o
 
-    def _record(self, marks: list[Mark], principal: str, tenant: str, width: int) -> None:
-        now = time.time_ns() // 1000
-        rid = f"r{len(self.records)}"
-        self.records += [make_record(m, model=MODEL, principal=principal, tenant=tenant,
-                                     classes=self._class_names, n_features=width,
-                                     request_id=rid, time_us=now) for m in marks]
+    def answer(self, x: Array, principal: str, tenant: str, inner: Oracle | None = None
+               ) -> Array:
+        """The labels (class indices) `principal` receives for rows `x` (one request)."""
+        out: Array = self.caller(principal, tenant, inner).ask(wire(x)).labels
+        return out
+
+    @property
+    def records(self) -> list[EvidenceRecord]:
+        return [r for o in self.callers.values() for r in o.records]
 
     def evidence(self, records: Sequence[EvidenceRecord]) -> Evidence:
         """What `verify-ownership` without --principal reads from the store."""
@@ -242,11 +235,28 @@ class Gateway:
                               cipher=None)
 
 
+class Precomputed(Oracle):
+    """The victim's answers to known rows, predicted once (repeat-heavy users ask the same
+    rows thousands of times)."""
+
+    def __init__(self, v: Victim, x: Array) -> None:
+        x = wire(x)
+        proba = v.oracle.ask(x).proba
+        assert proba is not None
+        self._proba: Array = proba
+        self._row = {b: i for i, b in enumerate(row_bytes(x))}
+        self.n_classes, self.n_features = v.n_classes, v.oracle.n_features
+        self.classes, self.description = v.classes, v.spec.name
+
+    def ask(self, x: Array) -> Answers:
+        p = self._proba[[self._row[b] for b in row_bytes(x)]]
+        return Answers(np.argmax(p, axis=1), p)
+
+
 def ask_all(gw: Gateway, x: Array, principal: str, tenant: str, *,
-            proba: Array | None = None, rows: int = REQUEST_ROWS) -> Array:
-    """`x` sent in requests of `rows` rows."""
-    out = [gw.answer(x[i:i + rows], principal, tenant,
-                     proba=None if proba is None else proba[i:i + rows])
+            inner: Oracle | None = None, rows: int = REQUEST_ROWS) -> Array:
+    """`x` sent by `principal` in requests of `rows` rows."""
+    out = [gw.answer(x[i:i + rows], principal, tenant, inner)
            for i in range(0, len(x), rows)]
     return np.concatenate(out) if out else np.empty(0, dtype=np.int64)
 
@@ -370,7 +380,7 @@ def run_victim(name: str, opts: Options, progress: Any = None) -> dict[str, Any]
         if progress is not None:
             progress.put((name, what))
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
 
@@ -424,17 +434,16 @@ def run_victim(name: str, opts: Options, progress: Any = None) -> dict[str, Any]
             for budget in sorted(opts.budgets):
                 more = ask_all(gw, x[len(labels):budget], f"thief-{kind}", f"t-{kind}")
                 labels = np.concatenate([labels, more])
-                cut[(kind, budget)] = len(gw.records)
+                cut[(kind, budget)] = len(gw.callers[f"thief-{kind}"].records)
             stolen[kind] = (x, v.classes[labels])
         honest_records = cost.pop("records")
         lap("thieves ask")
         evidence: dict[int, Evidence] = {}
+        thief_records = {key: gw.callers[f"thief-{key[0]}"].records[:n]
+                         for key, n in cut.items()}
         for budget in opts.budgets:
-            recs = list(honest_records)
-            for kind in DATA_KINDS:
-                recs += [r for r in gw.records[:cut[(kind, budget)]]
-                         if r.principal == f"thief-{kind}"]
-            evidence[budget] = gw.evidence(recs)
+            evidence[budget] = gw.evidence(honest_records + [
+                r for kind in DATA_KINDS for r in thief_records[(kind, budget)]])
         copies: list[dict[str, Any]] = []
         for kind in DATA_KINDS:
             x, labels = stolen[kind]
@@ -460,10 +469,8 @@ def run_victim(name: str, opts: Options, progress: Any = None) -> dict[str, Any]
                 innocents.append({"model": r.name, "family": r.family, "budget": budget,
                                   **judge(evidence[budget], r.labels, fp, None)})
         lap("innocent verification")
-    thief_marks = {f"{kind}@{budget}": sum(
-        1 for r in gw.records[:cut[(kind, budget)]]
-        if r.principal == f"thief-{kind}" and r.kind == "watermark")
-        for kind in DATA_KINDS for budget in opts.budgets}
+    thief_marks = {f"{kind}@{budget}": sum(r.kind == "watermark" for r in recs)
+                   for (kind, budget), recs in thief_records.items()}
     thief_distinct = {kind: len(np.unique(stolen[kind][0], axis=0))
                       for kind in DATA_KINDS}
     return {
@@ -477,7 +484,8 @@ def run_victim(name: str, opts: Options, progress: Any = None) -> dict[str, Any]
             "points": fp.n, "null_mean": fp.null_mean,
             "calibration_max": max(d["rate"] for d in fp.calibration)},
         "copies": copies, "innocents": innocents, "cost": cost,
-        "seconds": round(time.perf_counter() - started, 1), "timings": timings,
+        "seconds": round(time.perf_counter() - started, 1),
+        "cpu_seconds": round(time.process_time() - cpu, 1), "timings": timings,
     }
 
 
@@ -486,19 +494,21 @@ def honest_cost(v: Victim, gw: Gateway, disagreement: float, secret: bytes, opts
     """Top-1 accuracy of honest callers without and with the watermark.
 
     One caller ("alice") asks every test row once through `gw` (her records stay in the
-    store, as an honest caller's would); the mean over `cost_keys` keys is the average cost.
+    store, as an honest caller's would); the mean over `cost_keys` keys (more when the test
+    rows are few: `COST_ANSWERS` answers at least) is the average cost.
     Repeat-heavy users ("bob" and others) each ask `REPEAT_INPUTS` test rows `REPEAT_TIMES`
     times in shuffled order, under ``repeats: truthful`` and ``consistent``.
     """
     x, y = wire(v.x_test), v.y_test
-    proba = v.oracle.ask(x).proba
-    assert proba is not None
-    clean = float(np.mean(v.classes[np.argmax(proba, axis=1)] == y))
-    ask_all(gw, x, "alice", "honest", proba=proba)
+    inner = Precomputed(v, x)
+    top = inner.ask(x).labels
+    clean = float(np.mean(v.classes[top] == y))
+    ask_all(gw, x, "alice", "honest", inner=inner)
     accs = []
-    for k in range(opts.cost_keys):
+    keys = max(opts.cost_keys, -(-COST_ANSWERS // len(x)))  # small test sets: more keys
+    for k in range(keys):
         g = Gateway(v, bench_settings("truthful"), disagreement, secret + f"-{k}".encode())
-        accs.append(float(np.mean(v.classes[ask_all(g, x, "alice", "honest", proba=proba)]
+        accs.append(float(np.mean(v.classes[ask_all(g, x, "alice", "honest", inner=inner)]
                                   == y)))
     rng = np.random.default_rng(4242 + opts.seed)
     repeat: dict[str, Any] = {}
@@ -509,20 +519,20 @@ def honest_cost(v: Victim, gw: Gateway, disagreement: float, secret: bytes, opts
         g = Gateway(v, bench_settings(mode), disagreement, secret)  # the thieves' gateway key
         losses, hit = [], []
         for i, order in enumerate(orders):
-            got = ask_all(g, x[order], f"repeat-{i}", "honest", proba=proba[order], rows=20)
-            base = float(np.mean(v.classes[np.argmax(proba[order], axis=1)] == y[order]))
+            got = ask_all(g, x[order], f"repeat-{i}", "honest", inner=inner, rows=20)
+            base = float(np.mean(v.classes[top[order]] == y[order]))
             loss = 100.0 * (base - float(np.mean(v.classes[got] == y[order])))
             losses.append(loss)
-            if np.any(got != np.argmax(proba[order], axis=1)):
+            if np.any(got != top[order]):
                 hit.append(loss)
         repeat[mode] = {"users": len(orders), "mean_points": float(np.mean(losses)),
                         "users_marked": len(hit),
                         "mean_points_marked": float(np.mean(hit)) if hit else 0.0,
                         "max_points": float(max(losses))}
     # bob, a repeat-heavy honest caller, keeps his records in the thieves' store
-    ask_all(gw, x[orders[0]], "bob", "honest", proba=proba[orders[0]], rows=20)
+    ask_all(gw, x[orders[0]], "bob", "honest", inner=inner, rows=20)
     return {"clean": clean, "watermarked": float(np.mean(accs)),
-            "points": 100.0 * (clean - float(np.mean(accs))), "keys": opts.cost_keys,
+            "points": 100.0 * (clean - float(np.mean(accs))), "keys": keys,
             "test_rows": len(x), "repeat": repeat, "records": list(gw.records)}
 
 
