@@ -241,7 +241,7 @@ class _Given(Guard):
     """Stands in for identity and model lookup."""
 
     name: ClassVar[str] = "given"
-    provides: ClassVar[frozenset[str]] = frozenset({"principal", "model"})
+    provides: ClassVar[frozenset[str]] = frozenset({"principal", "model", "queries"})
 
     def __init__(self, entry: ModelEntry, risk: float) -> None:
         self._entry, self._risk = entry, risk

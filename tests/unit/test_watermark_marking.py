@@ -71,6 +71,25 @@ def test_the_planned_rate_is_power_s_and_is_computed_once_per_model(
     assert rate(0.9, "m", 2) == 0.05 and rate(0.1, "m", 2) == rate.base("m", 2)
 
 
+def test_a_callers_rate_tapers_after_holding_answers_under_truthful_repeats() -> None:
+    ws = settings()
+    rate = PlannedRate(ws)
+    f = rate.base("m", 2)
+    assert rate(0.1, "m", 2, answered=ws.holding - 1) == f
+    assert rate(0.1, "m", 2, answered=ws.holding) == f * ws.beyond_holding
+    assert rate(0.9, "m", 2, answered=10 * ws.holding) == 0.05  # flagged: the floor stands
+    steady = PlannedRate(settings(repeats="consistent"))
+    assert steady(0.1, "m", 2, answered=10 * ws.holding) == steady.base("m", 2)
+    # the same rows: what a heavy caller gets marked is a subset of what a new one does
+    marker = Watermarker(KEYRING, rate, control_ratio=ws.control_ratio)
+    x = rows(40_000, seed=3)
+    top = np.zeros(len(x), dtype=np.int64)
+    new = {m.digest for m in marker.select(x, top, 2, model="m") if m.kind == "watermark"}
+    old = {m.digest for m in marker.select(x, top, 2, model="m", answered=ws.holding)
+           if m.kind == "watermark"}
+    assert old < new and within(len(old), len(x), f * ws.beyond_holding)
+
+
 def test_a_measured_disagreement_in_the_plan_file_sets_the_rate() -> None:
     ws = settings(max_fraction=0.05)
     assumed = PlannedRate(ws).base("m", 3)
@@ -122,7 +141,7 @@ class _Given(Guard):
     """Stands in for identity and model lookup."""
 
     name: ClassVar[str] = "given"
-    provides: ClassVar[frozenset[str]] = frozenset({"principal", "model"})
+    provides: ClassVar[frozenset[str]] = frozenset({"principal", "model", "queries"})
 
     def __init__(self, entry: ModelEntry) -> None:
         self._entry = entry

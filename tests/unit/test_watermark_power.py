@@ -200,3 +200,28 @@ def test_written_plan_is_json_for_people_too(tmp_path: Path) -> None:
     doc = json.loads(path.read_text())
     assert doc["version"] == 1 and doc["models"]["a"]["marks_needed"] >= 1
     assert [v["answers"] for v in doc["models"]["a"]["volumes"]] == [1000, 2000, 5000]
+
+
+def test_beyond_holding_the_rate_tapers_and_the_plan_counts_both_parts() -> None:
+    import numpy as np
+
+    from modelfence.watermark.power import marks_held_tapered
+
+    ws = settings()
+    plan = plan_model(ws, "m", 3, volumes=(1000, 2000, 5000))  # not capped at the defaults
+    assert not plan.capped
+    f = plan.fraction
+    at = {v.answers: v for v in plan.volumes}
+    assert at[1000].rate == at[2000].rate == f and at[5000].rate == f * ws.beyond_holding
+    assert at[5000].expected_marks == pytest.approx(2000 * f + 3000 * f * ws.beyond_holding)
+    assert at[5000].honest_cost_points < at[2000].honest_cost_points  # a heavy user pays less
+    assert at[2000].held_marks >= plan.marks_needed  # the target holds where it was planned
+    # the 95%-held count of the two binomials, against simulation
+    rng = np.random.default_rng(0)
+    sims = rng.binomial(2000, f, 200_000) + rng.binomial(3000, f * 0.25, 200_000)
+    held = marks_held_tapered(5000, 2000, f, f * 0.25)
+    assert np.mean(sims >= held) >= 0.95 > np.mean(sims >= held + 1)
+    assert marks_held_tapered(1500, 2000, f, f * 0.25) == marks_held(1500, f)
+    # under consistent repeats the rate never falls (a lower one would change old answers)
+    steady = plan_model(settings(repeats="consistent"), "m", 3, volumes=(5000,))
+    assert steady.volumes[0].rate == steady.fraction

@@ -253,13 +253,17 @@ def _print(plans: list[ModelPlan], skipped: list[dict[str, str]], ws: WatermarkS
                          + ("measured" if p.measured else "assumed"), str(p.marks_needed),
                          frac, cost)
         console.print(head)
-        reach = Table(title="a perfect copy: the marks it holds and the p it reaches")
-        for col in ("model", "answers", "marks (mean)", "p", "marks (95% hold)", "p "):
+        reach = Table(title="at each volume: the rate in force, what a perfect copy holds "
+                      "and reaches, what an honest caller paid")
+        for col in ("model", "answers", "rate", "marks (mean)", "p", "marks (95% hold)", "p ",
+                    "honest cost"):
             reach.add_column(col, justify="left" if col == "model" else "right")
         for p in plans:
             for v in p.volumes:
-                reach.add_row(escape(p.model), f"{v.answers:,}", f"{v.expected_marks:.1f}",
-                              _p(v.log2_p_expected), str(v.held_marks), _p(v.log2_p_held))
+                reach.add_row(escape(p.model), f"{v.answers:,}", f"{v.rate:.3%}",
+                              f"{v.expected_marks:.1f}", _p(v.log2_p_expected),
+                              str(v.held_marks), _p(v.log2_p_held),
+                              f"{v.honest_cost_points:.2f} pts")
         console.print(reach)
         console.print(f"controls: {ws.control_ratio:g} per mark; repeats: {ws.repeats}. A "
                       "perfect copy repeats every mark it holds and elsewhere disagrees "

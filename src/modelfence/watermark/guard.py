@@ -56,7 +56,8 @@ class _Pending:
 
 class WatermarkGuard(Guard):
     name: ClassVar[str] = "watermark"
-    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "outputs"})
+    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "outputs",
+                                                    "queries"})
 
     def __init__(self, marker: Watermarker, store: EvidenceStore, *,
                  models: frozenset[str] | None = None,
@@ -98,7 +99,7 @@ class WatermarkGuard(Guard):
         if proba is None or rows is None or len(rows) != len(proba):
             return
         marks = self.marker.select(rows, np.argmax(proba, axis=1), proba.shape[1], call.risk,
-                                   model=entry.name)
+                                   model=entry.name, answered=call.queries)
         if self.repeats == "truthful":
             marks = await self._drop_repeats(marks, entry.name, call.principal.id)
         if not marks:

@@ -77,8 +77,11 @@ class PlannedRate:
             self._base[key] = f
         return f
 
-    def __call__(self, risk: float, model: str, n_classes: int) -> float:
-        return self.settings.fraction_for(risk, self.base(model, n_classes))
+    def __call__(self, risk: float, model: str, n_classes: int, answered: int = 0) -> float:
+        planned = self.base(model, n_classes)
+        if self.settings.fraction == "auto":
+            planned = self.settings.tapered(planned, answered)
+        return self.settings.fraction_for(risk, planned)
 
 
 class Watermarker:
@@ -103,20 +106,23 @@ class Watermarker:
                    PlannedRate.from_settings(settings), control=settings.control,
                    control_ratio=settings.control_ratio)
 
-    def fraction(self, risk: float, model: str = "", n_classes: int = 2) -> float:
-        """The share of `model`'s answers marked for a caller at `risk`."""
+    def fraction(self, risk: float, model: str = "", n_classes: int = 2, answered: int = 0
+                 ) -> float:
+        """The share of `model`'s answers marked for a caller at `risk` that has `answered`
+        rows of it before."""
         if self.rate is not None:
-            return self.rate(risk, model, n_classes)
+            return self.rate(risk, model, n_classes, answered)
         assert self._fixed is not None
         return self._fixed(risk)
 
     def select(self, inputs: Any, top: Array, n_classes: int, risk: float = 0.0, *,
-               model: str = "") -> list[Mark]:
-        """The marked and control rows among `inputs`, whose model top-1 classes are `top`."""
+               model: str = "", answered: int = 0) -> list[Mark]:
+        """The marked and control rows among `inputs`, whose model top-1 classes are `top`,
+        for a caller that has `answered` rows of `model` before them."""
         if n_classes < 2:
             return []
         key = self.keyring.active
-        f = self.fraction(risk, model, n_classes)
+        f = self.fraction(risk, model, n_classes, answered)
         above = 1.0 - self.control_ratio * f
         out: list[Mark] = []
         for i, row in enumerate(row_bytes(inputs)):

@@ -41,6 +41,7 @@ class WatermarkedOracle(Oracle):
         self.records: list[EvidenceRecord] = []
         self.marked = 0
         self.truthful_repeats = truthful_repeats
+        self.answered = 0  # rows answered so far (the planned rate tapers after `holding`)
         self._held: set[str] = set()  # digests of the inputs this principal got marked
 
     def ask(self, x: Array) -> Answers:
@@ -48,7 +49,9 @@ class WatermarkedOracle(Oracle):
         if a.proba is None:
             raise ValueError("the watermark needs the victim's probabilities")
         risk = self._risk() if callable(self._risk) else self._risk
-        marks = self.marker.select(x, a.labels, self.n_classes, risk, model=self.model)
+        marks = self.marker.select(x, a.labels, self.n_classes, risk, model=self.model,
+                                   answered=self.answered)
+        self.answered += len(a.labels)
         if self.truthful_repeats:
             marks = Watermarker.truthful_repeats(marks, self._held)
         if not marks:

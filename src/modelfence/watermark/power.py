@@ -9,6 +9,10 @@ target. `planned_fraction` is then the least share `f` of answers such that anyo
 `holding` answers holds at least that many marks with 95% probability
 (P[Binomial(holding, f) >= m] >= 0.95), capped at `max_fraction`.
 
+Beyond `holding` answers a caller holds enough marks, and (under `repeats: truthful`) the
+rate falls to `beyond_holding` of the planned one: what a holder of n answers holds is then
+the sum of two binomials, and a heavy honest user's cost falls with its volume.
+
 Marks are answered wrongly: an honest caller loses about ``f * (accuracy - (1 - accuracy)
 / (k - 1))`` of top-1 accuracy (a decoy is right only when the model was wrong and the draw
 lands on the true class), at most ``f``.
@@ -142,15 +146,41 @@ def honest_cost(fraction: float, n_classes: int, accuracy: float | None = None) 
     return 100.0 * fraction * (accuracy - (1.0 - accuracy) / (n_classes - 1))
 
 
+def _pmf(n: int, p: float, upto: int) -> list[float]:
+    return [_binom_pmf(j, n, p) if 0.0 < p < 1.0 else float(j == round(n * p))
+            for j in range(min(n, upto) + 1)]
+
+
+def marks_held_tapered(answers: int, holding: int, fraction: float, later: float,
+                       confidence: float = HOLD_CONFIDENCE) -> int:
+    """As `marks_held`, for `answers` answers marked at `fraction` for the first `holding`
+    and at `later` after: the 95%-held count of a sum of two binomials (convolved)."""
+    if answers <= holding or later == fraction:
+        return marks_held(answers, fraction, confidence)
+    first, rest = holding, answers - holding
+    top = int(first * fraction + rest * later + 12.0 * math.sqrt(answers * fraction) + 12)
+    a, b = _pmf(first, fraction, top), _pmf(rest, later, top)
+    cdf = 0.0
+    for j in range(top + 1):  # P[X >= j + 1] = 1 - P[X <= j]
+        cdf += math.fsum(a[i] * b[j - i] for i in range(max(0, j - len(b) + 1),
+                                                        min(j, len(a) - 1) + 1))
+        if 1.0 - cdf < confidence:
+            return j
+    return top
+
+
 @dataclass(frozen=True, slots=True)
 class AtVolume:
-    """What a perfect copy of `answers` answers holds and reaches."""
+    """What a perfect copy of `answers` answers holds and reaches, the rate in force at
+    that volume and what an honest caller of that many answers paid on average."""
 
     answers: int
+    rate: float
     expected_marks: float
     held_marks: int  # held with 95% probability
     log2_p_expected: float
     log2_p_held: float
+    honest_cost_points: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,13 +233,17 @@ def plan_model(settings: WatermarkSettings, model: str, n_classes: int, *,
     d = clamp_disagreement(settings.disagreement if disagreement is None else disagreement)
     needed, rate = model_rate(settings, n_classes, d)
     f = rate.fraction
+    later = settings.tapered(f, settings.holding) if settings.fraction == "auto" else f
     rows = []
     for n in volumes:
-        held = marks_held(n, f)
-        rows.append(AtVolume(n, n * f, held,
-                             perfect_copy_log2_p(math.floor(n * f), n_classes, d,
+        first = min(n, settings.holding)
+        mean = first * f + (n - first) * later
+        held = marks_held_tapered(n, settings.holding, f, later)
+        rows.append(AtVolume(n, f if n <= settings.holding else later, mean, held,
+                             perfect_copy_log2_p(math.floor(mean), n_classes, d,
                                                  settings.control_ratio),
-                             perfect_copy_log2_p(held, n_classes, d, settings.control_ratio)))
+                             perfect_copy_log2_p(held, n_classes, d, settings.control_ratio),
+                             honest_cost(mean / n, n_classes, accuracy)))
     return ModelPlan(model, n_classes, d, measured, accuracy, settings.target_log2_p,
                      settings.holding, needed, f, rate.wanted, rate.capped,
                      settings.control_ratio, honest_cost(f, n_classes, accuracy), tuple(rows))

@@ -70,6 +70,10 @@ class WatermarkSettings(_Strict):
     holding: int = Field(2000, ge=10, le=10_000_000,
                          description="auto: answers after which a caller holds enough "
                          "marks (with 95% probability)")
+    beyond_holding: float = Field(
+        0.25, gt=0.0, le=1.0, description="auto with repeats: truthful: the share of the "
+        "planned rate used for a caller's answers beyond `holding` (it holds enough marks "
+        "by then; a heavy user pays less)")
     max_fraction: float = Field(0.01, gt=0.0, le=0.5,
                                 description="auto: the most it marks, whatever the plan")
     control_ratio: float = Field(10.0, gt=0.0, le=100.0,
@@ -141,6 +145,15 @@ class WatermarkSettings(_Strict):
     @property
     def active_id(self) -> str:
         return self.active or self.keys[-1].id
+
+    def tapered(self, planned: float, answered: int) -> float:
+        """The planned share for a caller that has `answered` rows of this model: the full
+        share for its first `holding`, then `beyond_holding` of it. Only under `repeats:
+        truthful`, where a repeat of a marked input is answered truthfully anyway; under
+        `consistent` a lower rate would change answers a caller already had."""
+        if self.repeats == "truthful" and answered >= self.holding:
+            return planned * self.beyond_holding
+        return planned
 
     def fraction_for(self, risk: float, planned: float | None = None) -> float:
         """The share of answers marked for a caller at `risk`; `planned` stands in for auto."""
