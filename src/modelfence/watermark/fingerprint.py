@@ -346,61 +346,12 @@ def fingerprint_test(fp: Fingerprint, suspect_labels: Sequence[Any]) -> TestResu
         "fingerprint test",
         f"the suspect was asked {fp.n} keyed fingerprint points (chosen because copies of the "
         "protected model answer them as it does and independently trained models do not) and "
-        f"gave the protected model's answer on {agree}; p is the probability that a model "
-        "trained independently of the protected model agrees on at least as many: the largest "
-        f"over {len(fp.null)} families of models of a beta-binomial fitted conservatively (upper "
-        "bounds of mean and variance) to that family's agreement, measured on "
-        f"{len(fp.calibration)} held-out reference models that were not used to choose the "
-        f"points (largest family mean agreement {fp.null_mean:.3f})",
+        f"gave the protected model's answer on {agree}. p is the probability that a model "
+        "trained independently of the protected model, of any family, agrees on at least as "
+        "many: for each of the "
+        f"{len(fp.null)} families of reference models, a beta-binomial fitted conservatively "
+        "(upper bounds of mean and variance) to the agreement of that family's held-out "
+        "references (models never used to choose the points; "
+        f"{len(fp.calibration)} in all) gives a tail probability, and p is the largest of "
+        f"them (the most similar family's mean agreement is {fp.null_mean:.3f})",
         fp.n, agree, fp.null_mean, max(log2_p, -1e9))
-
-
-# the earlier comparison with reference models, kept while verify.py still calls it ---------
-
-
-@dataclass(frozen=True)
-class FingerprintResult:
-    points: int
-    suspect_agreement: float
-    reference_agreements: list[float]
-    z: float | None
-    log2_p_normal: float | None
-    rank_p: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": "keyed decision-boundary points; agreement of the suspect with the "
-                      "protected model there, against independently trained reference models",
-            "points": self.points, "suspect_agreement": self.suspect_agreement,
-            "reference_agreements": self.reference_agreements, "z": self.z,
-            "log2_p_normal": self.log2_p_normal, "rank_p": self.rank_p,
-            "statement": "rank_p = (1 + references agreeing at least as much) / "
-                         "(1 + references); log2_p_normal: one-sided normal tail of z",
-        }
-
-
-def boundary_points(protected: Labeler, seeds: Array, key: bytes, n: int) -> tuple[Array, Array]:
-    """`n` keyed points just across the protected model's boundary, and its labels there."""
-    seeds = np.asarray(seeds, dtype=np.float64)
-    base = _labels(protected, seeds)
-    if len(seeds) < 2 or len(set(base.tolist())) < 2:
-        raise ConfigurationError("fingerprint: the seed rows need at least two classes")
-    points = _f32(_boundary(protected, seeds, base, _rng(key, b"boundary"), n))
-    return points, _labels(protected, points)
-
-
-def compare(suspect: Sequence[str], protected: Array, references: Sequence[Sequence[str]]
-            ) -> FingerprintResult:
-    """The suspect's agreement with `protected` labels, against the references'."""
-    def agree(labels: Sequence[str]) -> float:
-        return float(np.mean(np.asarray([str(v) for v in labels], dtype=object) == protected))
-
-    a = agree(suspect)
-    refs = [agree(r) for r in references]
-    z = log2_p = None
-    if len(refs) >= 2:
-        sd = float(np.std(refs, ddof=1))
-        z = (a - float(np.mean(refs))) / max(sd, 1.0 / len(protected))
-        log2_p = math.log(max(0.5 * math.erfc(z / math.sqrt(2.0)), 1e-300)) / math.log(2.0)
-    rank = (1 + sum(r >= a for r in refs)) / (1 + len(refs))
-    return FingerprintResult(len(protected), a, refs, z, log2_p, rank)
