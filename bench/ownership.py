@@ -790,20 +790,29 @@ def run(names: list[str], opts: Options, workers: int) -> list[dict[str, Any]]:
 
             for n in names:
                 results[n] = run_victim(n, opts, Tick())
+                _done(console, results[n])
         else:
             with Manager() as manager, ProcessPoolExecutor(max_workers=workers) as pool:
                 queue = manager.Queue()
                 futures: dict[str, Future[dict[str, Any]]] = {
                     n: pool.submit(run_victim, n, opts, queue) for n in names}
-                while not all(f.done() for f in futures.values()) or not queue.empty():
+                while len(results) < len(futures) or not queue.empty():
+                    for n, f in futures.items():
+                        if n not in results and f.done():
+                            results[n] = f.result()
+                            _done(console, results[n])
                     try:
                         who, what = queue.get(timeout=0.5)
                     except Exception:  # noqa: S112 - queue.Empty, from the manager's proxy
                         continue
                     bar.update(task, advance=1, description=f"{who}: {what}")
-                for n, f in futures.items():
-                    results[n] = f.result()
     return [results[n] for n in names]
+
+
+def _done(console: Any, r: dict[str, Any]) -> None:
+    """One line per finished victim (the bar alone shows nothing when stderr is a file)."""
+    console.log(f"{r['victim']}: {r['seconds']:.0f} s ({r['cpu_seconds']:.0f} s CPU) "
+                f"{r['timings']}")
 
 
 def main(argv: list[str] | None = None) -> int:
