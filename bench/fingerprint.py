@@ -12,6 +12,7 @@ On victims of the efficacy corpus (modelfence.monitor.corpus.victims), for each:
   labels of `--rows` natural rows from the victim's pool (thieves who were never flagged).
 
     .venv/bin/python bench/fingerprint.py [--victims a,b] [--innocents 100] [--points 200]
+        [--innocent-seed 50000] [--no-recipe]
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _predict(model: Any) -> Any:
 
 
 def run_victim(name: str, *, innocents: int, points: int, rows: int, use_recipe: bool,
-               seed: int = 0) -> dict[str, Any]:
+               innocent_seed: int = INNOCENT_SEED, seed: int = 0) -> dict[str, Any]:
     spec = victim(name)
     world = build_world(spec, seed)
     protected = _protected(world)
@@ -93,7 +94,7 @@ def run_victim(name: str, *, innocents: int, points: int, rows: int, use_recipe:
     worst: tuple[float, float, str] = (0.0, 0.0, "")
     n_innocent = 0
     models = [(r.name, r.labels) for r in train_references(
-        x_train, y_train, count=innocents, seed=INNOCENT_SEED)]
+        x_train, y_train, count=innocents, seed=innocent_seed)]
     models += [(f"corpus-{f}/seed{s}", _predict(_fit(make_model(f, s, len(x_train)), x_train,
                                                      y_train)))
                for f in FAMILIES if f != "lr" or spec.family != "lr" for s in (101, 102)]
@@ -135,6 +136,8 @@ def main() -> None:
     ap.add_argument("--innocents", type=int, default=100)
     ap.add_argument("--points", type=int, default=200)
     ap.add_argument("--rows", type=int, default=2000, help="natural rows each copy is fit on")
+    ap.add_argument("--innocent-seed", type=int, default=INNOCENT_SEED,
+                    help="first seed of the innocent models (fresh ones for a re-check)")
     ap.add_argument("--no-recipe", action="store_true",
                     help="do not tell the fingerprint the victim's own algorithm")
     args = ap.parse_args()
@@ -144,7 +147,7 @@ def main() -> None:
     worst = 0.0
     for name in args.victims.split(","):
         r = run_victim(name, innocents=args.innocents, points=args.points, rows=args.rows,
-                       use_recipe=not args.no_recipe)
+                       use_recipe=not args.no_recipe, innocent_seed=args.innocent_seed)
         worst = min(worst, r["innocent_min_log2_p"])
         print(_row(r), flush=True)
     print(f"\nsmallest innocent log2 p over all victims: {worst:.1f} "
