@@ -570,6 +570,13 @@ def _copies(r: dict[str, Any], budget: int, tuned: bool) -> list[float]:
     return out
 
 
+def _family_ok(r: dict[str, Any], budget: int, tuned: bool, goal: float, family: str
+               ) -> bool:
+    ps = [(c["tuned"] if tuned else c)["log2_p"] for c in r["copies"]
+          if c["budget"] == budget and c["family"] == family]
+    return bool(ps) and max(ps) <= goal
+
+
 def targets(results: list[dict[str, Any]], budgets: Sequence[int]) -> list[Target]:
     """Each of issue 16's targets, met or missed, with the numbers behind it."""
     out: list[Target] = []
@@ -590,12 +597,17 @@ def targets(results: list[dict[str, Any]], budgets: Sequence[int]) -> list[Targe
         small = [r for r in results if r["classes"] <= 3]
         sg, sn, _ = _share(small, every)
         what = f"{'fine-tuned ' if tuned else ''}copies of {budget:,} answers"
+        fams = sorted({c["family"] for r in results for c in r["copies"]
+                       if c["budget"] == budget})
+        per = ", ".join(f"{f} {sum(_family_ok(r, budget, tuned, goal, f) for r in results)}"
+                        for f in fams)
         out.append(Target(
             f"{what}: p <= 2^{goal:g} on >= {VICTIM_SHARE:.0%} of victims (every copy)",
             n > 0 and good >= VICTIM_SHARE * n and sg == sn,
             f"{good} of {n} victims with every copy (data x family) at p <= 2^{goal:g} "
             f"({sg} of {sn} of the 2- and 3-class ones); {hit} of {len(cases)} copies; "
-            f"worst copy log2 p = {max(cases, default=0.0):.1f}"
+            f"worst copy log2 p = {max(cases, default=0.0):.1f}; victims with both thieves' "
+            f"copies at target, per family: {per}"
             + (f"; missed on {', '.join(bad)}" if bad else "")))
     inn = [i for r in results for i in r["innocents"]]
     models = {(r["victim"], i["model"]) for r in results for i in r["innocents"]}
