@@ -164,3 +164,23 @@ def test_bad_input_is_a_configuration_error() -> None:
         build_fingerprint(_labeler(model), x, [f"c{v}" for v in y], key=b"k", **SMALL)
     with pytest.raises(ConfigurationError, match="points"):
         build_fingerprint(_labeler(model), x, y, key=b"k", points=3)
+
+
+def test_a_deterministic_learner_on_the_same_rows_is_never_accused() -> None:
+    """A logistic regression is the same model whenever it sees the same rows: an innocent
+    competitor with the protected model's data and algorithm cannot be told from a copy, so
+    the fingerprint must not accuse it (it did, at 2^-30, when its references trained on a
+    subsample)."""
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = make_classification(n_samples=2600, n_features=12, n_informative=8, n_classes=4,
+                               class_sep=1.2, random_state=8)
+    victim = LogisticRegression(max_iter=1000).fit(x, y)
+    fp = build_fingerprint(_labeler(victim), x, y, key=b"lr", recipe=recipe_of(victim),
+                           **{**SMALL, "families": ("lr", "knn", "dt")})
+    twin = LogisticRegression(max_iter=1000).fit(x, y)  # an innocent: same data, same learner
+    result = fingerprint_test(fp, _labeler(twin)(fp.points))
+    assert result.successes == fp.n  # it answers exactly as the protected model does
+    assert result.log2_p > -10, result
+    assert "agree at least as much as the suspect" in result.statement

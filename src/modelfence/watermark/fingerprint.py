@@ -218,6 +218,7 @@ def build_fingerprint(protected: Labeler, x: Array, y: Sequence[Any] | Array, *,
         raise ConfigurationError("fingerprint: need copies and selectors >= 1, "
                                  "calibrators >= 3")
     rng = _rng(key, b"models")
+    all_x, all_y = x, y_arr  # the held-out references train on every row, as an innocent would
     if len(x) > TRAIN_ROWS:
         keep = np.sort(rng.permutation(len(x))[:TRAIN_ROWS])
         x, y_arr = x[keep], y_arr[keep]
@@ -250,9 +251,10 @@ def build_fingerprint(protected: Labeler, x: Array, y: Sequence[Any] | Array, *,
     kept = np.sort(np.argsort(-score, kind="stable")[:points])
     pts, labels = cand[kept], target[kept]
     # held-out references: other seeds (and data: every row) than the selectors
-    held = train_references(x, y_arr, count=calibrators, seed=seeds[2], families=families)
+    held = train_references(all_x, all_y, count=calibrators, seed=seeds[2], families=families)
     if recipe is not None:
-        held += train_recipe(x, y_arr, recipe, count=RECIPE_CALIBRATORS, seed=seeds[2] + 7919)
+        held += train_recipe(all_x, all_y, recipe, count=RECIPE_CALIBRATORS,
+                             seed=seeds[2] + 7919)
     calibration = [_score(m, pts, labels) for m in held]
     null = fit_null([d["agreements"] for d in calibration],
                     [d["family"] for d in calibration], points)
@@ -345,6 +347,12 @@ def fingerprint_test(fp: Fingerprint, suspect_labels: Sequence[Any]) -> TestResu
         raise ConfigurationError(f"fingerprint: {len(got)} suspect answers for {fp.n} points")
     agree = sum(g == e for g, e in zip(got, fp.labels, strict=True))
     log2_p = max(log_betabinom_sf(agree, fp.n, c.alpha, c.beta) for c in fp.null) / LN2
+    # never below the share of held-out references agreeing at least as much: where an
+    # independently trained model answers as the protected one does (a deterministic learner
+    # on the same rows is the same model), nothing here can tell a copy from it
+    reached = sum(int(d["agreements"]) >= agree for d in fp.calibration)
+    if reached:
+        log2_p = max(log2_p, math.log2((1 + reached) / (1 + len(fp.calibration))))
     return TestResult(
         "fingerprint test",
         f"the suspect was asked {fp.n} keyed fingerprint points (chosen because copies of the "
@@ -356,5 +364,7 @@ def fingerprint_test(fp: Fingerprint, suspect_labels: Sequence[Any]) -> TestResu
         "(upper bounds of mean and variance) to the agreement of that family's held-out "
         "references (models never used to choose the points; "
         f"{len(fp.calibration)} in all) gives a tail probability, and p is the largest of "
-        f"them (the most similar family's mean agreement is {fp.null_mean:.3f})",
+        f"them (the most similar family's mean agreement is {fp.null_mean:.3f}), and never "
+        "below the share of those references that agree at least as much as the suspect "
+        f"({reached} of {len(fp.calibration)})",
         fp.n, agree, fp.null_mean, max(log2_p, -1e9))
