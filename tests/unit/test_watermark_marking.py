@@ -23,7 +23,7 @@ from modelfence.identity.principal import Principal
 from modelfence.watermark import marking
 from modelfence.watermark.guard import WatermarkGuard
 from modelfence.watermark.keyring import Keyring, WatermarkKey, row_bytes
-from modelfence.watermark.marking import PlannedRate, Watermarker
+from modelfence.watermark.marking import PlannedRate, RepeatAllowance, Watermarker
 from modelfence.watermark.power import Measured, model_rate
 from modelfence.watermark.settings import WatermarkSettings
 from modelfence.watermark.store import (
@@ -121,6 +121,31 @@ def test_marks_at_the_planned_rate_and_controls_at_the_ratio(k: int) -> None:
     # what a low-risk caller got marked stays marked when its risk rises
     low = {m.digest for m in got if m.kind == "watermark"}
     assert low <= {m.digest for m in risky if m.kind == "watermark"}
+
+
+def test_truthful_repeats_are_limited_to_a_few_distinct_inputs_per_caller() -> None:
+    """A repeat user's few inputs are answered truthfully however often; a caller re-asking
+    every input to find the marks strips at most `limit` of them."""
+    marker = Watermarker(KEYRING, lambda risk: 0.3, control_ratio=1)
+    x = rows(400, seed=11)
+    got = marker.select(x, np.zeros(len(x), dtype=np.int64), 3)
+    marked = [m for m in got if m.kind == "watermark"]
+    assert len(marked) > 20
+    held = {m.digest for m in marked}
+    allowance = RepeatAllowance(5)
+    kept = allowance.apply(got, held, "m", "mallory")
+    assert len([m for m in kept if m.kind == "watermark"]) == len(marked) - 5
+    assert all(m in kept for m in got if m.kind == "control")
+    # the same five again (and again): still truthful; a sixth: marked
+    first_five = [m for m in marked if m not in kept]
+    assert len(first_five) == 5
+    assert allowance.apply(first_five * 3, held, "m", "mallory") == []
+    sixth = [m for m in marked if m not in first_five][:1]
+    assert allowance.apply(sixth, held, "m", "mallory") == sixth
+    # another caller has its own allowance; nothing held: nothing changes
+    assert len(allowance.apply(marked, held, "m", "eve")) == len(marked) - 5
+    assert allowance.apply(marked, set(), "m", "zoe") == marked
+    assert RepeatAllowance(0).apply(marked, held, "m", "x") == marked
 
 
 def test_truthful_repeats_drop_only_the_held_marks() -> None:
@@ -223,7 +248,7 @@ async def test_a_marked_input_is_answered_truthfully_when_the_caller_repeats_it(
     given = _Given(digits)
     metrics = GatewayMetrics()
     guard = WatermarkGuard(Watermarker(KEYRING, lambda risk: 0.25, control_ratio=1), store,
-                           repeats="truthful", metrics=metrics)
+                           repeats="truthful", metrics=metrics, truthful_limit=1000)
     chain = GuardChain([given, guard])
     x = _inputs(0)
     mallory = given.principal

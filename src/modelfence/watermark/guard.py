@@ -10,8 +10,10 @@ class swap values. Whatever shaping does, the watermark reaches the caller intac
 With ``repeats: truthful`` the rows drawn as marks are looked up in the evidence store (one
 query per request, only when some row is drawn): an input this principal already holds
 marked is answered truthfully and not recorded again, so a repeat user pays for a marked
-input once. When the store cannot answer (PostgreSQL: within 1 s, as the lookup delays the
-answer), the rows are marked as usual (counted in `repeat_checks_failed`): the answers are
+input once, for up to `truthful_limit` distinct inputs (`RepeatAllowance`): beyond them a
+caller's repeats keep their mark, so re-asking everything strips few marks. When the store
+cannot answer (PostgreSQL: within 1 s, as the lookup delays the answer), the rows are marked
+as usual (counted in `repeat_checks_failed`): the answers are
 then what they would be without the lookup.
 
 Recording runs in the complete phase, after the answer left (or just before it, under
@@ -33,7 +35,7 @@ from ..gateway.call import Call
 from ..gateway.chain import Guard
 from ..gateway.metrics import GatewayMetrics
 from .keyring import EvidenceCipher, Keyring
-from .marking import Mark, Watermarker, make_record
+from .marking import Mark, RepeatAllowance, Watermarker, make_record
 from .settings import WatermarkSettings
 from .store import EvidenceRecord, EvidenceStore, evidence_store_from_url
 
@@ -63,9 +65,11 @@ class WatermarkGuard(Guard):
                  models: frozenset[str] | None = None,
                  cipher: EvidenceCipher | None = None,
                  metrics: GatewayMetrics | None = None,
-                 repeats: Literal["truthful", "consistent"] = "truthful") -> None:
+                 repeats: Literal["truthful", "consistent"] = "truthful",
+                 truthful_limit: int = 5) -> None:
         self.marker = marker
         self.repeats = repeats
+        self.allowance = RepeatAllowance(truthful_limit)
         self._metrics = metrics
         self.store = store
         self._models = models
@@ -134,7 +138,7 @@ class WatermarkGuard(Guard):
             log.log(logging.DEBUG if exc.reported else logging.WARNING,
                     "watermark: repeats not looked up, marked as usual: %s", exc)
             return marks
-        kept = Watermarker.truthful_repeats(marks, held)
+        kept = self.allowance.apply(marks, held, model, principal)
         self.truthful_repeats += len(marks) - len(kept)
         if self._metrics is not None and len(kept) < len(marks):
             self._metrics.watermark_truthful_repeats.inc(len(marks) - len(kept))
@@ -207,4 +211,4 @@ def build_watermark(settings: WatermarkSettings, models: dict[str, ModelEntry],
         Watermarker.from_settings(settings, Keyring.from_settings(settings)),
         evidence_store_from_url(settings.evidence_store),
         models=frozenset(settings.models) if settings.models else None, cipher=cipher,
-        metrics=metrics, repeats=settings.repeats)
+        metrics=metrics, repeats=settings.repeats, truthful_limit=settings.truthful_limit)

@@ -84,6 +84,45 @@ class PlannedRate:
         return self.settings.fraction_for(risk, planned)
 
 
+class RepeatAllowance:
+    """Which repeats of marked inputs a caller gets answered truthfully: at most `limit`
+    distinct inputs per (model, principal), any number of times each.
+
+    An honest repeat user re-asks a few inputs many times and pays for a marked one once; a
+    thief that re-asks everything to see which answers change strips at most `limit` marks,
+    and beyond them its repeats keep their mark. Kept per process (an LRU of `callers`):
+    with several workers or replicas a caller may get up to `limit` on each.
+    """
+
+    def __init__(self, limit: int, callers: int = 100_000) -> None:
+        from collections import OrderedDict
+
+        self.limit, self.callers = limit, callers
+        self._granted: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
+
+    def apply(self, marks: list[Mark], held: set[str], model: str, principal: str
+              ) -> list[Mark]:
+        """`marks` without those answered truthfully (repeats of held marks, within limit)."""
+        if not held or self.limit <= 0:
+            return marks
+        key = (model, principal)
+        granted = self._granted.get(key)
+        if granted is None:
+            granted = self._granted[key] = set()
+            if len(self._granted) > self.callers:
+                self._granted.popitem(last=False)
+        else:
+            self._granted.move_to_end(key)
+        out = []
+        for m in marks:
+            if m.kind == "watermark" and m.digest in held and (
+                    m.digest in granted or len(granted) < self.limit):
+                granted.add(m.digest)
+                continue
+            out.append(m)
+        return out
+
+
 class Watermarker:
     """Select rows and rewrite answers; shared by the gateway guard and in-process oracles.
 

@@ -3,8 +3,9 @@
 For red-team runs, tests and benchmarks: the victim's answers pass through the same
 `Watermarker` the gateway's guard uses, and each marked or control row becomes the same
 `EvidenceRecord` the guard writes, kept in `records`. As the guard with `repeats: truthful`
-(the default), an input this principal already got marked is answered truthfully
-(`truthful_repeats=False` answers it with its mark again, as `repeats: consistent`).
+(the default), an input this principal already got marked is answered truthfully, for up
+to `truthful_limit` distinct inputs (`truthful_repeats=False` answers it with its mark
+again, as `repeats: consistent`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 
 from ..redteam.victims import Answers, Oracle
 from .keyring import EvidenceCipher
-from .marking import Watermarker, make_record
+from .marking import RepeatAllowance, Watermarker, make_record
 from .store import EvidenceRecord
 
 Array = np.ndarray[Any, Any]
@@ -30,7 +31,8 @@ class WatermarkedOracle(Oracle):
     def __init__(self, inner: Oracle, marker: Watermarker, *, model: str = "model",
                  principal: str = "thief", tenant: str = "tenant",
                  risk: float | Callable[[], float] = 0.0,
-                 cipher: EvidenceCipher | None = None, truthful_repeats: bool = True) -> None:
+                 cipher: EvidenceCipher | None = None, truthful_repeats: bool = True,
+                 truthful_limit: int = 5) -> None:
         self._inner, self.marker = inner, marker
         self.n_classes, self.n_features = inner.n_classes, inner.n_features
         self.classes, self.batch = inner.classes, inner.batch
@@ -41,6 +43,7 @@ class WatermarkedOracle(Oracle):
         self.records: list[EvidenceRecord] = []
         self.marked = 0
         self.truthful_repeats = truthful_repeats
+        self.allowance = RepeatAllowance(truthful_limit)
         self.answered = 0  # rows answered so far (the planned rate tapers after `holding`)
         self._held: set[str] = set()  # digests of the inputs this principal got marked
 
@@ -53,7 +56,7 @@ class WatermarkedOracle(Oracle):
                                    answered=self.answered)
         self.answered += len(a.labels)
         if self.truthful_repeats:
-            marks = Watermarker.truthful_repeats(marks, self._held)
+            marks = self.allowance.apply(marks, self._held, self.model, self.principal)
         if not marks:
             return a
         proba = Watermarker.rewrite_proba(a.proba, marks)

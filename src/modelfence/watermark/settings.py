@@ -88,6 +88,10 @@ class WatermarkSettings(_Strict):
     repeats: Literal["truthful", "consistent"] = Field(
         "truthful", description="truthful: a caller's repeat of an input it already got "
         "marked is answered truthfully; consistent: marked again")
+    truthful_limit: int = Field(
+        5, ge=0, le=10_000, description="repeats: truthful: the distinct marked inputs a "
+        "caller gets answered truthfully on repeat; beyond them repeats keep their mark, so "
+        "a caller re-asking everything strips at most this many")
     timestamp_url: str | None = Field(None, description="RFC 3161 time-stamping authority "
                                       "for evidence bundles")
     fraction_at_risk: float | None = Field(
