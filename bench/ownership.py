@@ -216,7 +216,8 @@ class Gateway:
         if o is None:
             o = self.callers[principal] = WatermarkedOracle(
                 inner or self.victim.oracle, self.marker, model=MODEL, principal=principal,
-                tenant=tenant, truthful_repeats=self.settings.repeats == "truthful")
+                tenant=tenant, truthful_repeats=self.settings.repeats == "truthful",
+                truthful_limit=self.settings.truthful_limit)
         return o
 
     def answer(self, x: Array, principal: str, tenant: str, inner: Oracle | None = None

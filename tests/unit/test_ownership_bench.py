@@ -39,10 +39,10 @@ def wine(bench: Any) -> Any:
     return bench.load_victim(victim("wine-3c-13f-gb"))
 
 
-def settings(repeats: str, fraction: float = 0.2) -> WatermarkSettings:
+def settings(repeats: str, fraction: float = 0.2, limit: int = 1000) -> WatermarkSettings:
     return WatermarkSettings(keys=[WatermarkKeySettings(id="t", secret_file=Path("-"))],
                              fraction=fraction, fraction_at_risk=None, control_ratio=1.0,
-                             repeats=repeats)
+                             repeats=repeats, truthful_limit=limit)
 
 
 def test_victim_is_the_corpus_world(bench: Any, wine: Any) -> None:
@@ -78,6 +78,18 @@ def test_gateway_repeats_of_a_marked_input(bench: Any, wine: Any, repeats: str) 
     assert len(wm) == per_ask * (2 if repeats == "truthful" else 3)
     assert {r.principal for r in gw.records} == {"bob", "carol"}
     assert all(r.decoy_index != r.model_index for r in wm)
+
+
+def test_gateway_truthful_repeats_up_to_the_limit(bench: Any, wine: Any) -> None:
+    gw = bench.Gateway(wine, settings("truthful", limit=2), 0.1, b"k" * 32)
+    x = bench.wire(wine.pool_x[:60])
+    top = np.argmax(wine.oracle.ask(x).proba, axis=1)
+    first = gw.answer(x, "bob", "honest")
+    assert int(np.sum(first != top)) > 2
+    again = gw.answer(x, "bob", "honest")
+    # two distinct marked inputs are answered truthfully on repeat; the others keep their mark
+    assert int(np.sum((first != top) & (again == top))) == 2
+    assert int(np.sum(again != top)) == int(np.sum(first != top)) - 2
 
 
 def test_planned_rate_is_the_unflagged_callers(bench: Any, wine: Any) -> None:
