@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,8 +29,9 @@ from modelfence.watermark.settings import WatermarkSettings
 from modelfence.watermark.store import (
     EvidenceStore,
     MemoryEvidenceStore,
-    evidence_store_from_url,
 )
+
+from .test_watermark_store import store  # noqa: F401  (fixture: every evidence store)
 
 KEYRING = Keyring([WatermarkKey("k1", b"m" * 40)])
 
@@ -204,20 +205,6 @@ async def digits(digits_files: dict[str, Path]) -> ModelEntry:
     return entry
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[EvidenceStore]:
-    if request.param == "postgres":
-        url = request.getfixturevalue("pg_url")
-    elif request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/evidence.db"
-    else:
-        url = "memory://"
-    s = evidence_store_from_url(url)
-    await s.open()
-    yield s
-    await s.close()
-
-
 def _inputs(seed: int) -> np.ndarray[Any, Any]:
     """Digits-like rows."""
     from sklearn.datasets import load_digits
@@ -236,7 +223,8 @@ def _truth(entry: ModelEntry, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 
 async def test_a_marked_input_is_answered_truthfully_when_the_caller_repeats_it(
-        digits: ModelEntry, store: EvidenceStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        digits: ModelEntry, store: EvidenceStore,  # noqa: F811  (the fixture)
+        monkeypatch: pytest.MonkeyPatch) -> None:
     lookups: list[int] = []
     original = store.marked_before
 
@@ -294,8 +282,8 @@ class _Deaf(MemoryEvidenceStore):
 
 async def test_a_store_that_cannot_answer_leaves_the_marks_as_they_would_be(
         digits: ModelEntry) -> None:
-    store = _Deaf()
-    guard = WatermarkGuard(Watermarker(KEYRING, lambda risk: 0.25, control_ratio=1), store,
+    deaf = _Deaf()
+    guard = WatermarkGuard(Watermarker(KEYRING, lambda risk: 0.25, control_ratio=1), deaf,
                            repeats="truthful")
     chain = GuardChain([_Given(digits), guard])
     x = _inputs(2)
@@ -304,7 +292,7 @@ async def test_a_store_that_cannot_answer_leaves_the_marks_as_they_would_be(
     assert np.array_equal(first, again) and (first != _truth(digits, x)).sum() >= 10
     assert guard.repeat_checks_failed == 2 and guard.truthful_repeats == 0
     digests = {hashlib.sha256(r).hexdigest() for r in row_bytes(x)}
-    assert {r.input_sha256 for r in await store.records("digits")} <= digests
+    assert {r.input_sha256 for r in await deaf.records("digits")} <= digests
 
 
 def test_the_gateway_plans_from_the_plan_file_and_a_bad_one_fails_start_up(

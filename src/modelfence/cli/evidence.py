@@ -9,7 +9,7 @@ checked does not hold), 2 on bad input (not a bundle, unreadable key or certific
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -42,12 +42,9 @@ def evidence_verify(
         public = load_public_key(public_key)
         certs = (None if tsa_cert is None else timestamp.load_certificates(
             _read(tsa_cert, "TSA certificate"), str(tsa_cert)))
-        data = bundle.read_bytes(bundle_path)
-        doc = bundle.parse(data, str(bundle_path))
-    except bundle.Damaged as exc:
-        raise fail(escape(str(exc)), 1) from None
     except ModelfenceError as exc:
         raise fail(escape(str(exc)), 2) from None
+    data, doc = _open_bundle(bundle_path)
     problem = bundle.problem(doc, public) or bundle.file_problem(data, doc)
     if problem is not None:
         raise fail(escape(problem), 1)
@@ -80,13 +77,7 @@ def evidence_timestamp(
     render its HTML again. On failure the bundle is left as it was (exit 1)."""
     from ..watermark import bundle, timestamp
 
-    try:
-        data = bundle.read_bytes(bundle_path)
-        doc = bundle.parse(data, str(bundle_path))
-    except bundle.Damaged as exc:
-        raise fail(escape(str(exc)), 1) from None
-    except ModelfenceError as exc:
-        raise fail(escape(str(exc)), 2) from None
+    data, doc = _open_bundle(bundle_path)
     if bundle.file_problem(data, doc) is not None:
         raise fail(escape(f"{bundle_path}: {bundle.NOT_CANONICAL}; not timestamped"), 1)
     try:
@@ -108,3 +99,17 @@ def _read(path: Path, what: str) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise ConfigurationError(f"{path}: cannot read {what}: {exc.strerror}") from None
+
+
+def _open_bundle(path: Path) -> tuple[bytes, dict[str, Any]]:
+    """The bundle's bytes and content: exit 1 when it is a damaged bundle, 2 when it is not
+    a bundle (or cannot be read)."""
+    from ..watermark import bundle
+
+    try:
+        data = bundle.read_bytes(path)
+        return data, bundle.parse(data, str(path))
+    except bundle.Damaged as exc:
+        raise fail(escape(str(exc)), 1) from None
+    except ModelfenceError as exc:
+        raise fail(escape(str(exc)), 2) from None
