@@ -233,7 +233,7 @@ def _fingerprint(w: World, agreements: list[int]) -> Fingerprint:
 
 
 def test_the_fingerprint_is_combined_by_fisher(small: World) -> None:
-    fp = _fingerprint(small, [30, 34, 31, 29, 33, 32])
+    fp = _fingerprint(small, [12, 14, 11, 13, 10, 12])
     suspect = FunctionSuspect(small.victim.predict, n_features=FEATURES)
     doc = verify(small.evidence(), suspect, fingerprint=fp)
     got = doc["tests"]["fingerprint"]
@@ -256,7 +256,7 @@ def test_the_fingerprint_is_combined_by_fisher(small: World) -> None:
 
 def test_without_marks_the_fingerprint_alone_decides(small: World) -> None:
     empty = questions_from([], model="m", principal=None, marker=small.marker, cipher=None)
-    fp = _fingerprint(small, [30, 34, 31, 29, 33, 32])
+    fp = _fingerprint(small, [12, 14, 11, 13, 10, 12])
     doc = verify(empty, FunctionSuspect(small.victim.predict, n_features=FEATURES),
                  fingerprint=fp)
     assert doc["tests"]["sets"] == [] and doc["tests"]["combined"]["method"] == "single test"
