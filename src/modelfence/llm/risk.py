@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .settings import LlmMonitorSettings
 
-KINDS = ("leak", "extraction", "injection", "probe", "volume")
+KINDS = ("leak", "extraction", "injection", "probe", "volume", "distill")
 
 
 @dataclass(slots=True)
@@ -93,6 +93,9 @@ class Observation:
     screen: str = ""
     screen_score: float = 0.0
     probe: bool = False
+    # evidence in [0, 1] from the distillation test of the caller's recent prompts
+    # (llm/distill.py); it arrives apart from any request, with tokens 0
+    distill: float = 0.0
     ts: float = 0.0  # when it was seen (shared observations are applied at their time)
     origin: str = ""  # the replica that answered
 
@@ -185,6 +188,8 @@ class LlmRiskBook:
             ev.add("injection", s.injection * obs.screen_score)
         if obs.probe:
             ev.add("probe", s.probe)
+        if obs.distill > 0:
+            ev.add("distill", s.distill * obs.distill)
         if obs.tokens > 0:
             ev.values["volume"] = s.volume * self._volume_share(ev, obs.model, prefix, now)
 

@@ -54,6 +54,11 @@ class LlmRiskGuard(Guard):
                           origin=self._replica)
         if not (obs.tokens or obs.leak or obs.probe or obs.screen not in ("", "benign")):
             return
+        self.record(obs)
+
+    def record(self, obs: Observation) -> None:
+        """Score `obs` (from a call, or evidence found apart from one, such as the
+        distillation test's), alert on each crossing and share it with the other replicas."""
         for crossing in self.book.observe(obs, now=obs.ts):
             self._alert(crossing)
         if self.stream is not None:

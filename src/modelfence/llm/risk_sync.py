@@ -26,18 +26,20 @@ log = logging.getLogger("modelfence.llm")
 def encode(obs: Observation) -> dict[str, str]:
     return {"m": obs.model, "p": obs.principal, "t": obs.tenant or "", "k": str(obs.tokens),
             "l": "1" if obs.leak else "", "s": obs.screen, "c": repr(obs.screen_score),
-            "b": "1" if obs.probe else "", "ts": repr(obs.ts), "o": obs.origin}
+            "b": "1" if obs.probe else "", "d": repr(obs.distill), "ts": repr(obs.ts),
+            "o": obs.origin}
 
 
 def decode(fields: dict[bytes, bytes]) -> Observation:
     f = {k.decode(): v.decode() for k, v in fields.items()}
     if not (math.isfinite(float(f["ts"])) and 0.0 <= float(f["c"]) <= 1.0
-            and int(f["k"]) >= 0):
+            and int(f["k"]) >= 0
+            and 0.0 <= float(f.get("d", "0.0")) <= 1.0):
         raise ValueError("a number out of range")
     return Observation(model=f["m"], principal=f["p"], tenant=f["t"] or None,
                        tokens=int(f["k"]), leak=bool(f["l"]), screen=f["s"],
-                       screen_score=float(f["c"]), probe=bool(f["b"]), ts=float(f["ts"]),
-                       origin=f["o"])
+                       screen_score=float(f["c"]), probe=bool(f["b"]),
+                       distill=float(f.get("d", "0.0")), ts=float(f["ts"]), origin=f["o"])
 
 
 class RiskStream:

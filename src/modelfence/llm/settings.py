@@ -196,6 +196,9 @@ class LlmMonitorSettings(_Strict):
     probe: float = Field(0.1, ge=0, le=1, description="weight of a refused output-layer probe "
                          "(logprobs, logit_bias, echo, over a cap)")
     volume: float = Field(0.5, ge=0, le=1, description="weight of token volume 100x the peers'")
+    distill: float = Field(0.6, ge=0, le=1, description="weight of a window of prompts the "
+                           "distillation test finds unlike the model's benign traffic "
+                           "(x its evidence)")
     min_peers: int = Field(3, ge=1, description="peers needed before volume counts")
     max_subjects: int = Field(100_000, ge=10, description="principals and tenants kept per "
                               "model (least recently seen dropped)")
