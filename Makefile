@@ -33,7 +33,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/modelfence demo --port $(PORT)
 
 test: $(VENV)/.installed-dev $(MLSERVER_VENV)/.installed
-	MODELFENCE_TEST_MLSERVER=$(abspath $(MLSERVER_VENV))/bin/mlserver $(VENV)/bin/python -m pytest
+	MODELFENCE_TEST_MLSERVER=$(abspath $(MLSERVER_VENV))/bin/mlserver $(VENV)/bin/python -m pytest -n auto
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests bench
