@@ -1,0 +1,231 @@
+"""The distillation test in the gateway: off the request path, on a bounded queue.
+
+After an answered chat or completion call, `DistillGuard.on_complete` (which runs after the
+response is sent) hands what the caller asked to `DistillWorker.submit`: a non-blocking put
+on a bounded queue; when the queue is full the prompt is dropped and counted, never waited
+for. One worker thread takes prompts in batches, embeds them with all-MiniLM-L6-v2 and runs
+the detector; each window's evidence goes back to the event loop, to `LlmRiskGuard.record`,
+so it feeds the same risk, bands, alerts and replica stream as any other evidence.
+
+The worker has its own `MiniLmEmbedder` instance (the same loader as screening, one more
+copy of the 90 MB model): sharing screening's would make a screened request wait behind a
+batch of distillation prompts, on the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import ConfigurationError
+from ..gateway.call import Call
+from ..gateway.chain import Guard
+from .distill import DistillDetector
+from .distill_features import Shape, asked, embed
+from .distill_settings import DistillSettings
+from .guards import KIND_OF_ACTION
+from .risk import Observation
+from .screening_similarity import MiniLmEmbedder, require_similarity_extra
+
+log = logging.getLogger("modelfence.llm")
+
+Sink = Callable[[Observation], None]
+#: (model, outcome, n): outcome "dropped" (queue full), "cold" (reference not ready),
+#: "tested", "flagged" (windows) — the Prometheus counter's labels
+CountSink = Callable[[str, str, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    model: str
+    principal: str
+    tenant: str | None
+    text: str
+    shape: Shape
+    ts: float
+
+
+class DistillWorker:
+    """One background thread embedding and testing the prompts of every distill model."""
+
+    def __init__(self, models: Mapping[str, DistillSettings], sink: Sink, *,
+                 embedder: MiniLmEmbedder | None = None,
+                 on_count: CountSink | None = None) -> None:
+        self.settings = dict(models)
+        self.detectors = {name: DistillDetector(s) for name, s in self.settings.items()}
+        self._sink = sink
+        self._on_count = on_count
+        self.embedder = embedder or MiniLmEmbedder()
+        size = max(s.queue for s in self.settings.values())
+        self._batch = max(s.batch for s in self.settings.values())
+        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=size)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+        self.embedded = 0
+        self._cold_logged: set[str] = set()
+        self._pending = 0  # queued or in hand (for `drain`)
+        self._done = threading.Condition()
+
+    @staticmethod
+    def check(models: Mapping[str, DistillSettings]) -> None:
+        """Refuse to start when distillation detection is on without the `llm` extra, or
+        with a reference file that cannot be read."""
+        if not models:
+            return
+        try:
+            require_similarity_extra()
+        except ConfigurationError as e:
+            raise ConfigurationError(f"distill: {e}") from None
+        for name, s in models.items():
+            if s.reference is not None and not s.reference.is_file():
+                raise ConfigurationError(f"model {name!r}: distill.reference {s.reference} "
+                                         "is not a readable file")
+
+    def submit(self, model: str, principal: str, tenant: str | None, text: str,
+               shape: Shape, ts: float) -> bool:
+        """Queue one prompt; False (and counted) when the queue is full. Never blocks."""
+        with self._done:
+            self._pending += 1
+        try:
+            self._queue.put_nowait(_Item(model, principal, tenant, text, shape, ts))
+        except queue.Full:
+            with self._done:
+                self._pending -= 1
+            self.dropped += 1
+            self._count(model, "dropped", 1)
+            return False
+        return True
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="mf-distill", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self._thread is None:
+            return
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout_s)
+        self._thread.join(timeout_s)
+        self._thread = None
+
+    # -- the worker thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._warm_start()
+        except Exception as e:  # logged: a broken reference file must not kill the worker
+            log.error("distill: cannot read the reference prompts: %s", e)
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            items = [item]
+            while len(items) < self._batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._process(items)
+                    return
+                items.append(nxt)
+            try:
+                self._process(items)
+            except Exception:
+                log.exception("distill: a batch of %d prompts failed", len(items))
+            with self._done:
+                self._pending -= len(items)
+                self._done.notify_all()
+
+    def _warm_start(self) -> None:
+        for name, s in self.settings.items():
+            if s.reference is None:
+                continue
+            lines = [ln.strip() for ln in s.reference.read_text(encoding="utf-8").splitlines()]
+            texts = [ln for ln in lines if ln and not ln.startswith("#")][:s.reference_size]
+            vectors = [self.embedder.encode(texts[i:i + 32]) for i in range(0, len(texts), 32)]
+            if vectors:
+                self.detectors[name].seed_reference(name, np.concatenate(vectors))
+            log.info("distill: model %s reference warm-started with %d prompts", name,
+                     len(texts))
+
+    def _process(self, items: list[_Item]) -> None:
+        prompts = embed(self.embedder, [i.text for i in items], [i.shape for i in items])
+        self.embedded += len(items)
+        for item, prompt in zip(items, prompts, strict=True):
+            detector = self.detectors[item.model]
+            before = detector.counts(item.model)
+            for obs in detector.add(item.model, item.principal, item.tenant, prompt, item.ts):
+                self._deliver(obs)
+            after = detector.counts(item.model)
+            for outcome in ("cold", "tested", "flagged"):
+                n = after.get(outcome, 0) - before.get(outcome, 0)
+                if n:
+                    self._count(item.model, outcome, n)
+            self._log(item.model, detector)
+
+    def _log(self, model: str, detector: DistillDetector) -> None:
+        for r in detector.results:
+            if not r.tested and model not in self._cold_logged:
+                self._cold_logged.add(model)
+                s = self.settings[model]
+                log.warning("distill: model %s's reference is not ready (needs %d prompts "
+                            "from %d callers, or a reference file): windows give no evidence "
+                            "yet", model, s.min_reference, s.min_callers)
+            elif r.tested and model in self._cold_logged:
+                self._cold_logged.discard(model)
+                log.info("distill: model %s's reference is ready; windows are tested", model)
+            if r.evidence > 0:
+                log.warning("distill: %s %s on %s: evidence %.2f (%s)", r.kind, r.subject,
+                            model, r.evidence, r.explain())
+
+    def _deliver(self, obs: Observation) -> None:
+        loop = self._loop
+        if loop is None:
+            self._sink(obs)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed as the gateway stopped
+            loop.call_soon_threadsafe(self._sink, obs)
+
+    def _count(self, model: str, outcome: str, n: int) -> None:
+        if self._on_count is not None:
+            self._on_count(model, outcome, n)
+
+    def drain(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every queued prompt is processed (tests, benchmarks)."""
+        with self._done:
+            return self._done.wait_for(lambda: self._pending <= 0, timeout_s)
+
+
+class DistillGuard(Guard):
+    """Hands each answered chat or completion call's prompt to the distillation worker."""
+
+    name: ClassVar[str] = "distill"
+    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "body"})
+
+    def __init__(self, worker: DistillWorker) -> None:
+        self.worker = worker
+
+    async def on_complete(self, call: Call) -> None:
+        if (call.status != 200 or call.error is not None or call.principal is None
+                or call.model is None or call.model.name not in self.worker.settings):
+            return
+        kind = KIND_OF_ACTION.get(call.action, "")
+        ex: Any = call.result
+        got = asked(kind, getattr(ex, "request", None))
+        if got is None:
+            return
+        text, shape = got
+        self.worker.submit(call.model.name, call.principal.id, call.principal.tenant or None,
+                           text, shape, time.time())
