@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import random
 
 import pytest
 from pydantic import ValidationError
@@ -20,35 +22,184 @@ def book(**kw: float) -> LlmRiskBook:
 def test_a_leak_alerts_once_and_decays_with_the_half_life() -> None:
     b = book(half_life_s=100.0)
     crossings = b.observe(Observation("m", "eve", "evil", leak=True), now=T0)
-    assert [(c.kind, c.subject) for c in crossings] == [("principal", "eve"), ("tenant", "evil")]
+    assert [(c.kind, c.subject) for c in crossings] == [("principal", "eve")]
     assert b.peek("m", "eve", "evil", now=T0) == pytest.approx(0.6)
     assert b.observe(Observation("m", "eve", "evil", leak=True), now=T0 + 1) == []  # once
     assert b.peek("m", "eve", None, now=T0 + 1) == pytest.approx(0.84, abs=0.01)  # noisy-OR
-    assert b.peek("m", "eve", None, now=T0 + 101) == pytest.approx(0.42, abs=0.01)  # halved
+    # the count of leaks halves (2 → 1): the risk is one leak's again
+    assert b.peek("m", "eve", None, now=T0 + 101) == pytest.approx(0.6, abs=0.01)
     assert b.peek("m", "eve", None, now=T0 + 2000) < 0.01
     # once the risk has clearly fallen back, the next crossing alerts again
     assert b.observe(Observation("m", "eve", None, leak=True), now=T0 + 2000)
 
 
-def test_the_tenant_carries_the_risk_of_all_its_keys() -> None:
+def test_a_thief_split_over_ten_keys_shows_at_the_tenant() -> None:
     b = book()
-    for i in range(5):  # five keys, each probing once: each stays low, the tenant does not
-        b.observe(Observation("m", f"key{i}", "ring", probe=True), now=T0)
-    assert b.peek("m", "key0", None, now=T0) == pytest.approx(0.1)
-    assert b.peek("m", "fresh-key", "ring", now=T0) == pytest.approx(1 - 0.9**5)
-    parts = b.risk("m", "tenant", "ring", now=T0)
-    assert parts.requests == 5 and set(parts.parts) == {"probe"}
-    assert "probe" in parts.explain()
+    crossings = []
+    for i in range(10):  # each key asks for the system prompt once: within its allowance
+        crossings += b.observe(Observation("m", f"key{i}", "ring", tokens=50,
+                                           screen="extraction", screen_score=0.8),
+                               now=T0 + 10 * i)
+    assert [b.peek("m", f"key{i}", None, now=T0 + 100) for i in range(10)] == [0.0] * 10
+    assert [c.kind for c in crossings] == ["tenant"]  # the ring, once
+    tenant = b.risk("m", "tenant", "ring", now=T0 + 100)
+    assert tenant.score >= 0.5 and tenant.requests == 10 and "extraction" in tenant.explain()
+    assert b.peek("m", "fresh-key", "ring", now=T0 + 100) == pytest.approx(tenant.score)
+
+
+def test_one_member_does_not_move_its_peers_unless_the_tenant_behaves_differently() -> None:
+    b = book()
+    for u in range(10):
+        b.observe(Observation("m", f"user{u}", "acme", tokens=300), now=T0)
+    alerts = []
+    for i in range(5):  # one member leaks and asks for the prompt again and again
+        alerts += b.observe(Observation("m", "user0", "acme", tokens=20, leak=True,
+                                        screen="extraction", screen_score=1.0),
+                            now=T0 + 60 + i)
+    assert [c.kind for c in alerts] == ["principal"]
+    assert b.peek("m", "user0", "acme", now=T0 + 100) > 0.9
+    assert [b.peek("m", f"user{u}", "acme", now=T0 + 100) for u in range(1, 10)] == [0.0] * 9
+    assert b.risk("m", "tenant", "acme", now=T0 + 100).score == 0.0  # the left-out member
+    b.observe(Observation("m", "user1", "acme", leak=True), now=T0 + 200)  # a second one
+    assert b.peek("m", "user2", "acme", now=T0 + 200) == 0.0  # two mistakes: not the tenant
+    b.observe(Observation("m", "user2", "acme", leak=True), now=T0 + 300)
+    b.observe(Observation("m", "user3", "acme", leak=True), now=T0 + 400)
+    # four members leaking: the tenant as a whole does, and its other members see it
+    assert b.peek("m", "user5", "acme", now=T0 + 400) >= 0.5
+
+
+def _day(users: int, tenant: str | None, rng: random.Random, per_day: range,
+         fp_every: int = 250) -> tuple[list[tuple[float, str]], set[int]]:
+    """A day of honest prompts at random times; every `fp_every`th a screener hit."""
+    times = sorted((rng.uniform(0, 86_400), f"user{u}") for u in range(users)
+                   for _ in range(rng.choice(per_day)))
+    return times, set(range(fp_every // 2, len(times), fp_every))
+
+
+@pytest.mark.parametrize(("users", "per_day"), [(50, range(20, 150)), (1, range(500, 501)),
+                                                (10, range(100, 300))])
+def test_honest_users_with_screener_false_positives_keep_their_band_all_day(
+        users: int, per_day: range) -> None:
+    """0.4% of honest prompts screened as extraction or injection: no alert, no band change
+    for any user, in a tenant of 50, a heavy user (500 prompts a day) alone, a tenant of 10."""
+    rng = random.Random(users)
+    b = book()
+    model = _model(bands=BANDS)
+    times, hits = _day(users, "acme", rng, per_day)
+    assert len(hits) >= 2 and len(hits) / len(times) == pytest.approx(0.004, rel=0.1)
+    bands: dict[str, str] = {}
+    changes = alerts = 0
+    for i, (t, user) in enumerate(times):
+        band = model.controls_for(b.peek("m", user, "acme", now=T0 + t))[0]
+        changes += user in bands and bands[user] != band
+        bands[user] = band
+        kind = rng.choice(["extraction", "injection"]) if i in hits else "benign"
+        alerts += len(b.observe(Observation("m", user, "acme", tokens=400, screen=kind,
+                                            screen_score=rng.uniform(0.6, 1.0)), now=T0 + t))
+    assert (changes, alerts) == (0, 0)
+    assert set(bands.values()) == {"default"}
+    # the book saw the hits: summed as before, the tenant would have alerted
+    tenant = b.risk("m", "tenant", "acme", now=T0 + 86_400)
+    assert set(tenant.parts) & {"extraction", "injection"}
+
+
+def test_a_caller_screened_as_extraction_again_and_again_alerts_on_the_third() -> None:
+    b = book()
+    first = b.observe(Observation("m", "x", None, tokens=20, screen="extraction",
+                                  screen_score=0.9), now=T0)
+    assert first == [] and b.peek("m", "x", None, now=T0) == 0.0  # maybe a false positive
+    assert b.observe(Observation("m", "x", None, screen="extraction", screen_score=0.9),
+                     now=T0 + 30) == []
+    assert 0.2 < b.peek("m", "x", None, now=T0 + 30) < 0.3  # one beyond the allowance
+    third = b.observe(Observation("m", "x", None, screen="extraction", screen_score=0.9),
+                      now=T0 + 60)
+    assert [c.kind for c in third] == ["principal"]
 
 
 def test_screening_verdicts_count_by_their_score() -> None:
     b = book()
-    b.observe(Observation("m", "a", None, screen="extraction", screen_score=1.0), now=T0)
-    b.observe(Observation("m", "b", None, screen="injection", screen_score=0.5), now=T0)
-    b.observe(Observation("m", "c", None, screen="benign", screen_score=0.9), now=T0)
-    assert b.peek("m", "a", None, now=T0) == pytest.approx(0.35)
-    assert b.peek("m", "b", None, now=T0) == pytest.approx(0.1)
-    assert b.peek("m", "c", None, now=T0) == 0.0
+    for who, kind, score in [("a", "extraction", 1.0), ("b", "injection", 0.5),
+                             ("c", "benign", 0.9)]:
+        for i in range(3):
+            b.observe(Observation("m", who, None, screen=kind, screen_score=score), now=T0 + i)
+    # the first hit is the allowance; each other counts as weight x score (a noisy-OR)
+    assert b.peek("m", "a", None, now=T0 + 2) == pytest.approx(1 - 0.65 ** 2, abs=0.01)
+    # half a score is worth half of a full hit's log-survival: 3 x 0.47 hits, 1 allowed
+    events = 3 * math.log(1 - 0.2 * 0.5) / math.log(1 - 0.2)
+    assert b.peek("m", "b", None, now=T0 + 2) == pytest.approx(1 - 0.8 ** (events - 1),
+                                                               abs=0.01)
+    assert b.peek("m", "c", None, now=T0 + 2) == 0.0
+
+
+def test_clamped_fields_count_as_probes_by_how_telling_they_are() -> None:
+    b = book()
+    for i in range(12):
+        b.observe(Observation("m", "lp", None, tokens=10, asked=("logprobs",)), now=T0 + i)
+        b.observe(Observation("m", "n", None, tokens=10, asked=("n",)), now=T0 + i)
+        b.observe(Observation("m", "sdk", None, tokens=10, asked=("max_tokens",)), now=T0 + i)
+        b.observe(Observation("m", "old", None, probe=True), now=T0 + i)  # unnamed refusal
+    lp, n = b.risk("m", "principal", "lp", now=T0 + 12), b.risk("m", "principal", "n",
+                                                                now=T0 + 12)
+    assert lp.parts["probe"] == pytest.approx(1 - 0.9 ** 11, abs=0.01)  # one allowed
+    # each n over the cap counts as half a probe (0.05), less the one allowed (0.1)
+    assert n.parts["probe"] == pytest.approx(1 - 0.95 ** 12 / 0.9, abs=0.01)
+    assert b.peek("m", "old", None, now=T0 + 12) == pytest.approx(lp.score)
+    # max_tokens over the cap: what honest SDKs send; at most `clamp`, below every band
+    assert b.risk("m", "principal", "sdk", now=T0 + 12).parts == {"clamp": pytest.approx(0.1)}
+
+
+def test_a_patient_prober_alerts_after_eight_probes() -> None:
+    """One logprobs probe every 15 minutes: today's hourly half-life never reached 0.5."""
+    b = book()
+    for i in range(1, 30):
+        if b.observe(Observation("m", "slow", None, asked=("logprobs", "top_logprobs")),
+                     now=T0 + 900 * i):
+            break
+    assert i == 8
+    hourly = book(half_life_s=3600.0)
+    assert not any(hourly.observe(Observation("m", "slow", None, asked=("logprobs",)),
+                                  now=T0 + 900 * i) for i in range(200))
+
+
+def test_an_honest_user_hitting_a_cap_now_and_then_keeps_its_band_for_a_week() -> None:
+    b, model = book(), _model(bands=BANDS)
+    rng = random.Random(7)
+    bands = set()
+    for day in range(7):
+        for j in range(100):  # every request over max_tokens (its SDK), n=2 twice a day
+            now = T0 + day * 86_400 + j * 864
+            asked = ("max_tokens", "n") if j in (10, 60) else ("max_tokens",)
+            assert not b.observe(Observation("m", "dev", "shop", tokens=rng.randint(50, 900),
+                                             asked=asked), now=now)
+            bands.add(model.controls_for(b.peek("m", "dev", "shop", now=now))[0])
+    assert bands == {"default"}
+    assert b.risk("m", "principal", "dev", now=T0 + 7 * 86_400).parts["probe"] < 0.2
+
+
+def test_each_kind_halves_over_its_own_horizon() -> None:
+    b = book(false_alarm=0.5)  # no allowance: the parts are plain decayed counts
+    b.observe(Observation("m", "p", None, asked=("logprobs",), screen="extraction",
+                          screen_score=1.0), now=T0)
+    at = {h: b.risk("m", "principal", "p", now=T0 + h * 3600).parts for h in (0, 6, 48)}
+    assert at[0]["extraction"] == pytest.approx(0.35) and at[0]["probe"] == pytest.approx(0.1)
+    # screener hits halve in 6 hours; probes in 2 days
+    assert at[6]["extraction"] == pytest.approx(1 - 0.65 ** 0.5, abs=1e-3)
+    assert at[6]["probe"] == pytest.approx(1 - 0.9 ** 0.5 ** (6 / 48), abs=1e-3)
+    assert at[48]["probe"] == pytest.approx(1 - 0.9 ** 0.5, abs=1e-3)
+    assert at[48]["extraction"] < 0.01  # long gone
+    quick = book(half_lives={"probe": 60.0}, false_alarm=0.5)  # type: ignore[arg-type]
+    quick.observe(Observation("m", "p", None, asked=("logprobs",)), now=T0)
+    assert quick.peek("m", "p", None, now=T0 + 60) == pytest.approx(1 - 0.9 ** 0.5, abs=1e-3)
+
+
+def test_poisson_allowance() -> None:
+    from modelfence.llm.risk import poisson_quantile
+
+    assert poisson_quantile(0.0, 0.001) == 0
+    assert poisson_quantile(0.0005, 0.001) == 0  # too rare to expect even one
+    assert poisson_quantile(0.004, 0.001) == 1  # a new user may show one false positive
+    assert poisson_quantile(2.0, 0.001) == 8  # P(X > 7) = 0.0011, P(X > 8) = 0.00024
+    assert poisson_quantile(400.0, 0.001) == pytest.approx(462, abs=2)  # normal beyond 100
 
 
 def test_token_volume_far_above_the_peers_raises_risk() -> None:
@@ -112,13 +263,31 @@ def test_stream_entries_round_trip() -> None:
     from modelfence.llm.risk_sync import decode, encode
 
     obs = Observation("m", "p", "t", tokens=12, leak=True, screen="extraction",
-                      screen_score=0.9, probe=True, ts=T0 + 0.25, origin="host:1")
+                      screen_score=0.9, probe=True, distill=0.5, ts=T0 + 0.25,
+                      origin="host:1", asked=("n", "max_tokens"))
     wire = {k.encode(): v.encode() for k, v in encode(obs).items()}
     assert decode(wire) == obs
     plain = Observation("m", "p", None, ts=T0, origin="h")
     assert decode({k.encode(): v.encode() for k, v in encode(plain).items()}) == plain
+    # an entry written before distill ("d") and asked ("a") were carried still decodes
+    old = {k: v for k, v in wire.items() if k not in (b"a", b"d")}
+    assert decode(old) == Observation("m", "p", "t", tokens=12, leak=True, screen="extraction",
+                                      screen_score=0.9, probe=True, ts=T0 + 0.25,
+                                      origin="host:1")
     with pytest.raises(KeyError):
         decode({b"m": b"m"})
+    with pytest.raises(ValueError, match="too many"):
+        decode({**wire, b"a": b",".join([b"n"] * 17)})
+    # what it carries is scored alike on a replica that reads it
+    here, there = book(), book()
+    for _ in range(3):
+        here.observe(obs, now=T0)
+        there.observe(decode(wire), now=T0, remote=True)
+    mine, theirs = here.risk("m", "principal", "p", now=T0), there.risk("m", "principal", "p",
+                                                                       now=T0)
+    assert (theirs.score, theirs.parts, theirs.requests) == (mine.score, mine.parts,
+                                                             mine.requests)
+    assert "probe" in there.risk("m", "principal", "p", now=T0).parts
 
 
 async def test_a_restarted_replica_replays_its_own_evidence(redis_url: str) -> None:

@@ -247,7 +247,7 @@ class AdminApi:
                 "model": model, "principal": principal, "tenant": tenant,
                 "risk": round(llm.score, 4), "flagged": llm.flagged,
                 "queries": llm.requests, "tokens": round(llm.tokens),
-                "detectors": {n: {"score": round(v, 4), "why": _LLM_WHY[n]}
+                "detectors": {n: {"score": round(v, 4), "why": _LLM_WHY.get(n, n)}
                               for n, v in llm.parts.items()}})
         if self._monitor is None or not self._monitor.watches(model):
             raise NotFound(f"model {model[:64]!r} is not monitored")
@@ -268,8 +268,11 @@ class AdminApi:
 _LLM_WHY = {"leak": "answers that would have leaked the system prompt",
             "extraction": "prompts screened as system-prompt extraction",
             "injection": "prompts screened as injection",
-            "probe": "refused requests for logprobs, logit_bias, echo or over a cap",
-            "volume": "tokens far above its peers'"}
+            "probe": "requests for logprobs, logit_bias, echo, n or best_of beyond its band "
+                     "(refused or clamped)",
+            "clamp": "max_tokens over the cap (at most a small part: SDKs send it)",
+            "volume": "tokens far above its peers'",
+            "distill": "prompt windows unlike the model's benign traffic (distillation)"}
 
 
 def _when(ts: float) -> str | None:

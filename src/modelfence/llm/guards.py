@@ -66,6 +66,7 @@ class LlmExchange:
     ended: bool = False  # a stream's end was handled (upstream closed, call completed)
     noise: Any = None  # a stream's `LogprobNoise`, when its band noises logprobs
     noise_offsets: dict[Any, int] = field(default_factory=dict)  # its running positions
+    asked: list[str] = field(default_factory=list)  # fields asked beyond the band (risk)
 
 
 def exchange_of(call: Call) -> LlmExchange:
@@ -111,7 +112,8 @@ class LlmModelGuard(Guard):
         call.result = LlmExchange(entry, doc)
 
 
-#: 400 reasons that mean a caller asked for more of the output layer than it may have.
+#: 400 reasons that mean a caller asked for more of the output layer than it may have (the
+#: fields are named in `LlmExchange.asked`, refused or clamped alike).
 PROBE_REASONS = frozenset({"logprobs_refused", "logit_bias_refused", "echo_refused",
                            "over_cap"})
 
@@ -141,7 +143,7 @@ class LlmBodyGuard(Guard):
         band, ex.controls = ex.entry.settings.controls_for(call.risk, call.pinned_bands)
         if ex.entry.settings.bands:
             call.shaping_band = band
-        apply_controls(kind, body, ex.entry.settings, ex.controls)
+        apply_controls(kind, body, ex.entry.settings, ex.controls, ex.asked)
         ex.tally = UsageTally(kind, body)
         call.token_cost = token_ceiling(kind, body, estimate(prompt_chars(kind, body)))
         if stream:

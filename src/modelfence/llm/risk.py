@@ -2,12 +2,20 @@
 
 An LLM thief shows itself differently from a classifier thief: it asks for the system
 prompt (screened as extraction, or answered with a leak the canary filter stopped), it
-probes the output layer (logprobs, logit_bias, echo — refused by the controls), and a
-distiller spends far more tokens than its peers. Each kind of evidence is a number in
-[0, 1] that decays with a half-life; a new event adds to it as in a noisy-OR, and the
-risk is the noisy-OR of the kinds, so one strong signal or several weak ones count.
-Kept per model for each principal and each tenant (one thief with many keys), bounded by
-an LRU of subjects. Peeking is a dictionary lookup and a few exponentials.
+probes the output layer (logprobs, logit_bias, echo, n — refused or clamped by the
+controls), and a distiller spends far more tokens than its peers. Each kind of evidence
+is a decayed count of events, each halving over a horizon matched to the attack (probes
+days, screener hits hours: `LlmHalfLives`). A subject's part of a kind is what it shows
+*beyond what honest traffic of its volume shows*: the count less an allowance (the
+background rate times its decayed requests, z Poisson deviations of it, and a few free
+events), so a heavy honest user's share of screener false positives is not evidence.
+The parts combine as a noisy-OR, so one strong signal or several weak ones count.
+
+Kept per model for each principal and each tenant (one thief with many keys). A tenant's
+count leaves out its member with the most of that kind (min over leave-one-out): one
+member's evidence never punishes its peers (that member's own risk covers it), while a
+thief split over many keys still shows at the tenant. Bounded by an LRU of subjects;
+peeking is a dictionary lookup and a few exponentials.
 """
 
 from __future__ import annotations
@@ -19,40 +27,69 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from .settings import LlmMonitorSettings
+from .settings import LlmHalfLives, LlmMonitorSettings
 
-KINDS = ("leak", "extraction", "injection", "probe", "volume", "distill")
+KINDS = ("leak", "extraction", "injection", "probe", "clamp", "volume", "distill")
+
+#: Fields over a cap that honest SDKs send routinely: their own saturating kind, "clamp".
+CLAMP_FIELDS = frozenset({"max_tokens", "max_completion_tokens"})
+
+#: Which half-life (a field of `LlmHalfLives`) each counted kind decays with.
+_HORIZON = {"leak": "leak", "extraction": "screen", "injection": "screen", "probe": "probe",
+            "clamp": "clamp", "distill": "distill"}
+
+
+def _halves(settings: LlmMonitorSettings) -> dict[str, float]:
+    """Each kind's half-life, and the tokens' (the volume's), in seconds."""
+    lives: LlmHalfLives = settings.half_lives
+    out = {k: float(getattr(lives, h)) for k, h in _HORIZON.items()}
+    out["volume"] = float(lives.volume)
+    if settings.half_life_s is not None:
+        out = dict.fromkeys(out, float(settings.half_life_s))
+    return out
 
 
 @dataclass(slots=True)
 class _Evidence:
-    """One subject's decayed evidence per kind, and its decayed token count."""
+    """One subject's decayed counts per kind, requests and tokens.
 
-    values: dict[str, float] = field(default_factory=dict)
+    `seen`: requests decayed with each kind's half-life (the volume the background rate
+    applies to). `top` (tenants): per kind, the member with the largest count and that
+    count, decayed alike, for the leave-one-out count.
+    """
+
+    counts: dict[str, float] = field(default_factory=dict)
+    seen: dict[str, float] = field(default_factory=dict)
+    top: dict[str, tuple[str, float]] = field(default_factory=dict)
+    volume: float = 0.0
     tokens: float = 0.0
     requests: int = 0
     at: float = 0.0
     flagged: bool = False
 
-    def decay(self, now: float, half_life_s: float) -> None:
+    def decay(self, now: float, halves: dict[str, float]) -> None:
         if now <= self.at:
             return
-        factor = 0.5 ** ((now - self.at) / half_life_s)
-        self.values = {k: v * factor for k, v in self.values.items() if v * factor > 1e-4}
+        dt = now - self.at
+
+        f = {k: math.exp(-math.log(2.0) * dt / h) for k, h in halves.items()}
+        self.counts = {k: c * f[k] for k, c in self.counts.items() if c * f[k] > 1e-4}
+        self.seen = {k: n * f[k] for k, n in self.seen.items()}
+        self.top = {k: (who, c * f[k]) for k, (who, c) in self.top.items() if k in self.counts}
+        factor = f["volume"]
         self.tokens *= factor
+        self.volume *= factor
         self.at = now
 
-    def add(self, kind: str, weight: float) -> None:
-        if weight <= 0:
-            return
-        old = self.values.get(kind, 0.0)
-        self.values[kind] = 1.0 - (1.0 - old) * (1.0 - min(weight, 1.0))
 
-    def score(self) -> float:
-        keep = 1.0
-        for v in self.values.values():
-            keep *= 1.0 - v
-        return 1.0 - keep
+def strength(weight: float, share: float) -> float:
+    """Events of full weight that one event of `share` (a score, a distill evidence) is
+    worth: one alone scores exactly weight x share, several add as a noisy-OR."""
+    share = min(max(share, 0.0), 1.0)
+    weight = min(weight, 0.999999)
+    if weight <= 0.0 or share <= 0.0:
+        return 0.0
+    return math.log1p(-weight * share) / math.log1p(-weight)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +129,15 @@ class Observation:
     leak: bool = False
     screen: str = ""
     screen_score: float = 0.0
-    probe: bool = False
+    probe: bool = False  # a refused probe of the output layer whose field is not named
     # evidence in [0, 1] from the distillation test of the caller's recent prompts
     # (llm/distill.py); it arrives apart from any request, with tokens 0
     distill: float = 0.0
     ts: float = 0.0  # when it was seen (shared observations are applied at their time)
     origin: str = ""  # the replica that answered
+    # output fields the request asked beyond its band's controls, refused or clamped
+    # ("logprobs", "logit_bias", "echo", "n", "max_tokens", ...)
+    asked: tuple[str, ...] = ()
 
 
 class LlmRiskBook:
@@ -105,10 +145,16 @@ class LlmRiskBook:
 
     def __init__(self, settings: LlmMonitorSettings, models: Iterable[str]) -> None:
         self._s = settings
+        self._halves = _halves(settings)
         self._models = frozenset(models)
         self._subjects: dict[str, OrderedDict[str, _Evidence]] = {}
         # (model, "p" or "t") → (median of peers' decayed tokens, when computed)
         self._medians: dict[tuple[str, str], tuple[float | None, float]] = {}
+        self._weights = {"leak": settings.leak, "extraction": settings.extraction,
+                         "injection": settings.injection, "probe": settings.probe,
+                         "distill": settings.distill}
+        self._rates = {"extraction": settings.screen_rate, "injection": settings.screen_rate,
+                       "probe": settings.probe_rate}
 
     def knows(self, model: str) -> bool:
         """Whether this book scores `model` (an LLM served on /v1)."""
@@ -122,11 +168,12 @@ class LlmRiskBook:
             return 0.0
         now = time.time() if now is None else now
         risk = 0.0
-        for key in (f"p:{principal}", f"t:{tenant}" if tenant else None):
-            ev = table.get(key) if key else None
+        keys = [f"p:{principal}"] + ([f"t:{tenant}"] if tenant else [])
+        for key in keys:
+            ev = table.get(key)
             if ev is not None:
-                ev.decay(now, self._s.half_life_s)
-                risk = max(risk, ev.score())
+                ev.decay(now, self._halves)
+                risk = max(risk, _noisy_or(self._parts(ev, key[0])))
         return risk
 
     def risk(self, model: str, kind: str, subject: str, now: float | None = None) -> LlmRisk:
@@ -134,8 +181,9 @@ class LlmRiskBook:
         ev = table.get(f"{kind[0]}:{subject}")
         if ev is None:
             return LlmRisk(0.0, {}, 0, 0.0, False)
-        ev.decay(time.time() if now is None else now, self._s.half_life_s)
-        return LlmRisk(ev.score(), dict(ev.values), ev.requests, ev.tokens, ev.flagged)
+        ev.decay(time.time() if now is None else now, self._halves)
+        parts = self._parts(ev, kind[0])
+        return LlmRisk(_noisy_or(parts), parts, ev.requests, ev.tokens, ev.flagged)
 
     def observe(self, obs: Observation, now: float | None = None, *,
                 remote: bool = False) -> list[Crossing]:
@@ -149,20 +197,26 @@ class LlmRiskBook:
         now = time.time() if now is None else now
         table = self._subjects.setdefault(obs.model, OrderedDict())
         crossings = []
+        events = self._events(obs)
+        member: _Evidence | None = None
         subjects = [("principal", obs.principal, f"p:{obs.principal}")]
         if obs.tenant:
             subjects.append(("tenant", obs.tenant, f"t:{obs.tenant}"))
         for kind, subject, key in subjects:
             ev = self._touch(table, key, now)
-            if ev.score() < self._s.alert_at / 2:
+            if _noisy_or(self._parts(ev, key[0])) < self._s.alert_at / 2:
                 ev.flagged = False  # re-armed once the risk has clearly fallen back
-            self._add(ev, obs, key[0], now)
-            score = ev.score()
+            self._add(ev, obs, events, key[0], now)
+            if member is None:
+                member = ev
+            else:
+                _note_top(ev, obs.principal, member, events)
+            parts = self._parts(ev, key[0])
+            score = _noisy_or(parts)
             if score >= self._s.alert_at and not ev.flagged and not remote:
                 ev.flagged = True
                 crossings.append(Crossing(obs.model, kind, subject, obs.tenant,
-                                          LlmRisk(score, dict(ev.values), ev.requests,
-                                                  ev.tokens, True)))
+                                          LlmRisk(score, parts, ev.requests, ev.tokens, True)))
         return crossings
 
     def _touch(self, table: OrderedDict[str, _Evidence], key: str, now: float) -> _Evidence:
@@ -173,25 +227,62 @@ class LlmRiskBook:
                 table.popitem(last=False)
         else:
             table.move_to_end(key)
-            ev.decay(now, self._s.half_life_s)
+            ev.decay(now, self._halves)
         return ev
 
-    def _add(self, ev: _Evidence, obs: Observation, prefix: str, now: float) -> None:
-        s = self._s
-        ev.requests += 1
-        ev.tokens += max(obs.tokens, 0)
+    def _events(self, obs: Observation) -> dict[str, float]:
+        """The events `obs` shows, per kind, in events of full weight."""
+        s, out = self._s, {}
         if obs.leak:
-            ev.add("leak", s.leak)
-        if obs.screen == "extraction":
-            ev.add("extraction", s.extraction * obs.screen_score)
-        elif obs.screen == "injection":
-            ev.add("injection", s.injection * obs.screen_score)
+            out["leak"] = 1.0
+        if obs.screen in ("extraction", "injection"):
+            out[obs.screen] = strength(self._weights[obs.screen], obs.screen_score)
+        share = max((s.probe_fields.get(f, 0.0) for f in obs.asked), default=0.0)
         if obs.probe:
-            ev.add("probe", s.probe)
+            share = 1.0
+        if share > 0:
+            out["probe"] = strength(s.probe, share)
+        if CLAMP_FIELDS.intersection(obs.asked):
+            out["clamp"] = 1.0
         if obs.distill > 0:
-            ev.add("distill", s.distill * obs.distill)
+            out["distill"] = strength(s.distill, obs.distill)
+        return {k: v for k, v in out.items() if v > 0}
+
+    def _add(self, ev: _Evidence, obs: Observation, events: dict[str, float], prefix: str,
+             now: float) -> None:
+        if obs.tokens > 0 or obs.leak or obs.screen or obs.probe or obs.asked:
+            ev.requests += 1  # a request (distill evidence arrives apart from one)
+            for kind in self._rates:
+                ev.seen[kind] = ev.seen.get(kind, 0.0) + 1.0
+        ev.tokens += max(obs.tokens, 0)
+        for kind, n in events.items():
+            ev.counts[kind] = ev.counts.get(kind, 0.0) + n
         if obs.tokens > 0:
-            ev.values["volume"] = s.volume * self._volume_share(ev, obs.model, prefix, now)
+            ev.volume = self._s.volume * self._volume_share(ev, obs.model, prefix, now)
+
+    def _allowance(self, kind: str, ev: _Evidence, prefix: str) -> float:
+        """Events of `kind` that honest traffic of this subject's volume may show: the
+        `false_alarm` upper quantile of its background count (0 for a principal's leaks
+        and distillation evidence: they count from the first), and for a tenant a few more."""
+        expected = self._rates.get(kind, 0.0) * ev.seen.get(kind, 0.0)
+        free = poisson_quantile(expected, self._s.false_alarm)
+        return free + self._s.tenant_allowance if prefix == "t" else free
+
+    def _parts(self, ev: _Evidence, prefix: str) -> dict[str, float]:
+        """Each kind's part of the risk: what the subject shows beyond its allowance."""
+        parts: dict[str, float] = {}
+        for kind, count in ev.counts.items():
+            if prefix == "t" and kind in ev.top:
+                count -= ev.top[kind][1]  # leave out the member with the most of it
+            if kind == "clamp":
+                parts[kind] = self._s.clamp * min(1.0, max(count, 0.0))
+                continue
+            excess = count - self._allowance(kind, ev, prefix)
+            weight = min(self._weights[kind], 0.999999)
+            parts[kind] = 1.0 - (1.0 - weight) ** excess if excess > 0 else 0.0
+        if ev.volume > 0:
+            parts["volume"] = ev.volume
+        return parts
 
     def _volume_share(self, ev: _Evidence, model: str, prefix: str, now: float) -> float:
         """0 below 10x the peers' median decayed tokens, rising to 1 at 100x."""
@@ -216,7 +307,7 @@ class LlmRiskBook:
             if key[0] != prefix:
                 continue
             p = table[key]
-            p.decay(now, self._s.half_life_s)
+            p.decay(now, self._halves)
             if p.tokens > 0:
                 sample.append(p.tokens)
             if len(sample) >= 1000:
@@ -224,3 +315,40 @@ class LlmRiskBook:
         median = statistics.median(sample) if len(sample) > self._s.min_peers else None
         self._medians[(model, prefix)] = (median, now)
         return median
+
+
+def poisson_quantile(mean: float, alpha: float) -> int:
+    """The smallest k with P(X > k) <= alpha for X ~ Poisson(mean) (normal beyond 100)."""
+    if mean <= 0.0:
+        return 0
+    if mean > 100.0:
+        z = statistics.NormalDist().inv_cdf(1.0 - alpha)
+        return math.ceil(mean + z * math.sqrt(mean))
+    k, p = 0, math.exp(-mean)
+    cdf = p
+    while 1.0 - cdf > alpha:
+        k += 1
+        p *= mean / k
+        cdf += p
+    return k
+
+
+def _note_top(tenant: _Evidence, principal: str, member: _Evidence,
+              events: dict[str, float]) -> None:
+    """Keep, per kind, the tenant's member with the largest count (the left-out one).
+
+    Every count of a kind decays alike, so their order changes only when a member adds:
+    comparing the member that just added with the kept one keeps the true largest.
+    """
+    for kind in events:
+        mine = member.counts.get(kind, 0.0)
+        kept = tenant.top.get(kind)
+        if kept is None or kept[0] == principal or mine >= kept[1]:
+            tenant.top[kind] = (principal, mine)
+
+
+def _noisy_or(parts: dict[str, float]) -> float:
+    keep = 1.0
+    for v in parts.values():
+        keep *= 1.0 - v
+    return 1.0 - keep

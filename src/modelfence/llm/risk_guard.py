@@ -2,8 +2,9 @@
 
 `on_request` sets `call.risk` (principal or tenant, the higher) before the policy, rate
 limit and control-band choices read it. `on_complete` tells the book what the call
-showed — tokens used, a blocked system-prompt leak, the screening verdict, a refused
-probe of the output layer — and raises an alert for each subject that crossed over.
+showed — tokens used, a blocked system-prompt leak, the screening verdict, the output
+fields asked beyond the caller's band (refused or clamped) — and raises an alert for each
+subject that crossed over.
 """
 
 from __future__ import annotations
@@ -45,14 +46,16 @@ class LlmRiskGuard(Guard):
             return
         ex = call.result if isinstance(call.result, LlmExchange) else None
         reason = call.error.reason if call.error is not None else ""
+        asked = tuple(dict.fromkeys(ex.asked)) if ex is not None else ()
         obs = Observation(model=call.model.name, principal=call.principal.id,
                           tenant=call.principal.tenant or None,
                           tokens=_tokens(call, ex),
                           leak=ex is not None and ex.leaked,
                           screen=call.screen, screen_score=call.screen_score,
-                          probe=reason in PROBE_REASONS, ts=time.time(),
-                          origin=self._replica)
-        if not (obs.tokens or obs.leak or obs.probe or obs.screen not in ("", "benign")):
+                          probe=reason in PROBE_REASONS and not asked,
+                          asked=asked, ts=time.time(), origin=self._replica)
+        if not (obs.tokens or obs.leak or obs.probe or obs.asked
+                or obs.screen not in ("", "benign")):
             return
         self.record(obs)
 

@@ -27,7 +27,11 @@ def encode(obs: Observation) -> dict[str, str]:
     return {"m": obs.model, "p": obs.principal, "t": obs.tenant or "", "k": str(obs.tokens),
             "l": "1" if obs.leak else "", "s": obs.screen, "c": repr(obs.screen_score),
             "b": "1" if obs.probe else "", "d": repr(obs.distill), "ts": repr(obs.ts),
-            "o": obs.origin}
+            "o": obs.origin, "a": ",".join(obs.asked)}
+
+
+#: The most output fields one entry may name (a request has a handful).
+MAX_ASKED = 16
 
 
 def decode(fields: dict[bytes, bytes]) -> Observation:
@@ -36,10 +40,14 @@ def decode(fields: dict[bytes, bytes]) -> Observation:
             and int(f["k"]) >= 0
             and 0.0 <= float(f.get("d", "0.0")) <= 1.0):
         raise ValueError("a number out of range")
+    asked = tuple(a for a in f.get("a", "").split(",") if a)  # absent in older entries
+    if len(asked) > MAX_ASKED:
+        raise ValueError("too many fields asked")
     return Observation(model=f["m"], principal=f["p"], tenant=f["t"] or None,
                        tokens=int(f["k"]), leak=bool(f["l"]), screen=f["s"],
                        screen_score=float(f["c"]), probe=bool(f["b"]),
-                       distill=float(f.get("d", "0.0")), ts=float(f["ts"]), origin=f["o"])
+                       distill=float(f.get("d", "0.0")), ts=float(f["ts"]), origin=f["o"],
+                       asked=asked)
 
 
 class RiskStream:

@@ -181,24 +181,69 @@ class LlmModel(_Strict):
         return self.api_key_file.read_text().strip() or None
 
 
+class LlmHalfLives(_Strict):
+    """How long each kind of evidence lasts: matched to the attack it shows, not one hour.
+
+    A patient prober spreads its probes over hours, so probes are kept for days; screener
+    hits are the noisiest evidence (a share of honest prompts), so they fade within hours;
+    volume is compared over about a quota period (a day).
+    """
+
+    leak: float = Field(86_400.0, gt=0, description="blocked system-prompt leaks (s)")
+    screen: float = Field(21_600.0, gt=0, description="prompts screened as extraction or "
+                          "injection (s)")
+    probe: float = Field(172_800.0, gt=0, description="requests for logprobs, logit_bias, "
+                         "echo, n or best_of beyond the caller's band, refused or clamped (s)")
+    clamp: float = Field(86_400.0, gt=0, description="max_tokens over the cap (s)")
+    volume: float = Field(86_400.0, gt=0, description="tokens, compared with the peers' (s)")
+    distill: float = Field(86_400.0, gt=0, description="distillation-test evidence (s)")
+
+
+def _probe_fields() -> dict[str, float]:
+    return {"logprobs": 1.0, "top_logprobs": 1.0, "logit_bias": 1.0, "echo": 1.0,
+            "n": 0.5, "best_of": 0.5}
+
+
 class LlmMonitorSettings(_Strict):
     """How LLM callers' extraction risk is scored (see `llm/risk.py`); feeds `context.risk`,
     the risk-weighted rate limits and the control bands."""
 
     enabled: bool = True
-    half_life_s: float = Field(3600.0, gt=0, description="evidence halves in this time")
+    half_life_s: float | None = Field(None, gt=0, description="if set, every kind of "
+                                      "evidence halves in this time (overrides half_lives)")
+    half_lives: LlmHalfLives = Field(default_factory=LlmHalfLives)
     alert_at: float = Field(0.5, gt=0, le=1, description="risk that raises an alert")
     leak: float = Field(0.6, ge=0, le=1, description="weight of a system-prompt leak")
     extraction: float = Field(0.35, ge=0, le=1,
                               description="weight of a prompt screened as extraction (x score)")
     injection: float = Field(0.2, ge=0, le=1,
                              description="weight of a prompt screened as injection (x score)")
-    probe: float = Field(0.1, ge=0, le=1, description="weight of a refused output-layer probe "
-                         "(logprobs, logit_bias, echo, over a cap)")
+    probe: float = Field(0.1, ge=0, le=1, description="weight of a probe of the output layer "
+                         "(logprobs, logit_bias, echo; n or best_of count probe_fields' share)")
+    probe_fields: dict[str, float] = Field(
+        default_factory=_probe_fields, description="share of a probe that a request asking "
+        "beyond its band for each field counts for (refused or clamped); n and best_of over "
+        "a cap are common in honest use, so they count half")
+    clamp: float = Field(0.1, ge=0, le=1, description="the most that max_tokens over the "
+                         "cap adds: honest SDKs send it on every request, so it can never "
+                         "alone reach a band, only tip a caller with other evidence")
     volume: float = Field(0.5, ge=0, le=1, description="weight of token volume 100x the peers'")
     distill: float = Field(0.6, ge=0, le=1, description="weight of a window of prompts the "
                            "distillation test finds unlike the model's benign traffic "
                            "(x its evidence)")
+    screen_rate: float = Field(0.004, ge=0, le=1, description="share of honest prompts the "
+                               "screeners flag (measured: 0.4%); a subject's expected share "
+                               "of hits is not evidence")
+    probe_rate: float = Field(0.001, ge=0, le=1, description="share of honest requests that "
+                              "ask for an output field beyond their band")
+    false_alarm: float = Field(0.001, gt=0, lt=1, description="share of honest subjects "
+                               "whose screener hits or probes exceed their allowance by chance "
+                               "(the allowance is this upper quantile of a Poisson count at "
+                               "the background rate times the subject's decayed requests)")
+    tenant_allowance: float = Field(1.0, ge=0, description="events of each kind a tenant may "
+                                    "show beyond its background, its member with the most "
+                                    "left out, before they count: two members' mistakes are "
+                                    "not the tenant's behaviour")
     min_peers: int = Field(3, ge=1, description="peers needed before volume counts")
     max_subjects: int = Field(100_000, ge=10, description="principals and tenants kept per "
                               "model (least recently seen dropped)")
@@ -213,6 +258,13 @@ class LlmMonitorSettings(_Strict):
     @classmethod
     def _redis(cls, value: str | None) -> str | None:
         return redis_url(value, "llm.monitor.shared")
+
+    @field_validator("probe_fields")
+    @classmethod
+    def _shares(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(not 0.0 <= v <= 1.0 for v in value.values()):
+            raise ValueError("probe_fields: each share must be from 0 to 1")
+        return value
 
 
 class LlmSettings(_Strict):
