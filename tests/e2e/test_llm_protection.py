@@ -269,20 +269,24 @@ def test_refused_probes_of_the_output_layer_count_as_risk(gw: Gateway) -> None:
 
 
 def test_clamped_requests_count_as_evidence(gw: Gateway, stub: OpenAiStub) -> None:
-    """n > 1 and max_tokens over the cap are clamped and answered, and still counted: n as
-    half a probe each, max_tokens (what honest SDKs send) at most 0.1 in all."""
-    with _client(gw, gw.key(models=["probed"], principal="sampler")) as client:
-        for _ in range(5):
-            reply = client.chat.completions.create(model="probed", messages=HI, n=4,
+    """Fields over a cap are clamped and answered, and still counted: top_logprobs as a
+    probe, n as half of one (honest clients compare drafts), max_tokens (what honest SDKs
+    send) at most 0.1 in all."""
+    with _client(gw, gw.key(models=["tenanted"], principal="sampler")) as client:
+        for _ in range(4):
+            reply = client.chat.completions.create(model="tenanted", messages=HI, n=4,
+                                                    logprobs=True, top_logprobs=20,
                                                     max_tokens=100_000)
             assert len(reply.choices) == 1 and reply.choices[0].message.content
-    sent = [b for b in stub.received if b.get("model") == "ok"][-1]
-    assert (sent["n"], sent["max_tokens"]) == (1, 4096)  # clamped to the caps
-    risk = _wait(lambda: (r := _risk(gw, "probed", "sampler"))["queries"] >= 5 and r)
-    assert risk and set(risk["detectors"]) == {"probe", "clamp"}
-    # five n over the cap, half a probe (0.05) each, one probe's worth allowed
-    assert risk["detectors"]["probe"]["score"] == pytest.approx(1 - 0.95 ** 5 / 0.9, abs=0.01)
-    assert risk["detectors"]["clamp"]["score"] == pytest.approx(0.1)
+    sent = stub.received[-1]
+    assert (sent["n"], sent["top_logprobs"], sent["max_tokens"]) == (1, 5, 4096)  # clamped
+    risk = _wait(lambda: (r := _risk(gw, "tenanted", "sampler"))["queries"] >= 4 and r)
+    assert risk and set(risk["detectors"]) == {"probe", "sampling", "clamp"}
+    parts = {k: v["score"] for k, v in risk["detectors"].items()}
+    # four probes, one allowed; four n over the cap, three allowed (one in ten is honest)
+    assert parts == {"probe": pytest.approx(1 - 0.9 ** 3, abs=0.01),
+                     "sampling": pytest.approx(0.05, abs=0.01), "clamp": pytest.approx(0.1)}
+    assert risk["risk"] >= 0.3  # the next request is watched
     with _client(gw, gw.key(models=["probed"], principal="sdk-user")) as client:
         for _ in range(5):  # max_tokens over the cap alone: no band is ever this low
             client.chat.completions.create(model="probed", messages=HI, max_tokens=100_000)

@@ -132,6 +132,8 @@ def test_screening_verdicts_count_by_their_score() -> None:
 
 
 def test_clamped_fields_count_as_probes_by_how_telling_they_are() -> None:
+    from modelfence.llm.risk import poisson_quantile
+
     b = book()
     for i in range(12):
         b.observe(Observation("m", "lp", None, tokens=10, asked=("logprobs",)), now=T0 + i)
@@ -141,8 +143,10 @@ def test_clamped_fields_count_as_probes_by_how_telling_they_are() -> None:
     lp, n = b.risk("m", "principal", "lp", now=T0 + 12), b.risk("m", "principal", "n",
                                                                 now=T0 + 12)
     assert lp.parts["probe"] == pytest.approx(1 - 0.9 ** 11, abs=0.01)  # one allowed
-    # each n over the cap counts as half a probe (0.05), less the one allowed (0.1)
-    assert n.parts["probe"] == pytest.approx(1 - 0.95 ** 12 / 0.9, abs=0.01)
+    # n over the cap counts 0.05 each beyond what one request in ten of honest ones shows
+    allowed = poisson_quantile(0.1 * 12, 0.001)
+    assert n.parts["sampling"] == pytest.approx(1 - 0.95 ** (12 - allowed), abs=0.01)
+    assert 0.0 < n.score < 0.3
     assert b.peek("m", "old", None, now=T0 + 12) == pytest.approx(lp.score)
     # max_tokens over the cap: what honest SDKs send; at most `clamp`, below every band
     assert b.risk("m", "principal", "sdk", now=T0 + 12).parts == {"clamp": pytest.approx(0.1)}
@@ -161,19 +165,20 @@ def test_a_patient_prober_alerts_after_eight_probes() -> None:
                                   now=T0 + 900 * i) for i in range(200))
 
 
-def test_an_honest_user_hitting_a_cap_now_and_then_keeps_its_band_for_a_week() -> None:
+def test_an_honest_heavy_user_hitting_caps_keeps_its_band_for_a_week() -> None:
     b, model = book(), _model(bands=BANDS)
     rng = random.Random(7)
     bands = set()
     for day in range(7):
-        for j in range(100):  # every request over max_tokens (its SDK), n=2 twice a day
-            now = T0 + day * 86_400 + j * 864
-            asked = ("max_tokens", "n") if j in (10, 60) else ("max_tokens",)
+        for j in range(150):  # every request over max_tokens (its SDK), n=2 on one in ten,
+            now = T0 + day * 86_400 + j * 576  # logprobs by mistake once a day
+            asked = (("max_tokens", "n") if j % 10 == 3 else
+                     ("logprobs",) if j == 77 else ("max_tokens",))
             assert not b.observe(Observation("m", "dev", "shop", tokens=rng.randint(50, 900),
                                              asked=asked), now=now)
             bands.add(model.controls_for(b.peek("m", "dev", "shop", now=now))[0])
     assert bands == {"default"}
-    assert b.risk("m", "principal", "dev", now=T0 + 7 * 86_400).parts["probe"] < 0.2
+    assert b.risk("m", "principal", "dev", now=T0 + 7 * 86_400).parts["sampling"] < 0.1
 
 
 def test_each_kind_halves_over_its_own_horizon() -> None:

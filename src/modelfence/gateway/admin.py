@@ -268,8 +268,9 @@ class AdminApi:
 _LLM_WHY = {"leak": "answers that would have leaked the system prompt",
             "extraction": "prompts screened as system-prompt extraction",
             "injection": "prompts screened as injection",
-            "probe": "requests for logprobs, logit_bias, echo, n or best_of beyond its band "
-                     "(refused or clamped)",
+            "probe": "requests for logprobs, logit_bias or echo beyond its band (refused or "
+                     "clamped)",
+            "sampling": "n or best_of over the cap, beyond what honest clients ask",
             "clamp": "max_tokens over the cap (at most a small part: SDKs send it)",
             "volume": "tokens far above its peers'",
             "distill": "prompt windows unlike the model's benign traffic (distillation)"}

@@ -2,13 +2,15 @@
 
 An LLM thief shows itself differently from a classifier thief: it asks for the system
 prompt (screened as extraction, or answered with a leak the canary filter stopped), it
-probes the output layer (logprobs, logit_bias, echo, n — refused or clamped by the
-controls), and a distiller spends far more tokens than its peers. Each kind of evidence
+probes the output layer (logprobs, logit_bias, echo, n over the cap — refused or clamped
+by the controls: clamping hides the probe from the caller, not from the book), and a
+distiller spends far more tokens than its peers. Each kind of evidence
 is a decayed count of events, each halving over a horizon matched to the attack (probes
 days, screener hits hours: `LlmHalfLives`). A subject's part of a kind is what it shows
-*beyond what honest traffic of its volume shows*: the count less an allowance (the
-background rate times its decayed requests, z Poisson deviations of it, and a few free
-events), so a heavy honest user's share of screener false positives is not evidence.
+*beyond what honest traffic of its volume shows*: the count less an allowance, the
+`false_alarm` upper quantile of a Poisson count at the background rate (0.4% of honest
+prompts are screened as attacks) times its decayed requests — so a heavy honest user's
+share of screener false positives is not evidence, and a new caller's first one is not.
 The parts combine as a noisy-OR, so one strong signal or several weak ones count.
 
 Kept per model for each principal and each tenant (one thief with many keys). A tenant's
@@ -29,14 +31,19 @@ from dataclasses import dataclass, field
 
 from .settings import LlmHalfLives, LlmMonitorSettings
 
-KINDS = ("leak", "extraction", "injection", "probe", "clamp", "volume", "distill")
+KINDS = ("leak", "extraction", "injection", "probe", "sampling", "clamp", "volume", "distill")
 
-#: Fields over a cap that honest SDKs send routinely: their own saturating kind, "clamp".
+#: Output fields asked beyond the band (refused or clamped), by the kind they count as:
+#: probes of the output layer; more choices (honest clients compare drafts, a prober
+#: samples the distribution); max_tokens over the cap (honest SDKs send it on every
+#: request: a saturating kind).
+PROBE_FIELDS = frozenset({"logprobs", "top_logprobs", "logit_bias", "echo"})
+SAMPLING_FIELDS = frozenset({"n", "best_of"})
 CLAMP_FIELDS = frozenset({"max_tokens", "max_completion_tokens"})
 
 #: Which half-life (a field of `LlmHalfLives`) each counted kind decays with.
 _HORIZON = {"leak": "leak", "extraction": "screen", "injection": "screen", "probe": "probe",
-            "clamp": "clamp", "distill": "distill"}
+            "sampling": "probe", "clamp": "clamp", "distill": "distill"}
 
 
 def _halves(settings: LlmMonitorSettings) -> dict[str, float]:
@@ -152,9 +159,9 @@ class LlmRiskBook:
         self._medians: dict[tuple[str, str], tuple[float | None, float]] = {}
         self._weights = {"leak": settings.leak, "extraction": settings.extraction,
                          "injection": settings.injection, "probe": settings.probe,
-                         "distill": settings.distill}
+                         "sampling": settings.sampling, "distill": settings.distill}
         self._rates = {"extraction": settings.screen_rate, "injection": settings.screen_rate,
-                       "probe": settings.probe_rate}
+                       "probe": settings.probe_rate, "sampling": settings.sampling_rate}
 
     def knows(self, model: str) -> bool:
         """Whether this book scores `model` (an LLM served on /v1)."""
@@ -237,11 +244,10 @@ class LlmRiskBook:
             out["leak"] = 1.0
         if obs.screen in ("extraction", "injection"):
             out[obs.screen] = strength(self._weights[obs.screen], obs.screen_score)
-        share = max((s.probe_fields.get(f, 0.0) for f in obs.asked), default=0.0)
-        if obs.probe:
-            share = 1.0
-        if share > 0:
-            out["probe"] = strength(s.probe, share)
+        if obs.probe or PROBE_FIELDS.intersection(obs.asked):
+            out["probe"] = 1.0
+        if SAMPLING_FIELDS.intersection(obs.asked):
+            out["sampling"] = 1.0
         if CLAMP_FIELDS.intersection(obs.asked):
             out["clamp"] = 1.0
         if obs.distill > 0:

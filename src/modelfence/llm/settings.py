@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..validators import redis_url, unique_names
+from .distill_settings import DistillSettings
 from .screening_settings import ScreeningSettings
 
 _MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-:/]{0,127}$"
@@ -43,6 +44,21 @@ class CanarySettings(_Strict):
     mode: Literal["block", "redact"] = "block"
     span_len: int = Field(40, ge=12, le=1000, description="shortest verbatim span of the system "
                           "prompt counted as a leak (characters, whitespace collapsed)")
+    public: list[str] = Field(default_factory=list, description="passages of the system prompt "
+                              "the assistant may tell its users (its persona, e.g. 'You are "
+                              "Ava, the support assistant of ACME.'): cut out of the prompt "
+                              "before spans, marks and similarity are taken, so repeating "
+                              "them is not a leak")
+    views: bool = Field(True, description="also look for the prompt's marks (codes, numbers, "
+                        "quoted strings, rare words) and copied runs in decoded views of the "
+                        "answer: spaced, leetspeak, reversed, ROT13, base64/32, hex, binary, "
+                        "character codes, acrostics")
+    hold_max: int = Field(256, ge=32, le=4096, description="most characters of a streamed "
+                          "answer held back to judge a run that could still be a disguised "
+                          "leak (a base64 or hex run, letter-spaced text, half a code)")
+    weak_needed: int = Field(3, ge=1, le=20, description="distinct weak marks of the prompt "
+                             "(rare words, 3-4 digit numbers) that together are a leak in plain "
+                             "text; one is enough in a disguised view")
 
 
 class LlmControls(_Strict):
@@ -115,6 +131,10 @@ class LlmModel(_Strict):
     text_watermark: TextWatermarkSettings | None = Field(
         None, description="watermark the answers of a local: model (green-list logit bias); "
         "logprobs returned are those of the biased distribution sampled from")
+    distill: DistillSettings | None = Field(
+        None, description="distillation detection: windows of each caller's and tenant's "
+        "prompts tested against the model's benign traffic (the `llm` extra); its evidence "
+        "weighs llm.monitor.distill in the risk")
 
     @model_validator(mode="after")
     def _watermark_needs_local(self) -> LlmModel:
@@ -193,15 +213,11 @@ class LlmHalfLives(_Strict):
     screen: float = Field(21_600.0, gt=0, description="prompts screened as extraction or "
                           "injection (s)")
     probe: float = Field(172_800.0, gt=0, description="requests for logprobs, logit_bias, "
-                         "echo, n or best_of beyond the caller's band, refused or clamped (s)")
+                         "echo, n or best_of beyond the caller's band, refused or clamped "
+                         "(s): a patient prober spreads them over hours")
     clamp: float = Field(86_400.0, gt=0, description="max_tokens over the cap (s)")
     volume: float = Field(86_400.0, gt=0, description="tokens, compared with the peers' (s)")
     distill: float = Field(86_400.0, gt=0, description="distillation-test evidence (s)")
-
-
-def _probe_fields() -> dict[str, float]:
-    return {"logprobs": 1.0, "top_logprobs": 1.0, "logit_bias": 1.0, "echo": 1.0,
-            "n": 0.5, "best_of": 0.5}
 
 
 class LlmMonitorSettings(_Strict):
@@ -218,12 +234,11 @@ class LlmMonitorSettings(_Strict):
                               description="weight of a prompt screened as extraction (x score)")
     injection: float = Field(0.2, ge=0, le=1,
                              description="weight of a prompt screened as injection (x score)")
-    probe: float = Field(0.1, ge=0, le=1, description="weight of a probe of the output layer "
-                         "(logprobs, logit_bias, echo; n or best_of count probe_fields' share)")
-    probe_fields: dict[str, float] = Field(
-        default_factory=_probe_fields, description="share of a probe that a request asking "
-        "beyond its band for each field counts for (refused or clamped); n and best_of over "
-        "a cap are common in honest use, so they count half")
+    probe: float = Field(0.1, ge=0, le=1, description="weight of a probe of the output layer: "
+                         "logprobs, top_logprobs, logit_bias or echo beyond the caller's band, "
+                         "refused or clamped")
+    sampling: float = Field(0.05, ge=0, le=1, description="weight of n or best_of over the cap "
+                            "(clamped or refused): half a probe; honest clients compare drafts")
     clamp: float = Field(0.1, ge=0, le=1, description="the most that max_tokens over the "
                          "cap adds: honest SDKs send it on every request, so it can never "
                          "alone reach a band, only tip a caller with other evidence")
@@ -235,7 +250,10 @@ class LlmMonitorSettings(_Strict):
                                "screeners flag (measured: 0.4%); a subject's expected share "
                                "of hits is not evidence")
     probe_rate: float = Field(0.001, ge=0, le=1, description="share of honest requests that "
-                              "ask for an output field beyond their band")
+                              "probe the output layer (logprobs, logit_bias, echo)")
+    sampling_rate: float = Field(0.1, ge=0, le=1, description="share of honest requests that "
+                                 "ask for n or best_of over the cap (a heavy user comparing "
+                                 "drafts does on about one in ten)")
     false_alarm: float = Field(0.001, gt=0, lt=1, description="share of honest subjects "
                                "whose screener hits or probes exceed their allowance by chance "
                                "(the allowance is this upper quantile of a Poisson count at "
@@ -258,13 +276,6 @@ class LlmMonitorSettings(_Strict):
     @classmethod
     def _redis(cls, value: str | None) -> str | None:
         return redis_url(value, "llm.monitor.shared")
-
-    @field_validator("probe_fields")
-    @classmethod
-    def _shares(cls, value: dict[str, float]) -> dict[str, float]:
-        if any(not 0.0 <= v <= 1.0 for v in value.values()):
-            raise ValueError("probe_fields: each share must be from 0 to 1")
-        return value
 
 
 class LlmSettings(_Strict):
