@@ -68,6 +68,24 @@ def test_one_member_does_not_move_its_peers_unless_the_tenant_behaves_differentl
     assert b.peek("m", "user5", "acme", now=T0 + 400) >= 0.5
 
 
+def test_distill_evidence_and_the_member_left_out_of_the_tenant() -> None:
+    """Distillation windows arrive apart from calls: a principal's names no tenant, a
+    tenant's names the key it blames. The tenant leaves out the member that gave *it* the
+    most, not the one with the most evidence of its own."""
+    b = book()
+    b.observe(Observation("m", "solo", None, distill=0.5), now=T0)
+    assert b.peek("m", "solo", None, now=T0) == pytest.approx(0.3)  # weight x evidence
+    assert b.risk("m", "principal", "solo", now=T0).requests == 0  # not a request
+    for _ in range(3):
+        b.observe(Observation("m", "a", None, distill=1.0), now=T0)  # a's own windows
+    for who, windows in [("a", 1), ("b", 3), ("c", 2)]:
+        for _ in range(windows):
+            b.observe(Observation("m", who, "lab", distill=1.0), now=T0)
+    # six tenant windows; b gave the most (3) and is left out; 1 more is allowed
+    assert b.risk("m", "tenant", "lab", now=T0).parts["distill"] == pytest.approx(
+        1 - 0.4 ** 2)
+
+
 def _day(users: int, tenant: str | None, rng: random.Random, per_day: range,
          fp_every: int = 250) -> tuple[list[tuple[float, str]], set[int]]:
     """A day of honest prompts at random times; every `fp_every`th a screener hit."""

@@ -61,12 +61,14 @@ class _Evidence:
     """One subject's decayed counts per kind, requests and tokens.
 
     `seen`: requests decayed with each kind's half-life (the volume the background rate
-    applies to). `top` (tenants): per kind, the member with the largest count and that
-    count, decayed alike, for the leave-one-out count.
+    applies to). `given` (principals): what of `counts` it added to its tenant's (evidence
+    found apart from a call may name no tenant). `top` (tenants): per kind, the member
+    that gave the most and how much, decayed alike, for the leave-one-out count.
     """
 
     counts: dict[str, float] = field(default_factory=dict)
     seen: dict[str, float] = field(default_factory=dict)
+    given: dict[str, float] = field(default_factory=dict)
     top: dict[str, tuple[str, float]] = field(default_factory=dict)
     volume: float = 0.0
     tokens: float = 0.0
@@ -82,6 +84,7 @@ class _Evidence:
         f = {k: math.exp(-math.log(2.0) * dt / h) for k, h in halves.items()}
         self.counts = {k: c * f[k] for k, c in self.counts.items() if c * f[k] > 1e-4}
         self.seen = {k: n * f[k] for k, n in self.seen.items()}
+        self.given = {k: c * f[k] for k, c in self.given.items() if c * f[k] > 1e-4}
         self.top = {k: (who, c * f[k]) for k, (who, c) in self.top.items() if k in self.counts}
         factor = f["volume"]
         self.tokens *= factor
@@ -217,6 +220,8 @@ class LlmRiskBook:
             if member is None:
                 member = ev
             else:
+                for what, n in events.items():
+                    member.given[what] = member.given.get(what, 0.0) + n
                 _note_top(ev, obs.principal, member, events)
             parts = self._parts(ev, key[0])
             score = _noisy_or(parts)
@@ -341,13 +346,14 @@ def poisson_quantile(mean: float, alpha: float) -> int:
 
 def _note_top(tenant: _Evidence, principal: str, member: _Evidence,
               events: dict[str, float]) -> None:
-    """Keep, per kind, the tenant's member with the largest count (the left-out one).
+    """Keep, per kind, the tenant's member that gave it the most (the left-out one).
 
     Every count of a kind decays alike, so their order changes only when a member adds:
-    comparing the member that just added with the kept one keeps the true largest.
+    comparing the member that just added with the kept one keeps the true largest (while
+    the member's own entry is kept: one dropped from the LRU starts again from nothing).
     """
     for kind in events:
-        mine = member.counts.get(kind, 0.0)
+        mine = member.given.get(kind, 0.0)
         kept = tenant.top.get(kind)
         if kept is None or kept[0] == principal or mine >= kept[1]:
             tenant.top[kind] = (principal, mine)
