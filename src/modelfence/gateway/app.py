@@ -235,7 +235,9 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
                      noise_secret=hmac.new(settings.server_secret(), b"llm",
                                            hashlib.sha256).digest(),
                      on_alert=llm_alert, on_screen_failure=screen_failure,
-                     on_store_error=lambda store: gw.metrics.store_errors.labels(store).inc())
+                     on_store_error=lambda store: gw.metrics.store_errors.labels(store).inc(),
+                     on_distill=lambda model, outcome, n: gw.metrics.llm_distill.labels(
+                         model, outcome).inc(n))
     if llm.risk_stream is not None:
         stores.append(("llm risk store", llm.risk_stream.ping))
     elif llm.risk is not None and settings.llm.models and settings.server.workers > 1:

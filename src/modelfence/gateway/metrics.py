@@ -102,6 +102,10 @@ class GatewayMetrics:
                                           "Prompts whose screening could not run, by what "
                                           "screening.on_failure did (refused or allowed)",
                                           ["model", "outcome"], registry=r)
+        self.llm_distill = Counter("modelfence_llm_distill",
+                                   "Distillation test: prompts dropped (queue full) and "
+                                   "windows cold (reference not ready), tested or flagged",
+                                   ["model", "outcome"], registry=r)
         self.outbound_errors = Counter("modelfence_outbound_errors",
                                        "Failed calls to the JWKS and the alert webhook, by "
                                        "kind (redirect, status, unreachable, timeout)",

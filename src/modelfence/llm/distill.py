@@ -252,8 +252,7 @@ class DistillDetector:
     def _test(self, model: str, m: _Model, kind: str, subject: str, sub: _Subject,
               tenant: str | None) -> WindowResult:
         idx = sub.recent(self.s.window)
-        owners = Counter(sub.owner[i] for i in idx)
-        principal = owners.most_common(1)[0][0]
+        principal = Counter(sub.owner[i] for i in idx).most_common(1)[0][0]
         if not self.ready(model):
             m.counts["cold"] += 1
             return WindowResult(model, kind, subject, principal, tenant, 0.0, False)
@@ -262,12 +261,18 @@ class DistillDetector:
         stat = m.reference.mmd2(x)
         differs = stat > fit.threshold
         p = fit.p_value(stat, self.s.margin)
-        template = self._template(sub, idx)
+        template, templated = self._template(sub, idx)
         revisit = self._revisits(sub, idx)
         sims = x @ x.T
         spread = float((sims.sum() - len(idx)) / (len(idx) * (len(idx) - 1)))
-        systematic = self._systematic(sub, idx)
+        systematic, systematic_at = self._systematic(sub, idx)
         evidence = combine(differs, template, revisit, systematic)
+        if evidence > 0 and kind == "tenant":
+            # a tenant's window blames the key that sent most of what made it suspect, not
+            # an honest member who happened to send more prompts into it
+            blamed = Counter(sub.owner[i] for i in {*templated, *systematic_at})
+            if blamed:
+                principal = blamed.most_common(1)[0][0]
         m.counts["tested"] += 1
         if evidence > 0:
             m.counts["flagged"] += 1
@@ -276,10 +281,10 @@ class DistillDetector:
                             self._nearest)
 
     @staticmethod
-    def _template(sub: _Subject, idx: Sequence[int]) -> float:
+    def _template(sub: _Subject, idx: Sequence[int]) -> tuple[float, list[int]]:
         """Share of the window's distinct prompts whose wording is mostly shared with 2+
-        others of the window. A repeat (the same prompt retyped: cosine 0.9 or more) is
-        one prompt, not a template."""
+        others of the window, and those prompts' ring positions. A repeat (the same prompt
+        retyped: cosine 0.9 or more) is one prompt, not a template."""
         x = sub.vectors(idx)
         sims = x @ x.T
         kept: list[int] = []
@@ -288,13 +293,14 @@ class DistillDetector:
                 kept.append(j)
         sketches = [set(sub.sketch[idx[j], :sub.nsketch[idx[j]]].tolist()) for j in kept]
         counts: Counter[int] = Counter(h for s in sketches for h in s)
-        templated = 0
-        for s in sketches:
+        templated: list[int] = []
+        for j, s in zip(kept, sketches, strict=True):
             if len(s) < 4:
                 continue
             shared = sum(1 for h in s if counts[h] >= TEMPLATE_PROMPTS)
-            templated += shared >= TEMPLATE_SHARED * len(s)
-        return templated / max(len(sketches), 1)
+            if shared >= TEMPLATE_SHARED * len(s):
+                templated.append(idx[j])
+        return len(templated) / max(len(sketches), 1), templated
 
     def _revisits(self, sub: _Subject, idx: Sequence[int]) -> float:
         """Share of the window's prompts that return to the topic of an earlier prompt of
@@ -318,12 +324,13 @@ class DistillDetector:
         return back / len(idx)
 
     @staticmethod
-    def _systematic(sub: _Subject, idx: Sequence[int]) -> float:
-        """Share of requests at temperature 0 (≤ 0.05), in one turn without history."""
+    def _systematic(sub: _Subject, idx: Sequence[int]) -> tuple[float, list[int]]:
+        """Share of requests at temperature 0 (≤ 0.05), in one turn without history, and
+        their ring positions."""
         shape = sub.shape[list(idx)]
         temp = shape[:, 0]
-        low = np.where(np.isnan(temp), False, temp <= DETERMINISTIC)
-        return float(np.mean(low & (shape[:, 3] <= 1)))
+        low = np.where(np.isnan(temp), False, temp <= DETERMINISTIC) & (shape[:, 3] <= 1)
+        return float(np.mean(low)), [i for i, flag in zip(idx, low, strict=True) if flag]
 
     # -- memory ----------------------------------------------------------------------------
 

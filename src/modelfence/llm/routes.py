@@ -26,11 +26,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..audit.record import replica_name
-from ..errors import StoreError, UpstreamError, http_status_and_message
+from ..errors import ConfigurationError, StoreError, UpstreamError, http_status_and_message
 from ..gateway.call import Call
 from ..gateway.chain import Guard, GuardChain
 from ..gateway.responses import error_response
 from .canary import Canary
+from .distill_worker import CountSink, DistillGuard, DistillWorker
 from .guards import LlmBodyGuard, LlmEntry, LlmExchange, LlmModelGuard, exchange_of
 from .noise import LogprobNoise, add_noise, request_context
 from .risk import Crossing, LlmRiskBook
@@ -70,7 +71,8 @@ class LlmRoutes:
                  audit_before_answer: bool = False, noise_secret: bytes | None = None,
                  on_alert: Callable[[Crossing], None] | None = None,
                  on_screen_failure: Callable[[str, str], None] | None = None,
-                 on_store_error: Callable[[str], None] | None = None) -> None:
+                 on_store_error: Callable[[str], None] | None = None,
+                 on_distill: CountSink | None = None) -> None:
         self.settings = settings
         self._on_store_error = on_store_error  # counts refusals by store, as OIP routes do
         self._noise_secret = noise_secret or os.urandom(32)  # logprob noise key
@@ -84,9 +86,11 @@ class LlmRoutes:
         screening = [self.screening] if self.screening.active else []
         self.risk = self._risk_guard(settings, on_alert) if settings.monitor.enabled else None
         risk = [self.risk] if self.risk is not None else []
+        self.distill = self._distill_worker(settings, on_distill)
+        distill = [DistillGuard(self.distill)] if self.distill is not None else []
         self._chain = GuardChain([*head, before_policy[0], lookup, *before_policy[1:],
-                                  *screening, *risk, *policy, *after_policy, LlmBodyGuard(),
-                                  *after_body])
+                                  *screening, *risk, *distill, *policy, *after_policy,
+                                  LlmBodyGuard(), *after_body])
         self._list_chain = GuardChain([*head, before_policy[0]])
         self._audit_before_answer = audit_before_answer
         self._pending: set[asyncio.Task[None]] = set()
@@ -99,6 +103,21 @@ class LlmRoutes:
         stream = (RiskStream(book, url=m.shared, key=m.key, stream_max=m.stream_max,
                              replica=replica) if m.shared else None)
         return LlmRiskGuard(book, on_alert or _log_crossing, replica=replica, stream=stream)
+
+    def _distill_worker(self, settings: LlmSettings,
+                        on_count: CountSink | None) -> DistillWorker | None:
+        """The distillation test's background worker, when a model has `distill:` on; its
+        evidence goes to the risk book, so it needs `llm.monitor`."""
+        models = {m.name: m.distill for m in settings.models
+                  if m.distill is not None and m.distill.enabled}
+        if not models:
+            return None
+        if self.risk is None:
+            raise ConfigurationError(
+                f"distill on model(s) {', '.join(sorted(models))} needs llm.monitor.enabled: "
+                "its evidence goes to the risk book")
+        DistillWorker.check(models)
+        return DistillWorker(models, self.risk.record, on_count=on_count)
 
     @property
     def risk_stream(self) -> RiskStream | None:
@@ -116,8 +135,12 @@ class LlmRoutes:
         if self.risk_stream is not None:
             await self.risk_stream.start()
         await self.screening.start()
+        if self.distill is not None:
+            self.distill.start(asyncio.get_running_loop())
 
     async def close(self) -> None:
+        if self.distill is not None:
+            await asyncio.to_thread(self.distill.stop)
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
         await self.screening.close()
@@ -395,7 +418,8 @@ def llm_routes(settings: LlmSettings, *, head: Sequence[Guard], identity: Guard,
                noise_secret: bytes | None = None,
                on_alert: Callable[[Crossing], None] | None = None,
                on_screen_failure: Callable[[str, str], None] | None = None,
-               on_store_error: Callable[[str], None] | None = None) -> LlmRoutes:
+               on_store_error: Callable[[str], None] | None = None,
+               on_distill: CountSink | None = None) -> LlmRoutes:
     """The LLM routes wired like the OIP infer chain; `head` is e.g. (metrics, audit).
 
     Mount `llm.routes()`, `await llm.start()` and `await llm.close()` in the app's lifespan.
@@ -406,4 +430,4 @@ def llm_routes(settings: LlmSettings, *, head: Sequence[Guard], identity: Guard,
                      after_policy=rate_limits, after_body=budgets,
                      audit_before_answer=audit_before_answer, noise_secret=noise_secret,
                      on_alert=on_alert, on_screen_failure=on_screen_failure,
-                     on_store_error=on_store_error)
+                     on_store_error=on_store_error, on_distill=on_distill)
