@@ -30,7 +30,7 @@ from ..errors import ConfigurationError, StoreError, UpstreamError, http_status_
 from ..gateway.call import Call
 from ..gateway.chain import Guard, GuardChain
 from ..gateway.responses import error_response
-from .canary import Canary
+from .canary import Canary, LeakPolicies
 from .distill_worker import CountSink, DistillGuard, DistillWorker
 from .guards import LlmBodyGuard, LlmEntry, LlmExchange, LlmModelGuard, exchange_of
 from .noise import LogprobNoise, add_noise, request_context
@@ -77,6 +77,7 @@ class LlmRoutes:
         self._on_store_error = on_store_error  # counts refusals by store, as OIP routes do
         self._noise_secret = noise_secret or os.urandom(32)  # logprob noise key
         self._canary_secret = hmac.new(self._noise_secret, b"canary", hashlib.sha256).digest()
+        self._leak_policies = LeakPolicies()
         self.models = {m.name: LlmEntry(m) for m in settings.models}
         text_wm = hmac.new(self._noise_secret, b"text-watermark", hashlib.sha256).digest()
         self.upstream = LlmUpstream(max_connections=settings.max_connections,
@@ -321,7 +322,10 @@ class LlmRoutes:
         if settings is None or not isinstance(messages, list):
             return
         canary = Canary(self._canary_secret, ex.entry.name)
-        ex.leaks = canary.policy(messages, mode=settings.mode, span_len=settings.span_len)
+        ex.leaks = self._leak_policies.policy(
+            canary, messages, mode=settings.mode, span_len=settings.span_len,
+            public=settings.public, views=settings.views, hold_max=settings.hold_max,
+            weak_needed=settings.weak_needed)
         ex.request["messages"] = canary.protect(messages)
 
     def _screen_answer(self, call: Call, ex: LlmExchange, doc: dict[str, Any]) -> None:
