@@ -5,7 +5,8 @@ over the taxonomy, temperature 0, max_tokens 4096), paraphrased (many surface fo
 sweep (one natural question per topic), slow (templated at a heavy honest user's pace,
 inside an honest tenant), split (templated over 10 keys of one tenant).
 
-System-prompt thieves: one attempt per fresh key (and tenant), in one of `FORMS`; a chunked
+System-prompt thieves: one attempt per fresh key (an account of its own, in no tenant), in
+one of the forms of transforms.FORMS; a chunked
 attempt asks for 30-character slices one request at a time, a multi-turn one talks first.
 
 Output-layer probers: fast (a probe every few seconds) and patient (one every 15 minutes
@@ -99,7 +100,7 @@ def _model_of(tenant: str, models: Sequence[str]) -> str:
 
 def thieves(half: str, systems: Sequence[data.SystemPrompt], rng: np.random.Generator
             ) -> list[Caller]:
-    """60 attempts, each with a fresh key and tenant, spread over the working day."""
+    """60 attempts, each with a fresh key, spread over the working day."""
     asks = data.attack_requests(half)
     out: list[Caller] = []
     k = 0
@@ -121,10 +122,10 @@ def thieves(half: str, systems: Sequence[data.SystemPrompt], rng: np.random.Gene
                 times = steady(rng, len(texts), start_s=start, gap_s=(20, 90))
             else:
                 texts, times = [text], [start]
-            reqs = tuple(Request(tm, name, name, name, system.name, tx, conversation=name,
+            reqs = tuple(Request(tm, name, name, None, system.name, tx, conversation=name,
                                  params=(("temperature", 0.0),))
                          for tm, tx in zip(times, texts, strict=True))
-            out.append(Caller(name, "thief", form, half, system.name, name, reqs, target=1,
+            out.append(Caller(name, "thief", form, half, system.name, None, reqs, target=1,
                               form=form, notes={"secret": system.secret,
                                                 "fragments": system.fragments,
                                                 "language": language.lower()}))
@@ -141,8 +142,8 @@ def probers(half: str, model: str, rng: np.random.Generator) -> list[Caller]:
         reqs = []
         for i, tm in enumerate(times):
             _, kind, params = PROBES[i % len(PROBES)]
-            reqs.append(Request(tm, name, name, name, model,
+            reqs.append(Request(tm, name, name, None, model,
                                 _PROBE_TEXT[half][i % 6], kind=kind, params=params))
-        out.append(Caller(name, "prober", family, half, model, name, tuple(reqs),
+        out.append(Caller(name, "prober", family, half, model, None, tuple(reqs),
                           notes={"probes": [p[0] for p in PROBES]}))
     return out

@@ -21,8 +21,9 @@ from .timing import session_times
 
 #: (tenant size, behaviours of its users); every half has each of these tenants.
 TENANTS: tuple[tuple[int, tuple[str, ...]], ...] = (
-    (1, ("natural",)), (1, ("heavy",)), (1, ("focused",)), (1, ("self",)),
-    (1, ("multiturn",)), (1, ("short",)),
+    *((1, (family,)) for family in ("natural", "heavy", "focused", "self", "multiturn", "short",
+                                    "natural", "natural", "focused", "self", "multiturn",
+                                    "short")),
     (10, ("natural",) * 5 + ("heavy", "focused", "self", "multiturn", "short")),
     (10, ("natural",) * 4 + ("heavy", "heavy", "focused", "self", "multiturn", "short")),
     (50, ("natural",) * 28 + ("heavy",) * 4 + ("focused",) * 5 + ("self",) * 5

@@ -1,0 +1,55 @@
+"""Run the corpus: `run("dev" | "test" | "all")` replays each half through its own
+in-process gateway (a fresh risk book and detectors per half; one embedding cache for the
+run) and returns what report.py turns into tables."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ...errors import ConfigurationError
+from .engine import CachingEmbedder, Gateway
+from .harness import HalfResult, Progress, replay
+from .populations import build
+from .report import CorpusRun, machine
+
+SUITES = ("dev", "test", "all")
+
+
+def halves_of(suite: str) -> tuple[str, ...]:
+    if suite not in SUITES:
+        raise ConfigurationError(f"suite {suite!r}: use dev, test or all")
+    return ("dev", "test") if suite == "all" else (suite,)
+
+
+def run(suite: str, *, progress: Progress | None = None,
+        populations: Sequence[str] | None = None) -> CorpusRun:
+    """The suite's halves; `populations` keeps only those callers (honest, distiller,
+    thief, prober)."""
+    names = halves_of(suite)
+    started = time.perf_counter()
+    embedder = CachingEmbedder()
+    results: list[HalfResult] = []
+    for name in names:
+        half = build(name)
+        callers = [c for c in half.callers
+                   if populations is None or c.population in populations]
+        gw = Gateway(half.systems, embedder=embedder)
+        results.append(replay(half, gateway=gw, callers=callers, progress=progress))
+    return CorpusRun(suite, results, time.perf_counter() - started, machine(), commit(),
+                     time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+
+
+def commit() -> str:
+    """The source tree's commit (and "+changes" when it has uncommitted ones), if known."""
+    root = Path(__file__).resolve().parents[4]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=5, check=True).stdout
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "-uno"],
+                               capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head.strip() + ("+changes" if dirty.strip() else "")
