@@ -237,6 +237,23 @@ def test_token_volume_far_above_the_peers_raises_risk() -> None:
     assert risk.parts["volume"] == pytest.approx(0.5, abs=0.01)  # 1,000x the median
 
 
+def test_a_tenant_spends_per_member() -> None:
+    """A tenant of 50 honest users spends 50 users' tokens: not volume evidence; a
+    tenant whose 10 keys each spend 50 users' tokens is."""
+    b = book()
+    for u in range(20):  # tenants of one user each
+        b.observe(Observation("m", f"solo{u}", f"t{u}", tokens=1000), now=T0)
+    for u in range(50):
+        b.observe(Observation("m", f"user{u}", "big", tokens=1000), now=T0 + 1)
+    for u in range(50):  # the peers' median is recomputed every 10 s
+        b.observe(Observation("m", f"user{u}", "big", tokens=1000), now=T0 + 20)
+    for k in range(10):
+        b.observe(Observation("m", f"key{k}", "ring", tokens=50_000), now=T0 + 20)
+    assert b.risk("m", "tenant", "big", now=T0 + 20).parts.get("volume", 0.0) == 0.0
+    assert b.risk("m", "tenant", "ring", now=T0 + 20).parts["volume"] == pytest.approx(
+        0.5 * (math.log10(50) - 1), abs=0.01)
+
+
 def test_volume_needs_peers() -> None:
     b = book()
     b.observe(Observation("m", "alone", None, tokens=10**9), now=T0)

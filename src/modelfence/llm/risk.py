@@ -41,6 +41,9 @@ PROBE_FIELDS = frozenset({"logprobs", "top_logprobs", "logit_bias", "echo"})
 SAMPLING_FIELDS = frozenset({"n", "best_of"})
 CLAMP_FIELDS = frozenset({"max_tokens", "max_completion_tokens"})
 
+#: Members a tenant remembers for its tokens per member (beyond: new ones are not counted).
+MAX_MEMBERS = 100_000
+
 #: Which half-life (a field of `LlmHalfLives`) each counted kind decays with.
 _HORIZON = {"leak": "leak", "extraction": "screen", "injection": "screen", "probe": "probe",
             "sampling": "probe", "clamp": "clamp", "distill": "distill"}
@@ -63,13 +66,16 @@ class _Evidence:
     `seen`: requests decayed with each kind's half-life (the volume the background rate
     applies to). `given` (principals): what of `counts` it added to its tenant's (evidence
     found apart from a call may name no tenant). `top` (tenants): per kind, the member
-    that gave the most and how much, decayed alike, for the leave-one-out count.
+    that gave the most and how much, decayed alike, for the leave-one-out count;
+    `members` (tenants): when each member was last seen, for its tokens per member.
     """
 
     counts: dict[str, float] = field(default_factory=dict)
     seen: dict[str, float] = field(default_factory=dict)
     given: dict[str, float] = field(default_factory=dict)
     top: dict[str, tuple[str, float]] = field(default_factory=dict)
+    members: dict[str, float] = field(default_factory=dict)
+    prune_at: int = 64
     volume: float = 0.0
     tokens: float = 0.0
     requests: int = 0
@@ -216,6 +222,8 @@ class LlmRiskBook:
             ev = self._touch(table, key, now)
             if _noisy_or(self._parts(ev, key[0])) < self._s.alert_at / 2:
                 ev.flagged = False  # re-armed once the risk has clearly fallen back
+            if key[0] == "t":
+                self._note_member(ev, obs.principal, now)
             self._add(ev, obs, events, key[0], now)
             if member is None:
                 member = ev
@@ -295,12 +303,29 @@ class LlmRiskBook:
             parts["volume"] = ev.volume
         return parts
 
+    def _note_member(self, tenant: _Evidence, principal: str, now: float) -> None:
+        """Remember that `principal` is an active member; forget the long quiet ones
+        (amortised: each time the table has doubled)."""
+        if principal not in tenant.members and len(tenant.members) >= MAX_MEMBERS:
+            return
+        tenant.members[principal] = now
+        if len(tenant.members) > tenant.prune_at:
+            horizon = now - 3 * self._halves["volume"]
+            tenant.members = {m: t for m, t in tenant.members.items() if t >= horizon}
+            tenant.prune_at = max(64, 2 * len(tenant.members))
+
     def _volume_share(self, ev: _Evidence, model: str, prefix: str, now: float) -> float:
-        """0 below 10x the peers' median decayed tokens, rising to 1 at 100x."""
-        median = self._peer_median(model, prefix, now)
+        """0 below 10x the principals' median decayed tokens, rising to 1 at 100x.
+
+        A tenant's tokens are counted per active member: a tenant of 50 honest users spends
+        50 users' tokens, and only a tenant whose members each spend far more than a user
+        (a distiller split over keys) stands out.
+        """
+        median = self._peer_median(model, "p", now)
         if median is None or median <= 0:
             return 0.0
-        ratio = ev.tokens / median
+        tokens = ev.tokens / max(1, len(ev.members)) if prefix == "t" else ev.tokens
+        ratio = tokens / median
         return 0.0 if ratio <= 10 else min(1.0, math.log10(ratio) - 1.0)
 
     def _peer_median(self, model: str, prefix: str, now: float) -> float | None:
