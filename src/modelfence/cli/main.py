@@ -17,6 +17,7 @@ from . import (
     audit_retention,
     demo,
     keys,
+    llm,
     monitor,
     policy,
     redteam,
@@ -38,6 +39,7 @@ app.add_typer(audit.app, name="audit")
 audit_retention.register(audit.app)
 app.add_typer(policy.app, name="policy")
 app.add_typer(monitor.app, name="monitor")
+app.add_typer(llm.app, name="llm")
 app.add_typer(shaping.app, name="shaping")
 app.add_typer(artifact.app, name="artifact")
 config_app = typer.Typer(help="Inspect configuration files.", no_args_is_help=True)

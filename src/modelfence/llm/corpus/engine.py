@@ -24,7 +24,7 @@ from typing import Any
 
 from ...errors import BadRequest
 from .. import recommended
-from ..canary import Canary
+from ..canary import Canary, system_text
 from ..controls import apply_controls
 from ..guards import PROBE_REASONS
 from ..risk import Crossing, LlmRiskBook, Observation
@@ -141,6 +141,7 @@ class Gateway:
         self._rng = random.Random(seed)  # noqa: S311 (chunk sizes of a simulated stream)
         self._obs_fields = {f.name for f in dataclasses.fields(Observation)}
         self._asked = "asked" in inspect.signature(apply_controls).parameters
+        self._policies: dict[tuple[str, str], Any] = {}  # as the routes cache them
         self.on_crossing: Callable[[Crossing, float], None] | None = None
 
     @property
@@ -216,7 +217,10 @@ class Gateway:
         policy = None
         if model.canary is not None:
             canary = Canary(CANARY_SECRET, model.name)
-            policy = leak_policy(canary, model, messages)
+            key = (model.name, system_text(messages))
+            policy = self._policies.get(key)
+            if policy is None:
+                policy = self._policies[key] = leak_policy(canary, model, messages)
             messages = canary.protect(messages)
         for i in range(n):
             text = self.upstream.answer(messages, choice=i)
