@@ -110,7 +110,7 @@ def _b64(run: str) -> Iterator[str]:
     s = "".join(run.split()).rstrip("=").replace("-", "+").replace("_", "/")
     for off in range(4):  # a run can start anywhere in the encoding's 4-character frame
         part = s[off:]
-        part = part[:len(part) - len(part) % 4 if len(part) % 4 != 1 else len(part) - 1]
+        part = part if len(part) % 4 != 1 else part[:-1]  # 1 over a quantum decodes nothing
         if len(part) >= 8:
             with contextlib.suppress(binascii.Error, ValueError):
                 yield _text(base64.b64decode(part + "=" * (-len(part) % 4)))
@@ -118,10 +118,11 @@ def _b64(run: str) -> Iterator[str]:
     if len(up) >= 16 and (s.isupper() or s.islower()) and re.fullmatch(r"[A-Z2-7]+", up):
         for off in range(8):
             part = up[off:]
-            part = part[:len(part) - len(part) % 8]
             if len(part) >= 16:
-                with contextlib.suppress(binascii.Error, ValueError):
-                    yield _text(base64.b32decode(part))
+                for cut in (part + "=" * (-len(part) % 8), part[:len(part) - len(part) % 8]):
+                    with contextlib.suppress(binascii.Error, ValueError):
+                        yield _text(base64.b32decode(cut))
+                        break
 
 
 def _hex(run: str) -> Iterator[str]:
@@ -189,7 +190,8 @@ WORD_START = re.compile(r"(?<![^\W_])([^\W\d_])")
 # Read on the reversed tail of a stream: the text a disguise could still be building at its
 # end — the last token, and before it any tokens of at most 4 characters (letter-spaced text,
 # hex bytes, character codes) or 12+ characters of base64/hex alphabet (a wrapped encoded run).
-_OPEN_TAIL = re.compile(r"\S*(?:[\s,;:|]+(?:[A-Za-z0-9+/=_\-]{12,}|[01]{8}|\S{1,4}))*")
+_OPEN_TAIL = re.compile(r"\S*(?:[\s,;:|]+(?:[A-Za-z0-9+/=_\-]{12,}|[01]{8}|\S{1,4})"
+                        r"(?![^\s,;:|]))*")
 
 
 def open_tail(tail: str) -> int:
