@@ -238,11 +238,26 @@ def test_no_evidence_until_the_reference_holds_enough_callers(embedder: Any) -> 
     assert len(det._model("m").reference) <= int(settings.reference_size * 0.05)
     obs = [o for p in templated for o in det.add("m", "thief", None, p, now=1.0)]
     assert obs == [] and det.results[0].tested is False  # cold: no evidence either way
+    # ... and its templated prompts do not become the benign reference meanwhile
+    assert "thief" not in det._model("m").reference.owner
     for i, p in enumerate(vectors * 2):
         det.add("m", f"user{i % 6}", None, p, now=2.0)
     assert det.ready("m") and det._model("m").reference.callers() >= 4
     obs = [o for p in templated for o in det.add("m", "thief", None, p, now=3.0)]
     assert [(o.principal, o.tenant, o.distill) for o in obs] == [("thief", None, 1.0)]
+
+
+def test_the_shipped_reference_tests_from_the_first_window(embedder: Any) -> None:
+    det = DistillDetector(_settings())
+    assert not det.ready("m")
+    assert det.warm_start("m", embedder) >= 150 and det.ready("m")
+    [r] = _window(det, embedder, "templater", [TEMPLATE.format(topic=t) for t in TOPICS[:20]],
+                  T0)
+    assert r.tested and r.evidence == 1.0
+    [r] = _window(det, embedder, "dev", PYTHON, HUMAN)
+    assert r.tested and r.evidence == 0.0
+    off = DistillDetector(_settings(shipped_reference=False))
+    assert off.warm_start("m", embedder) == 0 and not off.ready("m")
 
 
 def test_a_thief_split_over_keys_is_seen_at_its_tenant(embedder: Any) -> None:

@@ -26,11 +26,13 @@ background thread for the gateway.
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import math
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -136,6 +138,13 @@ class WindowResult:
     systematic: float = 0.0
     nearest: float = 0.0
 
+    @property
+    def suspect(self) -> bool:
+        """Evidence, or a structure that would be evidence were the window unlike benign
+        traffic: before the reference is ready, such a window's prompts stay out of it."""
+        return self.evidence > 0 or combine(True, self.template, self.revisit,
+                                            self.systematic) > 0
+
     def explain(self) -> str:
         if not self.tested:
             return "reference not ready"
@@ -182,6 +191,14 @@ class DistillDetector:
         for v in np.asarray(embeddings, dtype=np.float32):
             ref.add(FILE_OWNER, v)
 
+    def warm_start(self, model: str, embedder: Any) -> int:
+        """Seed `model`'s reference from `reference`, or else the shipped generic prompts
+        (`shipped_reference`); the number of prompts seeded. `embedder`: a MiniLmEmbedder."""
+        texts = reference_prompts(self.s)[:self.s.reference_size]
+        for i in range(0, len(texts), 32):
+            self.seed_reference(model, embedder.encode(texts[i:i + 32]))
+        return len(texts)
+
     def ready(self, model: str) -> bool:
         """Whether windows of `model` are tested: the reference holds enough prompts from
         enough callers."""
@@ -218,10 +235,12 @@ class DistillDetector:
                 continue
             sub.pending = 0
             result = self._test(model, m, kind, subject, sub, tenant)
-            sub.last = result.evidence
+            sub.last = result.evidence if result.tested else float(result.suspect)
             self.results.append(result)
             # a prompt enters the reference through one window only: its tenant's if any
-            if (kind == "tenant") == bool(tenant) and result.evidence == 0.0:
+            # (before the reference is ready, not when its structure alone is suspect)
+            passed = result.evidence == 0 if result.tested else not result.suspect
+            if (kind == "tenant") == bool(tenant) and passed:
                 self._admit(m, sub)
             if result.evidence > 0:
                 out.append(Observation(model=model, principal=result.principal,
@@ -254,8 +273,14 @@ class DistillDetector:
         idx = sub.recent(self.s.window)
         principal = Counter(sub.owner[i] for i in idx).most_common(1)[0][0]
         if not self.ready(model):
+            # no test, no evidence; the structure still says whether its prompts may
+            # become the benign reference
             m.counts["cold"] += 1
-            return WindowResult(model, kind, subject, principal, tenant, 0.0, False)
+            template, _ = self._template(sub, idx)
+            revisit = self._revisits(sub, idx)
+            systematic, _ = self._systematic(sub, idx)
+            return WindowResult(model, kind, subject, principal, tenant, 0.0, False,
+                                template=template, revisit=revisit, systematic=systematic)
         fit = self._fit(m.reference)
         x = sub.vectors(idx)
         stat = m.reference.mmd2(x)
@@ -341,6 +366,19 @@ class DistillDetector:
 
     def subjects(self, model: str) -> int:
         return len(self._model(model).subjects)
+
+
+def reference_prompts(settings: DistillSettings) -> list[str]:
+    """The warm-start prompts: the `reference` file's, else the shipped list, else none."""
+    if settings.reference is not None:
+        text = settings.reference.read_text(encoding="utf-8")
+    elif settings.shipped_reference:
+        text = (importlib.resources.files("modelfence.llm")
+                .joinpath("distill_reference.txt").read_text(encoding="utf-8"))
+    else:
+        return []
+    lines = (line.strip() for line in text.splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 def combine(differs: bool, template: float, revisit: float, systematic: float) -> float:

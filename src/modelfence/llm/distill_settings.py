@@ -28,8 +28,13 @@ class DistillSettings(BaseModel):
                                "the reference)")
     margin: float = Field(0.1, ge=0.0, le=10.0, description="the null's threshold is raised "
                           "by this share (for a null fitted from a finite reference)")
-    reference: Path | None = Field(None, description="a file of example benign prompts, one "
-                                   "a line, that warm-starts the reference sample")
+    reference: Path | None = Field(None, description="a file of example benign prompts of "
+                                   "this deployment, one a line, that warm-starts the "
+                                   "reference sample (live traffic replaces them)")
+    shipped_reference: bool = Field(True, description="without `reference`, warm-start from "
+                                    "the shipped generic prompts (llm/distill_reference.txt), "
+                                    "so windows are tested from the start; off: no test until "
+                                    "the reference holds min_callers callers' prompts")
     reference_size: int = Field(512, ge=64, le=8192, description="recent benign prompts "
                                 "kept as the reference sample")
     caller_share: float = Field(0.05, gt=0, le=1.0, description="most of the reference any "

@@ -24,8 +24,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
-
 from ..errors import ConfigurationError
 from ..gateway.call import Call
 from ..gateway.chain import Guard
@@ -149,16 +147,12 @@ class DistillWorker:
                 self._done.notify_all()
 
     def _warm_start(self) -> None:
-        for name, s in self.settings.items():
-            if s.reference is None:
-                continue
-            lines = [ln.strip() for ln in s.reference.read_text(encoding="utf-8").splitlines()]
-            texts = [ln for ln in lines if ln and not ln.startswith("#")][:s.reference_size]
-            vectors = [self.embedder.encode(texts[i:i + 32]) for i in range(0, len(texts), 32)]
-            if vectors:
-                self.detectors[name].seed_reference(name, np.concatenate(vectors))
-            log.info("distill: model %s reference warm-started with %d prompts", name,
-                     len(texts))
+        for name, detector in self.detectors.items():
+            n = detector.warm_start(name, self.embedder)
+            if n:
+                where = self.settings[name].reference or "the shipped generic prompts"
+                log.info("distill: model %s reference warm-started with %d prompts from %s",
+                         name, n, where)
 
     def _process(self, items: list[_Item]) -> None:
         prompts = embed(self.embedder, [i.text for i in items], [i.shape for i in items])
