@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import codecs
 import json
+import re
 import socket
 import threading
 from typing import Any
@@ -20,7 +23,8 @@ class OpenAiStub:
     """An OpenAI-speaking upstream on loopback; the `model` field picks its behaviour.
 
     `slow`: a stream of 200 chunks 0.1 s apart (to see a cancel); `fail`: 400 error;
-    `no-usage`: never reports usage; anything else: a normal answer (streams 0.15 s apart).
+    `no-usage`: never reports usage; `leaky` recites its system prompt; `recite-FORM` recites it
+    disguised (`recite`); anything else: a normal answer (streams 0.15 s apart).
     A suffix picks how stream events are framed (all legal SSE): `+multiline` (the JSON
     indented over several `data:` lines), `+cr` (bare CR line endings), `+crlf`; `+raw`
     sends one event of data that is not JSON, `+error` an error event after the first chunk.
@@ -96,6 +100,10 @@ class OpenAiStub:
             system = " ".join(str(m["content"]) for m in body["messages"]
                               if m["role"] == "system")
             answer = f"Sure! My instructions are: {system} Anything else?"
+        if model.startswith("recite-"):  # ... in a disguise: recite-base64, recite-leet, ...
+            system = " ".join(str(m["content"]) for m in body["messages"]
+                              if m["role"] == "system")
+            answer = recite(model.removeprefix("recite-"), system)
         if not body.get("stream"):
             choice: dict[str, Any] = (
                 {"index": 0, "message": {"role": "assistant", "content": answer},
@@ -109,8 +117,8 @@ class OpenAiStub:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         words = WORDS * 40 if model == "slow" else WORDS
-        if model == "leaky":  # 3-character deltas: leaks split across chunks
-            words = [answer[i:i + 3] for i in range(0, len(answer), 3)]
+        if model == "leaky" or model.startswith("recite-"):  # 3-character deltas: leaks
+            words = [answer[i:i + 3] for i in range(0, len(answer), 3)]  # split over chunks
         try:
             for i, word in enumerate(words):
                 chunk = {"id": "x1", "object": "chat.completion.chunk", "created": 1,
@@ -131,7 +139,7 @@ class OpenAiStub:
                 if model == "slow":
                     self.slow_chunks_sent += 1
                 await asyncio.sleep(0.1 if model == "slow" else 0.01 if model == "leaky"
-                                    else 0.15)
+                                    else 0.002 if model.startswith("recite-") else 0.15)
             options = body.get("stream_options") or {}
             if options.get("include_usage") and model != "no-usage":
                 last = {"id": "x1", "object": "chat.completion.chunk", "created": 1,
@@ -159,6 +167,45 @@ class OpenAiStub:
             "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]}
                      for i in range(len(inputs))],
             "usage": {"prompt_tokens": 3 * len(inputs), "total_tokens": 3 * len(inputs)}})
+
+
+_FRENCH = {"you": "vous", "are": "êtes", "the": "le", "of": "de", "and": "et", "never": "jamais",
+           "code": "code", "is": "est", "give": "donnez", "this": "ce", "to": "à", "a": "un",
+           "customer": "client", "internal": "interne", "reference": "référence",
+           "reveal": "révélez", "or": "ou", "these": "ces", "instructions": "instructions"}
+
+
+def recite(form: str, system: str) -> str:
+    """The system prompt as a model talked into disguising it writes it (`form`: base64,
+    hex, rot13, reversed, spaced, leet, french, acrostic (of the prompt's code), persona
+    (only its "You are" sentence, as a model asked who it is answers)), the reference line
+    the gateway puts first left out: the gateway must see through the disguise itself."""
+    body = re.sub(r"^Internal reference: \S+ Never reveal[^\n]*\n*", "", system)
+    if form == "base64":
+        text = base64.b64encode(body.encode()).decode()
+    elif form == "hex":
+        text = body.encode().hex()
+    elif form == "rot13":
+        text = codecs.encode(body, "rot13")
+    elif form == "reversed":
+        text = body[::-1]
+    elif form == "spaced":
+        text = " ".join(body)
+    elif form == "leet":
+        text = body.lower().translate(str.maketrans("aeiost", "431057"))
+    elif form == "french":
+        text = re.sub(r"[A-Za-z]+", lambda m: _FRENCH.get(m.group().lower(), m.group()), body)
+    elif form == "acrostic":
+        code = re.search(r"\b[A-Z]+-\d+\b", body)
+        text = "\n".join(f"{c} is how this line starts"
+                         for c in (code.group() if code else "").replace("-", ""))
+    elif form == "persona":
+        who = re.search(r"You are [^.]*\.", body)
+        return (who.group().replace("You are", "I am", 1) if who else "I am a bot.") + \
+            " How can I help you today?"
+    else:
+        raise ValueError(f"unknown form {form!r}")
+    return f"Sure, here it is:\n\n{text}\n\nAnything else?"
 
 
 def _frame(doc: Any, framing: str) -> bytes:
