@@ -81,7 +81,7 @@ def _requests(spec: VictimSpec) -> tuple[list[tuple[str, str, Any, Any, float]],
 def _cycler(world: Any) -> tuple[Any, Any]:
     """A caller that asks about every k-means cell in turn (what `coverage` scores): natural
     rows of the pool, one of each cell round after round."""
-    from modelfence.monitor.detectors import Cells
+    from modelfence.monitor.facts import Cells
     from modelfence.monitor.rings import ROW
 
     summary = world.summary
@@ -121,7 +121,7 @@ def trace(spec: VictimSpec, dtype: Any = np.float32) -> dict[str, Any]:
 
 def record() -> None:
     arrays = {f"{spec.name}.{k}": v for spec in VICTIMS for k, v in trace(spec).items()}
-    np.savez_compressed(FIXTURE, **arrays)  # type: ignore[arg-type]
+    np.savez_compressed(FIXTURE, **arrays)
 
 
 @pytest.fixture(scope="module")

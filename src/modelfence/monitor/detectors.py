@@ -37,7 +37,6 @@ are read in plain Python, and a reading's explanation is only formatted when som
 
 from __future__ import annotations
 
-import hashlib
 import math
 import warnings
 from abc import ABC, abstractmethod
@@ -50,7 +49,8 @@ from typing import Any, Self
 import numpy as np
 
 from . import null
-from .rings import EXACT, ROW, Ring, RowRing, _bad_state, nearest
+from .facts import Cells, Judge, Rows, answers, digest
+from .rings import EXACT, ROW, Ring, RowRing, _bad_state
 from .summary import Array, Summary, expected_distinct
 
 #: z-values between which a score ramps from 0 to 1.
@@ -107,21 +107,6 @@ def share_excess(hits: int, n: int, base: float) -> float:
     return (hits / n - base) / math.sqrt(base * (1.0 - base) / n)
 
 
-def answers(proba: Array) -> list[tuple[int, float]]:
-    """(predicted class, top-1 minus top-2 probability) per row (margin 1.0 with one class).
-
-    Plain Python over lists: for the one-row observes of the request path it is several
-    times faster than numpy's partition, and agrees with `argmax` and `top1_margin`.
-    """
-    out = []
-    for row in proba.tolist():
-        top = max(row)
-        label = row.index(top)
-        row[label] = -math.inf
-        out.append((label, top - max(row) if len(row) > 1 else 1.0))
-    return out
-
-
 class Repeats:
     """Which of a caller's rows repeat one of its last `memory` rows exactly.
 
@@ -139,7 +124,10 @@ class Repeats:
 
     def seen(self, row: Array) -> bool:
         """Whether `row` is one of the last `memory` rows; it is remembered either way."""
-        digest = hashlib.blake2b(row.tobytes(), digest_size=8).digest()
+        return self.seen_digest(digest(row))
+
+    def seen_digest(self, digest: bytes) -> bool:
+        """`seen`, given the row's digest (`facts.digest`)."""
         held, end = self.digests, 8 * self.count
         i = held.find(digest, 0, end)
         while i > 0 and i % 8:  # only a match at a digest's start is one
@@ -315,6 +303,16 @@ class Detector(ABC):
         from the answer its anchor got; only detectors that `sees_resends` are shown them."""
         raise NotImplementedError
 
+    def take(self, rows: Rows, now: float) -> None:
+        """`observe_raw` through what the caller's other detectors (and its tenant's) read
+        of the same rows, computed once (`facts`): what the monitor calls."""
+        assert rows.x is not None
+        self.observe_raw(rows.x, rows.z, rows.p, now)
+
+    def take_resends(self, rows: Rows, flips: list[bool], now: float) -> None:
+        """`observe_resends` through shared facts, as `take`."""
+        self.observe_resends(rows.z, flips, now)
+
     def _one(self, z: Array, p: Array) -> None:
         """Take one row; detectors that override `observe` need not."""
         raise NotImplementedError
@@ -477,12 +475,18 @@ class DistanceNormality(Detector):
         for i, (label, _) in enumerate(answers(proba)):
             self._add(features[i], label)
 
+    def take(self, rows: Rows, now: float) -> None:
+        for z, (label, _), zz in zip(rows.z, rows.answers, rows.norms, strict=True):
+            self._add(z, label, zz)
+
     def _one(self, z: Array, p: Array) -> None:
         self._add(z, int(p.argmax()))
 
-    def _add(self, z: Array, label: int) -> None:
+    def _add(self, z: Array, label: int, zz: float | None = None) -> None:
+        """One row (float32 expected) of class `label`; `zz` is `z @ z` when known."""
         z = z.astype(ROW, copy=False)
-        zz = float(z @ z)
+        if zz is None:
+            zz = float(z @ z)
         ring = self.seen[label]
         if ring.count:
             d = math.sqrt(ring.nearest(z, zz))
@@ -532,19 +536,32 @@ class ShareWindow:
         self.hits, self.sum = 0, 0.0
 
     def push(self, flag: bool, expect: float) -> None:
+        # `Ring.push` of both rings, inlined: five share windows a row make this the
+        # detectors' most frequent call
         flags, expected = self.flags, self.expected
+        fh, eh = flags.head, expected.head
         if flags.count == flags.size:
-            self.hits -= flags.data[flags.head]
-            self.sum -= expected.data[expected.head]
-        flags.push(flag)
-        expected.push(expect)
+            self.hits -= flags.data[fh]
+            self.sum -= expected.data[eh]
+        else:
+            flags.count += 1
+        if expected.count < expected.size:
+            expected.count += 1
+        flags.data[fh] = flag
+        expected.data[eh] = expect
+        flags.head = (fh + 1) % flags.size
+        expected.head = (eh + 1) % expected.size
         self.hits += flag
         self.sum += expect
 
     def reading(self, what: str, z0: float) -> Reading:
         n, hits, exp = self.flags.count, self.hits, max(self.sum, 0.0)
-        z = null.share_z(hits, exp, n)
-        return Reading(ramp(z, z0, z0 + Z_HIGH - Z_LOW),
+        # share_z and ramp are 0 for a window within its expectation (most of them): the
+        # same values, without the calls
+        z = null.share_z(hits, exp, n) if hits > exp else 0.0
+        high = z0 + Z_HIGH - Z_LOW
+        score = 0.0 if z <= z0 < high else ramp(z, z0, high)
+        return Reading(score,
                        lambda: f"{hits}/{n} {what} (benign {exp / n:.1%}), z={z:.1f} "
                                f"(benign callers up to {z0 - null.MARGIN:.1f})")
 
@@ -635,9 +652,11 @@ class BoundaryProbing(_ShareDetector):
         return cls(summary, cells=shared.cells)
 
     def observe(self, features: Array, proba: Array, now: float) -> None:
-        cells = self.cells.of(features)[0]
+        self.take(Rows(None, features, proba, self.cells), now)
+
+    def take(self, rows: Rows, now: float) -> None:
         short, long = self.window, self.long
-        for (label, margin), cell in zip(answers(proba), cells, strict=True):
+        for (label, margin), cell in zip(rows.answers, rows.cells, strict=True):
             flag, e = margin < self.cuts[label], self.rates[cell]
             short.push(flag, e)
             long.push(flag, e)
@@ -660,55 +679,6 @@ class BoundaryProbing(_ShareDetector):
     def load(self, state: Mapping[str, Array]) -> None:
         super().load(state)
         self.long.recount()
-
-
-class Cells:
-    """Which k-means cell each row falls in, shared by a model's detectors.
-
-    It remembers the last batch asked about, so the detectors that need cells (and a tenant's
-    after its principal's) pay for one lookup per observe.
-    """
-
-    def __init__(self, summary: Summary) -> None:
-        self.centroids: Array = summary.centroids.astype(ROW)  # rows come as float32
-        self.norms: Array = np.einsum("ij,ij->i", self.centroids, self.centroids)
-        self.half: Array = 0.5 * self.norms
-        self.minus2t: Array = np.ascontiguousarray(-2.0 * self.centroids.T)  # [d, cells]
-        self._last: tuple[tuple[int, ...], bytes] = ((), b"")
-        self._answer: tuple[list[int], list[float]] = ([], [])
-
-    def of(self, z: Array) -> tuple[list[int], list[float]]:
-        """(nearest cell, squared distance to its centroid) per standardized row."""
-        key = (z.shape, z.tobytes())
-        if key != self._last:
-            z = z.astype(ROW, copy=False)
-            if len(z) == 1:  # the request path
-                j, d2 = nearest(self.centroids, self.half, z[0], float(z[0] @ z[0]))
-                self._answer = ([j], [d2])
-            else:  # a batch: screen with one product, measure the winners
-                cell = (z @ self.minus2t + self.norms).argmin(axis=1)
-                diff = z - self.centroids[cell]
-                self._answer = (cell.tolist(), np.einsum("ij,ij->i", diff, diff).tolist())
-            self._last = key
-        return self._answer
-
-
-class Judge:
-    """Which rows fail the data's naturalness tests (`naturalness.Nature`), shared by a
-    model's detectors; like `Cells`, it remembers the last batch asked about."""
-
-    def __init__(self, summary: Summary) -> None:
-        self.nature = summary.nature
-        self._last: tuple[tuple[int, ...], bytes] = ((), b"")
-        self._answer: list[bool] = []
-
-    def of(self, x: Array, z: Array) -> list[bool]:
-        """Per raw row of `x` (float64) and its standardized `z` (float32): unnatural?"""
-        key = (x.shape, x.tobytes())
-        if key != self._last:
-            self._answer = self.nature.unnatural(x, z).tolist()
-            self._last = key
-        return self._answer
 
 
 @dataclass(frozen=True)
@@ -755,9 +725,10 @@ class Synthetic(_ShareDetector):
         self.observe_raw(x, features, proba, now)
 
     def observe_raw(self, x: Array, features: Array, proba: Array, now: float) -> None:
-        flags = self.judge.of(x, features)
-        cells = self.cells.of(features)[0]
-        for flag, cell in zip(flags, cells, strict=True):
+        self.take(Rows(x, features, proba, self.cells, self.judge), now)
+
+    def take(self, rows: Rows, now: float) -> None:
+        for flag, cell in zip(rows.unnatural, rows.cells, strict=True):
             self._flag(flag, self.rates[cell])
 
 
@@ -791,8 +762,11 @@ class Flips(_ShareDetector):
         """Fresh rows are not this detector's business."""
 
     def observe_resends(self, features: Array, flips: list[bool], now: float) -> None:
-        cells = self.cells.of(features)[0]
-        for flip, cell in zip(flips, cells, strict=True):
+        self.take_resends(Rows(None, features, np.zeros((len(features), 0)), self.cells),
+                          flips, now)
+
+    def take_resends(self, rows: Rows, flips: list[bool], now: float) -> None:
+        for flip, cell in zip(flips, rows.cells, strict=True):
             self._flag(flip, self.rates[cell])
 
 
@@ -820,8 +794,11 @@ class OutOfDistribution(_ShareDetector):
         return cls(summary, cells=shared.cells)
 
     def observe(self, features: Array, proba: Array, now: float) -> None:
+        self.take(Rows(None, features, proba, self.cells), now)
+
+    def take(self, rows: Rows, now: float) -> None:
         radius2 = self.summary.ood_radius**2
-        cells, d2s = self.cells.of(features)
+        cells, d2s = rows.where
         for cell, d2 in zip(cells, d2s, strict=True):
             self._flag(d2 > radius2, self.rates[cell])
 
@@ -908,8 +885,10 @@ class Coverage(Detector):
         return cls(summary, cells=shared.cells)
 
     def observe(self, features: Array, proba: Array, now: float) -> None:
-        cells, _ = self.cell_of.of(features)
-        for cell, label in zip(cells, proba.argmax(axis=1).tolist(), strict=True):
+        self.take(Rows(None, features, proba, self.cell_of), now)
+
+    def take(self, rows: Rows, now: float) -> None:
+        for cell, label in zip(rows.cells, rows.argmax, strict=True):
             self.distinct["cells"].push(cell)
             self.distinct["classes"].push(label)
 
@@ -978,7 +957,13 @@ class VolumeVelocity(Detector):
         return cls(summary, peers=shared.peers, key=key)
 
     def observe(self, features: Array, proba: Array, now: float) -> None:
-        n = len(features)
+        self.count(len(features), now)
+
+    def take(self, rows: Rows, now: float) -> None:
+        self.count(len(rows), now)
+
+    def count(self, n: int, now: float) -> None:
+        """`n` queries at unix time `now`."""
         if not n:
             return
         self._advance(int(now // 60))

@@ -127,4 +127,7 @@ def step(ep: Episode, raw: float, synthetic: float, now: float,
         since, active = now, True
     if active and synthetic >= rules.threshold:
         hold_until = max(hold_until, now + rules.hold_s)
+    if (level, raised_at, since, hold_until) == (ep.level, ep.raised_at, ep.since,
+                                                 ep.hold_until):
+        return ep, started  # most observations change nothing: no new object to make
     return Episode(level, raised_at, since, hold_until), started

@@ -25,6 +25,7 @@ natural row for every test here, and nothing flags it: that limit is reported, n
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -99,12 +100,18 @@ class Nature:
         out: Array = np.einsum("ij,ij->i", t, t)
         return out
 
+    @cached_property
+    def grid(self) -> tuple[Array, Array]:
+        """(the features on a decimal grid, their steps): taken once, not per observe."""
+        on = self.step > 0
+        return np.nonzero(on)[0], self.step[on]
+
     def off_grid(self, x: Array) -> Array:
         """Rows beyond the bounds or off the decimal grid (bool [n])."""
         out: Array = np.asarray(((x < self.lo) | (x > self.hi)).any(axis=1))
-        grid = self.step > 0
-        if grid.any():
-            g = x[:, grid] / self.step[grid]
+        features, steps = self.grid
+        if len(features):
+            g = x[:, features] / steps
             out |= (np.abs(g - np.rint(g)) > TOL).any(axis=1)
         return out
 

@@ -137,7 +137,11 @@ class Resends:
         natural gap, too far to judge), or None when `z` is fresh (it is then kept as an
         anchor, with `label`, the class the model answered for it)."""
         a = z if self.proj is None else z @ self.proj
-        aa = float(a @ a)
+        return self.seen_at(a, float(a @ a), label)
+
+    def seen_at(self, a: Array, aa: float, label: int = 0) -> int | None:
+        """`seen`, given the row already in anchor space (`a`, through `projection`) and
+        `aa` = |a|^2: a principal and its tenant project a row once (`facts.Batch`)."""
         j, d2 = self.rows.nearest_at(a, aa)
         if d2 <= self.radius2:
             return int(self.labels.data[j]) if d2 <= self.gap2 else -1

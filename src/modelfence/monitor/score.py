@@ -38,16 +38,15 @@ from ..errors import ConfigurationError
 from .detectors import (
     DETECTORS,
     RETIRED,
-    Cells,
     Detector,
-    Judge,
     PeerStats,
     Reading,
     Repeats,
     Shared,
 )
 from .episodes import NO_EPISODE, STICKY, Episode, Hysteresis, check_hysteresis, step
-from .resends import Resends
+from .facts import Batch, Cells, Judge, Rows
+from .resends import Resends, projection
 from .rings import ROW
 from .summary import Array, Summary
 
@@ -157,42 +156,45 @@ class CallerState:
         self.queries = 0
         self.risk = NO_RISK
 
-    def _kind(self, x: Array, z: Array, label: int) -> int:
-        """`FRESH`, `REPEAT` (exact, or a noisy re-send answered as its anchor was) or `FLIP`
-        (a noisy re-send answered another class); a fresh row becomes an anchor."""
-        if self.repeats.seen(x):
+    def _kind(self, rows: Batch, i: int) -> int:
+        """`FRESH`, `REPEAT` (exact), `SAME` (a noisy re-send answered as its anchor was) or
+        `FLIP` (a noisy re-send answered another class) for row `i`; a fresh row becomes an
+        anchor."""
+        if self.repeats.seen_digest(rows.digest(i)):
             return REPEAT
-        anchor = self.resends.seen(z, label)
+        label = rows.labels[i]
+        a, aa = rows.anchor(i)
+        anchor = self.resends.seen_at(a, aa, label)
         if anchor is None:
             return FRESH
         return FLIP if anchor not in (label, -1) else SAME
 
-    def observe(self, x: Array, z: Array, p: Array, now: float) -> set[str]:
-        """Show the rows (raw `x`, standardized `z`) to the detectors: fresh rows to most,
-        noisy re-sends to those that `sees_resends`, all rows to volume; returns the names of
-        the detectors that saw any."""
-        labels = p.argmax(axis=1).tolist()
-        kinds = [self._kind(x[i], z[i], labels[i]) for i in range(len(x))]
-        if all(k == FRESH for k in kinds):
-            xf, zf, pf = x, z, p
-        else:
-            fresh = np.array([k == FRESH for k in kinds], np.bool_)
-            xf, zf, pf = x[fresh], z[fresh], p[fresh]
-        noisy = [i for i, k in enumerate(kinds) if k >= SAME]
+    def observe(self, rows: Batch, now: float) -> set[str]:
+        """Show the rows to the detectors: fresh rows to most, noisy re-sends to those that
+        `sees_resends`, all rows to volume; returns the names of the detectors that saw any.
+        What the detectors read of the rows comes from `rows`, computed once for every
+        caller that the same rows are fresh to (`facts`)."""
+        kinds = [self._kind(rows, i) for i in range(len(rows))]
+        fresh: Rows | None = rows.rows()
+        if not all(k == FRESH for k in kinds):
+            mask = [k == FRESH for k in kinds]
+            fresh = rows.rows(mask) if any(mask) else None
+        noisy = [k >= SAME for k in kinds]
         seen = set()
         for name, det in self.detectors.items():
             if det.sees_repeats:
-                det.observe(z, p, now)
+                det.take(rows.rows(), now)
             elif det.sees_resends:
-                if not noisy:
+                if not any(noisy):
                     continue
-                det.observe_resends(z[noisy], [kinds[i] == FLIP for i in noisy], now)
-            elif len(zf):
-                det.observe_raw(xf, zf, pf, now)
+                det.take_resends(rows.rows(noisy), [k == FLIP for k in kinds if k >= SAME],
+                                 now)
+            elif fresh is not None:
+                det.take(fresh, now)
             else:
                 continue
             seen.add(name)
-        self.queries += len(z)
+        self.queries += len(rows)
         return seen
 
     def filters_state(self) -> dict[str, Array]:
@@ -258,6 +260,7 @@ class Monitor:
         self._rules = Hysteresis.of(self.settings)
         self._cells = Cells(summary)  # one cell lookup per observe, for every table
         self._judge = Judge(summary)  # and one naturalness verdict
+        self._proj = projection(summary.n_features, int(summary.resend_key))  # anchor space
         self._tables: dict[Kind, Table] = {
             k: Table(k, summary, self.settings, self._cells, self._judge)
             for k in ("principal", "tenant")}
@@ -277,13 +280,14 @@ class Monitor:
         if not math.isfinite(at):
             raise ConfigurationError(f"monitor observe needs a finite time, got {now}")
         z = np.divide(x - self.summary.mean, self.summary.scale, dtype=ROW)
+        rows = Batch(x, z, p, self._cells, self._judge, self._proj)
         subjects: list[tuple[Kind, str]] = [("principal", principal)]
         if tenant is not None:
             subjects.append(("tenant", tenant))
         started: dict[Kind, Risk] = {}
         for kind, key in subjects:
             state = self._tables[kind].touch(key)
-            seen = state.observe(x, z, p, at)
+            seen = state.observe(rows, at)
             state.risk, began = self._assess(state, seen, at)
             if began:
                 started[kind] = state.risk
@@ -312,11 +316,18 @@ class Monitor:
         """The risk from fresh readings of the detectors in `seen`, kept ones of the rest,
         held by the caller's episode; and whether an episode started."""
         kept = state.risk.readings
-        readings = {n: d.score() if n in seen or n not in kept else kept[n]
-                    for n, d in state.detectors.items()}
-        raw = combine(readings)
-        episode, began = step(state.risk.episode, raw, combine(readings, self._rules.sticky),
-                              now, self._rules)
+        sticky = self._rules.sticky
+        readings: dict[str, Reading] = {}
+        keep = keep_sticky = 1.0  # `combine` of all readings and of the sticky ones, at once
+        for n, d in state.detectors.items():
+            r = readings[n] = d.score() if n in seen or n not in kept else kept[n]
+            s = r.score
+            left = 1.0 - (s if 0.0 <= s <= 1.0 else min(1.0, max(0.0, s)))
+            keep *= left
+            if n in sticky:
+                keep_sticky *= left
+        raw = 1.0 - keep
+        episode, began = step(state.risk.episode, raw, 1.0 - keep_sticky, now, self._rules)
         return Risk(episode.level, episode.active, state.queries, readings, raw, episode), began
 
     def risk(self, principal: str) -> Risk:
