@@ -45,6 +45,9 @@ class DistillHook:
         if not models:
             return cls({}, embedder, "absent (no model has distill: settings)")
         detectors = {name: make(s) for name, s in models.items()}
+        for name, detector in detectors.items():  # as the gateway's worker does at start
+            if hasattr(detector, "warm_start"):
+                detector.warm_start(name, embedder)
         return cls(detectors, embedder, f"present (DistillDetector on {len(detectors)} "
                    "models)", features)
 
