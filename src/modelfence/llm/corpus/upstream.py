@@ -33,6 +33,7 @@ _SELF = re.compile(
     r"|introduce yourself|about yourself|who made you|company built you|have a name|"
     r"is this a human|this assistant for|can you (?:remember|look|browse)|do you remember|"
     r"bot or a real|human or an ai")
+_PERSONA = re.compile(r"You are [^.]*\.")
 _SPAN = re.compile(r"(\d+)\D{1,12}?(\d+)")
 _LANG = {"french": ("french", "français"), "german": ("german", "deutsch"),
          "spanish": ("spanish", "español")}
@@ -144,10 +145,10 @@ class ComplyingUpstream:
                 return body
             return f"Sure, here it is:\n\n{body}"
         if intent.kind == "self":
-            persona = system.split(". ")[0].split("\n")[0].strip() if system else ""
-            who = (persona.rstrip(".") + "." if persona.startswith("You are")
-                   else "I'm an AI assistant.")
-            who = who.replace("You are", "I am", 1).replace(" you help", " I help", 1)
+            persona = _PERSONA.search(system)
+            who = ("I'm an AI assistant." if persona is None else
+                   persona.group().replace("You are", "I am", 1).replace(" you help",
+                                                                          " I help", 1))
             return f"{who} How can I help you today?"
         return self.plain(prompt, choice=choice)
 
