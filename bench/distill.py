@@ -188,10 +188,12 @@ def corpus(half_name: str, embedder: MiniLmEmbedder) -> None:
     for (group, family), cs in sorted(fams.items()):
         flagged = sum(1 for c in cs for w in windows[c.name]
                       if w.evidence > 0 and w.principal in c.principals)
-        tested = sum(1 for c in cs for w in windows[c.name] if w.tested)
+        own = [w for c in cs for w in windows[c.name]
+               if w.tested and w.kind == "principal" and w.principal in c.principals]
         print(f"    {group:10s} {family:10s} users {len(cs):3d} requests "
-              f"{sum(len(c.requests) for c in cs):5d} tested windows {tested:4d} "
-              f"flagged {flagged} peak risk {max(peak[c.name] for c in cs):.2f}")
+              f"{sum(len(c.requests) for c in cs):5d} own windows {len(own):3d} (unlike "
+              f"benign traffic: {sum(w.differs for w in own):3d}) with evidence {flagged} "
+              f"peak risk {max(peak[c.name] for c in cs):.2f}")
     for c in callers:
         if c.population != "distiller":
             continue

@@ -382,3 +382,21 @@ def test_a_full_queue_drops_and_counts_and_never_blocks() -> None:
     finally:
         emb.release.set()
         worker.stop()
+
+
+def test_distill_without_the_risk_monitor_refuses_to_start() -> None:
+    from types import SimpleNamespace
+
+    from modelfence.llm.routes import LlmRoutes
+    from modelfence.llm.settings import LlmSettings
+
+    settings = LlmSettings.model_validate({"models": [
+        {"name": "m", "upstream": "http://127.0.0.1:1/v1", "distill": {}}],
+        "monitor": {"enabled": False}})
+    with pytest.raises(ConfigurationError, match=r"needs llm\.monitor\.enabled"):
+        LlmRoutes._distill_worker(SimpleNamespace(risk=None),  # type: ignore[arg-type]
+                                  settings, None)
+    off = LlmSettings.model_validate({"models": [
+        {"name": "m", "upstream": "http://127.0.0.1:1/v1", "distill": {"enabled": False}}]})
+    assert LlmRoutes._distill_worker(SimpleNamespace(risk=None),  # type: ignore[arg-type]
+                                     off, None) is None
