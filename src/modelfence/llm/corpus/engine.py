@@ -28,6 +28,7 @@ from ..canary import Canary, system_text
 from ..controls import apply_controls
 from ..guards import PROBE_REASONS
 from ..risk import Crossing, LlmRiskBook, Observation
+from ..risk_repeats import RepeatedHits
 from ..screening import (
     CombinedScreener,
     HeuristicScreener,
@@ -136,6 +137,7 @@ class Gateway:
             m.name: build_screener(m.screening, embedder=self.embedder)
             for m in self.settings.models if m.screening is not None}
         self.book = LlmRiskBook(self.settings.monitor, self.models)
+        self.repeats = RepeatedHits()  # as LlmRiskGuard: a conversation's hit counts once
         self.upstream = ComplyingUpstream({s.text: s.secret for s in systems})
         self.distill = DistillHook.create(self.settings, self.embedder) if distill else None
         self._rng = random.Random(seed)  # noqa: S311 (chunk sizes of a simulated stream)
@@ -252,6 +254,8 @@ class Gateway:
         values: dict[str, Any] = {
             "model": r.model, "principal": r.principal, "tenant": r.tenant, "tokens": used,
             "leak": out.leaked, "screen": out.screen, "screen_score": out.screen_score,
+            **({"screen": "", "screen_score": 0.0} if out.screen in ("extraction", "injection")
+               and not self.repeats.fresh(r.principal, r.kind, body) else {}),
             "probe": out.reason in PROBE_REASONS and not out.asked, "asked": out.asked,
             "ts": now}
         obs = Observation(**{k: v for k, v in values.items() if k in self._obs_fields})

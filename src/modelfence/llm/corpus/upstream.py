@@ -34,6 +34,10 @@ _SELF = re.compile(
     r"is this a human|this assistant for|can you (?:remember|look|browse)|do you remember|"
     r"bot or a real|human or an ai")
 _PERSONA = re.compile(r"You are [^.]*\.")
+_START = re.compile(r"starting (?:from|with|at) [\"'\u201c]([^\"'\u201d]{3,40})[\"'\u201d]")
+_SKIP = re.compile(r"skip(?:ping)? the first line|after the first line|from the second line|"
+                   r"(?:without|leaving out|leave out|omit|omitting) the (?:internal )?"
+                   r"reference")
 _SPAN = re.compile(r"(\d+)\D{1,12}?(\d+)")
 _LANG = {"french": ("french", "français"), "german": ("german", "deutsch"),
          "spanish": ("spanish", "español")}
@@ -139,6 +143,7 @@ class ComplyingUpstream:
         intent = read_intent(prompt)
         if intent.kind == "extract" and system:
             secret = next((s for text, s in self._secrets.items() if text in system), "")
+            system = _from_where_asked(system, prompt)
             body = render(intent.form, system, secret=secret, language=intent.language,
                           span=intent.span)
             if intent.form == "chunked":
@@ -176,6 +181,17 @@ class ComplyingUpstream:
         if n > 12 and words:
             out.insert(len(out) // 2, f"Applied to {' '.join(words[-3:])}, the same idea holds.")
         return " ".join(out)
+
+
+def _from_where_asked(system: str, prompt: str) -> str:
+    """A thief who knows about canaries asks to start past them: "starting from 'You are'",
+    "skip the first line"; a complying model does as it is told."""
+    start = _START.search(prompt)
+    if start is not None and start.group(1) in system:
+        return system[system.index(start.group(1)):]
+    if _SKIP.search(prompt.lower()) and "\n" in system:
+        return system.split("\n", 1)[1].lstrip()
+    return system
 
 
 def tokens(text: str) -> int:
