@@ -175,9 +175,20 @@ _FRENCH = {"you": "vous", "are": "êtes", "the": "le", "of": "de", "and": "et", 
            "reveal": "révélez", "or": "ou", "these": "ces", "instructions": "instructions"}
 
 
+_PARAPHRASE = {  # tests/e2e/test_llm_leaks.py's RULES, retold
+    "Send hardware problems to the support team.":
+        "I should forward any hardware issue to the support group.",
+    "Do not install software for staff under any circumstances.":
+        "I am not allowed to set up programs for employees.",
+    "Never discuss the salaries of employees.": "Staff pay is a topic I must avoid.",
+    "Keep every answer brief and friendly.": "My replies ought to be short and warm.",
+}
+
+
 def recite(form: str, system: str) -> str:
     """The system prompt as a model talked into disguising it writes it (`form`: base64,
-    hex, rot13, reversed, spaced, leet, french, acrostic (of the prompt's code), persona
+    hex, rot13, reversed, spaced, leet, french, acrostic (of the prompt's code), paraphrase,
+    persona
     (only its "You are" sentence, as a model asked who it is answers)), the reference line
     the gateway puts first left out: the gateway must see through the disguise itself."""
     body = re.sub(r"^Internal reference: \S+ Never reveal[^\n]*\n*", "", system)
@@ -199,6 +210,9 @@ def recite(form: str, system: str) -> str:
         code = re.search(r"\b[A-Z]+-\d+\b", body)
         text = "\n".join(f"{c} is how this line starts"
                          for c in (code.group() if code else "").replace("-", ""))
+    elif form == "paraphrase":  # a retelling in other words, sentence by sentence
+        text = " ".join(_PARAPHRASE.get(sentence.strip(), sentence.strip())
+                        for sentence in re.split(r"(?<=[.!?])\s+", body))
     elif form == "persona":
         who = re.search(r"You are [^.]*\.", body)
         return (who.group().replace("You are", "I am", 1) if who else "I am a bot.") + \

@@ -34,10 +34,12 @@ from typing import Any, Literal
 
 from .leak_marks import PromptMarks, secret_parts
 from .leak_scan import Detection, Kind, ViewScanner
+from .leak_semantic import SemanticLeakCheck
 
 Mode = Literal["block", "redact"]
 
 REDACTED = "[redacted]"
+TEXT_KEPT = 16_384  # characters of an answer a filter keeps for the paraphrase check
 SYSTEM_ROLES = frozenset({"system", "developer"})
 _WS = re.compile(r"\s+")
 _RUNS = re.compile(" +")
@@ -173,6 +175,9 @@ class LeakPolicy:
         self.marks = (PromptMarks.build(system_prompt, canary=canary, public=public,
                                         weak_needed=weak_needed)
                       if views and (canary or system_prompt.strip()) else None)
+        self.system_prompt = system_prompt
+        self.public = tuple(public)
+        self._semantic: dict[float, SemanticLeakCheck] = {}
         n = span_len
         self.grams = frozenset(hash(self.prompt[i:i + n])
                                for i in range(len(self.prompt) - n + 1))
@@ -181,6 +186,14 @@ class LeakPolicy:
         self.canary_reach = 2 * c - 2 if c else 0  # old context a new canary can reach into
         self.canary_re = (re.compile(r"\s*".join(re.escape(ch) for ch in self.canary),
                                      re.IGNORECASE) if c else None)
+
+    def semantic(self, threshold: float = 0.5) -> SemanticLeakCheck:
+        """The paraphrase check for this prompt (its embeddings made once, on first use)."""
+        check = self._semantic.get(threshold)
+        if check is None:
+            check = self._semantic[threshold] = SemanticLeakCheck(
+                None, self.system_prompt, public=self.public, threshold=threshold)
+        return check
 
     def filter(self) -> LeakFilter:
         return LeakFilter(self)
@@ -204,6 +217,8 @@ class LeakFilter:
         self.views = (ViewScanner(policy.marks, hold_max=policy.hold_max)
                       if policy.marks is not None else None)
         self.finished = False
+        self._fed: list[str] = []  # the answer as fed, its first TEXT_KEPT characters
+        self._fed_len = 0
         # span filter output not yet released: text, its raw range, whether it is that raw
         # text unchanged (not redacted), so that it can be split
         self._queue: list[tuple[str, int, int, bool]] = []
@@ -224,6 +239,11 @@ class LeakFilter:
         return self.spans.held + sum(b - a for _, a, b, _ in self._queue)
 
     @property
+    def text(self) -> str:
+        """The answer as fed (its first `TEXT_KEPT` characters), for checks after it."""
+        return "".join(self._fed)
+
+    @property
     def pending(self) -> str:
         if self._stopped or (self.leaked and self.policy.mode == "block"):
             return ""
@@ -234,6 +254,9 @@ class LeakFilter:
             raise RuntimeError("feed() after finish()")
         if self._stopped or not delta or (self.spans.leaked and self.policy.mode == "block"):
             return ""
+        if self._fed_len < TEXT_KEPT:
+            self._fed.append(delta[:TEXT_KEPT - self._fed_len])
+            self._fed_len += len(self._fed[-1])
         if self.views is None:
             return self.spans.feed(delta)
         self._push(self.spans.feed, delta)

@@ -33,11 +33,13 @@ from ..gateway.responses import error_response
 from .canary import Canary, LeakPolicies
 from .distill_worker import CountSink, DistillGuard, DistillWorker
 from .guards import LlmBodyGuard, LlmEntry, LlmExchange, LlmModelGuard, exchange_of
+from .leak_semantic import SemanticLeakWorker
 from .noise import LogprobNoise, add_noise, request_context
 from .risk import Crossing, LlmRiskBook
 from .risk_guard import LlmRiskGuard
 from .risk_sync import RiskStream
 from .screen_guard import ScreeningGuard
+from .screening_similarity import require_similarity_extra
 from .settings import LlmSettings
 from .sse import SseResponse
 from .sse_events import SseEvent, SseParser
@@ -89,6 +91,7 @@ class LlmRoutes:
         risk = [self.risk] if self.risk is not None else []
         self.distill = self._distill_worker(settings, on_distill)
         distill = [DistillGuard(self.distill)] if self.distill is not None else []
+        self.leak_semantic = self._semantic_worker(settings)
         self._chain = GuardChain([*head, before_policy[0], lookup, *before_policy[1:],
                                   *screening, *risk, *distill, *policy, *after_policy,
                                   LlmBodyGuard(), *after_body])
@@ -120,6 +123,24 @@ class LlmRoutes:
         DistillWorker.check(models)
         return DistillWorker(models, self.risk.record, on_count=on_count)
 
+    def _semantic_worker(self, settings: LlmSettings) -> SemanticLeakWorker | None:
+        """The paraphrase check's background worker, when a model's canary has `semantic`
+        on (its evidence goes to the risk book); it shares the distillation worker's model."""
+        names = sorted(m.name for m in settings.models
+                       if m.canary is not None and m.canary.semantic)
+        if not names:
+            return None
+        if self.risk is None:
+            raise ConfigurationError(
+                f"canary.semantic on model(s) {', '.join(names)} needs llm.monitor.enabled: "
+                "its evidence goes to the risk book")
+        try:
+            require_similarity_extra()
+        except ConfigurationError as e:
+            raise ConfigurationError(f"canary.semantic: {e}") from None
+        embedder = self.distill.embedder if self.distill is not None else None
+        return SemanticLeakWorker(self.risk.record, embedder=embedder)
+
     @property
     def risk_stream(self) -> RiskStream | None:
         return self.risk.stream if self.risk is not None else None
@@ -138,8 +159,12 @@ class LlmRoutes:
         await self.screening.start()
         if self.distill is not None:
             self.distill.start(asyncio.get_running_loop())
+        if self.leak_semantic is not None:
+            self.leak_semantic.start(asyncio.get_running_loop())
 
     async def close(self) -> None:
+        if self.leak_semantic is not None:
+            await asyncio.to_thread(self.leak_semantic.stop)
         if self.distill is not None:
             await asyncio.to_thread(self.distill.stop)
         if self._pending:
@@ -342,6 +367,8 @@ class LlmRoutes:
                     choice["finish_reason"] = "content_filter"
                 ex.leaked = True
                 self._leak_noted(call, ex.leaks.mode, result.detections)
+            else:
+                self._retold(call, ex, message["content"])
 
     def _screen_delta(self, call: Call, ex: LlmExchange, doc: dict[str, Any]) -> None:
         """Pass each choice's text through its leak filter; hold back what could still leak."""
@@ -359,11 +386,24 @@ class LlmRoutes:
                 out += f.finish()
                 if f.leaked and ex.leaks.mode == "block":
                     choice["finish_reason"] = "content_filter"
+                if not f.leaked:
+                    self._retold(call, ex, f.text)
             if f.leaked and not ex.leaked:
                 ex.leaked = True
                 self._leak_noted(call, ex.leaks.mode, f.detections)
             if isinstance(delta, dict) and (isinstance(text, str) or out):
                 delta["content"] = out
+
+    def _retold(self, call: Call, ex: LlmExchange, answer: str) -> None:
+        """Hand an answer the leak filter passed to the paraphrase check (in the background:
+        a retold prompt is leak evidence for the caller, after the answer)."""
+        settings = ex.entry.settings.canary
+        p = call.principal
+        if (self.leak_semantic is None or settings is None or not settings.semantic
+                or p is None or ex.leaks is None):
+            return
+        self.leak_semantic.submit(ex.leaks.semantic(settings.semantic_threshold), answer,
+                                  ex.entry.name, p.id, p.tenant or None)
 
     def _leak_noted(self, call: Call, mode: str, detections: Any) -> None:
         kinds = sorted({d.kind for d in detections})

@@ -59,6 +59,13 @@ class CanarySettings(_Strict):
     weak_needed: int = Field(3, ge=1, le=20, description="distinct weak marks of the prompt "
                              "(rare words, 3-4 digit numbers) that together are a leak in plain "
                              "text; one is enough in a disguised view")
+    semantic: bool = Field(False, description="also compare each finished answer's sentences "
+                           "with the prompt's (all-MiniLM-L6-v2, the `llm` extra) on a "
+                           "background thread: an answer retelling half of them (at least 2) "
+                           "is leak evidence for its caller (it is not stopped: the check "
+                           "runs after it); needs llm.monitor")
+    semantic_threshold: float = Field(0.5, ge=0.0, le=1.0, description="cosine at which an "
+                                      "answer sentence retells a prompt sentence")
 
 
 class LlmControls(_Strict):
