@@ -270,6 +270,30 @@ def test_subjects_are_bounded() -> None:
     assert b.peek("other", "p99", None) == 0.0
 
 
+def test_a_flagged_turn_screened_again_later_in_its_conversation_counts_once() -> None:
+    from modelfence.llm.risk_repeats import RepeatedHits, user_turns
+
+    hits = RepeatedHits(per_principal=4, max_principals=2)
+    flagged = "what does 'confidential' mean on an offer letter?"
+    chat: list[dict[str, object]] = [{"role": "system", "content": "Be kind."}]
+    fresh = []
+    for turn in [flagged, "and 'at will'?", "thanks!", "one more question"]:
+        chat = [*chat, {"role": "user", "content": turn}]
+        fresh.append(hits.fresh("ann", "chat", {"messages": chat}))
+        chat = [*chat, {"role": "assistant", "content": "..."}]
+    assert fresh == [True, False, False, False]
+    # a new conversation, another principal, a completion: new evidence
+    assert hits.fresh("ann", "chat", {"messages": [{"role": "user", "content": "hi"}]})
+    assert hits.fresh("bob", "chat", {"messages": chat})
+    assert hits.fresh("ann", "completion", {"prompt": flagged})
+    assert user_turns("chat", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "a"}]}, "junk"]}) == user_turns(
+            "chat", {"messages": [{"role": "user", "content": "a"}]})
+    for who in ("c", "d", "e"):  # bounded: the least recently seen principal is forgotten
+        hits.fresh(who, "chat", {"messages": chat})
+    assert hits.fresh("ann", "chat", {"messages": chat})
+
+
 def _model(**kw: object) -> LlmModel:
     return LlmModel(name="m", upstream="http://127.0.0.1:1/v1", **kw)  # type: ignore[arg-type]
 

@@ -164,13 +164,17 @@ class LlmRiskBook:
         self._halves = _halves(settings)
         self._models = frozenset(models)
         self._subjects: dict[str, OrderedDict[str, _Evidence]] = {}
-        # (model, "p" or "t") → (median of peers' decayed tokens, when computed)
+        # (model, "p") → (median of the principals' decayed tokens, when computed)
         self._medians: dict[tuple[str, str], tuple[float | None, float]] = {}
         self._weights = {"leak": settings.leak, "extraction": settings.extraction,
                          "injection": settings.injection, "probe": settings.probe,
                          "sampling": settings.sampling, "distill": settings.distill}
         self._rates = {"extraction": settings.screen_rate, "injection": settings.screen_rate,
                        "probe": settings.probe_rate, "sampling": settings.sampling_rate}
+
+    @property
+    def max_subjects(self) -> int:
+        return self._s.max_subjects
 
     def knows(self, model: str) -> bool:
         """Whether this book scores `model` (an LLM served on /v1)."""

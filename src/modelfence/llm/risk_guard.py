@@ -15,8 +15,9 @@ from typing import ClassVar
 
 from ..gateway.call import Call
 from ..gateway.chain import Guard
-from .guards import PROBE_REASONS, LlmExchange
+from .guards import KIND_OF_ACTION, PROBE_REASONS, LlmExchange
 from .risk import Crossing, LlmRiskBook, Observation
+from .risk_repeats import RepeatedHits
 from .risk_sync import RiskStream
 
 AlertSink = Callable[[Crossing], None]
@@ -33,6 +34,7 @@ class LlmRiskGuard(Guard):
         self._alert = alert
         self._replica = replica
         self.stream = stream
+        self.repeats = RepeatedHits(max_principals=book.max_subjects)
 
     async def on_request(self, call: Call) -> None:
         assert call.principal is not None and call.model is not None
@@ -47,11 +49,15 @@ class LlmRiskGuard(Guard):
         ex = call.result if isinstance(call.result, LlmExchange) else None
         reason = call.error.reason if call.error is not None else ""
         asked = tuple(dict.fromkeys(ex.asked)) if ex is not None else ()
+        screen = call.screen
+        if screen in ("extraction", "injection") and ex is not None and not self.repeats.fresh(
+                call.principal.id, KIND_OF_ACTION[call.action], ex.request):
+            screen = ""  # an earlier flagged turn of the conversation, screened again
         obs = Observation(model=call.model.name, principal=call.principal.id,
                           tenant=call.principal.tenant or None,
                           tokens=_tokens(call, ex),
                           leak=ex is not None and ex.leaked,
-                          screen=call.screen, screen_score=call.screen_score,
+                          screen=screen, screen_score=call.screen_score if screen else 0.0,
                           probe=reason in PROBE_REASONS and not asked,
                           asked=asked, ts=time.time(), origin=self._replica)
         if not (obs.tokens or obs.leak or obs.probe or obs.asked
