@@ -359,7 +359,7 @@ def test_a_full_queue_drops_and_counts_and_never_blocks() -> None:
     emb = _SlowEmbedder()
     counted: list[tuple[str, str, int]] = []
     got: list[Observation] = []
-    worker = DistillWorker({"m": _settings(queue=4, batch=2)}, got.append,
+    worker = DistillWorker({"m": _settings(queue=4, batch=2, shipped_reference=False)}, got.append,
                            embedder=emb, on_count=lambda *c: counted.append(c))  # type: ignore[arg-type]
     worker.start()
     try:
@@ -400,3 +400,22 @@ def test_distill_without_the_risk_monitor_refuses_to_start() -> None:
         {"name": "m", "upstream": "http://127.0.0.1:1/v1", "distill": {"enabled": False}}]})
     assert LlmRoutes._distill_worker(SimpleNamespace(risk=None),  # type: ignore[arg-type]
                                      off, None) is None
+
+
+def test_stopping_drops_the_backlog_instead_of_working_through_it() -> None:
+    emb = _SlowEmbedder()
+    settings = _settings(queue=100, batch=2, shipped_reference=False)
+    worker = DistillWorker({"m": settings}, lambda o: None,
+                           embedder=emb)  # type: ignore[arg-type]
+    worker.start()
+    for i in range(50):
+        assert worker.submit("m", "p", None, f"prompt {i}", HUMAN, 0.0)
+    deadline = time.monotonic() + 5
+    while emb.calls == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stopper = threading.Thread(target=worker.stop)
+    stopper.start()
+    time.sleep(0.2)
+    emb.release.set()  # the batch in hand finishes; the 48 waiting were dropped
+    stopper.join(5)
+    assert not stopper.is_alive() and worker.embedded == 2

@@ -112,6 +112,13 @@ class DistillWorker:
     def stop(self, timeout_s: float = 5.0) -> None:
         if self._thread is None:
             return
+        while True:  # what still waits is dropped: stopping never works through a backlog
+            try:
+                if self._queue.get_nowait() is not None:
+                    with self._done:
+                        self._pending -= 1
+            except queue.Empty:
+                break
         with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=timeout_s)
         self._thread.join(timeout_s)
