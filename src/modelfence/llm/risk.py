@@ -4,20 +4,24 @@ An LLM thief shows itself differently from a classifier thief: it asks for the s
 prompt (screened as extraction, or answered with a leak the canary filter stopped), it
 probes the output layer (logprobs, logit_bias, echo, n over the cap — refused or clamped
 by the controls: clamping hides the probe from the caller, not from the book), and a
-distiller spends far more tokens than its peers. Each kind of evidence
-is a decayed count of events, each halving over a horizon matched to the attack (probes
-days, screener hits hours: `LlmHalfLives`). A subject's part of a kind is what it shows
-*beyond what honest traffic of its volume shows*: the count less an allowance, the
-`false_alarm` upper quantile of a Poisson count at the background rate (0.4% of honest
-prompts are screened as attacks) times its decayed requests — so a heavy honest user's
-share of screener false positives is not evidence, and a new caller's first one is not.
-The parts combine as a noisy-OR, so one strong signal or several weak ones count.
+distiller asks for what the distillation test finds unlike benign traffic and spends far
+more tokens than its peers.
+
+Each kind of evidence is a decayed count of events, halving over a horizon matched to the
+attack (`LlmHalfLives`: probes days, so a patient prober adds up; screener hits hours). A
+subject's part of a kind is what it shows *beyond what honest traffic of its volume
+shows*: the count less the `false_alarm` upper quantile of a Poisson count at the honest
+background rate (0.4% of honest prompts are screened as attacks) times the subject's
+decayed requests. So a heavy honest user's share of screener false positives is not
+evidence, nor is a new caller's first one; a caller screened as an attacker again and
+again soon is. The parts combine as a noisy-OR: one strong signal or several weak ones.
 
 Kept per model for each principal and each tenant (one thief with many keys). A tenant's
-count leaves out its member with the most of that kind (min over leave-one-out): one
-member's evidence never punishes its peers (that member's own risk covers it), while a
-thief split over many keys still shows at the tenant. Bounded by an LRU of subjects;
-peeking is a dictionary lookup and a few exponentials.
+count of a kind leaves out the member that gave it the most (min over leave-one-out) and
+allows `tenant_allowance` more: one member's evidence never punishes its peers (that
+member's own risk covers it), while a thief split over many keys still shows. A tenant's
+tokens are counted per active member. Bounded by an LRU of subjects; peeking is a
+dictionary lookup and a few exponentials.
 """
 
 from __future__ import annotations
