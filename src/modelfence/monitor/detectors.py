@@ -728,8 +728,9 @@ class Synthetic(_ShareDetector):
         self.take(Rows(x, features, proba, self.cells, self.judge), now)
 
     def take(self, rows: Rows, now: float) -> None:
+        push, rates = self.window.push, self.rates
         for flag, cell in zip(rows.unnatural, rows.cells, strict=True):
-            self._flag(flag, self.rates[cell])
+            push(flag, rates[cell])
 
 
 class Flips(_ShareDetector):
@@ -766,8 +767,9 @@ class Flips(_ShareDetector):
                           flips, now)
 
     def take_resends(self, rows: Rows, flips: list[bool], now: float) -> None:
+        push, rates = self.window.push, self.rates
         for flip, cell in zip(flips, rows.cells, strict=True):
-            self._flag(flip, self.rates[cell])
+            push(flip, rates[cell])
 
 
 class OutOfDistribution(_ShareDetector):
@@ -799,8 +801,9 @@ class OutOfDistribution(_ShareDetector):
     def take(self, rows: Rows, now: float) -> None:
         radius2 = self.summary.ood_radius**2
         cells, d2s = rows.where
+        push, rates = self.window.push, self.rates
         for cell, d2 in zip(cells, d2s, strict=True):
-            self._flag(d2 > radius2, self.rates[cell])
+            push(d2 > radius2, rates[cell])
 
 
 class _Distinct:
@@ -810,13 +813,18 @@ class _Distinct:
         self.ring, self.counts, self.distinct = ring, [0] * values, 0
 
     def push(self, value: int) -> None:
-        if self.ring.count == self.ring.size:
-            old = int(self.ring.oldest())
-            self.counts[old] -= 1
-            self.distinct -= self.counts[old] == 0
-        self.ring.push(value)
-        self.counts[value] += 1
-        self.distinct += self.counts[value] == 1
+        ring, counts = self.ring, self.counts  # `Ring.push`, inlined: two a row, every caller
+        head = ring.head
+        if ring.count == ring.size:
+            old = int(ring.data[head])
+            counts[old] -= 1
+            self.distinct -= counts[old] == 0
+        else:
+            ring.count += 1
+        ring.data[head] = value
+        ring.head = (head + 1) % ring.size
+        counts[value] += 1
+        self.distinct += counts[value] == 1
 
     def recount(self, values: int) -> None:
         held = self.ring.view()
@@ -951,6 +959,7 @@ class VolumeVelocity(Detector):
         self.minutes, self.hours = [0] * self.MINUTES, [0] * self.HOURS
         self.started, self.minute, self.first = False, 0, 0  # minutes since the epoch
         self.volume = 0  # sum of `hours`, kept as buckets fill and expire
+        self.busiest = 0  # max of `hours`, kept likewise (not taken over 48 buckets a query)
 
     @classmethod
     def for_caller(cls, summary: Summary, *, key: str, shared: Shared) -> Self:
@@ -969,9 +978,11 @@ class VolumeVelocity(Detector):
         self._advance(int(now // 60))
         hour = self.minute // 60
         self.minutes[self.minute % self.MINUTES] += n
-        self.hours[hour % self.HOURS] += n
+        bucket = hour % self.HOURS
+        self.hours[bucket] += n
         self.volume += n
-        self.peers.update(self.key, float(self.volume), float(max(self.hours)), hour)
+        self.busiest = max(self.busiest, self.hours[bucket])
+        self.peers.update(self.key, float(self.volume), float(self.busiest), hour)
 
     def _advance(self, minute: int) -> None:
         """Move the clock to `minute`, emptying the buckets it passes."""
@@ -986,6 +997,8 @@ class VolumeVelocity(Detector):
         for h in range(old + 1, min(new, old + self.HOURS) + 1):
             self.volume -= self.hours[h % self.HOURS]
             self.hours[h % self.HOURS] = 0
+        if new > old:
+            self.busiest = max(self.hours)
         self.minute = minute
 
     def score(self) -> Reading:
@@ -1040,6 +1053,7 @@ class VolumeVelocity(Detector):
         self.minutes, self.hours = minutes.tolist(), hours.tolist()
         self.started, self.minute, self.first = bool(clock[0]), int(clock[1]), int(clock[2])
         self.volume = sum(self.hours)
+        self.busiest = max(self.hours)
 
     @property
     def nbytes(self) -> int:

@@ -117,11 +117,12 @@ class RowRing(Ring):
 
     def nearest_at(self, z: Array, zz: float) -> tuple[int, float]:
         """(slot, squared distance) of the nearest row held ((-1, inf) when empty)."""
-        if not self.count:
+        count = self.count
+        if count == self.size:
+            return nearest(self.data, self.half, z, zz)
+        if not count:
             return -1, math.inf
-        if self.count < self.size:
-            return nearest(self.data[: self.count], self.half[: self.count], z, zz)
-        return nearest(self.data, self.half, z, zz)
+        return nearest(self.data[:count], self.half[:count], z, zz)
 
     def load(self, name: str, state: Mapping[str, Array]) -> None:
         super().load(name, state)
