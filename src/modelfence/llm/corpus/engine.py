@@ -126,7 +126,7 @@ class Gateway:
 
     def __init__(self, systems: Sequence[SystemPrompt], *, embedder: CachingEmbedder | None
                  = None, distill: bool = True, settings: LlmSettings | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, policies: bool = True) -> None:
         self.systems = {s.name: s for s in systems}
         self.settings = settings or recommended.llm_settings(
             [recommended.llm_model(s.name, "http://corpus.invalid/v1", public=s.persona)
@@ -144,6 +144,7 @@ class Gateway:
         self._obs_fields = {f.name for f in dataclasses.fields(Observation)}
         self._asked = "asked" in inspect.signature(apply_controls).parameters
         self._policies: dict[tuple[str, str], Any] = {}  # as the routes cache them
+        self.cedar = policies  # off: the example policies refuse nothing (an ablation)
         self.on_crossing: Callable[[Crossing, float], None] | None = None
 
     @property
@@ -181,11 +182,11 @@ class Gateway:
             verdict = screen_now(screener, text_of(kind, body, max_chars=screener.max_chars))
             out.screen, out.screen_score = verdict.label, verdict.score
         out.risk = self.book.peek(r.model, r.principal, r.tenant, now=now)
-        tagged = set(recommended.TAGS) & set(model.attributes.tags)
+        tagged = self.cedar and bool(set(recommended.TAGS) & set(model.attributes.tags))
         if tagged and out.screen not in ("", "benign") and (
                 out.screen_score > recommended.SCREEN_REFUSE_ABOVE):
             out.status, out.reason = 403, "policy:no-prompt-attacks"
-        elif out.risk > recommended.STOP_RISK:
+        elif self.cedar and out.risk > recommended.STOP_RISK:
             out.status, out.reason = 403, "policy:stop-likely-thieves"
         asked: list[str] = []
         if out.status == 200:

@@ -64,6 +64,8 @@ class HalfResult:
     embed_hits: int
     started: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    # the thieves again with the example policies off: what the leak filter stops alone
+    filter_alone: list[CallerResult] = field(default_factory=list)
 
     def of(self, population: str) -> list[CallerResult]:
         return [c for c in self.callers if c.population == population]

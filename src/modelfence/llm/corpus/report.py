@@ -142,7 +142,7 @@ def _thieves(h: HalfResult) -> list[Target]:
     whole = [c for c in ts if c.secret_whole]
     some = [c for c in ts if c.secret_any]
     silent = [c for c in some if not c.alerted]
-    return [
+    out = [
         Target(h.half, "secret reached the client", f"<= {LEAKS_ALLOWED} of {len(ts)}",
                f"{len(whole)} of {len(ts)} whole", f"{len(some)} of {len(ts)} some of it",
                len(whole) <= LEAKS_ALLOWED,
@@ -152,6 +152,18 @@ def _thieves(h: HalfResult) -> list[Target]:
                ", ".join(c.name.split("-", 3)[-1] for c in silent) or "none silent",
                not silent, f"{sum(c.alerted for c in ts)} of {len(ts)} attempts alerted"),
     ]
+    alone = h.filter_alone
+    if alone:
+        whole = [c for c in alone if c.secret_whole]
+        some = [c for c in alone if c.secret_any]
+        out.append(Target(h.half, "leak filter alone (policies off)", "reported",
+                          f"{len(whole)} of {len(alone)} whole",
+                          f"{len(some)} of {len(alone)} some of it", None,
+                          f"{sum(c.leak_stopped > 0 for c in alone)} stopped; "
+                          f"{sum(c.alerted for c in alone)} alerted; silent with some: "
+                          + (", ".join(c.name.split('-', 3)[-1] for c in some
+                                       if not c.alerted) or "none")))
+    return out
 
 
 def _probers(h: HalfResult) -> list[Target]:
@@ -172,10 +184,11 @@ def targets(run: CorpusRun) -> list[Target]:
     return out
 
 
-def forms(h: HalfResult) -> list[dict[str, Any]]:
+def forms(h: HalfResult, callers: Sequence[CallerResult] | None = None
+          ) -> list[dict[str, Any]]:
     """Per thief form: attempts, whole secret released, some of it, alerted, refused."""
     rows: dict[str, dict[str, Any]] = {}
-    for c in h.of("thief"):
+    for c in (h.of("thief") if callers is None else callers):
         r = rows.setdefault(c.form, {"form": c.form, "attempts": 0, "whole": 0, "some": 0,
                                      "alerted": 0, "refused": 0, "stopped": 0})
         r["attempts"] += 1
@@ -213,6 +226,12 @@ def markdown(run: CorpusRun) -> str:
         lines += _table(("form", "attempts", "whole secret out", "some of it", "alerted",
                          "refused", "stopped as leak"),
                         [tuple(r.values()) for r in forms(h)])
+        if h.filter_alone:
+            lines += ["", "The same attempts with the example policies off (no prompt refused "
+                      "for its screening verdict): what the leak filter stops alone.", ""]
+            lines += _table(("form", "attempts", "whole secret out", "some of it", "alerted",
+                             "refused", "stopped as leak"),
+                            [tuple(r.values()) for r in forms(h, h.filter_alone)])
         lines.append("")
         lines += _table(("caller", "population", "requests", "first alert at", "alerts",
                          "band changes", "refused", "top risk"),
@@ -229,7 +248,9 @@ def to_dict(run: CorpusRun) -> dict[str, Any]:
             "halves": [{"half": h.half, "requests": h.requests, "elapsed_s": h.elapsed_s,
                         "distill": h.distill, "embedded": h.embedded,
                         "forms": forms(h), "attackers": attackers(h),
-                        "callers": [dataclasses.asdict(c) for c in h.callers]}
+                        "forms_filter_alone": forms(h, h.filter_alone),
+                        "callers": [dataclasses.asdict(c) for c in h.callers],
+                        "filter_alone": [dataclasses.asdict(c) for c in h.filter_alone]}
                        for h in run.halves]}
 
 

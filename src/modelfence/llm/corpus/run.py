@@ -37,7 +37,12 @@ def run(suite: str, *, progress: Progress | None = None,
         callers = [c for c in half.callers
                    if populations is None or c.population in populations]
         gw = Gateway(half.systems, embedder=embedder)
-        results.append(replay(half, gateway=gw, callers=callers, progress=progress))
+        result = replay(half, gateway=gw, callers=callers, progress=progress)
+        thieves = [c for c in callers if c.population == "thief"]
+        if thieves:  # the leak filter alone: no policy refuses a screened prompt
+            alone = Gateway(half.systems, embedder=embedder, distill=False, policies=False)
+            result.filter_alone = replay(half, gateway=alone, callers=thieves).callers
+        results.append(result)
     return CorpusRun(suite, results, time.perf_counter() - started, machine(), commit(),
                      time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
 
