@@ -26,6 +26,7 @@ dictionary lookup and a few exponentials.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -86,19 +87,30 @@ class _Evidence:
     at: float = 0.0
     flagged: bool = False
 
-    def decay(self, now: float, halves: dict[str, float]) -> None:
+    def decay(self, now: float, speeds: dict[str, float]) -> None:
+        """Decay to `now`; `speeds`: each kind's ln 2 / half-life."""
         if now <= self.at:
             return
         dt = now - self.at
+        f: dict[str, float] = {}
 
-        f = {k: math.exp(-math.log(2.0) * dt / h) for k, h in halves.items()}
-        self.counts = {k: c * f[k] for k, c in self.counts.items() if c * f[k] > 1e-4}
-        self.seen = {k: n * f[k] for k, n in self.seen.items()}
-        self.given = {k: c * f[k] for k, c in self.given.items() if c * f[k] > 1e-4}
-        self.top = {k: (who, c * f[k]) for k, (who, c) in self.top.items() if k in self.counts}
-        factor = f["volume"]
-        self.tokens *= factor
-        self.volume *= factor
+        def factor(kind: str) -> float:
+            got = f.get(kind)
+            if got is None:
+                got = f[kind] = math.exp(-speeds[kind] * dt)
+            return got
+
+        if self.counts:
+            self.counts = {k: v for k, c in self.counts.items()
+                           if (v := c * factor(k)) > 1e-4}
+            self.top = {k: (who, c * factor(k)) for k, (who, c) in self.top.items()
+                        if k in self.counts}
+        if self.given:
+            self.given = {k: v for k, c in self.given.items() if (v := c * factor(k)) > 1e-4}
+        self.seen = {k: n * factor(k) for k, n in self.seen.items()}
+        if self.tokens or self.volume:
+            self.tokens *= factor("volume")
+            self.volume *= factor("volume")
         self.at = now
 
 
@@ -166,6 +178,7 @@ class LlmRiskBook:
     def __init__(self, settings: LlmMonitorSettings, models: Iterable[str]) -> None:
         self._s = settings
         self._halves = _halves(settings)
+        self._speeds = {k: math.log(2.0) / h for k, h in self._halves.items()}
         self._models = frozenset(models)
         self._subjects: dict[str, OrderedDict[str, _Evidence]] = {}
         # (model, "p") → (median of the principals' decayed tokens, when computed)
@@ -196,7 +209,7 @@ class LlmRiskBook:
         for key in keys:
             ev = table.get(key)
             if ev is not None:
-                ev.decay(now, self._halves)
+                ev.decay(now, self._speeds)
                 risk = max(risk, _noisy_or(self._parts(ev, key[0])))
         return risk
 
@@ -205,7 +218,7 @@ class LlmRiskBook:
         ev = table.get(f"{kind[0]}:{subject}")
         if ev is None:
             return LlmRisk(0.0, {}, 0, 0.0, False)
-        ev.decay(time.time() if now is None else now, self._halves)
+        ev.decay(time.time() if now is None else now, self._speeds)
         parts = self._parts(ev, kind[0])
         return LlmRisk(_noisy_or(parts), parts, ev.requests, ev.tokens, ev.flagged)
 
@@ -255,7 +268,7 @@ class LlmRiskBook:
                 table.popitem(last=False)
         else:
             table.move_to_end(key)
-            ev.decay(now, self._halves)
+            ev.decay(now, self._speeds)
         return ev
 
     def _events(self, obs: Observation) -> dict[str, float]:
@@ -351,7 +364,7 @@ class LlmRiskBook:
             if key[0] != prefix:
                 continue
             p = table[key]
-            p.decay(now, self._halves)
+            p.decay(now, self._speeds)
             if p.tokens > 0:
                 sample.append(p.tokens)
             if len(sample) >= 1000:
@@ -362,9 +375,18 @@ class LlmRiskBook:
 
 
 def poisson_quantile(mean: float, alpha: float) -> int:
-    """The smallest k with P(X > k) <= alpha for X ~ Poisson(mean) (normal beyond 100)."""
+    """The smallest k with P(X > k) <= alpha for X ~ Poisson(mean) (normal beyond 100).
+
+    The mean is rounded up to three significant digits (never a smaller allowance) and
+    the answer cached."""
     if mean <= 0.0:
         return 0
+    step = 10.0 ** (math.floor(math.log10(mean)) - 2)
+    return _quantile(math.ceil(mean / step) * step, alpha)
+
+
+@functools.lru_cache(maxsize=4096)
+def _quantile(mean: float, alpha: float) -> int:
     if mean > 100.0:
         z = statistics.NormalDist().inv_cdf(1.0 - alpha)
         return math.ceil(mean + z * math.sqrt(mean))
