@@ -11,7 +11,8 @@ filter flag a leak (the evidence that alerts). Per honest request: was its answe
 A second run has the stand-in model leave the canary line out of what it recites (a model
 asked to paraphrase might): the marks and views alone must then catch the thief.
 
-Cost: the filter's time per chunk (p50/p99) and per answer (p50/p99), with views on (the
+Cost: the filter's CPU time (its thread's, so that other processes on a shared machine do
+not count) per chunk (p50/p99) and per answer (p50/p99), with views on (the
 default) and off (canary and verbatim spans only), over the same answers.
 
     python bench/leak.py --half dev [--json out.json]
@@ -62,6 +63,8 @@ def run(half_name: str, *, views: bool = True, recite_canary: bool = True,
     chunk_s: list[float] = []
     answer_s: list[float] = []
     build_s: list[float] = []
+    per_kb: list[float] = []  # seconds per 1,000 characters of answer
+    lengths: list[int] = []
     for r in timeline(callers):
         if r.kind != "chat":
             continue
@@ -71,11 +74,11 @@ def run(half_name: str, *, views: bool = True, recite_canary: bool = True,
         conv = history[r.conversation] if r.conversation else []
         messages = r.body(systems[r.model].text, conv)["messages"]
         canary = Canary(b"bench-leak-secret", r.model)
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         policy = canary.policy(messages, mode=settings.mode, span_len=settings.span_len,
                                public=settings.public, views=views and settings.views,
                                hold_max=settings.hold_max, weak_needed=settings.weak_needed)
-        build_s.append(time.perf_counter() - t0)
+        build_s.append(time.thread_time() - t0)
         seen = canary.protect(messages) if recite_canary else messages
         text, _ = cut(upstream.answer(seen),
                       int(r.options.get("max_tokens") or 1024))
@@ -85,16 +88,18 @@ def run(half_name: str, *, views: bool = True, recite_canary: bool = True,
         spent = 0.0
         while pos < len(text):
             step = rng.randint(1, 8)
-            t0 = time.perf_counter()
+            t0 = time.thread_time()
             got.append(f.feed(text[pos:pos + step]))
-            dt = time.perf_counter() - t0
+            dt = time.thread_time() - t0
             chunk_s.append(dt)
             spent += dt
             pos += step
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         got.append(f.finish())
-        spent += time.perf_counter() - t0
+        spent += time.thread_time() - t0
         answer_s.append(spent)
+        per_kb.append(spent / max(len(text), 1) * 1000)
+        lengths.append(len(text))
         out = "".join(got)
         if r.conversation:
             conv.append((r.text, out))
@@ -140,6 +145,10 @@ def run(half_name: str, *, views: bool = True, recite_canary: bool = True,
                  "answer_ms_p50": 1e3 * statistics.median(answer_s),
                  "answer_ms_p99": 1e3 * _pct(answer_s, 0.99),
                  "answer_ms_max": 1e3 * max(answer_s),
+                 "answer_chars_p50": statistics.median(lengths),
+                 "answer_chars_p99": _pct([float(n) for n in lengths], 0.99),
+                 "per_1000_chars_ms_p50": 1e3 * statistics.median(per_kb),
+                 "per_1000_chars_ms_p99": 1e3 * _pct(per_kb, 0.99),
                  "policy_ms_p50": 1e3 * statistics.median(build_s),
                  "policy_ms_p99": 1e3 * _pct(build_s, 0.99)},
     }
@@ -169,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  honest stopped ({ex['why']}): {ex['prompt']!r} -> {ex['answer']!r}")
         print(f"  cost: chunk p50 {c['chunk_us_p50']:.1f} us, p99 {c['chunk_us_p99']:.1f} us; "
               f"answer p50 {c['answer_ms_p50']:.2f} ms, p99 {c['answer_ms_p99']:.2f} ms, "
-              f"max {c['answer_ms_max']:.2f} ms ({c['answers']} answers); policy build p50 "
+              f"max {c['answer_ms_max']:.2f} ms ({c['answers']} answers, p50 "
+              f"{c['answer_chars_p50']:.0f} / p99 {c['answer_chars_p99']:.0f} characters; "
+              f"per 1,000 characters p50 {c['per_1000_chars_ms_p50']:.2f} ms, p99 "
+              f"{c['per_1000_chars_ms_p99']:.2f} ms); policy build p50 "
               f"{c['policy_ms_p50']:.3f} ms, p99 {c['policy_ms_p99']:.3f} ms")
     if args.json:
         with open(args.json, "w") as f:

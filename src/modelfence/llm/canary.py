@@ -28,7 +28,7 @@ import hashlib
 import hmac
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -40,6 +40,7 @@ Mode = Literal["block", "redact"]
 
 REDACTED = "[redacted]"
 TEXT_KEPT = 16_384  # characters of an answer a filter keeps for the paraphrase check
+BATCH = 16  # deltas shorter than this are filtered together (a per-delta cost saved)
 SYSTEM_ROLES = frozenset({"system", "developer"})
 _WS = re.compile(r"\s+")
 _RUNS = re.compile(" +")
@@ -208,8 +209,11 @@ class LeakFilter:
     """Streaming filter over text deltas: `feed(delta)` returns what is safe to release now,
     `finish()` the rest. `leaked` is set on the first detection; `detections` lists them all.
 
-    The verbatim `SpanFilter` and the `ViewScanner` see every delta side by side; what the
-    span filter releases waits (with its raw range) until the scanner has judged it too."""
+    The verbatim `SpanFilter` and the `ViewScanner` see every delta: in block mode side by
+    side (the scanner reads the raw text, and the span filter's output, a prefix of it, waits
+    until the scanner has judged it too); in redact mode one after the other (the scanner
+    reads the span filter's output, verbatim leaks already redacted). Either way the text
+    waiting is one run, at offset `_at` of what the scanner reads."""
 
     def __init__(self, policy: LeakPolicy) -> None:
         self.policy = policy
@@ -217,12 +221,15 @@ class LeakFilter:
         self.views = (ViewScanner(policy.marks, hold_max=policy.hold_max)
                       if policy.marks is not None else None)
         self.finished = False
+        self._block = policy.mode == "block"
         self._fed: list[str] = []  # the answer as fed, its first TEXT_KEPT characters
         self._fed_len = 0
-        # span filter output not yet released: text, its raw range, whether it is that raw
-        # text unchanged (not redacted), so that it can be split
-        self._queue: list[tuple[str, int, int, bool]] = []
+        self._wait: list[str] = []  # the span filter's output not yet released
+        self._wait_len = 0
+        self._at = 0  # where the waiting text starts, in the scanner's text
         self._stopped = False  # a disguised leak ended the answer
+        self._batch: list[str] = []  # deltas not yet filtered: they go on together, BATCH
+        self._batch_len = 0  # characters at least (the scanner holds far more anyway)
 
     @property
     def leaked(self) -> bool:
@@ -235,8 +242,8 @@ class LeakFilter:
 
     @property
     def held(self) -> int:
-        """Raw characters fed but neither released nor dropped."""
-        return self.spans.held + sum(b - a for _, a, b, _ in self._queue)
+        """Characters fed but neither released nor dropped."""
+        return self.spans.held + self._wait_len + self._batch_len
 
     @property
     def text(self) -> str:
@@ -245,26 +252,30 @@ class LeakFilter:
 
     @property
     def pending(self) -> str:
-        if self._stopped or (self.leaked and self.policy.mode == "block"):
+        if self._stopped or (self.leaked and self._block):
             return ""
-        return "".join(t for t, _, _, _ in self._queue) + self.spans.pending
+        return "".join(self._wait) + self.spans.pending + "".join(self._batch)
 
     def feed(self, delta: str) -> str:
         if self.finished:
             raise RuntimeError("feed() after finish()")
-        if self._stopped or not delta or (self.spans.leaked and self.policy.mode == "block"):
+        if self._stopped or not delta or (self._block and self.spans.leaked):
             return ""
         if self._fed_len < TEXT_KEPT:
             self._fed.append(delta[:TEXT_KEPT - self._fed_len])
             self._fed_len += len(self._fed[-1])
-        if self.views is None:
+        views = self.views
+        if views is None:
             return self.spans.feed(delta)
-        self._push(self.spans.feed, delta)
-        if self.policy.mode == "block":
-            self.views.feed(delta)
-            if self.spans.leaked:
-                self.views.finish()
-        return self._release()
+        if self._batch_len + len(delta) < BATCH:
+            self._batch.append(delta)
+            self._batch_len += len(delta)
+            return ""
+        if self._batch:
+            self._batch.append(delta)
+            delta = "".join(self._batch)
+            self._batch, self._batch_len = [], 0
+        return self._filter(delta)
 
     def finish(self) -> str:
         if self.finished:
@@ -274,46 +285,57 @@ class LeakFilter:
             return ""
         if self.views is None:
             return self.spans.finish()
-        self._push(lambda _: self.spans.finish(), "")
+        head = ""
+        if self._batch:
+            batch = "".join(self._batch)
+            self._batch, self._batch_len = [], 0
+            head = self._filter(batch)
+            if self._stopped:
+                return head
+        out = self.spans.finish()
+        if out:
+            if not self._block:
+                self.views.feed(out)
+            self._wait.append(out)
+            self._wait_len += len(out)
         self.views.finish()
-        return self._release()
+        return head + self._release()
 
-    def _push(self, step: Callable[[str], str], delta: str) -> None:
-        """Block mode: the scanner reads the raw text beside the span filter, and the span
-        filter's output waits with its raw range. Redact mode: the scanner reads the span
-        filter's output (verbatim leaks already redacted) and ranges are in that output."""
-        assert self.views is not None
-        start = self.spans._emit
-        out = step(delta)
-        if self.policy.mode == "block":
-            if out or self.spans._emit > start:
-                self._queue.append((out, start, self.spans._emit, True))
+    def _filter(self, delta: str) -> str:
+        views = self.views
+        assert views is not None
+        if self._block and self.spans.leaked:
+            return ""
+        out = self.spans.feed(delta)
+        if self._block:
+            views.feed(delta)
+            if self.spans.leaked:
+                views.finish()
         elif out:
-            at = self.views.total
-            self.views.feed(out)
-            self._queue.append((out, at, at + len(out), True))
+            views.feed(out)
+        if out:
+            self._wait.append(out)
+            self._wait_len += len(out)
+        if views.leak_at is None and views.safe <= self._at:
+            return ""  # the common case: nothing newly judged
+        return self._release()
 
     def _release(self) -> str:
         assert self.views is not None
         leak = self.views.leak_at
         limit = self.views.safe if leak is None else leak
-        parts: list[str] = []
-        while self._queue:
-            text, a, b, plain = self._queue[0]
-            if b <= limit:
-                parts.append(text)
-                self._queue.pop(0)
-                continue
-            if a < limit and plain:
-                parts.append(text[:limit - a])
-                self._queue[0] = (text[limit - a:], limit, b, plain)
-            break
+        n = min(max(limit - self._at, 0), self._wait_len)
+        waiting = "".join(self._wait)
+        out, rest = waiting[:n], waiting[n:]
+        self._wait = [rest] if rest else []
+        self._wait_len = len(rest)
+        self._at += n
         if leak is not None:
             self._stopped = True
-            self._queue.clear()
-            if self.policy.mode == "redact":
-                parts.append(self.policy.marker)
-        return "".join(parts)
+            self._wait, self._wait_len = [], 0
+            if not self._block:
+                out += self.policy.marker
+        return out
 
 
 class SpanFilter:

@@ -39,6 +39,7 @@ Kind = Literal["canary", "span", "mark", "disguised", "semantic"]
 _ALNUM = re.compile(r"[^\W_]")
 _LEETISH = re.compile(r"[^\W_]|[!|@^$+€]")
 _STRIDE = 8
+_LOOKBACK = 16
 _MASK = {c: ("1" if chr(c).isalnum() else "0") for c in range(128)}
 _LEET_MASK = {c: ("1" if chr(c).isalnum() or chr(c) in "!|@^$+" else "0") for c in range(128)}
 
@@ -131,7 +132,10 @@ class ViewScanner:
         self.leak_at: int | None = None
         self.detections: list[Detection] = []
         self.weak: set[str] = set()
-        self._lookback = 2 * self.hold
+        # text before `safe` read again: a copied run or a mark cannot straddle `safe` (the
+        # last `hold` compact characters and any mark's start are always held), so only a
+        # few characters, or the released part of a long encoded run (set in `_release`)
+        self._lookback = _LOOKBACK
         self._judged = 0  # raw offset up to which text was judged
         self._next = self.hold + first_step  # judge once this much is waiting (the first
         # judgement early, for the time to the first text; then in larger steps, for cost)
@@ -308,7 +312,8 @@ class ViewScanner:
         cut = min(cut, total - open_tail(tail))
         safe = max(self.safe, tail_from, cut)
         open_run = total - safe
-        self._lookback = max(2 * self.hold, min(self.hold_max, open_run + m.longest * 5))
+        self._lookback = (_LOOKBACK if open_run < self.hold_max - 16 else
+                          min(self.hold_max, m.longest * 5 + 16))
         self.safe = safe
         # the next judgement: a step on (longer once the answer is long: cost), never past
         # hold_max, and 16 characters on while a long run keeps the text held
