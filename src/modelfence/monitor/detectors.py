@@ -89,7 +89,9 @@ class Reading:
 
 
 def ramp(z: float, low: float = Z_LOW, high: float = Z_HIGH) -> float:
-    return float(min(1.0, max(0.0, (z - low) / (high - low))))
+    v = (z - low) / (high - low)
+    v = v if v > 0.0 else 0.0  # max(0.0, v): NaN and -0.0 give 0.0, as there
+    return float(v if v < 1.0 else 1.0)  # min(1.0, v)
 
 
 def log_ramp(ratio: float, low: float, high: float) -> float:

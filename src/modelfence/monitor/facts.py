@@ -111,11 +111,11 @@ class Rows:
                  "p", "x", "z")
 
     def __init__(self, x: Array | None, z: Array, p: Array, cells: Cells,
-                 judge: Judge | None = None) -> None:
+                 judge: Judge | None = None, *, argmax: list[int] | None = None) -> None:
         self.x, self.z, self.p = x, z, p
         self._cells, self._judge = cells, judge
         self._answers: list[tuple[int, float]] | None = None
-        self._argmax: list[int] | None = None
+        self._argmax = argmax
         self._where: tuple[list[int], list[float]] | None = None
         self._unnatural: list[bool] | None = None
         self._norms: list[float] | None = None
@@ -206,7 +206,7 @@ class Batch:
         got = self._fresh.get(key)
         if got is None:
             if mask is None:
-                got = Rows(self.x, self.z, self.p, self.cells, self.judge)
+                got = Rows(self.x, self.z, self.p, self.cells, self.judge, argmax=self.labels)
             else:
                 m = np.array(mask, np.bool_)
                 got = Rows(self.x[m], self.z[m], self.p[m], self.cells, self.judge)

@@ -37,9 +37,15 @@ def share_z(hits: float, expected: float, n: int) -> float:
     """Variance-stabilized z of `hits` flags in `n` rows against `expected` (0 when fewer)."""
     if n <= 0 or hits <= expected:
         return 0.0
-    h = min(max(hits / n, 0.0), 1.0)
-    e = min(max(expected / n, 0.0), 1.0)
-    return 2.0 * math.sqrt(n) * (math.asin(math.sqrt(h)) - math.asin(math.sqrt(e)))
+    return 2.0 * math.sqrt(n) * (math.asin(math.sqrt(_unit(hits / n)))
+                                 - math.asin(math.sqrt(_unit(expected / n))))
+
+
+def _unit(v: float) -> float:
+    """min(max(v, 0.0), 1.0), NaN and signed zeros alike, without two builtin calls (a
+    share detector's score takes this twice on every observe)."""
+    v = v if not v < 0.0 else 0.0  # max(v, 0.0) keeps v unless 0.0 > v
+    return v if not v > 1.0 else 1.0  # min(v, 1.0) keeps v unless 1.0 < v
 
 
 def cell_rates(flags: Array, cells: Array, n_cells: int, floor: float) -> Array:
