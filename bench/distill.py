@@ -63,6 +63,9 @@ def _prompts(n: int) -> list[str]:
     return [pool[i % len(pool)] for i in range(n)]
 
 
+_CACHE: dict[str, Any] = {}  # prompt -> embedding, across the corpus runs of one process
+
+
 def request_path(rounds: int) -> dict[str, float]:
     """µs per call of the guard's on_complete: with room on the queue, and full."""
     texts = _prompts(rounds)
@@ -124,14 +127,34 @@ def worker_throughput(embedder: MiniLmEmbedder, n: int, batch: int) -> dict[str,
             "cold": counts.get("cold", 0)}
 
 
-def corpus(half_name: str, embedder: MiniLmEmbedder) -> None:
+def _stressed(callers: list[Any], stress: str) -> list[Any]:
+    """The callers with every honest request at temperature 0 ("honest-t0"), or every
+    distiller's at 0.7 ("distillers-t07")."""
+    import dataclasses
+
+    who, temperature = {"honest-t0": ("honest", 0.0),
+                        "distillers-t07": ("distiller", 0.7)}[stress]
+    out = []
+    for c in callers:
+        if c.population == who:
+            reqs = tuple(dataclasses.replace(r, params=tuple(sorted(
+                {**dict(r.params), "temperature": temperature}.items()))) for r in c.requests)
+            c = dataclasses.replace(c, requests=reqs)
+        out.append(c)
+    return out
+
+
+def corpus(half_name: str, embedder: MiniLmEmbedder, stress: str = "") -> None:
     """The half's honest users and distillers through the detector and the risk book."""
     from modelfence.llm.corpus import build, timeline
 
     half = build(half_name)
     callers = [c for c in half.callers if c.population in ("honest", "distiller")]
+    if stress:
+        callers = _stressed(callers, stress)
+        print(f"stress {stress}:")
     requests = timeline(callers)
-    texts: dict[str, Any] = {}
+    texts: dict[str, Any] = _CACHE
     asks = []
     history: dict[str, list[tuple[str, str]]] = collections.defaultdict(list)
     for r in requests:
@@ -140,9 +163,9 @@ def corpus(half_name: str, embedder: MiniLmEmbedder) -> None:
         if r.conversation:
             history[r.conversation].append((r.text, "(answer)"))
         asks.append(got)
-        if got is not None:
+        if got is not None and got[0] not in texts:
             texts[got[0]] = None
-    unique = list(texts)
+    unique = [t for t, v in texts.items() if v is None]
     t0 = time.perf_counter()
     for i in range(0, len(unique), 64):
         for t, v in zip(unique[i:i + 64], embedder.encode(unique[i:i + 64]), strict=True):
@@ -210,6 +233,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=800)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--corpus", choices=["dev", "test", "none"], default="none")
+    parser.add_argument("--stress", action="store_true", help="also: every honest request at "
+                        "temperature 0, and every distiller's at 0.7")
     args = parser.parse_args()
     print(f"bench/distill.py {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()} "
           f"({os.cpu_count()} cores), torch threads "
@@ -236,6 +261,9 @@ def main() -> None:
           f"{(subject_bytes(s) * s.max_subjects + ref.memory_bytes()) / 2**20:.0f} MiB per model")
     if args.corpus != "none":
         corpus(args.corpus, embedder)
+        if args.stress:
+            corpus(args.corpus, embedder, "honest-t0")
+            corpus(args.corpus, embedder, "distillers-t07")
 
 
 if __name__ == "__main__":
