@@ -372,7 +372,7 @@ def test_a_full_queue_drops_and_counts_and_never_blocks() -> None:
                 deadline = time.monotonic() + 5  # let the worker take the first in hand
                 while emb.calls == 0 and time.monotonic() < deadline:
                     time.sleep(0.01)
-        assert slowest < 0.05  # never waits for the worker
+        assert slowest < 0.5  # never waits for the worker (stuck for up to 10 s)
         assert 4 <= accepted <= 6  # the queue's 4, and what the worker had in hand
         assert worker.dropped == 50 - accepted
         assert sum(n for _, outcome, n in counted if outcome == "dropped") == worker.dropped
@@ -418,4 +418,4 @@ def test_stopping_drops_the_backlog_instead_of_working_through_it() -> None:
     time.sleep(0.2)
     emb.release.set()  # the batch in hand finishes; the 48 waiting were dropped
     stopper.join(5)
-    assert not stopper.is_alive() and worker.embedded == 2
+    assert not stopper.is_alive() and 1 <= worker.embedded <= 2  # the batch in hand
