@@ -59,7 +59,7 @@ def test_every_population_is_there(halves: dict[str, Any]) -> None:
         honest = half.of("honest")
         groups = {c.group for c in honest}
         assert {"tenant-1", "tenant-10", "tenant-50"} <= groups and len(honest) >= 20
-        assert {c.family for c in half.of("distiller")} == {
+        assert {c.family for c in half.of("distiller") if c.target == 300} == {
             "templated", "paraphrased", "sweep", "slow", "split"}
         thieves = half.of("thief")
         assert len(thieves) == 60 and {c.form for c in thieves} == set(FORMS)

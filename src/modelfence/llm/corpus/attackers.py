@@ -16,6 +16,7 @@ all day): logprobs/top_logprobs, logit_bias, echo, n > 1, max_tokens over the ca
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -89,7 +90,41 @@ def distillers(half: str, models: Sequence[str], hide_in: str, rng: np.random.Ge
     split = [_fill(template, order[(i * 11 + 2) % len(order)]) for i in range(n)]
     out.append(caller("split", split, steady(rng, n, start_s=13 * 3600, gap_s=(2, 6)),
                       tenant=f"{half}-distill-split", keys=10, model=models[0]))
+    out.append(_disguised(half, caller, order, models, rng))
     return out
+
+
+def _disguised(half: str, caller: Any, order: list[str], models: Sequence[str],
+               rng: np.random.Generator) -> Caller:
+    """Beyond the issue's list (reported, no target): a distiller that knows the test — many
+    surface forms, a sampling temperature, honest prompts mixed in as cover (one in three),
+    follow-up turns, a heavy honest user's pace."""
+    from .honest import vary
+
+    t = data.distill_templates(half)
+    honest = data.honest_prompts(half)
+    cover = [*honest["general"], *honest["code"]]
+    follow = honest["followup"]
+    n = 600
+    texts, conv, convs = [], "", []
+    for i in range(n):
+        roll = rng.random()
+        if roll < 0.15 and conv:
+            texts.append(str(rng.choice(follow)))
+        else:
+            conv = f"{half}-distill-disguised/c{i}"
+            texts.append(vary(str(rng.choice(cover)), rng, 0.6) if roll < 0.45 else
+                         vary(_fill(str(rng.choice(t["paraphrased"])),
+                                    order[(i * 13 + 5) % len(order)]), rng, 0.6))
+        convs.append(conv)
+    times = session_times(rng, n, per_session=(4, 15), think_s=45.0, burst=0.3)
+    name = f"{half}-distill-disguised"
+    reqs = tuple(Request(tm, name, name, name, models[1 % len(models)], text, conversation=c,
+                         params=(("max_tokens", int(rng.choice([1024, 2048]))),
+                                 ("temperature", float(rng.choice([0.3, 0.7, 1.0])))))
+                 for tm, text, c in zip(times, texts, convs, strict=True))
+    return Caller(name, "distiller", "disguised", half, models[1 % len(models)], name, reqs,
+                  target=None, notes={"keys": 1})
 
 
 def _model_of(tenant: str, models: Sequence[str]) -> str:

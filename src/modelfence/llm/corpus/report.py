@@ -122,8 +122,15 @@ def _honest(h: HalfResult) -> list[Target]:
     return out
 
 
-def _distill(h: HalfResult) -> Target:
-    ds = h.of("distiller")
+def _distill(h: HalfResult) -> list[Target]:
+    ds = [c for c in h.of("distiller") if c.target is not None]
+    extra = [Target(h.half, f"distiller {c.family} (beyond the issue's list)", "reported",
+                    _at(c.first_alert), f"{c.requests} requests", None, c.why[:160])
+             for c in h.of("distiller") if c.target is None]
+    return [_distill_target(h, ds), *extra]
+
+
+def _distill_target(h: HalfResult, ds: list[CallerResult]) -> Target:
     at = [c.first_alert for c in ds]
     ok = [a is not None and a <= DISTILL_WITHIN for a in at]
     worst = max(ds, key=lambda c: float("inf") if c.first_alert is None else c.first_alert,
@@ -178,7 +185,7 @@ def targets(run: CorpusRun) -> list[Target]:
     out: list[Target] = []
     for h in run.halves:
         out += _honest(h)
-        out.append(_distill(h))
+        out += _distill(h)
         out += _thieves(h)
         out += _probers(h)
     return out
