@@ -163,3 +163,22 @@ def test_hold_back_is_bounded_and_the_first_text_comes_early() -> None:
         first = f.feed(prose[fed:fed + 4])
         fed += 4
     assert fed <= 80  # the first text is released after at most 80 characters
+
+
+def _caesar(text: str, k: int) -> str:
+    return "".join(chr((ord(c) - (b := 97 if c.islower() else 65) + k) % 26 + b)
+                   if c.isascii() and c.isalpha() else c for c in text)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 20, 25])
+def test_caesar_shifts_and_atbash(k: int) -> None:
+    said = ("The escalation code is ORCHID-7731, and the duty manager is Ingrid "
+            "Halvorsen, reachable any day.")
+    pol = policy()
+    text = "Here you go: " + _caesar(said, k)
+    f = pol.filter()
+    out, _ = stream(f, text, list(range(4, len(text), 4)))
+    assert f.leaked and f.detections[0].view == f"caesar-{k}"
+    assert _caesar("orchid", k) not in out.lower()
+    atbash = "".join(chr(219 - ord(c)) if "a" <= c <= "z" else c for c in said.lower())
+    assert pol.scan(atbash).leaked

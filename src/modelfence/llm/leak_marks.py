@@ -142,6 +142,8 @@ class PromptMarks:
     leet_re: re.Pattern[str] | None = None  # leet forms (and reversed), leet text
     acrostic_re: re.Pattern[str] | None = None  # letter marks and reversed, acrostics
     words_re: re.Pattern[str] | None = None  # the same, 7+ letters: first letters of words
+    shift_re: re.Pattern[str] | None = None  # 6+ characters, 3+ letters: in shifted views
+    common: frozenset[str] = frozenset()
     by_form: dict[str, Mark] = field(default_factory=dict)
     prefixes: frozenset[str] = frozenset()  # every prefix of every form (compact and leet)
     strong_keys: tuple[str, ...] = ()  # for parts of a mark at an answer's ends
@@ -225,6 +227,10 @@ class PromptMarks:
         self.leet_re = _alternation(leets)
         self.acrostic_re = _alternation(letters)
         self.words_re = _alternation([f for f in letters if len(f) >= 7])
+        self.shift_re = _alternation([re.escape(mk.key) for mk in self.marks
+                                      if len(mk.key) >= 6
+                                      and sum(c.isalpha() for c in mk.key) >= 3])
+        self.common = common_words()
 
     def mark_of(self, form: str) -> Mark:
         return self.by_form[form]

@@ -24,9 +24,12 @@ from typing import Literal
 
 from .leak_marks import PromptMarks
 from .leak_views import (
+    ATBASH,
     LINE_START,
     SENTENCE_START,
+    UNSHIFT,
     WORD_START,
+    cipher_like,
     compact,
     decoded_runs,
     fold,
@@ -205,6 +208,14 @@ class ViewScanner:
                     s = at(hit.start(), leetish=True)
                     hits.append((s, Detection("disguised", s, at(hit.end() - 1, True) + 1,
                                               "leetspeak")))
+        if m.shift_re is not None and cipher_like(folded, m.common):
+            for name, table in (("atbash", ATBASH), *((f"caesar-{k}", t) for k, t in UNSHIFT)):
+                shifted = m.shift_re.search(view.translate(table), pos)
+                if shifted is not None:
+                    s = at(shifted.start())
+                    hits.append((s, Detection("disguised", s, at(shifted.end() - 1) + 1,
+                                              name)))
+                    break
         k = self._grams(view, m.plain_grams, m.plain_gram, new)
         if k is None:
             k = self._grams(view, m.twisted_grams, m.gram, new)

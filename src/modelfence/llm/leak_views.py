@@ -67,6 +67,26 @@ def rot13(text: str) -> str:
     return text.translate(_ROT13)
 
 
+_LOWER = "abcdefghijklmnopqrstuvwxyz"
+#: Caesar shifts back (shift k undone), and Atbash (a<->z), for views of cipher-like text
+UNSHIFT = tuple((k, str.maketrans(_LOWER, _LOWER[-k:] + _LOWER[:-k])) for k in range(1, 26)
+                if k != 13)
+ATBASH = str.maketrans(_LOWER, _LOWER[::-1])
+_LETTER_RUNS = re.compile(r"[a-z]{2,}")
+_GLUE = (" the ", " and ", " to ", " of ", " is ", " you ", " it ")
+
+
+def cipher_like(folded: str, common: frozenset[str]) -> bool:
+    """Text whose words are mostly not English words (a cipher, or code, or an encoding):
+    worth the 25 shifted views; ordinary prose is not."""
+    if any(w in folded for w in _GLUE):  # prose: a cheap first look
+        return False
+    words = _LETTER_RUNS.findall(folded)
+    if len(words) < 4:
+        return False
+    return sum(w in common for w in words) < 0.35 * len(words)
+
+
 # -- encoded runs --------------------------------------------------------------------------
 
 # base64 (also url-safe and base32): long tokens, wrapped lines, or 4-character groups
