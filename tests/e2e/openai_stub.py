@@ -23,7 +23,8 @@ class OpenAiStub:
     """An OpenAI-speaking upstream on loopback; the `model` field picks its behaviour.
 
     `slow`: a stream of 200 chunks 0.1 s apart (to see a cancel); `fail`: 400 error;
-    `no-usage`: never reports usage; `leaky` recites its system prompt; `recite-FORM` recites it
+    `no-usage`: never reports usage; `leaky` recites its system prompt (`leaky-if-asked`: when
+    the last message mentions "instructions"); `recite-FORM` recites it
     disguised (`recite`); anything else: a normal answer (streams 0.15 s apart).
     A suffix picks how stream events are framed (all legal SSE): `+multiline` (the JSON
     indented over several `data:` lines), `+cr` (bare CR line endings), `+crlf`; `+raw`
@@ -96,6 +97,8 @@ class OpenAiStub:
         chat = request.path.endswith("/chat/completions")
         usage = {"prompt_tokens": 11, "completion_tokens": len(WORDS), "total_tokens": 17}
         answer = "".join(WORDS)
+        if model == "leaky-if-asked" and "instructions" in str(body["messages"][-1]["content"]):
+            model = "leaky"  # recites only when the last message asks for its instructions
         if model == "leaky":  # a model talked into reciting its instructions
             system = " ".join(str(m["content"]) for m in body["messages"]
                               if m["role"] == "system")
