@@ -170,6 +170,34 @@ def test_clamped_fields_count_as_probes_by_how_telling_they_are() -> None:
     assert b.risk("m", "principal", "sdk", now=T0 + 12).parts == {"clamp": pytest.approx(0.1)}
 
 
+def test_the_controls_name_each_field_asked_beyond_the_band() -> None:
+    """Clamped or refused, each field over the band's controls is named for the book."""
+    from modelfence.errors import BadRequest
+    from modelfence.llm.controls import apply_controls
+
+    open_ = _model(controls={"logprobs": True, "logit_bias": "clamp"})
+    asked: list[str] = []
+    body = apply_controls("chat", {"messages": [], "n": 4, "logprobs": True, "top_logprobs": 20,
+                                   "max_tokens": 10**6, "logit_bias": {"7": 100}},
+                          open_, asked=asked)
+    assert (body["n"], body["top_logprobs"], body["max_tokens"]) == (1, 5, 4096)
+    assert sorted(asked) == ["logit_bias", "max_tokens", "n", "top_logprobs"]
+    asked = []
+    apply_controls("chat", {"messages": [], "max_tokens": 100}, open_, asked=asked)
+    assert asked == []  # within the controls: nothing
+    for body_, field in [({"logprobs": True}, "logprobs"), ({"logit_bias": {"1": 1}},
+                                                            "logit_bias")]:
+        asked = []
+        with pytest.raises(BadRequest):
+            apply_controls("chat", {"messages": [], **body_}, _model(), asked=asked)
+        assert asked == [field]  # named before the 400
+    asked = []
+    with pytest.raises(BadRequest):
+        apply_controls("completion", {"prompt": "x", "echo": True, "best_of": 3}, _model(),
+                       asked=asked)
+    assert asked == ["best_of", "echo"]
+
+
 def test_a_patient_prober_alerts_after_eight_probes() -> None:
     """One logprobs probe every 15 minutes: today's hourly half-life never reached 0.5."""
     b = book()
