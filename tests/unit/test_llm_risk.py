@@ -266,8 +266,9 @@ def test_token_volume_far_above_the_peers_raises_risk() -> None:
 
 
 def test_a_tenant_spends_per_member() -> None:
-    """A tenant of 50 honest users spends 50 users' tokens: not volume evidence; a
-    tenant whose 10 keys each spend 50 users' tokens is."""
+    """A tenant of 50 honest users spends 50 users' tokens: not volume evidence; nor is
+    one heavy member's spending its peers'; a tenant whose 10 keys each spend 50 users'
+    tokens is."""
     b = book()
     for u in range(20):  # tenants of one user each
         b.observe(Observation("m", f"solo{u}", f"t{u}", tokens=1000), now=T0)
@@ -277,6 +278,12 @@ def test_a_tenant_spends_per_member() -> None:
         b.observe(Observation("m", f"user{u}", "big", tokens=1000), now=T0 + 20)
     for k in range(10):
         b.observe(Observation("m", f"key{k}", "ring", tokens=50_000), now=T0 + 20)
+    for u in range(9):  # one member spends 500 users' tokens: its own volume, not its peers'
+        b.observe(Observation("m", f"peer{u}", "mixed", tokens=1000), now=T0 + 20)
+    b.observe(Observation("m", "heavy", "mixed", tokens=500_000), now=T0 + 20)
+    assert b.risk("m", "principal", "heavy", now=T0 + 20).parts["volume"] == pytest.approx(0.5)
+    assert b.risk("m", "tenant", "mixed", now=T0 + 20).parts.get("volume", 0.0) == 0.0
+    assert b.peek("m", "peer0", "mixed", now=T0 + 20) == 0.0
     assert b.risk("m", "tenant", "big", now=T0 + 20).parts.get("volume", 0.0) == 0.0
     assert b.risk("m", "tenant", "ring", now=T0 + 20).parts["volume"] == pytest.approx(
         0.5 * (math.log10(50) - 1), abs=0.01)

@@ -69,9 +69,10 @@ class _Evidence:
     """One subject's decayed counts per kind, requests and tokens.
 
     `seen`: requests decayed with each kind's half-life (the volume the background rate
-    applies to). `given` (principals): what of `counts` it added to its tenant's (evidence
-    found apart from a call may name no tenant). `top` (tenants): per kind, the member
-    that gave the most and how much, decayed alike, for the leave-one-out count;
+    applies to). `given` (principals): what of `counts` (and "tokens") it added to its
+    tenant's (evidence found apart from a call may name no tenant). `top` (tenants): per
+    kind (and "tokens"), the member that gave the most and how much, decayed alike, for
+    the leave-one-out count;
     `members` (tenants): when each member was last seen, for its tokens per member.
     """
 
@@ -104,7 +105,7 @@ class _Evidence:
             self.counts = {k: v for k, c in self.counts.items()
                            if (v := c * factor(k)) > 1e-4}
             self.top = {k: (who, c * factor(k)) for k, (who, c) in self.top.items()
-                        if k in self.counts}
+                        if k in self.counts or k == "tokens"}
         if self.given:
             self.given = {k: v for k, c in self.given.items() if (v := c * factor(k)) > 1e-4}
         self.seen = {k: n * factor(k) for k, n in self.seen.items()}
@@ -179,6 +180,7 @@ class LlmRiskBook:
         self._s = settings
         self._halves = _halves(settings)
         self._speeds = {k: math.log(2.0) / h for k, h in self._halves.items()}
+        self._speeds["tokens"] = self._speeds["volume"]
         self._models = frozenset(models)
         self._subjects: dict[str, OrderedDict[str, _Evidence]] = {}
         # (model, "p") → (median of the principals' decayed tokens, when computed)
@@ -243,15 +245,15 @@ class LlmRiskBook:
             ev = self._touch(table, key, now)
             if _noisy_or(self._parts(ev, key[0])) < self._s.alert_at / 2:
                 ev.flagged = False  # re-armed once the risk has clearly fallen back
-            if key[0] == "t":
-                self._note_member(ev, obs.principal, now)
-            self._add(ev, obs, events, key[0], now)
             if member is None:
                 member = ev
-            else:
-                for what, n in events.items():
+            else:  # the tenant: what its member gives it, before its volume is judged
+                self._note_member(ev, obs.principal, now)
+                gives = {**events, "tokens": float(obs.tokens)} if obs.tokens > 0 else events
+                for what, n in gives.items():
                     member.given[what] = member.given.get(what, 0.0) + n
-                _note_top(ev, obs.principal, member, events)
+                _note_top(ev, obs.principal, member, gives)
+            self._add(ev, obs, events, key[0], now)
             parts = self._parts(ev, key[0])
             score = _noisy_or(parts)
             if score >= self._s.alert_at and not ev.flagged and not remote:
@@ -338,14 +340,19 @@ class LlmRiskBook:
     def _volume_share(self, ev: _Evidence, model: str, prefix: str, now: float) -> float:
         """0 below 10x the principals' median decayed tokens, rising to 1 at 100x.
 
-        A tenant's tokens are counted per active member: a tenant of 50 honest users spends
-        50 users' tokens, and only a tenant whose members each spend far more than a user
+        A tenant's tokens are counted per active member, its biggest spender left out: a
+        tenant of 50 honest users spends 50 users' tokens, one heavy member is its own
+        principal's volume, and only a tenant whose members each spend far more than a user
         (a distiller split over keys) stands out.
         """
         median = self._peer_median(model, "p", now)
         if median is None or median <= 0:
             return 0.0
-        tokens = ev.tokens / max(1, len(ev.members)) if prefix == "t" else ev.tokens
+        tokens = ev.tokens
+        if prefix == "t":  # per member, the member that spent the most left out
+            top = ev.top.get("tokens")
+            others = len(ev.members) - (1 if top is not None else 0)
+            tokens = (tokens - (top[1] if top is not None else 0.0)) / max(1, others)
         ratio = tokens / median
         return 0.0 if ratio <= 10 else min(1.0, math.log10(ratio) - 1.0)
 
