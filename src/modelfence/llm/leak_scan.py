@@ -200,8 +200,8 @@ class ViewScanner:
                     hits.append((s, Detection("mark", s, at(hit.end() - 1) + 1)))
                 if not mark.strong:
                     self.weak.add(mark.key)
-        if m.leet_re is not None and has_leet(window):
-            lv = leet(folded)
+        lv = leet(folded) if has_leet(window) else None
+        if m.leet_re is not None and lv is not None:
             lpos = max(0, len(leet(fold(seen))) - m.longest) if seen else 0
             for hit in m.leet_re.finditer(lv, lpos):
                 if m.mark_of(hit.group()).key not in view:  # else plain text, counted there
@@ -253,7 +253,7 @@ class ViewScanner:
             self.detections.extend(d for _, d in sorted(hits, key=lambda h: h[0]))
             self.leak_at = max(s, self.safe)
             return
-        self._release(window, start, view, final)
+        self._release(view, lv, final)
 
     def _head(self, window: str, view: str, start: int) -> list[tuple[int, Detection]]:
         """An answer that starts with the end of a code or name (the next slice of a
@@ -299,7 +299,9 @@ class ViewScanner:
                 return i
         return None
 
-    def _release(self, window: str, start: int, view: str, final: bool) -> None:
+    def _release(self, view: str, lv: str | None, final: bool) -> None:
+        """Moves `safe` on: `view` and `lv` are the compact and leet views of the text judged,
+        which ends with the tail read here."""
         if final:
             self.safe = self.total
             return
@@ -307,17 +309,15 @@ class ViewScanner:
         total = self.total
         tail_from = max(self.safe, total - self.hold_max)
         tail = self.raw[tail_from - self.base:]
-        ctail = compact(fold(tail))
-        keep = min(len(ctail), self.hold)  # compact characters always held
-        for k in range(min(m.longest, len(ctail)), keep, -1):
-            if ctail[-k:] in m.prefixes:
+        keep = min(len(view), self.hold)  # compact characters always held
+        for k in range(min(m.longest, len(view)), keep, -1):
+            if view[-k:] in m.prefixes:
                 keep = k
                 break
         cut = tail_from + _cut(tail, keep)
-        if has_leet(tail):
-            ltail = leet(fold(tail))
-            for k in range(min(m.longest, len(ltail)), 0, -1):
-                if ltail[-k:] in m.prefixes:
+        if lv is not None:
+            for k in range(min(m.longest, len(lv)), 0, -1):
+                if lv[-k:] in m.prefixes:
                     cut = min(cut, tail_from + _cut(tail, k, leetish=True))
                     break
         cut = min(cut, total - open_tail(tail))
