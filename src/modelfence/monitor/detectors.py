@@ -863,6 +863,11 @@ class Coverage(Detector):
             "classes": self.expected(summary.class_freq, self.classes.size),
         }
         self.z0 = summary.coverage_z0
+        # what `score` reads of each window, gathered once (loading a state refills the
+        # rings and counts in place)
+        self._windows = tuple((label, ring, self.distinct[label], self.expect[label])
+                              for label, ring in (("cells", self.cells),
+                                                  ("classes", self.classes)))
 
     @classmethod
     def windows(cls, n_cells: int, k: int) -> tuple[int, int]:
@@ -903,19 +908,19 @@ class Coverage(Detector):
             self.distinct["classes"].push(label)
 
     def score(self) -> Reading:
-        best, why = 0.0, partial(str, "window not full")
+        best, won = 0.0, None
         z0 = self.z0
-        for label, ring in (("cells", self.cells), ("classes", self.classes)):
+        for label, ring, distinct, (mean, sd) in self._windows:
             if ring.count < ring.size:
                 continue
-            seen = self.distinct[label].distinct
-            mean, sd = self.expect[label]
+            seen = distinct.distinct
             z = ramp((seen - mean) / sd, z0, z0 + Z_HIGH - Z_LOW)
             if z >= best:
-                best = z
-                why = partial("{} distinct {} in {} (benign {:.1f}±{:.1f})".format,
-                              seen, label, ring.size, mean, sd)
-        return Reading(best, why)
+                best, won = z, (seen, label, ring.size, mean, sd)
+        if won is None:
+            return Reading(best, "window not full")
+        return Reading(best, partial("{} distinct {} in {} (benign {:.1f}±{:.1f})".format,
+                                     *won))
 
     def rings(self) -> dict[str, Ring]:
         return {"cells": self.cells, "classes": self.classes}

@@ -141,6 +141,8 @@ def combine(readings: dict[str, Reading], only: frozenset[str] | None = None) ->
 #: What a row is to its caller (`CallerState._kind`): new, an exact repeat, or a noisy
 #: re-send whose answer is the same as, or differs from, its anchor's.
 FRESH, REPEAT, SAME, FLIP = 0, 1, 2, 3
+#: Which rows a detector is shown (`Detector.sees_repeats`, `sees_resends`, or neither).
+REPEATS, RESENDS, FRESH_ONLY = "repeats", "resends", "fresh"
 
 
 class CallerState:
@@ -155,6 +157,9 @@ class CallerState:
                                int(summary.resend_key), gap=summary.natural_gap)
         self.queries = 0
         self.risk = NO_RISK
+        # which rows each detector sees, looked up once rather than on every observe
+        self._roles = [(n, d, REPEATS if d.sees_repeats else RESENDS if d.sees_resends
+                        else FRESH_ONLY) for n, d in self.detectors.items()]
 
     def _kind(self, rows: Batch, i: int) -> int:
         """`FRESH`, `REPEAT` (exact), `SAME` (a noisy re-send answered as its anchor was) or
@@ -175,20 +180,23 @@ class CallerState:
         What the detectors read of the rows comes from `rows`, computed once for every
         caller that the same rows are fresh to (`facts`)."""
         kinds = [self._kind(rows, i) for i in range(len(rows))]
-        fresh: Rows | None = rows.rows()
-        if not all(k == FRESH for k in kinds):
+        every = rows.rows()
+        if kinds.count(FRESH) == len(kinds):
+            fresh: Rows | None = every
+        else:
             mask = [k == FRESH for k in kinds]
             fresh = rows.rows(mask) if any(mask) else None
-        noisy = [k >= SAME for k in kinds]
+        noisy: Rows | None = None
+        if SAME in kinds or FLIP in kinds:
+            noisy = rows.rows([k >= SAME for k in kinds])
         seen = set()
-        for name, det in self.detectors.items():
-            if det.sees_repeats:
-                det.take(rows.rows(), now)
-            elif det.sees_resends:
-                if not any(noisy):
+        for name, det, sees in self._roles:
+            if sees == REPEATS:
+                det.take(every, now)
+            elif sees == RESENDS:
+                if noisy is None:
                     continue
-                det.take_resends(rows.rows(noisy), [k == FLIP for k in kinds if k >= SAME],
-                                 now)
+                det.take_resends(noisy, [k == FLIP for k in kinds if k >= SAME], now)
             elif fresh is not None:
                 det.take(fresh, now)
             else:
