@@ -23,9 +23,11 @@ BANDS: list[dict[str, Any]] = [
     {"name": "watched", "from_risk": 0.3, "controls": {"max_tokens": 256}},
     {"name": "locked", "from_risk": 0.7, "controls": {"max_tokens": 64}},
 ]
-#: System-prompt theft protection; `public` (the persona sentence the operator marks as
-#: public) is added per deployment by `llm_model` where the settings know the field.
-CANARY: dict[str, Any] = {"mode": "block"}
+#: System-prompt theft protection: the canary and the streaming leak filter (decoded views
+#: on by default), and the background paraphrase check of finished answers (`semantic`);
+#: `public` (the persona sentence the operator marks as public) is added per deployment by
+#: `llm_model` where the settings know the field.
+CANARY: dict[str, Any] = {"mode": "block", "semantic": True}
 #: Prompt screening: phrase rules and MiniLM similarity to the shipped seeds.
 SCREENING: dict[str, Any] = {"heuristics": True, "similarity": True}
 #: Distillation detection per model (llm/distill.py): its defaults, where the settings have it.

@@ -50,6 +50,9 @@ from .distill_hook import DistillHook
 from .upstream import ComplyingUpstream, cut, tokens
 
 CANARY_SECRET = b"modelfence-corpus-canary-secret"
+#: The paraphrase check runs on a background worker in the gateway: answers are checked in
+#: batches of this many, or once the oldest has waited this long (simulated seconds).
+SEMANTIC_BATCH, SEMANTIC_LAG_S = 64, 10.0
 
 
 class CachingEmbedder(MiniLmEmbedder):
@@ -145,6 +148,11 @@ class Gateway:
         self._asked = "asked" in inspect.signature(apply_controls).parameters
         self._policies: dict[tuple[str, str], Any] = {}  # as the routes cache them
         self.cedar = policies  # off: the example policies refuse nothing (an ablation)
+        # answers waiting for the paraphrase check (canary.semantic), as the routes' background
+        # worker: (check, answer, request, time); checked in batches, at most SEMANTIC_LAG_S
+        # of simulated time after the answer
+        self._retold: list[tuple[Any, str, Request, float]] = []
+        self.semantic_checked = 0
         self.on_crossing: Callable[[Crossing, float], None] | None = None
 
     @property
@@ -173,6 +181,7 @@ class Gateway:
     def handle(self, r: Request, history: Sequence[tuple[str, str]] = ()) -> Outcome:
         """Run `r` at its simulated time `r.t`; `history`: the conversation so far."""
         now = r.t
+        pending = self._semantic(now)
         model = self.models[r.model]
         kind = r.kind
         body = r.body(self.system_text(r.model) if kind == "chat" else None, history)
@@ -200,7 +209,35 @@ class Gateway:
         if out.status == 200:
             self._answer(out, model, kind, body)
         self._observe(out, r, body, now)
+        out.crossings = pending + out.crossings
         return out
+
+    def _semantic(self, now: float | None) -> list[Crossing]:
+        """Check the waiting answers that are due (all of them when `now` is None): their
+        sentences embedded together, each retelling answer observed as a leak at its time."""
+        if not self._retold or (now is not None and len(self._retold) < SEMANTIC_BATCH
+                                and self._retold[0][3] + SEMANTIC_LAG_S > now):
+            return []
+        from ..leak_semantic import sentences
+
+        items, self._retold = self._retold, []
+        texts = [t for check, answer, _, _ in items for t in sentences(answer)]
+        texts += [t for check, _, _, _ in items for t in check.secret]
+        self.embedder.prime(texts)
+        crossings: list[Crossing] = []
+        for check, answer, r, ts in items:
+            if check.embedder is None:
+                check.embedder = self.embedder
+            self.semantic_checked += 1
+            if check.leaks(answer):
+                obs = Observation(model=r.model, principal=r.principal, tenant=r.tenant,
+                                  leak=True, ts=ts)
+                crossings += self.book.observe(obs, now=ts)
+        return crossings
+
+    def flush(self) -> list[Crossing]:
+        """The background checks still waiting at the end of the run."""
+        return self._semantic(None)
 
     def _answer(self, out: Outcome, model: LlmModel, kind: str, body: dict[str, Any]) -> None:
         n = int(body.get("n") or 1)
@@ -244,6 +281,12 @@ class Gateway:
             got.append(f.finish())
             out.delivered.append("".join(got))
             out.leaked = out.leaked or bool(f.leaked)
+            semantic = getattr(model.canary, "semantic", False)
+            if semantic and not f.leaked and hasattr(policy, "semantic"):
+                check = policy.semantic(model.canary.semantic_threshold)  # type: ignore[union-attr]
+                if check.active:
+                    self._retold.append((check, out.delivered[-1], out.request,
+                                         out.request.t))
 
     def _observe(self, out: Outcome, r: Request, body: dict[str, Any], now: float) -> None:
         used = 0

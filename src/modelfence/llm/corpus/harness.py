@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..risk import Crossing
 from .callers import Caller, Request, timeline
 from .engine import CachingEmbedder, Gateway, Outcome
 from .populations import CorpusHalf
@@ -64,6 +65,7 @@ class HalfResult:
     embed_hits: int
     started: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    semantic_checked: int = 0  # answers the paraphrase check (canary.semantic) read
     # the thieves again with the example policies off: what the leak filter stops alone
     filter_alone: list[CallerResult] = field(default_factory=list)
 
@@ -117,23 +119,10 @@ def replay(half: CorpusHalf, *, gateway: Gateway | None = None,
             conv.append((r.text, out.delivered[0]))
         if by_name[r.caller].population == "thief":
             received.setdefault(r.caller, []).extend(out.delivered)
-        for crossing in out.crossings:
-            if crossing.kind == "principal":
-                owner = of_principal.get(crossing.subject)
-                hit = [owner] if owner else []
-                if owner:
-                    results[owner].alerts += 1
-            else:
-                hit = members.get(crossing.subject, [])
-                for name in hit:
-                    results[name].tenant_alerts += 1
-            for name in hit:
-                if results[name].first_alert is None:
-                    results[name].first_alert = max(results[name].requests, 1)
-                if not results[name].why:
-                    results[name].why = f"{crossing.kind}: {crossing.risk.explain()}"
+        _attribute(out.crossings, results, of_principal, members)
         if progress is not None and (i % 200 == 0 or i == len(requests) - 1):
             progress(f"{half.half}: {r.caller.split('/')[0][:28]}", i + 1, len(requests))
+    _attribute(gw.flush(), results, of_principal, members)
     for name, c in by_name.items():
         if c.population == "thief":
             judge = Judge(str(c.notes["secret"]), tuple(c.notes["fragments"]), c.form)
@@ -141,10 +130,33 @@ def replay(half: CorpusHalf, *, gateway: Gateway | None = None,
             res = results[name]
             res.secret_whole, res.secret_any, res.secret_parts = (found.whole, found.any,
                                                                   found.parts)
+    checked = gw.semantic_checked
     return HalfResult(half.half, list(results.values()), time.perf_counter() - started,
                       len(requests), gw.distill_status, gw.embedder.misses - misses,
                       gw.embedder.hits - hits,
-                      time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()))
+                      time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                      semantic_checked=checked)
+
+
+def _attribute(crossings: list[Crossing], results: dict[str, CallerResult],
+               of_principal: dict[str, str], members: dict[str, list[str]]) -> None:
+    """Each alert to the callers it concerns: a key's to its caller, a tenant's to all of
+    the tenant's callers."""
+    for crossing in crossings:
+        if crossing.kind == "principal":
+            owner = of_principal.get(crossing.subject)
+            hit = [owner] if owner else []
+            if owner:
+                results[owner].alerts += 1
+        else:
+            hit = members.get(crossing.subject, [])
+            for name in hit:
+                results[name].tenant_alerts += 1
+        for name in hit:
+            if results[name].first_alert is None:
+                results[name].first_alert = max(results[name].requests, 1)
+            if not results[name].why:
+                results[name].why = f"{crossing.kind}: {crossing.risk.explain()}"
 
 
 def _why(gw: Gateway, r: Request) -> str:

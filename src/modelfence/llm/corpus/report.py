@@ -228,7 +228,8 @@ def markdown(run: CorpusRun) -> str:
                      for t in targets(run)])
     for h in run.halves:
         lines += ["", f"{h.half}: {h.requests:,} requests in {h.elapsed_s:.0f} s; "
-                  f"distillation detector: {h.distill}; {h.embedded:,} texts embedded "
+                  f"distillation detector: {h.distill}; paraphrase check: "
+                  f"{h.semantic_checked:,} answers; {h.embedded:,} texts embedded "
                   f"({h.embed_hits:,} cache hits)", ""]
         lines += _table(("form", "attempts", "whole secret out", "some of it", "alerted",
                          "refused", "stopped as leak"),
@@ -254,6 +255,7 @@ def to_dict(run: CorpusRun) -> dict[str, Any]:
             "targets": [dataclasses.asdict(t) | {"verdict": t.verdict} for t in targets(run)],
             "halves": [{"half": h.half, "requests": h.requests, "elapsed_s": h.elapsed_s,
                         "distill": h.distill, "embedded": h.embedded,
+                        "semantic_checked": h.semantic_checked,
                         "forms": forms(h), "attackers": attackers(h),
                         "forms_filter_alone": forms(h, h.filter_alone),
                         "callers": [dataclasses.asdict(c) for c in h.callers],
