@@ -478,17 +478,19 @@ class DistanceNormality(Detector):
             self._add(features[i], label)
 
     def take(self, rows: Rows, now: float) -> None:
+        add = self._add_row
         for z, (label, _), zz in zip(rows.z, rows.answers, rows.norms, strict=True):
-            self._add(z, label, zz)
+            add(z, label, zz)
 
     def _one(self, z: Array, p: Array) -> None:
         self._add(z, int(p.argmax()))
 
-    def _add(self, z: Array, label: int, zz: float | None = None) -> None:
-        """One row (float32 expected) of class `label`; `zz` is `z @ z` when known."""
+    def _add(self, z: Array, label: int) -> None:
         z = z.astype(ROW, copy=False)
-        if zz is None:
-            zz = float(z @ z)
+        self._add_row(z, label, float(z @ z))
+
+    def _add_row(self, z: Array, label: int, zz: float) -> None:
+        """One float32 row of class `label`, whose `z @ z` is `zz`."""
         ring = self.seen[label]
         if ring.count:
             d = math.sqrt(ring.nearest(z, zz))

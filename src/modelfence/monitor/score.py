@@ -269,6 +269,7 @@ class Monitor:
         self._cells = Cells(summary)  # one cell lookup per observe, for every table
         self._judge = Judge(summary)  # and one naturalness verdict
         self._proj = projection(summary.n_features, int(summary.resend_key))  # anchor space
+        self._shape = (summary.n_features, summary.n_classes)  # what `observe` accepts
         self._tables: dict[Kind, Table] = {
             k: Table(k, summary, self.settings, self._cells, self._judge)
             for k in ("principal", "tenant")}
@@ -313,8 +314,8 @@ class Monitor:
         p = np.asarray(proba, dtype=np.float64)
         if x.ndim == 1:
             x, p = x[None, :], p.reshape(1, -1)
-        if (x.ndim != 2 or p.ndim != 2 or x.shape[1] != self.summary.n_features
-                or p.shape != (len(x), self.summary.n_classes)):
+        if (x.ndim != 2 or p.ndim != 2 or x.shape[1] != self._shape[0]
+                or p.shape != (len(x), self._shape[1])):
             raise ConfigurationError(
                 f"monitor expects rows of {self.summary.n_features} features with "
                 f"{self.summary.n_classes} probabilities each; got {x.shape} and {p.shape}")
