@@ -187,6 +187,7 @@ def test_the_harness_alerts_on_an_obvious_thief_and_not_on_an_honest_user(
     assert h.answered == h.requests and h.leak_stopped == 0
     assert p.first_alert is not None and sum(p.refused.values()) > 0
     assert result.distill  # the detector's status is always said
+    assert result.semantic_checked >= h.answered  # every passed answer is paraphrase-checked
 
 
 def test_the_recommended_configuration_is_the_example_yaml() -> None:

@@ -69,6 +69,8 @@ def honest_pool(h: HalfResult) -> list[CallerResult]:
 
 def _honest(h: HalfResult) -> list[Target]:
     pool = honest_pool(h)
+    if not pool:  # a run of other populations only (--populations)
+        return []
     alerts = sum(c.alerts for c in pool)
     tenant_alerts = len({c.tenant for c in pool if c.tenant_alerts})
     changed = [c for c in pool if c.band_changes]
@@ -124,6 +126,8 @@ def _honest(h: HalfResult) -> list[Target]:
 
 def _distill(h: HalfResult) -> list[Target]:
     ds = [c for c in h.of("distiller") if c.target is not None]
+    if not h.of("distiller"):
+        return []
     extra = [Target(h.half, f"distiller {c.family} (beyond the issue's list)", "reported",
                     _at(c.first_alert), f"{c.requests} requests", None, c.why[:160])
              for c in h.of("distiller") if c.target is None]
@@ -146,6 +150,8 @@ def _distill_target(h: HalfResult, ds: list[CallerResult]) -> Target:
 
 def _thieves(h: HalfResult) -> list[Target]:
     ts = h.of("thief")
+    if not ts:
+        return []
     whole = [c for c in ts if c.secret_whole]
     some = [c for c in ts if c.secret_any]
     silent = [c for c in some if not c.alerted]
