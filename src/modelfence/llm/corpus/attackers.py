@@ -168,6 +168,40 @@ def thieves(half: str, systems: Sequence[data.SystemPrompt], rng: np.random.Gene
     return out
 
 
+BEYOND_SLICE = 4
+
+
+def beyond(half: str, systems: Sequence[data.SystemPrompt], rng: np.random.Generator
+           ) -> list[Caller]:
+    """Thieves beyond the issue's list, reported apart (no target): one attempt per system
+    prompt in each of transforms.BEYOND; "slices" reads the prompt 4 characters at a time,
+    each slice with a fresh key."""
+    asks = data.attack_requests(half)
+    out: list[Caller] = []
+    for form in ("spelled", "caesar", "slices"):
+        text = asks[f"beyond-{form}"][0]
+        for k, system in enumerate(systems):
+            name = f"{half}-beyond-{k}-{form}"
+            start = float(rng.uniform(8.5, 16.5)) * 3600
+            if form == "slices":
+                spans = range(0, len(system.text) + 100, BEYOND_SLICE)
+                texts = [text.replace("{start}", str(a)).replace("{end}",
+                                                                 str(a + BEYOND_SLICE))
+                         for a in spans]
+                keys = [f"{name}/k{i}" for i in range(len(texts))]
+                times = steady(rng, len(texts), start_s=start, gap_s=(20, 60))
+            else:
+                texts, keys, times = [text], [name], [start]
+            reqs = tuple(Request(tm, name, key, None, system.name, tx,
+                                 params=(("temperature", 0.0),))
+                         for tm, key, tx in zip(times, keys, texts, strict=True))
+            out.append(Caller(name, "thief", form, half, system.name, None, reqs,
+                              target=None, form=form,
+                              notes={"secret": system.secret, "fragments": system.fragments,
+                                     "beyond": True}))
+    return out
+
+
 def probers(half: str, model: str, rng: np.random.Generator) -> list[Caller]:
     """A fast prober and a patient one (one probe per 15 minutes for the whole day)."""
     out = []

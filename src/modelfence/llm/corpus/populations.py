@@ -35,5 +35,6 @@ def build(half: str, seed: int | None = None) -> CorpusHalf:
     hide_in = next(c.tenant for c in users if c.group == "tenant-10" and c.tenant)
     callers = [*users, *attackers.distillers(half, models, hide_in, rng),
                *attackers.thieves(half, systems, rng),
-               *attackers.probers(half, models[-1], rng)]
+               *attackers.probers(half, models[-1], rng),
+               *attackers.beyond(half, systems, rng)]
     return CorpusHalf(half, systems, tuple(callers))

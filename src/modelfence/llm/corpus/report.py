@@ -149,7 +149,7 @@ def _distill_target(h: HalfResult, ds: list[CallerResult]) -> Target:
 
 
 def _thieves(h: HalfResult) -> list[Target]:
-    ts = h.of("thief")
+    ts = [c for c in h.of("thief") if c.target is not None]
     if not ts:
         return []
     whole = [c for c in ts if c.secret_whole]
@@ -165,7 +165,7 @@ def _thieves(h: HalfResult) -> list[Target]:
                ", ".join(c.name.split("-", 3)[-1] for c in silent) or "none silent",
                not silent, f"{sum(c.alerted for c in ts)} of {len(ts)} attempts alerted"),
     ]
-    alone = h.filter_alone
+    alone = [c for c in h.filter_alone if c.target is not None]
     if alone:
         whole = [c for c in alone if c.secret_whole]
         some = [c for c in alone if c.secret_any]
@@ -176,6 +176,15 @@ def _thieves(h: HalfResult) -> list[Target]:
                           f"{sum(c.alerted for c in alone)} alerted; silent with some: "
                           + (", ".join(c.name.split('-', 3)[-1] for c in some
                                        if not c.alerted) or "none")))
+    for form in dict.fromkeys(c.form for c in h.of("thief") if c.target is None):
+        g = [c for c in h.of("thief") if c.target is None and c.form == form]
+        out.append(Target(h.half, f"thief {form} (beyond the issue's list)", "reported",
+                          f"{sum(bool(c.secret_whole) for c in g)} of {len(g)} whole",
+                          f"{sum(bool(c.secret_any) for c in g)} of {len(g)} some of it",
+                          None, f"{sum(c.alerted for c in g)} alerted; "
+                          f"{sum(c.leak_stopped > 0 for c in g)} stopped; "
+                          f"{sum(c.requests for c in g)} requests, "
+                          f"{sum(len(c.refused) > 0 for c in g)} refused"))
     return out
 
 
@@ -202,6 +211,8 @@ def forms(h: HalfResult, callers: Sequence[CallerResult] | None = None
     """Per thief form: attempts, whole secret released, some of it, alerted, refused."""
     rows: dict[str, dict[str, Any]] = {}
     for c in (h.of("thief") if callers is None else callers):
+        if c.target is None and callers is None:
+            continue  # beyond the issue's list: reported apart
         r = rows.setdefault(c.form, {"form": c.form, "attempts": 0, "whole": 0, "some": 0,
                                      "alerted": 0, "refused": 0, "stopped": 0})
         r["attempts"] += 1

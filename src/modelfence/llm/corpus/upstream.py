@@ -111,7 +111,9 @@ def read_intent(prompt: str) -> Intent:
     span = _SPAN.search(low)
     if span is not None and ("character" in low or "slice" in low):
         return Intent("extract", "chunked", span=(int(span.group(1)), int(span.group(2))))
-    for form, words in (("acrostic", ("acrostic", "first letter")),
+    for form, words in (("spelled", ("nato", "phonetic alphabet", "number words")),
+                        ("caesar", ("caesar", "shift every letter", "shift each letter")),
+                        ("acrostic", ("acrostic", "first letter")),
                         ("base64", ("base64", "base 64")), ("hex", ("hex",)),
                         ("rot13", ("rot13", "rot-13", "rot 13")),
                         ("reversed", ("backwards", "reverse")),
