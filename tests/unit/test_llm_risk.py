@@ -162,12 +162,12 @@ def test_clamped_fields_count_as_probes_by_how_telling_they_are() -> None:
                                                                 now=T0 + 12)
     assert lp.parts["probe"] == pytest.approx(1 - 0.9 ** 11, abs=0.01)  # one allowed
     # n over the cap counts 0.05 each beyond what one request in ten of honest ones shows
-    allowed = poisson_quantile(0.1 * 12, 0.001)
+    allowed = poisson_quantile(0.1 * 12, LlmMonitorSettings().false_alarm)
     assert n.parts["sampling"] == pytest.approx(1 - 0.95 ** (12 - allowed), abs=0.01)
     assert 0.0 < n.score < 0.3
     assert b.peek("m", "old", None, now=T0 + 12) == pytest.approx(lp.score)
     # max_tokens over the cap: what honest SDKs send; at most `clamp`, below every band
-    assert b.risk("m", "principal", "sdk", now=T0 + 12).parts == {"clamp": pytest.approx(0.1)}
+    assert b.risk("m", "principal", "sdk", now=T0 + 12).parts == {"clamp": pytest.approx(0.05)}
 
 
 def test_the_controls_name_each_field_asked_beyond_the_band() -> None:

@@ -246,7 +246,7 @@ class LlmMonitorSettings(_Strict):
                          "refused or clamped")
     sampling: float = Field(0.05, ge=0, le=1, description="weight of n or best_of over the cap "
                             "(clamped or refused): half a probe; honest clients compare drafts")
-    clamp: float = Field(0.1, ge=0, le=1, description="the most that max_tokens over the "
+    clamp: float = Field(0.05, ge=0, le=1, description="the most that max_tokens over the "
                          "cap adds: honest SDKs send it on every request, so it can never "
                          "alone reach a band, only tip a caller with other evidence")
     volume: float = Field(0.5, ge=0, le=1, description="weight of token volume 100x the peers'")
@@ -261,10 +261,11 @@ class LlmMonitorSettings(_Strict):
     sampling_rate: float = Field(0.1, ge=0, le=1, description="share of honest requests that "
                                  "ask for n or best_of over the cap (a heavy user comparing "
                                  "drafts does on about one in ten)")
-    false_alarm: float = Field(0.001, gt=0, lt=1, description="share of honest subjects "
-                               "whose screener hits or probes exceed their allowance by chance "
-                               "(the allowance is this upper quantile of a Poisson count at "
-                               "the background rate times the subject's decayed requests)")
+    false_alarm: float = Field(1e-4, gt=0, lt=1, description="chance that an honest "
+                               "subject's screener hits or probes exceed their allowance at one "
+                               "request (the allowance is this upper quantile of a Poisson "
+                               "count at the background rate times the subject's decayed "
+                               "requests); checked on every request, so kept small")
     tenant_allowance: float = Field(1.0, ge=0, description="events of each kind a tenant may "
                                     "show beyond its background, its member with the most "
                                     "left out, before they count: two members' mistakes are "
