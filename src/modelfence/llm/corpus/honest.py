@@ -6,7 +6,10 @@ max_tokens high and sometimes n > 1, as honest clients do), focused (a developer
 asks Python questions: the hardest case for a distillation detector), self (asks the
 assistant who it is and what it can do), short-lived (one to three requests). Prompts are
 the hand-written ones of the half, each sent with a user's own surface habits (lower case,
-a typo, a greeting), so no two users send exactly the same text.
+a typo, a greeting), so no two users send exactly the same text. Temperatures are what
+honest clients send: a tenant's app sets one for all its users (`APP_TEMPERATURE`: none, or
+0 for repeatable answers; the tenant of 50 sends 0 in both halves), a single user picks
+their own, half the Python developers' editor plugins send 0.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ TENANTS: tuple[tuple[int, tuple[str, ...]], ...] = (
     (50, ("natural",) * 28 + ("heavy",) * 4 + ("focused",) * 5 + ("self",) * 5
      + ("multiturn",) * 5 + ("short",) * 3),
 )
+#: The temperature each multi-user tenant's app sends (None: left out), in TENANTS' order.
+APP_TEMPERATURE: dict[str, tuple[float | None, ...]] = {"dev": (None, 0.7, 0.0),
+                                                        "test": (0.7, None, 0.0)}
 FAMILIES = ("natural", "multiturn", "heavy", "focused", "self", "short")
 _GREETINGS = ("hey, ", "hi! ", "quick question: ", "ok so ", "hello, ", "")
 _ENDINGS = (" thanks!", " thx", " please", " :)", "")
@@ -68,9 +74,11 @@ class _Pool:
 
 
 def _user(half: str, pool: _Pool, rng: np.random.Generator, *, family: str, name: str,
-          tenant: str, model: str, group: str) -> Caller:
+          tenant: str, model: str, group: str, temperature: float | None) -> Caller:
     habit = float(rng.uniform(0.0, 1.0))
-    params: dict[str, object] = {"temperature": round(float(rng.choice([0.2, 0.7, 1.0])), 1)}
+    if family == "focused" and rng.random() < 0.5:
+        temperature = 0.0  # an editor plugin asks for the most likely answer
+    params: dict[str, object] = {} if temperature is None else {"temperature": temperature}
     if family == "heavy":
         n = int(rng.integers(120, 200))
         times = session_times(rng, n, per_session=(4, 15), think_s=45.0, burst=0.3)
@@ -121,7 +129,19 @@ def users(half: str, models: Sequence[str], rng: np.random.Generator) -> list[Ca
     for k, (size, families) in enumerate(TENANTS):
         tenant = f"{half}-t{k}-{size}"
         model = models[k % len(models)]
+        # a tenant's app sets the temperature for all its users (or leaves it out)
+        apps = APP_TEMPERATURE[half]
+        app = apps[sum(1 for z, _ in TENANTS[:k] if z > 1)] if size > 1 else None
         for j, family in enumerate(families):
+            temperature = app if size > 1 else _temperature(rng)
             out.append(_user(half, pool, rng, family=family, name=f"{tenant}/u{j}-{family}",
-                             tenant=tenant, model=model, group=f"tenant-{size}"))
+                             tenant=tenant, model=model, group=f"tenant-{size}",
+                             temperature=temperature))
     return out
+
+
+def _temperature(rng: np.random.Generator) -> float | None:
+    """What an honest client sends: often nothing (the model's default), often 0 (apps that
+    want repeatable answers), or a sampling temperature."""
+    roll = rng.random()
+    return None if roll < 0.35 else 0.0 if roll < 0.6 else float(rng.choice([0.2, 0.7, 1.0]))
