@@ -6,7 +6,9 @@ policies (refuse a prompt screened as an attack above 0.8 on a "screened" model,
 caller above risk 0.9), the band's output controls (`LlmModel.controls_for`,
 `apply_controls`), the canary (`Canary.protect` and its leak policy), the upstream, the leak
 filter fed the answer in small chunks as a stream (what it releases is what the client
-gets), then `LlmRiskBook.observe` and the distillation detector's observations. Nothing here
+gets), then `LlmRiskBook.observe`, the distillation detector's observations and the
+canary's background paraphrase check (`semantic`: answers checked in batches, a retelling
+answer observed as a leak at its time, as the routes' worker does). Nothing here
 re-implements a detector: each is called as the gateway calls it, so the corpus measures
 what ships. Where a component's signature grew (the leak policy's options, `apply_controls`'
 `asked`, an Observation field) the call passes what the installed component accepts.
