@@ -255,13 +255,16 @@ def test_poisson_allowance() -> None:
 
 def test_token_volume_far_above_the_peers_raises_risk() -> None:
     b = book()
-    for i in range(20):
-        b.observe(Observation("m", f"user{i}", None, tokens=500), now=T0)
-    assert b.peek("m", "user0", None, now=T0) == 0.0
-    b.observe(Observation("m", "distiller", None, tokens=500), now=T0 + 11)
-    assert b.peek("m", "distiller", None, now=T0 + 11) == 0.0  # like its peers
-    b.observe(Observation("m", "distiller", None, tokens=500_000), now=T0 + 12)
-    risk = b.risk("m", "principal", "distiller", now=T0 + 12)
+    for i in range(20):  # regular users: five requests of 100 tokens each
+        for j in range(5):
+            b.observe(Observation("m", f"user{i}", None, tokens=100), now=T0 + j)
+    for i in range(500):  # a flood of keys used once, with little: not peers
+        b.observe(Observation("m", f"once{i}", None, tokens=1), now=T0 + 5)
+    assert b.peek("m", "user0", None, now=T0 + 20) == 0.0
+    b.observe(Observation("m", "distiller", None, tokens=500), now=T0 + 21)
+    assert b.peek("m", "distiller", None, now=T0 + 21) == 0.0  # like its peers
+    b.observe(Observation("m", "distiller", None, tokens=500_000), now=T0 + 22)
+    risk = b.risk("m", "principal", "distiller", now=T0 + 22)
     assert risk.parts["volume"] == pytest.approx(0.5, abs=0.01)  # 1,000x the median
 
 
@@ -270,22 +273,22 @@ def test_a_tenant_spends_per_member() -> None:
     one heavy member's spending its peers'; a tenant whose 10 keys each spend 50 users'
     tokens is."""
     b = book()
-    for u in range(20):  # tenants of one user each
-        b.observe(Observation("m", f"solo{u}", f"t{u}", tokens=1000), now=T0)
+    for u in range(20):  # tenants of one user each, five requests of 200 tokens
+        for j in range(5):
+            b.observe(Observation("m", f"solo{u}", f"t{u}", tokens=200), now=T0 + j)
     for u in range(50):
-        b.observe(Observation("m", f"user{u}", "big", tokens=1000), now=T0 + 1)
-    for u in range(50):  # the peers' median is recomputed every 10 s
-        b.observe(Observation("m", f"user{u}", "big", tokens=1000), now=T0 + 20)
+        for j in range(5):  # the peers' median is recomputed every 10 s
+            b.observe(Observation("m", f"user{u}", "big", tokens=200), now=T0 + 20 + j)
     for k in range(10):
-        b.observe(Observation("m", f"key{k}", "ring", tokens=50_000), now=T0 + 20)
+        b.observe(Observation("m", f"key{k}", "ring", tokens=50_000), now=T0 + 30)
     for u in range(9):  # one member spends 500 users' tokens: its own volume, not its peers'
-        b.observe(Observation("m", f"peer{u}", "mixed", tokens=1000), now=T0 + 20)
-    b.observe(Observation("m", "heavy", "mixed", tokens=500_000), now=T0 + 20)
-    assert b.risk("m", "principal", "heavy", now=T0 + 20).parts["volume"] == pytest.approx(0.5)
-    assert b.risk("m", "tenant", "mixed", now=T0 + 20).parts.get("volume", 0.0) == 0.0
-    assert b.peek("m", "peer0", "mixed", now=T0 + 20) == 0.0
-    assert b.risk("m", "tenant", "big", now=T0 + 20).parts.get("volume", 0.0) == 0.0
-    assert b.risk("m", "tenant", "ring", now=T0 + 20).parts["volume"] == pytest.approx(
+        b.observe(Observation("m", f"peer{u}", "mixed", tokens=1000), now=T0 + 30)
+    b.observe(Observation("m", "heavy", "mixed", tokens=500_000), now=T0 + 30)
+    assert b.risk("m", "principal", "heavy", now=T0 + 30).parts["volume"] == pytest.approx(0.5)
+    assert b.risk("m", "tenant", "mixed", now=T0 + 30).parts.get("volume", 0.0) == 0.0
+    assert b.peek("m", "peer0", "mixed", now=T0 + 30) == 0.0
+    assert b.risk("m", "tenant", "big", now=T0 + 30).parts.get("volume", 0.0) == 0.0
+    assert b.risk("m", "tenant", "ring", now=T0 + 30).parts["volume"] == pytest.approx(
         0.5 * (math.log10(50) - 1), abs=0.01)
 
 

@@ -360,7 +360,9 @@ class LlmRiskBook:
         """The median decayed token count of the most recent peers, recomputed every 10 s.
 
         A sample of the 1,000 most recently seen subjects keeps this bounded; a thief is
-        always among them, which only lifts the median a little.
+        always among them, which only lifts the median a little. Only peers with at least
+        `peer_min_requests` requests count: keys used once or twice (a thief opening a key
+        per attempt) would pull the median down and make every regular user look heavy.
         """
         cached = self._medians.get((model, prefix))
         if cached is not None and now - cached[1] < 10.0:
@@ -372,7 +374,7 @@ class LlmRiskBook:
                 continue
             p = table[key]
             p.decay(now, self._speeds)
-            if p.tokens > 0:
+            if p.tokens > 0 and p.requests >= self._s.peer_min_requests:
                 sample.append(p.tokens)
             if len(sample) >= 1000:
                 break

@@ -271,6 +271,10 @@ class LlmMonitorSettings(_Strict):
                                     "left out, before they count: two members' mistakes are "
                                     "not the tenant's behaviour")
     min_peers: int = Field(3, ge=1, description="peers needed before volume counts")
+    peer_min_requests: int = Field(5, ge=1, description="requests a principal needs to be a "
+                                   "peer for the volume median: a flood of keys used once (a "
+                                   "thief's key per attempt) must not make regular users look "
+                                   "heavy")
     max_subjects: int = Field(100_000, ge=10, description="principals and tenants kept per "
                               "model (least recently seen dropped)")
     shared: str | None = Field(None, description="redis://HOST:PORT/DB: replicas share the "
