@@ -32,7 +32,9 @@ monitor can be snapshotted without pickle. Rows are kept as float32 (half the me
 distance's seventh digit decides nothing here). A one-row observe is what the request path
 pays for, and on it numpy's per-call overhead, not arithmetic, is the cost: a nearest-row
 search is one matrix-vector product against cached row norms (`nearest`), labels and margins
-are read in plain Python, and a reading's explanation is only formatted when someone reads it.
+are read in plain Python, what the detectors read of a row (cell, naturalness, answer, norm)
+is computed once per observe for a caller and its tenant (`facts`, through `take`), and a
+reading's explanation is only formatted when someone reads it.
 """
 
 from __future__ import annotations
