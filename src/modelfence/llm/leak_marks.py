@@ -115,7 +115,10 @@ def _marks_of(part: str, common: frozenset[str]) -> Iterable[Mark]:
             for piece in re.split(r"[\-_.:/@#]", text):  # a code's parts, told one by one
                 pk = compact(fold(piece))
                 if len(pk) >= 4 and pk != key and not is_common(pk, common):
-                    yield Mark(piece, pk, False, "number" if pk.isdigit() else "word")
+                    # a code's digits, or its rare word, asked for one at a time: strong
+                    # (a name's parts stay weak: an honest answer may greet an Ingrid)
+                    strong = len(pk) >= 5 or pk.isdigit()
+                    yield Mark(piece, pk, strong, "number" if pk.isdigit() else "code")
         elif digits:
             if len(key) >= 5:
                 yield Mark(text, key, True, "number")
