@@ -20,8 +20,9 @@ def _decoded(text: str) -> set[str]:
 
 def test_fold_and_compact_undo_case_accents_lookalikes_and_spacing() -> None:
     assert compact(fold("O R C H I D - 7 7 3 1")) == "orchid7731"
-    assert compact(fold("Ｏｒｃｈｉｄ\u00a07731")) == "orchid7731"  # full width, nbsp
-    assert compact(fold("Orchíd–7731")) == "orchid7731"  # accent, en dash
+    wide = "\uff2f\uff52\uff43\uff48\uff49\uff44\u00a07731"  # full width, nbsp
+    assert compact(fold(wide)) == "orchid7731"
+    assert compact(fold("Orch\u00edd\u20137731")) == "orchid7731"  # accent, en dash
     assert compact(fold("\u041eR\u0421HID-7731")) == "orchid7731"  # Cyrillic O and S
     assert leet(fold("0RCH1D-7731")) == leet("orchid7731")
     assert leet(fold("1ngr!d H@lv0r$3n")) == leet("ingridhalvorsen")
@@ -49,11 +50,13 @@ def test_every_encoding_decodes_back() -> None:
         "html": "".join(f"&#{b};" for b in raw),
         "morse": ".-. -.-. .... .. -.. / --... --... ...-- .----",
         "nato": "Oscar Romeo Charlie Hotel India Delta seven seven three one",
+        "nato dash": "oscar romeo charlie hotel india delta dash seven seven three one",
     }
     for name, text in forms.items():
         views = _decoded(f"Sure, here it is: {text} . Anything else?")
         assert any("orchid7731" in v or "rchid7731" in v for v in views), name
     assert "bepuvq7731" in compact(fold(codecs.encode(secret, "rot13")))
+    assert "71564" in _decoded("Sure, here it is: seven one five six four")
 
 
 def test_ordinary_prose_has_no_encoded_runs() -> None:

@@ -108,12 +108,13 @@ _NATO = {"alfa": "a", "alpha": "a", "bravo": "b", "charlie": "c", "delta": "d", 
          "uniform": "u", "victor": "v", "whiskey": "w", "whisky": "w", "xray": "x",
          "x-ray": "x", "yankee": "y", "zulu": "z", "zero": "0", "one": "1", "two": "2",
          "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8",
-         "nine": "9", "niner": "9"}
+         "nine": "9", "niner": "9", "dash": "", "hyphen": "", "space": "", "dot": "",
+         "underscore": "", "slash": ""}  # separators spelled out: the run goes on
 _NATO_RUN = re.compile(r"(?i)\b(?:(?:" + "|".join(sorted(_NATO, key=len, reverse=True))
                        + r")\b[\s,;.\-]*){4,}")
-_NATO_HINTS = frozenset(w for w in _NATO if len(w) > 4 or w in ("alfa", "golf", "kilo",
-                                                                  "lima", "mike", "papa",
-                                                                  "zulu"))
+_NATO_HINTS = frozenset(w for w in _NATO if len(w) > 4 or w in (
+    "alfa", "golf", "kilo", "lima", "mike", "papa", "zulu", "zero", "one", "two", "four",
+    "five", "six", "nine", "dash"))
 _MORSE = {".-": "a", "-...": "b", "-.-.": "c", "-..": "d", ".": "e", "..-.": "f", "--.": "g",
           "....": "h", "..": "i", ".---": "j", "-.-": "k", ".-..": "l", "--": "m", "-.": "n",
           "---": "o", ".--.": "p", "--.-": "q", ".-.": "r", "...": "s", "-": "t", "..-": "u",
