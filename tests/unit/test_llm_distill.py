@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from modelfence.errors import ConfigurationError
-from modelfence.llm.distill import DistillDetector, subject_bytes
+from modelfence.llm.distill import DistillDetector, combine, subject_bytes
 from modelfence.llm.distill_features import Shape, asked, embed, features
 from modelfence.llm.distill_mmd import Reference
 from modelfence.llm.distill_settings import DistillSettings
@@ -94,6 +94,30 @@ PYTHON = [
     "How do I sort a list of tuples by the second item?",
     "what is the GIL and does it matter for my web scraper",
     "How do I write unit tests with pytest for a function that reads a file?",
+]
+
+# the same developer's next questions: still Python, own phrasing, no shared skeleton
+PYTHON_MORE = [
+    "how do I reverse a string in python",
+    "What's the cleanest way to flatten a list of lists?",
+    "Why does my default argument list keep growing between calls?",
+    "how can I run a shell command from python and get its output",
+    "Is there a way to make a class iterable?",
+    "what does if __name__ == '__main__' actually do",
+    "How do I merge two dicts in Python 3.9?",
+    "asyncio.gather vs asyncio.wait, which one should I use",
+    "How do I read a big CSV in chunks with pandas?",
+    "why is 0.1 + 0.2 not 0.3 in python",
+    "How do I make a POST request with a JSON body using requests?",
+    "what's the difference between a tuple and a list",
+    "How do I log to a file and the console at the same time?",
+    "Typing hints for a function that returns either a string or None?",
+    "how do I get the current date in ISO format python",
+    "Can I use a lambda with sorted to sort by two keys?",
+    "My virtualenv activation script doesn't work in PowerShell, any idea?",
+    "how to check if a file exists before opening it",
+    "What are __slots__ good for?",
+    "How do I profile which line of my script is slow?",
 ]
 
 TOPICS = [
@@ -210,6 +234,39 @@ def test_a_temperature_zero_topic_sweep_is_flagged(embedder: Any) -> None:
     texts = [SWEEP[i % len(SWEEP)].format(topic=t) for i, t in enumerate(TOPICS[:20])]
     [r] = _window(det, embedder, "sweeper", texts, T0)
     assert r.differs and r.revisit <= 0.1 and r.systematic == 1.0 and r.evidence >= 0.5
+
+
+def test_a_topic_sweep_is_flagged_at_a_sampling_temperature_too(embedder: Any) -> None:
+    """The sweep's evidence rests on its reused request forms over ever new topics, not on
+    temperature: at 0.7 it still gets evidence (half of what temperature 0 adds to it)."""
+    det = _benign_detector(embedder, _settings())
+    texts = [SWEEP[i % len(SWEEP)].format(topic=t) for i, t in enumerate(TOPICS[:20])]
+    [r] = _window(det, embedder, "sweeper", texts, HUMAN)
+    assert r.differs and r.systematic == 0.0 and r.template > 0.05 and r.evidence >= 0.25
+
+
+def test_a_focused_developer_at_temperature_zero_is_not_flagged(embedder: Any) -> None:
+    """An editor plugin sends temperature 0 for every question of a Python-only developer:
+    unlike the population (the MMD test says so) and 'systematic', but one topic area in the
+    developer's own wording (no shared skeleton): no evidence, window after window."""
+    det = _benign_detector(embedder, _settings())
+    texts = PYTHON + PYTHON_MORE + PYTHON_MORE[10:] + PYTHON[:10]
+    results = _window(det, embedder, "plugin-user", texts, T0)
+    assert len(results) == 3 and all(r.systematic == 1.0 for r in results)
+    assert any(r.differs for r in results)
+    assert [r.evidence for r in results] == [0.0, 0.0, 0.0]
+
+
+def test_temperature_zero_alone_is_no_evidence() -> None:
+    """Request shape is set freely by any client: it scales the request-forms part and is
+    never evidence on its own, even for a window unlike benign traffic without revisits."""
+    assert combine(True, 0.0, 0.0, 1.0) == 0.0
+    assert combine(True, 0.0, 0.3, 1.0) == 0.0
+    assert combine(False, 1.0, 0.0, 1.0) == 0.0  # like benign traffic: never evidence
+    assert combine(True, 0.6, 0.5, 0.0) == 1.0  # templated, at any temperature
+    forms_t0, forms_t07 = combine(True, 0.2, 0.0, 1.0), combine(True, 0.2, 0.0, 0.0)
+    assert forms_t0 == pytest.approx(0.75) and forms_t07 == pytest.approx(0.375)
+    assert combine(True, 0.2, 0.3, 1.0) == 0.0  # the same forms, revisiting topics: a person
 
 
 def test_a_focused_developer_differs_but_is_not_flagged(embedder: Any) -> None:

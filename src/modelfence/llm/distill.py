@@ -51,6 +51,10 @@ TEMPLATE_PROMPTS = 3
 REPEAT = 0.9
 #: cosine at which a prompt returns to an earlier prompt's topic
 REVISIT = 0.55
+#: share of a window's prompts in a shared wording skeleton where reused request forms start
+#: to count (one prompt in 20 is chance) and where they count fully
+FORMS_FROM = 0.05
+FORMS_FULL = 0.25
 #: temperature at or below which a request asks for the model's most likely answer
 DETERMINISTIC = 0.05
 
@@ -382,17 +386,20 @@ def reference_prompts(settings: DistillSettings) -> list[str]:
 
 
 def combine(differs: bool, template: float, revisit: float, systematic: float) -> float:
-    """A window's evidence in [0, 1] from its parts.
+    """A window's evidence in [0, 1] from its parts; nothing unless unlike benign traffic.
 
-    - unlike benign traffic and templated: a templated distiller;
-    - a sweep (few revisits) of systematic requests: a distiller paraphrasing or sweeping
-      topics, whether or not the window as a whole differs;
-    - unlike benign traffic with systematic requests: half.
-    Unlike benign traffic alone (a focused person) is no evidence.
+    - templated: most prompts share one long wording skeleton (a templated distiller);
+    - request forms over ever new topics: some prompts share a wording skeleton (a distiller
+      rotating a few long-answer forms: "Write a detailed explanation of X", "Elaborate on
+      X: ...") AND the window rarely returns to an earlier topic (a sweep of a taxonomy);
+    - temperature 0 only scales the request-forms part (half without it): it is a request
+      shape a client sets freely, and editor plugins and apps send 0 for every user, so on
+      its own it is no evidence. A focused developer at temperature 0 (one topic area, own
+      phrasing, no shared skeleton) differs from the population and gets none.
     """
     if not differs:
         return 0.0
     templated = _ramp(template, 0.3, 0.6)
-    sweep = _ramp(0.3 - revisit, 0.0, 0.2)
-    evidence = max(templated, sweep * _ramp(systematic, 0.6, 0.9))
+    forms = _ramp(template, FORMS_FROM, FORMS_FULL) * _ramp(0.3 - revisit, 0.0, 0.2)
+    evidence = max(templated, forms * (0.5 + 0.5 * _ramp(systematic, 0.6, 0.9)))
     return 0.0 if evidence < 0.05 or not math.isfinite(evidence) else round(evidence, 3)
