@@ -7,13 +7,15 @@ AND it has the structure of data collection rather than of a person at work:
 
 - templated: most prompts of the window share a long wording skeleton (hashed word 4-grams,
   `distill_features.py`) around changing topic words;
-- a topic sweep: prompts on ever new topics, never revisited (a person returns to a topic,
-  follows up, rephrases);
-- systematic requests: temperature 0, one turn without history.
+- a topic sweep: a few reused request forms (a shared skeleton in part of the window) over
+  ever new topics, never revisited (a person returns to a topic, follows up, rephrases);
+- systematic requests (temperature 0, one turn without history) only scale the sweep's
+  evidence: apps and editor plugins send temperature 0 for every user, and a thief sets it
+  freely, so it is never evidence alone.
 
 Differing from the population is not theft: a developer asking only Python questions
-differs as much as a templated distiller, but revisits topics, varies its phrasing and keeps
-conversations; alone, the MMD test gives no evidence.
+differs as much as a templated distiller, even at temperature 0, but asks in its own words
+(no shared skeleton); alone, the MMD test gives no evidence.
 
 Windows are tumbling windows of `window` prompts per subject; each subject keeps its last
 `history` prompts in fixed arrays (int8 embeddings, wording sketches, shapes), so memory per
