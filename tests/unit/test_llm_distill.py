@@ -20,58 +20,10 @@ from modelfence.llm.distill_settings import DistillSettings
 from modelfence.llm.distill_worker import DistillWorker
 from modelfence.llm.risk import Observation
 
+from ..llm_prompts import BENIGN_PROMPTS
+
 # -- text: a benign population, a focused developer, distillers -----------------------------
 
-GENERAL = [
-    "how do i get coffee stains out of a wool sweater",
-    "What should I name my new tabby kitten? He's very playful.",
-    "Can you explain how a mortgage offset account works?",
-    "whats the tallest mountain in africa",
-    "Give me three ideas for a rainy Sunday with two kids under six",
-    "How long do I roast a whole chicken at 200C?",
-    "Summarize the plot of Moby Dick in two sentences.",
-    "is it ok to leave my laptop plugged in all the time",
-    "I have eggs, feta, tomatoes and bread. Breakfast ideas?",
-    "Write a polite note to my neighbour about their dog barking at night.",
-    "What's the difference between a virus and a bacterium?",
-    "How do I work out a 20% tip on 67 dollars?",
-    "My basil plant keeps wilting even though I water it. Why?",
-    "Write a short thank-you message for my child's teacher.",
-    "explain inflation like I'm ten",
-    "Any good exercises for a stiff neck from desk work?",
-    "Help me plan a long weekend in Edinburgh without a car.",
-    "Is oat milk healthier than cow's milk?",
-    "how many teaspoons in a tablespoon",
-    "What does 'net 30' mean on an invoice?",
-    "Recommend some novels like The Martian.",
-    "Is a resting heart rate of 95 too high?",
-    "Write a limerick about a cat who hates Mondays.",
-    "How can I say no to extra work without annoying my manager?",
-    "what should I bring for a beach camping trip in september",
-    "What is two-factor authentication and should I turn it on?",
-    "Solve 5x - 3 = 2x + 9",
-    "Tips for remembering people's names at a conference?",
-    "Easy vegan dessert I can make in 20 minutes?",
-    "How do I fix a dripping kitchen tap?",
-    "What started the French Revolution?",
-    "Help me write a resignation letter, I've been there four years.",
-    "Should I buy a laptop with 8GB or 16GB of memory for university?",
-    "What is the integral of 1/x?",
-    "Tell me something surprising about honeybees.",
-    "My toddler refuses vegetables. What can I try?",
-    "how do you say good morning in korean",
-    "Convert 5 miles to kilometres.",
-    "Write an Instagram caption for a photo of my first marathon medal.",
-    "Is it 'fewer' or 'less' people?",
-    "Which houseplants are safe for cats?",
-    "what's a thoughtful gift for a friend who just had a baby",
-    "Why do onions make you cry?",
-    "How does a heat pump heat a house in winter?",
-    "What's the etiquette for tipping hotel housekeeping?",
-    "Can you suggest a weekly workout plan for a beginner runner?",
-    "what time zone is new zealand in",
-    "How do I get my sourdough to rise more?",
-]
 
 PYTHON = [
     "How do I remove duplicates from a list in Python but keep the order?",
@@ -153,7 +105,7 @@ def _settings(**kw: Any) -> DistillSettings:
 def _benign_detector(embedder: Any, settings: DistillSettings) -> DistillDetector:
     """A detector whose reference holds the general population (as a warm-start file)."""
     det = DistillDetector(settings)
-    det.seed_reference("m", embedder.encode(GENERAL))
+    det.seed_reference("m", embedder.encode(BENIGN_PROMPTS))
     assert det.ready("m")
     return det
 
@@ -278,15 +230,16 @@ def test_a_focused_developer_differs_but_is_not_flagged(embedder: Any) -> None:
     assert r.template < 0.3 and r.evidence == 0.0
     # and the population's own (unseen) prompts neither differ nor count
     det2 = DistillDetector(_settings())
-    det2.seed_reference("m", embedder.encode(GENERAL[:28]))
-    [r2] = _window(det2, embedder, "anyone", GENERAL[28:48], T0)
+    det2.seed_reference("m", embedder.encode(BENIGN_PROMPTS[:28]))
+    [r2] = _window(det2, embedder, "anyone", BENIGN_PROMPTS[28:48], T0)
     assert not r2.differs and r2.evidence == 0.0
 
 
 def test_no_evidence_until_the_reference_holds_enough_callers(embedder: Any) -> None:
     settings = _settings(min_callers=4, min_reference=40, caller_share=0.05)
     det = DistillDetector(settings)
-    vectors = embed(embedder, GENERAL + PYTHON, [HUMAN] * (len(GENERAL) + len(PYTHON)))
+    texts = BENIGN_PROMPTS + PYTHON
+    vectors = embed(embedder, texts, [HUMAN] * len(texts))
     templated = embed(embedder, [TEMPLATE.format(topic=t) for t in TOPICS[:20]], [T0] * 20)
     # one caller alone: its prompts are capped in the reference and nothing is tested
     for p in vectors[:40]:
