@@ -30,11 +30,14 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .leak_marks import PromptMarks, secret_parts
 from .leak_scan import Detection, Kind, ViewScanner
 from .leak_semantic import SemanticLeakCheck
+
+if TYPE_CHECKING:
+    from .settings import CanarySettings
 
 Mode = Literal["block", "redact"]
 
@@ -151,6 +154,14 @@ class LeakPolicies:
         if len(self._cache) > self.size:
             self._cache.popitem(last=False)
         return made
+
+    def for_settings(self, canary: Canary, messages: Sequence[Mapping[str, Any]],
+                     settings: CanarySettings) -> LeakPolicy:
+        """The policy a deployment's `canary:` settings ask for (the gateway and the
+        efficacy corpus both build theirs here, so they cannot drift apart)."""
+        return self.policy(canary, messages, mode=settings.mode, span_len=settings.span_len,
+                           public=settings.public, views=settings.views,
+                           hold_max=settings.hold_max, weak_needed=settings.weak_needed)
 
 
 class LeakPolicy:

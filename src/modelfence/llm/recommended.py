@@ -1,19 +1,16 @@
 """README's recommended LLM configuration, as code: the one place it is written down.
 
 The efficacy corpus (`modelfence.llm.corpus`) measures exactly this configuration, and
-examples/llm-gateway.yaml states the same values (a test compares them). Settings another
-part of the gateway adds later (a detector's own block) take their defaults unless they are
-named here; `llm_model` and `monitor` only pass fields the settings classes know, so this
-module keeps working while those classes grow.
+examples/llm-gateway.yaml states the same values (a test compares them). Fields not named
+here take their defaults; a field named here that the settings do not know is an error, so
+the configuration measured is never silently less than the one written.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
-
-from .settings import CanarySettings, LlmModel, LlmMonitorSettings, LlmSettings
+from .settings import LlmModel, LlmMonitorSettings, LlmSettings
 
 #: Base output controls: no logprobs, logit_bias refused, one choice, 1,024 tokens.
 CONTROLS: dict[str, Any] = {"logprobs": False, "logit_bias": "refuse", "max_n": 1,
@@ -42,17 +39,12 @@ SCREEN_REFUSE_ABOVE = 0.8
 STOP_RISK = 0.9
 
 
-def _known(cls: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if k in cls.model_fields}
-
-
 def canary(public: str = "") -> dict[str, Any]:
     """The canary block of a deployment whose persona sentence is `public`."""
     values = dict(CANARY)
-    if public and "public" in CanarySettings.model_fields:
-        field = CanarySettings.model_fields["public"]
-        values["public"] = [public] if "list" in str(field.annotation) else public
-    return _known(CanarySettings, values)
+    if public:
+        values["public"] = [public]
+    return values
 
 
 def llm_model(name: str, upstream: str, *, public: str = "", **extra: Any) -> LlmModel:
@@ -61,12 +53,11 @@ def llm_model(name: str, upstream: str, *, public: str = "", **extra: Any) -> Ll
         "name": name, "upstream": upstream, "kinds": ["chat", "completion"],
         "attributes": {"tags": list(TAGS)}, "controls": CONTROLS, "bands": BANDS,
         "canary": canary(public), "screening": SCREENING, "distill": DISTILL}
-    return LlmModel.model_validate({**_known(LlmModel, values), **extra})
+    return LlmModel.model_validate({**values, **extra})
 
 
 def monitor(**overrides: Any) -> LlmMonitorSettings:
-    return LlmMonitorSettings.model_validate(_known(LlmMonitorSettings,
-                                                    {**MONITOR, **overrides}))
+    return LlmMonitorSettings.model_validate({**MONITOR, **overrides})
 
 
 def llm_settings(models: list[LlmModel], **monitor_overrides: Any) -> LlmSettings:

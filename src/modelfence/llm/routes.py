@@ -347,10 +347,7 @@ class LlmRoutes:
         if settings is None or not isinstance(messages, list):
             return
         canary = Canary(self._canary_secret, ex.entry.name)
-        ex.leaks = self._leak_policies.policy(
-            canary, messages, mode=settings.mode, span_len=settings.span_len,
-            public=settings.public, views=settings.views, hold_max=settings.hold_max,
-            weak_needed=settings.weak_needed)
+        ex.leaks = self._leak_policies.for_settings(canary, messages, settings)
         ex.request["messages"] = canary.protect(messages)
 
     def _screen_answer(self, call: Call, ex: LlmExchange, doc: dict[str, Any]) -> None:

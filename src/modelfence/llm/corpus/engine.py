@@ -17,16 +17,14 @@ what ships. Where a component's signature grew (the leak policy's options, `appl
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import inspect
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import BadRequest
 from .. import recommended
-from ..canary import Canary, system_text
+from ..canary import Canary, LeakPolicies
 from ..controls import apply_controls
 from ..guards import PROBE_REASONS
 from ..risk import Crossing, LlmRiskBook, Observation
@@ -146,9 +144,7 @@ class Gateway:
         self.upstream = ComplyingUpstream({s.text: s.secret for s in systems})
         self.distill = DistillHook.create(self.settings, self.embedder) if distill else None
         self._rng = random.Random(seed)  # noqa: S311 (chunk sizes of a simulated stream)
-        self._obs_fields = {f.name for f in dataclasses.fields(Observation)}
-        self._asked = "asked" in inspect.signature(apply_controls).parameters
-        self._policies: dict[tuple[str, str], Any] = {}  # as the routes cache them
+        self._policies = LeakPolicies()  # as the routes cache them
         self.cedar = policies  # off: the example policies refuse nothing (an ablation)
         # answers waiting for the paraphrase check (canary.semantic), as the routes' background
         # worker: (check, answer, request, time); checked in batches, at most SEMANTIC_LAG_S
@@ -203,8 +199,7 @@ class Gateway:
         if out.status == 200:
             out.band, controls = model.controls_for(out.risk)
             try:
-                apply: Any = apply_controls  # `asked` where the installed version takes it
-                apply(kind, body, model, controls, *([asked] if self._asked else []))
+                apply_controls(kind, body, model, controls, asked)
             except BadRequest as exc:
                 out.status, out.reason = 400, exc.reason
         out.asked = tuple(dict.fromkeys(asked))
@@ -259,10 +254,7 @@ class Gateway:
         policy = None
         if model.canary is not None:
             canary = Canary(CANARY_SECRET, model.name)
-            key = (model.name, system_text(messages))
-            policy = self._policies.get(key)
-            if policy is None:
-                policy = self._policies[key] = leak_policy(canary, model, messages)
+            policy = self._policies.for_settings(canary, messages, model.canary)
             messages = canary.protect(messages)
         for i in range(n):
             text = self.upstream.answer(messages, choice=i)
@@ -304,24 +296,9 @@ class Gateway:
                and not self.repeats.fresh(r.principal, r.kind, body) else {}),
             "probe": out.reason in PROBE_REASONS and not out.asked, "asked": out.asked,
             "ts": now}
-        obs = Observation(**{k: v for k, v in values.items() if k in self._obs_fields})
+        obs = Observation(**values)
         if obs.tokens or obs.leak or obs.probe or out.asked or obs.screen not in ("", "benign"):
             out.crossings += self.book.observe(obs, now=now)
         if self.distill is not None and out.status == 200:
             for extra in self.distill.add(r, body, now):
                 out.crossings += self.book.observe(extra, now=extra.ts or now)
-
-
-def leak_policy(canary: Canary, model: LlmModel, messages: Sequence[Mapping[str, Any]]
-                ) -> Any:
-    """The deployment's leak policy, as the gateway builds it from the model's canary
-    settings: every setting the installed `Canary.policy` takes is passed to it."""
-    settings = model.canary
-    assert settings is not None
-    params = inspect.signature(canary.policy).parameters
-    kw: dict[str, Any] = {}
-    for name in type(settings).model_fields:
-        if name in params:
-            value = getattr(settings, name)
-            kw[name] = (value,) if name == "public" and isinstance(value, str) else value
-    return canary.policy(messages, **kw)
