@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -64,3 +64,27 @@ def parse_assignments(items: list[str], option: str) -> dict[str, Any]:
             value = int(raw)
         out[name.strip()] = value
     return out
+
+
+def check_skops_trust(target: str | Path, trusted: Sequence[str], *, what: str,
+                      remedy: str = "") -> None:
+    """Refuse a .skops file with types nobody trusted yet, naming that file and the flags that
+    would trust them (the loader's own message names a gateway model's config key instead).
+
+    Other targets (URLs, .onnx files, `demo`) pass untouched: their loaders say what is wrong.
+    """
+    path = Path(target)
+    if path.suffix.lower() != ".skops" or not path.is_file():
+        return
+    from skops.io import get_untrusted_types
+
+    try:
+        untrusted = get_untrusted_types(file=path)
+    except Exception as exc:
+        raise fail(f"{what} {path}: cannot read it as a skops file "
+                   f"({exc.__class__.__name__})", 2) from None
+    refused = sorted(set(untrusted) - set(trusted))
+    if refused:
+        flags = " ".join(f"--trust {t}" for t in refused)
+        raise fail(f"{what} {path} contains types skops does not trust: {', '.join(refused)}; "
+                   f"review them, then pass {remedy or flags}", 2)

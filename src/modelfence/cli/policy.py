@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import orjson
@@ -71,6 +72,9 @@ def check(
     engine = _engine(settings)
     who = _principal(settings, key, principal, tenant, group or [], grant or [], attr or [])
     facts = _facts(parse_assignments(context or [], "--context"))
+    if isinstance(who, _Refused):  # the gateway answers 401 before any policy is asked
+        _print_refused(who, action, model, json_out)
+        raise typer.Exit(1)
     configured = settings.model(model)
     llm = next((m for m in settings.llm.models if m.name == model), None)
     attributes = (configured.attributes if configured else
@@ -100,8 +104,41 @@ def check(
         raise typer.Exit(1)
 
 
+@dataclass(frozen=True)
+class _Refused:
+    """A key the gateway would not accept: no policy is asked, as in the gateway."""
+
+    key_id: str
+    principal: str
+    tenant: str
+    reason: str  # revoked_key or expired_key, as in the gateway's audit record
+    why: str
+
+
+def _print_refused(who: _Refused, action: str, model: str, json_out: bool) -> None:
+    if json_out:
+        console.print_json(orjson.dumps({
+            "decision": "deny", "reason": who.reason, "policies": [],
+            "key": {"id": who.key_id, "principal": who.principal, "tenant": who.tenant}}
+        ).decode())
+        return
+    console.print(f"[bold red]DENY[/] {who.principal} ({who.tenant}) → {action} on {model}")
+    console.print(f"  key {who.key_id} {who.why}: the gateway answers 401 before policy")
+
+
+def _refusal(record: Any, now: datetime) -> _Refused | None:
+    """Why the gateway refuses this key record (as `ApiKeys.authenticate`), or None."""
+    if record.revoked_at is not None:
+        return _Refused(record.key_id, record.principal, record.tenant, "revoked_key",
+                        f"was revoked at {record.revoked_at.isoformat(timespec='seconds')}")
+    if record.expires_at is not None and record.expires_at <= now:
+        return _Refused(record.key_id, record.principal, record.tenant, "expired_key",
+                        f"expired at {record.expires_at.isoformat(timespec='seconds')}")
+    return None
+
+
 def _principal(settings: Settings, key: str | None, principal: str | None, tenant: str,
-               groups: list[str], grants: list[str], attrs: list[str]) -> Principal:
+               groups: list[str], grants: list[str], attrs: list[str]) -> Principal | _Refused:
     extra = parse_assignments(attrs, "--attr")
     if isinstance(extra.get("networks"), str):
         extra["networks"] = [n.strip() for n in extra["networks"].split(",")]
@@ -113,6 +150,9 @@ def _principal(settings: Settings, key: str | None, principal: str | None, tenan
         record = run_async(lambda: _load_key(settings, key))
         if record is None:
             raise fail(f"no key with id {key!r}")
+        refused = _refusal(record, datetime.now(UTC))
+        if refused is not None:
+            return refused
         return Principal(id=record.principal, tenant=record.tenant, groups=record.groups,
                          models=record.models, key_id=record.key_id,
                          attributes={**record.attributes, **extra})

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ..config import ADMIN_TOKEN_ENV, KEY_ENV
 from ..errors import ModelfenceError, RequestError, UpstreamError
-from .common import console, err_console, fail
+from .common import check_skops_trust, console, err_console, fail
 
 if TYPE_CHECKING:
     from ..redteam.results import Assessment, AttackResult, AttackRun
@@ -111,6 +111,7 @@ def attack(
 
     budget_list = _ints(budgets, "--budgets")
     over_http = target.startswith(("http://", "https://"))
+    check_skops_trust(target, tuple(trust or ()), what="target")
     try:
         with console.status(f"attacking {target} ({attack_name})…"):
             run = run_attack(target, attack=attack_name, thief=thief, pool=pool,
@@ -221,6 +222,7 @@ def assess(
                      workers, dask, out, admin_token, model_name, batch, risk_every,
                      admin_url)
         return
+    check_skops_trust(target, tuple(trust or ()), what="target")
     from ..redteam import assess as run_assessment
     from ..redteam.executors import executor_for
     from ..redteam.matrix import DEFAULT_ATTACKS, canonical_attack

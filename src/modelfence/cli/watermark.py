@@ -23,7 +23,14 @@ from rich.table import Table
 
 from ..config import KEY_ENV, LocalBackend, Settings
 from ..errors import ConfigurationError, ModelfenceError, RequestError, StoreError
-from .common import ConfigOption, console, err_console, fail, settings_from
+from .common import (
+    ConfigOption,
+    check_skops_trust,
+    console,
+    err_console,
+    fail,
+    settings_from,
+)
 
 if TYPE_CHECKING:
     from ..watermark.settings import WatermarkSettings
@@ -140,6 +147,8 @@ def verify_ownership(
                    "(make one with `modelfence audit keygen`)", 2)
     _check_sqlite_exists(ws.evidence_store)
     trusted = tuple(trust or ())
+    if suspect_api == "oip":
+        check_skops_trust(suspect, trusted, what="suspect")
     try:
         private = bundle.load_signing_key(key_path)
         keyring = Keyring.from_settings(ws)
@@ -208,6 +217,10 @@ def _fingerprint_plan(settings: Settings, model: str, reference_pool: str | None
     if not isinstance(entry.backend, LocalBackend):
         raise ConfigurationError(f"fingerprinting needs model {model!r} as a local model file; "
                                  "it is served from an upstream server")
+    check_skops_trust(entry.backend.path, (*entry.backend.trusted_types, *trusted),
+                      what=f"model {model}:",
+                      remedy=f"each with --trust, or list them under models[{model}]"
+                             ".backend.trusted_types")
     protected = victim_source(entry.backend.path,
                               trusted_types=(*entry.backend.trusted_types, *trusted)).load()
     pool = load_pool(reference_pool, n_features=protected.n_features,
