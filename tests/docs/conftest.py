@@ -1,0 +1,87 @@
+"""The docs tests' demo (a real `modelfence demo` in a home of its own) and their summary."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ..support import free_port, wait_http
+from .snippets import ROOT, all_snippets
+
+
+@dataclass(frozen=True)
+class Demo:
+    """Where a snippet finds what a reader who ran `make demo` has."""
+
+    home: Path      # $HOME of the snippets: the demo lives in $HOME/.modelfence/demo
+    workdir: Path   # stands for the repository root: .venv is there
+    port: int
+    env: dict[str, str]
+
+
+def _free_port_pair() -> int:
+    """A free port whose next port is free too: the demo's admin listener takes port + 1."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two free ports in a row on loopback")
+
+
+def snippet_env(home: Path) -> dict[str, str]:
+    """A fresh login's environment: its own HOME, no virtual environment active."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MODELFENCE_") and k not in {"VIRTUAL_ENV", "PYTHONHOME"}}
+    venv_bin = str(ROOT / ".venv" / "bin")
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep)
+                                  if p and p != venv_bin)
+    env.update(HOME=str(home), COLUMNS="80")
+    return env
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
+    """`modelfence demo` as `make demo` starts it, on free ports, in a home of its own."""
+    home = tmp_path_factory.mktemp("home")
+    workdir = tmp_path_factory.mktemp("repo")
+    (workdir / ".venv").symlink_to(ROOT / ".venv")
+    env = snippet_env(home)
+    port = _free_port_pair()
+    log = home / "demo.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "modelfence", "demo", "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v2/health/ready", timeout_s=120, proc=proc, log=log)
+        yield Demo(home, workdir, port, env)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Name every snippet the docs tests do not run, and why: none is skipped silently."""
+    reports = [r for key in ("passed", "failed") for r in terminalreporter.stats.get(key, [])]
+    if not any(getattr(r, "nodeid", "").startswith("tests/docs/") for r in reports):
+        return
+    held = [s for s in all_snippets() if s.not_run]
+    terminalreporter.section(f"docs snippets not run: {len(held)} of {len(all_snippets())}")
+    for snip in held:
+        terminalreporter.write_line(f"{snip.where} ({snip.kind}): {snip.not_run}")
+
