@@ -87,10 +87,12 @@ class OpenAiStub:
                                                 "type": "invalid_request_error",
                                                 "code": None}}, status=400)
         if model.startswith("fail-"):  # fail-<status>: an error naming the upstream model
+            status = int(model.removeprefix("fail-"))  # its address and files (429: Retry-After)
             return web.json_response(
-                {"error": {"message": f"model {body['model']} at {request.url} failed",
+                {"error": {"message": f"model {body['model']} at {request.url} failed "
+                                      f"(weights /srv/models/{body['model']}/model.safetensors)",
                            "type": "server_error", "code": None}},
-                status=int(model.removeprefix("fail-")))
+                status=status, headers={"Retry-After": "7"} if status == 429 else None)
         if model == "redirect":  # somewhere else: a gateway must not follow
             self.redirected += 1
             raise web.HTTPTemporaryRedirect(f"{request.url.with_path('/v1/elsewhere')}")

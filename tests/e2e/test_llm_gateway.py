@@ -225,8 +225,9 @@ def test_upstream_error_in_openai_shape(client: Any) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="failing",
                                        messages=[{"role": "user", "content": "x"}])
-    # the upstream's own words stay in the gateway's log (they can name the hidden model)
-    assert _body(err.value)["message"] == "the upstream model server rejected the request (400)"
+    # the upstream's reason, made public (upstream_status.py) as on the OIP path
+    assert _body(err.value)["message"] == ("the upstream model server refused the request "
+                                           "(status 400): prompt too long for stub")
     assert _body(err.value)["code"] == "upstream_rejected"
 
 

@@ -119,7 +119,7 @@ async def test_unknown_upstream_model_gives_mlservers_404(gateway: Gateway, key:
                                    infer_body(digits_rows(1)), key)
     assert status == 404, text
     assert set(doc) == {"error"}
-    assert doc["error"].startswith("upstream model server refused the request")
+    assert doc["error"].startswith("the upstream model server refused the request (status 404)")
     assert "Model ghost not found" in doc["error"]  # upstream's name replaced by the public one
 
 

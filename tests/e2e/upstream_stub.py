@@ -11,6 +11,8 @@ gateway points a model at a mode with `backend.upstream_model`:
 ``reject``      422 ``{"error": REJECT_MESSAGE}`` (MLServer's style)
 ``detail``      400 ``{"detail": [...]}`` (FastAPI's validation style)
 ``missing``     404 ``{"error": "Model missing not found"}``
+``internals``   404 naming its own model name, address and files (``INTERNALS_MESSAGE``)
+``overloaded``  429 with ``Retry-After: 7``
 ``crash``       500 with a raw Python traceback as a text body (as MLServer does)
 ``garbage``     200 with an HTML body, not JSON
 ``not-oip``     200 with JSON that is not an inference response
@@ -37,6 +39,10 @@ import numpy as np
 from aiohttp import web
 
 REJECT_MESSAGE = "input-0: the upstream refuses this tensor"
+#: What mode ``internals`` says: its model name (``{mode}``), address and files.
+INTERNALS_MESSAGE = ("Model {mode} not found at http://10.20.30.40:8080/v2/models/{mode} "
+                     "(repository /srv/models/{mode}/model.onnx on node triton-7.cluster.local"
+                     ":8001)")
 #: Text of the crash body that must never reach a gateway client.
 TRACEBACK_SECRETS = ("Traceback (most recent call last)", "/srv/internal/models/digits.py",
                      "SECRET_INTERNAL_DETAIL", "db_password")
@@ -184,8 +190,11 @@ class UpstreamStub:
             return web.json_response({"error": "Model missing not found"}, status=404)
         if mode == "unauthorized":
             return web.json_response({"error": "invalid upstream token"}, status=401)
+        if mode == "internals":
+            return web.json_response({"error": INTERNALS_MESSAGE.format(mode=mode)}, status=404)
         if mode == "overloaded":
-            return web.json_response({"error": "too many requests"}, status=429)
+            return web.json_response({"error": "too many requests"}, status=429,
+                                     headers={"Retry-After": "7"})
         if mode == "crash":
             return web.Response(text=CRASH_BODY, status=500, content_type="text/plain")
         if mode == "redirect":

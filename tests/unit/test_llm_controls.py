@@ -10,7 +10,6 @@ from pydantic import ValidationError
 from modelfence.errors import BadRequest
 from modelfence.llm.controls import apply_controls
 from modelfence.llm.settings import LlmModel, LlmSettings
-from modelfence.llm.upstream import upstream_message
 from modelfence.llm.usage import UsageTally
 
 
@@ -101,12 +100,6 @@ def test_usage_reported_or_estimated() -> None:
     assert tally.result().describe() == "tokens prompt=9 completion=4"
     emb = UsageTally("embed", {"input": ["abcd", [1, 2]]})
     assert emb.result().prompt == 3
-
-
-def test_upstream_messages() -> None:
-    assert upstream_message(400, b'{"error": {"message": "too long"}}') == "too long"
-    assert upstream_message(422, b'{"error": "bad"}') == "bad"
-    assert "refused the request (400)" in upstream_message(400, b"<html>")
 
 
 def test_token_ceiling_counts_every_prompt_and_choice() -> None:

@@ -1,7 +1,8 @@
 """A model on an upstream Open Inference Protocol v2 server (KServe, Triton, MLServer).
 
-Only validated inputs are re-encoded and sent upstream. The upstream's 4xx passes
-through with its message; its 5xx, garbage or silence becomes 502/504 without its body,
+Only validated inputs are re-encoded and sent upstream. An upstream's error status is
+answered as on the LLM path (upstream_status.py): a 4xx passes through with its reason made
+public, a 429 is a 503; its 5xx, garbage or silence becomes 502/504 without its body,
 because servers such as MLServer answer 500 with a raw Python traceback.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from typing import Any, ClassVar
 
@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 
 from ..config import ModelSettings, OipUpstreamBackend, TensorSpec
-from ..errors import BadRequest, ConfigurationError, RequestError, UpstreamError, UpstreamRejected
+from ..errors import BadRequest, ConfigurationError, RequestError, UpstreamError
 from ..gateway.oip import (
     InferRequest,
     InferResponse,
@@ -28,12 +28,10 @@ from ..gateway.oip import (
 from ..redaction import redact_url
 from .base import Backend, ModelMetadata, classifier_response
 from .transport import Transport
+from .upstream_status import upstream_failure
 
 _READY_CACHE_S = 1.0
 _MAX_FORWARDED_CHARS = 256
-#: Upstream answers about the gateway's own access or load, not the client's request:
-#: passing them through would make a client think its own key was refused.
-_GATEWAY_FAULTS = frozenset({401, 403, 407, 429})
 log = logging.getLogger("modelfence.backends.oip")
 
 
@@ -86,19 +84,9 @@ class OipUpstream(Backend):
         status, body = await self._transport.request(
             "POST", self._infer_url, encode_infer_request(self._forwarded(request)),
             self._cfg.timeout_s)
-        if status in _GATEWAY_FAULTS:
-            log.warning("upstream %s answered %d to the gateway", self._where, status)
-            raise UpstreamError(f"the upstream model server refused the gateway (status {status})")
-        if 400 <= status < 500:
-            raise UpstreamRejected(status, self._public(_upstream_message(status, body)))
-        if 300 <= status < 400:
-            log.warning("upstream %s answered a redirect (%d); not followed", self._where,
-                        status)
-            raise UpstreamError("the upstream model server answered with a redirect, which the "
-                                "gateway does not follow", reason="upstream_redirect")
         if status != 200:
-            log.warning("upstream %s failed with status %d", self._where, status)
-            raise UpstreamError(f"the upstream model server failed (status {status})")
+            raise upstream_failure(status, body, model=self.name,
+                                   upstream_model=self._upstream_name, where=self._where)
         try:
             response = decode_infer_response(body)
         except BadRequest:
@@ -138,12 +126,6 @@ class OipUpstream(Backend):
         if len(classes) != tensor.data.shape[1]:
             raise UpstreamError("the upstream answer's class count does not match labels")
         return classifier_response(self.name, tensor.data, classes, request_id or response.id)
-
-    def _public(self, message: str) -> str:
-        """Say the gateway's model name where the upstream says its internal one."""
-        if self._upstream_name == self.name:
-            return message
-        return re.sub(rf"\b{re.escape(self._upstream_name)}\b", self.name, message)
 
     async def ready(self) -> bool:
         now = time.monotonic()
@@ -187,17 +169,3 @@ def _output(requested: dict[str, Any], allowed: list[str]) -> dict[str, Any]:
         out["parameters"] = params
     return out
 
-
-def _upstream_message(status: int, body: bytes) -> str:
-    """The upstream's own error text, short and printable; never its raw body."""
-    text = ""
-    try:
-        doc = orjson.loads(body)
-        if isinstance(doc, dict):
-            raw = doc.get("error") or doc.get("detail") or doc.get("message") or ""
-            text = raw if isinstance(raw, str) else orjson.dumps(raw).decode()
-    except orjson.JSONDecodeError:
-        text = ""
-    text = "".join(ch for ch in text if ch.isprintable())[:300]
-    return f"upstream model server refused the request: {text}" if text else (
-        f"upstream model server refused the request (status {status})")

@@ -1,10 +1,10 @@
 """The HTTP client to OpenAI-compatible upstreams (aiohttp, pooled; see NOTES.md).
 
-Failures become `UpstreamError` (502) / `UpstreamTimeout` (504); an upstream 4xx becomes
-`UpstreamRejected` with its status and a generic message: the upstream's own text can name
-the hidden `upstream_model` or the upstream's address, so it is logged here (the URL
-redacted), never sent to the client. Redirects are not followed: a 3xx is a 502, because a
-redirected request would carry the upstream API key and the prompt somewhere unconfigured.
+Failures become `UpstreamError` (502) / `UpstreamTimeout` (504); an error status is
+answered as on the OIP path (backends/upstream_status.py): a 4xx passes through with its
+reason made public (never the hidden `upstream_model` or the upstream's address), a 429 is a
+503 with the upstream's Retry-After, and a 3xx is a 502, never followed: a redirected request
+would carry the upstream API key and the prompt somewhere unconfigured.
 A stream is read as it arrives and closing the iterator (the client went away) closes the
 upstream connection.
 """
@@ -12,36 +12,18 @@ upstream connection.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
 from ..backends.transport import MAX_UPSTREAM_BODY, upstream_errors
-from ..errors import UpstreamError, UpstreamRejected, UpstreamTimeout
+from ..backends.upstream_status import upstream_failure
+from ..errors import UpstreamError, UpstreamTimeout
 from ..redaction import redact_url
 from .settings import LlmModel
 
-log = logging.getLogger("modelfence.llm")
-
 CONNECT_TIMEOUT_S = 2.0
-
-
-def upstream_message(status: int, data: bytes) -> str:
-    """The upstream's error message (OpenAI shape, or a bare one), bounded."""
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return f"the upstream model server refused the request ({status})"
-    err = doc.get("error") if isinstance(doc, dict) else None
-    if isinstance(err, dict):
-        err = err.get("message")
-    if not isinstance(err, str):
-        err = doc.get("message") if isinstance(doc, dict) else None
-    if not isinstance(err, str) or not err:
-        return f"the upstream model server refused the request ({status})"
-    return err[:500]
 
 
 class LlmUpstream:
@@ -104,7 +86,7 @@ class LlmUpstream:
                     if len(data) > MAX_UPSTREAM_BODY:
                         raise UpstreamError(
                             "the upstream model server answered with an oversized body")
-                _check(resp.status, bytes(data), model, path)
+                _check(resp.status, bytes(data), model, path, resp.headers.get("Retry-After"))
                 return bytes(data)
 
     async def stream(self, model: LlmModel, path: str, body: bytes) -> AsyncIterator[bytes]:
@@ -126,7 +108,7 @@ class LlmUpstream:
                 data = await resp.content.read(64 * 1024)
             finally:
                 await ctx.__aexit__(None, None, None)
-            _check(resp.status, data, model, path)
+            _check(resp.status, data, model, path, resp.headers.get("Retry-After"))
         return _chunks(ctx, resp, model)
 
     async def close(self) -> None:
@@ -152,30 +134,14 @@ async def _chunks(ctx: Any, resp: Any, model: LlmModel) -> AsyncIterator[bytes]:
         await ctx.__aexit__(None, None, None)
 
 
-def _check(status: int, data: bytes, model: LlmModel, path: str) -> None:
-    """Raise for a non-2xx answer: the details in the log, a generic message to the client."""
-    if status < 300:
-        return
-    where = redact_url(model.upstream + path)
-    if status < 400:
-        log.warning("LLM upstream %s (model %s) answered a redirect (%d); not followed",
-                    where, model.name, status)
-        raise UpstreamError("the upstream model server answered with a redirect, which the "
-                            "gateway does not follow", reason="upstream_redirect")
-    detail = _printable(upstream_message(status, data))
-    if 400 <= status < 500 and status not in (401, 403, 407):
-        log.info("LLM upstream %s (model %s) refused a request (%d): %s", where, model.name,
-                 status, detail)
-        raise UpstreamRejected(status, f"the upstream model server rejected the request "
-                                       f"({status})")
-    log.warning("LLM upstream %s (model %s) failed (%d): %s", where, model.name, status,
-                detail)
-    raise UpstreamError(f"the upstream model server failed ({status})")
-
-
-def _printable(text: str, limit: int = 300) -> str:
-    """Upstream text fit for one log line: printable characters only, bounded."""
-    return "".join(c if c.isprintable() else " " for c in text[:limit])
+def _check(status: int, data: bytes, model: LlmModel, path: str,
+           retry_after: str | None) -> None:
+    """Raise for a non-2xx answer: the details in the log, a public message to the client."""
+    if status >= 300:
+        raise upstream_failure(status, data, model=model.name,
+                               upstream_model=model.upstream_model or model.name,
+                               where=redact_url(model.upstream + path),
+                               retry_after=retry_after)
 
 
 def loads_object(data: bytes) -> dict[str, Any]:
