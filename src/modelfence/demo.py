@@ -4,13 +4,15 @@ Everything lives in one folder (``~/.modelfence/demo`` or ``$MODELFENCE_HOME/dem
 the model in skops format, a server secret (mode 0600), modelfence.yaml, the key
 store, the hash-chained audit log and the key that signs its checkpoints. Each run
 mints a fresh demo key and revokes the previous one, so keys stay shown-once and stored
-only as digests.
+only as digests. What the gateway learns while serving (callers' risk, the audit log,
+the keys) survives restarts, as it would in production; `reset` forgets it.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from .stores import key_store_from_url
 MODEL_NAME = "digits"
 SUMMARY = "digits.summary.npz"
 DEMO_PRINCIPAL = "demo"
+DEMO_TENANT = "demo"
 DEMO_KEY_NOTE = "modelfence demo key"
 
 
@@ -58,6 +61,72 @@ def prepare(home: Path) -> DemoFiles:
     if not config.exists():
         config.write_text(yaml.safe_dump(_config(), sort_keys=False))
     return DemoFiles(home, config, model, sample, trained, accuracy)
+
+
+#: What serving the demo writes (its memory of callers), as opposed to what `prepare` makes.
+STATE = ("monitor-state", "audit.db", "keys.db")
+_SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
+
+
+def reset(home: Path) -> list[str]:
+    """Forget what earlier runs learned: callers' risk and monitor history, the audit log
+    and its alerts, the key store; rewrite the config as a first run writes it. The trained
+    model, its summary, the secret and the checkpoint key stay (nothing to retrain).
+
+    Returns the names removed or rewritten, for the user to read.
+    """
+    done: list[str] = []
+    for name in STATE:
+        for path in (home / name, *(home / f"{name}{s}" for s in _SQLITE_SIDECARS)):
+            if path.is_dir():
+                shutil.rmtree(path)
+                done.append(f"{path.name}/")
+            elif path.exists():
+                path.unlink()
+                done.append(path.name)
+    config = home / "modelfence.yaml"
+    if config.exists():
+        config.unlink()
+        done.append(config.name)
+    return done
+
+
+@dataclass(frozen=True)
+class RememberedRisk:
+    """The demo caller's risk as the gateway restores it at start, and the band it selects."""
+
+    risk: float
+    band: str
+    defense: str
+    degraded: bool  # answers are shaped beyond the lowest band
+
+
+def remembered_risk(config: Path) -> RememberedRisk | None:
+    """Read the monitor's snapshot as the gateway will; None when there is nothing to tell."""
+    from .monitor.score import Monitor
+    from .monitor.score import MonitorSettings as MonitorOptions
+
+    settings = load_settings(config)
+    model = settings.model(MODEL_NAME)
+    state_dir = settings.monitor.state_dir
+    if model is None or model.monitor is None or not model.shaping or state_dir is None:
+        return None
+    path = state_dir / f"{MODEL_NAME}.monitor-state"  # LocalLog's file for the model
+    if not path.is_file():
+        return None
+    ms = settings.monitor
+    monitor = Monitor(Summary.load(model.monitor.summary), MonitorOptions(
+        detectors=tuple(model.monitor.detectors or ms.detectors), threshold=ms.threshold,
+        max_principals=ms.max_principals, release=ms.release, min_dwell_s=ms.min_dwell_s,
+        hold_s=ms.hold_s, sticky=tuple(ms.sticky)))
+    monitor.restore(path.read_bytes())
+    risk = max(monitor.peek(DEMO_PRINCIPAL), monitor.peek_tenant(DEMO_TENANT))
+    bands = [b for b in model.shaping if risk >= b.from_risk]
+    if not bands:
+        return None
+    band = bands[-1]
+    return RememberedRisk(risk, band.name or band.defense, band.defense,
+                          degraded=band is not model.shaping[0])
 
 
 def _train(model_path: Path, sample_path: Path) -> float:
@@ -146,7 +215,7 @@ async def mint_demo_key(config: Path) -> str:
         for record in await keys.records():
             if record.description == DEMO_KEY_NOTE and record.revoked_at is None:
                 await keys.revoke(record.key_id)
-        new = await keys.create(principal=DEMO_PRINCIPAL, tenant="demo", models=[MODEL_NAME],
+        new = await keys.create(principal=DEMO_PRINCIPAL, tenant=DEMO_TENANT, models=[MODEL_NAME],
                                 description=DEMO_KEY_NOTE)
         return new.token
     finally:

@@ -12,6 +12,7 @@ import typer
 
 from .. import demo as demo_lib
 from ..config import default_home
+from ..errors import ModelfenceError
 from .common import console, run_async
 
 
@@ -21,11 +22,19 @@ def demo(
         help="Admin API and metrics port, on 127.0.0.1 [default: port + 1]")] = None,
     home: Annotated[Path | None, typer.Option(
         help="Demo folder [default: ~/.modelfence/demo, or $MODELFENCE_HOME/demo]")] = None,
+    reset: Annotated[bool, typer.Option(
+        "--reset", help="Forget earlier runs first: callers' risk, the audit log and its "
+                        "alerts, the key store, the config (the trained model stays)")] = False,
 ) -> None:
     """Serve a demo digits classifier behind the gateway on 127.0.0.1."""
     from .main import start_gateway
 
     folder = home or default_home() / "demo"
+    if reset:
+        cleared = demo_lib.reset(folder) if folder.is_dir() else []
+        console.print(f"reset {folder}: " + (f"removed {', '.join(cleared)}; kept the model, "
+                      "its summary, the secret and the checkpoint key" if cleared else
+                      "nothing to clear"), soft_wrap=True, markup=False)
     with console.status("preparing the demo model and configuration…"):
         files = demo_lib.prepare(folder)
     if files.trained_now:
@@ -52,6 +61,7 @@ def demo(
     console.print(f"Config: {files.config}", soft_wrap=True, markup=False)
     console.print(f"Audit:   {_self_command()} audit tail --config {files.config}   "
                   f"(and: audit verify)", soft_wrap=True, markup=False)
+    _warn_if_degraded(files.config)
     console.rule()
     console.print("serving; press Ctrl+C to stop")
     start_gateway(files.config, "127.0.0.1", port, 1, False, "INFO",
@@ -62,3 +72,19 @@ def _self_command() -> str:
     """`modelfence` if that is what the shell finds, else the full path of this one."""
     here = Path(sys.executable).parent / "modelfence"
     return "modelfence" if shutil.which("modelfence") == str(here) else str(here)
+
+
+def _warn_if_degraded(config: Path) -> None:
+    """Earlier runs' risk is restored at start: say so when it shapes the first answer."""
+    try:
+        remembered = demo_lib.remembered_risk(config)
+    except ModelfenceError as exc:  # an old snapshot: the gateway starts empty and logs it
+        console.print(f"[yellow]note:[/] earlier runs' monitor state is not readable ({exc})")
+        return
+    if remembered is None or not remembered.degraded:
+        return
+    console.print(
+        f"[yellow]note:[/] the demo caller's risk is {remembered.risk:.2f}, remembered from "
+        f"earlier runs: its answers start in band {remembered.band!r} "
+        f"({remembered.defense}). [bold]modelfence demo --reset[/] forgets it.",
+        soft_wrap=True)
