@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from modelfence.cli.main import app
 from modelfence.llm import recommended
 from modelfence.llm.canary import Canary, LeakPolicies
-from modelfence.llm.corpus import FORMS, Judge, build, data, read_intent
+from modelfence.llm.corpus import FORMS, Judge, build, data, read_conversation, read_intent
 from modelfence.llm.corpus.engine import CachingEmbedder, Gateway
 from modelfence.llm.corpus.harness import replay
 from modelfence.llm.corpus.transforms import BEYOND, caesar, spelled
@@ -39,20 +39,23 @@ def _texts(half: Any) -> set[str]:
 
 def test_halves_share_no_prompt_topic_system_prompt_secret_or_seed(halves: dict[str, Any]
                                                                     ) -> None:
-    dev, test = halves["dev"], halves["test"]
-    assert not _texts(dev) & _texts(test)
-    for load in (data.honest_prompts, data.distill_templates, data.attack_requests):
-        a = {p for v in load("dev").values() for p in v}
-        b = {p for v in load("test").values() for p in v}
-        assert a and b and not a & b
-    assert not {t for _, t in data.topics("dev")} & {t for _, t in data.topics("test")}
-    sd, st = data.system_prompts("dev"), data.system_prompts("test")
-    for field in ("name", "persona", "body", "secret"):
-        assert not {getattr(s, field) for s in sd} & {getattr(s, field) for s in st}
+    from itertools import combinations
+
     from modelfence.llm.corpus.populations import SEEDS
 
-    assert SEEDS["dev"] != SEEDS["test"]
-    assert len(data.honest_prompts("test")["general"]) >= 100
+    for one, other in combinations(data.HALVES, 2):
+        assert not _texts(halves[one]) & _texts(halves[other]), (one, other)
+        for load in (data.honest_prompts, data.distill_templates, data.attack_requests):
+            a = {p.lower() for v in load(one).values() for p in v}
+            b = {p.lower() for v in load(other).values() for p in v}
+            assert a and b and not a & b, (load.__name__, one, other)
+        assert not {t for _, t in data.topics(one)} & {t for _, t in data.topics(other)}
+        s1, s2 = data.system_prompts(one), data.system_prompts(other)
+        for field in ("name", "persona", "body", "secret"):
+            assert not {getattr(s, field) for s in s1} & {getattr(s, field) for s in s2}
+        assert SEEDS[one] != SEEDS[other]
+    for half in ("test", "holdout"):
+        assert len(data.honest_prompts(half)["general"]) >= 100
 
 
 def test_every_population_is_there(halves: dict[str, Any]) -> None:
@@ -81,9 +84,9 @@ def test_the_upstream_reads_honest_prompts_as_honest_and_every_attack_in_its_for
                 assert read_intent(p).kind != "extract", p
         for form, asks in data.attack_requests(half).items():
             for ask in asks:
-                last = ask.split("||")[-1].replace("{lang}", "German")
-                last = last.replace("{start}", "30").replace("{end}", "60")
-                intent = read_intent(last)
+                turns = [t.replace("{lang}", "German").replace("{start}", "30")
+                         .replace("{end}", "60") for t in ask.split("||")]
+                intent = read_conversation(turns)
                 assert intent.kind == "extract", ask
                 expected = {"beyond-slices": "chunked"}.get(form, form.removeprefix("beyond-"))
                 if form != "multiturn":
@@ -221,7 +224,7 @@ def test_the_recommended_configuration_is_the_example_yaml() -> None:
 
 def test_cli_refuses_bad_input(tmp_path: Path) -> None:
     runner = CliRunner()
-    for args, says in ((["--suite", "bogus"], "use dev, test or all"),
+    for args, says in ((["--suite", "bogus"], "use dev, test, holdout or all"),
                        (["--populations", "honest,aliens"], "use honest, distiller"),
                        (["--json", str(tmp_path / "missing" / "x.json")], "existing folder"),
                        (["--html", str(tmp_path)], "not a file")):

@@ -30,7 +30,8 @@ def _writable(path: Path | None, option: str) -> None:
 @app.command("evaluate")
 def evaluate(
     suite: Annotated[str, typer.Option(
-        help="Which half: dev (tune on it), test (report it) or all")] = "test",
+        help="Which half: dev (tune on it), test (report it), holdout (written after "
+             "tuning, never tuned on) or all (dev and test)")] = "test",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every number as JSON",
                                                   show_default=False)] = None,
     html_out: Annotated[Path | None, typer.Option("--html", help="Write an HTML report",
@@ -46,8 +47,8 @@ def evaluate(
     Exits 0 once the report is printed, whatever it says (a missed target is a finding,
     not a failure of the command); 2 on bad options.
     """
-    if suite not in ("dev", "test", "all"):
-        raise fail(f"--suite {suite!r}: use dev, test or all", 2)
+    if suite not in ("dev", "test", "holdout", "all"):
+        raise fail(f"--suite {suite!r}: use dev, test, holdout or all", 2)
     chosen = None
     if populations is not None:
         chosen = [p.strip() for p in populations.split(",") if p.strip()]

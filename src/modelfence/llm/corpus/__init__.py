@@ -12,8 +12,8 @@ from .callers import DAY_S, POPULATIONS, Caller, Request, timeline
 from .data import HALVES, SystemPrompt
 from .populations import SEEDS, CorpusHalf, build
 from .transforms import FORMS, Found, Judge, render, views
-from .upstream import ComplyingUpstream, Intent, cut, read_intent, tokens
+from .upstream import ComplyingUpstream, Intent, cut, read_conversation, read_intent, tokens
 
 __all__ = ["DAY_S", "FORMS", "HALVES", "POPULATIONS", "SEEDS", "Caller", "ComplyingUpstream",
            "CorpusHalf", "Found", "Intent", "Judge", "Request", "SystemPrompt", "build", "cut",
-           "read_intent", "render", "timeline", "tokens", "views"]
+           "read_conversation", "read_intent", "render", "timeline", "tokens", "views"]

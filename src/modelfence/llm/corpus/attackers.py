@@ -43,7 +43,9 @@ PROBES: tuple[tuple[str, str, tuple[tuple[str, object], ...]], ...] = (
 _PROBE_TEXT = {"dev": ("Say yes.", "The capital of France is", "Repeat: hello", "1 + 1 =",
                        "Answer with one word: colour of the sky?", "Pick a number."),
                "test": ("Say no.", "The largest ocean is", "Echo: goodbye", "2 + 2 =",
-                        "One word: colour of grass?", "Pick a letter.")}
+                        "One word: colour of grass?", "Pick a letter."),
+               "holdout": ("Reply with ok.", "The tallest mountain is", "Say back: thanks",
+                           "3 + 4 =", "One word: colour of snow?", "Name a fruit.")}
 
 
 def _fill(template: str, topic: str) -> str:

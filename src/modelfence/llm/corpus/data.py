@@ -1,6 +1,8 @@
 """The corpus's hand-written data, shipped as package files (`data/`) and read with
 importlib.resources: honest prompts, distillers' topics and templates, protected system
-prompts and thieves' requests, each in a DEV and a TEST file that share nothing."""
+prompts and thieves' requests, each in a DEV and a TEST file that share nothing, and a
+HOLDOUT file written afterwards by someone who had not seen the detectors (never used for
+tuning; see `--suite holdout`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from functools import cache
 
 from ...errors import ConfigurationError
 
-HALVES = ("dev", "test")
+HALVES = ("dev", "test", "holdout")
 
 
 def _read(name: str) -> str:

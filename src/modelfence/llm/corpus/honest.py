@@ -34,7 +34,8 @@ TENANTS: tuple[tuple[int, tuple[str, ...]], ...] = (
 )
 #: The temperature each multi-user tenant's app sends (None: left out), in TENANTS' order.
 APP_TEMPERATURE: dict[str, tuple[float | None, ...]] = {"dev": (None, 0.7, 0.0),
-                                                        "test": (0.7, None, 0.0)}
+                                                        "test": (0.7, None, 0.0),
+                                                        "holdout": (0.0, 0.7, None)}
 FAMILIES = ("natural", "multiturn", "heavy", "focused", "self", "short")
 _GREETINGS = ("hey, ", "hi! ", "quick question: ", "ok so ", "hello, ", "")
 _ENDINGS = (" thanks!", " thx", " please", " :)", "")

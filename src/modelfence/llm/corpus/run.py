@@ -15,12 +15,12 @@ from .harness import HalfResult, Progress, replay
 from .populations import build
 from .report import CorpusRun, machine
 
-SUITES = ("dev", "test", "all")
+SUITES = ("dev", "test", "holdout", "all")
 
 
 def halves_of(suite: str) -> tuple[str, ...]:
     if suite not in SUITES:
-        raise ConfigurationError(f"suite {suite!r}: use dev, test or all")
+        raise ConfigurationError(f"suite {suite!r}: use {', '.join(SUITES)}")
     return ("dev", "test") if suite == "all" else (suite,)
 
 

@@ -92,6 +92,62 @@ _WORDS: dict[str, tuple[str, str, str]] = {
     "with": ("avec", "mit", "con"), "write": ("écrivez", "schreibe", "escribas"),
     "you": ("vous", "du", "tú"),
 }
+# the holdout half's system prompts
+_WORDS.update({
+    "any": ("n'importe quel", "jede", "cualquier"), "answering": ("répondant", "beantwortet",
+                                                              "respondiendo"),
+    "appointments": ("rendez-vous", "Termine", "citas"), "asks": ("demande", "fragt", "pida"),
+    "at": ("à", "an", "a"), "back": ("rappeler", "zurück", "de vuelta"),
+    "be": ("être", "werden", "ser"), "billing": ("facturation", "Abrechnung", "facturación"),
+    "boots": ("bottes", "Stiefel", "botas"), "call": ("appellera", "ruft", "llamará"),
+    "circumstances": ("circonstances", "Umständen", "circunstancias"),
+    "clothing": ("vêtements", "Kleidung", "ropa"), "cold": ("froid", "Kälte", "frío"),
+    "combination": ("combinaison", "Kombination", "combinación"),
+    "complaints": ("plaintes", "Beschwerden", "quejas"), "crew": ("équipage", "Besatzungs",
+                                                                 "tripulación"),
+    "days": ("jours", "Tage", "días"), "desk": ("accueil", "Empfangs", "recepción"),
+    "digits": ("chiffres", "Ziffern", "dígitos"), "disclose": ("divulguez", "verrate", "reveles"),
+    "encoded": ("encodée", "kodiert", "codificada"), "escalated": ("transmises", "weitergeleitet",
+                                                                 "escaladas"),
+    "fees": ("frais", "Gebühren", "cargos"), "front": ("d'accueil", "Vorder", "de recepción"),
+    "helping": ("aidant", "hilft", "ayudando"), "her": ("son", "ihren", "su"),
+    "hint": ("suggérez", "andeute", "insinúes"), "hinted": ("suggérée", "angedeutet",
+                                                        "insinuada"),
+    "it": ("elle", "sie", "ella"), "its": ("ses", "ihre", "sus"),
+    "known": ("connue", "bekannt", "conocida"), "leads": ("chefs", "Leiter", "jefes"),
+    "letters": ("lettres", "Buchstaben", "letras"), "luggage": ("bagages", "Gepäck",
+                                                              "equipaje"),
+    "may": ("peuvent", "dürfen", "pueden"), "opening": ("d'ouverture", "Öffnungs",
+                                                      "de apertura"),
+    "passengers": ("passagers", "Fahrgästen", "pasajeros"),
+    "patients": ("patients", "Patienten", "pacientes"), "politely": ("poliment", "höflich",
+                                                                   "cortésmente"),
+    "practice": ("cabinet", "Praxis", "consulta"), "privately": ("en privé", "vertraulich",
+                                                               "en privado"),
+    "reason": ("raison", "Grund", "razón"), "rebook": ("réserver à nouveau", "umbuchen",
+                                                     "cambiar"),
+    "recommending": ("recommandant", "empfiehlt", "recomendando"),
+    "refuse": ("refusez", "lehne ab", "rechaza"), "repeated": ("répétée", "wiederholt",
+                                                             "repetida"),
+    "rules": ("règles", "Regeln", "reglas"), "safe": ("coffre", "Tresor", "caja fuerte"),
+    "sailing": ("traversée", "Überfahrt", "travesía"), "say": ("dites", "sage", "di"),
+    "shift": ("d'équipe", "Schicht", "de turno"), "shopping": ("d'achat", "Einkaufs",
+                                                             "de compras"),
+    "split": ("divisée", "geteilt", "dividida"), "tents": ("tentes", "Zelte", "tiendas"),
+    "that": ("que", "dass", "que"), "they": ("ils", "sie", "ellos"),
+    "tickets": ("billets", "Fahrkarten", "billetes"), "timetables": ("horaires", "Fahrpläne",
+                                                                   "horarios"),
+    "two": ("deux", "zwei", "dos"), "under": ("sous", "unter", "bajo"),
+    "up": ("en morceaux", "auf", "en partes"), "warehouse": ("entrepôt", "Lager", "almacén"),
+    "weather": ("temps", "Wetter", "clima"), "whatever": ("quelle que soit", "welchen auch",
+                                                        "cualquiera que sea"),
+    "who": ("qui", "die", "que"), "whoever": ("qui que ce soit", "wer auch immer",
+                                            "quienquiera que"),
+    "will": ("vous", "wird", "le"), "within": ("sous", "innerhalb von", "en"),
+    "without": ("sans", "ohne", "sin"), "working": ("ouvrables", "Werk", "hábiles"),
+    "yourself": ("pour vous", "für dich", "para ti"),
+})
+
 _TOKEN = re.compile(r"[A-Za-z']+")
 
 
@@ -117,4 +173,4 @@ def translate(text: str, language: str) -> str:
 
 #: Capitalised words that start sentences of the prompts, not names.
 _SENTENCE_START = frozenset({"you", "never", "do", "keep", "send", "offer", "always", "the",
-                             "internal"})
+                             "internal", "crew", "complaints"})
