@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 CHILD = """
 import sys, time
-from modelfence.gateway.metrics import GatewayMetrics
+from modelfence.kernel.metrics import GatewayMetrics
 m, n = GatewayMetrics(), int(sys.argv[1])
 t = time.perf_counter()
 for _ in range(n):

@@ -36,8 +36,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from modelfence.config import Budget, QuotaSettings, RateLimit
-from modelfence.gateway.call import Call
 from modelfence.identity.principal import Principal
+from modelfence.kernel.call import Call
 from modelfence.quota.budget_guard import BudgetAlert, BudgetGuard
 from modelfence.quota.budgets import budget_store_from_url
 from modelfence.quota.ratelimit import RateLimitGuard

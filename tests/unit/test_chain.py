@@ -7,8 +7,8 @@ from typing import Any, ClassVar
 import pytest
 
 from modelfence.errors import ConfigurationError, Forbidden
-from modelfence.gateway.call import Call
-from modelfence.gateway.chain import Guard, GuardChain
+from modelfence.kernel.call import Call
+from modelfence.kernel.chain import Guard, GuardChain
 
 
 class Recorder(Guard):

@@ -727,7 +727,7 @@ async def test_a_busy_screener_refuses_the_request_unless_allowed(
     """The similarity screener with its queue full gives no verdict: by default the request
     is refused (503, Retry-After), counted, and the outage logged once, and once when it
     ends; `on_failure: allow` passes it on marked `screen_failed`."""
-    from modelfence.gateway.call import Call
+    from modelfence.kernel.call import Call
     from modelfence.llm.guards import LlmEntry, LlmExchange
     from modelfence.llm.screen_guard import ScreeningGuard
     from modelfence.llm.settings import LlmModel

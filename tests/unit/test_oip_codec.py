@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from modelfence.errors import BadRequest
-from modelfence.gateway.oip import (
+from modelfence.kernel.oip import (
     InferResponse,
     Tensor,
     decode_infer_request,

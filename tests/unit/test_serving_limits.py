@@ -9,9 +9,9 @@ import pytest
 
 from modelfence.errors import BadRequest, ClientDisconnected, RateLimited, RequestTimeout
 from modelfence.gateway.body_deadline import BodyDeadline
-from modelfence.gateway.call import Call
-from modelfence.gateway.chain import Guard, GuardChain
 from modelfence.identity.principal import Principal
+from modelfence.kernel.call import Call
+from modelfence.kernel.chain import Guard, GuardChain
 from modelfence.quota.inflight import InflightGuard
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from modelfence.config import ModelSettings
 from modelfence.errors import ConfigurationError, Forbidden
-from modelfence.gateway.call import Call
+from modelfence.kernel.call import Call
 from modelfence.monitor.summary import Summary
 from modelfence.shaping.base import LabelOnly, Rounding, TopK
 from modelfence.shaping.chain import Chain
@@ -121,8 +121,8 @@ class _Backend:
 def shaped_call(settings: ModelSettings, risk: float, asked: list[str] | None = None
                 ) -> tuple[ShapingGuard, Call]:
     """A guard for `settings` and an answered call of 3 classes at `risk`."""
-    from modelfence.gateway.oip import InferRequest, InferResponse, Tensor
     from modelfence.identity.principal import Principal
+    from modelfence.kernel.oip import InferRequest, InferResponse, Tensor
 
     entry = SimpleNamespace(name="m", settings=settings, backend=_Backend())
     guard = ShapingGuard({"m": bands_for(settings, SECRET, None)},

@@ -14,10 +14,10 @@ from modelfence.backends.base import ModelEntry
 from modelfence.backends.local import SkopsClassifier
 from modelfence.config import ModelSettings
 from modelfence.errors import ConfigurationError
-from modelfence.gateway.call import Call
-from modelfence.gateway.chain import Guard, GuardChain
-from modelfence.gateway.oip import InferRequest, Tensor
 from modelfence.identity.principal import Principal
+from modelfence.kernel.call import Call
+from modelfence.kernel.chain import Guard, GuardChain
+from modelfence.kernel.oip import InferRequest, Tensor
 from modelfence.shaping.guard import build_shaping
 from modelfence.watermark import bundle
 from modelfence.watermark.guard import WatermarkGuard, build_watermark

@@ -15,11 +15,11 @@ from modelfence.backends.base import ModelEntry
 from modelfence.backends.local import SkopsClassifier
 from modelfence.config import ModelSettings
 from modelfence.errors import StoreError
-from modelfence.gateway.call import Call
-from modelfence.gateway.chain import Guard, GuardChain
-from modelfence.gateway.metrics import GatewayMetrics
-from modelfence.gateway.oip import InferRequest, Tensor
 from modelfence.identity.principal import Principal
+from modelfence.kernel.call import Call
+from modelfence.kernel.chain import Guard, GuardChain
+from modelfence.kernel.metrics import GatewayMetrics
+from modelfence.kernel.oip import InferRequest, Tensor
 from modelfence.watermark import marking
 from modelfence.watermark.guard import WatermarkGuard
 from modelfence.watermark.keyring import Keyring, WatermarkKey, row_bytes

@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from ..errors import StoreError
-from ..gateway.call import Call
-from ..gateway.chain import Guard
+from ..kernel.call import Call
+from ..kernel.chain import Guard
 from .sinks import AuditSink
 
 _REFUSED = "audit records cannot be kept"

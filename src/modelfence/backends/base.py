@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import ModelSettings, TensorSpec
 from ..errors import BadRequest
-from ..gateway.oip import InferRequest, InferResponse, Tensor
+from ..kernel.oip import InferRequest, InferResponse, Tensor
 
 #: Batches larger than this run in a worker thread so one big request cannot stall the loop.
 INLINE_MAX_ROWS = 64

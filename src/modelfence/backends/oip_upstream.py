@@ -18,7 +18,7 @@ import orjson
 
 from ..config import ModelSettings, OipUpstreamBackend, TensorSpec
 from ..errors import BadRequest, ConfigurationError, RequestError, UpstreamError
-from ..gateway.oip import (
+from ..kernel.oip import (
     InferRequest,
     InferResponse,
     Tensor,

@@ -88,7 +88,7 @@ def _model_proba(ms: ModelSettings, x: Any) -> Any:
 
     from ..backends import backend_from_settings
     from ..errors import ConfigurationError
-    from ..gateway.oip import NUMPY_DTYPES, InferRequest, Tensor
+    from ..kernel.oip import NUMPY_DTYPES, InferRequest, Tensor
 
     async def go() -> Any:
         backend = backend_from_settings(ms)

@@ -38,12 +38,12 @@ from ..errors import (
     Unavailable,
 )
 from ..identity.apikeys import ApiKeys, expiry_from, public_view
+from ..kernel.body import read_bounded
+from ..kernel.responses import error_response, json_response
 from ..llm.risk import LlmRiskBook
 from ..monitor.service import MonitorService
 from ..policy.reload import PolicyReloader
 from .admin_auth import UNKNOWN, AdminAuthenticator, AdminIdentity
-from .guards import read_bounded
-from .responses import error_response, json_response
 
 log = logging.getLogger("modelfence.admin")
 _MAX_ADMIN_BODY = 64 * 1024

@@ -28,10 +28,13 @@ from ..audit.record import event_record
 from ..audit.sinks import audit_store_of
 from ..audit.spill import SpillMetrics
 from ..backends import ModelEntry, backend_from_settings
-from ..config import Settings
+from ..config import Settings, metrics_dir
 from ..identity import BearerAuthenticator, build_authenticator
 from ..identity.apikeys import ApiKeys
 from ..identity.guard import IdentityGuard
+from ..kernel.chain import GuardChain
+from ..kernel.metrics import GatewayMetrics
+from ..kernel.responses import json_response
 from ..llm.risk import Crossing as LlmCrossing
 from ..llm.routes import llm_routes
 from ..monitor.alerts import Alert
@@ -52,13 +55,10 @@ from .admin import AdminApi
 from .admin_auth import AdminAuthenticator
 from .admin_listener import AdminListener
 from .body_deadline import BodyDeadline
-from .chain import GuardChain
 from .downloads import DownloadRoutes, DownloadWatch
-from .guards import BodyGuard, InputValidationGuard, ModelLookupGuard
-from .metrics import GatewayMetrics, MetricsGuard
+from .guards import BodyGuard, InputValidationGuard, MetricsGuard, ModelLookupGuard
 from .oip_routes import OipRoutes, StoreCheck
 from .proxies import ProxyHeaders
-from .responses import json_response
 
 log = logging.getLogger("modelfence.gateway")
 
@@ -117,7 +117,7 @@ class Gateway:
 def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> Gateway:
     """Make (but do not open) every part the configuration names; wiring errors raise here."""
     secret = settings.server_secret()
-    metrics = GatewayMetrics()
+    metrics = GatewayMetrics(metrics_dir())
     store = key_store or key_store_from_url(settings.stores.keys)
     keys = ApiKeys(store, secret, cache_ttl_s=settings.key_cache_ttl_s)
     audit_sink = audit_sink_from_url(settings.audit.sink, settings.audit, SpillMetrics(

@@ -35,8 +35,8 @@ from starlette.routing import Route
 from ..audit.store import AuditStore, Query
 from ..config import LocalBackend
 from ..errors import NotFound
-from .call import Call
-from .chain import Guard, GuardChain, Terminal
+from ..kernel.call import Call
+from ..kernel.chain import Guard, GuardChain, Terminal
 
 log = logging.getLogger("modelfence.downloads")
 

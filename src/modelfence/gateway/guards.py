@@ -1,4 +1,4 @@
-"""Request guards of the gateway core: model access, bounded body, input validation."""
+"""Guards of the gateway core: model access, bounded body, input validation, metrics."""
 
 from __future__ import annotations
 
@@ -6,13 +6,23 @@ import math
 from typing import Any, ClassVar
 
 import numpy as np
-from starlette.requests import Request
 
 from ..backends.base import ModelEntry
-from ..errors import BadRequest, NotFound, NotReady, PayloadTooLarge
-from .call import Call
-from .chain import Guard
-from .oip import decode_infer_request
+from ..errors import (
+    BadRequest,
+    ClientDisconnected,
+    NotFound,
+    NotReady,
+    RequestTimeout,
+    Unavailable,
+    UpstreamError,
+    UpstreamRejected,
+)
+from ..kernel.body import read_bounded
+from ..kernel.call import Call
+from ..kernel.chain import Guard
+from ..kernel.metrics import GatewayMetrics
+from ..kernel.oip import decode_infer_request
 
 
 class ModelLookupGuard(Guard):
@@ -56,26 +66,6 @@ class BodyGuard(Guard):
         limit = min(self._max, limits.max_body_bytes or self._max)
         call.body = await read_bounded(call.request, limit)
         call.inputs = decode_infer_request(call.body, allow_nonfinite=limits.allow_nonfinite)
-
-
-async def read_bounded(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it is known to exceed `limit`."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise BadRequest("content-length header is not a number")
-        if int(declared) > limit:
-            raise PayloadTooLarge(f"request body over the {limit} byte limit")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body over the {limit} byte limit")
-        chunks.append(chunk)
-    if size == 0:
-        raise BadRequest("request body is empty; send a JSON object with 'inputs'")
-    return b"".join(chunks)
 
 
 class InputValidationGuard(Guard):
@@ -130,3 +120,27 @@ def _check_magnitude(data: np.ndarray[Any, Any], limit: float, where: str) -> No
                               f", index {list(at[1:])}" if len(at) > 2 else "")
     raise BadRequest(f"{where}.data: value {float(data[at]):.3g} at {place} is over the "
                      f"magnitude limit of {limit:g} (limits.max_abs_value)")
+
+
+class MetricsGuard(Guard):
+    """Counts every call in its complete phase, answered or denied."""
+
+    name: ClassVar[str] = "metrics"
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self._m = metrics
+
+    async def on_complete(self, call: Call) -> None:
+        m = self._m
+        model = call.model.name if call.model else "-"
+        m.requests.labels(call.action, model, str(call.status)).inc()
+        m.latency.labels(call.action).observe(call.elapsed_s())
+        err = call.error
+        if err is None:
+            return
+        if isinstance(err, UpstreamError | UpstreamRejected):
+            m.upstream_errors.labels(model, err.reason).inc()
+        elif isinstance(err, ClientDisconnected | RequestTimeout):
+            return  # counted where they are detected (BodyDeadline), not denials
+        elif 400 <= call.status < 500 or isinstance(err, Unavailable):
+            m.denials.labels(err.reason).inc()

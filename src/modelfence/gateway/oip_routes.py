@@ -5,19 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ..backends.base import ModelEntry
 from ..errors import PolicyError, RequestError, StoreError
+from ..kernel.call import Call
+from ..kernel.chain import GuardChain, Terminal
+from ..kernel.finish import finish
+from ..kernel.metrics import GatewayMetrics
+from ..kernel.oip import encode_infer_response
+from ..kernel.responses import error_response, json_response
 from ..stores.health import stores_not_ready
-from .call import Call
-from .chain import GuardChain, Terminal
-from .metrics import GatewayMetrics
-from .oip import encode_infer_response
-from .responses import error_response, json_response
 
 StoreCheck = Callable[[], Awaitable[bool]]
 log = logging.getLogger("modelfence.gateway")
@@ -113,17 +113,10 @@ class OipRoutes:
         except Exception as exc:
             response, call.error = error_response(exc, where=f" in {call.action}")
             self._count_server_failure(exc)
-        call.status = response.status_code
-        if not self._audit_before_answer:
-            response.background = BackgroundTask(chain.complete, call)
-            return response
-        # strict durability: the answer leaves only once its audit record is committed
-        await chain.complete(call)
-        if call.audit_failed:
-            self._metrics.store_errors.labels("audit").inc()
-            return error_response(StoreError("audit record not committed", store="audit"),
-                                  where=f" in {call.action}")[0]
-        return response
+        return await finish(
+            call, chain, response, strict=self._audit_before_answer,
+            refuse=lambda exc: error_response(exc, where=f" in {call.action}")[0],
+            on_store_error=lambda store: self._metrics.store_errors.labels(store).inc())
 
     def _count_server_failure(self, exc: Exception) -> None:
         if isinstance(exc, StoreError):

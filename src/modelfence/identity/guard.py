@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ..errors import Unauthenticated
-from ..gateway.call import Call
-from ..gateway.chain import Guard
+from ..kernel.call import Call
+from ..kernel.chain import Guard
 from . import Authenticator
 
 

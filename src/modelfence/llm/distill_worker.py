@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..errors import ConfigurationError
-from ..gateway.call import Call
-from ..gateway.chain import Guard
+from ..kernel.call import Call
+from ..kernel.chain import Guard
 from .distill import DistillDetector
 from .distill_features import Shape, asked, embed
 from .distill_settings import DistillSettings

@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 import orjson
 
 from ..errors import BadRequest, NotFound
-from ..gateway.call import Call
-from ..gateway.chain import Guard
-from ..gateway.guards import read_bounded
+from ..kernel.body import read_bounded
+from ..kernel.call import Call
+from ..kernel.chain import Guard
 from .controls import apply_controls, token_ceiling
 from .settings import LlmControls, LlmModel
 from .usage import TokenUsage, UsageTally, estimate, prompt_chars

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from typing import ClassVar
 
-from ..gateway.call import Call
-from ..gateway.chain import Guard
+from ..kernel.call import Call
+from ..kernel.chain import Guard
 from .guards import KIND_OF_ACTION, PROBE_REASONS, LlmExchange
 from .risk import Crossing, LlmRiskBook, Observation
 from .risk_repeats import RepeatedHits

@@ -1,7 +1,8 @@
 """OpenAI-compatible routes: chat, completions, embeddings (streamed or not), model list.
 
-Each POST runs the gateway's guard chain (identity → llm_model → usage → monitor →
-policy → rate limits → llm_body → budgets) with the upstream call as the terminal.
+Each POST runs the gateway's guard chain, in the stages every protocol shares
+(kernel/stages.py: identity → inflight → llm_model → usage → screening → risk → policy →
+rate limits → llm_body → budgets), with the upstream call as the terminal.
 A stream is passed through event by event as it arrives, each event parsed as the SSE
 standard defines (sse_events.py) and re-encoded after the filters, never forwarded raw; its
 audit record is written when it ends, or when the client goes away (which also closes the
@@ -20,16 +21,17 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import orjson
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ..audit.record import replica_name
 from ..errors import ConfigurationError, StoreError, UpstreamError, http_status_and_message
-from ..gateway.call import Call
-from ..gateway.chain import Guard, GuardChain
-from ..gateway.responses import error_response
+from ..kernel.call import Call
+from ..kernel.chain import Guard, GuardChain
+from ..kernel.finish import finish
+from ..kernel.responses import error_response
+from ..kernel.stages import Stages
 from .canary import Canary, LeakPolicies
 from .distill_worker import CountSink, DistillGuard, DistillWorker
 from .guards import LlmBodyGuard, LlmEntry, LlmExchange, LlmModelGuard, exchange_of
@@ -67,9 +69,7 @@ def _sse(doc: Any) -> bytes:
 class LlmRoutes:
     """The /v1 routes over the gateway's guards; `close()` it in the app's lifespan."""
 
-    def __init__(self, settings: LlmSettings, *, before_policy: Sequence[Guard],
-                 policy: Sequence[Guard], after_policy: Sequence[Guard] = (),
-                 after_body: Sequence[Guard] = (), head: Sequence[Guard] = (),
+    def __init__(self, settings: LlmSettings, *, stages: Stages,
                  audit_before_answer: bool = False, noise_secret: bytes | None = None,
                  on_alert: Callable[[Crossing], None] | None = None,
                  on_screen_failure: Callable[[str, str], None] | None = None,
@@ -92,10 +92,11 @@ class LlmRoutes:
         self.distill = self._distill_worker(settings, on_distill)
         distill = [DistillGuard(self.distill)] if self.distill is not None else []
         self.leak_semantic = self._semantic_worker(settings)
-        self._chain = GuardChain([*head, before_policy[0], lookup, *before_policy[1:],
-                                  *screening, *risk, *distill, *policy, *after_policy,
-                                  LlmBodyGuard(), *after_body])
-        self._list_chain = GuardChain([*head, before_policy[0]])
+        # the gateway's shared stages, with the LLM's own guards in theirs (kernel/stages.py)
+        self._chain = stages.with_(model=[lookup], screens=screening,
+                                   monitor=[*stages.monitor, *risk, *distill],
+                                   body=[*stages.body, LlmBodyGuard()]).chain()
+        self._list_chain = stages.chain(through="inflight")
         self._audit_before_answer = audit_before_answer
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -410,22 +411,17 @@ class LlmRoutes:
         log.warning("LLM answer on %s would leak the system prompt (%s); %s",
                     call.model_name, ", ".join(kinds), action)
 
-    def _error(self, call: Call, exc: Exception) -> Response:
+    def _error(self, call: Call, exc: Exception, *, count: bool = True) -> Response:
         _, call.error = error_response(exc, where=f" in {call.action}")
-        if isinstance(exc, StoreError) and self._on_store_error is not None:
+        if count and isinstance(exc, StoreError) and self._on_store_error is not None:
             self._on_store_error(exc.store)
         status, message, reason, headers = http_status_and_message(call.error)
         return openai_error(status, message, reason, headers)
 
     async def _finish(self, call: Call, chain: GuardChain, response: Response) -> Response:
-        call.status = response.status_code
-        if not self._audit_before_answer:
-            response.background = BackgroundTask(chain.complete, call)
-            return response
-        await chain.complete(call)
-        if call.audit_failed:
-            return openai_error(503, "audit record not committed", "store_unavailable")
-        return response
+        return await finish(call, chain, response, strict=self._audit_before_answer,
+                            refuse=lambda exc: self._error(call, exc, count=False),
+                            on_store_error=self._on_store_error)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -461,14 +457,14 @@ def llm_routes(settings: LlmSettings, *, head: Sequence[Guard], identity: Guard,
                on_screen_failure: Callable[[str, str], None] | None = None,
                on_store_error: Callable[[str], None] | None = None,
                on_distill: CountSink | None = None) -> LlmRoutes:
-    """The LLM routes wired like the OIP infer chain; `head` is e.g. (metrics, audit).
+    """The LLM routes over the gateway's guards, in the stages the OIP chains use
+    (kernel/stages.py); `head` is e.g. (metrics, audit).
 
     Mount `llm.routes()`, `await llm.start()` and `await llm.close()` in the app's lifespan.
-    `inflight` (the per-caller cap on open requests) runs after identity and model lookup.
     """
-    return LlmRoutes(settings, head=head, before_policy=[identity, *inflight, usage],
-                     policy=[policy],
-                     after_policy=rate_limits, after_body=budgets,
+    stages = Stages(head=head, identity=[identity], inflight=inflight, usage=[usage],
+                    policy=[policy], rate_limits=rate_limits, budgets=budgets)
+    return LlmRoutes(settings, stages=stages,
                      audit_before_answer=audit_before_answer, noise_secret=noise_secret,
                      on_alert=on_alert, on_screen_failure=on_screen_failure,
                      on_store_error=on_store_error, on_distill=on_distill)

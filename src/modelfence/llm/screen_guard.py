@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from ..errors import Unavailable
-from ..gateway.call import Call
-from ..gateway.chain import Guard
+from ..kernel.call import Call
+from ..kernel.chain import Guard
 from .guards import KIND_OF_ACTION, exchange_of
 from .screening import MiniLmEmbedder, Screener, build_screener, text_of
 from .settings import LlmModel

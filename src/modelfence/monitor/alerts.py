@@ -28,7 +28,7 @@ import orjson
 from ..audit.record import event_record
 from ..audit.sinks import AuditSink
 from ..config import WebhookSettings
-from ..gateway.metrics import GatewayMetrics
+from ..kernel.metrics import GatewayMetrics
 
 log = logging.getLogger("modelfence.monitor")
 

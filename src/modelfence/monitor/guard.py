@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ..gateway.call import Call
-from ..gateway.chain import Guard
+from ..kernel.call import Call
+from ..kernel.chain import Guard
 from .service import MonitorService, Subject, rows_of
 
 

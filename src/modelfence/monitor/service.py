@@ -25,7 +25,7 @@ from ..audit.record import replica_name
 from ..audit.sinks import AuditSink
 from ..config import ModelSettings, Settings
 from ..errors import ConfigurationError, StoreError
-from ..gateway.metrics import GatewayMetrics
+from ..kernel.metrics import GatewayMetrics
 from ..stores.breaker import Breaker
 from ..stores.outages import redis_outage
 from .alerts import Alert, Alerts, Webhook

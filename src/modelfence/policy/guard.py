@@ -6,8 +6,8 @@ import logging
 from typing import ClassVar
 
 from ..errors import Forbidden
-from ..gateway.call import Call
-from ..gateway.chain import Guard
+from ..kernel.call import Call
+from ..kernel.chain import Guard
 from .engine import PolicyEngine
 from .request import Facts, cedar_request
 

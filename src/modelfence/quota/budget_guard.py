@@ -12,8 +12,8 @@ from typing import ClassVar
 
 from ..config import Budget
 from ..errors import RateLimited
-from ..gateway.call import Call
-from ..gateway.chain import Guard
+from ..kernel.call import Call
+from ..kernel.chain import Guard
 from .budgets import BudgetStore, key_part, period_bounds
 
 log = logging.getLogger("modelfence.quota")

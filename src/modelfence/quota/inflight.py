@@ -17,8 +17,8 @@ from collections import Counter
 from typing import ClassVar, TypeVar
 
 from ..errors import RateLimited
-from ..gateway.call import Call
-from ..gateway.chain import Guard
+from ..kernel.call import Call
+from ..kernel.chain import Guard
 
 RETRY_AFTER_S = 1
 K = TypeVar("K")

@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 
 from ..config import QuotaSettings
 from ..errors import ConfigurationError, RateLimited, StoreError
-from ..gateway.call import Call
-from ..gateway.chain import Guard
+from ..kernel.call import Call
+from ..kernel.chain import Guard
 from ..stores.breaker import Breaker
 from ..stores.outages import redis_outage
 

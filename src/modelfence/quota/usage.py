@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from ..errors import StoreError
-from ..gateway.call import Call
-from ..gateway.chain import Guard
+from ..kernel.call import Call
+from ..kernel.chain import Guard
 from .budgets import BudgetStore, key_part
 
 log = logging.getLogger("modelfence.quota")

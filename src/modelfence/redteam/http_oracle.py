@@ -41,8 +41,8 @@ from ..errors import (
     UpstreamError,
     UpstreamRejected,
 )
-from ..gateway.oip import NUMPY_DTYPES, InferRequest, Tensor, decode_infer_response
-from ..gateway.oip import encode_infer_request as encode
+from ..kernel.oip import NUMPY_DTYPES, InferRequest, Tensor, decode_infer_response
+from ..kernel.oip import encode_infer_request as encode
 from .victims import Answers, Oracle
 
 DEFAULT_ADMIN_PORT = 9090  # server.admin_listen's default port

@@ -91,7 +91,7 @@ def _load_file(src: VictimSource) -> LocalVictim:
     """Through backends/local.py: skops trust checks and ONNX sessions exactly as served."""
     from ..backends.local import OnnxClassifier, SkopsClassifier
     from ..config import LocalBackend, ModelSettings
-    from ..gateway.oip import NUMPY_DTYPES
+    from ..kernel.oip import NUMPY_DTYPES
 
     settings = ModelSettings(name="victim", backend=LocalBackend(
         type=src.kind, path=src.path, trusted_types=list(src.trusted_types)))

@@ -31,8 +31,8 @@ import numpy as np
 from ..backends.base import ModelEntry, classifier_response
 from ..config import ModelSettings
 from ..errors import ConfigurationError, Forbidden
-from ..gateway.call import Call
-from ..gateway.chain import Guard
+from ..kernel.call import Call
+from ..kernel.chain import Guard
 from ..monitor.summary import Summary
 from .base import Array, Defense, LabelOnly, Rounding, shaped_labels
 from .chain import Chain

@@ -31,9 +31,9 @@ import numpy as np
 
 from ..backends.base import ModelEntry
 from ..errors import StoreError
-from ..gateway.call import Call
-from ..gateway.chain import Guard
-from ..gateway.metrics import GatewayMetrics
+from ..kernel.call import Call
+from ..kernel.chain import Guard
+from ..kernel.metrics import GatewayMetrics
 from .keyring import EvidenceCipher, Keyring
 from .marking import Mark, RepeatAllowance, Watermarker, make_record
 from .settings import WatermarkSettings

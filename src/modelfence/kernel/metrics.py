@@ -11,31 +11,20 @@ from __future__ import annotations
 
 import os
 import re
-from typing import ClassVar
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-
-from ..config import metrics_dir
-from ..errors import (
-    ClientDisconnected,
-    RequestTimeout,
-    Unavailable,
-    UpstreamError,
-    UpstreamRejected,
-)
-from .call import Call
-from .chain import Guard
 
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
-def _use_multiprocess_values() -> bool:
+def _use_multiprocess_values(folder: Path | None) -> bool:
     """True when this server's workers share metrics. prometheus_client picks its value
     class when first imported; a worker forked from a parent that imported it before the
     folder was set picks again here, before it makes any metric."""
     from prometheus_client import values
 
-    if metrics_dir() is None:
+    if folder is None:
         return False
     if not getattr(values.ValueClass, "_multiprocess", False):
         values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
@@ -60,11 +49,16 @@ def _forget_dead_workers(folder: os.PathLike[str]) -> None:
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
-        self._multiprocess = _use_multiprocess_values()
-        if self._multiprocess:
-            folder = metrics_dir()
-            assert folder is not None
+    """Every counter, histogram and gauge of one app.
+
+    `folder` is the workers' shared metrics folder (the configuration's `metrics_dir()`,
+    which prometheus_client also reads), or None when this process counts alone.
+    """
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self._folder = folder
+        self._multiprocess = _use_multiprocess_values(folder)
+        if folder is not None:
             _forget_dead_workers(folder)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
@@ -169,7 +163,7 @@ class GatewayMetrics:
         from prometheus_client import multiprocess
 
         merged = CollectorRegistry()
-        multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        multiprocess.MultiProcessCollector(merged, str(self._folder))  # type: ignore[no-untyped-call]
         return generate_latest(merged)
 
     def close(self) -> None:
@@ -178,28 +172,4 @@ class GatewayMetrics:
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
-                os.getpid(), str(metrics_dir()))
-
-
-class MetricsGuard(Guard):
-    """Counts every call in its complete phase, answered or denied."""
-
-    name: ClassVar[str] = "metrics"
-
-    def __init__(self, metrics: GatewayMetrics) -> None:
-        self._m = metrics
-
-    async def on_complete(self, call: Call) -> None:
-        m = self._m
-        model = call.model.name if call.model else "-"
-        m.requests.labels(call.action, model, str(call.status)).inc()
-        m.latency.labels(call.action).observe(call.elapsed_s())
-        err = call.error
-        if err is None:
-            return
-        if isinstance(err, UpstreamError | UpstreamRejected):
-            m.upstream_errors.labels(model, err.reason).inc()
-        elif isinstance(err, ClientDisconnected | RequestTimeout):
-            return  # counted where they are detected (BodyDeadline), not denials
-        elif 400 <= call.status < 500 or isinstance(err, Unavailable):
-            m.denials.labels(err.reason).inc()
+                os.getpid(), str(self._folder))
