@@ -1,8 +1,4 @@
-"""Checks shared by the typed settings of config.py and llm/settings.py.
-
-A leaf module: llm/settings.py must not import config.py (config.py imports it), so the
-checks both need live here.
-"""
+"""Checks that several settings sections share (Redis URLs, unique names)."""
 
 from __future__ import annotations
 
