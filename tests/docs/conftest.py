@@ -56,7 +56,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     """`modelfence demo` as `make demo` starts it, on free ports, in a home of its own."""
     home = tmp_path_factory.mktemp("home")
     workdir = tmp_path_factory.mktemp("repo")
-    (workdir / ".venv").symlink_to(ROOT / ".venv")
+    for entry in (".venv", "examples", "mkdocs.yml", "docs", "src", "pyproject.toml"):
+        (workdir / entry).symlink_to(ROOT / entry)
     env = snippet_env(home)
     port = _free_port_pair()
     log = home / "demo.log"
