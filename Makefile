@@ -44,3 +44,10 @@ bench: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) $(MLSERVER_VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Run a config from examples/ with its secrets, keys, database role, model files and stand-in
+# upstream made for it (in ~/.modelfence/examples/NAME):  make example NAME=local-model
+.PHONY: example
+example: $(VENV)/.installed
+	@test -n "$(NAME)" || { echo "usage: make example NAME=<one of: $(basename $(notdir $(wildcard examples/*.yaml)))>"; exit 2; }
+	$(VENV)/bin/modelfence example $(NAME) --port $(PORT)

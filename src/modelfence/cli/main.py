@@ -16,6 +16,7 @@ from . import (
     audit,
     audit_retention,
     demo,
+    example,
     keys,
     llm,
     monitor,
@@ -45,6 +46,7 @@ app.add_typer(artifact.app, name="artifact")
 config_app = typer.Typer(help="Inspect configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.command("demo")(demo.demo)
+app.command("example")(example.example)
 app.command("attack")(redteam.attack)
 app.command("assess")(redteam.assess)
 app.command("alerts")(audit.alerts)
