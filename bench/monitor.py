@@ -27,9 +27,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from modelfence.evaluation import monitor as ev
+from modelfence.evaluation.streams import benign_stream
 from modelfence.monitor import Monitor
-from modelfence.monitor import evaluate as ev
-from modelfence.monitor.streams import benign_stream
 
 TARGETS = {"jacobian": 200, "uniform": 200, "equation": 200, "linesearch": 200,
            "augmented": 500, "active": 500, "knockoff": 2000}

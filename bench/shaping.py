@@ -16,15 +16,15 @@ import time
 
 import numpy as np
 
-from modelfence.redteam.run import defense_secret
-from modelfence.shaping import parse_defense
-from modelfence.shaping.tradeoff import (
+from modelfence.evaluation.tradeoff import (
     DEFAULT_BUDGETS,
     DEFAULT_DEFENSES,
     WATCHED,
     prepare,
     tradeoff,
 )
+from modelfence.redteam.run import defense_secret
+from modelfence.shaping import parse_defense
 
 COST_TARGET_US = 20.0
 # misinfo:1.5 lies only farther out; a watched row costs its defense plus the monitor's observe

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from modelfence.cli.monitor import app
 from modelfence.errors import ConfigurationError
+from modelfence.evaluation import monitor as ev
 from modelfence.monitor import Monitor, MonitorSettings, Summary
-from modelfence.monitor import evaluate as ev
 
 Array = np.ndarray[Any, Any]
 

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 from modelfence.errors import ConfigurationError
-from modelfence.monitor import Summary
-from modelfence.monitor import evaluate as ev
-from modelfence.monitor.streams import (
+from modelfence.evaluation import monitor as ev
+from modelfence.evaluation.streams import (
     ATTACKS,
     BENIGN,
     START,
@@ -24,6 +23,7 @@ from modelfence.monitor.streams import (
     benign_stream,
     benign_suite,
 )
+from modelfence.monitor import Summary
 from modelfence.redteam.data import Pool
 
 

@@ -12,9 +12,7 @@ from typer.testing import CliRunner
 
 from modelfence.cli.main import app
 from modelfence.errors import ConfigurationError
-from modelfence.redteam.run import defense_secret
-from modelfence.shaping import parse_defense
-from modelfence.shaping.tradeoff import (
+from modelfence.evaluation.tradeoff import (
     Setting,
     ShapedAnswers,
     WatchedAnswers,
@@ -22,6 +20,8 @@ from modelfence.shaping.tradeoff import (
     prepare,
     tradeoff,
 )
+from modelfence.redteam.run import defense_secret
+from modelfence.shaping import parse_defense
 
 TINY = {"budgets": [40, 80], "augmented_budget": 80, "seeds": 1}
 

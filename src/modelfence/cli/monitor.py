@@ -21,7 +21,7 @@ from .common import ConfigOption, console, err_console, fail, settings_from
 
 if TYPE_CHECKING:
     from ..config import ModelSettings
-    from ..monitor.evaluate import Calibration, Evaluation
+    from ..evaluation.monitor import Calibration, Evaluation
 
 app = typer.Typer(help="Extraction monitor: fit a model's summary, evaluate, calibrate.",
                   no_args_is_help=True)
@@ -122,8 +122,8 @@ def _configured_world(config: Path | None, model: str, data: str,
     import numpy as np
 
     from ..errors import ConfigurationError
+    from ..evaluation.monitor import World
     from ..monitor import Summary
-    from ..monitor.evaluate import World
     from ..redteam.data import Pool, load_pool
     from ..redteam.victims import LocalVictim
 
@@ -194,7 +194,7 @@ def evaluate(
         cells = _suite_cells(suite, victims, behaviours, seed, queries, benign_per_victim)
         _evaluate_suite(cells, suite, workers, dask, seed, json_out, html_out, markdown_out)
         return
-    from ..monitor import evaluate as ev
+    from ..evaluation import monitor as ev
 
     results: list[Evaluation] = []
     try:
@@ -271,7 +271,7 @@ def _evaluate_suite(cells: list[Any], suite: str, workers: int | None, dask: str
 
 
 def _victims(text: str) -> list[str]:
-    from ..monitor.evaluate import VICTIMS
+    from ..evaluation.monitor import VICTIMS
 
     names = [v.strip() for v in text.split(",") if v.strip()]
     bad = [v for v in names if v not in VICTIMS]
@@ -332,7 +332,7 @@ def calibrate(
     config: ConfigOption = None,
 ) -> None:
     """Replay benign users and print the threshold that keeps false alarms under a rate."""
-    from ..monitor import evaluate as ev
+    from ..evaluation import monitor as ev
 
     try:
         ev.check_sample(false_alarm_rate, per, confidence, benign_streams, benign_queries)

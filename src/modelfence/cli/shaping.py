@@ -53,9 +53,9 @@ def tradeoff(
         "--markdown", help="Print the table as markdown")] = False,
 ) -> None:
     """Benign top-1 accuracy and thief fidelity per defense, on a victim trained here."""
+    from ..evaluation.tradeoff import DEFAULT_DEFENSES
+    from ..evaluation.tradeoff import tradeoff as run_tradeoff
     from ..redteam.executors import executor_for
-    from ..shaping.tradeoff import DEFAULT_DEFENSES
-    from ..shaping.tradeoff import tradeoff as run_tradeoff
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, transient=True)

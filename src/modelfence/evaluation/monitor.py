@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError
+from ..monitor.score import Monitor, MonitorSettings, Risk
+from ..monitor.summary import Array, Summary
 from ..redteam.data import Pool, load_pool
 from ..redteam.victims import LocalVictim
-from .score import Monitor, MonitorSettings, Risk
 from .streams import ATTACKS, Stream, attack_stream, benign_suite
-from .summary import Array, Summary
 
 VICTIMS = ("lr", "mlp")
 #: Shares of the rows that train the victim and fit the summary; the rest is held out.

@@ -38,9 +38,9 @@ from ..redteam.executors import Executor, InProcess, one_thread
 from ..redteam.run import HeldOut, accuracy, check_budgets, defense_secret, execute
 from ..redteam.thieves import check_thief, soft_targets
 from ..redteam.victims import Answers, LocalVictim, Oracle, VictimSource, victim_source
-from .base import Array, Defense, shaped_labels
-from .spec import parse_defense
-from .tradeoff_table import Column, Row, Tradeoff
+from ..shaping.base import Array, Defense, shaped_labels
+from ..shaping.spec import parse_defense
+from ..shaping.tradeoff_table import Column, Row, Tradeoff
 
 #: The table's defenses: one of each kind, then the settings tuned on digits.
 DEFAULT_DEFENSES = ("none", "round:2", "topk:3", "labels", "rsig:0.8,1.2", "noise:2",
@@ -242,7 +242,7 @@ def tradeoff(data: str | Setting = "sklearn:digits", *,
 
     Example::
 
-        from modelfence.shaping.tradeoff import tradeoff
+        from modelfence.evaluation.tradeoff import tradeoff
         print(tradeoff(defenses=["none", "misinfo"], budgets=[500], seeds=1).markdown())
     """
     started = time.perf_counter()
