@@ -2,7 +2,8 @@
 
 A configured URL can carry credentials (``https://user:token@host``) or a token in its
 query; every log line and error that names an outbound endpoint (JWKS, webhook, upstream
-model servers, prompt classifiers) passes it through `redact_url` first. A leaf module, so
+model servers, prompt classifiers, stores) passes it through `redact_url` first, and a
+driver's error text that may echo the URL passes through `hide_password`. A leaf module, so
 that every package can use the one helper.
 """
 
@@ -25,3 +26,13 @@ def redact_url(url: str) -> str:
     except ValueError:
         port = ""
     return urlunsplit((parts.scheme, host + port, parts.path, "", ""))
+
+
+def hide_password(text: str, url: str) -> str:
+    """`text` (a database driver's error, which may echo its connection string) with the
+    password of `url` replaced by ***."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return text
+    return text.replace(password, "***") if password else text

@@ -10,12 +10,11 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
-from urllib.parse import urlsplit
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from ..errors import ConfigurationError
+from ..stores.registry import Scheme, StoreKind, file_scheme, plain, postgresql
 
 if TYPE_CHECKING:
     from ..config import AuditSettings
@@ -112,29 +111,33 @@ def audit_sink_from_url(url: str, settings: AuditSettings | None = None,
     The checkpoint key is read here, at start-up, so a missing or wrong key refuses to
     start with one line naming the file (and never its content).
     """
-    if urlsplit(url).scheme in CHAINED_SCHEMES:
-        from ..config import AuditSettings
-        from .checkpoint import CheckpointPolicy, load_signer
-        from .spill import Spill
-        from .store import audit_store_from_url
-        from .writer import ChainedSink
+    return AUDIT_SINKS.open(url, settings=settings, spill_metrics=spill_metrics)
 
-        s = settings or AuditSettings(sink=url)
-        key_file = s.checkpoint_key_file
-        return ChainedSink(
-            audit_store_from_url(url, durability=s.durability), durability=s.durability,
-            batch_max=s.batch_max, flush_interval_ms=s.flush_interval_ms,
-            queue_max=s.queue_max, signer=load_signer(key_file) if key_file else None,
-            policy=CheckpointPolicy(s.checkpoint_every, s.checkpoint_interval_s),
-            spill=Spill(s.spill_dir, s.spill_max_bytes, spill_metrics))
-    if url in ("none://", "none"):
-        return NullSink()
-    if url in ("log://", "log"):
-        return LogSink()
-    if url.startswith("jsonl:///"):
-        path = url.removeprefix("jsonl:///")
-        if path:
-            return JsonlSink(Path(path))
-    raise ConfigurationError(
-        f"audit.sink: unknown sink {url!r}; use sqlite:///PATH, postgresql://USER@HOST/DB, "
-        "log://, jsonl:///PATH or none://")
+
+def _chained(url: str, *, settings: AuditSettings | None = None,
+             spill_metrics: SpillMetrics | None = None) -> AuditSink:
+    from ..config import AuditSettings
+    from .checkpoint import CheckpointPolicy, load_signer
+    from .spill import Spill
+    from .store import audit_store_from_url
+    from .writer import ChainedSink
+
+    s = settings or AuditSettings(sink=url)
+    key_file = s.checkpoint_key_file
+    return ChainedSink(
+        audit_store_from_url(url, durability=s.durability), durability=s.durability,
+        batch_max=s.batch_max, flush_interval_ms=s.flush_interval_ms,
+        queue_max=s.queue_max, signer=load_signer(key_file) if key_file else None,
+        policy=CheckpointPolicy(s.checkpoint_every, s.checkpoint_interval_s),
+        spill=Spill(s.spill_dir, s.spill_max_bytes, spill_metrics))
+
+
+def _jsonl(path: Path, **_options: Any) -> AuditSink:
+    return JsonlSink(path)
+
+
+#: Where audit records go: a hash-chained store (sqlite, postgresql), or unchained sinks.
+AUDIT_SINKS: StoreKind[AuditSink] = StoreKind(
+    "audit.sink", Scheme(("sqlite",), "sqlite:///PATH", _chained), postgresql(_chained),
+    plain("log", LogSink, bare=True), file_scheme("jsonl", _jsonl),
+    plain("none", NullSink, bare=True), noun="sink")

@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
-from ..errors import ConfigurationError, RetentionRefused
+from ..errors import RetentionRefused
+from ..stores.registry import StoreKind, postgresql, sqlite
 from .chain import COLUMNS, Head, Row
 from .checkpoint import Checkpoint
 
@@ -205,18 +205,23 @@ def audit_store_from_url(url: str, *, durability: Durability = "batched", create
     `create=False` (readers: verify, query, export) refuses to make a new, empty SQLite log
     where a typo in the path would otherwise make every check pass on nothing.
     """
-    scheme = urlsplit(url).scheme
-    if scheme == "sqlite":
-        path = url.removeprefix("sqlite:///")
-        if not path or path == url:
-            raise ConfigurationError(f"audit.sink: sqlite URL needs a path: {url}")
-        from .store_sqlite import SqliteAuditStore
+    return AUDIT_STORES.open(url, durability=durability, create=create)
 
-        return SqliteAuditStore(Path(path), durable=durability == "strict", create=create)
-    if scheme in ("postgresql", "postgres"):
-        from .store_postgres import PostgresAuditStore
 
-        return PostgresAuditStore(url)
-    raise ConfigurationError(
-        f"audit.sink: {scheme!r} is not a chained audit store; use sqlite:///PATH or "
-        "postgresql://USER@HOST/DB")
+def _sqlite_store(path: Path, *, durability: Durability = "batched", create: bool = True
+                  ) -> AuditStore:
+    from .store_sqlite import SqliteAuditStore
+
+    return SqliteAuditStore(path, durable=durability == "strict", create=create)
+
+
+def _postgres_store(url: str, **_options: Any) -> AuditStore:
+    from .store_postgres import PostgresAuditStore
+
+    return PostgresAuditStore(url)
+
+
+#: The hash-chained, queryable audit log (the drivers are imported when one is opened).
+AUDIT_STORES: StoreKind[AuditStore] = StoreKind(
+    "audit.sink", sqlite(_sqlite_store), postgresql(_postgres_store),
+    noun="chained audit store")

@@ -18,9 +18,9 @@ import contextlib
 import hashlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from ..errors import RetentionRefused, StoreError
+from ..redaction import hide_password
 from .chain import COLUMNS, Head, Row
 from .checkpoint import Checkpoint
 from .failure import pg_permanent, refused
@@ -70,9 +70,7 @@ class PostgresAuditStore(AuditStore):
 
     def _problem(self, exc: BaseException) -> str:
         text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        password = urlsplit(self._url).password
-        if password:
-            text = text.replace(password, "***")
+        text = hide_password(text, self._url)
         return f"{exc.__class__.__name__}: {text}" if text else exc.__class__.__name__
 
     async def open(self) -> None:

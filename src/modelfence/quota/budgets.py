@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from ..errors import ConfigurationError, StoreError
+from ..errors import StoreError
 from ..stores.postgres import open_pool, pool_breaker
+from ..stores.registry import StoreKind, postgresql, sqlite
 from ..stores.sqlite import SqliteFile
 
 
@@ -221,14 +221,9 @@ class PostgresBudgetStore(BudgetStore):
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
-def budget_store_from_url(url: str) -> BudgetStore:
-    scheme = urlsplit(url).scheme
-    if scheme == "sqlite":
-        path = url.removeprefix("sqlite:///")
-        if path and path != url:
-            return SqliteBudgetStore(Path(path))
-    if scheme in ("postgresql", "postgres"):
-        return PostgresBudgetStore(url)
-    raise ConfigurationError(
-        f"quotas.budget_store: unknown or incomplete URL scheme {scheme!r}; use "
-        "sqlite:///PATH or postgresql://USER@HOST/DB (budgets must survive restarts)")
+#: Budgets: sqlite:///PATH or postgresql://USER@HOST/DB, never memory (they outlive a restart).
+BUDGET_STORES: StoreKind[BudgetStore] = StoreKind(
+    "quotas.budget_store", sqlite(SqliteBudgetStore), postgresql(PostgresBudgetStore),
+    why="budgets must survive restarts")
+
+budget_store_from_url = BUDGET_STORES.open

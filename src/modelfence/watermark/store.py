@@ -18,10 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from ..errors import ConfigurationError, StoreError
+from ..errors import StoreError
 from ..stores.postgres import open_pool, pool_breaker
+from ..stores.registry import StoreKind, memory, postgresql, sqlite
 from ..stores.sqlite import SqliteFile
 
 STORE = "watermark"
@@ -307,17 +307,9 @@ class PostgresEvidenceStore(EvidenceStore):
                              store=STORE) from None
 
 
-def evidence_store_from_url(url: str) -> EvidenceStore:
-    """memory://, sqlite:///relative or sqlite:////absolute, postgresql://USER@HOST/DB."""
-    scheme = urlsplit(url).scheme
-    if scheme == "memory":
-        return MemoryEvidenceStore()
-    if scheme == "sqlite":
-        path = url.removeprefix("sqlite:///")
-        if path and path != url:
-            return SqliteEvidenceStore(Path(path))
-    if scheme in ("postgresql", "postgres"):
-        return PostgresEvidenceStore(url)
-    raise ConfigurationError(
-        f"watermark.evidence_store: unknown or incomplete URL scheme {scheme!r}; use "
-        "sqlite:///PATH, postgresql://USER@HOST/DB or memory://")
+#: Evidence: sqlite:///relative or sqlite:////absolute, postgresql://USER@HOST/DB, memory://.
+EVIDENCE_STORES: StoreKind[EvidenceStore] = StoreKind(
+    "watermark.evidence_store", sqlite(SqliteEvidenceStore),
+    postgresql(PostgresEvidenceStore), memory(MemoryEvidenceStore))
+
+evidence_store_from_url = EVIDENCE_STORES.open
