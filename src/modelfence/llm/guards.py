@@ -58,6 +58,7 @@ class LlmExchange:
     client_wants_usage: bool = False
     tally: UsageTally | None = None
     usage: TokenUsage | None = None
+    answer: dict[str, Any] | None = None  # a whole (not streamed) answer, for output guards
     cancelled: bool = False
     leaks: Any = None  # the `LeakPolicy` of a canary-protected chat, when configured
     filters: dict[int, Any] = field(default_factory=dict)  # per choice: its `LeakFilter`

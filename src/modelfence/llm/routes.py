@@ -32,11 +32,10 @@ from ..kernel.chain import Guard, GuardChain
 from ..kernel.finish import finish
 from ..kernel.responses import error_response
 from ..kernel.stages import Stages
-from .canary import Canary, LeakPolicies
 from .distill_worker import CountSink, DistillGuard, DistillWorker
 from .guards import LlmBodyGuard, LlmEntry, LlmExchange, LlmModelGuard, exchange_of
 from .leak_semantic import SemanticLeakWorker
-from .noise import LogprobNoise, add_noise, request_context
+from .output_guards import CanaryGuard, LlmOutputGuard, LogprobNoiseGuard
 from .risk import Crossing, LlmRiskBook
 from .risk_guard import LlmRiskGuard
 from .risk_sync import RiskStream
@@ -78,8 +77,6 @@ class LlmRoutes:
         self.settings = settings
         self._on_store_error = on_store_error  # counts refusals by store, as OIP routes do
         self._noise_secret = noise_secret or os.urandom(32)  # logprob noise key
-        self._canary_secret = hmac.new(self._noise_secret, b"canary", hashlib.sha256).digest()
-        self._leak_policies = LeakPolicies()
         self.models = {m.name: LlmEntry(m) for m in settings.models}
         text_wm = hmac.new(self._noise_secret, b"text-watermark", hashlib.sha256).digest()
         self.upstream = LlmUpstream(max_connections=settings.max_connections,
@@ -92,10 +89,17 @@ class LlmRoutes:
         self.distill = self._distill_worker(settings, on_distill)
         distill = [DistillGuard(self.distill)] if self.distill is not None else []
         self.leak_semantic = self._semantic_worker(settings)
+        # response phases run bottom to top: the noise first, then the leak filter
+        outputs: list[LlmOutputGuard] = [LogprobNoiseGuard(self._noise_secret)]
+        if any(m.canary is not None for m in settings.models):
+            outputs.insert(0, CanaryGuard(self._noise_secret, self.leak_semantic))
         # the gateway's shared stages, with the LLM's own guards in theirs (kernel/stages.py)
         self._chain = stages.with_(model=[lookup], screens=screening,
                                    monitor=[*stages.monitor, *risk, *distill],
-                                   body=[*stages.body, LlmBodyGuard()]).chain()
+                                   body=[*stages.body, LlmBodyGuard()],
+                                   outputs=[*stages.outputs, *outputs]).chain()
+        self._event_guards = [g for g in reversed(self._chain.guards)
+                              if isinstance(g, LlmOutputGuard)]
         self._list_chain = stages.chain(through="inflight")
         self._audit_before_answer = audit_before_answer
         self._pending: set[asyncio.Task[None]] = set()
@@ -210,36 +214,29 @@ class LlmRoutes:
             nonlocal stream
             ex = exchange_of(call)
             path = PATHS[call.action]
-            self._protect(ex)
             body = orjson.dumps(ex.request)
             if ex.stream:
-                assert ex.controls is not None
-                if ex.controls.logprob_noise > 0:
-                    ex.noise = LogprobNoise(self._noise_secret,
-                                            request_context(_who(call), ex.request),
-                                            ex.controls.logprob_noise)
                 stream = await self.upstream.stream(ex.entry.settings, path, body)
-            else:
-                doc = loads_object(await self.upstream.post(ex.entry.settings, path, body))
-                assert ex.tally is not None
-                ex.tally.see(doc)
-                ex.usage = ex.tally.result()
-                call.tokens_used = ex.usage.total
-                call.note("llm", "note", ex.usage.describe())
-                assert ex.controls is not None
-                add_noise(doc, self._noise_secret, _who(call), ex.request,
-                          ex.controls.logprob_noise)
-                self._screen_answer(call, ex, doc)
-                if "model" in doc:
-                    doc["model"] = ex.entry.name
-                call.response_body = orjson.dumps(doc)
+                return
+            doc = loads_object(await self.upstream.post(ex.entry.settings, path, body))
+            assert ex.tally is not None
+            ex.tally.see(doc)
+            ex.usage = ex.tally.result()
+            call.tokens_used = ex.usage.total
+            call.note("llm", "note", ex.usage.describe())
+            ex.answer = doc  # filtered by the output guards' response phases
 
         try:
             await self._chain.run(call, terminal)
+            if stream is None:
+                ex = exchange_of(call)
+                assert ex.answer is not None
+                if "model" in ex.answer:
+                    ex.answer["model"] = ex.entry.name
+                call.response_body = orjson.dumps(ex.answer)
         except Exception as exc:
             return await self._finish(call, self._chain, self._error(call, exc))
         if stream is None:
-            assert call.response_body is not None
             response = Response(call.response_body, 200, media_type="application/json")
             return await self._finish(call, self._chain, response)
         call.status = 200
@@ -307,7 +304,8 @@ class LlmRoutes:
 
     def _event(self, call: Call, ex: LlmExchange, event: SseEvent) -> bytes:
         """One upstream event as the client gets it: the upstream model name replaced, added
-        usage hidden, logprobs noised, leaks filtered, and always re-encoded as one line.
+        usage hidden, the output guards' filters applied (logprob noise, leak filter), and
+        always re-encoded as one line.
         What cannot be read as a chunk object ends the stream (`UpstreamError`)."""
         data = event.data.strip()
         if data == "[DONE]":
@@ -333,83 +331,9 @@ class LlmRoutes:
             doc["usage"] = None
         if "model" in doc:
             doc["model"] = ex.entry.name
-        if ex.noise is not None:
-            ex.noise.apply(doc, ex.noise_offsets)
-        if ex.leaks is not None:
-            self._screen_delta(call, ex, doc)
+        for guard in self._event_guards:
+            guard.on_event(call, ex, doc)
         return _sse(doc)
-
-    # system-prompt theft protection --------------------------------------------------------
-
-    def _protect(self, ex: LlmExchange) -> None:
-        """Add the deployment's canary to the system prompt; remember what a leak looks like."""
-        settings = ex.entry.settings.canary
-        messages = ex.request.get("messages")
-        if settings is None or not isinstance(messages, list):
-            return
-        canary = Canary(self._canary_secret, ex.entry.name)
-        ex.leaks = self._leak_policies.for_settings(canary, messages, settings)
-        ex.request["messages"] = canary.protect(messages)
-
-    def _screen_answer(self, call: Call, ex: LlmExchange, doc: dict[str, Any]) -> None:
-        if ex.leaks is None:
-            return
-        for choice in doc.get("choices") or ():
-            message = choice.get("message") if isinstance(choice, dict) else None
-            if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-                continue
-            result = ex.leaks.scan(message["content"])
-            if result.leaked:
-                message["content"] = result.text
-                if ex.leaks.mode == "block":
-                    choice["finish_reason"] = "content_filter"
-                ex.leaked = True
-                self._leak_noted(call, ex.leaks.mode, result.detections)
-            else:
-                self._retold(call, ex, message["content"])
-
-    def _screen_delta(self, call: Call, ex: LlmExchange, doc: dict[str, Any]) -> None:
-        """Pass each choice's text through its leak filter; hold back what could still leak."""
-        for choice in doc.get("choices") or ():
-            if not isinstance(choice, dict):
-                continue
-            index = int(choice.get("index", 0))
-            f = ex.filters.get(index)
-            if f is None:
-                f = ex.filters[index] = ex.leaks.filter()
-            delta = choice.get("delta")
-            text = delta.get("content") if isinstance(delta, dict) else None
-            out = f.feed(text) if isinstance(text, str) else ""
-            if choice.get("finish_reason") is not None:
-                out += f.finish()
-                if f.leaked and ex.leaks.mode == "block":
-                    choice["finish_reason"] = "content_filter"
-                if not f.leaked:
-                    self._retold(call, ex, f.text)
-            if f.leaked and not ex.leaked:
-                ex.leaked = True
-                self._leak_noted(call, ex.leaks.mode, f.detections)
-            if isinstance(delta, dict) and (isinstance(text, str) or out):
-                delta["content"] = out
-
-    def _retold(self, call: Call, ex: LlmExchange, answer: str) -> None:
-        """Hand an answer the leak filter passed to the paraphrase check (in the background:
-        a retold prompt is leak evidence for the caller, after the answer)."""
-        settings = ex.entry.settings.canary
-        p = call.principal
-        if (self.leak_semantic is None or settings is None or not settings.semantic
-                or p is None or ex.leaks is None):
-            return
-        self.leak_semantic.submit(ex.leaks.semantic(settings.semantic_threshold), answer,
-                                  ex.entry.name, p.id, p.tenant or None)
-
-    def _leak_noted(self, call: Call, mode: str, detections: Any) -> None:
-        kinds = sorted({d.kind for d in detections})
-        action = "blocked" if mode == "block" else "redacted"
-        call.note("canary", "deny" if mode == "block" else "note",
-                  f"system prompt leak {action}: {', '.join(kinds)}")
-        log.warning("LLM answer on %s would leak the system prompt (%s); %s",
-                    call.model_name, ", ".join(kinds), action)
 
     def _error(self, call: Call, exc: Exception, *, count: bool = True) -> Response:
         _, call.error = error_response(exc, where=f" in {call.action}")
@@ -441,11 +365,6 @@ def _forget(pending: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], 
 def _log_crossing(crossing: Crossing) -> None:
     log.warning("LLM extraction risk %.2f for %s %s on %s: %s", crossing.risk.score,
                 crossing.kind, crossing.subject, crossing.model, crossing.risk.explain())
-
-
-def _who(call: Call) -> str:
-    p = call.principal
-    return "" if p is None else f"{p.tenant}/{p.id}"
 
 
 def llm_routes(settings: LlmSettings, *, head: Sequence[Guard], identity: Guard,
