@@ -1,25 +1,25 @@
 """Sign and verify a model file or folder with OpenSSF model-signing (fully offline).
 
 Signers: an ECDSA private key (PEM; P-256/384/521), a key + certificate chain, or an EC key
-held in a PKCS#11 token. model-signing 1.1.1's own PKCS#11 signer needs PyKCS11; here the
-token is driven through python-pkcs11 instead: a key object standing in for
-`cryptography`'s private key is handed to model-signing's EC signer, so the token signs
-the DSSE payload and the bundle is the standard one any model-signing verifier accepts
-with the token's public key.
+held in a PKCS#11 token. A token signs through model-signing's own PKCS#11 signer (its
+public `use_pkcs11_signer`, with a PKCS#11 URI, RFC 7512), so the bundle is the standard
+one any model-signing verifier accepts with the token's public key. Keys are created and
+read with python-pkcs11 (`Pkcs11Key.generate`, `public_key`); model-signing drives the
+token through PyKCS11 (its `pkcs11` extra). Both come with `modelfence[artifacts]`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from .errors import KeyProviderError, SignatureError
 
@@ -97,35 +97,18 @@ class Pkcs11Key:
         return self.public_key().public_bytes(serialization.Encoding.PEM,
                                               serialization.PublicFormat.SubjectPublicKeyInfo)
 
+    def uri(self) -> str:
+        """The key as a PKCS#11 URI (RFC 7512) for model-signing, PIN included: never log it."""
+        def q(value: str) -> str:
+            return quote(value, safe="")
 
-class _TokenPrivateKey:
-    """Just enough of `ec.EllipticCurvePrivateKey` for model-signing's EC signer."""
-
-    def __init__(self, ref: Pkcs11Key) -> None:
-        self._ref = ref
-        self._pub = ref.public_key()
-
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self._pub
-
-    def sign(self, data: bytes, algorithm: ec.ECDSA) -> bytes:
-        import pkcs11
-
-        algo = algorithm.algorithm
-        assert isinstance(algo, hashes.HashAlgorithm)
-        digest = hashlib.new(algo.name, data).digest()
-        with self._ref._session() as s:
-            priv = s.get_key(object_class=pkcs11.ObjectClass.PRIVATE_KEY,
-                             key_type=pkcs11.KeyType.EC, label=self._ref.key_label)
-            raw = bytes(priv.sign(digest, mechanism=pkcs11.Mechanism.ECDSA))
-        half = len(raw) // 2
-        return encode_dss_signature(int.from_bytes(raw[:half]), int.from_bytes(raw[half:]))
+        return (f"pkcs11:token={q(self.token_label)};object={q(self.key_label)}"
+                f"?module-path={quote(str(self.module.resolve()), safe='/')}"
+                f"&pin-value={q(self.pin)}")
 
 
 def _hashing_config(model: Path, signature: Path) -> Any:
-    from model_signing import hashing
-
-    cfg = hashing.Config()  # type: ignore[no-untyped-call]
+    cfg = _model_signing("hashing").Config()
     if model.is_dir() and signature.resolve().is_relative_to(model.resolve()):
         cfg.set_ignored_paths(paths=[signature.resolve()])
     return cfg
@@ -147,16 +130,11 @@ def sign_model(model: str | Path, *, signature: str | Path | None = None,
         raise SignatureError(f"{model}: no such file or folder")
     if (private_key is None) == (pkcs11_key is None):
         raise SignatureError("give exactly one of a private key file or a PKCS#11 key")
-    from model_signing import signing
-    from model_signing._signing import sign_ec_key
-
-    cfg = signing.Config().set_hashing_config(  # type: ignore[no-untyped-call]
-        _hashing_config(model, sig))
+    signing = _model_signing("signing")
+    cfg = signing.Config().set_hashing_config(_hashing_config(model, sig))
     try:
         if pkcs11_key is not None:
-            signer = sign_ec_key.Signer.__new__(sign_ec_key.Signer)
-            signer._private_key = _TokenPrivateKey(pkcs11_key)  # type: ignore[assignment]
-            cfg._signer = signer  # model-signing has no public hook for a custom key object
+            _use_token(cfg, pkcs11_key)
         elif certificate is not None:
             cfg.use_certificate_signer(private_key=Path(private_key),  # type: ignore[arg-type]
                                        signing_certificate=Path(certificate),
@@ -171,6 +149,39 @@ def sign_model(model: str | Path, *, signature: str | Path | None = None,
     return sig
 
 
+def _use_token(cfg: Any, key: Pkcs11Key) -> None:
+    """model-signing's PKCS#11 signer on `key`; its errors without the URI (it holds the PIN)."""
+    from importlib.util import find_spec
+
+    if find_spec("PyKCS11") is None:
+        raise KeyProviderError(
+            "PKCS#11 signing needs PyKCS11: pip install 'modelfence[artifacts]'")
+    # A module is initialized once per process, and PyKCS11 finalizes it when the signer
+    # goes: python-pkcs11 (which made or read the key) lets it go first, and loads it afresh
+    # when next used, instead of keeping a handle the signer finalized.
+    if "pkcs11" in sys.modules:
+        sys.modules["pkcs11"].unload(str(key.module))
+    try:
+        cfg.use_pkcs11_signer(pkcs11_uri=key.uri())
+    except Exception as exc:
+        text = _one_line(exc).replace(key.uri(), "<pkcs11 uri>")
+        if key.pin:
+            text = text.replace(key.pin, "***").replace(quote(key.pin, safe=""), "***")
+        raise KeyProviderError(f"PKCS#11 token {key.token_label!r}, key {key.key_label!r}: "
+                               f"{text}") from None
+
+
+def _model_signing(module: str) -> Any:
+    """`model_signing.<module>`, or a SignatureError naming the extra that brings it."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"model_signing.{module}")
+    except ImportError:
+        raise SignatureError(
+            "model signatures need model-signing: pip install 'modelfence[artifacts]'") from None
+
+
 def verify_model(model: str | Path, policy: SignaturePolicy) -> None:
     """Raise `SignatureError` (one line, naming the file) unless `model` matches its signature."""
     model = Path(model)
@@ -179,11 +190,9 @@ def verify_model(model: str | Path, policy: SignaturePolicy) -> None:
         raise SignatureError(f"{model}: no such file or folder")
     if not sig.is_file():
         raise SignatureError(f"{model}: signature {sig} not found")
-    from model_signing import verifying
-
+    verifying = _model_signing("verifying")
     try:
-        cfg = verifying.Config().set_hashing_config(  # type: ignore[no-untyped-call]
-            _hashing_config(model, sig))
+        cfg = verifying.Config().set_hashing_config(_hashing_config(model, sig))
         if policy.public_key is not None:
             cfg.use_elliptic_key_verifier(public_key=policy.public_key)
         else:
