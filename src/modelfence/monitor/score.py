@@ -1,24 +1,22 @@
-"""One risk per caller from many detectors, the bounded tables of callers, and their snapshots.
+"""One risk per caller from many detectors, and the monitor's snapshots.
 
-Detector scores are calibrated alike (0 for what benign traffic shows, 1 for far beyond it),
-so they combine by noisy-OR, 1 - prod(1 - s_i): any one detector that is sure makes the
-risk sure, and several half-sure detectors add up, as independent evidence would. Each
-detector's contribution is reported with its explanation, so a denial can say why.
+Detector scores combine by noisy-OR (`verdict.combine`); each detector's contribution is
+reported with its explanation, so a denial can say why.
 
 A caller is a principal (an API key, a user) and, when the request names one, its tenant: a
 tenant's state sees every query of all its principals, so a thief who spreads one extraction
-over many keys is judged on the whole of it. Each kind has its own LRU table capped at
-`max_principals` and its own `PeerStats`; with each caller's state fixed in size, the
-monitor's memory is bounded by settings alone.
+over many keys is judged on the whole of it. Each kind has its own LRU table
+(`callers.Table`) capped at `max_principals` and its own `PeerStats`; with each caller's
+state fixed in size, the monitor's memory is bounded by settings alone.
 
-Each caller's rows pass its `Repeats` first: exact repeats of its recent rows reach only the
-volume detector. `observe` recomputes the risk of the callers it updates (the readings of
-detectors that saw new rows) and caches it, so the request path reads a risk with one
-dictionary lookup (`peek`). The score the gateway acts on is held by each caller's episode
+`observe` recomputes the risk of the callers it updates (the readings of detectors that saw
+new rows) and caches it, so the request path reads a risk with one dictionary lookup
+(`peek`). The score the gateway acts on is held by each caller's episode
 (`monitor.episodes`: hysteresis, a minimum dwell, a sticky hold for synthetic queries), and
 `observe` reports each episode's start once (`Crossing`). `snapshot` and `restore` carry
 the whole state as plain arrays (.npz, no pickle) for persistence and for replicas that
-share one monitor's state.
+share one monitor's state. The settings, `Risk` and `Crossing` live in `verdict.py`, and
+are exported here too.
 """
 
 from __future__ import annotations
@@ -28,225 +26,30 @@ import io
 import json
 import math
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import fields
+from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigurationError
+from .callers import CallerState, Table
 from .detectors import (
-    DETECTORS,
-    RETIRED,
-    Detector,
-    PeerStats,
     Reading,
-    Repeats,
-    Shared,
 )
-from .episodes import NO_EPISODE, STICKY, Episode, Hysteresis, check_hysteresis, step
-from .facts import Batch, Cells, Judge, Rows
-from .resends import Resends, projection
+from .episodes import Episode, Hysteresis, step
+from .facts import Batch, Cells, Judge
+from .resends import projection
 from .rings import ROW
 from .summary import Array, Summary
+from .verdict import NO_RISK, Crossing, Kind, MonitorSettings, Risk, combine
+
+__all__ = ["NO_RISK", "SNAPSHOT_FORMAT", "SNAPSHOT_VERSION", "CallerState", "Crossing", "Kind",
+           "Monitor", "MonitorSettings", "Risk", "Table", "combine", "fingerprint"]
 
 #: What `snapshot` writes; `restore` reads only this format and version (2: float32 rows,
 #: each caller's repeat digests, the peer table's latest hour; 3: each caller's episode and
 #: its raw risk; 4: each caller's re-send anchors, detectors fitted by summary format 3).
 SNAPSHOT_FORMAT, SNAPSHOT_VERSION = "modelfence-monitor", 4
-
-Kind = Literal["principal", "tenant"]
-
-
-@dataclass(frozen=True)
-class MonitorSettings:
-    """Monitor settings; moves into config.py when the monitor is wired into the gateway."""
-
-    detectors: tuple[str, ...] = ("prada", "boundary", "synthetic", "flips", "ood", "coverage",
-                                  "volume")
-    threshold: float = 0.5  # raw risk at or above which a caller's episode starts
-    max_principals: int = 10_000  # per table: principals, and tenants
-    release: float | None = None  # raw risk below which an episode may end; None: 0.6 x threshold
-    min_dwell_s: float = 600.0  # an episode lasts at least this long
-    hold_s: float = 86_400.0  # how long synthetic-query evidence keeps an episode going
-    sticky: tuple[str, ...] = STICKY  # detectors whose evidence is of synthetic queries
-
-    def __post_init__(self) -> None:
-        retired = [n for n in self.detectors if n in RETIRED]
-        if retired:
-            raise ConfigurationError(f"monitor detector {retired[0]!r} was retired: "
-                                     f"{RETIRED[retired[0]]}")
-        unknown = sorted(set(self.detectors) - set(DETECTORS))
-        if unknown:
-            raise ConfigurationError(
-                f"unknown monitor detector(s) {unknown}; use: {', '.join(sorted(DETECTORS))}")
-        if not 0.0 < self.threshold <= 1.0:
-            raise ConfigurationError("monitor threshold must be in (0, 1]")
-        check_hysteresis(self.threshold, self.release, self.min_dwell_s, self.hold_s)
-        if self.max_principals < 1:
-            raise ConfigurationError("monitor max_principals must be at least 1")
-
-
-@dataclass(frozen=True)
-class Risk:
-    """A caller's risk, whether it is flagged, and each detector's part in it.
-
-    `score` is the effective risk the gateway acts on (held by the episode's hysteresis),
-    `raw` the detectors' combined score of the last observation, `flagged` whether an
-    episode is on (`episode` says since when and any sticky hold).
-    """
-
-    score: float
-    flagged: bool
-    queries: int
-    readings: dict[str, Reading] = field(default_factory=dict)
-    raw: float = 0.0
-    episode: Episode = NO_EPISODE
-
-    def explain(self) -> str:
-        parts = [f"{n} {r.score:.2f} ({r.why})" for n, r in self.readings.items() if r.score > 0]
-        return "; ".join(parts) or "no detector raised"
-
-
-NO_RISK = Risk(0.0, False, 0)
-
-
-@dataclass(frozen=True)
-class Crossing:
-    """An episode that started with this observe: one per alert to raise.
-
-    A principal's episode names its `tenant`; when the tenant's episode started with the same
-    observation, `tenant_risk` carries it and there is no second Crossing for the tenant. A
-    tenant's episode is a Crossing of its own only when the principal that sent the
-    observation is not in an episode (evidence spread over keys, a Sybil): otherwise the
-    principal's alert already told of it.
-    """
-
-    subject_kind: Kind
-    subject: str
-    risk: Risk
-    tenant: str | None = None
-    tenant_risk: Risk | None = None
-
-
-def combine(readings: dict[str, Reading], only: frozenset[str] | None = None) -> float:
-    """Noisy-OR of the detector scores (of those named in `only`, when given)."""
-    keep = 1.0
-    for n, r in readings.items():
-        if only is None or n in only:
-            keep *= 1.0 - min(1.0, max(0.0, r.score))
-    return 1.0 - keep
-
-
-#: What a row is to its caller (`CallerState._kind`): new, an exact repeat, or a noisy
-#: re-send whose answer is the same as, or differs from, its anchor's.
-FRESH, REPEAT, SAME, FLIP = 0, 1, 2, 3
-#: Which rows a detector is shown (`Detector.sees_repeats`, `sees_resends`, or neither).
-REPEATS, RESENDS, FRESH_ONLY = "repeats", "resends", "fresh"
-
-
-class CallerState:
-    """All detectors for one caller, its re-send filters, its query count and risk."""
-
-    def __init__(self, summary: Summary, names: tuple[str, ...], *, key: str,
-                 shared: Shared) -> None:
-        self.detectors: dict[str, Detector] = {
-            n: DETECTORS[n].for_caller(summary, key=key, shared=shared) for n in names}
-        self.repeats = Repeats()
-        self.resends = Resends(summary.n_features, summary.resend_radius,
-                               int(summary.resend_key), gap=summary.natural_gap)
-        self.queries = 0
-        self.risk = NO_RISK
-        # which rows each detector sees, looked up once rather than on every observe
-        self._roles = [(n, d, REPEATS if d.sees_repeats else RESENDS if d.sees_resends
-                        else FRESH_ONLY) for n, d in self.detectors.items()]
-
-    def _kind(self, rows: Batch, i: int) -> int:
-        """`FRESH`, `REPEAT` (exact), `SAME` (a noisy re-send answered as its anchor was) or
-        `FLIP` (a noisy re-send answered another class) for row `i`; a fresh row becomes an
-        anchor."""
-        if self.repeats.seen_digest(rows.digest(i)):
-            return REPEAT
-        label = rows.labels[i]
-        a, aa = rows.anchor(i)
-        anchor = self.resends.seen_at(a, aa, label)
-        if anchor is None:
-            return FRESH
-        return FLIP if anchor not in (label, -1) else SAME
-
-    def observe(self, rows: Batch, now: float) -> set[str]:
-        """Show the rows to the detectors: fresh rows to most, noisy re-sends to those that
-        `sees_resends`, all rows to volume; returns the names of the detectors that saw any.
-        What the detectors read of the rows comes from `rows`, computed once for every
-        caller that the same rows are fresh to (`facts`)."""
-        kinds = [self._kind(rows, i) for i in range(len(rows))]
-        every = rows.rows()
-        if kinds.count(FRESH) == len(kinds):
-            fresh: Rows | None = every
-        else:
-            mask = [k == FRESH for k in kinds]
-            fresh = rows.rows(mask) if any(mask) else None
-        noisy: Rows | None = None
-        if SAME in kinds or FLIP in kinds:
-            noisy = rows.rows([k >= SAME for k in kinds])
-        seen = set()
-        for name, det, sees in self._roles:
-            if sees == REPEATS:
-                det.take(every, now)
-            elif sees == RESENDS:
-                if noisy is None:
-                    continue
-                det.take_resends(noisy, [k == FLIP for k in kinds if k >= SAME], now)
-            elif fresh is not None:
-                det.take(fresh, now)
-            else:
-                continue
-            seen.add(name)
-        self.queries += len(rows)
-        return seen
-
-    def filters_state(self) -> dict[str, Array]:
-        """The re-send filters' state as named arrays (a snapshot's part for this caller)."""
-        return {**{f"repeats.{k}": v for k, v in self.repeats.state().items()},
-                **{f"resends.{k}": v for k, v in self.resends.state().items()}}
-
-    def load_filters(self, state: dict[str, Array]) -> None:
-        self.repeats.load({k[8:]: v for k, v in state.items() if k.startswith("repeats.")})
-        self.resends.load({k[8:]: v for k, v in state.items() if k.startswith("resends.")})
-
-    @property
-    def nbytes(self) -> int:
-        return (sum(d.nbytes for d in self.detectors.values()) + self.repeats.nbytes
-                + self.resends.nbytes)
-
-
-class Table:
-    """The callers of one kind, least recently seen first, and what they do as peers."""
-
-    def __init__(self, kind: Kind, summary: Summary, settings: MonitorSettings,
-                 cells: Cells, judge: Judge) -> None:
-        self.kind, self.summary, self.settings = kind, summary, settings
-        self.states: OrderedDict[str, CallerState] = OrderedDict()
-        self.shared = Shared(PeerStats(), cells, judge)
-        self.peers = self.shared.peers
-
-    def new(self, key: str) -> CallerState:
-        return CallerState(self.summary, self.settings.detectors, key=key, shared=self.shared)
-
-    def touch(self, key: str) -> CallerState:
-        """The caller's state, created if new, marked most recent."""
-        state = self.states.get(key)
-        if state is None:
-            state = self.states[key] = self.new(key)
-            while len(self.states) > self.settings.max_principals:
-                self.states.popitem(last=False)
-        else:
-            self.states.move_to_end(key)
-        return state
-
-    def risk(self, key: str) -> Risk:
-        state = self.states.get(key)
-        return NO_RISK if state is None else state.risk
 
 
 def fingerprint(summary: Summary) -> str:
