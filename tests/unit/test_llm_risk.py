@@ -121,6 +121,60 @@ def test_honest_users_with_screener_false_positives_keep_their_band_all_day(
     assert set(tenant.parts) & {"extraction", "injection"}
 
 
+def _honest_day_at(b: LlmRiskBook, users: int, fp_every: int, seed: int) -> tuple[int, int]:
+    """Band changes and alerts over a day of a tenant's honest prompts, one in `fp_every`
+    screened as an attack."""
+    rng = random.Random(seed)
+    model = _model(bands=BANDS)
+    times, hits = _day(users, "acme", rng, range(20, 150), fp_every=fp_every)
+    bands: dict[str, str] = {}
+    changes = alerts = 0
+    for i, (t, user) in enumerate(times):
+        band = model.controls_for(b.peek("m", user, "acme", now=T0 + t))[0]
+        changes += user in bands and bands[user] != band
+        bands[user] = band
+        kind = rng.choice(["extraction", "injection"]) if i in hits else "benign"
+        alerts += len(b.observe(Observation("m", user, "acme", tokens=400, screen=kind,
+                                            screen_score=rng.uniform(0.6, 1.0)), now=T0 + t))
+    return changes, alerts
+
+
+def test_a_population_whose_prompts_trip_the_screener_more_often_sets_its_own_background(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A help desk whose users say "password" and "confidential" all day: 4% of honest
+    prompts screened (2% as each kind, five times the configured floor). The model's own
+    rate is the background, so its tenant of 50 keeps its band; at the fixed floor it
+    would not."""
+    from modelfence.llm import risk
+
+    b = book()
+    assert _honest_day_at(b, 50, fp_every=25, seed=5) == (0, 0)
+    assert b.background_rate("m", "extraction") == pytest.approx(0.02, rel=0.5)
+    monkeypatch.setattr(risk, "BACKGROUND_MIN_REQUESTS", math.inf)  # the fixed floor only
+    changes, alerts = _honest_day_at(book(), 50, fp_every=25, seed=5)
+    assert alerts >= 1 and changes >= 1
+
+
+def test_a_learned_background_still_shows_a_ring_and_is_capped() -> None:
+    b = book()
+    _honest_day_at(b, 50, fp_every=25, seed=6)  # a day of a noisy honest population
+    crossings = []
+    for i in range(10):  # then a ring of ten keys, each asking for the system prompt twice
+        for j in range(2):
+            crossings += b.observe(Observation("m", f"key{i}", "ring", tokens=50,
+                                               screen="extraction", screen_score=0.9),
+                                   now=T0 + 86_400 + 20 * i + j)
+    assert "tenant" in [c.kind for c in crossings]
+    flood = book()  # thieves flooding a model cannot lift everyone's allowance past the cap
+    for i in range(400):
+        flood.observe(Observation("m", f"t{i}", None, tokens=10, screen="extraction",
+                                  screen_score=0.9), now=T0 + i)
+    from modelfence.llm.risk import SCREEN_RATE_CAP
+
+    assert flood.background_rate("m", "extraction") == SCREEN_RATE_CAP
+    assert book().background_rate("m", "extraction") == 0.004  # too little traffic: the floor
+
+
 def test_a_caller_screened_as_extraction_again_and_again_alerts_on_the_third() -> None:
     b = book()
     first = b.observe(Observation("m", "x", None, tokens=20, screen="extraction",

@@ -11,10 +11,14 @@ Each kind of evidence is a decayed count of events, halving over a horizon match
 attack (`LlmHalfLives`: probes days, so a patient prober adds up; screener hits hours). A
 subject's part of a kind is what it shows *beyond what honest traffic of its volume
 shows*: the count less the `false_alarm` upper quantile of a Poisson count at the honest
-background rate (0.4% of honest prompts are screened as attacks) times the subject's
-decayed requests. So a heavy honest user's share of screener false positives is not
-evidence, nor is a new caller's first one; a caller screened as an attacker again and
-again soon is. The parts combine as a noisy-OR: one strong signal or several weak ones.
+background rate times the subject's decayed requests. So a heavy honest user's share of
+screener false positives is not evidence, nor is a new caller's first one; a caller screened
+as an attacker again and again soon is. For screener hits that rate is learned from the
+model's own traffic (`background_rate`): how often a screener flags a prompt depends on what
+a population asks (a security help desk says "password" all day), so a fixed rate fits one
+population and punishes another. `screen_rate` is its floor, `SCREEN_RATE_CAP` its ceiling
+(thieves flooding a model cannot raise everyone's allowance past it). The parts combine as a
+noisy-OR: one strong signal or several weak ones.
 
 Kept per model for each principal and each tenant (one thief with many keys). A tenant's
 count of a kind leaves out the member that gave it the most (min over leave-one-out) and
@@ -48,6 +52,15 @@ CLAMP_FIELDS = frozenset({"max_tokens", "max_completion_tokens"})
 
 #: Members a tenant remembers for its tokens per member (beyond: new ones are not counted).
 MAX_MEMBERS = 100_000
+
+#: Kinds whose background rate is learned per model from its traffic (screener verdicts).
+LEARNED_KINDS = ("extraction", "injection")
+#: The most a learned background rate may reach: 5% of prompts, several times what the
+#: shipped screener flags in honest traffic (0.8-1.9% of each corpus half's honest prompts),
+#: far below a thief's share (most of its prompts).
+SCREEN_RATE_CAP = 0.05
+#: Decayed requests a model needs before its own rate replaces the configured floor.
+BACKGROUND_MIN_REQUESTS = 200.0
 
 #: Which half-life (a field of `LlmHalfLives`) each counted kind decays with.
 _HORIZON = {"leak": "leak", "extraction": "screen", "injection": "screen", "probe": "probe",
@@ -190,6 +203,8 @@ class LlmRiskBook:
                          "sampling": settings.sampling, "distill": settings.distill}
         self._rates = {"extraction": settings.screen_rate, "injection": settings.screen_rate,
                        "probe": settings.probe_rate, "sampling": settings.sampling_rate}
+        # per model: all its traffic's decayed screener hits and requests (the background)
+        self._background: dict[str, _Evidence] = {}
 
     @property
     def max_subjects(self) -> int:
@@ -212,7 +227,7 @@ class LlmRiskBook:
             ev = table.get(key)
             if ev is not None:
                 ev.decay(now, self._speeds)
-                risk = max(risk, _noisy_or(self._parts(ev, key[0])))
+                risk = max(risk, _noisy_or(self._parts(ev, key[0], model)))
         return risk
 
     def risk(self, model: str, kind: str, subject: str, now: float | None = None) -> LlmRisk:
@@ -221,7 +236,7 @@ class LlmRiskBook:
         if ev is None:
             return LlmRisk(0.0, {}, 0, 0.0, False)
         ev.decay(time.time() if now is None else now, self._speeds)
-        parts = self._parts(ev, kind[0])
+        parts = self._parts(ev, kind[0], model)
         return LlmRisk(_noisy_or(parts), parts, ev.requests, ev.tokens, ev.flagged)
 
     def observe(self, obs: Observation, now: float | None = None, *,
@@ -237,13 +252,14 @@ class LlmRiskBook:
         table = self._subjects.setdefault(obs.model, OrderedDict())
         crossings = []
         events = self._events(obs)
+        self._learn(obs, events, now)
         member: _Evidence | None = None
         subjects = [("principal", obs.principal, f"p:{obs.principal}")]
         if obs.tenant:
             subjects.append(("tenant", obs.tenant, f"t:{obs.tenant}"))
         for kind, subject, key in subjects:
             ev = self._touch(table, key, now)
-            if _noisy_or(self._parts(ev, key[0])) < self._s.alert_at / 2:
+            if _noisy_or(self._parts(ev, key[0], obs.model)) < self._s.alert_at / 2:
                 ev.flagged = False  # re-armed once the risk has clearly fallen back
             if member is None:
                 member = ev
@@ -254,7 +270,7 @@ class LlmRiskBook:
                     member.given[what] = member.given.get(what, 0.0) + n
                 _note_top(ev, obs.principal, member, gives)
             self._add(ev, obs, events, key[0], now)
-            parts = self._parts(ev, key[0])
+            parts = self._parts(ev, key[0], obs.model)
             score = _noisy_or(parts)
             if score >= self._s.alert_at and not ev.flagged and not remote:
                 ev.flagged = True
@@ -302,15 +318,41 @@ class LlmRiskBook:
         if obs.tokens > 0:
             ev.volume = self._s.volume * self._volume_share(ev, obs.model, prefix, now)
 
-    def _allowance(self, kind: str, ev: _Evidence, prefix: str) -> float:
+    def _learn(self, obs: Observation, events: dict[str, float], now: float) -> None:
+        """Add `obs` to its model's background: every request, and its screener hits."""
+        if not (obs.tokens > 0 or obs.leak or obs.screen or obs.probe or obs.asked):
+            return  # not a request (distill evidence arrives apart from one)
+        bg = self._background.get(obs.model)
+        if bg is None:
+            bg = self._background[obs.model] = _Evidence(at=now)
+        bg.decay(now, self._speeds)
+        for kind in LEARNED_KINDS:
+            bg.seen[kind] = bg.seen.get(kind, 0.0) + 1.0
+            if kind in events:
+                bg.counts[kind] = bg.counts.get(kind, 0.0) + events[kind]
+
+    def background_rate(self, model: str, kind: str) -> float:
+        """The share of `model`'s requests honest traffic may show as `kind`: the configured
+        rate, or for screener kinds the model's own decayed rate where that is higher (with
+        enough traffic to tell), at most `SCREEN_RATE_CAP`."""
+        rate = self._rates.get(kind, 0.0)
+        bg = self._background.get(model)
+        if kind not in LEARNED_KINDS or bg is None:
+            return rate
+        seen = bg.seen.get(kind, 0.0)
+        if seen < BACKGROUND_MIN_REQUESTS:
+            return rate
+        return max(rate, min(bg.counts.get(kind, 0.0) / seen, SCREEN_RATE_CAP))
+
+    def _allowance(self, kind: str, ev: _Evidence, prefix: str, model: str) -> float:
         """Events of `kind` that honest traffic of this subject's volume may show: the
         `false_alarm` upper quantile of its background count (0 for a principal's leaks
         and distillation evidence: they count from the first), and for a tenant a few more."""
-        expected = self._rates.get(kind, 0.0) * ev.seen.get(kind, 0.0)
+        expected = self.background_rate(model, kind) * ev.seen.get(kind, 0.0)
         free = poisson_quantile(expected, self._s.false_alarm)
         return free + self._s.tenant_allowance if prefix == "t" else free
 
-    def _parts(self, ev: _Evidence, prefix: str) -> dict[str, float]:
+    def _parts(self, ev: _Evidence, prefix: str, model: str) -> dict[str, float]:
         """Each kind's part of the risk: what the subject shows beyond its allowance."""
         parts: dict[str, float] = {}
         for kind, count in ev.counts.items():
@@ -319,7 +361,7 @@ class LlmRiskBook:
             if kind == "clamp":
                 parts[kind] = self._s.clamp * min(1.0, max(count, 0.0))
                 continue
-            excess = count - self._allowance(kind, ev, prefix)
+            excess = count - self._allowance(kind, ev, prefix, model)
             weight = min(self._weights[kind], 0.999999)
             parts[kind] = 1.0 - (1.0 - weight) ** excess if excess > 0 else 0.0
         if ev.volume > 0:
