@@ -38,6 +38,7 @@ test: $(VENV)/.installed-dev $(MLSERVER_VENV)/.installed
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(VENV)/.installed-dev
 	$(VENV)/bin/python bench/overhead.py
