@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 SHELL = {"bash", "sh", "shell", "console"}
 PYTHON = {"python", "py", "python3"}
+YAML = {"yaml", "yml"}
 NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(.+?)\s*-->$")
 FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*([\w+-]*)")
 ACTIVATE = ". .venv/bin/activate"
@@ -41,7 +42,14 @@ class Snippet:
             return "shell"
         if self.lang in PYTHON:
             return "python"
+        if self.lang in YAML:
+            return "yaml"
         return None
+
+    @property
+    def runnable(self) -> bool:
+        """A shell or Python snippet not marked `not-run` (YAML is validated, not run)."""
+        return self.kind in {"shell", "python"} and not self.not_run
 
 
 def pages() -> list[Path]:

@@ -22,7 +22,7 @@ README_MAX_LINES = 250
 
 def test_the_snippets_are_found() -> None:
     found = all_snippets()
-    runnable = [s for s in found if not s.not_run]
+    runnable = [s for s in found if s.runnable]
     assert any(s.page.name == "README.md" for s in runnable), "README has no runnable snippet"
     assert {s.kind for s in runnable} == {"shell", "python"}
     assert len(found) >= 30
@@ -50,18 +50,44 @@ def test_every_not_run_marker_sits_on_a_snippet_and_gives_a_reason() -> None:
     assert not stray, "\n".join(stray)
 
 
+def test_every_configuration_snippet_validates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A YAML block made of modelfence's top-level keys is a configuration: it must pass the
+    settings models as the gateway loads them (files it names are not read here). A part of a
+    config that cannot stand alone says so with a not-run marker."""
+    import yaml
+
+    from modelfence.config import Settings, settings_from_mapping
+
+    checked, problems = 0, []
+    for snip in all_snippets():
+        if snip.kind != "yaml" or snip.not_run:
+            continue
+        doc = yaml.safe_load(snip.code)
+        if not isinstance(doc, dict) or not set(doc) <= set(Settings.model_fields):
+            continue  # another tool's YAML (Kubernetes, compose)
+        for name in re.findall(r"\$\{(\w+)\}", snip.code):
+            monkeypatch.setenv(name, "placeholder")
+        try:
+            settings_from_mapping(doc, source=snip.where)
+        except Exception as exc:  # the one-line error the gateway would print
+            problems.append(str(exc))
+        checked += 1
+    assert checked >= 8
+    assert not problems, "\n".join(problems)
+
+
 def test_the_readme_is_short() -> None:
     lines = len((ROOT / "README.md").read_text().splitlines())
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines (at most {README_MAX_LINES})"
 
 
 def _runnable_pages() -> list[Path]:
-    return [p for p in pages() if any(s.kind and not s.not_run for s in snippets(p))]
+    return [p for p in pages() if any(s.runnable for s in snippets(p))]
 
 
 def _run_page(page: Path, demo: Demo, tmp_path: Path) -> str | None:
     """Run one page's snippets in order; the failure, said with its snippet, or None."""
-    runnable = [s for s in snippets(page) if s.kind and not s.not_run]
+    runnable = [s for s in snippets(page) if s.runnable]
     folder = tmp_path / page.relative_to(ROOT).as_posix().replace("/", "_")
     folder.mkdir()
     script = page_script(runnable, folder, {8000: demo.port, 8001: demo.port + 1})
@@ -98,7 +124,7 @@ def test_the_readme_links_point_at_files() -> None:
 def test_the_newcomer_pages_run_everything_they_show(page: str) -> None:
     """README and Getting started hold back only what cannot end inside a test: a command that
     serves until Ctrl+C, or the test suite itself."""
-    held = [s for s in snippets(ROOT / page) if s.kind and s.not_run]
+    held = [s for s in snippets(ROOT / page) if s.kind in {"shell", "python"} and s.not_run]
     other = [f"{s.where}: {s.not_run}" for s in held
              if "Ctrl+C" not in (s.not_run or "") and "test suite" not in (s.not_run or "")]
     assert not other, other
