@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHELL = {"bash", "sh", "shell", "console"}
 PYTHON = {"python", "py", "python3"}
 YAML = {"yaml", "yml"}
+CEDAR = {"cedar"}
 NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(.+?)\s*-->$")
 FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*([\w+-]*)")
 ACTIVATE = ". .venv/bin/activate"
@@ -44,11 +45,13 @@ class Snippet:
             return "python"
         if self.lang in YAML:
             return "yaml"
+        if self.lang in CEDAR:
+            return "cedar"
         return None
 
     @property
     def runnable(self) -> bool:
-        """A shell or Python snippet not marked `not-run` (YAML is validated, not run)."""
+        """A shell or Python snippet not marked `not-run` (YAML and Cedar are validated)."""
         return self.kind in {"shell", "python"} and not self.not_run
 
 

@@ -76,6 +76,23 @@ def test_every_configuration_snippet_validates(monkeypatch: pytest.MonkeyPatch) 
     assert not problems, "\n".join(problems)
 
 
+def test_every_policy_snippet_validates_against_the_schema(tmp_path: Path) -> None:
+    """Cedar blocks are checked as the gateway checks policy files at start."""
+    from modelfence.policy.engine import load_bundle
+
+    policies = [s for s in all_snippets() if s.kind == "cedar" and not s.not_run]
+    assert policies
+    problems = []
+    for n, snip in enumerate(policies):
+        path = tmp_path / f"snippet_{n}.cedar"
+        path.write_text(snip.code)
+        try:
+            load_bundle([path], ROOT / "src/modelfence/policy/schema.cedarschema")
+        except Exception as exc:  # the one-line error the gateway would print
+            problems.append(f"{snip.where}: {exc}")
+    assert not problems, "\n".join(problems)
+
+
 def test_the_readme_is_short() -> None:
     lines = len((ROOT / "README.md").read_text().splitlines())
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines (at most {README_MAX_LINES})"
