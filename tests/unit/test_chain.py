@@ -82,6 +82,43 @@ def test_misordered_chain_refuses_to_boot() -> None:
         GuardChain([needs, gives])
 
 
+def test_a_monitor_after_policy_refuses_to_boot() -> None:
+    """Policy decides on context.risk: a monitor placed after it would leave every
+    decision on the default risk of 0, so the chain must not start."""
+    from modelfence.monitor.guard import MonitorGuard
+    from modelfence.policy.guard import PolicyGuard
+
+    log: list[str] = []
+    before = Recorder("identity", log, provides=frozenset({"principal", "model", "queries"}))
+    policy = PolicyGuard(engine=None)  # type: ignore[arg-type]  # never asked: order only
+    monitor = MonitorGuard(service=None)  # type: ignore[arg-type]
+    GuardChain([before, monitor, policy])
+    with pytest.raises(ConfigurationError, match=r"'policy' reads \['risk'\], which guard "
+                                                 r"'monitor' fills only after it; move "
+                                                 r"'monitor' before 'policy'"):
+        GuardChain([before, policy, monitor])
+
+
+def test_a_field_nothing_fills_is_read_at_its_default() -> None:
+    """Without a monitor, policy reads risk 0: reading is not requiring."""
+    from modelfence.policy.guard import PolicyGuard
+
+    before = Recorder("identity", [], provides=frozenset({"principal", "model", "queries"}))
+    GuardChain([before, PolicyGuard(engine=None)])  # type: ignore[arg-type]
+
+
+def test_a_name_that_is_not_a_call_field_fails_when_the_guard_is_made() -> None:
+    with pytest.raises(TypeError, match=r"requires names \['riks'\], which are not Call "
+                                        r"fields"):
+        class Typo(Guard):
+            requires: ClassVar[frozenset[str]] = frozenset({"riks"})
+
+
+def test_a_name_set_on_an_instance_is_checked_at_start() -> None:
+    with pytest.raises(ConfigurationError, match=r"provides names \['rsik'\]"):
+        GuardChain([Recorder("a", [], provides=frozenset({"rsik"}))])
+
+
 def test_duplicate_guard_refused() -> None:
     log: list[str] = []
     with pytest.raises(ConfigurationError, match="twice"):

@@ -51,6 +51,7 @@ class Call:
     pinned_bands: tuple[str, ...] = ()  # bands a policy's @shaping annotation pins
     queries: int = 0
     policy_ids: list[str] = field(default_factory=list)
+    decision: str = ""  # the policy's verdict once it has run: "allow" | "deny"
     trail: list[Decision] = field(default_factory=list)
     status: int = 0
     error: RequestError | None = None

@@ -1,22 +1,29 @@
 """Guards and the chain that runs them: request phases in order, response phases in reverse.
 
 Like Kong's plugin phases and Envoy's filter chain. A guard declares which `Call`
-fields it `requires` and which it `provides`; `GuardChain` checks at start-up that
-every requirement is provided by an earlier guard (or by the backend, for response
-phases), so a misordered chain refuses to boot instead of failing on a request.
+fields it `requires`, which it `reads` when some guard fills them (they have a default
+otherwise, such as `risk` without a monitor) and which it `provides`. The names are
+`Call`'s own fields, checked when the guard class is made, so a typo fails on import;
+`GuardChain` checks at start-up that every requirement is provided by an earlier guard
+(or by the backend, for response phases) and that a field a guard reads is filled
+before it, not after, so a misordered chain refuses to boot instead of failing, or
+deciding on a default, on a request.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from ..errors import ConfigurationError, RequestError
 from .call import Call
 
 log = logging.getLogger("modelfence.chain")
 
+#: The names a guard may declare: Call's fields and its `source` property.
+CALL_FIELDS = frozenset({f.name for f in dataclasses.fields(Call)} | {"source"})
 #: Fields every Call has before any guard runs.
 BASE_FIELDS = frozenset({"request", "action", "model_name", "source"})
 #: Fields the terminal (backend call) provides to response phases.
@@ -35,8 +42,17 @@ class Guard:
     """
 
     name: ClassVar[str] = "guard"
+    #: Call fields an earlier guard must have filled before this one's request phase.
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: Call fields read if some guard fills them (then it must run earlier), else the default.
+    reads: ClassVar[frozenset[str]] = frozenset()
+    #: Call fields this guard fills.
     provides: ClassVar[frozenset[str]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for kind in ("requires", "reads", "provides"):
+            check_fields(cls.__name__, kind, getattr(cls, kind))
 
     async def on_request(self, call: Call) -> None:
         return None
@@ -46,6 +62,17 @@ class Guard:
 
     async def on_complete(self, call: Call) -> None:
         return None
+
+
+def check_fields(guard: str, kind: str, names: object) -> None:
+    """Refuse a declared name that is not a `Call` field: it could never be checked."""
+    if not isinstance(names, frozenset):
+        raise TypeError(f"guard {guard}: {kind} must be a frozenset of Call field names, "
+                        f"got {type(names).__name__}")
+    unknown = sorted(set(names) - CALL_FIELDS)
+    if unknown:
+        raise TypeError(f"guard {guard}: {kind} names {unknown}, which are not Call fields; "
+                        f"known: {', '.join(sorted(CALL_FIELDS))}")
 
 
 def _overrides(guard: Guard, phase: str) -> bool:
@@ -68,14 +95,28 @@ class GuardChain:
         names = [g.name for g in self.guards]
         if len(set(names)) != len(names):
             raise ConfigurationError(f"guard chain lists a guard twice: {names}")
-        for guard in self.guards:
+        for guard in self.guards:  # declarations set on an instance were not checked yet
+            for kind in ("requires", "reads", "provides"):
+                try:
+                    check_fields(guard.name, kind, getattr(guard, kind))
+                except TypeError as exc:
+                    raise ConfigurationError(str(exc)) from None
+        order = ' → '.join(names)
+        for i, guard in enumerate(self.guards):
             if _overrides(guard, "on_request"):
                 missing = guard.requires - available
                 if missing:
                     raise ConfigurationError(
                         f"guard '{guard.name}' needs {sorted(missing)} but no earlier guard "
-                        f"provides it; chain order: {' → '.join(names)}"
+                        f"provides it; chain order: {order}"
                     )
+                for later in self.guards[i + 1:]:
+                    late = (guard.reads & later.provides) - available
+                    if late:
+                        raise ConfigurationError(
+                            f"guard '{guard.name}' reads {sorted(late)}, which guard "
+                            f"'{later.name}' fills only after it; move '{later.name}' "
+                            f"before '{guard.name}'; chain order: {order}")
             available |= guard.provides
         available |= terminal_provides
         for guard in self.guards:

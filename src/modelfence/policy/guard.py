@@ -19,6 +19,10 @@ PURPOSE_HEADER = "x-modelfence-purpose"
 class PolicyGuard(Guard):
     name: ClassVar[str] = "policy"
     requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "queries"})
+    # context.risk and the screening verdict: a monitor or screen placed after policy
+    # would leave policy deciding on the defaults, so the chain refuses to start
+    reads: ClassVar[frozenset[str]] = frozenset({"risk", "screen", "screen_score",
+                                                 "screen_failed"})
     provides: ClassVar[frozenset[str]] = frozenset({"decision"})
 
     def __init__(self, engine: PolicyEngine) -> None:
@@ -34,6 +38,7 @@ class PolicyGuard(Guard):
                                           call.model.settings.attributes, facts)
         verdict = self._engine.decide(request, entities)  # PolicyError → 503, fail closed
         call.policy_ids = list(verdict.policies)
+        call.decision = "allow" if verdict.allowed else "deny"
         if verdict.allowed:
             call.pinned_bands = verdict.shaping
             call.note(self.name, "allow", ",".join(verdict.policies))

@@ -51,7 +51,6 @@ class _Rule:
 class RateLimitGuard(Guard):
     name: ClassVar[str] = "rate_limit"
     requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "decision"})
-    provides: ClassVar[frozenset[str]] = frozenset({"rate_limited"})
 
     def __init__(self, settings: QuotaSettings,
                  on_fail_open: Callable[[], None] | None = None) -> None:
