@@ -39,7 +39,6 @@ def on_files(files: Files, config: Any) -> Files:
 
 
 def configuration_page() -> str:
-    from pydantic import BaseModel
 
     from modelfence.config import Settings
 
@@ -61,9 +60,9 @@ def configuration_page() -> str:
         model = queue.pop(0)
         where = where_of[model]
         lines += [f"## `{heading_of.get(model, where)}`", ""]
-        doc = inspect.getdoc(model)
-        if doc and doc != inspect.getdoc(BaseModel):
-            lines += [doc, ""]
+        own = vars(model).get("__doc__")  # not a base class's (getdoc would inherit it)
+        if own:
+            lines += [inspect.cleandoc(own), ""]
         lines += ["| key | type | default | what |", "|---|---|---|---|"]
         for name, field in model.model_fields.items():
             key = field.alias or name
