@@ -20,7 +20,8 @@ Kind = Literal["principal", "tenant"]
 
 @dataclass(frozen=True)
 class MonitorSettings:
-    """Monitor settings; moves into config.py when the monitor is wired into the gateway."""
+    """The monitor's own options, made from `config.MonitorSettings` (`monitor:`) by the
+    monitor service, or given directly by offline evaluation and tests."""
 
     detectors: tuple[str, ...] = ("prada", "boundary", "synthetic", "flips", "ood", "coverage",
                                   "volume")
