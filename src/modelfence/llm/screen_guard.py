@@ -31,7 +31,7 @@ log = logging.getLogger("modelfence.llm")
 class ScreeningGuard(Guard):
     name: ClassVar[str] = "screening"
     requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "body"})
-    provides: ClassVar[frozenset[str]] = frozenset({"screen"})
+    provides: ClassVar[frozenset[str]] = frozenset({"screen", "screen_score", "screen_failed"})
 
     def __init__(self, models: list[LlmModel], *,
                  on_failure: Callable[[str, str], None] | None = None) -> None:
