@@ -1,7 +1,7 @@
 """Metrics shared by workers: the cost of prometheus_client's multiprocess mode.
 
 With `workers > 1` every worker writes its counters to memory-mapped files in one folder
-and /metrics sums them (gateway/metrics.py). This measures, in one process, what one
+and /metrics sums them (kernel/metrics.py). This measures, in one process, what one
 answered request costs in metric updates (a counter and a histogram, as MetricsGuard
 does) with and without the files, and how long one /metrics rendering takes.
 
@@ -20,8 +20,9 @@ from datetime import UTC, datetime
 
 CHILD = """
 import sys, time
+from modelfence.config import metrics_dir
 from modelfence.kernel.metrics import GatewayMetrics
-m, n = GatewayMetrics(), int(sys.argv[1])
+m, n = GatewayMetrics(metrics_dir()), int(sys.argv[1])
 t = time.perf_counter()
 for _ in range(n):
     m.requests.labels("infer", "digits", "200").inc()

@@ -1,6 +1,6 @@
 """Extraction monitor: queries until each attack is flagged, false alarms, cost per query.
 
-Runs `modelfence.monitor.evaluate` on digits (1,797 images, 64 features) and on a synthetic
+Runs `modelfence.evaluation.monitor` on digits (1,797 images, 64 features) and on a synthetic
 tabular set (`make_classification`, 20,000 rows x 20 features, 5 classes of 2 clusters each:
 the bundled tabular sets are too small, breast_cancer has 569 rows and wine 178, so a
 5,000-query user would resend each row dozens of times), each with a logistic-regression

@@ -5,8 +5,8 @@ Each defense is a small object over an ``[n, classes]`` probability matrix (see
 and in reports (``none``, ``round:2``, ``topk:3``, ``labels``, ``rsig:0.8,1.2``,
 ``noise:0.5``, ``misinfo:1.0``, and chains such as ``rsig:0.9,1.1+noise:0.5``). Adaptive
 misinformation answers off-distribution queries with keyed lies and needs the monitor's
-`Summary`. `shaping.tradeoff` measures what each defense costs a thief and a benign caller
-(``modelfence shaping tradeoff``); it is not imported here, as it needs the red team.
+`Summary`. `modelfence.evaluation.tradeoff` (offline, built on the red team) measures what
+each defense costs a thief and a benign caller (``modelfence shaping tradeoff``).
 The red team applies the defenses in-process to measure what they cost a thief and a
 benign caller; the gateway's output shaping uses the same objects.
 """
