@@ -126,3 +126,14 @@ def test_redirects_and_server_failures_are_502_without_the_body(status: int,
 def test_ordinary_words_survive_the_scrub() -> None:
     text = "input-0: shape [1, 63] does not match [-1, 64]; use body/inputs and 12:30"
     assert public_reason(text, model="m", upstream_model="m") == text
+
+
+def test_an_org_prefixed_upstream_name_is_hidden_whole_and_in_part() -> None:
+    text = ("The model `meta-llama/Llama-3.1-8B` does not exist; try Llama-3.1-8B-Instruct "
+            "or Llama-3.1-8B.")
+    got = public_reason(text, model="chat", upstream_model="meta-llama/Llama-3.1-8B")
+    assert got == "The model `chat` does not exist; try Llama-3.1-8B-Instruct or chat."
+
+
+def test_a_public_name_is_put_in_as_it_is() -> None:
+    assert public_reason("no model up", model=r"a\1", upstream_model="up") == r"no model a\1"

@@ -142,7 +142,9 @@ def public_reason(text: str, *, model: str, upstream_model: str) -> str:
     """`text` fit for the client: the upstream's model name said as the gateway's, and its
     addresses, file paths, key-like tokens and echoed request left out; bounded."""
     if upstream_model and upstream_model != model:
-        text = re.sub(rf"(?<![\w.-]){re.escape(upstream_model)}(?![\w-])", model, text)
+        # the whole name first, then its last part alone (`org/name` said as `name`)
+        for hidden in dict.fromkeys((upstream_model, upstream_model.rsplit("/", 1)[-1])):
+            text = re.sub(rf"(?<![\w.-]){re.escape(hidden)}(?![\w-])", lambda _: model, text)
     text = _ECHO.sub("input_value=…", text)
     text = _URL.sub("<address>", text)
     text = _HOST_PORT.sub("<address>", text)
