@@ -10,10 +10,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..backends.base import ModelEntry
-from ..errors import PolicyError, RequestError, StoreError
 from ..kernel.call import Call
 from ..kernel.chain import GuardChain, Terminal
-from ..kernel.finish import finish
+from ..kernel.finish import count_failure, finish
 from ..kernel.metrics import GatewayMetrics
 from ..kernel.oip import encode_infer_response
 from ..kernel.responses import error_response, json_response
@@ -112,19 +111,11 @@ class OipRoutes:
             response = encode(call)
         except Exception as exc:
             response, call.error = error_response(exc, where=f" in {call.action}")
-            self._count_server_failure(exc)
+            count_failure(self._metrics, exc)
         return await finish(
             call, chain, response, strict=self._audit_before_answer,
             refuse=lambda exc: error_response(exc, where=f" in {call.action}")[0],
-            on_store_error=lambda store: self._metrics.store_errors.labels(store).inc())
-
-    def _count_server_failure(self, exc: Exception) -> None:
-        if isinstance(exc, StoreError):
-            self._metrics.store_errors.labels(exc.store).inc()
-        elif isinstance(exc, PolicyError):
-            self._metrics.policy_errors.inc()
-        elif not isinstance(exc, RequestError):
-            self._metrics.internal_errors.inc()
+            on_failure=lambda exc: count_failure(self._metrics, exc))
 
 
 def _infer_body(call: Call) -> Response:

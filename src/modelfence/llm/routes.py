@@ -29,7 +29,7 @@ from ..audit.record import replica_name
 from ..errors import ConfigurationError, StoreError, UpstreamError, http_status_and_message
 from ..kernel.call import Call
 from ..kernel.chain import Guard, GuardChain
-from ..kernel.finish import finish
+from ..kernel.finish import OnFailure, finish
 from ..kernel.responses import error_response
 from ..kernel.stages import Stages
 from .distill_worker import CountSink, DistillGuard, DistillWorker
@@ -72,10 +72,10 @@ class LlmRoutes:
                  audit_before_answer: bool = False, noise_secret: bytes | None = None,
                  on_alert: Callable[[Crossing], None] | None = None,
                  on_screen_failure: Callable[[str, str], None] | None = None,
-                 on_store_error: Callable[[str], None] | None = None,
+                 on_failure: OnFailure | None = None,
                  on_distill: CountSink | None = None) -> None:
         self.settings = settings
-        self._on_store_error = on_store_error  # counts refusals by store, as OIP routes do
+        self._on_failure = on_failure  # counts the gateway's own failures, as on OIP
         self._noise_secret = noise_secret or os.urandom(32)  # logprob noise key
         self.models = {m.name: LlmEntry(m) for m in settings.models}
         text_wm = hmac.new(self._noise_secret, b"text-watermark", hashlib.sha256).digest()
@@ -337,15 +337,15 @@ class LlmRoutes:
 
     def _error(self, call: Call, exc: Exception, *, count: bool = True) -> Response:
         _, call.error = error_response(exc, where=f" in {call.action}")
-        if count and isinstance(exc, StoreError) and self._on_store_error is not None:
-            self._on_store_error(exc.store)
+        if count and self._on_failure is not None:
+            self._on_failure(exc)
         status, message, reason, headers = http_status_and_message(call.error)
         return openai_error(status, message, reason, headers)
 
     async def _finish(self, call: Call, chain: GuardChain, response: Response) -> Response:
         return await finish(call, chain, response, strict=self._audit_before_answer,
                             refuse=lambda exc: self._error(call, exc, count=False),
-                            on_store_error=self._on_store_error)
+                            on_failure=self._on_failure)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -386,4 +386,17 @@ def llm_routes(settings: LlmSettings, *, head: Sequence[Guard], identity: Guard,
     return LlmRoutes(settings, stages=stages,
                      audit_before_answer=audit_before_answer, noise_secret=noise_secret,
                      on_alert=on_alert, on_screen_failure=on_screen_failure,
-                     on_store_error=on_store_error, on_distill=on_distill)
+                     on_failure=_store_errors_only(on_store_error), on_distill=on_distill)
+
+
+def _store_errors_only(on_store_error: Callable[[str], None] | None) -> OnFailure | None:
+    """`llm_routes`' older counting hook (stores only) as an `on_failure`; the gateway's
+    own `count_failure` also counts policy engine and internal failures."""
+    if on_store_error is None:
+        return None
+    sink = on_store_error
+
+    def count(exc: BaseException) -> None:
+        if isinstance(exc, StoreError):
+            sink(exc.store)
+    return count
