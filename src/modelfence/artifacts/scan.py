@@ -179,6 +179,9 @@ def scan_file(path: Path) -> FileScan:
     for name, fn in (("picklescan", _picklescan), ("modelscan", _modelscan)):
         try:
             verdict, findings = fn(path, fmt)
+        except ImportError:  # not installed: vouches for nothing, and says how to get it
+            verdict, findings = Verdict.NOT_SCANNED, [
+                f"{name} not installed: pip install 'modelfence[artifacts]'"]
         except Exception as exc:  # a crashing scanner vouches for nothing
             verdict, findings = Verdict.NOT_SCANNED, [f"{name} failed: {type(exc).__name__}"]
         res.scanners.append(name)
@@ -195,6 +198,9 @@ def _scan_skops(path: Path) -> FileScan:
         from skops.io import get_untrusted_types
 
         untrusted = get_untrusted_types(file=path)
+    except ImportError:
+        return FileScan(path, "skops", Verdict.NOT_SCANNED,
+                        ["skops not installed: pip install 'modelfence[artifacts]'"], ["skops"])
     except Exception as exc:
         return FileScan(path, "skops", Verdict.NOT_SCANNED,
                         [f"skops schema unreadable: {type(exc).__name__}"], ["skops"])

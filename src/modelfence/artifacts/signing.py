@@ -163,12 +163,14 @@ def _use_token(cfg: Any, key: Pkcs11Key) -> None:
         sys.modules["pkcs11"].unload(str(key.module))
     try:
         cfg.use_pkcs11_signer(pkcs11_uri=key.uri())
+        return
     except Exception as exc:
         text = _one_line(exc).replace(key.uri(), "<pkcs11 uri>")
         if key.pin:
             text = text.replace(key.pin, "***").replace(quote(key.pin, safe=""), "***")
-        raise KeyProviderError(f"PKCS#11 token {key.token_label!r}, key {key.key_label!r}: "
-                               f"{text}") from None
+    # raised here, not in the handler, so that the error does not keep PyKCS11's half-made
+    # signer (and the module it initialized) alive through its traceback
+    raise KeyProviderError(f"PKCS#11 token {key.token_label!r}, key {key.key_label!r}: {text}")
 
 
 def _model_signing(module: str) -> Any:

@@ -8,8 +8,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..config import LocalBackend, TensorSpec, read_secret
+from ..config import LocalBackend, ModelSettings, TensorSpec, read_secret
 from ..errors import BadRequest, ConfigurationError
+from ..extras import require
 from .base import NOT_COMPUTABLE, LocalClassifier
 
 #: How scikit-learn's check_array words non-finite input (sklearn/utils/validation.py).
@@ -19,6 +20,31 @@ _SKLEARN_NOT_FINITE = ("contains infinity or a value too large", "contains NaN")
 def _settings(b: LocalClassifier) -> LocalBackend:
     assert isinstance(b.settings.backend, LocalBackend)
     return b.settings.backend
+
+
+#: What each local format imports (all in the `local` extra).
+_FORMAT_MODULES = {"skops": ("sklearn", "skops"), "pickle": ("sklearn", "joblib"),
+                   "onnx": ("onnxruntime",)}
+
+
+def require_extras(settings: ModelSettings) -> None:
+    """Refuse at start, naming the extra, a local model whose format or artifact checks need
+    libraries that are not installed (the base install has none of them)."""
+    cfg = settings.backend
+    assert isinstance(cfg, LocalBackend)
+    what = f"model {settings.name} ({cfg.type} file)"
+    require("local", what, *_FORMAT_MODULES[cfg.type])
+    checks = cfg.artifact
+    if checks is None:
+        return
+    if checks.signature is not None:
+        require("artifacts", f"model {settings.name}: signature checks", "model_signing",
+                "OpenSSL")
+    if checks.scan and cfg.type == "pickle":
+        require("artifacts", f"model {settings.name}: scanning pickles", "picklescan",
+                "modelscan")
+    if checks.decrypt is not None and checks.decrypt.pkcs11_module is not None:
+        require("artifacts", f"model {settings.name}: a PKCS#11 key", "pkcs11")
 
 
 def _artifact(b: LocalClassifier) -> bytes | Path:
@@ -58,6 +84,10 @@ class _SklearnClassifier(LocalClassifier):
     """Shared by skops and pickle: both yield a scikit-learn estimator."""
 
     _model: Any
+
+    def __init__(self, settings: ModelSettings) -> None:
+        require_extras(settings)
+        super().__init__(settings)
 
     def _from_estimator(self, model: Any) -> tuple[TensorSpec, np.ndarray[Any, Any]]:
         if not hasattr(model, "predict_proba"):
@@ -130,6 +160,10 @@ _ORT_TYPES = {"tensor(float)": "FP32", "tensor(double)": "FP64", "tensor(int64)"
 
 class OnnxClassifier(LocalClassifier):
     platform: ClassVar[str] = "onnx"
+
+    def __init__(self, settings: ModelSettings) -> None:
+        require_extras(settings)
+        super().__init__(settings)
 
     def _load(self) -> tuple[TensorSpec, np.ndarray[Any, Any]]:
         import onnxruntime as ort

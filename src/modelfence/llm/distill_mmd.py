@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from ..extras import require
+
 F32 = npt.NDArray[np.float32]
 FILE_OWNER = "\x00reference-file"  # the warm-start file's prompts (no cap; counts as callers)
 
@@ -94,6 +96,7 @@ class Reference:
 
     def calibrate(self, window: int, draws: int, false_alarm: float, margin: float) -> NullFit:
         """Fit the null of MMD² for `window`-prompt windows to the reference as it is now."""
+        require("llm", "distillation detection", "scipy")
         from scipy.stats import gamma
 
         y = self.vectors[:self._count]

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..extras import require
 from .rings import Ring, RowRing
 
 Array = np.ndarray[Any, Any]
@@ -79,6 +80,7 @@ def resend_radius(x: Array, scale: Array, key: int = 0, noise: float = NOISE,
     the projection P as P'SP; its squared norm, a weighted chi-square, is matched by its
     first two moments (Satterthwaite) to c * chi2(nu).
     """
+    require("local", "the re-send radius", "scipy")
     from scipy.stats import chi2
 
     r2 = (np.asarray(x, dtype=np.float64).std(axis=0) / scale) ** 2

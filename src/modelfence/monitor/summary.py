@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError
+from ..extras import require
 from . import null
 from .naturalness import Nature, crossfit
 from .resends import natural_gap, projection_key, resend_radius
@@ -127,6 +128,7 @@ class Summary:
         fraud analyst's queue): where the model errs, they sit nearer its boundary than the
         rows it predicts as that class.
         """
+        require("local", "fitting a monitor summary", "sklearn", "scipy")
         from sklearn.cluster import KMeans
 
         x = np.asarray(x, dtype=np.float64)

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError
+from ..extras import require
 from .references import DEFAULT_FAMILIES, Reference, train_recipe, train_references
 from .stats import LN2, TestResult
 
@@ -288,6 +289,7 @@ def fit_null(agreements: Sequence[int], families: Sequence[str], n: int
     A suspect of any family is then tested against the family it most resembles: the
     test's p is the largest over the components.
     """
+    require("local", "the fingerprint's null", "scipy")
     from scipy.stats import chi2
 
     rates = np.asarray(agreements, dtype=np.float64) / n

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError
+from ..extras import require
 
 Array = np.ndarray[Any, Any]
 
@@ -53,6 +54,7 @@ class Reference:
 
 def make_reference(family: str, variant: int, seed: int) -> Any:
     """An unfitted classifier of `family`; `variant` picks its hyper-parameters."""
+    require("local", "reference models", "sklearn", "threadpoolctl")
     from sklearn.ensemble import (
         ExtraTreesClassifier,
         HistGradientBoostingClassifier,

@@ -44,6 +44,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..extras import require
+
 LN2 = math.log(2.0)
 CONTROL_CONFIDENCE = 0.999
 #: JSON has no -inf; a log2 p is never reported below this.
@@ -94,6 +96,7 @@ def clopper_pearson_upper(k: int, n: int, confidence: float = CONTROL_CONFIDENCE
     """One-sided upper confidence bound of a binomial rate from k successes in n trials."""
     if n <= 0 or k >= n:
         return 1.0
+    require("local", "the watermark control bound", "scipy")
     from scipy.stats import beta
 
     return float(beta.ppf(confidence, k + 1, n - k))
