@@ -12,9 +12,10 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 
-# The demo needs the package only; tests and lint add the dev extras (dask, playwright, ...).
+# The demo serves a scikit-learn model (skops): the gateway with its `local` extra. Tests and
+# lint install `dev`, which holds every extra (artifacts, llm, ...) and the tools.
 $(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
-	$(VENV)/bin/python -m pip install -q -e .
+	$(VENV)/bin/python -m pip install -q -e '.[local]'
 	touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
