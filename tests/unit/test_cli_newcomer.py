@@ -3,13 +3,17 @@ messages that name the file and the flag to change."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import yaml
 from typer.testing import CliRunner
 
+from modelfence.cli import common
 from modelfence.cli.main import app
 
 # a watermarked world with recorded evidence, and a copy trained on its answers
@@ -101,3 +105,95 @@ def test_red_team_names_the_untrusted_target_and_the_trust_flag(setup: Setup) ->
     said = " ".join(result.stderr.split())
     assert f"target {stolen} contains types skops does not trust" in said
     assert f"--trust {ADAM}" in said
+
+
+LONG_PRINCIPAL = "svc-fraud-scoring-batch-nightly@payments.internal.example.com"
+ALERT = ("extraction risk 1.00 for principal svc-fraud-scoring-batch-nightly on model "
+         "fraud-scorer-v2 after 4,000 queries; its tenant payments is flagged too")
+
+
+def _at_80(monkeypatch: pytest.MonkeyPatch, *args: str) -> str:
+    """What the command prints on an 80-column terminal (its lines, as a user sees them)."""
+    monkeypatch.setattr(common.console, "width", 80)
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines and max(len(line) for line in lines) <= 80, result.stdout
+    assert "…" not in result.stdout, result.stdout  # nothing shortened with an ellipsis
+    for line in lines:  # no table cut at the terminal's edge: each row ends in its border
+        if line[:1] in "┏┃┡│└":
+            assert line[-1] in "┓┃┩│┘", result.stdout
+    return result.stdout
+
+
+def _joined(printed: str) -> str:
+    """A table's cells read column by column: folded values become whole again."""
+    rows = [line.split("│") for line in printed.splitlines() if line.startswith("│")]
+    width = max(len(r) for r in rows)
+    return " ".join("".join(r[i].strip() for r in rows if len(r) == width)
+                    for i in range(width))
+
+
+def test_main_tables_read_whole_at_80_columns(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    config = _policy_world(tmp_path)
+    doc = yaml.safe_load(config.read_text())
+    doc["audit"] = {"sink": "sqlite:///audit.db"}
+    config.write_text(yaml.safe_dump(doc))
+    made = run("keys", "create", "--config", str(config), "--principal", LONG_PRINCIPAL,
+               "--tenant", "payments-europe-west", "--model", "fraud-scorer-v2",
+               "--model", "churn-predictor", "--group", "partners", "--expires-in", "30d",
+               "--json")
+    assert made.exit_code == 0, made.output
+    key_id = orjson.loads(made.stdout)["key_id"]
+    asyncio.run(_write_alert(config))
+
+    keys = _at_80(monkeypatch, "keys", "list", "--config", str(config))
+    assert key_id in keys  # the key id is never folded
+    assert LONG_PRINCIPAL in _joined(keys) and "fraud-scorer-v2,churn-predictor" in (
+        _joined(keys))
+    alerts = _at_80(monkeypatch, "alerts", "--config", str(config))
+    assert "principal" in alerts and "result" in alerts  # headers whole
+    assert ALERT.replace(" ", "") in _joined(alerts).replace(" ", "")
+    tail = _at_80(monkeypatch, "audit", "tail", "--config", str(config))
+    assert "admin:create-key" in _joined(tail) and "alert:extraction" in _joined(tail)
+    monkeypatch.setattr(common.console, "width", 200)  # --wide: for a wide terminal
+    wide = run("audit", "tail", "--config", str(config), "--wide")
+    assert "tenant" in wide.stdout and "payments" in wide.stdout
+    wide = run("keys", "list", "--config", str(config), "--wide")
+    assert "groups" in wide.stdout and "partners" in wide.stdout
+    policies = _at_80(monkeypatch, "policy", "validate", "--config", str(config))
+    assert str(tmp_path / "grants.cedar") in _joined(policies)
+
+
+async def _write_alert(config: Path) -> None:
+    from modelfence.audit.record import event_record
+    from modelfence.audit.sinks import audit_sink_from_url
+    from modelfence.config import load_settings
+
+    settings = load_settings(config)
+    sink = audit_sink_from_url(settings.audit.sink, settings.audit.model_copy(
+        update={"durability": "strict"}))
+    await sink.open()
+    try:
+        await sink.write(event_record(
+            action="alert:extraction", reason=ALERT, principal=LONG_PRINCIPAL,
+            tenant="payments", model="fraud-scorer-v2"))
+    finally:
+        await sink.close()
+
+
+def test_a_table_too_wide_for_the_terminal_folds_rather_than_cuts() -> None:
+    from rich.console import Console
+
+    from modelfence.cli.tables import Grid
+
+    grid = Grid(("key id", "first seen", "last seen"), whole=("key id", "first seen",
+                                                              "last seen"))
+    grid.add_row("3832278576fceb8e", "2026-12-03 14:19:35", "2026-12-04 09:00:01")
+    console = Console(width=40, record=True, file=io.StringIO())
+    console.print(grid)
+    printed = console.export_text()
+    assert max(len(line) for line in printed.splitlines()) <= 40
+    assert "…" not in printed
+    assert "3832278576fceb8e" in _joined(printed)

@@ -16,7 +16,6 @@ import orjson
 import typer
 from rich.markup import escape
 from rich.progress import Progress
-from rich.table import Table
 
 from ..audit.chain import Row, row_view
 from ..audit.checkpoint import Checkpoint, generate_keypair, load_public_key
@@ -27,6 +26,7 @@ from ..audit.store import AuditStore, Query, audit_store_from_url
 from ..audit.verify import Report, verify_store
 from ..errors import ModelfenceError
 from .common import ConfigOption, console, err_console, fail, run_async, settings_from
+from .tables import Grid
 
 T = TypeVar("T")
 app = typer.Typer(help="Verify, read and export the tamper-evident audit log.",
@@ -35,6 +35,8 @@ app = typer.Typer(help="Verify, read and export the tamper-evident audit log.",
 StoreOption = Annotated[str | None, typer.Option(
     "--store", help="Audit store URL (default: audit.sink of the config)", show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON")]
+WideOption = Annotated[bool, typer.Option(
+    "--wide", "-w", help="Also the tenant, the year and milliseconds (wider than 80 columns)")]
 Principal = Annotated[str | None, typer.Option(help="Only this principal")]
 Tenant = Annotated[str | None, typer.Option(help="Only this tenant")]
 Model = Annotated[str | None, typer.Option(help="Only this model")]
@@ -100,22 +102,24 @@ def _query(principal: str | None, tenant: str | None, model: str | None, since: 
                  since_us=_when(since, "--since"), until_us=_when(until, "--until"), **kw)
 
 
-def _print_rows(rows: list[Row], json_out: bool) -> None:
+def _print_rows(rows: list[Row], json_out: bool, wide: bool = False) -> None:
     if json_out:
         console.print_json(orjson.dumps({"records": [row_view(r) for r in rows]}).decode())
         return
-    table = Table("seq")
-    table.add_column("time (UTC)", no_wrap=True)
-    for name in ("principal", "tenant", "model", "action", "status", "reason"):
-        table.add_column(name)
+    headers = ["seq", "time (UTC)", "principal", *(["tenant"] if wide else []), "model",
+               "action", "result"]
+    t = Grid(headers, whole=("time (UTC)",), right=("seq",))
     for r in rows:
         reason = orjson.loads(r.payload).get("reason", "")
-        when = datetime.fromtimestamp(r.ts_us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        when = datetime.fromtimestamp(r.ts_us / 1e6, UTC).strftime(
+            "%Y-%m-%d %H:%M:%S.%f")[:-3] if wide else datetime.fromtimestamp(
+            r.ts_us / 1e6, UTC).strftime("%m-%d %H:%M:%S")
+        result = " ".join(str(v) for v in (r.status, reason) if v not in (None, ""))
+        values = [r.seq, when, r.principal or "-", *([r.tenant or "-"] if wide else []),
+                  r.model or "-", r.action or "-", result or "-"]
         # values come from callers (principal names): never let them act as rich markup
-        table.add_row(*(escape(str(v)) for v in (
-            r.seq, when[:-3], r.principal or "-", r.tenant or "-", r.model or "-",
-            r.action or "-", "-" if r.status is None else r.status, reason)))
-    console.print(table)
+        t.add_row(*(escape(str(v)) for v in values))
+    console.print(t)
 
 
 @app.command()
@@ -227,19 +231,20 @@ def tail(
     config: ConfigOption = None,
     store: StoreOption = None,
     json_out: JsonOption = False,
+    wide: WideOption = False,
 ) -> None:
     """Show the newest records."""
     st, _ = _open_store(config, store)
 
     async def go(s: AuditStore) -> None:
         rows = list(reversed(await s.select(Query(limit=lines, newest_first=True))))
-        _print_rows(rows, json_out)
+        _print_rows(rows, json_out, wide)
         last = rows[-1].seq if rows else 0
         while follow:
             await asyncio.sleep(1.0)
             rows = await s.select(Query(after_seq=last, limit=1000))
             if rows:
-                _print_rows(rows, json_out)
+                _print_rows(rows, json_out, wide)
                 last = rows[-1].seq
 
     with suppress(KeyboardInterrupt):
@@ -254,11 +259,12 @@ def query(
     config: ConfigOption = None,
     store: StoreOption = None,
     json_out: JsonOption = False,
+    wide: WideOption = False,
 ) -> None:
     """Find records by principal, tenant, model and time range (oldest first)."""
     st, _ = _open_store(config, store)
     q = _query(principal, tenant, model, since, until, limit=limit)
-    _print_rows(_with_store(st, lambda s: s.select(q)), json_out)
+    _print_rows(_with_store(st, lambda s: s.select(q)), json_out, wide)
 
 
 def alerts(
@@ -268,12 +274,13 @@ def alerts(
     config: ConfigOption = None,
     store: StoreOption = None,
     json_out: JsonOption = False,
+    wide: WideOption = False,
 ) -> None:
     """List alerts (extraction risk, budgets), newest first, from the audit log."""
     st, _ = _open_store(config, store)
     q = _query(principal, tenant, model, since, None, limit=limit, newest_first=True,
                action_prefix="alert:")
-    _print_rows(_with_store(st, lambda s: s.select(q)), json_out)
+    _print_rows(_with_store(st, lambda s: s.select(q)), json_out, wide)
 
 
 @app.command()

@@ -8,12 +8,12 @@ from typing import Annotated
 
 import orjson
 import typer
-from rich.table import Table
 
 from ..config import Settings
 from ..errors import ModelfenceError
 from ..identity.apikeys import ApiKeys, expiry_from, public_view
 from ..stores import key_store_from_url
+from . import tables
 from .audited import admin_trail, cli_record
 from .common import (
     ConfigOption,
@@ -108,6 +108,9 @@ def create(
 @app.command("list")
 def list_keys(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+    wide: Annotated[bool, typer.Option(
+        "--wide", "-w", help="Also the groups and the expiry's time of day (wider than 80 "
+                             "columns)")] = False,
     config: ConfigOption = None,
 ) -> None:
     """List keys (ids and attributes; never the keys themselves)."""
@@ -124,12 +127,14 @@ def list_keys(
     if json_out:
         console.print_json(orjson.dumps({"keys": rows}).decode())
         return
-    table = Table("principal", "tenant", "groups", "models", "expires", "status")
-    table.add_column("key id", no_wrap=True)
+    table = tables.Grid(("principal", "tenant", *(["groups"] if wide else []), "models",
+                          "expires", "status", "key id"), whole=("expires", "status", "key id"))
     for r in rows:
-        expires = str(r["expires_at"])[:16].replace("T", " ") if r["expires_at"] else "never"
-        table.add_row(str(r["principal"]), str(r["tenant"]),
-                      ",".join(r["groups"]), ",".join(r["models"]),  # type: ignore[arg-type]
+        expires = (str(r["expires_at"])[:16 if wide else 10].replace("T", " ")
+                   if r["expires_at"] else "never")
+        groups = [",".join(r["groups"])] if wide else []  # type: ignore[arg-type]
+        table.add_row(str(r["principal"]), str(r["tenant"]), *groups,
+                      ",".join(r["models"]),  # type: ignore[arg-type]
                       expires, str(r["status"]), str(r["key_id"]))
     console.print(table)
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from ..errors import ModelfenceError
+from . import tables
 from .common import ConfigOption, console, err_console, fail, settings_from
 
 if TYPE_CHECKING:
@@ -281,11 +281,10 @@ def _victims(text: str) -> list[str]:
 
 
 def _print_evaluation(e: Evaluation) -> None:
-    table = Table(title=f"{e.data}, victim {e.victim} (accuracy {e.accuracy:.3f}), "
-                        f"threshold {e.threshold}")
-    for col in ("stream", "side", "queries", "flagged at", "top risk", "top detector"):
-        table.add_column(col, justify="left" if col in ("stream", "side", "top detector")
-                         else "right")
+    table = tables.Grid(("stream", "side", "queries", "flagged at", "top risk",
+                         "top detector"), right=("queries", "flagged at", "top risk"),
+                        title=f"{e.data}, victim {e.victim} (accuracy {e.accuracy:.3f}), "
+                              f"threshold {e.threshold}")
     rows = [*e.attacks, *([e.tenant] if e.tenant else []), *e.benign]
     for r in rows:
         wrong = (r.flagged_at is not None) != r.attack
@@ -368,10 +367,10 @@ def calibrate(
 
 
 def _print_calibration(c: Calibration) -> None:
-    table = Table(title=f"benign detector scores ({c.streams} streams, {c.queries:,} queries)")
-    table.add_column("detector")
-    table.add_column(f"{1 - c.target_rate:.2%} quantile", justify="right")
-    table.add_column("max", justify="right")
+    quantile = f"{1 - c.target_rate:.2%} quantile"
+    table = tables.Grid(("detector", quantile, "max"), right=(quantile, "max"),
+                        title=f"benign detector scores ({c.streams} streams, {c.queries:,} "
+                              "queries)")
     for name, q in c.detectors.items():
         table.add_row(name, f"{q['quantile']:.3f}", f"{q['max']:.3f}")
     console.print(table)

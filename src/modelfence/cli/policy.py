@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.table import Table
 
 from ..config import ModelAttributes, Settings
 from ..errors import ModelfenceError
@@ -16,6 +15,7 @@ from ..identity.apikeys import check_attributes
 from ..identity.principal import Principal
 from ..policy import Facts, PolicyEngine, cedar_request, engine_from_settings
 from ..stores import key_store_from_url
+from . import tables
 from .common import ConfigOption, console, fail, parse_assignments, run_async, settings_from
 
 app = typer.Typer(help="Validate Cedar policies and ask them for decisions.",
@@ -38,7 +38,7 @@ def validate(config: ConfigOption = None) -> None:
     """Parse and validate the policy files against the schema; list the policies."""
     _, settings = settings_from(config)
     bundle = _engine(settings).bundle
-    table = Table("policy", "file", "line")
+    table = tables.Grid(("policy", "file", "line"), right=("line",))
     for st in bundle.statements:
         table.add_row(st.label, st.file, str(st.line))
     console.print(table)

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from ..config import ADMIN_TOKEN_ENV, KEY_ENV
 from ..errors import ModelfenceError, RequestError, UpstreamError
+from . import tables
 from .common import check_skops_trust, console, err_console, fail
 
 if TYPE_CHECKING:
@@ -155,9 +155,9 @@ def _print_run(run: AttackRun) -> None:
     asked = f" (asked in {run.eval_requests} requests)" if run.eval_requests else ""
     console.print(f"pool: {run.pool}: {run.attack_rows:,} rows to query, {run.eval_rows:,} "
                   f"held out{asked}{acc}", soft_wrap=True, markup=False)
-    table = Table("budget", "queries", "fidelity", "accuracy", "train s")
-    if r.risk_trail:
-        table.add_column("risk")
+    table = tables.Grid(("budget", "queries", "fidelity", "accuracy", "train s",
+                          *(["risk"] if r.risk_trail else [])),
+                         right=("budget", "queries", "fidelity", "accuracy", "train s", "risk"))
     for p in r.points:
         row = [f"{p.budget:,}", f"{p.queries:,}", f"{p.fidelity:.3f}",
                "—" if p.accuracy is None else f"{p.accuracy:.3f}", f"{p.train_s:.2f}"]
@@ -317,10 +317,10 @@ def _progress() -> Progress:
 
 def _print_assessment(a: Assessment) -> None:
     top = a.budgets[-1]
-    table = Table(title=f"fidelity at {top:,} queries (mean of {len(a.seeds)} seeds)")
-    table.add_column("attack")
+    table = tables.Grid(["attack"], title=f"fidelity at {top:,} queries (mean of "
+                                           f"{len(a.seeds)} seeds)")
     for d in a.defenses:
-        table.add_column(d.spec, justify="right")
+        table.add_column(d.spec, whole=True, right=True)
     for at in a.attacks:
         row = []
         for d in a.defenses:
@@ -329,8 +329,9 @@ def _print_assessment(a: Assessment) -> None:
         table.add_row(at, *row)
     console.print(table)
     if a.remote:
-        cells = Table("attack", "seed", "queries", "fidelity", "peak risk", "stopped",
-                      title="cells through the gateway")
+        cells = tables.Grid(("attack", "seed", "queries", "fidelity", "peak risk",
+                              "stopped"), right=("seed", "queries", "fidelity", "peak risk"),
+                             title="cells through the gateway")
         for c in a.cells:
             last = c.points[-1] if c.points else None
             peak = c.peak_risk

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import orjson
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from ..config import KEY_ENV, LocalBackend, Settings
 from ..errors import ConfigurationError, ModelfenceError, RequestError, StoreError
+from . import tables
 from .common import (
     ConfigOption,
     check_skops_trust,
@@ -269,8 +269,9 @@ def _print_outcome(doc: dict[str, Any], json_path: Path, html_path: Path,
     console.print(f"{head}: {escape(verdict['summary'])}", soft_wrap=True)
     if verdict["convicting_set"]:
         console.print(f"convicting set: {escape(verdict['convicting_set'])}")
-    table = Table("set", "marks", "controls", "disagree (marks / controls)", "p",
-                  "adjusted p")
+    table = tables.Grid(("set", "marks", "controls", "disagree m / c", "p", "adjusted p"),
+                         right=("marks", "controls", "disagree m / c"),
+                         whole=("p", "adjusted p"))
     for s in sets:
         table.add_row(escape(str(s["set"])), str(s["marks"]), str(s["controls"]),
                       f"{s['mark_disagreements']} / {s['control_disagreements']}",
@@ -327,7 +328,8 @@ def records(
         rows = asyncio.run(load())
     except ModelfenceError as exc:
         raise fail(str(exc)) from None
-    table = Table("principal", "tenant", "kind", "records", "first (UTC)", "last (UTC)")
+    table = tables.Grid(("principal", "tenant", "kind", "records", "first (UTC)",
+                          "last (UTC)"), right=("records",), whole=("first (UTC)", "last (UTC)"))
     for h in rows:
         table.add_row(*(escape(str(v)) for v in (
             h.principal, h.tenant, h.kind, h.count, _when(h.first_us), _when(h.last_us))))
@@ -335,7 +337,7 @@ def records(
 
 
 def _when(us: int) -> str:
-    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d %H:%M")
 
 
 @watermark_app.command("detect-text")

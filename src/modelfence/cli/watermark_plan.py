@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import orjson
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from ..config import LocalBackend, ModelSettings, Settings
 from ..errors import ModelfenceError
+from . import tables
 from .common import ConfigOption, console, fail
 
 if TYPE_CHECKING:
@@ -236,11 +236,10 @@ def _p(log2_p: float) -> str:
 def _print(plans: list[ModelPlan], skipped: list[dict[str, str]], ws: WatermarkSettings,
            written: Path | None) -> None:
     if plans:
-        head = Table(title=f"watermark plan: 95% of callers holding {ws.holding:,} answers "
-                     f"hold the marks for p <= 2^{ws.target_log2_p:g}")
-        for col in ("model", "classes", "disagreement", "marks needed", "fraction",
-                    "honest cost"):
-            head.add_column(col, justify="left" if col == "model" else "right")
+        numbers = ("classes", "disagreement", "marks needed", "fraction", "honest cost")
+        head = tables.Grid(("model", *numbers), right=numbers,
+                           title=f"watermark plan: 95% of callers holding {ws.holding:,} "
+                                 f"answers hold the marks for p <= 2^{ws.target_log2_p:g}")
         for p in plans:
             frac = f"{p.fraction:.3%}"
             if p.capped:
@@ -253,11 +252,11 @@ def _print(plans: list[ModelPlan], skipped: list[dict[str, str]], ws: WatermarkS
                          + ("measured" if p.measured else "assumed"), str(p.marks_needed),
                          frac, cost)
         console.print(head)
-        reach = Table(title="at each volume: the rate in force, what a perfect copy holds "
-                      "and reaches, what an honest caller paid")
-        for col in ("model", "answers", "rate", "marks (mean)", "p", "marks (95% hold)", "p ",
-                    "honest cost"):
-            reach.add_column(col, justify="left" if col == "model" else "right")
+        volumes = ("answers", "rate", "marks\n(mean)", "p", "marks\n(95% hold)", "p\n(held)",
+                   "honest\ncost")
+        reach = tables.Grid(("model", *volumes), right=volumes,
+                            title="at each volume: the rate in force, what a perfect copy "
+                                  "holds and reaches, what an honest caller paid")
         for p in plans:
             for v in p.volumes:
                 reach.add_row(escape(p.model), f"{v.answers:,}", f"{v.rate:.3%}",
