@@ -121,7 +121,7 @@ def _at_80(monkeypatch: pytest.MonkeyPatch, *args: str) -> str:
     assert lines and max(len(line) for line in lines) <= 80, result.stdout
     assert "…" not in result.stdout, result.stdout  # nothing shortened with an ellipsis
     for line in lines:  # no table cut at the terminal's edge: each row ends in its border
-        if line[:1] in "┏┃┡│└":
+        if line and line[0] in "┏┃┡│└":
             assert line[-1] in "┓┃┩│┘", result.stdout
     return result.stdout
 
@@ -197,3 +197,17 @@ def test_a_table_too_wide_for_the_terminal_folds_rather_than_cuts() -> None:
     assert max(len(line) for line in printed.splitlines()) <= 40
     assert "…" not in printed
     assert "3832278576fceb8e" in _joined(printed)
+
+
+def test_the_shaping_trade_off_fits_80_columns_and_keeps_every_budget_for_wide(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    args = ("shaping", "tradeoff", "--defense", "none", "--defense", "misinfo:1.2+round:2",
+            "--budgets", "30,60", "--augmented-budget", "30", "--seeds", "1")
+    narrow = _at_80(monkeypatch, *args)
+    assert "--wide for all 7 thief columns" in narrow
+    assert "none" in narrow and "misinfo:" in narrow  # both rows, the long name folded
+    wide = run(*args, "--wide")
+    assert wide.exit_code == 0, wide.output
+    header = next(line for line in wide.stdout.splitlines() if line.split()[:1] == ["defense"])
+    assert header.split()[-7:-5] == ["30", "60"]  # labels at both budgets
+    assert "--wide for all" not in wide.stdout

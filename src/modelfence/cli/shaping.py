@@ -8,7 +8,7 @@ markdown, for reports and issues). The library is imported inside the command so
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -51,6 +51,9 @@ def tradeoff(
         "--json", help="Also write the result as JSON", show_default=False)] = None,
     markdown: Annotated[bool, typer.Option(
         "--markdown", help="Print the table as markdown")] = False,
+    wide: Annotated[bool, typer.Option(
+        "--wide", "-w", help="Every budget's column (132 columns); without it a narrower "
+                             "terminal shows each thief at its largest budget")] = False,
 ) -> None:
     """Benign top-1 accuracy and thief fidelity per defense, on a victim trained here."""
     from ..evaluation.tradeoff import DEFAULT_DEFENSES
@@ -80,7 +83,7 @@ def tradeoff(
     if markdown:
         console.print(result.markdown(), markup=False, highlight=False, soft_wrap=True)
     else:
-        _print_table(result)
+        _print_table(result, wide)
     if json_out is not None:
         import orjson
 
@@ -88,26 +91,48 @@ def tradeoff(
         console.print(f"wrote {json_out}", soft_wrap=True, markup=False)
 
 
-def _print_table(result: Tradeoff) -> None:
-    """One row per defense; headers stacked ("soft / 2,000") to keep the table narrow."""
+def _print_table(result: Tradeoff, wide: bool) -> None:
+    """One row per defense; headers stacked ("soft / 2,000") to keep the table narrow.
+
+    Ten numeric columns do not fit 80: unless `wide` (or the terminal is wide), each thief
+    shows at its largest budget only.
+    """
     from ..shaping.tradeoff_table import changes
 
+    columns = list(result.columns)
+    narrow = not wide and console.width < WIDE
+    if narrow:
+        largest: dict[str, Any] = {}
+        for c in columns:
+            name, _, budget = c.title.rpartition(" ")
+            held = largest.get(name)
+            if held is None or _budget(budget) > _budget(held.title.rpartition(" ")[2]):
+                largest[name] = c
+        columns = [c for c in columns if largest[c.title.rpartition(" ")[0]] is c]
     table = Table(title=f"thief fidelity (mean of {len(result.seeds)} seeds) and benign "
                         "cost per defense", box=box.SIMPLE_HEAD)
-    table.add_column("defense", no_wrap=True)
+    table.add_column("defense", overflow="fold")
     table.add_column("benign\nacc", justify="right")
     table.add_column("top-1\nchanged", justify="right")
-    for c in result.columns:
+    for c in columns:
         name, _, budget = c.title.rpartition(" ")
         table.add_column(f"{name.replace(' ', chr(10))}\n{budget}", justify="right")
     for r in result.rows:
         acc = "—" if r.benign_accuracy is None else f"{r.benign_accuracy:.3f}"
         table.add_row(r.spec, acc, changes(r.top1_changes),
                       *(f"{r.fidelity[c.key]:.3f}" if c.key in r.fidelity else "—"
-                        for c in result.columns))
-    # ten numeric columns: never squeeze them into a narrow (or absent) terminal
-    wide = console if console.width >= WIDE else Console(width=WIDE, highlight=False)
-    wide.print(table)
+                        for c in columns))
+    # the whole table: never squeezed into a narrow (or absent) terminal
+    out = console if narrow or console.width >= WIDE else Console(width=WIDE,
+                                                                  highlight=False)
+    out.print(table)
+    if len(columns) < len(result.columns):
+        console.print(f"(each thief at its largest budget; --wide for all "
+                      f"{len(result.columns)} thief columns)", markup=False)
     acc_text = "—" if result.victim_accuracy is None else f"{result.victim_accuracy:.3f}"
     console.print(f"{result.data}: victim test accuracy {acc_text}; {result.machine}; "
                   f"{result.elapsed_s:.0f} s", soft_wrap=True, markup=False)
+
+
+def _budget(text: str) -> int:
+    return int(text.replace(",", "")) if text.replace(",", "").isdigit() else 0
