@@ -1,7 +1,7 @@
 """Model artifacts: sign/verify, encrypt/decrypt, scan, and guarded loading.
 
-Heavy dependencies (model-signing, picklescan, modelscan, python-pkcs11) are imported
-only when the function that needs them runs.
+Heavy dependencies (model-signing with PyKCS11, picklescan, modelscan, python-pkcs11: the
+`artifacts` extra) are imported only when the function that needs them runs.
 """
 
 from .envelope import decrypt_file, decrypt_to_bytes, encrypt_file, iter_decrypt
