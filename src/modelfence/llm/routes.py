@@ -2,7 +2,9 @@
 
 Each POST runs the gateway's guard chain, in the stages every protocol shares
 (kernel/stages.py: identity → inflight → llm_model → usage → screening → risk → policy →
-rate limits → llm_body → budgets), with the upstream call as the terminal.
+rate limits → llm_body → budgets → canary → logprob noise), with the upstream call as the
+terminal; the answer's protections are guards (output_guards.py), the route only reads,
+renames the hidden upstream model and re-encodes.
 A stream is passed through event by event as it arrives, each event parsed as the SSE
 standard defines (sse_events.py) and re-encoded after the filters, never forwarded raw; its
 audit record is written when it ends, or when the client goes away (which also closes the
