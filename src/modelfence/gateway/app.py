@@ -32,11 +32,12 @@ from ..config import Settings, metrics_dir
 from ..identity import BearerAuthenticator, build_authenticator
 from ..identity.apikeys import ApiKeys
 from ..identity.guard import IdentityGuard
-from ..kernel.chain import GuardChain
+from ..kernel.finish import count_failure
 from ..kernel.metrics import GatewayMetrics
 from ..kernel.responses import json_response
+from ..kernel.stages import Stages
 from ..llm.risk import Crossing as LlmCrossing
-from ..llm.routes import llm_routes
+from ..llm.routes import LlmRoutes
 from ..monitor.alerts import Alert
 from ..monitor.guard import MonitorGuard
 from ..monitor.service import MonitorService
@@ -175,25 +176,17 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     budgets = ([BudgetGuard(gw.budget_store, settings.quotas.budgets, budget_alert)]
                if gw.budget_store is not None else [])
 
-    # The request phases run top to bottom; response and complete phases bottom to top.
-    infer_chain = GuardChain([
-        metrics,
-        audit,
-        identity,
-        *inflight,
-        model,
-        usage,
-        *monitor,
-        policy,
-        *rate_limits,
-        BodyGuard(settings.server.max_body_bytes),
-        InputValidationGuard(),
-        *budgets,
-        *watermark,  # response phases run bottom to top: shaping first, then the watermark,
-        *shaping,    # so the watermark reaches labels-only answers and every later guard
-    ])
-    metadata_chain = GuardChain([metrics, audit, identity, *inflight, model, usage, *monitor,
-                                 policy, *rate_limits])
+    # Every protocol's chains are these stages, each filling its own (kernel/stages.py).
+    # The request phases run in stage order; response and complete phases bottom to top.
+    common = Stages(head=[metrics, audit], identity=[identity], inflight=inflight,
+                    usage=[usage], policy=[policy], rate_limits=rate_limits, budgets=budgets)
+    infer_chain = common.with_(
+        model=[model], monitor=monitor,
+        body=[BodyGuard(settings.server.max_body_bytes), InputValidationGuard()],
+        # response phases run bottom to top: shaping first, then the watermark, so the
+        # watermark reaches labels-only answers and every later guard
+        outputs=[*watermark, *shaping]).chain()
+    metadata_chain = common.with_(model=[model], monitor=monitor).chain(through="rate_limits")
 
     async def download_alert(principal: str, tenant: str, model: str | None, why: str) -> None:
         reason = f"unusual artifact download by {principal} of model {model}: {why}"
@@ -206,8 +199,7 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
             model=model))
 
     download_watch = DownloadWatch(download_alert)
-    download_chain = GuardChain([metrics, audit, identity, *inflight, model, usage, policy,
-                                 *rate_limits, download_watch])
+    download_chain = common.with_(model=[model], body=[download_watch]).chain(through="body")
 
     stores: list[tuple[str, StoreCheck]] = [("key store", gw.key_store.ping),
                                              ("audit spill", gw.audit_sink.ready)]
@@ -228,16 +220,14 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     def screen_failure(model: str, outcome: str) -> None:
         gw.metrics.screening_failures.labels(model, outcome).inc()
 
-    llm = llm_routes(settings.llm, head=[metrics, audit], identity=identity, inflight=inflight,
-                     usage=usage,
-                     policy=policy, rate_limits=rate_limits, budgets=budgets,
-                     audit_before_answer=settings.audit.durability == "strict",
-                     noise_secret=hmac.new(settings.server_secret(), b"llm",
-                                           hashlib.sha256).digest(),
-                     on_alert=llm_alert, on_screen_failure=screen_failure,
-                     on_store_error=lambda store: gw.metrics.store_errors.labels(store).inc(),
-                     on_distill=lambda model, outcome, n: gw.metrics.llm_distill.labels(
-                         model, outcome).inc(n))
+    llm = LlmRoutes(settings.llm, stages=common,
+                    audit_before_answer=settings.audit.durability == "strict",
+                    noise_secret=hmac.new(settings.server_secret(), b"llm",
+                                          hashlib.sha256).digest(),
+                    on_alert=llm_alert, on_screen_failure=screen_failure,
+                    on_failure=lambda exc: count_failure(gw.metrics, exc),
+                    on_distill=lambda model, outcome, n: gw.metrics.llm_distill.labels(
+                        model, outcome).inc(n))
     if llm.risk_stream is not None:
         stores.append(("llm risk store", llm.risk_stream.ping))
     elif llm.risk is not None and settings.llm.models and settings.server.workers > 1:

@@ -1,7 +1,7 @@
 """OpenAI-compatible LLM routes: proxying, output controls, token accounting.
 
 Only the settings load eagerly: config.py imports them, and the routes import the gateway,
-which imports config.py; `llm_routes` and the rest load on first use.
+which imports config.py; `LlmRoutes` and the rest load on first use.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ from typing import TYPE_CHECKING, Any
 from .settings import LlmAttributes, LlmControls, LlmModel, LlmSettings
 
 if TYPE_CHECKING:
-    from .routes import LlmRoutes, llm_routes, openai_error
+    from .routes import LlmRoutes, openai_error
     from .usage import TokenUsage
 
-_LAZY = {"LlmRoutes": "routes", "llm_routes": "routes", "openai_error": "routes",
-         "TokenUsage": "usage"}
+_LAZY = {"LlmRoutes": "routes", "openai_error": "routes", "TokenUsage": "usage"}
 
 __all__ = ["LlmAttributes", "LlmControls", "LlmModel", "LlmRoutes", "LlmSettings", "TokenUsage",
-           "llm_routes", "openai_error"]
+           "openai_error"]
 
 
 def __getattr__(name: str) -> Any:

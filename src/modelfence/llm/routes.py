@@ -19,7 +19,7 @@ import hmac
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -28,9 +28,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..audit.record import replica_name
-from ..errors import ConfigurationError, StoreError, UpstreamError, http_status_and_message
+from ..errors import ConfigurationError, UpstreamError, http_status_and_message
 from ..kernel.call import Call
-from ..kernel.chain import Guard, GuardChain
+from ..kernel.chain import GuardChain
 from ..kernel.finish import OnFailure, finish
 from ..kernel.responses import error_response
 from ..kernel.stages import Stages
@@ -367,38 +367,3 @@ def _forget(pending: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], 
 def _log_crossing(crossing: Crossing) -> None:
     log.warning("LLM extraction risk %.2f for %s %s on %s: %s", crossing.risk.score,
                 crossing.kind, crossing.subject, crossing.model, crossing.risk.explain())
-
-
-def llm_routes(settings: LlmSettings, *, head: Sequence[Guard], identity: Guard,
-               usage: Guard, policy: Guard, inflight: Sequence[Guard] = (),
-               rate_limits: Sequence[Guard] = (),
-               budgets: Sequence[Guard] = (), audit_before_answer: bool = False,
-               noise_secret: bytes | None = None,
-               on_alert: Callable[[Crossing], None] | None = None,
-               on_screen_failure: Callable[[str, str], None] | None = None,
-               on_store_error: Callable[[str], None] | None = None,
-               on_distill: CountSink | None = None) -> LlmRoutes:
-    """The LLM routes over the gateway's guards, in the stages the OIP chains use
-    (kernel/stages.py); `head` is e.g. (metrics, audit).
-
-    Mount `llm.routes()`, `await llm.start()` and `await llm.close()` in the app's lifespan.
-    """
-    stages = Stages(head=head, identity=[identity], inflight=inflight, usage=[usage],
-                    policy=[policy], rate_limits=rate_limits, budgets=budgets)
-    return LlmRoutes(settings, stages=stages,
-                     audit_before_answer=audit_before_answer, noise_secret=noise_secret,
-                     on_alert=on_alert, on_screen_failure=on_screen_failure,
-                     on_failure=_store_errors_only(on_store_error), on_distill=on_distill)
-
-
-def _store_errors_only(on_store_error: Callable[[str], None] | None) -> OnFailure | None:
-    """`llm_routes`' older counting hook (stores only) as an `on_failure`; the gateway's
-    own `count_failure` also counts policy engine and internal failures."""
-    if on_store_error is None:
-        return None
-    sink = on_store_error
-
-    def count(exc: BaseException) -> None:
-        if isinstance(exc, StoreError):
-            sink(exc.store)
-    return count
