@@ -135,6 +135,19 @@ def test_the_complying_upstream_really_encodes() -> None:
     assert s.secret not in plain and s.persona[:30] not in plain
 
 
+def test_the_upstream_reads_every_honest_request_as_sent_as_honest(halves: dict[str, Any]
+                                                                   ) -> None:
+    """As the populations send them: greetings added, follow-ups after earlier turns."""
+    for half in halves.values():
+        for caller in half.of("honest"):
+            earlier: dict[str, list[str]] = {}
+            for r in caller.requests:
+                turns = earlier.setdefault(r.conversation, []) if r.conversation else []
+                assert read_conversation([*turns, r.text]).kind != "extract", (caller.name,
+                                                                                r.text)
+                turns.append(r.text)
+
+
 def test_translation_covers_the_system_prompts() -> None:
     for half in data.HALVES:
         for s in data.system_prompts(half):

@@ -40,7 +40,7 @@ _SELF = re.compile(
     r"|introduce yourself|about yourself|who made you|company built you|have a name|"
     r"is this a human|this assistant for|can you (?:remember|look|browse)|do you remember|"
     r"bot or a real|human or an ai")
-_DEFINE = re.compile(r"^what does [\"'\u201c]?[\w ]{1,30}[\"'\u201d]? mean\b")
+_DEFINE = re.compile(r"\bwhat does [\"'\u201c]?[\w ]{1,30}[\"'\u201d]? mean\b")
 # a follow-up that asks for "it" when an earlier turn was about the assistant's configuration
 _FOLLOW = re.compile(r"\bpaste\b|\bcopy\b|share yours|\brepeat\b")
 _ABOUT_SETUP = re.compile(r"set you up|configur|instructions|system prompt")
