@@ -9,9 +9,12 @@ reference recorded by the code before the observe path was reworked for speed
 (`fixtures/monitor_equivalence.npz`), and every alert and flag must be the same.
 
 Scores are compared to 1e-6: the reference is float32, and a different BLAS may round a
-float32 distance in its last bit. Decisions (flags, episodes' starts and ends, alerts) must be
-equal. Re-record only when a decision is meant to change:
-``python tests/unit/test_monitor_equivalence.py --record``.
+float32 distance in its last bit. PRADA's score to 1e-5: its Shapiro-Wilk W was recorded with
+scipy's single-precision swilk, and the monitor's own double-precision W (monitor/prada.py)
+differs from it by about 1e-6. Decisions (flags, episodes' starts and ends, alerts) must be
+equal. Re-record only when a decision is meant to change, or when a new scikit-learn moves the
+victims' answers, and then with the code before the change (a git worktree of the last
+commit): ``python tests/unit/test_monitor_equivalence.py --record``.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ QUERIES, HEAVY = 240, 1600
 DETECTORS = MonitorSettings().detectors
 #: Per request and subject (principal, tenant): score, raw, flagged, the detectors' scores.
 COLUMNS = ("score", "raw", "flagged", *DETECTORS)
+PRADA_ATOL = 1e-5
 
 
 def _requests(spec: VictimSpec) -> tuple[list[tuple[str, str, Any, Any, float]], str]:
@@ -147,7 +151,8 @@ def test_every_risk_score_episode_and_alert_is_the_recorded_one(
     finite = np.isfinite(ref["episodes"])
     np.testing.assert_allclose(got["episodes"][finite], ref["episodes"][finite], atol=1e-6)
     for c, name in enumerate(COLUMNS):
-        np.testing.assert_allclose(got["values"][:, :, c], ref["values"][:, :, c], atol=1e-6,
+        np.testing.assert_allclose(got["values"][:, :, c], ref["values"][:, :, c],
+                                   atol=PRADA_ATOL if name == "prada" else 1e-6,
                                    rtol=0, err_msg=f"{spec.name}: {name}")
 
 
