@@ -70,7 +70,7 @@ def test_reset_forgets_the_risk_an_earlier_run_remembered(tmp_path: Path) -> Non
     try:
         said = " ".join(printed.split())
         assert "note: the demo caller's risk is" in said and "band 'flagged'" in said
-        assert "modelfence demo --reset" in said
+        assert "modelfence demo --reset forgets it" in said
         remembered = labels(port, key, probe)
     finally:
         stop(proc)

@@ -86,5 +86,5 @@ def _warn_if_degraded(config: Path) -> None:
     console.print(
         f"[yellow]note:[/] the demo caller's risk is {remembered.risk:.2f}, remembered from "
         f"earlier runs: its answers start in band {remembered.band!r} "
-        f"({remembered.defense}). [bold]modelfence demo --reset[/] forgets it.",
+        f"({remembered.defense}). [bold]{_self_command()} demo --reset[/] forgets it.",
         soft_wrap=True)
