@@ -49,7 +49,20 @@ clean:
 
 # Run a config from examples/ with its secrets, keys, database role, model files and stand-in
 # upstream made for it (in ~/.modelfence/examples/NAME):  make example NAME=local-model
+# The `examples` extra makes the models; llm-* examples also need `llm` (torch: large).
+comma := ,
+EXAMPLE_EXTRAS = examples$(if $(filter llm-%,$(NAME)),$(comma)llm)
+
+$(VENV)/.installed-$(EXAMPLE_EXTRAS): pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install -q -e '.[$(EXAMPLE_EXTRAS)]'
+	touch $@
+
+ifneq ($(filter example,$(MAKECMDGOALS)),)
+ifeq ($(NAME),)
+$(error usage: make example NAME=<one of: $(basename $(notdir $(wildcard examples/*.yaml)))>)
+endif
+endif
+
 .PHONY: example
-example: $(VENV)/.installed
-	@test -n "$(NAME)" || { echo "usage: make example NAME=<one of: $(basename $(notdir $(wildcard examples/*.yaml)))>"; exit 2; }
+example: $(VENV)/.installed-$(EXAMPLE_EXTRAS)
 	$(VENV)/bin/modelfence example $(NAME) --port $(PORT)
