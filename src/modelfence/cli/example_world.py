@@ -145,10 +145,15 @@ def _shape(model: dict[str, Any]) -> tuple[int, int]:
 
 
 def _train(path: Path, kind: str, features: int, classes: int) -> None:
-    from sklearn.datasets import load_digits, make_classification
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    try:
+        from sklearn.datasets import load_digits, make_classification
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+    except ImportError:
+        raise ConfigurationError(f"making {path.name} needs scikit-learn: pip install "
+                                 "'modelfence[examples]' (or put your own model there)"
+                                 ) from None
 
     if (features, classes) == (DIGITS, 10):
         x, y = load_digits(return_X_y=True)
@@ -165,8 +170,9 @@ def _train(path: Path, kind: str, features: int, classes: int) -> None:
     try:
         from skl2onnx import to_onnx
     except ImportError:
-        raise ConfigurationError(f"making {path.name} needs skl2onnx: pip install skl2onnx "
-                                 "(or put your own ONNX model there)") from None
+        raise ConfigurationError(f"making {path.name} needs skl2onnx: pip install "
+                                 "'modelfence[examples]' (or put your own ONNX model there)"
+                                 ) from None
     onx = to_onnx(clf, x[:1].astype("float32"), options={"zipmap": False}, target_opset=17)
     path.write_bytes(onx.SerializeToString())
 
