@@ -211,3 +211,22 @@ def test_the_shaping_trade_off_fits_80_columns_and_keeps_every_budget_for_wide(
     header = next(line for line in wide.stdout.splitlines() if line.split()[:1] == ["defense"])
     assert header.split()[-7:-5] == ["30", "60"]  # labels at both budgets
     assert "--wide for all" not in wide.stdout
+
+
+def test_help_shows_every_default_and_env_note() -> None:
+    """`[default: …]` in a help text is rich markup unless escaped: it vanished from --help."""
+    import re
+
+    import typer
+
+    def walk(command: Any) -> Any:
+        yield command
+        for sub in getattr(command, "commands", {}).values():
+            yield from walk(sub)
+
+    for command in walk(typer.main.get_command(app)):
+        for param in command.params:
+            text = getattr(param, "help", None) or ""
+            assert not re.search(r"(?<!\\)\[[a-z]+:", text), (command.name, param.name, text)
+    shown = CliRunner().invoke(app, ["demo", "--help"], env={"COLUMNS": "200"})
+    assert "[default: port + 1]" in shown.stdout

@@ -69,7 +69,7 @@ def sign(model: Annotated[Path, typer.Argument(help="Model file or folder")],
          chain: Annotated[list[Path] | None, typer.Option(
              help="Certificate chain file; repeat for more")] = None,
          signature: Annotated[Path | None, typer.Option(
-             help="Signature file [default: <model>.sig]")] = None,
+             help="Signature file \\[default: <model>.sig]")] = None,
          module: Module = None, token: Token = None, pin: Pin = None,
          key_label: KeyLabel = None) -> None:
     """Sign a model file or folder (ECDSA key, certificate, or a PKCS#11 token key)."""
@@ -90,7 +90,7 @@ def verify(model: Annotated[Path, typer.Argument(help="Model file or folder")],
            chain: Annotated[list[Path] | None, typer.Option(
                help="Trusted certificate chain file; repeat for more")] = None,
            signature: Annotated[Path | None, typer.Option(
-               help="Signature file [default: <model>.sig]")] = None) -> None:
+               help="Signature file \\[default: <model>.sig]")] = None) -> None:
     """Verify a model against its signature; exit 1 if it does not match."""
     from ..artifacts.signing import SignaturePolicy, verify_model
 
@@ -117,7 +117,7 @@ class _Untrusted(Exception):
 @app.command()
 def encrypt(src: Annotated[Path, typer.Argument(help="Model file to encrypt")],
             output: Annotated[Path | None, typer.Option(
-                "--output", "-o", help="Encrypted file [default: <src>.enc]")] = None,
+                "--output", "-o", help="Encrypted file \\[default: <src>.enc]")] = None,
             keyring: Keyring = None, key_id: KeyId = None, module: Module = None,
             token: Token = None, pin: Pin = None, key_label: KeyLabel = None) -> None:
     """Encrypt a file with AES-256-GCM under a fresh data key wrapped by the KEK."""

@@ -20,7 +20,7 @@ err_console = Console(stderr=True, highlight=False)
 
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="Path to modelfence.yaml [env: MODELFENCE_CONFIG]",
+    typer.Option("--config", "-c", help="Path to modelfence.yaml \\[env: MODELFENCE_CONFIG]",
                  show_default=False),
 ]
 

@@ -19,9 +19,9 @@ from .common import console, run_async
 def demo(
     port: Annotated[int, typer.Option(help="Port to serve on")] = 8000,
     admin_port: Annotated[int | None, typer.Option(
-        help="Admin API and metrics port, on 127.0.0.1 [default: port + 1]")] = None,
+        help="Admin API and metrics port, on 127.0.0.1 \\[default: port + 1]")] = None,
     home: Annotated[Path | None, typer.Option(
-        help="Demo folder [default: ~/.modelfence/demo, or $MODELFENCE_HOME/demo]")] = None,
+        help="Demo folder \\[default: ~/.modelfence/demo, or $MODELFENCE_HOME/demo]")] = None,
     reset: Annotated[bool, typer.Option(
         "--reset", help="Forget earlier runs first: callers' risk, the audit log and its "
                         "alerts, the key store, the config (the trained model stays)")] = False,

@@ -29,30 +29,30 @@ def example(
         help="An example config's name: examples/NAME.yaml (e.g. local-model)",
         show_default=False)],
     port: Annotated[int | None, typer.Option(
-        min=1, max=65535, help="Port to serve on [default: the example's server.port]",
+        min=1, max=65535, help="Port to serve on \\[default: the example's server.port]",
         show_default=False)
     ] = None,
     admin_port: Annotated[int | None, typer.Option(
-        min=1, max=65535, help="Admin API and metrics port, on 127.0.0.1 [default: the example's "
+        min=1, max=65535, help="Admin API and metrics port, on 127.0.0.1 \\[default: the example's "
              "server.admin_listen]", show_default=False)] = None,
     host: Annotated[str, typer.Option(
         help="Address to bind (the examples say 0.0.0.0 for a deployment)")] = "127.0.0.1",
     workers: Annotated[int | None, typer.Option(
-        help="Worker processes [default: the example's server.workers]", show_default=False)
+        help="Worker processes \\[default: the example's server.workers]", show_default=False)
     ] = None,
     folder: Annotated[Path | None, typer.Option(
-        "--dir", help="Workspace [default: ~/.modelfence/examples/NAME, or "
+        "--dir", help="Workspace \\[default: ~/.modelfence/examples/NAME, or "
                       "$MODELFENCE_HOME/examples/NAME]", show_default=False)] = None,
     examples: Annotated[Path | None, typer.Option(
-        help="Folder of the example configs [default: ./examples, else the source tree's]",
+        help="Folder of the example configs \\[default: ./examples, else the source tree's]",
         show_default=False)] = None,
     postgres_admin: Annotated[str | None, typer.Option(
         envvar="MODELFENCE_EXAMPLE_PG_ADMIN", show_envvar=True,
         help="A PostgreSQL URL of a role that may create roles and databases, for examples "
-             "that use PostgreSQL [default: postgresql://postgres@HOST:PORT/postgres of the "
+             "that use PostgreSQL \\[default: postgresql://postgres@HOST:PORT/postgres of the "
              "example's own URL]", show_default=False)] = None,
     prepare_only: Annotated[bool, typer.Option(
-        help="Make the workspace and mint a key, but do not serve")] = False,
+        "--prepare-only", help="Make the workspace and mint a key, but do not serve")] = False,
 ) -> None:
     """Run an example config with its secrets, keys, database role and model made for it."""
     from .example_world import prepare

@@ -44,7 +44,7 @@ def fit(
              "training rows")],
     config: ConfigOption = None,
     out: Annotated[Path | None, typer.Option(
-        help="Where to write the summary [default: <policy.state_dir or the config's folder>"
+        help="Where to write the summary \\[default: <policy.state_dir or the config's folder>"
              "/monitor/<model>.summary.npz]", show_default=False)] = None,
     label_column: Annotated[str | None, typer.Option(
         help="CSV/Parquet column of the rows' true classes: not a feature; it lets the fit "
@@ -170,7 +170,7 @@ def evaluate(
         help="With --suite: only these corpus victims (comma-separated names)",
         show_default=False)] = None,
     workers: Annotated[int | None, typer.Option(
-        min=1, help="With --suite: local worker processes [default: one per core]",
+        min=1, help="With --suite: local worker processes \\[default: one per core]",
         show_default=False)] = None,
     dask: Annotated[str | None, typer.Option(
         help="With --suite: run on a Dask cluster, e.g. tcp://host:8786",

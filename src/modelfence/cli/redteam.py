@@ -44,7 +44,7 @@ AdminToken = Annotated[str | None, typer.Option(
 AdminUrl = Annotated[str | None, typer.Option(
     envvar="MODELFENCE_ADMIN_URL", show_default=False, show_envvar=True,
     help="The gateway's admin listener (server.admin_listen), e.g. http://127.0.0.1:9090 "
-    "[default: port 9090 of the gateway's host]")]
+    "\\[default: port 9090 of the gateway's host]")]
 RiskEvery = Annotated[int, typer.Option(
     min=1, help="Over HTTP with --admin-token: read the risk score every N queries")]
 ModelName = Annotated[str | None, typer.Option(
@@ -102,7 +102,7 @@ def attack(
     admin_token: AdminToken = None,
     admin_url: AdminUrl = None,
     principal: Annotated[str | None, typer.Option(
-        help="With --admin-token: the key's principal [default: looked up by the key's id]",
+        help="With --admin-token: the key's principal \\[default: looked up by the key's id]",
         show_default=False)] = None,
     risk_every: RiskEvery = 10,
 ) -> None:
@@ -184,10 +184,10 @@ def _print_run(run: AttackRun) -> None:
 def assess(
     target: TargetArg,
     attacks: Annotated[str | None, typer.Option(
-        help="Comma-separated attacks [default: all six with soft labels, plus random:labels]",
+        help="Comma-separated attacks \\[default: all six with soft labels, plus random:labels]",
         show_default=False)] = None,
     defenses: Annotated[str | None, typer.Option(
-        help="Comma-separated defenses [default: none, round:2, topk:3, labels, "
+        help="Comma-separated defenses \\[default: none, round:2, topk:3, labels, "
         "rsig:0.8,1.2, noise:2]", show_default=False)] = None,
     budgets: Annotated[str, typer.Option(help="Query budgets")] = "100,300,1000",
     seeds: Annotated[int, typer.Option(min=1, help="Seeds per cell")] = 3,
@@ -195,7 +195,7 @@ def assess(
     pool: PoolOption = "sklearn:digits",
     label_column: LabelColumn = None,
     workers: Annotated[int | None, typer.Option(
-        min=1, help="Local worker processes [default: one per core]", show_default=False
+        min=1, help="Local worker processes \\[default: one per core]", show_default=False
     )] = None,
     dask: Annotated[str | None, typer.Option(
         help="Run the cells on a Dask cluster: scheduler address, e.g. tcp://host:8786",

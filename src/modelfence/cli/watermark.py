@@ -77,7 +77,7 @@ def verify_ownership(
     model: Annotated[str, typer.Option(help="The protected model's name in the config",
                                        show_default=False)],
     principal: Annotated[str | None, typer.Option(
-        help="Only the answers this principal received [default: every principal's]",
+        help="Only the answers this principal received \\[default: every principal's]",
         show_default=False)] = None,
     config: ConfigOption = None,
     suspect_key: Annotated[str, typer.Option(
@@ -99,10 +99,10 @@ def verify_ownership(
     )] = 1e-6,
     out: Annotated[Path | None, typer.Option(
         help="Folder for evidence.json and evidence.html "
-             "[default: ./evidence-MODEL-UTCTIME]", show_default=False)] = None,
+             "\\[default: ./evidence-MODEL-UTCTIME]", show_default=False)] = None,
     signing_key: Annotated[Path | None, typer.Option(
         help="Ed25519 private key PEM that signs the bundle "
-             "[default: audit.checkpoint_key_file]", show_default=False)] = None,
+             "\\[default: audit.checkpoint_key_file]", show_default=False)] = None,
     include_inputs: Annotated[bool, typer.Option(
         help="Put the inputs themselves in the bundle (float32 bytes, base64), not only "
              "their SHA-256")] = False,
@@ -121,7 +121,7 @@ def verify_ownership(
         min=10, help="Fingerprint points asked of the suspect")] = 200,
     timestamp_url: Annotated[str | None, typer.Option(
         help="RFC 3161 time-stamping authority URL for the signed bundle "
-             "[default: watermark.timestamp_url]", show_default=False)] = None,
+             "\\[default: watermark.timestamp_url]", show_default=False)] = None,
     trust: Annotated[list[str] | None, typer.Option(
         "--trust", help="A type in a skops file to trust; repeat for more")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the outcome as JSON")] = False,
