@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..config import Settings, default_config_path, load_settings
 from ..errors import ModelfenceError
@@ -26,7 +27,9 @@ ConfigOption = Annotated[
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    """Print `message` as written (rich would read "modelfence[local]" as a markup tag and drop
+    it) after a red "error:", and return the exit to raise."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     return typer.Exit(code)
 
 
