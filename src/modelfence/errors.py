@@ -72,6 +72,15 @@ class RequestError(ModelfenceError):
     status: int = 500
     reason: str = "error"
 
+    def __init_subclass__(cls, *, status: int | None = None, reason: str | None = None,
+                          **kw: object) -> None:
+        """A subclass names its status and reason in its class line instead of a body."""
+        super().__init_subclass__(**kw)
+        if status is not None:
+            cls.status = status
+        if reason is not None:
+            cls.reason = reason
+
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
         self.message = message
@@ -83,14 +92,12 @@ class RequestError(ModelfenceError):
         return {}
 
 
-class BadRequest(RequestError):
-    status = 400
-    reason = "bad_request"
+class BadRequest(RequestError, status=400, reason="bad_request"):
+    """Malformed or invalid input; the message names the field."""
 
 
-class Unauthenticated(RequestError):
-    status = 401
-    reason = "unauthenticated"
+class Unauthenticated(RequestError, status=401, reason="unauthenticated"):
+    """No, malformed, unknown, revoked or expired credential."""
 
     def __init__(self, message: str = "missing or invalid credentials", **kw: str) -> None:
         super().__init__(message, **kw)
@@ -99,91 +106,81 @@ class Unauthenticated(RequestError):
         return {"WWW-Authenticate": 'Bearer realm="modelfence"'}
 
 
-class Forbidden(RequestError):
-    status = 403
-    reason = "forbidden"
+class Forbidden(RequestError, status=403, reason="forbidden"):
+    """The identity is known and access is denied."""
 
 
-class NotFound(RequestError):
-    status = 404
-    reason = "not_found"
+class NotFound(RequestError, status=404, reason="not_found"):
+    """Unknown model or route."""
 
 
-class RequestTimeout(RequestError):
-    status = 408
-    reason = "body_timeout"
+class RequestTimeout(RequestError, status=408, reason="body_timeout"):
+    """The body did not arrive in time."""
 
     def headers(self) -> dict[str, str]:
         return {"Connection": "close"}  # the rest of the body may still come: do not wait for it
 
 
-class ClientDisconnected(RequestError):
+class ClientDisconnected(RequestError, status=499, reason="client_disconnected"):
     """The client closed the connection before its request was read: not a server failure.
 
     499 is nginx's status for it; it appears in metrics and the audit record only.
     """
 
-    status = 499
-    reason = "client_disconnected"
+
+class PayloadTooLarge(RequestError, status=413, reason="payload_too_large"):
+    """The body is over the configured limit."""
 
 
-class PayloadTooLarge(RequestError):
-    status = 413
-    reason = "payload_too_large"
-
-
-class RateLimited(RequestError):
-    status = 429
-    reason = "rate_limited"
+class _RetryAfter(RequestError):
+    """A refusal the client may retry after `retry_after_s` seconds (at least one)."""
 
     def __init__(self, message: str, *, retry_after_s: int, reason: str | None = None) -> None:
         super().__init__(message, reason=reason)
         self.retry_after_s = max(1, int(retry_after_s))
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class RateLimited(_RetryAfter, status=429, reason="rate_limited"):
+    """A quota is exhausted; `extra_headers` carry the limit's state."""
+
+    def __init__(self, message: str, *, retry_after_s: int, reason: str | None = None) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, reason=reason)
         self.extra_headers: dict[str, str] = {}
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s), **self.extra_headers}
+        return {**super().headers(), **self.extra_headers}
 
 
-class UpstreamError(RequestError):
-    status = 502
-    reason = "upstream_error"
+class UpstreamError(RequestError, status=502, reason="upstream_error"):
+    """The model server failed or could not be reached."""
 
 
-class UpstreamTimeout(UpstreamError):
-    status = 504
-    reason = "upstream_timeout"
+class UpstreamTimeout(UpstreamError, status=504, reason="upstream_timeout"):
+    """The model server did not answer in time."""
 
 
-class UpstreamRejected(RequestError):
+class UpstreamRejected(RequestError, reason="upstream_rejected"):
     """The upstream model server answered 4xx; its status and message are passed through."""
-
-    reason = "upstream_rejected"
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
 
 
-class NotReady(RequestError):
-    status = 503
-    reason = "not_ready"
+class NotReady(RequestError, status=503, reason="not_ready"):
+    """The gateway or its model is not ready."""
 
 
-class Unavailable(RequestError):
+class Unavailable(_RetryAfter, status=503, reason="unavailable"):
     """A service a decision needs (the identity provider's JWKS, prompt screening) cannot
     answer: the request is refused (fail closed) and may be retried after `retry_after_s`."""
 
-    status = 503
-    reason = "unavailable"
-
     def __init__(self, message: str, *, retry_after_s: int = 5, reason: str | None = None
                  ) -> None:
-        super().__init__(message, reason=reason)
-        self.retry_after_s = max(1, int(retry_after_s))
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)}
+        super().__init__(message, retry_after_s=retry_after_s, reason=reason)
 
 
 def http_status_and_message(exc: BaseException) -> tuple[int, str, str, dict[str, str]]:
