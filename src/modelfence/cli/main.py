@@ -90,18 +90,21 @@ def start_gateway(path: Path, host: str, port: int, workers: int, access_log: bo
 
 
 def preflight(path: Path) -> None:
-    """Build and open the gateway once, so a bad model, store or admin token fails here in
-    one line (not in each worker, with a traceback)."""
+    """Build the app a worker builds and open its gateway once, so a bad model, store or admin
+    token, or a feature whose extra is not installed (similarity screening, distillation),
+    fails here in one line (not in each worker, with a traceback)."""
     import asyncio
 
     from ..config import load_settings
-    from ..gateway.app import build_gateway
+    from ..gateway.app import build_app, build_gateway
 
     async def check() -> None:
         settings = load_settings(path)
         settings.admin_token()  # each worker reads them again, but a bad one fails here
         settings.admin_token_sha256s()
         gw = build_gateway(settings)
+        # every route and guard as a worker makes them; nothing runs until the app's lifespan
+        build_app(settings, gateway=gw)
         try:
             await gw.start()
         finally:
