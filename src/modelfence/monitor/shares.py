@@ -7,7 +7,7 @@ boundary (`BoundaryProbing`), unnatural (`Synthetic`), re-sends answered another
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -118,7 +118,30 @@ class _ShareDetector(Detector):
         self.window.recount()
 
 
-class BoundaryProbing(_ShareDetector):
+class _CellShare(_ShareDetector):
+    """A share detector whose expected rate for a row is the rate of the cell it falls in:
+    `RATES` and `Z0` name the `Summary` fields with each cell's rate and the score's start."""
+
+    RATES: str
+    Z0: str
+
+    def __init__(self, summary: Summary, *, cells: Cells | None = None, **kw: Any) -> None:
+        super().__init__(summary, **kw)
+        self.cells = cells or Cells(summary)
+        self.rates: list[float] = getattr(summary, self.RATES).tolist()
+        self.z0 = getattr(summary, self.Z0)
+
+    @classmethod
+    def for_caller(cls, summary: Summary, *, key: str, shared: Shared) -> Self:
+        return cls(summary, cells=shared.cells)
+
+    def _push(self, flags: Iterable[bool], cells: Iterable[int]) -> None:
+        push, rates = self.window.push, self.rates
+        for flag, cell in zip(flags, cells, strict=True):
+            push(flag, rates[cell])
+
+
+class BoundaryProbing(_CellShare):
     """Share of queries whose top-1 margin is below the cut of the class the model answers.
 
     The summary's cut for a class is a low quantile of the data's margins for that class
@@ -132,23 +155,17 @@ class BoundaryProbing(_ShareDetector):
     what = "near the boundary"
     #: Lowest expected rate of a cell.
     FLOOR = 0.02
+    RATES, Z0 = "cell_boundary", "boundary_z0"
 
     #: The long window: a persistent moderate excess (active learning through a proxy model
     #: picks rows only somewhat nearer the boundary) shows over more rows than the short one.
     LONG, LONG_MIN = 800, 400
 
     def __init__(self, summary: Summary, *, cells: Cells | None = None, **kw: Any) -> None:
-        super().__init__(summary, **kw)
-        self.cells = cells or Cells(summary)
+        super().__init__(summary, cells=cells, **kw)
         self.cuts: list[float] = summary.margin_cuts.tolist()
-        self.rates: list[float] = summary.cell_boundary.tolist()
-        self.z0 = summary.boundary_z0
         self.z0_long = summary.boundary_z0_long
         self.long = ShareWindow(self.LONG)
-
-    @classmethod
-    def for_caller(cls, summary: Summary, *, key: str, shared: Shared) -> Self:
-        return cls(summary, cells=shared.cells)
 
     def observe(self, features: Array, proba: Array, now: float) -> None:
         self.take(Rows(None, features, proba, self.cells), now)
@@ -190,7 +207,7 @@ class Shared:
     judge: Judge
 
 
-class Synthetic(_ShareDetector):
+class Synthetic(_CellShare):
     """Share of fresh queries no natural row would be: off the data's decimal grid, beyond
     its bounds, or off its weak principal directions (`naturalness`).
 
@@ -204,14 +221,12 @@ class Synthetic(_ShareDetector):
     what = "unnatural"
     #: Lowest expected rate of a cell: data drifts (a new decimal, a new range) in use.
     FLOOR = 0.005
+    RATES, Z0 = "cell_unnatural", "unnatural_z0"
 
     def __init__(self, summary: Summary, *, cells: Cells | None = None,
                  judge: Judge | None = None, **kw: Any) -> None:
-        super().__init__(summary, **kw)
-        self.cells = cells or Cells(summary)
+        super().__init__(summary, cells=cells, **kw)
         self.judge = judge or Judge(summary)
-        self.rates: list[float] = summary.cell_unnatural.tolist()
-        self.z0 = summary.unnatural_z0
 
     @classmethod
     def for_caller(cls, summary: Summary, *, key: str, shared: Shared) -> Self:
@@ -227,12 +242,10 @@ class Synthetic(_ShareDetector):
         self.take(Rows(x, features, proba, self.cells, self.judge), now)
 
     def take(self, rows: Rows, now: float) -> None:
-        push, rates = self.window.push, self.rates
-        for flag, cell in zip(rows.unnatural, rows.cells, strict=True):
-            push(flag, rates[cell])
+        self._push(rows.unnatural, rows.cells)
 
 
-class Flips(_ShareDetector):
+class Flips(_CellShare):
     """Share of noisy re-sends whose answer differs from the answer of the row they re-send.
 
     A re-send (`resends`) teaches a thief little only while its answer stays the same: an
@@ -247,16 +260,7 @@ class Flips(_ShareDetector):
     what = "re-sends answered another class"
     sees_resends = True
     FLOOR, DEFAULT = 0.02, 0.25
-
-    def __init__(self, summary: Summary, *, cells: Cells | None = None, **kw: Any) -> None:
-        super().__init__(summary, **kw)
-        self.cells = cells or Cells(summary)
-        self.rates: list[float] = summary.cell_flip.tolist()
-        self.z0 = summary.flip_z0
-
-    @classmethod
-    def for_caller(cls, summary: Summary, *, key: str, shared: Shared) -> Self:
-        return cls(summary, cells=shared.cells)
+    RATES, Z0 = "cell_flip", "flip_z0"
 
     def observe(self, features: Array, proba: Array, now: float) -> None:
         """Fresh rows are not this detector's business."""
@@ -266,12 +270,10 @@ class Flips(_ShareDetector):
                           flips, now)
 
     def take_resends(self, rows: Rows, flips: list[bool], now: float) -> None:
-        push, rates = self.window.push, self.rates
-        for flip, cell in zip(flips, rows.cells, strict=True):
-            push(flip, rates[cell])
+        self._push(flips, rows.cells)
 
 
-class OutOfDistribution(_ShareDetector):
+class OutOfDistribution(_CellShare):
     """Share of queries farther from every k-means centroid than 99% of new natural rows.
 
     The radius and each cell's expected rate are cross-fitted (`Summary.fit`): a row's
@@ -283,16 +285,7 @@ class OutOfDistribution(_ShareDetector):
     what = "out of distribution"
     #: Lowest expected rate of a cell.
     FLOOR = 0.01
-
-    def __init__(self, summary: Summary, *, cells: Cells | None = None, **kw: Any) -> None:
-        super().__init__(summary, **kw)
-        self.cells = cells or Cells(summary)
-        self.rates: list[float] = summary.cell_ood.tolist()
-        self.z0 = summary.ood_z0
-
-    @classmethod
-    def for_caller(cls, summary: Summary, *, key: str, shared: Shared) -> Self:
-        return cls(summary, cells=shared.cells)
+    RATES, Z0 = "cell_ood", "ood_z0"
 
     def observe(self, features: Array, proba: Array, now: float) -> None:
         self.take(Rows(None, features, proba, self.cells), now)
@@ -300,6 +293,4 @@ class OutOfDistribution(_ShareDetector):
     def take(self, rows: Rows, now: float) -> None:
         radius2 = self.summary.ood_radius**2
         cells, d2s = rows.where
-        push, rates = self.window.push, self.rates
-        for cell, d2 in zip(cells, d2s, strict=True):
-            push(d2 > radius2, rates[cell])
+        self._push((d2 > radius2 for d2 in d2s), cells)
