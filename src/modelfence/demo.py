@@ -22,6 +22,7 @@ import yaml
 
 from .audit.checkpoint import generate_keypair
 from .config import load_settings
+from .extras import require
 from .identity.apikeys import ApiKeys
 from .monitor.summary import Summary
 from .shaping.recommended import RECOMMENDED_MONITOR, recommended_shaping
@@ -44,8 +45,15 @@ class DemoFiles:
     accuracy: float | None
 
 
+def require_extra() -> None:
+    """The demo trains and serves a scikit-learn model: without the `local` extra, say so
+    before anything is made (ConfigurationError naming the extra)."""
+    require("local", "the demo (a scikit-learn model)", "sklearn", "skops")
+
+
 def prepare(home: Path) -> DemoFiles:
     """Create what is missing in `home`; keep what is there."""
+    require_extra()
     home.mkdir(parents=True, exist_ok=True)
     model = home / "digits.skops"
     sample = home / "sample-request.json"

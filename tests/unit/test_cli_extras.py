@@ -53,3 +53,16 @@ def test_config_check_names_the_llm_extra_a_route_needs(
     assert out.output.startswith(f"error: {feature} needs the `llm` extra"), out.output
     assert "pip install 'modelfence[llm]'" in out.output
     assert ok.exit_code == 0, ok.output  # with the extra installed, the same file is fine
+
+
+def test_the_demo_without_the_local_extra_says_how_to_install_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("sklearn", "skops"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    home = tmp_path / "demo"
+    out = CliRunner().invoke(app, ["demo", "--home", str(home), "--port", "1"])
+    assert out.exit_code == 2, out.output
+    assert out.output == (
+        "error: the demo (a scikit-learn model) needs the 'local' extra (missing: scikit-learn, "
+        "skops): pip install 'modelfence[local]' (in a source checkout: make demo)\n")
+    assert not home.exists()  # nothing made before the check

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from .. import demo as demo_lib
 from ..config import default_home
 from ..errors import ModelfenceError
-from .common import console, run_async
+from .common import console, fail, run_async
 
 
 def demo(
@@ -30,18 +31,25 @@ def demo(
     from .main import start_gateway
 
     folder = home or default_home() / "demo"
+    try:
+        demo_lib.require_extra()
+    except ModelfenceError as exc:
+        raise fail(f"{exc} (in a source checkout: make demo)", 2) from None
     if reset:
         cleared = demo_lib.reset(folder) if folder.is_dir() else []
         console.print(f"reset {folder}: " + (f"removed {', '.join(cleared)}; kept the model, "
                       "its summary, the secret and the checkpoint key" if cleared else
                       "nothing to clear"), soft_wrap=True, markup=False)
-    with console.status("preparing the demo model and configuration…"):
-        files = demo_lib.prepare(folder)
+    try:
+        with console.status("preparing the demo model and configuration…"):
+            files = demo_lib.prepare(folder)
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
     if files.trained_now:
         console.print(f"trained a digits classifier (test accuracy {files.accuracy:.3f}) → "
-                      f"{files.model}")
+                      f"{files.model}", markup=False)
     else:
-        console.print(f"reusing {files.model} and {files.config}")
+        console.print(f"reusing {files.model} and {files.config}", markup=False)
     token = run_async(lambda: demo_lib.mint_demo_key(files.config))
     url = f"http://127.0.0.1:{port}/v2/models/{demo_lib.MODEL_NAME}/infer"
     curl = (f"curl -s {url} -H 'Authorization: Bearer {token}' "
@@ -79,7 +87,8 @@ def _warn_if_degraded(config: Path) -> None:
     try:
         remembered = demo_lib.remembered_risk(config)
     except ModelfenceError as exc:  # an old snapshot: the gateway starts empty and logs it
-        console.print(f"[yellow]note:[/] earlier runs' monitor state is not readable ({exc})")
+        console.print(f"[yellow]note:[/] earlier runs' monitor state is not readable "
+                      f"({escape(str(exc))})")
         return
     if remembered is None or not remembered.degraded:
         return
