@@ -21,27 +21,13 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from ...evaluation.target import Target
 from .harness import CallerResult, HalfResult
 
 HONEST_USERS = 20
 HONEST_GROUPS = ("tenant-1", "tenant-10", "tenant-50")
 DISTILL_WITHIN = 300
 LEAKS_ALLOWED = 1
-
-
-@dataclass(frozen=True)
-class Target:
-    half: str
-    name: str
-    goal: str
-    median: str
-    worst: str
-    met: bool | None  # None: reported only
-    note: str = ""
-
-    @property
-    def verdict(self) -> str:
-        return "reported" if self.met is None else "PASS" if self.met else "MISS"
 
 
 @dataclass

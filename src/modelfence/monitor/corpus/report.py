@@ -21,13 +21,13 @@ import math
 import platform
 import statistics
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
 import numpy as np
 
+from ...evaluation.target import Target
 from .run import CellResult, CorpusRun, as_dicts
 
 #: Families whose rows are synthetic (issue: flagged within 200 on >= 95% of victims).
@@ -39,17 +39,6 @@ NATURAL = ("knockoff", "slow-low", "sybil-tenants")
 #: Issue 15's limits.
 BENIGN_STREAMS, KEPT, SYNTH_SHARE, AUG_SHARE = 400, 0.95, 0.95, 0.90
 BAND_CHANGES, GAIN_POINTS, ELAPSED_S, OBSERVE_US = 2.0, 2.0, 600.0, 100.0
-
-
-@dataclass(frozen=True)
-class Target:
-    half: str
-    name: str
-    goal: str
-    median: str
-    worst: str
-    met: bool | None  # None: reported only
-    note: str = ""
 
 
 def _fmt_q(v: float | int | None) -> str:
