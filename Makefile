@@ -30,8 +30,9 @@ $(MLSERVER_VENV)/.installed:
 	$(MLSERVER_VENV)/bin/python -m pip install -q mlserver==1.7.1 mlserver-sklearn==1.7.1
 	touch $@
 
+# make demo RESET=1 forgets earlier runs first (modelfence demo --reset)
 demo: $(VENV)/.installed
-	$(VENV)/bin/modelfence demo --port $(PORT)
+	$(VENV)/bin/modelfence demo --port $(PORT)$(if $(RESET), --reset)
 
 test: $(VENV)/.installed-dev $(MLSERVER_VENV)/.installed
 	MODELFENCE_TEST_MLSERVER=$(abspath $(MLSERVER_VENV))/bin/mlserver $(VENV)/bin/python -m pytest -n auto
