@@ -66,3 +66,17 @@ def test_the_demo_without_the_local_extra_says_how_to_install_it(
         "error: the demo (a scikit-learn model) needs the 'local' extra (missing: scikit-learn, "
         "skops): pip install 'modelfence[local]' (in a source checkout: make demo)\n")
     assert not home.exists()  # nothing made before the check
+
+
+def test_a_local_llm_without_the_llm_extra_fails_at_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not at its first request: the model is loaded then, its libraries checked at start."""
+    (tmp_path / "gpt").mkdir()
+    path = _llm_config(tmp_path, {"upstream": "local:gpt"})
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
+    out = CliRunner().invoke(app, ["config", "check", "--config", str(path)])
+    assert out.exit_code == 2, out.output
+    assert out.output == ("error: local model chat needs the 'llm' extra (missing: "
+                          "transformers): pip install 'modelfence[llm]'\n")
+    http = _llm_config(tmp_path, {})  # an HTTP upstream needs no extra
+    assert CliRunner().invoke(app, ["config", "check", "--config", str(http)]).exit_code == 0

@@ -97,6 +97,7 @@ def preflight(path: Path) -> None:
 
     from ..config import load_settings
     from ..gateway.app import build_app, build_gateway
+    from ..llm.local import require_extra as require_local_llm_extra
 
     async def check() -> None:
         settings = load_settings(path)
@@ -105,6 +106,8 @@ def preflight(path: Path) -> None:
         gw = build_gateway(settings)
         # every route and guard as a worker makes them; nothing runs until the app's lifespan
         build_app(settings, gateway=gw)
+        # local LLMs are loaded at their first request: their extra is checked now
+        require_local_llm_extra(settings.llm.models)
         try:
             await gw.start()
         finally:

@@ -1,7 +1,9 @@
 """A local backend: a saved Hugging Face transformers causal LM served in-process.
 
 Configured as an LLM whose upstream is `local:PATH`. torch and transformers (the `llm`
-extra) are imported when such a model is first called, never at start-up. Generation runs
+extra) are imported when such a model is first called, never at start-up; that they are
+installed is checked at start (`require_extra`), so a missing extra is one line then, not
+an error at the first request. Generation runs
 in a worker thread, one request at a time per model; it answers chat and completions
 (streams are the finished answer cut into chunks) with `logprobs` / `top_logprobs`,
 `logit_bias`, `temperature`, `seed`, `n`, `stop` and `max_tokens`.
@@ -22,7 +24,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..errors import UpstreamError, UpstreamRejected, UpstreamTimeout
+from ..extras import require
 from .settings import LlmModel
 
 if TYPE_CHECKING:
@@ -40,6 +43,18 @@ WatermarkSpec = tuple[bytes, float, float]
 
 #: OpenAI's own bound on one logit_bias value.
 MAX_BIAS = 100.0
+
+
+#: What a local model imports (the `llm` extra).
+_MODULES = ("torch", "transformers")
+
+
+def require_extra(models: Iterable[LlmModel]) -> None:
+    """Raise ConfigurationError naming the `llm` extra when a `local:` model is configured
+    without torch or transformers; imports nothing (called at start)."""
+    names = sorted(m.name for m in models if m.local_path is not None)
+    if names:
+        require("llm", f"local model {', '.join(names)}", *_MODULES)
 
 
 def _reject(message: str) -> UpstreamRejected:
@@ -104,9 +119,10 @@ class LocalModel:
         try:
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError:
-            raise UpstreamError("local models need the `llm` extra (torch and transformers)"
-                                ) from None
+        except ImportError as exc:  # `require_extra` found them at start: a broken install
+            raise UpstreamError(f"local models need the 'llm' extra (cannot import "
+                                f"{exc.name or 'torch or transformers'}): "
+                                "pip install 'modelfence[llm]'") from None
         torch.set_num_threads(int(os.environ.get("MODELFENCE_TORCH_THREADS", "1")))
         if not self.path.is_dir():
             raise UpstreamError(f"local model folder {str(self.path)[:200]!r} does not exist")
