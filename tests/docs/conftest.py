@@ -25,6 +25,7 @@ class Demo:
     workdir: Path   # stands for the repository root: .venv is there
     port: int
     env: dict[str, str]
+    spare_port: int  # a second gateway a page starts itself (documented as port 8200)
 
 
 def _free_port_pair() -> int:
@@ -66,7 +67,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir)
     try:
         wait_http(f"http://127.0.0.1:{port}/v2/health/ready", timeout_s=120, proc=proc, log=log)
-        yield Demo(home, workdir, port, env)
+        spare = _free_port_pair()
+        while spare in {port, port + 1} or spare + 1 == port:
+            spare = _free_port_pair()
+        yield Demo(home, workdir, port, env, spare)
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -111,8 +111,8 @@ def convention_problems(snippet: Snippet) -> list[str]:
 def page_script(page_snippets: list[Snippet], folder: Path, ports: dict[int, int]) -> str:
     """One bash script running a page's runnable snippets in order, as a user pastes them.
 
-    `ports` maps the documented demo ports (8000 and its admin listener 8001) to the ones the
-    test's demo listens on; nothing else in the snippets is changed.
+    `ports` maps the documented demo ports (8000 and its admin listener 8001), and 8200 of a
+    gateway a page starts itself, to free ones; nothing else in the snippets is changed.
     """
     parts = ["set -euo pipefail"]
     for n, snip in enumerate(page_snippets):

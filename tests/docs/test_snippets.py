@@ -7,7 +7,10 @@ and the session's summary lists them.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import signal
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -107,15 +110,28 @@ def _run_page(page: Path, demo: Demo, tmp_path: Path) -> str | None:
     runnable = [s for s in snippets(page) if s.runnable]
     folder = tmp_path / page.relative_to(ROOT).as_posix().replace("/", "_")
     folder.mkdir()
-    script = page_script(runnable, folder, {8000: demo.port, 8001: demo.port + 1})
-    result = subprocess.run(["bash", "-c", script], cwd=demo.workdir, env=demo.env,
-                            capture_output=True, text=True, timeout=300)
-    if result.returncode == 0:
+    ports = {8000: demo.port, 8001: demo.port + 1,
+             8200: demo.spare_port, 8201: demo.spare_port + 1}
+    script = page_script(runnable, folder, ports)
+    # A session of its own: whatever a page started in the background (a gateway it serves
+    # itself) is stopped with it, even when a snippet fails before the page stops it.
+    proc = subprocess.Popen(["bash", "-c", script], cwd=demo.workdir, env=demo.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        if proc.returncode is None:
+            proc.kill()
+            proc.communicate()
+    if proc.returncode == 0:
         return None
-    markers = [ln for ln in result.stderr.splitlines() if ln.startswith(">>> ")]
+    markers = [ln for ln in stderr.splitlines() if ln.startswith(">>> ")]
     where = markers[-1][4:] if markers else str(page.relative_to(ROOT))
-    return (f"{where} exited {result.returncode}\n--- stdout\n{result.stdout[-2000:]}\n"
-            f"--- stderr\n{result.stderr[-3000:]}")
+    return (f"{where} exited {proc.returncode}\n--- stdout\n{stdout[-2000:]}\n"
+            f"--- stderr\n{stderr[-3000:]}")
 
 
 def test_every_runnable_snippet_runs_against_the_demo(demo: Demo, tmp_path: Path) -> None:
