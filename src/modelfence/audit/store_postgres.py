@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from ..errors import RetentionRefused, StoreError
 from ..redaction import hide_password
+from ..stores.postgres import require_extra
 from .chain import COLUMNS, Head, Row
 from .checkpoint import Checkpoint
 from .failure import pg_permanent, refused
@@ -63,6 +64,7 @@ class PostgresAuditStore(AuditStore):
     """One connection, used by one task at a time (the writer, or a CLI reader)."""
 
     def __init__(self, url: str, *, timeout_s: float = 10.0) -> None:
+        require_extra("postgresql audit store")  # built at start: a missing extra fails then
         self._url = url
         self._timeout = timeout_s
         self._conn: Any = None
