@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from ..stores.postgres import open_pool, pool_breaker
+from ..stores.pooled import PooledPostgres
 from ..stores.registry import StoreKind, postgresql, sqlite
 from ..stores.sqlite import SqliteFile
 
@@ -64,8 +64,8 @@ def key_part(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def _failed(kind: str, exc: BaseException, what: str = "") -> StoreError:
-    return StoreError(f"{kind} budget store: {what}{exc.__class__.__name__}", store="budget")
+def _failed(kind: str, exc: BaseException) -> StoreError:
+    return StoreError(f"{kind} budget store: {exc.__class__.__name__}", store="budget")
 
 
 class BudgetStore(ABC):
@@ -157,49 +157,24 @@ class SqliteBudgetStore(BudgetStore):
         return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
-class PostgresBudgetStore(BudgetStore):
+class PostgresBudgetStore(PooledPostgres, BudgetStore):
     """Shared by replicas: one conditional UPDATE per reservation, no lock held across calls."""
 
     def __init__(self, url: str, *, timeout_s: float = 3.0) -> None:
-        self._url = url
-        self._timeout = timeout_s
-        self._pool: Any = None
-        self._breaker = pool_breaker("budget", "postgresql budget store", lambda: self._pool)
-
-    async def open(self) -> None:
-        try:
-            pool = await open_pool(self._url, max_size=10, timeout_s=self._timeout,
-                                   schema_lock=_PG_SCHEMA_LOCK,
-                                   schema=(_SQLITE_SCHEMA.replace("INTEGER", "BIGINT"),))
-        except Exception as exc:
-            raise _failed("postgresql", exc, "unreachable: ") from None
-        self._pool = pool
-
-    async def close(self) -> None:
-        await self._breaker.close()
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        self._pool_setup(url, store="budget", what="postgresql budget store",
+                         timeout_s=timeout_s, max_size=10, schema_lock=_PG_SCHEMA_LOCK,
+                         schema=(_SQLITE_SCHEMA.replace("INTEGER", "BIGINT"),),
+                         unreachable=": unreachable: ")
 
     async def _run(self, *statements: tuple[str, tuple[Any, ...]]) -> Any:
-        if self._pool is None:
-            raise StoreError("budget store is not open", store="budget")
-        pool = self._pool
+        async def work(conn: Any) -> Any:
+            row = None
+            for sql, args in statements:
+                cur = await conn.execute(sql, args)
+                row = await cur.fetchone() if cur.description else None
+            return row
 
-        async def run() -> Any:
-            async with pool.connection() as conn:
-                row = None
-                for sql, args in statements:
-                    cur = await conn.execute(sql, args)
-                    row = await cur.fetchone() if cur.description else None
-                return row
-
-        try:
-            return await self._breaker.run(run, timeout_s=self._timeout)
-        except StoreError:
-            raise
-        except Exception as exc:  # not an outage (a constraint, bad data): this call only
-            raise _failed("postgresql", exc) from None
+        return await self._on_pool(work, not_open="budget store is not open")
 
     async def reserve(self, key: str, queries: int, rows: int, max_queries: int | None,
                       max_rows: int | None) -> Reservation:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
-from .postgres import open_pool, pool_breaker
+from .pooled import PooledPostgres
 from .sqlite import SqliteFile
 
 
@@ -180,49 +180,21 @@ _PG_SCHEMA_LOCK = 0x6D66_6B65_7973  # "mfkeys": serializes schema creation acros
 _PG_MIGRATE = "ALTER TABLE modelfence_keys ADD COLUMN IF NOT EXISTS attributes TEXT"
 
 
-class PostgresKeyStore(KeyStore):
+class PostgresKeyStore(PooledPostgres, KeyStore):
     """Shared by many replicas; a pooled async connection per request."""
 
     def __init__(self, url: str, *, pool_size: int = 10, timeout_s: float = 3.0) -> None:
-        self._url = url
-        self._pool_size = pool_size
-        self._timeout = timeout_s
-        self._pool: Any = None
-        self._breaker = pool_breaker("keys", "postgresql key store", lambda: self._pool)
-
-    async def open(self) -> None:
-        try:
-            pool = await open_pool(self._url, max_size=self._pool_size,
-                                   timeout_s=self._timeout, schema_lock=_PG_SCHEMA_LOCK,
-                                   schema=(_PG_CREATE, _PG_MIGRATE))
-        except Exception as exc:
-            raise StoreError(
-                f"postgresql key store unreachable: {exc.__class__.__name__}") from None
-        self._pool = pool
-
-    async def close(self) -> None:
-        await self._breaker.close()
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        self._pool_setup(url, store="keys", what="postgresql key store", timeout_s=timeout_s,
+                         max_size=pool_size, schema_lock=_PG_SCHEMA_LOCK,
+                         schema=(_PG_CREATE, _PG_MIGRATE))
 
     async def _run(self, sql: str, args: tuple[Any, ...] = (), *, fetch: bool = True
                    ) -> list[tuple[Any, ...]]:
-        if self._pool is None:
-            raise StoreError("key store is not open")
-        pool = self._pool
+        async def work(conn: Any) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(sql, args)
+            return list(await cur.fetchall()) if fetch else []
 
-        async def run() -> list[tuple[Any, ...]]:
-            async with pool.connection() as conn:
-                cur = await conn.execute(sql, args)
-                return list(await cur.fetchall()) if fetch else []
-
-        try:
-            return await self._breaker.run(run, timeout_s=self._timeout)
-        except StoreError:
-            raise
-        except Exception as exc:  # not an outage (a constraint, bad data): this call only
-            raise StoreError(f"postgresql key store: {exc.__class__.__name__}") from None
+        return await self._on_pool(work, not_open="key store is not open")
 
     async def put(self, record: KeyRecord) -> None:
         await self._run(_INSERT_PG, _to_row(record), fetch=False)

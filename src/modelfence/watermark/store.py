@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from ..stores.postgres import open_pool, pool_breaker
+from ..stores.pooled import PooledPostgres
 from ..stores.registry import StoreKind, memory, postgresql, sqlite
 from ..stores.sqlite import SqliteFile
 
@@ -230,32 +230,15 @@ class SqliteEvidenceStore(EvidenceStore):
                              store=STORE) from None
 
 
-class PostgresEvidenceStore(EvidenceStore):
+class PostgresEvidenceStore(PooledPostgres, EvidenceStore):
     """Shared by replicas; a pooled async connection per call."""
 
     def __init__(self, url: str, *, timeout_s: float = 5.0,
                  lookup_timeout_s: float = 1.0) -> None:
-        self._url = url
-        self._timeout = timeout_s
+        self._pool_setup(url, store=STORE, what="postgresql watermark evidence store",
+                         timeout_s=timeout_s, max_size=4, schema_lock=_PG_SCHEMA_LOCK,
+                         schema=(_PG_SCHEMA,))
         self._lookup_timeout = lookup_timeout_s  # marked_before runs before an answer
-        self._pool: Any = None
-        self._breaker = pool_breaker(STORE, "postgresql watermark evidence store",
-                                     lambda: self._pool)
-
-    async def open(self) -> None:
-        try:
-            pool = await open_pool(self._url, max_size=4, timeout_s=self._timeout,
-                                   schema_lock=_PG_SCHEMA_LOCK, schema=(_PG_SCHEMA,))
-        except Exception as exc:
-            raise StoreError("postgresql watermark evidence store unreachable: "
-                             f"{exc.__class__.__name__}", store=STORE) from None
-        self._pool = pool
-
-    async def close(self) -> None:
-        await self._breaker.close()
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
 
     async def add(self, records: Sequence[EvidenceRecord]) -> int:
         sql = _INSERT.format(marks=",".join(["%s"] * len(_COLUMNS))) + " RETURNING id"
@@ -286,25 +269,16 @@ class PostgresEvidenceStore(EvidenceStore):
         """Run statements on one pooled connection; the rows each one returned."""
         if not statements:
             return []
-        if self._pool is None:
-            raise StoreError("watermark evidence store is not open", store=STORE)
-        pool = self._pool
 
-        async def run() -> list[list[tuple[Any, ...]]]:
-            async with pool.connection() as conn:
-                out = []
-                for sql, args in statements:
-                    cur = await conn.execute(sql, args)
-                    out.append(list(await cur.fetchall()) if cur.description else [])
-                return out
+        async def work(conn: Any) -> list[list[tuple[Any, ...]]]:
+            out = []
+            for sql, args in statements:
+                cur = await conn.execute(sql, args)
+                out.append(list(await cur.fetchall()) if cur.description else [])
+            return out
 
-        try:
-            return await self._breaker.run(run, timeout_s=timeout_s or self._timeout)
-        except StoreError:
-            raise
-        except Exception as exc:  # not an outage (a constraint, bad data): this call only
-            raise StoreError(f"postgresql watermark evidence store: {exc.__class__.__name__}",
-                             store=STORE) from None
+        return await self._on_pool(work, not_open="watermark evidence store is not open",
+                                   timeout_s=timeout_s)
 
 
 #: Evidence: sqlite:///relative or sqlite:////absolute, postgresql://USER@HOST/DB, memory://.
