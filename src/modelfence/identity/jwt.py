@@ -48,20 +48,22 @@ log = logging.getLogger("modelfence.identity.jwt")
 MAX_CLAIM_TEXT = 256
 
 
+#: The audit/metrics slug of each PyJWT failure, subclasses before their bases.
+_REASONS: tuple[tuple[type[jwt.PyJWTError], str], ...] = (
+    (jwt.InvalidSignatureError, "bad_signature"),
+    (jwt.ExpiredSignatureError, "expired_token"),
+    (jwt.ImmatureSignatureError, "not_yet_valid"),
+    (jwt.InvalidAudienceError, "wrong_audience"),
+    (jwt.InvalidIssuerError, "wrong_issuer"),
+    (jwt.InvalidAlgorithmError, "alg_not_allowed"),
+)
+
+
 def _reason(exc: jwt.PyJWTError) -> str:
-    """The audit/metrics slug for a PyJWT failure (subclasses before their bases)."""
-    if isinstance(exc, jwt.InvalidSignatureError):
-        return "bad_signature"
-    if isinstance(exc, jwt.ExpiredSignatureError):
-        return "expired_token"
-    if isinstance(exc, jwt.ImmatureSignatureError):
-        return "not_yet_valid"
-    if isinstance(exc, jwt.InvalidAudienceError):
-        return "wrong_audience"
-    if isinstance(exc, jwt.InvalidIssuerError):
-        return "wrong_issuer"
-    if isinstance(exc, jwt.InvalidAlgorithmError):
-        return "alg_not_allowed"
+    """The audit/metrics slug for a PyJWT failure (`_REASONS`; a missing claim by its name)."""
+    for kind, reason in _REASONS:
+        if isinstance(exc, kind):
+            return reason
     if isinstance(exc, jwt.MissingRequiredClaimError):
         return {"aud": "wrong_audience", "iss": "wrong_issuer"}.get(exc.claim, "missing_claim")
     return "malformed_token"
