@@ -227,15 +227,17 @@ def _outputs(outputs: Any) -> list[dict[str, Any]] | None:
     return outputs
 
 
-def encode_infer_request(req: InferRequest) -> bytes:
-    doc: dict[str, Any] = {"inputs": [t.to_json() for t in req.inputs]}
-    if req.id:
-        doc["id"] = req.id
-    if req.parameters:
-        doc["parameters"] = req.parameters
-    if req.outputs:
-        doc["outputs"] = req.outputs
+def _encode(doc: dict[str, Any], **optional: Any) -> bytes:
+    """`doc` and each of `optional` that is set (an empty one is left out), as JSON."""
+    for key, value in optional.items():
+        if value:
+            doc[key] = value
     return orjson.dumps(doc, option=_JSON_OPTS)
+
+
+def encode_infer_request(req: InferRequest) -> bytes:
+    return _encode({"inputs": [t.to_json() for t in req.inputs]}, id=req.id,
+                   parameters=req.parameters, outputs=req.outputs)
 
 
 def decode_infer_response(body: bytes) -> InferResponse:
@@ -251,13 +253,9 @@ def decode_infer_response(body: bytes) -> InferResponse:
 
 
 def encode_infer_response(resp: InferResponse) -> bytes:
-    doc: dict[str, Any] = {"model_name": resp.model_name,
-                           "outputs": [t.to_json() for t in resp.outputs]}
-    if resp.id:
-        doc["id"] = resp.id
-    if resp.parameters:
-        doc["parameters"] = resp.parameters
-    return orjson.dumps(doc, option=_JSON_OPTS)
+    return _encode({"model_name": resp.model_name,
+                    "outputs": [t.to_json() for t in resp.outputs]},
+                   id=resp.id, parameters=resp.parameters)
 
 
 def error_body(message: str) -> bytes:
