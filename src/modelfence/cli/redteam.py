@@ -22,6 +22,8 @@ from . import tables
 from .common import check_skops_trust, console, err_console, fail
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from ..redteam.results import Assessment, AttackResult, AttackRun
 
 STOPPED_EXIT = 3
@@ -215,8 +217,6 @@ def assess(
     gateway address (with its admin token) the attacks go through the gateway one cell at a
     time, each with a freshly minted key: its own output shaping, monitor and quotas act.
     """
-    from ..redteam import write_report
-
     if target.startswith(("http://", "https://")):
         _assess_http(target, attacks, defenses, budgets, seeds, thief, pool, label_column,
                      workers, dask, out, admin_token, model_name, batch, risk_every,
@@ -232,30 +232,15 @@ def assess(
         attack_list = [canonical_attack(a) for a in _names(attacks) or DEFAULT_ATTACKS]
         defense_list = _names(defenses) or list(DEFAULT_DEFENSES)
         executor = executor_for(dask, workers)
-        progress = _progress()
-        per_attack = len(set(defense_list)) * seeds
-        bars = {a: progress.add_task(a, total=per_attack) for a in dict.fromkeys(attack_list)}
-        total = progress.add_task("all cells", total=per_attack * len(bars))
-
-        def tick(result: AttackResult, done: int, count: int) -> None:
-            if not progress.live.is_started:  # shown once the settings were accepted
-                progress.start()
-            progress.advance(bars[result.name])
-            progress.update(total, completed=done, total=count)
-
-        try:
-            result = run_assessment(
-                target, attacks=attack_list, defenses=defense_list,
-                budgets=_ints(budgets, "--budgets"), seeds=seeds, thief=thief, pool=pool,
-                label_column=label_column, executor=executor, progress=tick,
-                trusted_types=tuple(trust or ()))
-        finally:
-            progress.stop()
-        json_path, html_path = write_report(result, out)
+        budget_list = _ints(budgets, "--budgets")
     except ModelfenceError as exc:
         raise fail(str(exc), 2) from None
-    _print_assessment(result)
-    console.print(f"wrote {json_path} and {html_path}", soft_wrap=True, markup=False)
+    # the bars are shown once the first cell is done: the settings were accepted
+    progress, tick = _cell_bars(attack_list, len(set(defense_list)) * seeds, start=True)
+    _run_and_report(lambda: run_assessment(
+        target, attacks=attack_list, defenses=defense_list, budgets=budget_list, seeds=seeds,
+        thief=thief, pool=pool, label_column=label_column, executor=executor, progress=tick,
+        trusted_types=tuple(trust or ())), progress, out)
 
 
 def _assess_http(target: str, attacks: str | None, defenses: str | None, budgets: str,
@@ -264,7 +249,6 @@ def _assess_http(target: str, attacks: str | None, defenses: str | None, budgets
                  model_name: str | None, batch: int, risk_every: int,
                  admin_url: str | None) -> None:
     """`assess ADDRESS`: cells one after the other through the gateway, a bar per cell."""
-    from ..redteam import write_report
     from ..redteam.matrix import DEFAULT_ATTACKS, canonical_attack
     from ..redteam.run import assess_http
 
@@ -280,27 +264,48 @@ def _assess_http(target: str, attacks: str | None, defenses: str | None, budgets
     budget_list = _ints(budgets, "--budgets")
     try:
         attack_list = [canonical_attack(a) for a in _names(attacks) or DEFAULT_ATTACKS]
-        progress = _progress()
-        bars = {a: progress.add_task(a, total=seeds) for a in dict.fromkeys(attack_list)}
-        total = progress.add_task("all cells", total=seeds * len(bars))
-        queries = progress.add_task("queries", total=max(budget_list))
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+    progress, tick = _cell_bars(attack_list, seeds, start=False)
+    queries = progress.add_task("queries", total=max(budget_list))
 
-        def on_query(cell: str, answered: int, budget: int) -> None:
-            if not progress.live.is_started:  # shown once the gateway accepted the settings
-                progress.start()
-            progress.update(queries, completed=answered, total=budget,
-                            description=f"{cell} queries")
+    def on_query(cell: str, answered: int, budget: int) -> None:
+        if not progress.live.is_started:  # shown once the gateway accepted the settings
+            progress.start()
+        progress.update(queries, completed=answered, total=budget,
+                        description=f"{cell} queries")
 
-        def tick(result: AttackResult, done: int, count: int) -> None:
-            progress.advance(bars[result.name])
-            progress.update(total, completed=done, total=count)
+    _run_and_report(lambda: assess_http(
+        target, admin_token=admin_token, admin_url=admin_url, model_name=model_name,
+        attacks=attack_list, budgets=budget_list, seeds=seeds, thief=thief, pool=pool,
+        batch=batch, risk_every=risk_every, label_column=label_column, progress=tick,
+        on_query=on_query), progress, out)
 
+
+def _cell_bars(attacks: list[str], per_attack: int, *, start: bool
+               ) -> tuple[Progress, Callable[[AttackResult, int, int], None]]:
+    """A bar per attack and one for all cells, and the tick a finished cell advances them
+    with (`start`: the first tick shows the bars)."""
+    progress = _progress()
+    bars = {a: progress.add_task(a, total=per_attack) for a in dict.fromkeys(attacks)}
+    total = progress.add_task("all cells", total=per_attack * len(bars))
+
+    def tick(result: AttackResult, done: int, count: int) -> None:
+        if start and not progress.live.is_started:
+            progress.start()
+        progress.advance(bars[result.name])
+        progress.update(total, completed=done, total=count)
+
+    return progress, tick
+
+
+def _run_and_report(run: Callable[[], Assessment], progress: Progress, out: Path) -> None:
+    """Run an assessment under its bars, write its JSON and HTML reports, print its table."""
+    from ..redteam import write_report
+
+    try:
         try:
-            result = assess_http(target, admin_token=admin_token, admin_url=admin_url,
-                                 model_name=model_name,
-                                 attacks=attack_list, budgets=budget_list, seeds=seeds,
-                                 thief=thief, pool=pool, batch=batch, risk_every=risk_every,
-                                 label_column=label_column, progress=tick, on_query=on_query)
+            result = run()
         finally:
             progress.stop()
         json_path, html_path = write_report(result, out)
