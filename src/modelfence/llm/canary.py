@@ -48,7 +48,8 @@ REDACTED = "[redacted]"
 SYSTEM_ROLES = frozenset({"system", "developer"})
 
 
-def _text_of(content: Any) -> str:
+def content_text(content: Any) -> str:
+    """The text of a chat message's content: a string, or its text parts joined by newlines."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -59,7 +60,7 @@ def _text_of(content: Any) -> str:
 
 def system_text(messages: Sequence[Mapping[str, Any]]) -> str:
     """The text of the request's system (and developer) messages, joined by newlines."""
-    return "\n".join(_text_of(m.get("content")) for m in messages
+    return "\n".join(content_text(m.get("content")) for m in messages
                      if m.get("role") in SYSTEM_ROLES)
 
 

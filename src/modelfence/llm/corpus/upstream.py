@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..canary import content_text, system_text
 from .transforms import render
 from .translate import LANGUAGES
 
@@ -104,15 +105,6 @@ class Intent:
     span: tuple[int, int] = (0, 0)
 
 
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(str(p.get("text", "")) for p in content
-                         if isinstance(p, Mapping) and p.get("type") == "text")
-    return ""
-
-
 def read_conversation(users: Sequence[str]) -> Intent:
     """How a complying model reads the last user turn in the light of the earlier ones."""
     if not users:
@@ -168,9 +160,8 @@ class ComplyingUpstream:
         self._secrets = dict(secrets or {})
 
     def answer(self, messages: Sequence[Mapping[str, Any]], *, choice: int = 0) -> str:
-        system = "\n".join(_text(m.get("content")) for m in messages
-                           if m.get("role") in ("system", "developer"))
-        users = [_text(m.get("content")) for m in messages if m.get("role") == "user"]
+        system = system_text(messages)
+        users = [content_text(m.get("content")) for m in messages if m.get("role") == "user"]
         prompt = users[-1] if users else ""
         intent = read_conversation(users)
         if intent.kind == "extract" and system:
