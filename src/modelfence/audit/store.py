@@ -11,13 +11,14 @@ store still build one chain, and a crash mid-batch leaves no half-written rows.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import RetentionRefused
+from ..stores.base import Store
 from ..stores.registry import StoreKind, postgresql, sqlite
 from .chain import COLUMNS, Head, Row
 from .checkpoint import Checkpoint
@@ -129,14 +130,8 @@ class Query:
                 f"ORDER BY seq {order} LIMIT {mark}"), args
 
 
-class AuditStore(ABC):
+class AuditStore(Store):
     """Where a chained log lives; every backend failure surfaces as `StoreError`."""
-
-    async def open(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
     @abstractmethod
     async def commit(self, plan: Plan, *, probe: Probe | None = None) -> Batch:

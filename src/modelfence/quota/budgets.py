@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
+from ..stores.base import Store
 from ..stores.pooled import PooledPostgres
 from ..stores.registry import StoreKind, postgresql, sqlite
 from ..stores.sqlite import SqliteFile
@@ -68,14 +69,8 @@ def _failed(kind: str, exc: BaseException) -> StoreError:
     return StoreError(f"{kind} budget store: {exc.__class__.__name__}", store="budget")
 
 
-class BudgetStore(ABC):
+class BudgetStore(Store):
     """`reserve` adds to the usage only if both caps still hold, atomically."""
-
-    async def open(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
     @abstractmethod
     async def reserve(self, key: str, queries: int, rows: int, max_queries: int | None,

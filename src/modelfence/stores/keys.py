@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
+from .base import Store
 from .pooled import PooledPostgres
 from .sqlite import SqliteFile
 
@@ -66,16 +67,10 @@ def _from_row(row: tuple[Any, ...]) -> KeyRecord:
                      json.loads(row[10]) if row[10] else {})
 
 
-class KeyStore(ABC):
+class KeyStore(Store):
     """Async interface; every backend error surfaces as `StoreError` (fail closed)."""
 
     url_scheme: str = ""
-
-    async def open(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
     @abstractmethod
     async def put(self, record: KeyRecord) -> None: ...

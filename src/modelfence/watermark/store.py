@@ -13,13 +13,14 @@ PostgreSQL is for many replicas. Every backend error is a `StoreError`.
 from __future__ import annotations
 
 import sqlite3
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
+from ..stores.base import Store
 from ..stores.pooled import PooledPostgres
 from ..stores.registry import StoreKind, memory, postgresql, sqlite
 from ..stores.sqlite import SqliteFile
@@ -110,14 +111,8 @@ def _where(principal: str | None, kind: str | None, p: str) -> tuple[str, tuple[
     return sql + " ORDER BY time_us, id", args
 
 
-class EvidenceStore(ABC):
+class EvidenceStore(Store):
     """Async interface; errors surface as `StoreError`."""
-
-    async def open(self) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
 
     @abstractmethod
     async def add(self, records: Sequence[EvidenceRecord]) -> int:
