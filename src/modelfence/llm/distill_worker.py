@@ -14,11 +14,8 @@ batch of distillation prompts, on the request path.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import queue
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,16 +24,15 @@ from typing import Any, ClassVar
 from ..errors import ConfigurationError
 from ..kernel.call import Call
 from ..kernel.chain import Guard
+from .background import BackgroundWorker, Sink
 from .distill import DistillDetector
 from .distill_features import Shape, asked, embed
 from .distill_settings import DistillSettings
 from .guards import KIND_OF_ACTION
-from .risk import Observation
 from .screening_similarity import MiniLmEmbedder, require_similarity_extra
 
 log = logging.getLogger("modelfence.llm")
 
-Sink = Callable[[Observation], None]
 #: (model, outcome, n): outcome "dropped" (queue full), "cold" (reference not ready),
 #: "tested", "flagged" (windows) — the Prometheus counter's labels
 CountSink = Callable[[str, str, int], None]
@@ -52,27 +48,23 @@ class _Item:
     ts: float
 
 
-class DistillWorker:
+class DistillWorker(BackgroundWorker[_Item]):
     """One background thread embedding and testing the prompts of every distill model."""
+
+    THREAD = "mf-distill"
+    DROP_BACKLOG = True  # stopping never works through a backlog
 
     def __init__(self, models: Mapping[str, DistillSettings], sink: Sink, *,
                  embedder: MiniLmEmbedder | None = None,
                  on_count: CountSink | None = None) -> None:
         self.settings = dict(models)
+        super().__init__(sink, max(s.queue for s in self.settings.values()))
         self.detectors = {name: DistillDetector(s) for name, s in self.settings.items()}
-        self._sink = sink
         self._on_count = on_count
         self.embedder = embedder or MiniLmEmbedder()
-        size = max(s.queue for s in self.settings.values())
         self._batch = max(s.batch for s in self.settings.values())
-        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=size)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self.dropped = 0
         self.embedded = 0
         self._cold_logged: set[str] = set()
-        self._pending = 0  # queued or in hand (for `drain`)
-        self._done = threading.Condition()
 
     @staticmethod
     def check(models: Mapping[str, DistillSettings]) -> None:
@@ -92,37 +84,10 @@ class DistillWorker:
     def submit(self, model: str, principal: str, tenant: str | None, text: str,
                shape: Shape, ts: float) -> bool:
         """Queue one prompt; False (and counted) when the queue is full. Never blocks."""
-        with self._done:
-            self._pending += 1
-        try:
-            self._queue.put_nowait(_Item(model, principal, tenant, text, shape, ts))
-        except queue.Full:
-            with self._done:
-                self._pending -= 1
-            self.dropped += 1
-            self._count(model, "dropped", 1)
-            return False
-        return True
-
-    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self._loop = loop
-        self._thread = threading.Thread(target=self._run, name="mf-distill", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        if self._thread is None:
-            return
-        while True:  # what still waits is dropped: stopping never works through a backlog
-            try:
-                if self._queue.get_nowait() is not None:
-                    with self._done:
-                        self._pending -= 1
-            except queue.Empty:
-                break
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=timeout_s)
-        self._thread.join(timeout_s)
-        self._thread = None
+        if self._offer(_Item(model, principal, tenant, text, shape, ts)):
+            return True
+        self._count(model, "dropped", 1)
+        return False
 
     # -- the worker thread -----------------------------------------------------------------
 
@@ -149,9 +114,7 @@ class DistillWorker:
                 self._process(items)
             except Exception:
                 log.exception("distill: a batch of %d prompts failed", len(items))
-            with self._done:
-                self._pending -= len(items)
-                self._done.notify_all()
+            self._finished(len(items))
 
     def _warm_start(self) -> None:
         for name, detector in self.detectors.items():
@@ -191,22 +154,10 @@ class DistillWorker:
                 log.warning("distill: %s %s on %s: evidence %.2f (%s)", r.kind, r.subject,
                             model, r.evidence, r.explain())
 
-    def _deliver(self, obs: Observation) -> None:
-        loop = self._loop
-        if loop is None:
-            self._sink(obs)
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed as the gateway stopped
-            loop.call_soon_threadsafe(self._sink, obs)
-
     def _count(self, model: str, outcome: str, n: int) -> None:
         if self._on_count is not None:
             self._on_count(model, outcome, n)
 
-    def drain(self, timeout_s: float = 30.0) -> bool:
-        """Wait until every queued prompt is processed (tests, benchmarks)."""
-        with self._done:
-            return self._done.wait_for(lambda: self._pending <= 0, timeout_s)
 
 
 class DistillGuard(Guard):

@@ -17,18 +17,15 @@ CPU): it raises leak evidence, it cannot take back text already sent.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
-import queue
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .background import BackgroundWorker
 from .leak_marks import secret_parts
 from .risk import Observation
 from .screening_similarity import MiniLmEmbedder
@@ -86,57 +83,26 @@ class _Item:
     ts: float
 
 
-class SemanticLeakWorker:
+class SemanticLeakWorker(BackgroundWorker[_Item]):
     """One background thread running `SemanticLeakCheck` on finished answers; a retold
     prompt becomes leak evidence for the caller (`sink`, e.g. `LlmRiskGuard.record`, called on
     the event loop). The queue is bounded: when it is full an answer goes unchecked and is
     counted in `dropped`, never waited for."""
 
+    THREAD = "mf-leak-semantic"
+
     def __init__(self, sink: Callable[[Observation], None], *, embedder: Any = None,
                  size: int = 64) -> None:
-        self._sink = sink
+        super().__init__(sink, size)
         self.embedder = embedder if embedder is not None else MiniLmEmbedder()
-        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=size)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self.dropped = 0
         self.checked = 0
         self.found = 0
-        self._pending = 0
-        self._done = threading.Condition()
 
     def submit(self, check: SemanticLeakCheck, answer: str, model: str, principal: str,
                tenant: str | None) -> bool:
         if not check.active or not answer:
             return False
-        with self._done:
-            self._pending += 1
-        try:
-            self._queue.put_nowait(_Item(check, answer, model, principal, tenant, time.time()))
-        except queue.Full:
-            with self._done:
-                self._pending -= 1
-            self.dropped += 1
-            return False
-        return True
-
-    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self._loop = loop
-        self._thread = threading.Thread(target=self._run, name="mf-leak-semantic", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        if self._thread is None:
-            return
-        with contextlib.suppress(queue.Full):
-            self._queue.put(None, timeout=timeout_s)
-        self._thread.join(timeout_s)
-        self._thread = None
-
-    def drain(self, timeout_s: float = 30.0) -> bool:
-        """Wait until every queued answer is checked (tests, benchmarks)."""
-        with self._done:
-            return self._done.wait_for(lambda: self._pending <= 0, timeout_s)
+        return self._offer(_Item(check, answer, model, principal, tenant, time.time()))
 
     def _run(self) -> None:
         while True:
@@ -158,13 +124,4 @@ class SemanticLeakWorker:
             except Exception as e:  # logged: one bad answer must not stop the worker
                 log.error("semantic leak check failed: %r", e)
             finally:
-                with self._done:
-                    self._pending -= 1
-                    self._done.notify_all()
-
-    def _deliver(self, obs: Observation) -> None:
-        if self._loop is None:
-            self._sink(obs)
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed as the gateway stopped
-            self._loop.call_soon_threadsafe(self._sink, obs)
+                self._finished(1)
