@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import ConfigPath, Strict
+from .base import ConfigPath, Strict, checked_rate
 from .validators import unique_names
 
 ADMIN_SCOPES = ("keys:read", "keys:write", "policy:read", "policy:write", "risk:read",
@@ -84,13 +84,7 @@ class AdminSettings(Strict):
     @field_validator("failed_logins")
     @classmethod
     def _rate(cls, v: str) -> str:
-        from limits import parse_many
-
-        try:
-            parse_many(v)
-        except ValueError:
-            raise ValueError(f"{v!r} is not a rate like '10/minute'") from None
-        return v
+        return checked_rate(v, "'10/minute'")
 
     @field_validator("tokens")
     @classmethod

@@ -1,4 +1,5 @@
-"""The one base of every settings model, and the types that mark a value as a path.
+"""The one base of every settings model, the types that mark a value as a path, and the
+checks more than one section shares.
 
 Every section of modelfence.yaml, whichever feature it configures, derives from `Strict`:
 a misspelt key is an error at start instead of a silently ignored setting, and loaded
@@ -33,6 +34,18 @@ class FromConfigDir:
     """
 
     prefixes: tuple[str, ...] = ()
+
+
+def checked_rate(value: str, example: str) -> str:
+    """`value` when the limits package reads it as rates (`10/second;1000/hour`); otherwise
+    a ValueError that shows `example`."""
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a rate like {example}") from None
+    return value
 
 
 #: A file or folder named in the config: relative to the config file's folder.

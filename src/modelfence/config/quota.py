@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from .base import StoreUrl, Strict
+from .base import StoreUrl, Strict, checked_rate
 
 
 class RateLimit(Strict):
@@ -19,14 +19,7 @@ class RateLimit(Strict):
     @field_validator("rate")
     @classmethod
     def _parse(cls, v: str) -> str:
-        from limits import parse_many
-
-        try:
-            parse_many(v)
-        except ValueError:
-            raise ValueError(f"{v!r} is not a rate like '100/minute' or '10/second;1000/hour'"
-                             ) from None
-        return v
+        return checked_rate(v, "'100/minute' or '10/second;1000/hour'")
 
 
 class Budget(Strict):
