@@ -39,8 +39,9 @@ import hmac
 import itertools
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -50,6 +51,8 @@ DEFAULT_ALPHA = 1e-6
 #: Memory the cached green lists and biases of one key may hold (5 bytes per vocabulary
 #: entry per cached previous token: a bool mask and a float32 bias).
 CACHE_BYTES = 64 << 20
+
+_A = TypeVar("_A", bound=np.ndarray[Any, Any])
 
 
 def backend_secret(server_secret: bytes) -> bytes:
@@ -143,33 +146,36 @@ class TextWatermark:
 
     def green_mask(self, prev_token: int) -> np.ndarray[Any, np.dtype[np.bool_]]:
         """True for the green token ids after `prev_token` (read-only; cached)."""
-        prev = int(prev_token)
-        mask = self._masks.get(prev)
-        if mask is not None:
-            self._masks.move_to_end(prev)
-            return mask
-        rng = np.random.Generator(np.random.PCG64(self._seed(prev)))
-        mask = np.zeros(self.vocab_size, dtype=np.bool_)
-        mask[rng.permutation(self.vocab_size)[:self.greens]] = True
-        mask.setflags(write=False)
-        self._masks[prev] = mask
-        if len(self._masks) > self._cache_size:
-            self._masks.popitem(last=False)
-        return mask
+        return self._cached(self._masks, int(prev_token), self._make_mask)
 
     def bias(self, prev_token: int) -> np.ndarray[Any, np.dtype[np.float32]]:
         """What to add to the next token's logits: `delta` on green ids, 0 elsewhere."""
-        prev = int(prev_token)
-        found = self._biases.get(prev)
-        if found is not None:
-            self._biases.move_to_end(prev)
-            return found
-        out = self.green_mask(prev).astype(np.float32) * np.float32(self.delta)
-        out.setflags(write=False)
-        self._biases[prev] = out
-        if len(self._biases) > self._cache_size:
-            self._biases.popitem(last=False)
+        return self._cached(self._biases, int(prev_token), self._make_bias)
+
+    def _make_mask(self, prev: int) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        rng = np.random.Generator(np.random.PCG64(self._seed(prev)))
+        mask = np.zeros(self.vocab_size, dtype=np.bool_)
+        mask[rng.permutation(self.vocab_size)[:self.greens]] = True
+        return mask
+
+    def _make_bias(self, prev: int) -> np.ndarray[Any, np.dtype[np.float32]]:
+        out: np.ndarray[Any, np.dtype[np.float32]] = (
+            self.green_mask(prev).astype(np.float32) * np.float32(self.delta))
         return out
+
+    def _cached(self, cache: OrderedDict[int, _A], prev: int, make: Callable[[int], _A]) -> _A:
+        """`cache[prev]`, made read-only on a miss; the least recently used dropped beyond
+        `cache_size`."""
+        found = cache.get(prev)
+        if found is not None:
+            cache.move_to_end(prev)
+            return found
+        value = make(prev)
+        value.setflags(write=False)
+        cache[prev] = value
+        if len(cache) > self._cache_size:
+            cache.popitem(last=False)
+        return value
 
     def detect(self, token_ids: list[int] | np.ndarray[Any, Any], *,
                alpha: float = DEFAULT_ALPHA, ignore_repeated: bool = True) -> Detection:
