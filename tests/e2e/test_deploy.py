@@ -229,8 +229,14 @@ def test_dockerfile_runs_the_gateway_unprivileged() -> None:
     health = stage["HEALTHCHECK"][-1]
     assert f"127.0.0.1:{port}/v2/health/live" in health and "python" in health
     text = (DEPLOY / "Dockerfile").read_text()
-    assert re.search(r"pip install \.\s*$", text, re.M), "pip install . of the build context"
-    assert "[dev]" not in text
+    install = re.search(r"pip install '\.\[([\w,]+)\]'\s*$", text, re.M)
+    assert install, "pip install of the build context with its extras"
+    # the extras the shipped config needs: the base install has neither (pyproject.toml)
+    config = (DEPLOY / "modelfence.yaml").read_text()
+    needed = {"local"} if "type: skops" in config else set()
+    needed |= {"postgres"} if "postgresql://" in config else set()
+    assert set(install.group(1).split(",")) == needed
+    assert "dev" not in install.group(1)
 
 
 def test_deploy_config_validates(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from ..errors import ConfigurationError
+from ..extras import require
 from .stand_ins import OipModel, StandIn, oip_stand_in, openai_stand_in
 
 PG_PASSWORD_ENV = "MODELFENCE_PG_PASSWORD"  # noqa: S105 (a variable name, not a secret)
@@ -223,6 +224,7 @@ def _expanded_urls(doc: Any, env: dict[str, str]) -> set[str]:
 
 def _postgres(urls: set[str], admin_url: str | None, world: World) -> None:
     """Create the role and database each URL names (or set the role's password)."""
+    require("examples", "an example with PostgreSQL stores", "psycopg", "psycopg_pool")
     import psycopg
     from psycopg import sql
 
