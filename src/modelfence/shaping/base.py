@@ -72,6 +72,10 @@ class Defense(ABC):
 
     kind: ClassVar[str]
     uses_inputs: ClassVar[bool] = False
+    #: `spec` and `description` as format strings over the defense's attributes
+    #: (``"round:{decimals}"``); a defense that composes them otherwise overrides both.
+    SPEC: ClassVar[str]
+    DESCRIPTION: ClassVar[str] = ""
 
     def apply(self, proba: Any, *, inputs: Any = None, principal: str = "") -> Array:
         p = as_probabilities(proba)
@@ -88,13 +92,13 @@ class Defense(ABC):
     def _shape(self, p: Array, inputs: Any, principal: str) -> Array: ...
 
     @property
-    @abstractmethod
     def spec(self) -> str:
         """The short form `parse_defense` reads back, e.g. ``round:2``."""
+        return self.SPEC.format_map(vars(self))
 
     @property
     def description(self) -> str:
-        return self.spec
+        return self.DESCRIPTION.format_map(vars(self)) if self.DESCRIPTION else self.spec
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.spec}>"
@@ -104,17 +108,10 @@ class NoDefense(Defense):
     """The model's own probabilities: the baseline every other defense is compared with."""
 
     kind = "none"
+    SPEC, DESCRIPTION = "none", "no defense: full probabilities"
 
     def _shape(self, p: Array, inputs: Any, principal: str) -> Array:
         return p
-
-    @property
-    def spec(self) -> str:
-        return "none"
-
-    @property
-    def description(self) -> str:
-        return "no defense: full probabilities"
 
 
 class Rounding(Defense):
@@ -125,6 +122,7 @@ class Rounding(Defense):
     """
 
     kind = "round"
+    SPEC, DESCRIPTION = "round:{decimals}", "probabilities rounded to {decimals} decimals"
 
     def __init__(self, decimals: int) -> None:
         if not 0 <= decimals <= 8:
@@ -135,14 +133,6 @@ class Rounding(Defense):
         out: Array = p.round(self.decimals)
         return out
 
-    @property
-    def spec(self) -> str:
-        return f"round:{self.decimals}"
-
-    @property
-    def description(self) -> str:
-        return f"probabilities rounded to {self.decimals} decimals"
-
 
 class TopK(Defense):
     """Only the `k` most likely classes, renormalised; the others read as 0.
@@ -152,6 +142,7 @@ class TopK(Defense):
     """
 
     kind = "topk"
+    SPEC, DESCRIPTION = "topk:{k}", "top-{k} classes only, renormalised"
 
     def __init__(self, k: int) -> None:
         if k < 1:
@@ -164,29 +155,14 @@ class TopK(Defense):
         kth = np.partition(p, -self.k, axis=1)[:, -self.k, None]
         return normalise(np.where(p >= kth, p, 0.0))
 
-    @property
-    def spec(self) -> str:
-        return f"topk:{self.k}"
-
-    @property
-    def description(self) -> str:
-        return f"top-{self.k} classes only, renormalised"
-
 
 class LabelOnly(Defense):
     """A one-hot vector for the top class: the caller learns the decision and nothing else."""
 
     kind = "labels"
+    SPEC, DESCRIPTION = "labels", "label only (one-hot)"
 
     def _shape(self, p: Array, inputs: Any, principal: str) -> Array:
         out = np.zeros_like(p)
         out[np.arange(p.shape[0]), p.argmax(axis=1)] = 1.0
         return out
-
-    @property
-    def spec(self) -> str:
-        return "labels"
-
-    @property
-    def description(self) -> str:
-        return "label only (one-hot)"

@@ -103,6 +103,7 @@ class KeyedNoise(Defense):
 
     kind = "noise"
     uses_inputs = True
+    SPEC, DESCRIPTION = "noise:{scale:g}", "keyed log-space noise (scale {scale:g}), top-1 kept"
 
     def __init__(self, secret: bytes, scale: float = 0.5) -> None:
         if len(secret) < 16:
@@ -128,14 +129,6 @@ class KeyedNoise(Defense):
             total = sum(q)
             rows.append([v / total for v in q])
         return np.array(rows, dtype=np.float64).reshape(p.shape)
-
-    @property
-    def spec(self) -> str:
-        return f"noise:{self.scale:g}"
-
-    @property
-    def description(self) -> str:
-        return f"keyed log-space noise (scale {self.scale:g}), top-1 kept"
 
     def __repr__(self) -> str:  # never show the secret
         return f"<KeyedNoise scale={self.scale:g}>"

@@ -74,6 +74,8 @@ class ReverseSigmoid(Defense):
     """Reverse sigmoid with parameters checked per number of classes before first use."""
 
     kind = "rsig"
+    SPEC = "rsig:{beta:g},{gamma:g}"
+    DESCRIPTION = "reverse sigmoid (beta={beta:g}, gamma={gamma:g})"
 
     def __init__(self, beta: float, gamma: float) -> None:
         if not (beta > 0 and gamma > 0 and np.isfinite(beta) and np.isfinite(gamma)):
@@ -99,11 +101,3 @@ class ReverseSigmoid(Defense):
 
     def _shape(self, p: Array, inputs: Any, principal: str) -> Array:
         return normalise(_f(p, self.beta, self.gamma))
-
-    @property
-    def spec(self) -> str:
-        return f"rsig:{self.beta:g},{self.gamma:g}"
-
-    @property
-    def description(self) -> str:
-        return f"reverse sigmoid (beta={self.beta:g}, gamma={self.gamma:g})"
