@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from ..stores.base import Store
+from ..stores.base import Store, answers
 from ..stores.pooled import PooledPostgres
 from ..stores.registry import StoreKind, postgresql, sqlite
 from ..stores.sqlite import SqliteFile
@@ -84,11 +84,7 @@ class BudgetStore(Store):
 
     async def ping(self) -> bool:
         """Readiness: can the store answer a read?"""
-        try:
-            await self.usage("")
-        except StoreError:
-            return False
-        return True
+        return await answers(self.usage(""))
 
 
 _NO_CAP = 2**62

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from abc import ABC
+from collections.abc import Awaitable
+
+from ..errors import StoreError
 
 
 class Store(ABC):  # noqa: B024 (a base for interfaces; it has no abstract method of its own)
@@ -14,3 +17,13 @@ class Store(ABC):  # noqa: B024 (a base for interfaces; it has no abstract metho
 
     async def close(self) -> None:
         return None
+
+
+async def answers(read: Awaitable[object]) -> bool:
+    """Readiness: whether `read` (a cheap read of a store) completes; a `StoreError` means
+    the store cannot answer."""
+    try:
+        await read
+    except StoreError:
+        return False
+    return True

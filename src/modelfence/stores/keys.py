@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
-from .base import Store
+from .base import Store, answers
 from .pooled import PooledPostgres
 from .sqlite import SqliteFile
 
@@ -86,11 +86,7 @@ class KeyStore(Store):
         """Mark revoked; False when no such key. Revoking twice keeps the first time."""
 
     async def ping(self) -> bool:
-        try:
-            await self.get("0" * 16)
-        except StoreError:
-            return False
-        return True
+        return await answers(self.get("0" * 16))
 
 
 class MemoryKeyStore(KeyStore):

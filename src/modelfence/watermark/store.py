@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from ..stores.base import Store
+from ..stores.base import Store, answers
 from ..stores.pooled import PooledPostgres
 from ..stores.registry import StoreKind, memory, postgresql, sqlite
 from ..stores.sqlite import SqliteFile
@@ -132,11 +132,7 @@ class EvidenceStore(Store):
         """Those of `digests` that `principal` already holds a watermark record of."""
 
     async def ping(self) -> bool:
-        try:
-            await self.holdings("")
-        except StoreError:
-            return False
-        return True
+        return await answers(self.holdings(""))
 
 
 class MemoryEvidenceStore(EvidenceStore):
