@@ -2,7 +2,8 @@
 importlib.resources: honest prompts, distillers' topics and templates, protected system
 prompts and thieves' requests, each in a DEV and a TEST file that share nothing, and a
 HOLDOUT file written afterwards by someone who had not seen the detectors (never used for
-tuning; see `--suite holdout`)."""
+tuning; see `--suite holdout`). The complying upstream's word-by-word dictionary
+(translations.txt) is shared by every half."""
 
 from __future__ import annotations
 
@@ -103,3 +104,18 @@ class SystemPrompt:
 def system_prompts(half: str) -> tuple[SystemPrompt, ...]:
     docs = json.loads(_read(f"systems_{_half(half)}.json"))
     return tuple(SystemPrompt(**d) for d in docs)
+
+
+@cache
+def translations() -> dict[str, tuple[str, str, str]]:
+    """english -> (french, german, spanish): the word-by-word dictionary of `translate`."""
+    out: dict[str, tuple[str, str, str]] = {}
+    for n, line in enumerate(_read("translations.txt").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) != 4:
+            raise ConfigurationError(f"translations.txt line {n}: want an English word and "
+                                     "three translations separated by '|'")
+        out[parts[0]] = (parts[1], parts[2], parts[3])
+    return out
