@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ..support import free_port, wait_http
-from .snippets import ROOT, all_snippets
+from .snippets import PAGE_SECONDS, ROOT, all_snippets
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     reports = [r for key in ("passed", "failed") for r in terminalreporter.stats.get(key, [])]
     if not any(getattr(r, "nodeid", "").startswith("tests/docs/") for r in reports):
         return
+    if PAGE_SECONDS:
+        terminalreporter.section("docs pages run (seconds, 3 side by side)")
+        for page, seconds in sorted(PAGE_SECONDS.items(), key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{seconds:6.1f}  {page}")
     held = [s for s in all_snippets() if s.not_run]
     terminalreporter.section(f"docs snippets not run: {len(held)} of {len(all_snippets())}")
     for snip in held:

@@ -20,6 +20,8 @@ YAML = {"yaml", "yml"}
 CEDAR = {"cedar"}
 NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(.+?)\s*-->$")
 FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*([\w+-]*)")
+#: Seconds each page's snippets took in this session (printed in the summary).
+PAGE_SECONDS: dict[str, float] = {}
 ACTIVATE = ". .venv/bin/activate"
 # `modelfence` as a command: at the start of a line or after a pipe, `&&`, `;`, `$(` or `time`
 BARE_COMMAND = re.compile(r"(^|[|;&(]\s*|\$\(\s*|\btime\s+)modelfence\b")

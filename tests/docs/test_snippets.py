@@ -12,13 +12,23 @@ import os
 import re
 import signal
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from .conftest import Demo
-from .snippets import NOT_RUN, ROOT, all_snippets, convention_problems, page_script, pages, snippets
+from .snippets import (
+    NOT_RUN,
+    PAGE_SECONDS,
+    ROOT,
+    all_snippets,
+    convention_problems,
+    page_script,
+    pages,
+    snippets,
+)
 
 README_MAX_LINES = 250
 
@@ -115,6 +125,7 @@ def _run_page(page: Path, demo: Demo, tmp_path: Path) -> str | None:
     script = page_script(runnable, folder, ports)
     # A session of its own: whatever a page started in the background (a gateway it serves
     # itself) is stopped with it, even when a snippet fails before the page stops it.
+    started = time.monotonic()
     proc = subprocess.Popen(["bash", "-c", script], cwd=demo.workdir, env=demo.env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -126,6 +137,7 @@ def _run_page(page: Path, demo: Demo, tmp_path: Path) -> str | None:
         if proc.returncode is None:
             proc.kill()
             proc.communicate()
+        PAGE_SECONDS[str(page.relative_to(ROOT))] = time.monotonic() - started
     if proc.returncode == 0:
         return None
     markers = [ln for ln in stderr.splitlines() if ln.startswith(">>> ")]
