@@ -202,7 +202,7 @@ def _print_report(r: Report, json_out: bool, pending: int = 0) -> None:
         return
     speed = f"{r.seconds:.2f} s ({r.rate:,.0f} records/s)"
     for note in r.notes:
-        err_console.print(f"[yellow]warning:[/] {note}")
+        err_console.print(f"[yellow]warning:[/] {escape(note)}")
     if r.damage is not None:
         d = r.damage
         console.print(f"[bold red]DAMAGED[/] at record {d.seq}: {d.kind} — {d.detail}",

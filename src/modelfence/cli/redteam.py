@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..config import ADMIN_TOKEN_ENV, KEY_ENV
@@ -140,7 +141,7 @@ def attack(
     if stop is not None:
         if not run.result.points:
             raise fail(f"no query answered: {stop.describe()}")
-        err_console.print(f"[bold yellow]stopped:[/] {stop.describe()}; the results above "
+        err_console.print(f"[bold yellow]stopped:[/] {escape(stop.describe())}; the results above "
                           f"cover the {stop.after} answered quer"
                           f"{'y' if stop.after == 1 else 'ies'}", soft_wrap=True)
         raise typer.Exit(STOPPED_EXIT)
@@ -180,7 +181,7 @@ def _print_run(run: AttackRun) -> None:
                       f"{last[1]:.2f} after {last[0]:,} queries (peak {peak:.2f})",
                       soft_wrap=True, markup=False)
     if run.note:
-        err_console.print(f"[yellow]note:[/] {run.note}", soft_wrap=True, highlight=False)
+        err_console.print(f"[yellow]note:[/] {escape(run.note)}", soft_wrap=True, highlight=False)
 
 
 def assess(
