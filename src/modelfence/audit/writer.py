@@ -105,6 +105,7 @@ class ChainedSink(AuditSink):
         self._unsealed = False
         self._closing = False
         self._held = False  # a batch has nowhere to go: calls are refused
+        self._refusing_said = False  # "calls are refused" logged once per outage
         self._outage_since: float | None = None
         self.written = 0
         self.lost = 0
@@ -123,7 +124,13 @@ class ChainedSink(AuditSink):
         spill = self.spill
         if self._held:
             return False
-        return spill is None or spill.empty or spill.room(spill.max_bytes // 10)
+        if spill is None or spill.empty or spill.room(spill.max_bytes // 10):
+            return True
+        # the spill's last tenth is kept for records of calls already admitted: refused from
+        # here, before a batch finds no room (which may then never happen), so say it here
+        self._say_refusing(f"the spill {spill.folder} is over 90% full ({spill.size:,} of "
+                           f"{spill.max_bytes:,} bytes)")
+        return False
 
     async def ready(self) -> bool:
         return self.accepting
@@ -316,9 +323,15 @@ class ChainedSink(AuditSink):
         if self._held:
             return
         self._held = True
-        where = (f"the spill {self.spill.folder} is full ({self.spill.size:,} of "
-                 f"{self.spill.max_bytes:,} bytes) or cannot be written"
-                 if self.spill is not None else "no spill is configured")
+        self._say_refusing(f"the spill {self.spill.folder} is full ({self.spill.size:,} of "
+                           f"{self.spill.max_bytes:,} bytes) or cannot be written"
+                           if self.spill is not None else "no spill is configured")
+
+    def _say_refusing(self, where: str) -> None:
+        """Log once per outage that calls are refused, whichever limit was reached first."""
+        if self._refusing_said:
+            return
+        self._refusing_said = True
         log.error("audit records cannot be written: the store does not answer and %s; calls "
                   "are refused (503) until it does", where)
 
@@ -338,6 +351,7 @@ class ChainedSink(AuditSink):
         log.warning("audit store answers again after %.1f s; %d records replayed from the "
                     "spill so far", time.monotonic() - self._outage_since, self.replayed)
         self._outage_since = None
+        self._refusing_said = False
 
     async def _replay(self, spill: Spill) -> None:
         """Commit the spill oldest first whenever it has records; retry while the store fails."""
