@@ -94,49 +94,39 @@ def _day(users: int, tenant: str | None, rng: random.Random, per_day: range,
     return times, set(range(fp_every // 2, len(times), fp_every))
 
 
+def _honest_day(b: LlmRiskBook, users: int, *, fp_every: int = 250, seed: int = 0,
+                per_day: range = range(20, 150)) -> tuple[int, int, dict[str, str], float]:
+    """A day of a tenant's honest prompts, one in `fp_every` screened as an attack: band
+    changes, alerts, each user's last band, and the share of prompts screened."""
+    rng = random.Random(seed)
+    model = _model(bands=BANDS)
+    times, hits = _day(users, "acme", rng, per_day, fp_every=fp_every)
+    bands: dict[str, str] = {}
+    changes = alerts = 0
+    for i, (t, user) in enumerate(times):
+        band = model.controls_for(b.peek("m", user, "acme", now=T0 + t))[0]
+        changes += user in bands and bands[user] != band
+        bands[user] = band
+        kind = rng.choice(["extraction", "injection"]) if i in hits else "benign"
+        alerts += len(b.observe(Observation("m", user, "acme", tokens=400, screen=kind,
+                                            screen_score=rng.uniform(0.6, 1.0)), now=T0 + t))
+    return changes, alerts, bands, len(hits) / len(times)
+
+
 @pytest.mark.parametrize(("users", "per_day"), [(50, range(20, 150)), (1, range(500, 501)),
                                                 (10, range(100, 300))])
 def test_honest_users_with_screener_false_positives_keep_their_band_all_day(
         users: int, per_day: range) -> None:
     """0.4% of honest prompts screened as extraction or injection: no alert, no band change
     for any user, in a tenant of 50, a heavy user (500 prompts a day) alone, a tenant of 10."""
-    rng = random.Random(users)
     b = book()
-    model = _model(bands=BANDS)
-    times, hits = _day(users, "acme", rng, per_day)
-    assert len(hits) >= 2 and len(hits) / len(times) == pytest.approx(0.004, rel=0.1)
-    bands: dict[str, str] = {}
-    changes = alerts = 0
-    for i, (t, user) in enumerate(times):
-        band = model.controls_for(b.peek("m", user, "acme", now=T0 + t))[0]
-        changes += user in bands and bands[user] != band
-        bands[user] = band
-        kind = rng.choice(["extraction", "injection"]) if i in hits else "benign"
-        alerts += len(b.observe(Observation("m", user, "acme", tokens=400, screen=kind,
-                                            screen_score=rng.uniform(0.6, 1.0)), now=T0 + t))
+    changes, alerts, bands, share = _honest_day(b, users, seed=users, per_day=per_day)
+    assert share == pytest.approx(0.004, rel=0.1)
     assert (changes, alerts) == (0, 0)
     assert set(bands.values()) == {"default"}
     # the book saw the hits: summed as before, the tenant would have alerted
     tenant = b.risk("m", "tenant", "acme", now=T0 + 86_400)
     assert set(tenant.parts) & {"extraction", "injection"}
-
-
-def _honest_day_at(b: LlmRiskBook, users: int, fp_every: int, seed: int) -> tuple[int, int]:
-    """Band changes and alerts over a day of a tenant's honest prompts, one in `fp_every`
-    screened as an attack."""
-    rng = random.Random(seed)
-    model = _model(bands=BANDS)
-    times, hits = _day(users, "acme", rng, range(20, 150), fp_every=fp_every)
-    bands: dict[str, str] = {}
-    changes = alerts = 0
-    for i, (t, user) in enumerate(times):
-        band = model.controls_for(b.peek("m", user, "acme", now=T0 + t))[0]
-        changes += user in bands and bands[user] != band
-        bands[user] = band
-        kind = rng.choice(["extraction", "injection"]) if i in hits else "benign"
-        alerts += len(b.observe(Observation("m", user, "acme", tokens=400, screen=kind,
-                                            screen_score=rng.uniform(0.6, 1.0)), now=T0 + t))
-    return changes, alerts
 
 
 def test_a_population_whose_prompts_trip_the_screener_more_often_sets_its_own_background(
@@ -148,16 +138,16 @@ def test_a_population_whose_prompts_trip_the_screener_more_often_sets_its_own_ba
     from modelfence.llm import risk
 
     b = book()
-    assert _honest_day_at(b, 50, fp_every=25, seed=5) == (0, 0)
+    assert _honest_day(b, 50, fp_every=25, seed=5)[:2] == (0, 0)
     assert b.background_rate("m", "extraction") == pytest.approx(0.02, rel=0.5)
     monkeypatch.setattr(risk, "BACKGROUND_MIN_REQUESTS", math.inf)  # the fixed floor only
-    changes, alerts = _honest_day_at(book(), 50, fp_every=25, seed=5)
+    changes, alerts, _, _ = _honest_day(book(), 50, fp_every=25, seed=5)
     assert alerts >= 1 and changes >= 1
 
 
 def test_a_learned_background_still_shows_a_ring_and_is_capped() -> None:
     b = book()
-    _honest_day_at(b, 50, fp_every=25, seed=6)  # a day of a noisy honest population
+    _honest_day(b, 50, fp_every=25, seed=6)  # a day of a noisy honest population
     crossings = []
     for i in range(10):  # then a ring of ten keys, each asking for the system prompt twice
         for j in range(2):
