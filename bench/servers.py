@@ -43,16 +43,19 @@ class Server:
     pgid: int
 
 
-def cpu_seconds(pgid: int) -> float:
-    """User + system CPU time used so far by the live processes of process group `pgid`."""
+def cpu_seconds(pgid: int, *, reaped: bool = False) -> float:
+    """User + system CPU time used so far by the live processes of process group `pgid`;
+    with `reaped`, also that of their children that have ended (utime, stime, cutime,
+    cstime)."""
     ticks = 0
+    last = 15 if reaped else 13
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rpartition(")")[2].split()
         except OSError:
             continue  # the process ended while we looked
         if int(fields[2]) == pgid:
-            ticks += int(fields[11]) + int(fields[12])
+            ticks += sum(int(f) for f in fields[11:last])
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

@@ -24,7 +24,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from servers import cpu_seconds, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Distributions a venv has before anything is installed into it.
@@ -84,12 +85,6 @@ def build_before(commit: str, venv: Path) -> None:
                        check=False, capture_output=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def llm_config(folder: Path, port: int, upstream: str) -> Path:
     (folder / "secret").write_text("startup-bench-secret-" + "x" * 32)
     doc: dict[str, Any] = {
@@ -131,19 +126,6 @@ def post(url: str, key: str, timeout: float = 2.0) -> int:
         return 0
 
 
-def cpu_seconds(pgid: int) -> float:
-    """CPU time (user + system, with reaped children's) of process group `pgid` so far."""
-    ticks = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue  # the process ended while we looked
-        if int(fields[2]) == pgid:
-            ticks += sum(int(f) for f in fields[11:15])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def first_answer(venv: Path, folder: Path, upstream: str) -> tuple[float, float]:
     """Seconds from spawning `modelfence serve` to its first 200 on a chat completion, and
     the CPU seconds the gateway's processes used until then (what a busy machine does not
@@ -164,7 +146,7 @@ def first_answer(venv: Path, folder: Path, upstream: str) -> tuple[float, float]
         while True:
             status = post(url, key)
             if status == 200:
-                return time.perf_counter() - started, cpu_seconds(proc.pid)
+                return time.perf_counter() - started, cpu_seconds(proc.pid, reaped=True)
             if status not in (0, 503) or proc.poll() is not None:
                 raise SystemExit(f"serve answered {status} (exit {proc.poll()}); see "
                                  f"{folder / 'serve.log'}")
