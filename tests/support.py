@@ -37,6 +37,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_pair() -> int:
+    """A free port whose next port is free too: the demo's admin listener takes port + 1."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two free ports in a row on loopback")
+
+
+def interrupt(proc: subprocess.Popen[Any], timeout_s: float) -> None:
+    """Stop `proc` as Ctrl+C does; kill it if it has not ended within `timeout_s`."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_http(url: str, *, timeout_s: float = 30.0, proc: subprocess.Popen[bytes] | None = None,
               log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout_s

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ..support import free_port, wait_http
+from ..support import free_port_pair, interrupt, wait_http
 from .snippets import PAGE_SECONDS, ROOT, all_snippets
 
 
@@ -26,19 +24,6 @@ class Demo:
     port: int
     env: dict[str, str]
     spare_port: int  # a second gateway a page starts itself (documented as port 8200)
-
-
-def _free_port_pair() -> int:
-    """A free port whose next port is free too: the demo's admin listener takes port + 1."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two free ports in a row on loopback")
 
 
 def snippet_env(home: Path) -> dict[str, str]:
@@ -60,24 +45,19 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     for entry in (".venv", "examples", "mkdocs.yml", "docs", "src", "pyproject.toml"):
         (workdir / entry).symlink_to(ROOT / entry)
     env = snippet_env(home)
-    port = _free_port_pair()
+    port = free_port_pair()
     log = home / "demo.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "modelfence", "demo", "--port", str(port)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir)
     try:
         wait_http(f"http://127.0.0.1:{port}/v2/health/ready", timeout_s=120, proc=proc, log=log)
-        spare = _free_port_pair()
+        spare = free_port_pair()
         while spare in {port, port + 1} or spare + 1 == port:
-            spare = _free_port_pair()
+            spare = free_port_pair()
         yield Demo(home, workdir, port, env, spare)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        interrupt(proc, 15)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

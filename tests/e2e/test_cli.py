@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ..support import cli, free_port, wait_http
+from ..support import cli, free_port_pair, interrupt, wait_http
 
 
 def test_bad_config_fails_in_one_line_without_traceback(tmp_path: Path) -> None:
@@ -155,28 +154,8 @@ def run_demo(home: Path, port: int) -> tuple[subprocess.Popen[str], str]:
     raise AssertionError("demo printed no curl command:\n" + "".join(lines))
 
 
-def free_port_pair() -> int:
-    """A free port whose next port is free too: the demo's admin listener takes port + 1."""
-    import socket
-
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two free ports in a row on loopback")
-
-
 def stop(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    interrupt(proc, 10)
     if proc.stdout:
         proc.stdout.close()
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..support import wait_http
-from .test_cli import free_port_pair, stop
+from ..support import free_port_pair, wait_http
+from .test_cli import stop
 
 ROWS = 20  # off-data rows asked on every run: the flagged band lies about them
 

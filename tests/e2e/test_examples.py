@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ..support import free_port, wait_http
+from ..support import free_port, interrupt, wait_http
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 #: one password for every example's database role, so examples run in parallel agree on it
@@ -91,9 +90,4 @@ def test_each_example_starts_and_answers_its_key(name: str, tmp_path: Path,
         else:
             assert "stand-in" in doc["choices"][0]["message"]["content"]  # type: ignore[index]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        interrupt(proc, 20)
