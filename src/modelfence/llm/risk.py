@@ -185,6 +185,11 @@ class Observation:
     # ("logprobs", "logit_bias", "echo", "n", "max_tokens", ...)
     asked: tuple[str, ...] = ()
 
+    @property
+    def is_request(self) -> bool:
+        """Whether a call was seen (distill evidence arrives apart from any call)."""
+        return bool(self.tokens > 0 or self.leak or self.screen or self.probe or self.asked)
+
 
 class LlmRiskBook:
     """Per model: each principal's and tenant's evidence; `observe` returns new crossings."""
@@ -308,8 +313,8 @@ class LlmRiskBook:
 
     def _add(self, ev: _Evidence, obs: Observation, events: dict[str, float], prefix: str,
              now: float) -> None:
-        if obs.tokens > 0 or obs.leak or obs.screen or obs.probe or obs.asked:
-            ev.requests += 1  # a request (distill evidence arrives apart from one)
+        if obs.is_request:
+            ev.requests += 1
             for kind in self._rates:
                 ev.seen[kind] = ev.seen.get(kind, 0.0) + 1.0
         ev.tokens += max(obs.tokens, 0)
@@ -320,8 +325,8 @@ class LlmRiskBook:
 
     def _learn(self, obs: Observation, events: dict[str, float], now: float) -> None:
         """Add `obs` to its model's background: every request, and its screener hits."""
-        if not (obs.tokens > 0 or obs.leak or obs.screen or obs.probe or obs.asked):
-            return  # not a request (distill evidence arrives apart from one)
+        if not obs.is_request:
+            return
         bg = self._background.get(obs.model)
         if bg is None:
             bg = self._background[obs.model] = _Evidence(at=now)
