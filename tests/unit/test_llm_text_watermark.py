@@ -218,8 +218,11 @@ def test_through_the_gateway(tiny_model: Path, tmp_path: Path) -> None:  # noqa:
             return text
 
         for name, expected in (("marked", 0), ("plain", 1)):
+            # through a file: sampled text may hold a NUL, which no command-line argument can
+            answer_file = tmp_path / f"{name}.txt"
+            answer_file.write_text(answer(name), encoding="utf-8")
             result = cli("watermark", "detect-text", "--model", "marked", "--config",
-                         str(gw.config), "--text", answer(name), "--json", check=False)
+                         str(gw.config), "--file", str(answer_file), "--json", check=False)
             assert result.returncode == expected, result.stdout + result.stderr
     finally:
         gw.stop()
