@@ -12,7 +12,7 @@ store still build one chain, and a crash mid-batch leaves no half-written rows.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,56 +22,9 @@ from ..stores.base import Store
 from ..stores.registry import StoreKind, postgresql, sqlite
 from .chain import COLUMNS, Head, Row
 from .checkpoint import Checkpoint
+from .sql import TABLE
 
 Durability = Literal["strict", "batched"]
-TABLE = "modelfence_audit"
-CHECKPOINTS = "modelfence_audit_checkpoints"
-SEGMENTS = "modelfence_audit_segments"  # signed manifests of sealed segments (segment.py)
-CHECKPOINT_COLUMNS = ("seq", "ts_us", "hash", "key_id", "signature")
-
-# SQL both backends share; built from the constants above, never from caller text.
-HEAD_SQL = f"SELECT seq, hash FROM {TABLE} ORDER BY seq DESC LIMIT 1"  # noqa: S608
-CHECKPOINTS_SQL = f"SELECT {','.join(CHECKPOINT_COLUMNS)} FROM {CHECKPOINTS} ORDER BY seq"  # noqa: S608
-LAST_CHECKPOINT_SQL = f"{CHECKPOINTS_SQL} DESC LIMIT 1"
-PROBE_SQL = f"SELECT hash FROM {TABLE} WHERE seq = {{mark}}"  # noqa: S608
-SEGMENTS_SQL = f"SELECT manifest FROM {SEGMENTS} ORDER BY last_seq"  # noqa: S608
-SEGMENT_ENDS_SQL = f"SELECT 1 FROM {SEGMENTS} WHERE last_seq = {{mark}}"  # noqa: S608
-DELETE_ROWS_SQL = f"DELETE FROM {TABLE} WHERE seq <= {{mark}}"  # noqa: S608
-DELETE_CHECKPOINTS_SQL = f"DELETE FROM {CHECKPOINTS} WHERE seq <= {{mark}}"  # noqa: S608
-INSERT_SEGMENT_SQL = (f"INSERT INTO {SEGMENTS} (first_seq, last_seq, manifest) "  # noqa: S608
-                      "VALUES ({mark}, {mark}, {mark})")
-
-
-def schema(*, bigint: str, blob: str) -> tuple[str, ...]:
-    """Tables and indexes in a backend's type names (SQLite INTEGER/BLOB, PostgreSQL BIGINT/BYTEA).
-
-    Payloads are stored as bytes, never as JSON(B) values: the hash covers the exact bytes.
-    """
-    return (
-        f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-            seq {bigint} PRIMARY KEY, ts_us {bigint} NOT NULL, request_id TEXT, principal TEXT,
-            tenant TEXT, model TEXT, action TEXT, status INTEGER, payload {blob} NOT NULL,
-            prev {blob} NOT NULL, hash {blob} NOT NULL)""",
-        f"CREATE INDEX IF NOT EXISTS {TABLE}_principal ON {TABLE} (principal, seq)",
-        f"CREATE INDEX IF NOT EXISTS {TABLE}_model ON {TABLE} (model, seq)",
-        f"CREATE INDEX IF NOT EXISTS {TABLE}_time ON {TABLE} (ts_us)",
-        f"""CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (
-            seq {bigint} PRIMARY KEY, ts_us {bigint} NOT NULL, hash {blob} NOT NULL,
-            key_id TEXT NOT NULL, signature {blob} NOT NULL)""",
-        f"""CREATE TABLE IF NOT EXISTS {SEGMENTS} (
-            last_seq {bigint} PRIMARY KEY, first_seq {bigint} NOT NULL,
-            manifest {blob} NOT NULL)""",
-    )
-
-
-def checkpoint_from_row(r: Sequence[Any]) -> Checkpoint:
-    """A checkpoint from a row in CHECKPOINT_COLUMNS order."""
-    return Checkpoint(seq=r[0], hash=bytes(r[2]), ts_us=r[1], key_id=r[3],
-                      signature=bytes(r[4]))
-
-
-def checkpoint_row(cp: Checkpoint) -> tuple[Any, ...]:
-    return (cp.seq, cp.ts_us, cp.hash, cp.key_id, cp.signature)
 
 
 @dataclass(frozen=True, slots=True)

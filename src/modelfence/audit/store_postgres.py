@@ -25,39 +25,17 @@ from ..stores.postgres import require_extra
 from .chain import COLUMNS, Head, Row
 from .checkpoint import Checkpoint
 from .failure import pg_permanent, refused
-from .store import (
-    CHECKPOINT_COLUMNS,
-    CHECKPOINTS,
-    CHECKPOINTS_SQL,
-    DELETE_CHECKPOINTS_SQL,
-    DELETE_ROWS_SQL,
-    HEAD_SQL,
-    INSERT_SEGMENT_SQL,
-    LAST_CHECKPOINT_SQL,
-    PROBE_SQL,
-    SEGMENT_ENDS_SQL,
-    SEGMENTS_SQL,
-    TABLE,
-    AuditStore,
-    Batch,
-    Plan,
-    Probe,
-    Query,
-    checkpoint_from_row,
-    checkpoint_row,
-    prune_refusal,
-    schema,
-)
+from .sql import TABLE, Sql, checkpoint_from_row, checkpoint_row
+from .store import AuditStore, Batch, Plan, Probe, Query, prune_refusal
 
 T = TypeVar("T")
 
 #: One advisory lock key for every writer of the audit table (64-bit, from its name).
 LOCK_KEY = int.from_bytes(hashlib.sha256(TABLE.encode()).digest()[:8], "big", signed=True)
+_LOCK = "SELECT pg_advisory_xact_lock(%s)"
 
-_SCHEMA = schema(bigint="BIGINT", blob="BYTEA")
+_SQL = Sql(mark="%s", bigint="BIGINT", blob="BYTEA")
 _COPY = f"COPY {TABLE} ({','.join(COLUMNS)}) FROM STDIN"
-_INSERT_CP = (f"INSERT INTO {CHECKPOINTS} ({','.join(CHECKPOINT_COLUMNS)}) "  # noqa: S608
-              f"VALUES ({','.join(['%s'] * len(CHECKPOINT_COLUMNS))})")
 
 
 class PostgresAuditStore(AuditStore):
@@ -80,8 +58,8 @@ class PostgresAuditStore(AuditStore):
 
         async def create(conn: Any) -> None:
             async with conn.transaction():  # one replica creates, the others wait and see it
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-                for statement in _SCHEMA:
+                await conn.execute(_LOCK, (LOCK_KEY,))
+                for statement in _SQL.schema:
                     await conn.execute(statement)
 
         await self._use(create)
@@ -126,14 +104,13 @@ class PostgresAuditStore(AuditStore):
     async def commit(self, plan: Plan, *, probe: Probe | None = None) -> Batch:
         async def go(conn: Any) -> Batch:
             async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+                await conn.execute(_LOCK, (LOCK_KEY,))
                 if probe is not None:
-                    found = await (await conn.execute(PROBE_SQL.format(mark="%s"),
-                                                      (probe[0],))).fetchone()
+                    found = await (await conn.execute(_SQL.probe, (probe[0],))).fetchone()
                     if found is not None and bytes(found[0]) == probe[1]:
                         return Batch([], already=True)
-                head = await (await conn.execute(HEAD_SQL)).fetchone()
-                last = await (await conn.execute(LAST_CHECKPOINT_SQL)).fetchone()
+                head = await (await conn.execute(_SQL.head)).fetchone()
+                last = await (await conn.execute(_SQL.last_checkpoint)).fetchone()
                 batch = plan(Head(head[0], bytes(head[1])) if head else Head(),
                              checkpoint_from_row(last) if last else None)
                 if batch.rows:
@@ -141,7 +118,7 @@ class PostgresAuditStore(AuditStore):
                         for row in batch.rows:
                             await copy.write_row(row)
                 if batch.checkpoint is not None:
-                    await conn.execute(_INSERT_CP, checkpoint_row(batch.checkpoint))
+                    await conn.execute(_SQL.insert_checkpoint, checkpoint_row(batch.checkpoint))
             return batch
 
         return await self._use(go)
@@ -157,14 +134,14 @@ class PostgresAuditStore(AuditStore):
 
     async def checkpoints(self) -> list[Checkpoint]:
         async def go(conn: Any) -> list[Checkpoint]:
-            rows = await (await conn.execute(CHECKPOINTS_SQL)).fetchall()
+            rows = await (await conn.execute(_SQL.checkpoints)).fetchall()
             return [checkpoint_from_row(r) for r in rows]
 
         return await self._use(go)
 
     async def head(self) -> Head:
         async def go(conn: Any) -> Head:
-            row = await (await conn.execute(HEAD_SQL)).fetchone()
+            row = await (await conn.execute(_SQL.head)).fetchone()
             return Head(row[0], bytes(row[1])) if row else Head()
 
         return await self._use(go)
@@ -173,14 +150,13 @@ class PostgresAuditStore(AuditStore):
 
     async def segments(self) -> list[bytes]:
         async def go(conn: Any) -> list[bytes]:
-            return [bytes(r[0]) for r in await (await conn.execute(SEGMENTS_SQL)).fetchall()]
+            return [bytes(r[0]) for r in await (await conn.execute(_SQL.segments)).fetchall()]
 
         return await self._use(go)
 
     async def add_segment(self, first_seq: int, last_seq: int, manifest: bytes) -> None:
         async def go(conn: Any) -> None:
-            await conn.execute(INSERT_SEGMENT_SQL.format(mark="%s"),
-                               (first_seq, last_seq, manifest))
+            await conn.execute(_SQL.insert_segment, (first_seq, last_seq, manifest))
 
         await self._use(go)
 
@@ -189,16 +165,15 @@ class PostgresAuditStore(AuditStore):
 
         async def go(conn: Any) -> int:
             async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-                head = await (await conn.execute(HEAD_SQL)).fetchone()
-                sealed = await (await conn.execute(SEGMENT_ENDS_SQL.format(mark="%s"),
-                                                   (seq,))).fetchone()
+                await conn.execute(_LOCK, (LOCK_KEY,))
+                head = await (await conn.execute(_SQL.head)).fetchone()
+                sealed = await (await conn.execute(_SQL.segment_ends, (seq,))).fetchone()
                 problem = prune_refusal(seq, head[0] if head else 0, sealed is not None)
                 if problem is not None:
                     refused.append(problem)
                     return 0
-                cur = await conn.execute(DELETE_ROWS_SQL.format(mark="%s"), (seq,))
-                await conn.execute(DELETE_CHECKPOINTS_SQL.format(mark="%s"), (seq,))
+                cur = await conn.execute(_SQL.delete_rows, (seq,))
+                await conn.execute(_SQL.delete_checkpoints, (seq,))
                 return int(cur.rowcount)
 
         n = await self._use(go)

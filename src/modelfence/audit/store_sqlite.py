@@ -22,39 +22,15 @@ from typing import TypeVar
 
 from ..errors import RetentionRefused, StoreError
 from ..stores.sqlite import create_private
-from .chain import COLUMNS, Head, Row
+from .chain import Head, Row
 from .checkpoint import Checkpoint
 from .failure import refused, sqlite_permanent
-from .store import (
-    CHECKPOINT_COLUMNS,
-    CHECKPOINTS,
-    CHECKPOINTS_SQL,
-    DELETE_CHECKPOINTS_SQL,
-    DELETE_ROWS_SQL,
-    HEAD_SQL,
-    INSERT_SEGMENT_SQL,
-    LAST_CHECKPOINT_SQL,
-    PROBE_SQL,
-    SEGMENT_ENDS_SQL,
-    SEGMENTS_SQL,
-    TABLE,
-    AuditStore,
-    Batch,
-    Plan,
-    Probe,
-    Query,
-    checkpoint_from_row,
-    checkpoint_row,
-    prune_refusal,
-    schema,
-)
+from .sql import Sql, checkpoint_from_row, checkpoint_row
+from .store import AuditStore, Batch, Plan, Probe, Query, prune_refusal
 
 T = TypeVar("T")
 
-_SCHEMA = schema(bigint="INTEGER", blob="BLOB")  # INTEGER PRIMARY KEY: seq is the rowid
-_INSERT = f"INSERT INTO {TABLE} ({','.join(COLUMNS)}) VALUES ({','.join('?' * len(COLUMNS))})"  # noqa: S608
-_INSERT_CP = (f"INSERT INTO {CHECKPOINTS} ({','.join(CHECKPOINT_COLUMNS)}) "  # noqa: S608
-              f"VALUES ({','.join('?' * len(CHECKPOINT_COLUMNS))})")
+_SQL = Sql(mark="?", bigint="INTEGER", blob="BLOB")  # INTEGER PRIMARY KEY: seq is the rowid
 
 
 class SqliteAuditStore(AuditStore):
@@ -80,7 +56,7 @@ class SqliteAuditStore(AuditStore):
             db.execute(f"PRAGMA busy_timeout={int(self._busy_ms)}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={'FULL' if self._durable else 'NORMAL'}")
-            for statement in _SCHEMA:
+            for statement in _SQL.schema:
                 db.execute(statement)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"sqlite audit store {self.path}: cannot open: {exc}",
@@ -117,17 +93,17 @@ class SqliteAuditStore(AuditStore):
         db.execute("BEGIN IMMEDIATE")
         try:
             if probe is not None:
-                found = db.execute(PROBE_SQL.format(mark="?"), (probe[0],)).fetchone()
+                found = db.execute(_SQL.probe, (probe[0],)).fetchone()
                 if found is not None and bytes(found[0]) == probe[1]:
                     db.execute("ROLLBACK")
                     return Batch([], already=True)
-            head = db.execute(HEAD_SQL).fetchone()
-            last = db.execute(LAST_CHECKPOINT_SQL).fetchone()
+            head = db.execute(_SQL.head).fetchone()
+            last = db.execute(_SQL.last_checkpoint).fetchone()
             batch = plan(Head(*head) if head else Head(),
                          checkpoint_from_row(last) if last else None)
-            db.executemany(_INSERT, batch.rows)
+            db.executemany(_SQL.insert_rows, batch.rows)
             if batch.checkpoint is not None:
-                db.execute(_INSERT_CP, checkpoint_row(batch.checkpoint))
+                db.execute(_SQL.insert_checkpoint, checkpoint_row(batch.checkpoint))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -141,20 +117,20 @@ class SqliteAuditStore(AuditStore):
 
     async def checkpoints(self) -> list[Checkpoint]:
         return await self._run(
-            lambda db: [checkpoint_from_row(r) for r in db.execute(CHECKPOINTS_SQL)])
+            lambda db: [checkpoint_from_row(r) for r in db.execute(_SQL.checkpoints)])
 
     async def head(self) -> Head:
-        row = await self._run(lambda db: db.execute(HEAD_SQL).fetchone())
+        row = await self._run(lambda db: db.execute(_SQL.head).fetchone())
         return Head(*row) if row else Head()
 
     # Retention: new methods for sealed segments (see store.py).
 
     async def segments(self) -> list[bytes]:
-        return await self._run(lambda db: [bytes(r[0]) for r in db.execute(SEGMENTS_SQL)])
+        return await self._run(lambda db: [bytes(r[0]) for r in db.execute(_SQL.segments)])
 
     async def add_segment(self, first_seq: int, last_seq: int, manifest: bytes) -> None:
-        sql = INSERT_SEGMENT_SQL.format(mark="?")
-        await self._run(lambda db: db.execute(sql, (first_seq, last_seq, manifest)))
+        await self._run(lambda db: db.execute(_SQL.insert_segment,
+                                              (first_seq, last_seq, manifest)))
 
     async def delete_through(self, seq: int) -> int:
         return await self._run(lambda db: self._delete_through(db, seq))
@@ -163,13 +139,13 @@ class SqliteAuditStore(AuditStore):
     def _delete_through(db: sqlite3.Connection, seq: int) -> int:
         db.execute("BEGIN IMMEDIATE")
         try:
-            head = db.execute(HEAD_SQL).fetchone()
-            sealed = db.execute(SEGMENT_ENDS_SQL.format(mark="?"), (seq,)).fetchone()
+            head = db.execute(_SQL.head).fetchone()
+            sealed = db.execute(_SQL.segment_ends, (seq,)).fetchone()
             problem = prune_refusal(seq, head[0] if head else 0, sealed is not None)
             if problem is not None:
                 raise RetentionRefused(problem)
-            n = db.execute(DELETE_ROWS_SQL.format(mark="?"), (seq,)).rowcount
-            db.execute(DELETE_CHECKPOINTS_SQL.format(mark="?"), (seq,))
+            n = db.execute(_SQL.delete_rows, (seq,)).rowcount
+            db.execute(_SQL.delete_checkpoints, (seq,))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
