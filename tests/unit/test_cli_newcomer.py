@@ -166,6 +166,20 @@ def test_main_tables_read_whole_at_80_columns(tmp_path: Path,
     assert str(tmp_path / "grants.cedar") in _joined(policies)
 
 
+def test_watermark_records_read_whole_at_80_columns(setup: Setup,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    records = _at_80(monkeypatch, "watermark", "records", "--model", "digits")
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in records.splitlines()
+             if line.startswith("│")]
+    kinds = [row[1] for row in cells]
+    assert sorted(kinds) == ["control", "watermark"], records  # one line each: never folded
+    assert all(row[0] == "mallory" for row in cells), records
+    monkeypatch.setattr(common.console, "width", 200)
+    wide = run("watermark", "records", "--model", "digits", "--wide")
+    assert wide.exit_code == 0, wide.output
+    assert "tenant" in wide.stdout and "acme" in wide.stdout
+
+
 async def _write_alert(config: Path) -> None:
     from modelfence.audit.record import event_record
     from modelfence.audit.sinks import audit_sink_from_url

@@ -305,6 +305,8 @@ def keygen(path: Annotated[Path, typer.Argument(help="Where to write the new key
 @watermark_app.command("records")
 def records(
     model: Annotated[str, typer.Option(help="The model", show_default=False)],
+    wide: Annotated[bool, typer.Option(
+        "--wide", "-w", help="Also the tenant and the year (wider than 80 columns)")] = False,
     config: ConfigOption = None,
 ) -> None:
     """Who holds watermarked answers of a model: records per principal."""
@@ -328,16 +330,20 @@ def records(
         rows = asyncio.run(load())
     except ModelfenceError as exc:
         raise fail(str(exc)) from None
-    table = tables.Grid(("principal", "tenant", "kind", "records", "first (UTC)",
-                          "last (UTC)"), right=("records",), whole=("first (UTC)", "last (UTC)"))
+    # kind ("watermark", "control") and times stay whole; the tenant and year go to --wide
+    table = tables.Grid(("principal", *(["tenant"] if wide else []), "kind", "records",
+                         "first (UTC)", "last (UTC)"), right=("records",),
+                        whole=("kind", "first (UTC)", "last (UTC)"))
+    when = "%Y-%m-%d %H:%M" if wide else "%m-%d %H:%M"
     for h in rows:
         table.add_row(*(escape(str(v)) for v in (
-            h.principal, h.tenant, h.kind, h.count, _when(h.first_us), _when(h.last_us))))
+            h.principal, *([h.tenant] if wide else []), h.kind, h.count,
+            _when(h.first_us, when), _when(h.last_us, when))))
     console.print(table)
 
 
-def _when(us: int) -> str:
-    return datetime.fromtimestamp(us / 1e6, UTC).strftime("%Y-%m-%d %H:%M")
+def _when(us: int, fmt: str) -> str:
+    return datetime.fromtimestamp(us / 1e6, UTC).strftime(fmt)
 
 
 @watermark_app.command("detect-text")
