@@ -35,6 +35,7 @@ import orjson
 
 from modelfence.monitor.corpus import report, run
 from modelfence.redteam.executors import executor_for
+from results import corpus_result, save
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
     ap.add_argument("--html", type=Path, default=None, help="write the HTML report here")
     ap.add_argument("--markdown", type=Path, default=None, help="write the tables here")
+    ap.add_argument("--save", type=Path, default=None,
+                    help="write the targets as a result file the docs render (bench/results.py)")
     args = ap.parse_args(argv)
 
     def names(text: str) -> list[str] | None:
@@ -76,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_bytes(orjson.dumps(report.to_dict(result), option=orjson.OPT_INDENT_2))
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.save is not None:
+        command = "python bench/corpus.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        save(args.save, corpus_result("corpus", command, report.targets(result)))
+        print(f"wrote {args.save}", file=sys.stderr)
     return 0
 
 

@@ -66,6 +66,7 @@ from llm_targets import (
 )
 from loadgen import AiohttpLoader, Load, LoadError, WrkLoader, make_loader
 from overhead import count_audit_rows
+from results import result, save
 from servers import cpu_model, cpu_seconds, stop_on_sigterm, workdir
 
 TARGET_ADDED_P50_MS = 1.0
@@ -101,6 +102,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "export, for A/B runs) instead of the installed package")
     p.add_argument("--out", "--json", dest="out", type=Path, help="write the results here")
     p.add_argument("--keep", type=Path, help="keep configs, logs and audit log in this folder")
+    p.add_argument("--save", type=Path, help="write the table as a result file the docs render "
+                   "(bench/results.py; e.g. bench/published/llm-DATE.json)")
     args = p.parse_args(argv)
     if args.src is not None:  # the folder holding the modelfence package
         args.src = next((d.resolve() for d in (args.src, args.src / "src")
@@ -287,6 +290,43 @@ def table(s: dict[str, Summary], args: argparse.Namespace) -> Table:
     return t
 
 
+COLUMNS = [
+    {"key": "target", "title": "target"},
+    {"key": "p50_ms", "title": "p50 ms", "format": "{:.3f}"},
+    {"key": "added_p50_ms", "title": "added p50", "format": "{:+.3f}"},
+    {"key": "added_p99_ms", "title": "added p99", "format": "{:+.3f}"},
+    {"key": "ttft_p50_ms", "title": "TTFT p50", "format": "{:.3f}"},
+    {"key": "added_ttft_ms", "title": "added TTFT", "format": "{:+.3f}"},
+    {"key": "rps", "title": "req/s", "format": "{:,.0f}"},
+    {"key": "cpu_us_per_req", "title": "CPU µs/req", "format": "{:,.0f}"},
+]
+SHOWN = {"litellm": "LiteLLM Proxy"}
+
+
+def saved_result(s: dict[str, Summary], command: str) -> dict[str, Any]:
+    """The table as bench/results.py keeps it: what the docs render."""
+    d = s["direct"]
+
+    def value(x: Summary, key: str, digits: int = 3) -> float | None:
+        v = x.med(key)
+        return None if v is None else round(v, digits)
+
+    def added(x: Summary, key: str) -> float | None:
+        a, b = x.med(key), d.med(key)
+        return None if x is d or a is None or b is None else round(a - b, 3)
+
+    rows = []
+    for x in s.values():
+        row = {"target": SHOWN.get(x.name, x.name), "p50_ms": value(x, "p50_ms"),
+               "added_p50_ms": added(x, "p50_ms"), "added_p99_ms": added(x, "p99_ms"),
+               "ttft_p50_ms": value(x, "ttft_p50_ms"), "added_ttft_ms": added(x, "ttft_p50_ms"),
+               "rps": value(x, "rps", 0), "cpu_us_per_req": value(x, "cpu_us_per_req", 0)}
+        if x.name == "modelfence":
+            row["emphasis"] = ["added_p50_ms", "added_ttft_ms"]
+        rows.append({k: v for k, v in row.items() if v is not None})
+    return result("llm", command, COLUMNS, rows)
+
+
 def verdicts(s: dict[str, Summary]) -> dict[str, dict[str, Any]]:
     def add(name: str, key: str) -> float | None:
         a, b = s[name].med(key) if name in s else None, s["direct"].med(key)
@@ -404,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
             "canary_filter": canary,
         }, indent=2) + "\n")
         console.print(f"results written to {args.out}")
+    if args.save:
+        save(args.save, saved_result(summaries, "python bench/llm.py " + " ".join(
+            sys.argv[1:] if argv is None else argv)))
+        console.print(f"result file written to {args.save}")
     return 0
 
 

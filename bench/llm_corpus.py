@@ -31,6 +31,7 @@ from pathlib import Path
 import orjson
 
 from modelfence.llm.corpus import report, run
+from results import corpus_result, save
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
     ap.add_argument("--html", type=Path, default=None, help="write the HTML report here")
     ap.add_argument("--markdown", type=Path, default=None, help="write the tables here")
+    ap.add_argument("--save", type=Path, default=None,
+                    help="write the targets as a result file the docs render (bench/results.py)")
     args = ap.parse_args(argv)
     populations = [p.strip() for p in args.populations.split(",") if p.strip()] or None
 
@@ -57,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         args.json.write_bytes(orjson.dumps(report.to_dict(result), option=orjson.OPT_INDENT_2))
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.save is not None:
+        command = "python bench/llm_corpus.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        save(args.save, corpus_result("llm_corpus", command, report.targets(result)))
+        print(f"wrote {args.save}", file=sys.stderr)
     return 0
 
 

@@ -40,6 +40,7 @@ from rich.table import Table
 from loadgen import AiohttpLoader, Load, Result, WrkLoader, make_loader
 from oip_backend import ANSWER_ENV, ANSWERS, CLASSES
 from passthrough import UPSTREAM_ENV
+from results import result, save
 from servers import cpu_model, cpu_seconds, start_gateway, start_granian, stop_on_sigterm, workdir
 
 INFER_PATH = "/v2/models/digits/infer"
@@ -93,6 +94,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--monitor", action="store_true",
                    help="also run the extraction monitor, output bands and the watermark")
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--save", type=Path, help="write the table as a result file the docs render "
+                   "(bench/results.py; e.g. bench/published/overhead-DATE.json)")
     p.add_argument("--keep", type=Path, help="keep logs, config and audit file in this folder")
     args = p.parse_args(argv)
     if args.duration <= 0 or args.warmup < 0 or args.rounds < 1 or args.connections < 1:
@@ -258,9 +261,38 @@ def report(console: Console, info: dict[str, Any], s: dict[str, Summary],
         console.print(f"  gateway audit sink: {args.audit_sink}", highlight=False)
 
 
+COLUMNS = [
+    {"key": "target", "title": "target"},
+    {"key": "p50_ms", "title": "p50 ms", "format": "{:.3f}"},
+    {"key": "p99_ms", "title": "p99 ms", "format": "{:.3f}"},
+    {"key": "rps", "title": "req/s", "format": "{:,.0f}"},
+    {"key": "added_p50_ms", "title": "added p50", "format": "{:+.3f}"},
+    {"key": "added_p99_ms", "title": "added p99", "format": "{:+.3f}"},
+    {"key": "vs_passthrough_pct", "title": "vs passthrough", "format": "{:.0f} %"},
+    {"key": "cpu_us_per_req", "title": "CPU µs/req", "format": "{:,.0f}"},
+]
+
+
+def saved_result(s: dict[str, Summary], command: str) -> dict[str, Any]:
+    """The table as bench/results.py keeps it: what the docs render."""
+    direct, proxy = s["direct"], s["passthrough"]
+    rows = []
+    for name, row in s.items():
+        rows.append({"target": name, "p50_ms": round(row.p50_ms, 3),
+                     "p99_ms": round(row.p99_ms, 3), "rps": round(row.rps),
+                     **({} if row is direct else {
+                         "added_p50_ms": round(row.p50_ms - direct.p50_ms, 3),
+                         "added_p99_ms": round(row.p99_ms - direct.p99_ms, 3)}),
+                     "vs_passthrough_pct": round(100 * row.rps / proxy.rps),
+                     "cpu_us_per_req": round(row.cpu_us_per_req),
+                     **({"emphasis": ["added_p50_ms", "added_p99_ms", "vs_passthrough_pct"]}
+                        if name == "gateway" else {})})
+    return result("overhead", command, COLUMNS, rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    signal(signal.SIGTERM, stop_on_sigterm)
     console = Console()
     console.width = max(console.width, TABLE_WIDTH)
     info = machine()
@@ -296,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
             "rounds": {n: [r.as_dict() for r in rs] for n, rs in runs.items()},
         }, indent=2) + "\n")
         console.print(f"results written to {args.json}")
+    if args.save:
+        save(args.save, saved_result(s, "python bench/overhead.py " + " ".join(
+            sys.argv[1:] if argv is None else argv)))
+        console.print(f"result file written to {args.save}")
     return 0
 
 

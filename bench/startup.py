@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from results import result, save
 from servers import cpu_seconds, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,6 +188,36 @@ def measure_start(venv: Path, repeat: int) -> list[tuple[float, float]]:
         upstream.wait(timeout=10)
 
 
+COLUMNS = [
+    {"key": "install", "title": "install"},
+    {"key": "site_packages_mib", "title": "site-packages", "format": "{:,.0f} MiB"},
+    {"key": "without_pip_mib", "title": "without pip and setuptools", "format": "{:,.0f} MiB"},
+    {"key": "first_answer_s", "title": "first answer", "format": "{:.2f} s"},
+    {"key": "first_answer_max_s", "title": "slowest", "format": "{:.2f} s"},
+    {"key": "cpu_s", "title": "CPU until then", "format": "{:.2f} s"},
+]
+
+
+def saved_result(base: dict[str, int], before: dict[str, int], before_name: str,
+                 wall: list[float], cpu: list[float], command: str) -> dict[str, Any]:
+    """The table as bench/results.py keeps it: what the docs render."""
+    mb = 1024 * 1024
+    rows = [
+        {"install": "`pip install .` of this tree (base, no extras)",
+         "site_packages_mib": round(base["total"] / mb), "without_pip_mib":
+         round(base["installed"] / mb), "first_answer_s": round(statistics.median(wall), 2),
+         "first_answer_max_s": round(max(wall), 2), "cpu_s": round(statistics.median(cpu), 2),
+         "emphasis": ["site_packages_mib", "first_answer_s"]},
+        {"install": f"commit {before_name}", "site_packages_mib": round(before["total"] / mb),
+         "without_pip_mib": round(before["installed"] / mb)},
+        {"install": f"the base install as a share of {before_name}",
+         "site_packages_mib": f"{base['total'] / before['total']:.1%}",
+         "without_pip_mib": f"{base['installed'] / before['installed']:.1%}"},
+    ]
+    return result("startup", command, COLUMNS, rows,
+                  note=f"first answer: median of {len(wall)} starts of this tree's base install")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--build", action="store_true", help="build both venvs first")
@@ -196,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--before", default="73a51f1", help="the reference commit")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--out", type=Path, help="also write the results as JSON")
+    p.add_argument("--save", type=Path, help="write the table as a result file the docs render "
+                   "(bench/results.py; e.g. bench/published/startup-DATE.json)")
     args = p.parse_args(argv)
     if args.build:
         build_venv(args.base_venv, ROOT)
@@ -218,6 +251,10 @@ def main(argv: list[str] | None = None) -> None:
             "machine": f"{platform.node()}, {os.cpu_count()} cores",
             "before": args.before, "size_base": base, "size_before": before,
             "first_answer_s": wall, "first_answer_cpu_s": cpu}, indent=2))
+    if args.save:
+        save(args.save, saved_result(base, before, args.before, wall, cpu,
+                                     "python bench/startup.py " + " ".join(
+                                         sys.argv[1:] if argv is None else argv)))
 
 
 if __name__ == "__main__":

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+from html import unescape
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -57,12 +60,99 @@ def test_the_reference_is_generated_from_the_code(site: Path) -> None:
         assert entity in cedar, entity
 
 
+def _copy_of_the_docs(folder: Path) -> Path:
+    """docs/, mkdocs.yml and the benchmark results the hook renders, copied into folder."""
+    shutil.copytree(ROOT / "docs", folder / "docs")
+    shutil.copy(ROOT / "mkdocs.yml", folder / "mkdocs.yml")
+    shutil.copytree(ROOT / "bench" / "published", folder / "bench" / "published")
+    shutil.copy(ROOT / "bench" / "results.py", folder / "bench" / "results.py")
+    return folder / "mkdocs.yml"
+
+
 def test_a_broken_link_fails_the_build(tmp_path: Path) -> None:
     """What makes the build a check: a copy of the docs with one bad link must fail it."""
-    shutil.copytree(ROOT / "docs", tmp_path / "docs")
-    shutil.copy(ROOT / "mkdocs.yml", tmp_path / "mkdocs.yml")
+    _copy_of_the_docs(tmp_path)
     page = tmp_path / "docs" / "index.md"
     page.write_text(page.read_text() + "\n[gone](concepts/no-such-page.md)\n")
     result = _build(tmp_path / "mkdocs.yml", tmp_path / "site")
     assert result.returncode != 0
     assert "no-such-page.md" in result.stdout + result.stderr
+
+
+# --- benchmark tables ----------------------------------------------------------------------
+
+BENCH_TABLE = re.compile(r"^<!--\s*bench-table:\s*([\w.-]+)\s*-->\s*$", re.MULTILINE)
+
+
+def _bench_results() -> ModuleType:
+    sys.path.insert(0, str(ROOT / "docs" / "hooks"))
+    try:
+        import benchmarks
+    finally:
+        sys.path.remove(str(ROOT / "docs" / "hooks"))
+    return benchmarks.results_module()
+
+
+def _placeholders() -> dict[str, list[str]]:
+    """Each docs page's bench-table names, in order."""
+    found = {}
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        names = BENCH_TABLE.findall(page.read_text())
+        if names:
+            found[page.relative_to(ROOT / "docs").as_posix()] = names
+    return found
+
+
+def _html_page(site: Path, page: str) -> str:
+    return (site / page.removesuffix(".md") / "index.html").read_text() \
+        if not page.endswith("index.md") else (site / page.replace(".md", ".html")).read_text()
+
+
+def test_every_result_file_is_well_formed_and_shown() -> None:
+    """A result no page shows is a number the docs lost; one a page names must exist."""
+    results = _bench_results()
+    shown = {name for names in _placeholders().values() for name in names}
+    files = {p.stem for p in (ROOT / "bench" / "published").glob("*.json")}
+    assert {"overhead-2026-11-29", "llm-2026-11-29", "startup-2026-12-03",
+            "corpus-test-2026-12-03", "llm-corpus-test-2026-12-03"} <= shown
+    assert shown == files, f"not shown: {files - shown}; missing: {shown - files}"
+    for name in files:
+        doc = results.load(name)
+        assert doc["date"] and doc["machine"] and doc["command"].startswith("python bench/"), name
+
+
+def test_the_benchmark_tables_are_rendered_from_the_results(site: Path) -> None:
+    """Every cell of every result file is in its page's HTML, and no placeholder is left."""
+    results = _bench_results()
+    for page, names in _placeholders().items():
+        html = _html_page(site, page)
+        assert "bench-table" not in html, page
+        for name in names:
+            doc = results.load(name)
+            assert f"bench/published/{name}.json" in html, (page, name)
+            for row in doc["rows"]:
+                for column in doc["columns"]:
+                    if column.get("hidden") or row.get(column["key"]) is None:
+                        continue
+                    text = results.cell(row, column).replace("\\|", "|")
+                    text = re.sub(r"\*\*|`", "", text)
+                    plain = re.sub(r"<[^>]+>", "", html).replace("&amp;", "&")
+                    assert unescape(text) in unescape(plain), (page, name, text)
+
+
+def test_a_changed_result_changes_the_page(tmp_path: Path) -> None:
+    """The numbers live in the JSON: editing one there is what changes the built page."""
+    config = _copy_of_the_docs(tmp_path)
+    result = tmp_path / "bench" / "published" / "overhead-2026-11-29.json"
+    doc = json.loads(result.read_text())
+    gateway = next(r for r in doc["rows"] if r["target"] == "gateway")
+    assert gateway["added_p50_ms"] == 0.879  # as the page quoted it before the results format
+    gateway["added_p50_ms"] = 0.123
+    result.write_text(json.dumps(doc))
+    built = _build(config, tmp_path / "site")
+    assert built.returncode == 0, built.stdout + built.stderr
+    html = (tmp_path / "site" / "benchmarks" / "index.html").read_text()
+    assert "<strong>+0.123</strong>" in html and "+0.879" not in html
+    result.unlink()
+    missing = _build(config, tmp_path / "site")  # a table whose file is gone fails the build
+    assert missing.returncode != 0 and "overhead-2026-11-29.json" in missing.stdout + missing.stderr

@@ -1,0 +1,89 @@
+"""The bench scripts' `--save` writes the result format the docs render (bench/results.py)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from .snippets import ROOT
+
+
+def _bench(name: str) -> ModuleType:
+    """A bench script as a module: they import their siblings by plain name."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+
+def _round_trip(doc: dict[str, object], tmp_path: Path) -> list[str]:
+    results = _bench("results")
+    path = tmp_path / "result.json"
+    results.save(path, doc)
+    loaded = results.load(path)
+    assert loaded["commit"] == results.commit() and loaded["machine"]
+    lines: list[str] = results.table(loaded)
+    return lines
+
+
+def test_overhead_saves_the_table_it_prints(tmp_path: Path) -> None:
+    overhead = _bench("overhead")
+    s = {name: overhead.Summary(name, p50, p50 * 2, rps, cpu) for name, p50, rps, cpu in
+         [("direct", 0.4, 5000, 100), ("passthrough", 0.9, 2500, 300),
+          ("gateway", 1.3, 1700, 600)]}
+    lines = _round_trip(overhead.saved_result(s, "python bench/overhead.py"), tmp_path)
+    assert lines[2] == "| direct | 0.400 | 0.800 | 5,000 | — | — | 200 % | 100 |"
+    assert lines[4] == ("| gateway | 1.300 | 2.600 | 1,700 | **+0.900** | **+1.800** | **68 %** "
+                        "| 600 |")
+
+
+def test_llm_saves_the_table_it_prints(tmp_path: Path) -> None:
+    llm = _bench("llm")
+
+    def summary(name: str, p50: float, ttft: float, rps: float | None) -> object:
+        fields = {f: None for f in llm.Round.__dataclass_fields__}
+        fields.update(p50_ms=p50, p99_ms=p50 * 2, ttft_p50_ms=ttft, rps=rps,
+                      cpu_us_per_req=None if rps is None else 100.0)
+        return llm.Summary(name, [llm.Round(**fields)])
+
+    s = {"direct": summary("direct", 0.1, 0.3, 9000), "modelfence": summary("modelfence", 1.0,
+         1.2, 2000), "mf+canary": summary("mf+canary", 1.1, 8.0, None)}
+    lines = _round_trip(llm.saved_result(s, "python bench/llm.py"), tmp_path)
+    assert lines[3] == ("| modelfence | 1.000 | **+0.900** | +1.800 | 1.200 | **+0.900** | "
+                        "2,000 | 100 |")
+    assert lines[4] == "| mf+canary | 1.100 | +1.000 | +2.000 | 8.000 | +7.700 | — | — |"
+
+
+def test_startup_saves_the_table_it_prints(tmp_path: Path) -> None:
+    startup = _bench("startup")
+    mib = 1024 * 1024
+    doc = startup.saved_result({"total": 200 * mib, "installed": 180 * mib},
+                               {"total": 500 * mib, "installed": 480 * mib}, "73a51f1",
+                               [1.2, 1.5, 1.1], [0.8, 0.9, 0.7], "python bench/startup.py")
+    lines = _round_trip(doc, tmp_path)
+    assert lines[2] == ("| `pip install .` of this tree (base, no extras) | **200 MiB** | "
+                        "180 MiB | **1.20 s** | 1.50 s | 0.80 s |")
+    assert lines[4].startswith("| the base install as a share of 73a51f1 | 40.0% | 37.5% |")
+
+
+def test_the_corpora_save_their_targets(tmp_path: Path) -> None:
+    from modelfence.evaluation.target import Target
+
+    results = _bench("results")
+    targets = [Target("test", "honest callers flagged", "0", "0", "2 | 3", False, "see x")]
+    lines = _round_trip(results.corpus_result("corpus", "python bench/corpus.py", targets),
+                        tmp_path)
+    assert lines[2] == "| test | honest callers flagged | 0 | 0 | 2 \\| 3 | **missed** | see x |"
+
+
+def test_a_malformed_result_is_refused(tmp_path: Path) -> None:
+    results = _bench("results")
+    doc = results.result("x", "python bench/x.py", [{"key": "a", "title": "A"}],
+                         [{"a": 1, "b": 2}])
+    with pytest.raises(ValueError, match="values no column shows"):
+        results.save(tmp_path / "x.json", doc)
