@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.resources
-import importlib.util
 import math
 import os
 import re
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, get_args
 
 from ..errors import ConfigurationError
+from ..extras import require
 from .screening_base import Screener, Verdict, benign
 from .screening_rules import normalise
 from .screening_settings import Label
@@ -68,11 +68,7 @@ def load_seeds(text: str | None = None) -> list[Seed]:
 def require_similarity_extra() -> None:
     """Raise ConfigurationError naming the extra when the model or its libraries are missing;
     imports nothing."""
-    missing = [m for m in _MODULES if importlib.util.find_spec(m) is None]
-    if missing:
-        raise ConfigurationError(
-            f"prompt similarity screening needs the `{EXTRA}` extra (missing: "
-            f"{', '.join(missing)}): pip install 'modelfence[{EXTRA}]'")
+    require(EXTRA, "prompt similarity screening", *_MODULES)
 
 
 #: transformers' first import is not thread-safe: two embedders loading at once (the screener
