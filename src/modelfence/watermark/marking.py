@@ -18,12 +18,14 @@ exchangeable samples of the caller's inputs, as the disagreement test assumes.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
+from ..stores.recent import recent
 from .keyring import EvidenceCipher, Keyring, input_digest, row_bytes
 from .power import Measured, clamp_disagreement, model_rate, read_plan
 from .settings import WatermarkSettings
@@ -95,8 +97,6 @@ class RepeatAllowance:
     """
 
     def __init__(self, limit: int, callers: int = 100_000) -> None:
-        from collections import OrderedDict
-
         self.limit, self.callers = limit, callers
         self._granted: OrderedDict[tuple[str, str], set[str]] = OrderedDict()
 
@@ -105,14 +105,7 @@ class RepeatAllowance:
         """`marks` without those answered truthfully (repeats of held marks, within limit)."""
         if not held or self.limit <= 0:
             return marks
-        key = (model, principal)
-        granted = self._granted.get(key)
-        if granted is None:
-            granted = self._granted[key] = set()
-            if len(self._granted) > self.callers:
-                self._granted.popitem(last=False)
-        else:
-            self._granted.move_to_end(key)
+        granted = recent(self._granted, (model, principal), set, self.callers)
         out = []
         for m in marks:
             if m.kind == "watermark" and m.digest in held and (
