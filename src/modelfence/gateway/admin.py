@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,17 +65,17 @@ class KeyCreate(BaseModel):
     attributes: dict[str, Any] = Field(default_factory=dict, max_length=32)
 
 
+@dataclass(frozen=True, eq=False)  # one API per gateway: compared by identity
 class AdminApi:
-    def __init__(self, keys: ApiKeys, auth: AdminAuthenticator, *,
-                 policy: PolicyReloader, audit: AuditSink,
-                 monitor: MonitorService | None = None,
-                 llm_risk: LlmRiskBook | None = None) -> None:
-        self._keys = keys
-        self._auth = auth
-        self._monitor = monitor
-        self._llm_risk = llm_risk
-        self._policy = policy
-        self._audit = audit
+    """The admin routes, over the gateway's keys, policy, audit log and risk books."""
+
+    keys: ApiKeys
+    auth: AdminAuthenticator
+    _: KW_ONLY
+    policy: PolicyReloader
+    audit: AuditSink
+    monitor: MonitorService | None = None
+    llm_risk: LlmRiskBook | None = None
 
     def routes(self) -> list[Route]:
         table: list[tuple[str, str, str, str, Handler]] = [
@@ -100,13 +101,13 @@ class AdminApi:
         """
         async def run(request: Request) -> Response:
             started = time.perf_counter()
-            if not self._audit.accepting:
+            if not self.audit.accepting:
                 log.warning("%s refused: the audit log cannot record it now", action)
                 return error_response(Unavailable(
                     "the audit log cannot record admin actions now; nothing was done",
                     reason="audit_unavailable"))[0]
             try:
-                admin = await self._auth.authenticate(request, scope)
+                admin = await self.auth.authenticate(request, scope)
                 response = await handler(request, admin)
             except Exception as exc:
                 response = error_response(exc, where=f" in {action}")[0]
@@ -119,7 +120,7 @@ class AdminApi:
                 principal=getattr(request.state, "admin_name", UNKNOWN), target=target,
                 started=started, details=getattr(request.state, "audit_details", None))
             try:
-                await asyncio.wait_for(self._audit.write(record), _AUDIT_WAIT_S)
+                await asyncio.wait_for(self.audit.write(record), _AUDIT_WAIT_S)
             except Exception as exc:
                 log.error("audit record of %s (%s) not written: %s", action, record.request_id,
                           exc.__class__.__name__)
@@ -135,7 +136,7 @@ class AdminApi:
         key_id = getattr(request.state, "revoke_if_unrecorded", None)
         if key_id is not None:
             try:
-                await self._keys.revoke(key_id)
+                await self.keys.revoke(key_id)
             except Exception as exc:  # its token never leaves, so nobody can use it
                 log.error("key %s could not be revoked after its audit record failed: %s",
                           key_id, exc.__class__.__name__)
@@ -162,7 +163,7 @@ class AdminApi:
         if refused:
             raise Forbidden(f"{admin.name} may not grant {'; '.join(refused)}",
                             reason="admin_grant")
-        new = await self._keys.create(
+        new = await self.keys.create(
             principal=spec.principal, tenant=spec.tenant, groups=spec.groups,
             models=spec.models, expires_at=expiry_from(spec.expires_in, spec.expires_at),
             description=spec.description, attributes=spec.attributes)
@@ -175,17 +176,17 @@ class AdminApi:
         return json_response({"key": new.token, **view}, 201)
 
     async def list_keys(self, request: Request, admin: AdminIdentity) -> Response:
-        records = [r for r in await self._keys.records()
+        records = [r for r in await self.keys.records()
                    if admin.covers_key(r.models, r.tenant)]
         return json_response({"keys": [public_view(r) for r in records]})
 
     async def revoke_key(self, request: Request, admin: AdminIdentity) -> Response:
         key_id = request.path_params["key_id"]
         if "*" not in admin.models or "*" not in admin.tenants:  # one it cannot see
-            record = next((r for r in await self._keys.records() if r.key_id == key_id), None)
+            record = next((r for r in await self.keys.records() if r.key_id == key_id), None)
             if record is None or not admin.covers_key(record.models, record.tenant):
                 raise NotFound(f"no key with id {key_id[:32]!r}")
-        if not await self._keys.revoke(key_id):
+        if not await self.keys.revoke(key_id):
             raise NotFound(f"no key with id {key_id[:32]!r}")
         request.state.audit_details = await self._view(key_id)  # what was revoked
         log.info("%s revoked key %s", admin.name, key_id)
@@ -195,29 +196,29 @@ class AdminApi:
         """A key's public view for its audit record; a store that fails now (the change is
         done) leaves the record with its id alone."""
         try:
-            return next((public_view(r) for r in await self._keys.records()
+            return next((public_view(r) for r in await self.keys.records()
                          if r.key_id == key_id), None)
         except StoreError:
             return None
 
     async def show_policy(self, request: Request, admin: AdminIdentity) -> Response:
-        return json_response(self._policy.describe())
+        return json_response(self.policy.describe())
 
     async def reload_policy(self, request: Request, admin: AdminIdentity) -> Response:
         """Reload the policy files; a bad set is refused (422) and the current one kept."""
         try:
-            self._policy.reload()
+            self.policy.reload()
         except ConfigurationError as exc:
             log.error("policy reload refused, keeping the current set: %s", exc)
             return json_response({"error": f"policy reload refused, the current set stays: "
                                            f"{exc}"}, 422)
         log.info("%s reloaded the policy set", admin.name)
-        return json_response({"reloaded": True, **self._policy.describe()})
+        return json_response({"reloaded": True, **self.policy.describe()})
 
     async def list_alerts(self, request: Request, admin: AdminIdentity) -> Response:
         """Newest alerts first, from the audit log (`?limit=N&model=NAME`), of the admin's
         models."""
-        store = audit_store_of(self._audit)
+        store = audit_store_of(self.audit)
         if store is None:
             raise NotFound("alerts are kept in the audit log; configure a sqlite:/// or "
                            "postgresql:// audit.sink to list them")
@@ -240,25 +241,25 @@ class AdminApi:
         tenant = request.query_params.get("tenant")
         if (principal is None) == (tenant is None):
             raise BadRequest("give exactly one of ?principal=ID or ?tenant=ID")
-        if self._llm_risk is not None and self._llm_risk.knows(model):
+        if self.llm_risk is not None and self.llm_risk.watches(model):
             kind = "principal" if principal is not None else "tenant"
-            llm = self._llm_risk.risk(model, kind, str(principal or tenant))
+            llm = self.llm_risk.risk(model, kind, str(principal or tenant))
             return json_response({
                 "model": model, "principal": principal, "tenant": tenant,
                 "risk": round(llm.score, 4), "flagged": llm.flagged,
-                "queries": llm.requests, "tokens": round(llm.tokens),
+                "queries": llm.queries, "tokens": round(llm.tokens),
                 "detectors": {n: {"score": round(v, 4), "why": _LLM_WHY.get(n, n)}
                               for n, v in llm.parts.items()}})
-        if self._monitor is None or not self._monitor.watches(model):
+        if self.monitor is None or not self.monitor.watches(model):
             raise NotFound(f"model {model[:64]!r} is not monitored")
-        risk = (self._monitor.risk(model, principal) if principal is not None
-                else self._monitor.tenant_risk(model, str(tenant)))
+        risk = (self.monitor.risk(model, principal) if principal is not None
+                else self.monitor.tenant_risk(model, str(tenant)))
         episode = risk.episode
         return json_response({
             "model": model, "principal": principal, "tenant": tenant,
             "risk": round(risk.score, 4), "raw_risk": round(risk.raw, 4),
             "flagged": risk.flagged, "queries": risk.queries,
-            "band": self._monitor.band(model, risk.score),
+            "band": self.monitor.band(model, risk.score),
             "episode": {"since": _when(episode.since),
                         "hold_until": _when(episode.hold_until)} if risk.flagged else None,
             "detectors": {n: {"score": round(r.score, 4), "why": r.why}
