@@ -166,6 +166,11 @@ async def test_store_queries_by_principal_model_and_time(tmp_path: Path) -> None
         assert seqs(await store.select(Query(limit=3, newest_first=True))) == [30, 29, 28]
         pages = [seqs(p) async for p in store.scan(Query(after_seq=5), page=10)]
         assert pages == [list(range(6, 16)), list(range(16, 26)), list(range(26, 31))]
+        # every filter of the query holds on every page, and pages come oldest first
+        assert [p async for p in store.scan(Query(action_prefix="alert:"))] == []
+        pages = [seqs(p) async for p in store.scan(
+            Query(principal="user1", newest_first=True), page=4)]
+        assert pages == [[2, 7, 12, 17], [22, 27]]
         assert (await store.head()).seq == 30
     finally:
         await store.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,10 +110,8 @@ class AuditStore(Store):
         query = query or Query()
         after = query.after_seq or 0
         while True:
-            rows = await self.select(Query(
-                principal=query.principal, tenant=query.tenant, model=query.model,
-                since_us=query.since_us, until_us=query.until_us, after_seq=after,
-                upto_seq=query.upto_seq, limit=page))
+            rows = await self.select(replace(query, after_seq=after, limit=page,
+                                             newest_first=False))
             if not rows:
                 return
             yield rows
