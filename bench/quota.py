@@ -102,7 +102,7 @@ def fake_call(principal: Principal) -> Call:
     call = Call(None, "infer", "digits")  # type: ignore[arg-type]
     call.principal = principal
     call.model = SimpleNamespace(name="digits")  # type: ignore[assignment]
-    call.inputs = SimpleNamespace(rows=1)  # type: ignore[assignment]
+    call.rows = 1
     return call
 
 

@@ -6,12 +6,13 @@ from typing import Any, ClassVar
 
 import pytest
 
+from modelfence.backends.call import OipCall
 from modelfence.errors import ConfigurationError, Forbidden
 from modelfence.kernel.call import Call
 from modelfence.kernel.chain import Guard, GuardChain
 
 
-class Recorder(Guard):
+class Recorder(Guard[Call]):
     def __init__(self, name: str, log: list[str], *, deny: bool = False,
                  requires: frozenset[str] = frozenset(), provides: frozenset[str] = frozenset()
                  ) -> None:
@@ -33,7 +34,7 @@ class Recorder(Guard):
         self._log.append(f"done:{self.name}")
 
 
-class Broken(Guard):
+class Broken(Guard[Call]):
     name: ClassVar[str] = "broken"
 
     async def on_complete(self, call: Call) -> None:
@@ -46,7 +47,7 @@ def make_call() -> Call:
 
 async def test_request_in_order_response_and_complete_in_reverse() -> None:
     log: list[str] = []
-    chain = GuardChain([Recorder("a", log), Recorder("b", log)])
+    chain = GuardChain(Call, [Recorder("a", log), Recorder("b", log)])
 
     async def terminal(call: Call) -> None:
         log.append("backend")
@@ -59,7 +60,8 @@ async def test_request_in_order_response_and_complete_in_reverse() -> None:
 
 async def test_a_denial_stops_the_pass_but_complete_still_runs() -> None:
     log: list[str] = []
-    chain = GuardChain([Recorder("a", log), Recorder("b", log, deny=True), Recorder("c", log)])
+    chain = GuardChain(Call, [Recorder("a", log), Recorder("b", log, deny=True),
+                              Recorder("c", log)])
 
     async def terminal(call: Call) -> None:
         log.append("backend")
@@ -76,10 +78,10 @@ def test_misordered_chain_refuses_to_boot() -> None:
     log: list[str] = []
     needs = Recorder("policy", log, requires=frozenset({"principal"}))
     gives = Recorder("identity", log, provides=frozenset({"principal"}))
-    GuardChain([gives, needs])
+    GuardChain(Call, [gives, needs])
     with pytest.raises(ConfigurationError, match=r"'policy' needs \['principal'\].*policy → "
                                                  r"identity"):
-        GuardChain([needs, gives])
+        GuardChain(Call, [needs, gives])
 
 
 def test_a_monitor_after_policy_refuses_to_boot() -> None:
@@ -92,11 +94,11 @@ def test_a_monitor_after_policy_refuses_to_boot() -> None:
     before = Recorder("identity", log, provides=frozenset({"principal", "model", "queries"}))
     policy = PolicyGuard(engine=None)  # type: ignore[arg-type]  # never asked: order only
     monitor = MonitorGuard(service=None)  # type: ignore[arg-type]
-    GuardChain([before, monitor, policy])
+    GuardChain(OipCall, [before, monitor, policy])
     with pytest.raises(ConfigurationError, match=r"'policy' reads \['risk'\], which guard "
                                                  r"'monitor' fills only after it; move "
                                                  r"'monitor' before 'policy'"):
-        GuardChain([before, policy, monitor])
+        GuardChain(OipCall, [before, policy, monitor])
 
 
 def test_a_field_nothing_fills_is_read_at_its_default() -> None:
@@ -104,30 +106,30 @@ def test_a_field_nothing_fills_is_read_at_its_default() -> None:
     from modelfence.policy.guard import PolicyGuard
 
     before = Recorder("identity", [], provides=frozenset({"principal", "model", "queries"}))
-    GuardChain([before, PolicyGuard(engine=None)])  # type: ignore[arg-type]
+    GuardChain(Call, [before, PolicyGuard(engine=None)])  # type: ignore[arg-type]
 
 
 def test_a_name_that_is_not_a_call_field_fails_when_the_guard_is_made() -> None:
-    with pytest.raises(TypeError, match=r"requires names \['riks'\], which are not Call "
-                                        r"fields"):
-        class Typo(Guard):
+    with pytest.raises(TypeError, match=r"requires names \['riks'\], which are not fields "
+                                        r"of Call"):
+        class Typo(Guard[Call]):
             requires: ClassVar[frozenset[str]] = frozenset({"riks"})
 
 
 def test_a_name_set_on_an_instance_is_checked_at_start() -> None:
     with pytest.raises(ConfigurationError, match=r"provides names \['rsik'\]"):
-        GuardChain([Recorder("a", [], provides=frozenset({"rsik"}))])
+        GuardChain(Call, [Recorder("a", [], provides=frozenset({"rsik"}))])
 
 
 def test_duplicate_guard_refused() -> None:
     log: list[str] = []
     with pytest.raises(ConfigurationError, match="twice"):
-        GuardChain([Recorder("a", log), Recorder("a", log)])
+        GuardChain(Call, [Recorder("a", log), Recorder("a", log)])
 
 
 async def test_failing_complete_phase_does_not_stop_others(caplog: Any) -> None:
     log: list[str] = []
-    chain = GuardChain([Recorder("a", log), Broken()])
+    chain = GuardChain(Call, [Recorder("a", log), Broken()])
     await chain.complete(make_call())
     assert log == ["done:a"]
     assert "complete phase of guard 'broken' failed" in caplog.text

@@ -741,8 +741,7 @@ async def test_a_busy_screener_refuses_the_request_unless_allowed(
     """The similarity screener with its queue full gives no verdict: by default the request
     is refused (503, Retry-After), counted, and the outage logged once, and once when it
     ends; `on_failure: allow` passes it on marked `screen_failed`."""
-    from modelfence.kernel.call import Call
-    from modelfence.llm.guards import LlmEntry, LlmExchange
+    from modelfence.llm.call import LlmCall, LlmEntry, LlmExchange
     from modelfence.llm.screen_guard import ScreeningGuard
     from modelfence.llm.settings import LlmModel
 
@@ -758,10 +757,10 @@ async def test_a_busy_screener_refuses_the_request_unless_allowed(
         busy.max_waiting = 0
         guard._screeners[name] = busy
 
-    def call(name: str) -> Call:
-        c = Call(request=None, action="chat", model_name=name)  # type: ignore[arg-type]
-        c.model = entries[name]  # type: ignore[assignment]
-        c.result = LlmExchange(entries[name], request={"messages": [
+    def call(name: str) -> LlmCall:
+        c = LlmCall(request=None, action="chat", model_name=name)  # type: ignore[arg-type]
+        c.model = entries[name]
+        c.exchange = LlmExchange(entries[name], request={"messages": [
             {"role": "user", "content": "What is the capital of France?"}]})
         return c
 

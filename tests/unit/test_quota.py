@@ -90,7 +90,7 @@ def fake_call(principal: str = "alice", model: str = "digits", rows: int = 1,
               risk: float = 0.0, tenant: str = "acme", token_cost: int | None = None) -> Any:
     return SimpleNamespace(
         principal=Principal(id=principal, tenant=tenant, models=(model,)),
-        model=SimpleNamespace(name=model), inputs=SimpleNamespace(rows=rows), risk=risk,
+        model=SimpleNamespace(name=model), rows=rows, risk=risk,
         status=0, budget_holds=[], note=lambda *a: None, token_cost=token_cost,
         tokens_used=None)
 

@@ -15,7 +15,7 @@ from modelfence.kernel.chain import Guard, GuardChain
 from modelfence.quota.inflight import InflightGuard
 
 
-class Identified(Guard):
+class Identified(Guard[Call]):
     """Stands for the identity guard: the test's calls carry their principal already."""
 
     name: ClassVar[str] = "identity"
@@ -73,7 +73,7 @@ async def test_zero_turns_the_caps_off() -> None:
 
 async def test_a_denial_after_the_cap_still_gives_the_slot_back() -> None:
     guard = InflightGuard(per_principal=1, per_tenant=1)
-    chain = GuardChain([Identified(), guard])
+    chain = GuardChain(Call, [Identified(), guard])
     call = call_of("alice")
 
     async def failing(call: Call) -> None:

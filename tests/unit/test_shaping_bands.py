@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from modelfence.backends.call import OipCall
 from modelfence.config import ModelSettings
 from modelfence.errors import ConfigurationError, Forbidden
-from modelfence.kernel.call import Call
 from modelfence.monitor.summary import Summary
 from modelfence.shaping.base import LabelOnly, Rounding, TopK
 from modelfence.shaping.chain import Chain
@@ -119,7 +119,7 @@ class _Backend:
 
 
 def shaped_call(settings: ModelSettings, risk: float, asked: list[str] | None = None
-                ) -> tuple[ShapingGuard, Call]:
+                ) -> tuple[ShapingGuard, OipCall]:
     """A guard for `settings` and an answered call of 3 classes at `risk`."""
     from modelfence.identity.principal import Principal
     from modelfence.kernel.oip import InferRequest, InferResponse, Tensor
@@ -127,7 +127,7 @@ def shaped_call(settings: ModelSettings, risk: float, asked: list[str] | None = 
     entry = SimpleNamespace(name="m", settings=settings, backend=_Backend())
     guard = ShapingGuard({"m": bands_for(settings, SECRET, None)},
                          frozenset({"m"}) if settings.reveal_band else frozenset())
-    call = Call(request=None, action="infer", model_name="m")  # type: ignore[arg-type]
+    call = OipCall(request=None, action="infer", model_name="m")  # type: ignore[arg-type]
     call.principal, call.model, call.risk = Principal(id="p", tenant="t"), entry, risk  # type: ignore[assignment]
     x = np.zeros((1, 2))
     call.inputs = InferRequest([Tensor("input", "FP64", [1, 2], x)],

@@ -56,13 +56,13 @@ def test_the_cap_on_open_requests_comes_before_any_model_lookup_on_every_protoco
 
 def test_a_chain_can_stop_after_a_stage() -> None:
     assert names(stages(), through="inflight") == ["metrics", "audit", "identity", "inflight"]
-    assert stages().chain(through="identity").guards[-1].name == "identity"
+    assert stages().chain(Call, through="identity").guards[-1].name == "identity"
 
 
 def test_the_chain_is_checked() -> None:
     broken = Stages(inflight=[named("inflight", requires=frozenset({"principal"}))])
     with pytest.raises(ConfigurationError, match="inflight"):
-        broken.chain()
+        broken.chain(Call)
 
 
 def test_an_unknown_stage_is_refused() -> None:

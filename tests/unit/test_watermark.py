@@ -11,11 +11,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from modelfence.backends.base import ModelEntry
+from modelfence.backends.call import OipCall
 from modelfence.backends.local import SkopsClassifier
 from modelfence.config import ModelSettings
 from modelfence.errors import ConfigurationError
 from modelfence.identity.principal import Principal
-from modelfence.kernel.call import Call
 from modelfence.kernel.chain import Guard, GuardChain
 from modelfence.kernel.oip import InferRequest, Tensor
 from modelfence.shaping.guard import build_shaping
@@ -237,7 +237,7 @@ def test_bundle_signs_verifies_and_fails_when_edited(tmp_path: Path) -> None:
 # the guard in a chain, behind output shaping -----------------------------------------------
 
 
-class _Given(Guard):
+class _Given(Guard[OipCall]):
     """Stands in for identity and model lookup."""
 
     name: ClassVar[str] = "given"
@@ -246,17 +246,17 @@ class _Given(Guard):
     def __init__(self, entry: ModelEntry, risk: float) -> None:
         self._entry, self._risk = entry, risk
 
-    async def on_request(self, call: Call) -> None:
+    async def on_request(self, call: OipCall) -> None:
         call.principal = Principal("mallory", "acme")
         call.model = self._entry
         call.risk = self._risk
 
 
-async def _answer(chain: GuardChain, x: np.ndarray[Any, Any]) -> Call:
-    call = Call(request=None, action="infer", model_name="digits")  # type: ignore[arg-type]
+async def _answer(chain: GuardChain, x: np.ndarray[Any, Any]) -> OipCall:
+    call = OipCall(request=None, action="infer", model_name="digits")  # type: ignore[arg-type]
     call.inputs = InferRequest([Tensor("input", "FP32", list(x.shape), x)])
 
-    async def terminal(c: Call) -> None:
+    async def terminal(c: OipCall) -> None:
         assert c.model is not None and c.inputs is not None
         c.outputs = await c.model.backend.infer(c.inputs)
 
@@ -283,7 +283,7 @@ async def test_guard_marks_labels_even_when_shaping_withholds_probabilities(
                            evidence_store="memory://")
     wm = build_watermark(ws, {"digits": entry})
     shaping = build_shaping({"digits": entry}, b"z" * 40, {})
-    chain = GuardChain([_Given(entry, risk), wm, shaping])  # shaping answers first
+    chain = GuardChain(OipCall, [_Given(entry, risk), wm, shaping])  # shaping answers first
     x = (load_digits().data[:64] / 16.0).astype(np.float32)
     call = await _answer(chain, x)
     assert call.outputs is not None
@@ -325,7 +325,7 @@ def _sha(b: bytes) -> str:
 async def test_guard_skips_unwatched_models_and_answers_without_probabilities() -> None:
     store = MemoryEvidenceStore()
     g = WatermarkGuard(marker(0.5), store, models=frozenset({"other"}))
-    call = Call(request=None, action="infer", model_name="m")  # type: ignore[arg-type]
+    call = OipCall(request=None, action="infer", model_name="m")  # type: ignore[arg-type]
     await g.on_response(call)  # nothing set: nothing done
     await g.on_complete(call)
     assert await store.records("m") == []

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from modelfence.backends.base import ModelEntry
+from modelfence.backends.call import OipCall
 from modelfence.backends.local import SkopsClassifier
 from modelfence.config import ModelSettings
 from modelfence.errors import StoreError
 from modelfence.identity.principal import Principal
-from modelfence.kernel.call import Call
 from modelfence.kernel.chain import Guard, GuardChain
 from modelfence.kernel.metrics import GatewayMetrics
 from modelfence.kernel.oip import InferRequest, Tensor
@@ -163,7 +163,7 @@ def test_truthful_repeats_drop_only_the_held_marks() -> None:
 # repeats through the guard -----------------------------------------------------------------
 
 
-class _Given(Guard):
+class _Given(Guard[OipCall]):
     """Stands in for identity and model lookup."""
 
     name: ClassVar[str] = "given"
@@ -173,17 +173,17 @@ class _Given(Guard):
         self._entry = entry
         self.principal = f"mallory-{uuid.uuid4().hex[:8]}"  # PostgreSQL's table is shared
 
-    async def on_request(self, call: Call) -> None:
+    async def on_request(self, call: OipCall) -> None:
         call.principal = Principal(self.principal, "acme")
         call.model = self._entry
         call.risk = 0.0
 
 
 async def _answer(chain: GuardChain, x: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    call = Call(request=None, action="infer", model_name="digits")  # type: ignore[arg-type]
+    call = OipCall(request=None, action="infer", model_name="digits")  # type: ignore[arg-type]
     call.inputs = InferRequest([Tensor("input", "FP32", list(x.shape), x)])
 
-    async def terminal(c: Call) -> None:
+    async def terminal(c: OipCall) -> None:
         assert c.model is not None and c.inputs is not None
         c.outputs = await c.model.backend.infer(c.inputs)
 
@@ -237,7 +237,7 @@ async def test_a_marked_input_is_answered_truthfully_when_the_caller_repeats_it(
     metrics = GatewayMetrics()
     guard = WatermarkGuard(Watermarker(KEYRING, lambda risk: 0.25, control_ratio=1), store,
                            repeats="truthful", metrics=metrics, truthful_limit=1000)
-    chain = GuardChain([given, guard])
+    chain = GuardChain(OipCall, [given, guard])
     x = _inputs(0)
     mallory = given.principal
     truth = _truth(digits, x)
@@ -267,7 +267,7 @@ async def test_a_marked_input_is_answered_truthfully_when_the_caller_repeats_it(
 async def test_consistent_repeats_are_marked_again(digits: ModelEntry) -> None:
     guard = WatermarkGuard(Watermarker(KEYRING, lambda risk: 0.25, control_ratio=1),
                            MemoryEvidenceStore(), repeats="consistent")
-    chain = GuardChain([_Given(digits), guard])
+    chain = GuardChain(OipCall, [_Given(digits), guard])
     x = _inputs(1)
     first = await _answer(chain, x)
     assert (first != _truth(digits, x)).sum() >= 10
@@ -285,7 +285,7 @@ async def test_a_store_that_cannot_answer_leaves_the_marks_as_they_would_be(
     deaf = _Deaf()
     guard = WatermarkGuard(Watermarker(KEYRING, lambda risk: 0.25, control_ratio=1), deaf,
                            repeats="truthful")
-    chain = GuardChain([_Given(digits), guard])
+    chain = GuardChain(OipCall, [_Given(digits), guard])
     x = _inputs(2)
     first = await _answer(chain, x)
     again = await _answer(chain, x)

@@ -108,7 +108,7 @@ class AuditRecord:
 _FIELDS = tuple(f.name for f in fields(AuditRecord))
 
 
-class AuditGuard(Guard):
+class AuditGuard(Guard[Call]):
     name: ClassVar[str] = "audit"
 
     def __init__(self, sink: AuditSink, *, record_inputs: bool = False) -> None:
@@ -134,7 +134,7 @@ class AuditGuard(Guard):
             reason=call.error.reason if call.error else "ok",
             policy_ids=list(call.policy_ids),
             latency_ms=round(call.elapsed_s() * 1000, 3),
-            rows=call.inputs.rows if call.inputs else 0,
+            rows=call.rows,
             risk=round(call.risk, 4),
             bytes_in=len(body) if body else 0,
             bytes_out=len(out) if out else 0,

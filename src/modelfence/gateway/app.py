@@ -28,6 +28,7 @@ from ..audit.record import event_record
 from ..audit.sinks import audit_store_of
 from ..audit.spill import SpillMetrics
 from ..backends import ModelEntry, backend_from_settings
+from ..backends.call import OipCall
 from ..config import Settings, metrics_dir
 from ..identity import BearerAuthenticator, build_authenticator
 from ..identity.apikeys import ApiKeys
@@ -56,7 +57,7 @@ from .admin import AdminApi
 from .admin_auth import AdminAuthenticator
 from .admin_listener import AdminListener
 from .body_deadline import BodyDeadline
-from .downloads import DownloadRoutes, DownloadWatch
+from .downloads import ArtifactCall, DownloadRoutes, DownloadWatch
 from .guards import BodyGuard, InputValidationGuard, MetricsGuard, ModelLookupGuard
 from .oip_routes import OipRoutes, StoreCheck
 from .proxies import ProxyHeaders
@@ -185,8 +186,9 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         body=[BodyGuard(settings.server.max_body_bytes), InputValidationGuard()],
         # response phases run bottom to top: shaping first, then the watermark, so the
         # watermark reaches labels-only answers and every later guard
-        outputs=[*watermark, *shaping]).chain()
-    metadata_chain = common.with_(model=[model], monitor=monitor).chain(through="rate_limits")
+        outputs=[*watermark, *shaping]).chain(OipCall)
+    metadata_chain = common.with_(model=[model], monitor=monitor).chain(OipCall,
+                                                                        through="rate_limits")
 
     async def download_alert(principal: str, tenant: str, model: str | None, why: str) -> None:
         reason = f"unusual artifact download by {principal} of model {model}: {why}"
@@ -199,7 +201,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
             model=model))
 
     download_watch = DownloadWatch(download_alert)
-    download_chain = common.with_(model=[model], body=[download_watch]).chain(through="body")
+    download_chain = common.with_(model=[model], body=[download_watch]).chain(ArtifactCall,
+                                                                              through="body")
 
     stores: list[tuple[str, StoreCheck]] = [("key store", gw.key_store.ping),
                                              ("audit spill", gw.audit_sink.ready)]

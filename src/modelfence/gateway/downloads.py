@@ -33,6 +33,7 @@ from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from ..audit.store import AuditStore, Query
+from ..backends.call import OipCall
 from ..config import LocalBackend
 from ..errors import NotFound
 from ..kernel.call import Call
@@ -45,7 +46,17 @@ DAY_S = 86_400
 HISTORY_DAYS = 30
 
 AlertSink = Callable[[str, str, str | None, str], Awaitable[None]]  # principal, tenant, model, why
-Answer = Callable[[Call, GuardChain, Terminal, Callable[[Call], Response]], Awaitable[Response]]
+
+
+@dataclass(slots=True)
+class ArtifactCall(OipCall):
+    """A download's call: an OIP model's, with the artifact file it answers with."""
+
+    artifact: Path | None = None
+
+
+Answer = Callable[[ArtifactCall, GuardChain[ArtifactCall], Terminal[ArtifactCall],
+                   Callable[[ArtifactCall], Response]], Awaitable[Response]]
 
 
 @dataclass
@@ -72,7 +83,7 @@ def _hour(ts: float) -> int:
     return datetime.fromtimestamp(ts, UTC).hour
 
 
-class DownloadWatch(Guard):
+class DownloadWatch(Guard[Call]):
     """Counts each answered download and says when one looks like an insider taking weights."""
 
     name: ClassVar[str] = "download_watch"
@@ -126,7 +137,7 @@ class DownloadWatch(Guard):
 class DownloadRoutes:
     """The download route; `answer` is the OIP routes' (the same strict-audit handling)."""
 
-    def __init__(self, chain: GuardChain, answer: Answer) -> None:
+    def __init__(self, chain: GuardChain[ArtifactCall], answer: Answer) -> None:
         self._chain = chain
         self._answer = answer
 
@@ -134,18 +145,19 @@ class DownloadRoutes:
         return [Route("/v2/models/{name}/artifact", self.download, methods=["GET"])]
 
     @staticmethod
-    async def _locate(call: Call) -> None:
+    async def _locate(call: ArtifactCall) -> None:
         assert call.model is not None
         backend = call.model.settings.backend
         if not isinstance(backend, LocalBackend) or not Path(backend.path).is_file():
             raise NotFound(f"model {call.model.name!r} has no artifact file at this gateway")
-        call.result = Path(backend.path)
+        call.artifact = Path(backend.path)
 
     @staticmethod
-    def _file(call: Call) -> Response:
-        path: Path = call.result
+    def _file(call: ArtifactCall) -> Response:
+        path = call.artifact
+        assert path is not None
         return FileResponse(path, filename=path.name, media_type="application/octet-stream")
 
     async def download(self, request: Request) -> Response:
-        call = Call(request, ACTION, request.path_params["name"])
+        call = ArtifactCall(request, ACTION, request.path_params["name"])
         return await self._answer(call, self._chain, self._locate, self._file)

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..backends.base import ModelEntry
+from ..backends.call import OipCall
 from ..errors import (
     BadRequest,
     ClientDisconnected,
@@ -25,7 +26,7 @@ from ..kernel.metrics import GatewayMetrics
 from ..kernel.oip import decode_infer_request
 
 
-class ModelLookupGuard(Guard):
+class ModelLookupGuard(Guard[OipCall]):
     """Resolve the model or answer 404.
 
     Runs after identity so that an anonymous caller cannot learn which models exist;
@@ -39,7 +40,7 @@ class ModelLookupGuard(Guard):
     def __init__(self, models: dict[str, ModelEntry]) -> None:
         self._models = models
 
-    async def on_request(self, call: Call) -> None:
+    async def on_request(self, call: OipCall) -> None:
         name = call.model_name or ""
         entry = self._models.get(name)
         if entry is None:
@@ -50,31 +51,32 @@ class ModelLookupGuard(Guard):
         call.model = entry
 
 
-class BodyGuard(Guard):
+class BodyGuard(Guard[OipCall]):
     """Read the body up to the limit and decode it; never buffers more than the limit."""
 
     name: ClassVar[str] = "body"
     requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "decision"})
-    provides: ClassVar[frozenset[str]] = frozenset({"body", "inputs"})
+    provides: ClassVar[frozenset[str]] = frozenset({"body", "inputs", "rows"})
 
     def __init__(self, max_body_bytes: int) -> None:
         self._max = max_body_bytes
 
-    async def on_request(self, call: Call) -> None:
+    async def on_request(self, call: OipCall) -> None:
         assert call.model is not None
         limits = call.model.settings.limits
         limit = min(self._max, limits.max_body_bytes or self._max)
         call.body = await read_bounded(call.request, limit)
         call.inputs = decode_infer_request(call.body, allow_nonfinite=limits.allow_nonfinite)
+        call.rows = call.inputs.rows
 
 
-class InputValidationGuard(Guard):
+class InputValidationGuard(Guard[OipCall]):
     """Check inputs against the model's metadata and configured limits; 400 names the field."""
 
     name: ClassVar[str] = "input_validation"
     requires: ClassVar[frozenset[str]] = frozenset({"inputs", "model"})
 
-    async def on_request(self, call: Call) -> None:
+    async def on_request(self, call: OipCall) -> None:
         assert call.model is not None and call.inputs is not None
         specs = call.model.backend.metadata.inputs
         limits = call.model.settings.limits
@@ -122,7 +124,7 @@ def _check_magnitude(data: np.ndarray[Any, Any], limit: float, where: str) -> No
                      f"magnitude limit of {limit:g} (limits.max_abs_value)")
 
 
-class MetricsGuard(Guard):
+class MetricsGuard(Guard[Call]):
     """Counts every call in its complete phase, answered or denied."""
 
     name: ClassVar[str] = "metrics"

@@ -10,8 +10,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..backends.base import ModelEntry
-from ..kernel.call import Call
-from ..kernel.chain import GuardChain, Terminal
+from ..backends.call import OipCall
+from ..kernel.chain import C, GuardChain, Terminal
 from ..kernel.finish import count_failure, finish
 from ..kernel.metrics import GatewayMetrics
 from ..kernel.oip import encode_infer_response
@@ -22,18 +22,19 @@ StoreCheck = Callable[[], Awaitable[bool]]
 log = logging.getLogger("modelfence.gateway")
 
 
-async def _infer_terminal(call: Call) -> None:
+async def _infer_terminal(call: OipCall) -> None:
     assert call.model is not None and call.inputs is not None
     call.outputs = await call.model.backend.infer(call.inputs)
 
 
-async def _metadata_terminal(call: Call) -> None:
+async def _metadata_terminal(call: OipCall) -> None:
     assert call.model is not None
-    call.result = call.model.backend.metadata.to_json()
+    call.metadata = call.model.backend.metadata.to_json()
 
 
 class OipRoutes:
-    def __init__(self, *, infer_chain: GuardChain, metadata_chain: GuardChain,
+    def __init__(self, *, infer_chain: GuardChain[OipCall],
+                 metadata_chain: GuardChain[OipCall],
                  models: dict[str, ModelEntry], stores: list[tuple[str, StoreCheck]],
                  metrics: GatewayMetrics, audit_before_answer: bool = False,
                  notes: dict[str, str] | None = None) -> None:
@@ -94,16 +95,16 @@ class OipRoutes:
         return not_ready
 
     async def metadata(self, request: Request) -> Response:
-        call = Call(request, "metadata", request.path_params["name"])
+        call = OipCall(request, "metadata", request.path_params["name"])
         return await self.answer(call, self._metadata_chain, _metadata_terminal,
-                                  lambda c: json_response(c.result))
+                                  lambda c: json_response(c.metadata))
 
     async def infer(self, request: Request) -> Response:
-        call = Call(request, "infer", request.path_params["name"])
+        call = OipCall(request, "infer", request.path_params["name"])
         return await self.answer(call, self._infer_chain, _infer_terminal, _infer_body)
 
-    async def answer(self, call: Call, chain: GuardChain, terminal: Terminal,
-                     encode: Callable[[Call], Response]) -> Response:
+    async def answer(self, call: C, chain: GuardChain[C], terminal: Terminal[C],
+                     encode: Callable[[C], Response]) -> Response:
         """Run `chain` around `terminal`, encode the answer, and complete the call: after the
         answer (batched audit) or before it leaves (strict audit). Every route shares it."""
         try:
@@ -118,7 +119,7 @@ class OipRoutes:
             on_failure=lambda exc: count_failure(self._metrics, exc))
 
 
-def _infer_body(call: Call) -> Response:
+def _infer_body(call: OipCall) -> Response:
     assert call.outputs is not None
     call.outputs.id = call.inputs.id if call.inputs else None
     call.response_body = encode_infer_response(call.outputs)

@@ -26,7 +26,7 @@ def bearer_token(authorization: str | None) -> str:
     return token
 
 
-class IdentityGuard(Guard):
+class IdentityGuard(Guard[Call]):
     name: ClassVar[str] = "identity"
     provides: ClassVar[frozenset[str]] = frozenset({"principal"})
 

@@ -1,19 +1,68 @@
-"""The `Call`: everything one request carries through the guard chain."""
+"""The `Call`: everything one request carries through the guard chain.
+
+`Call` holds what every protocol shares and what the shared guards (identity, policy,
+quota, audit, metrics) read; each protocol's subclass adds its own model entry and payload
+(`backends.call.OipCall`, `llm.call.LlmCall`). The kernel names no feature class: who calls
+and which model are the small `Caller` and `ServedModel` protocols below, which the
+identity's `Principal` and each protocol's model entry satisfy.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
-    from ..backends.base import ModelEntry
     from ..errors import RequestError
-    from ..identity.principal import Principal
-    from .oip import InferRequest, InferResponse
+
+
+class Caller(Protocol):
+    """Who is calling, as guards read it (the identity package's `Principal`)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def groups(self) -> tuple[str, ...]: ...
+    @property
+    def models(self) -> tuple[str, ...]: ...
+    @property
+    def key_id(self) -> str | None: ...
+    @property
+    def attributes(self) -> Mapping[str, Any]: ...
+
+    def may_use(self, model: str) -> bool: ...
+
+
+class ModelFacts(Protocol):
+    """What policies know about a model (`resource.owner`, `resource.sensitivity`, ...)."""
+
+    @property
+    def owner(self) -> str: ...
+    @property
+    def sensitivity(self) -> int: ...
+    @property
+    def tags(self) -> Sequence[str]: ...
+
+
+class ModelSettingsView(Protocol):
+    @property
+    def attributes(self) -> ModelFacts: ...
+
+
+class ServedModel(Protocol):
+    """A served model as the shared guards read it; each protocol's entry has more."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def settings(self) -> ModelSettingsView: ...
 
 
 @dataclass(slots=True)
@@ -30,7 +79,15 @@ class Decision:
 
 @dataclass(slots=True)
 class Call:
-    """State of one request; guards read and fill it in declared order."""
+    """State of one request; guards read and fill it in declared order.
+
+    The fields here are the ones a shared guard reads on every protocol: the screening
+    verdict (policy's `context.screen`) and the rows and tokens a request costs (budgets)
+    included, so that no shared guard needs to know which protocol carried the call.
+    """
+
+    #: Fields the terminal (the backend call) fills, for the response phases' requirements.
+    backend_provides: ClassVar[frozenset[str]] = frozenset()
 
     request: Request
     action: str
@@ -38,15 +95,12 @@ class Call:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     received_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
-    principal: Principal | None = None
-    model: ModelEntry | None = None
+    principal: Caller | None = None
+    model: ServedModel | None = None
     body: bytes | None = None
-    inputs: InferRequest | None = None
-    outputs: InferResponse | None = None
     response_body: bytes | None = None
-    result: Any = None
+    rows: int = 0  # data rows the decoded request carries (0 where the protocol has none)
     risk: float = 0.0
-    unshaped_proba: Any = None  # the model's probabilities before output shaping
     shaping_band: str | None = None  # the output shaping band applied, for the audit record
     pinned_bands: tuple[str, ...] = ()  # bands a policy's @shaping annotation pins
     queries: int = 0
@@ -56,10 +110,10 @@ class Call:
     status: int = 0
     error: RequestError | None = None
     audit_failed: bool = False
-    budget_holds: list[Any] = field(default_factory=list)
-    token_cost: int | None = None  # LLM calls: the most tokens the checked request can use
-    tokens_used: int | None = None  # LLM calls: the tokens it used (upstream's or estimated)
-    screen: str = ""  # LLM calls: the prompt screening verdict ("benign", "injection", ...)
+    budget_holds: Sequence[object] = ()  # the budget guard's reservations, given back on failure
+    token_cost: int | None = None  # the most tokens the checked request can use (token budgets)
+    tokens_used: int | None = None  # the tokens it used (upstream's or estimated)
+    screen: str = ""  # the prompt screening verdict ("benign", "injection", ...)
     screen_score: float = 0.0
     screen_failed: bool = False  # a detector could not answer (the label is its on_error)
 

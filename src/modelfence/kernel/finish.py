@@ -15,8 +15,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from ..errors import PolicyError, RequestError, StoreError
-from .call import Call
-from .chain import GuardChain
+from .chain import C, GuardChain
 from .metrics import GatewayMetrics
 
 #: Answers a refused call in the protocol's own error shape.
@@ -36,7 +35,7 @@ def count_failure(metrics: GatewayMetrics, exc: BaseException) -> None:
         metrics.internal_errors.inc()
 
 
-async def finish(call: Call, chain: GuardChain, response: Response, *, strict: bool,
+async def finish(call: C, chain: GuardChain[C], response: Response, *, strict: bool,
                  refuse: Refuse, on_failure: OnFailure | None = None) -> Response:
     """Run `chain`'s complete phases for `call` answered with `response`.
 

@@ -1,9 +1,10 @@
 """The one order of protections every protocol's chain follows, by named stage.
 
 The OIP infer, metadata and download chains and the LLM chain are each a `Stages` with
-their own guards in some stages; `chain()` puts them in the shared order. A protocol fills
-a stage (`dataclasses.replace`), it never inserts a guard at a position, so a guard added
-to one stage lands at the same point on every protocol:
+their own guards in some stages; `chain(call_type)` puts them in the shared order and checks
+that each guard works on that protocol's calls. A protocol fills a stage
+(`dataclasses.replace`), it never inserts a guard at a position, so a guard added to one
+stage lands at the same point on every protocol:
 
 ==============  ====================================================================
 head            sees every call, answered or denied (metrics, audit)
@@ -25,9 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
-from .chain import TERMINAL_FIELDS, Guard, GuardChain
+from .chain import C, Guard, GuardChain
 
 Stage = Literal["head", "identity", "inflight", "model", "usage", "screens", "monitor",
                 "policy", "rate_limits", "body", "budgets", "outputs"]
@@ -37,33 +38,35 @@ Stage = Literal["head", "identity", "inflight", "model", "usage", "screens", "mo
 class Stages:
     """The guards of one kind of call, by stage (each a sequence, empty when unused)."""
 
-    head: Sequence[Guard] = ()
-    identity: Sequence[Guard] = ()
-    inflight: Sequence[Guard] = ()
-    model: Sequence[Guard] = ()
-    usage: Sequence[Guard] = ()
-    screens: Sequence[Guard] = ()
-    monitor: Sequence[Guard] = ()
-    policy: Sequence[Guard] = ()
-    rate_limits: Sequence[Guard] = ()
-    body: Sequence[Guard] = ()
-    budgets: Sequence[Guard] = ()
-    outputs: Sequence[Guard] = ()
+    head: Sequence[Guard[Any]] = ()
+    identity: Sequence[Guard[Any]] = ()
+    inflight: Sequence[Guard[Any]] = ()
+    model: Sequence[Guard[Any]] = ()
+    usage: Sequence[Guard[Any]] = ()
+    screens: Sequence[Guard[Any]] = ()
+    monitor: Sequence[Guard[Any]] = ()
+    policy: Sequence[Guard[Any]] = ()
+    rate_limits: Sequence[Guard[Any]] = ()
+    body: Sequence[Guard[Any]] = ()
+    budgets: Sequence[Guard[Any]] = ()
+    outputs: Sequence[Guard[Any]] = ()
 
-    def guards(self, *, through: Stage = "outputs") -> list[Guard]:
+    def guards(self, *, through: Stage = "outputs") -> list[Guard[Any]]:
         """Every guard in the shared order, up to and including stage `through`."""
-        out: list[Guard] = []
+        out: list[Guard[Any]] = []
         for f in dataclasses.fields(self):
             out += getattr(self, f.name)
             if f.name == through:
                 break
         return out
 
-    def chain(self, *, through: Stage = "outputs",
-              terminal_provides: frozenset[str] = TERMINAL_FIELDS) -> GuardChain:
-        """The checked chain of `guards(through=...)`; a misordered one refuses to start."""
-        return GuardChain(self.guards(through=through), terminal_provides=terminal_provides)
+    def chain(self, call_type: type[C], *, through: Stage = "outputs",
+              terminal_provides: frozenset[str] | None = None) -> GuardChain[C]:
+        """The checked chain of `guards(through=...)` for calls of `call_type`; a misordered
+        one, or one with a guard made for another protocol's calls, refuses to start."""
+        return GuardChain(call_type, self.guards(through=through),
+                          terminal_provides=terminal_provides)
 
-    def with_(self, **stages: Sequence[Guard]) -> Stages:
+    def with_(self, **stages: Sequence[Guard[Any]]) -> Stages:
         """A copy with the named stages filled (an unknown stage name is a TypeError)."""
         return dataclasses.replace(self, **stages)

@@ -19,12 +19,12 @@ import queue
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from ..errors import ConfigurationError
-from ..kernel.call import Call
 from ..kernel.chain import Guard
 from .background import BackgroundWorker, Sink
+from .call import LlmCall
 from .distill import DistillDetector
 from .distill_features import Shape, asked, embed
 from .distill_settings import DistillSettings
@@ -160,22 +160,22 @@ class DistillWorker(BackgroundWorker[_Item]):
 
 
 
-class DistillGuard(Guard):
+class DistillGuard(Guard[LlmCall]):
     """Hands each answered chat or completion call's prompt to the distillation worker."""
 
     name: ClassVar[str] = "distill"
-    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "body"})
+    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "exchange"})
 
     def __init__(self, worker: DistillWorker) -> None:
         self.worker = worker
 
-    async def on_complete(self, call: Call) -> None:
+    async def on_complete(self, call: LlmCall) -> None:
         if (call.status != 200 or call.error is not None or call.principal is None
                 or call.model is None or call.model.name not in self.worker.settings):
             return
         kind = KIND_OF_ACTION.get(call.action, "")
-        ex: Any = call.result
-        got = asked(kind, getattr(ex, "request", None))
+        ex = call.exchange
+        got = asked(kind, ex.request if ex is not None else None)
         if got is None:
             return
         text, shape = got

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import orjson
 
 from ..errors import BadRequest, NotFound
 from ..kernel.body import read_bounded
-from ..kernel.call import Call
 from ..kernel.chain import Guard
+from .call import LlmCall, LlmEntry, LlmExchange, exchange_of
 from .controls import apply_controls, token_ceiling
-from .settings import LlmControls, LlmModel
-from .usage import TokenUsage, UsageTally, estimate, prompt_chars
+from .usage import UsageTally, estimate, prompt_chars
 
 #: No OpenAI request nests deeper than a few levels; a hostile one could overflow the
 #: recursion of the usage estimate or the JSON encoder.
@@ -36,47 +34,7 @@ def _depth_over(doc: Any, limit: int) -> bool:
 KIND_OF_ACTION = {"chat": "chat", "completion": "completion", "embed": "embed"}
 
 
-@dataclass(slots=True)
-class LlmEntry:
-    """A served LLM, duck-typed like `ModelEntry` (`name`, `settings.attributes`)."""
-
-    settings: LlmModel
-    refused: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.settings.name
-
-
-@dataclass(slots=True)
-class LlmExchange:
-    """The LLM part of a Call (kept in `call.result`): the request sent and the tokens used."""
-
-    entry: LlmEntry
-    request: dict[str, Any] = field(default_factory=dict)
-    stream: bool = False
-    client_wants_usage: bool = False
-    tally: UsageTally | None = None
-    usage: TokenUsage | None = None
-    answer: dict[str, Any] | None = None  # a whole (not streamed) answer, for output guards
-    cancelled: bool = False
-    leaks: Any = None  # the `LeakPolicy` of a canary-protected chat, when configured
-    filters: dict[int, Any] = field(default_factory=dict)  # per choice: its `LeakFilter`
-    controls: LlmControls | None = None  # the caller's band's controls
-    leaked: bool = False  # an answer would have leaked the system prompt (blocked/redacted)
-    ended: bool = False  # a stream's end was handled (upstream closed, call completed)
-    noise: Any = None  # a stream's `LogprobNoise`, when its band noises logprobs
-    noise_offsets: dict[Any, int] = field(default_factory=dict)  # its running positions
-    asked: list[str] = field(default_factory=list)  # fields asked beyond the band (risk)
-
-
-def exchange_of(call: Call) -> LlmExchange:
-    ex = call.result
-    assert isinstance(ex, LlmExchange)
-    return ex
-
-
-class LlmModelGuard(Guard):
+class LlmModelGuard(Guard[LlmCall]):
     """Resolve the LLM named in the body (or 404); after identity, like `ModelLookupGuard`.
 
     The model name comes from the JSON body, so this guard reads the body first
@@ -85,13 +43,13 @@ class LlmModelGuard(Guard):
 
     name: ClassVar[str] = "llm_model"
     requires: ClassVar[frozenset[str]] = frozenset({"principal"})
-    provides: ClassVar[frozenset[str]] = frozenset({"model", "body"})
+    provides: ClassVar[frozenset[str]] = frozenset({"model", "body", "exchange"})
 
     def __init__(self, models: dict[str, LlmEntry], max_body_bytes: int) -> None:
         self._models = models
         self._max = max_body_bytes
 
-    async def on_request(self, call: Call) -> None:
+    async def on_request(self, call: LlmCall) -> None:
         call.body = await read_bounded(call.request, self._max)
         try:
             doc = orjson.loads(call.body)
@@ -109,8 +67,8 @@ class LlmModelGuard(Guard):
         entry = self._models.get(name)
         if entry is None or KIND_OF_ACTION[call.action] not in entry.settings.kinds:
             raise NotFound(f"unknown model {name[:128]!r}", reason="unknown_model")
-        call.model = entry  # type: ignore[assignment]  # duck-typed ModelEntry
-        call.result = LlmExchange(entry, doc)
+        call.model = entry
+        call.exchange = LlmExchange(entry, doc)
 
 
 #: 400 reasons that mean a caller asked for more of the output layer than it may have (the
@@ -119,7 +77,7 @@ PROBE_REASONS = frozenset({"logprobs_refused", "logit_bias_refused", "echo_refus
                            "over_cap"})
 
 
-class LlmBodyGuard(Guard):
+class LlmBodyGuard(Guard[LlmCall]):
     """Apply the output controls of the caller's band to the request (400 names the field).
 
     The band follows the caller's risk, or a policy's ``@shaping("band")`` pin; it is
@@ -128,10 +86,11 @@ class LlmBodyGuard(Guard):
     """
 
     name: ClassVar[str] = "llm_body"
-    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "body", "decision"})
-    provides: ClassVar[frozenset[str]] = frozenset({"inputs"})
+    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "exchange",
+                                                    "decision"})
+    provides: ClassVar[frozenset[str]] = frozenset({"controls", "token_cost"})
 
-    async def on_request(self, call: Call) -> None:
+    async def on_request(self, call: LlmCall) -> None:
         ex = exchange_of(call)
         body = ex.request
         kind = KIND_OF_ACTION[call.action]
@@ -141,10 +100,10 @@ class LlmBodyGuard(Guard):
         if kind == "embed" and stream:
             raise BadRequest("stream: embeddings do not stream", reason="bad_parameter")
         ex.stream = stream
-        band, ex.controls = ex.entry.settings.controls_for(call.risk, call.pinned_bands)
+        band, call.controls = ex.entry.settings.controls_for(call.risk, call.pinned_bands)
         if ex.entry.settings.bands:
             call.shaping_band = band
-        apply_controls(kind, body, ex.entry.settings, ex.controls, ex.asked)
+        apply_controls(kind, body, ex.entry.settings, call.controls, ex.asked)
         ex.tally = UsageTally(kind, body)
         call.token_cost = token_ceiling(kind, body, estimate(prompt_chars(kind, body)))
         if stream:

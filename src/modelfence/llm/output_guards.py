@@ -14,20 +14,19 @@ import hmac
 import logging
 from typing import Any, ClassVar
 
-from ..kernel.call import Call
 from ..kernel.chain import Guard
+from .call import LlmCall, LlmExchange, exchange_of
 from .canary import Canary, LeakPolicies
-from .guards import LlmExchange, exchange_of
 from .leak_semantic import SemanticLeakWorker
 from .noise import LogprobNoise, request_context
 
 log = logging.getLogger("modelfence.llm")
 
 
-class LlmOutputGuard(Guard):
+class LlmOutputGuard(Guard[LlmCall]):
     """A guard on an LLM answer; `on_event` sees each chunk of a streamed one."""
 
-    def on_event(self, call: Call, ex: LlmExchange, chunk: dict[str, Any]) -> None:
+    def on_event(self, call: LlmCall, ex: LlmExchange, chunk: dict[str, Any]) -> None:
         return None
 
 
@@ -36,24 +35,25 @@ class LogprobNoiseGuard(LlmOutputGuard):
     a stream is noised chunk by chunk with each choice's running position."""
 
     name: ClassVar[str] = "logprob_noise"
-    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "inputs"})
+    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "exchange",
+                                                    "controls"})
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
 
-    async def on_request(self, call: Call) -> None:
+    async def on_request(self, call: LlmCall) -> None:
         ex = exchange_of(call)
-        assert ex.controls is not None
-        if ex.controls.logprob_noise > 0:
+        assert call.controls is not None
+        if call.controls.logprob_noise > 0:
             ex.noise = LogprobNoise(self._secret, request_context(_who(call), ex.request),
-                                    ex.controls.logprob_noise)
+                                    call.controls.logprob_noise)
 
-    async def on_response(self, call: Call) -> None:
+    async def on_response(self, call: LlmCall) -> None:
         ex = exchange_of(call)
         if ex.noise is not None and ex.answer is not None:
             ex.noise.apply(ex.answer)
 
-    def on_event(self, call: Call, ex: LlmExchange, chunk: dict[str, Any]) -> None:
+    def on_event(self, call: LlmCall, ex: LlmExchange, chunk: dict[str, Any]) -> None:
         if ex.noise is not None:
             ex.noise.apply(chunk, ex.noise_offsets)
 
@@ -68,14 +68,14 @@ class CanaryGuard(LlmOutputGuard):
     """
 
     name: ClassVar[str] = "canary"
-    requires: ClassVar[frozenset[str]] = frozenset({"model", "inputs"})
+    requires: ClassVar[frozenset[str]] = frozenset({"model", "exchange", "controls"})
 
     def __init__(self, secret: bytes, semantic: SemanticLeakWorker | None = None) -> None:
         self._secret = hmac.new(secret, b"canary", hashlib.sha256).digest()
         self._policies = LeakPolicies()
         self._semantic = semantic
 
-    async def on_request(self, call: Call) -> None:
+    async def on_request(self, call: LlmCall) -> None:
         ex = exchange_of(call)
         settings = ex.entry.settings.canary
         messages = ex.request.get("messages")
@@ -85,7 +85,7 @@ class CanaryGuard(LlmOutputGuard):
         ex.leaks = self._policies.for_settings(canary, messages, settings)
         ex.request["messages"] = canary.protect(messages)
 
-    async def on_response(self, call: Call) -> None:
+    async def on_response(self, call: LlmCall) -> None:
         ex = exchange_of(call)
         if ex.leaks is None or ex.answer is None:
             return
@@ -103,7 +103,7 @@ class CanaryGuard(LlmOutputGuard):
             else:
                 self._retold(call, ex, message["content"])
 
-    def on_event(self, call: Call, ex: LlmExchange, chunk: dict[str, Any]) -> None:
+    def on_event(self, call: LlmCall, ex: LlmExchange, chunk: dict[str, Any]) -> None:
         """Pass each choice's text through its leak filter; hold back what could still leak."""
         if ex.leaks is None:
             return
@@ -129,7 +129,7 @@ class CanaryGuard(LlmOutputGuard):
             if isinstance(delta, dict) and (isinstance(text, str) or out):
                 delta["content"] = out
 
-    def _retold(self, call: Call, ex: LlmExchange, answer: str) -> None:
+    def _retold(self, call: LlmCall, ex: LlmExchange, answer: str) -> None:
         """Hand an answer the leak filter passed to the paraphrase check (in the background:
         a retold prompt is leak evidence for the caller, after the answer)."""
         settings = ex.entry.settings.canary
@@ -141,7 +141,7 @@ class CanaryGuard(LlmOutputGuard):
                               ex.entry.name, p.id, p.tenant or None)
 
 
-def _leak_noted(call: Call, mode: str, detections: Any) -> None:
+def _leak_noted(call: LlmCall, mode: str, detections: Any) -> None:
     kinds = sorted({d.kind for d in detections})
     action = "blocked" if mode == "block" else "redacted"
     call.note("canary", "deny" if mode == "block" else "note",
@@ -150,6 +150,6 @@ def _leak_noted(call: Call, mode: str, detections: Any) -> None:
                 call.model_name, ", ".join(kinds), action)
 
 
-def _who(call: Call) -> str:
+def _who(call: LlmCall) -> str:
     p = call.principal
     return "" if p is None else f"{p.tenant}/{p.id}"

@@ -13,9 +13,9 @@ import time
 from collections.abc import Callable
 from typing import ClassVar
 
-from ..kernel.call import Call
 from ..kernel.chain import Guard
-from .guards import KIND_OF_ACTION, PROBE_REASONS, LlmExchange
+from .call import LlmCall, LlmExchange
+from .guards import KIND_OF_ACTION, PROBE_REASONS
 from .risk import Crossing, LlmRiskBook, Observation
 from .risk_repeats import RepeatedHits
 from .risk_sync import RiskStream
@@ -23,7 +23,7 @@ from .risk_sync import RiskStream
 AlertSink = Callable[[Crossing], None]
 
 
-class LlmRiskGuard(Guard):
+class LlmRiskGuard(Guard[LlmCall]):
     name: ClassVar[str] = "llm_risk"
     requires: ClassVar[frozenset[str]] = frozenset({"principal", "model"})
     provides: ClassVar[frozenset[str]] = frozenset({"risk"})
@@ -36,17 +36,17 @@ class LlmRiskGuard(Guard):
         self.stream = stream
         self.repeats = RepeatedHits(max_principals=book.max_subjects)
 
-    async def on_request(self, call: Call) -> None:
+    async def on_request(self, call: LlmCall) -> None:
         assert call.principal is not None and call.model is not None
         call.risk = self.book.peek(call.model.name, call.principal.id,
                                    call.principal.tenant or None)
         if call.risk > 0.0:
             call.note(self.name, "note", f"risk {call.risk:.2f}")
 
-    async def on_complete(self, call: Call) -> None:
+    async def on_complete(self, call: LlmCall) -> None:
         if call.principal is None or call.model is None:
             return
-        ex = call.result if isinstance(call.result, LlmExchange) else None
+        ex = call.exchange
         reason = call.error.reason if call.error is not None else ""
         asked = tuple(dict.fromkeys(ex.asked)) if ex is not None else ()
         screen = call.screen
@@ -74,7 +74,7 @@ class LlmRiskGuard(Guard):
             self.stream.publish(obs)
 
 
-def _tokens(call: Call, ex: LlmExchange | None) -> int:
+def _tokens(call: LlmCall, ex: LlmExchange | None) -> int:
     """Tokens used; where a budget keeps its reservation (usage unknown), the estimate."""
     if call.tokens_used is not None:
         return call.tokens_used

@@ -29,13 +29,13 @@ from starlette.routing import Route
 
 from ..audit.record import replica_name
 from ..errors import ConfigurationError, UpstreamError, http_status_and_message
-from ..kernel.call import Call
 from ..kernel.chain import GuardChain
 from ..kernel.finish import OnFailure, finish
 from ..kernel.responses import error_response
 from ..kernel.stages import Stages
+from .call import LlmCall, LlmEntry, LlmExchange, exchange_of
 from .distill_worker import CountSink, DistillGuard, DistillWorker
-from .guards import LlmBodyGuard, LlmEntry, LlmExchange, LlmModelGuard, exchange_of
+from .guards import LlmBodyGuard, LlmModelGuard
 from .leak_semantic import SemanticLeakWorker
 from .output_guards import CanaryGuard, LlmOutputGuard, LogprobNoiseGuard
 from .risk import Crossing, LlmRiskBook
@@ -99,10 +99,10 @@ class LlmRoutes:
         self._chain = stages.with_(model=[lookup], screens=screening,
                                    monitor=[*stages.monitor, *risk, *distill],
                                    body=[*stages.body, LlmBodyGuard()],
-                                   outputs=[*stages.outputs, *outputs]).chain()
+                                   outputs=[*stages.outputs, *outputs]).chain(LlmCall)
         self._event_guards = [g for g in reversed(self._chain.guards)
                               if isinstance(g, LlmOutputGuard)]
-        self._list_chain = stages.chain(through="inflight")
+        self._list_chain = stages.chain(LlmCall, through="inflight")
         self._audit_before_answer = audit_before_answer
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -182,37 +182,36 @@ class LlmRoutes:
         await self.upstream.close()
 
     async def chat(self, request: Request) -> Response:
-        return await self._post(Call(request, "chat", None))
+        return await self._post(LlmCall(request, "chat", None))
 
     async def completion(self, request: Request) -> Response:
-        return await self._post(Call(request, "completion", None))
+        return await self._post(LlmCall(request, "completion", None))
 
     async def embed(self, request: Request) -> Response:
-        return await self._post(Call(request, "embed", None))
+        return await self._post(LlmCall(request, "embed", None))
 
     async def list_models(self, request: Request) -> Response:
-        call = Call(request, "metadata", None)
+        call = LlmCall(request, "metadata", None)
 
-        async def terminal(call: Call) -> None:
+        async def terminal(call: LlmCall) -> None:
             p = call.principal
             assert p is not None
-            call.result = {"object": "list", "data": [
+            call.response_body = orjson.dumps({"object": "list", "data": [
                 {"id": name, "object": "model", "created": 0,
                  "owned_by": e.settings.attributes.owner or "modelfence"}
-                for name, e in self.models.items() if p.may_use(name)]}
+                for name, e in self.models.items() if p.may_use(name)]})
 
         try:
             await self._list_chain.run(call, terminal)
-            call.response_body = orjson.dumps(call.result)
             response = Response(call.response_body, 200, media_type="application/json")
         except Exception as exc:
             response = self._error(call, exc)
         return await self._finish(call, self._list_chain, response)
 
-    async def _post(self, call: Call) -> Response:
+    async def _post(self, call: LlmCall) -> Response:
         stream: AsyncIterator[bytes] | None = None
 
-        async def terminal(call: Call) -> None:
+        async def terminal(call: LlmCall) -> None:
             nonlocal stream
             ex = exchange_of(call)
             path = PATHS[call.action]
@@ -247,7 +246,7 @@ class LlmRoutes:
                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                            on_close=lambda: self._end_stream(call, upstream, b"", False))
 
-    async def _relay(self, call: Call, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _relay(self, call: LlmCall, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Pass upstream events through as they arrive, each one filtered (`_event`); finish
         the call however it ends."""
         ex = exchange_of(call)
@@ -279,7 +278,7 @@ class LlmRoutes:
         finally:
             self._end_stream(call, upstream, bytes(sent), finished)
 
-    def _end_stream(self, call: Call, upstream: AsyncIterator[bytes], sent: bytes,
+    def _end_stream(self, call: LlmCall, upstream: AsyncIterator[bytes], sent: bytes,
                     finished: bool) -> None:
         """Close the upstream and finish the call, once, however the stream ended — also
         when the client left before the first event (the relay never started)."""
@@ -304,7 +303,7 @@ class LlmRoutes:
                       "reported it; the token reservation is kept")
         self._spawn(self._chain.complete(call))
 
-    def _event(self, call: Call, ex: LlmExchange, event: SseEvent) -> bytes:
+    def _event(self, call: LlmCall, ex: LlmExchange, event: SseEvent) -> bytes:
         """One upstream event as the client gets it: the upstream model name replaced, added
         usage hidden, the output guards' filters applied (logprob noise, leak filter), and
         always re-encoded as one line.
@@ -337,14 +336,15 @@ class LlmRoutes:
             guard.on_event(call, ex, doc)
         return _sse(doc)
 
-    def _error(self, call: Call, exc: Exception, *, count: bool = True) -> Response:
+    def _error(self, call: LlmCall, exc: Exception, *, count: bool = True) -> Response:
         _, call.error = error_response(exc, where=f" in {call.action}")
         if count and self._on_failure is not None:
             self._on_failure(exc)
         status, message, reason, headers = http_status_and_message(call.error)
         return openai_error(status, message, reason, headers)
 
-    async def _finish(self, call: Call, chain: GuardChain, response: Response) -> Response:
+    async def _finish(self, call: LlmCall, chain: GuardChain[LlmCall],
+                      response: Response) -> Response:
         return await finish(call, chain, response, strict=self._audit_before_answer,
                             refuse=lambda exc: self._error(call, exc, count=False),
                             on_failure=self._on_failure)

@@ -19,18 +19,18 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from ..errors import Unavailable
-from ..kernel.call import Call
 from ..kernel.chain import Guard
-from .guards import KIND_OF_ACTION, exchange_of
+from .call import LlmCall, exchange_of
+from .guards import KIND_OF_ACTION
 from .screening import MiniLmEmbedder, Screener, build_screener, text_of
 from .settings import LlmModel
 
 log = logging.getLogger("modelfence.llm")
 
 
-class ScreeningGuard(Guard):
+class ScreeningGuard(Guard[LlmCall]):
     name: ClassVar[str] = "screening"
-    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "body"})
+    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "exchange"})
     provides: ClassVar[frozenset[str]] = frozenset({"screen", "screen_score", "screen_failed"})
 
     def __init__(self, models: list[LlmModel], *,
@@ -56,7 +56,7 @@ class ScreeningGuard(Guard):
         for screener in self._screeners.values():
             await screener.close()
 
-    async def on_request(self, call: Call) -> None:
+    async def on_request(self, call: LlmCall) -> None:
         assert call.model is not None
         screener = self._screeners.get(call.model.name)
         kind = KIND_OF_ACTION[call.action]
@@ -81,7 +81,7 @@ class ScreeningGuard(Guard):
             call.note(self.name, "note", f"{verdict.label} {verdict.score:.2f} "
                       f"({verdict.source}{failed}): {why}")
 
-    def _failed(self, call: Call, name: str, reason: str) -> None:
+    def _failed(self, call: LlmCall, name: str, reason: str) -> None:
         """Count, log the outage's first failure, and refuse unless `on_failure: allow`."""
         refuse = self._refuse.get(name, True)
         outcome = "refused" if refuse else "allowed"

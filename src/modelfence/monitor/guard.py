@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ..kernel.call import Call
+from ..backends.call import OipCall
 from ..kernel.chain import Guard
 from .service import MonitorService, Subject, rows_of
 
 
-class MonitorGuard(Guard):
+class MonitorGuard(Guard[OipCall]):
     name: ClassVar[str] = "monitor"
     requires: ClassVar[frozenset[str]] = frozenset({"principal", "model"})
     provides: ClassVar[frozenset[str]] = frozenset({"risk"})
@@ -25,11 +25,11 @@ class MonitorGuard(Guard):
         self._service = service
 
     @staticmethod
-    def _subject(call: Call) -> Subject:
+    def _subject(call: OipCall) -> Subject:
         assert call.principal is not None
         return Subject(call.principal.id, call.principal.tenant or None)
 
-    async def on_request(self, call: Call) -> None:
+    async def on_request(self, call: OipCall) -> None:
         assert call.model is not None
         if not self._service.watches(call.model.name):
             return
@@ -37,7 +37,7 @@ class MonitorGuard(Guard):
         if call.risk > 0.0:
             call.note(self.name, "note", f"risk {call.risk:.2f}")
 
-    async def on_complete(self, call: Call) -> None:
+    async def on_complete(self, call: OipCall) -> None:
         if (call.status != 200 or call.model is None or call.principal is None
                 or call.inputs is None or call.outputs is None
                 or not self._service.watches(call.model.name)):

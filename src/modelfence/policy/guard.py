@@ -16,7 +16,7 @@ log = logging.getLogger("modelfence.policy")
 PURPOSE_HEADER = "x-modelfence-purpose"
 
 
-class PolicyGuard(Guard):
+class PolicyGuard(Guard[Call]):
     name: ClassVar[str] = "policy"
     requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "queries"})
     # context.risk and the screening verdict: a monitor or screen placed after policy

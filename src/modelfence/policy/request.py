@@ -15,8 +15,7 @@ from typing import Any
 
 import orjson
 
-from ..config import ModelAttributes
-from ..identity.principal import Principal
+from ..kernel.call import Caller, ModelFacts
 
 _MAPPED = {"clearance", "purpose", "networks"}
 _SCALARS = (str, int, bool)
@@ -36,7 +35,7 @@ class Facts:
     now: float | None = None
 
 
-def network_allowed(principal: Principal, source: str) -> bool:
+def network_allowed(principal: Caller, source: str) -> bool:
     networks = principal.attributes.get("networks") or []
     if not networks:
         return True
@@ -49,7 +48,7 @@ def network_allowed(principal: Principal, source: str) -> bool:
         return False  # an unknown source, or a grant with a broken network, is outside
 
 
-def principal_entity(p: Principal) -> dict[str, Any]:
+def principal_entity(p: Caller) -> dict[str, Any]:
     attrs: dict[str, Any] = {
         "name": p.id, "tenant": p.tenant, "groups": list(p.groups), "models": list(p.models),
         "clearance": _as_int(p.attributes.get("clearance")),
@@ -77,14 +76,14 @@ def _as_int(value: Any) -> int:
         return 0
 
 
-def model_entity(name: str, attributes: ModelAttributes) -> dict[str, Any]:
+def model_entity(name: str, attributes: ModelFacts) -> dict[str, Any]:
     return {"uid": {"type": "Model", "id": name},
             "attrs": {"name": name, "owner": attributes.owner,
                       "sensitivity": attributes.sensitivity, "tags": list(attributes.tags)},
             "parents": []}
 
 
-def context(principal: Principal, facts: Facts) -> dict[str, Any]:
+def context(principal: Caller, facts: Facts) -> dict[str, Any]:
     now = facts.now if facts.now is not None else time.time()
     moment = datetime.fromtimestamp(now, UTC)
     try:
@@ -105,7 +104,7 @@ def context(principal: Principal, facts: Facts) -> dict[str, Any]:
     }
 
 
-def cedar_request(principal: Principal, action: str, model: str, attributes: ModelAttributes,
+def cedar_request(principal: Caller, action: str, model: str, attributes: ModelFacts,
                   facts: Facts) -> tuple[dict[str, Any], str]:
     # The context travels as a JSON string, which cedarpy parses without a Python-side copy.
     """(request, entities JSON) for `PolicyEngine.decide`."""

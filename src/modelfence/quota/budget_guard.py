@@ -55,7 +55,7 @@ class _Held:
     period: str = ""
 
 
-class BudgetGuard(Guard):
+class BudgetGuard(Guard[Call]):
     """Atomic reservations before the backend runs; given back if the call then fails.
 
     Token budgets (LLM calls) reserve the most the request can use (`call.token_cost`:
@@ -64,7 +64,9 @@ class BudgetGuard(Guard):
     """
 
     name: ClassVar[str] = "budget"
-    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "inputs"})
+    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "body"})
+    #: what the request costs, filled by each protocol's body guard (OIP rows, LLM tokens)
+    reads: ClassVar[frozenset[str]] = frozenset({"rows", "token_cost"})
 
     def __init__(self, store: BudgetStore, budgets: list[Budget], alert: AlertSink) -> None:
         self._store = store
@@ -84,7 +86,7 @@ class BudgetGuard(Guard):
 
     async def on_request(self, call: Call) -> None:
         assert call.principal is not None and call.model is not None
-        rows = call.inputs.rows if call.inputs else 1
+        rows = call.rows or 1  # a call without data rows (an LLM request) counts as one
         now = datetime.now(UTC)
         held: list[_Held] = []
         call.budget_holds = held
@@ -144,7 +146,7 @@ class BudgetGuard(Guard):
 
     async def on_complete(self, call: Call) -> None:
         """A call that was not answered does not spend the budget; tokens settle to use."""
-        holds: list[_Held] = call.budget_holds
+        holds = [h for h in call.budget_holds if isinstance(h, _Held)]
         if not holds:
             return
         answered = call.status == 200

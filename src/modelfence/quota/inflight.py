@@ -24,7 +24,7 @@ RETRY_AFTER_S = 1
 K = TypeVar("K")
 
 
-class InflightGuard(Guard):
+class InflightGuard(Guard[Call]):
     """429 beyond the in-flight cap of the caller's principal or tenant; 0 turns a cap off."""
 
     name: ClassVar[str] = "inflight"

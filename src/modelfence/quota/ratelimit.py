@@ -48,7 +48,7 @@ class _Rule:
     text: str
 
 
-class RateLimitGuard(Guard):
+class RateLimitGuard(Guard[Call]):
     name: ClassVar[str] = "rate_limit"
     requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "decision"})
 

@@ -26,7 +26,7 @@ log = logging.getLogger("modelfence.quota")
 COUNTED = frozenset({"infer", "chat", "completion", "embed"})
 
 
-class UsageGuard(Guard):
+class UsageGuard(Guard[Call]):
     """Counts a request when it arrives and gives it back if it is not answered.
 
     Counting on arrival (one atomic add that returns the count) keeps the policy exact
@@ -66,8 +66,8 @@ class UsageGuard(Guard):
         try:
             if call.status != 200:
                 await self._add(key, -1, -1)
-            elif call.inputs is not None and call.inputs.rows > 1:
-                await self._add(key, 0, call.inputs.rows - 1)
+            elif call.rows > 1:
+                await self._add(key, 0, call.rows - 1)
         except StoreError as exc:  # an outage is logged once by its breaker
             log.log(logging.DEBUG if exc.reported else logging.WARNING,
                     "query count of %s not settled: %s", key.split("|")[1], exc)

@@ -29,9 +29,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..backends.base import ModelEntry, classifier_response
+from ..backends.call import OipCall
 from ..config import ModelSettings
 from ..errors import ConfigurationError, Forbidden
-from ..kernel.call import Call
 from ..kernel.chain import Guard
 from ..monitor.summary import Summary
 from .base import Array, Defense, LabelOnly, Rounding, shaped_labels
@@ -95,7 +95,7 @@ def bands_for(model: ModelSettings, secret: bytes, summary: Summary | None) -> l
     return bands
 
 
-class ShapingGuard(Guard):
+class ShapingGuard(Guard[OipCall]):
     name: ClassVar[str] = "shaping"
     requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "outputs"})
 
@@ -126,7 +126,7 @@ class ShapingGuard(Guard):
                 chosen = band
         return chosen
 
-    async def on_response(self, call: Call) -> None:
+    async def on_response(self, call: OipCall) -> None:
         assert call.model is not None and call.principal is not None
         band = self.choose(call.model.name, call.risk, call.pinned_bands)
         if band is None or call.outputs is None:
@@ -147,7 +147,7 @@ class ShapingGuard(Guard):
         self._replace(call, call.model, shaped, told, band, call.model.name in self._reveal)
 
     @staticmethod
-    def _replace(call: Call, entry: ModelEntry, shaped: Any, told: Array, band: Band,
+    def _replace(call: OipCall, entry: ModelEntry, shaped: Any, told: Array, band: Band,
                  reveal: bool) -> None:
         assert call.outputs is not None
         classes = entry.backend.class_values(shaped.shape[1])

@@ -30,8 +30,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from ..backends.base import ModelEntry
+from ..backends.call import OipCall
 from ..errors import StoreError
-from ..kernel.call import Call
 from ..kernel.chain import Guard
 from ..kernel.metrics import GatewayMetrics
 from .keyring import EvidenceCipher, Keyring
@@ -56,7 +56,7 @@ class _Pending:
     time_us: int
 
 
-class WatermarkGuard(Guard):
+class WatermarkGuard(Guard[OipCall]):
     name: ClassVar[str] = "watermark"
     requires: ClassVar[frozenset[str]] = frozenset({"principal", "model", "outputs",
                                                     "queries"})
@@ -93,7 +93,7 @@ class WatermarkGuard(Guard):
     def watches(self, model: str) -> bool:
         return self._models is None or model in self._models
 
-    async def on_response(self, call: Call) -> None:
+    async def on_response(self, call: OipCall) -> None:
         entry, outputs = call.model, call.outputs
         if (entry is None or outputs is None or call.principal is None or call.inputs is None
                 or not self.watches(entry.name)):
@@ -145,7 +145,7 @@ class WatermarkGuard(Guard):
         return kept
 
     @staticmethod
-    def _model_proba(call: Call) -> np.ndarray[Any, Any] | None:
+    def _model_proba(call: OipCall) -> np.ndarray[Any, Any] | None:
         raw = call.unshaped_proba
         if raw is None:
             assert call.outputs is not None
@@ -159,7 +159,7 @@ class WatermarkGuard(Guard):
         return proba
 
     @staticmethod
-    def _rewrite(entry: ModelEntry, call: Call, marked: list[Mark], n_classes: int) -> None:
+    def _rewrite(entry: ModelEntry, call: OipCall, marked: list[Mark], n_classes: int) -> None:
         assert call.outputs is not None
         shown = call.outputs.output(PROBABILITIES)
         if shown is not None:
@@ -174,7 +174,7 @@ class WatermarkGuard(Guard):
                 data[m.row] = int(value) if data.dtype.kind in "iu" else str(value)
             label.data = data
 
-    async def on_complete(self, call: Call) -> None:
+    async def on_complete(self, call: OipCall) -> None:
         pending = self._pending.pop(call.request_id, None)
         if pending is None or call.status != 200:
             return

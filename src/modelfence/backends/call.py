@@ -1,0 +1,26 @@
+"""The OIP `Call`: a classic model's call, with its model entry and decoded tensors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..kernel.call import Call
+from ..kernel.oip import InferRequest, InferResponse
+from .base import ModelEntry
+
+
+@dataclass(slots=True)
+class OipCall(Call):
+    """A call on the Open Inference Protocol (infer, model metadata, artifact download)."""
+
+    backend_provides: ClassVar[frozenset[str]] = frozenset({"outputs"})
+
+    model: ModelEntry | None = None
+    inputs: InferRequest | None = None
+    outputs: InferResponse | None = None
+    #: the model's probabilities before output shaping (the monitor judges what it said)
+    unshaped_proba: np.ndarray[Any, Any] | None = None
+    metadata: dict[str, Any] | None = None  # the model metadata a metadata call answers
