@@ -1,8 +1,8 @@
 """Episodes: hysteresis, minimum dwell, release, sticky hold and one alert per episode.
 
-The rules (`monitor.episodes.step`) are checked on raw-risk sequences written by hand and on
-random ones; the monitor's use of them on the digits world of test_monitor.py, with time
-explicit (`now=`), so a day of holds replays in a moment.
+The rules (`risk.episodes.step`, shared by every protocol) are checked on raw-risk sequences
+written by hand and on random ones; the monitor's use of them on the digits world of
+test_monitor.py, with time explicit (`now=`), so a day of holds replays in a moment.
 """
 
 from __future__ import annotations
@@ -16,10 +16,8 @@ import pytest
 
 from modelfence.errors import ConfigurationError
 from modelfence.monitor import Crossing, Monitor, MonitorSettings
-from modelfence.monitor.alerts import Alert
-from modelfence.monitor.episodes import NO_EPISODE, Episode, Hysteresis, step
-from modelfence.monitor.service import alert_for
 from modelfence.redteam.attacks.sampling import UniformRandom
+from modelfence.risk import NO_EPISODE, Alert, Episode, Hysteresis, alert_for, step
 from modelfence.shaping.recommended import RECOMMENDED_BANDS, RECOMMENDED_MONITOR
 
 from .test_monitor import World
@@ -231,7 +229,7 @@ def test_principal_and_tenant_starting_together_raise_one_alert(world: World,
     assert (c.subject_kind, c.subject, c.tenant) == ("principal", "x", "acme")
     assert c.tenant_risk is not None and c.tenant_risk.flagged
     assert monitor.tenant_risk("acme").flagged
-    alert = alert_for("m", c, "acme")
+    alert = alert_for("m", c)
     assert alert.kind == "principal" and alert.tenant_risk == c.tenant_risk.score
     assert "tenant acme is flagged too" in alert.describe()
     body = alert.to_json()
@@ -250,8 +248,9 @@ def test_a_tenant_flagged_without_its_principals_raises_a_tenant_alert(
     assert [(c.subject_kind, c.subject, c.tenant_risk) for c in crossings] == [
         ("tenant", "acme", None)]
     assert not any(monitor.risk(f"key-{k}").flagged for k in range(10))
-    alert = alert_for("m", crossings[0], "acme")
+    alert = alert_for("m", crossings[0])
     assert isinstance(alert, Alert) and alert.kind == "tenant" and alert.subject == "acme"
+    assert alert.tenant == "acme"
     assert "flagged too" not in alert.describe()
 
 

@@ -19,15 +19,17 @@ def book(**kw: float) -> LlmRiskBook:
     return LlmRiskBook(LlmMonitorSettings(**kw), ["m"])  # type: ignore[arg-type]
 
 
-def test_a_leak_alerts_once_and_decays_with_the_half_life() -> None:
+def test_a_leak_alerts_once_and_its_evidence_decays_with_the_half_life() -> None:
     b = book(half_life_s=100.0)
     crossings = b.observe(Observation("m", "eve", "evil", leak=True), now=T0)
-    assert [(c.kind, c.subject) for c in crossings] == [("principal", "eve")]
+    assert [(c.subject_kind, c.subject) for c in crossings] == [("principal", "eve")]
     assert b.peek("m", "eve", "evil", now=T0) == pytest.approx(0.6)
     assert b.observe(Observation("m", "eve", "evil", leak=True), now=T0 + 1) == []  # once
     assert b.peek("m", "eve", None, now=T0 + 1) == pytest.approx(0.84, abs=0.01)  # noisy-OR
-    # the count of leaks halves (2 → 1): the risk is one leak's again
-    assert b.peek("m", "eve", None, now=T0 + 101) == pytest.approx(0.6, abs=0.01)
+    # the count of leaks halves (2 → 1): the raw risk is one leak's again, while the risk
+    # acted on is held where the episode rose until the raw risk falls below the release
+    assert b.risk("m", "principal", "eve", now=T0 + 101).raw == pytest.approx(0.6, abs=0.01)
+    assert b.peek("m", "eve", None, now=T0 + 101) == pytest.approx(0.84, abs=0.01)
     assert b.peek("m", "eve", None, now=T0 + 2000) < 0.01
     # once the risk has clearly fallen back, the next crossing alerts again
     assert b.observe(Observation("m", "eve", None, leak=True), now=T0 + 2000)
@@ -41,9 +43,9 @@ def test_a_thief_split_over_ten_keys_shows_at_the_tenant() -> None:
                                            screen="extraction", screen_score=0.8),
                                now=T0 + 10 * i)
     assert [b.peek("m", f"key{i}", None, now=T0 + 100) for i in range(10)] == [0.0] * 10
-    assert [c.kind for c in crossings] == ["tenant"]  # the ring, once
+    assert [c.subject_kind for c in crossings] == ["tenant"]  # the ring, once
     tenant = b.risk("m", "tenant", "ring", now=T0 + 100)
-    assert tenant.score >= 0.5 and tenant.requests == 10 and "extraction" in tenant.explain()
+    assert tenant.score >= 0.5 and tenant.queries == 10 and "extraction" in tenant.explain()
     assert b.peek("m", "fresh-key", "ring", now=T0 + 100) == pytest.approx(tenant.score)
 
 
@@ -56,7 +58,7 @@ def test_one_member_does_not_move_its_peers_unless_the_tenant_behaves_differentl
         alerts += b.observe(Observation("m", "user0", "acme", tokens=20, leak=True,
                                         screen="extraction", screen_score=1.0),
                             now=T0 + 60 + i)
-    assert [c.kind for c in alerts] == ["principal"]
+    assert [c.subject_kind for c in alerts] == ["principal"]
     assert b.peek("m", "user0", "acme", now=T0 + 100) > 0.9
     assert [b.peek("m", f"user{u}", "acme", now=T0 + 100) for u in range(1, 10)] == [0.0] * 9
     assert b.risk("m", "tenant", "acme", now=T0 + 100).score == 0.0  # the left-out member
@@ -75,7 +77,7 @@ def test_distill_evidence_and_the_member_left_out_of_the_tenant() -> None:
     b = book()
     b.observe(Observation("m", "solo", None, distill=0.5), now=T0)
     assert b.peek("m", "solo", None, now=T0) == pytest.approx(0.3)  # weight x evidence
-    assert b.risk("m", "principal", "solo", now=T0).requests == 0  # not a request
+    assert b.risk("m", "principal", "solo", now=T0).queries == 0  # not a request
     for _ in range(3):
         b.observe(Observation("m", "a", None, distill=1.0), now=T0)  # a's own windows
     for who, windows in [("a", 1), ("b", 3), ("c", 2)]:
@@ -154,7 +156,7 @@ def test_a_learned_background_still_shows_a_ring_and_is_capped() -> None:
             crossings += b.observe(Observation("m", f"key{i}", "ring", tokens=50,
                                                screen="extraction", screen_score=0.9),
                                    now=T0 + 86_400 + 20 * i + j)
-    assert "tenant" in [c.kind for c in crossings]
+    assert "tenant" in [c.subject_kind for c in crossings]
     flood = book()  # thieves flooding a model cannot lift everyone's allowance past the cap
     for i in range(400):
         flood.observe(Observation("m", f"t{i}", None, tokens=10, screen="extraction",
@@ -175,7 +177,7 @@ def test_a_caller_screened_as_extraction_again_and_again_alerts_on_the_third() -
     assert 0.2 < b.peek("m", "x", None, now=T0 + 30) < 0.3  # one beyond the allowance
     third = b.observe(Observation("m", "x", None, screen="extraction", screen_score=0.9),
                       now=T0 + 60)
-    assert [c.kind for c in third] == ["principal"]
+    assert [c.subject_kind for c in third] == ["principal"]
 
 
 def test_screening_verdicts_count_by_their_score() -> None:
@@ -284,7 +286,10 @@ def test_each_kind_halves_over_its_own_horizon() -> None:
     assert at[48]["extraction"] < 0.01  # long gone
     quick = book(half_lives={"probe": 60.0}, false_alarm=0.5)  # type: ignore[arg-type]
     quick.observe(Observation("m", "p", None, asked=("logprobs",)), now=T0)
-    assert quick.peek("m", "p", None, now=T0 + 60) == pytest.approx(1 - 0.9 ** 0.5, abs=1e-3)
+    assert quick.risk("m", "principal", "p", now=T0 + 60).raw == pytest.approx(
+        1 - 0.9 ** 0.5, abs=1e-3)
+    # the risk acted on is held where it rose until the episode rules let it fall
+    assert quick.peek("m", "p", None, now=T0 + 60) == pytest.approx(0.1)
 
 
 def test_poisson_allowance() -> None:
@@ -348,7 +353,7 @@ def test_subjects_are_bounded() -> None:
         b.observe(Observation("m", f"p{i}", None, leak=True), now=T0)
     assert b.peek("m", "p0", None, now=T0) == 0.0  # dropped, least recently seen
     assert b.peek("m", "p99", None, now=T0) > 0.5
-    assert b.knows("m") and not b.knows("other")
+    assert b.watches("m") and not b.watches("other")
     assert b.peek("other", "p99", None) == 0.0
 
 
@@ -431,8 +436,8 @@ def test_stream_entries_round_trip() -> None:
         there.observe(decode(wire), now=T0, remote=True)
     mine, theirs = here.risk("m", "principal", "p", now=T0), there.risk("m", "principal", "p",
                                                                        now=T0)
-    assert (theirs.score, theirs.parts, theirs.requests) == (mine.score, mine.parts,
-                                                             mine.requests)
+    assert (theirs.score, theirs.parts, theirs.queries) == (mine.score, mine.parts,
+                                                             mine.queries)
     assert "probe" in there.risk("m", "principal", "p", now=T0).parts
 
 
@@ -462,7 +467,7 @@ async def test_a_restarted_replica_replays_its_own_evidence(redis_url: str) -> N
                                replica="host:7:bb")
         await restarted.start()
         assert after.peek("m", "eve", None, now=T0) == pytest.approx(0.6)
-        assert not after.knows("other-model")
+        assert not after.watches("other-model")
         await restarted.stop()
     finally:
         await client.delete(key)

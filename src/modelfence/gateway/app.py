@@ -37,9 +37,7 @@ from ..kernel.finish import count_failure
 from ..kernel.metrics import GatewayMetrics
 from ..kernel.responses import json_response
 from ..kernel.stages import Stages
-from ..llm.risk import Crossing as LlmCrossing
 from ..llm.routes import LlmRoutes
-from ..monitor.alerts import Alert
 from ..monitor.guard import MonitorGuard
 from ..monitor.service import MonitorService
 from ..policy import PolicyEngine, PolicyGuard, engine_from_settings
@@ -214,12 +212,6 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         stores.append(("monitor store", gw.monitor.ping))
     if gw.watermark is not None:
         stores.append(("watermark evidence store", gw.watermark.ping))
-    def llm_alert(crossing: LlmCrossing) -> None:
-        gw.monitor.raise_alert(Alert(
-            model=crossing.model, kind=crossing.kind, subject=crossing.subject,
-            tenant=crossing.tenant, risk=crossing.risk.score, queries=crossing.risk.requests,
-            explanation=crossing.risk.explain()))
-
     def screen_failure(model: str, outcome: str) -> None:
         gw.metrics.screening_failures.labels(model, outcome).inc()
 
@@ -227,7 +219,7 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
                     audit_before_answer=settings.audit.durability == "strict",
                     noise_secret=hmac.new(settings.server_secret(), b"llm",
                                           hashlib.sha256).digest(),
-                    on_alert=llm_alert, on_screen_failure=screen_failure,
+                    on_alert=gw.monitor.raise_alert, on_screen_failure=screen_failure,
                     on_failure=lambda exc: count_failure(gw.metrics, exc),
                     on_distill=lambda model, outcome, n: gw.metrics.llm_distill.labels(
                         model, outcome).inc(n))

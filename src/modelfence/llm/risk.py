@@ -20,12 +20,14 @@ population and punishes another. `screen_rate` is its floor, `SCREEN_RATE_CAP` i
 (thieves flooding a model cannot raise everyone's allowance past it). The parts combine as a
 noisy-OR: one strong signal or several weak ones.
 
-Kept per model for each principal and each tenant (one thief with many keys). A tenant's
-count of a kind leaves out the member that gave it the most (min over leave-one-out) and
-allows `tenant_allowance` more: one member's evidence never punishes its peers (that
-member's own risk covers it), while a thief split over many keys still shows. A tenant's
-tokens are counted per active member. Bounded by an LRU of subjects; peeking is a
-dictionary lookup and a few exponentials.
+The kinds are this protocol's evidence; combining them and holding the result is the engine
+the classifier monitor shares (`modelfence.risk`): noisy-OR, episodes, one alert per episode
+(a principal's names its tenant when both started together). LLM rules (`llm_rules`): an
+episode starts at `alert_at` and ends below half of it (where the alert used to re-arm),
+`LLM_MIN_DWELL_S` after it started; no sticky hold (the half-lives already hold probes for
+days). Alerts come as before; the effective risk now holds through an episode instead of
+sinking with each decay, and below one falls once under half of where it rose, at most once
+per dwell, as a classifier caller's does.
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
+from ..risk import NO_EPISODE, Crossing, Episode, Hysteresis, Kind, combine, crossings, step, view
 from .settings import LlmHalfLives, LlmMonitorSettings
 
 KINDS = ("leak", "extraction", "injection", "probe", "sampling", "clamp", "volume", "distill")
@@ -62,6 +66,10 @@ SCREEN_RATE_CAP = 0.05
 #: Decayed requests a model needs before its own rate replaces the configured floor.
 BACKGROUND_MIN_REQUESTS = 200.0
 
+#: An LLM episode's least length: one fast-decaying burst (a short `half_life_s`) alerts
+#: once; short beside the shipped half-lives (hours to days), so it seldom ends one.
+LLM_MIN_DWELL_S = 600.0
+
 #: Which half-life (a field of `LlmHalfLives`) each counted kind decays with.
 _HORIZON = {"leak": "leak", "extraction": "screen", "injection": "screen", "probe": "probe",
             "sampling": "probe", "clamp": "clamp", "distill": "distill"}
@@ -77,6 +85,12 @@ def _halves(settings: LlmMonitorSettings) -> dict[str, float]:
     return out
 
 
+def llm_rules(settings: LlmMonitorSettings) -> Hysteresis:
+    """The episode rules for LLM callers (see the module's docstring for why these)."""
+    return Hysteresis(threshold=settings.alert_at, release=settings.alert_at / 2,
+                      min_dwell_s=LLM_MIN_DWELL_S, hold_s=0.0, sticky=frozenset())
+
+
 @dataclass(slots=True)
 class _Evidence:
     """One subject's decayed counts per kind, requests and tokens.
@@ -87,6 +101,7 @@ class _Evidence:
     kind (and "tokens"), the member that gave the most and how much, decayed alike, for
     the leave-one-out count;
     `members` (tenants): when each member was last seen, for its tokens per member.
+    `episode`: the subject's held risk and episode (`risk.episodes`).
     """
 
     counts: dict[str, float] = field(default_factory=dict)
@@ -99,7 +114,7 @@ class _Evidence:
     tokens: float = 0.0
     requests: int = 0
     at: float = 0.0
-    flagged: bool = False
+    episode: Episode = NO_EPISODE
 
     def decay(self, now: float, speeds: dict[str, float]) -> None:
         """Decay to `now`; `speeds`: each kind's ln 2 / half-life."""
@@ -140,28 +155,26 @@ def strength(weight: float, share: float) -> float:
 
 @dataclass(frozen=True, slots=True)
 class LlmRisk:
-    """A subject's risk now, with each kind's part (for the admin API and alerts)."""
+    """A subject's risk now, with each kind's part (for the admin API and alerts).
+
+    `score` is the effective risk (held by the episode), `raw` the parts' noisy-OR now,
+    `queries` the requests it saw, `flagged` whether an episode is on.
+    """
 
     score: float
     parts: dict[str, float]
-    requests: int
+    queries: int
     tokens: float
     flagged: bool
+    raw: float = 0.0
 
     def explain(self) -> str:
         parts = sorted(self.parts.items(), key=lambda kv: -kv[1])
         return ", ".join(f"{k} {v:.2f}" for k, v in parts if v >= 0.01) or "no evidence"
 
 
-@dataclass(frozen=True, slots=True)
-class Crossing:
-    """A subject whose risk rose over `alert_at` with this observation (alert once)."""
-
-    model: str
-    kind: str  # "principal" | "tenant"
-    subject: str
-    tenant: str | None
-    risk: LlmRisk
+#: An LLM subject's episode that started with an observation (`risk.crossings`).
+LlmCrossing: TypeAlias = Crossing[LlmRisk]
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +207,10 @@ class Observation:
 class LlmRiskBook:
     """Per model: each principal's and tenant's evidence; `observe` returns new crossings."""
 
-    def __init__(self, settings: LlmMonitorSettings, models: Iterable[str]) -> None:
+    def __init__(self, settings: LlmMonitorSettings, models: Iterable[str], *,
+                 rules: Hysteresis | None = None) -> None:
         self._s = settings
+        self.rules = rules or llm_rules(settings)
         self._halves = _halves(settings)
         self._speeds = {k: math.log(2.0) / h for k, h in self._halves.items()}
         self._speeds["tokens"] = self._speeds["volume"]
@@ -215,13 +230,14 @@ class LlmRiskBook:
     def max_subjects(self) -> int:
         return self._s.max_subjects
 
-    def knows(self, model: str) -> bool:
+    def watches(self, model: str) -> bool:
         """Whether this book scores `model` (an LLM served on /v1)."""
         return model in self._models
 
     def peek(self, model: str, principal: str, tenant: str | None,
              now: float | None = None) -> float:
-        """The higher of the principal's and its tenant's risk now."""
+        """The higher of the principal's and its tenant's effective risk now (the LLM
+        protocol's `risk.RiskSource`)."""
         table = self._subjects.get(model)
         if table is None:
             return 0.0
@@ -232,7 +248,8 @@ class LlmRiskBook:
             ev = table.get(key)
             if ev is not None:
                 ev.decay(now, self._speeds)
-                risk = max(risk, _noisy_or(self._parts(ev, key[0], model)))
+                raw = combine(self._parts(ev, key[0], model))
+                risk = max(risk, view(ev.episode, raw, now, self.rules).level)
         return risk
 
     def risk(self, model: str, kind: str, subject: str, now: float | None = None) -> LlmRisk:
@@ -240,32 +257,35 @@ class LlmRiskBook:
         ev = table.get(f"{kind[0]}:{subject}")
         if ev is None:
             return LlmRisk(0.0, {}, 0, 0.0, False)
-        ev.decay(time.time() if now is None else now, self._speeds)
+        now = time.time() if now is None else now
+        ev.decay(now, self._speeds)
         parts = self._parts(ev, kind[0], model)
-        return LlmRisk(_noisy_or(parts), parts, ev.requests, ev.tokens, ev.flagged)
+        raw = combine(parts)
+        held = view(ev.episode, raw, now, self.rules)
+        return LlmRisk(held.level, parts, ev.requests, ev.tokens, held.active, raw)
 
     def observe(self, obs: Observation, now: float | None = None, *,
-                remote: bool = False) -> list[Crossing]:
-        """Add what `obs` shows; the subjects it lifted over `alert_at` (alert each once).
+                remote: bool = False) -> list[LlmCrossing]:
+        """Add what `obs` shows; the episodes that started with it, one per alert.
 
-        `remote`: another replica's observation. It never flags a subject, so the next
-        observation a replica answers itself raises the alert there, even when the
-        crossing came from the stream (two replicas may then both alert: better twice
-        than never).
+        Each subject's episode steps twice: with its risk decayed to `now` (which may end
+        an episode, as the alert's re-arming did), then with what `obs` adds. `remote`:
+        another replica's observation; it steps the episodes alike (so every replica holds
+        the same risk) but raises no alert: the replica that answered raised it.
         """
         now = time.time() if now is None else now
         table = self._subjects.setdefault(obs.model, OrderedDict())
-        crossings = []
+        started: dict[Kind, LlmRisk] = {}
         events = self._events(obs)
         self._learn(obs, events, now)
         member: _Evidence | None = None
-        subjects = [("principal", obs.principal, f"p:{obs.principal}")]
+        subjects: list[tuple[Kind, str]] = [("principal", f"p:{obs.principal}")]
         if obs.tenant:
-            subjects.append(("tenant", obs.tenant, f"t:{obs.tenant}"))
-        for kind, subject, key in subjects:
+            subjects.append(("tenant", f"t:{obs.tenant}"))
+        for kind, key in subjects:
             ev = self._touch(table, key, now)
-            if _noisy_or(self._parts(ev, key[0], obs.model)) < self._s.alert_at / 2:
-                ev.flagged = False  # re-armed once the risk has clearly fallen back
+            ev.episode, began = step(ev.episode, combine(self._parts(ev, key[0], obs.model)),
+                                     0.0, now, self.rules)
             if member is None:
                 member = ev
             else:  # the tenant: what its member gives it, before its volume is judged
@@ -276,12 +296,15 @@ class LlmRiskBook:
                 _note_top(ev, obs.principal, member, gives)
             self._add(ev, obs, events, key[0], now)
             parts = self._parts(ev, key[0], obs.model)
-            score = _noisy_or(parts)
-            if score >= self._s.alert_at and not ev.flagged and not remote:
-                ev.flagged = True
-                crossings.append(Crossing(obs.model, kind, subject, obs.tenant,
-                                          LlmRisk(score, parts, ev.requests, ev.tokens, True)))
-        return crossings
+            raw = combine(parts)
+            ev.episode, rose = step(ev.episode, raw, 0.0, now, self.rules)
+            if began or rose:
+                started[kind] = LlmRisk(ev.episode.level, parts, ev.requests, ev.tokens,
+                                        True, raw)
+        if remote or not started:
+            return []
+        assert member is not None
+        return crossings(obs.principal, obs.tenant, started, member.episode.active)
 
     def _touch(self, table: OrderedDict[str, _Evidence], key: str, now: float) -> _Evidence:
         ev = table.get(key)
@@ -469,9 +492,3 @@ def _note_top(tenant: _Evidence, principal: str, member: _Evidence,
         if kept is None or kept[0] == principal or mine >= kept[1]:
             tenant.top[kind] = (principal, mine)
 
-
-def _noisy_or(parts: dict[str, float]) -> float:
-    keep = 1.0
-    for v in parts.values():
-        keep *= 1.0 - v
-    return 1.0 - keep

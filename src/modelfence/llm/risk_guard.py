@@ -1,10 +1,10 @@
 """The LLM risk book's place in the chain: risk in before policy, evidence out after.
 
-`on_request` sets `call.risk` (principal or tenant, the higher) before the policy, rate
-limit and control-band choices read it. `on_complete` tells the book what the call
-showed — tokens used, a blocked system-prompt leak, the screening verdict, the output
-fields asked beyond the caller's band (refused or clamped) — and raises an alert for each
-subject that crossed over.
+`on_request` (the shared `risk.RiskGuard`) sets `call.risk` (principal or tenant, the
+higher) before the policy, rate limit and control-band choices read it. `on_complete`
+tells the book what the call showed — tokens used, a blocked system-prompt leak, the
+screening verdict, the output fields asked beyond the caller's band (refused or clamped) —
+and raises an alert for each episode that started (`risk.Alert`, as the monitor's).
 """
 
 from __future__ import annotations
@@ -13,35 +13,27 @@ import time
 from collections.abc import Callable
 from typing import ClassVar
 
-from ..kernel.chain import Guard
+from ..risk import Alert, RiskGuard, alert_for
 from .call import LlmCall, LlmExchange
 from .guards import KIND_OF_ACTION, PROBE_REASONS
-from .risk import Crossing, LlmRiskBook, Observation
+from .risk import LlmRiskBook, Observation
 from .risk_repeats import RepeatedHits
 from .risk_sync import RiskStream
 
-AlertSink = Callable[[Crossing], None]
+AlertSink = Callable[[Alert], None]
 
 
-class LlmRiskGuard(Guard[LlmCall]):
+class LlmRiskGuard(RiskGuard[LlmCall]):
     name: ClassVar[str] = "llm_risk"
-    requires: ClassVar[frozenset[str]] = frozenset({"principal", "model"})
-    provides: ClassVar[frozenset[str]] = frozenset({"risk"})
 
     def __init__(self, book: LlmRiskBook, alert: AlertSink, *, replica: str = "",
                  stream: RiskStream | None = None) -> None:
+        super().__init__(book)
         self.book = book
         self._alert = alert
         self._replica = replica
         self.stream = stream
         self.repeats = RepeatedHits(max_principals=book.max_subjects)
-
-    async def on_request(self, call: LlmCall) -> None:
-        assert call.principal is not None and call.model is not None
-        call.risk = self.book.peek(call.model.name, call.principal.id,
-                                   call.principal.tenant or None)
-        if call.risk > 0.0:
-            call.note(self.name, "note", f"risk {call.risk:.2f}")
 
     async def on_complete(self, call: LlmCall) -> None:
         if call.principal is None or call.model is None:
@@ -67,9 +59,10 @@ class LlmRiskGuard(Guard[LlmCall]):
 
     def record(self, obs: Observation) -> None:
         """Score `obs` (from a call, or evidence found apart from one, such as the
-        distillation test's), alert on each crossing and share it with the other replicas."""
+        distillation test's), alert on each episode it started and share it with the other
+        replicas."""
         for crossing in self.book.observe(obs, now=obs.ts):
-            self._alert(crossing)
+            self._alert(alert_for(obs.model, crossing))
         if self.stream is not None:
             self.stream.publish(obs)
 

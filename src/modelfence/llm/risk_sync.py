@@ -137,7 +137,7 @@ class RiskStream:
                 except (KeyError, ValueError, UnicodeDecodeError) as exc:
                     log.warning("LLM risk stream entry %r skipped: %s", entry_id, exc)
                     continue
-                if obs.origin != self.replica and self._book.knows(obs.model):
+                if obs.origin != self.replica and self._book.watches(obs.model):
                     self._book.observe(obs, now=obs.ts, remote=True)
         return read
 

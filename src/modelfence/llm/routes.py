@@ -33,12 +33,13 @@ from ..kernel.chain import GuardChain
 from ..kernel.finish import OnFailure, finish
 from ..kernel.responses import error_response
 from ..kernel.stages import Stages
+from ..risk import Alert
 from .call import LlmCall, LlmEntry, LlmExchange, exchange_of
 from .distill_worker import CountSink, DistillGuard, DistillWorker
 from .guards import LlmBodyGuard, LlmModelGuard
 from .leak_semantic import SemanticLeakWorker
 from .output_guards import CanaryGuard, LlmOutputGuard, LogprobNoiseGuard
-from .risk import Crossing, LlmRiskBook
+from .risk import LlmRiskBook
 from .risk_guard import LlmRiskGuard
 from .risk_sync import RiskStream
 from .screen_guard import ScreeningGuard
@@ -72,7 +73,7 @@ class LlmRoutes:
 
     def __init__(self, settings: LlmSettings, *, stages: Stages,
                  audit_before_answer: bool = False, noise_secret: bytes | None = None,
-                 on_alert: Callable[[Crossing], None] | None = None,
+                 on_alert: Callable[[Alert], None] | None = None,
                  on_screen_failure: Callable[[str, str], None] | None = None,
                  on_failure: OnFailure | None = None,
                  on_distill: CountSink | None = None) -> None:
@@ -107,13 +108,13 @@ class LlmRoutes:
         self._pending: set[asyncio.Task[None]] = set()
 
     def _risk_guard(self, settings: LlmSettings,
-                    on_alert: Callable[[Crossing], None] | None) -> LlmRiskGuard:
+                    on_alert: Callable[[Alert], None] | None) -> LlmRiskGuard:
         book = LlmRiskBook(settings.monitor, self.models)
         # host:pid can repeat after a restart (containers): a random part keeps it unique
         m, replica = settings.monitor, f"{replica_name()}:{secrets.token_hex(4)}"
         stream = (RiskStream(book, url=m.shared, key=m.key, stream_max=m.stream_max,
                              replica=replica) if m.shared else None)
-        return LlmRiskGuard(book, on_alert or _log_crossing, replica=replica, stream=stream)
+        return LlmRiskGuard(book, on_alert or _log_alert, replica=replica, stream=stream)
 
     def _distill_worker(self, settings: LlmSettings,
                         on_count: CountSink | None) -> DistillWorker | None:
@@ -364,6 +365,5 @@ def _forget(pending: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], 
     return done
 
 
-def _log_crossing(crossing: Crossing) -> None:
-    log.warning("LLM extraction risk %.2f for %s %s on %s: %s", crossing.risk.score,
-                crossing.kind, crossing.subject, crossing.model, crossing.risk.explain())
+def _log_alert(alert: Alert) -> None:
+    log.warning("LLM %s", alert.describe())

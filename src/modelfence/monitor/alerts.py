@@ -2,7 +2,8 @@
 
 A principal whose tenant is flagged by the same observation raises one alert that names both
 (`tenant_risk`), not two; a tenant flagged without its principal (evidence spread over keys)
-raises a tenant alert. An alert is three things at once: an `alert:monitor` audit record (so
+raises a tenant alert (`risk.crossings`, the same for classifier and LLM callers). An alert
+(`risk.Alert`) is three things at once: an `alert:monitor` audit record (so
 `modelfence alerts`, the admin API and the tamper-evident trail all show it), a Prometheus
 counter, and a JSON POST to a webhook. The webhook body is signed as Stripe and GitHub sign
 theirs: ``X-Modelfence-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "t.body">``, so a
@@ -18,8 +19,6 @@ import hmac
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -29,36 +28,11 @@ from ..audit.record import event_record
 from ..audit.sinks import AuditSink
 from ..config import WebhookSettings
 from ..kernel.metrics import GatewayMetrics
+from ..risk import Alert
 
 log = logging.getLogger("modelfence.monitor")
 
 SIGNATURE_HEADER = "X-Modelfence-Signature"
-
-
-@dataclass(frozen=True, slots=True)
-class Alert:
-    model: str
-    kind: str  # "principal" | "tenant"
-    subject: str
-    tenant: str | None
-    risk: float
-    queries: int
-    explanation: str
-    tenant_risk: float | None = None  # the tenant's, when its episode started with this one
-
-    def describe(self) -> str:
-        also = ("" if self.tenant_risk is None else
-                f"; its tenant {self.tenant} is flagged too (risk {self.tenant_risk:.2f})")
-        return (f"extraction risk {self.risk:.2f} for {self.kind} {self.subject} on model "
-                f"{self.model} after {self.queries} queries{also}: {self.explanation}")
-
-    def to_json(self) -> dict[str, Any]:
-        return {"type": "monitor.alert", "time": datetime.now(UTC).isoformat(),
-                "model": self.model, "kind": self.kind, "subject": self.subject,
-                "tenant": self.tenant, "risk": round(self.risk, 4), "queries": self.queries,
-                "tenant_flagged": self.tenant_risk is not None,
-                "tenant_risk": None if self.tenant_risk is None else round(self.tenant_risk, 4),
-                "explanation": self.explanation}
 
 
 def sign(secret: bytes, body: bytes, now: int) -> str:

@@ -1,6 +1,6 @@
 """One risk per caller from many detectors, and the monitor's snapshots.
 
-Detector scores combine by noisy-OR (`verdict.combine`); each detector's contribution is
+Detector scores combine by noisy-OR (`risk.combine`); each detector's contribution is
 reported with its explanation, so a denial can say why.
 
 A caller is a principal (an API key, a user) and, when the request names one, its tenant: a
@@ -11,12 +11,12 @@ state fixed in size, the monitor's memory is bounded by settings alone.
 
 `observe` recomputes the risk of the callers it updates (the readings of detectors that saw
 new rows) and caches it, so the request path reads a risk with one dictionary lookup
-(`peek`). The score the gateway acts on is held by each caller's episode
-(`monitor.episodes`: hysteresis, a minimum dwell, a sticky hold for synthetic queries), and
-`observe` reports each episode's start once (`Crossing`). `snapshot` and `restore` carry
-the whole state as plain arrays (.npz, no pickle) for persistence and for replicas that
-share one monitor's state. The settings, `Risk` and `Crossing` live in `verdict.py`, and
-are exported here too.
+(`peek`). The score the gateway acts on is held by each caller's episode (`risk.episodes`,
+the rules every protocol shares: hysteresis, a minimum dwell, a sticky hold for synthetic
+queries), and `observe` reports each episode's start once (`risk.crossings`). `snapshot`
+and `restore` carry the whole state as plain arrays (.npz, no pickle) for persistence and
+for replicas that share one monitor's state. The settings, `Risk` and `Crossing` live in
+`verdict.py`, and are exported here too.
 """
 
 from __future__ import annotations
@@ -32,11 +32,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError
+from ..risk import Episode, Hysteresis, combine_with, crossings, step
 from .callers import CallerState, Table
-from .detectors import (
-    Reading,
-)
-from .episodes import Episode, Hysteresis, step
+from .detectors import Reading
 from .facts import Batch, Cells, Judge
 from .resends import projection
 from .rings import ROW
@@ -105,12 +103,7 @@ class Monitor:
                 started[kind] = state.risk
         if not started:
             return []
-        mine = started.get("principal")
-        if mine is not None:
-            return [Crossing("principal", principal, mine, tenant, started.get("tenant"))]
-        if tenant is not None and not self._principals[principal].risk.flagged:
-            return [Crossing("tenant", tenant, started["tenant"])]
-        return []
+        return crossings(principal, tenant, started, self._principals[principal].risk.flagged)
 
     def _rows(self, features: Array, proba: Array) -> tuple[Array, Array]:
         x = np.asarray(features, dtype=np.float64)
@@ -128,18 +121,11 @@ class Monitor:
         """The risk from fresh readings of the detectors in `seen`, kept ones of the rest,
         held by the caller's episode; and whether an episode started."""
         kept = state.risk.readings
-        sticky = self._rules.sticky
-        readings: dict[str, Reading] = {}
-        keep = keep_sticky = 1.0  # `combine` of all readings and of the sticky ones, at once
-        for n, d in state.detectors.items():
-            r = readings[n] = d.score() if n in seen or n not in kept else kept[n]
-            s = r.score
-            left = 1.0 - (s if 0.0 <= s <= 1.0 else min(1.0, max(0.0, s)))
-            keep *= left
-            if n in sticky:
-                keep_sticky *= left
-        raw = 1.0 - keep
-        episode, began = step(state.risk.episode, raw, 1.0 - keep_sticky, now, self._rules)
+        readings = {n: d.score() if n in seen or n not in kept else kept[n]
+                    for n, d in state.detectors.items()}
+        raw, synthetic = combine_with({n: r.score for n, r in readings.items()},
+                                      self._rules.sticky)
+        episode, began = step(state.risk.episode, raw, synthetic, now, self._rules)
         return Risk(episode.level, episode.active, state.queries, readings, raw, episode), began
 
     def risk(self, principal: str) -> Risk:

@@ -26,11 +26,12 @@ from ..audit.sinks import AuditSink
 from ..config import ModelSettings, Settings
 from ..errors import ConfigurationError, StoreError
 from ..kernel.metrics import GatewayMetrics
+from ..risk import Alert, alert_for
 from ..stores.breaker import Breaker
 from ..stores.outages import redis_outage
-from .alerts import Alert, Alerts, Webhook
+from .alerts import Alerts, Webhook
 from .replication import Array, LocalLog, Observation, ObservationLog, RedisLog
-from .score import Crossing, Monitor, Risk
+from .score import Monitor, Risk
 from .score import MonitorSettings as MonitorOptions
 from .summary import Summary
 
@@ -42,7 +43,7 @@ BATCH = 256
 
 @dataclass(frozen=True, slots=True)
 class Subject:
-    """Whose risk a request carries: the principal's, or its tenant's when that is higher."""
+    """Whose observation it is: the principal's, and its tenant's when the request names one."""
 
     principal: str
     tenant: str | None
@@ -108,12 +109,13 @@ class MonitorService:
     def watches(self, model: str) -> bool:
         return model in self.monitors
 
-    def peek(self, model: str, who: Subject) -> float:
-        """The caller's current risk: the higher of its own and its tenant's."""
+    def peek(self, model: str, principal: str, tenant: str | None) -> float:
+        """The caller's current risk: the higher of its own and its tenant's (the service
+        is the classifier protocol's `risk.RiskSource`)."""
         monitor = self.monitors[model]
-        risk = monitor.peek(who.principal)
-        if who.tenant is not None:
-            risk = max(risk, monitor.peek_tenant(who.tenant))
+        risk = monitor.peek(principal)
+        if tenant is not None:
+            risk = max(risk, monitor.peek_tenant(tenant))
         return risk
 
     def send_webhook(self, payload: dict[str, object]) -> None:
@@ -216,7 +218,7 @@ class MonitorService:
         if not mine:
             return
         for crossing in crossings:
-            self.raise_alert(alert_for(obs.model, crossing, obs.tenant))
+            self.raise_alert(alert_for(obs.model, crossing))
 
     def raise_alert(self, alert: Alert) -> None:
         """Audit record, metric, log line and webhook, off the caller's path (the LLM
@@ -230,15 +232,6 @@ class MonitorService:
 
     def _restore(self, model: str, data: bytes) -> None:
         self.monitors[model].restore(data)
-
-
-def alert_for(model: str, crossing: Crossing, tenant: str | None) -> Alert:
-    """The one alert for an episode's start (naming the tenant's too when it came along)."""
-    risk = crossing.risk
-    return Alert(model=model, kind=crossing.subject_kind, subject=crossing.subject,
-                 tenant=tenant, risk=risk.score, queries=risk.queries,
-                 explanation=risk.explain(),
-                 tenant_risk=None if crossing.tenant_risk is None else crossing.tenant_risk.score)
 
 
 def rows_of(values: Array) -> Array:

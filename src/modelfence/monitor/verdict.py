@@ -1,21 +1,29 @@
 """What the classifier monitor concludes about a caller: its settings, a `Risk` and the
-episode `Crossing`s it reports, and `combine`, the noisy-OR of detector scores.
+episode `Crossing`s it reports, and `combine`, the noisy-OR of detector readings.
 
-Detector scores are calibrated alike (0 for what benign traffic shows, 1 for far beyond it),
-so they combine by noisy-OR, 1 - prod(1 - s_i): any one detector that is sure makes the
-risk sure, and several half-sure detectors add up, as independent evidence would.
+The detectors are the monitor's evidence; what becomes of it is the engine every protocol
+shares (`modelfence.risk`): detector scores are calibrated alike and combine by noisy-OR
+(`risk.combine`), the episodes hold the effective risk (`risk.episodes`), and an episode's
+start is one `Crossing` (`risk.crossing`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TypeAlias
 
 from ..errors import ConfigurationError
+from ..risk import NO_EPISODE, Episode, check_hysteresis
+from ..risk import Crossing as _Crossing
+from ..risk import Kind as Kind
+from ..risk.combine import combine as combine_parts
 from .detectors import DETECTORS, RETIRED, Reading
-from .episodes import NO_EPISODE, STICKY, Episode, check_hysteresis
 
-Kind = Literal["principal", "tenant"]
+#: Detectors whose evidence is of synthetic queries, which hold an episode (`hold_s`): rows
+#: off the data, abnormal distances between a caller's rows, rows off the data's own
+#: structure, near-copies that walk across the boundary (names not among the monitor's
+#: detectors, e.g. one a future version renames, are ignored).
+STICKY = ("ood", "prada", "synthetic", "naturalness", "flips")
 
 
 @dataclass(frozen=True)
@@ -72,28 +80,10 @@ class Risk:
 NO_RISK = Risk(0.0, False, 0)
 
 
-@dataclass(frozen=True)
-class Crossing:
-    """An episode that started with this observe: one per alert to raise.
-
-    A principal's episode names its `tenant`; when the tenant's episode started with the same
-    observation, `tenant_risk` carries it and there is no second Crossing for the tenant. A
-    tenant's episode is a Crossing of its own only when the principal that sent the
-    observation is not in an episode (evidence spread over keys, a Sybil): otherwise the
-    principal's alert already told of it.
-    """
-
-    subject_kind: Kind
-    subject: str
-    risk: Risk
-    tenant: str | None = None
-    tenant_risk: Risk | None = None
+#: An episode of a principal or tenant that started with an observe (`risk.crossings`).
+Crossing: TypeAlias = _Crossing[Risk]
 
 
 def combine(readings: dict[str, Reading], only: frozenset[str] | None = None) -> float:
     """Noisy-OR of the detector scores (of those named in `only`, when given)."""
-    keep = 1.0
-    for n, r in readings.items():
-        if only is None or n in only:
-            keep *= 1.0 - min(1.0, max(0.0, r.score))
-    return 1.0 - keep
+    return combine_parts({n: r.score for n, r in readings.items()}, only)

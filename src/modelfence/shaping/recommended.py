@@ -2,7 +2,7 @@
 
 Two bands, so a caller's answers change at most twice per episode (in when it is flagged,
 out when it is released): the monitor holds a flagged caller's risk at or above the
-threshold for the whole episode (`monitor.episodes`), and no band edge lies above it.
+threshold for the whole episode (`risk.episodes`), and no band edge lies above it.
 
 - ``standard`` (risk below the threshold): the model's answers, untouched. An honest caller
   who is never flagged pays nothing.
@@ -21,7 +21,7 @@ decimal grid, and a thief that sees it has been flagged can leave those answers 
 training; rounding and labels-only also do nothing against a label-only thief (the trade-off
 table in README), while costing honest callers precision. So no output-format step.
 
-The monitor's hysteresis (see `monitor.episodes` for the rules):
+The monitor's hysteresis (see `risk.episodes` for the rules):
 
 - ``threshold`` 0.5: detector scores are calibrated alike (0 for benign traffic, 1 for far
   beyond it) and combined by noisy-OR, so 0.5 is one detector half-sure or several less.

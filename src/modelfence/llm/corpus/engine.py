@@ -27,7 +27,8 @@ from .. import recommended
 from ..canary import Canary, LeakPolicies
 from ..controls import apply_controls
 from ..guards import PROBE_REASONS
-from ..risk import Crossing, LlmRiskBook, Observation
+from ..risk import LlmCrossing as Crossing
+from ..risk import LlmRiskBook, Observation
 from ..risk_repeats import RepeatedHits
 from ..screening import (
     CombinedScreener,

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..risk import Crossing
+from ..risk import LlmCrossing as Crossing
 from .callers import Caller, Request, timeline
 from .engine import CachingEmbedder, Gateway, Outcome
 from .populations import CorpusHalf
@@ -140,23 +140,25 @@ def replay(half: CorpusHalf, *, gateway: Gateway | None = None,
 
 def _attribute(crossings: list[Crossing], results: dict[str, CallerResult],
                of_principal: dict[str, str], members: dict[str, list[str]]) -> None:
-    """Each alert to the callers it concerns: a key's to its caller, a tenant's to all of
-    the tenant's callers."""
+    """Each alert to the callers it concerns: a key's to its caller, a tenant's (alone, or
+    named by its key's alert when both started together) to all of the tenant's callers."""
     for crossing in crossings:
-        if crossing.kind == "principal":
+        hit: list[str] = []
+        if crossing.subject_kind == "principal":
             owner = of_principal.get(crossing.subject)
-            hit = [owner] if owner else []
             if owner:
                 results[owner].alerts += 1
-        else:
-            hit = members.get(crossing.subject, [])
-            for name in hit:
+                hit.append(owner)
+        if crossing.tenant and (crossing.subject_kind == "tenant"
+                                or crossing.tenant_risk is not None):
+            for name in members.get(crossing.tenant, []):
                 results[name].tenant_alerts += 1
-        for name in hit:
+                hit.append(name)
+        for name in dict.fromkeys(hit):
             if results[name].first_alert is None:
                 results[name].first_alert = max(results[name].requests, 1)
             if not results[name].why:
-                results[name].why = f"{crossing.kind}: {crossing.risk.explain()}"
+                results[name].why = f"{crossing.subject_kind}: {crossing.risk.explain()}"
 
 
 def _why(gw: Gateway, r: Request) -> str:

@@ -1,19 +1,20 @@
 """Episodes: when a caller is flagged, for how long, and the risk the gateway acts on.
 
-The detectors' combined score (the *raw* risk) moves with every observation; the gateway
+One set of rules for every protocol: the classifier monitor and the LLM risk book each
+extract their own evidence, combine it (`risk.combine`) and step each subject's episode
+here. The combined score (the *raw* risk) moves with every observation; the gateway
 must not. A subject (a principal or a tenant) has a *held level*, its effective risk, which
 rises at once with the raw risk and falls only when the raw risk has stayed well below it:
 
 - an **episode** starts when the raw risk reaches `threshold`; during it the effective risk
   is the highest raw risk seen since it started (never below the threshold);
-- it ends only when the raw risk is below `release` (default 0.6 x threshold), at least
-  `min_dwell_s` after it started, and after any sticky hold; the level then falls to the
-  raw risk;
-- **sticky hold**: whenever, during an episode, the readings of the `sticky` detectors alone
-  (evidence of synthetic queries: rows off the data, abnormal distances between a caller's
-  rows, rows off the data's own structure, near-copies that walk across the boundary)
-  combine to the threshold, the episode is held for `hold_s` from then, so a caller flagged
-  for synthetic queries stays flagged even if its evidence decays;
+- it ends only when the raw risk is below `release` (the monitor's default: 0.6 x
+  threshold), at least `min_dwell_s` after it started, and after any sticky hold; the
+  level then falls to the raw risk;
+- **sticky hold**: whenever, during an episode, the parts named `sticky` alone combine to
+  the threshold (for the monitor: the detectors that see synthetic queries, `monitor.verdict.
+  STICKY`), the episode is held for `hold_s` from then, so a caller flagged for synthetic
+  queries stays flagged even if its evidence decays;
 - below the threshold the same rule in proportion: the level falls to the raw risk only
   when that is below `release / threshold` of the level, `min_dwell_s` after it last rose.
 
@@ -27,6 +28,8 @@ of it, so a raw risk wobbling around a lower band's edge changes that band once.
 
 Everything here is a function of the observation timestamps and the readings, never of the
 clock: replicas that apply the same observations in the same order hold the same episodes.
+A risk read between observations (`view`) is what the next observation at that time would
+make of it, without changing the state.
 """
 
 from __future__ import annotations
@@ -37,10 +40,6 @@ from typing import Any
 
 from ..errors import ConfigurationError
 
-#: Detectors whose evidence is of synthetic queries (names not among the monitor's detectors,
-#: e.g. one a future version renames, are ignored).
-STICKY = ("ood", "prada", "synthetic", "naturalness", "flips")
-
 #: `release` when none is set: the share of the threshold the raw risk must fall below.
 RELEASE_SHARE = 0.6
 
@@ -48,16 +47,17 @@ NEVER = -math.inf
 
 
 def check_hysteresis(threshold: float, release: float | None, min_dwell_s: float,
-                     hold_s: float) -> None:
-    """Refuse settings that would make episodes meaningless, in one line each."""
+                     hold_s: float, *, owner: str = "monitor") -> None:
+    """Refuse settings that would make episodes meaningless, in one line each (`owner`:
+    whose settings, for the message)."""
     if release is not None and not (math.isfinite(release) and 0.0 <= release < threshold):
         raise ConfigurationError(
-            f"monitor release must be at least 0 and below the threshold ({threshold:g}), "
+            f"{owner} release must be at least 0 and below the threshold ({threshold:g}), "
             f"got {release}")
     if not (math.isfinite(min_dwell_s) and min_dwell_s >= 0.0):
-        raise ConfigurationError(f"monitor min_dwell_s must be >= 0, got {min_dwell_s}")
+        raise ConfigurationError(f"{owner} min_dwell_s must be >= 0, got {min_dwell_s}")
     if not (math.isfinite(hold_s) and hold_s >= 0.0):
-        raise ConfigurationError(f"monitor hold_s must be >= 0, got {hold_s}")
+        raise ConfigurationError(f"{owner} hold_s must be >= 0, got {hold_s}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +72,8 @@ class Hysteresis:
 
     @classmethod
     def of(cls, settings: Any) -> Hysteresis:
-        """From a `MonitorSettings` (threshold, release, min_dwell_s, hold_s, sticky)."""
+        """From settings with threshold, release (None: `RELEASE_SHARE` of the threshold),
+        min_dwell_s, hold_s and sticky, such as the monitor's `MonitorSettings`."""
         release = (RELEASE_SHARE * settings.threshold if settings.release is None
                    else settings.release)
         return cls(float(settings.threshold), float(release), float(settings.min_dwell_s),
@@ -100,7 +101,7 @@ class Episode:
     def from_row(cls, row: Any) -> Episode:
         level, raised_at, since, hold_until = (float(v) for v in row)
         if not (0.0 <= level <= 1.0) or math.isnan(raised_at + since + hold_until):
-            raise ConfigurationError("monitor snapshot's episode state is out of range")
+            raise ConfigurationError("a snapshot's episode state is out of range")
         return cls(level, raised_at, since, hold_until)
 
 
@@ -131,3 +132,9 @@ def step(ep: Episode, raw: float, synthetic: float, now: float,
                                                  ep.hold_until):
         return ep, started  # most observations change nothing: no new object to make
     return Episode(level, raised_at, since, hold_until), started
+
+
+def view(ep: Episode, raw: float, now: float, rules: Hysteresis) -> Episode:
+    """The episode as an observation at `now` of raw risk `raw` would leave it (no sticky
+    evidence), for reading a risk between observations without changing the state."""
+    return step(ep, raw, 0.0, now, rules)[0]
