@@ -37,7 +37,7 @@ def _llm_config(tmp_path: Path, model: dict[str, Any], **llm: Any) -> Path:
 
 @pytest.mark.parametrize(("model", "llm", "feature"), [
     ({"screening": {"similarity": True}}, {}, "prompt similarity screening"),
-    ({"distill": {}}, {"monitor": {"enabled": True}}, "distill: prompt similarity screening"),
+    ({"distill": {}}, {"monitor": {"enabled": True}}, "distill: distillation detection"),
 ])
 def test_config_check_names_the_llm_extra_a_route_needs(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model: dict[str, Any],

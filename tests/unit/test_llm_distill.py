@@ -344,7 +344,9 @@ def test_configured_without_the_llm_extra_refuses_to_start(
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "torch" else real(name, *a))
-    with pytest.raises(ConfigurationError, match=r"distill: .*`llm` extra"):
+    with pytest.raises(ConfigurationError,
+                       match=r"^distill: distillation detection needs the 'llm' extra "
+                             r"\(missing: torch\): pip install 'modelfence\[llm\]'$"):
         DistillWorker.check({"m": DistillSettings()})
 
 

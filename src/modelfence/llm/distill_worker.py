@@ -72,10 +72,7 @@ class DistillWorker(BackgroundWorker[_Item]):
         with a reference file that cannot be read."""
         if not models:
             return
-        try:
-            require_similarity_extra()
-        except ConfigurationError as e:
-            raise ConfigurationError(f"distill: {e}") from None
+        require_similarity_extra("distill: distillation detection")
         for name, s in models.items():
             if s.reference is not None and not s.reference.is_file():
                 raise ConfigurationError(f"model {name!r}: distill.reference {s.reference} "

@@ -65,10 +65,10 @@ def load_seeds(text: str | None = None) -> list[Seed]:
     return seeds
 
 
-def require_similarity_extra() -> None:
-    """Raise ConfigurationError naming the extra when the model or its libraries are missing;
-    imports nothing."""
-    require(EXTRA, "prompt similarity screening", *_MODULES)
+def require_similarity_extra(feature: str = "prompt similarity screening") -> None:
+    """Raise ConfigurationError naming `feature` and the extra when the embedding model or
+    its libraries are missing; imports nothing."""
+    require(EXTRA, feature, *_MODULES)
 
 
 #: transformers' first import is not thread-safe: two embedders loading at once (the screener
