@@ -245,6 +245,19 @@ def test_client_disconnect_cancels_upstream(client: Any, stub: OpenAiStub,
     assert any("client disconnected" in d["reason"] for d in recs[-1]["trail"])
 
 
+def test_finished_streams_reuse_the_upstream_connection(client: Any, stub: OpenAiStub) -> None:
+    """A stream read to its end hands its upstream connection back to the pool, so the next
+    one pays no new connect before its first token (the time-to-first-token target)."""
+    peers = []
+    for _ in range(2):
+        stream = client.chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "hi"}], stream=True)
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        assert text == "".join(WORDS)
+        peers.append(_last_received(stub)["_peer"])
+    assert peers[0] is not None and peers[0] == peers[1]
+
+
 def test_unreachable_upstream_and_oversized_body(client: Any) -> None:
     import openai
 

@@ -5,8 +5,9 @@ answered as on the OIP path (backends/upstream_status.py): a 4xx passes through 
 reason made public (never the hidden `upstream_model` or the upstream's address), a 429 is a
 503 with the upstream's Retry-After, and a 3xx is a 502, never followed: a redirected request
 would carry the upstream API key and the prompt somewhere unconfigured.
-A stream is read as it arrives and closing the iterator (the client went away) closes the
-upstream connection.
+A stream is read as it arrives. One read to its end hands its connection back to the pool,
+so that the next stream pays no new connect before its first token; closing the iterator
+before the end (the client went away) closes the upstream connection instead.
 """
 
 from __future__ import annotations
@@ -92,8 +93,9 @@ class LlmUpstream:
     async def stream(self, model: LlmModel, path: str, body: bytes) -> AsyncIterator[bytes]:
         """Open a streaming POST; errors before the first byte raise from this call.
 
-        The returned iterator yields raw chunks as they arrive; closing it closes the
-        upstream connection, which is how a client's disconnect cancels the generation.
+        The returned iterator yields raw chunks as they arrive; closing it before the end
+        closes the upstream connection, which is how a client's disconnect cancels the
+        generation.
         """
         if model.local_path is not None:
             chunks: AsyncIterator[bytes] = await self._local_backend().stream(model, path, body)
@@ -121,16 +123,21 @@ class LlmUpstream:
 async def _chunks(ctx: Any, resp: Any, model: LlmModel) -> AsyncIterator[bytes]:
     import aiohttp
 
+    ended = False
     try:
         async for chunk in resp.content.iter_any():
             yield chunk
+        ended = True
     except TimeoutError:
         raise UpstreamTimeout(
             f"the upstream model server did not finish within {model.timeout_s:g} s") from None
     except aiohttp.ClientError:
         raise UpstreamError("the upstream model server broke off the stream") from None
     finally:
-        resp.close()  # drop the connection: the upstream sees the disconnect and stops
+        if ended:
+            resp.release()  # read to its end: the connection goes back to the pool
+        else:
+            resp.close()  # drop the connection: the upstream sees the disconnect and stops
         await ctx.__aexit__(None, None, None)
 
 
