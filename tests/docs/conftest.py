@@ -1,10 +1,9 @@
-"""The docs tests' demo (a real `modelfence demo` in a home of its own) and their summary."""
+"""The docs tests' demo (what `make demo` runs, in a home of its own) and their summary."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,6 @@ class Demo:
     workdir: Path   # stands for the repository root: .venv is there
     port: int
     env: dict[str, str]
-    spare_port: int  # a second gateway a page starts itself (documented as port 8200)
 
 
 def snippet_env(home: Path) -> dict[str, str]:
@@ -37,25 +35,52 @@ def snippet_env(home: Path) -> dict[str, str]:
     return env
 
 
+REPOSITORY_ENTRIES = ("examples", "mkdocs.yml", "docs", "src", "pyproject.toml", "Makefile",
+                      "bench", "deploy")
+
+
+def repository_copy(folder: Path) -> Path:
+    """A folder that stands for the repository root: links to what the snippets use.
+
+    Its .venv is a folder of links to the repository's environment, so that the stamps
+    `make example` leaves once it installed an example's extras can be made here: the
+    environment has them (`dev` holds every extra), and make must not install into it again.
+    """
+    venv = folder / ".venv"
+    venv.mkdir(parents=True)
+    for entry in (ROOT / ".venv").iterdir():
+        (venv / entry.name).symlink_to(entry)
+    if (ROOT / ".venv" / ".installed-dev").exists():
+        for extras in ("examples", "examples,llm"):
+            (venv / f".installed-{extras}").touch()
+    for entry in REPOSITORY_ENTRIES:
+        (folder / entry).symlink_to(ROOT / entry)
+    return folder
+
+
+def demo_command(port: int) -> list[str]:
+    """What `make demo` runs (the Makefile's recipe, from `make -n`), on another port."""
+    recipe = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed",
+                             "demo", f"PORT={port}"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout.strip().splitlines()
+    assert len(recipe) == 1 and recipe[0] == f".venv/bin/modelfence demo --port {port}", recipe
+    return recipe[0].split()
+
+
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
     """`modelfence demo` as `make demo` starts it, on free ports, in a home of its own."""
     home = tmp_path_factory.mktemp("home")
-    workdir = tmp_path_factory.mktemp("repo")
-    for entry in (".venv", "examples", "mkdocs.yml", "docs", "src", "pyproject.toml"):
-        (workdir / entry).symlink_to(ROOT / entry)
+    workdir = repository_copy(tmp_path_factory.mktemp("repo"))
     env = snippet_env(home)
     port = free_port_pair()
     log = home / "demo.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "modelfence", "demo", "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, env=env, cwd=workdir)
+        proc = subprocess.Popen(demo_command(port), stdout=out, stderr=subprocess.STDOUT,
+                                env=env, cwd=workdir)
     try:
         wait_http(f"http://127.0.0.1:{port}/v2/health/ready", timeout_s=120, proc=proc, log=log)
-        spare = free_port_pair()
-        while spare in {port, port + 1} or spare + 1 == port:
-            spare = free_port_pair()
-        yield Demo(home, workdir, port, env, spare)
+        yield Demo(home, workdir, port, env)
     finally:
         interrupt(proc, 15)
 

@@ -2,8 +2,19 @@
 
 A page's runnable snippets are meant to be pasted in order into one terminal, from the
 repository root; so the test runs them the same way, as one bash script per page in which each
-Python snippet is written to a file and run with the virtual environment's python. A snippet
-that cannot run here carries `<!-- not-run: reason -->` on the line before its fence.
+Python snippet is written to a file and run with the virtual environment's python. Comments on
+the lines just before a fence say how a snippet runs:
+
+- `<!-- serves: URL -->`: it serves until Ctrl+C. The script starts it in the background, waits
+  until URL answers, runs the page's later snippets (a reader's second terminal), and at the
+  end stops it with Ctrl+C's signal; it must then exit cleanly.
+- `<!-- stand-in: what -->`: it needs a system that is not here (a model server, a
+  time-stamping authority); tests/docs/stand_ins.py starts a stand-in for the page and says
+  what it changes in the snippets (an address, a file the reader is told to make).
+- `<!-- not-run: reason -->`: it cannot run here; tests/docs/held.py checks what can be
+  checked of it (that its commands parse, that the names it shares with files agree).
+
+`mf_…` in a snippet is the key the page minted last (the script finds it in the page's output).
 """
 
 from __future__ import annotations
@@ -19,6 +30,9 @@ PYTHON = {"python", "py", "python3"}
 YAML = {"yaml", "yml"}
 CEDAR = {"cedar"}
 NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(.+?)\s*-->$")
+MARKER = re.compile(r"^<!--\s*(not-run|serves|stand-in):\s*(.+?)\s*-->$")
+KEY_PLACEHOLDER = "mf_…"
+KEY_PATTERN = r"mf_[0-9a-f]\{16\}_[A-Za-z0-9_-]\{43\}"  # a minted key, as grep reads it
 FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*([\w+-]*)")
 #: Seconds each page's snippets took in this session (printed in the summary).
 PAGE_SECONDS: dict[str, float] = {}
@@ -34,6 +48,8 @@ class Snippet:
     lang: str
     code: str
     not_run: str | None
+    serves: str | None = None     # the URL that answers once it is up
+    stand_in: str | None = None   # what the page's stand-in replaces
 
     @property
     def where(self) -> str:
@@ -55,6 +71,12 @@ class Snippet:
     def runnable(self) -> bool:
         """A shell or Python snippet not marked `not-run` (YAML and Cedar are validated)."""
         return self.kind in {"shell", "python"} and not self.not_run
+
+    @property
+    def first_line(self) -> str:
+        """Its first command: how tests/docs/held.py names a held snippet."""
+        return next(ln.strip() for ln in self.code.splitlines()
+                    if ln.strip() and not ln.startswith(("#", ". .venv")))
 
 
 def pages() -> list[Path]:
@@ -79,11 +101,23 @@ def snippets(page: Path) -> list[Snippet]:
             body.append(lines[i][len(indent):] if lines[i].startswith(indent) else lines[i])
             i += 1
         i += 1
-        before = next((ln.strip() for ln in reversed(lines[:start]) if ln.strip()), "")
-        reason = NOT_RUN.match(before)
+        markers = _markers_before(lines, start)
         found.append(Snippet(page, start + 1, lang.lower(), "\n".join(body) + "\n",
-                             reason.group(1) if reason else None))
+                             markers.get("not-run"), markers.get("serves"),
+                             markers.get("stand-in")))
     return found
+
+
+def _markers_before(lines: list[str], fence: int) -> dict[str, str]:
+    """The `<!-- key: value -->` comments on the lines just before a fence."""
+    markers: dict[str, str] = {}
+    n = fence - 1
+    while n >= 0 and not lines[n].strip():
+        n -= 1
+    while n >= 0 and (m := MARKER.match(lines[n].strip())):
+        markers.setdefault(m.group(1), m.group(2))
+        n -= 1
+    return markers
 
 
 def all_snippets() -> list[Snippet]:
@@ -110,22 +144,76 @@ def convention_problems(snippet: Snippet) -> list[str]:
     return problems
 
 
-def page_script(page_snippets: list[Snippet], folder: Path, ports: dict[int, int]) -> str:
+# a documented port, where a snippet names one: an address, a `port:` key, `--port`, `PORT=`
+PORT_IN_TEXT = re.compile(r"((?:127\.0\.0\.1|0\.0\.0\.0|localhost):|port: |--port |PORT=)"
+                          r"(\d{4,5})\b")
+PRELUDE = r"""set -euo pipefail
+exec > >(tee -a {log})
+__served=()
+__serve_until() {{  # URL PID: wait until URL answers, or fail if PID ended first
+  for _ in $(seq 1 1200); do
+    if curl -fs -o /dev/null "$1"; then return 0; fi
+    if ! kill -0 "$2" 2>/dev/null; then echo "it stopped before $1 answered" >&2; return 1; fi
+    sleep 0.1
+  done
+  echo "$1 did not answer within 120 s" >&2; return 1
+}}
+__stop_served() {{  # Ctrl+C to each background snippet; each must end cleanly
+  local pid rc failed=0
+  for pid in "${{__served[@]}}"; do kill -INT -- "-$pid" 2>/dev/null || true; done
+  for pid in "${{__served[@]}}"; do
+    rc=0; wait "$pid" || rc=$?
+    if [ "$rc" != 0 ] && [ "$rc" != 130 ]; then
+      echo "a served snippet exited $rc after Ctrl+C" >&2; failed=1
+    fi
+  done
+  __served=()
+  return "$failed"
+}}
+trap 'for pid in "${{__served[@]}}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done' EXIT
+__last_key() {{  # the key the page minted last, from its output so far
+  for _ in $(seq 1 50); do
+    if k=$(grep -o '{key}' {log} | tail -1) && [ -n "$k" ]; then echo "$k"; return 0; fi
+    sleep 0.1
+  done
+  echo "no key minted before a snippet that uses one" >&2; return 1
+}}
+"""
+
+
+def map_ports(code: str, ports: dict[int, int]) -> str:
+    """The documented ports of a snippet replaced by the free ones the test gave them."""
+    return PORT_IN_TEXT.sub(
+        lambda m: m.group(1) + str(ports.get(int(m.group(2)), m.group(2))), code)
+
+
+def page_script(page_snippets: list[Snippet], folder: Path, ports: dict[int, int],
+                substitutions: dict[str, str] | None = None) -> str:
     """One bash script running a page's runnable snippets in order, as a user pastes them.
 
-    `ports` maps the documented demo ports (8000 and its admin listener 8001), and 8200 of a
-    gateway a page starts itself, to free ones; nothing else in the snippets is changed.
+    `ports` maps the ports the page documents (8000 and 8001 of the demo, those of a gateway
+    or stand-in the page starts itself) to free ones; `substitutions` are a stand-in's text
+    replacements. Nothing else in the snippets is changed, but `mf_…` (see the module's doc).
     """
-    parts = ["set -euo pipefail"]
+    log = shlex.quote(str(folder / "output.log"))
+    parts = [PRELUDE.format(log=log, key=KEY_PATTERN)]
     for n, snip in enumerate(page_snippets):
-        code = snip.code
-        for documented, actual in ports.items():
-            code = code.replace(f"127.0.0.1:{documented}", f"127.0.0.1:{actual}")
+        code = map_ports(snip.code, ports)
+        for old, new in (substitutions or {}).items():
+            code = code.replace(old, new)
         parts.append(f"echo {shlex.quote('>>> ' + snip.where)} >&2")
-        if snip.kind == "python":
-            path = folder / f"snippet_{n}.py"
-            path.write_text(code)
-            parts.append(f".venv/bin/python {shlex.quote(str(path))}")
+        path = folder / f"snippet_{n}.{'py' if snip.kind == 'python' else 'sh'}"
+        path.write_text(code)
+        quoted = shlex.quote(str(path))
+        if KEY_PLACEHOLDER in code:
+            parts.append(f'__key=$(__last_key); __code=$(<{quoted}); '
+                         f'printf "%s\\n" "${{__code//{KEY_PLACEHOLDER}/$__key}}" > {quoted}')
+        run = f".venv/bin/python {quoted}" if snip.kind == "python" else f". {quoted}"
+        if snip.serves:
+            url = map_ports(snip.serves, ports)
+            parts.append(f"set -m; ( {run} ) & __pid=$!; set +m; __served+=(\"$__pid\")")
+            parts.append(f"__serve_until {shlex.quote(url)} \"$__pid\"")
         else:
-            parts.append(code)
+            parts.append(run)
+    parts.append("__stop_served")
     return "\n".join(parts) + "\n"

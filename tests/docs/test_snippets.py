@@ -13,22 +13,28 @@ import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from .conftest import Demo
+from ..support import free_port, free_port_pair
+from .conftest import Demo, repository_copy
+from .held import HELD, Context, check_for
 from .snippets import (
     NOT_RUN,
     PAGE_SECONDS,
     ROOT,
+    Snippet,
     all_snippets,
     convention_problems,
+    map_ports,
     page_script,
     pages,
     snippets,
 )
+from .stand_ins import STAND_INS, World
 
 README_MAX_LINES = 250
 
@@ -115,33 +121,54 @@ def _runnable_pages() -> list[Path]:
     return [p for p in pages() if any(s.runnable for s in snippets(p))]
 
 
+#: Ports the pages document for gateways and servers of their own: each page gets free ones.
+PAGE_PORTS = (8010, 8100, 9100, 8200, 8201)
+
+
+def _page_ports(demo: Demo) -> dict[int, int]:
+    ports = {8000: demo.port, 8001: demo.port + 1}
+    base = free_port_pair()
+    ports.update({8200: base, 8201: base + 1})
+    for documented in PAGE_PORTS:
+        if documented not in ports:
+            ports[documented] = free_port()
+    return ports
+
+
 def _run_page(page: Path, demo: Demo, tmp_path: Path) -> str | None:
     """Run one page's snippets in order; the failure, said with its snippet, or None."""
+    name = str(page.relative_to(ROOT))
     runnable = [s for s in snippets(page) if s.runnable]
-    folder = tmp_path / page.relative_to(ROOT).as_posix().replace("/", "_")
+    folder = tmp_path / name.replace("/", "_")
     folder.mkdir()
-    ports = {8000: demo.port, 8001: demo.port + 1,
-             8200: demo.spare_port, 8201: demo.spare_port + 1}
-    script = page_script(runnable, folder, ports)
-    # A session of its own: whatever a page started in the background (a gateway it serves
-    # itself) is stopped with it, even when a snippet fails before the page stops it.
+    workdir = repository_copy(folder / "repo")  # its own: a page may write files there
+    ports = _page_ports(demo)
     started = time.monotonic()
-    proc = subprocess.Popen(["bash", "-c", script], cwd=demo.workdir, env=demo.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=300)
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        if proc.returncode is None:
-            proc.kill()
-            proc.communicate()
-        PAGE_SECONDS[str(page.relative_to(ROOT))] = time.monotonic() - started
+    with contextlib.ExitStack() as stack:
+        world = (stack.enter_context(STAND_INS[name](snippets(page), workdir))
+                 if name in STAND_INS else World())
+        ports.update(world.ports)
+        for name_of_file, text in world.files.items():
+            (workdir / name_of_file).write_text(map_ports(text, ports))
+        script = page_script(runnable, folder, ports, world.substitutions)
+        # A session of its own: whatever a page started in the background (a gateway it
+        # serves itself) is stopped with it, even when a snippet fails before the page stops it.
+        proc = subprocess.Popen(["bash", "-c", script], cwd=workdir, env={**demo.env, **world.env},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            stdout, stderr = proc.communicate(timeout=300)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            if proc.returncode is None:
+                proc.kill()
+                proc.communicate()
+            PAGE_SECONDS[name] = time.monotonic() - started
     if proc.returncode == 0:
         return None
     markers = [ln for ln in stderr.splitlines() if ln.startswith(">>> ")]
-    where = markers[-1][4:] if markers else str(page.relative_to(ROOT))
+    where = markers[-1][4:] if markers else name
     return (f"{where} exited {proc.returncode}\n--- stdout\n{stdout[-2000:]}\n"
             f"--- stderr\n{stderr[-3000:]}")
 
@@ -163,6 +190,43 @@ def test_the_readme_links_point_at_files() -> None:
     assert local, "README links to no docs page"
     missing = [t for t in local if not (ROOT / t).exists()]
     assert not missing, missing
+
+
+def _held() -> list[Snippet]:
+    return [s for s in all_snippets() if s.not_run]
+
+
+def test_every_held_snippet_is_checked_and_every_check_holds_one() -> None:
+    """The goal: no snippet that no test touches. A new not-run snippet needs a check."""
+    unchecked = [s.where for s in _held() if check_for(s) is None]
+    assert not unchecked, f"not-run snippets without a check in tests/docs/held.py: {unchecked}"
+    stale = [key for key in HELD if not any(
+        str(s.page.relative_to(ROOT)) == key[0] and s.first_line.startswith(key[1])
+        for s in _held())]
+    assert not stale, f"checks in tests/docs/held.py for no held snippet: {stale}"
+
+
+def test_every_stand_in_snippet_has_its_stand_ins() -> None:
+    marked = {str(s.page.relative_to(ROOT)) for s in all_snippets() if s.stand_in}
+    assert marked == set(STAND_INS), (marked, set(STAND_INS))
+    both = [s.where for s in all_snippets() if s.not_run and (s.stand_in or s.serves)]
+    assert not both, f"held snippets cannot also run: {both}"
+
+
+@pytest.fixture(scope="module")
+def held_context(request: pytest.FixtureRequest,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
+    with contextlib.ExitStack() as stack:
+        yield Context(tmp_path_factory.mktemp("held"), lambda: request.getfixturevalue("demo"),
+                      stack)
+
+
+@pytest.mark.parametrize("snip", _held(), ids=lambda s: s.where)
+def test_what_can_be_checked_of_a_held_snippet_holds(snip: Snippet,
+                                                     held_context: Context) -> None:
+    check = check_for(snip)
+    assert check is not None, snip.where
+    check(snip, held_context)
 
 
 @pytest.mark.parametrize("page", ["README.md", "docs/getting-started.md"])
