@@ -14,6 +14,7 @@ Hierarchy::
         ├── NotFound            404      unknown model or route
         ├── RequestTimeout      408      the body did not arrive in time (closes the connection)
         ├── PayloadTooLarge     413      body over the configured limit
+        ├── UnsupportedMediaType 415     a Content-Encoding the gateway cannot decode
         ├── RateLimited         429      quota exhausted (carries Retry-After)
         ├── UpstreamError       502      the model server failed or could not be reached
         │   └── UpstreamTimeout 504      the model server did not answer in time
@@ -130,6 +131,10 @@ class ClientDisconnected(RequestError, status=499, reason="client_disconnected")
 
 class PayloadTooLarge(RequestError, status=413, reason="payload_too_large"):
     """The body is over the configured limit."""
+
+
+class UnsupportedMediaType(RequestError, status=415, reason="unsupported_encoding"):
+    """The body comes in a Content-Encoding the gateway cannot decode."""
 
 
 class _RetryAfter(RequestError):

@@ -19,11 +19,11 @@ from ..errors import (
     UpstreamError,
     UpstreamRejected,
 )
-from ..kernel.body import read_bounded
+from ..kernel.body import read_decoded
 from ..kernel.call import Call
 from ..kernel.chain import Guard
 from ..kernel.metrics import GatewayMetrics
-from ..kernel.oip import decode_infer_request
+from ..kernel.oip_binary import HEADER_LENGTH, decode_infer_body
 
 
 class ModelLookupGuard(Guard[OipCall]):
@@ -65,8 +65,9 @@ class BodyGuard(Guard[OipCall]):
         assert call.model is not None
         limits = call.model.settings.limits
         limit = min(self._max, limits.max_body_bytes or self._max)
-        call.body = await read_bounded(call.request, limit)
-        call.inputs = decode_infer_request(call.body, allow_nonfinite=limits.allow_nonfinite)
+        call.body = await read_decoded(call.request, limit)
+        call.inputs = decode_infer_body(call.body, call.request.headers.get(HEADER_LENGTH),
+                                        allow_nonfinite=limits.allow_nonfinite)
         call.rows = call.inputs.rows
 
 

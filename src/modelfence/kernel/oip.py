@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,12 +42,29 @@ class Tensor:
     data: np.ndarray[Any, Any]
     parameters: dict[str, Any] | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": self.name, "shape": self.shape,
-                               "datatype": self.datatype, "data": _flat(self.data)}
-        if self.parameters:
-            out["parameters"] = self.parameters
+    def to_json(self, raw_size: int | None = None) -> dict[str, Any]:
+        """The tensor's JSON object; with `raw_size`, one whose data travels as that many raw
+        bytes after the JSON (the binary tensor data extension)."""
+        out: dict[str, Any] = {"name": self.name, "shape": self.shape, "datatype": self.datatype}
+        if raw_size is None:
+            out["data"] = _flat(self.data)
+            if self.parameters:
+                out["parameters"] = self.parameters
+        else:
+            out["parameters"] = {**(self.parameters or {}), "binary_data_size": raw_size}
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class BinaryOutputs:
+    """Which outputs the client asked back as raw bytes (the binary tensor data extension):
+    an output's own `binary_data` parameter, else the request's `binary_data_output`."""
+
+    default: bool = False
+    named: dict[str, bool] = field(default_factory=dict)
+
+    def wants(self, name: str) -> bool:
+        return self.named.get(name, self.default)
 
 
 @dataclass(slots=True)
@@ -55,6 +73,8 @@ class InferRequest:
     id: str | None = None
     parameters: dict[str, Any] | None = None
     outputs: list[dict[str, Any]] | None = None
+    #: the client's answer encoding; read by the route's encoder only, never forwarded
+    binary_outputs: BinaryOutputs | None = None
 
     @property
     def rows(self) -> int:
@@ -78,7 +98,7 @@ def _flat(a: np.ndarray[Any, Any]) -> Any:
     return a.ravel()
 
 
-def _loads(body: bytes, what: str) -> Any:
+def load_json(body: bytes, what: str) -> Any:
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -106,12 +126,22 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 def decode_tensor(obj: Any, where: str, *, allow_nonfinite: bool = False) -> Tensor:
     """One OIP tensor object → Tensor, checking shape against element count."""
+    name, datatype, shape = tensor_head(obj, where)
+    data = _field(obj, "data", list, where)
+    array = _to_array(data, datatype, where)
+    params = _parameters(obj.get("parameters"), f"{where}.parameters")
+    return finish_tensor(name, datatype, shape, array, params, where,
+                         allow_nonfinite=allow_nonfinite)
+
+
+def tensor_head(obj: Any, where: str) -> tuple[str, str, list[int]]:
+    """A tensor object's name, datatype and shape, checked; its data is the caller's (JSON
+    `data` here, raw bytes in the binary extension)."""
     if not isinstance(obj, dict):
         raise BadRequest(f"{where}: must be an object")
     name = _field(obj, "name", str, where)
     datatype = _field(obj, "datatype", str, where)
     shape = _field(obj, "shape", list, where)
-    data = _field(obj, "data", list, where)
     if datatype not in OIP_DATATYPES:
         raise BadRequest(f"{where}.datatype: unknown datatype {datatype[:20]!r}")
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
@@ -119,8 +149,15 @@ def decode_tensor(obj: Any, where: str, *, allow_nonfinite: bool = False) -> Ten
     if len(shape) > MAX_DIMS:
         raise BadRequest(f"{where}.shape: {len(shape)} dimensions is over the limit of "
                          f"{MAX_DIMS}")
+    return name, datatype, shape
+
+
+def finish_tensor(name: str, datatype: str, shape: list[int], array: np.ndarray[Any, Any],
+                  params: dict[str, Any] | None, where: str, *,
+                  allow_nonfinite: bool = False) -> Tensor:
+    """The checks every decoded tensor passes whatever carried its data: the element count
+    against the shape, the reshape, and NaN or infinity unless allowed."""
     expected = math.prod(shape)
-    array = _to_array(data, datatype, where)
     if array.size != expected:
         raise BadRequest(
             f"{where}.data: has {array.size} elements but shape {shape} needs {expected}")
@@ -130,8 +167,12 @@ def decode_tensor(obj: Any, where: str, *, allow_nonfinite: bool = False) -> Ten
         raise BadRequest(f"{where}.shape: dimensions too large for an array") from None
     if array.dtype.kind == "f" and not allow_nonfinite and not np.isfinite(array).all():
         raise BadRequest(f"{where}.data: NaN or infinite values (or overflow of {datatype})")
-    params = _parameters(obj.get("parameters"), f"{where}.parameters")
     return Tensor(name, datatype, shape, array, params)
+
+
+def tensor_parameters(obj: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """A tensor's `parameters`, bounded in depth and size; None when absent."""
+    return _parameters(obj.get("parameters"), f"{where}.parameters")
 
 
 def _parameters(value: Any, where: str) -> dict[str, Any] | None:
@@ -193,14 +234,20 @@ def _to_array(data: list[Any], datatype: str, where: str) -> np.ndarray[Any, Any
 
 
 def decode_infer_request(body: bytes, *, allow_nonfinite: bool = False) -> InferRequest:
-    doc = _loads(body, "request body")
+    doc = load_json(body, "request body")
+    return request_from_doc(
+        doc, lambda obj, where: decode_tensor(obj, where, allow_nonfinite=allow_nonfinite))
+
+
+def request_from_doc(doc: Any, decode_input: Callable[[Any, str], Tensor]) -> InferRequest:
+    """An infer request's parsed JSON → InferRequest; `decode_input` turns each input object
+    into a Tensor (from its JSON `data`, or from raw bytes in the binary extension)."""
     if not isinstance(doc, dict):
         raise BadRequest("request body: must be a JSON object with an 'inputs' list")
     inputs = _field(doc, "inputs", list, "body")
     if not inputs:
         raise BadRequest("body.inputs: must list at least one input")
-    tensors = [decode_tensor(t, f"inputs[{i}]", allow_nonfinite=allow_nonfinite)
-               for i, t in enumerate(inputs)]
+    tensors = [decode_input(t, f"inputs[{i}]") for i, t in enumerate(inputs)]
     req_id = doc.get("id")
     if req_id is not None and not isinstance(req_id, str):
         raise BadRequest("body.id: must be a string")
@@ -242,7 +289,7 @@ def encode_infer_request(req: InferRequest) -> bytes:
 
 def decode_infer_response(body: bytes) -> InferResponse:
     """An upstream's answer → InferResponse; raises BadRequest, which callers re-map."""
-    doc = _loads(body, "response body")
+    doc = load_json(body, "response body")
     if not isinstance(doc, dict):
         raise BadRequest("response body: must be a JSON object")
     outputs = _field(doc, "outputs", list, "response")
@@ -252,9 +299,13 @@ def decode_infer_response(body: bytes) -> InferResponse:
     return InferResponse(str(name) if name is not None else "", tensors, doc.get("id"))
 
 
-def encode_infer_response(resp: InferResponse) -> bytes:
+def encode_infer_response(resp: InferResponse,
+                          raw_sizes: dict[str, int] | None = None) -> bytes:
+    """The answer as JSON; the outputs named in `raw_sizes` are described, their data
+    left for the raw bytes that follow (kernel/oip_binary.py)."""
+    sizes = raw_sizes or {}
     return _encode({"model_name": resp.model_name,
-                    "outputs": [t.to_json() for t in resp.outputs]},
+                    "outputs": [t.to_json(sizes.get(t.name)) for t in resp.outputs]},
                    id=resp.id, parameters=resp.parameters)
 
 
