@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -125,6 +125,10 @@ class LlmModel(Strict):
                               description="which routes serve this model")
     attributes: LlmAttributes = Field(default_factory=LlmAttributes)
     controls: LlmControls = Field(default_factory=LlmControls)
+    extra_fields: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]] = Field(
+        default_factory=list, description="request fields beyond the OpenAI API's that "
+        "callers may send, passed upstream as sent (vLLM's top_k, min_p, ...); no output "
+        "control sees them. Any other unknown field is a 400, as OpenAI answers it")
     canary: CanarySettings | None = Field(None, description="system-prompt theft protection")
     bands: list[LlmBand] = Field(default_factory=list, description="stricter controls as the "
                                  "caller's risk rises (`controls` below the first band)")

@@ -11,6 +11,7 @@ from .usage import TokenUsage, UsageTally
 
 if TYPE_CHECKING:
     from .canary import LeakPolicy
+    from .controls import Clamped
     from .leak_filter import LeakFilter
     from .noise import LogprobNoise
 
@@ -46,6 +47,7 @@ class LlmExchange:
     noise: LogprobNoise | None = None  # a stream's logprob noise, when its band noises them
     noise_offsets: dict[Any, int] = field(default_factory=dict)  # its running positions
     asked: list[str] = field(default_factory=list)  # fields asked beyond the band (risk)
+    clamped: list[Clamped] = field(default_factory=list)  # fields lowered to the band's caps
 
 
 @dataclass(slots=True)

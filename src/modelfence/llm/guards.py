@@ -11,6 +11,7 @@ from ..kernel.body import read_bounded
 from ..kernel.chain import Guard
 from .call import LlmCall, LlmEntry, LlmExchange, exchange_of
 from .controls import apply_controls, token_ceiling
+from .schema import check_request
 from .usage import UsageTally, estimate, prompt_chars
 
 #: No OpenAI request nests deeper than a few levels; a hostile one could overflow the
@@ -38,7 +39,9 @@ class LlmModelGuard(Guard[LlmCall]):
     """Resolve the LLM named in the body (or 404); after identity, like `ModelLookupGuard`.
 
     The model name comes from the JSON body, so this guard reads the body first
-    (bounded); the controls are applied later, after policy, by `LlmBodyGuard`.
+    (bounded) and checks it against the OpenAI schema (schema.py) once the model is known,
+    so screening, policy and the upstream only see a well-formed request; the controls are
+    applied later, after policy, by `LlmBodyGuard`.
     """
 
     name: ClassVar[str] = "llm_model"
@@ -50,7 +53,13 @@ class LlmModelGuard(Guard[LlmCall]):
         self._max = max_body_bytes
 
     async def on_request(self, call: LlmCall) -> None:
-        call.body = await read_bounded(call.request, self._max)
+        try:
+            call.body = await read_bounded(call.request, self._max)
+        except BadRequest as exc:
+            if "empty" not in str(exc):
+                raise
+            raise BadRequest("body: empty; send the request as a JSON object",
+                             reason="bad_json") from None
         try:
             doc = orjson.loads(call.body)
         except orjson.JSONDecodeError:
@@ -67,6 +76,7 @@ class LlmModelGuard(Guard[LlmCall]):
         entry = self._models.get(name)
         if entry is None or KIND_OF_ACTION[call.action] not in entry.settings.kinds:
             raise NotFound(f"unknown model {name[:128]!r}", reason="unknown_model")
+        check_request(KIND_OF_ACTION[call.action], doc, entry.settings.extra_fields)
         call.model = entry
         call.exchange = LlmExchange(entry, doc)
 
@@ -81,8 +91,9 @@ class LlmBodyGuard(Guard[LlmCall]):
     """Apply the output controls of the caller's band to the request (400 names the field).
 
     The band follows the caller's risk, or a policy's ``@shaping("band")`` pin; it is
-    named in the audit record. The most tokens the request can use goes on the Call
-    for token budgets.
+    named in the audit record, as is each field clamped to its limit (which the caller
+    also sees, in the routes' `X-Modelfence-Clamped` header). The most tokens the request
+    can use goes on the Call for token budgets.
     """
 
     name: ClassVar[str] = "llm_body"
@@ -103,7 +114,10 @@ class LlmBodyGuard(Guard[LlmCall]):
         band, call.controls = ex.entry.settings.controls_for(call.risk, call.pinned_bands)
         if ex.entry.settings.bands:
             call.shaping_band = band
-        apply_controls(kind, body, ex.entry.settings, call.controls, ex.asked)
+        apply_controls(kind, body, ex.entry.settings, call.controls, ex.asked, ex.clamped)
+        if ex.clamped:
+            call.note(self.name, "note", "clamped to the band's limits: "
+                      + ", ".join(c.describe() for c in ex.clamped))
         ex.tally = UsageTally(kind, body)
         call.token_cost = token_ceiling(kind, body, estimate(prompt_chars(kind, body)))
         if stream:

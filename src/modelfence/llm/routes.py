@@ -1,4 +1,4 @@
-"""OpenAI-compatible routes: chat, completions, embeddings (streamed or not), model list.
+"""OpenAI-compatible routes: chat, completions, embeddings (streamed or not), the models.
 
 Each POST runs the gateway's guard chain, in the stages every protocol shares
 (kernel/stages.py: identity → inflight → llm_model → usage → screening → risk → policy →
@@ -9,6 +9,9 @@ A stream is passed through event by event as it arrives, each event parsed as th
 standard defines (sse_events.py) and re-encoded after the filters, never forwarded raw; its
 audit record is written when it ends, or when the client goes away (which also closes the
 upstream request).
+Every answer under /v1 that is not a success is an OpenAI error object, an unknown route
+or method included; a request whose fields the controls clamped says which in the
+`X-Modelfence-Clamped` header.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ from typing import Any
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from ..audit.record import replica_name
-from ..errors import ConfigurationError, UpstreamError, http_status_and_message
-from ..kernel.chain import GuardChain
+from ..errors import ConfigurationError, NotFound, UpstreamError, http_status_and_message
+from ..kernel.chain import GuardChain, Terminal
 from ..kernel.finish import OnFailure, finish
 from ..kernel.responses import error_response
 from ..kernel.stages import Stages
@@ -54,7 +57,9 @@ log = logging.getLogger("modelfence.llm")
 PATHS = {"chat": "/chat/completions", "completion": "/completions", "embed": "/embeddings"}
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                403: "permission_error", 404: "not_found_error", 413: "invalid_request_error",
-               429: "rate_limit_error"}
+               405: "invalid_request_error", 429: "rate_limit_error"}
+#: Names the fields the output controls lowered to the caller's limits (`n,max_tokens`).
+CLAMPED_HEADER = "X-Modelfence-Clamped"
 
 
 def openai_error(status: int, message: str, code: str,
@@ -106,6 +111,7 @@ class LlmRoutes:
         self._list_chain = stages.chain(LlmCall, through="inflight")
         self._audit_before_answer = audit_before_answer
         self._pending: set[asyncio.Task[None]] = set()
+        self._served: list[Route] = []  # the routes `routes()` gave, but the catch-all
 
     def _risk_guard(self, settings: LlmSettings,
                     on_alert: Callable[[Alert], None] | None) -> LlmRiskGuard:
@@ -154,12 +160,16 @@ class LlmRoutes:
         return self.risk.stream if self.risk is not None else None
 
     def routes(self) -> list[Route]:
-        return [
+        served = [
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completion, methods=["POST"]),
             Route("/v1/embeddings", self.embed, methods=["POST"]),
             Route("/v1/models", self.list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", self.retrieve_model, methods=["GET"]),
         ]
+        self._served = served
+        # last: what no route above serves is an OpenAI-shaped 404 or 405
+        return [*served, Route("/v1/{rest:path}", self.unknown_route)]
 
     async def start(self) -> None:
         if self.risk_stream is not None:
@@ -198,10 +208,40 @@ class LlmRoutes:
             p = call.principal
             assert p is not None
             call.response_body = orjson.dumps({"object": "list", "data": [
-                {"id": name, "object": "model", "created": 0,
-                 "owned_by": e.settings.attributes.owner or "modelfence"}
-                for name, e in self.models.items() if p.may_use(name)]})
+                _model_object(e) for name, e in self.models.items() if p.may_use(name)]})
 
+        return await self._metadata(call, terminal)
+
+    async def retrieve_model(self, request: Request) -> Response:
+        """One model, as OpenAI's `GET /v1/models/{model}`; one the caller may not use is
+        as unknown as one that does not exist."""
+        name = str(request.path_params["model"])[:128]
+        call = LlmCall(request, "metadata", name)
+
+        async def terminal(call: LlmCall) -> None:
+            p = call.principal
+            assert p is not None
+            entry = self.models.get(name)
+            if entry is None or not p.may_use(name):
+                raise NotFound(f"the model {name!r} does not exist or you do not have "
+                               "access to it", reason="unknown_model")
+            call.response_body = orjson.dumps(_model_object(entry))
+
+        return await self._metadata(call, terminal)
+
+    async def unknown_route(self, request: Request) -> Response:
+        """A path or method under /v1 no route serves: 404 or 405 (with `Allow`), in the
+        OpenAI shape (never audited: no call reached a guard)."""
+        method, path = request.method, request.url.path[:200]
+        for route in self._served:
+            match, _ = route.matches(request.scope)
+            if match is Match.PARTIAL and route.methods:
+                allow = ", ".join(sorted(route.methods))
+                return openai_error(405, f"method {method} not allowed on {path}; use {allow}",
+                                    "method_not_allowed", {"Allow": allow})
+        return openai_error(404, f"unknown route: {method} {path}", "not_found")
+
+    async def _metadata(self, call: LlmCall, terminal: Terminal[LlmCall]) -> Response:
         try:
             await self._list_chain.run(call, terminal)
             response = Response(call.response_body, 200, media_type="application/json")
@@ -237,15 +277,16 @@ class LlmRoutes:
                     ex.answer["model"] = ex.entry.name
                 call.response_body = orjson.dumps(ex.answer)
         except Exception as exc:
-            return await self._finish(call, self._chain, self._error(call, exc))
+            return await self._finish(call, self._chain, _announce(call, self._error(call, exc)))
         if stream is None:
             response = Response(call.response_body, 200, media_type="application/json")
-            return await self._finish(call, self._chain, response)
+            return await self._finish(call, self._chain, _announce(call, response))
         call.status = 200
         upstream = stream
-        return SseResponse(self._relay(call, upstream),
-                           headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                           on_close=lambda: self._end_stream(call, upstream, b"", False))
+        return _announce(call, SseResponse(
+            self._relay(call, upstream),
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            on_close=lambda: self._end_stream(call, upstream, b"", False)))
 
     async def _relay(self, call: LlmCall, upstream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Pass upstream events through as they arrive, each one filtered (`_event`); finish
@@ -354,6 +395,20 @@ class LlmRoutes:
         task = asyncio.ensure_future(coro)
         self._pending.add(task)
         task.add_done_callback(_forget(self._pending))
+
+
+def _model_object(entry: LlmEntry) -> dict[str, Any]:
+    return {"id": entry.name, "object": "model", "created": 0,
+            "owned_by": entry.settings.attributes.owner or "modelfence"}
+
+
+def _announce(call: LlmCall, response: Response) -> Response:
+    """Name the fields the controls clamped (`n,max_tokens`) on the answer, so the caller
+    knows it got less than it asked."""
+    ex = call.exchange
+    if ex is not None and ex.clamped:
+        response.headers[CLAMPED_HEADER] = ",".join(dict.fromkeys(c.field for c in ex.clamped))
+    return response
 
 
 def _forget(pending: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
