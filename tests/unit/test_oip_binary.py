@@ -224,7 +224,8 @@ def elements(*items: bytes) -> bytes:
 def test_bytes_element_length_past_the_end() -> None:
     raw = elements(b"ab") + struct.pack("<I", 1000) + b"xyz"
     body, n = raw_body({"inputs": [bytes_input(len(raw), [2])]}, raw)
-    refused(body, n, "inputs[0]: BYTES element 1 declares 1000 bytes but only 3 are left")
+    refused(body, n, "inputs[0].parameters.binary_data_size: BYTES element 1 declares 1000 "
+            "bytes but only 3 are left")
     raw = struct.pack("<I", 2**32 - 1)
     body, n = raw_body({"inputs": [bytes_input(len(raw), [1])]}, raw)
     refused(body, n, "BYTES element 0 declares 4294967295 bytes but only 0 are left")
@@ -247,7 +248,7 @@ def test_bytes_counts_that_disagree_with_the_shape() -> None:
 def test_bytes_elements_must_be_text() -> None:
     raw = elements(b"ok", b"\xff\xfe")
     body, n = raw_body({"inputs": [bytes_input(len(raw), [2])]}, raw)
-    refused(body, n, "inputs[0]: BYTES element 1 is not UTF-8 text")
+    refused(body, n, "inputs[0].parameters.binary_data_size: BYTES element 1 is not UTF-8")
 
 
 def test_the_json_paths_checks_apply_to_binary_tensors() -> None:
@@ -275,7 +276,8 @@ def test_the_json_paths_checks_apply_to_binary_tensors() -> None:
 def test_bool_bytes_are_zero_or_one() -> None:
     body, n = raw_body({"inputs": [{"name": "b", "datatype": "BOOL", "shape": [3],
                                     "parameters": {"binary_data_size": 3}}]}, b"\x01\x00\x02")
-    refused(body, n, "inputs[0]: BOOL elements must be the bytes 0 or 1")
+    refused(body, n, "inputs[0].parameters.binary_data_size: BOOL elements must be the bytes 0 "
+            "or 1")
 
 
 def test_empty_binary_tensor() -> None:

@@ -144,7 +144,7 @@ def _decode_input(obj: Any, where: str, section: _Section | None,
         raise BadRequest(f"{where}: give either `data` or parameters.{_SIZE}, not both")
     name, datatype, shape = tensor_head(obj, where)
     raw = section.take(size, where)
-    array = _from_raw(raw, datatype, math.prod(shape), where)
+    array = from_raw(raw, datatype, math.prod(shape), f"{where}.parameters.{_SIZE}")
     params = tensor_parameters(obj, where)
     if params is not None:
         params = {k: v for k, v in params.items() if k != _SIZE} or None
@@ -162,50 +162,52 @@ def _binary_size(obj: Any, where: str) -> int | None:
     return size
 
 
-def _from_raw(raw: memoryview, datatype: str, count: int, where: str
-              ) -> np.ndarray[Any, Any]:
-    """Raw tensor bytes → a flat array of `count` elements (finish_tensor then checks the
-    count it got against the shape, as for JSON data)."""
+def from_raw(raw: memoryview | bytes, datatype: str, count: int, what: str
+             ) -> np.ndarray[Any, Any]:
+    """Raw tensor bytes → a flat array of `count` elements, little-endian, BYTES as
+    length-prefixed UTF-8 elements; `what` names the bytes in errors. The layout of the
+    binary extension and of gRPC's raw contents; finish_tensor then makes the JSON path's
+    checks (count against shape, NaN and infinity)."""
     if datatype == "BYTES":
-        return _bytes_elements(raw, count, where)
+        return _bytes_elements(memoryview(raw), count, what)
     dtype = np.dtype(NUMPY_DTYPES[datatype]).newbyteorder("<")
     if len(raw) != count * dtype.itemsize:
-        raise BadRequest(f"{where}.parameters.{_SIZE}: {len(raw)} bytes, but {count} "
-                         f"{datatype} elements take {count * dtype.itemsize}")
+        raise BadRequest(f"{what}: {len(raw)} bytes, but {count} {datatype} elements take "
+                         f"{count * dtype.itemsize}")
     if datatype == "BOOL":
         octets = np.frombuffer(raw, dtype=np.uint8)
         if octets.size and octets.max() > 1:
-            raise BadRequest(f"{where}: BOOL elements must be the bytes 0 or 1")
+            raise BadRequest(f"{what}: BOOL elements must be the bytes 0 or 1")
         return octets.astype(np.bool_)
     return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="))
 
 
-def _bytes_elements(raw: memoryview, count: int, where: str) -> np.ndarray[Any, Any]:
+def _bytes_elements(raw: memoryview, count: int, what: str) -> np.ndarray[Any, Any]:
     """BYTES: `count` length-prefixed elements filling `raw` exactly, each UTF-8 text (the
     JSON path's BYTES are strings, and upstreams are sent JSON)."""
     prefix = _LENGTH_PREFIX.size
     if count * prefix > len(raw):
-        raise BadRequest(f"{where}.parameters.{_SIZE}: {len(raw)} bytes cannot hold {count} "
-                         f"BYTES elements (each takes at least {prefix})")
+        raise BadRequest(f"{what}: {len(raw)} bytes cannot hold {count} BYTES elements (each "
+                         f"takes at least {prefix})")
     elements: list[str] = []
     offset = 0
     for i in range(count):
         if len(raw) - offset < prefix:
-            raise BadRequest(f"{where}.parameters.{_SIZE}: its {len(raw)} bytes hold only {i} "
-                             f"BYTES elements but shape needs {count}")
+            raise BadRequest(f"{what}: its {len(raw)} bytes hold only {i} BYTES elements but "
+                             f"shape needs {count}")
         (length,) = _LENGTH_PREFIX.unpack_from(raw, offset)
         offset += prefix
         if length > len(raw) - offset:
-            raise BadRequest(f"{where}: BYTES element {i} declares {length} bytes but only "
-                             f"{len(raw) - offset} are left in its {_SIZE}")
+            raise BadRequest(f"{what}: BYTES element {i} declares {length} bytes but only "
+                             f"{len(raw) - offset} are left")
         try:
             elements.append(str(raw[offset:offset + length], "utf-8"))
         except UnicodeDecodeError:
-            raise BadRequest(f"{where}: BYTES element {i} is not UTF-8 text") from None
+            raise BadRequest(f"{what}: BYTES element {i} is not UTF-8 text") from None
         offset += length
     if offset != len(raw):
-        raise BadRequest(f"{where}.parameters.{_SIZE}: {len(raw) - offset} bytes left after "
-                         f"the {count} BYTES elements its shape holds")
+        raise BadRequest(f"{what}: {len(raw) - offset} bytes left after the {count} BYTES "
+                         "elements its shape holds")
     return np.asarray(elements, dtype=object)
 
 
@@ -241,7 +243,7 @@ def encode_infer_answer(response: InferResponse, wanted: BinaryOutputs | None
                         ) -> tuple[bytes, int | None]:
     """The answer's body and, when some output goes as raw bytes, the length of its JSON
     header (for the Inference-Header-Content-Length response header); else plain JSON."""
-    raw = {t.name: _to_raw(t) for t in response.outputs
+    raw = {t.name: to_raw(t) for t in response.outputs
            if wanted is not None and wanted.wants(t.name)}
     if not raw:
         return encode_infer_response(response), None
@@ -258,7 +260,8 @@ def infer_answer(response: InferResponse, wanted: BinaryOutputs | None) -> Respo
                     media_type=BINARY_MEDIA_TYPE)
 
 
-def _to_raw(tensor: Tensor) -> bytes:
+def to_raw(tensor: Tensor) -> bytes:
+    """A tensor's data as raw bytes, in from_raw's layout."""
     if tensor.datatype == "BYTES":
         parts: list[bytes] = []
         for element in tensor.data.ravel().tolist():
