@@ -84,7 +84,7 @@ async def test_a_connection_closed_after_a_500_does_not_fail_the_next_request(
     url = f"http://127.0.0.1:{server.port}/v2/models/m/infer"
     try:
         assert (await transport.request("POST", url, b"{}", 5.0))[0] == 500
-        assert await transport.request("POST", url, b"{}", 5.0) == (200, b"{}")
+        assert (await transport.request("POST", url, b"{}", 5.0))[:2] == (200, b"{}")
     finally:
         await transport.close()
     assert server.requests[-1] == (2, 1)  # answered on a new connection
@@ -104,7 +104,7 @@ async def test_dead_pooled_connections_never_fail_a_request(
         for _ in range(3):
             answers = await asyncio.gather(*(transport.request("POST", url, b"{}", 5.0)
                                              for _ in range(4)))
-            assert answers == [(200, b"{}")] * 4
+            assert [a[:2] for a in answers] == [(200, b"{}")] * 4
     finally:
         await transport.close()
     assert sum(1 for _, nth in server.requests if nth > 1) >= 4  # the pool was reused, and died

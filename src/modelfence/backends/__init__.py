@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..config import LocalBackend, ModelSettings
+from ..extras import require
 from .base import Backend, ModelEntry, ModelMetadata
 from .local import OnnxClassifier, PickleClassifier, SkopsClassifier
 from .oip_upstream import OipUpstream
@@ -19,6 +20,12 @@ def backend_from_settings(settings: ModelSettings) -> Backend:
         local: dict[str, Callable[[ModelSettings], Backend]] = {
             "skops": SkopsClassifier, "onnx": OnnxClassifier, "pickle": PickleClassifier}
         return local[cfg.type](settings)
+    if cfg.url.startswith("grpc://"):
+        require("grpc", f"model {settings.name}: a grpc:// upstream", "grpc", "google.protobuf")
+        from .oip_grpc import GrpcUpstream
+
+        return GrpcUpstream(settings)
     transport = AiohttpTransport(max_connections=cfg.max_connections,
-                                 connect_timeout_s=cfg.connect_timeout_s)
+                                 connect_timeout_s=cfg.connect_timeout_s,
+                                 retry_closed=cfg.retry_closed_connection)
     return OipUpstream(settings, transport)

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import UpstreamError, UpstreamTimeout
 
@@ -37,11 +37,19 @@ def upstream_errors(connect_timeout_s: float, timeout_s: float) -> Iterator[None
         raise UpstreamError("cannot reach the upstream model server") from None
 
 
+class Answer(NamedTuple):
+    """What an upstream answered: its status, its body and its Retry-After, if any."""
+
+    status: int
+    body: bytes
+    retry_after: str | None = None
+
+
 class Transport(ABC):
     @abstractmethod
     async def request(self, method: str, url: str, body: bytes | None, timeout_s: float
-                      ) -> tuple[int, bytes]:
-        """(status, body) of one HTTP exchange."""
+                      ) -> Answer:
+        """The answer to one HTTP exchange."""
 
     async def close(self) -> None:
         return None
@@ -50,18 +58,26 @@ class Transport(ABC):
 class AiohttpTransport(Transport):
     """Pooled keep-alive connections; the sessions are made inside the running loop.
 
-    A connection the upstream has closed never fails the next caller's request. A crashed
-    server may close a connection after its answer without saying so (uvicorn does, under
-    MLServer), or close an idle one just as a request leaves on it. A request that fails
-    that way on a *reused* connection, before any answer arrived, is sent once more on a new
-    connection that is never pooled, as RFC 9112 §9.3.1 allows (aiohttp does so itself for
-    idempotent methods only; the gateway's POSTs are inference, without side effects).
-    A request that fails on a new connection is not sent again: the upstream saw it.
+    A connection the upstream has closed never fails another caller's request:
+
+    - a connection that carried a 5xx answer is closed, not pooled (`_response_class`): a
+      server whose handler crashed may close it after its answer without saying so
+      (uvicorn does, under MLServer), and the next request written into it would fail;
+    - a request that fails on a *reused* connection before any answer arrived (the
+      upstream closed an idle one just as the request left on it, or a pooled one died
+      some other way) is sent once more on a new connection that is never pooled, as
+      RFC 9112 §9.3.1 allows (aiohttp does so itself for idempotent methods only; the
+      gateway's POSTs are inference, without side effects). `retry_closed` turns this off.
+
+    A request that fails on a new connection, or after its answer began, or by a timeout,
+    is not sent again: the upstream saw it.
     """
 
-    def __init__(self, *, max_connections: int = 100, connect_timeout_s: float = 2.0) -> None:
+    def __init__(self, *, max_connections: int = 100, connect_timeout_s: float = 2.0,
+                 retry_closed: bool = True) -> None:
         self._max = max_connections
         self._connect_timeout = connect_timeout_s
+        self._retry_closed = retry_closed
         self._session: Any = None
         self._fresh: Any = None  # for the one retry: a new connection, closed after use
 
@@ -75,7 +91,7 @@ class AiohttpTransport(Transport):
         return self._session
 
     async def request(self, method: str, url: str, body: bytes | None, timeout_s: float
-                      ) -> tuple[int, bytes]:
+                      ) -> Answer:
         import aiohttp
 
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=self._connect_timeout)
@@ -83,8 +99,8 @@ class AiohttpTransport(Transport):
             seen: dict[str, bool] = {}
             try:
                 return await self._exchange(self._client(), method, url, body, timeout, seen)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                if not seen.get("reused") or seen.get("answered"):
+            except aiohttp.ClientConnectionError as exc:
+                if not (self._retry_closed and _closed_under(exc, seen)):
                     raise
             log.debug("the upstream closed a pooled connection under a request; "
                       "sending it once more on a new connection")
@@ -93,7 +109,7 @@ class AiohttpTransport(Transport):
 
     @staticmethod
     async def _exchange(session: Any, method: str, url: str, body: bytes | None, timeout: Any,
-                        seen: dict[str, bool]) -> tuple[int, bytes]:
+                        seen: dict[str, bool]) -> Answer:
         """One try; `seen` learns whether the connection was reused and an answer began."""
         # never follow a redirect: the body would go somewhere unconfigured (a 3xx is a 502)
         async with session.request(method, url, data=body, timeout=timeout,
@@ -101,14 +117,16 @@ class AiohttpTransport(Transport):
             seen["answered"] = True
             length = resp.content_length
             if length is not None and length > MAX_UPSTREAM_BODY:
+                resp.close()
                 raise UpstreamError("the upstream model server answered with an oversized body")
             data = bytearray()
             async for chunk in resp.content.iter_any():  # read(n) stops at the first chunk
                 data += chunk
                 if len(data) > MAX_UPSTREAM_BODY:
+                    resp.close()
                     raise UpstreamError(
                         "the upstream model server answered with an oversized body")
-            return resp.status, bytes(data)
+            return Answer(resp.status, bytes(data), resp.headers.get("Retry-After"))
 
     async def close(self) -> None:
         for session in (self._session, self._fresh):
@@ -116,6 +134,13 @@ class AiohttpTransport(Transport):
                 await session.close()
         self._session = self._fresh = None
         await asyncio.sleep(0)
+
+
+def _closed_under(exc: BaseException, seen: dict[str, bool]) -> bool:
+    """Whether `exc` is a pooled connection found closed before any answer: not a timeout
+    (the upstream may be working on the request), not on a new connection."""
+    return not isinstance(exc, TimeoutError) and bool(seen.get("reused")) \
+        and not seen.get("answered")
 
 
 def _session(*, force_close: bool, limit: int) -> Any:
@@ -127,7 +152,33 @@ def _session(*, force_close: bool, limit: int) -> Any:
                  else aiohttp.TCPConnector(limit=limit, keepalive_timeout=30))
     return aiohttp.ClientSession(connector=connector,
                                  headers={"Content-Type": "application/json"},
-                                 skip_auto_headers=("User-Agent",), trace_configs=[trace])
+                                 skip_auto_headers=("User-Agent",), trace_configs=[trace],
+                                 response_class=_response_class())
+
+
+def _response_class() -> Any:
+    """aiohttp's response, closing the connection of a 5xx answer instead of pooling it.
+
+    A server whose handler crashed may close that connection just after its answer (uvicorn
+    does, under MLServer), and the next request written into it would fail. aiohttp hands
+    a connection back to the pool as soon as the body has arrived, which for a short body is
+    before `start` returns: closed here, it is dropped by the pool; still in use, it is
+    closed when released.
+    """
+    import aiohttp
+
+    class DropAfterServerError(aiohttp.ClientResponse):
+        async def start(self, connection: Any) -> DropAfterServerError:
+            protocol = connection.protocol
+            await super().start(connection)
+            if self.status >= 500 and protocol is not None:
+                if self.connection is None:
+                    protocol.close()  # already back in the pool, idle
+                else:
+                    protocol.force_close()
+            return self
+
+    return DropAfterServerError
 
 
 async def _mark_reused(session: Any, ctx: Any, params: Any) -> None:

@@ -50,31 +50,34 @@ _ECHO = re.compile(r"input_value=.*?(?=, input_type=|\]|$)", re.DOTALL)
 
 
 def upstream_failure(status: int, body: bytes, *, model: str, upstream_model: str,
-                     where: str, retry_after: str | None = None) -> RequestError:
+                     where: str, retry_after: str | None = None,
+                     request_id: str | None = None) -> RequestError:
     """The error a client gets for an upstream's non-2xx answer (to raise); the details,
-    the upstream's own text included, are logged here against `where` (a redacted URL)."""
+    the upstream's own text included, are logged here against `where` (a redacted URL) and
+    the `request_id` the upstream was sent, to find the same request in its logs."""
     detail = upstream_text(body)
     said = f": {detail}" if detail else ""
+    which = f"{model}, request id {request_id}" if request_id else model  # for the log
     if 300 <= status < 400:
         log.warning("upstream %s answered a redirect (%d); not followed (model %s)", where,
-                    status, model)
+                    status, which)
         return UpstreamError("the upstream model server answered with a redirect, which "
                              "the gateway does not follow", reason="upstream_redirect")
     if status in GATEWAY_FAULTS:
         log.warning("upstream %s answered %d to the gateway (model %s)%s", where, status,
-                    model, said)
+                    which, said)
         return UpstreamError(f"the upstream model server refused the gateway (status {status})")
     if status == 429:
         wait = retry_after_s(retry_after)
         log.warning("upstream %s is busy (429, retry after %d s) (model %s)%s", where, wait,
-                    model, said)
+                    which, said)
         return busy(wait)
     if 400 <= status < 500:
-        log.info("upstream %s refused a request (%d) (model %s)%s", where, status, model, said)
+        log.info("upstream %s refused a request (%d) (model %s)%s", where, status, which, said)
         reason = public_reason(detail, model=model, upstream_model=upstream_model)
         return UpstreamRejected(status, f"the upstream model server refused the request "
                                         f"(status {status})" + (f": {reason}" if reason else ""))
-    log.warning("upstream %s failed with status %d (model %s)%s", where, status, model, said)
+    log.warning("upstream %s failed with status %d (model %s)%s", where, status, which, said)
     return UpstreamError(f"the upstream model server failed (status {status})")
 
 

@@ -106,7 +106,8 @@ class OipUpstreamBackend(Strict):
     """A model on an Open Inference Protocol v2 server (KServe, Triton, MLServer)."""
 
     type: Literal["oip"]
-    url: str = Field(pattern=r"^https?://")
+    url: str = Field(pattern=r"^(https?|grpc)://", description="the server's base URL; "
+                     "grpc://HOST:PORT reaches its gRPC service (the `grpc` extra)")
     upstream_model: str | None = None
     timeout_s: float = Field(10.0, gt=0, le=600)
     connect_timeout_s: float = Field(2.0, gt=0, le=60)
@@ -115,9 +116,16 @@ class OipUpstreamBackend(Strict):
         None, description="upstream output holding [n, classes] probabilities; when set, the "
         "answer is reshaped into modelfence's classifier contract (probabilities, label)")
     forward_parameters: list[str] = Field(
-        default_factory=list, description="names of client `parameters` (request-level and "
-        "per-input) passed to the upstream when their value is a short string, a number or a "
-        "boolean; every other parameter is dropped, and the client's `id` is never sent")
+        default_factory=list, description="names of client `parameters` (request-level, "
+        "per-input and per-output) passed to the upstream when their value is a short "
+        "printable string, a finite number or a boolean; every other parameter is dropped")
+    forward_request_id: bool = Field(
+        True, description="send the client's request `id` upstream when it is 1 to 128 "
+        "visible ASCII characters (inner spaces allowed); otherwise, or when false, the "
+        "upstream gets an id of the gateway's own. The client's answer carries its own id")
+    retry_closed_connection: bool = Field(
+        True, description="send a request once more, on a new connection, when the pooled "
+        "connection it left on was found closed before any answer")
 
     @field_validator("forward_parameters")
     @classmethod
@@ -128,6 +136,11 @@ class OipUpstreamBackend(Strict):
                              "decides how the upstream decodes a tensor the gateway has "
                              "validated or what headers it answers with; set it in the "
                              "upstream's own model settings")
+        internal = sorted(name for name in v if name.startswith("_"))
+        if internal:
+            raise ValueError(f"{', '.join(internal)} cannot be forwarded from clients: names "
+                             "starting with '_' are the upstream's own (MLServer reads "
+                             "_decoded_payload instead of the tensor the gateway validated)")
         return v
 
 
