@@ -30,12 +30,21 @@ class ModelMetadata:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, versions: tuple[str, ...] = ()) -> dict[str, Any]:
         def spec(t: TensorSpec) -> dict[str, Any]:
             return {"name": t.name, "datatype": t.datatype, "shape": list(t.shape)}
-        return {"name": self.name, "versions": [], "platform": self.platform,
+        return {"name": self.name, "versions": list(versions), "platform": self.platform,
                 "inputs": [spec(t) for t in self.inputs],
                 "outputs": [spec(t) for t in self.outputs]}
+
+    def refuse_unknown_outputs(self, requested: list[str]) -> None:
+        """400 naming the first requested output this model does not have, before it runs.
+
+        A model whose outputs are not declared (an upstream passed through as is) is checked
+        against its answer instead (`requested_outputs`)."""
+        known = [t.name for t in self.outputs]
+        if known:
+            _refuse_missing(self.name, requested, known)
 
 
 class Backend(ABC):
@@ -134,9 +143,39 @@ def classifier_response(model: str, proba: np.ndarray[Any, Any], classes: np.nda
                          request_id)
 
 
+def requested_names(outputs: list[dict[str, Any]] | None) -> list[str]:
+    """The output names a request asks for, each once, in its order; [] for all of them."""
+    return list(dict.fromkeys(str(o["name"]) for o in outputs or ()))
+
+
+def requested_outputs(response: InferResponse, requested: list[str]) -> InferResponse:
+    """`response` holding only the `requested` outputs (all of them when none is named).
+
+    The guards (shaping, watermark, the monitor) work on the model's whole answer, so a
+    caller asking only for `label` still gets the shaped and marked label; the cut is made
+    on what is sent, never on what the guards saw."""
+    if not requested:
+        return response
+    have = {t.name: t for t in response.outputs}
+    _refuse_missing(response.model_name, requested, list(have))
+    return InferResponse(response.model_name, [have[name] for name in requested], response.id,
+                         response.parameters)
+
+
+def _refuse_missing(model: str, requested: list[str], known: list[str]) -> None:
+    for name in requested:
+        if name not in known:
+            listed = ", ".join(repr(k) for k in known) or "none"
+            raise BadRequest(f"body.outputs: model {model!r} has no output {name[:64]!r} "
+                             f"(its outputs: {listed})")
+
+
 @dataclass(slots=True)
 class ModelEntry:
-    """A served model: its settings and the backend answering for it."""
+    """A served model: its settings and the backend answering for it.
+
+    The gateway serves one version of each model name (`settings.version`, "1" unless
+    configured): its `/versions/{v}/` routes answer for that version only."""
 
     settings: ModelSettings
     backend: Backend
@@ -145,3 +184,11 @@ class ModelEntry:
     @property
     def name(self) -> str:
         return self.settings.name
+
+    @property
+    def version(self) -> str:
+        return self.settings.version
+
+    def metadata_json(self) -> dict[str, Any]:
+        """The model metadata answer: the backend's, with the version served."""
+        return self.backend.metadata.to_json(versions=(self.version,))

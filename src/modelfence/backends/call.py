@@ -19,6 +19,7 @@ class OipCall(Call):
     backend_provides: ClassVar[frozenset[str]] = frozenset({"outputs"})
 
     model: ModelEntry | None = None
+    version: str | None = None  # the model version the call names; None: the one served
     inputs: InferRequest | None = None
     outputs: InferResponse | None = None
     #: the model's probabilities before output shaping (the monitor judges what it said)

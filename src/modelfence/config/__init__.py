@@ -56,7 +56,7 @@ from .monitor import ModelMonitor, MonitorSettings, WebhookSettings
 from .paths import resolve_paths
 from .policy import PolicySettings
 from .quota import Budget, QuotaSettings, RateLimit
-from .server import ServerSettings, listen_address
+from .server import ReadinessSettings, ServerSettings, listen_address
 from .settings import Settings, StoreSettings, read_secret
 from .shaping import ShapingBand
 from .watermark import WatermarkKeySettings, WatermarkSettings
@@ -70,7 +70,8 @@ __all__ = [
     "ConfigPath", "FromConfigDir", "IdentitySettings", "InputLimits", "JwtSettings",
     "LlmModel", "LlmSettings", "LocalBackend", "ModelAttributes", "ModelMonitor",
     "ModelSettings", "MonitorSettings", "OipUpstreamBackend", "PolicySettings",
-    "QuotaSettings", "RateLimit", "ServerSettings", "Settings", "ShapingBand", "StoreSettings",
+    "QuotaSettings", "RateLimit", "ReadinessSettings", "ServerSettings", "Settings",
+    "ShapingBand", "StoreSettings",
     "StoreUrl", "Strict", "TensorSpec", "UpstreamUrl", "WatermarkKeySettings",
     "WatermarkSettings", "WebhookSettings",
     "admin_listen_override", "default_config_path", "default_home", "export_admin_listen",

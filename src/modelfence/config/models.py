@@ -10,6 +10,7 @@ from .monitor import ModelMonitor
 from .shaping import ShapingBand
 
 _MODEL_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+_VERSION = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
 
 class ModelAttributes(Strict):
@@ -25,6 +26,8 @@ class ModelAttributes(Strict):
 class ModelSettings(Strict):
     name: str = Field(pattern=_MODEL_NAME)
     backend: BackendSettings
+    version: str = Field("1", pattern=_VERSION, description="the one version the gateway "
+                         "serves under this name: /versions/{v}/ routes answer for it only")
     input: TensorSpec | None = None
     labels: list[str] | None = None
     limits: InputLimits = InputLimits()

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 
 from .base import Strict
+
+
+class ReadinessSettings(Strict):
+    """What `/v2/health/ready` means. `any`: ready while at least one model can serve (and
+    the stores can), so in Kubernetes one dead upstream takes only its own model out of
+    service, not every model on the pod; `all`: every model must be ready."""
+
+    models: Literal["any", "all"] = Field(
+        "any", description="ready when any model serves, or only when all of them do")
+    probe_timeout_s: float = Field(
+        0.5, gt=0, le=10, description="longest one model's or store's check may take; past "
+        "it that one counts as not ready (readiness answers from the last checks meanwhile)")
 
 
 class ServerSettings(Strict):
@@ -38,6 +51,7 @@ class ServerSettings(Strict):
     admin_listen: str | None = Field(
         "127.0.0.1:9090", description="the admin API, /admin/ready and /metrics listen here "
         "(HOST:PORT or unix:/PATH), never on the public port; null: not served")
+    readiness: ReadinessSettings = ReadinessSettings()
 
     @field_validator("admin_listen")
     @classmethod

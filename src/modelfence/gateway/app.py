@@ -57,7 +57,7 @@ from .admin_listener import AdminListener
 from .body_deadline import BodyDeadline
 from .downloads import ArtifactCall, DownloadRoutes, DownloadWatch
 from .guards import BodyGuard, InputValidationGuard, MetricsGuard, ModelLookupGuard
-from .oip_routes import OipRoutes, StoreCheck
+from .oip_routes import ModelVersionGuard, OipRoutes, StoreCheck
 from .proxies import ProxyHeaders
 
 log = logging.getLogger("modelfence.gateway")
@@ -153,6 +153,7 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
                                    per_tenant=settings.server.max_inflight_per_tenant)
     inflight = [inflight_guard] if inflight_guard.active else []
     model = ModelLookupGuard(gw.models)
+    version = ModelVersionGuard()  # the /versions/{v}/ routes: the one version served
     usage = UsageGuard(gw.budget_store)  # context.queries: the budget store's, if any
     usage.warn_if_policy_reads(settings.policy.files, settings.server.workers)
     policy = PolicyGuard(gw.policy)
@@ -180,13 +181,13 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     common = Stages(head=[metrics, audit], identity=[identity], inflight=inflight,
                     usage=[usage], policy=[policy], rate_limits=rate_limits, budgets=budgets)
     infer_chain = common.with_(
-        model=[model], monitor=monitor,
+        model=[model, version], monitor=monitor,
         body=[BodyGuard(settings.server.max_body_bytes), InputValidationGuard()],
         # response phases run bottom to top: shaping first, then the watermark, so the
         # watermark reaches labels-only answers and every later guard
         outputs=[*watermark, *shaping]).chain(OipCall)
-    metadata_chain = common.with_(model=[model], monitor=monitor).chain(OipCall,
-                                                                        through="rate_limits")
+    metadata_chain = common.with_(model=[model, version], monitor=monitor).chain(
+        OipCall, through="rate_limits")
 
     async def download_alert(principal: str, tenant: str, model: str | None, why: str) -> None:
         reason = f"unusual artifact download by {principal} of model {model}: {why}"
@@ -230,7 +231,7 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
                     "caller's requests; set llm.monitor.shared to a redis:// URL",
                     settings.server.workers)
     oip = OipRoutes(infer_chain=infer_chain, metadata_chain=metadata_chain, models=gw.models,
-                    stores=stores, metrics=gw.metrics,
+                    stores=stores, metrics=gw.metrics, readiness=settings.server.readiness,
                     audit_before_answer=settings.audit.durability == "strict",
                     notes={"audit": "disabled"} if gw.audit_sink.disabled else None)
     reloader = PolicyReloader(gw.policy, settings.policy.state_dir, settings.server.workers)
@@ -260,6 +261,7 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         finally:
             if listener is not None:
                 await listener.stop()
+            await oip.close()
             await llm.close()
             await gw.stop()
             gw.metrics.close()

@@ -12,15 +12,17 @@ StoreCheck = Callable[[], Awaitable[bool]]
 CHECK_TIMEOUT_S = 0.5
 
 
+async def answers(check: Callable[[], Awaitable[bool]], timeout_s: float) -> bool:
+    """Whether `check` says yes within `timeout_s`: one that raises or hangs says no."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return bool(await check())
+    except Exception:  # a check that cannot answer is a store that is not ready
+        return False
+
+
 async def stores_not_ready(checks: Sequence[tuple[str, StoreCheck]], *,
                            timeout_s: float = CHECK_TIMEOUT_S) -> list[str]:
     """Names of the stores whose check failed, raised or took longer than `timeout_s`."""
-    async def answers(check: StoreCheck) -> bool:
-        try:
-            async with asyncio.timeout(timeout_s):
-                return bool(await check())
-        except Exception:  # a check that cannot answer is a store that is not ready
-            return False
-
-    results = await asyncio.gather(*(answers(check) for _, check in checks))
+    results = await asyncio.gather(*(answers(check, timeout_s) for _, check in checks))
     return [name for (name, _), ok in zip(checks, results, strict=True) if not ok]

@@ -1,0 +1,127 @@
+"""Readiness answers from bounded, shared rounds of checks: never slower than its bound
+whatever a model or store does, `any` or `all` models, one round at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Literal
+
+import pytest
+
+from modelfence.backends.base import ModelEntry
+from modelfence.gateway.readiness import Readiness
+
+
+class Probe:
+    """A backend's or store's readiness: says `ok`, after `delay_s`; counts its calls."""
+
+    def __init__(self, ok: bool = True, delay_s: float = 0.0) -> None:
+        self.ok, self.delay_s, self.calls = ok, delay_s, 0
+
+    async def ready(self) -> bool:
+        self.calls += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        return self.ok
+
+
+def entry(probe: Probe, refused: str | None = None) -> ModelEntry:
+    return ModelEntry(settings=Any, backend=probe, refused=refused)  # type: ignore[arg-type]
+
+
+def readiness(models: dict[str, Probe], stores: dict[str, Probe] | None = None,
+              needed: Literal["any", "all"] = "any", timeout_s: float = 0.3,
+              refused: str = "") -> Readiness:
+    entries = {name: entry(p, refused if name == refused else None)
+               for name, p in models.items()}
+    return Readiness(entries, [(n, p.ready) for n, p in (stores or {}).items()],
+                     models_needed=needed, probe_timeout_s=timeout_s)
+
+
+async def test_any_is_ready_while_one_model_serves_and_all_needs_every_one() -> None:
+    models = {"a": Probe(), "b": Probe(ok=False)}
+    any_ = await readiness(models).verdict()
+    assert any_.ready and any_.not_ready == ("model b",)
+    all_ = await readiness(models, needed="all").verdict()
+    assert not all_.ready and all_.not_ready == ("model b",)
+    none = await readiness({"a": Probe(ok=False), "b": Probe(ok=False)}).verdict()
+    assert not none.ready and none.not_ready == ("model a", "model b")
+
+
+async def test_a_store_that_cannot_serve_makes_it_not_ready_in_either_mode() -> None:
+    needed: Literal["any", "all"]
+    for needed in ("any", "all"):
+        v = await readiness({"a": Probe()}, {"key store": Probe(ok=False)},
+                            needed=needed).verdict()
+        assert not v.ready and v.not_ready == ("key store",)
+
+
+async def test_a_refused_model_is_not_probed_and_says_why() -> None:
+    probe = Probe()
+    v = await readiness({"a": Probe(), "evil": probe}, refused="evil").verdict()
+    assert v.ready and v.not_ready == ("model evil (refused: evil)",)
+    assert probe.calls == 0
+
+
+async def test_no_models_is_ready_on_its_stores() -> None:
+    assert (await readiness({}, {"key store": Probe()}).verdict()).ready
+
+
+async def test_a_hung_model_never_slows_the_answer_and_turns_not_ready_at_its_bound() -> None:
+    hung = Probe(delay_s=3600)
+    r = readiness({"a": Probe(), "hung": hung}, needed="all", timeout_s=0.2)
+    started = time.perf_counter()
+    first = await r.verdict()
+    assert time.perf_counter() - started < 0.15  # the answer's own bound, not the check's
+    assert not first.ready and "model hung (not checked yet)" in first.not_ready
+    await asyncio.sleep(0.3)  # past the probe's bound: a no
+    later = await r.verdict()
+    assert later.not_ready == ("model hung",)
+    assert not await r.model_ready("hung") and await r.model_ready("a")
+    await r.close()
+
+
+async def test_a_check_under_way_keeps_the_last_answer_until_it_ends() -> None:
+    slow = Probe()
+    r = readiness({"slow": slow}, timeout_s=0.3)
+    assert (await r.verdict()).ready
+    slow.delay_s, slow.ok = 0.2, False  # it now takes 200 ms to say no
+    assert (await r.verdict()).ready  # still the last answer: no wait for the check
+    await asyncio.sleep(0.25)
+    assert not (await r.verdict()).ready
+    await r.close()
+
+
+async def test_callers_share_one_round_of_checks() -> None:
+    probe, store = Probe(delay_s=0.1), Probe(delay_s=0.1)
+    r = readiness({"a": probe}, {"s": store})
+    await asyncio.gather(*(r.verdict() for _ in range(50)))
+    assert probe.calls == 1 and store.calls == 1
+    await asyncio.sleep(0.15)
+    await r.verdict()
+    assert probe.calls == 2
+    await r.close()
+
+
+async def test_close_stops_the_round_under_way() -> None:
+    hung = Probe(delay_s=3600)
+    r = readiness({"hung": hung}, timeout_s=60)
+    await r.verdict()
+    await r.close()
+    assert r._round is None
+
+
+@pytest.mark.parametrize("needed", ["any", "all"])
+async def test_changes_are_logged_once_with_names(needed: Literal["any", "all"],
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "modelfence.gateway")
+    probe = Probe(ok=False)
+    r = readiness({"a": Probe(), "b": probe}, needed=needed)
+    await r.verdict()
+    await r.verdict()
+    assert caplog.text.count("not ready: model b") == 1
+    probe.ok = True
+    await r.verdict()
+    assert "ready again" in caplog.text
