@@ -132,6 +132,9 @@ class OpenAiStub:
                          "model": body["model"], "choices": [
                              {"index": 0, "delta": {"content": word},
                               "finish_reason": "stop" if i == len(words) - 1 else None}]}
+                if not chat:  # a completions stream: each chunk's choice carries `text`
+                    chunk["object"] = "text_completion"
+                    chunk["choices"][0]["text"] = chunk["choices"][0].pop("delta")["content"]
                 if body.get("logprobs"):
                     chunk["choices"][0]["logprobs"] = {"content": [
                         {"token": word, "logprob": -0.5, "top_logprobs": []}]}

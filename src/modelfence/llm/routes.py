@@ -58,6 +58,8 @@ PATHS = {"chat": "/chat/completions", "completion": "/completions", "embed": "/e
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                403: "permission_error", 404: "not_found_error", 413: "invalid_request_error",
                405: "invalid_request_error", 429: "rate_limit_error"}
+#: What the catch-all route answers (404 or 405); Starlette's default would be GET only.
+ANY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 #: Names the fields the output controls lowered to the caller's limits (`n,max_tokens`).
 CLAMPED_HEADER = "X-Modelfence-Clamped"
 
@@ -169,7 +171,7 @@ class LlmRoutes:
         ]
         self._served = served
         # last: what no route above serves is an OpenAI-shaped 404 or 405
-        return [*served, Route("/v1/{rest:path}", self.unknown_route)]
+        return [*served, Route("/v1{rest:path}", self.unknown_route, methods=ANY_METHOD)]
 
     async def start(self) -> None:
         if self.risk_stream is not None:
