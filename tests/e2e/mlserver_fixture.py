@@ -75,6 +75,7 @@ class MLServer:
     folder: Path
     http_port: int
     proc: subprocess.Popen[bytes] | None = None
+    grpc_port: int = 0  # chosen at start
 
     @property
     def url(self) -> str:
@@ -91,8 +92,8 @@ class MLServer:
 
     def start(self, models: dict[str, Path]) -> MLServer:
         self.folder.mkdir(parents=True, exist_ok=True)
-        grpc_port, metrics_port = free_ports(2, avoid={self.http_port})
-        settings = {"http_port": self.http_port, "grpc_port": grpc_port,
+        self.grpc_port, metrics_port = free_ports(2, avoid={self.http_port})
+        settings = {"http_port": self.http_port, "grpc_port": self.grpc_port,
                     "metrics_port": metrics_port, "parallel_workers": 0, "host": "127.0.0.1",
                     "metrics_endpoint": None}
         (self.folder / "settings.json").write_text(json.dumps(settings))

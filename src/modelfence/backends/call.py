@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -25,3 +26,6 @@ class OipCall(Call):
     #: the model's probabilities before output shaping (the monitor judges what it said)
     unshaped_proba: np.ndarray[Any, Any] | None = None
     metadata: dict[str, Any] | None = None  # the model metadata a metadata call answers
+    #: how the body guard decodes this call's body (with limits.allow_nonfinite), where it is
+    #: not the REST body: gRPC's ModelInferRequest; None: JSON or the binary extension
+    decode_body: Callable[[bytes, bool], InferRequest] | None = None

@@ -75,11 +75,14 @@ def serve(
 def start_gateway(path: Path, host: str, port: int, workers: int, access_log: bool,
                   log_level: str, *, admin_listen: str | None = None) -> None:
     """Check everything can start (models load, stores answer), then hand over to granian."""
-    from ..config import export_admin_listen
+    from ..config import export_admin_listen, load_settings
     from ..gateway.server import run_server
 
     preflight(path)
     ensure_port_free(host, port)
+    server = load_settings(path).server
+    if server.grpc_port is not None:  # each worker binds it with SO_REUSEPORT: none else may
+        ensure_port_free(server.host, server.grpc_port, hint="pick another server.grpc_port")
     try:
         if admin_listen is not None:
             export_admin_listen(admin_listen)
@@ -120,14 +123,13 @@ def preflight(path: Path) -> None:
         raise fail(str(exc), 2) from None
 
 
-def ensure_port_free(host: str, port: int) -> None:
+def ensure_port_free(host: str, port: int, *, hint: str = "pick another with --port") -> None:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise fail(f"cannot listen on {host}:{port}: {exc.strerror}; "
-                       "pick another with --port", 2) from None
+            raise fail(f"cannot listen on {host}:{port}: {exc.strerror}; {hint}", 2) from None
 
 
 @config_app.command("check")

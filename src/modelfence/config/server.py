@@ -51,6 +51,10 @@ class ServerSettings(Strict):
     admin_listen: str | None = Field(
         "127.0.0.1:9090", description="the admin API, /admin/ready and /metrics listen here "
         "(HOST:PORT or unix:/PATH), never on the public port; null: not served")
+    grpc_port: int | None = Field(
+        None, ge=1, le=65535, description="the Open Inference Protocol's gRPC service "
+        "(inference.GRPCInferenceService) listens on server.host at this port, behind the "
+        "same guards as REST (the `grpc` extra); null: not served")
     readiness: ReadinessSettings = ReadinessSettings()
 
     @field_validator("admin_listen")

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import __version__
 from ..artifacts.errors import ArtifactError
 from ..audit import AuditGuard, AuditSink, audit_sink_from_url
 from ..audit.record import event_record
@@ -56,8 +57,17 @@ from .admin_auth import AdminAuthenticator
 from .admin_listener import AdminListener
 from .body_deadline import BodyDeadline
 from .downloads import ArtifactCall, DownloadRoutes, DownloadWatch
+from .grpc_listener import GrpcListener, require_grpc
 from .guards import BodyGuard, InputValidationGuard, MetricsGuard, ModelLookupGuard
-from .oip_routes import ModelVersionGuard, OipRoutes, StoreCheck
+from .oip_routes import (
+    OIP_EXTENSIONS,
+    SERVER_NAME,
+    ModelVersionGuard,
+    OipRoutes,
+    StoreCheck,
+    infer_terminal,
+    metadata_terminal,
+)
 from .proxies import ProxyHeaders
 
 log = logging.getLogger("modelfence.gateway")
@@ -234,6 +244,19 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
                     stores=stores, metrics=gw.metrics, readiness=settings.server.readiness,
                     audit_before_answer=settings.audit.durability == "strict",
                     notes={"audit": "disabled"} if gw.audit_sink.disabled else None)
+    grpc_listener = None
+    if settings.server.grpc_port is not None:  # the same chains, terminals and readiness
+        require_grpc()
+        from .grpc_service import GrpcInference
+
+        service = GrpcInference(
+            infer_chain=infer_chain, metadata_chain=metadata_chain, infer=infer_terminal,
+            metadata=metadata_terminal, readiness=oip.readiness,
+            server=(SERVER_NAME, __version__, OIP_EXTENSIONS),
+            on_failure=lambda exc: count_failure(gw.metrics, exc),
+            audit_before_answer=settings.audit.durability == "strict")
+        grpc_listener = GrpcListener(settings.server.host, settings.server.grpc_port, service,
+                                     max_message_bytes=settings.server.max_body_bytes)
     reloader = PolicyReloader(gw.policy, settings.policy.state_dir, settings.server.workers)
     admin_auth = AdminAuthenticator(settings.admin, static_token=settings.admin_token(),
                                     scoped=settings.admin_token_sha256s(),
@@ -256,9 +279,13 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
                     if settings.server.admin_listen else None)
         if listener is not None:
             await listener.start()
+        if grpc_listener is not None:
+            await grpc_listener.start()
         try:
             yield
         finally:
+            if grpc_listener is not None:
+                await grpc_listener.stop()
             if listener is not None:
                 await listener.stop()
             await oip.close()

@@ -19,7 +19,7 @@ from ..errors import (
     UpstreamError,
     UpstreamRejected,
 )
-from ..kernel.body import read_decoded
+from ..kernel.body import read_bounded, read_decoded
 from ..kernel.call import Call
 from ..kernel.chain import Guard
 from ..kernel.metrics import GatewayMetrics
@@ -65,9 +65,13 @@ class BodyGuard(Guard[OipCall]):
         assert call.model is not None
         limits = call.model.settings.limits
         limit = min(self._max, limits.max_body_bytes or self._max)
-        call.body = await read_decoded(call.request, limit)
-        call.inputs = decode_infer_body(call.body, call.request.headers.get(HEADER_LENGTH),
-                                        allow_nonfinite=limits.allow_nonfinite)
+        if call.decode_body is not None:  # a gRPC message (grpc undid its own compression)
+            call.body = await read_bounded(call.request, limit)
+            call.inputs = call.decode_body(call.body, limits.allow_nonfinite)
+        else:
+            call.body = await read_decoded(call.request, limit)
+            call.inputs = decode_infer_body(call.body, call.request.headers.get(HEADER_LENGTH),
+                                            allow_nonfinite=limits.allow_nonfinite)
         call.rows = call.inputs.rows
 
 

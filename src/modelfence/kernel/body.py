@@ -11,9 +11,8 @@ from __future__ import annotations
 import zlib
 from collections.abc import AsyncIterator
 
-from starlette.requests import Request
-
 from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from .call import RequestFacts
 
 #: zlib window bits for each supported encoding; deflate may come with or without its
 #: zlib wrapper (RFC 9110 says with; some clients send raw deflate), told by its first bytes
@@ -24,7 +23,7 @@ _ENCODINGS = ("gzip", "x-gzip", "deflate")
 _EMPTY = "request body is empty; send a JSON object with 'inputs'"
 
 
-async def read_bounded(request: Request, limit: int) -> bytes:
+async def read_bounded(request: RequestFacts, limit: int) -> bytes:
     """The whole body, refusing (413) as soon as it is known to exceed `limit`."""
     chunks = [chunk async for chunk in _chunks(request, limit)]
     body = b"".join(chunks)
@@ -33,7 +32,7 @@ async def read_bounded(request: Request, limit: int) -> bytes:
     return body
 
 
-async def read_decoded(request: Request, limit: int) -> bytes:
+async def read_decoded(request: RequestFacts, limit: int) -> bytes:
     """The whole body with its Content-Encoding undone; neither the body as sent nor the
     body as decoded may exceed `limit` (413), an unknown encoding is 415."""
     encoding = content_encoding(request.headers.get("content-encoding"))
@@ -48,7 +47,7 @@ async def read_decoded(request: Request, limit: int) -> bytes:
     return body
 
 
-async def _chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
+async def _chunks(request: RequestFacts, limit: int) -> AsyncIterator[bytes]:
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():

@@ -11,14 +11,32 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
-    from starlette.requests import Request
-
     from ..errors import RequestError
+
+
+class Peer(Protocol):
+    """Where a request came from (starlette's `Address`, a gRPC peer)."""
+
+    @property
+    def host(self) -> str: ...
+
+
+class RequestFacts(Protocol):
+    """The request behind a call, as guards read it whatever carried it: its headers (gRPC:
+    its metadata), the peer's address and its body's chunks. Starlette's `Request` is one;
+    the gRPC service passes an adapter (gateway/grpc_request.py)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def client(self) -> Peer | None: ...
+
+    def stream(self) -> AsyncIterator[bytes]: ...
 
 
 class Caller(Protocol):
@@ -89,7 +107,7 @@ class Call:
     #: Fields the terminal (the backend call) fills, for the response phases' requirements.
     backend_provides: ClassVar[frozenset[str]] = frozenset()
 
-    request: Request
+    request: RequestFacts
     action: str
     model_name: str | None
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
