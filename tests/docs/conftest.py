@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ..support import free_port_pair, interrupt, wait_http
+from .held import check_for
 from .snippets import PAGE_SECONDS, ROOT, all_snippets
 
 
@@ -48,8 +49,8 @@ def repository_copy(folder: Path) -> Path:
     """
     venv = folder / ".venv"
     venv.mkdir(parents=True)
-    for entry in (ROOT / ".venv").iterdir():
-        (venv / entry.name).symlink_to(entry)
+    for linked in (ROOT / ".venv").iterdir():
+        (venv / linked.name).symlink_to(linked)
     if (ROOT / ".venv" / ".installed-dev").exists():
         for extras in ("examples", "examples,llm"):
             (venv / f".installed-{extras}").touch()
@@ -95,7 +96,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for page, seconds in sorted(PAGE_SECONDS.items(), key=lambda item: -item[1]):
             terminalreporter.write_line(f"{seconds:6.1f}  {page}")
     held = [s for s in all_snippets() if s.not_run]
-    terminalreporter.section(f"docs snippets not run: {len(held)} of {len(all_snippets())}")
+    terminalreporter.section(f"docs snippets not run: {len(held)} of {len(all_snippets())}, "
+                             "each checked as tests/docs/held.py says")
     for snip in held:
-        terminalreporter.write_line(f"{snip.where} ({snip.kind}): {snip.not_run}")
+        check = check_for(snip)
+        terminalreporter.write_line(f"{snip.where} ({snip.kind}): {snip.not_run} "
+                                    f"[{check.__name__ if check else 'NOT CHECKED'}]")
 

@@ -97,7 +97,7 @@ def deploy_secrets(snip: Snippet, ctx: Context) -> None:
         (deploy / "secrets" / "audit-checkpoint.pem").read_bytes(), None)
     public = serialization.load_pem_public_key((deploy / "audit-checkpoint.pub.pem").read_bytes())
     raw = serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    assert private.public_key().public_bytes(*raw) == public.public_bytes(*raw)  # type: ignore[arg-type]
+    assert private.public_key().public_bytes(*raw) == public.public_bytes(*raw)
 
 
 def compose_up(snip: Snippet) -> None:

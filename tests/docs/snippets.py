@@ -29,7 +29,6 @@ SHELL = {"bash", "sh", "shell", "console"}
 PYTHON = {"python", "py", "python3"}
 YAML = {"yaml", "yml"}
 CEDAR = {"cedar"}
-NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(.+?)\s*-->$")
 MARKER = re.compile(r"^<!--\s*(not-run|serves|stand-in):\s*(.+?)\s*-->$")
 KEY_PLACEHOLDER = "mf_…"
 KEY_PATTERN = r"mf_[0-9a-f]\{16\}_[A-Za-z0-9_-]\{43\}"  # a minted key, as grep reads it

@@ -46,7 +46,7 @@ def test_llm_saves_the_table_it_prints(tmp_path: Path) -> None:
     llm = _bench("llm")
 
     def summary(name: str, p50: float, ttft: float, rps: float | None) -> object:
-        fields = {f: None for f in llm.Round.__dataclass_fields__}
+        fields: dict[str, float | None] = {f: None for f in llm.Round.__dataclass_fields__}
         fields.update(p50_ms=p50, p99_ms=p50 * 2, ttft_p50_ms=ttft, rps=rps,
                       cpu_us_per_req=None if rps is None else 100.0)
         return llm.Summary(name, [llm.Round(**fields)])

@@ -23,7 +23,7 @@ from ..support import free_port, free_port_pair
 from .conftest import Demo, repository_copy
 from .held import HELD, Context, check_for
 from .snippets import (
-    NOT_RUN,
+    MARKER,
     PAGE_SECONDS,
     ROOT,
     Snippet,
@@ -52,38 +52,43 @@ def test_every_snippet_follows_the_fresh_machine_conventions() -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_every_not_run_marker_sits_on_a_snippet_and_gives_a_reason() -> None:
+def test_every_marker_sits_on_a_snippet_and_gives_a_reason() -> None:
     """A marker that no fence follows is a typo that would leave a snippet unexplained."""
-    held = {(s.page, s.line) for page in pages() for s in snippets(page) if s.not_run}
+    fences = {(s.page, s.line) for page in pages() for s in snippets(page)}
     stray = []
     for page in pages():
         lines = page.read_text().splitlines()
         for n, line in enumerate(lines):
-            if "not-run" in line and line.strip().startswith("<!--"):
-                if not NOT_RUN.match(line.strip()):
-                    stray.append(f"{page.relative_to(ROOT)}:{n + 1}: malformed marker")
-                    continue
-                following = next((i for i in range(n + 1, len(lines)) if lines[i].strip()), None)
-                if following is None or (page, following + 1) not in held:
-                    stray.append(f"{page.relative_to(ROOT)}:{n + 1}: no fence follows the marker")
+            text = line.strip()
+            if not text.startswith("<!--") or not re.search(r"not-run|serves|stand-in", text):
+                continue
+            if not MARKER.match(text):
+                stray.append(f"{page.relative_to(ROOT)}:{n + 1}: malformed marker")
+                continue
+            following = next((i for i in range(n + 1, len(lines))
+                              if lines[i].strip() and not MARKER.match(lines[i].strip())), None)
+            if following is None or (page, following + 1) not in fences:
+                stray.append(f"{page.relative_to(ROOT)}:{n + 1}: no fence follows the marker")
     assert not stray, "\n".join(stray)
 
 
 def test_every_configuration_snippet_validates(monkeypatch: pytest.MonkeyPatch) -> None:
     """A YAML block made of modelfence's top-level keys is a configuration: it must pass the
     settings models as the gateway loads them (files it names are not read here). A part of a
-    config that cannot stand alone says so with a not-run marker."""
+    config that cannot stand alone says so with a not-run marker (tests/docs/held.py merges it
+    into what it extends); any other YAML must be one tests/docs/held.py reads."""
     import yaml
 
     from modelfence.config import Settings, settings_from_mapping
 
-    checked, problems = 0, []
+    checked, problems, others = 0, [], []
     for snip in all_snippets():
         if snip.kind != "yaml" or snip.not_run:
             continue
         doc = yaml.safe_load(snip.code)
         if not isinstance(doc, dict) or not set(doc) <= set(Settings.model_fields):
-            continue  # another tool's YAML (Kubernetes, compose)
+            others.append((str(snip.page.relative_to(ROOT)), doc))
+            continue
         for name in re.findall(r"\$\{(\w+)\}", snip.code):
             monkeypatch.setenv(name, "placeholder")
         try:
@@ -93,6 +98,10 @@ def test_every_configuration_snippet_validates(monkeypatch: pytest.MonkeyPatch) 
         checked += 1
     assert checked >= 8
     assert not problems, "\n".join(problems)
+    # another tool's YAML: the KServe tutorial's manifests, which its kubectl check reads
+    kinds = sorted((page, doc.get("kind")) for page, doc in others if isinstance(doc, dict))
+    assert kinds == [("docs/tutorials/kserve.md", "InferenceService"),
+                     ("docs/tutorials/kserve.md", "NetworkPolicy")], others
 
 
 def test_every_policy_snippet_validates_against_the_schema(tmp_path: Path) -> None:
@@ -117,8 +126,16 @@ def test_the_readme_is_short() -> None:
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines (at most {README_MAX_LINES})"
 
 
+#: The pages whose snippets take longest (the summary's timings), started first so that the
+#: three workers finish together instead of one page running alone at the end.
+SLOW_FIRST = ("docs/concepts/redteam.md", "docs/concepts/monitor.md", "docs/getting-started.md",
+              "README.md", "docs/concepts/artifacts.md", "docs/tutorials/prove-a-copy.md")
+
+
 def _runnable_pages() -> list[Path]:
-    return [p for p in pages() if any(s.runnable for s in snippets(p))]
+    found = [p for p in pages() if any(s.runnable for s in snippets(p))]
+    rank = {name: n for n, name in enumerate(SLOW_FIRST)}
+    return sorted(found, key=lambda p: rank.get(str(p.relative_to(ROOT)), len(rank)))
 
 
 #: Ports the pages document for gateways and servers of their own: each page gets free ones.
