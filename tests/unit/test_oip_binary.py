@@ -283,6 +283,8 @@ def test_bool_bytes_are_zero_or_one() -> None:
 def test_empty_binary_tensor() -> None:
     body, n = raw_body({"inputs": [fp32_input(0, [0, 4])]})
     assert decode_infer_body(body, n).inputs[0].data.shape == (0, 4)
+    body, n = raw_body({"inputs": [fp32_input(0, [0, 2**40, 2**40])]})
+    refused(body, n, "inputs[0].shape: dimensions too large for an array")
 
 
 def test_a_binary_body_without_the_header_says_what_is_missing() -> None:
