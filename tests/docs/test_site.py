@@ -162,3 +162,27 @@ def test_a_changed_result_changes_the_page(tmp_path: Path) -> None:
     page = (ROOT / "docs" / "benchmarks" / "index.md").read_text()
     with pytest.raises(FileNotFoundError, match=r"no-such-run\.json"):  # fails the build
         _bench_hook().render(page + "\n<!-- bench-table: no-such-run -->\n")
+
+
+#: Headline numbers README quotes (the forge shows README unrendered by the hook), and the
+#: result, row and value each comes from, with the decimals README rounds it to (half up).
+README_QUOTES = [
+    ("+{} ms p50", 2, "overhead-2026-11-29-llm-machine", "full chain", "added_p50_ms"),
+    ("+{} ms p99", 2, "overhead-2026-11-29-llm-machine", "full chain", "added_p99_ms"),
+    ("gave\n+{} ms p50", 2, "overhead-2026-11-29-slower", "full chain, as above",
+     "added_p50_ms"),
+    ("LLM routes add +{} ms p50", 2, "llm-2026-11-29", "modelfence", "added_p50_ms"),
+    ("LiteLLM Proxy adds +{} ms", 1, "llm-2026-11-29", "LiteLLM Proxy", "added_p50_ms"),
+]
+
+
+@pytest.mark.parametrize(("phrase", "places", "name", "row", "key"), README_QUOTES)
+def test_the_readme_quotes_the_published_results(phrase: str, places: int, name: str, row: str,
+                                                 key: str) -> None:
+    from decimal import ROUND_HALF_UP, Decimal
+
+    doc = _bench_results().load(name)
+    value = next(r[key] for r in doc["rows"] if row in r.values())
+    shown = Decimal(str(value)).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    readme = re.sub(r"[ \t]*\n[ \t]*", "\n", (ROOT / "README.md").read_text())
+    assert phrase.format(shown) in readme, (phrase.format(shown), name)
