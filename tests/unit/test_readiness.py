@@ -125,3 +125,10 @@ async def test_changes_are_logged_once_with_names(needed: Literal["any", "all"],
     probe.ok = True
     await r.verdict()
     assert "ready again" in caplog.text
+
+
+async def test_start_waits_for_a_whole_round() -> None:
+    slow = Probe(delay_s=0.1)
+    r = readiness({"slow": slow})
+    await r.start()
+    assert (await r.verdict()).not_ready == ()  # known before the first request

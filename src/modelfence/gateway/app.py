@@ -272,6 +272,7 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gw.start(policy_fallback=True)
         await llm.start()
+        await oip.readiness.start()  # the first readiness answers know every model
         audit_store = audit_store_of(gw.audit_sink)
         if audit_store is not None:
             await download_watch.load(audit_store)

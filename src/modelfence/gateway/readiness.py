@@ -77,12 +77,20 @@ class Readiness:
         models_ok = all(oks) if self._needed == "all" else (not oks or any(oks))
         return Verdict(stores_ok and models_ok, tuple(not_ready))
 
+    async def start(self) -> None:
+        """One whole round before the first request, so that the first answers know each
+        model (bounded: every check is)."""
+        await asyncio.wait({self._ongoing()})
+
     async def refresh(self) -> None:
         """Start a round unless one runs in this loop; wait for it at most answer_within_s."""
+        await asyncio.wait({self._ongoing()}, timeout=self._answer_within_s)
+
+    def _ongoing(self) -> asyncio.Task[None]:
         task = self._round
         if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
             task = self._round = asyncio.create_task(self._check_all())
-        await asyncio.wait({task}, timeout=self._answer_within_s)
+        return task
 
     async def close(self) -> None:
         """Stop the round under way (the app is shutting down)."""
