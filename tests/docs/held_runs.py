@@ -124,27 +124,31 @@ def compose_up(snip: Snippet) -> None:
 
 
 def _replica(ctx: Context) -> dict[str, Any]:
-    """One replica as a local process: the deploy config's admin token file (step 1's), the
-    demo's digits model, its own SQLite stores; started once for the page's snippets."""
+    """One replica as a local process: its model made by deploy/demo_model.py as compose's
+    demo-model step makes it, the deploy config's admin token file (step 1's), its own SQLite
+    stores instead of PostgreSQL; started once for the page's snippets."""
     if "replica" in ctx.cache:
         replica: dict[str, Any] = ctx.cache["replica"]
         return replica
-    demo = ctx.demo()
     deploy_config = yaml.safe_load((DEPLOY / "modelfence.yaml").read_text())
     assert deploy_config["admin"]["token_file"] == "/run/secrets/admin-token"
     assert deploy_config["server"]["admin_listen"].endswith(":9090")
-    assert [m["name"] for m in deploy_config["models"]] == ["digits"]
+    model = deploy_config["models"][0]
+    assert model["name"] == "digits" and model["backend"]["path"] == "/models/digits.skops"
     assert "MODELFENCE_CONFIG=/etc/modelfence/modelfence.yaml" in (
         DEPLOY / "Dockerfile").read_text()
-    assert "./modelfence.yaml:/etc/modelfence/modelfence.yaml:ro" in _compose()["x-gateway"][
+    compose = _compose()
+    assert "./modelfence.yaml:/etc/modelfence/modelfence.yaml:ro" in compose["x-gateway"][
         "volumes"]
-    assert _compose()["services"]["demo-model"]["command"] == ["/models/digits.skops"]
-    assert '"sample-request.json"' in (DEPLOY / "demo_model.py").read_text()
+    assert compose["services"]["demo-model"]["command"] == ["/models/digits.skops"]
     folder = ctx.tmp_path / "replica"
+    models = folder / "models"  # the `models` volume
+    python = str(ROOT / ".venv/bin/python")
+    subprocess.run([python, str(DEPLOY / "demo_model.py"), str(models / "digits.skops")],
+                   check=True, capture_output=True, timeout=120)
     (folder / "deploy" / "secrets").mkdir(parents=True)
     (folder / "deploy" / "secrets" / "admin-token").write_text(secrets.token_hex(32) + "\n")
     (folder / "secret").write_text(secrets.token_urlsafe(48) + "\n")
-    demo_dir = demo.home / ".modelfence" / "demo"
     port, admin = free_port(), free_port()
     config = folder / "modelfence.yaml"
     config.write_text(yaml.safe_dump({
@@ -152,19 +156,18 @@ def _replica(ctx: Context) -> dict[str, Any]:
         "secret_file": "secret",
         "admin": {"token_file": str(folder / "deploy" / "secrets" / "admin-token")},
         "stores": {"keys": "sqlite:///keys.db"}, "audit": {"sink": "sqlite:///audit.db"},
-        "models": [{"name": "digits", "backend": {"type": "skops",
-                                                  "path": str(demo_dir / "digits.skops")},
-                    "input": {"name": "input", "datatype": "FP32", "shape": [-1, 64]}}]}))
-    env = {**demo.env, "MODELFENCE_CONFIG": str(config)}
+        "models": [{**model, "backend": {**model["backend"],
+                                         "path": str(models / "digits.skops")}}]}))
+    env = {**os.environ, "MODELFENCE_CONFIG": str(config)}
     log = folder / "gateway.log"
     with log.open("wb") as out:
         proc = subprocess.Popen([str(ROOT / ".venv/bin/modelfence"), "serve"], cwd=folder,
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     ctx.stack.callback(interrupt, proc, 15)
     wait_http(f"http://127.0.0.1:{admin}/admin/ready", timeout_s=60, proc=proc, log=log)
-    made = _run(".venv/bin/modelfence keys create --principal alice --tenant acme --model "
-                "digits --json", demo.workdir, env, "keys create")
-    replica = {"env": env, "ports": {8000: port, 9090: admin}, "demo_dir": demo_dir,
+    made = _run(f"{ROOT / '.venv/bin/modelfence'} keys create --principal alice --tenant acme "
+                "--model digits --json", folder, env, "keys create")
+    replica = {"env": env, "ports": {8000: port, 9090: admin}, "models": models,
                "cwd": folder / "deploy", "key": yaml.safe_load(made)["key"]}
     ctx.cache["replica"] = replica
     return replica
@@ -173,13 +176,13 @@ def _replica(ctx: Context) -> dict[str, Any]:
 def replica_commands(snip: Snippet, ctx: Context) -> None:
     """A replica's snippet, run against the local replica: `docker compose exec gateway-1`
     becomes the command itself (its MODELFENCE_CONFIG names the replica's config),
-    `docker compose cp gateway-1:/models/X .` a copy of the demo's X."""
+    `docker compose cp gateway-1:/models/X .` a copy of X from the replica's models folder."""
     replica = _replica(ctx)
     code = map_ports(snip.code, replica["ports"])
     code = code.replace("docker compose exec gateway-1 modelfence",
                         str(ROOT / ".venv/bin/modelfence"))
     code = re.sub(r"docker compose cp gateway-1:/models/(\S+) \.",
-                  lambda m: f"cp {replica['demo_dir'] / m.group(1)} .", code)
+                  lambda m: f"cp {replica['models'] / m.group(1)} .", code)
     code = code.replace("mf_…", replica["key"])
     assert "docker" not in code, code
     out = _run(code, replica["cwd"], replica["env"], snip.where)
