@@ -24,7 +24,7 @@ from .openai_stub import WORDS, OpenAiStub
 
 HI = [{"role": "user", "content": "hi"}]
 ANSWER = "".join(WORDS)
-MODELS = ["locked", "clamping", "vllm"]
+MODELS = ["locked", "clamping", "vllm", "tuned:v1"]
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +39,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, stub: OpenAiStub) -> Iterator[G
         {"name": "vllm", "upstream": stub.url, "upstream_model": "ok",
          "extra_fields": ["top_k"]},
         {"name": "hidden", "upstream": stub.url, "upstream_model": "ok"},
+        {"name": "tuned:v1", "upstream": stub.url, "upstream_model": "ok"},
     ]}
     g = Gateway(folder, [], extra={"llm": llm}).start()
     try:
@@ -193,6 +194,8 @@ def test_models_retrieve_answers_the_model_or_an_openai_404(gw: Gateway) -> None
     with _client(gw, key) as client:
         model = client.models.retrieve("locked")
         assert (model.id, model.object) == ("locked", "model")
+        assert client.models.retrieve("tuned:v1").id == "tuned:v1"
+        assert {m.id for m in client.models.list()} == set(MODELS)
         for name in ("nope", "hidden"):  # one the key may not use is as unknown
             with pytest.raises(openai.NotFoundError) as missing:
                 client.models.retrieve(name)
