@@ -94,7 +94,7 @@ async def test_a_check_under_way_keeps_the_last_answer_until_it_ends() -> None:
     await r.close()
 
 
-async def test_callers_share_one_round_of_checks() -> None:
+async def test_callers_share_one_check_of_each() -> None:
     probe, store = Probe(delay_s=0.1), Probe(delay_s=0.1)
     r = readiness({"a": probe}, {"s": store})
     await asyncio.gather(*(r.verdict() for _ in range(50)))
@@ -105,12 +105,25 @@ async def test_callers_share_one_round_of_checks() -> None:
     await r.close()
 
 
-async def test_close_stops_the_round_under_way() -> None:
+async def test_close_stops_the_checks_under_way() -> None:
     hung = Probe(delay_s=3600)
     r = readiness({"hung": hung}, timeout_s=60)
     await r.verdict()
     await r.close()
-    assert r._round is None
+    assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+
+async def test_a_hung_check_is_not_waited_for_while_the_others_stay_fresh() -> None:
+    hung, store = Probe(delay_s=3600), Probe()
+    r = readiness({"a": Probe(), "hung": hung}, {"s": store}, timeout_s=60)
+    await r.verdict()  # starts the hung check, waits its 50 ms once
+    started = time.perf_counter()
+    store.ok = False
+    later = await r.verdict()
+    assert time.perf_counter() - started < 0.04  # the hung check under way: not waited for
+    assert not later.ready and "s" in later.not_ready  # the store's check is a fresh one
+    assert hung.calls == 1
+    await r.close()
 
 
 @pytest.mark.parametrize("needed", ["any", "all"])

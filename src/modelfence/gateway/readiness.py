@@ -2,11 +2,13 @@
 
 Kubernetes asks `/v2/health/ready` every few seconds with a 1 s timeout, and tritonclient
 asks `/v2/models/{m}/ready`. Checking every upstream on the request's time made the answer
-as slow as the slowest upstream (2 s for a stalled one). Here a request starts one round of
-checks (or joins the round under way), waits for it at most `answer_within_s`, and answers
-from the last result each check gave: a check still running keeps its previous answer until
-it finishes or its own bound (`probe_timeout_s`) makes it a no. Only one round runs at a
-time, so callers polling fast cannot multiply the probes an upstream receives.
+as slow as the slowest upstream (2 s for a stalled one). Here a request starts the check of
+each model and store that is not already under way, waits for those at most
+`answer_within_s`, and answers from the last result each check gave: a check still running
+(a hung upstream's) keeps its previous answer until it finishes or its own bound
+(`probe_timeout_s`) makes it a no, and nobody waits for it. At most one check of each model
+or store runs at a time, so callers polling fast cannot multiply the probes an upstream
+receives.
 
 `models="any"` (the default): ready while the stores can serve and at least one model can,
 so in Kubernetes one dead upstream takes out only its own model (its `/ready` says so), not
@@ -41,29 +43,30 @@ class Verdict:
 
 
 class Readiness:
-    """The last known readiness of each model and store, kept fresh by bounded rounds."""
+    """The last known readiness of each model and store, each kept fresh by its own
+    bounded check (at most one under way per model or store)."""
 
     def __init__(self, models: dict[str, ModelEntry], stores: Sequence[tuple[str, Check]], *,
                  models_needed: Literal["any", "all"], probe_timeout_s: float,
                  on_model: Callable[[str, bool], None] | None = None,
                  answer_within_s: float = ANSWER_WITHIN_S) -> None:
         self._models = models
-        self._stores = list(stores)
+        self._stores = dict(stores)
         self._needed = models_needed
         self._probe_timeout_s = probe_timeout_s
         self._on_model = on_model
         self._answer_within_s = answer_within_s
         self._models_ok: dict[str, bool] = {}  # absent: never checked yet (not ready)
         self._stores_ok: dict[str, bool] = {}
-        self._round: asyncio.Task[None] | None = None
+        self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._logged: tuple[str, ...] = ()
 
     async def verdict(self) -> Verdict:
-        await self.refresh()
+        await self.refresh(self._everything())
         return self.known()
 
     async def model_ready(self, name: str) -> bool:
-        await self.refresh()
+        await self.refresh([("model", name)] if name in self._models else [])
         return self._models_ok.get(name, False)
 
     def known(self) -> Verdict:
@@ -71,53 +74,66 @@ class Readiness:
         models = [(name, self._models_ok.get(name)) for name in self._models]
         not_ready = [_model_said(name, self._models[name].refused, ok) for name, ok in models
                      if not ok]
-        not_ready += [name for name, _ in self._stores if not self._stores_ok.get(name)]
-        stores_ok = all(self._stores_ok.get(name) for name, _ in self._stores)
+        not_ready += [name for name in self._stores if not self._stores_ok.get(name)]
+        stores_ok = all(self._stores_ok.get(name) for name in self._stores)
         oks = [bool(ok) for _, ok in models]
         models_ok = all(oks) if self._needed == "all" else (not oks or any(oks))
         return Verdict(stores_ok and models_ok, tuple(not_ready))
 
     async def start(self) -> None:
-        """One whole round before the first request, so that the first answers know each
+        """Every check once before the first request, so that the first answers know each
         model (bounded: every check is)."""
-        await asyncio.wait({self._ongoing()})
+        started = self._start(self._everything())
+        if started:
+            await asyncio.wait(started)
 
-    async def refresh(self) -> None:
-        """Start a round unless one runs in this loop; wait for it at most answer_within_s."""
-        await asyncio.wait({self._ongoing()}, timeout=self._answer_within_s)
-
-    def _ongoing(self) -> asyncio.Task[None]:
-        task = self._round
-        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
-            task = self._round = asyncio.create_task(self._check_all())
-        return task
+    async def refresh(self, which: list[tuple[str, str]]) -> None:
+        """Start the checks of `which` that are not under way; wait for those at most
+        answer_within_s. A check already under way (a hung upstream's) is not waited for."""
+        started = self._start(which)
+        if started:
+            await asyncio.wait(started, timeout=self._answer_within_s)
 
     async def close(self) -> None:
-        """Stop the round under way (the app is shutting down)."""
-        task, self._round = self._round, None
-        if task is not None and not task.done():
+        """Stop the checks under way (the app is shutting down)."""
+        tasks, self._running = list(self._running.values()), {}
+        for task in tasks:
             task.cancel()
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _check_all(self) -> None:
-        await asyncio.gather(*(self._check_model(name, entry)
-                               for name, entry in self._models.items()),
-                             *(self._check_store(name, check) for name, check in self._stores))
-        self._log_change(self.known().not_ready)
+    def _everything(self) -> list[tuple[str, str]]:
+        return [*(("model", n) for n in self._models), *(("store", n) for n in self._stores)]
 
-    async def _check_model(self, name: str, entry: ModelEntry) -> None:
-        ok = entry.refused is None and await answers(entry.backend.ready,
-                                                     self._probe_timeout_s)
-        self._models_ok[name] = ok
-        if self._on_model is not None:
-            self._on_model(name, ok)
+    def _start(self, which: list[tuple[str, str]]) -> list[asyncio.Task[None]]:
+        loop = asyncio.get_running_loop()
+        started = []
+        for what in which:
+            task = self._running.get(what)
+            if task is None or task.done() or task.get_loop() is not loop:
+                task = self._running[what] = loop.create_task(self._check(*what))
+                started.append(task)
+        return started
 
-    async def _check_store(self, name: str, check: Check) -> None:
-        self._stores_ok[name] = await answers(check, self._probe_timeout_s)
+    async def _check(self, kind: str, name: str) -> None:
+        if kind == "store":
+            self._stores_ok[name] = await answers(self._stores[name], self._probe_timeout_s)
+        else:
+            entry = self._models[name]
+            ok = entry.refused is None and await answers(entry.backend.ready,
+                                                         self._probe_timeout_s)
+            self._models_ok[name] = ok
+            if self._on_model is not None:
+                self._on_model(name, ok)
+        self._log_change()
 
-    def _log_change(self, not_ready: tuple[str, ...]) -> None:
-        """Said once per change, with names: the public answer names nothing."""
+    def _log_change(self) -> None:
+        """Said once per change, with names (the public answer names nothing); from the
+        time every model and store has been checked once."""
+        if len(self._models_ok) < len(self._models) or len(self._stores_ok) < len(self._stores):
+            return
+        not_ready = self.known().not_ready
         if not_ready == self._logged:
             return
         if not_ready:
