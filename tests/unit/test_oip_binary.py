@@ -403,3 +403,12 @@ async def test_compressed_body_over_the_limit_as_sent() -> None:
     noise = np.random.default_rng(0).bytes(LIMIT + 10)
     with pytest.raises(PayloadTooLarge, match=f"request body over the {LIMIT} byte limit"):
         await decoded(gzip.compress(noise), "gzip")
+
+
+def test_outputs_of_one_name_each_get_their_own_bytes() -> None:
+    twice = InferResponse("m", [Tensor("p", "INT32", [1], np.asarray([1], np.int32)),
+                                Tensor("p", "INT32", [2], np.asarray([2, 3], np.int32))])
+    body, n = encode_infer_answer(twice, BinaryOutputs(True))
+    assert n is not None
+    sizes = [o["parameters"]["binary_data_size"] for o in json.loads(body[:n])["outputs"]]
+    assert sizes == [4, 8] and body[n:] == np.asarray([1, 2, 3], "<i4").tobytes()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -300,12 +300,12 @@ def decode_infer_response(body: bytes) -> InferResponse:
 
 
 def encode_infer_response(resp: InferResponse,
-                          raw_sizes: dict[str, int] | None = None) -> bytes:
-    """The answer as JSON; the outputs named in `raw_sizes` are described, their data
-    left for the raw bytes that follow (kernel/oip_binary.py)."""
-    sizes = raw_sizes or {}
+                          raw_sizes: Sequence[int | None] | None = None) -> bytes:
+    """The answer as JSON; an output with a size in `raw_sizes` (one entry per output, in
+    order) is described, its data left for the raw bytes that follow (kernel/oip_binary.py)."""
+    sizes = raw_sizes or [None] * len(resp.outputs)
     return _encode({"model_name": resp.model_name,
-                    "outputs": [t.to_json(sizes.get(t.name)) for t in resp.outputs]},
+                    "outputs": [t.to_json(n) for t, n in zip(resp.outputs, sizes, strict=True)]},
                    id=resp.id, parameters=resp.parameters)
 
 

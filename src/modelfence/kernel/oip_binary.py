@@ -243,12 +243,11 @@ def encode_infer_answer(response: InferResponse, wanted: BinaryOutputs | None
                         ) -> tuple[bytes, int | None]:
     """The answer's body and, when some output goes as raw bytes, the length of its JSON
     header (for the Inference-Header-Content-Length response header); else plain JSON."""
-    raw = {t.name: to_raw(t) for t in response.outputs
-           if wanted is not None and wanted.wants(t.name)}
-    if not raw:
+    if wanted is None or not any(wanted.wants(t.name) for t in response.outputs):
         return encode_infer_response(response), None
-    header = encode_infer_response(response, {name: len(r) for name, r in raw.items()})
-    return b"".join((header, *raw.values())), len(header)
+    raw = [to_raw(t) if wanted.wants(t.name) else None for t in response.outputs]
+    header = encode_infer_response(response, [None if r is None else len(r) for r in raw])
+    return b"".join((header, *(r for r in raw if r is not None))), len(header)
 
 
 def infer_answer(response: InferResponse, wanted: BinaryOutputs | None) -> Response:
