@@ -394,7 +394,9 @@ async def test_build_screener(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "torch" else real(name, *a))
-    with pytest.raises(ConfigurationError, match=r"`llm` extra \(missing: torch\)"):
+    with pytest.raises(ConfigurationError,
+                       match=r"^prompt similarity screening needs the 'llm' extra "
+                             r"\(missing: torch\): "):
         build_screener(ScreeningSettings(similarity=True))
 
 
