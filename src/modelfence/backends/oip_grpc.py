@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import grpc
 import orjson
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from ..config import ModelSettings, OipUpstreamBackend
 from ..errors import BadRequest, UpstreamError, UpstreamTimeout
@@ -43,15 +43,20 @@ class GrpcTransport(Transport):
         self._options = [("grpc.max_receive_message_length", max_message_bytes)]
         self._channel: grpc.aio.Channel | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._calls: dict[str, Any] = {}  # the channel's callable per method
 
     def _call(self, method: str, response: Any) -> Any:
         loop = asyncio.get_running_loop()
         if self._channel is None or self._loop is not loop:
             self._channel = grpc.aio.insecure_channel(self._target, options=self._options)
             self._loop = loop
-        return self._channel.unary_unary(SERVICE + method,
-                                         request_serializer=_serialize,
-                                         response_deserializer=response.FromString)
+            self._calls = {}
+        call = self._calls.get(method)
+        if call is None:
+            call = self._calls[method] = self._channel.unary_unary(
+                SERVICE + method, request_serializer=_serialize,
+                response_deserializer=response.FromString)
+        return call
 
     async def request(self, method: str, url: str, body: bytes | None, timeout_s: float
                       ) -> Answer:
@@ -99,10 +104,11 @@ class GrpcTransport(Transport):
         if self._channel is not None:
             await self._channel.close()
             self._channel = None
+            self._calls = {}
 
 
-def _serialize(msg: Any) -> bytes:
-    return bytes(msg.SerializeToString())
+def _serialize(msg: Message) -> bytes:
+    return msg.SerializeToString()
 
 
 class GrpcUpstream(OipUpstream):
