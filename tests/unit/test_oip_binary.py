@@ -150,7 +150,7 @@ def test_json_header_length_past_the_body() -> None:
             f"holds only {len(body)} bytes")
 
 
-@pytest.mark.parametrize("value", ["-5", "abc", "1e3", "0x10", " ", "+7",
+@pytest.mark.parametrize("value", ["-5", "abc", "1e3", "0x10", " ", "+7", "\u00b2", "1\u00b9",
                                    "99999999999999999999999999"])
 def test_header_length_that_is_not_a_byte_count(value: str) -> None:
     body, _ = raw_body({"inputs": [fp32_input(16)]}, b"\0" * 16)
@@ -412,3 +412,10 @@ def test_outputs_of_one_name_each_get_their_own_bytes() -> None:
     assert n is not None
     sizes = [o["parameters"]["binary_data_size"] for o in json.loads(body[:n])["outputs"]]
     assert sizes == [4, 8] and body[n:] == np.asarray([1, 2, 3], "<i4").tobytes()
+
+
+async def test_a_content_length_of_other_digits_is_400_not_500() -> None:
+    req = request(DOC, None)
+    req.scope["headers"] = [(b"content-length", "\u00b2".encode("latin-1"))]
+    with pytest.raises(BadRequest, match="content-length header is not a number"):
+        await read_decoded(Request(req.scope, req.receive), LIMIT)

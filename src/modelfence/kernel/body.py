@@ -50,7 +50,7 @@ async def read_decoded(request: RequestFacts, limit: int) -> bytes:
 async def _chunks(request: RequestFacts, limit: int) -> AsyncIterator[bytes]:
     declared = request.headers.get("content-length")
     if declared is not None:
-        if not declared.isdigit():
+        if not (declared.isascii() and declared.isdigit()):
             raise BadRequest("content-length header is not a number")
         if int(declared) > limit:
             raise PayloadTooLarge(f"request body over the {limit} byte limit")

@@ -95,7 +95,7 @@ def _looks_binary(body: bytes) -> bool:
 
 def _header_length(value: str, body_size: int) -> int:
     text = value.strip()
-    if not text.isdigit() or len(text) > 20:
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
         raise BadRequest(f"{HEADER_LENGTH} must be a whole number of bytes, got "
                          f"{value[:24]!r}")
     n = int(text)
