@@ -193,6 +193,24 @@ def test_bad_inputs_are_invalid_argument_with_rests_messages(
     assert err.message().startswith("inputs[0].data: NaN or infinite values")
 
 
+def test_versions_and_requested_outputs_as_on_rest(client: triton.InferenceServerClient,
+                                                  auth: dict[str, str]) -> None:
+    tensor = triton.InferInput("input", list(ROWS.shape), "FP32")
+    tensor.set_data_from_numpy(ROWS)
+    label = [triton.InferRequestedOutput("label")]
+    result = client.infer("digits", [tensor], model_version="1", outputs=label, headers=auth)
+    assert [o.name for o in result.get_response().outputs] == ["label"]
+    assert result.get_response().model_version == "1"
+    err = refusal(lambda: client.infer("digits", [tensor], model_version="7", headers=auth))
+    assert err.status() == "StatusCode.NOT_FOUND"
+    assert err.message() == ("model 'digits' has no version '7'; the gateway serves its "
+                             "version '1'")
+    err = refusal(lambda: client.infer("digits", [tensor], headers=auth,
+                                       outputs=[triton.InferRequestedOutput("nope")]))
+    assert err.status() == "StatusCode.INVALID_ARGUMENT"
+    assert err.message().startswith("body.outputs: model 'digits' has no output 'nope'")
+
+
 def test_unknown_model_is_not_found(client: triton.InferenceServerClient,
                                     auth: dict[str, str]) -> None:
     err = refusal(lambda: infer(client, "nope", auth))

@@ -120,11 +120,11 @@ class GrpcInference:
         raw = bool(msg.raw_input_contents)
 
         def encode(done: OipCall) -> bytes:
-            assert done.outputs is not None and done.inputs is not None
+            assert done.outputs is not None and done.inputs is not None and done.model
             done.outputs.id = done.inputs.id
             answer = requested_outputs(done.outputs, requested_names(done.inputs.outputs))
             done.response_body = encode_infer_response(
-                answer, raw=raw, model_version=msg.model_version).SerializeToString()
+                answer, raw=raw, model_version=done.model.version).SerializeToString()
             return done.response_body
 
         return await self._answer(call, self._infer_chain, self._infer, encode, context)
