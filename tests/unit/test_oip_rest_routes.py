@@ -7,12 +7,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
+from modelfence.backends.base import requested_names, requested_outputs
 from modelfence.config import settings_from_mapping
+from modelfence.errors import BadRequest
 from modelfence.gateway.app import build_app
 from modelfence.gateway.oip_routes import OIP_EXTENSIONS
+from modelfence.kernel.oip import InferResponse, Tensor
 
 from ..support import digits_rows, free_port, infer_body
 
@@ -115,3 +119,14 @@ def test_requested_outputs(gateway: tuple[TestClient, dict[str, str]]) -> None:
     assert r.status_code == 400
     assert r.json()["error"] == (f"body.outputs: model 'digits' has no output {'x' * 64!r} "
                                  "(its outputs: 'probabilities', 'label')")
+
+
+def test_an_answer_without_a_requested_output_is_refused_naming_it() -> None:
+    """An upstream passed through as is declares no outputs: its answer is checked."""
+    answer = InferResponse("raw", [Tensor("predict", "INT64", [1], np.asarray([3]))], "id-1")
+    assert requested_outputs(answer, requested_names(None)) is answer
+    only = requested_outputs(answer, requested_names([{"name": "predict"}, {"name": "predict"}]))
+    assert [t.name for t in only.outputs] == ["predict"] and only.id == "id-1"
+    with pytest.raises(BadRequest, match=r"model 'raw' has no output 'logits' \(its outputs: "
+                                         r"'predict'\)"):
+        requested_outputs(answer, ["predict", "logits"])
