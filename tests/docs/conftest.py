@@ -36,24 +36,13 @@ def snippet_env(home: Path) -> dict[str, str]:
     return env
 
 
-REPOSITORY_ENTRIES = ("examples", "mkdocs.yml", "docs", "src", "pyproject.toml", "Makefile",
-                      "bench", "deploy")
+REPOSITORY_ENTRIES = (".venv", "examples", "mkdocs.yml", "docs", "src", "pyproject.toml",
+                      "Makefile", "bench", "deploy")
 
 
 def repository_copy(folder: Path) -> Path:
-    """A folder that stands for the repository root: links to what the snippets use.
-
-    Its .venv is a folder of links to the repository's environment, so that the stamps
-    `make example` leaves once it installed an example's extras can be made here: the
-    environment has them (`dev` holds every extra), and make must not install into it again.
-    """
-    venv = folder / ".venv"
-    venv.mkdir(parents=True)
-    for linked in (ROOT / ".venv").iterdir():
-        (venv / linked.name).symlink_to(linked)
-    if (ROOT / ".venv" / ".installed-dev").exists():
-        for extras in ("examples", "examples,llm"):
-            (venv / f".installed-{extras}").touch()
+    """A folder that stands for the repository root: links to what the snippets use."""
+    folder.mkdir(parents=True, exist_ok=True)
     for entry in REPOSITORY_ENTRIES:
         (folder / entry).symlink_to(ROOT / entry)
     return folder

@@ -26,7 +26,8 @@ import yaml
 from .held_runs import compose_up, curl_churn, demo_reset, deploy_secrets, replica_commands
 from .snippets import ROOT, Snippet, snippets
 
-MAKE_STAMPS = (".venv/.installed", ".venv/.installed-dev", ".venv-mlserver/.installed")
+MAKE_STAMPS = (".venv/.installed", ".venv/.installed-dev", ".venv-mlserver/.installed",
+               ".venv/.installed-examples")
 
 
 @dataclass
@@ -68,6 +69,7 @@ MAKE_RECIPES = {
     "lint": [".venv/bin/ruff check src tests bench docs/hooks", ".venv/bin/mypy",
              ".venv/bin/lint-imports"],
     "bench": [".venv/bin/python bench/overhead.py"],
+    "example NAME=local-model PORT=8200": [".venv/bin/modelfence example local-model --port 8200"],
 }
 
 
@@ -82,7 +84,7 @@ def make_recipe(goal: str) -> str:
 
 def check_make_lines(snip: Snippet, ctx: Context) -> None:
     """Each `make GOAL` line runs the recipe the page says it runs."""
-    goals = [c.removeprefix("make ").strip() for c in commands(snip.code)]
+    goals = [re.sub(r"\s+", " ", c.removeprefix("make ").strip()) for c in commands(snip.code)]
     assert goals and all(g in MAKE_RECIPES for g in goals), goals
     for goal in goals:
         recipe = make_recipe(goal)
@@ -318,6 +320,7 @@ HELD: dict[tuple[str, str], Check] = {
     ("docs/getting-started.md", "make demo"): check_make_lines,
     ("docs/development.md", "make lint"): check_make_lines,
     ("docs/getting-started.md", "make demo RESET=1"): check_demo_reset,
+    ("docs/getting-started.md", "make example"): check_make_lines,
     # the same block as Getting started's, whose check runs the reset itself
     ("docs/tutorials/investigate-an-alert.md", "make demo RESET=1"): check_make_lines,
     ("docs/install.md", "pip install modelfence"): check_pip_lines,
