@@ -13,12 +13,16 @@ bytes, `binary_data_output`). Two client kinds:
   a Triton user's program does (JSON: `set_data_from_numpy(binary_data=False)` and
   `binary_data=False` outputs), so the client's own encoding counts too.
 
+Last, the gateway's ASGI app is called in this process with no server and no client: its
+milliseconds per request, which a shared machine's load disturbs least.
+
 Run: ``python bench/oip_binary.py --seconds 5`` (keep runs short on a shared machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import concurrent.futures
 import json
 import os
@@ -27,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from functools import partial
@@ -215,6 +219,52 @@ def measure(args: argparse.Namespace, url: str, key: str, pgid: int
     return results
 
 
+def in_process_ms(config: Path, bodies: dict[str, Load], rounds: int) -> dict[str, float]:
+    """The gateway's app alone, called in this process with no server, socket or client:
+    the least milliseconds per request of each encoding over `rounds` rounds of 300."""
+    from modelfence.config import load_settings
+    from modelfence.gateway.app import build_app
+
+    app = build_app(load_settings(config))
+
+    async def one(load: Load) -> None:
+        sent: list[MutableMapping[str, Any]] = []
+        pending = [{"type": "http.request", "body": load.body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if pending:
+                return pending.pop()
+            await asyncio.sleep(3600)  # no disconnect while the answer is written
+            raise AssertionError("unreachable")
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(message)
+
+        headers = [(k.lower().encode(), v.encode()) for k, v in load.headers.items()]
+        path = "/" + load.url.split("/", 3)[3]
+        await app({"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                   "method": "POST", "scheme": "http", "path": path,
+                   "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                   "headers": [(b"host", b"bench"), *headers,
+                               (b"content-length", str(len(load.body)).encode())],
+                   "client": (HOST, 50000), "server": (HOST, 80)}, receive, send)
+        if sent[0]["status"] != 200:
+            raise SystemExit(f"in-process call answered {sent[0]['status']}: {sent[1:]}")
+
+    async def run() -> dict[str, float]:
+        best = {kind: float("inf") for kind in bodies}
+        async with app.router.lifespan_context(app):
+            for _ in range(rounds):
+                for kind, load in bodies.items():
+                    start = time.perf_counter()
+                    for _ in range(300):
+                        await one(load)
+                    best[kind] = min(best[kind], (time.perf_counter() - start) / 300 * 1000)
+        return best
+
+    return asyncio.run(run())
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=5.0, help="length of each measured round")
@@ -233,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         url, key, pgid = start_gateway(stack, folder)
         check_same_answer(url, key)
         results = measure(args, url, key, pgid)
+        app_ms = in_process_ms(folder / "modelfence.yaml", loads(url, key), 2 * args.rounds)
     print(f"\nmachine: {cpu_model()}, {os.cpu_count()} CPU(s), load average "
           f"{os.getloadavg()[0]:.1f}; gateway: 1 worker, local skops model, input [1, {FEATURES}] "
           f"FP32; {args.rounds} round(s) of {args.seconds:g} s; medians")
@@ -248,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
               f" | gateway CPU/request: JSON {gw_j:.3f} ms  binary {gw_b:.3f} ms "
               f"({gw_j / gw_b:.2f}x) | gateway+client CPU/request: JSON {all_j:.3f} ms  "
               f"binary {all_b:.3f} ms ({all_j / all_b:.2f}x)")
+    print(f"gateway app in process (no server, no client; least of {2 * args.rounds} rounds): "
+          f"JSON {app_ms['json']:.3f} ms  binary {app_ms['binary']:.3f} ms per request "
+          f"({app_ms['json'] / app_ms['binary']:.2f}x the requests per CPU second)")
     return 0
 
 
