@@ -77,7 +77,8 @@ def start(stack: ExitStack, folder: Path, stalled_port: int) -> tuple[int, str]:
 
 
 def probe(port: int, path: str, headers: dict[str, str], n: int) -> dict[str, object]:
-    took, statuses = [], {}
+    took: list[float] = []
+    statuses: dict[str, int] = {}
     for _ in range(n):
         started = time.perf_counter()
         conn = http.client.HTTPConnection(HOST, port, timeout=10)
