@@ -47,6 +47,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Pa
                 "upstream_model": "digits", "timeout_s": 10}
     models = [
         {"name": "digits", "backend": skops, "limits": {"max_batch": 64}},
+        {"name": "digits-small", "backend": skops, "limits": {"max_body_bytes": 1024}},
         {"name": "mls", "backend": {**upstream, "probabilities_output": "predict_proba"},
          "input": digits_input},
         {"name": "mls-raw", "backend": upstream, "input": digits_input},
@@ -209,6 +210,18 @@ def test_versions_and_requested_outputs_as_on_rest(client: triton.InferenceServe
                                        outputs=[triton.InferRequestedOutput("nope")]))
     assert err.status() == "StatusCode.INVALID_ARGUMENT"
     assert err.message().startswith("body.outputs: model 'digits' has no output 'nope'")
+
+
+def test_bodies_over_the_limits_are_resource_exhausted(
+        client: triton.InferenceServerClient, auth: dict[str, str]) -> None:
+    """Over a model's limit: the body guard's 413, with REST's message; over the server's
+    max_body_bytes: grpc refuses the message itself."""
+    err = refusal(lambda: infer(client, "digits-small", auth))  # 8 x 64 x 4 bytes and more
+    assert err.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert err.message() == "request body over the 1024 byte limit"
+    huge = np.zeros((1100, 64), dtype=np.float32)  # 281,600 bytes > 256 KiB
+    err = refusal(lambda: infer(client, "digits", auth, rows=huge))
+    assert err.status() == "StatusCode.RESOURCE_EXHAUSTED"
 
 
 def test_unknown_model_is_not_found(client: triton.InferenceServerClient,
