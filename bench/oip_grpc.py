@@ -7,7 +7,10 @@ scikit-learn digits model, and `modelfence serve` (one worker, API-key identity,
 (no classifier reshaping: the same answer as direct). One caller sends the same prebuilt
 ModelInferRequest (one [1, 64] FP32 row as raw contents, as tritonclient sends it) in
 alternating rounds, direct and through the gateway, and times each call; the added latency is
-the difference of the medians, per round pair and over all rounds.
+the difference of the medians, per round pair and over all rounds. The gateway's CPU time
+per request (its process group's, over the gateway rounds) is reported too: on a shared,
+loaded machine it moves far less than the latencies do, and it bounds what the gateway adds
+on an idle one.
 
 For scale on the same machine at the same time, `--rest` also times the REST path the same
 way: the same row as a JSON body to MLServer's HTTP port direct and through the gateway to a
@@ -34,7 +37,16 @@ from typing import Any
 import numpy as np
 import yaml
 
-from servers import HOST, cpu_model, free_port, spawn, stop_on_sigterm, wait_http, workdir
+from servers import (
+    HOST,
+    cpu_model,
+    cpu_seconds,
+    free_port,
+    spawn,
+    stop_on_sigterm,
+    wait_http,
+    workdir,
+)
 
 MLSERVER_DEFAULTS = (Path(__file__).resolve().parents[1] / ".venv-mlserver" / "bin" / "mlserver",)
 INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -74,9 +86,9 @@ def start_mlserver(stack: ExitStack, folder: Path) -> tuple[int, int]:
 
 
 def start_gateway(stack: ExitStack, folder: Path, upstream: tuple[int, int]
-                  ) -> tuple[int, int, str]:
-    """The gateway's gRPC and HTTP ports and a key for `digits` (over gRPC upstream) and
-    `digits-http` (the same MLServer over HTTP)."""
+                  ) -> tuple[int, int, str, int]:
+    """The gateway's gRPC and HTTP ports, a key for `digits` (over gRPC upstream) and
+    `digits-http` (the same MLServer over HTTP), and its process group."""
     (folder / "secret").write_text(os.urandom(32).hex())
     port, grpc_port = free_port(), free_port()
     config = folder / "modelfence.yaml"
@@ -102,7 +114,7 @@ def start_gateway(stack: ExitStack, folder: Path, upstream: tuple[int, int]
     proc = spawn(stack, [sys.executable, "-m", "modelfence", "serve", "--config", str(config)],
                  log)
     wait_http(f"http://{HOST}:{port}/v2/health/live", proc, log)
-    return grpc_port, port, str(json.loads(out.stdout)["key"])
+    return grpc_port, port, str(json.loads(out.stdout)["key"]), proc.pid
 
 
 ROW = (np.arange(64, dtype=np.float32) % 17) / 16
@@ -172,7 +184,7 @@ def main() -> None:
     body = request_bytes()
     with workdir(args.keep, prefix="bench-oip-grpc-") as folder, ExitStack() as stack:
         upstream = start_mlserver(stack, folder)
-        grpc_port, http_port, key = start_gateway(stack, folder, upstream)
+        grpc_port, http_port, key, pgid = start_gateway(stack, folder, upstream)
         auth = (("authorization", f"Bearer {key}"),)
         paths = {"grpc": (lambda: timed_calls(upstream[0], body, args.requests, ()),
                           lambda: timed_calls(grpc_port, body, args.requests, auth))}
@@ -182,10 +194,13 @@ def main() -> None:
                 lambda: timed_posts(http_port, "/v2/models/digits-http/infer", args.requests,
                                     {"Authorization": f"Bearer {key}"}))
         times: dict[str, dict[str, list[float]]] = {
-            p: {"direct": [], "gateway": [], "added": []} for p in paths}
+            p: {"direct": [], "gateway": [], "added": [], "cpu_s": []} for p in paths}
         for i in range(args.rounds):
             for name, (direct_run, gateway_run) in paths.items():
-                direct, through = direct_run(), gateway_run()
+                direct = direct_run()
+                cpu0 = cpu_seconds(pgid)
+                through = gateway_run()
+                times[name]["cpu_s"].append(cpu_seconds(pgid) - cpu0)
                 added = statistics.median(through) - statistics.median(direct)
                 times[name]["direct"] += direct
                 times[name]["gateway"] += through
@@ -200,7 +215,10 @@ def main() -> None:
             "direct_ms": {f"p{q}": round(pct(t["direct"], q), 3) for q in (50, 90, 99)},
             "gateway_ms": {f"p{q}": round(pct(t["gateway"], q), 3) for q in (50, 90, 99)},
             "added_p50_ms_per_round": [round(a, 3) for a in t["added"]],
-            "added_p50_ms": round(pct(t["gateway"], 50) - pct(t["direct"], 50), 3)}
+            "added_p50_ms": round(pct(t["gateway"], 50) - pct(t["direct"], 50), 3),
+            # the 20 warm-up calls of each round ran too
+            "gateway_cpu_ms_per_request": round(
+                sum(t["cpu_s"]) * 1000 / (args.rounds * (args.requests + 20)), 3)}
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
