@@ -94,7 +94,8 @@ def test_compressed_requests(key: str, client: th.InferenceServerClient, algorit
     data = rows(4)
     plain = client.infer(MODEL, [infer_input(data)], headers=auth(key))
     packed = client.infer(MODEL, [infer_input(data)], headers=auth(key),
-                          request_compression_algorithm=algorithm)
+                          request_compression_algorithm=algorithm,
+                          response_compression_algorithm=algorithm)  # answered uncompressed
     np.testing.assert_array_equal(packed.as_numpy("probabilities"),
                                   plain.as_numpy("probabilities"))
 
