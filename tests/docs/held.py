@@ -11,6 +11,7 @@ without an entry fails tests/docs/test_snippets.py, so none goes unchecked.
 
 from __future__ import annotations
 
+import itertools
 import re
 import shlex
 import subprocess
@@ -20,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 import yaml
 
 from .held_runs import compose_up, curl_churn, demo_reset, deploy_secrets, replica_commands
@@ -124,17 +124,33 @@ def parse_modelfence(line: str, folder: Path) -> None:
             path = folder / arg
             path.parent.mkdir(parents=True, exist_ok=True)
             path.touch()
+    # typer ships its own click: its groups and errors are not `click`'s, so duck typing
     command: Any = typer.main.get_command(app)
     ctx = command.make_context("modelfence", list(args), resilient_parsing=False)
-    while isinstance(command, click.Group):
-        name, sub, rest = command.resolve_command(ctx, ctx.protected_args + ctx.args)
+    while hasattr(command, "resolve_command"):
+        name, sub, rest = command.resolve_command(ctx, [*ctx._protected_args, *ctx.args])
         assert sub is not None, line
         command, ctx = sub, sub.make_context(name, rest, parent=ctx)
 
 
+def known_values(line: str) -> None:
+    """The option values a command checks only once it runs: corpus halves, attacks, thieves."""
+    from modelfence.llm.corpus.run import SUITES
+    from modelfence.redteam.attacks import ATTACKS
+    from modelfence.redteam.thieves import THIEVES
+
+    args = shlex.split(line)
+    known = {"--suite": SUITES, "--attack": tuple(ATTACKS), "--thief": THIEVES}
+    for option, value in itertools.pairwise(args):
+        if option in known:
+            assert value.split(":")[0] in known[option], f"{line}: {option} {value}: not one " \
+                f"of {known[option]}"
+
+
 def check_modelfence_lines(snip: Snippet, ctx: Context) -> None:
     """Every `modelfence` line is accepted by the command's own parser (options, choices,
-    required arguments), with the files it names present."""
+    required arguments), with the files it names present, and names corpus halves, attacks
+    and thieves that exist."""
     import os
 
     lines = commands(snip.code)
@@ -147,8 +163,11 @@ def check_modelfence_lines(snip: Snippet, ctx: Context) -> None:
         for line in lines:
             try:
                 parse_modelfence(line, folder)
-            except click.ClickException as exc:
+            except Exception as exc:  # typer's click.UsageError and kin: say what it says
+                if not hasattr(exc, "format_message"):
+                    raise
                 raise AssertionError(f"{line}: {exc.format_message()}") from exc
+            known_values(line)
     finally:
         os.chdir(here)
 
