@@ -282,3 +282,22 @@ def test_an_unknown_upstream_model_is_mlservers_not_found_without_its_name(
     assert err.status() == "StatusCode.NOT_FOUND", err.message()
     assert "nope" not in err.message()
     assert not client.is_model_ready("ghost", headers=auth)
+
+
+def test_a_hostile_request_cannot_poison_the_grpc_upstream_for_others(
+        grpc_url: str, auth: dict[str, str], client: triton.InferenceServerClient) -> None:
+    """An id with CRLF and non-Latin-1 text and a `content_type` parameter (what crashed
+    MLServer's REST handler) go through the same canonical forwarding on a grpc:// upstream:
+    the sender is answered with its own id, and each next caller is served."""
+    hostile = pb.ModelInferRequest(model_name="mls", id="a\r\nb\u2603")
+    tensor = hostile.inputs.add(name="input", datatype="FP32", shape=list(ROWS.shape))
+    tensor.parameters["content_type"].string_param = "str"
+    hostile.parameters["content_type"].string_param = "str"
+    hostile.raw_input_contents.append(ROWS.tobytes())
+    with grpc.insecure_channel(grpc_url) as channel:
+        call = channel.unary_unary(INFER, request_serializer=pb.ModelInferRequest.SerializeToString,
+                                   response_deserializer=pb.ModelInferResponse.FromString)
+        for _ in range(3):
+            answer = call(hostile, metadata=tuple(auth.items()), timeout=20)
+            assert answer.id == "a\r\nb\u2603"
+            assert infer(client, "mls", auth).as_numpy("label").shape == (8,)
