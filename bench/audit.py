@@ -20,7 +20,9 @@ import json
 import os
 import platform
 import secrets
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +36,7 @@ from modelfence.audit.checkpoint import CheckpointPolicy, Signer
 from modelfence.audit.store import AuditStore, Durability, audit_store_from_url
 from modelfence.audit.verify import verify_store
 from modelfence.audit.writer import ChainedSink
+from results import result, save
 
 TARGET_APPEND_PER_S = 20_000  # SQLite, batched
 TARGET_VERIFY_PER_S = 200_000
@@ -144,6 +147,22 @@ def show(results: dict[str, Any], console: Console) -> None:
         console.print(f"{what}: {got:,.0f} records/s {mark} the target of {want:,}/s")
 
 
+COLUMNS = [
+    {"key": "measure", "title": "measure"},
+    {"key": "records_per_s", "title": "records/s", "format": "{:,.0f}"},
+    {"key": "write_p50_us", "title": "`write()` p50", "format": "{:,.0f} µs"},
+    {"key": "write_p99_us", "title": "`write()` p99", "format": "{:,.0f} µs"},
+]
+
+
+def saved_result(results: dict[str, Any], command: str) -> dict[str, Any]:
+    """The table as bench/results.py keeps it: what the docs render."""
+    rows = [{"measure": name, "records_per_s": round(r["per_s"]),
+             **{k: round(r[k]) for k in ("write_p50_us", "write_p99_us") if k in r}}
+            for name, r in results.items()]
+    return result("audit", command, COLUMNS, rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--records", type=int, default=200_000)
@@ -151,6 +170,8 @@ def main() -> None:
     p.add_argument("--pg", help="PostgreSQL URL: also measure the PostgreSQL store")
     p.add_argument("--keep", type=Path, help="keep the SQLite logs in this folder")
     p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--save", type=Path, help="write the table as a result file the docs render "
+                   "(bench/results.py; e.g. bench/published/audit-DATE.json)")
     args = p.parse_args()
     console = Console(highlight=False)
     console.print(f"{platform.python_implementation()} {platform.python_version()}, "
@@ -162,6 +183,8 @@ def main() -> None:
     show(results, console)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.save:
+        save(args.save, saved_result(results, "python bench/audit.py " + shlex.join(sys.argv[1:])))
 
 
 if __name__ == "__main__":

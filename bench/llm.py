@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import signal
 import statistics
@@ -445,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         }, indent=2) + "\n")
         console.print(f"results written to {args.out}")
     if args.save:
-        save(args.save, saved_result(summaries, "python bench/llm.py " + " ".join(
+        save(args.save, saved_result(summaries, "python bench/llm.py " + shlex.join(
             sys.argv[1:] if argv is None else argv)))
         console.print(f"result file written to {args.save}")
     return 0

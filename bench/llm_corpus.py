@@ -25,6 +25,7 @@ Targets (issue 17, test half):
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_bytes(orjson.dumps(report.to_dict(result), option=orjson.OPT_INDENT_2))
         print(f"wrote {args.json}", file=sys.stderr)
     if args.save is not None:
-        command = "python bench/llm_corpus.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        command = "python bench/llm_corpus.py " + shlex.join(sys.argv[1:] if argv is None else argv)
         save(args.save, corpus_result("llm_corpus", command, report.targets(result)))
         print(f"wrote {args.save}", file=sys.stderr)
     return 0

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import signal
 import sqlite3
 import statistics
@@ -329,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         }, indent=2) + "\n")
         console.print(f"results written to {args.json}")
     if args.save:
-        save(args.save, saved_result(s, "python bench/overhead.py " + " ".join(
+        save(args.save, saved_result(s, "python bench/overhead.py " + shlex.join(
             sys.argv[1:] if argv is None else argv)))
         console.print(f"result file written to {args.save}")
     return 0

@@ -24,7 +24,9 @@ import asyncio
 import os
 import platform
 import secrets
+import shlex
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +43,7 @@ from modelfence.kernel.call import Call
 from modelfence.quota.budget_guard import BudgetAlert, BudgetGuard
 from modelfence.quota.budgets import budget_store_from_url
 from modelfence.quota.ratelimit import RateLimitGuard
+from results import result, save
 
 DEFAULT_REDIS = os.environ.get("MODELFENCE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 DEFAULT_PG = os.environ.get("MODELFENCE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -64,6 +67,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--redis", default=DEFAULT_REDIS, help="'' to skip Redis")
     p.add_argument("--pg", default=DEFAULT_PG, help="'' to skip PostgreSQL")
+    p.add_argument("--save", type=Path, help="write the table as a result file the docs render "
+                   "(bench/results.py; e.g. bench/published/quota-DATE.json)")
     return p.parse_args()
 
 
@@ -204,6 +209,21 @@ async def run(args: argparse.Namespace) -> list[tuple[str, Stats]]:
     return results
 
 
+COLUMNS = [
+    {"key": "check", "title": "check"},
+    {"key": "p50_us", "title": "p50", "format": "{:,.1f} µs"},
+    {"key": "p99_us", "title": "p99", "format": "{:,.1f} µs"},
+    {"key": "per_s", "title": "checks/s in flight", "format": "{:,.0f}"},
+]
+
+
+def saved_result(results: dict[str, Stats], command: str) -> dict[str, Any]:
+    """The table as bench/results.py keeps it: what the docs render."""
+    rows = [{"check": name, "p50_us": round(s.p50_us, 1), "p99_us": round(s.p99_us, 1),
+             "per_s": round(s.per_s)} for name, s in results.items()]
+    return result("quota", command, COLUMNS, rows)
+
+
 def main() -> None:
     args = parse_args()
     cpu = next((line.split(":", 1)[1].strip() for line in
@@ -222,6 +242,8 @@ def main() -> None:
         print(f"  rate limit on Redis (default strategy): p50 {redis_case.p50_us:.0f} µs per "
               f"check (must fit the 1.5 ms added-p50 budget of a gateway with Redis on the "
               f"path): {'met' if met else 'MISSED'}")
+    if args.save:
+        save(args.save, saved_result(results, "python bench/quota.py " + shlex.join(sys.argv[1:])))
 
 
 if __name__ == "__main__":

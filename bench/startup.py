@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
             "first_answer_s": wall, "first_answer_cpu_s": cpu}, indent=2))
     if args.save:
         save(args.save, saved_result(base, before, args.before, wall, cpu,
-                                     "python bench/startup.py " + " ".join(
+                                     "python bench/startup.py " + shlex.join(
                                          sys.argv[1:] if argv is None else argv)))
 
 
