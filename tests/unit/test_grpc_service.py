@@ -35,11 +35,13 @@ class Scripted(Guard[Call]):
         self.raise_: BaseException | None = None
         self.completed: list[tuple[int, str, str | None]] = []
         self.fail_audit = False
+        self.delay_s = 0.0
 
     async def on_request(self, call: Call) -> None:
         assert call.request.headers.get("authorization") == "Bearer k"
         if self.raise_ is not None:
             raise self.raise_
+        await asyncio.sleep(self.delay_s)
 
     async def on_complete(self, call: Call) -> None:
         self.completed.append((call.status, call.action,
@@ -180,6 +182,23 @@ async def test_a_message_that_is_not_a_model_infer_request_is_invalid(served: An
             await call(b"\xff\xff\xff", timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert caught.value.details() == "the request is not a ModelInferRequest message"
+
+
+async def test_a_call_its_client_gave_up_on_is_recorded_as_499(served: Any) -> None:
+    guard, serve, _ = served
+    async with await serve() as channel:
+        guard.delay_s = 5.0
+        call = channel.unary_unary(METADATA_PATH,
+                                   request_serializer=pb.ModelMetadataRequest.SerializeToString)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call(pb.ModelMetadataRequest(name="m"),
+                       metadata=(("authorization", "Bearer k"),), timeout=0.3)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        for _ in range(100):
+            if guard.completed:
+                break
+            await asyncio.sleep(0.02)
+    assert guard.completed == [(499, "metadata", "client_disconnected")]
 
 
 @pytest.mark.parametrize("where", ["server", "upstream"])
