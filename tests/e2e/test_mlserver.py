@@ -131,6 +131,8 @@ async def test_mlserver_traceback_is_502_without_the_traceback(
     status, _, raw = await post(f"{mlserver.url}{INFER_PATH}", body)
     assert status == 500 and "Traceback" in raw
 
+    # the gateway's model answers `probabilities` and `label`, which it asks MLServer for
+    del body["outputs"]
     status, doc, text = await post(f"{gateway.url}/v2/models/digits-32/infer", body, key)
     assert status == 502
     assert set(doc) == {"error"}
@@ -211,7 +213,10 @@ async def test_one_callers_hostile_ids_and_parameters_never_fail_another_caller(
     failed_b = []
     for trial in range(30):
         name, spec = HOSTILE[trial % len(HOSTILE)]
-        status_a, doc_a, _ = await post(url, hostile_body(spec), key)
+        body = hostile_body(spec)
+        if "outputs" in body and model == "digits":  # ask for an output the model has
+            body["outputs"] = [{**body["outputs"][0], "name": "label"}]
+        status_a, doc_a, _ = await post(url, body, key)
         answers_a.append((name, status_a, doc_a))
         status_b, _, text_b = await post(url, valid, b_key)
         if status_b != 200:
