@@ -3,6 +3,16 @@
 Inputs are recorded as a SHA-256 digest unless `audit.record_inputs` is set; the
 bearer token never reaches the record (only the public key id does).
 
+With `record_inputs`, `inputs` is the request as decoded and checked, as a JSON object in
+its protocol's canonical form (`Call.decoded_request`: OIP's JSON request whether it came as
+JSON, binary tensor data, gzip or deflate, or a gRPC message; an LLM call's JSON request),
+so every record of the same request reads the same. A request refused before it decoded
+records no inputs (`null`); its reason, size and digest say what was refused. Records
+written before this kept the body as received, decoded as UTF-8 text, in the same field:
+a string `inputs` is such an older record (a binary, compressed or gRPC body reads as
+replacement characters there), an object a decoded request. The field lives in the
+payload, which the hash chain covers as stored, so old and new records verify alike.
+
 Text fields come partly from the caller (the model name is the raw URL path segment, a
 principal id is a JWT claim), so every record keeps a safe form of them: control
 characters (NUL, which PostgreSQL text cannot hold, and the rest) and unpaired surrogates
@@ -15,6 +25,7 @@ the store refuses.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import time
@@ -143,7 +154,7 @@ class AuditGuard(Guard[Call]):
             trail=[d.as_dict() for d in call.trail],
             replica=self._replica,
             shaping=call.shaping_band,
-            inputs=body.decode("utf-8", "replace") if body and self._record_inputs else None,
+            inputs=_recorded_inputs(call) if self._record_inputs else None,
         )
 
     async def on_request(self, call: Call) -> None:
@@ -181,6 +192,18 @@ def event_record(*, action: str, reason: str, status: int = 200, principal: str 
         latency_ms=round(elapsed, 3), rows=0, risk=round(risk, 4),
         bytes_in=0, bytes_out=0, input_sha256=None, output_sha256=None,
         replica=replica_name(), details=details)
+
+
+def _recorded_inputs(call: Call) -> Any:
+    """The decoded request for the record; never the raw body, and never a reason to lose
+    the record: inputs that cannot be shown (it should not happen) are logged and left out."""
+    try:
+        return call.decoded_request()
+    except Exception as exc:  # the record matters more than its inputs
+        logging.getLogger("modelfence.audit").warning(
+            "audit: the inputs of request %s could not be recorded: %s",
+            call.request_id, type(exc).__name__)
+        return None
 
 
 def replica_name() -> str:

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import orjson
 
 from ..kernel.call import Call
-from ..kernel.oip import InferRequest, InferResponse
+from ..kernel.oip import InferRequest, InferResponse, encode_infer_request
 from .base import ModelEntry
 
 
@@ -29,3 +30,8 @@ class OipCall(Call):
     #: how the body guard decodes this call's body (with limits.allow_nonfinite), where it is
     #: not the REST body: gRPC's ModelInferRequest; None: JSON or the binary extension
     decode_body: Callable[[bytes, bool], InferRequest] | None = None
+
+    def decoded_request(self) -> Any:
+        """The decoded inputs in OIP's canonical JSON, the same whether they came as JSON,
+        binary tensor data, a compressed body or a gRPC message."""
+        return None if self.inputs is None else orjson.loads(encode_infer_request(self.inputs))

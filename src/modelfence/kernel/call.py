@@ -143,5 +143,11 @@ class Call:
     def note(self, guard: str, outcome: str, reason: str = "") -> None:
         self.trail.append(Decision(guard, outcome, reason))
 
+    def decoded_request(self) -> Any:
+        """The request as decoded and checked, as plain JSON values in its protocol's
+        canonical form (the audit record's inputs, whatever the wire format was); None
+        until it has decoded. Each protocol's subclass says what its request is."""
+        return None
+
     def elapsed_s(self) -> float:
         return time.perf_counter() - self.started

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ..kernel.call import Call
 from .settings import LlmControls, LlmModel
 from .usage import TokenUsage, UsageTally
@@ -57,6 +59,11 @@ class LlmCall(Call):
     model: LlmEntry | None = None
     exchange: LlmExchange | None = None  # filled with the model, by the LLM model lookup
     controls: LlmControls | None = None  # the caller's band's, once the request is checked
+
+    def decoded_request(self) -> Any:
+        """The JSON request as the caller sent it, once it was checked (the exchange's copy
+        is changed later: clamped fields, a canary in the system prompt)."""
+        return None if self.exchange is None or not self.body else orjson.loads(self.body)
 
 
 def exchange_of(call: LlmCall) -> LlmExchange:
