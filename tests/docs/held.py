@@ -256,7 +256,7 @@ def check_admin_fragment(snip: Snippet, ctx: Context) -> None:
 
 
 def check_kserve_fragment(snip: Snippet, ctx: Context) -> None:
-    """Step 4's additions, laid over step 2's configuration, validate."""
+    """Step 5's additions, laid over step 2's configuration, validate."""
     page = page_snippets("docs/tutorials/kserve.md")
     base = next(yaml.safe_load(s.code) for s in page
                 if s.kind == "yaml" and "server" in (yaml.safe_load(s.code) or {}))

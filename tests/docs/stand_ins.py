@@ -52,7 +52,8 @@ def _gateway_config(page: list[Snippet]) -> str:
 def kserve(page: list[Snippet], workdir: Path) -> Iterator[World]:
     """The predictor of step 1 as an OIP stand-in serving `churn` (12 features, 2 classes);
     step 2's configuration saved as modelfence.yaml with the url its comment offers for a
-    forwarded port (http://127.0.0.1:8080); rows of 12 features as recent-traffic.parquet."""
+    forwarded port (http://127.0.0.1:8080) and its gRPC port (8081) made a free one; rows of
+    12 features as recent-traffic.parquet."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -65,7 +66,8 @@ def kserve(page: list[Snippet], workdir: Path) -> Iterator[World]:
     rows = np.random.default_rng(0).normal(size=(600, 12)).astype("float32")
     pq.write_table(pa.table({f"f{i}": rows[:, i] for i in range(12)}),
                    workdir / "recent-traffic.parquet")
-    yield World(ports={8080: server.port, 8000: free_port(), 9090: free_port()},
+    yield World(ports={8080: server.port, 8000: free_port(), 8081: free_port(),
+                       9090: free_port()},
                 files={"modelfence.yaml": config})
 
 
