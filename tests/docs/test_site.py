@@ -173,6 +173,12 @@ README_QUOTES = [
      "added_p50_ms"),
     ("LLM routes add +{} ms p50", 2, "llm-2026-11-29", "modelfence", "added_p50_ms"),
     ("LiteLLM Proxy adds +{} ms", 1, "llm-2026-11-29", "LiteLLM Proxy", "added_p50_ms"),
+    ("MLServer: {}\nvalid requests failed", 0, "oip-poison-2026-12-03",
+     "4 + 4 connections, seed 19", "failed"),
+    ("gRPC added +{} to", 1, "oip-grpc-2026-12-03",
+     "1: 3 \N{MULTIPLICATION SIGN} 300, gRPC only", "added"),
+    ("to +{} ms p50 against a 1 ms target", 1, "oip-grpc-2026-12-03",
+     "6: 5 \N{MULTIPLICATION SIGN} 400 `--rest`, load 5.1", "added"),
 ]
 
 
