@@ -26,6 +26,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -42,6 +43,7 @@ import numpy as np
 import yaml
 
 from loadgen import AiohttpLoader, Load
+from results import result, save
 from servers import (
     HOST,
     cpu_model,
@@ -273,7 +275,38 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=4, help="tritonclient: concurrent callers")
     p.add_argument("--no-tritonclient", action="store_true", help="prebuilt bodies only")
     p.add_argument("--keep", type=Path, help="keep the gateway's folder here")
+    p.add_argument("--save", type=Path, help="write the table as a result file the docs render "
+                   "(bench/results.py; the docs quote bench/published/)")
     return p.parse_args(argv)
+
+
+COLUMNS = [{"key": "run", "title": "run"}, {"key": "client", "title": "client"},
+           {"key": "json", "title": "JSON req/s", "format": "{:,.0f}"},
+           {"key": "binary", "title": "binary req/s", "format": "{:,.0f}"},
+           {"key": "ratio", "title": "binary / JSON", "format": "{:.2f}\N{MULTIPLICATION SIGN}"},
+           {"key": "cpu_json", "title": "gateway CPU/request JSON", "format": "{:.3f} ms"},
+           {"key": "cpu_binary", "title": "gateway CPU/request binary", "format": "{:.3f} ms"}]
+
+
+def saved_result(results: dict[str, dict[str, Rounds]], run: str, app_ms: dict[str, float],
+                 command: str) -> dict[str, Any]:
+    """Each client's medians in the docs' result format (a ratio of 2 or more in bold)."""
+    rows: list[dict[str, Any]] = []
+    for client, by_kind in results.items():
+        j, b = by_kind["json"], by_kind["binary"]
+        if not j.rps:
+            continue
+        ratio = statistics.median(b.rps) / statistics.median(j.rps)
+        rows.append({"run": run, "client": client, "json": statistics.median(j.rps),
+                     "binary": statistics.median(b.rps), "ratio": ratio,
+                     "cpu_json": statistics.median(j.gateway_ms),
+                     "cpu_binary": statistics.median(b.gateway_ms),
+                     **({"emphasis": ["ratio"]} if ratio >= 2 else {})})
+    return result("oip_binary", command, COLUMNS, rows, note=(
+        f"The gateway (1 worker, API key, Cedar policy, JSONL audit) in front of a local "
+        f"scikit-learn model with a [-1, {FEATURES}] FP32 input; medians of the rounds. Its "
+        f"app called in process (no server, no client): JSON {app_ms['json']:.3f} ms, binary "
+        f"{app_ms['binary']:.3f} ms per request."))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gateway app in process (no server, no client; least of {2 * args.rounds} rounds): "
           f"JSON {app_ms['json']:.3f} ms  binary {app_ms['binary']:.3f} ms per request "
           f"({app_ms['json'] / app_ms['binary']:.2f}x the requests per CPU second)")
+    if args.save:
+        run = (f"{args.seconds:g} s \N{MULTIPLICATION SIGN} {args.rounds}, "
+               f"load {os.getloadavg()[0]:.1f}")
+        save(args.save, saved_result(results, run, app_ms, shlex.join(
+            ["python", "bench/oip_binary.py", *(sys.argv[1:] if argv is None else argv)])))
     return 0
 
 

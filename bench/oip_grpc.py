@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -37,6 +38,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from results import result, save
 from servers import (
     HOST,
     cpu_model,
@@ -172,6 +174,32 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
+COLUMNS = [{"key": "run", "title": "run"}, {"key": "path", "title": "path"},
+           {"key": "direct", "title": "direct p50", "format": "{:.3f} ms"},
+           {"key": "gateway", "title": "through the gateway p50", "format": "{:.3f} ms"},
+           {"key": "added", "title": "added p50", "format": "{:+.3f} ms"},
+           {"key": "rounds", "title": "added p50 per round"},
+           {"key": "cpu", "title": "gateway CPU per request", "format": "{:.3f} ms"}]
+PATHS = {"grpc": "gRPC", "rest": "REST"}
+
+
+def saved_result(summary: dict[str, Any], command: str) -> dict[str, Any]:
+    """The run's medians in the docs' result format (gRPC's added p50 in bold)."""
+    run = (f"{summary['rounds']} \N{MULTIPLICATION SIGN} {summary['requests']}, "
+           f"load {summary['load_average'][0]:.1f}")
+    rows = [{"run": run, "path": label, "direct": summary[key]["direct_ms"]["p50"],
+             "gateway": summary[key]["gateway_ms"]["p50"],
+             "added": summary[key]["added_p50_ms"],
+             "rounds": " / ".join(f"{a:.3f}" for a in summary[key]["added_p50_ms_per_round"]),
+             "cpu": summary[key]["gateway_cpu_ms_per_request"],
+             **({"emphasis": ["added"]} if key == "grpc" else {})}
+            for key, label in PATHS.items() if key in summary]
+    return result("oip_grpc", command, COLUMNS, rows, note=(
+        "One sequential caller, prebuilt ModelInferRequest bytes ([1, 64] FP32 raw); MLServer "
+        "direct against the gateway (1 worker, API key, JSONL audit, a pass-through grpc:// "
+        "model); REST: MLServer's HTTP server direct against the gateway's REST route to it."))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -179,6 +207,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the numbers here")
     parser.add_argument("--keep", type=Path, help="keep the servers' files and logs here")
     parser.add_argument("--rest", action="store_true", help="also time the REST path")
+    parser.add_argument("--save", type=Path, help="write the table as a result file the docs "
+                        "render (bench/results.py; the docs quote bench/published/)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     body = request_bytes()
@@ -208,10 +238,10 @@ def main() -> None:
                 print(f"round {i + 1} {name}: p50 direct {statistics.median(direct):.3f} ms, "
                       f"gateway {statistics.median(through):.3f} ms, added {added:.3f} ms",
                       flush=True)
-    result: dict[str, Any] = {"machine": cpu_model(), "load_average": os.getloadavg(),
+    summary: dict[str, Any] = {"machine": cpu_model(), "load_average": os.getloadavg(),
                               "rounds": args.rounds, "requests": args.requests}
     for name, t in times.items():
-        result[name] = {
+        summary[name] = {
             "direct_ms": {f"p{q}": round(pct(t["direct"], q), 3) for q in (50, 90, 99)},
             "gateway_ms": {f"p{q}": round(pct(t["gateway"], q), 3) for q in (50, 90, 99)},
             "added_p50_ms_per_round": [round(a, 3) for a in t["added"]],
@@ -219,9 +249,12 @@ def main() -> None:
             # the 20 warm-up calls of each round ran too
             "gateway_cpu_ms_per_request": round(
                 sum(t["cpu_s"]) * 1000 / (args.rounds * (args.requests + 20)), 3)}
-    print(json.dumps(result, indent=2))
+    print(json.dumps(summary, indent=2))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        args.json.write_text(json.dumps(summary, indent=2))
+    if args.save:
+        save(args.save, saved_result(summary, shlex.join(["python", "bench/oip_grpc.py",
+                                                          *sys.argv[1:]])))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -39,6 +40,7 @@ import aiohttp
 import numpy as np
 import yaml
 
+from results import result, save
 from servers import HOST, free_port, spawn, stop_on_sigterm, wait_http, workdir
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -331,6 +333,31 @@ def report(args: argparse.Namespace, elapsed: float, failures: list[str],
             "gateway_log_tracebacks": log.count("Traceback")}
 
 
+COLUMNS = [{"key": "run", "title": "run"},
+           {"key": "valid", "title": "valid requests", "format": "{:,}"},
+           {"key": "failed", "title": "valid that failed", "format": "{:,}"},
+           {"key": "hostile", "title": "hostile requests", "format": "{:,}"},
+           {"key": "h200", "title": "hostile 200", "format": "{:,}"},
+           {"key": "h400", "title": "hostile 400", "format": "{:,}"},
+           {"key": "h502", "title": "hostile 502 (MLServer crashed)", "format": "{:,}"},
+           {"key": "other", "title": "hostile, other statuses", "format": "{:,}"},
+           {"key": "seconds", "title": "wall", "format": "{:.1f} s"}]
+
+
+def saved_result(doc: dict[str, Any], seed: int, command: str) -> dict[str, Any]:
+    """The run's counts in the docs' result format (valid failures in bold)."""
+    statuses = {int(s): n for s, n in doc["hostile_statuses"].items()}
+    row = {"run": f"{doc['connections']} + {doc['connections']} connections, seed {seed}",
+           "valid": doc["valid"], "failed": doc["valid_failures"], "hostile": doc["hostile"],
+           "h200": statuses.get(200, 0), "h400": statuses.get(400, 0),
+           "h502": statuses.get(502, 0),
+           "other": sum(n for s, n in statuses.items() if s not in {200, 400, 502}),
+           "seconds": doc["seconds"], "emphasis": ["failed"]}
+    return result("oip_poison", command, COLUMNS, [row], note=(
+        f"Unclear answers: {len(doc['unclear_answers'])}; tracebacks in the gateway's log: "
+        f"{doc['gateway_log_tracebacks']}."))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--valid", type=int, default=1000)
@@ -339,6 +366,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=19)
     p.add_argument("--keep", type=Path, help="keep the servers' files and logs here")
     p.add_argument("--json", type=Path, help="write the result here too")
+    p.add_argument("--save", type=Path, help="write the table as a result file the docs render "
+                   "(bench/results.py; the docs quote bench/published/)")
     args = p.parse_args()
     signal.signal(signal.SIGTERM, stop_on_sigterm)
     x, model = digits()
@@ -359,6 +388,9 @@ def main() -> int:
     print(text)
     if args.json:
         args.json.write_text(text + "\n")
+    if args.save:
+        save(args.save, saved_result(doc, args.seed, shlex.join(
+            ["python", "bench/oip_poison.py", *sys.argv[1:]])))
     return 1 if failures or unclear else 0
 
 

@@ -17,6 +17,7 @@ import http.client
 import json
 import platform
 import secrets
+import shlex
 import signal
 import socket
 import statistics
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from results import result, save
 from servers import HOST, _modelfence, cpu_model, free_port, spawn, stop_on_sigterm, wait_http
 
 TARGET_MS = 100.0
@@ -37,6 +39,8 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=200, help="requests per route")
     p.add_argument("--keep", type=Path, default=None, help="keep the work folder here")
+    p.add_argument("--save", type=Path, help="write the table as a result file the docs render "
+                   "(bench/results.py; the docs quote bench/published/)")
     return p.parse_args()
 
 
@@ -93,6 +97,32 @@ def probe(port: int, path: str, headers: dict[str, str], n: int) -> dict[str, ob
             "max_ms": round(took[-1], 2)}
 
 
+COLUMNS = [{"key": "route", "title": "route"}, {"key": "answers", "title": "answers"},
+           {"key": "p50", "title": "p50", "format": "{:.1f} ms"},
+           {"key": "p99", "title": "p99", "format": "{:.1f} ms"},
+           {"key": "max", "title": "max", "format": "{:.1f} ms"}]
+
+
+def saved_result(rows: list[dict[str, object]], command: str) -> dict[str, object]:
+    """The routes' timings in the docs' result format (the server route's max in bold)."""
+    table = []
+    for r in rows:
+        statuses = r["statuses"]
+        assert isinstance(statuses, dict)
+        row: dict[str, object] = {
+            "route": f"`GET {r['path']}`", "p50": r["p50_ms"], "p99": r["p99_ms"],
+            "max": r["max_ms"],
+            "answers": ", ".join(f"{s} \N{MULTIPLICATION SIGN} {n}"
+                                 for s, n in sorted(statuses.items()))}
+        if r["path"] == "/v2/health/ready":
+            row["emphasis"] = ["max"]
+        table.append(row)
+    return result("oip_readiness", command, COLUMNS, table, note=(
+        "A gateway with a local model (digits) and an upstream model (stalled) whose server "
+        "accepts connections and never answers; sequential GETs per route, each on a fresh "
+        "connection."))
+
+
 def main() -> int:
     args = parse_args()
     signal.signal(signal.SIGTERM, stop_on_sigterm)
@@ -107,11 +137,14 @@ def main() -> int:
         rows = [probe(port, "/v2/health/ready", {}, args.n),
                 probe(port, "/v2/models/stalled/ready", auth, args.n),
                 probe(port, "/v2/models/digits/ready", auth, args.n)]
-    result = {"bench": "oip_readiness", "when": datetime.now(UTC).isoformat(timespec="seconds"),
+    summary = {"bench": "oip_readiness", "when": datetime.now(UTC).isoformat(timespec="seconds"),
               "cpu": cpu_model(), "python": platform.python_version(), "n": args.n,
               "target_ms": TARGET_MS, "routes": rows,
               "met": all(float(str(r["max_ms"])) < TARGET_MS for r in rows)}
-    print(json.dumps(result, indent=2))
+    print(json.dumps(summary, indent=2))
+    if args.save:
+        save(args.save, saved_result(rows, shlex.join(["python", "bench/oip_readiness.py",
+                                                         *sys.argv[1:]])))
     return 0
 
 

@@ -100,3 +100,65 @@ def test_a_malformed_result_is_refused(tmp_path: Path) -> None:
                          [{"a": 1, "b": 2}])
     with pytest.raises(ValueError, match="values no column shows"):
         results.save(tmp_path / "x.json", doc)
+
+
+X = "\N{MULTIPLICATION SIGN}"
+
+
+def _same_columns_as_published(doc: dict[str, object], name: str) -> None:
+    """A new run's file renders the same table as the one the page quotes now."""
+    published = _bench("results").load(name)
+    assert doc["columns"] == published["columns"], name
+
+
+def test_the_oip_benches_save_the_tables_the_page_shows(tmp_path: Path) -> None:
+    readiness, poison = _bench("oip_readiness"), _bench("oip_poison")
+    grpc, binary = _bench("oip_grpc"), _bench("oip_binary")
+
+    doc = readiness.saved_result([
+        {"path": "/v2/health/ready", "statuses": {"200": 50}, "p50_ms": 3.41, "p99_ms": 12.6,
+         "max_ms": 62.2},
+        {"path": "/v2/models/stalled/ready", "statuses": {"503": 49, "200": 1}, "p50_ms": 1.2,
+         "p99_ms": 16.8, "max_ms": 53.5}], "python bench/oip_readiness.py --n 50")
+    _same_columns_as_published(doc, "oip-readiness-2026-12-03")
+    lines = _round_trip(doc, tmp_path)
+    assert lines[2:] == [
+        f"| `GET /v2/health/ready` | 200 {X} 50 | 3.4 ms | 12.6 ms | **62.2 ms** |",
+        f"| `GET /v2/models/stalled/ready` | 200 {X} 1, 503 {X} 49 | 1.2 ms | 16.8 ms "
+        "| 53.5 ms |"]
+
+    doc = poison.saved_result({"valid": 1000, "hostile": 1000, "connections": 4, "seconds": 23.71,
+                               "valid_failures": 0, "hostile_statuses": {"200": 320, "400": 510,
+                                                                         "413": 10, "502": 160},
+                               "unclear_answers": [], "gateway_log_tracebacks": 0},
+                              19, "python bench/oip_poison.py")
+    _same_columns_as_published(doc, "oip-poison-2026-12-03")
+    assert _round_trip(doc, tmp_path)[2] == ("| 4 + 4 connections, seed 19 | 1,000 | **0** | "
+                                             "1,000 | 320 | 510 | 160 | 10 | 23.7 s |")
+
+    summary = {"rounds": 5, "requests": 400, "load_average": (5.13, 5.7, 6.0),
+               "grpc": {"direct_ms": {"p50": 0.958}, "gateway_ms": {"p50": 2.724},
+                        "added_p50_ms": 1.765, "added_p50_ms_per_round": [1.404, 1.767],
+                        "gateway_cpu_ms_per_request": 1.514},
+               "rest": {"direct_ms": {"p50": 1.364}, "gateway_ms": {"p50": 4.111},
+                        "added_p50_ms": 2.747, "added_p50_ms_per_round": [1.958, -0.62],
+                        "gateway_cpu_ms_per_request": 1.924}}
+    doc = grpc.saved_result(summary, "python bench/oip_grpc.py --rest")
+    _same_columns_as_published(doc, "oip-grpc-2026-12-03")
+    assert _round_trip(doc, tmp_path)[2:] == [
+        f"| 5 {X} 400, load 5.1 | gRPC | 0.958 ms | 2.724 ms | **+1.765 ms** | 1.404 / 1.767 "
+        "| 1.514 ms |",
+        f"| 5 {X} 400, load 5.1 | REST | 1.364 ms | 4.111 ms | +2.747 ms | 1.958 / -0.620 "
+        "| 1.924 ms |"]
+
+    rounds = {"prebuilt": {"json": binary.Rounds([480.0, 490.0], [1.1, 1.2], [0.5, 0.5]),
+                           "binary": binary.Rounds([500.0, 470.0], [1.0, 1.1], [0.4, 0.4])},
+              "tritonclient": {"json": binary.Rounds([200.0], [1.7], [1.3]),
+                               "binary": binary.Rounds([500.0], [1.1], [0.4])}}
+    doc = binary.saved_result(rounds, f"5 s {X} 1, load 7.8", {"json": 0.632, "binary": 0.583},
+                              "python bench/oip_binary.py")
+    _same_columns_as_published(doc, "oip-binary-2026-12-03")
+    assert _round_trip(doc, tmp_path)[2:] == [
+        f"| 5 s {X} 1, load 7.8 | prebuilt | 485 | 485 | 1.00{X} | 1.150 ms | 1.050 ms |",
+        f"| 5 s {X} 1, load 7.8 | tritonclient | 200 | 500 | **2.50{X}** | 1.700 ms | 1.100 ms |"]
+    assert "JSON 0.632 ms, binary 0.583 ms" in doc["note"]
