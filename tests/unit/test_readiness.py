@@ -11,7 +11,10 @@ from typing import Any, Literal
 import pytest
 
 from modelfence.backends.base import ModelEntry
-from modelfence.gateway.readiness import Readiness
+from modelfence.gateway.readiness import ANSWER_WITHIN_S, Readiness
+
+#: longer than the window in which checks that end together are logged as one line
+LOG_WINDOW_S = ANSWER_WITHIN_S * 3
 
 
 class Probe:
@@ -134,10 +137,37 @@ async def test_changes_are_logged_once_with_names(needed: Literal["any", "all"],
     r = readiness({"a": Probe(), "b": probe}, needed=needed)
     await r.verdict()
     await r.verdict()
+    await asyncio.sleep(LOG_WINDOW_S)
     assert caplog.text.count("not ready: model b") == 1
     probe.ok = True
     await r.verdict()
+    await asyncio.sleep(LOG_WINDOW_S)
     assert "ready again" in caplog.text
+    await r.close()
+
+
+async def test_checks_ending_together_are_one_line_and_a_recovery_under_way_no_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A store outage takes out every store at once: one warning naming them all; as they
+    come back one by one, what is still missing is information, not a new warning."""
+    caplog.set_level(logging.INFO, "modelfence.gateway")
+    keys, budgets = Probe(), Probe()
+    r = readiness({"a": Probe()}, {"keys": keys, "budgets": budgets})
+    await r.verdict()
+    keys.ok = budgets.ok = False
+    await r.verdict()
+    await asyncio.sleep(LOG_WINDOW_S)
+    budgets.ok = True
+    await r.verdict()
+    await asyncio.sleep(LOG_WINDOW_S)
+    keys.ok = True
+    await r.verdict()
+    await asyncio.sleep(LOG_WINDOW_S)
+    warnings = [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert warnings == ["not ready: keys, budgets"]
+    infos = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.INFO]
+    assert infos == ["still not ready: keys", "ready again"]
+    await r.close()
 
 
 async def test_start_waits_for_a_whole_round() -> None:

@@ -60,6 +60,7 @@ class Readiness:
         self._stores_ok: dict[str, bool] = {}
         self._running: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._logged: tuple[str, ...] = ()
+        self._log_due: asyncio.TimerHandle | None = None
 
     async def verdict(self) -> Verdict:
         await self.refresh(self._everything())
@@ -96,6 +97,9 @@ class Readiness:
 
     async def close(self) -> None:
         """Stop the checks under way (the app is shutting down)."""
+        if self._log_due is not None:
+            self._log_due.cancel()
+            self._log_due = None
         tasks, self._running = list(self._running.values()), {}
         for task in tasks:
             task.cancel()
@@ -126,20 +130,26 @@ class Readiness:
             self._models_ok[name] = ok
             if self._on_model is not None:
                 self._on_model(name, ok)
-        self._log_change()
+        if self._log_due is None:  # checks ending within one answer window: one line
+            self._log_due = asyncio.get_running_loop().call_later(
+                self._answer_within_s, self._log_change)
 
     def _log_change(self) -> None:
         """Said once per change, with names (the public answer names nothing); from the
-        time every model and store has been checked once."""
+        time every model and store has been checked once. Something newly not ready is a
+        warning; fewer things not ready (a recovery under way) is information."""
+        self._log_due = None
         if len(self._models_ok) < len(self._models) or len(self._stores_ok) < len(self._stores):
             return
         not_ready = self.known().not_ready
         if not_ready == self._logged:
             return
-        if not_ready:
-            log.warning("not ready: %s", ", ".join(not_ready))
-        else:
+        if not not_ready:
             log.info("ready again")
+        elif set(not_ready) <= set(self._logged):
+            log.info("still not ready: %s", ", ".join(not_ready))
+        else:
+            log.warning("not ready: %s", ", ".join(not_ready))
         self._logged = not_ready
 
 
