@@ -293,7 +293,7 @@ def saved_result(s: dict[str, Summary], command: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal(signal.SIGTERM, stop_on_sigterm)
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
     console = Console()
     console.width = max(console.width, TABLE_WIDTH)
     info = machine()
