@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 
+from .mlserver_fixture import MLServer, running_mlserver
 from .openai_stub import OpenAiStub
 
 
@@ -17,6 +19,16 @@ def stub() -> Iterator[OpenAiStub]:
     s = OpenAiStub().start()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def mlserver(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
+             ) -> Iterator[MLServer]:
+    """A real MLServer 1.7.1 serving the digits model, one per test module: some modules
+    crash its handler on purpose, so none shares another's."""
+    with running_mlserver(tmp_path_factory.mktemp("mlserver"),
+                          {"digits": digits_files["joblib"]}) as server:
+        yield server
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from ..support import Gateway, digits_rows, free_port, infer_body, wait_http
-from .mlserver_fixture import MLServer, running_mlserver
+from .mlserver_fixture import MLServer
 from .test_mlserver import upstream_model
 
 ROW = digits_rows(1)[0]
@@ -323,14 +323,6 @@ async def test_hostile_inputs_against_the_demo(demo: Demo) -> None:
 
 
 # -- a gateway in front of MLServer -------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def mlserver(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
-             ) -> Iterator[MLServer]:
-    with running_mlserver(tmp_path_factory.mktemp("probe-mlserver"),
-                          {"digits": digits_files["joblib"]}) as server:
-        yield server
 
 
 @pytest.mark.mlserver

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from ..support import Gateway, digits_rows, infer_body
-from .mlserver_fixture import MLServer, running_mlserver
+from .mlserver_fixture import MLServer
 
 pytestmark = pytest.mark.mlserver
 
@@ -38,14 +38,6 @@ def upstream_model(name: str, url: str, *, upstream: str | None = None,
     if features is not None:
         model["input"] = {"name": "input", "datatype": "FP32", "shape": [-1, features]}
     return model
-
-
-@pytest.fixture(scope="module")
-def mlserver(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
-             ) -> Iterator[MLServer]:
-    with running_mlserver(tmp_path_factory.mktemp("mlserver"),
-                          {"digits": digits_files["joblib"]}) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

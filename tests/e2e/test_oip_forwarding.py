@@ -23,21 +23,13 @@ import numpy as np
 import pytest
 
 from ..support import Gateway, digits_rows, infer_body
-from .mlserver_fixture import MLServer, running_mlserver
+from .mlserver_fixture import MLServer
 from .upstream_stub import UpstreamStub
 
 pytestmark = pytest.mark.mlserver
 
 GATEWAY_ID = re.compile(r"modelfence-[0-9a-f]{32}")
 SPEC = {"name": "input", "datatype": "FP32", "shape": [-1, 64]}
-
-
-@pytest.fixture(scope="module")
-def mlserver(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
-             ) -> Iterator[MLServer]:
-    with running_mlserver(tmp_path_factory.mktemp("mlserver"),
-                          {"digits": digits_files["joblib"]}) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

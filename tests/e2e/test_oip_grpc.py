@@ -22,20 +22,12 @@ from tritonclient.utils import InferenceServerException
 from modelfence.grpc import inference_pb2 as pb
 
 from ..support import Gateway, digits_rows, free_port
-from .mlserver_fixture import MLServer, running_mlserver
+from .mlserver_fixture import MLServer
 
 pytestmark = pytest.mark.mlserver
 
 ROWS = np.asarray(digits_rows(8), dtype=np.float32)
 INFER = "/inference.GRPCInferenceService/ModelInfer"
-
-
-@pytest.fixture(scope="module")
-def mlserver(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
-             ) -> Iterator[MLServer]:
-    with running_mlserver(tmp_path_factory.mktemp("mlserver-grpc"),
-                          {"digits": digits_files["joblib"]}) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -21,20 +21,12 @@ from tritonclient.utils import InferenceServerException
 from modelfence.gateway.oip_routes import OIP_EXTENSIONS
 
 from ..support import Gateway, digits_rows, infer_body
-from .mlserver_fixture import MLServer, running_mlserver
+from .mlserver_fixture import MLServer
 
 pytestmark = pytest.mark.mlserver
 
 ROWS = np.asarray(digits_rows(8), dtype=np.float32)
 BINARY = "binary_tensor_data"
-
-
-@pytest.fixture(scope="module")
-def mlserver(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
-             ) -> Iterator[MLServer]:
-    with running_mlserver(tmp_path_factory.mktemp("mlserver-rest"),
-                          {"digits": digits_files["joblib"]}) as server:
-        yield server
 
 
 @pytest.fixture(scope="module")
