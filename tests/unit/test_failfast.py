@@ -11,8 +11,8 @@ import time
 import pytest
 
 from modelfence.errors import StoreError
+from modelfence.gateway.readiness import Readiness
 from modelfence.stores.breaker import Breaker
-from modelfence.stores.health import stores_not_ready
 from modelfence.stores.outages import postgres_outage, redis_outage
 
 
@@ -245,8 +245,10 @@ async def test_readiness_checks_run_at_once_each_bounded() -> None:
     async def raises() -> bool:
         raise ConnectionError("down")
 
+    readiness = Readiness({}, [("a", hangs), ("b", fine), ("c", hangs), ("d", raises),
+                               ("e", hangs)], models_needed="any", probe_timeout_s=0.2)
     started = time.monotonic()
-    failing = await stores_not_ready([("a", hangs), ("b", fine), ("c", hangs), ("d", raises),
-                                      ("e", hangs)], timeout_s=0.2)
-    assert failing == ["a", "c", "d", "e"]
+    await readiness.start()  # one whole round
+    assert readiness.known().not_ready == ("a", "c", "d", "e")
     assert time.monotonic() - started < 0.6  # not 3 x 0.2 s in turn, and not 30 s
+    await readiness.close()

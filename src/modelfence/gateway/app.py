@@ -51,6 +51,7 @@ from ..quota.ratelimit import RateLimitGuard
 from ..quota.usage import UsageGuard
 from ..shaping.guard import build_shaping
 from ..stores import KeyStore, key_store_from_url
+from ..stores.health import StoreCheck
 from ..watermark.guard import WatermarkGuard, build_watermark
 from .admin import AdminApi
 from .admin_auth import AdminAuthenticator
@@ -64,7 +65,6 @@ from .oip_routes import (
     SERVER_NAME,
     ModelVersionGuard,
     OipRoutes,
-    StoreCheck,
     infer_terminal,
     metadata_terminal,
 )

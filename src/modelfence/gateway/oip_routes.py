@@ -10,7 +10,7 @@ is served. The upstream of a model is always asked for its own default version.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 from starlette.requests import Request
@@ -27,9 +27,8 @@ from ..kernel.finish import count_failure, finish
 from ..kernel.metrics import GatewayMetrics
 from ..kernel.oip_binary import infer_answer
 from ..kernel.responses import error_response, json_response
+from ..stores.health import StoreCheck
 from .readiness import Readiness
-
-StoreCheck = Callable[[], Awaitable[bool]]
 
 #: The protocol extensions the gateway serves, told by server metadata (REST and gRPC): the
 #: one list to update when one is added.

@@ -20,14 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from ..backends.base import ModelEntry
-from ..stores.health import answers
+from ..stores.health import StoreCheck, answers
 
-Check = Callable[[], Awaitable[bool]]
 log = logging.getLogger("modelfence.gateway")
 
 #: the longest a readiness request waits for a round of checks before answering from the last
@@ -46,7 +45,7 @@ class Readiness:
     """The last known readiness of each model and store, each kept fresh by its own
     bounded check (at most one under way per model or store)."""
 
-    def __init__(self, models: dict[str, ModelEntry], stores: Sequence[tuple[str, Check]], *,
+    def __init__(self, models: dict[str, ModelEntry], stores: Sequence[tuple[str, StoreCheck]], *,
                  models_needed: Literal["any", "all"], probe_timeout_s: float,
                  on_model: Callable[[str, bool], None] | None = None,
                  answer_within_s: float = ANSWER_WITHIN_S) -> None:
