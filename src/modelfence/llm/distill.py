@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from ..stores.recent import recent
 from .distill_features import F32, SKETCH, PromptFeatures
 from .distill_mmd import FILE_OWNER, NullFit, Reference
 from .distill_settings import DistillSettings
@@ -255,14 +256,8 @@ class DistillDetector:
         return out
 
     def _touch(self, m: _Model, key: str) -> _Subject:
-        sub = m.subjects.get(key)
-        if sub is None:
-            sub = m.subjects[key] = _Subject.empty(self.s.history)
-            while len(m.subjects) > self.s.max_subjects:
-                m.subjects.popitem(last=False)
-        else:
-            m.subjects.move_to_end(key)
-        return sub
+        return recent(m.subjects, key, lambda: _Subject.empty(self.s.history),
+                      self.s.max_subjects)
 
     def _admit(self, m: _Model, sub: _Subject) -> None:
         """The window's prompts join the reference, except those of a principal whose own

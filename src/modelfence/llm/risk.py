@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from ..risk import NO_EPISODE, Crossing, Episode, Hysteresis, Kind, combine, crossings, step, view
+from ..stores.recent import recent
 from .settings import LlmHalfLives, LlmMonitorSettings
 
 KINDS = ("leak", "extraction", "injection", "probe", "sampling", "clamp", "volume", "distill")
@@ -307,14 +308,8 @@ class LlmRiskBook:
         return crossings(obs.principal, obs.tenant, started, member.episode.active)
 
     def _touch(self, table: OrderedDict[str, _Evidence], key: str, now: float) -> _Evidence:
-        ev = table.get(key)
-        if ev is None:
-            ev = table[key] = _Evidence(at=now)
-            while len(table) > self._s.max_subjects:
-                table.popitem(last=False)
-        else:
-            table.move_to_end(key)
-            ev.decay(now, self._speeds)
+        ev = recent(table, key, lambda: _Evidence(at=now), self._s.max_subjects)
+        ev.decay(now, self._speeds)  # a new one is at `now` already: nothing to decay
         return ev
 
     def _events(self, obs: Observation) -> dict[str, float]:

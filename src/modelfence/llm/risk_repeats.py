@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
+from ..stores.recent import recent
 from .screening import text_of
 
 _USER = frozenset({"user"})
@@ -56,13 +57,7 @@ class RepeatedHits:
         turns = user_turns(kind, body)
         if not turns:
             return True
-        seen = self._flagged.get(principal)
-        if seen is None:
-            seen = self._flagged[principal] = OrderedDict()
-            while len(self._flagged) > self._max:
-                self._flagged.popitem(last=False)
-        else:
-            self._flagged.move_to_end(principal)
+        seen = recent(self._flagged, principal, OrderedDict, self._max)
         repeat = any(t in seen for t in turns[:-1])
         seen[turns[-1]] = None
         seen.move_to_end(turns[-1])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from ..stores.recent import recent
 from .detectors import DETECTORS, Detector, PeerStats, Repeats, Shared
 from .facts import Batch, Cells, Judge, Rows
 from .resends import Resends
@@ -110,14 +111,7 @@ class Table:
 
     def touch(self, key: str) -> CallerState:
         """The caller's state, created if new, marked most recent."""
-        state = self.states.get(key)
-        if state is None:
-            state = self.states[key] = self.new(key)
-            while len(self.states) > self.settings.max_principals:
-                self.states.popitem(last=False)
-        else:
-            self.states.move_to_end(key)
-        return state
+        return recent(self.states, key, lambda: self.new(key), self.settings.max_principals)
 
     def risk(self, key: str) -> Risk:
         state = self.states.get(key)
