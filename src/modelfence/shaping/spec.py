@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
+from ..privacy.forms import FORMS as PRIVATE_FORMS
+from ..privacy.forms import parse_private
 from .base import Defense, LabelOnly, NoDefense, Rounding, TopK
 from .chain import Chain
 from .keyed_noise import KeyedNoise
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 DEFAULT_DEFENSES = ("none", "round:2", "topk:3", "labels", "rsig:0.8,1.2", "noise:2")
 
 FORMS = ("none", "round:DECIMALS", "topk:K", "labels", "rsig:BETA,GAMMA", "noise:SCALE",
-         "misinfo[:TAU[,NU]]", "A+B (A, then B)")
+         "misinfo[:TAU[,NU]]", *PRIVATE_FORMS, "A+B (A, then B)")
 
 
 def parse_defense(spec: str, *, secret: bytes | None = None,
@@ -52,6 +54,9 @@ def parse_defense(spec: str, *, secret: bytes | None = None,
             return KeyedNoise(secret, float(arg) if arg else 0.5)
         if kind in ("misinfo", "misinformation"):
             return _misinformation(arg, secret, summary)
+        private = parse_private(kind, arg)  # differential privacy: dp-rr, dp-laplace, ...
+        if private is not None:
+            return private
     except ValueError:
         pass
     raise ConfigurationError(f"unknown defense {spec!r}; use one of: {', '.join(FORMS)}")
