@@ -38,7 +38,7 @@ test: $(VENV)/.installed-dev $(MLSERVER_VENV)/.installed
 	MODELFENCE_TEST_MLSERVER=$(abspath $(MLSERVER_VENV))/bin/mlserver $(VENV)/bin/python -m pytest -n auto
 
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check src tests bench docs/hooks
+	$(VENV)/bin/ruff check src tests bench docs/hooks proto
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 

@@ -8,7 +8,7 @@ carries the REST message with the matching gRPC status (grpc/status.py). The hea
 server metadata calls answer as their REST routes do, without a key.
 
 The method paths are named here, not taken from generated service code: the messages'
-descriptors live in a pool of their own (grpc/generate.py).
+descriptors live in a pool of their own (proto/generate.py).
 """
 
 from __future__ import annotations

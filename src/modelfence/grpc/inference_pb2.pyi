@@ -1,4 +1,4 @@
-# Generated from inference.proto by src/modelfence/grpc/generate.py (grpcio-tools 1.73.1);
+# Generated from proto/inference.proto by proto/generate.py (grpcio-tools 1.73.1);
 # descriptors in a pool of their own. Do not edit.
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor

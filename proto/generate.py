@@ -1,9 +1,12 @@
-"""Regenerate inference_pb2.py and inference_pb2.pyi from inference.proto.
+"""Regenerate src/modelfence/grpc/inference_pb2.py and .pyi from inference.proto (beside this).
 
     pip install 'grpcio-tools==1.73.1'   # its protoc writes protobuf 6.31 code
-    python src/modelfence/grpc/generate.py
+    python proto/generate.py
 
-The generated modules are committed, so installing modelfence needs no protoc. Two choices:
+The .proto and this script are build inputs, kept out of the package: at run time only the
+generated modules are needed, and they are committed, so installing modelfence needs no protoc.
+The .pyi is kept for mypy and editors: it types every message's fields and constructor.
+Two choices:
 
 * grpcio-tools 1.73 (protobuf 6.31 code), not a newer one: code generated for protobuf 7
   refuses to load on protobuf 6, which tritonclient[grpc] 2.73 pins (< 7); protobuf 7 loads
@@ -22,7 +25,8 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).parent
-HEADER = ("# Generated from inference.proto by src/modelfence/grpc/generate.py "
+PACKAGE = HERE.parent / "src" / "modelfence" / "grpc"
+HEADER = ("# Generated from proto/inference.proto by proto/generate.py "
           "(grpcio-tools 1.73.1);\n# descriptors in a pool of their own. Do not edit.\n")
 
 
@@ -35,8 +39,8 @@ def main() -> None:
         private = code.replace("_descriptor_pool.Default()", "_descriptor_pool.DescriptorPool()")
         if private == code:
             raise SystemExit("protoc's output no longer adds to the default pool: check it")
-        (HERE / "inference_pb2.py").write_text(HEADER + private)
-        (HERE / "inference_pb2.pyi").write_text(
+        (PACKAGE / "inference_pb2.py").write_text(HEADER + private)
+        (PACKAGE / "inference_pb2.pyi").write_text(
             HEADER + (Path(out) / "inference_pb2.pyi").read_text())
 
 
