@@ -16,6 +16,7 @@ Hierarchy::
         ├── PayloadTooLarge     413      body over the configured limit
         ├── UnsupportedMediaType 415     a Content-Encoding the gateway cannot decode
         ├── RateLimited         429      quota exhausted (carries Retry-After)
+        ├── PrivacyBudgetSpent  429      the caller's ε budget on a model is spent
         ├── UpstreamError       502      the model server failed or could not be reached
         │   └── UpstreamTimeout 504      the model server did not answer in time
         ├── UpstreamRejected    4xx      the model server refused the request (passed through)
@@ -55,7 +56,8 @@ class StoreError(ModelfenceError):
 
 #: how a client's 503 names each store (never its URL or address)
 STORE_NAMES = {"keys": "key store", "budget": "budget store", "ratelimit": "rate limit store",
-               "audit": "audit store", "watermark": "watermark evidence store"}
+               "audit": "audit store", "watermark": "watermark evidence store",
+               "privacy": "privacy budget store"}
 
 
 class PolicyError(ModelfenceError):
@@ -157,6 +159,18 @@ class RateLimited(_RetryAfter, status=429, reason="rate_limited"):
 
     def headers(self) -> dict[str, str]:
         return {**super().headers(), **self.extra_headers}
+
+
+class PrivacyBudgetSpent(RequestError, status=429, reason="privacy_budget_spent"):
+    """A caller's ε budget on a model is spent; Retry-After only where the budget's window
+    ends (a lifetime budget never comes back)."""
+
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = None if retry_after_s is None else max(1, int(retry_after_s))
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
 
 
 class UpstreamError(RequestError, status=502, reason="upstream_error"):

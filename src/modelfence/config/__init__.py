@@ -10,7 +10,7 @@ resolved against the config file's folder. Every section derives from `base.Stri
 Modules: `base` (the settings base, the path types), `loader` (reading a file), `paths`
 (resolving relative paths), `env` (environment variables), `settings` (the whole file and
 its secrets), and one module per section: `server`, `admin`, `identity`, `policy`,
-`quota`, `audit`, `monitor`, `backends`, `shaping`, `models`, `watermark`, `llm`
+`quota`, `audit`, `monitor`, `backends`, `shaping`, `models`, `watermark`, `privacy`, `llm`
 (with `llm_screening`, `llm_distill`).
 """
 
@@ -55,6 +55,7 @@ from .models import ModelAttributes, ModelSettings
 from .monitor import ModelMonitor, MonitorSettings, WebhookSettings
 from .paths import resolve_paths
 from .policy import PolicySettings
+from .privacy import PrivacySettings
 from .quota import Budget, QuotaSettings, RateLimit
 from .server import ReadinessSettings, ServerSettings, listen_address
 from .settings import Settings, StoreSettings, read_secret
@@ -69,7 +70,7 @@ __all__ = [
     "ArtifactSignature", "AuditRetention", "AuditSettings", "BackendSettings", "Budget",
     "ConfigPath", "FromConfigDir", "IdentitySettings", "InputLimits", "JwtSettings",
     "LlmModel", "LlmSettings", "LocalBackend", "ModelAttributes", "ModelMonitor",
-    "ModelSettings", "MonitorSettings", "OipUpstreamBackend", "PolicySettings",
+    "ModelSettings", "MonitorSettings", "OipUpstreamBackend", "PolicySettings", "PrivacySettings",
     "QuotaSettings", "RateLimit", "ReadinessSettings", "ServerSettings", "Settings",
     "ShapingBand", "StoreSettings",
     "StoreUrl", "Strict", "TensorSpec", "UpstreamUrl", "WatermarkKeySettings",

@@ -18,6 +18,7 @@ from .llm import LlmSettings
 from .models import ModelSettings
 from .monitor import MonitorSettings
 from .policy import PolicySettings
+from .privacy import PrivacySettings
 from .quota import QuotaSettings
 from .server import ServerSettings
 from .validators import unique_names
@@ -45,6 +46,9 @@ class Settings(Strict):
     quotas: QuotaSettings = QuotaSettings()
     monitor: MonitorSettings = MonitorSettings()
     watermark: WatermarkSettings | None = None
+    privacy: PrivacySettings = Field(
+        default_factory=PrivacySettings,
+        description="ε budgets and repeats, for models whose bands name a dp-* defense")
     models: list[ModelSettings] = Field(default_factory=list)
     llm: LlmSettings = Field(default_factory=LlmSettings, description="OpenAI-compatible "
                              "models served on /v1")

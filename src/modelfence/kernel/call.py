@@ -122,6 +122,7 @@ class Call:
     shaping_band: str | None = None  # the output shaping band applied, for the audit record
     pinned_bands: tuple[str, ...] = ()  # bands a policy's @shaping annotation pins
     queries: int = 0
+    epsilon_spent: float = 0.0  # the ε this principal has spent on this model (privacy)
     policy_ids: list[str] = field(default_factory=list)
     decision: str = ""  # the policy's verdict once it has run: "allow" | "deny"
     trail: list[Decision] = field(default_factory=list)

@@ -22,7 +22,7 @@ class PolicyGuard(Guard[Call]):
     # context.risk and the screening verdict: a monitor or screen placed after policy
     # would leave policy deciding on the defaults, so the chain refuses to start
     reads: ClassVar[frozenset[str]] = frozenset({"risk", "screen", "screen_score",
-                                                 "screen_failed"})
+                                                 "screen_failed", "epsilon_spent"})
     provides: ClassVar[frozenset[str]] = frozenset({"decision"})
 
     def __init__(self, engine: PolicyEngine) -> None:
@@ -33,6 +33,7 @@ class PolicyGuard(Guard[Call]):
         facts = Facts(source=call.source,
                       purpose=call.request.headers.get(PURPOSE_HEADER, "")[:128],
                       risk=call.risk, queries=call.queries, screen=call.screen,
+                      epsilon_spent=call.epsilon_spent,
                       screen_score=call.screen_score, screen_failed=call.screen_failed)
         request, entities = cedar_request(call.principal, call.action, call.model.name,
                                           call.model.settings.attributes, facts)

@@ -29,6 +29,7 @@ class Facts:
     purpose: str = ""
     risk: float = 0.0
     queries: int = 0
+    epsilon_spent: float = 0.0
     screen: str = ""
     screen_score: float = 0.0
     screen_failed: bool = False
@@ -97,6 +98,8 @@ def context(principal: Caller, facts: Facts) -> dict[str, Any]:
         "purpose": facts.purpose,
         "risk": {"__extn": {"fn": "decimal", "arg": f"{min(max(facts.risk, 0.0), 1.0):.4f}"}},
         "queries": int(facts.queries),
+        "epsilon_spent": {"__extn": {"fn": "decimal",
+                                     "arg": f"{min(max(facts.epsilon_spent, 0.0), 1e9):.4f}"}},
         "screen": facts.screen,
         "screen_score": {"__extn": {"fn": "decimal",
                                     "arg": f"{min(max(facts.screen_score, 0.0), 1.0):.4f}"}},

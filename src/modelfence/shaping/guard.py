@@ -108,6 +108,13 @@ class ShapingGuard(Guard[OipCall]):
     def active(self) -> bool:
         return bool(self._bands)
 
+    def bands(self, model: str) -> list[Band]:
+        """The model's bands, lowest risk first (the privacy guard finds private ones)."""
+        return list(self._bands.get(model, ()))
+
+    def reveals(self, model: str) -> bool:
+        return model in self._reveal
+
     def choose(self, model: str, risk: float, pins: tuple[str, ...]) -> Band | None:
         bands = self._bands.get(model)
         if not bands:
