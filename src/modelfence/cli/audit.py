@@ -122,6 +122,13 @@ def _print_rows(rows: list[Row], json_out: bool, wide: bool = False) -> None:
     console.print(t)
 
 
+def _print_selected(q: Query, config: Path | None, store: str | None, json_out: bool,
+                    wide: bool) -> None:
+    """`query` and `alerts`: print what `q` selects from the store --store or the config names."""
+    st, _ = _open_store(config, store)
+    _print_rows(_with_store(st, lambda s: s.select(q)), json_out, wide)
+
+
 @app.command()
 def verify(
     config: ConfigOption = None,
@@ -262,9 +269,8 @@ def query(
     wide: WideOption = False,
 ) -> None:
     """Find records by principal, tenant, model and time range (oldest first)."""
-    st, _ = _open_store(config, store)
-    q = _query(principal, tenant, model, since, until, limit=limit)
-    _print_rows(_with_store(st, lambda s: s.select(q)), json_out, wide)
+    _print_selected(_query(principal, tenant, model, since, until, limit=limit),
+                    config, store, json_out, wide)
 
 
 def alerts(
@@ -277,10 +283,9 @@ def alerts(
     wide: WideOption = False,
 ) -> None:
     """List alerts (extraction risk, budgets), newest first, from the audit log."""
-    st, _ = _open_store(config, store)
-    q = _query(principal, tenant, model, since, None, limit=limit, newest_first=True,
-               action_prefix="alert:")
-    _print_rows(_with_store(st, lambda s: s.select(q)), json_out, wide)
+    _print_selected(_query(principal, tenant, model, since, None, limit=limit,
+                           newest_first=True, action_prefix="alert:"),
+                    config, store, json_out, wide)
 
 
 @app.command()
