@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -43,6 +43,9 @@ from ..kernel.body import read_bounded
 from ..kernel.responses import error_response, json_response
 from ..llm.risk import LlmRiskBook
 from ..monitor.service import MonitorService
+
+if TYPE_CHECKING:
+    from ..privacy.wiring import Privacy
 from ..policy.reload import PolicyReloader
 from .admin_auth import UNKNOWN, AdminAuthenticator, AdminIdentity
 
@@ -76,6 +79,7 @@ class AdminApi:
     audit: AuditSink
     monitor: MonitorService | None = None
     llm_risk: LlmRiskBook | None = None
+    privacy: Privacy | None = None  # ε spent, on models with a private band
 
     def routes(self) -> list[Route]:
         table: list[tuple[str, str, str, str, Handler]] = [
@@ -250,13 +254,17 @@ class AdminApi:
                 "queries": llm.queries, "tokens": round(llm.tokens),
                 "detectors": {n: {"score": round(v, 4), "why": _LLM_WHY.get(n, n)}
                               for n, v in llm.parts.items()}})
+        private = await self._privacy(model, principal, tenant)
         if self.monitor is None or not self.monitor.watches(model):
+            if private:
+                return json_response({"model": model, "principal": principal,
+                                      "tenant": tenant, **private})
             raise NotFound(f"model {model[:64]!r} is not monitored")
         risk = (self.monitor.risk(model, principal) if principal is not None
                 else self.monitor.tenant_risk(model, str(tenant)))
         episode = risk.episode
         return json_response({
-            "model": model, "principal": principal, "tenant": tenant,
+            "model": model, "principal": principal, "tenant": tenant, **private,
             "risk": round(risk.score, 4), "raw_risk": round(risk.raw, 4),
             "flagged": risk.flagged, "queries": risk.queries,
             "band": self.monitor.band(model, risk.score),
@@ -264,6 +272,20 @@ class AdminApi:
                         "hold_until": _when(episode.hold_until)} if risk.flagged else None,
             "detectors": {n: {"score": round(r.score, 4), "why": r.why}
                           for n, r in risk.readings.items()}})
+
+
+    async def _privacy(self, model: str, principal: str | None, tenant: str | None
+                       ) -> dict[str, Any]:
+        """`privacy`: ε spent and the budget, where the model has a private band."""
+        if self.privacy is None or not self.privacy.watches(model):
+            return {}
+        spent = await self.privacy.spent(model, principal or "", tenant or "")
+        budget = self.privacy.describe()
+        if principal is not None:
+            return {"privacy": {"epsilon_spent": round(spent.principal, 6),
+                                "epsilon_budget": budget["principal_epsilon"], **budget}}
+        return {"privacy": {"epsilon_spent": round(spent.tenant, 6),
+                            "epsilon_budget": budget["tenant_epsilon"], **budget}}
 
 
 _LLM_WHY = {"leak": "answers that would have leaked the system prompt",

@@ -14,6 +14,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -34,6 +35,7 @@ from ..config import Settings, metrics_dir
 from ..identity import BearerAuthenticator, build_authenticator
 from ..identity.apikeys import ApiKeys
 from ..identity.guard import IdentityGuard
+from ..kernel.chain import Guard
 from ..kernel.finish import count_failure
 from ..kernel.metrics import GatewayMetrics
 from ..kernel.responses import json_response
@@ -44,12 +46,13 @@ from ..monitor.service import MonitorService
 from ..policy import PolicyEngine, PolicyGuard, engine_from_settings
 from ..policy.reload import PolicyReloader
 from ..policy.snapshot import load_policies
+from ..privacy.forms import private_models
 from ..quota.budget_guard import BudgetAlert, BudgetGuard
 from ..quota.budgets import BudgetStore, budget_store_from_url
 from ..quota.inflight import InflightGuard
 from ..quota.ratelimit import RateLimitGuard
 from ..quota.usage import UsageGuard
-from ..shaping.guard import build_shaping
+from ..shaping.guard import ShapingGuard, build_shaping
 from ..stores import KeyStore, key_store_from_url
 from ..stores.health import StoreCheck
 from ..watermark.guard import WatermarkGuard, build_watermark
@@ -69,6 +72,10 @@ from .oip_routes import (
     metadata_terminal,
 )
 from .proxies import ProxyHeaders
+
+if TYPE_CHECKING:
+    from ..privacy.budget import PrivacyAlert
+    from ..privacy.wiring import Privacy
 
 log = logging.getLogger("modelfence.gateway")
 
@@ -173,7 +180,11 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     monitor = [MonitorGuard(gw.monitor)] if gw.monitor.monitors else []
     shaping_guard = build_shaping(gw.models, settings.server_secret(),
                                   {n: m.summary for n, m in gw.monitor.monitors.items()})
-    shaping = [shaping_guard] if shaping_guard.active else []
+    shaping: list[Guard[OipCall]] = [shaping_guard] if shaping_guard.active else []
+    # differential privacy: only where a band names a dp-* defense (the extra is optional)
+    privacy = _privacy(settings, gw, shaping_guard)
+    if privacy is not None:
+        shaping = [privacy.guard]  # it answers private bands and hands the rest to shaping
     watermark = [gw.watermark] if gw.watermark is not None else []
 
     async def budget_alert(alert: BudgetAlert) -> None:
@@ -189,7 +200,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     # Every protocol's chains are these stages, each filling its own (kernel/stages.py).
     # The request phases run in stage order; response and complete phases bottom to top.
     common = Stages(head=[metrics, audit], identity=[identity], inflight=inflight,
-                    usage=[usage], policy=[policy], rate_limits=rate_limits, budgets=budgets)
+                    usage=[usage, *([privacy.usage] if privacy else [])], policy=[policy],
+                    rate_limits=rate_limits, budgets=budgets)
     infer_chain = common.with_(
         model=[model, version], monitor=monitor,
         body=[BodyGuard(settings.server.max_body_bytes), InputValidationGuard()],
@@ -223,6 +235,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         stores.append(("monitor store", gw.monitor.ping))
     if gw.watermark is not None:
         stores.append(("watermark evidence store", gw.watermark.ping))
+    if privacy is not None:
+        stores.append(("privacy store", privacy.store.ping))
     def screen_failure(model: str, outcome: str) -> None:
         gw.metrics.screening_failures.labels(model, outcome).inc()
 
@@ -263,7 +277,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
                                     jwt=gw.authenticator.jwt)
     admin = AdminApi(gw.keys, admin_auth, policy=reloader,
                      audit=gw.audit_sink, monitor=gw.monitor,
-                     llm_risk=llm.risk.book if llm.risk is not None else None)
+                     llm_risk=llm.risk.book if llm.risk is not None else None,
+                     privacy=privacy)
 
     async def metrics_endpoint(request: Request) -> Response:
         return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
@@ -271,6 +286,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gw.start(policy_fallback=True)
+        if privacy is not None:
+            await privacy.store.open()
         await llm.start()
         await oip.readiness.start()  # the first readiness answers know every model
         audit_store = audit_store_of(gw.audit_sink)
@@ -292,6 +309,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
             await oip.close()
             await llm.close()
             await gw.stop()
+            if privacy is not None:
+                await privacy.store.close()
             gw.metrics.close()
 
     # every body read (OIP, /v1, admin) is bounded in time; a client leaving is no failure
@@ -317,6 +336,26 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     app.state.gateway = gw
     app.state.admin_app = admin_app
     return app
+
+
+def _privacy(settings: Settings, gw: Gateway, shaping: ShapingGuard) -> Privacy | None:
+    """The privacy parts, where some model's band is differentially private; its alerts go
+    to the log, the audit log (`modelfence alerts`) and the monitor's webhook."""
+    models = private_models(settings.models)
+    if not models:
+        return None
+    from ..privacy.wiring import build_privacy
+
+    async def alert(a: PrivacyAlert) -> None:
+        log.warning("privacy alert: %s", a.describe())
+        gw.monitor.send_webhook({"type": "privacy.alert", "principal": a.principal,
+                                 "tenant": a.tenant, "model": a.model, "scope": a.scope,
+                                 "epsilon_spent": a.spent, "epsilon_budget": a.budget})
+        await gw.audit_sink.write(event_record(
+            action="alert:privacy", reason=a.describe(), principal=a.principal,
+            tenant=a.tenant, model=a.model))
+
+    return build_privacy(settings, shaping, settings.server_secret(), models, alert)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -3,8 +3,10 @@ until one is named, so the base install parses every other defense as before."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from ..config import ModelSettings
 from ..errors import ConfigurationError
 from ..extras import require
 
@@ -40,3 +42,16 @@ def parse_private(kind: str, arg: str) -> PrivateDefense | None:
     if kind == "dp-laplace":
         return LaplaceVector(values[0])
     return GaussianVector(*values)
+
+
+def private_models(models: Iterable[ModelSettings]) -> list[str]:
+    """The models with a band naming a private defense, read from the text alone (so the
+    gateway imports the privacy package, and needs its extra, only when one does)."""
+    out = []
+    for model in models:
+        for band in model.shaping:
+            kinds = [step.strip().partition(":")[0].lower() for step in band.defense.split("+")]
+            if any(k in KINDS for k in kinds):
+                out.append(model.name)
+                break
+    return out
