@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from modelfence.evaluation.privacy_audit import (
+    AuditResult,
     Neighbours,
     audit_labels,
     audit_vectors,
@@ -69,3 +70,52 @@ def test_identical_distributions_prove_nothing() -> None:
         size=(n, 3)))
     result = audit_vectors(same, 0.0, np.array([1.0, 0, 0]), np.array([0, 1.0, 0]))
     assert result.epsilon_lower < 0.05 and result.draws == 20_000
+
+
+# the product's mechanisms ------------------------------------------------------------------
+# Fresh draws: the private defenses draw anew on every row of every `apply`; the gateway's
+# repeat memory (which answers a repeated question with its first draw) is not in the way.
+# Few draws, to keep this test to seconds (OpenDP's samplers take 30-100 µs a draw); the
+# bench (python bench/privacy.py --audit) runs the same audit with 50,000 per input.
+
+LABELS, VECTORS = (3000, 500), (5000, 1500)  # draws per input: for the bound, for the event
+
+
+def _audit(defense: object, classes: int, epsilon: float | None = None) -> AuditResult:
+    from modelfence.evaluation.privacy_audit import audit_defense
+
+    label_only = getattr(defense, "kind", "") in ("dp-rr", "dp-bdpl")
+    draws, select = LABELS if label_only else VECTORS
+    return audit_defense(defense, classes=classes, epsilon=epsilon, draws=draws,
+                         select_draws=select)
+
+
+@pytest.mark.parametrize(("spec", "classes"), [
+    ("dp-rr:1", 2), ("dp-rr:2", 10), ("dp-bdpl:1,0.2", 3), ("dp-laplace:1", 3),
+    ("dp-gauss:1,1e-06", 3)])
+def test_no_mechanism_spends_more_than_it_states(spec: str, classes: int) -> None:
+    from modelfence.shaping import parse_defense
+
+    defense = parse_defense(spec)
+    result = _audit(defense, classes)
+    assert result.epsilon == defense.cost.epsilon and result.passed, result  # type: ignore[attr-defined]
+    if spec.startswith(("dp-rr", "dp-bdpl")):  # tight mechanisms: the bound comes close
+        assert result.epsilon_lower > 0.7 * result.epsilon, result
+
+
+def test_the_audit_catches_mis_wired_mechanisms() -> None:
+    """Noise for a larger ε than the one stated (a sensitivity or a factor forgotten), or no
+    noise at all: each bound exceeds the stated ε."""
+    from modelfence.privacy.mechanisms import BoundaryLayer, LaplaceVector, RandomizedResponse
+    from modelfence.shaping.base import NoDefense
+
+    caught = [
+        _audit(RandomizedResponse(2.0), 2, epsilon=1.0),
+        _audit(RandomizedResponse(4.0), 10, epsilon=2.0),
+        _audit(BoundaryLayer(2.0, 0.2), 3, epsilon=1.0),
+        _audit(LaplaceVector(4.0), 3, epsilon=1.0),
+        _audit(NoDefense(), 3, epsilon=1.0),
+    ]
+    for result in caught:
+        assert not result.passed, result
+    assert caught[-1].epsilon_lower > 5  # deterministic answers: only the draws limit it

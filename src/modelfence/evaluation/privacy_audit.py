@@ -71,8 +71,9 @@ class Event:
     below: bool = False
     exact: bool = False  # an indicator ("label == 3"): the name says it all
 
-    def hits(self, outputs: Array) -> int:
-        s = self.stat(outputs)
+    def hits(self, outputs: Array, values: Array | None = None) -> int:
+        """Outputs in the event; `values` (the statistic of `outputs`) when already known."""
+        s = self.stat(outputs) if values is None else values
         return int(np.count_nonzero(s < self.threshold if self.below else s >= self.threshold))
 
     @property
@@ -213,8 +214,13 @@ def best_event(events: Sequence[Event], first: Array, second: Array, *, delta: f
     n = min(len(first), len(second))
     best: tuple[Event, bool, float] | None = None
     best_key = (-1.0, 0)
+    first, second = first[:n], second[:n]
+    seen: dict[int, tuple[Array, Array]] = {}  # statistic -> its values on both sides
     for e in events:
-        a, b = e.hits(first[:n]), e.hits(second[:n])
+        if id(e.stat) not in seen:
+            seen[id(e.stat)] = (e.stat(first), e.stat(second))
+        v1, v2 = seen[id(e.stat)]
+        a, b = e.hits(first, v1), e.hits(second, v2)
         for swapped, (x, y) in ((False, (a, b)), (True, (b, a))):
             if x <= y:
                 continue
@@ -274,3 +280,74 @@ def audit_vectors(case: Neighbours, epsilon: float, first_input: Array, second_i
         return threshold_events(stats, np.vstack([first, second]))
 
     return audit(case, epsilon, events=events, **kw)
+
+
+# the product's mechanisms ------------------------------------------------------------------
+
+#: What `audit_all` (and bench/privacy.py --audit) audits: every mechanism over its range.
+AUDITED: tuple[tuple[str, int], ...] = (
+    ("dp-rr:0.5", 2), ("dp-rr:1", 2), ("dp-rr:2", 10), ("dp-rr:4", 10), ("dp-rr:8", 3),
+    ("dp-bdpl:1,0.2", 3), ("dp-bdpl:4,0.5", 10),
+    ("dp-laplace:0.5", 3), ("dp-laplace:1", 3), ("dp-laplace:4", 10),
+    ("dp-gauss:1,1e-06", 3), ("dp-gauss:4,1e-06", 10),
+)
+
+
+def neighbours_of(defense: Any, classes: int) -> tuple[Array, Array, str]:
+    """Two model answers the mechanism must not tell apart by more than its ε, and how they
+    are related. Randomized response and the vector mechanisms: any two answers, so the
+    farthest apart (certain of class 0, certain of class 1). The boundary layer: two answers
+    in its zone that prefer different ones of the same two leading classes."""
+    first, second = np.zeros(classes), np.zeros(classes)
+    if getattr(defense, "kind", "") == "dp-bdpl":
+        half = min(float(defense.margin), 1.0) / 2.0  # leads differ by `margin`: in the zone
+        first[:2] = (0.5 + half / 2, 0.5 - half / 2)
+        second[:2] = first[1::-1]
+        return first, second, f"classes 0 and 1 lead by {half:g}, either way ({classes} classes)"
+    first[0], second[1] = 1.0, 1.0
+    return first, second, f"certain of class 0 / of class 1 ({classes} classes)"
+
+
+def sampler(defense: Any, answer: Array) -> Sampler:
+    """n fresh draws of `defense` for the model answer `answer`: one `apply` on n copies of
+    it. The private defenses are stateless and draw anew on every row (the gateway's repeat
+    memory, which serves a repeated question its first draw, sits in front of them and is not
+    used here), so the rows are independent draws."""
+    row = np.asarray(answer, dtype=np.float64)[None, :]
+
+    def draw(n: int) -> Array:
+        out: Array = defense.apply(np.repeat(row, n, axis=0), principal="audit")
+        return out
+
+    return draw
+
+
+def audit_defense(defense: Any, *, classes: int = 3, epsilon: float | None = None,
+                  delta: float | None = None, name: str | None = None, draws: int = DRAWS,
+                  select_draws: int = SELECT_DRAWS, confidence: float = 0.95
+                  ) -> AuditResult:
+    """Audit a private defense on its neighbouring answers: the stated ε and δ are its own
+    (`defense.cost`) unless given (a mis-wired variant is audited against the ε it claims)."""
+    cost = getattr(defense, "cost", None)
+    eps = epsilon if epsilon is not None else float(cost.epsilon if cost else 0.0)
+    dlt = delta if delta is not None else float(cost.delta if cost else 0.0)
+    first, second, relation = neighbours_of(defense, classes)
+    draw1, draw2 = sampler(defense, first), sampler(defense, second)
+    label_only = bool(getattr(defense, "kind", "") in ("dp-rr", "dp-bdpl", "labels"))
+    if label_only:
+        case = Neighbours(name or defense.spec, lambda n: draw1(n).argmax(axis=1),
+                          lambda n: draw2(n).argmax(axis=1), relation)
+        return audit_labels(case, eps, classes, delta=dlt, draws=draws,
+                            select_draws=select_draws, confidence=confidence)
+    case = Neighbours(name or defense.spec, draw1, draw2, relation)
+    return audit_vectors(case, eps, first, second, delta=dlt, draws=draws,
+                         select_draws=select_draws, confidence=confidence)
+
+
+def audit_all(*, draws: int = DRAWS, select_draws: int = SELECT_DRAWS,
+              audited: Sequence[tuple[str, int]] = AUDITED) -> list[AuditResult]:
+    """Every (mechanism spec, classes) of `audited`, each against its own stated ε."""
+    from ..shaping.spec import parse_defense
+
+    return [audit_defense(parse_defense(spec), classes=k, draws=draws,
+                          select_draws=select_draws) for spec, k in audited]
