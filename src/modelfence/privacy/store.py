@@ -74,11 +74,11 @@ class MemoryPrivacyStore(PrivacyStore):
         for key in keys:
             counts = self._spend.setdefault(key, {})
             counts[mechanism] = max(counts.get(mechanism, 0) + n, 0)
-            out.append(dict(counts))
+            out.append({m: c for m, c in counts.items() if c > 0})
         return out
 
     async def counts(self, keys: Sequence[str]) -> list[Counts]:
-        return [dict(self._spend.get(key, {})) for key in keys]
+        return [{m: c for m, c in self._spend.get(key, {}).items() if c > 0} for key in keys]
 
     async def recall(self, keys: Sequence[bytes], now: float) -> list[bytes | None]:
         out: list[bytes | None] = []
