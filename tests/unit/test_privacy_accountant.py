@@ -203,3 +203,22 @@ def test_repeat_keys_and_draws() -> None:
     d = Draw.new(True, __import__("numpy").array([0.0, 1.0]))
     back = Draw.decode(d.encode())
     assert back.id == d.id and back.charged and back.row.tolist() == [0.0, 1.0]
+
+
+@pytest.mark.postgres
+def test_postgres_store_without_durable_commits(pg_db: str) -> None:
+    """`privacy.durable: false`: this store's sessions commit without waiting for the
+    disk; the charges are the same."""
+    async def go() -> None:
+        store = PostgresPrivacyStore(pg_db + "?connect_timeout=5", durable=False)
+        await store.open()
+        try:
+            async def setting(conn: object) -> str:
+                cur = await conn.execute("SHOW synchronous_commit")  # type: ignore[attr-defined]
+                return str((await cur.fetchone())[0])
+
+            assert await store._on_pool(setting, not_open="") == "off"
+            assert await store.charge(["p"], "dp-rr:1", 2) == [{"dp-rr:1": 2}]
+        finally:
+            await store.close()
+    asyncio.run(go())

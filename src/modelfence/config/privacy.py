@@ -39,5 +39,9 @@ class PrivacySettings(Strict):
     repeat_period_s: float = Field(
         86_400.0, ge=1, le=366 * 86_400,
         description="the same input gets the same randomised answer within one period")
+    durable: bool = Field(
+        True, description="false: SQLite and PostgreSQL commit a charge without waiting for "
+        "the disk (about 0.1 ms instead of a flush); a database or OS crash can then forget "
+        "the last moment of charges")
     repeat_entries: int = Field(
         100_000, ge=1, description="memory://: answers remembered at most (oldest dropped)")

@@ -17,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from ..errors import StoreError
 from ..stores.base import Store, answers
@@ -130,15 +131,18 @@ class SqlitePrivacyStore(PrivacyStore):
     """One machine, kept across restarts; `BEGIN IMMEDIATE` makes a charge atomic across its
     processes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, durable: bool = True) -> None:
         self._file = SqliteFile(path, _SPEND, what="sqlite privacy store", store="privacy",
                                 busy_timeout_ms=5000)
         self._writes = 0
+        self._durable = durable
 
     async def open(self) -> None:
         db = self._file.open()
         try:
             db.execute(_REPEATS)
+            if not self._durable:  # WAL without a flush per commit: safe from a process crash
+                db.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as exc:
             raise _failed(exc) from None
 
@@ -225,7 +229,9 @@ class PostgresPrivacyStore(PooledPostgres, PrivacyStore):
     """Shared by replicas: a charge is one statement (add and read back), a recall one
     SELECT, a remember one upsert and one SELECT on the same connection."""
 
-    def __init__(self, url: str, *, timeout_s: float = 3.0) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 3.0, durable: bool = True) -> None:
+        if not durable:  # commits return before the WAL reaches the disk (this store only)
+            url = _with_option(url, "-c synchronous_commit=off")
         self._pool_setup(url, store="privacy", what="postgresql privacy store",
                          timeout_s=timeout_s, max_size=10, schema_lock=_PG_SCHEMA_LOCK,
                          schema=(_SPEND, _REPEATS.replace("BLOB", "BYTEA")),
@@ -271,13 +277,24 @@ class PostgresPrivacyStore(PooledPostgres, PrivacyStore):
         return {bytes(k): bytes(v) for k, v in rows}
 
 
+def _with_option(url: str, option: str) -> str:
+    """`url` with a server `options` setting added (libpq's URI parameter)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    given = [v for k, v in query if k == "options"]
+    rest = [(k, v) for k, v in query if k != "options"]
+    return urlunsplit(parts._replace(query=urlencode(
+        [*rest, ("options", " ".join([*given, option]))], quote_via=quote)))
+
+
 #: privacy.store: memory:// (one process; tests), sqlite:///PATH, postgresql://
 PRIVACY_STORES: StoreKind[PrivacyStore] = StoreKind(
     "privacy.store", memory(MemoryPrivacyStore), sqlite(SqlitePrivacyStore),
     postgresql(PostgresPrivacyStore))
 
 
-def privacy_store_from_url(url: str, *, entries: int = 100_000) -> PrivacyStore:
+def privacy_store_from_url(url: str, *, entries: int = 100_000,
+                           durable: bool = True) -> PrivacyStore:
     if PRIVACY_STORES.scheme_of(url).names[0] == "memory":
         return MemoryPrivacyStore(entries)
-    return PRIVACY_STORES.open(url)
+    return PRIVACY_STORES.open(url, durable=durable)

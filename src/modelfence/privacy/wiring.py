@@ -37,7 +37,7 @@ def build_privacy(settings: Settings, shaping: ShapingGuard, server_secret: byte
                   models: list[str], on_alert: Alert | None = None) -> Privacy:
     """Store (not opened), budget and guards for `models` (those with a private band)."""
     s = settings.privacy
-    store = privacy_store_from_url(s.store, entries=s.repeat_entries)
+    store = privacy_store_from_url(s.store, entries=s.repeat_entries, durable=s.durable)
     budget = PrivacyBudget(s, store, on_alert)
     private = private_bands(shaping, models)
     secret = hmac.new(server_secret, b"privacy", hashlib.sha256).digest()
