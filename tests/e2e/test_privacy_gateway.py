@@ -22,7 +22,7 @@ import pytest
 from modelfence.policy.engine import DEFAULT_POLICY
 
 from ..outage_support import scratch_database
-from ..support import Gateway, cli, digits_rows, infer_body
+from ..support import Gateway, cli, digits_rows, free_port, infer_body
 
 ROWS = digits_rows(12)
 BAND = [{"from_risk": 0.0, "defense": "dp-rr:1", "name": "private"}]
@@ -189,3 +189,45 @@ def test_one_budget_across_two_replicas_on_postgresql(
     finally:
         a.stop()
         b.stop()
+
+
+def test_grpc_answers_from_the_same_memory_and_budget(
+        tmp_path: Path, digits_files: dict[str, Path]) -> None:
+    """The gRPC service runs the same chain: a question asked over REST and again over gRPC
+    gets the one draw and is charged once; a spent budget is refused there too."""
+    pytest.importorskip("tritonclient.grpc")
+    import numpy as np
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    gw = Gateway(tmp_path / "gw", models(digits_files))
+    grpc_port = free_port()
+    gw.extra = {"server": {"host": "127.0.0.1", "port": gw.port, "max_body_bytes": 256 * 1024,
+                           "admin_listen": f"127.0.0.1:{gw.admin_port}",
+                           "grpc_port": grpc_port},
+                "privacy": {"store": "memory://", "principal_epsilon": 2.5}}
+    gw.start()
+    client = triton.InferenceServerClient(url=f"127.0.0.1:{grpc_port}")
+    try:
+        key = gw.key()
+        auth = {"authorization": f"Bearer {key}"}
+
+        def over_grpc(row: list[float]) -> list[int]:
+            tensor = triton.InferInput("input", [1, len(row)], "FP32")
+            tensor.set_data_from_numpy(np.asarray([row], dtype=np.float32))
+            result = client.infer("digits", [tensor], headers=auth, client_timeout=20)
+            assert result.as_numpy("probabilities") is None  # label only
+            return [int(v) for v in result.as_numpy("label").ravel()]
+
+        rest = labels(post(gw, key, [ROWS[0]])[2])
+        assert all(over_grpc(ROWS[0]) == rest for _ in range(5))
+        assert spent(gw) == pytest.approx(1.0)
+        over_grpc(ROWS[1])
+        assert spent(gw) == pytest.approx(2.0)
+        with pytest.raises(InferenceServerException) as err:
+            over_grpc(ROWS[2])
+        assert "your privacy budget on model 'digits' is spent" in str(err.value)
+        assert over_grpc(ROWS[0]) == rest  # a repeat is still answered
+    finally:
+        client.close()
+        gw.stop()
