@@ -24,8 +24,9 @@ def run() -> pt.PrivacyTradeoff:
 
 
 def test_a_mechanism_that_keeps_every_label_costs_nothing(run: pt.PrivacyTradeoff) -> None:
-    assert run.configs() == ["labels", "flagged:labels", "dp-rr:0.1", "flagged:dp-rr:0.1"]
-    for config in ("labels", "flagged:labels"):
+    assert run.configs() == ["labels", "flagged:labels", "flagged-budget:labels", "dp-rr:0.1",
+                             "flagged:dp-rr:0.1", "flagged-budget:dp-rr:0.1"]
+    for config in ("labels", "flagged:labels", "flagged-budget:labels"):
         (r,) = [r for r in run.results if r.config == config]
         assert r.honest_loss_pts == 0.0 and r.honest_rows > 0
         assert set(r.fidelity) == {"active-uncertainty-10rounds", "active-kcenter-greedy",
@@ -42,6 +43,8 @@ def test_near_random_answers_cost_honest_callers_and_thieves(run: pt.PrivacyTrad
     (flagged,) = [r for r in run.results if r.config == "flagged:dp-rr:0.1"]
     assert flagged.honest_loss_pts < always.honest_loss_pts  # honest callers are rarely flagged
     assert all(0.0 <= s <= 1.0 for s in flagged.flagged_share.values())
+    (budget,) = [r for r in run.results if r.config == "flagged-budget:dp-rr:0.1"]
+    assert budget.honest_loss_pts <= flagged.honest_loss_pts + 1e-9
     s = run.summary("dp-rr:0.1")
     assert s.victims == 1 and s.meeting == 0 and not s.met
     assert s.honest_loss_worst == pytest.approx(always.honest_loss_pts)
@@ -49,6 +52,15 @@ def test_near_random_answers_cost_honest_callers_and_thieves(run: pt.PrivacyTrad
     assert "| `dp-rr:0.1` | 0/1 |" in table and "| `flagged:labels` | 0/1 | 0.00 |" in table
     assert "| wine-3c-13f-lr |" in run.victim_markdown("dp-rr:0.1")
     assert run.to_dict()["summaries"][0]["config"] == "labels"
+
+
+def test_the_budget_allows_what_the_accountant_allows() -> None:
+    from modelfence.privacy.accountant import Accountant
+
+    n = pt.budget_answers("dp-rr:1", 100.0, 1e-6)
+    acc = Accountant(1e-6)
+    assert acc.single("dp-rr:1", n) <= 100.0 < acc.single("dp-rr:1", n + 1)
+    assert pt.budget_answers("dp-rr:1", 0.5, 1e-6) == 0  # not even one answer of ε 1
 
 
 def test_settings_are_checked_before_any_victim_is_built() -> None:

@@ -7,7 +7,16 @@ one of two placements:
 - ``always``: every answer goes through the mechanism (the guarantee holds for everyone);
 - ``flagged``: the mechanism is the strongest band of the recommended configuration, so
   only a caller the monitor flagged gets it (the monitor and its bands as the corpus runs
-  them, `harness.Gateway`; the guarantee holds for flagged callers only).
+  them, `harness.Gateway`; the guarantee holds for flagged callers only);
+- ``flagged-budget``: the same, with the gateway's default ε budget per principal
+  (`config.privacy.PrivacySettings`: ε 100 at δ 1e-6, refused once spent): once a caller's
+  charged answers compose (`privacy.accountant`) past the budget, every later row is
+  refused, and a refused row teaches a thief nothing and counts as wrong for an honest
+  caller.
+
+``always`` and ``flagged`` measure the mechanism alone, without a budget: every row is
+answered. Each row is a fresh draw; the gateway's repeat memory (the same input within the
+period gets its first answer) matters only to exact repeats, which these thieves do not send.
 
 Thieves: the half's active-learning (uncertainty sampling, k-center) and boundary-walking
 callers of `queries` queries each, generated as the corpus does (against the raw model);
@@ -43,7 +52,7 @@ from ..shaping.spec import parse_defense
 
 Array = np.ndarray[Any, Any]
 THIEF_FAMILIES = ("active-uncertainty", "active-kcenter", "boundary-walk")
-PLACEMENTS = ("always", "flagged")
+PLACEMENTS = ("always", "flagged", "flagged-budget")
 HONEST_LOSS_PTS, THIEF_LOSS_PTS, VICTIM_SHARE = 1.0, 10.0, 0.8
 QUERIES = 2000
 #: Rows per honest stream (every benign behaviour of the half, one stream each).
@@ -63,7 +72,7 @@ class Config:
 
     @property
     def name(self) -> str:
-        return self.spec if self.placement == "always" else f"flagged:{self.spec}"
+        return self.spec if self.placement == "always" else f"{self.placement}:{self.spec}"
 
 
 @dataclass(frozen=True)
@@ -223,14 +232,54 @@ def streams(world: CorpusWorld, side: str, *, queries: int, seed: int) -> list[S
     return out
 
 
-def shown_labels(world: CorpusWorld, stream: Stream, config: Config) -> Array:
-    """The top-1 class each row of `stream` was shown under `config`."""
+def shown_labels(world: CorpusWorld, stream: Stream, config: Config) -> tuple[Array, Array]:
+    """The top-1 class each row of `stream` was shown under `config`, and which rows were
+    answered at all (all but those past a spent budget)."""
     bands = ((0.0, "none", "standard"), (0.5, config.spec, "private"))
     gw = Gateway(world.summary, bands=bands, monitor=recommended()[1], secret=TEST_SECRET)
     band = (np.ones(len(stream.x), dtype=np.int8) if config.placement == "always"
             else stream.flagged.astype(np.int8))
     shown = gw.answer(band, stream.proba, stream.x, stream.principals)
-    return shaped_labels(stream.proba, np.asarray(shown, dtype=np.float64))
+    labels = shaped_labels(stream.proba, np.asarray(shown, dtype=np.float64))
+    answered = np.ones(len(labels), dtype=bool)
+    if config.placement == "flagged-budget":
+        answered = within_budget(gw.bands[1].defense, stream, band.astype(bool))
+    return labels, answered
+
+
+def budget_answers(spec: str, budget: float, delta: float) -> int:
+    """How many charged answers of mechanism `spec` the accountant allows within `budget`."""
+    from ..privacy.accountant import Accountant
+
+    acc = Accountant(delta)
+    lo, hi = 0, 1
+    while acc.single(spec, hi) <= budget and hi < 10**7:
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:  # acc.single(lo) <= budget < acc.single(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if acc.single(spec, mid) <= budget else (lo, mid)
+    return lo
+
+
+def within_budget(defense: Any, stream: Stream, private: Array) -> Array:
+    """Rows answered under the default per-principal budget: each principal's rows until its
+    charged answers (private rows the mechanism charges) exceed what the budget allows."""
+    from ..config.privacy import PrivacySettings
+
+    if not getattr(defense, "private", False):  # nothing charged, nothing refused
+        return np.ones(len(private), dtype=bool)
+    fields = PrivacySettings.model_fields
+    budget = fields["principal_epsilon"].default
+    delta = fields["delta"].default
+    allowed = budget_answers(defense.spec, float(budget), float(delta))
+    charged = private & np.asarray(defense.charged(stream.proba), dtype=bool)
+    who = np.asarray(stream.principals, dtype=object)
+    answered = np.ones(len(charged), dtype=bool)
+    for p in np.unique(who):
+        rows = np.nonzero(who == p)[0]
+        spent = np.cumsum(charged[rows])
+        answered[rows] = spent <= allowed
+    return answered
 
 
 def measure_victim(name: str, configs: Sequence[Config], *, queries: int = QUERIES,
@@ -253,10 +302,15 @@ def measure_victim(name: str, configs: Sequence[Config], *, queries: int = QUERI
                       for s, k in zip(honest, known, strict=True))
     out = []
     for config in configs:
-        fidelity = {s.behaviour.name: copies[s.behaviour.name].fidelity(
-            shown_labels(world, s, config), fits=fits) for s in thieves}
-        right = sum(int(np.sum((shown_labels(world, s, config) == s.truth)[k]))
-                    for s, k in zip(honest, known, strict=True))
+        fidelity = {}
+        for s in thieves:
+            labels, answered = shown_labels(world, s, config)
+            fidelity[s.behaviour.name] = copies[s.behaviour.name].fidelity(
+                labels, None if answered.all() else answered, fits=fits)
+        right = 0
+        for s, k in zip(honest, known, strict=True):
+            labels, answered = shown_labels(world, s, config)
+            right += int(np.sum(((labels == s.truth) & answered)[k]))
         flagged = {s.behaviour.name: (1.0 if config.placement == "always"
                                       else float(np.mean(s.flagged))) for s in thieves}
         out.append(VictimResult(name, spec.half, config.name, model_right / max(1, rows),
