@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any, NamedTuple
 
 from ..errors import UpstreamError, UpstreamTimeout
 
 MAX_UPSTREAM_BODY = 64 * 1024 * 1024
 log = logging.getLogger("modelfence.backends.transport")
+#: The try in flight in this task: the connector marks it "reused" when it hands out a pooled
+#: connection (`_connector_class`), without aiohttp's tracing, which costs about 25 µs a request.
+_TRY: ContextVar[dict[str, bool] | None] = ContextVar("modelfence_upstream_try", default=None)
 
 
 @contextlib.contextmanager
@@ -80,6 +85,7 @@ class AiohttpTransport(Transport):
         self._retry_closed = retry_closed
         self._session: Any = None
         self._fresh: Any = None  # for the one retry: a new connection, closed after use
+        self._timeouts: dict[float, Any] = {}  # aiohttp.ClientTimeout by total seconds
 
     def _client(self, *, fresh: bool = False) -> Any:
         if fresh:
@@ -94,7 +100,10 @@ class AiohttpTransport(Transport):
                       ) -> Answer:
         import aiohttp
 
-        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=self._connect_timeout)
+        timeout = self._timeouts.get(timeout_s)
+        if timeout is None:  # one per configured timeout: made once, not per request
+            timeout = self._timeouts[timeout_s] = aiohttp.ClientTimeout(
+                total=timeout_s, sock_connect=self._connect_timeout)
         with upstream_errors(self._connect_timeout, timeout_s):
             seen: dict[str, bool] = {}
             try:
@@ -111,22 +120,15 @@ class AiohttpTransport(Transport):
     async def _exchange(session: Any, method: str, url: str, body: bytes | None, timeout: Any,
                         seen: dict[str, bool]) -> Answer:
         """One try; `seen` learns whether the connection was reused and an answer began."""
-        # never follow a redirect: the body would go somewhere unconfigured (a 3xx is a 502)
-        async with session.request(method, url, data=body, timeout=timeout,
-                                   trace_request_ctx=seen, allow_redirects=False) as resp:
-            seen["answered"] = True
-            length = resp.content_length
-            if length is not None and length > MAX_UPSTREAM_BODY:
-                resp.close()
-                raise UpstreamError("the upstream model server answered with an oversized body")
-            data = bytearray()
-            async for chunk in resp.content.iter_any():  # read(n) stops at the first chunk
-                data += chunk
-                if len(data) > MAX_UPSTREAM_BODY:
-                    resp.close()
-                    raise UpstreamError(
-                        "the upstream model server answered with an oversized body")
-            return Answer(resp.status, bytes(data), resp.headers.get("Retry-After"))
+        mark = _TRY.set(seen)
+        try:
+            # never follow a redirect: the body would go somewhere unconfigured (a 3xx: 502)
+            async with session.request(method, url, data=body, timeout=timeout,
+                                       allow_redirects=False) as resp:
+                seen["answered"] = True
+                return await _read(resp)
+        finally:
+            _TRY.reset(mark)
 
     async def close(self) -> None:
         for session in (self._session, self._fresh):
@@ -134,6 +136,22 @@ class AiohttpTransport(Transport):
                 await session.close()
         self._session = self._fresh = None
         await asyncio.sleep(0)
+
+
+async def _read(resp: Any) -> Answer:
+    """The answer's status, body (at most MAX_UPSTREAM_BODY bytes) and Retry-After."""
+    length = resp.content_length
+    if length is not None and length > MAX_UPSTREAM_BODY:
+        resp.close()
+        raise UpstreamError("the upstream model server answered with an oversized body")
+    data = bytearray()
+    async for chunk in resp.content.iter_any():  # read(n) stops at the first chunk
+        data += chunk
+        if len(data) > MAX_UPSTREAM_BODY:
+            resp.close()
+            raise UpstreamError(
+                "the upstream model server answered with an oversized body")
+    return Answer(resp.status, bytes(data), resp.headers.get("Retry-After"))
 
 
 def _closed_under(exc: BaseException, seen: dict[str, bool]) -> bool:
@@ -146,14 +164,36 @@ def _closed_under(exc: BaseException, seen: dict[str, bool]) -> bool:
 def _session(*, force_close: bool, limit: int) -> Any:
     import aiohttp
 
-    trace = aiohttp.TraceConfig()
-    trace.on_connection_reuseconn.append(_mark_reused)
-    connector = (aiohttp.TCPConnector(limit=limit, force_close=True) if force_close
-                 else aiohttp.TCPConnector(limit=limit, keepalive_timeout=30))
+    connector_class, traces = _connector_class()
+    connector = (connector_class(limit=limit, force_close=True) if force_close
+                 else connector_class(limit=limit, keepalive_timeout=30))
     return aiohttp.ClientSession(connector=connector,
                                  headers={"Content-Type": "application/json"},
-                                 skip_auto_headers=("User-Agent",), trace_configs=[trace],
+                                 skip_auto_headers=("User-Agent",), trace_configs=traces,
                                  response_class=_response_class())
+
+
+def _connector_class() -> tuple[Any, list[Any] | None]:
+    """aiohttp's connector, marking the try in flight (`_TRY`) "reused" when it hands out a
+    pooled connection; and the trace configs still needed for that (none, unless this
+    aiohttp's connector cannot be hooked: then its tracing does it, at a cost)."""
+    import aiohttp
+
+    base = aiohttp.TCPConnector
+    if not inspect.iscoroutinefunction(getattr(base, "_get", None)):  # aiohttp before 3.11
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_reuseconn.append(_mark_reused)
+        return base, [trace]
+
+    class ReuseMarking(base):  # type: ignore[misc, valid-type]
+        async def _get(self, *args: Any, **kwargs: Any) -> Any:
+            conn = await super()._get(*args, **kwargs)
+            seen = _TRY.get()
+            if conn is not None and seen is not None:
+                seen["reused"] = True
+            return conn
+
+    return ReuseMarking, None
 
 
 def _response_class() -> Any:
@@ -182,6 +222,7 @@ def _response_class() -> Any:
 
 
 async def _mark_reused(session: Any, ctx: Any, params: Any) -> None:
-    """aiohttp's trace hook: this request took a pooled connection, not a fresh one."""
-    if isinstance(ctx.trace_request_ctx, dict):
-        ctx.trace_request_ctx["reused"] = True
+    """aiohttp's trace hook (older aiohttp): this request took a pooled connection."""
+    seen = _TRY.get()
+    if seen is not None:
+        seen["reused"] = True
