@@ -231,3 +231,32 @@ def test_grpc_answers_from_the_same_memory_and_budget(
     finally:
         client.close()
         gw.stop()
+
+
+def test_a_policy_pins_the_private_band_and_other_bands_are_shaped_as_before(
+        tmp_path: Path, digits_files: dict[str, Path]) -> None:
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    (folder / "policy.cedar").write_text(Path(str(DEFAULT_POLICY)).read_text() + '''
+@id("carol-gets-private-answers")
+@shaping("private")
+permit (principal == Principal::"carol", action == Action::"infer", resource);
+''')
+    bands = [{"from_risk": 0.0, "defense": "round:2", "name": "standard"},
+             {"from_risk": 0.99, "defense": "dp-rr:1", "name": "private"}]
+    model = {**models(digits_files)[0], "shaping": bands}
+    extra = {"privacy": {"store": "memory://"}, "policy": {"files": ["policy.cedar"]}}
+    gw = Gateway(folder, [model], extra=extra).start()
+    try:
+        status, _, answer = post(gw, gw.key(), [ROWS[3]])
+        assert status == 200
+        outputs = {o["name"]: o for o in answer["outputs"]}
+        assert set(outputs) == {"label", "probabilities"}  # the shaping guard's own band
+        assert all(round(v, 2) == v for v in outputs["probabilities"]["data"])
+        assert spent(gw) == 0.0
+        carol = gw.key(principal="carol")
+        assert post(gw, carol, [ROWS[3]])[0] == 200
+        assert spent(gw, "carol") == pytest.approx(1.0)
+        labels(post(gw, carol, [ROWS[3]])[2])  # label only
+    finally:
+        gw.stop()
