@@ -222,3 +222,15 @@ def test_postgres_store_without_durable_commits(pg_db: str) -> None:
         finally:
             await store.close()
     asyncio.run(go())
+
+
+def test_memory_store_refused_with_several_workers() -> None:
+    from modelfence.config import settings_from_mapping
+    from modelfence.privacy.wiring import build_privacy
+    from modelfence.shaping.guard import ShapingGuard
+
+    settings = settings_from_mapping({"server": {"workers": 2},
+                                      "privacy": {"store": "memory://"}})
+    with pytest.raises(ConfigurationError, match=r"memory:// keeps one process's ε spend "
+                       r"and answers, and server.workers is 2; use sqlite:///PATH"):
+        build_privacy(settings, ShapingGuard({}), b"s" * 32, [])

@@ -7,6 +7,7 @@ import hmac
 from dataclasses import dataclass
 
 from ..config import Settings
+from ..errors import ConfigurationError
 from ..shaping.guard import ShapingGuard
 from .budget import Alert, PrivacyBudget, Spent
 from .guard import PrivacyGuard, PrivacyUsageGuard, private_bands
@@ -37,6 +38,13 @@ def build_privacy(settings: Settings, shaping: ShapingGuard, server_secret: byte
                   models: list[str], on_alert: Alert | None = None) -> Privacy:
     """Store (not opened), budget and guards for `models` (those with a private band)."""
     s = settings.privacy
+    if s.store.startswith("memory:") and settings.server.workers > 1:
+        # each worker would draw, remember and count on its own: repeats to another worker
+        # would get fresh noise, and each would grant the whole budget
+        raise ConfigurationError(
+            f"privacy.store: memory:// keeps one process's ε spend and answers, and "
+            f"server.workers is {settings.server.workers}; use sqlite:///PATH or "
+            "postgresql:// so that workers share them")
     store = privacy_store_from_url(s.store, entries=s.repeat_entries, durable=s.durable)
     budget = PrivacyBudget(s, store, on_alert)
     private = private_bands(shaping, models)
