@@ -140,8 +140,7 @@ class MetricsGuard(Guard[Call]):
     async def on_complete(self, call: Call) -> None:
         m = self._m
         model = call.model.name if call.model else "-"
-        m.requests.labels(call.action, model, str(call.status)).inc()
-        m.latency.labels(call.action).observe(call.elapsed_s())
+        m.answered.add(call.action, model, call.status, call.elapsed_s())
         err = call.error
         if err is None:
             return

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .answered import Answered, MultiprocessAnswered
+
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -62,11 +64,9 @@ class GatewayMetrics:
             _forget_dead_workers(folder)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("modelfence_requests", "Requests answered",
-                                ["action", "model", "status"], registry=r)
-        self.latency = Histogram("modelfence_request_duration_seconds",
-                                 "Time from arrival to answer", ["action"], buckets=_BUCKETS,
-                                 registry=r)
+        #: requests answered and their durations: `answered.add(action, model, status, s)`
+        self.answered: Answered | MultiprocessAnswered = (
+            MultiprocessAnswered if self._multiprocess else Answered)(r, _BUCKETS)
         self.denials = Counter("modelfence_denials", "Requests refused, by reason", ["reason"],
                                registry=r)
         self.upstream_errors = Counter("modelfence_upstream_errors",

@@ -1,0 +1,60 @@
+"""The per-request metrics kept in plain numbers expose what prometheus_client's own objects do."""
+
+from __future__ import annotations
+
+import random
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+from modelfence.kernel.answered import Answered
+from modelfence.kernel.metrics import _BUCKETS, GatewayMetrics
+
+_CREATED = re.compile(r"(_created(\{[^}]*\})?) \S+$")
+
+
+def _lines(registry: CollectorRegistry) -> list[str]:
+    """The exposition with creation times blanked (they differ by when each was made)."""
+    return sorted(_CREATED.sub(r"\1 T", line)
+                  for line in generate_latest(registry).decode().splitlines())
+
+
+def test_same_exposition_as_prometheus_client() -> None:
+    theirs = CollectorRegistry()
+    counter = Counter("modelfence_requests", "Requests answered", ["action", "model", "status"],
+                      registry=theirs)
+    histogram = Histogram("modelfence_request_duration_seconds", "Time from arrival to answer",
+                          ["action"], buckets=_BUCKETS, registry=theirs)
+    ours = CollectorRegistry()
+    answered = Answered(ours, _BUCKETS)
+    rng = random.Random(7)
+    # values on the bucket bounds too: `le` counts a value equal to a bound in that bucket
+    values = [*_BUCKETS, 0.0, 1e-6, 0.0007, 0.3, 11.0, 1e9]
+    for _ in range(2000):
+        action, model = rng.choice(["infer", "chat"]), rng.choice(["digits", "bench-llm", "-"])
+        status, seconds = rng.choice([200, 403, 429, 503]), rng.choice(values)
+        counter.labels(action, model, str(status)).inc()
+        histogram.labels(action).observe(seconds)
+        answered.add(action, model, status, seconds)
+    assert _lines(ours) == _lines(theirs)
+    assert "modelfence_requests_total" in generate_latest(ours).decode()
+
+
+def test_gateway_metrics_count_answered_requests() -> None:
+    m = GatewayMetrics()
+    for _ in range(3):
+        m.answered.add("infer", "digits", 200, 0.002)
+    m.answered.add("infer", "digits", 429, 0.0004)
+    get = m.registry.get_sample_value
+    assert get("modelfence_requests_total",
+               {"action": "infer", "model": "digits", "status": "200"}) == 3
+    assert get("modelfence_requests_total",
+               {"action": "infer", "model": "digits", "status": "429"}) == 1
+    assert get("modelfence_request_duration_seconds_count", {"action": "infer"}) == 4
+    assert get("modelfence_request_duration_seconds_bucket",
+               {"action": "infer", "le": "0.0005"}) == 1
+    assert get("modelfence_request_duration_seconds_bucket",
+               {"action": "infer", "le": "0.0025"}) == 4
+    assert abs(get("modelfence_request_duration_seconds_sum", {"action": "infer"})
+               - 0.0064) < 1e-12
+    assert b"modelfence_requests_total{" in m.render()
