@@ -149,3 +149,35 @@ def test_records_keep_only_safe_capped_text() -> None:
     assert r.principal.endswith(TRUNCATED) and len(r.reason) == 1024
     assert orjson.dumps(r.to_dict())  # no surrogate left to refuse
     assert safe_text("plain text, unchanged") == "plain text, unchanged"
+
+
+@pytest.mark.parametrize("field", ["request_id", "action", "model", "principal", "tenant",
+                                   "key_id", "source", "decision", "reason", "replica",
+                                   "shaping", "policy_ids", "trail key", "trail value"])
+def test_each_text_field_is_cleaned_when_one_needs_it(field: str) -> None:
+    """A clean record is kept as built (the quick check); one bad field anywhere, a value of
+    another type or an over-long trail key sends the record through the careful path."""
+    from dataclasses import replace
+
+    clean = event_record(action="admin:key", reason="ok", model="m", principal="p",
+                         tenant="t", target="k", details={"n": 1})
+    clean.policy_ids, clean.trail, clean.shaping = ["grant"], [{"guard": "g"}], "full"
+    assert replace(clean).to_dict() == clean.to_dict()  # nothing to clean: unchanged
+    bad = "x\x00" + "y" * 2000
+    if field == "policy_ids":
+        r = replace(clean, policy_ids=[bad, 7])
+        assert len(r.policy_ids[0]) == 256 and r.policy_ids[0].endswith(TRUNCATED)
+        assert r.policy_ids[0].startswith("xy") and r.policy_ids[1] == "7"
+    elif field.startswith("trail"):
+        trail = [{bad: "v"}] if field == "trail key" else [{"guard": bad}]
+        r = replace(clean, trail=trail)
+        [(key, value)] = r.trail[0].items()
+        assert len(key if field == "trail key" else value) == (256 if field == "trail key"
+                                                                else 1024)
+        assert "\x00" not in key + value
+    else:
+        r = replace(clean, **{field: bad})
+        got = getattr(r, field)
+        assert "\x00" not in got and got.endswith(TRUNCATED)
+        assert len(got) == (1024 if field == "reason" else 256)
+        assert replace(clean, **{field: 12}).to_dict()[field] == "12"  # not a str: made one

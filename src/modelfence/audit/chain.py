@@ -70,10 +70,12 @@ class Head:
 
 
 def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
+    return value if value is None or type(value) is str else str(value)
 
 
 def _status(value: Any) -> int | None:
+    if type(value) is int:
+        return value
     try:
         return None if value is None else int(value)
     except (TypeError, ValueError):
