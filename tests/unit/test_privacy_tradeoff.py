@@ -89,3 +89,18 @@ def test_the_bench_saves_the_tables_it_prints(run: pt.PrivacyTradeoff, tmp_path:
     results.save(path, bench.victims_result(run, "dp-rr:0.1", "python bench/privacy.py"))
     lines = results.table(results.load(path))
     assert lines[2].startswith("| wine-3c-13f-lr |") and lines[2].endswith("| no |")
+
+
+def test_the_command_line_prints_the_table_and_refuses_bad_settings() -> None:
+    from typer.testing import CliRunner
+
+    from modelfence.cli.main import app
+
+    runner = CliRunner()
+    out = runner.invoke(app, ["shaping", "privacy", "--victims", "wine-3c-13f-lr",
+                              "--queries", "100", "--honest-queries", "50", "-m", "dp-rr:1",
+                              "-p", "flagged"])
+    assert out.exit_code == 0, out.output
+    assert "| `flagged:dp-rr:1` | " in out.output and "(dev half)" in out.output
+    bad = runner.invoke(app, ["shaping", "privacy", "--suite", "all", "-m", "dp-rr:1"])
+    assert bad.exit_code == 2 and "unknown suite 'all'; use dev or test" in bad.output

@@ -35,7 +35,8 @@ def tradeoff(
     )] = "sklearn:digits",
     defense: Annotated[list[str] | None, typer.Option(
         "--defense", "-d", help="A defense to measure (repeat for more): none, round:D, "
-        "topk:K, labels, rsig:BETA,GAMMA, noise:SCALE, misinfo[:TAU[,NU]], A+B, "
+        "topk:K, labels, rsig:BETA,GAMMA, noise:SCALE, misinfo[:TAU[,NU]], dp-rr:EPS, "
+        "dp-bdpl:EPS[,MARGIN], dp-laplace:EPS, dp-gauss:EPS[,DELTA], A+B, "
         "watched:DEFENSE (DEFENSE once the monitor flags the caller) "
         "\\[default: one of each kind and the settings tuned on digits]", show_default=False
     )] = None,
@@ -89,6 +90,49 @@ def tradeoff(
 
         json_out.write_bytes(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
         console.print(f"wrote {json_out}", soft_wrap=True, markup=False)
+
+
+@app.command()
+def privacy(
+    suite: Annotated[str, typer.Option(
+        help="Efficacy corpus half: dev (choose settings on it) or test (report it)")] = "dev",
+    mechanism: Annotated[list[str] | None, typer.Option(
+        "--mechanism", "-m", help="A private defense to measure (repeat for more): dp-rr:EPS, "
+        "dp-bdpl:EPS[,MARGIN], dp-laplace:EPS, dp-gauss:EPS[,DELTA] "
+        "\\[default: a grid of each]", show_default=False)] = None,
+    placement: Annotated[list[str] | None, typer.Option(
+        "--placement", "-p", help="always (every answer), flagged (the flagged band only), "
+        "flagged-budget (and the default ε budget) \\[default: all three]",
+        show_default=False)] = None,
+    victims: Annotated[str, typer.Option(help="Only these victims (comma-separated)")] = "",
+    queries: Annotated[int, typer.Option(min=10, help="Queries per thief")] = 2000,
+    honest_queries: Annotated[int, typer.Option(
+        min=10, help="Queries per honest stream")] = 1000,
+    workers: Annotated[int, typer.Option(
+        min=1, help="Local worker processes (1: in this process)")] = 1,
+    json_out: Annotated[Path | None, typer.Option(
+        "--json", help="Also write every number as JSON", show_default=False)] = None,
+) -> None:
+    """Differential privacy on the efficacy corpus: per mechanism, ε and placement, what
+    active-learning and boundary-walking thieves lose and what honest callers pay."""
+    from ..evaluation import privacy_tradeoff as pt
+    from ..redteam.executors import executor_for
+
+    names = [v.strip() for v in victims.split(",") if v.strip()] or None
+    try:
+        result = pt.run(suite, mechanism or pt.DEFAULT_MECHANISMS,
+                        placements=placement or pt.PLACEMENTS, victim_names=names,
+                        queries=queries, honest_queries=honest_queries,
+                        executor=executor_for(None, workers))
+    except ModelfenceError as exc:
+        raise fail(str(exc), 2) from None
+    console.print(result.markdown(), markup=False, highlight=False, soft_wrap=True)
+    if json_out is not None:
+        import orjson
+
+        json_out.write_bytes(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2))
+        console.print(f"wrote {json_out}", soft_wrap=True, markup=False)
+
 
 
 def _print_table(result: Tradeoff, wide: bool) -> None:
