@@ -1,8 +1,10 @@
-"""The docs tests' demo (what `make demo` runs, in a home of its own) and their summary."""
+"""The docs tests' demo (README's `make demo`, in a home of its own) and their summary."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ..support import free_port_pair, interrupt, wait_http
+from ..support import free_port_pair, wait_http
 from .held import check_for
-from .snippets import PAGE_SECONDS, ROOT, all_snippets
+from .snippets import PAGE_SECONDS, ROOT, Snippet, all_snippets, snippets
 
 
 @dataclass(frozen=True)
@@ -36,43 +38,69 @@ def snippet_env(home: Path) -> dict[str, str]:
     return env
 
 
-REPOSITORY_ENTRIES = (".venv", "examples", "mkdocs.yml", "docs", "src", "pyproject.toml",
+REPOSITORY_ENTRIES = ("examples", "mkdocs.yml", "docs", "src", "pyproject.toml",
                       "Makefile", "bench", "deploy")
+#: Make's install stamps (see the Makefile) of the extras the repository's environment holds:
+#: `make dev` installs every extra, so with it each stamp is as good as made.
+STAMPS = (".installed", ".installed-dev", ".installed-examples")
 
 
 def repository_copy(folder: Path) -> Path:
-    """A folder that stands for the repository root: links to what the snippets use."""
+    """A folder that stands for the repository root: links to what the snippets use.
+
+    Its `.venv` is a folder of links to the repository's environment, with Make's install
+    stamps of its own made now: a `make demo` or `make example` in a snippet runs its recipe,
+    not a `pip install` into the shared environment when pyproject.toml is newer than the
+    stamps (someone editing it); the docs tests run in that environment, installed.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     for entry in REPOSITORY_ENTRIES:
         (folder / entry).symlink_to(ROOT / entry)
+    venv = ROOT / ".venv"
+    (folder / ".venv").mkdir()
+    for part in venv.iterdir():
+        if not part.name.startswith(".installed"):
+            (folder / ".venv" / part.name).symlink_to(part)
+    if (venv / ".installed-dev").exists():
+        for stamp in STAMPS:
+            (folder / ".venv" / stamp).touch()
     return folder
 
 
-def demo_command(port: int) -> list[str]:
-    """What `make demo` runs (the Makefile's recipe, from `make -n`), on another port."""
-    recipe = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed",
-                             "demo", f"PORT={port}"], cwd=ROOT, capture_output=True, text=True,
-                            check=True).stdout.strip().splitlines()
-    assert len(recipe) == 1 and recipe[0] == f".venv/bin/modelfence demo --port {port}", recipe
-    return recipe[0].split()
+def demo_snippet() -> Snippet:
+    """README's `make demo` block: the command the docs tests start their demo with."""
+    return next(s for s in snippets(ROOT / "README.md") if s.is_demo)
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    """`modelfence demo` as `make demo` starts it, on free ports, in a home of its own."""
+    """README's `make demo` block run as pasted, in a home of its own, Make's PORT a free one
+    (the admin listener takes the next); every page's identical block waits for it. At the
+    end it gets Ctrl+C's signal, and must exit as Ctrl+C leaves it, without a traceback."""
     home = tmp_path_factory.mktemp("home")
     workdir = repository_copy(tmp_path_factory.mktemp("repo"))
-    env = snippet_env(home)
     port = free_port_pair()
+    env = {**snippet_env(home), "PORT": str(port)}
     log = home / "demo.log"
+    snip = demo_snippet()
     with log.open("wb") as out:
-        proc = subprocess.Popen(demo_command(port), stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=workdir)
+        proc = subprocess.Popen(["bash", "-c", snip.code], stdout=out, stderr=subprocess.STDOUT,
+                                env=env, cwd=workdir, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/v2/health/ready", timeout_s=120, proc=proc, log=log)
-        yield Demo(home, workdir, port, env)
+        yield Demo(home, workdir, port, snippet_env(home))
     finally:
-        interrupt(proc, 15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    said = log.read_text(errors="replace")
+    assert proc.returncode in (0, 130, -signal.SIGINT), \
+        f"{snip.where} exited {proc.returncode} after Ctrl+C:\n{said[-3000:]}"
+    assert "Traceback" not in said, f"{snip.where} printed a traceback:\n{said[-3000:]}"
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

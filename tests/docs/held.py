@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from .held_runs import compose_up, curl_churn, demo_reset, deploy_secrets, replica_commands
+from .held_runs import compose_up, curl_churn, deploy_secrets, replica_commands
 from .snippets import ROOT, Snippet, snippets
 
 MAKE_STAMPS = (".venv/.installed", ".venv/.installed-dev", ".venv-mlserver/.installed",
@@ -62,14 +62,11 @@ def page_snippets(page: str) -> list[Snippet]:
 
 #: What each documented `make` target must run (its recipe, as `make -n` prints it).
 MAKE_RECIPES = {
-    "demo": [".venv/bin/modelfence demo --port 8000"],
-    "demo RESET=1": [".venv/bin/modelfence demo --port 8000 --reset"],
     "test": ["MODELFENCE_TEST_MLSERVER=", "/.venv-mlserver/bin/mlserver .venv/bin/python -m "
              "pytest -n auto"],
     "lint": [".venv/bin/ruff check src tests bench docs/hooks", ".venv/bin/mypy",
              ".venv/bin/lint-imports"],
     "bench": [".venv/bin/python bench/overhead.py"],
-    "example NAME=local-model PORT=8200": [".venv/bin/modelfence example local-model --port 8200"],
 }
 
 
@@ -90,19 +87,6 @@ def check_make_lines(snip: Snippet, ctx: Context) -> None:
         recipe = make_recipe(goal)
         for part in MAKE_RECIPES[goal]:
             assert part in recipe, f"make {goal}: {part!r} not in its recipe:\n{recipe}"
-
-
-def check_demo_reset(snip: Snippet, ctx: Context) -> None:
-    """`make demo RESET=1` is `modelfence demo --reset`; run on a copy of the demo's home,
-    the reset says what Getting started says it removes and keeps, then the demo serves."""
-    check_make_lines(snip, ctx)
-    if "reset" in ctx.cache:
-        return
-    ctx.cache["reset"] = True
-    said = demo_reset(ctx.demo(), ctx.tmp_path / "reset")
-    page = (ROOT / "docs/getting-started.md").read_text()
-    expected = next(ln for ln in page.splitlines() if ln.startswith("reset ~/.modelfence/demo:"))
-    assert expected in said, said
 
 
 # --- the command line ---------------------------------------------------------------------
@@ -335,13 +319,9 @@ def check_replica_commands(snip: Snippet, ctx: Context) -> None:
 
 #: Each held snippet by (page, first command), with what checks it.
 HELD: dict[tuple[str, str], Check] = {
-    ("README.md", "make demo"): check_make_lines,
-    ("docs/getting-started.md", "make demo"): check_make_lines,
+    ("README.md", "make test"): check_make_lines,
+    ("docs/getting-started.md", "make test"): check_make_lines,
     ("docs/development.md", "make lint"): check_make_lines,
-    ("docs/getting-started.md", "make demo RESET=1"): check_demo_reset,
-    ("docs/getting-started.md", "make example"): check_make_lines,
-    # the same block as Getting started's, whose check runs the reset itself
-    ("docs/tutorials/investigate-an-alert.md", "make demo RESET=1"): check_make_lines,
     ("docs/install.md", "pip install modelfence"): check_pip_lines,
     ("docs/concepts/watermark.md", "modelfence verify-ownership"): check_modelfence_lines,
     ("docs/concepts/redteam.md", "modelfence attack model.skops"): check_modelfence_lines,
@@ -356,6 +336,10 @@ HELD: dict[tuple[str, str], Check] = {
     ("docs/operations/deployment.md", "docker compose exec"): check_replica_commands,
     ("docs/operations/deployment.md", "docker compose cp"): check_replica_commands,
 }
+
+
+#: Checks whose snippets on one page share what the first starts: run in one test.
+SHARED_STARTS: tuple[Check, ...] = (check_replica_commands,)
 
 
 def check_for(snip: Snippet) -> Check | None:

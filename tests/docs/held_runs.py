@@ -1,4 +1,4 @@
-"""The held checks that start something: a demo reset, an OIP stand-in, a deploy/ copy, a
+"""The held checks that start something: an OIP stand-in, a deploy/ copy, a
 local replica. Kept apart from tests/docs/held.py, which names every held snippet's check."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ..support import free_port, free_port_pair, interrupt, wait_http
+from ..support import free_port, interrupt, wait_http
 from .snippets import ROOT, Snippet, map_ports
 
 if TYPE_CHECKING:
@@ -28,27 +28,6 @@ def _run(code: str, cwd: Path, env: dict[str, str], what: str) -> str:
     assert result.returncode == 0, f"{what} exited {result.returncode}:\n{result.stdout[-2000:]}"\
         f"\n{result.stderr[-2000:]}"
     return result.stdout
-
-
-def demo_reset(demo: Any, folder: Path) -> str:
-    """`modelfence demo --reset` (what `make demo RESET=1` runs) on a copy of the demo's home,
-    until it serves; what it printed, with the home folder written `~`. The copy leaves out
-    SQLite's write-ahead files, which a stopped demo (the page says to stop it) has not."""
-    home = folder / "home"
-    shutil.copytree(demo.home / ".modelfence", home / ".modelfence",
-                    ignore=shutil.ignore_patterns("*.sock", "*.lock", "*-wal", "*-shm"))
-    port = free_port_pair()
-    log = folder / "demo.log"
-    env = {**demo.env, "HOME": str(home)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [".venv/bin/modelfence", "demo", "--port", str(port), "--reset"],
-            cwd=demo.workdir, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/v2/health/ready", timeout_s=120, proc=proc, log=log)
-    finally:
-        interrupt(proc, 15)
-    return log.read_text().replace(str(home), "~")
 
 
 def curl_churn(line: str) -> dict[str, Any]:

@@ -7,7 +7,12 @@ the lines just before a fence say how a snippet runs:
 
 - `<!-- serves: URL -->`: it serves until Ctrl+C. The script starts it in the background, waits
   until URL answers, runs the page's later snippets (a reader's second terminal), and at the
-  end stops it with Ctrl+C's signal; it must then exit cleanly.
+  end stops it with Ctrl+C's signal; it must then exit cleanly (0 or 130, no traceback).
+  `make demo` itself is the docs tests' demo: tests/docs/conftest.py starts it from README's
+  block and stops it the same way at the end, and every page's identical block waits for it.
+  A served snippet that restarts the demo (`make demo RESET=1`, on the demo's port) runs on a
+  copy of the demo's home and a port of its own (Make's `PORT` from the environment), so that
+  the pages running beside it keep their demo.
 - `<!-- stand-in: what -->`: it needs a system that is not here (a model server, a
   time-stamping authority); tests/docs/stand_ins.py starts a stand-in for the page and says
   what it changes in the snippets (an address, a file the reader is told to make).
@@ -32,6 +37,8 @@ CEDAR = {"cedar"}
 MARKER = re.compile(r"^<!--\s*(not-run|serves|stand-in):\s*(.+?)\s*-->$")
 KEY_PLACEHOLDER = "mf_…"
 KEY_PATTERN = r"mf_[0-9a-f]\{16\}_[A-Za-z0-9_-]\{43\}"  # a minted key, as grep reads it
+DEMO_PORT = 8000  # what `make demo` serves on: the docs tests' demo, on a free port
+RESTART_PORT = -1  # the key of `ports` that gives a restarted demo a port of its own
 FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*([\w+-]*)")
 #: Seconds each page's snippets took in this session (printed in the summary).
 PAGE_SECONDS: dict[str, float] = {}
@@ -70,6 +77,18 @@ class Snippet:
     def runnable(self) -> bool:
         """A shell or Python snippet not marked `not-run` (YAML and Cedar are validated)."""
         return self.kind in {"shell", "python"} and not self.not_run
+
+    @property
+    def is_demo(self) -> bool:
+        """`make demo` as README shows it: the demo the docs tests start (conftest.py)."""
+        return bool(self.serves) and self.first_line.split("#")[0].split() == ["make", "demo"]
+
+    @property
+    def restarts_demo(self) -> bool:
+        """Another served command on the demo's port: the demo started again (`RESET=1`)."""
+        return (bool(self.serves) and not self.is_demo
+                and f":{DEMO_PORT}/" in (self.serves or "")
+                and self.first_line.startswith("make demo"))
 
     @property
     def first_line(self) -> str:
@@ -157,6 +176,17 @@ __serve_until() {{  # URL PID: wait until URL answers, or fail if PID ended firs
   done
   echo "$1 did not answer within 120 s" >&2; return 1
 }}
+__await_demo() {{  # URL: the demo the docs tests started from README's `make demo` block
+  for _ in $(seq 1 1200); do
+    if curl -fs -o /dev/null "$1"; then return 0; fi
+    sleep 0.1
+  done
+  echo "the demo did not answer at $1 within 120 s" >&2; return 1
+}}
+__home_copy() {{  # FOLDER: a copy of $HOME/.modelfence as a stopped demo leaves it
+  mkdir -p "$1" && cp -a "$HOME/.modelfence" "$1/"
+  find "$1" \( -name '*-wal' -o -name '*-shm' -o -name '*.sock' -o -name '*.lock' \) -delete
+}}
 __stop_served() {{  # Ctrl+C to each background snippet; each must end cleanly
   local pid rc failed=0
   for pid in "${{__served[@]}}"; do kill -INT -- "-$pid" 2>/dev/null || true; done
@@ -187,12 +217,14 @@ def map_ports(code: str, ports: dict[int, int]) -> str:
 
 
 def page_script(page_snippets: list[Snippet], folder: Path, ports: dict[int, int],
-                substitutions: dict[str, str] | None = None) -> str:
+                substitutions: dict[str, str] | None = None, homes: Path | None = None) -> str:
     """One bash script running a page's runnable snippets in order, as a user pastes them.
 
     `ports` maps the ports the page documents (8000 and 8001 of the demo, those of a gateway
     or stand-in the page starts itself) to free ones; `substitutions` are a stand-in's text
     replacements. Nothing else in the snippets is changed, but `mf_…` (see the module's doc).
+    A restarted demo's home is `homes`/N (a short path: the demo prints it), N its snippet's
+    place on the page.
     """
     log = shlex.quote(str(folder / "output.log"))
     parts = [PRELUDE.format(log=log, key=KEY_PATTERN)]
@@ -208,7 +240,17 @@ def page_script(page_snippets: list[Snippet], folder: Path, ports: dict[int, int
             parts.append(f'__key=$(__last_key); __code=$(<{quoted}); '
                          f'printf "%s\\n" "${{__code//{KEY_PLACEHOLDER}/$__key}}" > {quoted}')
         run = f".venv/bin/python {quoted}" if snip.kind == "python" else f". {quoted}"
-        if snip.serves:
+        if snip.is_demo:
+            parts.append(f"__await_demo {shlex.quote(map_ports(snip.serves or '', ports))}")
+        elif snip.restarts_demo:
+            port = ports[RESTART_PORT]
+            url = map_ports((snip.serves or "").replace(f":{DEMO_PORT}/", f":{port}/"), ports)
+            home = shlex.quote(str((homes or folder) / str(n)))
+            parts.append(f"__home_copy {home}")
+            parts.append(f"set -m; ( export HOME={home} PORT={port}; {run} ) & __pid=$!; "
+                         "set +m; __served+=(\"$__pid\")")
+            parts.append(f"__serve_until {shlex.quote(url)} \"$__pid\"")
+        elif snip.serves:
             url = map_ports(snip.serves, ports)
             parts.append(f"set -m; ( {run} ) & __pid=$!; set +m; __served+=(\"$__pid\")")
             parts.append(f"__serve_until {shlex.quote(url)} \"$__pid\"")

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,11 +21,12 @@ from pathlib import Path
 import pytest
 
 from ..support import free_port, free_port_pair
-from .conftest import Demo, repository_copy
-from .held import HELD, Context, check_for
+from .conftest import Demo, demo_snippet, repository_copy
+from .held import HELD, SHARED_STARTS, Context, check_for
 from .snippets import (
     MARKER,
     PAGE_SECONDS,
+    RESTART_PORT,
     ROOT,
     Snippet,
     all_snippets,
@@ -143,7 +145,7 @@ PAGE_PORTS = (8010, 8100, 9100, 8200, 8201)
 
 
 def _page_ports(demo: Demo) -> dict[int, int]:
-    ports = {8000: demo.port, 8001: demo.port + 1}
+    ports = {8000: demo.port, 8001: demo.port + 1, RESTART_PORT: free_port_pair()}
     base = free_port_pair()
     ports.update({8200: base, 8201: base + 1})
     for documented in PAGE_PORTS:
@@ -167,7 +169,8 @@ def _run_page(page: Path, demo: Demo, tmp_path: Path) -> str | None:
         ports.update(world.ports)
         for name_of_file, text in world.files.items():
             (workdir / name_of_file).write_text(map_ports(text, ports))
-        script = page_script(runnable, folder, ports, world.substitutions)
+        homes = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mf")))
+        script = page_script(runnable, folder, ports, world.substitutions, homes)
         # A session of its own: whatever a page started in the background (a gateway it
         # serves itself) is stopped with it, even when a snippet fails before the page stops it.
         proc = subprocess.Popen(["bash", "-c", script], cwd=workdir, env={**demo.env, **world.env},
@@ -183,11 +186,24 @@ def _run_page(page: Path, demo: Demo, tmp_path: Path) -> str | None:
                 proc.communicate()
             PAGE_SECONDS[name] = time.monotonic() - started
     if proc.returncode == 0:
-        return None
+        return _reset_said(runnable, homes, stdout + stderr)
     markers = [ln for ln in stderr.splitlines() if ln.startswith(">>> ")]
     where = markers[-1][4:] if markers else name
     return (f"{where} exited {proc.returncode}\n--- stdout\n{stdout[-2000:]}\n"
             f"--- stderr\n{stderr[-3000:]}")
+
+
+def _reset_said(runnable: list[Snippet], homes: Path, stdout: str) -> str | None:
+    """A restarted demo (`make demo RESET=1`) says what Getting started says it removes and
+    keeps, with its home where the page has `~`; None when it does, or nothing restarted."""
+    page = (ROOT / "docs/getting-started.md").read_text()
+    expected = next(ln for ln in page.splitlines() if ln.startswith("reset ~/.modelfence/demo:"))
+    said = " ".join(stdout.split())  # the console wraps long lines
+    for n, snip in enumerate(runnable):
+        line = expected.replace("~", str(homes / str(n)))
+        if snip.restarts_demo and line not in said:
+            return f"{snip.where} did not say {line!r}:\n{stdout[-2000:]}"
+    return None
 
 
 def test_every_runnable_snippet_runs_against_the_demo(demo: Demo, tmp_path: Path) -> None:
@@ -211,6 +227,16 @@ def test_the_readme_links_point_at_files() -> None:
 
 def _held() -> list[Snippet]:
     return [s for s in all_snippets() if s.not_run]
+
+
+def test_every_make_demo_block_is_the_one_the_demo_was_started_with() -> None:
+    """The demo is README's block run as pasted (conftest.py); a page's `make demo` block only
+    waits for it, so it must be that block, word for word."""
+    started = demo_snippet().code
+    blocks = [s for s in all_snippets() if s.is_demo]
+    assert {s.page.name for s in blocks} >= {"README.md", "getting-started.md"}
+    other = [s.where for s in blocks if s.code != started]
+    assert not other, f"`make demo` blocks unlike README's: {other}"
 
 
 def test_every_held_snippet_is_checked_and_every_check_holds_one() -> None:
@@ -238,12 +264,28 @@ def held_context(request: pytest.FixtureRequest,
                       stack)
 
 
-@pytest.mark.parametrize("snip", _held(), ids=lambda s: s.where)
-def test_what_can_be_checked_of_a_held_snippet_holds(snip: Snippet,
+def _held_groups() -> list[list[Snippet]]:
+    """Held snippets, one test each, but a page's snippets whose checks share what they start
+    (a local replica) in one test: test workers each start what their tests need."""
+    groups: list[list[Snippet]] = []
+    for snip in _held():
+        last = groups[-1][-1] if groups else None
+        if (last is not None and last.page == snip.page and check_for(snip) in SHARED_STARTS
+                and check_for(last) == check_for(snip)):
+            groups[-1].append(snip)
+        else:
+            groups.append([snip])
+    return groups
+
+
+@pytest.mark.parametrize("group", _held_groups(),
+                         ids=lambda g: g[0].where + (f"+{len(g) - 1}" if len(g) > 1 else ""))
+def test_what_can_be_checked_of_a_held_snippet_holds(group: list[Snippet],
                                                      held_context: Context) -> None:
-    check = check_for(snip)
-    assert check is not None, snip.where
-    check(snip, held_context)
+    for snip in group:
+        check = check_for(snip)
+        assert check is not None, snip.where
+        check(snip, held_context)
 
 
 @pytest.mark.parametrize("page", ["README.md", "docs/getting-started.md"])
