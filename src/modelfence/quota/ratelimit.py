@@ -1,9 +1,11 @@
 """Rate limits per principal, tenant and model, shrinking as the caller's risk rises.
 
-Built on the `limits` library: `memory://` for one process, `redis://` shared by
-replicas. A risky caller pays more per request (the `risk_curve` cost), so its allowed
-rate shrinks without a separate counter. When the storage cannot answer, requests are
-denied (503) unless `fail_open` is set — for rate limits only, never for budgets.
+Rates are parsed by the `limits` library. `redis://` (shared by replicas) is its Redis
+storage and strategies; `memory://` (one process) is `local.LocalWindows`, the same windows
+without `limits`' per-hit lock, expiry task and worker-thread hop. A risky caller pays more
+per request (the `risk_curve` cost), so its allowed rate shrinks without a separate
+counter. When the storage cannot answer, requests are denied (503) unless `fail_open` is
+set — for rate limits only, never for budgets; `memory://` always answers.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ..kernel.call import Call
 from ..kernel.chain import Guard
 from ..stores.breaker import Breaker
 from ..stores.outages import redis_outage
+from .local import LocalWindows
 
 log = logging.getLogger("modelfence.quota")
 
@@ -41,11 +44,28 @@ def risk_cost(risk: float, curve: list[tuple[float, float]]) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class _Item:
+    """One rate of a rule, with what each check needs worked out once."""
+
+    limit: Any  # limits.RateLimitItem
+    amount: int
+    expiry: int
+    # the parts of `limits`' key after the caller's identity: one window per caller and
+    # rate, shared by rules with the same scope and rate, as `limits` keys them
+    key: tuple[int, int, str]
+
+
+@dataclass(frozen=True, slots=True)
 class _Rule:
     scope: str
-    items: tuple[Any, ...]
+    items: tuple[_Item, ...]
     models: frozenset[str]
     text: str
+
+
+def _item(limit: Any) -> _Item:
+    return _Item(limit, int(limit.amount), int(limit.get_expiry()),
+                 (int(limit.amount), int(limit.multiples), str(limit.GRANULARITY.name)))
 
 
 class RateLimitGuard(Guard[Call]):
@@ -59,22 +79,28 @@ class RateLimitGuard(Guard[Call]):
 
         self._settings = settings
         self._pool: Any = None
+        self._rules = [_Rule(r.scope, tuple(_item(i) for i in parse_many(r.rate)),
+                             frozenset(r.models), r.rate) for r in settings.limits]
+        self._on_fail_open = on_fail_open
+        # memory:// is this process's own windows: nothing to wait for, nothing to break
+        self._local: LocalWindows | None = None
+        self._storage: Any = None
+        self._limiter: Any = None
+        self._breaker: Breaker | None = None
+        if settings.storage.startswith("memory://"):
+            self._local = LocalWindows(settings.strategy)
+            return
         self._storage = self._make_storage(settings.storage, settings.strategy)
         limiter: dict[str, type[Any]] = {
                    "moving-window": strategies.MovingWindowRateLimiter,
                    "fixed-window": strategies.FixedWindowRateLimiter,
                    "sliding-window-counter": strategies.SlidingWindowCounterRateLimiter}
         self._limiter = limiter[settings.strategy](self._storage)
-        self._rules = [_Rule(r.scope, tuple(parse_many(r.rate)), frozenset(r.models), r.rate)
-                       for r in settings.limits]
-        self._on_fail_open = on_fail_open
         self._breaker = self._make_breaker(settings)
 
     def _make_storage(self, url: str, strategy: str) -> Any:
-        from limits.aio.storage import MemoryStorage, RedisStorage
+        from limits.aio.storage import RedisStorage
 
-        if url.startswith("memory://"):
-            return MemoryStorage()
         if url.startswith(("redis://", "rediss://")):
             import redis.asyncio
 
@@ -101,7 +127,8 @@ class RateLimitGuard(Guard[Call]):
             level=logging.WARNING if settings.fail_open else logging.ERROR)
 
     async def close(self) -> None:
-        await self._breaker.close()
+        if self._breaker is not None:
+            await self._breaker.close()
         if self._pool is not None:
             await self._pool.disconnect()
 
@@ -110,6 +137,8 @@ class RateLimitGuard(Guard[Call]):
         return bool(self._rules)
 
     async def check_storage(self) -> bool:
+        if self._breaker is None:
+            return True  # memory://: this process's own windows
         if self._breaker.is_open:
             return False
         try:
@@ -120,18 +149,25 @@ class RateLimitGuard(Guard[Call]):
     async def on_request(self, call: Call) -> None:
         assert call.principal is not None and call.model is not None
         cost = risk_cost(call.risk, self._settings.risk_curve)
+        local = self._local
         for rule in self._rules:
             if rule.models and call.model.name not in rule.models:
                 continue
             ident = _identity(rule, call)
             for item in rule.items:
-                if not await self._hit(item, ident, cost):
+                if local is not None:
+                    granted = local.hit((ident, item.key), item.amount, item.expiry, cost)
+                else:
+                    granted = await self._hit(item, ident, cost)
+                if not granted:
                     raise await self._refusal(rule, item, ident, cost)
 
-    async def _hit(self, item: Any, ident: tuple[str, str], cost: int) -> bool:
+    async def _hit(self, item: _Item, ident: tuple[str, str], cost: int) -> bool:
+        assert self._breaker is not None
         try:
             return bool(await self._breaker.run(
-                lambda: self._limiter.hit(item, *ident, cost=cost), timeout_s=_TIMEOUT_S))
+                lambda: self._limiter.hit(item.limit, *ident, cost=cost),
+                timeout_s=_TIMEOUT_S))
         except StoreError as exc:  # an outage: its breaker logged it once
             return self._storage_failed(exc)
         except Exception as exc:  # anything else: this call only
@@ -147,14 +183,17 @@ class RateLimitGuard(Guard[Call]):
             log.warning("rate limit storage failed (%s); allowing requests (fail_open)", exc)
         return True
 
-    async def _refusal(self, rule: _Rule, item: Any, ident: tuple[str, str],
+    async def _refusal(self, rule: _Rule, item: _Item, ident: tuple[str, str],
                        cost: int) -> RateLimited:
         try:
-            stats = await self._limiter.get_window_stats(item, *ident)
+            if self._local is not None:
+                stats = self._local.stats((ident, item.key), item.amount, item.expiry)
+            else:
+                stats = await self._limiter.get_window_stats(item.limit, *ident)
             reset_s = max(1, math.ceil(stats.reset_time - time.time()))
             remaining = stats.remaining
         except Exception:
-            reset_s, remaining = int(item.get_expiry()), 0
+            reset_s, remaining = item.expiry, 0
         # the same words whatever the cost: "slowed down for your risk" would tell a thief it
         # was flagged (the audit record carries the caller's risk for operators)
         err = RateLimited(f"rate limit {rule.text} per {rule.scope} reached; "
@@ -162,7 +201,7 @@ class RateLimitGuard(Guard[Call]):
         err.extra_headers = {
             "RateLimit-Limit": str(item.amount), "RateLimit-Remaining": str(remaining),
             "RateLimit-Reset": str(reset_s),
-            "RateLimit-Policy": f"{item.amount};w={int(item.get_expiry())}"}
+            "RateLimit-Policy": f"{item.amount};w={item.expiry}"}
         return err
 
 
