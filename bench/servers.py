@@ -109,8 +109,9 @@ def argv0(proc: subprocess.Popen[bytes]) -> str:
 
 
 def start_granian(stack: ExitStack, name: str, target: str, folder: Path,
-                  env: dict[str, str]) -> Server:
-    """One granian worker serving the factory `target` from a module in bench/."""
+                  env: dict[str, str], health: str = "/v2/health/live") -> Server:
+    """One granian worker serving the factory `target` from a module in bench/; it is up
+    once GET `health` answers."""
     port = free_port()
     log = folder / f"{name}.log"
     path = os.pathsep.join(p for p in (str(BENCH_DIR), os.environ.get("PYTHONPATH")) if p)
@@ -119,7 +120,7 @@ def start_granian(stack: ExitStack, name: str, target: str, folder: Path,
                          "--backlog", "2048", "--no-access-log", "--log-level", "warning",
                          target], log, {**env, "PYTHONPATH": path})
     url = f"http://{HOST}:{port}"
-    wait_http(f"{url}/v2/health/live", proc, log)
+    wait_http(url + health, proc, log)
     return Server(name, url, log, proc.pid)
 
 
