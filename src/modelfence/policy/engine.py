@@ -7,14 +7,20 @@ load, so a mistyped attribute refuses to start instead of silently never matchin
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError, PolicyError
 from .sources import Statement, read_statements
+
+if TYPE_CHECKING:
+    from ..kernel.call import Caller, ModelFacts
+    from .cache import DecisionCache
+    from .request import Facts
 
 log = logging.getLogger("modelfence.policy")
 
@@ -92,6 +98,13 @@ def _statement_for(statements: list[Statement], cedar_id: str) -> Statement | No
     return None
 
 
+def _position(cedar_id: str) -> tuple[int, str]:
+    """`policy12` → 12: where the policy stands in the set (other ids after, by name)."""
+    if cedar_id.startswith("policy") and cedar_id[6:].isdigit():
+        return int(cedar_id[6:]), ""
+    return 1 << 62, cedar_id
+
+
 @dataclass(frozen=True, slots=True)
 class Verdict:
     allowed: bool
@@ -103,11 +116,17 @@ class Verdict:
 class PolicyEngine:
     """Holds the current bundle; `decide` is the only call on the request path."""
 
-    def __init__(self, paths: list[Path], schema_path: Path) -> None:
+    def __init__(self, paths: list[Path], schema_path: Path, *,
+                 cache_size: int | None = None) -> None:
+        from .cache import DEFAULT_SIZE
+
         self.paths = paths
         self.schema_path = schema_path
         self._bundle: PolicyBundle | None = None
         self._entities: dict[str, Any] = {}  # entities JSON → parsed; the same key asks again
+        #: most decisions kept (`decide_call`); 0 evaluates every request
+        self.cache_size = DEFAULT_SIZE if cache_size is None else cache_size
+        self._decisions: DecisionCache | None = None
 
     @property
     def bundle(self) -> PolicyBundle:
@@ -118,11 +137,43 @@ class PolicyEngine:
     def load(self) -> PolicyBundle:
         """Load and validate the files; on error raise and keep the current set."""
         bundle = load_bundle(self.paths, self.schema_path)
-        self._bundle = bundle
+        self.use(bundle)
         return bundle
 
     def use(self, bundle: PolicyBundle) -> None:
+        """Serve `bundle` from now on, with a new, empty decision cache of its own."""
+        from .cache import DecisionCache
+        from .reads import context_reads
+
+        reads = context_reads(bundle.text)
+        if reads is None:
+            log.info("policy decisions are not cached: the policies read context "
+                     "attributes this gateway does not send")
+        self._decisions = None if reads is None else DecisionCache(reads)
         self._bundle = bundle
+
+    def decide_call(self, principal: Caller, action: str, model: str, attributes: ModelFacts,
+                    facts: Facts) -> Verdict:
+        """The decision for one call, from the cache when an equal request was decided."""
+        from .request import cedar_request, entities_json
+
+        if facts.now is None:  # one clock for the cache key and the request
+            facts = dataclasses.replace(facts, now=time.time())
+        entities = entities_json(principal, model, attributes)
+        cache, size = self._decisions, self.cache_size
+        key = None
+        if cache is not None and size > 0:
+            key = cache.key(action, entities, principal, facts)
+            hit = cache.get(key)
+            if hit is not None:
+                return hit
+        request, _ = cedar_request(principal, action, model, attributes, facts,
+                                   entities=entities)
+        verdict = self.decide(request, entities)  # raises on errors: those are not kept
+        if key is not None and cache is self._decisions:  # not reloaded meanwhile
+            assert cache is not None
+            cache.put(key, verdict, size)
+        return verdict
 
     def decide(self, request: dict[str, Any], entities: str) -> Verdict:
         """One decision. Any evaluation error denies (an erroring forbid might have matched)."""
@@ -139,11 +190,14 @@ class PolicyEngine:
         except Exception as exc:
             raise PolicyError(f"policy engine failed: {exc.__class__.__name__}") from None
         diagnostics = result.diagnostics
-        labels = tuple(bundle.label(r) for r in diagnostics.reasons)
+        # Cedar gives the reasons in no fixed order: file order, so that equal requests
+        # (and a cached decision) name them alike
+        reasons = sorted(diagnostics.reasons, key=_position)
+        labels = tuple(bundle.label(r) for r in reasons)
         errors = tuple(" ".join(e.split()) for e in diagnostics.errors)
         if errors:
             raise PolicyError("policy evaluation failed: " + "; ".join(errors)[:500])
         allowed = result.decision == cedarpy.Decision.Allow
-        pins = tuple(st.shaping for r in diagnostics.reasons
+        pins = tuple(st.shaping for r in reasons
                      if (st := bundle.statement(r)) is not None and st.shaping) if allowed else ()
         return Verdict(allowed, labels, shaping=pins)

@@ -9,7 +9,7 @@ from ..errors import Forbidden
 from ..kernel.call import Call
 from ..kernel.chain import Guard
 from .engine import PolicyEngine
-from .request import Facts, cedar_request
+from .request import Facts
 
 log = logging.getLogger("modelfence.policy")
 
@@ -35,9 +35,9 @@ class PolicyGuard(Guard[Call]):
                       risk=call.risk, queries=call.queries, screen=call.screen,
                       epsilon_spent=call.epsilon_spent,
                       screen_score=call.screen_score, screen_failed=call.screen_failed)
-        request, entities = cedar_request(call.principal, call.action, call.model.name,
-                                          call.model.settings.attributes, facts)
-        verdict = self._engine.decide(request, entities)  # PolicyError → 503, fail closed
+        # PolicyError → 503, fail closed
+        verdict = self._engine.decide_call(call.principal, call.action, call.model.name,
+                                           call.model.settings.attributes, facts)
         call.policy_ids = list(verdict.policies)
         call.decision = "allow" if verdict.allowed else "deny"
         if verdict.allowed:

@@ -7,8 +7,10 @@ policy files where owners can read and change them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -44,9 +46,55 @@ def network_allowed(principal: Caller, source: str) -> bool:
         networks = [networks]
     try:
         address = ipaddress.ip_address(source)
-        return any(address in ipaddress.ip_network(str(n), strict=False) for n in networks)
+        return any(address in n for n in _networks(tuple(str(n) for n in networks)))
     except ValueError:
         return False  # an unknown source, or a grant with a broken network, is outside
+
+
+@functools.lru_cache(maxsize=4096)
+def _networks(texts: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
+                                               ...]:
+    """A grant's networks parsed once, not on each of its requests (~13 µs for two)."""
+    return tuple(ipaddress.ip_network(t, strict=False) for t in texts)
+
+
+def fraction(value: float) -> str:
+    """A score as the decimal Cedar reads: clamped to [0, 1], four places."""
+    return f"{min(max(value, 0.0), 1.0):.4f}"
+
+
+def _units(value: float) -> int:
+    """The same score in ten-thousandths (what `fraction` says, as an integer)."""
+    return int(fraction(value).replace(".", ""))
+
+
+def _ip(source: str) -> str:
+    try:
+        return str(ipaddress.ip_address(source))
+    except ValueError:
+        return "0.0.0.0"
+
+
+def _now(facts: Facts) -> float:
+    return facts.now if facts.now is not None else time.time()
+
+
+#: each context attribute as a hashable value: what a cached decision is keyed on (with
+#: `reads.bucket` for attributes policies only compare with literals); the same helpers
+#: as `context`, so a key never disagrees with the request Cedar would see
+CONTEXT_VALUES: dict[str, Callable[[Caller, Facts], Hashable]] = {
+    "now": lambda p, f: int(_now(f)),
+    "hour": lambda p, f: datetime.fromtimestamp(_now(f), UTC).hour,
+    "weekday": lambda p, f: datetime.fromtimestamp(_now(f), UTC).weekday(),
+    "source_ip": lambda p, f: _ip(f.source),
+    "network_allowed": lambda p, f: network_allowed(p, f.source),
+    "purpose": lambda p, f: f.purpose,
+    "risk": lambda p, f: _units(f.risk),
+    "queries": lambda p, f: int(f.queries),
+    "screen": lambda p, f: f.screen,
+    "screen_score": lambda p, f: _units(f.screen_score),
+    "screen_failed": lambda p, f: f.screen_failed,
+}
 
 
 def principal_entity(p: Caller) -> dict[str, Any]:
@@ -85,30 +133,30 @@ def model_entity(name: str, attributes: ModelFacts) -> dict[str, Any]:
 
 
 def context(principal: Caller, facts: Facts) -> dict[str, Any]:
-    now = facts.now if facts.now is not None else time.time()
+    now = _now(facts)
     moment = datetime.fromtimestamp(now, UTC)
-    try:
-        ip = str(ipaddress.ip_address(facts.source))
-    except ValueError:
-        ip = "0.0.0.0"
     return {
         "now": int(now), "hour": moment.hour, "weekday": moment.weekday(),
-        "source_ip": {"__extn": {"fn": "ip", "arg": ip}},
+        "source_ip": {"__extn": {"fn": "ip", "arg": _ip(facts.source)}},
         "network_allowed": network_allowed(principal, facts.source),
         "purpose": facts.purpose,
-        "risk": {"__extn": {"fn": "decimal", "arg": f"{min(max(facts.risk, 0.0), 1.0):.4f}"}},
+        "risk": {"__extn": {"fn": "decimal", "arg": fraction(facts.risk)}},
         "queries": int(facts.queries),
         "epsilon_spent": {"__extn": {"fn": "decimal",
                                      "arg": f"{min(max(facts.epsilon_spent, 0.0), 1e9):.4f}"}},
         "screen": facts.screen,
-        "screen_score": {"__extn": {"fn": "decimal",
-                                    "arg": f"{min(max(facts.screen_score, 0.0), 1.0):.4f}"}},
+        "screen_score": {"__extn": {"fn": "decimal", "arg": fraction(facts.screen_score)}},
         "screen_failed": facts.screen_failed,
     }
 
 
+def entities_json(principal: Caller, model: str, attributes: ModelFacts) -> str:
+    """The principal and model entities, as the JSON cedarpy reads (and a cache key)."""
+    return orjson.dumps([principal_entity(principal), model_entity(model, attributes)]).decode()
+
+
 def cedar_request(principal: Caller, action: str, model: str, attributes: ModelFacts,
-                  facts: Facts) -> tuple[dict[str, Any], str]:
+                  facts: Facts, *, entities: str | None = None) -> tuple[dict[str, Any], str]:
     # The context travels as a JSON string, which cedarpy parses without a Python-side copy.
     """(request, entities JSON) for `PolicyEngine.decide`."""
     request = {
@@ -117,5 +165,4 @@ def cedar_request(principal: Caller, action: str, model: str, attributes: ModelF
         "resource": {"type": "Model", "id": model},
         "context": orjson.dumps(context(principal, facts)).decode(),  # skips cedarpy's json.dumps
     }
-    entities = orjson.dumps([principal_entity(principal), model_entity(model, attributes)])
-    return request, entities.decode()
+    return request, entities or entities_json(principal, model, attributes)
