@@ -5,7 +5,8 @@
   alert share checked), for a principal that keeps asking new questions;
 - read: `PrivacyBudget.spent`, what `context.epsilon_spent` costs before policy;
 - repeat: the repeat memory's recall of one answer and its charge mark (one round trip),
-  for reference: the rest of a private answer's store work.
+  for reference: the rest of a private answer's store work;
+- draw: one fresh answer of each mechanism through OpenDP (one row, ten classes).
 
 On memory://, SQLite and PostgreSQL (a database of its own, dropped at the end), each with
 `privacy.durable` true (a charge waits for the disk flush) and false. Targets (issue 20):
@@ -95,6 +96,29 @@ async def run_store(kind: str, url: str, n: int, durable: bool = True) -> list[d
     return rows
 
 
+async def run_draws(n: int) -> list[dict[str, Any]]:
+    """One fresh answer of each mechanism (one row, ten classes): OpenDP's sampling cost,
+    paid once per (model, input, period); repeats are answered from the memory."""
+    import numpy as np
+
+    from modelfence.shaping import parse_defense
+
+    p = np.full((1, 10), 0.02)
+    p[0, 3] = 0.82
+    rows = []
+    for spec in ("dp-rr:1", "dp-bdpl:1,0.9", "dp-laplace:1", "dp-gauss:1,1e-6"):
+        defense = parse_defense(spec)
+
+        async def draw(i: int, d: Any = defense) -> None:
+            d.apply(p)
+
+        p50, p99 = await timed(n, draw)
+        rows.append({"store": "-", "op": f"draw {spec}", "n": n, "p50_us": round(p50, 1),
+                     "p99_us": round(p99, 1), "target": None, "met": None, "emphasis": []})
+        print(f"{'-':10} draw {spec:16} p50 {p50:8.1f} µs  p99 {p99:8.1f} µs", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=5000)
@@ -102,6 +126,7 @@ def main() -> None:
     parser.add_argument("--save", type=Path)
     args = parser.parse_args()
     rows = asyncio.run(run_store("memory", "memory://", args.n))
+    rows += asyncio.run(run_draws(min(args.n, 1000)))
     with tempfile.TemporaryDirectory() as tmp:
         for durable in (True, False):
             rows += asyncio.run(run_store("sqlite", f"sqlite:///{tmp}/p{durable}.db", args.n,
