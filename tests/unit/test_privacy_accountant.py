@@ -234,3 +234,14 @@ def test_memory_store_refused_with_several_workers() -> None:
     with pytest.raises(ConfigurationError, match=r"memory:// keeps one process's ε spend "
                        r"and answers, and server.workers is 2; use sqlite:///PATH"):
         build_privacy(settings, ShapingGuard({}), b"s" * 32, [])
+
+
+def test_by_default_epsilon_is_accounted_never_refused() -> None:
+    settings = PrivacySettings(store="memory://")
+    assert settings.principal_epsilon is None and settings.tenant_epsilon is None
+
+    async def go() -> None:
+        budget = PrivacyBudget(settings, MemoryPrivacyStore())
+        got = await budget.charge("m", "alice", "acme", "dp-rr:4", 500)
+        assert got.granted and got.spent.principal > 1000
+    asyncio.run(go())

@@ -18,18 +18,22 @@ from .base import StoreUrl, Strict
 class PrivacySettings(Strict):
     """Budgets are per model: ε spent on one model says nothing about another's answers.
 
-    Defaults: ε 100 per principal and 1,000 per tenant per model, over the whole life of the
-    store (`window: total`), at δ 1e-6; refused with 429 once spent; an alert at 80%; a
-    randomised answer repeated for a day. The store must outlive a restart and be shared by
-    replicas for the budget to hold: `memory://` is for one process and tests only.
+    Defaults: no cap (ε is accounted, shown to policy as `context.epsilon_spent` and in
+    /admin/risk, never refused: what ε a model's callers may spend depends on the mechanism,
+    from a few dozen answers at ``dp-rr:4`` to thousands at ``dp-rr:0.5``, so the operator
+    sets it); counted over the whole life of the store (`window: total`), at δ 1e-6; refused
+    with 429 once a cap is spent; an alert at 80% of a cap; a randomised answer repeated for
+    a day. The store must outlive a restart and be shared by replicas for a cap to hold:
+    `memory://` is for one process and tests only.
     """
 
     store: StoreUrl = Field("sqlite:///privacy.db",
                             description="memory://, sqlite:///PATH or postgresql://")
     principal_epsilon: float | None = Field(
-        100.0, gt=0, description="ε each principal may spend per model; null: no cap")
+        None, gt=0, description="ε each principal may spend per model; null: no cap")
     tenant_epsilon: float | None = Field(
-        1000.0, gt=0, description="ε each tenant's principals together may spend per model")
+        None, gt=0, description="ε each tenant's principals together may spend per model; "
+        "null: no cap")
     delta: float = Field(1e-6, gt=0, lt=0.01, description="δ at which ε spent is stated")
     window: Literal["day", "week", "month", "total"] = Field(
         "total", description="budgets start again each window; total: never")
