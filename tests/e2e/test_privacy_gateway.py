@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -260,3 +261,37 @@ permit (principal == Principal::"carol", action == Action::"infer", resource);
         labels(post(gw, carol, [ROWS[3]])[2])  # label only
     finally:
         gw.stop()
+
+
+@pytest.mark.postgres
+def test_a_privacy_store_outage_fails_closed(tmp_path: Path, digits_files: dict[str, Path],
+                                             shared_db: str) -> None:
+    """With the PostgreSQL privacy store unreachable, a private model's answers are refused
+    (503 naming the store), never sent uncharged; they come back with the store."""
+    from urllib.parse import urlsplit
+
+    from ..outage_support import postgres_via
+    from ..tcp_proxy import TcpProxy
+
+    parts = urlsplit(shared_db)
+    with TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432) as proxy:
+        url = postgres_via(shared_db, proxy)
+        gw = Gateway(tmp_path / "gw", models(digits_files),
+                     extra={"privacy": {"store": url}}).start()
+        try:
+            key = gw.key()
+            assert post(gw, key, [ROWS[0]])[0] == 200
+            proxy.cut()
+            status, _, body = post(gw, key, [ROWS[1]])
+            assert status == 503
+            assert body["error"] == ("the privacy budget store is unavailable; request "
+                                     "denied")
+            proxy.restore()
+            for _ in range(100):  # the breaker lets a probe through within seconds
+                status = post(gw, key, [ROWS[1]])[0]
+                if status == 200:
+                    break
+                time.sleep(0.2)
+            assert status == 200
+        finally:
+            gw.stop()
