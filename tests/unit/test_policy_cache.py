@@ -16,7 +16,8 @@ from modelfence.errors import PolicyError
 from modelfence.identity.principal import Principal
 from modelfence.policy import Facts, PolicyEngine, cedar_request
 from modelfence.policy.engine import DEFAULT_POLICY, DEFAULT_SCHEMA, Verdict
-from modelfence.policy.reads import bucket, context_reads, decimal_units
+from modelfence.policy.reads import DECIMALS, LONGS, bucket, context_reads, decimal_units
+from modelfence.policy.request import CONTEXT_VALUES, context
 from modelfence.policy.snapshot import load_policies
 
 from ..support import digits_rows, infer_body
@@ -128,18 +129,29 @@ def test_the_cache_is_bounded_and_can_be_off(tmp_path: Path) -> None:
 
 
 def test_reads_name_exact_attributes_and_thresholds() -> None:
-    reads = context_reads('''
+    reads = context_reads(CEDAR_READS, CONTEXT_VALUES)
+    assert reads is not None
+    assert reads.exact == {"purpose", "now"}
+    assert dict(reads.thresholds) == {"queries": (100,), "hour": (7,), "screen_score": (2500,)}
+    whole = context_reads("permit(principal, action, resource) when { context == context };",
+                          CONTEXT_VALUES)
+    assert whole is not None and whole.exact == set(CONTEXT_VALUES) and not whole.thresholds
+    assert decimal_units("0.8") == 8000 and decimal_units("-1.0001") == -10001
+    assert [bucket(v, (5, 10)) for v in (4, 5, 6, 10, 11)] == [0, 1, 2, 3, 4]
+
+
+def test_every_context_attribute_has_a_key_value() -> None:
+    """An attribute added to the context without a key value would be missing from keys."""
+    sent = context(ALICE, Facts(source="127.0.0.1", now=NOW))
+    assert set(CONTEXT_VALUES) == set(sent)
+    assert set(sent) >= LONGS | DECIMALS
+
+
+CEDAR_READS = ('''
 permit(principal, action, resource) when { context.queries < 100 && context.hour >= 7 };
 forbid(principal, action, resource) when { decimal("0.25").lessThan(context.screen_score) };
 forbid(principal, action, resource) when { context.purpose == "x" && context has risk };
 forbid(principal, action, resource) when { context.now > principal.clearance };''')
-    assert reads is not None
-    assert reads.exact == {"purpose", "now"}
-    assert dict(reads.thresholds) == {"queries": (100,), "hour": (7,), "screen_score": (2500,)}
-    whole = context_reads('permit(principal, action, resource) when { context == context };')
-    assert whole is not None and "queries" in whole.exact and not whole.thresholds
-    assert decimal_units("0.8") == 8000 and decimal_units("-1.0001") == -10001
-    assert [bucket(v, (5, 10)) for v in (4, 5, 6, 10, 11)] == [0, 1, 2, 3, 4]
 
 
 # -- property: the cache equals uncached Cedar on random policy sets and requests -----------
@@ -147,7 +159,8 @@ forbid(principal, action, resource) when { context.now > principal.clearance };'
 LONG_TESTS = [("context.queries", (0, 3, 50, 1000)), ("context.hour", (0, 6, 7, 19, 23)),
               ("context.weekday", (0, 4, 5, 6)), ("context.now", (int(NOW), int(NOW) + 7200))]
 DECIMAL_TESTS = [("context.risk", ("0.0", "0.5", "0.8", "0.95", "1.0")),
-                 ("context.screen_score", ("0.25", "0.5", "0.9"))]
+                 ("context.screen_score", ("0.25", "0.5", "0.9")),
+                 ("context.epsilon_spent", ("0.5", "1.0", "8.0"))]
 EXACT_TESTS = ['context.purpose == "research"', 'context.screen == "injection"',
                "context.screen_failed", "context.network_allowed",
                'context.source_ip.isInRange(ip("10.0.0.0/8"))',
@@ -203,6 +216,7 @@ def random_facts(rng: random.Random) -> dict[str, object]:
         "queries": rng.choice([0, 1, 2, 3, 4, 49, 50, 51, 999, 1000, 1001, 10**4]),
         "screen": rng.choice(["", "benign", "injection"]),
         "screen_failed": rng.random() < 0.2,
+        "epsilon_spent": rng.choice([0.0, 0.49995, 0.5, 0.50004, 1.0, 7.9999, 8.0, 8.5, 1e12]),
         "now": NOW + rng.choice([0, 1, 3599, 3600, 7199, 7200, 7201]) + rng.choice(
             [0, 86400 * rng.randint(0, 6)]) + rng.randint(0, 23) * 3600,
     }

@@ -144,8 +144,9 @@ class PolicyEngine:
         """Serve `bundle` from now on, with a new, empty decision cache of its own."""
         from .cache import DecisionCache
         from .reads import context_reads
+        from .request import CONTEXT_VALUES
 
-        reads = context_reads(bundle.text)
+        reads = context_reads(bundle.text, CONTEXT_VALUES)
         if reads is None:
             log.info("policy decisions are not cached: the policies read context "
                      "attributes this gateway does not send")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import ClassVar
 
 from ..errors import Forbidden
@@ -34,7 +35,8 @@ class PolicyGuard(Guard[Call]):
                       purpose=call.request.headers.get(PURPOSE_HEADER, "")[:128],
                       risk=call.risk, queries=call.queries, screen=call.screen,
                       epsilon_spent=call.epsilon_spent,
-                      screen_score=call.screen_score, screen_failed=call.screen_failed)
+                      screen_score=call.screen_score, screen_failed=call.screen_failed,
+                      now=time.time())  # set here: the engine would copy Facts to set it
         # PolicyError → 503, fail closed
         verdict = self._engine.decide_call(call.principal, call.action, call.model.name,
                                            call.model.settings.attributes, facts)

@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import re
 from bisect import bisect_left
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-#: context attributes of modelfence's requests, by how a literal comparison reads them
+#: context attributes that literal comparisons read as numbers (decimals in 1/10000)
 LONGS = frozenset({"now", "hour", "weekday", "queries"})
-DECIMALS = frozenset({"risk", "screen_score"})
-OTHERS = frozenset({"source_ip", "network_allowed", "purpose", "screen", "screen_failed"})
-ATTRIBUTES = LONGS | DECIMALS | OTHERS
+DECIMALS = frozenset({"risk", "screen_score", "epsilon_spent"})
 
 _COMPARISONS = frozenset({"<", "<=", ">", ">=", "==", "!="})
 _DECIMAL_COMPARISONS = frozenset({"lessThan", "lessThanOrEqual", "greaterThan",
@@ -62,8 +61,9 @@ def bucket(value: int, thresholds: tuple[int, ...]) -> int:
     return 2 * i + (i < len(thresholds) and thresholds[i] == value)
 
 
-def context_reads(policies_text: str) -> ContextReads | None:
-    """The reads of a policy set; None where they cannot be told (then nothing is cached)."""
+def context_reads(policies_text: str, attributes: Collection[str]) -> ContextReads | None:
+    """The reads of a policy set, of the context `attributes` requests carry; None where
+    they cannot be told (then nothing is cached)."""
     import cedarpy
 
     try:
@@ -72,9 +72,10 @@ def context_reads(policies_text: str) -> ContextReads | None:
         return None
     walk = _Walk()
     walk.visit(doc)
+    known = frozenset(attributes)
     if walk.whole:
-        return ContextReads(ATTRIBUTES, ())
-    if not walk.exact | set(walk.thresholds) <= ATTRIBUTES:
+        return ContextReads(known, ())
+    if not walk.exact | set(walk.thresholds) <= known:
         return None  # an attribute this gateway does not send: a user schema; no cache
     kept = {name: values for name, values in walk.thresholds.items()
             if name not in walk.exact}

@@ -63,9 +63,14 @@ def fraction(value: float) -> str:
     return f"{min(max(value, 0.0), 1.0):.4f}"
 
 
-def _units(value: float) -> int:
-    """The same score in ten-thousandths (what `fraction` says, as an integer)."""
-    return int(fraction(value).replace(".", ""))
+def epsilon(value: float) -> str:
+    """A privacy loss as the decimal Cedar reads: at least 0, four places."""
+    return f"{min(max(value, 0.0), 1e9):.4f}"
+
+
+def _units(text: str) -> int:
+    """A decimal's text (`fraction`, `epsilon`) in ten-thousandths, as an integer."""
+    return int(text.replace(".", ""))
 
 
 def _ip(source: str) -> str:
@@ -89,11 +94,12 @@ CONTEXT_VALUES: dict[str, Callable[[Caller, Facts], Hashable]] = {
     "source_ip": lambda p, f: _ip(f.source),
     "network_allowed": lambda p, f: network_allowed(p, f.source),
     "purpose": lambda p, f: f.purpose,
-    "risk": lambda p, f: _units(f.risk),
+    "risk": lambda p, f: _units(fraction(f.risk)),
     "queries": lambda p, f: int(f.queries),
     "screen": lambda p, f: f.screen,
-    "screen_score": lambda p, f: _units(f.screen_score),
+    "screen_score": lambda p, f: _units(fraction(f.screen_score)),
     "screen_failed": lambda p, f: f.screen_failed,
+    "epsilon_spent": lambda p, f: _units(epsilon(f.epsilon_spent)),
 }
 
 
@@ -142,8 +148,7 @@ def context(principal: Caller, facts: Facts) -> dict[str, Any]:
         "purpose": facts.purpose,
         "risk": {"__extn": {"fn": "decimal", "arg": fraction(facts.risk)}},
         "queries": int(facts.queries),
-        "epsilon_spent": {"__extn": {"fn": "decimal",
-                                     "arg": f"{min(max(facts.epsilon_spent, 0.0), 1e9):.4f}"}},
+        "epsilon_spent": {"__extn": {"fn": "decimal", "arg": epsilon(facts.epsilon_spent)}},
         "screen": facts.screen,
         "screen_score": {"__extn": {"fn": "decimal", "arg": fraction(facts.screen_score)}},
         "screen_failed": facts.screen_failed,
