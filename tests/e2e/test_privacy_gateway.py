@@ -295,3 +295,29 @@ def test_a_privacy_store_outage_fails_closed(tmp_path: Path, digits_files: dict[
             assert status == 200
         finally:
             gw.stop()
+
+
+def test_noisy_probabilities_through_the_gateway(tmp_path: Path,
+                                                 digits_files: dict[str, Path]) -> None:
+    """A vector mechanism after a step keyed on the inputs: a distribution whose label is its
+    top class, the same on a repeat, charged once."""
+    model = {**models(digits_files)[0],
+             "shaping": [{"from_risk": 0.0, "defense": "noise:0.5+dp-laplace:2",
+                          "name": "private"}]}
+    gw = Gateway(tmp_path / "gw", [model], extra={"privacy": {"store": "memory://"}}).start()
+    try:
+        key = gw.key()
+        answers = []
+        for _ in range(3):
+            status, _, answer = post(gw, key, [ROWS[5], ROWS[6]])
+            assert status == 200
+            answers.append({o["name"]: o["data"] for o in answer["outputs"]})
+        first = answers[0]
+        proba = [first["probabilities"][:10], first["probabilities"][10:]]
+        for row, label in zip(proba, first["label"], strict=True):
+            assert min(row) >= 0 and abs(sum(row) - 1) < 1e-6
+            assert int(label) == row.index(max(row))
+        assert all(a == first for a in answers)
+        assert spent(gw) == pytest.approx(4.0)  # two questions at ε 2, once
+    finally:
+        gw.stop()

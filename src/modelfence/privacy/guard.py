@@ -126,7 +126,13 @@ class PrivacyGuard(Guard[OipCall]):
         values, seen = got[:n], got[n:]
         missing = [i for i, v in enumerate(values) if v is None]
         if missing:
-            fresh = band.defense.apply(proba[missing])
+            # a step keyed on the inputs (misinformation) sees them; one keyed on the caller
+            # (keyed noise) is keyed on whoever asked first: the draw is everyone's
+            x = None
+            if band.defense.uses_inputs:
+                x = np.asarray(call.inputs.inputs[0].data, dtype=np.float64).reshape(n, -1)
+                x = x[missing]
+            fresh = band.defense.apply(proba[missing], inputs=x, principal=call.principal.id)
             first = step is (band.defense.steps[0] if hasattr(band.defense, "steps")
                              else band.defense)
             charged = step.charged(proba[missing]) if first else np.ones(len(missing), bool)
