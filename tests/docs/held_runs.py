@@ -173,3 +173,76 @@ def replica_commands(snip: Snippet, ctx: Context) -> None:
         assert "alice" in out, out
     if "audit verify" in code:
         assert "alice" in out, out
+
+
+def digits_model(path: Path) -> Path:
+    """A scikit-learn classifier of the digits (pixels scaled to [0, 1]) saved as skops."""
+    import skops.io as sio
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_digits(return_X_y=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sio.dump(LogisticRegression(max_iter=500).fit(x / 16.0, y), path)
+    return path
+
+
+def _admin_call(url: str, token: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(  # noqa: S310 (the check's loopback gateway)
+        url, data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
+            return answer.status, json.load(answer)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def admin_fragment_served(part: dict[str, Any], ctx: Context) -> None:
+    """Identity's `admin` section served: laid over a gateway whose `identity.jwt` names a
+    groups claim (a local identity provider), with the token files it names and a model
+    called fraud-scorer (the digits classifier); the full-power token, the scoped
+    scoring-team token and an OIDC admin of `modelfence-admins` each call the admin API."""
+    from ..jwks_server import AUDIENCE, ISSUER, Issuer, JwksServer
+    from ..support import Gateway
+
+    folder = ctx.tmp_path / "admin-fragment"
+    model = digits_model(folder / "digits.skops")
+    idp = Issuer()
+    idp.add("ec", "ec-1")
+    jwks = ctx.stack.enter_context(JwksServer(idp))
+    gateway = Gateway(folder / "gw", [{"name": "fraud-scorer",
+                                       "backend": {"type": "skops", "path": str(model)}}],
+                      extra={"identity": {"jwt": {"issuer": ISSUER, "audiences": [AUDIENCE],
+                                                  "jwks_url": jwks.url, "tenant_claim": "tid",
+                                                  "groups_claim": "groups"}},
+                             "admin": part["admin"]})
+    assert part["admin"]["token_file"] == "admin-token"  # the file Gateway writes its token in
+    scoped = secrets.token_urlsafe(32)
+    (folder / "gw").mkdir(parents=True)
+    (folder / "gw" / part["admin"]["tokens"][0]["token_file"]).write_text(scoped + "\n")
+    gateway.write_config()
+    with gateway.log.open("wb") as out:  # Gateway.start's 30 s is short on a loaded machine
+        proc = subprocess.Popen([str(ROOT / ".venv/bin/modelfence"), "serve", "--config",
+                                 str(gateway.config)], stdout=out, stderr=subprocess.STDOUT)
+    ctx.stack.callback(interrupt, proc, 15)
+    wait_http(f"{gateway.admin_url}/admin/ready", timeout_s=120, proc=proc, log=gateway.log)
+    keys = f"{gateway.admin_url}/admin/keys"
+    status, doc = _admin_call(keys, gateway.admin_token)
+    assert status == 200, (status, doc)
+    mint = {"principal": "batch-job", "tenant": "acme", "models": ["fraud-scorer"]}
+    status, doc = _admin_call(keys, scoped, mint)
+    assert status == 201 and doc["key"].startswith("mf_"), (status, doc)
+    status, doc = _admin_call(keys, scoped, {**mint, "tenant": "globex"})
+    assert status == 403 and "admin:token:scoring-team may not grant tenant 'globex'" in str(
+        doc), (status, doc)
+    admin = idp.token("ec-1", sub="carol", tid="acme", groups=["modelfence-admins"])
+    status, doc = _admin_call(keys, admin, mint)
+    assert status == 201, (status, doc)
+    other = idp.token("ec-1", sub="dave", tid="acme", groups=["analysts"])
+    status, doc = _admin_call(keys, other)
+    assert status == 403, (status, doc)

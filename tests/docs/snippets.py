@@ -16,6 +16,10 @@ the lines just before a fence say how a snippet runs:
 - `<!-- stand-in: what -->`: it needs a system that is not here (a model server, a
   time-stamping authority); tests/docs/stand_ins.py starts a stand-in for the page and says
   what it changes in the snippets (an address, a file the reader is told to make).
+- `<!-- extends: FILE -->` (YAML): a fragment the reader adds to the page's configuration FILE.
+  The script merges it into FILE, stops the page's served gateway with Ctrl+C, serves FILE
+  again with the page's `modelfence serve` line, and asks each of its models one row with the
+  page's last key (tests/docs/extend.py).
 - `<!-- not-run: reason -->`: it cannot run here; tests/docs/held.py checks what can be
   checked of it (that its commands parse, that the names it shares with files agree).
 
@@ -34,7 +38,7 @@ SHELL = {"bash", "sh", "shell", "console"}
 PYTHON = {"python", "py", "python3"}
 YAML = {"yaml", "yml"}
 CEDAR = {"cedar"}
-MARKER = re.compile(r"^<!--\s*(not-run|serves|stand-in):\s*(.+?)\s*-->$")
+MARKER = re.compile(r"^<!--\s*(not-run|serves|stand-in|extends):\s*(.+?)\s*-->$")
 KEY_PLACEHOLDER = "mf_…"
 KEY_PATTERN = r"mf_[0-9a-f]\{16\}_[A-Za-z0-9_-]\{43\}"  # a minted key, as grep reads it
 DEMO_PORT = 8000  # what `make demo` serves on: the docs tests' demo, on a free port
@@ -56,6 +60,7 @@ class Snippet:
     not_run: str | None
     serves: str | None = None     # the URL that answers once it is up
     stand_in: str | None = None   # what the page's stand-in replaces
+    extends: str | None = None    # the configuration file a YAML fragment is added to
 
     @property
     def where(self) -> str:
@@ -75,8 +80,11 @@ class Snippet:
 
     @property
     def runnable(self) -> bool:
-        """A shell or Python snippet not marked `not-run` (YAML and Cedar are validated)."""
-        return self.kind in {"shell", "python"} and not self.not_run
+        """A shell or Python snippet not marked `not-run`, or a YAML fragment that `extends`
+        the page's configuration (other YAML and Cedar are validated)."""
+        if self.not_run:
+            return False
+        return self.kind in {"shell", "python"} or (self.kind == "yaml" and bool(self.extends))
 
     @property
     def is_demo(self) -> bool:
@@ -122,7 +130,7 @@ def snippets(page: Path) -> list[Snippet]:
         markers = _markers_before(lines, start)
         found.append(Snippet(page, start + 1, lang.lower(), "\n".join(body) + "\n",
                              markers.get("not-run"), markers.get("serves"),
-                             markers.get("stand-in")))
+                             markers.get("stand-in"), markers.get("extends")))
     return found
 
 
@@ -233,9 +241,13 @@ def page_script(page_snippets: list[Snippet], folder: Path, ports: dict[int, int
         for old, new in (substitutions or {}).items():
             code = code.replace(old, new)
         parts.append(f"echo {shlex.quote('>>> ' + snip.where)} >&2")
-        path = folder / f"snippet_{n}.{'py' if snip.kind == 'python' else 'sh'}"
+        path = folder / f"snippet_{n}.{SUFFIX[snip.kind or 'shell']}"
         path.write_text(code)
         quoted = shlex.quote(str(path))
+        if snip.extends:
+            parts.append(_extend(snip, quoted, page_snippets[:n], folder / f"restart_{n}.sh",
+                                 ports, substitutions or {}))
+            continue
         if KEY_PLACEHOLDER in code:
             parts.append(f'__key=$(__last_key); __code=$(<{quoted}); '
                          f'printf "%s\\n" "${{__code//{KEY_PLACEHOLDER}/$__key}}" > {quoted}')
@@ -258,3 +270,33 @@ def page_script(page_snippets: list[Snippet], folder: Path, ports: dict[int, int
             parts.append(run)
     parts.append("__stop_served")
     return "\n".join(parts) + "\n"
+
+
+SUFFIX = {"python": "py", "shell": "sh", "yaml": "yaml"}
+HELPER = f"PYTHONPATH={shlex.quote(str(ROOT))} .venv/bin/python -m tests.docs.extend"
+
+
+def _extend(snip: Snippet, fragment: str, before: list[Snippet], restart: Path,
+            ports: dict[int, int], substitutions: dict[str, str]) -> str:
+    """What a reader does with a fragment that extends the page's configuration: add it to
+    the file, stop the gateway (Ctrl+C), serve the file again as the page did, ask it."""
+    served = [s for s in before if s.serves and not s.is_demo and not s.restarts_demo]
+    assert served, f"{snip.where}: extends {snip.extends}, but no gateway is served before it"
+    last = served[-1]
+    code = map_ports(last.code, ports)
+    for old, new in substitutions.items():
+        code = code.replace(old, new)
+    keep = [ln for ln in code.splitlines()
+            if ln.strip() in {ACTIVATE} or ln.strip().startswith(("cd ", "modelfence serve"))]
+    assert any("modelfence serve" in ln for ln in keep), f"{last.where} has no `modelfence serve`"
+    restart.write_text("\n".join(keep) + "\n")
+    url = map_ports(last.serves or "", ports)
+    base = url.split("/v2/")[0].split("/admin/")[0]
+    file = shlex.quote(snip.extends or "")
+    return "\n".join([
+        f"{HELPER} merge {file} {fragment}",
+        "__stop_served",
+        f"set -m; ( . {shlex.quote(str(restart))} ) & __pid=$!; set +m; __served+=(\"$__pid\")",
+        f"__serve_until {shlex.quote(url)} \"$__pid\"",
+        f"{HELPER} ask {shlex.quote(base)} {file} \"$(__last_key)\"",
+    ])

@@ -218,6 +218,21 @@ def softhsm(page: list[Snippet], workdir: Path) -> Iterator[World]:
     yield World(env=env)
 
 
+@contextlib.contextmanager
+def own_data(page: list[Snippet], workdir: Path) -> Iterator[World]:
+    """The reader's own model and data: model.skops, a scikit-learn classifier of the digits
+    (pixels scaled to [0, 1], as the demo's), and data.npz, the digits as `x` with labels `y`."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from .held_runs import digits_model
+
+    digits_model(workdir / "model.skops")
+    x, y = load_digits(return_X_y=True)
+    np.savez(workdir / "data.npz", x=x / 16.0, y=y)
+    yield World()
+
+
 #: Each page whose snippets need stand-ins, by its path from the repository root.
 STAND_INS: dict[str, StandIn] = {
     "docs/tutorials/kserve.md": kserve,
@@ -225,4 +240,5 @@ STAND_INS: dict[str, StandIn] = {
     "docs/concepts/llm.md": llm_concept,
     "docs/tutorials/prove-a-copy.md": tsa,
     "docs/concepts/artifacts.md": softhsm,
+    "docs/concepts/redteam.md": own_data,
 }
