@@ -9,12 +9,14 @@ process), so that a machine busy with other work changes them little:
 - `app`: whole OIP inference requests through the gateway's ASGI app (the digits model on
   the in-process skops backend, audit off, one API key, one per-principal rate limit),
   driven by calling the app directly; the policy cache is switched off and on in turns
-  (`--ab`) so both halves see the same machine.
+  (`--ab`), or the rate limit moves between `limits`' MemoryStorage and this process's
+  own windows (`--ab-rate-limit`), so both halves see the same machine.
 
 Run it from two checkouts (PYTHONPATH=<checkout>/src) to compare versions of the code.
 
     .venv/bin/python bench/guard_cpu.py micro
     .venv/bin/python bench/guard_cpu.py app --requests 3000 --rounds 3 --ab
+    .venv/bin/python bench/guard_cpu.py app --requests 3000 --rounds 3 --ab-rate-limit
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def micro(args: argparse.Namespace) -> None:
     def cached(i: int) -> object:
         assert decide_call is not None
         return decide_call(principal, "infer", "digits", attrs,
-                           Facts(source="127.0.0.1", risk=0.1, queries=i))
+                           Facts(source="127.0.0.1", risk=0.1, queries=i, now=time.time()))
 
     for _ in range(args.rounds):  # interleaved A/B
         print(f"policy: build + decide (uncached)   {cpu_us(uncached, args.n):8.1f} µs")
@@ -180,20 +182,44 @@ async def _app(args: argparse.Namespace) -> None:
                 if status != 200:
                     raise SystemExit(f"request {i}: HTTP {status}")
 
-            cache_size = getattr(gw.policy, "cache_size", None)
-            modes = [("cache off", 0), ("cache on", cache_size)] if (
-                args.ab and cache_size is not None) else [("as built", cache_size)]
+            modes = _modes(gw, args)
             await cpu_us_async(one, 300)  # warm up
-            results: dict[str, list[float]] = {name: [] for name, _ in modes}
+            results: dict[str, list[float]] = {name: [] for name in modes}
             for _ in range(args.rounds):
-                for name, size in modes:
-                    if size is not None:
-                        gw.policy.cache_size = size  # type: ignore[attr-defined]
+                for name, switch in modes.items():
+                    switch()
                     results[name].append(await cpu_us_async(one, args.requests))
             for name, samples in results.items():
                 print(f"app {name:<10} {statistics.median(samples):8.1f} µs CPU per request "
                       f"(median of {args.rounds} rounds of {args.requests}: "
                       f"{', '.join(f'{s:.0f}' for s in samples)})")
+
+
+def _modes(gw: Any, args: argparse.Namespace) -> dict[str, Callable[[], None]]:
+    """The variants measured in turns: the policy cache off and on (`--ab`), or the rate
+    limit on limits' MemoryStorage and on this process's own windows (`--ab-rate-limit`)."""
+    policy, limiter = gw.policy, gw.rate_limits
+    if args.ab:
+        size = policy.cache_size
+        return {"cache off": lambda: setattr(policy, "cache_size", 0),
+                "cache on": lambda: setattr(policy, "cache_size", size)}
+    if args.ab_rate_limit:
+        from limits.aio.storage import MemoryStorage
+        from limits.aio.strategies import MovingWindowRateLimiter
+
+        local = limiter._local
+        storage = MemoryStorage()
+
+        def on_limits() -> None:  # the guard as it was: limits' memory storage, a breaker
+            limiter._local, limiter._storage = None, storage
+            limiter._limiter = MovingWindowRateLimiter(storage)
+            limiter._breaker = limiter._breaker or limiter._make_breaker(limiter._settings)
+
+        def on_local() -> None:
+            limiter._local = local
+
+        return {"limits memory": on_limits, "local windows": on_local}
+    return {"as built": lambda: None}
 
 
 def main() -> None:
@@ -204,6 +230,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000, help="app: requests per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--ab", action="store_true", help="app: policy cache off and on")
+    parser.add_argument("--ab-rate-limit", action="store_true",
+                        help="app: rate limit on limits' memory storage and on local windows")
     parser.add_argument("--no-rate-limit", dest="rate_limit", action="store_false")
     args = parser.parse_args()
     if args.what == "micro":
