@@ -174,3 +174,13 @@ async def test_store_queries_by_principal_model_and_time(tmp_path: Path) -> None
         assert (await store.head()).seq == 30
     finally:
         await store.close()
+
+
+def test_a_row_is_its_entry_between_position_and_hashes() -> None:
+    """Linking and hashing pass an entry on as `*entry` and read it back as `row[1:9]`."""
+    from modelfence.audit.chain import COLUMNS, Entry
+
+    assert ("seq", *Entry._fields, "prev", "hash") == COLUMNS
+    e = entry_from_dict(Rec(3).to_dict(), now=0)
+    [row] = link(Head(), [e])
+    assert row[1:9] == tuple(e) and hash_of(row) == row.hash

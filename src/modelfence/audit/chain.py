@@ -28,8 +28,25 @@ VERSION = 1
 GENESIS = bytes(32)
 
 
+class Entry(NamedTuple):
+    """A record ready to be linked: indexed columns and canonical payload, no position yet.
+
+    A row is an entry's columns between its position and its hashes, in this order, so
+    linking and hashing pass an entry on with `*entry` instead of naming each column."""
+
+    ts_us: int
+    request_id: str | None
+    principal: str | None
+    tenant: str | None
+    model: str | None
+    action: str | None
+    status: int | None
+    payload: bytes
+
+
 class Row(NamedTuple):
-    """One stored, linked record; the column order every store uses."""
+    """One stored, linked record; the column order every store uses: the position, the
+    entry's columns (`Entry`, `row[1:9]`), then the previous row's hash and this row's."""
 
     seq: int
     ts_us: int
@@ -45,20 +62,6 @@ class Row(NamedTuple):
 
 
 COLUMNS = Row._fields
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A record ready to be linked: indexed columns and canonical payload, no position yet."""
-
-    ts_us: int
-    request_id: str | None
-    principal: str | None
-    tenant: str | None
-    model: str | None
-    action: str | None
-    status: int | None
-    payload: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,19 +119,16 @@ def entry_from_dict(record: Mapping[str, Any], *, now: float) -> Entry:
     )
 
 
-def row_hash(prev: bytes, seq: int, ts_us: int, request_id: str | None, principal: str | None,
-             tenant: str | None, model: str | None, action: str | None, status: int | None,
-             payload: bytes) -> bytes:
-    head = orjson.dumps([VERSION, seq, ts_us, request_id, principal, tenant, model, action,
-                         status])
-    return hashlib.sha256(b"".join((prev, head, b"\n", payload))).digest()
+def row_hash(prev: bytes, seq: int, entry: Sequence[Any]) -> bytes:
+    """`entry`: an `Entry`, or a row's slice `row[1:9]` (its entry's columns, in order)."""
+    head = orjson.dumps([VERSION, seq, *entry[:-1]])
+    return hashlib.sha256(b"".join((prev, head, b"\n", entry[-1]))).digest()
 
 
 def hash_of(row: Row, *, seq: int | None = None, prev: bytes | None = None) -> bytes:
     """The hash `row` should carry; `seq`/`prev` override its stored ones (for diagnosis)."""
     return row_hash(row.prev if prev is None else prev, row.seq if seq is None else seq,
-                    row.ts_us, row.request_id, row.principal, row.tenant, row.model, row.action,
-                    row.status, row.payload)
+                    row[1:9])
 
 
 def link(head: Head, entries: Sequence[Entry]) -> list[Row]:
@@ -137,10 +137,8 @@ def link(head: Head, entries: Sequence[Entry]) -> list[Row]:
     seq, prev = head.seq, head.hash
     for e in entries:
         seq += 1
-        h = row_hash(prev, seq, e.ts_us, e.request_id, e.principal, e.tenant, e.model, e.action,
-                     e.status, e.payload)
-        rows.append(Row(seq, e.ts_us, e.request_id, e.principal, e.tenant, e.model, e.action,
-                        e.status, e.payload, prev, h))
+        h = row_hash(prev, seq, e)
+        rows.append(Row(seq, *e, prev, h))
         prev = h
     return rows
 

@@ -156,7 +156,7 @@ def row_from_line(line: bytes, prev: bytes) -> Row:
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not an archived record line: {exc}") from None
     payload = line[at + len(_MARK):-2]
-    return Row(*cols, payload, prev, row_hash(prev, *cols, payload))
+    return Row(*cols, payload, prev, row_hash(prev, cols[0], (*cols[1:], payload)))
 
 
 class _Hashing:

@@ -96,8 +96,7 @@ def _count_records(data: bytes) -> int:
 
 
 def _line(e: Entry) -> bytes:
-    return orjson.dumps([e.ts_us, e.request_id, e.principal, e.tenant, e.model, e.action,
-                         e.status, e.payload.decode()]) + b"\n"
+    return orjson.dumps([*e[:-1], e.payload.decode()]) + b"\n"
 
 
 def _entry(line: bytes) -> Entry:

@@ -218,9 +218,8 @@ class Walk:
         seq, prev, cp_at = self.seq, self.prev, self._cp_at
         try:
             for row in rows:
-                s, ts, rid, pr, te, mo, ac, st, payload, rprev, h = row
-                if s != seq + 1 or rprev != prev or row_hash(
-                        rprev, s, ts, rid, pr, te, mo, ac, st, payload) != h:
+                s, rprev, h = row[0], row[9], row[10]
+                if s != seq + 1 or rprev != prev or row_hash(rprev, s, row[1:9]) != h:
                     return row, None
                 seq, prev = s, h
                 self.good = row
