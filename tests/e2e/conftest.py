@@ -21,11 +21,21 @@ def stub() -> Iterator[OpenAiStub]:
     s.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def mlserver(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
              ) -> Iterator[MLServer]:
-    """A real MLServer 1.7.1 serving the digits model, one per test module: some modules
-    crash its handler on purpose, so none shares another's."""
+    """A real MLServer 1.7.1 serving the digits model, one per test process (it takes
+    seconds to start), shared by the modules that only send it requests it answers. A
+    module that crashes its handler on purpose overrides `mlserver` with `own_mlserver`."""
+    with running_mlserver(tmp_path_factory.mktemp("mlserver"),
+                          {"digits": digits_files["joblib"]}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def own_mlserver(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
+                 ) -> Iterator[MLServer]:
+    """An MLServer like `mlserver`, for one module alone: for modules that crash it."""
     with running_mlserver(tmp_path_factory.mktemp("mlserver"),
                           {"digits": digits_files["joblib"]}) as server:
         yield server

@@ -85,6 +85,17 @@ class MLServer:
     def log(self) -> Path:
         return self.folder / "mlserver.log"
 
+    def log_size(self) -> int:
+        """The log's length in bytes now: give it to `log_since` to read what comes after."""
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def log_since(self, offset: int) -> str:
+        """What the server logged after `offset` (from `log_size`): a test's own share of a
+        server that other tests use too."""
+        with self.log.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
     def requests_logged(self, method: str, path: str) -> int:
         """How many `METHOD PATH` lines uvicorn's access log holds so far."""
         needle = f'"{method} {path} HTTP/'

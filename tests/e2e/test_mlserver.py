@@ -28,6 +28,13 @@ pytestmark = pytest.mark.mlserver
 INFER_PATH = "/v2/models/digits/infer"
 
 
+@pytest.fixture(scope="module")
+def mlserver(own_mlserver: MLServer) -> MLServer:
+    """This module crashes MLServer's handler on purpose: a server of its own, so the
+    shared one (tests/e2e/conftest.py) never sees those crashes."""
+    return own_mlserver
+
+
 def upstream_model(name: str, url: str, *, upstream: str | None = None,
                    features: int | None = 64) -> dict[str, Any]:
     backend: dict[str, Any] = {"type": "oip", "url": url, "timeout_s": 10,

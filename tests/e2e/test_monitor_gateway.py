@@ -16,6 +16,7 @@ rows.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -69,10 +70,21 @@ FIT_ROWS, USE_ROWS = SPLIT[:900], SPLIT[900:]
 
 
 def fit_summary(model_path: Path, out: Path) -> Path:
-    """As `modelfence monitor fit` does: the model's own answers on natural data."""
+    """As `modelfence monitor fit` does: the model's own answers on natural data.
+
+    The fit is seeded, so the same model file always gives the same summary: it is fitted
+    once per test process and model content, and each gateway gets its own copy of the file.
+    """
+    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    return _fitted_summary(model_path, digest).save(out)
+
+
+@functools.cache
+def _fitted_summary(model_path: Path, digest: str) -> Summary:
+    """The summary of the model file whose content hashes to `digest` (the cache key)."""
     model = joblib.load(model_path)
     x = digits()[FIT_ROWS]
-    return Summary.fit(x, model.predict_proba(x)).save(out)
+    return Summary.fit(x, model.predict_proba(x))
 
 
 class Hooks(BaseHTTPRequestHandler):

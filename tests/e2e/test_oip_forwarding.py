@@ -33,6 +33,13 @@ SPEC = {"name": "input", "datatype": "FP32", "shape": [-1, 64]}
 
 
 @pytest.fixture(scope="module")
+def mlserver(own_mlserver: MLServer) -> MLServer:
+    """This module crashes MLServer's handler on purpose: a server of its own, so the
+    shared one (tests/e2e/conftest.py) never sees those crashes."""
+    return own_mlserver
+
+
+@pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, mlserver: MLServer) -> Iterator[Gateway]:
     oip = {"type": "oip", "url": mlserver.url, "upstream_model": "digits", "timeout_s": 10}
     gw = Gateway(tmp_path_factory.mktemp("gw-forwarding"), [
