@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 
+import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from modelfence.kernel.answered import Answered
@@ -58,3 +59,14 @@ def test_gateway_metrics_count_answered_requests() -> None:
     assert abs(get("modelfence_request_duration_seconds_sum", {"action": "infer"})
                - 0.0064) < 1e-12
     assert b"modelfence_requests_total{" in m.render()
+
+
+def test_created_series_follow_prometheus_clients_switch(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    import prometheus_client.metrics
+
+    monkeypatch.setattr(prometheus_client.metrics, "_use_created", False)
+    ours = CollectorRegistry()
+    Answered(ours, _BUCKETS).add("infer", "digits", 200, 0.01)
+    text = generate_latest(ours).decode()
+    assert "modelfence_requests_total" in text and "_created" not in text

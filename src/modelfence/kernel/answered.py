@@ -20,6 +20,7 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -59,10 +60,13 @@ class Answered(Collector):
         row[-1] += seconds
 
     def collect(self) -> Iterator[Metric]:
+        # prometheus_client's switch for `_created` series (PROMETHEUS_DISABLE_CREATED_SERIES)
+        created = getattr(prometheus_metrics, "_use_created", True)
         requests = CounterMetricFamily(*REQUESTS, labels=LABELS)
         for (action, model, status), n in list(self._counts.items()):
             requests.add_metric((action, model, str(status)), n,
-                                created=self._created[(action, model, status)])
+                                created=self._created[(action, model, status)] if created
+                                else None)
         yield requests
         duration = HistogramMetricFamily(*DURATION, labels=("action",))
         for action, row in list(self._durations.items()):
@@ -71,9 +75,9 @@ class Answered(Collector):
                 cumulative += in_bucket
                 buckets.append((le, cumulative))
             duration.add_metric((action,), buckets, row[-1])
-            # prometheus_client's own histograms say when each label set began, too
-            duration.add_sample(f"{DURATION[0]}_created", {"action": action},
-                                self._durations_created[action])
+            if created:  # prometheus_client's histograms say when each label set began too
+                duration.add_sample(f"{DURATION[0]}_created", {"action": action},
+                                    self._durations_created[action])
         yield duration
 
 
