@@ -1,8 +1,10 @@
 """The Cedar policy engine: parsed once, swapped whole on reload, fail closed on error.
 
-Decisions use a pre-parsed `PolicySet` (NOTES.md: ~126 µs per decision when parsed once,
-up to ~1 ms when parsing strings per call). Policies are validated against the schema at
-load, so a mistyped attribute refuses to start instead of silently never matching.
+Decisions use a pre-parsed `PolicySet` (~126 µs per decision when parsed once, up to ~1 ms
+when parsing strings per call), and the request path asks `decide_call`, which keeps each
+decision for the requests it stands for (cache.py: ~12 µs on a hit). Policies are validated
+against the schema at load, so a mistyped attribute refuses to start instead of silently
+never matching.
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ class Verdict:
 
 
 class PolicyEngine:
-    """Holds the current bundle; `decide` is the only call on the request path."""
+    """Holds the current bundle and its decision cache; `decide_call` is the only call on
+    the request path (`decide` evaluates one prepared request, uncached: the CLI's check)."""
 
     def __init__(self, paths: list[Path], schema_path: Path, *,
                  cache_size: int | None = None) -> None:
