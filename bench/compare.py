@@ -5,12 +5,14 @@ Two routes, every server one worker, all on loopback with the same load generato
 - OpenAI route (`POST /v1/chat/completions`, a system prompt and one user message, not
   streamed): direct = the fake upstream (bench/llm_upstream.py); passthrough = Starlette on
   granian with one pooled aiohttp session (bench/passthrough.py); modelfence = `modelfence
-  serve` with an `llm:` model at the upstream, an API key, the default policy and the default
-  audit log (hash-chained SQLite, batched); litellm = LiteLLM Proxy from its own venv
+  serve` with an `llm:` model at the upstream, an API key, the default policy, a memory://
+  rate limit per principal (`--rate-limit`, never reached) and the default audit log
+  (hash-chained SQLite, batched); litellm = LiteLLM Proxy from its own venv
   (`--litellm-python`), one `openai/` model at the same upstream, a master_key, no database.
 - OIP route (`POST /v2/models/digits/infer`, one digits row): direct = the OIP backend on
   granian (bench/oip_backend.py, a real LogisticRegression); passthrough as above;
-  modelfence = `modelfence serve` with an `oip` backend, an API key, the SQLite audit log.
+  modelfence = `modelfence serve` with an `oip` backend, an API key, the same rate limit, the
+  SQLite audit log.
 
 Each round, for each target (order rotated each round): a warm-up at `--connections`, then
 latency at 1 connection (p50, p99) and throughput at `--connections` (req/s), with the CPU
@@ -108,6 +110,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--litellm-python", type=Path, default=LITELLM_PYTHON,
                    help="the python of a venv with litellm[proxy] (default: %(default)s)")
     p.add_argument("--no-litellm", action="store_true", help="skip LiteLLM Proxy")
+    p.add_argument("--rate-limit", default="1000000/minute",
+                   help="modelfence's per-principal rate limit (memory://), high enough never "
+                        "to refuse: its check is part of the measured chain; 'none' for no "
+                        "limit (default: %(default)s)")
     p.add_argument("--routes", default="llm,oip", help="which routes: llm, oip or both")
     p.add_argument("--json", type=Path, help="write every number here")
     p.add_argument("--save", type=Path, help="write the table as a result file the docs render "
@@ -120,6 +126,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.connections < 1:
         p.error("--rounds, --duration and --connections must be positive, --warmup >= 0")
     return args
+
+
+def quotas(args: argparse.Namespace) -> dict[str, Any]:
+    """The config section that adds the rate limit (none with `--rate-limit none`)."""
+    if args.rate_limit == "none":
+        return {}
+    return {"quotas": {"storage": "memory://",
+                       "limits": [{"scope": "principal", "rate": args.rate_limit}]}}
 
 
 def rss_mib(pgid: int) -> float:
@@ -153,7 +167,8 @@ def start_llm(stack: ExitStack, folder: Path, args: argparse.Namespace, info: di
                           {UPSTREAM_ENV: upstream_root}, health="/health")
     passthrough = Target("passthrough", proxy.url + "/v1", direct.headers, direct.model,
                          proxy.pgid, proxy.log)
-    gateway, _canary = start_modelfence(stack, folder / "llm-modelfence", direct.base, None)
+    gateway, _canary = start_modelfence(stack, folder / "llm-modelfence", direct.base, None,
+                                        quotas(args))
     targets = [direct, passthrough, gateway]
     info["litellm"] = "not measured (--no-litellm)" if args.no_litellm else None
     if not args.no_litellm:
@@ -189,13 +204,13 @@ def _litellm_version(python: Path) -> str:
     return out.stdout.strip() or "unknown"
 
 
-def start_oip(stack: ExitStack, folder: Path) -> list[Measured]:
+def start_oip(stack: ExitStack, folder: Path, args: argparse.Namespace) -> list[Measured]:
     backend = start_granian(stack, "oip-backend", "oip_backend:create_app", folder,
                             {ANSWER_ENV: ANSWERS[0]})
     proxy = start_granian(stack, "oip-passthrough", "passthrough:create_app", folder,
                           {UPSTREAM_ENV: backend.url})
     gateway, key = start_gateway(stack, folder / "oip-modelfence", backend.url,
-                                 "sqlite:///audit.db")
+                                 "sqlite:///audit.db", extra=quotas(args))
     body = digits_body()
     targets: list[Measured] = []
     for name, server, headers in (
@@ -332,6 +347,7 @@ def report(console: Console, info: dict[str, Any], table_rows: list[dict[str, An
     console.print(f"load generator: {info['loadgen']}; every server one worker; servers and "
                   f"load generator share the {info['nproc']} CPUs; {args.rounds} round(s) of "
                   f"{args.duration:g} s per measurement after {args.warmup:g} s warm-up; "
+                  f"modelfence rate limit: {args.rate_limit} per principal; "
                   f"LiteLLM: {info['litellm']}", highlight=False)
     t = Table(title="direct, passthrough, modelfence and LiteLLM (medians over rounds)",
               caption=f"p50/p99 at 1 connection; req/s, CPU and memory at {args.connections} "
@@ -378,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         if "llm" in args.routes:
             servers += start_llm(stack, folder, args, info, console)
         if "oip" in args.routes:
-            servers += start_oip(stack, folder)
+            servers += start_oip(stack, folder, args)
         console.print("servers up: " + ", ".join(f"{s.route}/{s.name}" for s in servers)
                       + "; measuring…", highlight=False)
         summaries = measure(servers, loader, args, console)

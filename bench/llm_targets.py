@@ -78,14 +78,15 @@ def _modelfence(src: Path | None, *args: str) -> str:
     return result.stdout
 
 
-def start_modelfence(stack: ExitStack, folder: Path, upstream: str, src: Path | None
-                     ) -> tuple[Target, Target]:
-    """`modelfence serve` with the product's defaults (SQLite audit log, default controls)."""
+def start_modelfence(stack: ExitStack, folder: Path, upstream: str, src: Path | None,
+                     extra: dict[str, Any] | None = None) -> tuple[Target, Target]:
+    """`modelfence serve` with the product's defaults (SQLite audit log, default controls);
+    `extra`: top-level config sections added (e.g. `quotas`)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "secret").write_text(secrets.token_urlsafe(48))
     port = free_port()
     config = folder / "modelfence.yaml"
-    config.write_text(yaml.safe_dump({
+    config.write_text(yaml.safe_dump({**(extra or {}),
         "server": {"host": HOST, "port": port, "workers": 1, "admin_listen": None},
         "secret_file": "secret",
         "stores": {"keys": "sqlite:///keys.db"},

@@ -176,19 +176,21 @@ def gateway_config(port: int, backend_url: str, audit_sink: str) -> dict[str, An
 
 
 def start_gateway(stack: ExitStack, folder: Path, backend_url: str,
-                  audit_sink: str = "jsonl:///audit.jsonl", *, protect: bool = False
-                  ) -> tuple[Server, str]:
+                  audit_sink: str = "jsonl:///audit.jsonl", *, protect: bool = False,
+                  extra: dict[str, Any] | None = None) -> tuple[Server, str]:
     """`modelfence serve` in `folder` in front of `backend_url`, and a key for `digits`;
-    with `protect`, also the monitor, output bands and watermark."""
+    with `protect`, also the monitor, output bands and watermark; `extra`: top-level config
+    sections added (e.g. `quotas`)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "secret").write_text(secrets.token_urlsafe(48))
     port = free_port()
     config = folder / "modelfence.yaml"
     doc = gateway_config(port, backend_url, audit_sink)
     if protect:
-        extra = protections(folder)
-        doc["models"][0].update(extra["model"])
-        doc.update(extra["top"])
+        added = protections(folder)
+        doc["models"][0].update(added["model"])
+        doc.update(added["top"])
+    doc.update(extra or {})
     config.write_text(yaml.safe_dump(doc, sort_keys=False))
     key = json.loads(_modelfence("keys", "create", "--config", str(config), "--principal",
                                  "bench", "--tenant", "bench", "--model", "digits",
