@@ -3,7 +3,8 @@
 For each store (SQLite always, PostgreSQL with --pg) and durability mode, `--concurrency`
 tasks write records as fast as the sink lets them; the clock runs from the first write
 until `close()` returned, so every record is committed and the head is signed. The table
-also shows how long `write()` itself took (what a request's complete phase waits for).
+also shows how long `write()` itself took (what a request's complete phase waits for) and
+the CPU the whole process spent per record (event loop, writer task and SQLite's thread).
 Then `verify_store` walks the batched log with signature checks.
 
 Records are stand-ins shaped like the gateway's (about 600 bytes of canonical JSON);
@@ -75,13 +76,15 @@ async def append(store: AuditStore, durability: Durability, n: int, concurrency:
             await sink.write(Rec(i))  # type: ignore[arg-type]
             waits.append(clock() - t)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(producer(k) for k in range(concurrency)))
     await sink.close()
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu  # every thread: the loop, the writer, SQLite's thread
     assert sink.written == n and sink.lost == 0
     q = statistics.quantiles(waits, n=100)
     return {"records": n, "seconds": seconds, "per_s": n / seconds,
+            "cpu_us_per_record": cpu / n * 1e6,
             "write_p50_us": q[49] * 1e6, "write_p99_us": q[98] * 1e6}
 
 
@@ -132,10 +135,11 @@ async def run(args: argparse.Namespace, folder: Path, console: Console) -> dict[
 
 
 def show(results: dict[str, Any], console: Console) -> None:
-    table = Table("measure", "records", "seconds", "records/s", "write() p50", "write() p99",
-                  title="modelfence audit log")
+    table = Table("measure", "records", "seconds", "records/s", "CPU µs/record", "write() p50",
+                  "write() p99", title="modelfence audit log")
     for name, r in results.items():
         table.add_row(name, f"{r['records']:,}", f"{r['seconds']:.2f}", f"{r['per_s']:,.0f}",
+                      f"{r['cpu_us_per_record']:.1f}" if "cpu_us_per_record" in r else "",
                       f"{r['write_p50_us']:.0f} µs" if "write_p50_us" in r else "",
                       f"{r['write_p99_us']:.0f} µs" if "write_p99_us" in r else "")
     console.print(table)
@@ -150,6 +154,7 @@ def show(results: dict[str, Any], console: Console) -> None:
 COLUMNS = [
     {"key": "measure", "title": "measure"},
     {"key": "records_per_s", "title": "records/s", "format": "{:,.0f}"},
+    {"key": "cpu_us_per_record", "title": "CPU µs/record", "format": "{:,.1f}"},
     {"key": "write_p50_us", "title": "`write()` p50", "format": "{:,.0f} µs"},
     {"key": "write_p99_us", "title": "`write()` p99", "format": "{:,.0f} µs"},
 ]
@@ -158,7 +163,9 @@ COLUMNS = [
 def saved_result(results: dict[str, Any], command: str) -> dict[str, Any]:
     """The table as bench/results.py keeps it: what the docs render."""
     rows = [{"measure": name, "records_per_s": round(r["per_s"]),
-             **{k: round(r[k]) for k in ("write_p50_us", "write_p99_us") if k in r}}
+             **{k: round(r[k]) for k in ("write_p50_us", "write_p99_us") if k in r},
+             **({"cpu_us_per_record": round(r["cpu_us_per_record"], 1)}
+                if "cpu_us_per_record" in r else {})}
             for name, r in results.items()]
     return result("audit", command, COLUMNS, rows)
 
