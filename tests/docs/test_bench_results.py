@@ -74,10 +74,11 @@ def test_startup_saves_the_table_it_prints(tmp_path: Path) -> None:
 def test_audit_and_quota_save_the_tables_they_print(tmp_path: Path) -> None:
     audit, quota = _bench("audit"), _bench("quota")
     lines = _round_trip(audit.saved_result({
-        "append sqlite batched": {"per_s": 48166.4, "write_p50_us": 4.2, "write_p99_us": 11.0},
+        "append sqlite batched": {"per_s": 48166.4, "write_p50_us": 4.2, "write_p99_us": 11.0,
+                                  "cpu_us_per_record": 33.94},
         "verify sqlite": {"per_s": 213422.0}}, "python bench/audit.py"), tmp_path)
-    assert lines[2:] == ["| append sqlite batched | 48,166 | 4 µs | 11 µs |",
-                         "| verify sqlite | 213,422 | — | — |"]
+    assert lines[2:] == ["| append sqlite batched | 48,166 | 33.9 | 4 µs | 11 µs |",
+                         "| verify sqlite | 213,422 | — | — | — |"]
     stats = quota.Stats(p50_us=6.44, p99_us=8.91, mean_us=7.0, per_s=50000.0)
     lines = _round_trip(quota.saved_result({"rate limit moving-window on memory": stats},
                                            "python bench/quota.py"), tmp_path)
