@@ -143,7 +143,8 @@ def _replica(ctx: Context) -> dict[str, Any]:
         proc = subprocess.Popen([str(ROOT / ".venv/bin/modelfence"), "serve"], cwd=folder,
                                 env=env, stdout=out, stderr=subprocess.STDOUT)
     ctx.stack.callback(interrupt, proc, 15)
-    wait_http(f"http://127.0.0.1:{admin}/admin/ready", timeout_s=60, proc=proc, log=log)
+    # as long as the docs tests give a demo: a start takes minutes at a load average of 15+
+    wait_http(f"http://127.0.0.1:{admin}/admin/ready", timeout_s=120, proc=proc, log=log)
     made = _run(f"{ROOT / '.venv/bin/modelfence'} keys create --principal alice --tenant acme "
                 "--model digits --json", folder, env, "keys create")
     replica = {"env": env, "ports": {8000: port, 9090: admin}, "models": models,
