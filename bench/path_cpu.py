@@ -66,12 +66,13 @@ def model_config(route: str, folder: Path, upstream: str) -> dict[str, Any]:
 
 
 def start_gateway(stack: ExitStack, folder: Path, src: Path, route: str, upstream: str,
-                  audit: str) -> tuple[int, int, int | None, str]:
+                  audit: str, *, grpc_listener: bool = False
+                  ) -> tuple[int, int, int | None, str]:
     """`modelfence serve` from `src`: its pid, HTTP port, gRPC port and an API key."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "secret").write_text(os.urandom(32).hex())
     port = free_port()
-    grpc_port = free_port() if route == "grpc" else None
+    grpc_port = free_port() if route == "grpc" or grpc_listener else None
     server: dict[str, Any] = {"host": HOST, "port": port, "workers": 1, "admin_listen": None}
     if grpc_port is not None:
         server["grpc_port"] = grpc_port
@@ -165,6 +166,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=4.0)
     p.add_argument("--connections", type=int, default=8)
     p.add_argument("--audit", default="sqlite:///audit.db")
+    p.add_argument("--grpc-listener", action="store_true",
+                   help="serve the gRPC port on the REST routes too (its cost when idle)")
     p.add_argument("--pyspy", type=Path, help="write a flame graph per source tree here")
     p.add_argument("--keep", type=Path)
     args = p.parse_args()
@@ -187,8 +190,10 @@ def main() -> None:
         for i, src in enumerate(args.src):
             name = f"{i}:{src}"
             pid, port, gport, key = start_gateway(stack, folder / f"gw{i}", src, args.route,
-                                                  upstream, args.audit)
-            targets.append(Target(name, pid, port, gport, key, args.route))
+                                                  upstream, args.audit,
+                                                  grpc_listener=args.grpc_listener)
+            targets.append(Target(name, pid, port, gport if args.route == "grpc" else None,
+                                  key, args.route))
         for t in targets:
             t.run(wrk, args.connections, 1.0)  # warm up
         cpu: dict[str, list[float]] = {t.name: [] for t in targets}

@@ -63,6 +63,7 @@ from .body_deadline import BodyDeadline
 from .downloads import ArtifactCall, DownloadRoutes, DownloadWatch
 from .grpc_listener import GrpcListener, require_grpc
 from .guards import BodyGuard, InputValidationGuard, MetricsGuard, ModelLookupGuard
+from .hot_routes import HotRoutes, hot_routes
 from .oip_routes import (
     OIP_EXTENSIONS,
     SERVER_NAME,
@@ -326,10 +327,13 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         exception_handlers={HTTPException: _http_error, Exception: _internal_error})
     proxies = ([Middleware(ProxyHeaders, trusted=settings.server.trusted_proxies)]
                if settings.server.trusted_proxies else [])
+    routes = [*oip.routes(), *DownloadRoutes(download_chain, oip.answer).routes(),
+              *(llm.routes() if settings.llm.models else [])]
+    # the POST routes (infer, the LLM's) past Starlette's router, inside every protection
+    hot = Middleware(HotRoutes, routes=hot_routes(routes))
     app = Starlette(
-        routes=[*oip.routes(), *DownloadRoutes(download_chain, oip.answer).routes(),
-                *(llm.routes() if settings.llm.models else [])],
-        middleware=[deadline, *proxies],
+        routes=routes,
+        middleware=[deadline, *proxies, hot],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )
