@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -40,22 +41,19 @@ R = TypeVar("R")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+@dataclass(kw_only=True)
 class GrpcInference:
     """The six calls of the service, on the REST path's chains, terminals and checks."""
 
-    def __init__(self, *, infer_chain: GuardChain[OipCall], metadata_chain: GuardChain[OipCall],
-                 infer: Terminal[OipCall], metadata: Terminal[OipCall], readiness: Readiness,
-                 server: tuple[str, str, Sequence[str]], on_failure: OnFailure,
-                 audit_before_answer: bool) -> None:
-        self._infer_chain = infer_chain
-        self._metadata_chain = metadata_chain
-        self._infer = infer
-        self._metadata = metadata
-        self._readiness = readiness
-        self._server = server
-        self._on_failure = on_failure
-        self._strict = audit_before_answer
-        self._completing: set[asyncio.Task[None]] = set()
+    infer_chain: GuardChain[OipCall]
+    metadata_chain: GuardChain[OipCall]
+    infer: Terminal[OipCall]
+    metadata: Terminal[OipCall]
+    readiness: Readiness
+    server: tuple[str, str, Sequence[str]]
+    on_failure: OnFailure
+    audit_before_answer: bool
+    _completing: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(fn: Callable[[Any, Context], Awaitable[Any]], request: Any
@@ -80,7 +78,7 @@ class GrpcInference:
 
     async def server_ready(self, request: pb.ServerReadyRequest, context: Context
                            ) -> pb.ServerReadyResponse:
-        return pb.ServerReadyResponse(ready=(await self._readiness.verdict()).ready)
+        return pb.ServerReadyResponse(ready=(await self.readiness.verdict()).ready)
 
     async def model_ready(self, request: pb.ModelReadyRequest, context: Context
                           ) -> pb.ModelReadyResponse:
@@ -88,23 +86,23 @@ class GrpcInference:
         answer now is `ready: false`, not an error."""
         async def ready_terminal(call: OipCall) -> None:
             assert call.model is not None
-            call.metadata = {"ready": await self._readiness.model_ready(call.model.name)}
+            call.metadata = {"ready": await self.readiness.model_ready(call.model.name)}
 
         call = OipCall(GrpcRequest(context.invocation_metadata(), context.peer(), b""),
                        "metadata", request.name, version=request.version or None)
-        return await self._answer(call, self._metadata_chain, ready_terminal, lambda c: (
+        return await self._answer(call, self.metadata_chain, ready_terminal, lambda c: (
             pb.ModelReadyResponse(ready=bool((c.metadata or {}).get("ready")))), context)
 
     async def server_metadata(self, request: pb.ServerMetadataRequest, context: Context
                               ) -> pb.ServerMetadataResponse:
-        name, version, extensions = self._server
+        name, version, extensions = self.server
         return pb.ServerMetadataResponse(name=name, version=version, extensions=extensions)
 
     async def model_metadata(self, request: pb.ModelMetadataRequest, context: Context
                              ) -> pb.ModelMetadataResponse:
         call = OipCall(GrpcRequest(context.invocation_metadata(), context.peer(), b""),
                        "metadata", request.name, version=request.version or None)
-        return await self._answer(call, self._metadata_chain, self._metadata,
+        return await self._answer(call, self.metadata_chain, self.metadata,
                                   _metadata_message, context)
 
     async def model_infer(self, body: bytes, context: Context) -> bytes:
@@ -127,7 +125,7 @@ class GrpcInference:
                 answer, raw=raw, model_version=done.model.version).SerializeToString()
             return done.response_body
 
-        return await self._answer(call, self._infer_chain, self._infer, encode, context)
+        return await self._answer(call, self.infer_chain, self.infer, encode, context)
 
     async def _answer(self, call: C, chain: GuardChain[C], terminal: Terminal[C],
                       encode: Callable[[C], R], context: Context) -> R:
@@ -145,7 +143,7 @@ class GrpcInference:
             raise
         except Exception as exc:
             _, call.error = error_response(exc, where=f" in grpc {call.action}")
-            self._on_failure(exc)
+            self.on_failure(exc)
             call.status = call.error.status
         failure = await self._complete(chain, call)
         if failure is not None or reply is None:
@@ -155,14 +153,14 @@ class GrpcInference:
         return reply
 
     async def _complete(self, chain: GuardChain[C], call: C) -> StoreError | None:
-        if not self._strict:
+        if not self.audit_before_answer:
             self._complete_later(chain, call)
             return None
         await chain.complete(call)
         if not call.audit_failed:
             return None
         refused = StoreError("audit record not committed", store="audit")
-        self._on_failure(refused)
+        self.on_failure(refused)
         return refused
 
     def _complete_later(self, chain: GuardChain[C], call: C) -> None:
