@@ -8,8 +8,11 @@ tenant's effective and raw risk, each detector's score and the episode are compa
 reference recorded by the code before the observe path was reworked for speed
 (`fixtures/monitor_equivalence.npz`), and every alert and flag must be the same.
 
-Scores are compared to 1e-6: the reference is float32, and a different BLAS may round a
-float32 distance in its last bit. PRADA's score to 1e-5: its Shapiro-Wilk W was recorded with
+Scores are compared to 1e-6. The nearest held row is chosen and measured exactly
+(`rings.nearest`, tests/unit/test_monitor_nearest.py) and anchors are projected in float64,
+so a CPU whose BLAS rounds float32 products otherwise picks the same anchors; the reference
+was re-recorded when that was made so (before, 54 of 10,972 `flips` scores depended on the
+CPU the replay ran on). PRADA's score to 1e-5: its Shapiro-Wilk W was recorded with
 scipy's single-precision swilk, and the monitor's own double-precision W (monitor/prada.py)
 differs from it by about 1e-6. Decisions (flags, episodes' starts and ends, alerts) must be
 equal. Re-record only when a decision is meant to change, or when a new scikit-learn moves the

@@ -18,6 +18,7 @@ import math
 
 import numpy as np
 
+from .resends import into_anchor_space
 from .rings import ROW, nearest
 from .summary import Array, Summary
 
@@ -196,7 +197,7 @@ class Batch:
         got = self._anchors[i]
         if got is None:
             z = self.z[i]
-            a = z if self.proj is None else z @ self.proj
+            a = z if self.proj is None else into_anchor_space(z, self.proj)
             got = self._anchors[i] = (a, float(a @ a))
         return got
 

@@ -56,7 +56,8 @@ def projection_key(x: Array, seed: int) -> int:
 
 @lru_cache(maxsize=16)
 def projection(d: int, key: int = 0) -> Array | None:
-    """The [d, DIMS] Gaussian projection anchors are kept in (None: d <= DIMS, kept as is).
+    """The [d, DIMS] Gaussian projection anchors are kept in (None: d <= DIMS, kept as is);
+    see `into_anchor_space`.
 
     Squared distances are kept in expectation (entries of variance 1/DIMS); the radius is
     computed for this very projection, so noise stays within it; natural rows that the
@@ -64,9 +65,17 @@ def projection(d: int, key: int = 0) -> Array | None:
     """
     if d <= DIMS:
         return None
+    # float32 values held in float64: anchors are float32, their product is taken in float64
     out: Array = (np.random.default_rng(key).standard_normal((d, DIMS)) / np.sqrt(DIMS)
-                  ).astype(np.float32)
+                  ).astype(np.float32).astype(np.float64)
     out.setflags(write=False)
+    return out
+
+
+def into_anchor_space(z: Array, proj: Array) -> Array:
+    """`z @ proj`, computed in float64 and rounded to float32: the same anchor on every CPU
+    (a float32 product's last bit depends on the BLAS kernel, which would move ties)."""
+    out: Array = (z.astype(np.float64) @ proj).astype(np.float32)
     return out
 
 
@@ -138,7 +147,7 @@ class Resends:
         """The answer (class) of the anchor `z` re-sends (-1 when it lies beyond the
         natural gap, too far to judge), or None when `z` is fresh (it is then kept as an
         anchor, with `label`, the class the model answered for it)."""
-        a = z if self.proj is None else z @ self.proj
+        a = z if self.proj is None else into_anchor_space(z, self.proj)
         return self.seen_at(a, float(a @ a), label)
 
     def seen_at(self, a: Array, aa: float, label: int = 0) -> int | None:

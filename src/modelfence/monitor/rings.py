@@ -27,18 +27,32 @@ ROW = np.float32
 def nearest(rows: Array, half: Array, z: Array, zz: float) -> tuple[int, float]:
     """(index, squared distance) of the row of `rows` nearest `z`, given `zz` = |z|^2.
 
-    |r - z|^2 = |z|^2 - 2 (r.z - |r|^2/2): one matrix-vector product against the rows' cached
-    half squared norms `half` finds the winner and its distance. In float32 that distance is
-    off by about 1e-7 of the norms, so one within 1e-3 of them is measured again, exactly: an
-    exact repeat measures 0, and the smallest step still measures what it is.
+    |r - z|^2 = |z|^2 - 2 (r.z - |r|^2/2): one float32 matrix-vector product against the
+    rows' cached half squared norms finds the candidates. Its rounding depends on the CPU's
+    BLAS kernels, so the winner's distance is measured again exactly (`_exact`), and when
+    other rows lie within float32 error of it, each is measured so and the nearest wins, the
+    lowest index on a tie: replicas on different CPUs pick the same row and the
+    same distance, and an exact repeat measures 0.
     """
     score = rows @ z - half
     j = int(score.argmax())
-    d2 = zz - 2.0 * float(score[j])
-    if d2 <= 1e-3 * (zz + 1.0):
-        diff = rows[j] - z
-        d2 = float(diff @ diff)
-    return j, max(d2, 0.0)
+    best = float(score[j])
+    floor = best - 1e-4 * (zz + abs(best) + 1.0)
+    score[j] = -math.inf
+    zl = z.tolist()
+    if float(score[int(score.argmax())]) < floor:  # one clear winner: the usual case
+        return j, _exact(rows[j].tolist(), zl)
+    found, d2 = -1, math.inf
+    for i in sorted((j, *np.flatnonzero(score >= floor).tolist())):
+        got = _exact(rows[i].tolist(), zl)
+        if got < d2:
+            found, d2 = i, got
+    return found, d2
+
+
+def _exact(a: list[float], b: list[float]) -> float:
+    """|a - b|^2 rounded once (`math.fsum`), whatever the CPU."""
+    return math.fsum([(x - y) * (x - y) for x, y in zip(a, b, strict=True)])
 
 
 def _bad_state(what: str) -> ConfigurationError:
