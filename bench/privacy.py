@@ -10,8 +10,9 @@ Targets (issue 20):
 
     python bench/privacy.py --audit [--draws 50000] [--save bench/published/privacy-audit.json]
     python bench/privacy.py --suite dev --workers 2 [--victims A,B] [--mechanisms dp-rr:4,...]
-    python bench/privacy.py --suite test --workers 2 --mechanisms M --save PATH \\
-        --save-victims PATH
+    python bench/privacy.py --suite test --workers 2 --mechanisms M --json RUN.json
+    python bench/privacy.py --suite test --load RUN.json --command "..." --report CONFIG \\
+        --save PATH --save-victims PATH   # CONFIG: the one the dev half chose
 """
 
 from __future__ import annotations
@@ -60,7 +61,8 @@ def summary_result(run: pt.PrivacyTradeoff, command: str) -> dict[str, Any]:
                      "honest_median": s.honest_loss_median, "honest_worst": s.honest_loss_worst,
                      "thief_median": s.thief_loss_median, "thief_worst": s.thief_loss_worst,
                      "met": "met" if s.met else "**missed**"})
-    note = (f"{run.queries:,} queries per thief, {run.honest_queries:,} per honest stream, "
+    note = (f"run {run.created} ({run.elapsed_s:.0f} s, {run.machine}); "
+            f"{run.queries:,} queries per thief, {run.honest_queries:,} per honest stream, "
             f"copy fidelity the mean of {run.fits} copies; losses in points against the "
             "undefended model's answers")
     return result("privacy", command, SUMMARY_COLUMNS, rows, note)
@@ -110,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fits", type=int, default=pt.FITS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="write every number here")
+    ap.add_argument("--load", type=Path, default=None,
+                    help="report a run's --json file instead of running (the command recorded "
+                         "is the one given with --command)")
+    ap.add_argument("--command", default="", help="with --load: the command that made it")
+    ap.add_argument("--report", default="",
+                    help="the configuration whose per-victim table is printed and saved "
+                         "(default: the best on this half; on test, name the one dev chose)")
     ap.add_argument("--save", type=Path, default=None, help="the summary as a result file")
     ap.add_argument("--save-victims", type=Path, default=None,
                     help="the best configuration's per-victim table as a result file")
@@ -136,21 +145,27 @@ def main(argv: list[str] | None = None) -> int:
     def tick(label: str, done: int, total: int) -> None:
         print(f"\r{done}/{total} {label:<40}", end="", file=sys.stderr, flush=True)
 
-    run = pt.run(args.suite, mechanisms, placements=placements, victim_names=names,
-                 queries=args.queries, honest_queries=args.honest_queries, fits=args.fits,
-                 seed=args.seed, executor=executor_for(None, args.workers), progress=tick)
-    print(file=sys.stderr)
+    if args.load is not None:
+        run = pt.PrivacyTradeoff.from_dict(orjson.loads(args.load.read_bytes()))
+        command = args.command or command
+    else:
+        run = pt.run(args.suite, mechanisms, placements=placements, victim_names=names,
+                     queries=args.queries, honest_queries=args.honest_queries, fits=args.fits,
+                     seed=args.seed, executor=executor_for(None, args.workers), progress=tick)
+        print(file=sys.stderr)
     print(run.markdown())
     best = run.best()
-    print(f"best: {best.config} ({best.meeting}/{best.victims} victims)\n")
-    print(run.victim_markdown(best.config))
+    print(f"best on this half: {best.config} ({best.meeting}/{best.victims} victims)\n")
+    chosen = args.report or best.config
+    print(f"{chosen}:\n")
+    print(run.victim_markdown(chosen))
     if args.json is not None:
         args.json.write_bytes(orjson.dumps(run.to_dict(), option=orjson.OPT_INDENT_2))
     if args.save is not None:
         save(args.save, summary_result(run, command))
         print(f"wrote {args.save}", file=sys.stderr)
     if args.save_victims is not None:
-        save(args.save_victims, victims_result(run, best.config, command))
+        save(args.save_victims, victims_result(run, chosen, command))
         print(f"wrote {args.save_victims}", file=sys.stderr)
     return 0
 

@@ -52,6 +52,10 @@ def test_near_random_answers_cost_honest_callers_and_thieves(run: pt.PrivacyTrad
     assert "| `dp-rr:0.1` | 0/1 |" in table and "| `flagged:labels` | 0/1 | 0.00 |" in table
     assert "| wine-3c-13f-lr |" in run.victim_markdown("dp-rr:0.1")
     assert run.to_dict()["summaries"][0]["config"] == "labels"
+    import orjson
+
+    again = pt.PrivacyTradeoff.from_dict(orjson.loads(orjson.dumps(run.to_dict())))
+    assert again.markdown() == table and again.results == run.results
 
 
 def test_the_budget_allows_what_the_accountant_allows() -> None:

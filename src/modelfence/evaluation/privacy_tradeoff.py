@@ -8,8 +8,8 @@ one of two placements:
 - ``flagged``: the mechanism is the strongest band of the recommended configuration, so
   only a caller the monitor flagged gets it (the monitor and its bands as the corpus runs
   them, `harness.Gateway`; the guarantee holds for flagged callers only);
-- ``flagged-budget``: the same, with the gateway's default ε budget per principal
-  (`config.privacy.PrivacySettings`: ε 100 at δ 1e-6, refused once spent): once a caller's
+- ``flagged-budget``: the same, with a budget of `BUDGET_EPSILON` per principal
+  (``privacy.principal_epsilon: 100``, ``on_spent: refuse``, at the default δ): once a caller's
   charged answers compose (`privacy.accountant`) past the budget, every later row is
   refused, and a refused row teaches a thief nothing and counts as wrong for an honest
   caller.
@@ -59,6 +59,8 @@ QUERIES = 2000
 HONEST_QUERIES = 1000
 #: Copies per fidelity (mean over seeds): one copy moves by a point or two on its own.
 FITS = 2
+#: The ``flagged-budget`` placement's ε per principal (privacy.principal_epsilon).
+BUDGET_EPSILON = 100.0
 #: Mechanisms and ε measured when none are named (see `modelfence.privacy`).
 DEFAULT_MECHANISMS: tuple[str, ...] = (
     "dp-rr:0.25", "dp-rr:1", "dp-rr:4", "dp-bdpl:0.25,0.6", "dp-bdpl:0.25,0.3", "dp-bdpl:1,0.2",
@@ -139,6 +141,15 @@ class PrivacyTradeoff:
     created: str = ""
     machine: str = ""
     elapsed_s: float = 0.0
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> PrivacyTradeoff:
+        """A run back from `to_dict`'s JSON (for reporting a saved run again)."""
+        names = {f for f in VictimResult.__dataclass_fields__}
+        results = [VictimResult(**{k: v for k, v in r.items() if k in names})
+                   for r in doc["results"]]
+        return cls(doc["suite"], doc["queries"], doc["honest_queries"], doc["fits"],
+                   doc["seed"], results, doc["created"], doc["machine"], doc["elapsed_s"])
 
     def configs(self) -> list[str]:
         return list(dict.fromkeys(r.config for r in self.results))
@@ -262,16 +273,14 @@ def budget_answers(spec: str, budget: float, delta: float) -> int:
 
 
 def within_budget(defense: Any, stream: Stream, private: Array) -> Array:
-    """Rows answered under the default per-principal budget: each principal's rows until its
-    charged answers (private rows the mechanism charges) exceed what the budget allows."""
+    """Rows answered under a budget of `BUDGET_EPSILON` per principal: each principal's rows
+    until its charged answers (private rows the mechanism charges) exceed what it allows."""
     from ..config.privacy import PrivacySettings
 
     if not getattr(defense, "private", False):  # nothing charged, nothing refused
         return np.ones(len(private), dtype=bool)
-    fields = PrivacySettings.model_fields
-    budget = fields["principal_epsilon"].default
-    delta = fields["delta"].default
-    allowed = budget_answers(defense.spec, float(budget), float(delta))
+    allowed = budget_answers(defense.spec, BUDGET_EPSILON,
+                             float(PrivacySettings.model_fields["delta"].default))
     charged = private & np.asarray(defense.charged(stream.proba), dtype=bool)
     who = np.asarray(stream.principals, dtype=object)
     answered = np.ones(len(charged), dtype=bool)
