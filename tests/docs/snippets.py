@@ -192,7 +192,10 @@ __await_demo() {{  # URL: the demo the docs tests started from README's `make de
   echo "the demo did not answer at $1 within 120 s" >&2; return 1
 }}
 __home_copy() {{  # FOLDER: a copy of $HOME/.modelfence as a stopped demo leaves it
-  mkdir -p "$1" && cp -a "$HOME/.modelfence" "$1/"
+  # the demo runs on: a file it replaces while cp reads the folder may vanish (reset removes
+  # what the demo writes as it serves; what it keeps, the model and keys, does not change)
+  mkdir -p "$1"; cp -a "$HOME/.modelfence" "$1/" 2>/dev/null || true
+  test -d "$1/.modelfence/demo" || {{ echo "no demo home to copy" >&2; return 1; }}
   find "$1" \( -name '*-wal' -o -name '*-shm' -o -name '*.sock' -o -name '*.lock' \) -delete
 }}
 __stop_served() {{  # Ctrl+C to each background snippet; each must end cleanly
