@@ -118,6 +118,8 @@ def _check_magnitude(data: np.ndarray[Any, Any], limit: float, where: str) -> No
     if data.dtype.kind not in "iuf" or data.size == 0:
         return
     values = data if data.dtype.kind == "f" else data.astype(np.float64)
+    if np.abs(values).max() <= limit:  # the common case in two numpy calls (NaN: not <=)
+        return
     with np.errstate(invalid="ignore"):  # NaN and infinity: limits.allow_nonfinite decides
         over = (np.abs(values) > np.float64(limit)) & np.isfinite(values)
     if not over.any():
