@@ -105,13 +105,13 @@ async def run(config: Path, args: argparse.Namespace) -> list[float]:
             t0 = time.process_time()
             per = args.requests // args.concurrency
 
-            async def worker() -> None:
+            async def worker(per: int) -> None:
                 for _ in range(per):
                     status = await one(app, scope, body)
                     if status != 200:
                         raise SystemExit(f"status {status}")
 
-            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+            await asyncio.gather(*(worker(per) for _ in range(args.concurrency)))
             await asyncio.sleep(0.05)  # the last background tasks (audit)
             out.append((time.process_time() - t0) / (per * args.concurrency) * 1e6)
     return out
