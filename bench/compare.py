@@ -326,6 +326,7 @@ COLUMNS = [
     {"key": "route", "title": "route"},
     {"key": "target", "title": "target"},
     {"key": "p50_ms", "title": "p50 ms", "format": "{:.3f}"},
+    {"key": "p99_ms", "title": "p99 ms", "format": "{:.3f}"},
     {"key": "added_p50_ms", "title": "added p50", "format": "{:+.3f}"},
     {"key": "added_p99_ms", "title": "added p99", "format": "{:+.3f}"},
     {"key": "rps", "title": "req/s", "format": "{:,.0f}"},

@@ -70,3 +70,16 @@ def test_rows_say_added_and_share_of_passthrough(compare: Any) -> None:
     assert rows[("OIP", "modelfence")]["added_p50_ms"] == pytest.approx(1.0)
     assert rows[("OIP", "modelfence")]["vs_passthrough_pct"] == 56
     assert rows[("OpenAI", "litellm")]["rps"] == 100
+
+
+def test_a_run_can_be_saved_for_the_docs(compare: Any, tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        import results
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+    rows = compare.rows(summaries(compare, True))
+    path = tmp_path / "compare.json"
+    results.save(path, results.result("compare", "python bench/compare.py", compare.COLUMNS,
+                                      rows))
+    assert results.load(path)["rows"] == rows
