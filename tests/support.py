@@ -252,9 +252,12 @@ def _alive(pid: int) -> bool:
 def train_digits(folder: Path) -> dict[str, Path]:
     """A small digits classifier saved as skops, ONNX (if skl2onnx is there) and joblib."""
     import joblib
-    import skops.io as sio
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
+
+    from modelfence.extras import skops_io
+
+    sio = skops_io()
 
     folder.mkdir(parents=True, exist_ok=True)
     x, y = load_digits(return_X_y=True)

@@ -22,7 +22,7 @@ import yaml
 
 from .audit.checkpoint import generate_keypair
 from .config import load_settings
-from .extras import require
+from .extras import require, skops_io
 from .identity.apikeys import ApiKeys
 from .monitor.summary import Summary
 from .shaping.recommended import RECOMMENDED_MONITOR, recommended_shaping
@@ -138,7 +138,7 @@ def remembered_risk(config: Path) -> RememberedRisk | None:
 
 
 def _train(model_path: Path, sample_path: Path) -> float:
-    import skops.io as sio
+    sio = skops_io()
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -177,7 +177,7 @@ def _ensure_summary(model_path: Path, path: Path) -> None:
             return
         except ConfigurationError:
             pass
-    import skops.io as sio
+    sio = skops_io()
 
     clf = sio.load(model_path)  # the default trust, as the gateway loads it
     x_test = _digits_split()[1]

@@ -10,7 +10,10 @@ takes to import.
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
+import sys
+from types import ModuleType
 
 from .errors import ConfigurationError
 
@@ -33,3 +36,37 @@ def require(extra: str, feature: str, *modules: str) -> None:
         raise ConfigurationError(
             f"{feature} needs the '{extra}' extra (missing: {', '.join(absent)}): "
             f"pip install 'modelfence[{extra}]'")
+
+
+class _NoTorch(importlib.abc.MetaPathFinder):
+    """A finder that makes `import torch` fail while it sits first on `sys.meta_path`."""
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None) -> None:
+        if fullname == "torch" or fullname.startswith("torch."):
+            raise ModuleNotFoundError(f"hidden while skops imports: {fullname}", name=fullname)
+        return None
+
+
+def skops_io() -> ModuleType:
+    """`skops.io`, imported without letting it import torch.
+
+    skops builds its list of trusted types from scikit-learn's `all_estimators()`, which walks
+    and imports every scikit-learn package, `sklearn.externals.array_api_compat.torch`
+    included: where torch is installed (the `torch` extra), loading a .skops model imported
+    torch too, about 2 s of CPU in every process that loads one. No scikit-learn model file
+    needs torch's array namespace to load, so torch is hidden while skops imports and the
+    walk skips that package (it ignores packages that fail to import). Torch imports normally
+    afterwards.
+    """
+    if "skops.io" in sys.modules:
+        return sys.modules["skops.io"]
+    finder = _NoTorch()
+    hide = "torch" not in sys.modules
+    if hide:
+        sys.meta_path.insert(0, finder)
+    try:
+        import skops.io  # noqa: F401
+    finally:
+        if hide:
+            sys.meta_path.remove(finder)
+    return sys.modules["skops.io"]

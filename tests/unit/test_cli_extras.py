@@ -3,7 +3,9 @@ printed as written (rich must not read "modelfence[local]" as a markup tag)."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -81,3 +83,29 @@ def test_a_local_llm_without_the_llm_extra_fails_at_start(
                           "transformers): pip install 'modelfence[llm]'\n")
     http = _llm_config(tmp_path, {})  # an HTTP upstream needs no extra
     assert CliRunner().invoke(app, ["config", "check", "--config", str(http)]).exit_code == 0
+
+
+def test_loading_skops_does_not_import_torch_and_trusts_the_same_types() -> None:
+    """skops's trusted-type walk imports every scikit-learn package, torch's array namespace
+    included; `skops_io()` hides torch for that walk only (about 2 s of CPU per process)."""
+    probe = textwrap.dedent("""
+        import importlib.util, sys
+        from modelfence.extras import skops_io
+        sio = skops_io()
+        from skops.io._trusted_types import SKLEARN_ESTIMATOR_TYPE_NAMES
+        print(len(SKLEARN_ESTIMATOR_TYPE_NAMES), "torch" in sys.modules,
+              importlib.util.find_spec("torch") is not None)
+        if importlib.util.find_spec("torch") is not None:
+            import torch  # still importable afterwards
+            print(torch.tensor([1]).sum().item())
+    """)
+    hidden = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True).stdout.split()
+    plain = subprocess.run(
+        [sys.executable, "-c", "import skops.io\n"
+         "from skops.io._trusted_types import SKLEARN_ESTIMATOR_TYPE_NAMES as n\nprint(len(n))"],
+        capture_output=True, text=True, check=True).stdout.split()
+    assert hidden[0] == plain[0]
+    assert hidden[1] == "False"
+    if hidden[2] == "True":
+        assert hidden[3] == "1"

@@ -19,6 +19,7 @@ from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
+from ..extras import skops_io
 from .errors import NotScanned, UnsafeArtifact
 
 
@@ -195,9 +196,7 @@ def scan_file(path: Path) -> FileScan:
 
 def _scan_skops(path: Path) -> FileScan:
     try:
-        from skops.io import get_untrusted_types
-
-        untrusted = get_untrusted_types(file=path)
+        untrusted = skops_io().get_untrusted_types(file=path)
     except ImportError:
         return FileScan(path, "skops", Verdict.NOT_SCANNED,
                         ["skops not installed: pip install 'modelfence[artifacts]'"], ["skops"])

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..config import LocalBackend, ModelSettings, TensorSpec, read_secret
 from ..errors import BadRequest, ConfigurationError
-from ..extras import require
+from ..extras import require, skops_io
 from .base import NOT_COMPUTABLE, LocalClassifier
 
 #: How scikit-learn's check_array words non-finite input (sklearn/utils/validation.py).
@@ -113,7 +113,7 @@ class SkopsClassifier(_SklearnClassifier):
     platform: ClassVar[str] = "sklearn"
 
     def _load(self) -> tuple[TensorSpec, np.ndarray[Any, Any]]:
-        import skops.io as sio
+        sio = skops_io()
 
         cfg = _settings(self)
         source = _artifact(self)

@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from ..config import Settings, default_config_path, load_settings
 from ..errors import ModelfenceError
+from ..extras import skops_io
 
 T = TypeVar("T")
 
@@ -79,10 +80,8 @@ def check_skops_trust(target: str | Path, trusted: Sequence[str], *, what: str,
     path = Path(target)
     if path.suffix.lower() != ".skops" or not path.is_file():
         return
-    from skops.io import get_untrusted_types
-
     try:
-        untrusted = get_untrusted_types(file=path)
+        untrusted = skops_io().get_untrusted_types(file=path)
     except Exception as exc:
         raise fail(f"{what} {path}: cannot read it as a skops file "
                    f"({exc.__class__.__name__})", 2) from None

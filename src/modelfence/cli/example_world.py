@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from ..errors import ConfigurationError
-from ..extras import require
+from ..extras import require, skops_io
 from .stand_ins import OipModel, StandIn, oip_stand_in, openai_stand_in
 
 PG_PASSWORD_ENV = "MODELFENCE_PG_PASSWORD"  # noqa: S105 (a variable name, not a secret)
@@ -164,9 +164,7 @@ def _train(path: Path, kind: str, features: int, classes: int) -> None:
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000)).fit(x, y)
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "skops":
-        import skops.io as sio
-
-        sio.dump(clf, path)
+        skops_io().dump(clf, path)
         return
     try:
         from skl2onnx import to_onnx
