@@ -29,6 +29,7 @@ from .backends import (
     TensorSpec,
 )
 from .base import ConfigPath, FromConfigDir, StoreUrl, Strict, UpstreamUrl
+from .console import ConsoleSettings
 from .env import (
     ADMIN_FD_ENV,
     ADMIN_LISTEN_ENV,
@@ -68,7 +69,8 @@ __all__ = [
     "METRICS_DIR_ENV", "NEVER_FORWARDED", "SECRET_ENV",
     "AdminCredential", "AdminOidc", "AdminSettings", "ArtifactChecks", "ArtifactDecryption",
     "ArtifactSignature", "AuditRetention", "AuditSettings", "BackendSettings", "Budget",
-    "ConfigPath", "FromConfigDir", "IdentitySettings", "InputLimits", "JwtSettings",
+    "ConfigPath", "ConsoleSettings", "FromConfigDir", "IdentitySettings", "InputLimits",
+    "JwtSettings",
     "LlmModel", "LlmSettings", "LocalBackend", "ModelAttributes", "ModelMonitor",
     "ModelSettings", "MonitorSettings", "OipUpstreamBackend", "PolicySettings", "PrivacySettings",
     "QuotaSettings", "RateLimit", "ReadinessSettings", "ServerSettings", "Settings",

@@ -12,6 +12,7 @@ from ..errors import ConfigurationError
 from .admin import AdminCredential, AdminSettings
 from .audit import AuditSettings
 from .base import ConfigPath, StoreUrl, Strict
+from .console import ConsoleSettings
 from .env import ADMIN_TOKEN_ENV, SECRET_ENV
 from .identity import IdentitySettings
 from .llm import LlmSettings
@@ -36,6 +37,7 @@ class Settings(Strict):
     server: ServerSettings = ServerSettings()
     secret_file: ConfigPath | None = Field(None, description="server secret for key digests")
     admin: AdminSettings = AdminSettings()
+    console: ConsoleSettings = ConsoleSettings()
     stores: StoreSettings = StoreSettings()
     key_cache_ttl_s: float = Field(
         0.5, ge=0, le=60, description="how long a key lookup is reused: bounds how long a key "

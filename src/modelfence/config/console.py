@@ -1,0 +1,23 @@
+"""`console:` — the security-operations console under `/console` on the admin listener."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import ConfigPath, Strict
+
+
+class ConsoleSettings(Strict):
+    """The console signs its sessions with a key derived from the server secret and lets an
+    admin do only what its admin scopes allow. A short session bounds how long a revoked
+    admin credential's session outlives it."""
+
+    enabled: bool = Field(False, description="serve /console on the admin listener "
+                          "(needs server.admin_listen and an admin credential)")
+    session_lifetime_s: int = Field(900, ge=60, le=43200, description="seconds a console "
+                                    "login lasts before the admin pastes its credential again")
+    reports_dir: ConfigPath | None = Field(None, description="folder of red-team assessment "
+                                           "reports and evidence bundles the console lists "
+                                           "for download; none: no reports page")
+    page_size: int = Field(50, ge=10, le=500, description="rows per page of the audit "
+                           "search and the rankings")
