@@ -1,0 +1,64 @@
+"""The console's login, overview, CSRF on logout, and headers, against a fake authenticator."""
+
+from __future__ import annotations
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.testclient import TestClient
+
+from modelfence.console.app import Console, LoginResult
+from modelfence.console.session import COOKIE_NAME, SessionSigner
+from modelfence.errors import Unauthenticated
+
+TOKEN = "a-valid-admin-token-of-24-chars-or-more"
+SECRET = b"k" * 32
+
+
+def _client() -> tuple[TestClient, list[tuple[str, str, int]]]:
+    records: list[tuple[str, str, int]] = []
+
+    async def authenticate(credential: str, request: Request) -> LoginResult:
+        if credential != TOKEN:
+            raise Unauthenticated(reason="bad_admin_token")
+        return LoginResult("admin:ops", frozenset({"risk:read"}), frozenset({"*"}),
+                           frozenset({"*"}))
+
+    async def record(action: str, admin: str, status: int, request: Request) -> None:
+        records.append((action, admin, status))
+
+    console = Console(SessionSigner(SECRET, lifetime_s=600), authenticate, record)
+    client = TestClient(Starlette(routes=console.routes()), base_url="http://testserver")
+    return client, records
+
+
+def test_login_overview_logout() -> None:
+    client, records = _client()
+    assert client.get("/console/", follow_redirects=False).status_code == 303
+    form = client.get("/console/login")
+    assert form.headers["content-security-policy"].startswith("default-src 'none'")
+    assert form.headers["cache-control"] == "no-store"
+    answer = client.post("/console/login", data={"credential": TOKEN}, follow_redirects=False)
+    assert answer.status_code == 303
+    set_cookie = answer.headers["set-cookie"]
+    assert "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+    assert TOKEN not in set_cookie
+    page = client.get("/console/")
+    assert page.status_code == 200 and "admin:ops" in page.text and TOKEN not in page.text
+    # logout without the CSRF token is refused, with it the session ends
+    assert client.post("/console/logout", data={}, follow_redirects=False).status_code == 403
+    csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
+    out = client.post("/console/logout", data={"csrf": csrf}, follow_redirects=False)
+    assert out.status_code == 303 and "Max-Age=0" in out.headers["set-cookie"]
+    assert [r[0] for r in records] == ["console:login", "console:logout"]
+    assert all(TOKEN not in r[1] for r in records)
+
+
+def test_bad_credential_and_cross_site_login_are_refused() -> None:
+    client, records = _client()
+    bad = client.post("/console/login", data={"credential": "wrong"}, follow_redirects=False)
+    assert bad.status_code == 401 and COOKIE_NAME not in bad.headers.get("set-cookie", "")
+    assert "wrong" not in bad.text
+    cross = client.post("/console/login", data={"credential": TOKEN},
+                        headers={"origin": "https://evil.example"}, follow_redirects=False)
+    assert cross.status_code == 403
+    assert records[0][0] == "console:login" and records[0][2] == 401
