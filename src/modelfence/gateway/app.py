@@ -60,6 +60,7 @@ from .admin import AdminApi
 from .admin_auth import AdminAuthenticator
 from .admin_listener import AdminListener
 from .body_deadline import BodyDeadline
+from .console_routes import console_routes
 from .downloads import ArtifactCall, DownloadRoutes, DownloadWatch
 from .grpc_listener import GrpcListener, require_grpc
 from .guards import BodyGuard, InputValidationGuard, MetricsGuard, ModelLookupGuard
@@ -322,7 +323,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     # the admin listener's app: never mounted on the public one (a 404 there, as any route)
     admin_app = Starlette(
         routes=[*admin.routes(), Route("/admin/ready", oip.ready_details, methods=["GET"]),
-                Route("/metrics", metrics_endpoint, methods=["GET"])],
+                Route("/metrics", metrics_endpoint, methods=["GET"]),
+                *console_routes(settings, admin_auth, gw.audit_sink)],
         middleware=[deadline],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error})
     proxies = ([Middleware(ProxyHeaders, trusted=settings.server.trusted_proxies)]
