@@ -62,3 +62,13 @@ def test_bad_credential_and_cross_site_login_are_refused() -> None:
                         headers={"origin": "https://evil.example"}, follow_redirects=False)
     assert cross.status_code == 403
     assert records[0][0] == "console:login" and records[0][2] == 401
+
+
+def test_same_site_browser_with_null_origin_may_log_in() -> None:
+    client, _ = _client()
+    ok = client.post("/console/login", data={"credential": TOKEN}, follow_redirects=False,
+                     headers={"origin": "null", "sec-fetch-site": "same-origin"})
+    assert ok.status_code == 303
+    cross = client.post("/console/login", data={"credential": TOKEN}, follow_redirects=False,
+                        headers={"origin": "null", "sec-fetch-site": "cross-site"})
+    assert cross.status_code == 403
