@@ -86,7 +86,9 @@ class Console:
             await self._record("console:login", str(getattr(request.state, "admin_name", "?")),
                                status, request)
             return self._render("login.html", status, title="Log in", session=None,
-                                message="login refused: the credential was not accepted")
+                                message=("login refused: the audit log cannot record it now"
+                                         if status == 503 else
+                                         "login refused: the credential was not accepted"))
         cookie, _ = self._signer.issue(admin=who.admin, scopes=who.scopes, models=who.models,
                                        tenants=who.tenants, now=int(self._clock()))
         await self._record("console:login", who.admin, 303, request)

@@ -18,6 +18,7 @@ from ..audit.sinks import AuditSink
 from ..config import Settings
 from ..console.app import Console, LoginResult
 from ..console.session import SessionSigner
+from ..errors import Unavailable
 from .admin_auth import AdminAuthenticator
 
 log = logging.getLogger("modelfence.console")
@@ -33,6 +34,9 @@ def console_routes(settings: Settings, auth: AdminAuthenticator, audit: AuditSin
                            lifetime_s=settings.console.session_lifetime_s)
 
     async def authenticate(credential: str, request: Request) -> LoginResult:
+        if not audit.accepting:  # fail closed, as the admin API: no unrecorded login
+            raise Unavailable("the audit log cannot record console logins now",
+                              reason="audit_unavailable")
         headers = [(k, v) for k, v in request.scope["headers"] if k != b"authorization"]
         headers.append((b"authorization", b"Bearer " + credential.encode("latin-1",
                                                                           "replace")))
