@@ -72,3 +72,19 @@ def test_same_site_browser_with_null_origin_may_log_in() -> None:
     cross = client.post("/console/login", data={"credential": TOKEN}, follow_redirects=False,
                         headers={"origin": "null", "sec-fetch-site": "cross-site"})
     assert cross.status_code == 403
+
+
+def test_login_is_refused_while_the_audit_log_cannot_record_it() -> None:
+    from modelfence.errors import Unavailable
+
+    async def authenticate(credential: str, request: Request) -> LoginResult:
+        raise Unavailable("audit down", reason="audit_unavailable")
+
+    async def record(action: str, admin: str, status: int, request: Request) -> None:
+        return None
+
+    console = Console(SessionSigner(SECRET, lifetime_s=600), authenticate, record)
+    client = TestClient(Starlette(routes=console.routes()))
+    answer = client.post("/console/login", data={"credential": TOKEN}, follow_redirects=False)
+    assert answer.status_code == 503 and "audit log" in answer.text
+    assert "set-cookie" not in answer.headers
