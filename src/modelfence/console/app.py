@@ -65,8 +65,12 @@ class Console:
         html = self._env.get_template(name).render(**values)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
 
-    def _session(self, request: Request) -> ConsoleSession:
-        return self._signer.verify(request.cookies.get(COOKIE_NAME), now=int(self._clock()))
+    def _signed_in(self, request: Request) -> ConsoleSession | None:
+        """The request's valid session; None sends the browser to the login page."""
+        try:
+            return self._signer.verify(request.cookies.get(COOKIE_NAME), now=int(self._clock()))
+        except Unauthenticated:
+            return None
 
     async def login_form(self, request: Request) -> Response:
         return self._render("login.html", title="Log in", session=None)
@@ -98,10 +102,9 @@ class Console:
         return response
 
     async def logout(self, request: Request) -> Response:
-        try:
-            session = self._session(request)
-        except Unauthenticated:
-            return RedirectResponse("/console/login", status_code=303, headers=SECURITY_HEADERS)
+        session = self._signed_in(request)
+        if session is None:
+            return _to_login()
         try:
             token: str | None = (await _form(request)).get("csrf")
         except BadRequest:
@@ -111,19 +114,22 @@ class Console:
                                 csrf=self._signer.csrf_token(session), scopes="",
                                 message="the form's CSRF token is not valid; reload the page")
         await self._record("console:logout", session.admin, 303, request)
-        response = RedirectResponse("/console/login", status_code=303, headers=SECURITY_HEADERS)
+        response = _to_login()
         response.headers.append("set-cookie", clear_cookie_header(
             secure=request.url.scheme == "https"))
         return response
 
     async def overview(self, request: Request) -> Response:
-        try:
-            session = self._session(request)
-        except Unauthenticated:
-            return RedirectResponse("/console/login", status_code=303, headers=SECURITY_HEADERS)
+        session = self._signed_in(request)
+        if session is None:
+            return _to_login()
         return self._render("overview.html", title="Overview", session=session,
                             csrf=self._signer.csrf_token(session),
                             scopes=", ".join(sorted(session.scopes)))
+
+
+def _to_login() -> RedirectResponse:
+    return RedirectResponse("/console/login", status_code=303, headers=SECURITY_HEADERS)
 
 
 def _same_origin(request: Request) -> bool:
