@@ -1,6 +1,6 @@
 """The one small interface through which modelfence reaches upstream model servers.
 
-The HTTP client is a measured choice (NOTES.md: aiohttp proxied about ten times faster
+The HTTP client is a measured choice (aiohttp proxied about ten times faster
 than httpx here), and tests can swap in another transport. Every failure becomes an
 `UpstreamError` (502) or `UpstreamTimeout` (504); nothing from the client library leaks.
 """

@@ -1,4 +1,4 @@
-"""The HTTP client to OpenAI-compatible upstreams (aiohttp, pooled; see NOTES.md).
+"""The HTTP client to OpenAI-compatible upstreams (aiohttp, pooled: see transport.py).
 
 Failures become `UpstreamError` (502) / `UpstreamTimeout` (504); an error status is
 answered as on the OIP path (backends/upstream_status.py): a 4xx passes through with its

@@ -3,7 +3,7 @@ a Dask cluster.
 
 Every cell is independent (one attack, defense and seed), so the matrix parallelises by
 cells. Each worker runs one thread: on these small models BLAS and OpenMP thread pools only
-add contention (NOTES.md: 16 s instead of 0.6 s for a small MLP; measured here, lbfgs on a
+add contention (measured: 16 s instead of 0.6 s for a small MLP; measured here, lbfgs on a
 64-64-10 MLP ran 30 times slower with two threads on a busy 2-core machine). Thread pools
 are pinned *after* numpy, scipy and scikit-learn are loaded: threadpoolctl only reaches
 libraries already in the process, and environment variables only those loaded later.

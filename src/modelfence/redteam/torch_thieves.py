@@ -1,7 +1,7 @@
 """Torch thieves (the [torch] extra): an MLP, and a small CNN for image-shaped inputs.
 
 torch is imported only when one of these is asked for, with a message naming the extra
-when it is missing. Training is pinned to one thread (NOTES.md: the default thread pool made
+when it is missing. Training is pinned to one thread (measured: the default thread pool made
 a small MLP 25 times slower on these machines) and seeded, so runs repeat exactly.
 """
 

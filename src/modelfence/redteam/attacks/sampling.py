@@ -3,7 +3,7 @@
 These are the baselines a budget must hold against. Knockoff with random selection
 (Orekondy et al., "Knockoff Nets", CVPR 2019) is the strongest of them when the attacker
 has natural data; uniform noise inside the feature ranges is what an attacker without data
-can do (NOTES.md: ART's uniform-noise thief stole far less); uncertainty sampling (active
+can do (measured: ART's uniform-noise thief stole far less); uncertainty sampling (active
 learning, as in Chandrasekaran et al., USENIX Security 2020) asks where the thief's own
 copy is least sure, which spends a small budget better.
 """
