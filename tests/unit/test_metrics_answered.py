@@ -25,7 +25,7 @@ def test_same_exposition_as_prometheus_client() -> None:
     counter = Counter("modelfence_requests", "Requests answered", ["action", "model", "status"],
                       registry=theirs)
     histogram = Histogram("modelfence_request_duration_seconds", "Time from arrival to answer",
-                          ["action"], buckets=_BUCKETS, registry=theirs)
+                          ["action", "model"], buckets=_BUCKETS, registry=theirs)
     ours = CollectorRegistry()
     answered = Answered(ours, _BUCKETS)
     rng = random.Random(7)
@@ -35,7 +35,7 @@ def test_same_exposition_as_prometheus_client() -> None:
         action, model = rng.choice(["infer", "chat"]), rng.choice(["digits", "bench-llm", "-"])
         status, seconds = rng.choice([200, 403, 429, 503]), rng.choice(values)
         counter.labels(action, model, str(status)).inc()
-        histogram.labels(action).observe(seconds)
+        histogram.labels(action, model).observe(seconds)
         answered.add(action, model, status, seconds)
     assert _lines(ours) == _lines(theirs)
     assert "modelfence_requests_total" in generate_latest(ours).decode()
@@ -46,18 +46,22 @@ def test_gateway_metrics_count_answered_requests() -> None:
     for _ in range(3):
         m.answered.add("infer", "digits", 200, 0.002)
     m.answered.add("infer", "digits", 429, 0.0004)
+    m.answered.add("infer", "other", 200, 0.3)  # a model of its own: its own durations
     get = m.registry.get_sample_value
     assert get("modelfence_requests_total",
                {"action": "infer", "model": "digits", "status": "200"}) == 3
     assert get("modelfence_requests_total",
                {"action": "infer", "model": "digits", "status": "429"}) == 1
-    assert get("modelfence_request_duration_seconds_count", {"action": "infer"}) == 4
+    digits = {"action": "infer", "model": "digits"}
+    assert get("modelfence_request_duration_seconds_count", digits) == 4
     assert get("modelfence_request_duration_seconds_bucket",
-               {"action": "infer", "le": "0.0005"}) == 1
+               {"action": "infer", "model": "digits", "le": "0.0005"}) == 1
     assert get("modelfence_request_duration_seconds_bucket",
-               {"action": "infer", "le": "0.0025"}) == 4
-    assert abs(get("modelfence_request_duration_seconds_sum", {"action": "infer"})
-               - 0.0064) < 1e-12
+               {"action": "infer", "model": "digits", "le": "0.0025"}) == 4
+    assert abs(get("modelfence_request_duration_seconds_sum",
+                   {"action": "infer", "model": "digits"}) - 0.0064) < 1e-12
+    assert get("modelfence_request_duration_seconds_count",
+               {"action": "infer", "model": "other"}) == 1
     assert b"modelfence_requests_total{" in m.render()
 
 
