@@ -7,6 +7,7 @@ from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from modelfence.console.app import Console, LoginResult
+from modelfence.console.kit import MAX_FORM, ConsoleKit
 from modelfence.console.session import COOKIE_NAME, SessionSigner
 from modelfence.errors import Unauthenticated
 
@@ -23,10 +24,11 @@ def _client() -> tuple[TestClient, list[tuple[str, str, int]]]:
         return LoginResult("admin:ops", frozenset({"risk:read"}), frozenset({"*"}),
                            frozenset({"*"}))
 
-    async def record(action: str, admin: str, status: int, request: Request) -> None:
+    async def record(action: str, admin: str, status: int, request: Request,
+                     target: object, details: object) -> None:
         records.append((action, admin, status))
 
-    console = Console(SessionSigner(SECRET, lifetime_s=600), authenticate, record)
+    console = Console(ConsoleKit(SessionSigner(SECRET, lifetime_s=600), record), authenticate)
     client = TestClient(Starlette(routes=console.routes()), base_url="http://testserver")
     return client, records
 
@@ -78,13 +80,59 @@ def test_login_is_refused_while_the_audit_log_cannot_record_it() -> None:
     from modelfence.errors import Unavailable
 
     async def authenticate(credential: str, request: Request) -> LoginResult:
-        raise Unavailable("audit down", reason="audit_unavailable")
+        raise Unavailable("the audit log cannot record console logins now",
+                          reason="audit_unavailable")
 
-    async def record(action: str, admin: str, status: int, request: Request) -> None:
+    async def record(action: str, admin: str, status: int, request: Request,
+                     target: object, details: object) -> None:
         return None
 
-    console = Console(SessionSigner(SECRET, lifetime_s=600), authenticate, record)
+    console = Console(ConsoleKit(SessionSigner(SECRET, lifetime_s=600), record), authenticate)
     client = TestClient(Starlette(routes=console.routes()))
     answer = client.post("/console/login", data={"credential": TOKEN}, follow_redirects=False)
     assert answer.status_code == 503 and "audit log" in answer.text
     assert "set-cookie" not in answer.headers
+
+
+def test_an_oversized_form_is_refused_with_413_and_an_empty_one_is_no_credential() -> None:
+    client, records = _client()
+    big = client.post("/console/login", content=b"credential=" + b"a" * MAX_FORM,
+                      headers={"content-type": "application/x-www-form-urlencoded"},
+                      follow_redirects=False)
+    assert big.status_code == 413 and f"over the {MAX_FORM} byte limit" in big.text
+    assert "a" * 64 not in big.text
+    empty = client.post("/console/login", content=b"", follow_redirects=False)
+    assert empty.status_code == 401
+    assert [r[2] for r in records] == [413, 401]
+
+
+def test_a_page_needs_its_scope() -> None:
+    records: list[tuple[str, str, int]] = []
+
+    async def authenticate(credential: str, request: Request) -> LoginResult:
+        return LoginResult("admin:keys-only", frozenset({"keys:read"}), frozenset({"*"}),
+                           frozenset({"*"}))
+
+    async def record(action: str, admin: str, status: int, request: Request,
+                     target: object, details: object) -> None:
+        records.append((action, admin, status))
+
+    console = Console(ConsoleKit(SessionSigner(SECRET, lifetime_s=600), record), authenticate)
+    client = TestClient(Starlette(routes=console.routes()))
+    client.post("/console/login", data={"credential": TOKEN}, follow_redirects=False)
+    page = client.get("/console/")
+    assert page.status_code == 403 and "risk:read" in page.text
+
+
+def test_static_files_are_the_vendored_htmx_and_nothing_else() -> None:
+    import hashlib
+
+    client, _ = _client()
+    script = client.get("/console/static/htmx-2.0.11.min.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert hashlib.sha256(script.content).hexdigest() == (
+        "d6fdc75f204e6bdefa99b69bf1e6d4ac69b8a364f77929f45c13476b4000f717")
+    assert client.get("/console/static/console.css").status_code == 200
+    for name in ("../app.py", "..%2Fapp.py", "app.py", "README.md"):
+        assert client.get(f"/console/static/{name}").status_code == 404

@@ -39,6 +39,16 @@ class ConsoleSession:
     tenants: frozenset[str]
     expires: int
 
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes
+
+    def covers(self, model: str) -> bool:
+        """A model this admin's grant reaches (a scoped admin sees only its models)."""
+        return "*" in self.models or model in self.models
+
+    def covers_tenant(self, tenant: str | None) -> bool:
+        return "*" in self.tenants or (tenant is not None and tenant in self.tenants)
+
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")

@@ -9,27 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from starlette.requests import Request
-from starlette.routing import Route
+from starlette.routing import BaseRoute
 
 from ..audit.record import event_record
-from ..audit.sinks import AuditSink
 from ..config import Settings
-from ..console.app import Console, LoginResult
+from ..console.app import Console, LoginResult, NavLink
+from ..console.kit import ConsoleKit
 from ..console.session import SessionSigner
 from ..errors import Unavailable
-from .admin_auth import AdminAuthenticator
+from .admin import AdminApi
 
 log = logging.getLogger("modelfence.console")
 LOGIN_SCOPE = "risk:read"
 _AUDIT_WAIT_S = 5.0
 
 
-def console_routes(settings: Settings, auth: AdminAuthenticator, audit: AuditSink) -> list[Route]:
-    """The `/console` routes for the admin listener; none unless `console.enabled`."""
+def console_routes(settings: Settings, admin_api: AdminApi) -> list[BaseRoute]:
+    """The `/console` routes for the admin listener, over the admin API's stores and books;
+    none unless `console.enabled`."""
     if not settings.console.enabled:
         return []
+    auth, audit = admin_api.auth, admin_api.audit
     signer = SessionSigner(settings.server_secret(),
                            lifetime_s=settings.console.session_lifetime_s)
 
@@ -47,14 +51,19 @@ def console_routes(settings: Settings, auth: AdminAuthenticator, audit: AuditSin
             request.state.admin_name = probe.state.admin_name
         return LoginResult(admin.name, admin.scopes, admin.models, admin.tenants)
 
-    async def record(action: str, admin: str, status: int, request: Request) -> None:
+    async def record(action: str, admin: str, status: int, request: Request,
+                     target: str | None, details: Mapping[str, Any] | None) -> None:
         entry = event_record(action=action, principal=admin, status=status,
                              reason="ok" if status < 400 else f"status {status}",
-                             source=request.client.host if request.client else "unix")
+                             source=request.client.host if request.client else "unix",
+                             target=target, details=dict(details) if details else None)
         try:
             await asyncio.wait_for(audit.write(entry), _AUDIT_WAIT_S)
         except Exception as exc:  # the login already happened or failed; say so loudly
             log.error("console: audit record of %s by %s failed: %s", action, admin,
                       exc.__class__.__name__)
 
-    return Console(signer, authenticate, record).routes()
+    kit = ConsoleKit(signer, record, page_size=settings.console.page_size)
+    pages: list[BaseRoute] = []
+    nav: list[NavLink] = []
+    return Console(kit, authenticate, pages, nav).routes()
