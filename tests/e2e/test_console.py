@@ -77,3 +77,15 @@ def test_login_overview_logout_in_chromium(console_gateway: Gateway, tmp_path: P
     for record in records:
         for secret in secrets_made:
             assert secret not in str(record)
+
+
+def test_login_and_overview_pages_pass_the_browser_checks(console_gateway: Gateway) -> None:
+    """No CSP violation (htmx runs under script-src 'self'), no axe violation, no secret."""
+    from .console_browser import console_browser
+
+    gw = console_gateway
+    with console_browser(gw, [gw.admin_token, (gw.folder / "secret").read_text()]) as browser:
+        browser.visit("/console/login", name="login")
+        browser.login()
+        browser.check("overview")
+        assert browser.page.evaluate("typeof htmx") == "object"  # the vendored script ran
