@@ -119,6 +119,19 @@ class GatewayMetrics:
         self.download_alerts = Counter("modelfence_download_alerts",
                                        "Unusual artifact downloads (volume or hour)",
                                        registry=r)
+        # alerts sent to SIEM collectors (siem: destinations), by destination
+        self.siem_delivered = Counter("modelfence_siem_delivered", "Alerts a SIEM collector "
+                                      "took", ["destination"], registry=r)
+        self.siem_undelivered = Counter("modelfence_siem_undelivered", "Alerts that will "
+                                        "never reach a SIEM collector, by reason (spool_full, "
+                                        "queue_full, rejected)", ["destination", "reason"],
+                                        registry=r)
+        self.siem_failures = Counter("modelfence_siem_send_failures", "Sends to a SIEM "
+                                     "collector that failed and will be retried, by reason",
+                                     ["destination", "reason"], registry=r)
+        self.siem_spool_bytes = Gauge("modelfence_siem_spool_bytes", "Alerts waiting in the "
+                                      "spool for their SIEM collector", ["destination"],
+                                      registry=r, multiprocess_mode="livesum")
         self.watermark_marked = Counter("modelfence_watermark_marked_rows",
                                         "Answer rows given a watermark mark", registry=r)
         self.watermark_lost = Counter("modelfence_watermark_evidence_lost",
