@@ -22,6 +22,7 @@ from .policy import PolicySettings
 from .privacy import PrivacySettings
 from .quota import QuotaSettings
 from .server import ServerSettings
+from .tracing import TracingSettings
 from .validators import unique_names
 from .watermark import WatermarkSettings
 
@@ -54,6 +55,7 @@ class Settings(Strict):
     models: list[ModelSettings] = Field(default_factory=list)
     llm: LlmSettings = Field(default_factory=LlmSettings, description="OpenAI-compatible "
                              "models served on /v1")
+    tracing: TracingSettings = TracingSettings()
 
     @field_validator("models")
     @classmethod
