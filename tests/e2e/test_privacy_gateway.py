@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelfence.policy.engine import DEFAULT_POLICY
 
@@ -116,6 +117,17 @@ def test_a_spent_budget_is_refused_but_repeats_are_answered(refusing: Gateway) -
     alerts = cli("alerts", "--config", str(refusing.config), "--json").stdout
     assert alerts.count("alert:privacy") == 1
     assert "alice has spent ε 2 of 3.5 on model digits" in alerts
+    # and in the metrics: ε charged per model (never per principal), refusals, the alert
+    with urllib.request.urlopen(f"{refusing.admin_url}/metrics",  # noqa: S310 (loopback)
+                                timeout=15) as r:
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in text_string_to_metric_families(r.read().decode())
+                   for s in family.samples}
+    assert samples[("modelfence_privacy_epsilon_total", (("model", "digits"),))] == 3.0
+    assert samples[("modelfence_privacy_budget_spent_total",
+                    (("budget", "principal"), ("model", "digits")))] == 2
+    assert samples[("modelfence_privacy_alerts_total",
+                    (("model", "digits"), ("scope", "principal")))] == 1
 
 
 def test_labels_only_once_spent(tmp_path: Path, digits_files: dict[str, Path]) -> None:

@@ -175,3 +175,15 @@ async def test_start_waits_for_a_whole_round() -> None:
     r = readiness({"slow": slow})
     await r.start()
     assert (await r.verdict()).not_ready == ()  # known before the first request
+
+
+async def test_refresh_stores_checks_only_stores_and_says_each_result() -> None:
+    model, up, down = Probe(), Probe(), Probe(ok=False)
+    said: list[tuple[str, bool]] = []
+    r = Readiness({"a": entry(model)}, [("key store", up.ready), ("audit spill", down.ready)],
+                  models_needed="any", probe_timeout_s=0.3,
+                  on_store=lambda name, ok: said.append((name, ok)))
+    await r.refresh_stores()
+    assert sorted(said) == [("audit spill", False), ("key store", True)]
+    assert model.calls == 0 and up.calls == down.calls == 1
+    await r.close()

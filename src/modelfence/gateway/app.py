@@ -74,6 +74,7 @@ from .oip_routes import (
     metadata_terminal,
 )
 from .proxies import ProxyHeaders
+from .scrape import Scrape
 
 if TYPE_CHECKING:
     from ..privacy.budget import PrivacyAlert
@@ -282,8 +283,10 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
                      llm_risk=llm.risk.book if llm.risk is not None else None,
                      privacy=privacy)
 
+    scrape = Scrape(gw.metrics, oip.readiness, gw.monitor)
+
     async def metrics_endpoint(request: Request) -> Response:
-        return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(await scrape.render(), media_type="text/plain; version=0.0.4")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -353,6 +356,7 @@ def _privacy(settings: Settings, gw: Gateway, shaping: ShapingGuard) -> Privacy 
     from ..privacy.wiring import build_privacy
 
     async def alert(a: PrivacyAlert) -> None:
+        gw.metrics.privacy_alerts.labels(a.model, a.scope).inc()
         log.warning("privacy alert: %s", a.describe())
         gw.monitor.send_webhook({"type": "privacy.alert", "principal": a.principal,
                                  "tenant": a.tenant, "model": a.model, "scope": a.scope,
@@ -361,7 +365,8 @@ def _privacy(settings: Settings, gw: Gateway, shaping: ShapingGuard) -> Privacy 
             action="alert:privacy", reason=a.describe(), principal=a.principal,
             tenant=a.tenant, model=a.model))
 
-    return build_privacy(settings, shaping, settings.server_secret(), models, alert)
+    return build_privacy(settings, shaping, settings.server_secret(), models, alert,
+                         gw.metrics)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -86,7 +86,8 @@ class OipRoutes:
         self.readiness = Readiness(
             models, stores, models_needed=settings.models,
             probe_timeout_s=settings.probe_timeout_s,
-            on_model=lambda name, ok: metrics.model_ready.labels(name).set(1 if ok else 0))
+            on_model=lambda name, ok: metrics.model_ready.labels(name).set(1 if ok else 0),
+            on_store=lambda name, ok: metrics.store_ready.labels(name).set(1 if ok else 0))
         self._notes = notes or {}  # said by the admin readiness, ready or not ("audit")
 
     def routes(self) -> list[Route]:

@@ -48,12 +48,14 @@ class Readiness:
     def __init__(self, models: dict[str, ModelEntry], stores: Sequence[tuple[str, StoreCheck]], *,
                  models_needed: Literal["any", "all"], probe_timeout_s: float,
                  on_model: Callable[[str, bool], None] | None = None,
+                 on_store: Callable[[str, bool], None] | None = None,
                  answer_within_s: float = ANSWER_WITHIN_S) -> None:
         self._models = models
         self._stores = dict(stores)
         self._needed = models_needed
         self._probe_timeout_s = probe_timeout_s
         self._on_model = on_model
+        self._on_store = on_store
         self._answer_within_s = answer_within_s
         self._models_ok: dict[str, bool] = {}  # absent: never checked yet (not ready)
         self._stores_ok: dict[str, bool] = {}
@@ -79,6 +81,11 @@ class Readiness:
         oks = [bool(ok) for _, ok in models]
         models_ok = all(oks) if self._needed == "all" else (not oks or any(oks))
         return Verdict(stores_ok and models_ok, tuple(not_ready))
+
+    async def refresh_stores(self) -> None:
+        """Start each store's check (as a readiness request does): when /metrics is scraped,
+        so the stores' gauges move without a readiness probe."""
+        await self.refresh([("store", name) for name in self._stores])
 
     async def start(self) -> None:
         """Every check once before the first request, so that the first answers know each
@@ -121,7 +128,10 @@ class Readiness:
 
     async def _check(self, kind: str, name: str) -> None:
         if kind == "store":
-            self._stores_ok[name] = await answers(self._stores[name], self._probe_timeout_s)
+            ok = self._stores_ok[name] = await answers(self._stores[name],
+                                                       self._probe_timeout_s)
+            if self._on_store is not None:
+                self._on_store(name, ok)
         else:
             entry = self._models[name]
             ok = entry.refused is None and await answers(entry.backend.ready,

@@ -165,6 +165,30 @@ class GatewayMetrics:
         self.audit_spill_bytes = Gauge("modelfence_audit_spill_bytes",
                                        "Size of the audit spill waiting for replay",
                                        registry=r, multiprocess_mode="livesum")
+        # set when /metrics is scraped, from state every worker shares (the monitor's
+        # replicated tables) or checks alike (stores): the scraping worker's numbers stand
+        self.store_ready = Gauge("modelfence_store_ready", "1 while the store answers its "
+                                 "readiness check (0: down, or its circuit breaker open)",
+                                 ["store"], registry=r, multiprocess_mode="livemostrecent")
+        self.monitor_flagged = Gauge("modelfence_monitor_flagged",
+                                     "Principals or tenants in an extraction episode now",
+                                     ["model", "kind"], registry=r,
+                                     multiprocess_mode="livemostrecent")
+        self.monitor_band = Gauge("modelfence_monitor_band_principals",
+                                  "Principals whose current risk selects each output band",
+                                  ["model", "band"], registry=r,
+                                  multiprocess_mode="livemostrecent")
+        self.privacy_epsilon = Counter("modelfence_privacy_epsilon",
+                                       "ε charged for differentially private answers: the sum "
+                                       "of each charged answer's ε (the accountant composes "
+                                       "each caller's own, tighter)", ["model"], registry=r)
+        self.privacy_spent = Counter("modelfence_privacy_budget_spent",
+                                     "Private answers withheld because a budget was spent, by "
+                                     "which budget (principal or tenant)", ["model", "budget"],
+                                     registry=r)
+        self.privacy_alerts = Counter("modelfence_privacy_alerts",
+                                      "Principals or tenants crossing the alert share of their "
+                                      "ε budget", ["model", "scope"], registry=r)
 
     def audit_spill_pending(self, records: int, size: int) -> None:
         self.audit_spill_records.set(records)

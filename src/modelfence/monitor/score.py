@@ -26,6 +26,7 @@ import io
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
 
@@ -147,6 +148,11 @@ class Monitor:
         """The tenant's effective risk as of its last observe: one dictionary lookup."""
         state = self._tenants.get(tenant)
         return 0.0 if state is None else state.risk.score
+
+    def standing(self, kind: Kind) -> Iterator[Risk]:
+        """Every caller's risk of `kind` as of its last observe (for counts when metrics
+        are scraped; the request path never walks them)."""
+        return (state.risk for state in self._tables[kind].states.values())
 
     def state_bytes(self, principal: str) -> int:
         state = self._principals.get(principal)

@@ -133,6 +133,26 @@ class MonitorService:
                 chosen = name
         return chosen
 
+    def census(self) -> None:
+        """Set the gauges of who is flagged and how many principals each band holds, per
+        model: called when /metrics is scraped (one pass over the callers it keeps)."""
+        for model, monitor in self.monitors.items():
+            scores = []
+            flagged = 0
+            for risk in monitor.standing("principal"):
+                scores.append(risk.score)
+                flagged += risk.flagged
+            self._metrics.monitor_flagged.labels(model, "principal").set(flagged)
+            self._metrics.monitor_flagged.labels(model, "tenant").set(
+                sum(risk.flagged for risk in monitor.standing("tenant")))
+            bands = self._bands.get(model, [])
+            starts = [start for start, _ in bands]
+            # the band of a risk is the last whose start it reaches, as `band` chooses
+            at = np.searchsorted(starts, scores, side="right") - 1
+            counts = np.bincount(at[at >= 0], minlength=len(bands))
+            for (_, name), n in zip(bands, counts, strict=True):
+                self._metrics.monitor_band.labels(model, name).set(int(n))
+
     def tenant_risk(self, model: str, tenant: str) -> Risk:
         return self.monitors[model].tenant_risk(tenant)
 

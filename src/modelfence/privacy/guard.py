@@ -27,6 +27,7 @@ from ..backends.call import OipCall
 from ..errors import ConfigurationError, PrivacyBudgetSpent, UpstreamError
 from ..kernel.call import Call
 from ..kernel.chain import Guard
+from ..kernel.metrics import GatewayMetrics
 from ..shaping.base import Array, LabelOnly
 from ..shaping.guard import PROBABILITIES, Band, ShapingGuard
 from .budget import Charge, PrivacyBudget
@@ -77,8 +78,9 @@ class PrivacyGuard(Guard[OipCall]):
     requires: ClassVar[frozenset[str]] = ShapingGuard.requires
 
     def __init__(self, shaping: ShapingGuard, budget: PrivacyBudget, keys: RepeatKeys,
-                 private: dict[str, list[Band]]) -> None:
+                 private: dict[str, list[Band]], metrics: GatewayMetrics | None = None) -> None:
         self._shaping = shaping
+        self._metrics = metrics  # ε charged and answers withheld, per model
         self._budget = budget
         self._keys = keys
         self._private = {m: {b.name for b in bands} for m, bands in private.items()}
@@ -152,6 +154,9 @@ class PrivacyGuard(Guard[OipCall]):
         if charge.granted:
             await store.remember(new, expires, now, first=False)
             call.epsilon_spent = charge.spent.principal
+            if self._metrics is not None:
+                self._metrics.privacy_epsilon.labels(call.model.name).inc(
+                    step.cost.epsilon * len(new))
         call.note(self.name, "note", f"{len(new)} answer(s) at ε {step.cost.epsilon:g}; "
                   f"ε spent {charge.spent.principal:.4g}")
         return shaped, charge
@@ -159,6 +164,8 @@ class PrivacyGuard(Guard[OipCall]):
     def _spent(self, call: OipCall, band: Band, charge: Charge) -> Band:
         """Refuse, or the band's labels-only stand-in, for a caller whose budget is spent."""
         who = "your" if charge.refused_by == "principal" else "your tenant's"
+        if self._metrics is not None and call.model is not None:
+            self._metrics.privacy_spent.labels(call.model.name, charge.refused_by).inc()
         if self._budget.settings.on_spent == "refuse":
             call.note(self.name, "deny", f"{charge.refused_by} ε budget spent")
             when = ("" if charge.retry_after_s is None else

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from ..config import Settings
 from ..errors import ConfigurationError
+from ..kernel.metrics import GatewayMetrics
 from ..shaping.guard import ShapingGuard
 from .budget import Alert, PrivacyBudget, Spent
 from .guard import PrivacyGuard, PrivacyUsageGuard, private_bands
@@ -35,7 +36,8 @@ class Privacy:
 
 
 def build_privacy(settings: Settings, shaping: ShapingGuard, server_secret: bytes,
-                  models: list[str], on_alert: Alert | None = None) -> Privacy:
+                  models: list[str], on_alert: Alert | None = None,
+                  metrics: GatewayMetrics | None = None) -> Privacy:
     """Store (not opened), budget and guards for `models` (those with a private band)."""
     s = settings.privacy
     if s.store.startswith("memory:") and settings.server.workers > 1:
@@ -49,5 +51,6 @@ def build_privacy(settings: Settings, shaping: ShapingGuard, server_secret: byte
     budget = PrivacyBudget(s, store, on_alert)
     private = private_bands(shaping, models)
     secret = hmac.new(server_secret, b"privacy", hashlib.sha256).digest()
-    guard = PrivacyGuard(shaping, budget, RepeatKeys(secret, s.repeat_period_s), private)
+    guard = PrivacyGuard(shaping, budget, RepeatKeys(secret, s.repeat_period_s), private,
+                         metrics)
     return Privacy(store, budget, PrivacyUsageGuard(budget, guard.models), guard)
