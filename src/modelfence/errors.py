@@ -7,6 +7,7 @@ Hierarchy::
     ├── StoreError                       a store cannot answer (fail closed → 503)
     ├── PolicyError                      the policy engine cannot decide (fail closed → 503)
     ├── RetentionRefused                 audit seal/prune refused: it would lose proof
+    ├── DeliveryError                    a SIEM collector did not take alerts (retried)
     └── RequestError                     carries an HTTP status and a client-safe message
         ├── BadRequest          400      malformed or invalid input, names the field
         ├── Unauthenticated     401      no, malformed, unknown, revoked or expired credential
@@ -67,6 +68,17 @@ class PolicyError(ModelfenceError):
 class RetentionRefused(ModelfenceError):
     """Sealing or pruning the audit log would lose proof: the records or their archive do
     not verify, no sealed segment covers them, or they include the chain's head."""
+
+
+class DeliveryError(ModelfenceError):
+    """A SIEM collector did not take a batch of alerts; `reason` is the metric's label
+    (unreachable, timeout, status, auth, rejected). A `permanent` one is not retried: the
+    collector refused these alerts themselves, and would refuse them again."""
+
+    def __init__(self, message: str, *, reason: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.permanent = permanent
 
 
 class RequestError(ModelfenceError):

@@ -22,6 +22,7 @@ from .policy import PolicySettings
 from .privacy import PrivacySettings
 from .quota import QuotaSettings
 from .server import ServerSettings
+from .siem import SiemSettings
 from .tracing import TracingSettings
 from .validators import unique_names
 from .watermark import WatermarkSettings
@@ -55,6 +56,8 @@ class Settings(Strict):
     models: list[ModelSettings] = Field(default_factory=list)
     llm: LlmSettings = Field(default_factory=LlmSettings, description="OpenAI-compatible "
                              "models served on /v1")
+    siem: SiemSettings = Field(default_factory=SiemSettings, description="alerts as OCSF "
+                               "findings to syslog and HTTP collectors")
     tracing: TracingSettings = TracingSettings()
 
     @field_validator("models")

@@ -1,0 +1,67 @@
+"""Alerts to the SIEM: every finding, as OCSF JSON, to each configured destination.
+
+Built once by the gateway from `siem:`; the alert sources call `emit` (or `alert` for the
+monitors' `risk.Alert`), which serialises the finding once and offers it to each
+destination's outbox without waiting, so raising an alert never slows a request.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from ..config.siem import HttpDestination, SiemSettings, SyslogDestination
+from ..kernel.metrics import GatewayMetrics
+from ..risk import Alert
+from .finding import Finding, from_risk_alert
+from .http import HttpSender
+from .ocsf import detection_finding
+from .outbox import Outbox, Sender
+from .syslog import SyslogSender
+
+log = logging.getLogger("modelfence.siem")
+
+
+def sender_for(d: SyslogDestination | HttpDestination) -> Sender:
+    return SyslogSender(d) if isinstance(d, SyslogDestination) else HttpSender(d)
+
+
+class Siem:
+    def __init__(self, settings: SiemSettings, metrics: GatewayMetrics, *,
+                 llm_models: frozenset[str] = frozenset()) -> None:
+        self.outboxes = [Outbox(sender_for(d), settings, metrics)
+                         for d in settings.destinations]
+        self._llm_models = llm_models
+        self._started = False
+
+    @property
+    def active(self) -> bool:
+        return bool(self.outboxes)
+
+    def emit(self, finding: Finding) -> None:
+        if not self.outboxes:
+            return
+        record = orjson.dumps(detection_finding(finding))
+        for outbox in self.outboxes:
+            outbox.offer(record)
+
+    def alert(self, alert: Alert) -> None:
+        """A monitor's alert: the LLM risk book's when its model is served on /v1."""
+        self.emit(from_risk_alert(alert, llm=alert.model in self._llm_models))
+
+    async def start(self) -> None:
+        for outbox in self.outboxes:
+            await outbox.start()
+        self._started = bool(self.outboxes)
+        if self._started:
+            log.info("siem: alerts go to %s", ", ".join(o.name for o in self.outboxes))
+
+    async def flush(self, timeout: float) -> bool:
+        return all([await o.flush(timeout) for o in self.outboxes])
+
+    async def stop(self) -> None:
+        if self._started:
+            for outbox in self.outboxes:
+                await outbox.stop()
+            self._started = False
