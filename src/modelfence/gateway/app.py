@@ -53,6 +53,8 @@ from ..quota.inflight import InflightGuard
 from ..quota.ratelimit import RateLimitGuard
 from ..quota.usage import UsageGuard
 from ..shaping.guard import ShapingGuard, build_shaping
+from ..siem import Siem
+from ..siem import finding as siem_finding
 from ..stores import KeyStore, key_store_from_url
 from ..stores.health import StoreCheck
 from ..watermark.guard import WatermarkGuard, build_watermark
@@ -99,10 +101,12 @@ class Gateway:
     budget_store: BudgetStore | None
     monitor: MonitorService
     watermark: WatermarkGuard | None
+    siem: Siem  # alerts to the SIEM's collectors; idle without siem.destinations
 
     async def start(self, *, policy_fallback: bool = False) -> None:
         """Open stores, load policies and models. `policy_fallback` is for worker restarts."""
         load_policies(self.policy, self.settings.policy.state_dir, fallback=policy_fallback)
+        await self.siem.start()
         await self.key_store.open()
         await self.audit_sink.open()
         if self.budget_store is not None:
@@ -114,6 +118,7 @@ class Gateway:
             except ArtifactError as exc:  # this model is not served; the others are
                 entry.refused = str(exc)
                 log.error("model %s is not served: %s", entry.name, exc)
+                self.siem.emit(siem_finding.artifact(entry.name, str(exc)))
                 continue
             log.info("model %s ready (%s)", entry.name, entry.backend.platform)
         await self.monitor.start()
@@ -132,6 +137,7 @@ class Gateway:
             await self.budget_store.close()
         await self.audit_sink.close()
         await self.key_store.close()
+        await self.siem.stop()  # what collectors did not take waits in the spool
 
 
 def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> Gateway:
@@ -145,6 +151,8 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
         dead_letter=metrics.audit_dead_letter.inc,
         lost=metrics.audit_lost.inc, pending=metrics.audit_spill_pending))
     models = {m.name: ModelEntry(m, backend_from_settings(m)) for m in settings.models}
+    siem = Siem(settings.siem, metrics,
+                llm_models=frozenset(m.name for m in settings.llm.models))
     return Gateway(
         settings=settings,
         key_store=store,
@@ -159,9 +167,11 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
         rate_limits=RateLimitGuard(settings.quotas, on_fail_open=metrics.fail_open.inc),
         budget_store=(budget_store_from_url(settings.quotas.budget_store)
                       if settings.quotas.budgets else None),
-        monitor=MonitorService(settings, audit_sink, metrics),
+        monitor=MonitorService(settings, audit_sink, metrics,
+                               siem=siem.alert if siem.active else None),
         watermark=(build_watermark(settings.watermark, models, metrics)
                    if settings.watermark is not None else None),
+        siem=siem,
     )
 
 
@@ -193,6 +203,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     async def budget_alert(alert: BudgetAlert) -> None:
         gw.metrics.budget_alerts.labels(alert.model).inc()
         log.warning("budget alert: %s", alert.describe())
+        gw.siem.emit(siem_finding.budget(alert.principal, alert.tenant, alert.model,
+                                         alert.describe()))
         await gw.audit_sink.write(event_record(
             action="alert:budget", reason=alert.describe(), principal=alert.principal,
             tenant=alert.tenant, model=alert.model))
@@ -218,6 +230,7 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         reason = f"unusual artifact download by {principal} of model {model}: {why}"
         gw.metrics.download_alerts.inc()
         log.warning("download alert: %s", reason)
+        gw.siem.emit(siem_finding.download(principal, tenant, model, reason))
         gw.monitor.send_webhook({"type": "download.alert", "principal": principal,
                                  "tenant": tenant, "model": model, "explanation": why})
         await gw.audit_sink.write(event_record(
@@ -358,6 +371,8 @@ def _privacy(settings: Settings, gw: Gateway, shaping: ShapingGuard) -> Privacy 
     async def alert(a: PrivacyAlert) -> None:
         gw.metrics.privacy_alerts.labels(a.model, a.scope).inc()
         log.warning("privacy alert: %s", a.describe())
+        gw.siem.emit(siem_finding.privacy(a.principal, a.tenant, a.model, a.describe(),
+                                          a.spent, a.budget))
         gw.monitor.send_webhook({"type": "privacy.alert", "principal": a.principal,
                                  "tenant": a.tenant, "model": a.model, "scope": a.scope,
                                  "epsilon_spent": a.spent, "epsilon_budget": a.budget})

@@ -3,11 +3,12 @@
 A principal whose tenant is flagged by the same observation raises one alert that names both
 (`tenant_risk`), not two; a tenant flagged without its principal (evidence spread over keys)
 raises a tenant alert (`risk.crossings`, the same for classifier and LLM callers). An alert
-(`risk.Alert`) is three things at once: an `alert:monitor` audit record (so
+(`risk.Alert`) is four things at once: an `alert:monitor` audit record (so
 `modelfence alerts`, the admin API and the tamper-evident trail all show it), a Prometheus
-counter, and a JSON POST to a webhook. The webhook body is signed as Stripe and GitHub sign
-theirs: ``X-Modelfence-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "t.body">``, so a
-receiver can check origin and reject replays. The URL is never logged (it may carry a token),
+counter, a finding for the SIEM (`siem`) and a JSON POST to a webhook. The webhook body is
+signed as Stripe and GitHub sign theirs:
+``X-Modelfence-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "t.body">``, so a receiver
+can check origin and reject replays. The URL is never logged (it may carry a token),
 and a redirect is not followed: the signed alert would go to a host nobody configured.
 """
 
@@ -95,16 +96,20 @@ class Alerts:
     """Raises one alert on every channel; called only by the replica that saw the crossing."""
 
     def __init__(self, audit: AuditSink, metrics: GatewayMetrics,
-                 webhook: Webhook | None) -> None:
+                 webhook: Webhook | None,
+                 siem: Callable[[Alert], None] | None = None) -> None:
         self._audit = audit
         self._metrics = metrics
         self._webhook = webhook
+        self._siem = siem  # offers the alert to the SIEM destinations, without waiting
 
     async def raise_alert(self, alert: Alert) -> None:
         self._metrics.monitor_alerts.labels(alert.model, alert.kind).inc()
         log.warning("monitor alert: %s", alert.describe())
         if self._webhook is not None:
             self._webhook.send(alert.to_json())
+        if self._siem is not None:
+            self._siem(alert)
         principal = alert.subject if alert.kind == "principal" else None
         await self._audit.write(event_record(
             action="alert:monitor", reason=alert.describe()[:1000], principal=principal,

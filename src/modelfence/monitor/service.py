@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,7 +51,8 @@ class Subject:
 
 
 class MonitorService:
-    def __init__(self, settings: Settings, audit: AuditSink, metrics: GatewayMetrics) -> None:
+    def __init__(self, settings: Settings, audit: AuditSink, metrics: GatewayMetrics, *,
+                 siem: Callable[[Alert], None] | None = None) -> None:
         self._settings = settings.monitor
         self._metrics = metrics
         self.monitors: dict[str, Monitor] = {
@@ -67,7 +69,7 @@ class MonitorService:
         self._alerts = Alerts(audit, metrics, Webhook(
             hook, settings.webhook_secret(),
             on_error=lambda kind: metrics.outbound_errors.labels("webhook", kind).inc(),
-        ) if hook else None)
+        ) if hook else None, siem)
         self.replica = replica_name()
         common = dict(models=list(self.monitors), replica=self.replica, apply=self._apply,
                       snapshot=self._snapshot, restore=self._restore,
