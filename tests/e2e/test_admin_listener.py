@@ -299,34 +299,6 @@ async def test_oidc_admins_are_the_admin_group(tmp_path: Path,
             gw.stop()
 
 
-async def test_metrics_count_every_worker(tmp_path: Path, digits_files: dict[str, Path]
-                                          ) -> None:
-    gw = Gateway(tmp_path / "gw", [skops_model(digits_files)])
-    gw.extra["server"] = {"host": "127.0.0.1", "port": gw.port, "workers": 2,
-                          "admin_listen": f"127.0.0.1:{gw.admin_port}"}
-    gw.start()
-    try:
-        await both_workers_up(gw)
-        key = gw.key()
-        n = 40
-        for _ in range(n):  # a new connection each: the kernel spreads them over both workers
-            async with aiohttp.ClientSession() as s, s.post(
-                    f"{gw.url}/v2/models/digits/infer", data=BODY,
-                    headers={"Authorization": f"Bearer {key}", "Connection": "close"}) as r:
-                assert r.status == 200
-        await asyncio.sleep(0.5)  # metrics are counted just after the answer leaves
-        for _ in range(12):
-            status, text, _ = await call(f"{gw.admin_url}/metrics")
-            assert status == 200
-            counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                          if line.startswith("modelfence_requests_total{")
-                          and 'action="infer"' in line)
-            assert counted == n, text
-        assert gw.log.read_text().count("admin API and metrics on") == 2  # on both workers
-    finally:
-        gw.stop()
-
-
 async def test_admin_listener_on_a_unix_socket_with_two_workers(
         tmp_path: Path, digits_files: dict[str, Path]) -> None:
     sock = tmp_path / "run" / "admin.sock"
