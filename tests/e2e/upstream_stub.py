@@ -72,6 +72,7 @@ class Received:
     path: str
     content_type: str
     body: Any  # decoded JSON, or None
+    traceparent: str | None = None  # the W3C trace context the gateway sent, if any
 
 
 class UpstreamStub:
@@ -156,7 +157,8 @@ class UpstreamStub:
         except ValueError:
             body = None
         self.received.append(Received(request.method, request.path,
-                                      request.headers.get("Content-Type", ""), body))
+                                      request.headers.get("Content-Type", ""), body,
+                                      request.headers.get("traceparent")))
         return body
 
     async def _live(self, request: web.Request) -> web.Response:

@@ -19,7 +19,8 @@ from modelfence.extras import missing, require
 
 #: What the base install does not have; none may load on the gateway's own path.
 HEAVY = ("sklearn", "scipy", "onnxruntime", "skops", "joblib", "model_signing", "picklescan",
-         "modelscan", "pkcs11", "PyKCS11", "OpenSSL", "torch", "transformers", "sigstore")
+         "modelscan", "pkcs11", "PyKCS11", "OpenSSL", "torch", "transformers", "sigstore",
+         "opentelemetry")
 
 APP = """
 import json, sys

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from ..config import LocalBackend, ModelSettings
 from ..extras import require
@@ -14,7 +15,9 @@ from .transport import AiohttpTransport, Transport
 __all__ = ["Backend", "ModelEntry", "ModelMetadata", "Transport", "backend_from_settings"]
 
 
-def backend_from_settings(settings: ModelSettings) -> Backend:
+def backend_from_settings(settings: ModelSettings, *, traces: Sequence[Any] = ()) -> Backend:
+    """The model's backend; `traces` are aiohttp trace configs for its upstream requests
+    (tracing's client spans), none unless tracing is on."""
     cfg = settings.backend
     if isinstance(cfg, LocalBackend):
         local: dict[str, Callable[[ModelSettings], Backend]] = {
@@ -27,5 +30,5 @@ def backend_from_settings(settings: ModelSettings) -> Backend:
         return GrpcUpstream(settings)
     transport = AiohttpTransport(max_connections=cfg.max_connections,
                                  connect_timeout_s=cfg.connect_timeout_s,
-                                 retry_closed=cfg.retry_closed_connection)
+                                 retry_closed=cfg.retry_closed_connection, traces=traces)
     return OipUpstream(settings, transport)

@@ -12,7 +12,7 @@ import contextlib
 import inspect
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
 from typing import Any, NamedTuple
 
@@ -79,8 +79,9 @@ class AiohttpTransport(Transport):
     """
 
     def __init__(self, *, max_connections: int = 100, connect_timeout_s: float = 2.0,
-                 retry_closed: bool = True) -> None:
+                 retry_closed: bool = True, traces: Sequence[Any] = ()) -> None:
         self._max = max_connections
+        self._traces = list(traces)  # aiohttp trace configs (tracing: the upstream spans)
         self._connect_timeout = connect_timeout_s
         self._retry_closed = retry_closed
         self._session: Any = None
@@ -90,10 +91,12 @@ class AiohttpTransport(Transport):
     def _client(self, *, fresh: bool = False) -> Any:
         if fresh:
             if self._fresh is None:
-                self._fresh = _session(force_close=True, limit=self._max)
+                self._fresh = _session(force_close=True, limit=self._max,
+                                       traces=self._traces)
             return self._fresh
         if self._session is None:
-            self._session = _session(force_close=False, limit=self._max)
+            self._session = _session(force_close=False, limit=self._max,
+                                     traces=self._traces)
         return self._session
 
     async def request(self, method: str, url: str, body: bytes | None, timeout_s: float
@@ -161,15 +164,16 @@ def _closed_under(exc: BaseException, seen: dict[str, bool]) -> bool:
         and not seen.get("answered")
 
 
-def _session(*, force_close: bool, limit: int) -> Any:
+def _session(*, force_close: bool, limit: int, traces: list[Any]) -> Any:
     import aiohttp
 
-    connector_class, traces = _connector_class()
+    connector_class, reuse_traces = _connector_class()
     connector = (connector_class(limit=limit, force_close=True) if force_close
                  else connector_class(limit=limit, keepalive_timeout=30))
     return aiohttp.ClientSession(connector=connector,
                                  headers={"Content-Type": "application/json"},
-                                 skip_auto_headers=("User-Agent",), trace_configs=traces,
+                                 skip_auto_headers=("User-Agent",),
+                                 trace_configs=[*(reuse_traces or ()), *traces] or None,
                                  response_class=_response_class())
 
 

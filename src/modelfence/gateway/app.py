@@ -8,6 +8,7 @@ state lives on objects made here: nothing is global.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -57,6 +58,7 @@ from ..siem import Siem
 from ..siem import finding as siem_finding
 from ..stores import KeyStore, key_store_from_url
 from ..stores.health import StoreCheck
+from ..tracing import build_tracing
 from ..watermark.guard import WatermarkGuard, build_watermark
 from .admin import AdminApi
 from .admin_auth import AdminAuthenticator
@@ -81,6 +83,7 @@ from .scrape import Scrape
 if TYPE_CHECKING:
     from ..privacy.budget import PrivacyAlert
     from ..privacy.wiring import Privacy
+    from ..tracing.otel import Tracing
 
 log = logging.getLogger("modelfence.gateway")
 
@@ -102,6 +105,7 @@ class Gateway:
     monitor: MonitorService
     watermark: WatermarkGuard | None
     siem: Siem  # alerts to the SIEM's collectors; idle without siem.destinations
+    tracing: Tracing | None = None  # spans, when tracing.enabled (the 'otel' extra)
 
     async def start(self, *, policy_fallback: bool = False) -> None:
         """Open stores, load policies and models. `policy_fallback` is for worker restarts."""
@@ -137,10 +141,13 @@ class Gateway:
             await self.budget_store.close()
         await self.audit_sink.close()
         await self.key_store.close()
+        if self.tracing is not None:  # the last spans go to the collector
+            await asyncio.to_thread(self.tracing.shutdown)
         await self.siem.stop()  # what collectors did not take waits in the spool
 
 
-def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> Gateway:
+def build_gateway(settings: Settings, *, key_store: KeyStore | None = None,
+                  tracing: Tracing | None = None) -> Gateway:
     """Make (but do not open) every part the configuration names; wiring errors raise here."""
     secret = settings.server_secret()
     metrics = GatewayMetrics(metrics_dir())
@@ -150,7 +157,10 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
         spilled=metrics.audit_spilled.inc, replayed=metrics.audit_replayed.inc,
         dead_letter=metrics.audit_dead_letter.inc,
         lost=metrics.audit_lost.inc, pending=metrics.audit_spill_pending))
-    models = {m.name: ModelEntry(m, backend_from_settings(m)) for m in settings.models}
+    tracing = tracing or build_tracing(settings.tracing)
+    traces = tracing.client_traces() if tracing is not None else []
+    models = {m.name: ModelEntry(m, backend_from_settings(m, traces=traces))
+              for m in settings.models}
     siem = Siem(settings.siem, metrics,
                 llm_models=frozenset(m.name for m in settings.llm.models))
     return Gateway(
@@ -171,6 +181,7 @@ def build_gateway(settings: Settings, *, key_store: KeyStore | None = None) -> G
                                siem=siem.alert if siem.active else None),
         watermark=(build_watermark(settings.watermark, models, metrics)
                    if settings.watermark is not None else None),
+        tracing=tracing,
         siem=siem,
     )
 
@@ -216,7 +227,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     # The request phases run in stage order; response and complete phases bottom to top.
     common = Stages(head=[metrics, audit], identity=[identity], inflight=inflight,
                     usage=[usage, *([privacy.usage] if privacy else [])], policy=[policy],
-                    rate_limits=rate_limits, budgets=budgets)
+                    rate_limits=rate_limits, budgets=budgets,
+                    spans=gw.tracing.chain_spans() if gw.tracing is not None else None)
     infer_chain = common.with_(
         model=[model, version], monitor=monitor,
         body=[BodyGuard(settings.server.max_body_bytes), InputValidationGuard()],
@@ -263,7 +275,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
                     on_alert=gw.monitor.raise_alert, on_screen_failure=screen_failure,
                     on_failure=lambda exc: count_failure(gw.metrics, exc),
                     on_distill=lambda model, outcome, n: gw.metrics.llm_distill.labels(
-                        model, outcome).inc(n))
+                        model, outcome).inc(n),
+                    upstream_traces=gw.tracing.client_traces() if gw.tracing is not None else ())
     if llm.risk_stream is not None:
         stores.append(("llm risk store", llm.risk_stream.ping))
     elif llm.risk is not None and settings.llm.models and settings.server.workers > 1:
@@ -331,6 +344,9 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
                 await privacy.store.close()
             gw.metrics.close()
 
+    def spans(routes: list[Route]) -> list[Middleware]:  # a server span per request
+        return [gw.tracing.middleware(routes)] if gw.tracing is not None else []
+
     # every body read (OIP, /v1, admin) is bounded in time; a client leaving is no failure
     deadline = Middleware(BodyDeadline, body_timeout_s=settings.server.body_timeout_s,
                           gap_timeout_s=settings.server.body_gap_timeout_s,
@@ -341,7 +357,7 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
         routes=[*admin.routes(), Route("/admin/ready", oip.ready_details, methods=["GET"]),
                 Route("/metrics", metrics_endpoint, methods=["GET"]),
                 *console_routes(settings, admin)],
-        middleware=[deadline],
+        middleware=[*spans(admin.routes()), deadline],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error})
     proxies = ([Middleware(ProxyHeaders, trusted=settings.server.trusted_proxies)]
                if settings.server.trusted_proxies else [])
@@ -351,7 +367,7 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     hot = Middleware(HotRoutes, routes=hot_routes(routes))
     app = Starlette(
         routes=routes,
-        middleware=[deadline, *proxies, hot],
+        middleware=[*spans(routes), deadline, *proxies, hot],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error},
         lifespan=lifespan,
     )

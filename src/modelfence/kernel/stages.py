@@ -26,17 +26,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast, get_args
 
 from .chain import C, Guard, GuardChain
+from .traced import ChainSpans, traced_chain
 
 Stage = Literal["head", "identity", "inflight", "model", "usage", "screens", "monitor",
                 "policy", "rate_limits", "body", "budgets", "outputs"]
+_ORDER: tuple[Stage, ...] = get_args(Stage)
 
 
 @dataclasses.dataclass(frozen=True)
 class Stages:
-    """The guards of one kind of call, by stage (each a sequence, empty when unused)."""
+    """The guards of one kind of call, by stage (each a sequence, empty when unused), and
+    the spans their chains record, if tracing is on (`kernel/traced.py`)."""
 
     head: Sequence[Guard[Any]] = ()
     identity: Sequence[Guard[Any]] = ()
@@ -50,13 +53,14 @@ class Stages:
     body: Sequence[Guard[Any]] = ()
     budgets: Sequence[Guard[Any]] = ()
     outputs: Sequence[Guard[Any]] = ()
+    spans: ChainSpans | None = None
 
     def guards(self, *, through: Stage = "outputs") -> list[Guard[Any]]:
         """Every guard in the shared order, up to and including stage `through`."""
         out: list[Guard[Any]] = []
-        for f in dataclasses.fields(self):
-            out += getattr(self, f.name)
-            if f.name == through:
+        for stage in _ORDER:
+            out += getattr(self, stage)
+            if stage == through:
                 break
         return out
 
@@ -64,9 +68,9 @@ class Stages:
               terminal_provides: frozenset[str] | None = None) -> GuardChain[C]:
         """The checked chain of `guards(through=...)` for calls of `call_type`; a misordered
         one, or one with a guard made for another protocol's calls, refuses to start."""
-        return GuardChain(call_type, self.guards(through=through),
-                          terminal_provides=terminal_provides)
+        return traced_chain(call_type, self.guards(through=through), self.spans,
+                            terminal_provides)
 
     def with_(self, **stages: Sequence[Guard[Any]]) -> Stages:
         """A copy with the named stages filled (an unknown stage name is a TypeError)."""
-        return dataclasses.replace(self, **stages)
+        return dataclasses.replace(self, **cast(dict[str, Any], stages))

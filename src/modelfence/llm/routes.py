@@ -22,7 +22,7 @@ import hmac
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -83,14 +83,15 @@ class LlmRoutes:
                  on_alert: Callable[[Alert], None] | None = None,
                  on_screen_failure: Callable[[str, str], None] | None = None,
                  on_failure: OnFailure | None = None,
-                 on_distill: CountSink | None = None) -> None:
+                 on_distill: CountSink | None = None,
+                 upstream_traces: Sequence[Any] = ()) -> None:
         self.settings = settings
         self._on_failure = on_failure  # counts the gateway's own failures, as on OIP
         self._noise_secret = noise_secret or os.urandom(32)  # logprob noise key
         self.models = {m.name: LlmEntry(m) for m in settings.models}
         text_wm = hmac.new(self._noise_secret, b"text-watermark", hashlib.sha256).digest()
         self.upstream = LlmUpstream(max_connections=settings.max_connections,
-                                    watermark_secret=text_wm)
+                                    watermark_secret=text_wm, traces=upstream_traces)
         lookup = LlmModelGuard(self.models, settings.max_body_bytes)
         self.screening = ScreeningGuard(settings.models, on_failure=on_screen_failure)
         screening = [self.screening] if self.screening.active else []

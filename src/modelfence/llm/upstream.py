@@ -13,7 +13,7 @@ before the end (the client went away) closes the upstream connection instead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -31,8 +31,9 @@ class LlmUpstream:
     """One pooled aiohttp session shared by every LLM model; made inside the running loop."""
 
     def __init__(self, *, max_connections: int = 100,
-                 watermark_secret: bytes | None = None) -> None:
+                 watermark_secret: bytes | None = None, traces: Sequence[Any] = ()) -> None:
         self._max = max_connections
+        self._traces = list(traces)  # aiohttp trace configs (tracing: the upstream spans)
         self._watermark_secret = watermark_secret  # local models' text watermark keys
         self._session: Any = None
         self._local: Any = None  # LocalBackend, made on the first `local:` call
@@ -51,7 +52,7 @@ class LlmUpstream:
 
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max, keepalive_timeout=30),
-                skip_auto_headers=("User-Agent",),
+                skip_auto_headers=("User-Agent",), trace_configs=self._traces or None,
             )
         return self._session
 
