@@ -1,0 +1,89 @@
+"""A thief flagged by a running gateway reaches the SIEM: the alert arrives in a real
+rsyslogd with its ATLAS id, and at a Splunk HEC receiver with the token, within 2 s of the
+answer that flagged it; /metrics counts both deliveries."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import httpx2 as httpx
+import pytest
+
+from ..rsyslog_daemon import Rsyslog, require_rsyslogd
+from ..support import free_port
+from .test_monitor_gateway import ask, monitored_gateway, thief_rows
+
+TOKEN = "hec-token-" + "z" * 24
+
+
+class Hec(BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[str, bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Hec.received.append((self.headers.get("Authorization", ""), body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"text":"Success","code":0}')
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture
+def hec() -> Iterator[str]:
+    server = HTTPServer(("127.0.0.1", free_port()), Hec)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/services/collector/event"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_flagged_thief_reaches_rsyslog_and_hec_with_its_atlas_id(
+        tmp_path: Path, digits_files: dict[str, Path], hec: str) -> None:
+    require_rsyslogd()
+    daemon = Rsyslog(tmp_path / "rsyslog").start()
+    gw = monitored_gateway(tmp_path / "gw", digits_files)
+    (gw.folder / "hec-token").write_text(TOKEN)
+    gw.extra["siem"] = {"destinations": [
+        {"type": "syslog", "name": "rsyslog", "host": "127.0.0.1", "port": daemon.port},
+        {"type": "hec", "name": "splunk", "url": hec, "token_file": "hec-token"}]}
+    gw.start()
+    try:
+        key = gw.key(principal="mallory", tenant="shady")
+        flagged_at = None
+        for row in thief_rows(80):
+            r = ask(gw, key, row[None, :])
+            assert r.status_code == 200, r.text
+            if r.json()["parameters"]["shaping"] == "labels":  # risk past the threshold
+                flagged_at = time.monotonic()
+                break
+        assert flagged_at is not None, "the thief was never flagged"
+        [line] = daemon.wait_lines(1, 2.0)
+        deadline = flagged_at + 2.0
+        while not Hec.received and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert Hec.received, "HEC got nothing within 2 s"
+        metrics = httpx.get(f"{gw.admin_url}/metrics").text
+    finally:
+        gw.stop()
+        daemon.stop()
+    assert 'atlas="AML.T0024.002 AML.T0024 AML.T0040"' in line
+    assert 'principal="mallory"' in line and 'model="digits"' in line
+    doc = json.loads(line[line.index("] {") + 2:])
+    assert doc["finding_info"]["attacks"][0]["technique"]["uid"] == "AML.T0024.002"
+    auth, body = Hec.received[0]
+    assert auth == f"Splunk {TOKEN}"
+    event = json.loads(body.split(b"\n")[0])["event"]
+    assert event["metadata"]["uid"] == doc["metadata"]["uid"]  # the same finding
+    assert 'modelfence_siem_delivered_total{destination="rsyslog"} 1.0' in metrics
+    assert 'modelfence_siem_delivered_total{destination="splunk"} 1.0' in metrics
+    assert TOKEN not in gw.log.read_text()
