@@ -80,6 +80,7 @@ class OpenAiStub:
         body = await request.json()
         body["_path"] = request.path
         body["_auth"] = request.headers.get("Authorization")
+        body["_traceparent"] = request.headers.get("traceparent")
         # the gateway's end of the connection: the same port twice is one reused connection
         body["_peer"] = request.transport.get_extra_info("peername") if request.transport else None
         self.received.append(body)
