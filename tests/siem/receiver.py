@@ -3,6 +3,7 @@ statuses a test gives, and can go away and come back on the same port."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from ..support import free_port
 class Received:
     headers: dict[str, str]
     body: bytes
+    at: float = field(default_factory=time.perf_counter)  # when it arrived
 
 
 @dataclass
