@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from modelfence.config.siem import SiemSettings
+from modelfence.errors import ConfigurationError
 from modelfence.kernel.metrics import GatewayMetrics
 from modelfence.siem import Siem
 from modelfence.siem.finding import download
@@ -149,3 +150,31 @@ async def test_a_refused_batch_is_dropped_and_counted(tmp_path: Path) -> None:
     assert [e["event"]["actor"]["user"]["name"] for e in events(collector)] == ["b"]
     assert sample(metrics, "modelfence_siem_undelivered_total", reason="rejected") == 1
     assert sample(metrics, "modelfence_siem_delivered_total") == 1
+
+
+async def test_an_llm_models_alert_carries_the_llm_techniques(tmp_path: Path) -> None:
+    from modelfence.risk import Alert
+
+    collector = Collector()
+    await collector.start()
+    siem = Siem(settings(tmp_path, collector), GatewayMetrics(), llm_models=frozenset({"chat"}))
+    await siem.start()
+    try:
+        for model in ("chat", "digits"):
+            siem.alert(Alert(model=model, kind="principal", subject="eve", tenant=None,
+                             risk=0.8, queries=30, explanation="injection 0.55, volume 0.20"))
+        assert await siem.flush(2.0)
+    finally:
+        await siem.stop()
+        await collector.stop()
+    llm, classic = (e["event"]["finding_info"]["attacks"][0]["technique"]["uid"]
+                    for e in events(collector))
+    assert (llm, classic) == ("AML.T0051.000", "AML.T0024.002")
+
+
+async def test_an_unwritable_spool_refuses_to_start(tmp_path: Path) -> None:
+    collector = Collector()
+    (tmp_path / "spool").write_text("a file where the folder should be")
+    siem = Siem(settings(tmp_path, collector), GatewayMetrics())
+    with pytest.raises(ConfigurationError, match="cannot open its spool"):
+        await siem.start()

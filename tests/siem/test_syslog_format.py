@@ -53,3 +53,10 @@ def test_hostile_names_are_escaped_and_the_frame_counts_octets() -> None:
     framed = frame(msg)
     length, _, rest = framed.partition(b" ")
     assert int(length) == len(rest) == len(msg)  # octets, not characters
+
+
+def test_a_name_cannot_forge_a_log_line() -> None:
+    msg = format_message(doc(subject="x\n<34>1 forged"), facility=4, app_name="mf",
+                         hostname="h", procid=1)
+    assert b"\n" not in msg  # the JSON escapes it too
+    assert 'principal="x\ufffd<34>1 forged"'.encode() in msg

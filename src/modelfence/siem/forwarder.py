@@ -60,8 +60,10 @@ class Siem:
     async def flush(self, timeout: float) -> bool:
         return all([await o.flush(timeout) for o in self.outboxes])
 
-    async def stop(self) -> None:
+    async def stop(self, *, grace_s: float = 0.5) -> None:
+        """Alerts still waiting get `grace_s` to be delivered; the rest stay spooled."""
         if self._started:
+            await self.flush(grace_s)
             for outbox in self.outboxes:
                 await outbox.stop()
             self._started = False

@@ -18,7 +18,7 @@ import random
 from typing import Protocol
 
 from ..config.siem import SiemSettings
-from ..errors import DeliveryError
+from ..errors import ConfigurationError, DeliveryError
 from ..kernel.metrics import GatewayMetrics
 from .spool import Spool
 
@@ -65,7 +65,11 @@ class Outbox:
         self._metrics.siem_undelivered.labels(self.name, "spool_full").inc(n)
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.spool.open)
+        try:
+            await asyncio.to_thread(self.spool.open)
+        except OSError as exc:
+            raise ConfigurationError(f"siem destination {self.name}: cannot open its spool "
+                                     f"in {self.spool.folder}: {exc.strerror}") from None
         self._gauge()
         self._task = asyncio.create_task(self._run(), name=f"siem-{self.name}")
 
@@ -108,7 +112,7 @@ class Outbox:
             await self._take()
             batch = self.spool.peek(self._s.max_batch)
             try:
-                await self._sender.send(batch)
+                await self._send(batch)
             except DeliveryError as exc:
                 if exc.permanent:
                     log.warning("siem %s: %s; %d alerts dropped", self.name, exc, len(batch))
@@ -131,6 +135,17 @@ class Outbox:
                 self._metrics.siem_delivered.labels(self.name).inc(len(batch))
             await asyncio.to_thread(self.spool.ack, len(batch))
             self._gauge()
+
+    async def _send(self, batch: list[bytes]) -> None:
+        """The sender's send; anything it did not foresee is a failure to retry, so the
+        destination's task never ends while the gateway runs."""
+        try:
+            await self._sender.send(batch)
+        except (DeliveryError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            log.exception("siem %s: sending failed unexpectedly", self.name)
+            raise DeliveryError(f"unexpected {type(exc).__name__}", reason="error") from None
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every offered alert was delivered (or dropped); False on timeout."""

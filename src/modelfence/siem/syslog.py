@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 from datetime import UTC, datetime
 from typing import Any
@@ -29,8 +30,13 @@ SD_ID = "modelfence@32473"
 _SEVERITY = {5: 2, 6: 2, 4: 3, 3: 4, 2: 5, 1: 6, 0: 6}
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def sd_escape(value: str) -> str:
-    """An SD-PARAM value: `"`, `\\` and `]` escaped (RFC 5424 section 6.3.3)."""
+    """An SD-PARAM value: `"`, `\\` and `]` escaped (RFC 5424 section 6.3.3), control
+    characters replaced, so that a principal's name cannot forge a line in a log file."""
+    value = _CONTROL.sub("\ufffd", value)
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
