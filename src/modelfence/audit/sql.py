@@ -33,6 +33,10 @@ class Sql:
             f"CREATE INDEX IF NOT EXISTS {TABLE}_principal ON {TABLE} (principal, seq)",
             f"CREATE INDEX IF NOT EXISTS {TABLE}_model ON {TABLE} (model, seq)",
             f"CREATE INDEX IF NOT EXISTS {TABLE}_time ON {TABLE} (ts_us)",
+            # the console's audit search: newest first by seq within each filter
+            f"CREATE INDEX IF NOT EXISTS {TABLE}_tenant ON {TABLE} (tenant, seq)",
+            f"CREATE INDEX IF NOT EXISTS {TABLE}_action ON {TABLE} (action, seq)",
+            f"CREATE INDEX IF NOT EXISTS {TABLE}_status ON {TABLE} ((status / 100), seq)",
             f"""CREATE TABLE IF NOT EXISTS {CHECKPOINTS} (
                 seq {bigint} PRIMARY KEY, ts_us {bigint} NOT NULL, hash {blob} NOT NULL,
                 key_id TEXT NOT NULL, signature {blob} NOT NULL)""",

@@ -56,6 +56,9 @@ class Query:
     after_seq: int | None = None
     upto_seq: int | None = None
     action_prefix: str | None = None  # "alert:" finds every alert
+    action: str | None = None  # one action exactly (indexed, unlike a prefix)
+    status_class: int | None = None  # 2 for 2xx, 4 for 4xx, ...: `status / 100` is indexed
+    seqs: tuple[int, ...] | None = None  # these positions only (neighbours of a window)
     limit: int = 1000
     newest_first: bool = False
 
@@ -67,7 +70,8 @@ class Query:
             ("principal", "=", self.principal), ("tenant", "=", self.tenant),
             ("model", "=", self.model), ("ts_us", ">=", self.since_us),
             ("ts_us", "<", self.until_us), ("seq", ">", self.after_seq),
-            ("seq", "<=", self.upto_seq),
+            ("seq", "<=", self.upto_seq), ("action", "=", self.action),
+            ("status / 100", "=", self.status_class),
         ):
             if value is not None:
                 conds.append(f"{column} {op} {mark}")
@@ -76,6 +80,10 @@ class Query:
             # prefix match without LIKE's wildcards: substr compares the text itself
             conds.append(f"substr(action, 1, {len(self.action_prefix)}) = {mark}")
             args.append(self.action_prefix)
+        if self.seqs is not None:
+            conds.append(f"seq IN ({','.join([mark] * len(self.seqs))})" if self.seqs
+                         else "1 = 0")
+            args.extend(self.seqs)
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         order = "DESC" if self.newest_first else "ASC"
         args.append(self.limit)

@@ -14,7 +14,7 @@ from ..config import Budget
 from ..errors import RateLimited
 from ..kernel.call import Call
 from ..kernel.chain import Guard
-from .budgets import BudgetStore, key_part, period_bounds
+from .budgets import BudgetStore, budget_key, period_bounds
 
 log = logging.getLogger("modelfence.quota")
 
@@ -95,7 +95,7 @@ class BudgetGuard(Guard[Call]):
                 if budget.models and call.model.name not in budget.models:
                     continue
                 period, ends = period_bounds(budget.period, now)
-                key = f"{index}|{key_part(call.principal.id)}|{key_part(call.model.name)}|{period}"
+                key = budget_key(index, call.principal.id, call.model.name, period)
                 if budget.queries is not None or budget.rows is not None:
                     await self._reserve_queries(call, budget, key, rows, period, ends, held)
                 if budget.tokens is not None and call.token_cost is not None:

@@ -65,6 +65,12 @@ def key_part(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def budget_key(index: int, principal: str, model: str, period: str) -> str:
+    """The store key of budget number `index` for a principal, model and period label; a
+    token budget's key is this with `|tokens` appended."""
+    return f"{index}|{key_part(principal)}|{key_part(model)}|{period}"
+
+
 def _failed(kind: str, exc: BaseException) -> StoreError:
     return StoreError(f"{kind} budget store: {exc.__class__.__name__}", store="budget")
 

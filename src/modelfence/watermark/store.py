@@ -64,6 +64,9 @@ _SELECT = f"SELECT {_COLS} FROM modelfence_watermarks WHERE model = {{p}}"  # no
 _COUNTS = ("SELECT principal, tenant, kind, COUNT(*), MIN(time_us), MAX(time_us) "
            "FROM modelfence_watermarks WHERE model = {p} GROUP BY principal, tenant, kind "
            "ORDER BY principal, kind")
+_HELD = ("SELECT kind, key_id, COUNT(*), MIN(time_us), MAX(time_us) "
+         "FROM modelfence_watermarks WHERE model = {p} AND principal = {p} "
+         "GROUP BY kind, key_id ORDER BY kind, key_id")
 _MARKED = ("SELECT input_sha256 FROM modelfence_watermarks WHERE model = {p} AND "
            "principal = {p} AND kind = 'watermark' AND input_sha256 {match}")
 _SQLITE_CHUNK = 500  # bound parameters per query (SQLite's limit can be 999)
@@ -101,6 +104,17 @@ class Holding:
     last_us: int
 
 
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What one principal holds of a model under one watermark key: answers of one kind."""
+
+    kind: str
+    key_id: str
+    count: int
+    first_us: int
+    last_us: int
+
+
 def _where(principal: str | None, kind: str | None, p: str) -> tuple[str, tuple[Any, ...]]:
     sql = ""
     args: tuple[Any, ...] = ()
@@ -125,6 +139,13 @@ class EvidenceStore(Store):
 
     @abstractmethod
     async def holdings(self, model: str) -> list[Holding]: ...
+
+    async def held_by(self, model: str, principal: str) -> list[Held]:
+        """What `principal` received of `model`, by kind and key (one indexed lookup)."""
+        groups: dict[tuple[str, str], list[int]] = {}
+        for r in await self.records(model, principal=principal):
+            groups.setdefault((r.kind, r.key_id), []).append(r.time_us)
+        return [Held(k, key, len(v), min(v), max(v)) for (k, key), v in sorted(groups.items())]
 
     @abstractmethod
     async def marked_before(self, model: str, principal: str,
@@ -203,6 +224,9 @@ class SqliteEvidenceStore(EvidenceStore):
     async def holdings(self, model: str) -> list[Holding]:
         return [Holding(*r) for r in self._run(_COUNTS.format(p="?"), (model,))]
 
+    async def held_by(self, model: str, principal: str) -> list[Held]:
+        return [Held(*r) for r in self._run(_HELD.format(p="?"), (model, principal))]
+
     async def marked_before(self, model: str, principal: str,
                             digests: Sequence[str]) -> set[str]:
         unique = sorted(set(digests))
@@ -245,6 +269,10 @@ class PostgresEvidenceStore(PooledPostgres, EvidenceStore):
     async def holdings(self, model: str) -> list[Holding]:
         (rows,) = await self._run([(_COUNTS.format(p="%s"), (model,))])
         return [Holding(*r) for r in rows]
+
+    async def held_by(self, model: str, principal: str) -> list[Held]:
+        (rows,) = await self._run([(_HELD.format(p="%s"), (model, principal))])
+        return [Held(*r) for r in rows]
 
     async def marked_before(self, model: str, principal: str,
                             digests: Sequence[str]) -> set[str]:
