@@ -9,8 +9,9 @@ from pydantic import Field, field_validator, model_validator
 from .base import ConfigPath, Strict, checked_rate
 from .validators import unique_names
 
+#: risk:write pins a principal to a stricter band; alerts:write acknowledges and resolves
 ADMIN_SCOPES = ("keys:read", "keys:write", "policy:read", "policy:write", "risk:read",
-                "alerts:read")
+                "risk:write", "alerts:read", "alerts:write")
 
 
 

@@ -15,9 +15,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 
+from ..audit.checkpoint import load_public_key
 from ..audit.record import event_record
 from ..config import Settings
 from ..console.app import Console, LoginResult, NavLink
+from ..console.inv_actions import investigation_routes
+from ..console.investigate import Investigation
 from ..console.kit import ConsoleKit
 from ..console.session import SessionSigner
 from ..errors import Unavailable
@@ -66,4 +69,10 @@ def console_routes(settings: Settings, admin_api: AdminApi) -> list[BaseRoute]:
     kit = ConsoleKit(signer, record, page_size=settings.console.page_size)
     pages: list[BaseRoute] = []
     nav: list[NavLink] = []
+    key_file = settings.audit.checkpoint_key_file
+    inv_pages, inv_nav = investigation_routes(Investigation(
+        kit, admin_api.monitor, admin_api.keys, audit,
+        load_public_key(key_file) if key_file is not None else None))
+    pages += inv_pages
+    nav += inv_nav
     return Console(kit, authenticate, pages, nav).routes()

@@ -121,6 +121,7 @@ class Call:
     risk: float = 0.0
     shaping_band: str | None = None  # the output shaping band applied, for the audit record
     pinned_bands: tuple[str, ...] = ()  # bands a policy's @shaping annotation pins
+    band_floor: float = 0.0  # an operator's pin: no output band below the one starting here
     queries: int = 0
     epsilon_spent: float = 0.0  # the ε this principal has spent on this model (privacy)
     policy_ids: list[str] = field(default_factory=list)

@@ -22,11 +22,12 @@ for replicas that share one monitor's state. The settings, `Risk` and `Crossing`
 from __future__ import annotations
 
 import hashlib
+import heapq
 import io
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import fields
 from typing import Any
 
@@ -153,6 +154,20 @@ class Monitor:
         """Every caller's risk of `kind` as of its last observe (for counts when metrics
         are scraped; the request path never walks them)."""
         return (state.risk for state in self._tables[kind].states.values())
+
+    def top(self, kind: Kind, n: int, keep: Callable[[str], bool] | None = None
+            ) -> list[tuple[str, Risk]]:
+        """The `n` riskiest callers of `kind` (by effective, then raw risk), riskiest first,
+        of those `keep` accepts: a heap of `n` over one pass, not a sort of every caller
+        (100,000 callers take tens of milliseconds; the request path never calls it)."""
+        states = self._tables[kind].states.items()
+        chosen = states if keep is None else ((k, s) for k, s in states if keep(k))
+        best = heapq.nlargest(n, chosen, key=lambda ks: (ks[1].risk.score, ks[1].risk.raw))
+        return [(key, state.risk) for key, state in best]
+
+    def count(self, kind: Kind) -> int:
+        """How many callers of `kind` the monitor keeps."""
+        return len(self._tables[kind].states)
 
     def state_bytes(self, principal: str) -> int:
         state = self._principals.get(principal)

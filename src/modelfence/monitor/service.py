@@ -31,6 +31,7 @@ from ..risk import Alert, alert_for
 from ..stores.breaker import Breaker
 from ..stores.outages import redis_outage
 from .alerts import Alerts, Webhook
+from .pins import PinBook
 from .replication import Array, LocalLog, Observation, ObservationLog, RedisLog
 from .score import Monitor, Risk
 from .score import MonitorSettings as MonitorOptions
@@ -78,6 +79,9 @@ class MonitorService:
             RedisLog(**common, url=self._settings.shared, stream_max=self._settings.stream_max,
                      prefix=self._settings.key_prefix)
             if self._settings.shared else LocalLog(**common, state_dir=self._settings.state_dir))
+        # operators' pins (the console), on every replica: a floor under a principal's risk
+        self.pins = PinBook(shared=self._settings.shared, prefix=self._settings.key_prefix,
+                            state_dir=self._settings.state_dir)
         self._queue: asyncio.Queue[Observation] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._pending_alerts: set[asyncio.Task[None]] = set()
@@ -115,7 +119,7 @@ class MonitorService:
         """The caller's current risk: the higher of its own and its tenant's (the service
         is the classifier protocol's `risk.RiskSource`)."""
         monitor = self.monitors[model]
-        risk = monitor.peek(principal)
+        risk = max(monitor.peek(principal), self.pins.floor(model, principal))
         if tenant is not None:
             risk = max(risk, monitor.peek_tenant(tenant))
         return risk
@@ -134,6 +138,10 @@ class MonitorService:
             if risk >= start:
                 chosen = name
         return chosen
+
+    def bands(self, model: str) -> list[tuple[float, str]]:
+        """(from_risk, name) of the model's output bands, lowest risk first."""
+        return list(self._bands.get(model, ()))
 
     def census(self) -> None:
         """Set the gauges of who is flagged and how many principals each band holds, per
@@ -179,6 +187,7 @@ class MonitorService:
     async def start(self) -> None:
         if not self.monitors:
             return
+        await self.pins.start()
         await self.log.start()
         self._queue = asyncio.Queue(maxsize=self._settings.queue_max)
         self._worker = asyncio.ensure_future(self._drain())
@@ -194,6 +203,7 @@ class MonitorService:
         await self._breaker.close()
         if self.monitors:
             await self.log.stop()
+            await self.pins.stop()
         if self._pending_alerts:
             await asyncio.wait(self._pending_alerts, timeout=5.0)
         await self._alerts.close()

@@ -4,7 +4,8 @@ A model lists bands (`shaping:` in its config): from a risk upwards, a defense. 
 chosen from `call.risk` (the monitor's score), unless a permitting Cedar policy pins it with
 ``@shaping("band")`` (a trusted partner pinned to full answers, a contractor to labels);
 a pin naming a band the model does not have falls back to the model's strongest band, so a
-typo can only make answers poorer, never richer.
+typo can only make answers poorer, never richer. An operator's pin of a principal
+(`call.band_floor`, from the console) is a floor no policy pin goes below.
 
 Answers keep the OIP shape and output names. The audit record names the band (and the
 admin API shows it); the answer does not, unless the model sets `reveal_band`: telling a
@@ -115,7 +116,16 @@ class ShapingGuard(Guard[OipCall]):
     def reveals(self, model: str) -> bool:
         return model in self._reveal
 
-    def choose(self, model: str, risk: float, pins: tuple[str, ...]) -> Band | None:
+    def choose(self, model: str, risk: float, pins: tuple[str, ...],
+               floor: float = 0.0) -> Band | None:
+        """The band for `risk`, or the strictest a policy pins; never one looser than
+        the band an operator's pin (`floor`, its start) names."""
+        chosen = self._choose(model, risk, pins)
+        if chosen is None or floor <= chosen.from_risk:
+            return chosen
+        return self._choose(model, floor, ())
+
+    def _choose(self, model: str, risk: float, pins: tuple[str, ...]) -> Band | None:
         bands = self._bands.get(model)
         if not bands:
             return None
@@ -135,7 +145,7 @@ class ShapingGuard(Guard[OipCall]):
 
     async def on_response(self, call: OipCall) -> None:
         assert call.model is not None and call.principal is not None
-        band = self.choose(call.model.name, call.risk, call.pinned_bands)
+        band = self.choose(call.model.name, call.risk, call.pinned_bands, call.band_floor)
         if band is None or call.outputs is None:
             return
         tensor = call.outputs.output(PROBABILITIES)

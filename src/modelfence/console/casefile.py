@@ -1,0 +1,155 @@
+"""What the console reads of the audit log for an investigation: alerts and their state, a
+principal's risk history, and the evidence bundle an engineer downloads.
+
+An alert's state lives in the tamper-evident log itself: acknowledging or resolving one is
+a `console:alert-ack` / `console:alert-resolve` record whose target is `alert:<seq>`, so who
+did what to an alert, and when, is as hard to rewrite as the alert, every replica reads
+the same answer, and nothing else needs a store. Since those records always follow their
+alert, the states of a page of alerts are read from the records since its oldest alert.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..audit.chain import Row, hash_of, us_to_iso
+from ..audit.store import AuditStore, Query
+from ..audit.verify import verify_store
+
+ACK, RESOLVE = "console:alert-ack", "console:alert-resolve"
+STATE_OF = {ACK: "acknowledged", RESOLVE: "resolved"}
+EVIDENCE_TYPE = "modelfence.investigation.evidence"
+_HISTORY = 400  # answers on a principal's risk plot
+_EVIDENCE_RECORDS = 5000  # a principal's newest records in a bundle
+_VERIFY_S = 20.0  # how long an export waits for the chain's verification
+
+
+@dataclass(frozen=True, slots=True)
+class AlertView:
+    """An alert as the console lists it, with what an engineer did about it."""
+
+    seq: int
+    time: str
+    model: str | None
+    principal: str | None
+    tenant: str | None
+    risk: float | None
+    reason: str
+    state: str = "open"
+    by: str | None = None
+
+    @property
+    def target(self) -> str:
+        return f"alert:{self.seq}"
+
+
+def alert_of(row: Row) -> AlertView:
+    record = orjson.loads(row.payload)
+    return AlertView(row.seq, us_to_iso(row.ts_us), row.model, row.principal, row.tenant,
+                     record.get("risk"), str(record.get("reason", "")))
+
+
+async def alerts(store: AuditStore, *, limit: int, upto_seq: int | None = None,
+                 principal: str | None = None, model: str | None = None) -> list[AlertView]:
+    """Newest alerts first (below `upto_seq` for the next page), each with its state."""
+    rows = await store.select(Query(action_prefix="alert:", limit=limit, newest_first=True,
+                                    upto_seq=upto_seq, principal=principal, model=model))
+    found = [alert_of(r) for r in rows]
+    if not found:
+        return found
+    states = await alert_states(store, since_us=min(r.ts_us for r in rows))
+    return [with_state(a, states.get(a.target)) for a in found]
+
+
+async def alert_states(store: AuditStore, *, since_us: int) -> dict[str, tuple[str, str]]:
+    """target -> (state, admin) from the console's records since `since_us`; the last
+    successful action on an alert decides (a resolve after an ack: resolved)."""
+    states: dict[str, tuple[str, str]] = {}
+    async for rows in store.scan(Query(action_prefix="console:alert-", since_us=since_us)):
+        for row in rows:
+            if row.action in STATE_OF and row.status is not None and row.status < 400:
+                record = orjson.loads(row.payload)
+                target = record.get("key_id")
+                if isinstance(target, str):
+                    states[target] = (STATE_OF[row.action], str(row.principal))
+    return states
+
+
+def with_state(alert: AlertView, state: tuple[str, str] | None) -> AlertView:
+    if state is None:
+        return alert
+    return dataclasses.replace(alert, state=state[0], by=state[1])
+
+
+async def alert_by_seq(store: AuditStore, seq: int) -> AlertView | None:
+    rows = await store.select(Query(after_seq=seq - 1, upto_seq=seq, limit=1))
+    if not rows or not (rows[0].action or "").startswith("alert:"):
+        return None
+    return alert_of(rows[0])
+
+
+async def risk_history(store: AuditStore, model: str, principal: str
+                       ) -> list[tuple[float, float]]:
+    """(unix time, risk) of the principal's newest answered calls on `model`, oldest first:
+    the risk each call was judged at, as its audit record says."""
+    rows = await store.select(Query(principal=principal, model=model, limit=_HISTORY,
+                                    newest_first=True))
+    series = []
+    for row in reversed(rows):
+        if row.action is None or row.action.startswith(("alert:", "console:", "admin:")):
+            continue
+        risk = orjson.loads(row.payload).get("risk")
+        if isinstance(risk, int | float):
+            series.append((row.ts_us / 1e6, float(risk)))
+    return series
+
+
+async def evidence(store: AuditStore, *, model: str, principal: str,
+                   explanation: dict[str, Any], public_key: Ed25519PublicKey | None,
+                   exported_by: str) -> dict[str, Any]:
+    """The bundle an engineer hands on: the principal's alerts, the monitor's explanation,
+    its audit records (each with its hashes and whether its hash holds) and the whole
+    chain's verification report at export time."""
+    rows = await store.select(Query(principal=principal, limit=_EVIDENCE_RECORDS,
+                                    newest_first=True))
+    rows.reverse()
+    found = await alerts(store, limit=100, principal=principal, model=model)
+    try:
+        report = (await asyncio.wait_for(verify_store(store, public_key=public_key),
+                                         _VERIFY_S)).to_dict()
+    except TimeoutError:
+        report = {"ok": None, "notes": [f"verification did not finish in {_VERIFY_S:.0f} s; "
+                                        "run `modelfence audit verify`"]}
+    return {
+        "type": EVIDENCE_TYPE, "version": 1,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "exported_by": exported_by, "model": model, "principal": principal,
+        "explanation": explanation,
+        "alerts": [_alert_json(a) for a in found],
+        "records": [_row_json(r) for r in rows],
+        "records_truncated": len(rows) == _EVIDENCE_RECORDS,
+        "chain": report}
+
+
+def _alert_json(alert: AlertView) -> dict[str, Any]:
+    return {"seq": alert.seq, "time": alert.time, "model": alert.model,
+            "principal": alert.principal, "tenant": alert.tenant, "risk": alert.risk,
+            "reason": alert.reason, "state": alert.state, "by": alert.by}
+
+
+def _row_json(row: Row) -> dict[str, Any]:
+    return {"seq": row.seq, "hash": row.hash.hex(), "prev_hash": row.prev.hex(),
+            "hash_holds": hash_of(row) == row.hash, "record": orjson.loads(row.payload)}
+
+
+def series_table(series: Sequence[tuple[float, float]]) -> list[tuple[str, float]]:
+    """The plot's points as (time, risk) rows for its table fallback, newest first."""
+    return [(us_to_iso(int(t * 1e6)), r) for t, r in reversed(series)]

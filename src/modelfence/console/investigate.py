@@ -1,0 +1,244 @@
+"""The console's investigation pages: monitored models and their bands, callers ranked by
+risk, a principal's page (why it is risky, its band, pin, keys, risk over time, alerts) and
+the alerts list. The actions on them (pin, acknowledge, revoke, export) are in
+`inv_actions`.
+
+Rankings come from the monitor's own tables (`Monitor.top`: a heap of one page over one
+pass); with several workers or replicas sharing `monitor.shared`, every replica applies
+every observation, so each ranks the same callers (as of the observations it has read).
+A scoped admin sees only its models, and only principals of its tenants (by their keys).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from ..audit.sinks import AuditSink, audit_store_of
+from ..audit.store import AuditStore
+from ..identity.apikeys import ApiKeys, public_view
+from ..monitor.score import Kind, Risk
+from ..monitor.service import MonitorService
+from . import casefile
+from .app import NavLink
+from .kit import ConsoleKit
+from .plot import risk_plot
+from .session import ConsoleSession
+
+MAX_PAGE = 200  # deepest ranking page: past it, a caller is no lead worth following
+_KINDS: tuple[Kind, ...] = ("principal", "tenant")
+
+
+@dataclass(eq=False)
+class Investigation:
+    """What the investigation pages and actions read and change."""
+
+    kit: ConsoleKit
+    monitor: MonitorService | None
+    keys: ApiKeys
+    audit: AuditSink
+    public_key: Ed25519PublicKey | None = None
+    #: target -> (state, admin) of alerts this process acted on, until the audit writer's
+    #: next commit makes them readable (`casefile.alert_states` then has them too)
+    recent: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    @property
+    def store(self) -> AuditStore | None:
+        return audit_store_of(self.audit)
+
+    def models(self, session: ConsoleSession) -> list[str]:
+        if self.monitor is None:
+            return []
+        return [m for m in self.monitor.monitors if session.covers(m)]
+
+    def model_of(self, session: ConsoleSession, name: str | None) -> str | None:
+        """`name` when it is a monitored model the admin covers (else None: a 404 that
+        says nothing about models it may not see)."""
+        return name if name is not None and name in self.models(session) else None
+
+    async def principal_filter(self, session: ConsoleSession) -> Callable[[str], bool] | None:
+        """Which principals a tenant-scoped admin may see: those with a key of its tenants."""
+        if "*" in session.tenants:
+            return None
+        mine = {r.principal for r in await self.keys.records() if session.covers_tenant(r.tenant)}
+        return mine.__contains__
+
+    def band(self, model: str, score: float) -> str | None:
+        assert self.monitor is not None
+        return self.monitor.band(model, score)
+
+    def not_found(self, session: ConsoleSession, what: str) -> Response:
+        return self.kit.render("denied.html", 404, session=session, title="Not found",
+                               message=what)
+
+
+def principal_url(model: str, principal: str) -> str:
+    return "/console/principal?" + urlencode({"model": model, "id": principal})
+
+
+class InvestigationPages:
+    """GET pages: models, ranking, principal, alerts."""
+
+    def __init__(self, inv: Investigation) -> None:
+        self.inv = inv
+
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/console/models", self.models_page, methods=["GET"]),
+                Route("/console/ranking", self.ranking, methods=["GET"]),
+                Route("/console/principal", self.principal, methods=["GET"]),
+                Route("/console/alerts", self.alerts, methods=["GET"])]
+
+    @staticmethod
+    def nav() -> list[NavLink]:
+        return [NavLink("/console/models", "Models", "risk:read"),
+                NavLink("/console/alerts", "Alerts", "alerts:read")]
+
+    async def models_page(self, request: Request) -> Response:
+        inv = self.inv
+        session = inv.kit.page(request, "risk:read")
+        if isinstance(session, Response):
+            return session
+        rows = []
+        for model in inv.models(session):
+            assert inv.monitor is not None
+            monitor = inv.monitor.monitors[model]
+            bands = inv.monitor.bands(model)
+            counts = [0] * len(bands)
+            flagged = 0
+            for risk in monitor.standing("principal"):
+                flagged += risk.flagged
+                at = _band_index(bands, risk.score)
+                if at >= 0:
+                    counts[at] += 1
+            rows.append({"name": model, "principals": monitor.count("principal"),
+                         "tenants": monitor.count("tenant"), "flagged": flagged,
+                         "bands": [{"from": start, "name": name, "principals": n}
+                                   for (start, name), n in zip(bands, counts, strict=True)],
+                         "pins": [{"principal": p.principal, "band": p.band, "by": p.by,
+                                   "until": utc(p.until)}
+                                  for p in inv.monitor.pins.live() if p.model == model]})
+        return inv.kit.render("inv-models.html", title="Models and their bands",
+                              session=session, models=rows)
+
+    async def ranking(self, request: Request) -> Response:
+        inv = self.inv
+        session = inv.kit.page(request, "risk:read")
+        if isinstance(session, Response):
+            return session
+        q = request.query_params
+        model = inv.model_of(session, q.get("model"))
+        if model is None or inv.monitor is None:
+            return inv.not_found(session, "no such monitored model")
+        kind = q.get("kind", "principal")
+        page = q.get("page", "0")
+        if kind not in _KINDS or not page.isdigit() or int(page) >= MAX_PAGE:
+            return inv.kit.render("denied.html", 400, session=session, title="Bad request",
+                                  message=f"kind is principal or tenant; page 0 to "
+                                          f"{MAX_PAGE - 1}")
+        n, size = int(page), inv.kit.page_size
+        keep = (await inv.principal_filter(session) if kind == "principal" else
+                None if "*" in session.tenants else session.covers_tenant)
+        top = inv.monitor.monitors[model].top(kind, (n + 1) * size, keep)
+        rows = [_ranked(inv, model, kind, n * size + i + 1, name, risk)
+                for i, (name, risk) in enumerate(top[n * size:])]
+        return inv.kit.render("inv-ranking.html", title=f"Riskiest {kind}s of {model}",
+                              session=session, model=model, kind=kind, rows=rows, page=n,
+                              more=len(top) == (n + 1) * size and n + 1 < MAX_PAGE)
+
+    async def principal(self, request: Request) -> Response:
+        inv = self.inv
+        session = inv.kit.page(request, "risk:read")
+        if isinstance(session, Response):
+            return session
+        model = inv.model_of(session, request.query_params.get("model"))
+        principal = request.query_params.get("id", "")
+        keep = await inv.principal_filter(session)
+        if (model is None or inv.monitor is None or not principal or len(principal) > 256
+                or (keep is not None and not keep(principal))):
+            return inv.not_found(session, "no such principal on a model you may see")
+        risk = inv.monitor.risk(model, principal)
+        pin = inv.monitor.pins.get(model, principal)
+        keys = [public_view(r) for r in await inv.keys.records() if r.principal == principal]
+        store = inv.store
+        series = [] if store is None else await casefile.risk_history(store, model, principal)
+        alerts = ([] if store is None or not session.allows("alerts:read") else
+                  await casefile.alerts(store, limit=20, principal=principal, model=model))
+        bands = inv.monitor.bands(model)
+        return inv.kit.render(
+            "inv-principal.html", title=f"Principal {principal} on {model}", session=session,
+            model=model, principal=principal, risk=risk, band=inv.band(model, risk.score),
+            explanation=explain(risk), pin=pin, pin_until=pin and utc(pin.until),
+            back="principal",
+            bands=bands, keys=keys, plot=risk_plot(series, bands),
+            points=casefile.series_table(series)[:50], alerts=alerts,
+            audited=store is not None, url=principal_url(model, principal))
+
+    async def alerts(self, request: Request) -> Response:
+        inv = self.inv
+        session = inv.kit.page(request, "alerts:read")
+        if isinstance(session, Response):
+            return session
+        store = inv.store
+        before = request.query_params.get("before")
+        if before is not None and not before.isdigit():
+            return inv.kit.render("denied.html", 400, session=session, title="Bad request",
+                                  message="before is a record number")
+        found: list[casefile.AlertView] = []
+        if store is not None:
+            upto = int(before) - 1 if before else None
+            found = await casefile.alerts(store, limit=inv.kit.page_size, upto_seq=upto)
+        size = len(found)
+        shown = [_overlay(a, inv.recent) for a in found
+                 if a.model is None or session.covers(a.model)]
+        return inv.kit.render("inv-alerts.html", title="Alerts", session=session,
+                              alerts=shown, audited=store is not None,
+                              next_before=found[-1].seq if size == inv.kit.page_size else None,
+                              url=principal_url)
+
+
+def explain(risk: Risk) -> dict[str, Any]:
+    """The monitor's verdict as the page and the evidence bundle show it."""
+    return {"risk": round(risk.score, 4), "raw_risk": round(risk.raw, 4),
+            "flagged": risk.flagged, "queries": risk.queries,
+            "summary": risk.explain(),
+            "detectors": [{"name": n, "score": round(r.score, 4), "why": r.why}
+                          for n, r in sorted(risk.readings.items(),
+                                             key=lambda nr: -nr[1].score)]}
+
+
+def utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
+
+
+def _band_index(bands: list[tuple[float, str]], score: float) -> int:
+    at = -1
+    for i, (start, _) in enumerate(bands):
+        if score >= start:
+            at = i
+    return at
+
+
+def _ranked(inv: Investigation, model: str, kind: str, rank: int, name: str,
+            risk: Risk) -> dict[str, Any]:
+    assert inv.monitor is not None
+    pinned = kind == "principal" and inv.monitor.pins.get(model, name) is not None
+    return {"rank": rank, "name": name, "score": risk.score, "raw": risk.raw,
+            "flagged": risk.flagged, "queries": risk.queries,
+            "band": inv.band(model, max(risk.score, inv.monitor.pins.floor(model, name)
+                                        if kind == "principal" else 0.0)),
+            "pinned": pinned, "why": risk.explain(),
+            "url": principal_url(model, name) if kind == "principal" else None}
+
+
+def _overlay(alert: casefile.AlertView, recent: dict[str, tuple[str, str]]
+             ) -> casefile.AlertView:
+    state = recent.get(alert.target)
+    return alert if state is None else casefile.with_state(alert, state)
