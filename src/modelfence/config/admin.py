@@ -9,9 +9,10 @@ from pydantic import Field, field_validator, model_validator
 from .base import ConfigPath, Strict, checked_rate
 from .validators import unique_names
 
-#: risk:write pins a principal to a stricter band; alerts:write acknowledges and resolves
+#: risk:write pins a principal to a stricter band; alerts:write acknowledges and resolves;
+#: audit:read searches the audit trail in the console and downloads red-team reports
 ADMIN_SCOPES = ("keys:read", "keys:write", "policy:read", "policy:write", "risk:read",
-                "risk:write", "alerts:read", "alerts:write")
+                "risk:write", "alerts:read", "alerts:write", "audit:read")
 
 
 

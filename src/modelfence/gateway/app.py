@@ -356,7 +356,8 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     admin_app = Starlette(
         routes=[*admin.routes(), Route("/admin/ready", oip.ready_details, methods=["GET"]),
                 Route("/metrics", metrics_endpoint, methods=["GET"]),
-                *console_routes(settings, admin)],
+                *console_routes(settings, admin, budget_store=gw.budget_store,
+                                watermark=gw.watermark)],
         middleware=[*spans(admin.routes()), deadline],
         exception_handlers={HTTPException: _http_error, Exception: _internal_error})
     proxies = ([Middleware(ProxyHeaders, trusted=settings.server.trusted_proxies)]

@@ -24,16 +24,22 @@ from ..console.investigate import Investigation
 from ..console.kit import ConsoleKit
 from ..console.session import SessionSigner
 from ..errors import Unavailable
+from ..quota.budgets import BudgetStore
+from ..watermark.guard import WatermarkGuard
 from .admin import AdminApi
+from .console_records import records_routes
 
 log = logging.getLogger("modelfence.console")
 LOGIN_SCOPE = "risk:read"
 _AUDIT_WAIT_S = 5.0
 
 
-def console_routes(settings: Settings, admin_api: AdminApi) -> list[BaseRoute]:
-    """The `/console` routes for the admin listener, over the admin API's stores and books;
-    none unless `console.enabled`."""
+def console_routes(settings: Settings, admin_api: AdminApi, *,
+                   budget_store: BudgetStore | None = None,
+                   watermark: WatermarkGuard | None = None) -> list[BaseRoute]:
+    """The `/console` routes for the admin listener, over the admin API's stores and books
+    (and the budget and watermark evidence stores the records pages read); none unless
+    `console.enabled`."""
     if not settings.console.enabled:
         return []
     auth, audit = admin_api.auth, admin_api.audit
@@ -75,4 +81,8 @@ def console_routes(settings: Settings, admin_api: AdminApi) -> list[BaseRoute]:
         load_public_key(key_file) if key_file is not None else None))
     pages += inv_pages
     nav += inv_nav
+    rec_pages, rec_nav = records_routes(settings, admin_api, kit, budget_store=budget_store,
+                                        watermark=watermark)
+    pages += rec_pages
+    nav += rec_nav
     return Console(kit, authenticate, pages, nav).routes()
