@@ -142,7 +142,8 @@ class InvestigationActions:
                              details={"model": alert.model, "principal": alert.principal})
         if len(inv.recent) >= _RECENT_MAX:
             inv.recent.pop(next(iter(inv.recent)))
-        inv.recent[alert.target] = (casefile.STATE_OF[action], posted.session.admin)
+        inv.recent[alert.target] = (casefile.STATE_OF[action], posted.session.admin,
+                                    inv.kit.clock())
         back = posted.form.get("back") == "principal" and alert.model and alert.principal
         return _back(principal_url(alert.model, alert.principal)  # type: ignore[arg-type]
                      if back else "/console/alerts")

@@ -33,6 +33,7 @@ from .kit import ConsoleKit
 from .plot import risk_plot
 from .session import ConsoleSession
 
+RECENT_S = 10.0  # an action shows at once here; from the log (every replica) after a flush
 MAX_PAGE = 200  # deepest ranking page: past it, a caller is no lead worth following
 _KINDS: tuple[Kind, ...] = ("principal", "tenant")
 
@@ -46,9 +47,9 @@ class Investigation:
     keys: ApiKeys
     audit: AuditSink
     public_key: Ed25519PublicKey | None = None
-    #: target -> (state, admin) of alerts this process acted on, until the audit writer's
-    #: next commit makes them readable (`casefile.alert_states` then has them too)
-    recent: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: target -> (state, admin, when) of alerts this process acted on in the last
+    #: `RECENT_S`, until the audit writer's commit makes them readable to every replica
+    recent: dict[str, tuple[str, str, float]] = field(default_factory=dict)
 
     @property
     def store(self) -> AuditStore | None:
@@ -74,6 +75,17 @@ class Investigation:
     def band(self, model: str, score: float) -> str | None:
         assert self.monitor is not None
         return self.monitor.band(model, score)
+
+    async def alerts(self, store: AuditStore, **query: Any) -> list[casefile.AlertView]:
+        """`casefile.alerts`, with what this process did to them since the audit writer's
+        last commit (a batched writer makes a record readable within its flush interval)."""
+        found = await casefile.alerts(store, **query)
+        fresh = self.kit.clock() - RECENT_S
+        out = []
+        for alert in found:
+            state, admin, at = self.recent.get(alert.target, ("", "", fresh))
+            out.append(casefile.with_state(alert, (state, admin)) if at > fresh else alert)
+        return out
 
     def not_found(self, session: ConsoleSession, what: str) -> Response:
         return self.kit.render("denied.html", 404, session=session, title="Not found",
@@ -170,7 +182,7 @@ class InvestigationPages:
         store = inv.store
         series = [] if store is None else await casefile.risk_history(store, model, principal)
         alerts = ([] if store is None or not session.allows("alerts:read") else
-                  await casefile.alerts(store, limit=20, principal=principal, model=model))
+                  await inv.alerts(store, limit=20, principal=principal, model=model))
         bands = inv.monitor.bands(model)
         return inv.kit.render(
             "inv-principal.html", title=f"Principal {principal} on {model}", session=session,
@@ -194,10 +206,9 @@ class InvestigationPages:
         found: list[casefile.AlertView] = []
         if store is not None:
             upto = int(before) - 1 if before else None
-            found = await casefile.alerts(store, limit=inv.kit.page_size, upto_seq=upto)
+            found = await inv.alerts(store, limit=inv.kit.page_size, upto_seq=upto)
         size = len(found)
-        shown = [_overlay(a, inv.recent) for a in found
-                 if a.model is None or session.covers(a.model)]
+        shown = [a for a in found if a.model is None or session.covers(a.model)]
         return inv.kit.render("inv-alerts.html", title="Alerts", session=session,
                               alerts=shown, audited=store is not None,
                               next_before=found[-1].seq if size == inv.kit.page_size else None,
@@ -237,8 +248,3 @@ def _ranked(inv: Investigation, model: str, kind: str, rank: int, name: str,
             "pinned": pinned, "why": risk.explain(),
             "url": principal_url(model, name) if kind == "principal" else None}
 
-
-def _overlay(alert: casefile.AlertView, recent: dict[str, tuple[str, str]]
-             ) -> casefile.AlertView:
-    state = recent.get(alert.target)
-    return alert if state is None else casefile.with_state(alert, state)
