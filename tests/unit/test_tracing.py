@@ -131,6 +131,23 @@ async def test_each_guard_phase_and_the_backend_are_children_of_the_request_span
     assert done["modelfence.request_id"] == call.request_id
 
 
+async def test_without_guard_spans_only_the_backend_call_has_one() -> None:
+    made, exporter = tracing(guard_spans=False)
+    chain = Stages(head=[Count()], identity=[Note()], outputs=[Shape()],
+                   spans=made.chain_spans()).chain(Call)
+    call = Call(Facts({}), "infer", "m")
+
+    async def backend(c: Call) -> None:
+        c.status = 200
+
+    with made.tracer.start_as_current_span("request"):
+        await chain.run(call, backend)
+        await chain.complete(call)
+    assert [s.name for s in exporter.get_finished_spans()] == ["backend call", "request"]
+    assert [d.guard for d in call.trail] == ["note", "count"]  # every guard still ran
+    assert call.shaping_band == "strict"
+
+
 async def test_a_refusal_is_on_the_guard_that_refused_and_on_the_request() -> None:
     made, exporter = tracing()
     chain = Stages(identity=[Note()], policy=[Deny()], spans=made.chain_spans()).chain(Call)

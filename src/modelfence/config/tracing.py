@@ -26,5 +26,8 @@ class TracingSettings(Strict):
     honour_traceparent: bool = Field(
         False, description="continue a caller's W3C traceparent (and its sampling choice) "
         "instead of starting a new trace; for callers inside the operator's own systems")
+    guard_spans: bool = Field(
+        True, description="a span per guard phase; off: only the request's, the backend "
+        "call's and the upstream request's (a span costs CPU: see the tracing docs)")
     export_timeout_s: float = Field(5.0, gt=0, le=60,
                                     description="seconds one export to the collector may take")

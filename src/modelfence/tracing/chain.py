@@ -9,7 +9,7 @@ goes to a collector that more people read than the audit log.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from opentelemetry import trace
@@ -33,16 +33,21 @@ STATUS = "http.response.status_code"
 
 
 class OtelChainSpans:
-    """`kernel.traced.ChainSpans` on an OpenTelemetry tracer."""
+    """`kernel.traced.ChainSpans` on an OpenTelemetry tracer. Without `guard_spans`, only the
+    backend call has a span (the upstream request's parent), not each guard's phases."""
 
-    def __init__(self, tracer: Tracer) -> None:
+    def __init__(self, tracer: Tracer, *, guard_spans: bool = True) -> None:
         self._tracer = tracer
+        self._guard_spans = guard_spans
+        self._skip = nullcontext()
 
     def active(self) -> bool:
         return trace.get_current_span().get_span_context().is_valid
 
     def phase(self, guard: str, phase: str) -> AbstractContextManager[object]:
-        return self._phase(guard, phase)
+        if self._guard_spans or phase == "call":
+            return self._phase(guard, phase)
+        return self._skip
 
     @contextmanager
     def _phase(self, guard: str, phase: str) -> Iterator[object]:

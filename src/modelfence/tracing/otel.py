@@ -46,7 +46,7 @@ class Tracing:
 
     def chain_spans(self) -> ChainSpans:
         """Spans for the guard chains (`Stages(spans=...)`)."""
-        return OtelChainSpans(self.tracer)
+        return OtelChainSpans(self.tracer, guard_spans=self.settings.guard_spans)
 
     def client_traces(self) -> list[Any]:
         """aiohttp trace configs: a client span per upstream request, its traceparent sent."""
