@@ -1,6 +1,7 @@
-"""A thief flagged by a running gateway reaches the SIEM: the alert arrives in a real
+"""A running gateway's alerts reach the SIEM: a flagged thief's alert arrives in a real
 rsyslogd with its ATLAS id, and at a Splunk HEC receiver with the token, within 2 s of the
-answer that flagged it; /metrics counts both deliveries."""
+answer that flagged it (/metrics counts both deliveries); a model artefact refused at start
+arrives as a supply-chain compromise."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import httpx2 as httpx
 import pytest
 
 from ..rsyslog_daemon import Rsyslog, require_rsyslogd
-from ..support import free_port
+from ..support import Gateway, free_port
 from .test_monitor_gateway import ask, monitored_gateway, thief_rows
 
 TOKEN = "hec-token-" + "z" * 24
@@ -87,3 +88,32 @@ def test_a_flagged_thief_reaches_rsyslog_and_hec_with_its_atlas_id(
     assert 'modelfence_siem_delivered_total{destination="rsyslog"} 1.0' in metrics
     assert 'modelfence_siem_delivered_total{destination="splunk"} 1.0' in metrics
     assert TOKEN not in gw.log.read_text()
+
+
+def test_a_refused_model_artefact_reaches_rsyslog_as_supply_chain_compromise(
+        tmp_path: Path) -> None:
+    import pickle
+
+    from .test_artifacts_gateway import Payload
+
+    require_rsyslogd()
+    daemon = Rsyslog(tmp_path / "rsyslog").start()
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    with (folder / "evil.pkl").open("wb") as f:
+        pickle.dump(Payload(folder / "PWNED"), f)
+    gw = Gateway(folder, [{"name": "evil", "backend": {
+        "type": "pickle", "path": "evil.pkl", "allow_unsafe_pickle": True,
+        "artifact": {"scan": True}}}], extra={"siem": {"destinations": [
+            {"type": "syslog", "name": "rsyslog", "host": "127.0.0.1", "port": daemon.port}]}})
+    gw.start()
+    try:
+        [line] = daemon.wait_lines(1, 5.0)
+        time.sleep(0.3)  # and no second one: the preflight check sends none
+        assert len(daemon.lines()) == 1
+    finally:
+        gw.stop()
+        daemon.stop()
+    assert not (folder / "PWNED").exists()
+    assert 'kind="artifact"' in line and 'atlas="AML.T0010.003 AML.T0010"' in line
+    assert 'model="evil"' in line and 'severity="Critical"' in line

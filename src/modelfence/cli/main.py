@@ -112,7 +112,7 @@ def preflight(path: Path) -> None:
         # local LLMs are loaded at their first request: their extra is checked now
         require_local_llm_extra(settings.llm.models)
         try:
-            await gw.start()
+            await gw.start(send_alerts=False)  # the workers send the alerts it would raise
         finally:
             await gw.stop()
 

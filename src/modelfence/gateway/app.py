@@ -107,10 +107,14 @@ class Gateway:
     siem: Siem  # alerts to the SIEM's collectors; idle without siem.destinations
     tracing: Tracing | None = None  # spans, when tracing.enabled (the 'otel' extra)
 
-    async def start(self, *, policy_fallback: bool = False) -> None:
-        """Open stores, load policies and models. `policy_fallback` is for worker restarts."""
+    async def start(self, *, policy_fallback: bool = False, send_alerts: bool = True) -> None:
+        """Open stores, load policies and models. `policy_fallback` is for worker restarts;
+        `send_alerts` False for a preflight check (the SIEM's spool is checked, not used)."""
         load_policies(self.policy, self.settings.policy.state_dir, fallback=policy_fallback)
-        await self.siem.start()
+        if send_alerts:
+            await self.siem.start()
+        else:
+            self.siem.check()
         await self.key_store.open()
         await self.audit_sink.open()
         if self.budget_store is not None:

@@ -40,7 +40,9 @@ class Siem:
         return bool(self.outboxes)
 
     def emit(self, finding: Finding) -> None:
-        if not self.outboxes:
+        """Offer a finding to every destination; dropped unless started (a preflight that
+        opens the gateway once to check it sends no alert: its workers do)."""
+        if not self._started:
             return
         record = orjson.dumps(detection_finding(finding))
         for outbox in self.outboxes:
@@ -56,6 +58,11 @@ class Siem:
         self._started = bool(self.outboxes)
         if self._started:
             log.info("siem: alerts go to %s", ", ".join(o.name for o in self.outboxes))
+
+    def check(self) -> None:
+        """What `start` needs, without sending: each spool's folder can be written."""
+        for outbox in self.outboxes:
+            outbox.check()
 
     async def flush(self, timeout: float) -> bool:
         return all([await o.flush(timeout) for o in self.outboxes])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 from typing import Protocol
 
@@ -64,12 +65,24 @@ class Outbox:
         log.warning("siem %s: spool full, %d oldest alerts dropped", self.name, n)
         self._metrics.siem_undelivered.labels(self.name, "spool_full").inc(n)
 
+    def _refused(self, exc: OSError) -> ConfigurationError:
+        return ConfigurationError(f"siem destination {self.name}: cannot open its spool in "
+                                  f"{self.spool.folder}: {exc.strerror}")
+
+    def check(self) -> None:
+        try:
+            self.spool.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._refused(exc) from None
+        if not os.access(self.spool.folder, os.W_OK | os.X_OK):
+            raise ConfigurationError(f"siem destination {self.name}: cannot write its spool "
+                                     f"in {self.spool.folder}")
+
     async def start(self) -> None:
         try:
             await asyncio.to_thread(self.spool.open)
         except OSError as exc:
-            raise ConfigurationError(f"siem destination {self.name}: cannot open its spool "
-                                     f"in {self.spool.folder}: {exc.strerror}") from None
+            raise self._refused(exc) from None
         self._gauge()
         self._task = asyncio.create_task(self._run(), name=f"siem-{self.name}")
 
