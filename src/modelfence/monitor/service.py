@@ -62,6 +62,9 @@ class MonitorService:
         # (from_risk, name) of each monitored model's output bands, for operators' views
         self._bands = {m.name: [(b.from_risk, b.name or b.defense) for b in m.shaping]
                        for m in settings.models if m.name in self.monitors}
+        for model in self.monitors:  # at 0 from the start: `increase()` sees the first alert
+            for kind in ("principal", "tenant"):
+                metrics.monitor_alerts.labels(model, kind)
         if self.monitors and settings.server.workers > 1 and self._settings.shared is None:
             raise ConfigurationError(
                 "monitor: with server.workers > 1 each worker would see only its own share of "

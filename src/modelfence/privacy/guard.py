@@ -81,6 +81,12 @@ class PrivacyGuard(Guard[OipCall]):
                  private: dict[str, list[Band]], metrics: GatewayMetrics | None = None) -> None:
         self._shaping = shaping
         self._metrics = metrics  # ε charged and answers withheld, per model
+        if metrics is not None:  # each at 0 from the start: `increase()` sees the first
+            for model in private:
+                metrics.privacy_epsilon.labels(model)
+                for scope in ("principal", "tenant"):
+                    metrics.privacy_spent.labels(model, scope)
+                    metrics.privacy_alerts.labels(model, scope)
         self._budget = budget
         self._keys = keys
         self._private = {m: {b.name for b in bands} for m, bands in private.items()}
