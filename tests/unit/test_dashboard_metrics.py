@@ -1,0 +1,78 @@
+"""Every metric the shipped dashboard and alerting rules read is one the gateway exposes,
+with the labels they group by: a renamed metric or label fails here, not on a dark panel."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import yaml
+from prometheus_client.metrics import MetricWrapperBase
+
+from modelfence.kernel.answered import DURATION, DURATION_LABELS, LABELS, REQUESTS
+from modelfence.kernel.metrics import GatewayMetrics
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+_NAME = re.compile(r"\b(modelfence_[a-z0-9_]+)(\{[^}]*\})?")
+_BY = re.compile(r"\bby \(([^)]*)\) \((?:rate|increase|deriv)?\(?(modelfence_[a-z0-9_]+)")
+_SUFFIXES = ("_total", "_bucket", "_count", "_sum", "_created")
+#: labels Prometheus adds to every series it scrapes (`le` is a histogram's own)
+_SCRAPE_LABELS = {"job", "instance", "le"}
+
+
+def exposed() -> dict[str, set[str]]:
+    """Each metric family's name and its label names, as /metrics shows them."""
+    m = GatewayMetrics()
+    out = {metric._name: set(metric._labelnames)
+           for metric in vars(m).values() if isinstance(metric, MetricWrapperBase)}
+    # the two every request updates, kept in plain numbers (kernel/answered.py)
+    out[REQUESTS[0]] = set(LABELS)
+    out[DURATION[0]] = set(DURATION_LABELS)
+    return out
+
+
+def family(name: str) -> str:
+    for suffix in _SUFFIXES:
+        if name.endswith(suffix):
+            return name.removesuffix(suffix)
+    return name
+
+
+def expressions() -> list[str]:
+    board = json.loads((DEPLOY / "grafana" / "modelfence-dashboard.json").read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    exprs += [a["expr"] for a in board["annotations"]["list"] if "expr" in a]
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "modelfence-rules.yml").read_text())
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    return exprs
+
+
+def test_the_answered_metrics_have_the_labels_named_here() -> None:
+    text = GatewayMetrics()
+    text.answered.add("infer", "digits", 200, 0.01)
+    body = text.render().decode()
+    assert 'modelfence_requests_total{action="infer",model="digits",status="200"}' in body
+    assert ('modelfence_request_duration_seconds_count{action="infer",model="digits"}'
+            in body)
+
+
+def test_every_metric_and_label_read_is_exposed() -> None:
+    known = exposed()
+    missing, bad_labels = set(), set()
+    for expr in expressions():
+        for name, selector in _NAME.findall(expr):
+            base = family(name)
+            if base not in known:
+                missing.add(name)
+                continue
+            for label in re.findall(r"(\w+)\s*(?:=~|!=|!~|=)", selector or ""):
+                if label not in known[base] | _SCRAPE_LABELS:
+                    bad_labels.add(f"{name}: {label}")
+        for labels, name in _BY.findall(expr):
+            base = family(name)
+            for label in (x.strip() for x in labels.split(",")):
+                if base in known and label not in known[base] | _SCRAPE_LABELS:
+                    bad_labels.add(f"{name}: by {label}")
+    assert not missing, f"metrics no gateway exposes: {sorted(missing)}"
+    assert not bad_labels, f"labels those metrics do not have: {sorted(bad_labels)}"
