@@ -3,6 +3,7 @@ statuses a test gives, and can go away and come back on the same port."""
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -24,11 +25,13 @@ class Collector:
     path: str = "/services/collector/event"
     statuses: list[int] = field(default_factory=list)  # answered first, then 200
     received: list[Received] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None  # serve HTTPS with this context
     _runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.path}"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}{self.path}"
 
     async def _take(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -43,7 +46,7 @@ class Collector:
         app.router.add_post(self.path, self._take)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port, ssl_context=self.tls).start()
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -24,12 +24,13 @@ TOKEN = "3f1c9a52-hec-token-never-logged"
 
 
 def settings(tmp_path: Path, collector: Collector, kind: str = "hec",
-             **extra: Any) -> SiemSettings:
+             tls: dict[str, Any] | None = None, **extra: Any) -> SiemSettings:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     token = tmp_path / "token"
     token.write_text(TOKEN + "\n")
     return SiemSettings.model_validate({
         "destinations": [{"type": kind, "name": "col", "url": collector.url,
-                          "token_file": str(token), "timeout_s": 2}],
+                          "token_file": str(token), "timeout_s": 2, "tls": tls}],
         "spool_dir": str(tmp_path / "spool"), "retry_initial_s": 0.05, "retry_max_s": 0.3,
         "fsync": False, **extra})
 
@@ -178,3 +179,30 @@ async def test_an_unwritable_spool_refuses_to_start(tmp_path: Path) -> None:
     siem = Siem(settings(tmp_path, collector), GatewayMetrics())
     with pytest.raises(ConfigurationError, match="cannot open its spool"):
         await siem.start()
+
+
+async def test_https_collector_checked_against_the_configured_ca(tmp_path: Path) -> None:
+    import ssl
+
+    from ..rsyslog_daemon import make_certs
+
+    certs = make_certs(tmp_path / "certs")
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(certs.cert, certs.key)
+    collector = Collector(tls=tls)
+    await collector.start()
+    siem = Siem(settings(tmp_path, collector, tls={"ca_file": str(certs.ca)}),
+                GatewayMetrics())
+    untrusting = Siem(settings(tmp_path / "2", collector), GatewayMetrics())  # system CAs
+    await siem.start()
+    await untrusting.start()
+    try:
+        siem.emit(download("a", None, "digits", "volume"))
+        untrusting.emit(download("b", None, "digits", "volume"))
+        assert await siem.flush(2.0)
+        assert not await untrusting.flush(0.5)
+    finally:
+        await siem.stop()
+        await untrusting.stop(grace_s=0)
+        await collector.stop()
+    assert [e["event"]["actor"]["user"]["name"] for e in events(collector)] == ["a"]
