@@ -101,7 +101,7 @@ async def check_head(store: AuditStore, public: Ed25519PublicKey | None) -> Head
         problem = problem or (f"record {cp.seq} no longer has the hash its checkpoint signed: "
                               "run a full verification")
     problem = problem or _walk(rows)
-    return HeadCheck(head.seq, cp.seq, us_to_iso(cp.ts_us), signature, max(len(rows) - 1, 0),
+    return HeadCheck(head.seq, cp.seq, us_to_iso(cp.ts_us)[:19], signature, max(len(rows) - 1, 0),
                      problem)
 
 

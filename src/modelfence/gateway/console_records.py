@@ -37,10 +37,11 @@ def records_routes(settings: Settings, admin_api: AdminApi, kit: ConsoleKit, *,
         watermarked=[m for m in classifiers if watermark and watermark.watches(m)],
         audit=store)
     pages = [*AuditPages(kit, store, verifier, public).routes(),
-             *HoldingPages(kit, books).routes(),
-             *ReportPages(kit, settings.console.reports_dir).routes()]
+             *HoldingPages(kit, books).routes()]
     nav = [NavLink("/console/audit", "Audit trail", AUDIT_SCOPE),
            NavLink("/console/budgets", "Budgets", HOLDINGS_SCOPE),
-           NavLink("/console/watermarks", "Watermarks", HOLDINGS_SCOPE),
-           NavLink("/console/reports", "Reports", REPORTS_SCOPE)]
+           NavLink("/console/watermarks", "Watermarks", HOLDINGS_SCOPE)]
+    if settings.console.reports_dir is not None:  # no folder, no reports page
+        pages += ReportPages(kit, settings.console.reports_dir).routes()
+        nav.append(NavLink("/console/reports", "Reports", REPORTS_SCOPE))
     return pages, nav
