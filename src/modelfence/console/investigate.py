@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from starlette.requests import Request
 from starlette.responses import Response
@@ -123,13 +124,10 @@ class InvestigationPages:
             assert inv.monitor is not None
             monitor = inv.monitor.monitors[model]
             bands = inv.monitor.bands(model)
-            counts = [0] * len(bands)
-            flagged = 0
-            for risk in monitor.standing("principal"):
-                flagged += risk.flagged
-                at = _band_index(bands, risk.score)
-                if at >= 0:
-                    counts[at] += 1
+            risks = list(monitor.standing("principal"))
+            flagged = sum(r.flagged for r in risks)
+            counts = band_counts(bands, np.fromiter((r.score for r in risks), np.float64,
+                                                    count=len(risks)))
             rows.append({"name": model, "principals": monitor.count("principal"),
                          "tenants": monitor.count("tenant"), "flagged": flagged,
                          "bands": [{"from": start, "name": name, "principals": n}
@@ -229,12 +227,10 @@ def utc(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
 
 
-def _band_index(bands: list[tuple[float, str]], score: float) -> int:
-    at = -1
-    for i, (start, _) in enumerate(bands):
-        if score >= start:
-            at = i
-    return at
+def band_counts(bands: list[tuple[float, str]], scores: Any) -> list[int]:
+    """How many of `scores` each band holds (a score's band is the last it reaches)."""
+    at = np.searchsorted([start for start, _ in bands], scores, side="right") - 1
+    return [int(n) for n in np.bincount(at[at >= 0], minlength=len(bands))]
 
 
 def _ranked(inv: Investigation, model: str, kind: str, rank: int, name: str,

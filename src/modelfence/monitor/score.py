@@ -157,12 +157,13 @@ class Monitor:
 
     def top(self, kind: Kind, n: int, keep: Callable[[str], bool] | None = None
             ) -> list[tuple[str, Risk]]:
-        """The `n` riskiest callers of `kind` (by effective, then raw risk), riskiest first,
-        of those `keep` accepts: a heap of `n` over one pass, not a sort of every caller
-        (100,000 callers take tens of milliseconds; the request path never calls it)."""
+        """The `n` riskiest callers of `kind` (by effective risk; among equals, the least
+        recently seen first), of those `keep` accepts: a heap of `n` over one pass, not a
+        sort of every caller (100,000 callers take tens of milliseconds; the request path
+        never calls it)."""
         states = self._tables[kind].states.items()
         chosen = states if keep is None else ((k, s) for k, s in states if keep(k))
-        best = heapq.nlargest(n, chosen, key=lambda ks: (ks[1].risk.score, ks[1].risk.raw))
+        best = heapq.nlargest(n, chosen, key=lambda ks: ks[1].risk.score)
         return [(key, state.risk) for key, state in best]
 
     def count(self, kind: Kind) -> int:
