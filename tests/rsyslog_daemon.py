@@ -14,13 +14,15 @@ from pathlib import Path
 from .support import free_port, skip_or_fail
 
 RSYSLOGD = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
-GTLS = Path("/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so")
+#: rsyslog-gnutls's TLS driver, in the machine's multiarch folder
+GTLS = [*Path("/usr/lib").glob("*/rsyslog/lmnsd_gtls.so"), *Path("/usr/lib/rsyslog").glob(
+    "lmnsd_gtls.so")]
 
 
 def require_rsyslogd(*, tls: bool = False) -> None:
     if not Path(RSYSLOGD).exists():
         skip_or_fail("rsyslogd is not installed (Debian package rsyslog)")
-    if tls and not GTLS.exists():
+    if tls and not GTLS:
         skip_or_fail("rsyslog's TLS driver is not installed (Debian package rsyslog-gnutls)")
 
 
