@@ -1,7 +1,8 @@
 """A running gateway's alerts reach the SIEM: a flagged thief's alert arrives in a real
 rsyslogd with its ATLAS id, and at a Splunk HEC receiver with the token, within 2 s of the
 answer that flagged it (/metrics counts both deliveries); a model artefact refused at start
-arrives as a supply-chain compromise."""
+arrives as a supply-chain compromise, and an insider's burst of artefact downloads as
+exfiltration."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import httpx2 as httpx
 import pytest
 
 from ..rsyslog_daemon import Rsyslog, require_rsyslogd
-from ..support import Gateway, free_port
+from ..support import Gateway, cli, free_port
 from .test_monitor_gateway import ask, monitored_gateway, thief_rows
 
 TOKEN = "hec-token-" + "z" * 24
@@ -90,11 +91,14 @@ def test_a_flagged_thief_reaches_rsyslog_and_hec_with_its_atlas_id(
     assert TOKEN not in gw.log.read_text()
 
 
-def test_a_refused_model_artefact_reaches_rsyslog_as_supply_chain_compromise(
-        tmp_path: Path) -> None:
+def test_a_refused_artefact_and_an_insiders_downloads_reach_rsyslog(
+        tmp_path: Path, digits_files: dict[str, Path]) -> None:
+    """Supply-chain compromise (once: the serve preflight sends nothing) and the insider's
+    copy of the model (AML.T0025), from one gateway."""
     import pickle
+    import shutil
 
-    from .test_artifacts_gateway import Payload
+    from .test_artifacts_gateway import POLICY, Payload
 
     require_rsyslogd()
     daemon = Rsyslog(tmp_path / "rsyslog").start()
@@ -102,18 +106,38 @@ def test_a_refused_model_artefact_reaches_rsyslog_as_supply_chain_compromise(
     folder.mkdir()
     with (folder / "evil.pkl").open("wb") as f:
         pickle.dump(Payload(folder / "PWNED"), f)
-    gw = Gateway(folder, [{"name": "evil", "backend": {
-        "type": "pickle", "path": "evil.pkl", "allow_unsafe_pickle": True,
-        "artifact": {"scan": True}}}], extra={"siem": {"destinations": [
+    shutil.copy(digits_files["skops"], folder / "digits.skops")
+    (folder / "policy.cedar").write_text(POLICY)
+    gw = Gateway(folder, [
+        {"name": "evil", "backend": {"type": "pickle", "path": "evil.pkl",
+                                     "allow_unsafe_pickle": True, "artifact": {"scan": True}}},
+        {"name": "digits", "backend": {"type": "skops", "path": "digits.skops"}}], extra={
+        "policy": {"files": ["policy.cedar"]}, "audit": {"sink": "sqlite:///audit.db"},
+        "siem": {"destinations": [
             {"type": "syslog", "name": "rsyslog", "host": "127.0.0.1", "port": daemon.port}]}})
     gw.start()
     try:
-        [line] = daemon.wait_lines(1, 5.0)
-        time.sleep(0.3)  # and no second one: the preflight check sends none
-        assert len(daemon.lines()) == 1
+        [refused] = daemon.wait_lines(1, 5.0)
+        deployer = json.loads(cli(
+            "keys", "create", "--config", str(gw.config), "--principal", "deployer",
+            "--tenant", "ops", "--model", "digits", "--group", "deployers", "--json",
+        ).stdout)["key"]
+        with httpx.Client(timeout=10) as client:
+            for _ in range(4):  # more than 3 in a day with no history is unusual
+                r = client.get(f"{gw.url}/v2/models/digits/artifact",
+                               headers={"Authorization": f"Bearer {deployer}"})
+                assert r.status_code == 200
+            done = time.monotonic()
+        lines = daemon.wait_lines(2, 2.0)
+        assert time.monotonic() - done < 2.0
+        time.sleep(0.3)  # and nothing more arrives: one alert each
+        assert daemon.lines() == lines
     finally:
         gw.stop()
         daemon.stop()
     assert not (folder / "PWNED").exists()
-    assert 'kind="artifact"' in line and 'atlas="AML.T0010.003 AML.T0010"' in line
-    assert 'model="evil"' in line and 'severity="Critical"' in line
+    assert 'kind="artifact"' in refused and 'atlas="AML.T0010.003 AML.T0010"' in refused
+    assert 'model="evil"' in refused and 'severity="Critical"' in refused
+    download = lines[1]
+    assert 'kind="download"' in download and 'atlas="AML.T0025"' in download
+    assert 'principal="deployer"' in download and 'model="digits"' in download
