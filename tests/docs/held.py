@@ -313,6 +313,31 @@ def check_replica_commands(snip: Snippet, ctx: Context) -> None:
     replica_commands(snip, ctx)
 
 
+def check_prometheus_config(snip: Snippet, ctx: Context) -> None:
+    """The scrape configuration loads the shipped rules (`promtool check config` reads both,
+    next to each other as the comment says), under the job name the rules' `up` alert uses."""
+    import shutil
+
+    from ..support import skip_or_fail
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        skip_or_fail("promtool is not installed (Debian package prometheus)")
+    rules = ROOT / "deploy" / "prometheus" / "modelfence-rules.yml"
+    doc = yaml.safe_load(snip.code)
+    assert doc["rule_files"] == [rules.name]
+    assert [job["job_name"] for job in doc["scrape_configs"]] == ["modelfence"]
+    assert 'up{job="modelfence"}' in rules.read_text()
+    folder = ctx.tmp_path / "prometheus"
+    folder.mkdir()
+    shutil.copy(rules, folder / rules.name)
+    (folder / "prometheus.yml").write_text(snip.code)
+    done = subprocess.run([promtool, "check", "config", "prometheus.yml"], cwd=folder,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 14 rules found" in done.stdout + done.stderr
+
+
 #: Each held snippet by (page, first command), with what checks it.
 HELD: dict[tuple[str, str], Check] = {
     ("README.md", "make test"): check_make_lines,
@@ -330,6 +355,7 @@ HELD: dict[tuple[str, str], Check] = {
     ("docs/operations/deployment.md", 'ADMIN="$(cat'): check_replica_commands,
     ("docs/operations/deployment.md", "docker compose exec"): check_replica_commands,
     ("docs/operations/deployment.md", "docker compose cp"): check_replica_commands,
+    ("docs/operations/dashboards.md", "global:"): check_prometheus_config,
 }
 
 

@@ -76,3 +76,9 @@ def test_every_metric_and_label_read_is_exposed() -> None:
                     bad_labels.add(f"{name}: by {label}")
     assert not missing, f"metrics no gateway exposes: {sorted(missing)}"
     assert not bad_labels, f"labels those metrics do not have: {sorted(bad_labels)}"
+
+
+def test_the_operations_page_lists_every_metric() -> None:
+    page = (DEPLOY.parent / "docs" / "operations" / "dashboards.md").read_text()
+    listed = {family(n) for n in re.findall(r"^\| `(modelfence_[a-z0-9_]+)` \|", page, re.M)}
+    assert listed == set(exposed()), sorted(listed ^ set(exposed()))
