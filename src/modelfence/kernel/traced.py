@@ -21,8 +21,9 @@ class ChainSpans(Protocol):
     """Spans for one chain's phases, children of the request's span."""
 
     def active(self) -> bool:
-        """Whether a request span is open here (else the call runs untraced: a gRPC call,
-        or a test calling a chain directly, would start a trace per guard)."""
+        """Whether a recorded request span is open here; else the call runs untraced: a
+        request sampled out records nothing, and a call no request span covers (a gRPC
+        call) would start a trace per guard."""
 
     def phase(self, guard: str, phase: str) -> AbstractContextManager[object]:
         """A span around one guard's phase (`request`, `response`, `complete`) or the

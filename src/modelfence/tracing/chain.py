@@ -42,7 +42,9 @@ class OtelChainSpans:
         self._skip = nullcontext()
 
     def active(self) -> bool:
-        return trace.get_current_span().get_span_context().is_valid
+        # a request sampled out records nothing: its guards run untraced, while the upstream
+        # request still carries its (unsampled) traceparent
+        return trace.get_current_span().is_recording()
 
     def phase(self, guard: str, phase: str) -> AbstractContextManager[object]:
         if self._guard_spans or phase == "call":
