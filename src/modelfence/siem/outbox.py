@@ -162,9 +162,11 @@ class Outbox:
 
     async def flush(self, timeout: float) -> bool:
         """Wait until every offered alert was delivered (or dropped); False on timeout."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + timeout
         try:
             while True:
-                await asyncio.wait_for(self._idle.wait(), timeout)
+                await asyncio.wait_for(self._idle.wait(), max(0.0, end - loop.time()))
                 if self._queue.empty() and not len(self.spool):
                     return True
                 await asyncio.sleep(0.01)

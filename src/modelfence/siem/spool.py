@@ -61,6 +61,13 @@ def read_segment(f: BinaryIO) -> list[bytes]:
     return [line for line in lines[:-1] if line]  # the last piece is torn or empty
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
 class Spool:
     def __init__(self, folder: Path, max_bytes: int, *, fsync: bool = True,
                  on_drop: Callable[[int], None] | None = None) -> None:
@@ -84,10 +91,13 @@ class Spool:
         self._remove_stale_tmp()
         self._file, self.path = self._new_segment([])
         adopted: list[tuple[Path, BinaryIO]] = []
-        for path in sorted(self.folder.glob(PATTERN), key=lambda p: p.stat().st_mtime):
+        for path in sorted(self.folder.glob(PATTERN), key=_mtime):
             if path == self.path:
                 continue
-            f: BinaryIO = path.open("r+b")
+            try:
+                f: BinaryIO = path.open("r+b")
+            except FileNotFoundError:  # another process adopted it meanwhile
+                continue
             if not _locked(f) or os.fstat(f.fileno()).st_nlink == 0:
                 f.close()
                 continue
