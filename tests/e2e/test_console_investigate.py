@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,25 @@ when { principal.groups.contains("partners") };
 """
 
 
+#: Scoped admins: one that may only look, one limited to the tenant "readers".
+SCOPED: dict[str, dict[str, Any]] = {
+    "viewer": {"token": "viewer-token-" + "v" * 24, "scopes": ["risk:read", "alerts:read"]},
+    "desk": {"token": "desk-token-" + "d" * 24, "scopes": ["risk:read", "risk:write"],
+             "models": ["digits"], "tenants": ["readers"]}}
+
+
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
             ) -> Iterator[Gateway]:
     gw = monitored_gateway(tmp_path_factory.mktemp("console-inv"), digits_files,
                            policy=POLICY)
     gw.extra["console"] = {"enabled": True, "session_lifetime_s": 300}
+    for name in SCOPED:
+        (gw.folder / f"{name}-token").write_text(SCOPED[name]["token"])
+    gw.extra["admin"] = {"token_file": "admin-token", "tokens": [
+        {"name": name, "token_file": f"{name}-token",
+         **{k: v for k, v in grant.items() if k != "token"}}
+        for name, grant in SCOPED.items()]}
     gw.start()
     yield gw
     gw.stop()
@@ -164,3 +178,40 @@ def test_actions_need_their_scope_and_a_csrf_token(gateway: Gateway) -> None:
         assert unknown.status_code == 404
     refusals = [r for r in _records(gw, "admin") if r["action"] == "console:pin"]
     assert [r["status"] for r in refusals][-1:] == [400]
+
+
+def _session(gw: Gateway, token: str) -> tuple[httpx.Client, str]:
+    client = httpx.Client(base_url=gw.admin_url)
+    assert client.post("/console/login", data={"credential": token}).status_code == 303
+    page = client.get("/console/models")
+    return client, page.text.split('name="csrf" value="')[1].split('"')[0]
+
+
+def test_scoped_admins_see_and_change_only_what_they_hold(gateway: Gateway) -> None:
+    gw = gateway
+    for principal, tenant in (("reading-room", "readers"), ("shady-bot", "shady")):
+        key = gw.key(principal=principal, tenant=tenant)
+        for row in digits()[:3]:
+            assert ask(gw, key, row[None, :]).status_code == 200
+    viewer, csrf = _session(gw, SCOPED["viewer"]["token"])
+    with closing(viewer):
+        page = viewer.get("/console/principal", params={"model": "digits", "id": "shady-bot"})
+        assert page.status_code == 200 and "pin-form" not in page.text
+        refused = viewer.post("/console/principal/pin", data={
+            "csrf": csrf, "model": "digits", "principal": "shady-bot", "band": "labels",
+            "hours": "1"})
+        assert refused.status_code == 403 and "risk:write" in refused.text
+    desk, csrf = _session(gw, SCOPED["desk"]["token"])
+    with closing(desk):
+        ranking = desk.get("/console/ranking", params={"model": "digits"}).text
+        assert "reading-room" in ranking and "shady-bot" not in ranking
+        hidden = desk.get("/console/principal", params={"model": "digits", "id": "shady-bot"})
+        assert hidden.status_code == 404
+        blocked = desk.post("/console/principal/pin", data={
+            "csrf": csrf, "model": "digits", "principal": "shady-bot", "band": "labels",
+            "hours": "1"})
+        assert blocked.status_code == 404
+        assert desk.get("/console/alerts").status_code == 403  # no alerts:read
+    assert gw.key(principal="x", tenant="y")  # the gateway still answers its CLI
+    refusals = [r for r in _records(gw, "admin:token:desk") if r["action"] == "console:pin"]
+    assert [r["status"] for r in refusals] == [404]

@@ -82,3 +82,20 @@ def test_the_operations_page_lists_every_metric() -> None:
     page = (DEPLOY.parent / "docs" / "operations" / "dashboards.md").read_text()
     listed = {family(n) for n in re.findall(r"^\| `(modelfence_[a-z0-9_]+)` \|", page, re.M)}
     assert listed == set(exposed()), sorted(listed ^ set(exposed()))
+
+
+def test_alert_counters_start_at_zero_for_each_model_that_can_alert(tmp_path: Path) -> None:
+    """`increase()` sees a counter rise only from a value scraped before: one born at its
+    first alert would hide that alert from the rules and the dashboard."""
+    from modelfence.audit import audit_sink_from_url
+    from modelfence.config import settings_from_mapping
+    from modelfence.monitor.service import MonitorService
+
+    settings = settings_from_mapping({"llm": {
+        "models": [{"name": "chat", "upstream": "http://127.0.0.1:9/v1", "upstream_model": "x"}],
+        "monitor": {"enabled": True}}})
+    metrics = GatewayMetrics()
+    MonitorService(settings, audit_sink_from_url(f"jsonl://{tmp_path}/audit.jsonl"), metrics)
+    body = metrics.render().decode()
+    for kind in ("principal", "tenant"):
+        assert f'modelfence_monitor_alerts_total{{kind="{kind}",model="chat"}} 0.0' in body

@@ -62,7 +62,11 @@ class MonitorService:
         # (from_risk, name) of each monitored model's output bands, for operators' views
         self._bands = {m.name: [(b.from_risk, b.name or b.defense) for b in m.shaping]
                        for m in settings.models if m.name in self.monitors}
-        for model in self.monitors:  # at 0 from the start: `increase()` sees the first alert
+        # at 0 from the start, so that `increase()` sees the first alert: the classifier
+        # models it monitors and the LLM models whose risk book raises its alerts here
+        alerting = [*self.monitors, *(m.name for m in settings.llm.models
+                                      if settings.llm.monitor.enabled)]
+        for model in alerting:
             for kind in ("principal", "tenant"):
                 metrics.monitor_alerts.labels(model, kind)
         if self.monitors and settings.server.workers > 1 and self._settings.shared is None:
