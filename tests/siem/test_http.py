@@ -206,3 +206,23 @@ async def test_https_collector_checked_against_the_configured_ca(tmp_path: Path)
         await untrusting.stop(grace_s=0)
         await collector.stop()
     assert [e["event"]["actor"]["user"]["name"] for e in events(collector)] == ["a"]
+
+
+async def test_a_full_spool_drops_the_oldest_and_counts_them(tmp_path: Path) -> None:
+    collector = Collector()
+    metrics = GatewayMetrics()
+    siem = Siem(settings(tmp_path, collector, spool_max_bytes=8192), metrics)
+    await siem.start()
+    try:
+        for i in range(20):  # about 1 KB each: the spool keeps the newest few
+            siem.emit(download(f"p{i}", None, "digits", "volume"))
+        await asyncio.sleep(0.3)
+        await collector.start()
+        assert await siem.flush(3.0)
+    finally:
+        await siem.stop()
+        await collector.stop()
+    names = [e["event"]["actor"]["user"]["name"] for e in events(collector)]
+    dropped = sample(metrics, "modelfence_siem_undelivered_total", reason="spool_full")
+    assert 0 < len(names) < 20 and len(names) + dropped == 20
+    assert names == [f"p{i}" for i in range(20 - len(names), 20)]  # the newest, in order

@@ -84,3 +84,23 @@ def test_a_living_process_keeps_its_segment(tmp_path: Path) -> None:
     assert len(other) == 0 and mine.peek(1) == [rec(1)]
     mine.close()
     other.close()
+
+
+def test_a_killed_process_leaves_its_alerts_to_the_next(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from modelfence.siem.spool import Spool\n"
+        "s = Spool(Path(sys.argv[1]), 10_000)\n"
+        "s.open()\n"
+        "s.append([b'{\"n\":1}', b'{\"n\":2}'])\n"
+        "s.ack(1)\n"
+        "os._exit(9)  # no close: as a kill would leave it\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=False)
+    assert done.returncode == 9
+    again = spool(tmp_path)
+    assert again.peek(10) == [b'{"n":2}']
+    again.close()
