@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 from starlette.testclient import TestClient
 
 from modelfence.config import settings_from_mapping
@@ -33,6 +33,7 @@ from modelfence.tracing import build_tracing
 from modelfence.tracing.otel import Tracing
 
 from ..e2e.upstream_stub import UpstreamStub
+from ..support import free_port
 
 ADMIN_TOKEN = "admin-" + "t" * 30
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -225,9 +226,10 @@ class Served:
     stub: UpstreamStub
     exporter: InMemorySpanExporter
 
-    def infer(self, headers: dict[str, str] | None = None, key: str | None = None) -> int:
+    def infer(self, headers: dict[str, str] | None = None, key: str | None = None,
+              model: str = "ok") -> int:
         self.exporter.clear()
-        answer = self.client.post("/v2/models/ok/infer", json=BODY, headers={
+        answer = self.client.post(f"/v2/models/{model}/infer", json=BODY, headers={
             "Authorization": f"Bearer {key or self.key}", **(headers or {})})
         return answer.status_code
 
@@ -247,7 +249,10 @@ def serve(folder: Path, stub: UpstreamStub, **tracing_settings: Any) -> Iterator
            "audit": {"sink": "none://", "disabled_acknowledged": True},
            "tracing": {"enabled": True, **tracing_settings},
            "models": [{"name": "ok", "input": SPEC, "backend": {
-               "type": "oip", "url": stub.url, "probabilities_output": "predict_proba"}}]}
+               "type": "oip", "url": stub.url, "probabilities_output": "predict_proba"}},
+                      {"name": "gone", "input": SPEC, "backend": {
+                          "type": "oip", "url": f"http://127.0.0.1:{free_port()}",
+                          "connect_timeout_s": 0.5, "timeout_s": 1}}]}
     settings = settings_from_mapping(doc)
     exporter = InMemorySpanExporter()
     gw = build_gateway(settings, tracing=Tracing(settings.tracing, exporter=exporter))
@@ -256,7 +261,7 @@ def serve(folder: Path, stub: UpstreamStub, **tracing_settings: Any) -> Iterator
         admin = TestClient(app.state.admin_app)
         admin.portal = client.portal  # on the app's event loop
         key = admin.post("/admin/keys", headers=ADMIN, json={
-            "principal": "p", "tenant": "t", "models": ["ok"]}).json()["key"]
+            "principal": "p", "tenant": "t", "models": ["ok", "gone"]}).json()["key"]
         yield Served(client, key, stub, exporter)
 
 
@@ -336,3 +341,13 @@ def test_a_callers_traceparent_is_continued_when_honoured(
         assert honoured.spans() == []
         sent = stub.infer_requests("ok")[-1].traceparent
         assert sent is not None and sent.endswith("-00")
+
+
+def test_an_upstream_that_cannot_be_reached_is_an_error_span(served: Served) -> None:
+    assert served.infer(model="gone") == 502
+    upstream = next(s for s in served.spans() if s.kind == SpanKind.CLIENT)
+    assert (upstream.attributes or {})["error.type"] == "ClientConnectorError"
+    assert upstream.status.status_code == StatusCode.ERROR
+    server = next(s for s in served.spans() if s.kind == SpanKind.SERVER)
+    assert (server.attributes or {})["http.response.status_code"] == 502
+    assert server.status.status_code == StatusCode.ERROR
