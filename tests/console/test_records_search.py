@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import pytest
 
@@ -26,20 +27,26 @@ def _session(models: str = "*", tenants: str = "*") -> ConsoleSession:
 
 def test_filters_become_one_bound_query_newest_first() -> None:
     f, before = audit_search.parse({"principal": " alice ", "tenant": "t1", "model": "digits",
-                                    "action": "infer", "status": "4xx",
-                                    "since": "2025-12-04T00:00", "until": "2025-12-05T00:00Z",
-                                    "before": "101"})
+                                    "action": "infer", "status": "4xx", "before": "101"})
     q = audit_search.query(f, before, 50)
     assert (q.principal, q.tenant, q.model, q.action, q.status_class) == (
         "alice", "t1", "digits", "infer", 4)
-    assert (q.since_us, q.until_us, q.upto_seq, q.limit, q.newest_first) == (
-        T0, T0 + 86_400_000_000, 100, 50, True)
+    assert (q.upto_seq, q.limit, q.newest_first, q.by_time) == (100, 50, True, False)
     sql, args = q.sql("?")
     assert "OFFSET" not in sql and "alice" not in sql  # values are parameters only
-    assert "status / 100 = ?" in sql and "seq <= ?" in sql and sql.endswith("DESC LIMIT ?")
-    assert args[-1] == 50
+    assert "status / 100 = ?" in sql and "seq <= ?" in sql
+    assert sql.endswith("ORDER BY seq DESC LIMIT ?") and args[-1] == 50
     # the next page's link carries the filters and the keyset cursor
     assert "before=51" in f.link(51) and "principal=alice" in f.link(51)
+    # a time range pages in time order, its cursor the (time, position) of the last row
+    f, before = audit_search.parse({"since": "2025-12-04T00:00", "until": "2025-12-05T00:00Z",
+                                    "before": f"{T0 + 5}.77"})
+    q = audit_search.query(f, before, 50)
+    assert (q.since_us, q.until_us, q.cursor, q.upto_seq) == (
+        T0, T0 + 86_400_000_000, (T0 + 5, 77), None)
+    sql, args = q.sql("?")
+    assert "(ts_us, seq) < (?, ?)" in sql and sql.endswith("ORDER BY ts_us DESC, seq DESC "
+                                                           "LIMIT ?")
 
 
 def test_action_ending_in_a_star_is_a_prefix() -> None:
@@ -113,7 +120,8 @@ async def test_the_searches_use_an_index(tmp_path: Path) -> None:
     await store.close()
     db = sqlite3.connect(tmp_path / "audit.db")
     for q in (Query(tenant="t1", newest_first=True), Query(action="infer", newest_first=True),
-              Query(status_class=4, newest_first=True)):
+              Query(status_class=4, newest_first=True),
+              Query(since_us=T0, until_us=T0 + 5, by_time=True, newest_first=True)):
         sql, args = q.sql("?")
         plan = " ".join(str(r) for r in db.execute("EXPLAIN QUERY PLAN " + sql, args))
         assert "USING INDEX" in plan, (q, plan)
@@ -166,5 +174,36 @@ async def test_head_check_against_a_signed_checkpoint(tmp_path: Path) -> None:
         other = Signer(Ed25519PrivateKey.generate())
         wrong = await check_head(store, other.public)
         assert not wrong.ok and "checkpoint at record 10" in (wrong.problem or "")
+    finally:
+        await store.close()
+
+
+async def test_a_time_range_pages_in_time_order_by_its_own_cursor(tmp_path: Path) -> None:
+    """Records replayed late (old time, new position) land where their time says."""
+    store = SqliteAuditStore(tmp_path / "audit.db")
+    await store.open()
+    times = [T0 + i * 10 for i in range(40)] + [T0 + 55, T0 + 5]  # two late replays
+    entries = [Entry(t, None, "p", "t", "m", "infer", 200, b"{}") for t in times]
+    try:
+        await store.commit(lambda head, cp: Batch(link(head, entries)))
+        params = {"since": "2025-12-04T00:00:00+00:00", "until": "2025-12-04T00:00:00.000300"}
+        f, before = audit_search.parse(params)
+        assert f.by_time and before is None
+        got, pages = [], 0
+        while True:
+            q = audit_search.query(f, before, 7)
+            assert q.by_time and "ORDER BY ts_us DESC, seq DESC" in q.sql("?")[0]
+            rows = await store.select(q)
+            got += [r.ts_us - T0 for r in rows]
+            pages += 1
+            if len(rows) < 7:
+                break
+            query_string = f.link(f.cursor_after(rows[-1]))
+            f, before = audit_search.parse(dict(parse_qsl(query_string)))
+            assert before == (rows[-1].ts_us, rows[-1].seq)
+        want = sorted([t - T0 for t in times if t < T0 + 300], reverse=True)
+        assert got == want and pages == 5  # 30 + 2 replays in range, newest time first
+        with pytest.raises(BadRequest, match="time and position"):
+            audit_search.parse({**params, "before": "12"})
     finally:
         await store.close()

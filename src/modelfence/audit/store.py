@@ -59,6 +59,11 @@ class Query:
     action: str | None = None  # one action exactly (indexed, unlike a prefix)
     status_class: int | None = None  # 2 for 2xx, 4 for 4xx, ...: `status / 100` is indexed
     seqs: tuple[int, ...] | None = None  # these positions only (neighbours of a window)
+    # In time order (ts_us, then seq) instead of by position: a time range then reads its
+    # first page straight off the time index, however far back the range lies; `before`
+    # `cursor` is the keyset of that order: (ts_us, seq) of the last row already read.
+    by_time: bool = False
+    cursor: tuple[int, int] | None = None
     limit: int = 1000
     newest_first: bool = False
 
@@ -84,11 +89,15 @@ class Query:
             conds.append(f"seq IN ({','.join([mark] * len(self.seqs))})" if self.seqs
                          else "1 = 0")
             args.extend(self.seqs)
+        if self.cursor is not None:
+            conds.append(f"(ts_us, seq) {'<' if self.newest_first else '>'} ({mark}, {mark})")
+            args.extend(self.cursor)
         where = f" WHERE {' AND '.join(conds)}" if conds else ""
         order = "DESC" if self.newest_first else "ASC"
+        key = f"ts_us {order}, seq {order}" if self.by_time else f"seq {order}"
         args.append(self.limit)
         return (f"SELECT {','.join(COLUMNS)} FROM {TABLE}{where} "  # noqa: S608
-                f"ORDER BY seq {order} LIMIT {mark}"), args
+                f"ORDER BY {key} LIMIT {mark}"), args
 
 
 class AuditStore(Store):

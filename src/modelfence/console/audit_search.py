@@ -1,10 +1,11 @@
 """The audit search's filters: read from the query string, checked, turned into a `Query`.
 
-Pages are keyset-paginated on the store's sequence, newest first: the next page is
-`before=<the last position shown>`, so a page costs the same at record 10 or 1,000,000 and
-no OFFSET is ever scanned. Every value is bounded and checked here; anything else is a
-`BadRequest` the page shows as a 400, never a traceback, and never SQL text (the store
-binds every value as a parameter).
+Pages are keyset-paginated, newest first, so a page costs the same at record 10 or
+1,000,000 and no OFFSET is ever scanned: by the store's sequence (`before=SEQ`, the last
+position shown), or, when a time range is given, in time order (`before=TS_US.SEQ`), so
+that a range far back reads its first page straight off the time index. Every value is
+bounded and checked here; anything else is a `BadRequest` the page shows as a 400, never a
+traceback, and never SQL text (the store binds every value as a parameter).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from urllib.parse import urlencode
 
+from ..audit.chain import Row
 from ..audit.store import Query
 from ..errors import BadRequest, Forbidden
 from .session import ConsoleSession
@@ -21,6 +23,9 @@ from .session import ConsoleSession
 MAX_TEXT = 256  # longest principal, tenant, model or action searched for
 MAX_SEQ = 2**62
 STATUS_CLASSES = {"2xx": 2, "3xx": 3, "4xx": 4, "5xx": 5}
+
+#: where a page starts: below a position, or (with a time range) below (ts_us, seq)
+Cursor = int | tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +40,22 @@ class Filters:
     since: str = ""  # ISO 8601, UTC when no offset is given
     until: str = ""
 
-    def link(self, before: int | None = None) -> str:
+    @property
+    def by_time(self) -> bool:
+        return bool(self.since or self.until)
+
+    def link(self, before: Cursor | None = None) -> str:
         """The query string of this search (and page), for links."""
         pairs = [(f.name, getattr(self, f.name)) for f in fields(self)]
-        if before is not None:
+        if isinstance(before, tuple):
+            pairs.append(("before", f"{before[0]}.{before[1]}"))
+        elif before is not None:
             pairs.append(("before", str(before)))
         return urlencode([(k, v) for k, v in pairs if v])
+
+    def cursor_after(self, row: Row) -> Cursor:
+        """The cursor of the page after the one ending with `row`."""
+        return (row.ts_us, row.seq) if self.by_time else row.seq
 
 
 def _text(params: Mapping[str, str], name: str) -> str:
@@ -68,15 +83,29 @@ def _time_us(name: str, text: str) -> int | None:
         raise BadRequest(f"{name}: out of range") from None
 
 
-def _cursor(text: str) -> int | None:
+def _whole(text: str, low: int, high: int) -> int | None:
+    if not text.isascii() or not text.isdigit() or len(text) > 20:
+        return None
+    return int(text) if low <= int(text) <= high else None
+
+
+def _cursor(text: str, by_time: bool) -> Cursor | None:
     if not text:
         return None
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_SEQ:
+    if by_time:
+        ts, _, seq = text.partition(".")
+        ts_us, pos = _whole(ts, 0, MAX_SEQ), _whole(seq, 1, MAX_SEQ)
+        if ts_us is None or pos is None:
+            raise BadRequest("before: with a time range, the time and position of a record "
+                             "(as the Older link gives)")
+        return ts_us, pos
+    pos = _whole(text, 1, MAX_SEQ)
+    if pos is None:
         raise BadRequest("before: must be a record position (a whole number)")
-    return int(text)
+    return pos
 
 
-def parse(params: Mapping[str, str]) -> tuple[Filters, int | None]:
+def parse(params: Mapping[str, str]) -> tuple[Filters, Cursor | None]:
     """The filters and the page cursor (`before`) of a search; BadRequest names a bad one."""
     f = Filters(**{f.name: _text(params, f.name) for f in fields(Filters)})
     if f.status and f.status not in STATUS_CLASSES:
@@ -84,7 +113,7 @@ def parse(params: Mapping[str, str]) -> tuple[Filters, int | None]:
     since, until = _time_us("since", f.since), _time_us("until", f.until)
     if since is not None and until is not None and since >= until:
         raise BadRequest("since must be before until")
-    return f, _cursor(params.get("before", "").strip())
+    return f, _cursor(params.get("before", "").strip(), f.by_time)
 
 
 def scoped(f: Filters, session: ConsoleSession) -> Filters:
@@ -107,12 +136,13 @@ def _values(f: Filters) -> dict[str, str]:
     return {x.name: getattr(f, x.name) for x in fields(f)}
 
 
-def query(f: Filters, before: int | None, limit: int) -> Query:
-    """The store query of one page: newest first, positions below `before`."""
+def query(f: Filters, before: Cursor | None, limit: int) -> Query:
+    """The store query of one page: newest first, after the cursor `before`."""
     prefix = f.action[:-1] if f.action.endswith("*") else None
     return Query(principal=f.principal or None, tenant=f.tenant or None,
                  model=f.model or None, action=None if prefix is not None else f.action or None,
                  action_prefix=prefix or None, status_class=STATUS_CLASSES.get(f.status),
                  since_us=_time_us("since", f.since), until_us=_time_us("until", f.until),
-                 upto_seq=before - 1 if before is not None else None, limit=limit,
-                 newest_first=True)
+                 upto_seq=before - 1 if isinstance(before, int) else None,
+                 by_time=f.by_time, cursor=before if isinstance(before, tuple) else None,
+                 limit=limit, newest_first=True)

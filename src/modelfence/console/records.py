@@ -94,7 +94,8 @@ class AuditPages:
                                     message="the audit log cannot be read now; try again")
 
     async def _page(self, request: Request, session: ConsoleSession, store: AuditStore,
-                    filters: audit_search.Filters, before: int | None) -> Response:
+                    filters: audit_search.Filters, before: audit_search.Cursor | None
+                    ) -> Response:
         size = self._kit.page_size
         rows = await store.select(audit_search.query(filters, before, size))
         window = await check_window(store, rows)
@@ -102,7 +103,7 @@ class AuditPages:
         last = await last_verification(store)
         await self._kit.record("console:audit-search", session.admin, 200, request,
                                details={"filters": filters.link(before)})
-        more = filters.link(rows[-1].seq) if len(rows) == size else None
+        more = filters.link(filters.cursor_after(rows[-1])) if len(rows) == size else None
         running = self._verifier.running if self._verifier is not None else None
         return self._kit.render(
             "rec-audit.html", session=session, title="Audit trail", filters=filters,
