@@ -18,6 +18,9 @@ import httpx2 as httpx
 import numpy as np
 import pytest
 
+from modelfence.audit.checkpoint import generate_keypair, load_public_key
+from modelfence.watermark import bundle as evidence
+
 from ..support import Gateway, cli_in_process
 from .console_browser import console_browser
 from .test_monitor_gateway import ask, digits, monitored_gateway, thief_rows, wait_for
@@ -47,6 +50,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Pa
     gw = monitored_gateway(tmp_path_factory.mktemp("console-inv"), digits_files,
                            policy=POLICY)
     gw.extra["console"] = {"enabled": True, "session_lifetime_s": 300}
+    generate_keypair(gw.folder / "audit.pem", gw.folder / "audit.pub")
+    gw.extra["audit"] = {**gw.extra["audit"], "checkpoint_key_file": "audit.pem"}
     for name in SCOPED:
         (gw.folder / f"{name}-token").write_text(SCOPED[name]["token"])
     gw.extra["admin"] = {"token_file": "admin-token", "tokens": [
@@ -122,7 +127,8 @@ def test_an_engineer_finds_explains_pins_and_stops_a_thief(gateway: Gateway,
 
         with page.expect_download() as download:
             page.click("#export")
-        bundle = json.loads(Path(download.value.path()).read_text())
+        data = Path(download.value.path()).read_bytes()
+        bundle = json.loads(data)
         page.locator("#key-table button", has_text="Revoke").click()
         page.wait_for_load_state()
         assert "revoked" in page.inner_text("#key-table")
@@ -130,7 +136,13 @@ def test_an_engineer_finds_explains_pins_and_stops_a_thief(gateway: Gateway,
         browser.visit("/console/alerts", name="inv-alerts")
         assert "acknowledged" in page.inner_text("#alert-table")
 
+    # signed with the audit checkpoint key, as ownership evidence is, and canonical
+    public = load_public_key(gw.folder / "audit.pub")
+    assert evidence.problem(bundle, public) is None and evidence.file_problem(data, bundle) is None
+    edited = {**bundle, "principal": "someone-else"}
+    assert evidence.problem(edited, public) == evidence.EDITED
     assert bundle["principal"] == "mallory" and bundle["chain"]["ok"] is True
+    assert bundle["chain"]["signatures_checked"] is True
     assert bundle["alerts"][0]["state"] == "acknowledged"
     assert bundle["explanation"]["flagged"] and bundle["explanation"]["pin"]["band"] == "labels"
     assert any(r["record"]["action"] == "infer" for r in bundle["records"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -22,6 +23,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..errors import RequestError, StoreError
 from ..monitor.pins import MAX_PIN_S, Pin
+from ..watermark import bundle
 from . import casefile
 from .app import NavLink
 from .headers import SECURITY_HEADERS
@@ -192,19 +194,28 @@ class InvestigationActions:
         explanation = {**explain(risk), "band": inv.band(model, risk.score),
                        "pin": None if pin is None else {"band": pin.band, "by": pin.by,
                                                          "until": _iso(pin.until)}}
-        bundle = await casefile.evidence(store, model=model, principal=principal,
-                                         explanation=explanation, public_key=inv.public_key,
-                                         exported_by=posted.session.admin)
+        doc = await casefile.evidence(store, model=model, principal=principal,
+                                      explanation=explanation, public_key=inv.public_key,
+                                      exported_by=posted.session.admin)
         await inv.kit.record("console:export-evidence", posted.session.admin, 200, request,
                              target=f"{model}/{principal}",
-                             details={"records": len(bundle["records"]),
-                                      "alerts": len(bundle["alerts"]),
-                                      "chain_ok": bundle["chain"].get("ok")})
+                             details={"records": len(doc["records"]),
+                                      "alerts": len(doc["alerts"]),
+                                      "chain_ok": doc["chain"].get("ok"),
+                                      "signed": inv.signing_key is not None})
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"evidence-{model}-{principal}")[:120]
-        return Response(orjson.dumps(bundle, option=orjson.OPT_INDENT_2),
-                        media_type="application/json", headers={
+        return Response(_signed(doc, inv), media_type="application/json", headers={
                             **SECURITY_HEADERS,
                             "content-disposition": f'attachment; filename="{name}.json"'})
+
+
+def _signed(doc: dict[str, Any], inv: Investigation) -> bytes:
+    """The bundle as the canonical (RFC 8785) bytes of it signed with the audit checkpoint
+    key, as ownership evidence is (`watermark.bundle`: checked with the public key alone);
+    indented JSON, unsigned, without a key."""
+    if inv.signing_key is None:
+        return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+    return bundle.jcs(bundle.sign(doc, inv.signing_key))
 
 
 def _back(url: str) -> Response:

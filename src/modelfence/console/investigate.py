@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -47,10 +47,14 @@ class Investigation:
     monitor: MonitorService | None
     keys: ApiKeys
     audit: AuditSink
-    public_key: Ed25519PublicKey | None = None
+    signing_key: Ed25519PrivateKey | None = None  # the audit checkpoint key, if configured
     #: target -> (state, admin, when) of alerts this process acted on in the last
     #: `RECENT_S`, until the audit writer's commit makes them readable to every replica
     recent: dict[str, tuple[str, str, float]] = field(default_factory=dict)
+
+    @property
+    def public_key(self) -> Ed25519PublicKey | None:
+        return None if self.signing_key is None else self.signing_key.public_key()
 
     @property
     def store(self) -> AuditStore | None:

@@ -15,7 +15,6 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import BaseRoute
 
-from ..audit.checkpoint import load_public_key
 from ..audit.record import event_record
 from ..config import Settings
 from ..console.app import Console, LoginResult, NavLink
@@ -25,6 +24,7 @@ from ..console.kit import ConsoleKit
 from ..console.session import SessionSigner
 from ..errors import Unavailable
 from ..quota.budgets import BudgetStore
+from ..watermark.bundle import load_signing_key
 from ..watermark.guard import WatermarkGuard
 from .admin import AdminApi
 from .console_records import records_routes
@@ -78,7 +78,7 @@ def console_routes(settings: Settings, admin_api: AdminApi, *,
     key_file = settings.audit.checkpoint_key_file
     inv_pages, inv_nav = investigation_routes(Investigation(
         kit, admin_api.monitor, admin_api.keys, audit,
-        load_public_key(key_file) if key_file is not None else None))
+        load_signing_key(key_file) if key_file is not None else None))
     pages += inv_pages
     nav += inv_nav
     rec_pages, rec_nav = records_routes(settings, admin_api, kit, budget_store=budget_store,
