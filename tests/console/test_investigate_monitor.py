@@ -109,6 +109,14 @@ async def test_a_pin_reaches_every_replica_through_the_shared_store(redis_url: s
         await one.remove("m", "mallory")
         await two.refresh()
         assert two.floor("m", "mallory") == 0.0
+        # an ended pin is dropped from the shared store by the next replica that reads it
+        clock = Clock()
+        three = PinBook(shared=redis_url, prefix=prefix, clock=clock)
+        await three.put(Pin("m", "eve", "labels", 0.5, clock.now + 5, "admin"))
+        clock.now += 6
+        await three.refresh()
+        assert await one._shared("hlen", f"{prefix}pins") == 0
+        await three.stop()
     finally:
         await one._shared("delete", f"{prefix}pins")
         await one.stop()

@@ -143,13 +143,22 @@ class PinBook:
         if self._client is None:
             return
         saved = await self._shared("hgetall", self._key)
-        pins = []
-        for value in saved.values():
+        now = self._clock()
+        pins: list[Pin] = []
+        ended: list[Any] = []
+        for name, value in saved.items():
             try:
-                pins.append(Pin.from_json(value))
+                pin = Pin.from_json(value)
             except (ValueError, KeyError, TypeError):
                 log.warning("a shared pin that is not valid JSON was skipped")
+                continue
+            if pin.until > now:
+                pins.append(pin)
+            else:
+                ended.append(name)
         self._replace(pins)
+        if ended:  # every replica may drop them: HDEL of a field gone already is a no-op
+            await self._shared("hdel", self._key, *ended)
 
     async def _every(self) -> None:
         failing = False
