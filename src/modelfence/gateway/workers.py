@@ -1,7 +1,9 @@
 """What the workers of one server share, set up before granian forks them.
 
 * the metrics folder (`workers > 1`): prometheus_client's multiprocess mode sums every
-  worker's numbers there, a fresh folder per run, removed when the server stops;
+  worker's numbers there, a fresh folder per run, removed when the server stops; the folders
+  of servers that were killed before they could remove theirs are removed at the next start
+  (each folder's name carries its server's pid);
 * the admin unix socket: bound once here, each worker serves the inherited descriptor;
 * a check that no other server holds the admin TCP port: the workers bind it with
   SO_REUSEPORT, which would otherwise share it silently with another gateway of this user.
@@ -20,10 +22,16 @@ from pathlib import Path
 from ..config import Settings, export_admin_socket, export_metrics_dir, listen_address
 from ..errors import ConfigurationError
 
+#: the metrics folders' names: this prefix, the server's pid, a dash, mkdtemp's random part
+METRICS_PREFIX = "modelfence-metrics-"
+
 
 @contextlib.contextmanager
 def shared_worker_state(settings: Settings, workers: int) -> Iterator[None]:
-    folder = Path(tempfile.mkdtemp(prefix="modelfence-metrics-")) if workers > 1 else None
+    folder = None
+    if workers > 1:
+        remove_orphaned_metrics(Path(tempfile.gettempdir()))
+        folder = Path(tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-"))
     export_metrics_dir(folder)
     unix_path: Path | None = None
     holder = None
@@ -54,6 +62,22 @@ def shared_worker_state(settings: Settings, workers: int) -> Iterator[None]:
             with contextlib.suppress(FileNotFoundError):
                 unix_path.unlink()
         del holder
+
+
+def remove_orphaned_metrics(where: Path) -> None:
+    """Remove this user's metrics folders whose server is gone (killed: SIGKILL, a crash).
+    A folder whose pid now names another process is kept: never one a live server uses."""
+    uid = os.getuid()
+    for entry in where.glob(f"{METRICS_PREFIX}*-*"):
+        pid = entry.name.removeprefix(METRICS_PREFIX).split("-", 1)[0]
+        try:
+            if not pid.isdigit() or entry.stat().st_uid != uid:
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry, ignore_errors=True)
+        except OSError:
+            continue  # alive (another user's process), or the entry went away
 
 
 def ensure_tcp_free(host: str, port: int) -> None:
