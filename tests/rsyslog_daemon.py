@@ -34,7 +34,8 @@ class Certs:
 
 
 def make_certs(folder: Path, name: str = "localhost") -> Certs:
-    """A CA and a server certificate it signed, for `name` and 127.0.0.1."""
+    """A CA and a certificate it signed, for `name` and 127.0.0.1: a server's, and a client's
+    too (the tests present it as the client certificate)."""
     import ipaddress
 
     from cryptography import x509
@@ -69,7 +70,8 @@ def make_certs(folder: Path, name: str = "localhost") -> Certs:
             .add_extension(x509.SubjectAlternativeName([
                 x509.DNSName(name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
                 critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
+                                                  x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
                            critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 ca_key.public_key()), critical=False)
@@ -87,6 +89,7 @@ def make_certs(folder: Path, name: str = "localhost") -> Certs:
 class Rsyslog:
     folder: Path
     certs: Certs | None = None
+    client_certs: bool = False  # with certs: only clients whose certificate the CA signed
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
@@ -102,8 +105,9 @@ class Rsyslog:
             tls = (f'global(DefaultNetstreamDriver="gtls" DefaultNetstreamDriverCAFile="{c.ca}"'
                    f' DefaultNetstreamDriverCertFile="{c.cert}"'
                    f' DefaultNetstreamDriverKeyFile="{c.key}")\n')
+            mode = "x509/certvalid" if self.client_certs else "anon"
             imtcp = ('module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1" '
-                     'StreamDriver.Authmode="anon")')
+                     f'StreamDriver.Authmode="{mode}")')
         return (f'global(workDirectory="{self.folder}" maxMessageSize="64k")\n{tls}{imtcp}\n'
                 f'input(type="imtcp" port="{self.port}" address="127.0.0.1")\n'
                 'template(name="raw" type="string" string="%rawmsg%\\n")\n'

@@ -123,3 +123,28 @@ async def test_an_alert_reaches_rsyslog_over_tls_and_not_to_an_untrusted_one(
     finally:
         await untrusting.stop()
     assert len(daemon.lines()) == 1
+
+
+async def test_a_daemon_that_asks_for_a_client_certificate_gets_the_configured_one(
+        tmp_path: Path) -> None:
+    require_rsyslogd(tls=True)
+    certs = make_certs(tmp_path / "certs")
+    daemon = Rsyslog(tmp_path / "rsyslog-mtls", certs=certs, client_certs=True).start()
+    ca = {"ca_file": str(certs.ca), "server_name": "localhost"}
+    with_cert = siem_for(tmp_path / "1", daemon, tls={
+        **ca, "cert_file": str(certs.cert), "key_file": str(certs.key)})
+    without = siem_for(tmp_path / "2", daemon, tls=ca)
+    await with_cert.start()
+    await without.start()
+    try:
+        without.emit(from_risk_alert(thief(0), llm=False))
+        with_cert.emit(from_risk_alert(thief(1), llm=False))
+        [line] = await asyncio.to_thread(daemon.wait_lines, 1, 2.0)
+        await asyncio.sleep(0.5)
+        assert len(daemon.lines()) == 1
+        assert len(without.outboxes[0].spool) == 1  # refused, so still waiting
+    finally:
+        await with_cert.stop()
+        await without.stop(grace_s=0)
+        daemon.stop()
+    assert parsed(line)[1]["actor"]["user"]["name"] == "mallory1"

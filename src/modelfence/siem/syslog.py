@@ -26,6 +26,7 @@ from ..errors import DeliveryError
 from .tls import client_context
 
 SD_ID = "modelfence@32473"
+TLS_VERDICT_S = 0.25
 #: OCSF severity_id -> syslog severity (2 critical, 3 error, 4 warning, 5 notice, 6 info)
 _SEVERITY = {5: 2, 6: 2, 4: 3, 3: 4, 2: 5, 1: 6, 0: 6}
 
@@ -94,8 +95,24 @@ class SyslogSender:
         except OSError as exc:
             raise DeliveryError(f"syslog {s.name}: cannot connect: {type(exc).__name__}",
                                 reason="unreachable") from None
+        if self._ssl is not None:
+            await self._verdict(reader, writer)
         self._reader, self._writer = reader, writer
         return writer
+
+    async def _verdict(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Under TLS 1.3 a daemon refuses a client certificate after the handshake, so a
+        refused client would write its first batch into a closing connection: wait
+        `TLS_VERDICT_S` for the daemon to close before sending on a new connection."""
+        try:
+            await asyncio.wait_for(reader.read(1), TLS_VERDICT_S)
+        except TimeoutError:
+            return  # still open: accepted (a syslog daemon sends nothing)
+        except OSError:
+            pass
+        writer.close()
+        raise DeliveryError(f"syslog {self.name}: the daemon closed the TLS connection "
+                            "(client certificate refused?)", reason="auth")
 
     async def send(self, records: list[bytes]) -> None:
         # let a close the daemon sent arrive before deciding the connection is usable
