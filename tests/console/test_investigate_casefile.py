@@ -60,6 +60,10 @@ async def test_alert_state_comes_from_the_records_that_target_it(
     assert (await casefile.alert_by_seq(store, mallory.seq)) is not None
     assert await casefile.alert_by_seq(store, 1) is None  # an infer record is no alert
     assert await casefile.alert_by_seq(store, 10_000) is None
+    # every kind of alert is listed, newest first, and the page's limit holds
+    await _write(sink, "alert:budget", principal="carol", model="m")
+    newest = await casefile.alerts(store, limit=2)
+    assert [(a.principal, a.state) for a in newest] == [("carol", "open"), ("bob", "resolved")]
 
 
 async def test_history_plot_and_evidence(audit: tuple[AuditSink, AuditStore]) -> None:

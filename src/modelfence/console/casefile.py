@@ -5,7 +5,8 @@ An alert's state lives in the tamper-evident log itself: acknowledging or resolv
 a `console:alert-ack` / `console:alert-resolve` record whose target is `alert:<seq>`, so who
 did what to an alert, and when, is as hard to rewrite as the alert, every replica reads
 the same answer, and nothing else needs a store. Since those records always follow their
-alert, the states of a page of alerts are read from the records since its oldest alert.
+alert, the states of a page of alerts are read from the records after its oldest alert,
+off the store's (action, position) index.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from ..audit.store import AuditStore, Query
 from ..audit.verify import verify_store
 
 ACK, RESOLVE = "console:alert-ack", "console:alert-resolve"
+#: The alerts the gateway records: the monitor's, a budget's, a download's, privacy's
+ALERT_ACTIONS = ("alert:monitor", "alert:budget", "alert:download", "alert:privacy")
 STATE_OF = {ACK: "acknowledged", RESOLVE: "resolved"}
 EVIDENCE_TYPE = "modelfence.investigation.evidence"
 _HISTORY = 400  # answers on a principal's risk plot
@@ -59,27 +62,33 @@ def alert_of(row: Row) -> AlertView:
 
 async def alerts(store: AuditStore, *, limit: int, upto_seq: int | None = None,
                  principal: str | None = None, model: str | None = None) -> list[AlertView]:
-    """Newest alerts first (below `upto_seq` for the next page), each with its state."""
-    rows = await store.select(Query(action_prefix="alert:", limit=limit, newest_first=True,
-                                    upto_seq=upto_seq, principal=principal, model=model))
+    """Newest alerts first (up to `upto_seq` for the next page), each with its state: one
+    query per kind of alert, each read off the store's (action, position) index."""
+    rows: list[Row] = []
+    for action in ALERT_ACTIONS:
+        rows += await store.select(Query(action=action, limit=limit, newest_first=True,
+                                         upto_seq=upto_seq, principal=principal, model=model))
+    rows = sorted(rows, key=lambda r: r.seq, reverse=True)[:limit]
     found = [alert_of(r) for r in rows]
     if not found:
         return found
-    states = await alert_states(store, since_us=min(r.ts_us for r in rows))
+    states = await alert_states(store, after_seq=min(r.seq for r in rows))
     return [with_state(a, states.get(a.target)) for a in found]
 
 
-async def alert_states(store: AuditStore, *, since_us: int) -> dict[str, tuple[str, str]]:
-    """target -> (state, admin) from the console's records since `since_us`; the last
-    successful action on an alert decides (a resolve after an ack: resolved)."""
+async def alert_states(store: AuditStore, *, after_seq: int) -> dict[str, tuple[str, str]]:
+    """target -> (state, admin) from the console's records after position `after_seq`;
+    the last successful action on an alert decides (a resolve after an ack: resolved)."""
+    done: list[Row] = []
+    for action in STATE_OF:
+        async for rows in store.scan(Query(action=action, after_seq=after_seq)):
+            done += rows
     states: dict[str, tuple[str, str]] = {}
-    async for rows in store.scan(Query(action_prefix="console:alert-", since_us=since_us)):
-        for row in rows:
-            if row.action in STATE_OF and row.status is not None and row.status < 400:
-                record = orjson.loads(row.payload)
-                target = record.get("key_id")
-                if isinstance(target, str):
-                    states[target] = (STATE_OF[row.action], str(row.principal))
+    for row in sorted(done, key=lambda r: r.seq):
+        if row.status is not None and row.status < 400:
+            target = orjson.loads(row.payload).get("key_id")
+            if isinstance(target, str):
+                states[target] = (STATE_OF[str(row.action)], str(row.principal))
     return states
 
 
