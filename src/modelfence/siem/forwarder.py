@@ -53,8 +53,15 @@ class Siem:
         self.emit(from_risk_alert(alert, llm=alert.model in self._llm_models))
 
     async def start(self) -> None:
-        for outbox in self.outboxes:
-            await outbox.start()
+        started: list[Outbox] = []
+        try:
+            for outbox in self.outboxes:
+                await outbox.start()
+                started.append(outbox)
+        except BaseException:
+            for outbox in started:  # none left running when a later one cannot start
+                await outbox.stop()
+            raise
         self._started = bool(self.outboxes)
         if self._started:
             log.info("siem: alerts go to %s", ", ".join(o.name for o in self.outboxes))
