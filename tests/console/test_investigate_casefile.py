@@ -4,6 +4,7 @@ bundle with the chain's verification."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import pytest
 
 from modelfence.audit.record import event_record
 from modelfence.audit.sinks import AuditSink, audit_sink_from_url, audit_store_of
+from modelfence.audit.sql import TABLE
 from modelfence.audit.store import AuditStore
 from modelfence.config.audit import AuditSettings
 from modelfence.console import casefile
+from modelfence.console.chain_verify import ACTION as VERIFY_ACTION
 from modelfence.console.plot import risk_plot
 
 
@@ -90,7 +93,27 @@ async def test_history_plot_and_evidence(audit: tuple[AuditSink, AuditStore]) ->
                                      explanation={"risk": 0.9}, public_key=None,
                                      exported_by="ops")
     assert bundle["type"] == casefile.EVIDENCE_TYPE and bundle["exported_by"] == "ops"
-    assert bundle["chain"]["ok"] is True and bundle["chain"]["records"] == 7
+    chain = bundle["chain"]
+    assert chain["ok"] is True and chain["records_checked"] == 6 and not chain["records_broken"]
+    assert chain["head"]["seq"] == 7 and chain["last_full_verification"] is None
     assert [r["record"]["model"] for r in bundle["records"]] == ["m"] * 5 + ["other"]
     assert all(r["hash_holds"] for r in bundle["records"])
     assert [a["risk"] for a in bundle["alerts"]] == [0.9]
+
+
+async def test_evidence_names_a_record_edited_in_the_store(
+        audit: tuple[AuditSink, AuditStore], tmp_path: Path) -> None:
+    sink, store = audit
+    for risk in (0.1, 0.2, 0.3):
+        await _write(sink, "infer", principal="mallory", model="m", risk=risk)
+    await _write(sink, VERIFY_ACTION, principal="ops",
+                 details={"verified": {"ok": True, "records": 3}})
+    with sqlite3.connect(tmp_path / "audit.db") as db:  # someone lowers a risk afterwards
+        db.execute(f"UPDATE {TABLE} SET payload = CAST(replace(payload, '0.2', '0.0') AS BLOB) "  # noqa: S608
+                   "WHERE seq = 2")
+    bundle = await casefile.evidence(store, model="m", principal="mallory", explanation={},
+                                     public_key=None, exported_by="ops")
+    chain = bundle["chain"]
+    assert chain["ok"] is False and chain["records_broken"] == [2]
+    assert [r["hash_holds"] for r in bundle["records"]] == [True, False, True]
+    assert chain["last_full_verification"]["result"] == {"ok": True, "records": 3}
