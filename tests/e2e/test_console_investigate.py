@@ -133,7 +133,6 @@ def test_an_engineer_finds_explains_pins_and_stops_a_thief(gateway: Gateway,
         page.locator("#key-table button", has_text="Revoke").click()
         page.wait_for_load_state()
         assert "revoked" in page.inner_text("#key-table")
-        browser.check("inv-principal-revoked")
         browser.visit("/console/alerts", name="inv-alerts")
         assert "acknowledged" in page.inner_text("#alert-table")
 
