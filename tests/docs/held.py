@@ -356,6 +356,7 @@ HELD: dict[tuple[str, str], Check] = {
     ("docs/operations/deployment.md", "docker compose exec"): check_replica_commands,
     ("docs/operations/deployment.md", "docker compose cp"): check_replica_commands,
     ("docs/operations/dashboards.md", "global:"): check_prometheus_config,
+    ("docs/operations/siem.md", "modelfence siem test"): check_modelfence_lines,
 }
 
 

@@ -23,6 +23,7 @@ from . import (
     policy,
     redteam,
     shaping,
+    siem,
     watermark,
 )
 from .common import ConfigOption, console, fail, settings_from
@@ -43,6 +44,7 @@ app.add_typer(monitor.app, name="monitor")
 app.add_typer(llm.app, name="llm")
 app.add_typer(shaping.app, name="shaping")
 app.add_typer(artifact.app, name="artifact")
+app.add_typer(siem.app, name="siem")
 config_app = typer.Typer(help="Inspect configuration files.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.command("demo")(demo.demo)

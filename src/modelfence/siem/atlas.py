@@ -62,6 +62,8 @@ BY_KIND: dict[str, tuple[str, ...]] = {
     "budget": ("AML.T0040", "AML.T0034"),
     # an ε budget spent: what membership inference asks
     "privacy": ("AML.T0024.000", "AML.T0024"),
+    # `modelfence siem test`: checks the path, stands for no attack
+    "test": (),
 }
 
 #: the LLM risk book's evidence kinds -> the alert kind they stand for

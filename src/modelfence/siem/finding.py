@@ -89,6 +89,13 @@ def download(principal: str, tenant: str | None, model: str | None,
                    principal=principal, tenant=tenant)
 
 
+def test() -> Finding:
+    """What `modelfence siem test` sends: informational, no technique, says what it is."""
+    return Finding(kind="test", severity=INFORMATIONAL, title="modelfence SIEM test finding",
+                   description="sent by `modelfence siem test` to check that findings arrive; "
+                   "no attack")
+
+
 def artifact(model: str, description: str) -> Finding:
     return Finding(kind="artifact", severity=CRITICAL, title=f"Model artefact refused: "
                    f"{model}", description=description, model=model)

@@ -26,7 +26,8 @@ _ANALYTIC = {"extraction": ("extraction monitor", 3, "Statistical"),
              "download": ("download watch", 2, "Behavioral"),
              "artifact": ("artifact checks", 1, "Rule"),
              "budget": ("query budgets", 1, "Rule"),
-             "privacy": ("privacy budgets", 1, "Rule")}
+             "privacy": ("privacy budgets", 1, "Rule"),
+             "test": ("siem test", 99, "Other")}
 
 
 def detection_finding(f: Finding) -> dict[str, Any]:

@@ -53,6 +53,7 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         self._rand = random.Random()  # noqa: S311 - jitter, not a secret
         self._idle = asyncio.Event()  # set while nothing waits: for `flush`
+        self.last_error: str | None = None  # the latest failed send's, until one succeeds
 
     def offer(self, record: bytes) -> None:
         try:
@@ -132,6 +133,7 @@ class Outbox:
                     self._metrics.siem_undelivered.labels(self.name, "rejected").inc(len(batch))
                 else:
                     failures += 1
+                    self.last_error = str(exc)
                     self._metrics.siem_failures.labels(self.name, exc.reason).inc()
                     wait = backoff(failures, self._s.retry_initial_s, self._s.retry_max_s,
                                    self._rand)
@@ -144,7 +146,7 @@ class Outbox:
                 if failures:
                     log.info("siem %s: delivering again after %d failed tries",
                              self.name, failures)
-                failures = 0
+                failures, self.last_error = 0, None
                 self._metrics.siem_delivered.labels(self.name).inc(len(batch))
             await asyncio.to_thread(self.spool.ack, len(batch))
             self._gauge()
