@@ -102,8 +102,10 @@ class HoldingPages:
         return [Route("/console/budgets", self.budgets, methods=["GET"]),
                 Route("/console/watermarks", self.watermarks, methods=["GET"])]
 
-    async def _lookup(self, request: Request, template: str, title: str
+    async def _lookup(self, request: Request, template: str, title: str, action: str
                       ) -> tuple[ConsoleSession, str, str] | Response:
+        """The session and the principal (and tenant) looked up, recorded as `action`; or
+        the page that refuses the lookup."""
         session = self._kit.page(request, HOLDINGS_SCOPE)
         if isinstance(session, Response):
             return session
@@ -119,8 +121,7 @@ class HoldingPages:
                                     principal="", tenant="",
                                     message="a store behind this page cannot answer now")
         if principal:
-            await self._kit.record(f"console:{template[4:-5]}", session.admin, 200, request,
-                                   target=principal)
+            await self._kit.record(action, session.admin, 200, request, target=principal)
         return session, principal, tenant
 
     async def _tenant_check(self, session: ConsoleSession, principal: str, tenant: str
@@ -139,7 +140,8 @@ class HoldingPages:
         return [m for m in models if session.covers(m)]
 
     async def budgets(self, request: Request) -> Response:
-        found = await self._lookup(request, "rec-budgets.html", "Budgets and ε spent")
+        found = await self._lookup(request, "rec-budgets.html", "Budgets and ε spent",
+                                   "console:budgets")
         if isinstance(found, Response):
             return found
         session, principal, tenant = found
@@ -198,7 +200,8 @@ class HoldingPages:
         return out
 
     async def watermarks(self, request: Request) -> Response:
-        found = await self._lookup(request, "rec-watermarks.html", "Watermark holdings")
+        found = await self._lookup(request, "rec-watermarks.html", "Watermark holdings",
+                                   "console:watermarks")
         if isinstance(found, Response):
             return found
         session, principal, tenant = found
