@@ -141,3 +141,57 @@ def test_a_refused_artefact_and_an_insiders_downloads_reach_rsyslog(
     download = lines[1]
     assert 'kind="download"' in download and 'atlas="AML.T0025"' in download
     assert 'principal="deployer"' in download and 'model="digits"' in download
+
+
+def test_alerts_spooled_by_a_killed_gateway_are_delivered_after_its_restart(
+        tmp_path: Path) -> None:
+    """The collector is down, the gateway spools its alert and is killed (SIGKILL); the
+    restarted gateway adopts the dead process's spool and delivers that alert, and its own."""
+    import pickle
+
+    from .test_artifacts_gateway import Payload
+
+    folder = tmp_path / "gw"
+    folder.mkdir()
+    with (folder / "evil.pkl").open("wb") as f:
+        pickle.dump(Payload(folder / "PWNED"), f)
+    (folder / "hec-token").write_text(TOKEN)
+    port = free_port()
+    gw = Gateway(folder, [{"name": "evil", "backend": {
+        "type": "pickle", "path": "evil.pkl", "allow_unsafe_pickle": True,
+        "artifact": {"scan": True}}}], extra={"siem": {"spool_dir": "spool", "destinations": [
+            {"type": "hec", "name": "splunk", "token_file": "hec-token",
+             "url": f"http://127.0.0.1:{port}/services/collector/event"}]}})
+    gw.start()
+    spooled: list[str] = []
+    try:
+        deadline = time.monotonic() + 5
+        while not spooled:  # the refused artefact's finding, waiting for the collector
+            assert time.monotonic() < deadline, "nothing was spooled"
+            spooled = [line for p in (folder / "spool" / "splunk").glob("spool-*.log")
+                       for line in p.read_bytes()[16:].decode().splitlines() if line]
+            time.sleep(0.05)
+        gw.kill()
+    finally:
+        gw.stop()
+    first = json.loads(spooled[0])["metadata"]["uid"]
+    Hec.received = []
+    server = HTTPServer(("127.0.0.1", port), Hec)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        gw.start()
+        deadline = time.monotonic() + 5
+        while len(Hec.received) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # and nothing more
+    finally:
+        gw.stop()
+        server.shutdown()
+        server.server_close()
+    uids = [json.loads(line)["event"]["metadata"]["uid"]
+            for _, body in Hec.received for line in body.split(b"\n")]
+    assert len(uids) == 2 and uids[0] == first  # the dead process's first, then its own
+    # the dead process's segment is gone; the restarted one's is left empty
+    [segment] = (folder / "spool" / "splunk").glob("spool-*.log")
+    assert segment.stat().st_size == 16
