@@ -187,3 +187,24 @@ async def test_refresh_stores_checks_only_stores_and_says_each_result() -> None:
     assert sorted(said) == [("audit spill", False), ("key store", True)]
     assert model.calls == 0 and up.calls == down.calls == 1
     await r.close()
+
+
+async def test_refresh_stores_logs_nothing_and_the_next_readiness_request_does(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A scrape's checks leave the log to readiness requests: an outage keeps the lines its
+    breaker writes."""
+    store = Probe()
+    r = readiness({"a": Probe()}, {"key store": store})
+    await r.start()
+    await asyncio.sleep(LOG_WINDOW_S)
+    store.ok = False  # the store goes down
+    with caplog.at_level(logging.INFO, logger="modelfence.gateway"):
+        caplog.clear()
+        await r.refresh_stores()
+        await asyncio.sleep(LOG_WINDOW_S)
+        assert caplog.messages == []
+        assert not r.known().ready  # but the scrape's check did see it
+        await r.verdict()
+        await asyncio.sleep(LOG_WINDOW_S)
+        assert caplog.messages == ["not ready: key store"]
+    await r.close()

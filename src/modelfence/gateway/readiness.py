@@ -83,9 +83,10 @@ class Readiness:
         return Verdict(stores_ok and models_ok, tuple(not_ready))
 
     async def refresh_stores(self) -> None:
-        """Start each store's check (as a readiness request does): when /metrics is scraped,
-        so the stores' gauges move without a readiness probe."""
-        await self.refresh([("store", name) for name in self._stores])
+        """Start each store's check (as a readiness request does) when /metrics is scraped,
+        so the stores' gauges move without a readiness probe. Quietly: readiness changes
+        are logged by readiness requests' checks, so an outage's lines stay its breaker's."""
+        await self.refresh([("store", name) for name in self._stores], quiet=True)
 
     async def start(self) -> None:
         """Every check once before the first request, so that the first answers know each
@@ -94,10 +95,11 @@ class Readiness:
         if started:
             await asyncio.wait(started)
 
-    async def refresh(self, which: list[tuple[str, str]]) -> None:
+    async def refresh(self, which: list[tuple[str, str]], *, quiet: bool = False) -> None:
         """Start the checks of `which` that are not under way; wait for those at most
-        answer_within_s. A check already under way (a hung upstream's) is not waited for."""
-        started = self._start(which)
+        answer_within_s. A check already under way (a hung upstream's) is not waited for.
+        `quiet` checks do not log a change (the next readiness request's checks will)."""
+        started = self._start(which, quiet=quiet)
         if started:
             await asyncio.wait(started, timeout=self._answer_within_s)
 
@@ -116,17 +118,18 @@ class Readiness:
     def _everything(self) -> list[tuple[str, str]]:
         return [*(("model", n) for n in self._models), *(("store", n) for n in self._stores)]
 
-    def _start(self, which: list[tuple[str, str]]) -> list[asyncio.Task[None]]:
+    def _start(self, which: list[tuple[str, str]], *, quiet: bool = False
+               ) -> list[asyncio.Task[None]]:
         loop = asyncio.get_running_loop()
         started = []
         for what in which:
             task = self._running.get(what)
             if task is None or task.done() or task.get_loop() is not loop:
-                task = self._running[what] = loop.create_task(self._check(*what))
+                task = self._running[what] = loop.create_task(self._check(*what, quiet))
                 started.append(task)
         return started
 
-    async def _check(self, kind: str, name: str) -> None:
+    async def _check(self, kind: str, name: str, quiet: bool = False) -> None:
         if kind == "store":
             ok = self._stores_ok[name] = await answers(self._stores[name],
                                                        self._probe_timeout_s)
@@ -139,7 +142,7 @@ class Readiness:
             self._models_ok[name] = ok
             if self._on_model is not None:
                 self._on_model(name, ok)
-        if self._log_due is None:  # checks ending within one answer window: one line
+        if not quiet and self._log_due is None:  # checks ending within a window: one line
             self._log_due = asyncio.get_running_loop().call_later(
                 self._answer_within_s, self._log_change)
 
