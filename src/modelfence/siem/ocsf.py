@@ -33,9 +33,9 @@ _ANALYTIC = {"extraction": ("extraction monitor", 3, "Statistical"),
 def detection_finding(f: Finding) -> dict[str, Any]:
     ms = int(f.time * 1000)
     name, type_id, type_name = _ANALYTIC[f.kind]
+    techniques = f.techniques()
     attacks = [{"technique": {"uid": t.uid, "name": t.name},
-                "tactic": {"uid": t.tactic, "name": TACTICS[t.tactic]}}
-               for t in f.techniques()]
+                "tactic": {"uid": t.tactic, "name": TACTICS[t.tactic]}} for t in techniques]
     doc: dict[str, Any] = {
         "class_uid": CLASS_UID, "class_name": "Detection Finding",
         "category_uid": CATEGORY_UID, "category_name": "Findings",
@@ -53,7 +53,7 @@ def detection_finding(f: Finding) -> dict[str, Any]:
                          "analytic": {"name": name, "type_id": type_id, "type": type_name,
                                       "uid": f.kind},
                          "attacks": attacks},
-        "unmapped": {"atlas": [t.uid for t in f.techniques()], "kind": f.kind, **f.details},
+        "unmapped": {"atlas": [t.uid for t in techniques], "kind": f.kind, **f.details},
     }
     if f.principal is not None:
         doc["actor"] = {"user": {"name": f.principal, "uid": f.principal}}
