@@ -39,8 +39,9 @@ when { principal.groups.contains("partners") };
 
 #: Scoped admins: one that may only look, one limited to the tenant "readers".
 SCOPED: dict[str, dict[str, Any]] = {
-    "viewer": {"token": "viewer-token-" + "v" * 24, "scopes": ["risk:read", "alerts:read"]},
-    "desk": {"token": "desk-token-" + "d" * 24, "scopes": ["risk:read", "risk:write"],
+    "viewer": {"token": "viewer-token-" + "v" * 24, "scopes": ["risk:read"]},
+    "desk": {"token": "desk-token-" + "d" * 24,
+             "scopes": ["risk:read", "risk:write", "alerts:read", "alerts:write"],
              "models": ["digits"], "tenants": ["readers"]}}
 
 
@@ -202,10 +203,21 @@ def _session(gw: Gateway, token: str) -> tuple[httpx.Client, str]:
 
 def test_scoped_admins_see_and_change_only_what_they_hold(gateway: Gateway) -> None:
     gw = gateway
-    for principal, tenant in (("reading-room", "readers"), ("shady-bot", "shady")):
-        key = gw.key(principal=principal, tenant=tenant)
-        for row in digits()[:3]:
-            assert ask(gw, key, row[None, :]).status_code == 200
+    reader = gw.key(principal="reading-room", tenant="readers")
+    for row in digits()[:3]:
+        assert ask(gw, reader, row[None, :]).status_code == 200
+    bot = gw.key(principal="shady-bot", tenant="shady")
+    for row in thief_rows(45, seed=9):  # flagged: an alert of tenant shady
+        assert ask(gw, bot, row[None, :]).status_code == 200
+    wait_for(lambda: any(r["action"] == "alert:monitor" for r in _records(gw, "shady-bot")))
+    alert = next(r for r in _records(gw, "shady-bot") if r["action"] == "alert:monitor")
+    seq = next(a["seq"] for a in httpx.get(
+        f"{gw.admin_url}/admin/alerts", headers={"Authorization": f"Bearer {gw.admin_token}"}
+    ).json()["alerts"] if a["principal"] == "shady-bot")
+    assert alert["tenant"] == "shady"
+    full, _ = _session(gw, gw.admin_token)
+    with closing(full):  # the alert is on the page for an admin of every tenant
+        assert "shady-bot" in full.get("/console/alerts").text
     viewer, csrf = _session(gw, SCOPED["viewer"]["token"])
     with closing(viewer):
         page = viewer.get("/console/principal", params={"model": "digits", "id": "shady-bot"})
@@ -214,6 +226,7 @@ def test_scoped_admins_see_and_change_only_what_they_hold(gateway: Gateway) -> N
             "csrf": csrf, "model": "digits", "principal": "shady-bot", "band": "labels",
             "hours": "1"})
         assert refused.status_code == 403 and "risk:write" in refused.text
+        assert viewer.get("/console/alerts").status_code == 403  # no alerts:read
     desk, csrf = _session(gw, SCOPED["desk"]["token"])
     with closing(desk):
         ranking = desk.get("/console/ranking", params={"model": "digits"}).text
@@ -224,7 +237,11 @@ def test_scoped_admins_see_and_change_only_what_they_hold(gateway: Gateway) -> N
             "csrf": csrf, "model": "digits", "principal": "shady-bot", "band": "labels",
             "hours": "1"})
         assert blocked.status_code == 404
-        assert desk.get("/console/alerts").status_code == 403  # no alerts:read
+        alerts = desk.get("/console/alerts")
+        assert alerts.status_code == 200 and "shady-bot" not in alerts.text
+        assert desk.post("/console/alerts/ack", data={"csrf": csrf, "seq": str(seq)}
+                         ).status_code == 404
     assert gw.key(principal="x", tenant="y")  # the gateway still answers its CLI
-    refusals = [r for r in _records(gw, "admin:token:desk") if r["action"] == "console:pin"]
-    assert [r["status"] for r in refusals] == [404]
+    refusals = [(r["action"], r["status"]) for r in _records(gw, "admin:token:desk")
+                if r["action"] in ("console:pin", "console:alert-ack")]
+    assert refusals == [("console:pin", 404), ("console:alert-ack", 404)]

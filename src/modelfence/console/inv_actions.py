@@ -27,7 +27,7 @@ from ..watermark import bundle
 from . import casefile
 from .app import NavLink
 from .headers import SECURITY_HEADERS
-from .investigate import Investigation, InvestigationPages, explain, principal_url
+from .investigate import Investigation, InvestigationPages, explain, may_see, principal_url
 from .kit import Posted
 
 PIN_HOURS = (1, 24, 168, 720)  # the durations the principal page offers
@@ -137,7 +137,7 @@ class InvestigationActions:
         store = inv.store
         alert = (await casefile.alert_by_seq(store, int(seq))
                  if store is not None and seq.isdigit() and 0 < int(seq) < 2**62 else None)
-        if alert is None or (alert.model is not None and not posted.session.covers(alert.model)):
+        if alert is None or not may_see(posted.session, alert):
             return await self._refuse(posted, request, action, 404, "no such alert",
                                       f"alert:{seq[:20]}")
         await inv.kit.record(action, posted.session.admin, 303, request, target=alert.target,

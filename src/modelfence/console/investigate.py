@@ -210,11 +210,18 @@ class InvestigationPages:
             upto = int(before) - 1 if before else None
             found = await inv.alerts(store, limit=inv.kit.page_size, upto_seq=upto)
         size = len(found)
-        shown = [a for a in found if a.model is None or session.covers(a.model)]
+        shown = [a for a in found if may_see(session, a)]
         return inv.kit.render("inv-alerts.html", title="Alerts", session=session,
                               alerts=shown, audited=store is not None,
                               next_before=found[-1].seq if size == inv.kit.page_size else None,
                               url=principal_url)
+
+
+def may_see(session: ConsoleSession, alert: casefile.AlertView) -> bool:
+    """An alert within the admin's models and tenants (a scoped admin sees none that names
+    no model, or no tenant when it is limited to some)."""
+    models = "*" in session.models or (alert.model is not None and session.covers(alert.model))
+    return models and ("*" in session.tenants or session.covers_tenant(alert.tenant))
 
 
 def explain(risk: Risk) -> dict[str, Any]:
