@@ -20,6 +20,7 @@ _LEFT, _RIGHT, _TOP, _BOTTOM = 44.0, 12.0, 12.0, 28.0
 class Tick:
     at: float  # pixel position along its axis
     label: str
+    anchor: str = "middle"  # SVG text-anchor: the ends of the time axis stay inside
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +62,8 @@ def risk_plot(series: Sequence[tuple[float, float]], bands: Sequence[tuple[float
 
     points = " ".join(f"{x(t):.1f},{y(r):.1f}" for t, r in series)
     y_ticks = [Tick(y(v), f"{v:.1f}") for v in (0.0, 0.5, 1.0)]
-    x_ticks = [Tick(x(t0), label(t0))] + ([Tick(x(t1), label(t1))] if t1 > t0 else [])
+    x_ticks = ([Tick(x(t0), label(t0), "start"), Tick(x(t1), label(t1), "end")]
+               if t1 > t0 else [Tick(x(t0), label(t0))])
     rules = [Tick(y(start), name) for start, name in bands if 0.0 < start <= 1.0]
     peak = max(r for _, r in series)
     description = (f"{len(series)} answers from {label(t0)} to {label(t1)} UTC; risk from "
