@@ -29,8 +29,9 @@ import yaml
 from ..support import Gateway, digits_rows, free_port, infer_body, interrupt, skip_or_fail
 from .test_monitor_gateway import BANDS, fit_summary, thief_rows
 
-DASHBOARD = (Path(__file__).resolve().parents[2] / "deploy" / "grafana"
-             / "modelfence-dashboard.json")
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "modelfence-dashboard.json"
+RULES = DEPLOY / "prometheus" / "modelfence-rules.yml"
 
 #: Grafana's variables as a dashboard showing every job and model would fill them in
 VARIABLES = {"$__rate_interval": "1m", "$__interval": "5s", "$__range": "5m",
@@ -52,14 +53,17 @@ def prometheus_binary() -> str:
 
 
 class Prometheus:
-    """A `prometheus` process of its own: config, TSDB and port in a temporary folder."""
+    """A `prometheus` process of its own: config, TSDB and port in a temporary folder, with
+    the shipped alerting rules loaded."""
 
     def __init__(self, folder: Path, target: str) -> None:
         self.folder = folder
         self.port = free_port()
         folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(RULES, folder / RULES.name)
         (folder / "prometheus.yml").write_text(yaml.safe_dump({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [RULES.name],
             "scrape_configs": [{"job_name": "modelfence", "scrape_interval": "1s",
                                 "static_configs": [{"targets": [target]}]}]}))
         self.log = folder / "prometheus.log"
@@ -71,8 +75,10 @@ class Prometheus:
                 stdout=out, stderr=subprocess.STDOUT)
 
     def query(self, expr: str) -> dict[str, Any]:
-        url = (f"http://127.0.0.1:{self.port}/api/v1/query?"
-               + urllib.parse.urlencode({"query": expr}))
+        return self.get("query?" + urllib.parse.urlencode({"query": expr}))
+
+    def get(self, path: str) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.port}/api/v1/{path}"
         try:
             with urllib.request.urlopen(url, timeout=10) as r:
                 out: dict[str, Any] = json.loads(r.read())
@@ -112,9 +118,11 @@ def gateway(folder: Path, digits_files: dict[str, Path]) -> Gateway:
         "privacy": {"store": "sqlite:///privacy.db", "principal_epsilon": 2.5}})
 
 
-@pytest.fixture
-def scraped(tmp_path: Path, digits_files: dict[str, Path]) -> Iterator[Prometheus]:
+@pytest.fixture(scope="module")
+def scraped(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
+            ) -> Iterator[Prometheus]:
     """A gateway after the traffic, and a Prometheus that has scraped all of it."""
+    tmp_path = tmp_path_factory.mktemp("dashboard")
     gw = gateway(tmp_path / "gw", digits_files)
     prom = Prometheus(tmp_path / "prometheus", f"127.0.0.1:{gw.admin_port}")
     try:
@@ -226,3 +234,20 @@ def test_every_panel_query_runs_and_the_traffic_shows(scraped: Prometheus) -> No
         "malformed_key", "unknown_model", "privacy_budget_spent"}
     assert values("Stores") and all(v == 1.0 for v in values("Stores"))
     assert values("Models ready") == [1.0, 1.0]
+
+
+def test_the_shipped_rules_raise_the_thiefs_alert_on_real_metrics(scraped: Prometheus) -> None:
+    """The extraction rule (no `for`) fires from the gateway's own counters, as scraped."""
+    def firing() -> list[dict[str, Any]]:
+        alerts = scraped.get("alerts")["data"]["alerts"]
+        return [a for a in alerts if a["state"] == "firing"]
+
+    wait_for(lambda: any(a["labels"]["alertname"] == "ModelfenceExtractionAlert"
+                         for a in firing()), "the extraction alert did not fire", 10)
+    alert = next(a for a in firing() if a["labels"]["alertname"] == "ModelfenceExtractionAlert")
+    assert alert["labels"] | {"model": "digits", "kind": "principal"} == alert["labels"]
+    assert {a["labels"]["alertname"] for a in firing()} <= {
+        "ModelfenceExtractionAlert", "ModelfencePrivacyBudgetAlert"}, firing()
+    rules = scraped.get("rules")["data"]["groups"]
+    assert sum(len(g["rules"]) for g in rules) == 14
+    assert all(r["health"] == "ok" for g in rules for r in g["rules"]), rules
