@@ -159,7 +159,7 @@ class InvestigationActions:
             return posted
         key_id = posted.form.get("key_id", "")[:64]
         session = posted.session
-        record = next((r for r in await inv.keys.records() if r.key_id == key_id), None)
+        record = await inv.keys.store.get(key_id) if key_id else None
         covered = record is not None and session.covers_tenant(record.tenant) and (
             "*" in session.models or (bool(record.models)
                                       and all(session.covers(m) for m in record.models)))
