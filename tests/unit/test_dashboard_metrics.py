@@ -99,3 +99,36 @@ def test_alert_counters_start_at_zero_for_each_model_that_can_alert(tmp_path: Pa
     body = metrics.render().decode()
     for kind in ("principal", "tenant"):
         assert f'modelfence_monitor_alerts_total{{kind="{kind}",model="chat"}} 0.0' in body
+
+
+def test_census_counts_flagged_callers_and_principals_per_band(tmp_path: Path) -> None:
+    import numpy as np
+
+    from modelfence.audit import audit_sink_from_url
+    from modelfence.config import settings_from_mapping
+    from modelfence.monitor.service import MonitorService
+    from modelfence.monitor.summary import Summary
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4))
+    proba = rng.dirichlet(np.ones(3), size=300)
+    summary = Summary.fit(x, proba).save(tmp_path / "s.npz")
+    settings = settings_from_mapping({"models": [{
+        "name": "m", "backend": {"type": "skops", "path": str(tmp_path / "m.skops")},
+        "monitor": {"summary": str(summary)},
+        "shaping": [{"from_risk": 0.0, "defense": "none", "name": "full"},
+                    {"from_risk": 0.2, "defense": "none", "name": "watch"},
+                    {"from_risk": 0.5, "defense": "labels", "name": "strict"}]}]})
+    metrics = GatewayMetrics()
+    service = MonitorService(settings, audit_sink_from_url(f"jsonl://{tmp_path}/a.jsonl"),
+                             metrics)
+    # a score on a band's start is in that band
+    assert service.band_counts("m", np.array([0.1, 0.2, 0.49, 0.5, 1.0])) == [1, 2, 2]
+    for i in range(3):  # three callers, in one tenant
+        service.monitors["m"].observe(f"p{i}", x[i], proba[i], tenant="t")
+    service.census()
+    get = metrics.registry.get_sample_value
+    assert get("modelfence_monitor_flagged", {"model": "m", "kind": "principal"}) == 0
+    bands = [get("modelfence_monitor_band_principals", {"model": "m", "band": b})
+             for b in ("full", "watch", "strict")]
+    assert bands == [3, 0, 0]  # three natural rows raise nobody's risk

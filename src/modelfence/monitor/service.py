@@ -150,25 +150,26 @@ class MonitorService:
         """(from_risk, name) of the model's output bands, lowest risk first."""
         return list(self._bands.get(model, ()))
 
+    def band_counts(self, model: str, scores: Array) -> list[int]:
+        """How many of `scores` each of the model's bands holds, lowest band first (a
+        score's band is the last whose start it reaches, as `band` chooses)."""
+        bands = self._bands.get(model, [])
+        at = np.searchsorted([start for start, _ in bands], scores, side="right") - 1
+        return [int(n) for n in np.bincount(at[at >= 0], minlength=len(bands))]
+
     def census(self) -> None:
         """Set the gauges of who is flagged and how many principals each band holds, per
         model: called when /metrics is scraped (one pass over the callers it keeps)."""
         for model, monitor in self.monitors.items():
-            scores = []
-            flagged = 0
-            for risk in monitor.standing("principal"):
-                scores.append(risk.score)
-                flagged += risk.flagged
-            self._metrics.monitor_flagged.labels(model, "principal").set(flagged)
+            risks = list(monitor.standing("principal"))
+            scores = np.fromiter((r.score for r in risks), np.float64, len(risks))
+            self._metrics.monitor_flagged.labels(model, "principal").set(
+                sum(r.flagged for r in risks))
             self._metrics.monitor_flagged.labels(model, "tenant").set(
-                sum(risk.flagged for risk in monitor.standing("tenant")))
-            bands = self._bands.get(model, [])
-            starts = [start for start, _ in bands]
-            # the band of a risk is the last whose start it reaches, as `band` chooses
-            at = np.searchsorted(starts, scores, side="right") - 1
-            counts = np.bincount(at[at >= 0], minlength=len(bands))
-            for (_, name), n in zip(bands, counts, strict=True):
-                self._metrics.monitor_band.labels(model, name).set(int(n))
+                sum(r.flagged for r in monitor.standing("tenant")))
+            for (_, name), n in zip(self.bands(model), self.band_counts(model, scores),
+                                    strict=True):
+                self._metrics.monitor_band.labels(model, name).set(n)
 
     def tenant_risk(self, model: str, tenant: str) -> Risk:
         return self.monitors[model].tenant_risk(tenant)
