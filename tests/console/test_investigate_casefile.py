@@ -18,6 +18,7 @@ from modelfence.config.audit import AuditSettings
 from modelfence.console import casefile
 from modelfence.console.chain_verify import ACTION as VERIFY_ACTION
 from modelfence.console.plot import risk_plot
+from modelfence.watermark.bundle import INVESTIGATION_TYPE
 
 
 @pytest.fixture
@@ -92,7 +93,7 @@ async def test_history_plot_and_evidence(audit: tuple[AuditSink, AuditStore]) ->
     bundle = await casefile.evidence(store, model="m", principal="mallory",
                                      explanation={"risk": 0.9}, public_key=None,
                                      exported_by="ops")
-    assert bundle["type"] == casefile.EVIDENCE_TYPE and bundle["exported_by"] == "ops"
+    assert bundle["type"] == INVESTIGATION_TYPE and bundle["exported_by"] == "ops"
     chain = bundle["chain"]
     assert chain["ok"] is True and chain["records_checked"] == 6 and not chain["records_broken"]
     assert chain["head"]["seq"] == 7 and chain["last_full_verification"] is None

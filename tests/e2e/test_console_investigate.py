@@ -142,6 +142,10 @@ def test_an_engineer_finds_explains_pins_and_stops_a_thief(gateway: Gateway,
     assert evidence.problem(bundle, public) is None and evidence.file_problem(data, bundle) is None
     edited = {**bundle, "principal": "someone-else"}
     assert evidence.problem(edited, public) == evidence.EDITED
+    (tmp_path / "evidence.json").write_bytes(data)  # the command a recipient runs
+    checked = cli_in_process("evidence", "verify", str(tmp_path / "evidence.json"),
+                             "--public-key", str(gw.folder / "audit.pub"))
+    assert "signature valid" in checked
     assert bundle["principal"] == "mallory" and bundle["chain"]["ok"] is True
     assert bundle["chain"]["head"]["signature"] == "verified"
     assert bundle["chain"]["records_checked"] == len(bundle["records"]) > 50

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..audit.chain import Row, hash_of, us_to_iso
 from ..audit.store import AuditStore, Query
+from ..watermark.bundle import INVESTIGATION_TYPE
 from .chain_status import check_head, check_window
 from .chain_verify import ACTION as VERIFY_ACTION
 
@@ -29,7 +30,6 @@ ACK, RESOLVE = "console:alert-ack", "console:alert-resolve"
 #: The alerts the gateway records: the monitor's, a budget's, a download's, privacy's
 ALERT_ACTIONS = ("alert:monitor", "alert:budget", "alert:download", "alert:privacy")
 STATE_OF = {ACK: "acknowledged", RESOLVE: "resolved"}
-EVIDENCE_TYPE = "modelfence.investigation.evidence"
 _HISTORY = 400  # answers on a principal's risk plot
 _EVIDENCE_RECORDS = 5000  # a principal's newest records in a bundle
 
@@ -131,7 +131,7 @@ async def evidence(store: AuditStore, *, model: str, principal: str,
     rows.reverse()
     found = await alerts(store, limit=100, principal=principal, model=model)
     return {
-        "type": EVIDENCE_TYPE, "version": 1,
+        "type": INVESTIGATION_TYPE, "version": 1,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "exported_by": exported_by, "model": model, "principal": principal,
         "explanation": explanation,

@@ -29,6 +29,10 @@ from ..audit.checkpoint import key_id
 from ..errors import ConfigurationError
 
 BUNDLE_TYPE = "modelfence.ownership.evidence"
+#: An investigation's evidence from the console (a principal's alerts, the monitor's
+#: explanation and audit records), signed the same way and checked by the same command.
+INVESTIGATION_TYPE = "modelfence.investigation.evidence"
+BUNDLE_TYPES = (BUNDLE_TYPE, INVESTIGATION_TYPE)
 EDITED = "signature does not match: the bundle was edited"
 NOT_CANONICAL = ("the file is not byte for byte the canonical (RFC 8785) form of its content: "
                  "it was re-formatted or edited after signing")
@@ -154,7 +158,7 @@ def parse(data: bytes, source: str) -> dict[str, Any]:
         if looks_like:
             raise Damaged(f"{source}: damaged: not a JSON object")
         raise ConfigurationError(f"{source}: not a modelfence evidence bundle")
-    if doc.get("type") != BUNDLE_TYPE:
+    if doc.get("type") not in BUNDLE_TYPES:
         if "signature" in doc or looks_like:
             raise Damaged(f"{source}: damaged: its type is {str(doc.get('type'))[:80]!r}, "
                           f"not {BUNDLE_TYPE!r}")
