@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -243,7 +245,9 @@ def stub() -> Iterator[UpstreamStub]:
         yield running
 
 
-def serve(folder: Path, stub: UpstreamStub, **tracing_settings: Any) -> Iterator[Served]:
+def serve(folder: Path, stub: UpstreamStub, *, otlp: bool = False, **tracing_settings: Any
+          ) -> Iterator[Served]:
+    """A gateway exporting to an in-memory exporter, or (`otlp`) over OTLP/HTTP as configured."""
     doc = {"server": {"admin_listen": None},
            "stores": {"keys": f"sqlite:///{folder / 'keys.db'}"},
            "audit": {"sink": "none://", "disabled_acknowledged": True},
@@ -255,7 +259,8 @@ def serve(folder: Path, stub: UpstreamStub, **tracing_settings: Any) -> Iterator
                           "connect_timeout_s": 0.5, "timeout_s": 1}}]}
     settings = settings_from_mapping(doc)
     exporter = InMemorySpanExporter()
-    gw = build_gateway(settings, tracing=Tracing(settings.tracing, exporter=exporter))
+    gw = build_gateway(settings, tracing=None if otlp else Tracing(settings.tracing,
+                                                                   exporter=exporter))
     app = build_app(settings, gateway=gw)
     with TestClient(app) as client:
         admin = TestClient(app.state.admin_app)
@@ -351,3 +356,20 @@ def test_an_upstream_that_cannot_be_reached_is_an_error_span(served: Served) -> 
     server = next(s for s in served.spans() if s.kind == SpanKind.SERVER)
     assert (server.attributes or {})["http.response.status_code"] == 502
     assert server.status.status_code == StatusCode.ERROR
+
+
+def test_a_collector_that_is_down_holds_up_no_request(
+        env: None, tmp_path: Path, stub: UpstreamStub) -> None:
+    """Spans leave from the exporter's thread: with a collector that takes the connection and
+    never answers, the answers are as usual, and stopping waits about the export timeout."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)  # connections wait in the backlog; nothing is ever read or answered
+        began = time.monotonic()
+        for down in serve(tmp_path, stub, otlp=True, export_timeout_s=0.5,
+                          endpoint=f"http://127.0.0.1:{hung.getsockname()[1]}/v1/traces"):
+            for _ in range(5):
+                took = time.monotonic()
+                assert down.infer() == 200
+                assert time.monotonic() - took < 0.4
+        assert time.monotonic() - began < 5
