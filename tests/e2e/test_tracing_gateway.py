@@ -126,6 +126,21 @@ def test_an_llm_chat_is_traced_to_its_upstream(setup: Setup) -> None:
     assert sent["_traceparent"].split("-")[2] == upstream.span_id
 
 
+def test_a_streamed_chat_is_one_server_span_until_its_end(setup: Setup) -> None:
+    with httpx.stream("POST", f"{setup.gateway.url}/v1/chat/completions", json={
+            "model": "chat", "stream": True, "messages": [{"role": "user", "content": PROMPT}]},
+            headers={"Authorization": f"Bearer {setup.key}"}, timeout=10) as answer:
+        assert answer.status_code == 200
+        events = [line for line in answer.iter_lines() if line.startswith("data:")]
+    assert events[-1] == "data: [DONE]"
+    trace_id = setup.llm.received[-1]["_traceparent"].split("-")[1]
+    spans = trace_of(setup.receiver.wait_for(
+        complete(trace_id, "POST /v1/chat/completions")), trace_id)
+    server, _ = check_tree(spans, "POST /v1/chat/completions")
+    assert server.attributes["http.response.status_code"] == 200
+    assert server.attributes["modelfence.decision"] == "allow"
+
+
 def test_an_admin_request_has_its_span(setup: Setup) -> None:
     answer = httpx.get(f"{setup.gateway.admin_url}/admin/keys",
                        headers={"Authorization": f"Bearer {setup.gateway.admin_token}"})
