@@ -122,12 +122,13 @@ async def risk_history(store: AuditStore, model: str, principal: str
 
 async def evidence(store: AuditStore, *, model: str, principal: str,
                    explanation: dict[str, Any], public_key: Ed25519PublicKey | None,
-                   exported_by: str) -> dict[str, Any]:
+                   exported_by: str, model_only: bool = False) -> dict[str, Any]:
     """The bundle an engineer hands on: the principal's alerts, the monitor's explanation,
     its audit records (each with its hashes and whether its hash holds) and what the chain
-    says about them (`chain_report`)."""
-    rows = await store.select(Query(principal=principal, limit=_EVIDENCE_RECORDS,
-                                    newest_first=True))
+    says about them (`chain_report`). Its records are of every model, or of `model` alone
+    with `model_only` (an admin limited to some models sees no other model's records)."""
+    rows = await store.select(Query(principal=principal, model=model if model_only else None,
+                                    limit=_EVIDENCE_RECORDS, newest_first=True))
     rows.reverse()
     found = await alerts(store, limit=100, principal=principal, model=model)
     return {

@@ -127,14 +127,20 @@ class HoldingPages:
     async def _tenant_check(self, session: ConsoleSession, principal: str, tenant: str
                             ) -> str:
         """The principal's tenant (as given, else from its newest audit record); a
-        tenant-scoped admin may look up its tenants' principals only."""
+        tenant-scoped admin may look up its tenants' principals only, so for it the tenant
+        is always the recorded one: naming its own tenant for another's principal is
+        refused, as is a principal with no record."""
+        scoped = "*" not in session.tenants
         audit = self._books.audit
-        if not tenant and audit is not None:
+        recorded = ""
+        if (scoped or not tenant) and audit is not None:
             rows = await audit.select(Query(principal=principal, newest_first=True, limit=1))
-            tenant = (rows[0].tenant or "") if rows else ""
-        if "*" not in session.tenants and not session.covers_tenant(tenant or None):
+            recorded = (rows[0].tenant or "") if rows else ""
+        if not scoped:
+            return tenant or recorded
+        if not session.covers_tenant(recorded or None) or tenant not in ("", recorded):
             raise Forbidden(f"{session.admin} may look up principals of its tenants only")
-        return tenant
+        return recorded
 
     def _models(self, session: ConsoleSession, models: list[str]) -> list[str]:
         return [m for m in models if session.covers(m)]

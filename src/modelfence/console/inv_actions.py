@@ -27,8 +27,8 @@ from ..watermark import bundle
 from . import casefile
 from .app import NavLink
 from .headers import SECURITY_HEADERS
-from .investigate import Investigation, InvestigationPages, explain, may_see, principal_url
-from .kit import Posted
+from .investigate import MAX_SEQ, Investigation, InvestigationPages, explain, may_see, principal_url
+from .kit import Posted, whole
 
 PIN_HOURS = (1, 24, 168, 720)  # the durations the principal page offers
 _RECENT_MAX = 1000
@@ -85,7 +85,7 @@ class InvestigationActions:
         if band not in starts or starts[band] <= 0.0:
             return await self._refuse(posted, request, "console:pin", 400,
                                       "choose a band above the model's lowest", target)
-        if not hours.isdigit() or int(hours) not in PIN_HOURS:
+        if whole(hours, max(PIN_HOURS)) not in PIN_HOURS:
             return await self._refuse(posted, request, "console:pin", 400,
                                       f"a pin lasts one of {PIN_HOURS} hours", target)
         until = inv.kit.clock() + min(int(hours) * 3600.0, MAX_PIN_S)
@@ -134,9 +134,10 @@ class InvestigationActions:
         if not isinstance(posted, Posted):
             return posted
         seq = posted.form.get("seq", "")
+        position = whole(seq, MAX_SEQ - 1)
         store = inv.store
-        alert = (await casefile.alert_by_seq(store, int(seq))
-                 if store is not None and seq.isdigit() and 0 < int(seq) < 2**62 else None)
+        alert = (await casefile.alert_by_seq(store, position)
+                 if store is not None and position else None)
         if alert is None or not may_see(posted.session, alert):
             return await self._refuse(posted, request, action, 404, "no such alert",
                                       f"alert:{seq[:20]}")
@@ -196,7 +197,8 @@ class InvestigationActions:
                                                          "until": _iso(pin.until)}}
         doc = await casefile.evidence(store, model=model, principal=principal,
                                       explanation=explanation, public_key=inv.public_key,
-                                      exported_by=posted.session.admin)
+                                      exported_by=posted.session.admin,
+                                      model_only="*" not in posted.session.models)
         await inv.kit.record("console:export-evidence", posted.session.admin, 200, request,
                              target=f"{model}/{principal}",
                              details={"records": len(doc["records"]),

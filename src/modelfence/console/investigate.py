@@ -30,12 +30,13 @@ from ..monitor.score import Kind, Risk
 from ..monitor.service import MonitorService
 from . import casefile
 from .app import NavLink
-from .kit import ConsoleKit
+from .kit import ConsoleKit, whole
 from .plot import risk_plot
 from .session import ConsoleSession
 
 RECENT_S = 10.0  # an action shows at once here; from the log (every replica) after a flush
 MAX_PAGE = 200  # deepest ranking page: past it, a caller is no lead worth following
+MAX_SEQ = 2**62  # highest audit record position a query or form may name
 _KINDS: tuple[Kind, ...] = ("principal", "tenant")
 
 
@@ -123,6 +124,7 @@ class InvestigationPages:
         session = inv.kit.page(request, "risk:read")
         if isinstance(session, Response):
             return session
+        keep = await inv.principal_filter(session)  # a tenant's admin: its principals' pins
         rows = []
         for model in inv.models(session):
             assert inv.monitor is not None
@@ -138,7 +140,8 @@ class InvestigationPages:
                                    for (start, name), n in zip(bands, counts, strict=True)],
                          "pins": [{"principal": p.principal, "band": p.band, "by": p.by,
                                    "until": utc(p.until)}
-                                  for p in inv.monitor.pins.live() if p.model == model]})
+                                  for p in inv.monitor.pins.live()
+                                   if p.model == model and (keep is None or keep(p.principal))]})
         return inv.kit.render("inv-models.html", title="Models and their bands",
                               session=session, models=rows)
 
@@ -152,12 +155,12 @@ class InvestigationPages:
         if model is None or inv.monitor is None:
             return inv.not_found(session, "no such monitored model")
         kind = q.get("kind", "principal")
-        page = q.get("page", "0")
-        if kind not in _KINDS or not page.isdigit() or int(page) >= MAX_PAGE:
+        n = whole(q.get("page", "0"), MAX_PAGE - 1)
+        if kind not in _KINDS or n is None:
             return inv.kit.render("denied.html", 400, session=session, title="Bad request",
                                   message=f"kind is principal or tenant; page 0 to "
                                           f"{MAX_PAGE - 1}")
-        n, size = int(page), inv.kit.page_size
+        size = inv.kit.page_size
         keep = (await inv.principal_filter(session) if kind == "principal" else
                 None if "*" in session.tenants else session.covers_tenant)
         top = inv.monitor.monitors[model].top(kind, (n + 1) * size, keep)
@@ -202,12 +205,13 @@ class InvestigationPages:
             return session
         store = inv.store
         before = request.query_params.get("before")
-        if before is not None and not before.isdigit():
+        position = whole(before, MAX_SEQ)
+        if before is not None and not position:
             return inv.kit.render("denied.html", 400, session=session, title="Bad request",
                                   message="before is a record number")
         found: list[casefile.AlertView] = []
         if store is not None:
-            upto = int(before) - 1 if before else None
+            upto = position - 1 if position else None
             found = await inv.alerts(store, limit=inv.kit.page_size, upto_seq=upto)
         size = len(found)
         shown = [a for a in found if may_see(session, a)]

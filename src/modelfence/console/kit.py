@@ -105,6 +105,15 @@ class ConsoleKit:
         await self.record_hook(action, admin, status, request, target, details)
 
 
+def whole(text: str | None, high: int) -> int | None:
+    """`text` as a whole number from 0 to `high`, or None: ASCII digits only, since
+    `str.isdigit` takes "²" and "٣" and `int` refuses the one and reads the other."""
+    if not text or len(text) > 19 or not text.isascii() or not text.isdigit():
+        return None
+    n = int(text)
+    return n if n <= high else None
+
+
 def to_login() -> RedirectResponse:
     return RedirectResponse("/console/login", status_code=303, headers=SECURITY_HEADERS)
 

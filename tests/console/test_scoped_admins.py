@@ -1,0 +1,185 @@
+"""A scoped admin in the console, tried as an attacker would: what it may not see stays
+out of its pages and downloads, and hostile numbers in a query or form are a 4xx, never an
+unhandled error. Real SQLite audit log, budget store and pin book; the monitor is a stub
+with two models and two bands."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.testclient import TestClient
+
+from modelfence.audit.record import event_record
+from modelfence.audit.sinks import audit_sink_from_url, audit_store_of
+from modelfence.config import Budget
+from modelfence.config.audit import AuditSettings
+from modelfence.console.holdings import Books, HoldingPages
+from modelfence.console.inv_actions import investigation_routes
+from modelfence.console.investigate import Investigation
+from modelfence.console.kit import ConsoleKit
+from modelfence.console.session import COOKIE_NAME, SessionSigner
+from modelfence.monitor.pins import Pin, PinBook
+from modelfence.monitor.verdict import Risk
+from modelfence.quota.budgets import SqliteBudgetStore, budget_key, period_bounds
+
+SECRET = b"r" * 32
+BANDS = [(0.0, "full"), (0.5, "labels")]
+
+
+@dataclass
+class _Key:
+    key_id: str
+    principal: str
+    tenant: str | None
+    models: tuple[str, ...] = ()
+
+
+class _Keys:
+    """The key store as the investigation reads it: mallory of t1, eve of t2."""
+
+    async def records(self) -> list[_Key]:
+        return [_Key("k1", "mallory", "t1", ("m",)), _Key("k2", "eve", "t2", ("m",))]
+
+
+class _Table:
+    """A model's monitor table with nobody in it (the pages here read pins and records)."""
+
+    def standing(self, kind: str) -> list[Risk]:
+        return []
+
+    def count(self, kind: str) -> int:
+        return 0
+
+
+class _Monitor:
+    """Two monitored models, `m` and `secret`, each with a full and a labels band."""
+
+    def __init__(self) -> None:
+        self.monitors = {"m": _Table(), "secret": _Table()}
+        self.pins = PinBook()
+
+    def bands(self, model: str) -> list[tuple[float, str]]:
+        return list(BANDS)
+
+    def band(self, model: str, score: float) -> str:
+        return "labels" if score >= 0.5 else "full"
+
+    def risk(self, model: str, principal: str) -> Risk:
+        return Risk(0.3, False, 10)
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> Iterator[tuple[TestClient, ConsoleKit, _Monitor]]:
+    async def record(action: str, admin: str, status: int, request: Request,
+                     target: str | None, details: Any) -> None:
+        return None
+
+    kit = ConsoleKit(SessionSigner(SECRET, lifetime_s=600), record, page_size=10)
+    sink = audit_sink_from_url(f"sqlite:///{tmp_path}/audit.db",
+                               AuditSettings(durability="strict"))
+    budgets = SqliteBudgetStore(tmp_path / "budgets.db")
+    monitor = _Monitor()
+    inv = Investigation(kit, cast(Any, monitor), cast(Any, _Keys()), sink)
+    store = audit_store_of(sink)
+    books = Books(models=["m", "secret"], budgets=[Budget(queries=10, period="day")],
+                  budget_store=budgets, audit=store)
+    routes, _ = investigation_routes(inv)
+    app = Starlette(routes=[*routes, *HoldingPages(kit, books).routes()])
+
+    async def setup() -> None:
+        await sink.open()
+        await budgets.open()
+        for model in ("m", "secret"):
+            await sink.write(event_record(action="infer", reason="answered",
+                                          principal="mallory", tenant="t1", model=model))
+        await sink.write(event_record(action="alert:monitor", reason="ood", principal="mallory",
+                                      tenant="t1", model="m", risk=0.8))
+        await sink.write(event_record(action="infer", reason="answered", principal="eve",
+                                      tenant="t2", model="m"))
+        period, _ = period_bounds("day", datetime.now(UTC))
+        await budgets.reserve(budget_key(0, "eve", "m", period), 7, 7, None, None)
+        await monitor.pins.put(Pin("m", "eve", "labels", 0.5, time.time() + 3600, "ops"))
+
+    async def teardown() -> None:
+        await sink.close()
+        await budgets.close()
+
+    with TestClient(app, base_url="http://testserver") as c:
+        c.portal.call(setup)  # type: ignore[union-attr]
+        yield c, kit, monitor
+        c.portal.call(teardown)  # type: ignore[union-attr]
+
+
+def _login(c: TestClient, kit: ConsoleKit, *, models: set[str], tenants: set[str],
+           scopes: frozenset[str] = frozenset({"risk:read", "risk:write", "alerts:read",
+                                               "alerts:write"})) -> str:
+    cookie, session = kit.signer.issue(admin="desk", scopes=scopes, models=frozenset(models),
+                                       tenants=frozenset(tenants), now=int(time.time()))
+    c.cookies.set(COOKIE_NAME, cookie)
+    return kit.signer.csrf_token(session)
+
+
+HOSTILE = ["²", "٣", "9" * 5000, "-1", "1e3", ""]
+
+
+def test_hostile_numbers_in_queries_and_forms_are_4xx(console: Any) -> None:
+    c, kit, _ = console
+    csrf = _login(c, kit, models={"*"}, tenants={"*"})
+    for bad in HOSTILE:
+        for path, params in (("/console/ranking", {"model": "m", "page": bad}),
+                             ("/console/alerts", {"before": bad})):
+            if bad == "" and path == "/console/alerts":
+                continue  # an empty cursor is the first page
+            if bad == "" and path == "/console/ranking":
+                continue
+            r = c.get(path, params=params)
+            assert r.status_code == 400, (path, bad[:10], r.status_code)
+        for path, form in (("/console/alerts/ack", {"seq": bad}),
+                           ("/console/principal/pin", {"model": "m", "principal": "mallory",
+                                                       "band": "labels", "hours": bad})):
+            r = c.post(path, data={"csrf": csrf, **form}, follow_redirects=False)
+            assert 400 <= r.status_code < 500, (path, bad[:10], r.status_code)
+    assert c.post("/console/alerts/ack", data={"csrf": csrf, "seq": "\u0660"}).status_code == 404
+
+
+def test_a_model_scoped_evidence_bundle_holds_no_record_of_other_models(console: Any) -> None:
+    c, kit, _ = console
+    csrf = _login(c, kit, models={"m"}, tenants={"*"})
+    r = c.post("/console/principal/evidence",
+               data={"csrf": csrf, "model": "m", "principal": "mallory"})
+    assert r.status_code == 200, r.text
+    doc = orjson.loads(r.content)
+    models = {rec["record"]["model"] for rec in doc["records"]}
+    assert models == {"m"}, models  # mallory's calls on "secret" are not this admin's
+
+
+def test_a_tenant_scoped_admin_sees_no_pin_of_another_tenant(console: Any) -> None:
+    c, kit, _ = console
+    _login(c, kit, models={"*"}, tenants={"t1"})
+    page = c.get("/console/models")
+    assert page.status_code == 200
+    assert "eve" not in page.text  # eve (t2) is pinned, but not this admin's to see
+    _login(c, kit, models={"*"}, tenants={"*"})
+    assert "eve" in c.get("/console/models").text
+
+
+def test_a_tenant_scoped_admin_cannot_name_its_own_tenant_for_another_s_principal(
+        console: Any) -> None:
+    c, kit, _ = console
+    _login(c, kit, models={"*"}, tenants={"t1"})
+    for path in ("/console/budgets", "/console/watermarks"):
+        assert c.get(path, params={"principal": "eve"}).status_code == 403
+        r = c.get(path, params={"principal": "eve", "tenant": "t1"})
+        assert r.status_code == 403, (path, r.status_code)
+        assert "7 queries" not in r.text
+    own = c.get("/console/budgets", params={"principal": "mallory", "tenant": "t1"})
+    assert own.status_code == 200
