@@ -346,6 +346,10 @@ def test_a_callers_traceparent_is_continued_when_honoured(
         assert honoured.spans() == []
         sent = stub.infer_requests("ok")[-1].traceparent
         assert sent is not None and sent.endswith("-00")
+        # a malformed one is ignored: a trace of the gateway's own
+        assert honoured.infer({"traceparent": f"00-{CALLER_TRACE}-zz-01"}) == 200
+        server = next(s for s in honoured.spans() if s.kind == SpanKind.SERVER)
+        assert server.parent is None and f"{server.context.trace_id:032x}" != CALLER_TRACE
 
 
 def test_an_upstream_that_cannot_be_reached_is_an_error_span(served: Served) -> None:
