@@ -21,7 +21,7 @@ from typing import Protocol
 from ..config.siem import SiemSettings
 from ..errors import ConfigurationError, DeliveryError
 from ..kernel.metrics import GatewayMetrics
-from .spool import Spool
+from .spool import PRIVATE_DIR, Spool
 
 log = logging.getLogger("modelfence.siem")
 
@@ -72,7 +72,7 @@ class Outbox:
 
     def check(self) -> None:
         try:
-            self.spool.folder.mkdir(parents=True, exist_ok=True)
+            self.spool.folder.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         except OSError as exc:
             raise self._refused(exc) from None
         if not os.access(self.spool.folder, os.W_OK | os.X_OK):

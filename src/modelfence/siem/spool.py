@@ -36,6 +36,7 @@ MAGIC = b"MFSIEM01"
 HEADER = 16
 PATTERN = "spool-*.log"
 TMP_STALE_S = 60.0
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600  # alerts name principals: no other user reads them
 
 
 def _header(offset: int) -> bytes:
@@ -87,7 +88,7 @@ class Spool:
     # opening -----------------------------------------------------------------------------
 
     def open(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         self._remove_stale_tmp()
         self._file, self.path = self._new_segment([])
         adopted: list[tuple[Path, BinaryIO]] = []
@@ -123,7 +124,8 @@ class Spool:
         """A locked segment holding `records`, renamed into place (see the module's doc)."""
         name = self.path or self.folder / f"spool-{uuid.uuid4().hex}.log"
         tmp = self.folder / f"{name.name}.{uuid.uuid4().hex[:8]}.tmp"
-        f = tmp.open("w+b")
+        # the gateway user's alone (alerts name principals), whatever the umask
+        f = os.fdopen(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE_FILE), "w+b")
         _locked(f)  # a fresh file: nobody else has it
         f.write(_header(HEADER) + b"".join(r + b"\n" for r in records))
         self._sync(f)
