@@ -26,6 +26,7 @@ from modelfence.console.holdings import Books, HoldingPages
 from modelfence.console.inv_actions import investigation_routes
 from modelfence.console.investigate import Investigation
 from modelfence.console.kit import ConsoleKit
+from modelfence.console.reports import ReportPages
 from modelfence.console.session import COOKIE_NAME, SessionSigner
 from modelfence.monitor.pins import Pin, PinBook
 from modelfence.monitor.verdict import Risk
@@ -177,9 +178,29 @@ def test_a_tenant_scoped_admin_cannot_name_its_own_tenant_for_another_s_principa
     c, kit, _ = console
     _login(c, kit, models={"*"}, tenants={"t1"})
     for path in ("/console/budgets", "/console/watermarks"):
-        assert c.get(path, params={"principal": "eve"}).status_code == 403
+        assert c.get(path, params={"principal": "zelda-of-t2"}).status_code == 403
         r = c.get(path, params={"principal": "eve", "tenant": "t1"})
         assert r.status_code == 403, (path, r.status_code)
         assert "7 queries" not in r.text
     own = c.get("/console/budgets", params={"principal": "mallory", "tenant": "t1"})
     assert own.status_code == 200
+
+
+def test_a_scoped_admin_reads_no_report(tmp_path: Path) -> None:
+    """Reports and bundles are not labelled with the models and tenants they tell of."""
+    async def record(action: str, admin: str, status: int, request: Request,
+                     target: str | None, details: Any) -> None:
+        return None
+
+    (tmp_path / "evidence-other-tenant.json").write_text('{"principal": "zelda-of-t2"}')
+    kit = ConsoleKit(SessionSigner(SECRET, lifetime_s=600), record)
+    app = Starlette(routes=ReportPages(kit, tmp_path).routes())
+    with TestClient(app, base_url="http://testserver") as c:
+        for models, tenants in (({"m"}, {"*"}), ({"*"}, {"t1"})):
+            _login(c, kit, models=models, tenants=tenants, scopes=frozenset({"audit:read"}))
+            listing = c.get("/console/reports")
+            assert listing.status_code == 403 and "evidence-other" not in listing.text
+            r = c.get("/console/reports/evidence-other-tenant.json")
+            assert r.status_code == 403 and "zelda-of-t2" not in r.text
+        _login(c, kit, models={"*"}, tenants={"*"}, scopes=frozenset({"audit:read"}))
+        assert c.get("/console/reports/evidence-other-tenant.json").status_code == 200

@@ -32,6 +32,7 @@ from starlette.routing import BaseRoute, Route
 from ..errors import BadRequest, NotFound, RequestError
 from .headers import SECURITY_HEADERS
 from .kit import ConsoleKit
+from .session import ConsoleSession
 
 REPORTS_SCOPE = "audit:read"
 MAX_LISTED = 2000
@@ -127,8 +128,18 @@ class ReportPages:
         return [Route("/console/reports", self.listing, methods=["GET"]),
                 Route("/console/reports/{name:path}", self.download, methods=["GET"])]
 
-    async def listing(self, request: Request) -> Response:
+    def _session(self, request: Request) -> ConsoleSession | Response:
+        """The session of an admin of every model and tenant: a report or bundle is not
+        labelled with the models and tenants it tells of, so a scoped admin reads none."""
         session = self._kit.page(request, REPORTS_SCOPE)
+        if isinstance(session, Response) or ("*" in session.models
+                                             and "*" in session.tenants):
+            return session
+        return self._kit.render("denied.html", 403, session=session, title="Not allowed",
+                                message="reports are for admins of every model and tenant")
+
+    async def listing(self, request: Request) -> Response:
+        session = self._session(request)
         if isinstance(session, Response):
             return session
         if self._folder is None:
@@ -144,7 +155,7 @@ class ReportPages:
                                 files=files)
 
     async def download(self, request: Request) -> Response:
-        session = self._kit.page(request, REPORTS_SCOPE)
+        session = self._session(request)
         if isinstance(session, Response):
             return session
         name = request.path_params["name"]
