@@ -5,23 +5,29 @@ kernel spreads them over both workers, which the test checks from the files each
 writes in the shared metrics folder); each scrape, also on a connection of its own, must
 count all N, with the duration histogram by model agreeing. After SIGHUP (what a policy
 reload does with several workers: granian respawns them all) the counts stay and the gauges
-of the workers that stopped leave the answer.
+of the workers that stopped leave the answer. With the monitor shared through Redis, the
+gauges measured at each scrape (callers flagged, principals per band) are the same whichever
+worker answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import secrets
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..support import Gateway, descendants
+from ..support import Gateway, descendants, infer_body
 from .test_admin_listener import BODY, skops_model
+from .test_monitor_gateway import monitored_gateway, thief_rows
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -142,3 +148,43 @@ async def test_every_scrape_counts_every_workers_requests(tmp_path: Path,
 def _values(samples: Samples, name: str, **labels: Any) -> list[float]:
     want = set(labels.items())
     return [v for (n, ls), v in samples.items() if n == name and want <= set(ls)]
+
+
+@pytest.mark.redis
+async def test_flagged_callers_are_counted_alike_by_every_worker(
+        tmp_path: Path, digits_files: dict[str, Path], redis_url: str) -> None:
+    prefix = f"mftest:{secrets.token_hex(4)}:"
+    gw = monitored_gateway(tmp_path / "gw", digits_files,
+                           extra_monitor={"shared": redis_url, "key_prefix": prefix})
+    gw.extra["server"] = {"host": "127.0.0.1", "port": gw.port, "workers": 2,
+                          "admin_listen": f"127.0.0.1:{gw.admin_port}"}
+    gw.start()
+    try:
+        await workers_up(gw, 2)
+        thief = gw.key(principal="mallory", tenant="shady")
+        for row in thief_rows(60):  # a new connection each: both workers see the thief
+            async with aiohttp.ClientSession() as s, s.post(
+                    f"{gw.url}/v2/models/digits/infer", json=infer_body([row.tolist()]),
+                    headers={"Authorization": f"Bearer {thief}", "Connection": "close"}) as r:
+                assert r.status == 200
+                if (await r.json())["parameters"]["shaping"] == "labels":
+                    break
+        else:
+            raise AssertionError("the thief was never moved to labels only")
+        flagged = {"model": "digits", "kind": "principal"}
+        deadline = time.monotonic() + 10
+        while total(await scrape(gw), "modelfence_monitor_flagged", **flagged) < 1:
+            assert time.monotonic() < deadline, "no worker counts the thief"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.5)  # the other worker applies the last observations too
+        for _ in range(10):
+            samples = await scrape(gw)
+            assert _values(samples, "modelfence_monitor_flagged", **flagged) == [1.0]
+            assert _values(samples, "modelfence_monitor_band_principals", model="digits",
+                           band="labels") == [1.0]
+    finally:
+        gw.stop()
+        client = redis.Redis.from_url(redis_url)
+        for k in client.scan_iter(match=f"{prefix}*"):
+            client.delete(k)
+        client.close()
