@@ -33,6 +33,8 @@ class LoginResult:
     tenants: frozenset[str]
 
 
+_EVERY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
 Authenticate = Callable[[str, Request], Awaitable[LoginResult]]
 
 
@@ -63,7 +65,14 @@ class Console:
                 Route("/console/logout", self.logout, methods=["POST"]),
                 Route("/console/", self.overview, methods=["GET"]),
                 Route("/console", self.overview, methods=["GET"]),
-                *StaticFiles().routes(), *self._pages]
+                *StaticFiles().routes(), *self._pages,
+                Route("/console/{rest:path}", self.missing, methods=_EVERY_METHOD)]
+
+    async def missing(self, request: Request) -> Response:
+        """Any other /console path or method: a 404 page with the console's headers (the
+        listener's own 404 and 405 answers carry none)."""
+        return self._kit.render("denied.html", 404, session=self._kit.signed_in(request),
+                                title="Not found", message="no such console page")
 
     async def login_form(self, request: Request) -> Response:
         return self._kit.render("login.html", title="Log in", session=None)
