@@ -196,7 +196,7 @@ class InvestigationPages:
             back="principal",
             bands=bands, keys=keys, plot=risk_plot(series, bands),
             points=casefile.series_table(series)[:50], alerts=alerts,
-            audited=store is not None, url=principal_url(model, principal))
+            audited=store is not None)
 
     async def alerts(self, request: Request) -> Response:
         inv = self.inv
@@ -217,8 +217,7 @@ class InvestigationPages:
         shown = [a for a in found if may_see(session, a)]
         return inv.kit.render("inv-alerts.html", title="Alerts", session=session,
                               alerts=shown, audited=store is not None,
-                              next_before=found[-1].seq if size == inv.kit.page_size else None,
-                              url=principal_url)
+                              next_before=found[-1].seq if size == inv.kit.page_size else None)
 
 
 def may_see(session: ConsoleSession, alert: casefile.AlertView) -> bool:
