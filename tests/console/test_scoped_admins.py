@@ -42,13 +42,20 @@ class _Key:
     principal: str
     tenant: str | None
     models: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    description: str | None = None
+    attributes: dict[str, str] | None = None
 
 
 class _Keys:
-    """The key store as the investigation reads it: mallory of t1, eve of t2."""
+    """The key store as the investigation reads it: mallory of t1 (and of t2), eve of t2."""
 
     async def records(self) -> list[_Key]:
-        return [_Key("k1", "mallory", "t1", ("m",)), _Key("k2", "eve", "t2", ("m",))]
+        return [_Key("k1", "mallory", "t1", ("m",)), _Key("k2", "eve", "t2", ("m",)),
+                _Key("k3", "mallory", "t2", ("m",))]
 
 
 class _Table:
@@ -104,6 +111,8 @@ def console(tmp_path: Path) -> Iterator[tuple[TestClient, ConsoleKit, _Monitor]]
                                           principal="mallory", tenant="t1", model=model))
         await sink.write(event_record(action="alert:monitor", reason="ood", principal="mallory",
                                       tenant="t1", model="m", risk=0.8))
+        await sink.write(event_record(action="alert:monitor", reason="ood", principal="mallory",
+                                      tenant="t2", model="m", risk=0.9))
         await sink.write(event_record(action="infer", reason="answered", principal="eve",
                                       tenant="t2", model="m"))
         period, _ = period_bounds("day", datetime.now(UTC))
@@ -204,3 +213,13 @@ def test_a_scoped_admin_reads_no_report(tmp_path: Path) -> None:
             assert r.status_code == 403 and "zelda-of-t2" not in r.text
         _login(c, kit, models={"*"}, tenants={"*"}, scopes=frozenset({"audit:read"}))
         assert c.get("/console/reports/evidence-other-tenant.json").status_code == 200
+
+
+def test_a_principal_page_shows_a_tenant_s_admin_only_its_tenant_s_keys_and_alerts(
+        console: Any) -> None:
+    c, kit, _ = console
+    _login(c, kit, models={"*"}, tenants={"t1"})
+    page = c.get("/console/principal", params={"model": "m", "id": "mallory"})
+    assert page.status_code == 200, page.text
+    assert "k1" in page.text and ">t1<" in page.text
+    assert "k3" not in page.text and ">t2<" not in page.text  # mallory's key and alert in t2

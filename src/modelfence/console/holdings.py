@@ -127,20 +127,23 @@ class HoldingPages:
     async def _tenant_check(self, session: ConsoleSession, principal: str, tenant: str
                             ) -> str:
         """The principal's tenant (as given, else from its newest audit record); a
-        tenant-scoped admin may look up its tenants' principals only, so for it the tenant
-        is always the recorded one: naming its own tenant for another's principal is
-        refused, as is a principal with no record."""
+        tenant-scoped admin may look up its tenants' principals only: the tenant it names
+        (or the newest record's) must be one of its own and appear in a record of the
+        principal, so naming its own tenant for another's principal is refused."""
         scoped = "*" not in session.tenants
-        audit = self._books.audit
-        recorded = ""
-        if (scoped or not tenant) and audit is not None:
-            rows = await audit.select(Query(principal=principal, newest_first=True, limit=1))
-            recorded = (rows[0].tenant or "") if rows else ""
-        if not scoped:
-            return tenant or recorded
-        if not session.covers_tenant(recorded or None) or tenant not in ("", recorded):
+        if scoped and tenant and not session.covers_tenant(tenant):
             raise Forbidden(f"{session.admin} may look up principals of its tenants only")
-        return recorded
+        audit = self._books.audit
+        if scoped and audit is None:  # no record to tell the principal's tenant by
+            raise Forbidden(f"{session.admin} may look up principals of its tenants only, "
+                            "and without a chained audit log their tenant is unknown")
+        if audit is not None and (scoped or not tenant):
+            rows = await audit.select(Query(principal=principal, tenant=tenant or None,
+                                            newest_first=True, limit=1))
+            tenant = (rows[0].tenant or "") if rows else ""
+        if scoped and not session.covers_tenant(tenant or None):
+            raise Forbidden(f"{session.admin} may look up principals of its tenants only")
+        return tenant
 
     def _models(self, session: ConsoleSession, models: list[str]) -> list[str]:
         return [m for m in models if session.covers(m)]

@@ -183,11 +183,13 @@ class InvestigationPages:
             return inv.not_found(session, "no such principal on a model you may see")
         risk = inv.monitor.risk(model, principal)
         pin = inv.monitor.pins.get(model, principal)
-        keys = [public_view(r) for r in await inv.keys.records() if r.principal == principal]
+        keys = [public_view(r) for r in await inv.keys.records()
+                if r.principal == principal and session.covers_tenant(r.tenant)]
         store = inv.store
         series = [] if store is None else await casefile.risk_history(store, model, principal)
         alerts = ([] if store is None or not session.allows("alerts:read") else
-                  await inv.alerts(store, limit=20, principal=principal, model=model))
+                  [a for a in await inv.alerts(store, limit=20, principal=principal,
+                                                model=model) if may_see(session, a)])
         bands = inv.monitor.bands(model)
         return inv.kit.render(
             "inv-principal.html", title=f"Principal {principal} on {model}", session=session,
