@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -245,10 +246,10 @@ def stub() -> Iterator[UpstreamStub]:
         yield running
 
 
-def serve(folder: Path, stub: UpstreamStub, *, otlp: bool = False, **tracing_settings: Any
-          ) -> Iterator[Served]:
+def serve(folder: Path, stub: UpstreamStub, *, otlp: bool = False, grpc_port: int | None = None,
+          **tracing_settings: Any) -> Iterator[Served]:
     """A gateway exporting to an in-memory exporter, or (`otlp`) over OTLP/HTTP as configured."""
-    doc = {"server": {"admin_listen": None},
+    doc = {"server": {"admin_listen": None, "grpc_port": grpc_port},
            "stores": {"keys": f"sqlite:///{folder / 'keys.db'}"},
            "audit": {"sink": "none://", "disabled_acknowledged": True},
            "tracing": {"enabled": True, **tracing_settings},
@@ -377,3 +378,68 @@ def test_a_collector_that_is_down_holds_up_no_request(
                 assert down.infer() == 200
                 assert time.monotonic() - took < 0.4
         assert time.monotonic() - began < 5
+
+
+# -- the gRPC listener --------------------------------------------------------------------------
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+def grpc_infer(port: int, key: str, metadata: tuple[tuple[str, str], ...] = ()
+               ) -> grpc.StatusCode:
+    from modelfence.grpc import inference_pb2 as pb
+
+    message = pb.ModelInferRequest(model_name="ok", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="input", datatype="FP32", shape=[1, 64],
+        contents=pb.InferTensorContents(fp32_contents=[MARK] + [0.5] * 63))])
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(MODEL_INFER,
+                                   request_serializer=pb.ModelInferRequest.SerializeToString,
+                                   response_deserializer=pb.ModelInferResponse.FromString)
+        try:
+            call(message, timeout=5, metadata=(("authorization", f"Bearer {key}"), *metadata))
+        except grpc.RpcError as exc:
+            code: grpc.StatusCode = exc.code()
+            return code
+    return grpc.StatusCode.OK
+
+
+def test_a_grpc_infer_has_the_same_tree_under_its_call_span(
+        env: None, tmp_path: Path, stub: UpstreamStub) -> None:
+    port = free_port()
+    for served in serve(tmp_path, stub, grpc_port=port, honour_traceparent=True):
+        served.exporter.clear()  # the admin call that made the key
+        assert grpc_infer(port, served.key, (("traceparent", CALLER["traceparent"]),)
+                          ) == grpc.StatusCode.OK
+        spans = served.spans()
+        (server,) = [s for s in spans if s.kind == SpanKind.SERVER]
+        assert server.name == "inference.GRPCInferenceService/ModelInfer"
+        assert f"{server.context.trace_id:032x}" == CALLER_TRACE
+        attrs = server.attributes or {}
+        assert attrs["rpc.grpc.status_code"] == 0 and attrs["modelfence.model"] == "ok"
+        assert attrs["modelfence.decision"] == "allow"
+        guards = [s for s in spans if s.attributes and "modelfence.guard" in s.attributes]
+        assert {"identity request", "policy request", "backend call"} <= {s.name for s in guards}
+        assert all(parent_of(s) == server.context.span_id for s in guards)
+        (upstream,) = [s for s in spans if s.kind == SpanKind.CLIENT]
+        assert parent_of(upstream) == next(
+            s for s in guards if s.name == "backend call").context.span_id
+        sent = stub.infer_requests("ok")[-1].traceparent
+        assert sent is not None and sent.split("-")[1] == CALLER_TRACE
+        text = json.dumps([json.loads(s.to_json()) for s in spans])
+        assert served.key not in text and str(MARK) not in text and "0.424242" not in text
+
+        served.exporter.clear()
+        assert grpc_infer(port, "mf_not-a-key-at-all") == grpc.StatusCode.UNAUTHENTICATED
+        # an abort's status can reach the client before the handler's span has ended
+        deadline = time.monotonic() + 2
+        while not any(s.kind == SpanKind.SERVER for s in served.spans()):
+            assert time.monotonic() < deadline, "no server span for the refused call"
+            time.sleep(0.01)
+        (server,) = [s for s in served.spans() if s.kind == SpanKind.SERVER]
+        attrs = server.attributes or {}
+        assert attrs["rpc.grpc.status_code"] == grpc.StatusCode.UNAUTHENTICATED.value[0]
+        assert attrs["modelfence.refusal.status"] == 401
+        assert server.status.status_code != StatusCode.ERROR  # a refusal, not a failure
+        text = json.dumps([json.loads(s.to_json()) for s in served.spans()])
+        assert "mf_not-a-key-at-all" not in text and "bearer" not in text.lower()

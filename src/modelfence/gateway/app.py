@@ -302,8 +302,10 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
             server=(SERVER_NAME, __version__, OIP_EXTENSIONS),
             on_failure=lambda exc: count_failure(gw.metrics, exc),
             audit_before_answer=settings.audit.durability == "strict")
-        grpc_listener = GrpcListener(settings.server.host, settings.server.grpc_port, service,
-                                     max_message_bytes=settings.server.max_body_bytes)
+        grpc_listener = GrpcListener(
+            settings.server.host, settings.server.grpc_port, service,
+            max_message_bytes=settings.server.max_body_bytes,
+            interceptors=[gw.tracing.rpc_interceptor()] if gw.tracing is not None else [])
     reloader = PolicyReloader(gw.policy, settings.policy.state_dir, settings.server.workers)
     admin_auth = AdminAuthenticator(settings.admin, static_token=settings.admin_token(),
                                     scoped=settings.admin_token_sha256s(),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigurationError
@@ -37,17 +38,19 @@ class GrpcListener:
     (larger ones grpc refuses itself with RESOURCE_EXHAUSTED, before any guard runs)."""
 
     def __init__(self, host: str, port: int, service: GrpcInference, *,
-                 max_message_bytes: int) -> None:
+                 max_message_bytes: int, interceptors: Sequence[Any] = ()) -> None:
         self.address = grpc_address(host, port)
         self._service = service
         self._max = max_message_bytes
+        self._interceptors = list(interceptors)  # tracing's server spans, when it is on
         self._server: Any = None
 
     async def start(self) -> None:
         import grpc
 
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", self._max),
-                                          ("grpc.so_reuseport", 1)])
+                                          ("grpc.so_reuseport", 1)],
+                                 interceptors=self._interceptors or None)
         server.add_generic_rpc_handlers((self._service.handler(),))
         try:
             server.add_insecure_port(self.address)

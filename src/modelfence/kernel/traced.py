@@ -31,7 +31,9 @@ class ChainSpans(Protocol):
         refusal."""
 
     def finish(self, call: Call) -> None:
-        """Describe the finished call on the request's span (model, status, decision)."""
+        """Describe the call on the request's span (model, status, decision): when its
+        request and response phases end (a gRPC call's span ends before its complete
+        phases run), and again once it is complete."""
 
 
 class TracedGuardChain(GuardChain[C]):
@@ -60,6 +62,8 @@ class TracedGuardChain(GuardChain[C]):
         except RequestError as exc:
             call.error = exc
             raise
+        finally:
+            spans.finish(call)
 
     async def complete(self, call: C) -> None:
         spans = self.spans

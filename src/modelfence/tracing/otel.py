@@ -57,6 +57,12 @@ class Tracing:
         return Middleware(RequestSpans, tracer=self.tracer, routes=routes,
                           honour_traceparent=self.settings.honour_traceparent)
 
+    def rpc_interceptor(self) -> Any:
+        """The gRPC listener's server interceptor: a server span per call (needs grpc)."""
+        from .rpc import RpcSpans
+
+        return RpcSpans(self.tracer, honour_traceparent=self.settings.honour_traceparent)
+
     def shutdown(self) -> None:
         """Export the spans still queued and stop (bounded by the export timeout)."""
         self.provider.shutdown()
