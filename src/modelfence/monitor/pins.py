@@ -11,7 +11,8 @@ Every replica must apply a pin to the principal's next answers. With a shared st
 `REFRESH_S` (the replica that pins applies it at once); alone, a process keeps them in
 memory and, with a `state_dir`, in a JSON file that outlives a restart. A pin ends at its
 time or when it is removed; one whose store cannot be read keeps the last pins read, so an
-outage never lifts a pin early.
+outage never lifts a pin early (with a `state_dir`, a replica saves the shared pins it
+reads, so one restarted during an outage starts with them).
 """
 
 from __future__ import annotations
@@ -156,7 +157,10 @@ class PinBook:
                 pins.append(pin)
             else:
                 ended.append(name)
+        before = self._pins
         self._replace(pins)
+        if self._pins != before:  # kept in state_dir: a restart during an outage keeps them
+            self._save()
         if ended:  # every replica may drop them: HDEL of a field gone already is a no-op
             await self._shared("hdel", self._key, *ended)
 
