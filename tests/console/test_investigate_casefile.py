@@ -118,3 +118,22 @@ async def test_evidence_names_a_record_edited_in_the_store(
     assert chain["ok"] is False and chain["records_broken"] == [2]
     assert [r["hash_holds"] for r in bundle["records"]] == [True, False, True]
     assert chain["last_full_verification"]["result"] == {"ok": True, "records": 3}
+
+
+async def test_a_tenant_s_admin_gets_that_tenant_s_history_and_evidence_only(
+        audit: tuple[AuditSink, AuditStore]) -> None:
+    """A principal with keys in two tenants: each tenant's admin sees its own calls only."""
+    sink, store = audit
+    for tenant, risk in (("t1", 0.1), ("t2", 0.7), ("t1", 0.2)):
+        await _write(sink, "infer", principal="mallory", tenant=tenant, model="m", risk=risk)
+    await _write(sink, "alert:monitor", principal="mallory", tenant="t2", model="m", risk=0.7)
+    t1 = frozenset({"t1"})
+    assert [r for _, r in await casefile.risk_history(store, "m", "mallory", t1)] == [0.1, 0.2]
+    assert len(await casefile.risk_history(store, "m", "mallory")) == 3
+    bundle = await casefile.evidence(store, model="m", principal="mallory", explanation={},
+                                     public_key=None, exported_by="desk", tenants=t1)
+    assert {r["record"]["tenant"] for r in bundle["records"]} == {"t1"}
+    assert bundle["alerts"] == []
+    everyone = await casefile.evidence(store, model="m", principal="mallory", explanation={},
+                                       public_key=None, exported_by="ops")
+    assert len(everyone["records"]) == 4 and len(everyone["alerts"]) == 1

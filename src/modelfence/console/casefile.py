@@ -104,15 +104,22 @@ async def alert_by_seq(store: AuditStore, seq: int) -> AlertView | None:
     return alert_of(rows[0])
 
 
-async def risk_history(store: AuditStore, model: str, principal: str
-                       ) -> list[tuple[float, float]]:
-    """(unix time, risk) of the principal's newest answered calls on `model`, oldest first:
-    the risk each call was judged at, as its audit record says."""
+def within(tenants: frozenset[str] | None, tenant: str | None) -> bool:
+    """A record or alert of one of `tenants` (None: every tenant, and none)."""
+    return tenants is None or (tenant is not None and tenant in tenants)
+
+
+async def risk_history(store: AuditStore, model: str, principal: str,
+                       tenants: frozenset[str] | None = None) -> list[tuple[float, float]]:
+    """(unix time, risk) of the principal's newest answered calls on `model` (under one of
+    `tenants`, when given), oldest first: the risk each call was judged at, as its audit
+    record says."""
     rows = await store.select(Query(principal=principal, model=model, limit=_HISTORY,
                                     newest_first=True))
     series = []
     for row in reversed(rows):
-        if row.action is None or row.action.startswith(("alert:", "console:", "admin:")):
+        if (row.action is None or row.action.startswith(("alert:", "console:", "admin:"))
+                or not within(tenants, row.tenant)):
             continue
         risk = orjson.loads(row.payload).get("risk")
         if isinstance(risk, int | float):
@@ -122,15 +129,18 @@ async def risk_history(store: AuditStore, model: str, principal: str
 
 async def evidence(store: AuditStore, *, model: str, principal: str,
                    explanation: dict[str, Any], public_key: Ed25519PublicKey | None,
-                   exported_by: str, model_only: bool = False) -> dict[str, Any]:
+                   exported_by: str, model_only: bool = False,
+                   tenants: frozenset[str] | None = None) -> dict[str, Any]:
     """The bundle an engineer hands on: the principal's alerts, the monitor's explanation,
     its audit records (each with its hashes and whether its hash holds) and what the chain
     says about them (`chain_report`). Its records are of every model, or of `model` alone
-    with `model_only` (an admin limited to some models sees no other model's records)."""
+    with `model_only` (an admin limited to some models sees no other model's records), and
+    of `tenants` alone when given (nor another tenant's)."""
     rows = await store.select(Query(principal=principal, model=model if model_only else None,
                                     limit=_EVIDENCE_RECORDS, newest_first=True))
-    rows.reverse()
-    found = await alerts(store, limit=100, principal=principal, model=model)
+    rows = [r for r in reversed(rows) if within(tenants, r.tenant)]
+    found = [a for a in await alerts(store, limit=100, principal=principal, model=model)
+             if within(tenants, a.tenant)]
     return {
         "type": INVESTIGATION_TYPE, "version": 1,
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

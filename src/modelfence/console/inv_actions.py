@@ -27,7 +27,15 @@ from ..watermark import bundle
 from . import casefile
 from .app import NavLink
 from .headers import SECURITY_HEADERS
-from .investigate import MAX_SEQ, Investigation, InvestigationPages, explain, may_see, principal_url
+from .investigate import (
+    MAX_SEQ,
+    Investigation,
+    InvestigationPages,
+    explain,
+    may_see,
+    principal_url,
+    tenants_of,
+)
 from .kit import Posted, whole
 
 PIN_HOURS = (1, 24, 168, 720)  # the durations the principal page offers
@@ -198,7 +206,8 @@ class InvestigationActions:
         doc = await casefile.evidence(store, model=model, principal=principal,
                                       explanation=explanation, public_key=inv.public_key,
                                       exported_by=posted.session.admin,
-                                      model_only="*" not in posted.session.models)
+                                      model_only="*" not in posted.session.models,
+                                      tenants=tenants_of(posted.session))
         await inv.kit.record("console:export-evidence", posted.session.admin, 200, request,
                              target=f"{model}/{principal}",
                              details={"records": len(doc["records"]),

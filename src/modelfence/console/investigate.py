@@ -186,7 +186,8 @@ class InvestigationPages:
         keys = [public_view(r) for r in await inv.keys.records()
                 if r.principal == principal and session.covers_tenant(r.tenant)]
         store = inv.store
-        series = [] if store is None else await casefile.risk_history(store, model, principal)
+        series = ([] if store is None else  # a tenant's admin: that tenant's calls only
+                  await casefile.risk_history(store, model, principal, tenants_of(session)))
         alerts = ([] if store is None or not session.allows("alerts:read") else
                   [a for a in await inv.alerts(store, limit=20, principal=principal,
                                                 model=model) if may_see(session, a)])
@@ -220,6 +221,11 @@ class InvestigationPages:
         return inv.kit.render("inv-alerts.html", title="Alerts", session=session,
                               alerts=shown, audited=store is not None,
                               next_before=found[-1].seq if size == inv.kit.page_size else None)
+
+
+def tenants_of(session: ConsoleSession) -> frozenset[str] | None:
+    """The tenants a tenant-limited admin holds; None for an admin of every tenant."""
+    return None if "*" in session.tenants else session.tenants
 
 
 def may_see(session: ConsoleSession, alert: casefile.AlertView) -> bool:
