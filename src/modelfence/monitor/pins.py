@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -193,9 +194,16 @@ class PinBook:
         if self._file is None:
             return
         self._file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._file.with_suffix(".tmp")
-        tmp.write_text(json.dumps([asdict(p) for p in self.live()]))
-        os.replace(tmp, self._file)
+        # a temporary file of its own: the workers of one host may share the state_dir
+        fd, tmp = tempfile.mkstemp(dir=self._file.parent, prefix=".pins.")
+        try:
+            with os.fdopen(fd, "w") as out:
+                out.write(json.dumps([asdict(p) for p in self.live()]))
+            os.replace(tmp, self._file)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 def _field(model: str, principal: str) -> str:
