@@ -26,6 +26,7 @@ from modelfence.console.holdings import Books, HoldingPages
 from modelfence.console.inv_actions import investigation_routes
 from modelfence.console.investigate import Investigation
 from modelfence.console.kit import ConsoleKit
+from modelfence.console.records import AuditPages
 from modelfence.console.reports import ReportPages
 from modelfence.console.session import COOKIE_NAME, SessionSigner
 from modelfence.monitor.pins import Pin, PinBook
@@ -101,7 +102,8 @@ def console(tmp_path: Path) -> Iterator[tuple[TestClient, ConsoleKit, _Monitor]]
     books = Books(models=["m", "secret"], budgets=[Budget(queries=10, period="day")],
                   budget_store=budgets, audit=store)
     routes, _ = investigation_routes(inv)
-    app = Starlette(routes=[*routes, *HoldingPages(kit, books).routes()])
+    app = Starlette(routes=[*routes, *HoldingPages(kit, books).routes(),
+                            *AuditPages(kit, store, None, None).routes()])
 
     async def setup() -> None:
         await sink.open()
@@ -223,3 +225,29 @@ def test_a_principal_page_shows_a_tenant_s_admin_only_its_tenant_s_keys_and_aler
     assert page.status_code == 200, page.text
     assert "k1" in page.text and ">t1<" in page.text
     assert "k3" not in page.text and ">t2<" not in page.text  # mallory's key and alert in t2
+
+
+FUZZ = ["²", "9" * 5000, "\x00", "-1", "x" * 60_000, "<script>", "1.2.3", "0001-01-01T00:00+14:00",
+        "9999-12-31T23:59:59-14:00", "\u202e"]
+PAGES = {"/console/ranking": ("model", "kind", "page"), "/console/principal": ("model", "id"),
+         "/console/alerts": ("before",),
+         "/console/audit": ("principal", "tenant", "model", "action", "status", "since",
+                            "until", "before"),
+         "/console/budgets": ("principal", "tenant"), "/console/watermarks": ("principal",
+                                                                             "tenant")}
+
+
+@pytest.mark.parametrize("scoped", [False, True])
+def test_no_hostile_query_is_a_server_error(console: Any, scoped: bool) -> None:
+    c, kit, _ = console
+    _login(c, kit, models={"m"} if scoped else {"*"}, tenants={"t1"} if scoped else {"*"},
+           scopes=frozenset({"risk:read", "alerts:read", "audit:read"}))
+    for path, names in PAGES.items():
+        for name in names:
+            for bad in FUZZ:
+                r = c.get(path, params={"model": "m", name: bad})
+                assert r.status_code < 500, (path, name, bad[:12], r.status_code)
+            raw = c.get(f"{path}?model=m&{name}=%ff%fe%80")  # not UTF-8
+            assert raw.status_code < 500, (path, name, raw.status_code)
+    assert c.get("/console/audit", params={"since": "2026-01-01T00:00",
+                                           "before": "5"}).status_code == 400
