@@ -95,6 +95,15 @@ async def test_a_pin_is_a_floor_until_it_ends_or_is_lifted(tmp_path: Path) -> No
     await again.stop()
 
 
+async def test_a_disk_that_refuses_the_pins_file_does_not_lose_the_pin(tmp_path: Path) -> None:
+    clock = Clock()
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the state_dir should be")
+    book = PinBook(state_dir=blocked, clock=clock)
+    await book.put(Pin("m", "mallory", "labels", 0.5, clock.now + 60, "admin"))
+    assert book.floor("m", "mallory") == 0.5  # kept in memory, the failure only logged
+
+
 async def test_a_pin_reaches_every_replica_through_the_shared_store(redis_url: str) -> None:
     prefix = f"test-pins-{uuid.uuid4().hex[:8]}:"
     one = PinBook(shared=redis_url, prefix=prefix)

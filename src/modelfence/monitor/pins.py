@@ -191,19 +191,25 @@ class PinBook:
                              store="pins") from None
 
     def _save(self) -> None:
+        """Keep the live pins in state_dir; a disk that refuses is logged, never raised:
+        the pins in memory (and the shared store) still hold, and the refresh loop goes on."""
         if self._file is None:
             return
-        self._file.parent.mkdir(parents=True, exist_ok=True)
-        # a temporary file of its own: the workers of one host may share the state_dir
-        fd, tmp = tempfile.mkstemp(dir=self._file.parent, prefix=".pins.")
+        try:
+            self._file.parent.mkdir(parents=True, exist_ok=True)
+            # a temporary file of its own: the workers of one host may share the state_dir
+            fd, tmp = tempfile.mkstemp(dir=self._file.parent, prefix=".pins.")
+        except OSError as exc:
+            log.warning("pins not saved to %s (%s)", self._file, type(exc).__name__)
+            return
         try:
             with os.fdopen(fd, "w") as out:
                 out.write(json.dumps([asdict(p) for p in self.live()]))
             os.replace(tmp, self._file)
-        except BaseException:
+        except OSError as exc:
+            log.warning("pins not saved to %s (%s)", self._file, type(exc).__name__)
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise
 
 
 def _field(model: str, principal: str) -> str:
