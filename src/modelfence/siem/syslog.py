@@ -31,7 +31,12 @@ TLS_VERDICT_S = 0.25
 _SEVERITY = {5: 2, 6: 2, 4: 3, 3: 4, 2: 5, 1: 6, 0: 6}
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0, DEL, C1 (NEL, U+0085, is a line break to some readers) and the Unicode line and
+# paragraph separators: none may start a line of its own in a log file or viewer
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+_UNICODE_BREAKS = [(c.encode(), f"\\u{ord(c):04x}".encode()) for c in "\x85\u2028\u2029"]
 
 
 def sd_escape(value: str) -> str:
@@ -60,7 +65,16 @@ def format_message(doc: dict[str, Any], *, facility: int, app_name: str, hostnam
     sd = "".join(f' {k}="{sd_escape(str(v))}"' for k, v in params.items() if v)
     header = (f"<{pri}>1 {ts.replace('+00:00', 'Z')} {_header_field(hostname, 255)} "
               f"{_header_field(app_name, 48)} {procid} finding [{SD_ID}{sd}] ")
-    return header.encode() + orjson.dumps(doc)
+    return header.encode() + _json_one_line(doc)
+
+
+def _json_one_line(doc: dict[str, Any]) -> bytes:
+    """The finding's JSON with NEL and the Unicode line separators escaped too (JSON
+    allows them raw inside strings; a reader splitting on them would see a new line)."""
+    out = orjson.dumps(doc)
+    for raw, escaped in _UNICODE_BREAKS:
+        out = out.replace(raw, escaped)
+    return out
 
 
 def frame(message: bytes) -> bytes:
