@@ -151,3 +151,48 @@ def test_reports_download_as_attachments_and_never_leave_the_folder(client: Any)
         assert r.status_code in (400, 404), name
         assert "the server's secret" not in r.text
     assert ("console:report-download", "ops", 200, "run-1/report.html") in records
+
+
+def test_a_tenant_scoped_admin_cannot_look_up_another_tenants_principal(client: Any) -> None:
+    c, _, _ = client
+    kit_signer = SessionSigner(SECRET, lifetime_s=600)
+    cookie, _ = kit_signer.issue(admin="scoped", scopes=frozenset({"risk:read", "audit:read"}),
+                                 models=frozenset({"digits"}), tenants=frozenset({"t2"}),
+                                 now=int(time.time()))
+    c.cookies.set(COOKIE_NAME, cookie)
+    refused = c.get("/console/budgets", params={"principal": "alice"})  # alice is in t1
+    assert refused.status_code == 403 and "7 queries" not in refused.text
+    assert c.get("/console/watermarks", params={"principal": "alice"}).status_code == 403
+    assert c.get("/console/audit", params={"tenant": "t1"}).status_code == 403
+    own = c.get("/console/audit")  # defaults to its own model and tenant: none of t1's
+    assert own.status_code == 200 and "alice" not in own.text
+
+
+async def test_a_full_verification_names_the_damage_in_its_record(tmp_path: Path) -> None:
+    import asyncio
+    import sqlite3
+
+    from modelfence.console.chain_verify import ChainVerifier
+
+    store = SqliteAuditStore(tmp_path / "audit.db")
+    await store.open()
+    entries = [Entry(T0 + i, None, "p", "t", "m", "infer", 200, b"{}") for i in range(50)]
+    await store.commit(lambda h, c: Batch(link(h, entries)))
+    await store.close()
+    db = sqlite3.connect(tmp_path / "audit.db")
+    db.execute("DELETE FROM modelfence_audit WHERE seq = 20")
+    db.commit()
+    db.close()
+    done: asyncio.Queue[tuple[str, int, dict[str, Any]]] = asyncio.Queue()
+
+    async def finish(admin: str, status: int, details: dict[str, Any]) -> None:
+        await done.put((admin, status, details))
+
+    verifier = ChainVerifier(f"sqlite:///{tmp_path / 'audit.db'}", None)
+    assert verifier.start("ops", finish)
+    assert not verifier.start("other", finish)  # one at a time
+    admin, status, details = await asyncio.wait_for(done.get(), 30)
+    result = details["verified"]
+    assert (admin, status, result["ok"]) == ("ops", 200, False)
+    assert (result["damage"]["seq"], result["damage"]["kind"]) == (20, "deleted")
+    assert verifier.running is None
