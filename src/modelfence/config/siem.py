@@ -8,9 +8,11 @@ environment variable and read at start, so the configuration file never holds on
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
@@ -76,6 +78,10 @@ class HttpDestination(Strict):
             raise ValueError("give token_file or token_env, not both")
         if self.type == "hec" and self.token_file is None and self.token_env is None:
             raise ValueError("a hec destination needs token_file or token_env")
+        has_token = self.token_file is not None or self.token_env is not None
+        if has_token and self.url.startswith("http://") and not _loopback(self.url):
+            raise ValueError("a token would cross the network in the clear: use an https:// "
+                             "url (http:// only to a collector on this host)")
         return self
 
     def token(self) -> str | None:
@@ -97,6 +103,17 @@ class HttpDestination(Strict):
             raise ConfigurationError(f"siem destination {self.name}: {self.token_file} "
                                      "is empty")
         return value
+
+
+def _loopback(url: str) -> bool:
+    """Whether `url` names this host (localhost or a loopback address)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 SiemDestination = Annotated[SyslogDestination | HttpDestination, Field(discriminator="type")]
