@@ -32,3 +32,16 @@ def test_console_error_answers_carry_the_security_headers(admin: TestClient) -> 
         for name, value in SECURITY_HEADERS.items():
             assert r.headers.get(name) == value, (path, name)
     assert "content-security-policy" not in admin.get("/admin/nothing").headers
+
+
+def test_an_unhandled_console_error_carries_them_too(admin: TestClient,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("modelfence.console.kit.ConsoleKit.render", broken)
+    crashing = TestClient(admin.app, raise_server_exceptions=False)
+    r = crashing.get("/console/login")
+    assert r.status_code == 500 and "a bug" not in r.text
+    for name, value in SECURITY_HEADERS.items():
+        assert r.headers.get(name) == value, name

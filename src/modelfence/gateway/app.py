@@ -33,6 +33,7 @@ from ..audit.spill import SpillMetrics
 from ..backends import ModelEntry, backend_from_settings
 from ..backends.call import OipCall
 from ..config import Settings, metrics_dir
+from ..console.headers import SECURITY_HEADERS
 from ..identity import BearerAuthenticator, build_authenticator
 from ..identity.apikeys import ApiKeys
 from ..identity.guard import IdentityGuard
@@ -407,12 +408,18 @@ def _privacy(settings: Settings, gw: Gateway, shaping: ShapingGuard) -> Privacy 
                          gw.metrics)
 
 
+def _error_headers(request: Request) -> dict[str, str] | None:
+    """The console's security headers on its error answers too (no caching, no framing)."""
+    return dict(SECURITY_HEADERS) if request.url.path.startswith("/console") else None
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     messages = {404: "not found", 405: "method not allowed"}
-    return json_response({"error": messages.get(exc.status_code, exc.detail)}, exc.status_code)
+    return json_response({"error": messages.get(exc.status_code, exc.detail)}, exc.status_code,
+                         headers=_error_headers(request))
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return json_response({"error": "internal error"}, 500)
+    return json_response({"error": "internal error"}, 500, headers=_error_headers(request))
