@@ -35,7 +35,9 @@ from .plot import risk_plot
 from .session import ConsoleSession
 
 RECENT_S = 10.0  # an action shows at once here; from the log (every replica) after a flush
-MAX_PAGE = 200  # deepest ranking page: past it, a caller is no lead worth following
+#: Deepest rank shown: past it a caller is no lead worth following, and the heap stays small
+#: (100,000 callers: the 2,000 riskiest in 89 ms, a full sort 224 ms; 4 December 2026)
+MAX_RANK = 2000
 MAX_SEQ = 2**62  # highest audit record position a query or form may name
 _KINDS: tuple[Kind, ...] = ("principal", "tenant")
 
@@ -155,12 +157,13 @@ class InvestigationPages:
         if model is None or inv.monitor is None:
             return inv.not_found(session, "no such monitored model")
         kind = q.get("kind", "principal")
-        n = whole(q.get("page", "0"), MAX_PAGE - 1)
+        size = inv.kit.page_size
+        pages = max(1, MAX_RANK // size)
+        n = whole(q.get("page", "0"), pages - 1)
         if kind not in _KINDS or n is None:
             return inv.kit.render("denied.html", 400, session=session, title="Bad request",
                                   message=f"kind is principal or tenant; page 0 to "
-                                          f"{MAX_PAGE - 1}")
-        size = inv.kit.page_size
+                                          f"{pages - 1}")
         keep = (await inv.principal_filter(session) if kind == "principal" else
                 None if "*" in session.tenants else session.covers_tenant)
         top = inv.monitor.monitors[model].top(kind, (n + 1) * size, keep)
@@ -168,7 +171,7 @@ class InvestigationPages:
                 for i, (name, risk) in enumerate(top[n * size:])]
         return inv.kit.render("inv-ranking.html", title=f"Riskiest {kind}s of {model}",
                               session=session, model=model, kind=kind, rows=rows, page=n,
-                              more=len(top) == (n + 1) * size and n + 1 < MAX_PAGE)
+                              more=len(top) == (n + 1) * size and n + 1 < pages)
 
     async def principal(self, request: Request) -> Response:
         inv = self.inv
