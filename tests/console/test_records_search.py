@@ -168,6 +168,7 @@ async def test_head_check_against_a_signed_checkpoint(tmp_path: Path) -> None:
         await store.commit(lambda h, c: Batch(first, signer.sign(10, first[-1].hash, T0)))
         more = [Entry(T0 + 20 + i, None, "p", "t", "m", "infer", 200, b"{}") for i in range(4)]
         await store.commit(lambda h, c: Batch(link(h, more)))
+        assert await store.newest_checkpoint() == (await store.checkpoints())[-1]
         head = await check_head(store, signer.public)
         assert head.ok and head.signature == "verified"
         assert (head.checkpoint_seq, head.walked, head.head_seq) == (10, 4, 14)

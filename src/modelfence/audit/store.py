@@ -121,6 +121,11 @@ class AuditStore(Store):
     @abstractmethod
     async def head(self) -> Head: ...
 
+    async def newest_checkpoint(self) -> Checkpoint | None:
+        """The newest stored checkpoint (the stores read only it, through their index)."""
+        stored = await self.checkpoints()
+        return stored[-1] if stored else None
+
     async def scan(self, query: Query | None = None, *, page: int = 20_000
                    ) -> AsyncIterator[list[Row]]:
         """Rows matching `query` oldest first, a page at a time (keyset, so memory stays flat)."""

@@ -139,6 +139,13 @@ class PostgresAuditStore(AuditStore):
 
         return await self._use(go)
 
+    async def newest_checkpoint(self) -> Checkpoint | None:
+        async def go(conn: Any) -> Checkpoint | None:
+            row = await (await conn.execute(_SQL.last_checkpoint)).fetchone()
+            return checkpoint_from_row(row) if row else None
+
+        return await self._use(go)
+
     async def head(self) -> Head:
         async def go(conn: Any) -> Head:
             row = await (await conn.execute(_SQL.head)).fetchone()

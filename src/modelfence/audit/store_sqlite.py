@@ -119,6 +119,10 @@ class SqliteAuditStore(AuditStore):
         return await self._run(
             lambda db: [checkpoint_from_row(r) for r in db.execute(_SQL.checkpoints)])
 
+    async def newest_checkpoint(self) -> Checkpoint | None:
+        row = await self._run(lambda db: db.execute(_SQL.last_checkpoint).fetchone())
+        return checkpoint_from_row(row) if row else None
+
     async def head(self) -> Head:
         row = await self._run(lambda db: db.execute(_SQL.head).fetchone())
         return Head(*row) if row else Head()

@@ -81,8 +81,7 @@ def _linked(row: Row, by_seq: dict[int, Row], first: int) -> bool:
 async def check_head(store: AuditStore, public: Ed25519PublicKey | None) -> HeadCheck:
     """The newest checkpoint, and the records after it walked up to the head."""
     head = await store.head()
-    checkpoints = await store.checkpoints()
-    cp = checkpoints[-1] if checkpoints else None
+    cp = await store.newest_checkpoint()
     if cp is None:
         rows = await store.select(Query(newest_first=True, limit=HEAD_WALK))
         rows.reverse()
