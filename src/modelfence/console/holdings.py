@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -24,12 +24,14 @@ from ..audit.chain import us_to_iso
 from ..audit.store import AuditStore, Query
 from ..config import Budget
 from ..errors import BadRequest, Forbidden, RequestError, StoreError
-from ..privacy.budget import Spent
 from ..quota.budgets import BudgetStore, budget_key, period_bounds
 from ..watermark.store import EvidenceStore
 from .audit_search import MAX_TEXT
 from .kit import ConsoleKit
 from .session import ConsoleSession
+
+if TYPE_CHECKING:  # the accountant pulls in dp-accounting and SciPy: not for a type
+    from ..privacy.budget import Spent
 
 HOLDINGS_SCOPE = "risk:read"
 
