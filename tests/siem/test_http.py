@@ -226,3 +226,35 @@ async def test_a_full_spool_drops_the_oldest_and_counts_them(tmp_path: Path) -> 
     dropped = sample(metrics, "modelfence_siem_undelivered_total", reason="spool_full")
     assert 0 < len(names) < 20 and len(names) + dropped == 20
     assert names == [f"p{i}" for i in range(20 - len(names), 20)]  # the newest, in order
+
+
+async def test_a_collector_answering_an_endless_body_is_not_read_to_its_end(
+        tmp_path: Path) -> None:
+    """A 2xx whose body never ends (or is huge) counts as delivered once its status is in:
+    at most 64 KiB of it is read, so it neither fills memory nor holds the sender."""
+    async def endless(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000\r\n\r\n" + b"x" * 100_000)
+        await writer.drain()
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(endless, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "token").write_text(TOKEN)
+    cfg = SiemSettings.model_validate({
+        "destinations": [{"type": "hec", "name": "col", "url": f"http://127.0.0.1:{port}/",
+                          "token_file": str(tmp_path / "token"), "timeout_s": 5}],
+        "spool_dir": str(tmp_path / "spool"), "retry_initial_s": 0.05, "fsync": False})
+    metrics = GatewayMetrics()
+    siem = Siem(cfg, metrics)
+    await siem.start()
+    try:
+        started = time.monotonic()
+        siem.emit(download("insider", "acme", "digits", "12 downloads at 03:00"))
+        assert await siem.flush(3.0)
+        assert time.monotonic() - started < 3.0
+        assert sample(metrics, "modelfence_siem_delivered_total") == 1
+    finally:
+        await siem.stop()
+        server.close()

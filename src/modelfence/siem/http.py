@@ -38,6 +38,8 @@ def json_body(records: list[bytes]) -> bytes:
     return b"[" + b",".join(records) + b"]"
 
 
+_MAX_ANSWER = 65536  # bytes of a collector's answer read before the connection is let go
+
 class HttpSender:
     def __init__(self, settings: HttpDestination) -> None:
         self.name = settings.name
@@ -72,7 +74,9 @@ class HttpSender:
                                           headers=self._headers, ssl=self._ssl,
                                           allow_redirects=False) as resp:
                 status = resp.status
-                await resp.read()
+                # its answer is never needed whole: a collector's body is read to at most
+                # 64 KiB (a huge or endless one must not fill memory), the rest dropped
+                await resp.content.read(_MAX_ANSWER)
         except TimeoutError:
             raise DeliveryError(f"{what}: timed out", reason="timeout") from None
         except aiohttp.ClientError as exc:
