@@ -136,3 +136,27 @@ def test_static_files_are_the_vendored_htmx_and_nothing_else() -> None:
     assert client.get("/console/static/console.css").status_code == 200
     for name in ("../app.py", "..%2Fapp.py", "app.py", "README.md"):
         assert client.get(f"/console/static/{name}").status_code == 404
+
+
+def test_the_cookie_is_secure_over_tls_or_when_configured_behind_a_tls_proxy() -> None:
+    async def authenticate(credential: str, request: Request) -> LoginResult:
+        return LoginResult("admin:ops", frozenset({"risk:read"}), frozenset({"*"}),
+                           frozenset({"*"}))
+
+    async def record(action: str, admin: str, status: int, request: Request,
+                     target: object, details: object) -> None:
+        return None
+
+    def cookie(base_url: str, secure_cookie: bool) -> str:
+        kit = ConsoleKit(SessionSigner(SECRET, lifetime_s=600), record,
+                         secure_cookie=secure_cookie)
+        client = TestClient(Starlette(routes=Console(kit, authenticate).routes()),
+                            base_url=base_url)
+        answer = client.post("/console/login", data={"credential": TOKEN},
+                             follow_redirects=False)
+        assert answer.status_code == 303
+        return answer.headers["set-cookie"]
+
+    assert "Secure" not in cookie("http://testserver", secure_cookie=False)
+    assert "Secure" in cookie("https://testserver", secure_cookie=False)
+    assert "Secure" in cookie("http://testserver", secure_cookie=True)

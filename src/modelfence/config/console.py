@@ -16,6 +16,9 @@ class ConsoleSettings(Strict):
                           "(needs server.admin_listen and an admin credential)")
     session_lifetime_s: int = Field(900, ge=60, le=43200, description="seconds a console "
                                     "login lasts before the admin pastes its credential again")
+    secure_cookie: bool = Field(False, description="mark the session cookie Secure even when "
+                                "the request arrived over plain HTTP: set it when a proxy "
+                                "ends TLS in front of the admin listener (over TLS it always is)")
     reports_dir: ConfigPath | None = Field(None, description="folder of red-team assessment "
                                            "reports and evidence bundles the console lists "
                                            "for download; none: no reports page")

@@ -100,7 +100,7 @@ class Console:
         await kit.record("console:login", who.admin, 303, request)
         response = RedirectResponse("/console/", status_code=303, headers=SECURITY_HEADERS)
         response.headers.append("set-cookie", cookie_header(
-            cookie, max_age=kit.signer.lifetime_s, secure=request.url.scheme == "https"))
+            cookie, max_age=kit.signer.lifetime_s, secure=kit.cookie_secure(request)))
         return response
 
     async def logout(self, request: Request) -> Response:
@@ -110,7 +110,7 @@ class Console:
         await self._kit.record("console:logout", posted.session.admin, 303, request)
         response = to_login()
         response.headers.append("set-cookie", clear_cookie_header(
-            secure=request.url.scheme == "https"))
+            secure=self._kit.cookie_secure(request)))
         return response
 
     async def overview(self, request: Request) -> Response:

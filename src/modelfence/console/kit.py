@@ -51,6 +51,7 @@ class ConsoleKit:
     record_hook: Record
     clock: Callable[[], float] = time.time
     page_size: int = 50
+    secure_cookie: bool = False  # Secure even over plain HTTP (TLS ended by a proxy)
     env: Environment = field(default_factory=_templates)
 
     def render(self, name: str, status: int = 200, *, session: ConsoleSession | None,
@@ -59,6 +60,10 @@ class ConsoleKit:
         csrf = self.signer.csrf_token(session) if session is not None else ""
         html = self.env.get_template(name).render(session=session, csrf=csrf, **values)
         return HTMLResponse(html, status_code=status, headers=SECURITY_HEADERS)
+
+    def cookie_secure(self, request: Request) -> bool:
+        """Whether the session cookie is marked Secure: over TLS, or always when configured."""
+        return self.secure_cookie or request.url.scheme == "https"
 
     def signed_in(self, request: Request) -> ConsoleSession | None:
         """The request's valid session; None sends the browser to the login page."""

@@ -72,7 +72,8 @@ def console_routes(settings: Settings, admin_api: AdminApi, *,
             log.error("console: audit record of %s by %s failed: %s", action, admin,
                       exc.__class__.__name__)
 
-    kit = ConsoleKit(signer, record, page_size=settings.console.page_size)
+    kit = ConsoleKit(signer, record, page_size=settings.console.page_size,
+                     secure_cookie=settings.console.secure_cookie)
     pages: list[BaseRoute] = []
     nav: list[NavLink] = []
     key_file = settings.audit.checkpoint_key_file
