@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Self
 import numpy as np
 
 from .facts import Rows, digest
-from .rings import Ring, _bad_state
+from .rings import START, Ring, _bad_state, capacity
 from .summary import Array, Summary
 
 if TYPE_CHECKING:
@@ -91,7 +91,8 @@ class Repeats:
 
     def __init__(self, memory: int = 256) -> None:
         self.size, self.count, self.head = memory, 0, 0
-        self.digests = bytearray(8 * memory)  # a ring; bytes, as one search reads them
+        # a ring; bytes, as one search reads them; grown on demand as `Ring` is
+        self.digests = bytearray()
 
     def seen(self, row: Array) -> bool:
         """Whether `row` is one of the last `memory` rows; it is remembered either way."""
@@ -103,6 +104,8 @@ class Repeats:
         i = held.find(digest, 0, end)
         while i > 0 and i % 8:  # only a match at a digest's start is one
             i = held.find(digest, i + 1, end)
+        if 8 * self.head == len(held):  # storage full before the first wrap: double it
+            held.extend(bytes(min(max(2 * len(held), 8 * START), 8 * self.size) - len(held)))
         held[8 * self.head:8 * self.head + 8] = digest
         self.head = (self.head + 1) % self.size
         self.count = min(self.count + 1, self.size)
@@ -113,17 +116,24 @@ class Repeats:
         return np.array([not self.seen(row) for row in x], np.bool_)
 
     def state(self) -> dict[str, Array]:
-        return {"digests": np.frombuffer(bytes(self.digests), "<i8").copy(),
+        """The digests held (not the empty slots) and (count, head)."""
+        return {"digests": np.frombuffer(self.digests, "<i8", self.count).copy(),
                 "digests.at": np.array([self.count, self.head], np.int64)}
 
     def load(self, state: Mapping[str, Array]) -> None:
+        """Take back what `state` gave: the digests held, or (snapshots before version 5)
+        all `memory` slots."""
         data, at = np.asarray(state["digests"]), np.asarray(state["digests.at"])
-        if data.shape != (self.size,) or data.dtype.kind != "i" or data.itemsize != 8:
-            raise _bad_state(f"repeat digests are {data.dtype}{list(data.shape)}")
         if at.shape != (2,) or not (0 <= at[0] <= self.size and 0 <= at[1] < self.size):
             raise _bad_state(f"repeat digests position {at.tolist()}")
-        self.digests = bytearray(data.astype("<i8").tobytes())
-        self.count, self.head = int(at[0]), int(at[1])
+        count, head = int(at[0]), int(at[1])
+        if (data.shape not in ((self.size,), (count,)) or data.dtype.kind != "i"
+                or data.itemsize != 8 or (len(data) != self.size and head != count % self.size)):
+            raise _bad_state(f"repeat digests are {data.dtype}{list(data.shape)}")
+        cap = capacity(self.size, count, head)
+        self.digests = bytearray(data[:cap].astype("<i8").tobytes())
+        self.digests.extend(bytes(8 * cap - len(self.digests)))
+        self.count, self.head = count, head
 
     @property
     def nbytes(self) -> int:

@@ -90,6 +90,8 @@ class _Distinct:
     def push(self, value: int) -> None:
         ring, counts = self.ring, self.counts  # `Ring.push`, inlined: two a row, every caller
         head = ring.head
+        if head == ring.cap:  # storage full before the first wrap
+            ring.grow()
         if ring.count == ring.size:
             old = int(ring.data[head])
             counts[old] -= 1

@@ -9,7 +9,9 @@ observation counts exactly once (observations trimmed from the stream before a s
 covered them are lost, and logged).
 
 Without a shared store (one process) observations are applied at once, and the state is
-saved to a file on stop and every `snapshot_interval_s`.
+saved to a file on stop and every `snapshot_interval_s`. Either way a snapshot is copied a
+few hundred callers at a time and written in a worker thread, so requests keep being served
+while it is taken (`Monitor.snapshot_async`).
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ class Observation:
 
 #: Applies one observation; `mine` is true on the replica that answered the request.
 Apply = Callable[[Observation, bool], None]
-#: The state of one model's monitor as bytes, and how to put it back.
-Snapshotter = Callable[[str], bytes]
+#: The state of one model's monitor as bytes (`Monitor.snapshot_async`: the state when it
+#: was called, taken without holding the event loop), and how to put it back.
+Snapshotter = Callable[[str], Awaitable[bytes]]
 Restorer = Callable[[str, bytes], None]
 
 
@@ -162,18 +165,23 @@ class LocalLog(ObservationLog):
             return
         self._dir.mkdir(parents=True, exist_ok=True)
         for model in self.models:
-            data = self._snapshot(model)
-            fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=f".{model}.")
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(data)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, self._path(model))
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            data = await self._snapshot(model)
+            await asyncio.to_thread(self._write, model, data)  # fsync is no loop's business
+
+    def _write(self, model: str, data: bytes) -> None:
+        """Replace the model's state file with `data`, atomically."""
+        assert self._dir is not None
+        fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=f".{model}.")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self._path(model))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
 
 class RedisLog(ObservationLog):
@@ -245,8 +253,12 @@ class RedisLog(ObservationLog):
         if not lock:
             return
         for model in self.models:
+            # the position read before the capture begins (no await between them): the
+            # state it returns is the state after exactly this stream position
+            position = self._position[model]
+            data = await self._snapshot(model)
             await self._client.hset(f"{self._stream(model)}:snapshot", mapping={
-                "data": self._snapshot(model), "id": self._position[model]})
+                "data": data, "id": position})
 
     async def _consume(self) -> None:
         """Read the stream for ever; an outage is logged when it starts and when it ends."""

@@ -1,9 +1,10 @@
-"""Fixed-size ring buffers of scalars and of rows: a caller's whole memory, of bounded size.
+"""Bounded ring buffers of scalars and of rows: a caller's whole memory, grown on demand.
 
 Scalars live in `array.array` (compact, and fast to set one at a time from Python); rows
 in float32 numpy arrays with their half squared norms cached, so that the nearest held row
 to a new one is one matrix-vector product (`nearest`). Every ring's state is two named
-arrays (`state`), restored with `load`, so monitor snapshots need no pickle.
+arrays (`state`: the values held, not the empty slots), restored with `load`, so monitor
+snapshots need no pickle.
 """
 
 from __future__ import annotations
@@ -61,47 +62,99 @@ def _bad_state(what: str) -> ConfigurationError:
 
 #: array.array type codes for the scalar rings' numpy dtypes.
 _CODES = {np.dtype(np.bool_): "B", np.dtype(np.int32): "i", np.dtype(np.float64): "d"}
+#: Slots a ring takes at its first value (none before): most callers send a few queries,
+#: so storage grows on demand (doubling, up to the ring's size) rather than being taken
+#: whole at the first query; a detector's rings a caller never fills cost nothing.
+START = 8
+
+
+def capacity(size: int, count: int, head: int) -> int:
+    """Slots to hold `count` values of a ring of `size` whose next slot is `head`: before
+    the first wrap (head == count) none or a power of two from `START`, after it the whole
+    ring."""
+    if count >= size or head != count:
+        return size
+    if not count:
+        return 0
+    cap = START
+    while cap < count:
+        cap *= 2
+    return min(cap, size)
 
 
 class Ring:
-    """A fixed-size ring buffer of scalars (`RowRing`: of rows): a detector's memory.
+    """A ring buffer of at most `size` scalars (`RowRing`: of rows): a detector's memory.
 
     Scalars live in an `array.array`, as compact as numpy's and several times faster to set
-    or read one at a time from Python; `array` is a numpy view of the same memory.
+    or read one at a time from Python; `array` is a numpy view of the same memory. Storage
+    is taken at the first push (`START` slots) and doubles when a push finds it full
+    (`grow`), until it holds `size`: before the first wrap the next slot is the count of
+    values, so growing is one copy, and a caller that sends three queries holds eight
+    slots, not `size`. Code that inlines `push` checks `head == cap` first, as `push` does.
     """
 
     def __init__(self, size: int, dtype: Any = np.float64) -> None:
-        self.data: Any = array.array(_CODES[np.dtype(dtype)], bytes(np.dtype(dtype).itemsize
-                                                                    * size))
-        self.array: Array = np.frombuffer(self.data, dtype)
+        self.dtype = np.dtype(dtype)
         self.size, self.count, self.head = size, 0, 0
+        self._allot(0)
+
+    def _allot(self, cap: int) -> None:
+        """Storage of `cap` slots (zeros), the held values copied over."""
+        data = array.array(_CODES[self.dtype], bytes(self.dtype.itemsize * cap))
+        if self.count:
+            data[:self.count] = self.data[:self.count]
+        self.data: Any = data
+        self.array: Array = np.frombuffer(data, self.dtype)
+        self.cap = cap
+
+    def grow(self) -> None:
+        """Double the storage (`START` slots at first, at most `size`): what a push does
+        when `head == cap`."""
+        self._allot(min(max(2 * self.cap, START), self.size))
 
     def push(self, value: Any) -> None:
+        if self.head == self.cap:
+            self.grow()
         self.data[self.head] = value
         self.head = (self.head + 1) % self.size
         if self.count < self.size:
             self.count += 1
-
-    def oldest(self) -> Any:
-        """What the next push overwrites (only meaningful once full)."""
-        return self.data[self.head]
 
     def view(self) -> Array:
         """The filled part (order is not kept; no detector needs it)."""
         return self.array[: self.count]
 
     def state(self, name: str) -> dict[str, Array]:
-        return {name: self.array, f"{name}.at": np.array([self.count, self.head], np.int64)}
+        """The values held (a copy of the first `count` slots) and (count, head)."""
+        return {name: self.array[: self.count].copy(),
+                f"{name}.at": np.array([self.count, self.head], np.int64)}
 
     def load(self, name: str, state: Mapping[str, Array]) -> None:
+        """Take back what `state` gave: the values held, or (snapshots before version 5)
+        the whole ring of `size` slots."""
+        data, at = self._check(name, state)
+        count, head = int(at[0]), int(at[1])
+        self.count, self.head = 0, 0
+        self._allot(capacity(self.size, count, head))
+        n = min(len(data), self.cap)  # a whole ring's empty tail is not kept
+        self.array[:n] = data[:n]
+        self.count, self.head = count, head
+
+    def _check(self, name: str, state: Mapping[str, Array]) -> tuple[Array, Array]:
         data, at = np.asarray(state[name]), np.asarray(state[f"{name}.at"])
-        if data.shape != self.array.shape or data.dtype != self.array.dtype:
-            raise _bad_state(f"{name} is {data.dtype}{list(data.shape)}, "
-                             f"expected {self.array.dtype}{list(self.array.shape)}")
+        shape = (self.size, *self._row_shape())
         if at.shape != (2,) or not (0 <= at[0] <= self.size and 0 <= at[1] < self.size):
             raise _bad_state(f"{name} position {at.tolist()}")
-        self.array[...] = data
-        self.count, self.head = int(at[0]), int(at[1])
+        count, head = int(at[0]), int(at[1])
+        held = (count, *shape[1:])
+        if data.dtype != self.dtype or data.shape not in (shape, held) or (
+                data.shape != shape and head != count % self.size):
+            raise _bad_state(f"{name} is {data.dtype}{list(data.shape)}, "
+                             f"expected {self.dtype}{list(held)}")
+        return data, at
+
+    def _row_shape(self) -> tuple[int, ...]:
+        return ()
 
     @property
     def nbytes(self) -> int:
@@ -112,15 +165,30 @@ class RowRing(Ring):
     """A ring of float32 rows that keeps half of each row's squared norm, for `nearest`."""
 
     def __init__(self, size: int, width: int) -> None:
-        self.data = self.array = np.zeros((size, width), ROW)
+        self.dtype, self.width = np.dtype(ROW), width
         self.size, self.count, self.head = size, 0, 0
-        self.half: Array = np.zeros(size, ROW)
+        self._allot(0)
+
+    def _allot(self, cap: int) -> None:
+        data, half = np.zeros((cap, self.width), ROW), np.zeros(cap, ROW)
+        if self.count:
+            data[:self.count] = self.data[:self.count]
+            half[:self.count] = self.half[:self.count]
+        self.data = self.array = data
+        self.half: Array = half
+        self.cap = cap
+
+    def _row_shape(self) -> tuple[int, ...]:
+        return (self.width,)
 
     def push(self, value: Any, zz: float | None = None) -> None:
         """Add a row (float32, as the monitor sends), given its squared norm `zz` if known."""
-        self.data[self.head] = value
-        self.half[self.head] = 0.5 * (float(value @ value) if zz is None else zz)
-        self.head = (self.head + 1) % self.size
+        head = self.head
+        if head == self.cap:
+            self.grow()
+        self.data[head] = value
+        self.half[head] = 0.5 * (float(value @ value) if zz is None else zz)
+        self.head = (head + 1) % self.size
         if self.count < self.size:
             self.count += 1
 

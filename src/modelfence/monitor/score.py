@@ -7,7 +7,8 @@ A caller is a principal (an API key, a user) and, when the request names one, it
 tenant's state sees every query of all its principals, so a thief who spreads one extraction
 over many keys is judged on the whole of it. Each kind has its own LRU table
 (`callers.Table`) capped at `max_principals` and its own `PeerStats`; with each caller's
-state fixed in size, the monitor's memory is bounded by settings alone.
+state bounded in size (its rings grow with its queries up to their sizes, `rings`), the
+monitor's memory is bounded by settings alone.
 
 `observe` recomputes the risk of the callers it updates (the readings of detectors that saw
 new rows) and caches it, so the request path reads a risk with one dictionary lookup
@@ -21,6 +22,7 @@ for replicas that share one monitor's state. The settings, `Risk` and `Crossing`
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import heapq
 import io
@@ -34,22 +36,21 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError
-from ..risk import Episode, Hysteresis, combine_with, crossings, step
+from ..risk import Hysteresis, combine_with, crossings, step
 from .callers import CallerState, Table
 from .detectors import Reading
 from .facts import Batch, Cells, Judge
 from .resends import projection
 from .rings import ROW
+from .snapshots import READS, SNAPSHOT_FORMAT, SNAPSHOT_VERSION, Capture, Fields, risk_of
 from .summary import Array, Summary
 from .verdict import NO_RISK, Crossing, Kind, MonitorSettings, Risk, combine
 
 __all__ = ["NO_RISK", "SNAPSHOT_FORMAT", "SNAPSHOT_VERSION", "CallerState", "Crossing", "Kind",
            "Monitor", "MonitorSettings", "Risk", "Table", "combine", "fingerprint"]
 
-#: What `snapshot` writes; `restore` reads only this format and version (2: float32 rows,
-#: each caller's repeat digests, the peer table's latest hour; 3: each caller's episode and
-#: its raw risk; 4: each caller's re-send anchors, detectors fitted by summary format 3).
-SNAPSHOT_FORMAT, SNAPSHOT_VERSION = "modelfence-monitor", 4
+#: Callers `snapshot_async` copies between two turns of the event loop (about 10 ms).
+CAPTURE_STEP = 200
 
 
 def fingerprint(summary: Summary) -> str:
@@ -78,6 +79,7 @@ class Monitor:
             for k in ("principal", "tenant")}
         self._principals = self._tables["principal"].states
         self._tenants = self._tables["tenant"].states
+        self._captures: list[Capture] = []  # snapshots being taken (`snapshot_async`)
 
     def observe(self, principal: str, features: Array, proba: Array, *,
                 tenant: str | None = None, now: float | None = None) -> list[Crossing]:
@@ -99,6 +101,8 @@ class Monitor:
         started: dict[Kind, Risk] = {}
         for kind, key in subjects:
             state = self._tables[kind].touch(key)
+            for capture in self._captures:  # a snapshot being taken copies it first
+                capture.before_change(state)
             seen = state.observe(rows, at)
             state.risk, began = self._assess(state, seen, at)
             if began:
@@ -183,40 +187,34 @@ class Monitor:
         """Every caller's state, cached risk and the peer tables, as an .npz without pickle.
 
         A JSON header (format, version, the summary's fingerprint, detectors, caller names)
-        travels as a uint8 array; each detector field is one array stacked over the callers.
+        travels as a uint8 array; each detector field holds only the values its rings hold
+        (`snapshots`). Holds the caller until done: a gateway uses `snapshot_async`.
         """
-        names = self.settings.detectors
+        capture = self.capture()
+        capture.step()
+        return capture.encode()
+
+    def capture(self) -> Capture:
+        """A copy, caller by caller, of the state as of now (`snapshots.Capture`): callers
+        that `observe` changes before their turn are copied first."""
         header: dict[str, Any] = {
             "format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION,
             "summary": fingerprint(self.summary), "n_features": self.summary.n_features,
-            "n_classes": self.summary.n_classes, "detectors": list(names)}
-        arrays: dict[str, Array] = {}
-        for kind, table in self._tables.items():
-            states = list(table.states.values())
-            readings = [[s.risk.readings.get(n, Reading(0.0, "")) for n in names] for s in states]
-            peer_keys, peer_arrays = table.peers.state()
-            header[kind] = {"keys": list(table.states), "peers": peer_keys,
-                            "why": [[r.why for r in row] for row in readings]}
-            arrays[f"{kind}.queries"] = np.array([s.queries for s in states], np.int64)
-            arrays[f"{kind}.risk"] = np.array(
-                [[s.risk.raw, *(r.score for r in row)] for s, row in zip(states, readings,
-                                                                         strict=True)],
-                np.float64).reshape(len(states), 1 + len(names))
-            arrays[f"{kind}.episode"] = np.array(
-                [s.risk.episode.as_row() for s in states], np.float64).reshape(len(states), 4)
-            arrays.update({f"{kind}.peers.{k}": v for k, v in peer_arrays.items()})
-            filters = [s.filters_state() for s in states]
-            for k, blank in table.new("").filters_state().items():
-                arrays[f"{kind}.{k}"] = np.stack(
-                    [f[k] for f in filters]) if filters else blank[None][:0]
-            for n in names:
-                parts = [s.detectors[n].state() for s in states]
-                for k in parts[0] if parts else ():
-                    arrays[f"{kind}.{n}.{k}"] = np.stack([part[k] for part in parts])
-        arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-        out = io.BytesIO()
-        np.savez(out, **arrays)  # type: ignore[arg-type]  # numpy's stub: allow_pickle in kwds
-        return out.getvalue()
+            "n_classes": self.summary.n_classes, "detectors": list(self.settings.detectors)}
+        return Capture(header, self._tables)
+
+    async def snapshot_async(self, callers: int = CAPTURE_STEP) -> bytes:
+        """`snapshot` without holding the event loop: `callers` at a time are copied, the
+        loop serving requests between steps (each caller as it was when this began), and
+        the bytes are written in a worker thread."""
+        capture = self.capture()
+        self._captures.append(capture)
+        try:
+            while capture.step(callers):
+                await asyncio.sleep(0)
+        finally:
+            self._captures.remove(capture)
+        return await asyncio.to_thread(capture.encode)
 
     def restore(self, data: bytes) -> None:
         """Replace this monitor's state with a snapshot's (all or nothing).
@@ -225,7 +223,8 @@ class Monitor:
         must have been taken with the same summary and detectors. Anything else, and bytes
         that are not a snapshot, raise ConfigurationError and leave the monitor as it was.
         Episodes carry over as they were (their level, start and hold); beyond
-        `max_principals`, the least recently seen callers are dropped.
+        `max_principals`, the least recently seen callers are dropped. Reads the versions
+        in `snapshots.READS`: a snapshot saved before an upgrade restores after it.
         """
         arrays = _read_npz(data)
         try:
@@ -244,11 +243,11 @@ class Monitor:
         self._tenants = tables["tenant"].states
 
     def _check(self, header: dict[str, Any]) -> None:
-        if header.get("format") != SNAPSHOT_FORMAT or header.get("version") != SNAPSHOT_VERSION:
+        if header.get("format") != SNAPSHOT_FORMAT or header.get("version") not in READS:
             raise ConfigurationError(
                 f"monitor snapshot format {header.get('format')!r} version "
-                f"{header.get('version')!r}; this modelfence reads {SNAPSHOT_FORMAT!r} version "
-                f"{SNAPSHOT_VERSION}")
+                f"{header.get('version')!r}; this modelfence reads {SNAPSHOT_FORMAT!r} "
+                f"versions {', '.join(map(str, READS))}")
         shape = (self.summary.n_features, self.summary.n_classes)
         if (header["n_features"], header["n_classes"]) != shape:
             raise ConfigurationError(
@@ -279,27 +278,17 @@ class Monitor:
         table.peers.load(header["peers"], {
             k: arrays[f"{kind}.peers.{k}"] for k in table.peers.state()[1]})
         keep = max(0, n - self.settings.max_principals)  # the least recent go first
+        fields = Fields(kind, arrays, n)
         for i in range(keep, n):
             state = table.states[keys[i]] = table.new(keys[i])
             for name, det in state.detectors.items():
-                det.load({k: _row(arrays, f"{kind}.{name}.{k}", i, n) for k in det.state()})
-            state.load_filters({k: _row(arrays, f"{kind}.{k}", i, n)
-                                for k in state.filters_state()})
+                det.load({k: fields.part(f"{name}.{k}", i) for k in det.state()})
+            state.load_filters(fields.caller(i, state.filters_state()))
             state.queries = int(queries[i])
             readings = {name: Reading(float(risks[i, 1 + j]), str(whys[i][j]))
                         for j, name in enumerate(names)}
-            episode = Episode.from_row(episodes[i])
-            state.risk = Risk(episode.level, episode.active, state.queries, readings,
-                              float(risks[i, 0]), episode)
+            state.risk = risk_of(state.queries, readings, float(risks[i, 0]), episodes[i])
         return table
-
-
-def _row(arrays: dict[str, Array], name: str, i: int, n: int) -> Array:
-    stacked = arrays[name]
-    if len(stacked) != n:
-        raise ConfigurationError(f"monitor snapshot's {name} holds {len(stacked)} callers, not {n}")
-    row: Array = stacked[i]
-    return row
 
 
 def _read_npz(data: bytes) -> dict[str, Array]:

@@ -267,8 +267,8 @@ class MonitorService:
         self._pending_alerts.add(task)
         task.add_done_callback(self._pending_alerts.discard)
 
-    def _snapshot(self, model: str) -> bytes:
-        return self.monitors[model].snapshot()
+    async def _snapshot(self, model: str) -> bytes:
+        return await self.monitors[model].snapshot_async()
 
     def _restore(self, model: str, data: bytes) -> None:
         self.monitors[model].restore(data)

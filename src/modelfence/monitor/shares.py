@@ -39,6 +39,11 @@ class ShareWindow:
         # detectors' most frequent call
         flags, expected = self.flags, self.expected
         fh, eh = flags.head, expected.head
+        if fh == flags.cap or eh == expected.cap:  # storage full before the first wrap
+            if fh == flags.cap:
+                flags.grow()
+            if eh == expected.cap:
+                expected.grow()
         if flags.count == flags.size:
             self.hits -= flags.data[fh]
             self.sum -= expected.data[eh]
