@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 from ..errors import ModelfenceError, RequestError, Unauthenticated, Unavailable
 from .headers import SECURITY_HEADERS
 from .kit import ConsoleKit, Posted, read_form, same_origin, to_login
+from .liveness import SessionGate
 from .session import clear_cookie_header, cookie_header
 from .static import StaticFiles
 
@@ -31,6 +32,8 @@ class LoginResult:
     scopes: frozenset[str]
     models: frozenset[str]
     tenants: frozenset[str]
+    credential: str = ""  # fingerprint of the configured credential it matched
+    not_after: int | None = None  # the credential's own expiry (an OIDC token's exp)
 
 
 _EVERY_METHOD = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -48,25 +51,33 @@ class NavLink:
 
 
 class Console:
-    """Builds `/console`: login, logout, the overview, and the routes of its page modules."""
+    """Builds `/console`: login, logout, the overview, and the routes of its page modules.
+
+    With a `gate` (the gateway always gives one), every route but the login form and the
+    static files first checks that the session is still live (liveness.py), and logout
+    ends the session on every worker and replica, not only in this browser."""
 
     def __init__(self, kit: ConsoleKit, authenticate: Authenticate,
                  pages: list[BaseRoute] | None = None,
-                 nav: list[NavLink] | None = None) -> None:
+                 nav: list[NavLink] | None = None, gate: SessionGate | None = None) -> None:
         self._kit = kit
         self._authenticate = authenticate
         self._pages = pages or []
         self._nav = nav or []
+        self._gate = gate
         kit.env.globals["nav_links"] = self._nav
 
     def routes(self) -> list[BaseRoute]:
+        signed: list[BaseRoute] = [
+            Route("/console/logout", self.logout, methods=["POST"]),
+            Route("/console/", self.overview, methods=["GET"]),
+            Route("/console", self.overview, methods=["GET"]), *self._pages,
+            Route("/console/{rest:path}", self.missing, methods=_EVERY_METHOD)]
+        if self._gate is not None:
+            signed = self._gate.wrap(signed)
         return [Route("/console/login", self.login_form, methods=["GET"]),
                 Route("/console/login", self.login, methods=["POST"]),
-                Route("/console/logout", self.logout, methods=["POST"]),
-                Route("/console/", self.overview, methods=["GET"]),
-                Route("/console", self.overview, methods=["GET"]),
-                *StaticFiles().routes(), *self._pages,
-                Route("/console/{rest:path}", self.missing, methods=_EVERY_METHOD)]
+                *StaticFiles().routes(), *signed]
 
     async def missing(self, request: Request) -> Response:
         """Any other /console path or method: a 404 page with the console's headers (the
@@ -96,7 +107,8 @@ class Console:
             return kit.render("login.html", status, title="Log in", session=None,
                               message=_refusal(exc))
         cookie, _ = kit.signer.issue(admin=who.admin, scopes=who.scopes, models=who.models,
-                                     tenants=who.tenants, now=int(kit.clock()))
+                                     tenants=who.tenants, now=int(kit.clock()),
+                                     credential=who.credential, not_after=who.not_after)
         await kit.record("console:login", who.admin, 303, request)
         response = RedirectResponse("/console/", status_code=303, headers=SECURITY_HEADERS)
         response.headers.append("set-cookie", cookie_header(
@@ -107,8 +119,17 @@ class Console:
         posted = await self._kit.post(request, "risk:read")
         if not isinstance(posted, Posted):
             return posted
-        await self._kit.record("console:logout", posted.session.admin, 303, request)
-        response = to_login()
+        session, gate = posted.session, self._gate
+        await self._kit.record("console:logout", session.admin, 303, request,
+                               target=gate.ended.target(session) if gate else None)
+        if gate is not None and not await gate.ended.end(session):
+            response: Response = self._kit.render(
+                "denied.html", 503, session=None, title="Logout not recorded",
+                message="this browser is logged out, but the audit log could not record the "
+                        "logout now: a copy of this session's cookie stays valid until the "
+                        "audit log takes the record or the session expires")
+        else:
+            response = to_login()
         response.headers.append("set-cookie", clear_cookie_header(
             secure=self._kit.cookie_secure(request)))
         return response

@@ -1,9 +1,12 @@
 """Console sessions: a signed cookie that names the admin and its scopes, and its CSRF token.
 
 The admin's credential never enters the cookie: login authenticates it once and the cookie
-carries only what AdminAuthenticator concluded (name, scopes, models, tenants) with an
-expiry, signed with a key derived from the server secret, so a short lifetime bounds how
-long a revoked credential's session outlives it. Every comparison is constant-time.
+carries only what AdminAuthenticator concluded (name, scopes, models, tenants), a keyed
+fingerprint of the configured credential it matched (`credential`, so that removing or
+rotating that credential ends the session: liveness.py) and an expiry, signed with a key
+derived from the server secret. The signature proves who logged in and until when, not that
+the session was not ended since: liveness.py checks that on every request. Every
+comparison is constant-time.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from ..errors import Unauthenticated
 COOKIE_NAME = "modelfence_console"
 _SESSION_LABEL = b"modelfence console session v1"
 _CSRF_LABEL = b"modelfence console csrf v1"
+_CREDENTIAL_LABEL = b"modelfence console credential v1"
+_SID_LABEL = b"modelfence console ended session v1"
 _MAX_COOKIE = 4096
 
 
@@ -38,6 +43,13 @@ class ConsoleSession:
     models: frozenset[str]
     tenants: frozenset[str]
     expires: int
+    credential: str = ""  # fingerprint of the configured credential that logged in
+
+    @property
+    def ended_id(self) -> str:
+        """What a logout records to end this session everywhere: a hash of its id, never
+        the cookie (which would sign in whoever read the audit log)."""
+        return hashlib.sha256(_SID_LABEL + self.sid.encode()).hexdigest()[:32]
 
     def allows(self, scope: str) -> bool:
         return scope in self.scopes
@@ -72,12 +84,20 @@ class SessionSigner:
         return self._lifetime_s
 
     def issue(self, *, admin: str, scopes: frozenset[str], models: frozenset[str],
-              tenants: frozenset[str], now: int) -> tuple[str, ConsoleSession]:
+              tenants: frozenset[str], now: int, credential: str = "",
+              not_after: int | None = None) -> tuple[str, ConsoleSession]:
+        """A new session of `lifetime_s`, cut short at `not_after` (an OIDC token's own
+        expiry) when that comes first."""
+        expires = now + self._lifetime_s
+        if not_after is not None:
+            expires = min(expires, not_after)
         session = ConsoleSession(sid=secrets.token_urlsafe(18), admin=admin, scopes=scopes,
-                                 models=models, tenants=tenants, expires=now + self._lifetime_s)
+                                 models=models, tenants=tenants, expires=expires,
+                                 credential=credential)
         body = json.dumps({"sid": session.sid, "admin": admin, "scopes": sorted(scopes),
                            "models": sorted(models), "tenants": sorted(tenants),
-                           "exp": session.expires}, separators=(",", ":")).encode()
+                           "exp": session.expires, "cred": credential},
+                          separators=(",", ":")).encode()
         payload = _b64(body)
         return f"{payload}.{self._sign(payload)}", session
 
@@ -94,12 +114,19 @@ class SessionSigner:
                 sid=str(data["sid"]), admin=str(data["admin"]),
                 scopes=frozenset(map(str, data["scopes"])),
                 models=frozenset(map(str, data["models"])),
-                tenants=frozenset(map(str, data["tenants"])), expires=int(data["exp"]))
+                tenants=frozenset(map(str, data["tenants"])), expires=int(data["exp"]),
+                credential=str(data["cred"]))
         except (ValueError, KeyError, TypeError):
             raise Unauthenticated("console session is not valid; log in again") from None
         if session.expires <= now:
             raise Unauthenticated("console session expired; log in again")
         return session
+
+    def fingerprint(self, credential_id: str) -> str:
+        """A short keyed fingerprint of what names a configured credential (its stored
+        digest): the cookie's payload is readable, so it must not carry the digest itself."""
+        return _b64(hmac.new(self._key, _CREDENTIAL_LABEL + credential_id.encode(),
+                             hashlib.sha256).digest()[:16])
 
     def csrf_token(self, session: ConsoleSession) -> str:
         """The synchronizer token every form of this session carries."""

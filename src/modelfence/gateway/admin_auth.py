@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -52,6 +54,7 @@ class AdminIdentity:
     tenants: frozenset[str] = _ALL
     groups: frozenset[str] = _ALL
     attributes: frozenset[str] = _ALL
+    expires_at: datetime | None = None  # an OIDC admin's token expires; admin tokens do not
 
     def covers(self, model: str | None) -> bool:
         return "*" in self.models or (model is not None and model in self.models)
@@ -123,6 +126,26 @@ class AdminAuthenticator:
     def enabled(self) -> bool:
         return bool(self._tokens) or self._jwt is not None
 
+    def credential_id(self, token: str, admin: AdminIdentity) -> str:
+        """What names the configured credential `token` matched as `admin`, without the
+        credential: its stored SHA-256 digest and the grant it carries (for an OIDC admin,
+        the OIDC admin grant, whatever the subject). A console session is bound to it, so
+        removing, rotating or changing that credential ends the session."""
+        if admin.name.startswith("admin:oidc:"):
+            return self._oidc_id()
+        return _token_id(_sha256(token), admin)
+
+    def credential_ids(self) -> frozenset[str]:
+        """`credential_id` of every credential configured now."""
+        ids = {_token_id(sha, admin) for sha, admin in self._tokens}
+        if self._jwt is not None:
+            ids.add(self._oidc_id())
+        return frozenset(ids)
+
+    def _oidc_id(self) -> str:
+        assert self._oidc is not None
+        return "oidc:" + self._oidc.model_dump_json()
+
     async def authenticate(self, request: Request, scope: str) -> AdminIdentity:
         """The admin behind the request, allowed `scope`; sets request.state.admin_name
         (for the audit record) as soon as it is known, failure or not."""
@@ -157,7 +180,8 @@ class AdminAuthenticator:
             request.state.admin_name = f"admin:oidc:{principal.id}"
             if self._oidc.group not in principal.groups:
                 raise Forbidden("this identity is not in the admin group", reason="not_admin")
-            return _scoped(request.state.admin_name, self._oidc)
+            return replace(_scoped(request.state.admin_name, self._oidc),
+                           expires_at=principal.expires_at)
         presented = _sha256(token)
         found = None
         for sha, admin in self._tokens:  # every one compared: no early exit
@@ -166,6 +190,11 @@ class AdminAuthenticator:
         if found is None:
             raise Unauthenticated(reason="bad_admin_token")
         return found
+
+
+def _token_id(sha: str, admin: AdminIdentity) -> str:
+    return "token:" + json.dumps([sha, admin.name, *(sorted(g) for g in (
+        admin.scopes, admin.models, admin.tenants, admin.groups, admin.attributes))])
 
 
 def _sha256(token: str) -> str:

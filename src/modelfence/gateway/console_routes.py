@@ -3,6 +3,10 @@
 A pasted credential is checked exactly as an `Authorization: Bearer` header on the admin
 API (same throttling of failures, same scoped tokens and OIDC admins); a console login needs
 the `risk:read` scope, and every page and action checks the scope it needs from the session.
+The session is bound to the credential it matched (a keyed fingerprint of its stored digest
+and grant, checked against the credentials configured now) and ends on every worker and
+replica at logout, through the audit store they share (console/liveness.py). An OIDC
+admin's session also ends when its token expires, if that comes before session_lifetime_s.
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ from starlette.requests import Request
 from starlette.routing import BaseRoute
 
 from ..audit.record import event_record
+from ..audit.sinks import audit_store_of
 from ..config import Settings
 from ..console.app import Console, LoginResult, NavLink
 from ..console.inv_actions import investigation_routes
 from ..console.investigate import Investigation
 from ..console.kit import ConsoleKit
-from ..console.session import SessionSigner
-from ..errors import Unavailable
+from ..console.liveness import EndedSessions, SessionGate
+from ..console.session import ConsoleSession, SessionSigner
+from ..errors import ConfigurationError, Unavailable
 from ..quota.budgets import BudgetStore
 from ..watermark.bundle import load_signing_key
 from ..watermark.guard import WatermarkGuard
@@ -45,6 +51,16 @@ def console_routes(settings: Settings, admin_api: AdminApi, *,
     auth, audit = admin_api.auth, admin_api.audit
     signer = SessionSigner(settings.server_secret(),
                            lifetime_s=settings.console.session_lifetime_s)
+    ended = EndedSessions(audit_store_of(audit), keep_s=settings.console.session_lifetime_s)
+    if not ended.shared and settings.server.workers > 1:
+        raise ConfigurationError(
+            "console.enabled with server.workers > 1 needs an audit.sink of sqlite:/// or "
+            "postgresql://: a logout is recorded there for every worker to see")
+    configured = frozenset(signer.fingerprint(c) for c in auth.credential_ids())
+
+    def bound(session: ConsoleSession) -> bool:
+        """The credential that made the session is still configured (as it was)."""
+        return session.credential in configured
 
     async def authenticate(credential: str, request: Request) -> LoginResult:
         if not audit.accepting:  # fail closed, as the admin API: no unrecorded login
@@ -58,7 +74,10 @@ def console_routes(settings: Settings, admin_api: AdminApi, *,
             admin = await auth.authenticate(probe, LOGIN_SCOPE)
         finally:
             request.state.admin_name = probe.state.admin_name
-        return LoginResult(admin.name, admin.scopes, admin.models, admin.tenants)
+        expires = admin.expires_at
+        return LoginResult(admin.name, admin.scopes, admin.models, admin.tenants,
+                           credential=signer.fingerprint(auth.credential_id(credential, admin)),
+                           not_after=int(expires.timestamp()) if expires is not None else None)
 
     async def record(action: str, admin: str, status: int, request: Request,
                      target: str | None, details: Mapping[str, Any] | None) -> None:
@@ -86,4 +105,4 @@ def console_routes(settings: Settings, admin_api: AdminApi, *,
                                         watermark=watermark)
     pages += rec_pages
     nav += rec_nav
-    return Console(kit, authenticate, pages, nav).routes()
+    return Console(kit, authenticate, pages, nav, SessionGate(kit, ended, bound)).routes()
