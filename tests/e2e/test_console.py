@@ -1,8 +1,12 @@
-"""The console on a real gateway's admin listener, driven in headless Chromium: log in with
-the admin token, see the overview, log out; every action audited, no secret on any page."""
+"""The console on a real gateway's admin listener (two workers sharing an SQLite audit log),
+driven in headless Chromium: log in with the admin token, see the overview, log out; every
+action audited, no secret on any page; a cookie replayed after logout is refused by every
+worker."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,16 +22,29 @@ from .test_redteam_report import ARGS, CHROMIUM, _browser_or_skip
 def console_gateway(tmp_path_factory: pytest.TempPathFactory, digits_files: dict[str, Path]
                     ) -> Iterator[Gateway]:
     gw = Gateway(tmp_path_factory.mktemp("gw-console"), [skops_model(digits_files)],
-                 extra={"console": {"enabled": True, "session_lifetime_s": 300}}).start()
+                 extra={"console": {"enabled": True, "session_lifetime_s": 300},
+                        "audit": {"sink": "sqlite:///audit.db"}})
+    gw.extra["server"] = {"host": "127.0.0.1", "port": gw.port, "workers": 2,
+                          "admin_listen": f"127.0.0.1:{gw.admin_port}"}
+    gw.start()
     yield gw
     gw.stop()
+
+
+def _audit_records(gw: Gateway) -> list[dict[str, object]]:
+    db = sqlite3.connect(gw.folder / "audit.db")
+    try:
+        rows = db.execute("SELECT payload FROM modelfence_audit ORDER BY seq").fetchall()
+    finally:
+        db.close()
+    return [json.loads(payload) for (payload,) in rows]
 
 
 def _console_records(gw: Gateway, count: int) -> list[dict[str, object]]:
     deadline = time.monotonic() + 5
     records: list[dict[str, object]] = []
     while time.monotonic() < deadline:
-        records = [r for r in gw.audit_records() if str(r["action"]).startswith("console:")]
+        records = [r for r in _audit_records(gw) if str(r["action"]).startswith("console:")]
         if len(records) >= count:
             break
         time.sleep(0.1)
@@ -89,3 +106,36 @@ def test_login_and_overview_pages_pass_the_browser_checks(console_gateway: Gatew
         browser.login()
         browser.check("overview")
         assert browser.page.evaluate("typeof htmx") == "object"  # the vendored script ran
+
+
+
+def test_a_cookie_replayed_after_logout_is_refused_by_every_worker(
+        console_gateway: Gateway) -> None:
+    """Logging out on one worker ends the session on both (each request on a new
+    connection, so the workers take turns), and a console page with the check stays far
+    under its 300 ms target."""
+    import httpx
+
+    gw = console_gateway
+
+    def get(path: str, cookie: str) -> httpx.Response:
+        with httpx.Client(base_url=gw.admin_url, cookies={"modelfence_console": cookie},
+                          follow_redirects=False) as one:  # a new connection each time
+            return one.get(path)
+
+    with httpx.Client(base_url=gw.admin_url, follow_redirects=False) as client:
+        assert client.post("/console/login",
+                           data={"credential": gw.admin_token}).status_code == 303
+        cookie = client.cookies["modelfence_console"]
+        started = time.perf_counter()
+        pages = [get("/console/", cookie) for _ in range(8)]
+        page_ms = (time.perf_counter() - started) * 1000 / len(pages)
+        assert all(p.status_code == 200 for p in pages) and page_ms < 300, page_ms
+        csrf = pages[0].text.split('name="csrf" value="')[1].split('"')[0]
+        assert client.post("/console/logout", data={"csrf": csrf}).status_code == 303
+    for _ in range(8):
+        again = get("/console/", cookie)
+        assert again.status_code == 303 and again.headers["location"] == "/console/login"
+    records = [r for r in _console_records(gw, 2) if r["action"] == "console:logout"]
+    assert records and str(records[-1]["key_id"]).startswith("session:")
+    assert cookie.split(".")[0] not in str(records[-1])
