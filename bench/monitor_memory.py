@@ -130,6 +130,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--callers", type=int, default=10_000)
     parser.add_argument("--save", type=Path, help="write the result (modelfence-bench/1)")
+    parser.add_argument("--commit", help="the commit of the code measured, when it is not "
+                                         "the checkout's (an older tree on PYTHONPATH)")
     args = parser.parse_args()
     world = Digits()
     rows: list[dict[str, Any]] = []
@@ -167,10 +169,13 @@ def main() -> None:
         for row in rows:
             if row["unit"] == "bytes":
                 row["value"] = int(row["value"])
-        save(args.save, result(
+        doc = result(
             "monitor-memory", " ".join(["python bench/monitor_memory.py", *sys.argv[1:]]),
             columns, rows, note=f"digits victim, default detectors; mix {MIX} "
-                                "(share of callers, fewest, most queries)"))
+                                "(share of callers, fewest, most queries)")
+        if args.commit:
+            doc["commit"] = args.commit
+        save(args.save, doc)
 
 
 if __name__ == "__main__":
