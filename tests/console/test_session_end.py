@@ -205,3 +205,24 @@ def test_an_oidc_session_ends_with_its_token_and_names_no_secret() -> None:
         signer.verify(cookie, now=1060)
     assert session.ended_id != hashlib.sha256(session.sid.encode()).hexdigest()[:32]
     assert "oidc:x" not in cookie
+
+
+def test_a_logout_that_cannot_be_read_back_says_so_and_clears_the_cookie(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit store answers but the logout's record never lands there (lost by the
+    writer): the admin is told, not sent to the login page as if it were done."""
+    with console(tmp_path, monkeypatch) as client:
+        cookie = login(client, ADMIN)
+        csrf = csrf_of(client)
+        assert isinstance(client.app, Worker)
+        sink = client.app.app.state.gateway.audit_sink
+
+        async def lost(record: object) -> None:
+            return None
+
+        monkeypatch.setattr(sink, "write", lost)
+        monkeypatch.setattr("modelfence.console.liveness._SETTLE_S", 0.3)
+        out = client.post("/console/logout", data={"csrf": csrf}, follow_redirects=False)
+        assert out.status_code == 503 and "could not record the logout" in out.text
+        assert "Max-Age=0" in out.headers["set-cookie"]
+        assert replay(client, cookie).status_code == 200  # not ended: the page said so
