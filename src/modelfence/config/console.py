@@ -9,8 +9,9 @@ from .base import ConfigPath, Strict
 
 class ConsoleSettings(Strict):
     """The console signs its sessions with a key derived from the server secret and lets an
-    admin do only what its admin scopes allow. A short session bounds how long a revoked
-    admin credential's session outlives it."""
+    admin do only what its admin scopes allow. A session ends at its lifetime, at logout (on
+    every worker and replica, through the audit store) and when the admin credential that
+    opened it leaves the configuration."""
 
     enabled: bool = Field(False, description="serve /console on the admin listener "
                           "(needs server.admin_listen and an admin credential)")
