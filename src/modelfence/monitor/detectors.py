@@ -1,10 +1,12 @@
 """Extraction detectors: each watches one caller's queries and says how unlike use they look.
 
 Every detector sees rows already standardized by the model's `Summary` (float32) and the
-model's probabilities for them, keeps fixed-size numpy ring buffers (so a caller with a
-million queries costs what one with a few hundred does), and scores in [0, 1], where 0 is "as
-benign traffic looks" and 1 is "certainly not use". Scores ramp between two z-values of a
-statistic against the benign expectation, so a threshold means the same for every detector.
+model's probabilities for them, keeps bounded ring buffers that grow with the caller's
+queries up to their sizes (so a caller with a million queries costs what one with a few
+thousand does, and one with a few queries a few kilobytes: `rings`), and scores in [0, 1],
+where 0 is "as benign traffic looks" and 1 is "certainly not use". Scores ramp between two
+z-values of a statistic against the benign expectation, so a threshold means the same for
+every detector.
 
 A row the caller sent moments ago, unchanged, teaches a thief nothing, while benign clients
 retry and refresh all the time; the monitor drops such repeats (`Repeats`) before every
