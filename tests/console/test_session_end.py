@@ -226,3 +226,38 @@ def test_a_logout_that_cannot_be_read_back_says_so_and_clears_the_cookie(
         assert out.status_code == 503 and "could not record the logout" in out.text
         assert "Max-Age=0" in out.headers["set-cookie"]
         assert replay(client, cookie).status_code == 200  # not ended: the page said so
+
+
+def test_ends_are_read_incrementally_and_forgotten_once_their_sessions_expired(
+        tmp_path: Path) -> None:
+    from modelfence.audit.chain import Entry, link
+    from modelfence.audit.store import Batch
+
+    signer = SessionSigner(b"s" * 32, lifetime_s=900)
+    now = [1_000_000.0]
+    old, early, late, live = (signer.issue(admin="a", scopes=frozenset(), models=frozenset(),
+                                           tenants=frozenset(), now=1)[1] for _ in range(4))
+
+    def logout(session: ConsoleSession, at: float) -> Entry:
+        payload = json.dumps({"key_id": TARGET + session.ended_id}).encode()
+        return Entry(int(at * 1e6), None, "a", None, None, LOGOUT, 303, payload)
+
+    async def run() -> list[bool]:
+        store = SqliteAuditStore(tmp_path / "audit.db")
+        await store.open()
+        try:
+            entries = [logout(old, now[0] - 3 * 3600), logout(early, now[0] - 60)]
+            await store.commit(lambda h, c: Batch(link(h, entries)))
+            ended = EndedSessions(store, keep_s=900, clock=lambda: now[0])
+            seen = [await ended.ended(old), await ended.ended(early), await ended.ended(late)]
+            await store.commit(lambda h, c: Batch(link(h, [logout(late, now[0])])))
+            seen += [await ended.ended(late), await ended.ended(live)]
+            now[0] += 900 + 600 + 1  # past the lifetime and the clocks' skew
+            await ended.ended(live)  # a read forgets the ends whose sessions expired
+            seen.append(await ended.ended(early))
+            return seen
+        finally:
+            await store.close()
+
+    # the logout 3 h ago is outside a 900 s lifetime: its session expired long ago
+    assert asyncio.run(run()) == [False, True, False, True, False, False]

@@ -50,6 +50,7 @@ TARGET = "session:"
 _PAGE = 500
 _READ_S = 2.0  # longest a page waits for the audit store before it answers 503
 _SETTLE_S = 5.0  # longest a logout waits to read its own record back
+_SKEW_S = 600  # replicas' clocks may differ: an end is kept this much longer than needed
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -60,7 +61,8 @@ class EndedSessions:
     def __init__(self, store: AuditStore | None, *, keep_s: int,
                  clock: Callable[[], float] = time.time) -> None:
         self._store = store
-        self._keep_s = keep_s  # a session lasts at most this long: its end can be forgotten
+        # a session lasts at most keep_s: after that (and the clocks' skew) its end is moot
+        self._keep_s = keep_s + _SKEW_S
         self._clock = clock
         self._ended: dict[str, float] = {}  # hash of a session id -> when to forget it
         self._after: int | None = None  # the newest logout record read
