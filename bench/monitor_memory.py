@@ -136,8 +136,7 @@ def main() -> None:
     world = Digits()
     rows: list[dict[str, Any]] = []
     for n, b in per_caller(world, [1, 5, 10, 100, 1000, 2500]):
-        rows.append({"what": f"state of one principal after {n:,} fresh queries",
-                     "value": b, "unit": "bytes"})
+        rows.append({"what": f"state of one principal after {n:,} fresh queries", "bytes": b})
         print(f"{n:>6,} queries: {b:>9,} bytes", flush=True)
     started = time.perf_counter()
     monitor, total = populate(world, args.callers)
@@ -155,20 +154,17 @@ def main() -> None:
     for what, value, unit in (
             (f"state of {args.callers:,} principals ({total:,} queries)", state, "bytes"),
             ("snapshot size", len(data), "bytes"),
-            ("snapshot build (Monitor.snapshot)", took, "s"),
-            ("snapshot restore", back, "s"),
-            ("local save (LocalLog, to a file)", save_s, "s"),
-            ("longest event-loop stall during the save", stall, "s")):
-        rows.append({"what": what, "value": value, "unit": unit})
-        print(f"{what}: {value:,.3f} {unit}" if unit == "s" else f"{what}: {value:,} {unit}",
+            ("snapshot build (Monitor.snapshot)", took, "seconds"),
+            ("snapshot restore", back, "seconds"),
+            ("local save (LocalLog, to a file)", save_s, "seconds"),
+            ("longest event-loop stall during the save", stall, "seconds")):
+        rows.append({"what": what, unit: value})
+        print(f"{what}: {value:,.3f} s" if unit == "seconds" else f"{what}: {value:,} bytes",
               flush=True)
     if args.save:
         columns = [{"key": "what", "title": "measure"},
-                   {"key": "value", "title": "value", "format": "{:,.3f}"},
-                   {"key": "unit", "title": "unit"}]
-        for row in rows:
-            if row["unit"] == "bytes":
-                row["value"] = int(row["value"])
+                   {"key": "bytes", "title": "bytes", "format": "{:,}"},
+                   {"key": "seconds", "title": "seconds", "format": "{:.3f}"}]
         doc = result(
             "monitor-memory", " ".join(["python bench/monitor_memory.py", *sys.argv[1:]]),
             columns, rows, note=f"digits victim, default detectors; mix {MIX} "
