@@ -72,10 +72,12 @@ class Capture:
         self.peers = {kind: _copy_peers(t) for kind, t in tables.items()}
         self.copies: dict[Kind, list[_Caller | None]] = {
             kind: [None] * len(t.states) for kind, t in tables.items()}
-        # the callers still to copy, by identity, in LRU order
+        # every caller in turn, and those still to copy (by identity)
+        self.queue = [(state, kind, i) for kind, t in tables.items()
+                      for i, state in enumerate(t.states.values())]
         self.todo: dict[CallerState, tuple[Kind, int]] = {
-            state: (kind, i) for kind, t in tables.items()
-            for i, state in enumerate(t.states.values())}
+            state: (kind, i) for state, kind, i in self.queue}
+        self.at = 0  # the next in `queue`
 
     @property
     def done(self) -> bool:
@@ -83,11 +85,13 @@ class Capture:
 
     def step(self, callers: int | None = None) -> bool:
         """Copy the next `callers` (all when None); whether any remain."""
-        n = len(self.todo) if callers is None else callers
-        for _ in range(min(n, len(self.todo))):
-            state, (kind, i) = next(iter(self.todo.items()))
-            del self.todo[state]
-            self.copies[kind][i] = _Caller(state)
+        n = len(self.queue) if callers is None else callers
+        while n > 0 and self.at < len(self.queue):
+            state, kind, i = self.queue[self.at]
+            self.at += 1
+            if self.todo.pop(state, None) is not None:  # else `before_change` copied it
+                self.copies[kind][i] = _Caller(state)
+                n -= 1
         return bool(self.todo)
 
     def before_change(self, state: CallerState) -> None:
