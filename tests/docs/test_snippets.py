@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -175,17 +176,16 @@ def _run_page(page: Path, demo: Demo, tmp_path: Path) -> str | None:
         script = page_script(runnable, folder, ports, world.substitutions, homes)
         # A session of its own: whatever a page started in the background (a gateway it
         # serves itself) is stopped with it, even when a snippet fails before the page stops it.
-        proc = subprocess.Popen(["bash", "-c", script], cwd=workdir, env={**demo.env, **world.env},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-c", _AS_TYPED, script], cwd=workdir,
+                                env={**demo.env, **world.env}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
         try:
             stdout, stderr = proc.communicate(timeout=600)
         finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+            _kill_session(proc.pid)
             if proc.returncode is None:
                 proc.kill()
-                proc.communicate()
+                proc.communicate(timeout=30)
             PAGE_SECONDS[name] = time.monotonic() - started
     if proc.returncode == 0:
         return _reset_said(runnable, homes, stdout + stderr)
@@ -193,6 +193,27 @@ def _run_page(page: Path, demo: Demo, tmp_path: Path) -> str | None:
     where = markers[-1][4:] if markers else name
     return (f"{where} exited {proc.returncode}\n--- stdout\n{stdout[-2000:]}\n"
             f"--- stderr\n{stderr[-3000:]}")
+
+
+#: The page's bash, as a reader's terminal starts it: Ctrl+C (SIGINT) and SIGQUIT at their
+#: defaults. A test run started in the background (`make test &`) ignores both, every child
+#: inherits that, and bash cannot undo it: a served snippet that does not install its own
+#: handler (`mkdocs serve`) then never stops on the page's Ctrl+C.
+_AS_TYPED = ("import os, signal, sys\n"
+             "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
+             "signal.signal(signal.SIGQUIT, signal.SIG_DFL)\n"
+             "os.execvp('bash', ['bash', '-c', sys.argv[1]])\n")
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL to every process of the page's session: a served snippet runs in a process
+    group of its own, and one left running holds the page's output open forever."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if os.getsid(int(entry.name)) == sid:
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _reset_said(runnable: list[Snippet], homes: Path, stdout: str) -> str | None:
