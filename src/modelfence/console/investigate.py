@@ -27,7 +27,7 @@ from ..audit.sinks import AuditSink, audit_store_of
 from ..audit.store import AuditStore
 from ..identity.apikeys import ApiKeys, public_view
 from ..monitor.score import Kind, Risk
-from ..monitor.service import MonitorService
+from ..monitor.service import MonitorService, band_counts
 from . import casefile
 from .app import NavLink
 from .kit import ConsoleKit, whole
@@ -250,12 +250,6 @@ def explain(risk: Risk) -> dict[str, Any]:
 
 def utc(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts))
-
-
-def band_counts(bands: list[tuple[float, str]], scores: Any) -> list[int]:
-    """How many of `scores` each band holds (a score's band is the last it reaches)."""
-    at = np.searchsorted([start for start, _ in bands], scores, side="right") - 1
-    return [int(n) for n in np.bincount(at[at >= 0], minlength=len(bands))]
 
 
 def _ranked(inv: Investigation, model: str, kind: str, rank: int, name: str,

@@ -151,11 +151,8 @@ class MonitorService:
         return list(self._bands.get(model, ()))
 
     def band_counts(self, model: str, scores: Array) -> list[int]:
-        """How many of `scores` each of the model's bands holds, lowest band first (a
-        score's band is the last whose start it reaches, as `band` chooses)."""
-        bands = self._bands.get(model, [])
-        at = np.searchsorted([start for start, _ in bands], scores, side="right") - 1
-        return [int(n) for n in np.bincount(at[at >= 0], minlength=len(bands))]
+        """How many of `scores` each of the model's bands holds, lowest band first."""
+        return band_counts(self._bands.get(model, []), scores)
 
     def census(self) -> None:
         """Set the gauges of who is flagged and how many principals each band holds, per
@@ -278,3 +275,10 @@ def rows_of(values: Array) -> Array:
     """A request's first input as [n, features]: how the monitor sees a batch."""
     x = np.asarray(values, dtype=np.float64)
     return x.reshape(len(x), -1) if x.ndim != 1 else x.reshape(1, -1)
+
+
+def band_counts(bands: list[tuple[float, str]], scores: Array) -> list[int]:
+    """How many of `scores` each band holds, lowest band first (a score's band is the last
+    whose start it reaches, as `MonitorService.band` chooses)."""
+    at = np.searchsorted([start for start, _ in bands], scores, side="right") - 1
+    return [int(n) for n in np.bincount(at[at >= 0], minlength=len(bands))]
