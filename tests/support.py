@@ -180,13 +180,8 @@ class Gateway:
             f"127.0.0.1:{self.admin_port}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
 
     def kill(self) -> None:
         """SIGKILL the server and its worker processes at once, as a crash would (killing
@@ -300,3 +295,14 @@ def ec_key_pair(private: Path, public: Path) -> None:
                                           serialization.NoEncryption()))
     public.write_bytes(key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a test's server process if it still runs; SIGKILL after 10 s without an end."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
