@@ -20,10 +20,9 @@ import functools
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -36,7 +35,7 @@ from sklearn.datasets import load_digits
 from modelfence.monitor.summary import Summary
 from modelfence.shaping.recommended import recommended_shaping
 
-from ..support import Gateway, cli, free_port, infer_body
+from ..support import Gateway, cli, http_receiver, infer_body
 
 POLICY = """
 @id("own-grants")
@@ -102,12 +101,8 @@ class Hooks(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def webhook() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", free_port()), Hooks)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook"
-    server.shutdown()
-    server.server_close()
+    with http_receiver(Hooks) as port:
+        yield f"http://127.0.0.1:{port}/hook"
 
 
 def monitored_gateway(folder: Path, digits_files: dict[str, Path], *, extra_monitor:

@@ -8,10 +8,9 @@ killed gateway are delivered after its restart."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,7 +18,7 @@ import httpx2 as httpx
 import pytest
 
 from ..rsyslog_daemon import Rsyslog, require_rsyslogd
-from ..support import Gateway, cli, free_port
+from ..support import Gateway, cli, free_port, http_receiver
 from .openai_stub import OpenAiStub
 from .test_monitor_gateway import ask, monitored_gateway, thief_rows
 
@@ -43,12 +42,8 @@ class Hec(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def hec() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", free_port()), Hec)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/services/collector/event"
-    server.shutdown()
-    server.server_close()
+    with http_receiver(Hec) as port:
+        yield f"http://127.0.0.1:{port}/services/collector/event"
 
 
 def test_a_flagged_thief_reaches_rsyslog_and_hec_with_its_atlas_id(
@@ -178,19 +173,15 @@ def test_alerts_spooled_by_a_killed_gateway_are_delivered_after_its_restart(
         gw.stop()
     first = json.loads(spooled[0])["metadata"]["uid"]
     Hec.received = []
-    server = HTTPServer(("127.0.0.1", port), Hec)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        gw.start()
-        deadline = time.monotonic() + 5
-        while len(Hec.received) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)  # and nothing more
-    finally:
-        gw.stop()
-        server.shutdown()
-        server.server_close()
+    with http_receiver(Hec, port):
+        try:
+            gw.start()
+            deadline = time.monotonic() + 5
+            while len(Hec.received) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)  # and nothing more
+        finally:
+            gw.stop()
     uids = [json.loads(line)["event"]["metadata"]["uid"]
             for _, body in Hec.received for line in body.split(b"\n")]
     assert len(uids) == 2 and uids[0] == first  # the dead process's first, then its own
