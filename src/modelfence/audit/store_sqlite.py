@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..errors import RetentionRefused, StoreError
-from ..stores.sqlite import create_private
+from ..stores.sqlite import create_private, immediate
 from .chain import Head, Row
 from .checkpoint import Checkpoint
 from .failure import refused, sqlite_permanent
@@ -90,13 +90,11 @@ class SqliteAuditStore(AuditStore):
 
     @staticmethod
     def _commit(db: sqlite3.Connection, plan: Plan, probe: Probe | None = None) -> Batch:
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(db):
             if probe is not None:
                 found = db.execute(_SQL.probe, (probe[0],)).fetchone()
                 if found is not None and bytes(found[0]) == probe[1]:
-                    db.execute("ROLLBACK")
-                    return Batch([], already=True)
+                    return Batch([], already=True)  # only read: its commit writes nothing
             head = db.execute(_SQL.head).fetchone()
             last = db.execute(_SQL.last_checkpoint).fetchone()
             batch = plan(Head(*head) if head else Head(),
@@ -104,11 +102,6 @@ class SqliteAuditStore(AuditStore):
             db.executemany(_SQL.insert_rows, batch.rows)
             if batch.checkpoint is not None:
                 db.execute(_SQL.insert_checkpoint, checkpoint_row(batch.checkpoint))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
         return batch
 
     async def select(self, query: Query) -> list[Row]:
@@ -141,8 +134,7 @@ class SqliteAuditStore(AuditStore):
 
     @staticmethod
     def _delete_through(db: sqlite3.Connection, seq: int) -> int:
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with immediate(db):
             head = db.execute(_SQL.head).fetchone()
             sealed = db.execute(_SQL.segment_ends, (seq,)).fetchone()
             problem = prune_refusal(seq, head[0] if head else 0, sealed is not None)
@@ -150,9 +142,4 @@ class SqliteAuditStore(AuditStore):
                 raise RetentionRefused(problem)
             n = db.execute(_SQL.delete_rows, (seq,)).rowcount
             db.execute(_SQL.delete_checkpoints, (seq,))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
         return int(n)

@@ -23,7 +23,7 @@ from ..errors import StoreError
 from ..stores.base import Store, answers
 from ..stores.pooled import PooledPostgres
 from ..stores.registry import StoreKind, memory, postgresql, sqlite
-from ..stores.sqlite import SqliteFile
+from ..stores.sqlite import SqliteFile, immediate
 
 Counts = dict[str, int]
 
@@ -156,15 +156,10 @@ class SqlitePrivacyStore(PrivacyStore):
     async def charge(self, keys: Sequence[str], mechanism: str, n: int) -> list[Counts]:
         db = self._file.conn
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(db):
                 for key in keys:
                     db.execute(_ADD.format(p="?", max="MAX"), (key, mechanism, n))
                 rows = self._select(keys)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise _failed(exc) from None
         return _rows_to_counts(keys, rows)
@@ -188,8 +183,7 @@ class SqlitePrivacyStore(PrivacyStore):
         sql = _SQLITE_FIRST if first else _SQLITE_PUT
         db = self._file.conn
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(db):
                 for key, value in values.items():
                     db.execute(sql, (key, value, expires, now) if first else
                                (key, value, expires))
@@ -197,10 +191,6 @@ class SqlitePrivacyStore(PrivacyStore):
                 if self._writes % _SWEEP_EVERY == 0:
                     db.execute("DELETE FROM modelfence_privacy_repeats WHERE expires <= ?",
                                (now,))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise _failed(exc) from None
         got = await self.recall(list(values), now)

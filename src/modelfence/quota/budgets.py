@@ -21,7 +21,7 @@ from ..errors import StoreError
 from ..stores.base import Store, answers
 from ..stores.pooled import PooledPostgres
 from ..stores.registry import StoreKind, postgresql, sqlite
-from ..stores.sqlite import SqliteFile
+from ..stores.sqlite import SqliteFile, immediate
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,17 +125,12 @@ class SqliteBudgetStore(BudgetStore):
                       max_rows: int | None) -> Reservation:
         db = self._file.conn
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with immediate(db):
                 db.execute(_RESERVE.format(p="?"), (key,))
                 got = db.execute(_ADD.format(p="?"), (
                     queries, rows, key, queries, max_queries or _NO_CAP, rows,
                     max_rows or _NO_CAP)).fetchone()
                 used = got or db.execute(_USAGE.format(p="?"), (key,)).fetchone()
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise _failed("sqlite", exc) from None
         return Reservation(got is not None, int(used[0]), int(used[1]))
