@@ -15,6 +15,7 @@ import pytest
 from modelfence.audit import spill as spill_mod
 from modelfence.audit.chain import entry_from_dict
 from modelfence.audit.spill import Spill
+from modelfence.kernel.files import try_lock
 
 from .test_audit_chain import Rec
 
@@ -37,7 +38,7 @@ async def test_a_segment_replayed_and_removed_meanwhile_is_not_adopted_again(
     await first.open()  # adopts it
     entries, _ = await first.peek(10)
     assert len(entries) == 3
-    real_lock = spill_mod._lock
+    real_lock = try_lock
 
     def lock_after_the_replay(file):  # type: ignore[no-untyped-def]
         # the second process opened the segment; before it locks, the first finishes it
@@ -47,7 +48,7 @@ async def test_a_segment_replayed_and_removed_meanwhile_is_not_adopted_again(
             seg.records = 0
         return real_lock(file)
 
-    monkeypatch.setattr(spill_mod, "_lock", lock_after_the_replay)
+    monkeypatch.setattr(spill_mod, "try_lock", lock_after_the_replay)
     second = Spill(folder, 1 << 20)
     await second.open()
     assert second.empty and second.records == 0  # not replayed a second time
@@ -87,13 +88,13 @@ async def test_a_segment_being_made_is_not_removed_by_another_process(tmp_path: 
 async def test_a_new_segment_whose_lock_is_taken_is_not_used(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[bool] = []
-    real_lock = spill_mod._lock
+    real_lock = try_lock
 
     def busy_once(file):  # type: ignore[no-untyped-def]
         calls.append(True)
         return False if len(calls) == 1 else real_lock(file)  # a cleaner held the first
 
-    monkeypatch.setattr(spill_mod, "_lock", busy_once)
+    monkeypatch.setattr(spill_mod, "try_lock", busy_once)
     spill = Spill(tmp_path / "spill", 1 << 20)
     await spill.open()
     assert await spill.append([entry_from_dict(Rec(0).to_dict(), now=0)])

@@ -16,6 +16,7 @@ by the chunk size; plaintext of a chunk is released only after its tag verified.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -28,6 +29,7 @@ from typing import BinaryIO
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from ..kernel.files import fsync_dir
 from .errors import DecryptionError
 from .keys import KeyProvider, provider_for_header
 
@@ -256,22 +258,9 @@ def _atomic_write(dst: Path, body: _Body) -> int:
             out.flush()
             os.fsync(out.fileno())  # the one data sync: contents durable before the rename
         os.replace(tmp, dst)
-        _fsync_dir(dst.parent)
+        with contextlib.suppress(OSError):  # best effort: some platforms cannot open a folder
+            fsync_dir(dst.parent)  # the rename itself durable
         return n
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (best effort: some platforms cannot open a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -36,9 +36,9 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import RetentionRefused
+from ..kernel.files import fsync_dir
 from .chain import GENESIS, Row, row_hash
 from .checkpoint import Signer, signature_problem
-from .files import fsync_dir
 
 _TYPE = "modelfence.audit.segment"
 _MARK = b',"record":'

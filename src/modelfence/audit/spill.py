@@ -31,7 +31,6 @@ once it is older than `TMP_STALE_S`, never the one a living writer is making rig
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import time
@@ -43,8 +42,8 @@ from typing import BinaryIO
 
 import orjson
 
+from ..kernel.files import fsync_dir, try_lock
 from .chain import Entry
-from .files import fsync_dir
 
 log = logging.getLogger("modelfence.audit")
 
@@ -122,14 +121,6 @@ class _Segment:
         os.fdatasync(self.file.fileno())
 
 
-def _lock(file: BinaryIO) -> bool:
-    try:
-        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
-
-
 def _read_segment(path: Path, file: BinaryIO) -> tuple[int, int, int]:
     """(replayed offset, valid size, pending records) of an adopted segment; cuts a torn tail."""
     data = file.read()
@@ -200,7 +191,7 @@ class Spill:
             except OSError as exc:
                 log.error("audit spill %s cannot be read: %s", path, exc.strerror)
                 continue
-            if not _lock(file) or os.fstat(file.fileno()).st_nlink == 0:
+            if not try_lock(file) or os.fstat(file.fileno()).st_nlink == 0:
                 file.close()  # a running writer's own segment, or one replayed and removed
                 continue
             offset, size, records = _read_segment(path, file)
@@ -215,7 +206,7 @@ class Spill:
                     st = os.fstat(tmp.fileno())
                     if time.time() - st.st_mtime < TMP_STALE_S:
                         continue  # maybe being made right now, not yet locked
-                    if _lock(tmp) and os.stat(path).st_ino == st.st_ino:
+                    if try_lock(tmp) and os.stat(path).st_ino == st.st_ino:
                         path.unlink(missing_ok=True)
             except OSError:  # renamed by its (living) writer meanwhile
                 continue
@@ -227,7 +218,7 @@ class Spill:
             tmp = self.folder / f"{name}.tmp"
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)  # owner only
             file = os.fdopen(fd, "r+b")
-            if _lock(file):
+            if try_lock(file):
                 break
             file.close()  # another process holds it (a cleaner): leave it, take a new name
         else:

@@ -20,7 +20,6 @@ crash mid-append) is ignored when a segment is adopted.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import time
@@ -29,6 +28,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
+
+from ..kernel.files import fsync_dir, try_lock
 
 log = logging.getLogger("modelfence.siem")
 
@@ -41,14 +42,6 @@ PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600  # alerts name principals: no other use
 
 def _header(offset: int) -> bytes:
     return MAGIC + offset.to_bytes(8, "big")
-
-
-def _locked(f: BinaryIO) -> bool:
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
 
 
 def read_segment(f: BinaryIO) -> list[bytes]:
@@ -99,7 +92,7 @@ class Spool:
                 f: BinaryIO = path.open("r+b")
             except FileNotFoundError:  # another process adopted it meanwhile
                 continue
-            if not _locked(f) or os.fstat(f.fileno()).st_nlink == 0:
+            if not try_lock(f) or os.fstat(f.fileno()).st_nlink == 0:
                 f.close()
                 continue
             records = read_segment(f)
@@ -126,16 +119,12 @@ class Spool:
         tmp = self.folder / f"{name.name}.{uuid.uuid4().hex[:8]}.tmp"
         # the gateway user's alone (alerts name principals), whatever the umask
         f = os.fdopen(os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, PRIVATE_FILE), "w+b")
-        _locked(f)  # a fresh file: nobody else has it
+        try_lock(f)  # a fresh file: nobody else has it
         f.write(_header(HEADER) + b"".join(r + b"\n" for r in records))
         self._sync(f)
         os.replace(tmp, name)
         if self._fsync:
-            fd = os.open(self.folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(self.folder)
         return f, name
 
     # writing -----------------------------------------------------------------------------
