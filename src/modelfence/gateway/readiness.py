@@ -18,13 +18,13 @@ the pod and with it every model. `models="all"`: every model must be ready.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from ..backends.base import ModelEntry
+from ..kernel.tasks import cancel
 from ..stores.health import StoreCheck, answers
 
 log = logging.getLogger("modelfence.gateway")
@@ -109,11 +109,7 @@ class Readiness:
             self._log_due.cancel()
             self._log_due = None
         tasks, self._running = list(self._running.values()), {}
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(*tasks)
 
     def _everything(self) -> list[tuple[str, str]]:
         return [*(("model", n) for n in self._models), *(("store", n) for n in self._stores)]

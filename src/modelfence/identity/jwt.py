@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import math
 import time
@@ -40,6 +39,7 @@ import orjson
 
 from ..config import JwtSettings
 from ..errors import ConfigurationError, Unauthenticated, Unavailable
+from ..kernel.tasks import cancel
 from .jwks import JwksError, JwksSource, KeySet, parse_jwks
 from .principal import Principal
 
@@ -126,11 +126,8 @@ class JwtAuthenticator:
             self._task = asyncio.create_task(self._refresh_periodically(), name="jwks-refresh")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel(self._task)
+        self._task = None
         await self._source.close()
 
     async def authenticate(self, token: str) -> Principal:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadRequest, StoreError
+from ..kernel.tasks import cancel
 
 log = logging.getLogger("modelfence.monitor")
 
@@ -133,10 +134,7 @@ class PinBook:
             self._task = asyncio.ensure_future(self._every())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         if self._client is not None:
             await self._client.aclose()
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigurationError
+from ..kernel.tasks import cancel
 
 log = logging.getLogger("modelfence.monitor")
 
@@ -97,11 +98,7 @@ class ObservationLog(ABC):
         self._spawn(self._every(self._interval_s, self._save))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel(*self._tasks)
         self._tasks.clear()
         with contextlib.suppress(Exception):
             await self._save()

@@ -12,7 +12,6 @@ alerts raised meanwhile are spooled as they come. A collector that refuses a bat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -21,6 +20,7 @@ from typing import Protocol
 from ..config.siem import SiemSettings
 from ..errors import ConfigurationError, DeliveryError
 from ..kernel.metrics import GatewayMetrics
+from ..kernel.tasks import cancel
 from .spool import PRIVATE_DIR, Spool
 
 log = logging.getLogger("modelfence.siem")
@@ -178,9 +178,7 @@ class Outbox:
     async def stop(self) -> None:
         """Alerts not delivered stay in the spool for the next start (or another process)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel(self._task)
             self._task = None
             await self._spool(self._drain())
         await asyncio.to_thread(self.spool.close)

@@ -26,13 +26,13 @@ each refusal writes an ERROR line. With it:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from ..errors import StoreError
+from ..kernel.tasks import cancel
 
 log = logging.getLogger("modelfence.stores")
 
@@ -174,11 +174,7 @@ class Breaker:
 
     async def close(self) -> None:
         """Stop the probes (the store is closing)."""
-        for task in (self._prober, self._checker):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel(self._prober, self._checker)
         self._prober = self._checker = None
 
     async def _until_it_answers(self) -> None:
