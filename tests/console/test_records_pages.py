@@ -25,6 +25,7 @@ from modelfence.console.kit import ConsoleKit
 from modelfence.console.records import AuditPages
 from modelfence.console.reports import ReportPages
 from modelfence.console.session import COOKIE_NAME, SessionSigner
+from modelfence.errors import StoreError
 from modelfence.privacy.budget import Spent
 from modelfence.quota.budgets import SqliteBudgetStore, budget_key, period_bounds
 from modelfence.watermark.store import EvidenceRecord, MemoryEvidenceStore
@@ -132,6 +133,25 @@ def test_watermark_holdings_of_a_principal(client: Any) -> None:
     assert "wm-key-1" in page.text and ">3<" in page.text and ">1<" in page.text
     none = c.get("/console/watermarks", params={"principal": "bob"})
     assert "holds no watermarked answer" in none.text
+
+
+def test_a_store_that_cannot_answer_is_said_on_each_holdings_page(
+        client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    c, _, _ = client
+
+    async def down(*args: object) -> Any:
+        raise StoreError("down", store="test")
+
+    monkeypatch.setattr(SqliteBudgetStore, "usage", down)
+    monkeypatch.setattr(MemoryEvidenceStore, "held_by", down)
+    for path, said in (("/console/budgets", "a budget store cannot answer now"),
+                       ("/console/watermarks", "the evidence store cannot answer now")):
+        page = c.get(path, params={"principal": "alice"})
+        assert page.status_code == 503 and said in page.text, path
+        assert "alice" in page.text  # the principal looked up stays in the form
+    monkeypatch.setattr(SqliteAuditStore, "select", down)  # the tenant comes from audit
+    page = c.get("/console/budgets", params={"principal": "alice"})
+    assert page.status_code == 503 and "a store behind this page cannot answer" in page.text
 
 
 def test_reports_download_as_attachments_and_never_leave_the_folder(client: Any) -> None:

@@ -11,7 +11,7 @@ all (its tenant is read from its newest audit record).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
@@ -34,6 +34,9 @@ if TYPE_CHECKING:  # the accountant pulls in dp-accounting and SciPy: not for a 
     from ..privacy.budget import Spent
 
 HOLDINGS_SCOPE = "risk:read"
+
+#: What a holdings page shows of one principal (and tenant) an admin may see.
+Holdings = Callable[[ConsoleSession, str, str], Awaitable[dict[str, object]]]
 
 
 class EpsilonBook(Protocol):
@@ -104,27 +107,35 @@ class HoldingPages:
         return [Route("/console/budgets", self.budgets, methods=["GET"]),
                 Route("/console/watermarks", self.watermarks, methods=["GET"])]
 
-    async def _lookup(self, request: Request, template: str, title: str, action: str
-                      ) -> tuple[ConsoleSession, str, str] | Response:
-        """The session and the principal (and tenant) looked up, recorded as `action`; or
-        the page that refuses the lookup."""
+    async def _page(self, request: Request, template: str, title: str, action: str,
+                    unavailable: str, holdings: Holdings) -> Response:
+        """A holdings page: the principal (and tenant) looked up, recorded as `action`, and
+        what `holdings` finds for it; or the page that refuses the lookup, or says that a
+        store behind it (`unavailable`) cannot answer now."""
         session = self._kit.page(request, HOLDINGS_SCOPE)
         if isinstance(session, Response):
             return session
+
+        def show(status: int = 200, principal: str = "", tenant: str = "",
+                 **values: object) -> Response:
+            return self._kit.render(template, status, session=session, title=title,
+                                    principal=principal, tenant=tenant, **values)
+
         try:
             principal, tenant = principal_of(request.query_params)
             if principal:
                 tenant = await self._tenant_check(session, principal, tenant)
         except RequestError as exc:
-            return self._kit.render(template, exc.status, session=session, title=title,
-                                    principal="", tenant="", message=exc.message)
+            return show(exc.status, message=exc.message)
         except StoreError:
-            return self._kit.render(template, 503, session=session, title=title,
-                                    principal="", tenant="",
-                                    message="a store behind this page cannot answer now")
+            return show(503, message="a store behind this page cannot answer now")
         if principal:
             await self._kit.record(action, session.admin, 200, request, target=principal)
-        return session, principal, tenant
+        try:
+            found = await holdings(session, principal, tenant)
+        except StoreError:
+            return show(503, principal, tenant, message=unavailable)
+        return show(200, principal, tenant, **found)
 
     async def _tenant_check(self, session: ConsoleSession, principal: str, tenant: str
                             ) -> str:
@@ -151,29 +162,24 @@ class HoldingPages:
         return [m for m in models if session.covers(m)]
 
     async def budgets(self, request: Request) -> Response:
-        found = await self._lookup(request, "rec-budgets.html", "Budgets and ε spent",
-                                   "console:budgets")
-        if isinstance(found, Response):
-            return found
-        session, principal, tenant = found
+        return await self._page(request, "rec-budgets.html", "Budgets and ε spent",
+                                "console:budgets", "a budget store cannot answer now",
+                                self._budgets)
+
+    async def _budgets(self, session: ConsoleSession, principal: str, tenant: str
+                       ) -> dict[str, object]:
         books = self._books
         uses: list[BudgetUse] = []
         eps: list[EpsilonUse] = []
-        try:
-            if principal and books.budget_store is not None:
-                uses = await self._budget_uses(session, principal)
-            if principal and books.privacy is not None:
-                eps = await self._epsilon(session, principal, tenant)
-        except StoreError:
-            return self._kit.render("rec-budgets.html", 503, session=session,
-                                    title="Budgets and ε spent", principal=principal,
-                                    tenant=tenant, message="a budget store cannot answer now")
+        if principal and books.budget_store is not None:
+            uses = await self._budget_uses(session, principal)
+        if principal and books.privacy is not None:
+            eps = await self._epsilon(session, principal, tenant)
         privacy = books.privacy.describe() if books.privacy is not None else None
-        return self._kit.render(
-            "rec-budgets.html", session=session, title="Budgets and ε spent",
-            principal=principal, tenant=tenant, uses=uses, eps=eps, privacy=privacy,
-            budgets=[(b, _caps(b), ", ".join(b.models) or "every model")
-                     for b in books.budgets], has_store=books.budget_store is not None)
+        return {"uses": uses, "eps": eps, "privacy": privacy,
+                "budgets": [(b, _caps(b), ", ".join(b.models) or "every model")
+                            for b in books.budgets],
+                "has_store": books.budget_store is not None}
 
     async def _budget_uses(self, session: ConsoleSession, principal: str) -> list[BudgetUse]:
         store = self._books.budget_store
@@ -211,24 +217,18 @@ class HoldingPages:
         return out
 
     async def watermarks(self, request: Request) -> Response:
-        found = await self._lookup(request, "rec-watermarks.html", "Watermark holdings",
-                                   "console:watermarks")
-        if isinstance(found, Response):
-            return found
-        session, principal, tenant = found
+        return await self._page(request, "rec-watermarks.html", "Watermark holdings",
+                                "console:watermarks", "the evidence store cannot answer now",
+                                self._watermarks)
+
+    async def _watermarks(self, session: ConsoleSession, principal: str, tenant: str
+                          ) -> dict[str, object]:
         evidence = self._books.evidence
         models = self._models(session, self._books.watermarked)
         held: list[tuple[str, str, str, int, str, str]] = []
-        try:
-            if principal and evidence is not None:
-                for model in models:
-                    held.extend((model, h.kind, h.key_id, h.count, us_to_iso(h.first_us)[:19],
-                                 us_to_iso(h.last_us)[:19])
-                                for h in await evidence.held_by(model, principal))
-        except StoreError:
-            return self._kit.render("rec-watermarks.html", 503, session=session,
-                                    title="Watermark holdings", principal=principal,
-                                    tenant=tenant, message="the evidence store cannot answer now")
-        return self._kit.render("rec-watermarks.html", session=session,
-                                title="Watermark holdings", principal=principal, tenant=tenant,
-                                held=held, models=models, has_store=evidence is not None)
+        if principal and evidence is not None:
+            for model in models:
+                held.extend((model, h.kind, h.key_id, h.count, us_to_iso(h.first_us)[:19],
+                             us_to_iso(h.last_us)[:19])
+                            for h in await evidence.held_by(model, principal))
+        return {"held": held, "models": models, "has_store": evidence is not None}
