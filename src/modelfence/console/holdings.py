@@ -104,14 +104,25 @@ class HoldingPages:
         self._books = books
 
     def routes(self) -> list[BaseRoute]:
-        return [Route("/console/budgets", self.budgets, methods=["GET"]),
-                Route("/console/watermarks", self.watermarks, methods=["GET"])]
+        return [self._page("budgets", "Budgets and ε spent", "a budget store cannot answer now",
+                           self._budgets),
+                self._page("watermarks", "Watermark holdings",
+                           "the evidence store cannot answer now", self._watermarks)]
 
-    async def _page(self, request: Request, template: str, title: str, action: str,
-                    unavailable: str, holdings: Holdings) -> Response:
-        """A holdings page: the principal (and tenant) looked up, recorded as `action`, and
-        what `holdings` finds for it; or the page that refuses the lookup, or says that a
-        store behind it (`unavailable`) cannot answer now."""
+    def _page(self, name: str, title: str, unavailable: str, holdings: Holdings) -> Route:
+        """`/console/NAME` (template `rec-NAME.html`): the principal (and tenant) looked up,
+        recorded as `console:NAME`, and what `holdings` finds for it; or the page that
+        refuses the lookup, or says that a store behind it (`unavailable`) cannot answer."""
+        template = f"rec-{name}.html"
+
+        async def page(request: Request) -> Response:
+            return await self._answer(request, template, title, f"console:{name}",
+                                      unavailable, holdings)
+
+        return Route(f"/console/{name}", page, methods=["GET"])
+
+    async def _answer(self, request: Request, template: str, title: str, action: str,
+                      unavailable: str, holdings: Holdings) -> Response:
         session = self._kit.page(request, HOLDINGS_SCOPE)
         if isinstance(session, Response):
             return session
@@ -160,11 +171,6 @@ class HoldingPages:
 
     def _models(self, session: ConsoleSession, models: list[str]) -> list[str]:
         return [m for m in models if session.covers(m)]
-
-    async def budgets(self, request: Request) -> Response:
-        return await self._page(request, "rec-budgets.html", "Budgets and ε spent",
-                                "console:budgets", "a budget store cannot answer now",
-                                self._budgets)
 
     async def _budgets(self, session: ConsoleSession, principal: str, tenant: str
                        ) -> dict[str, object]:
@@ -215,11 +221,6 @@ class HoldingPages:
                 out.append(EpsilonUse(model, spent.principal, spent.tenant,
                                       budget["principal_epsilon"], budget["tenant_epsilon"]))
         return out
-
-    async def watermarks(self, request: Request) -> Response:
-        return await self._page(request, "rec-watermarks.html", "Watermark holdings",
-                                "console:watermarks", "the evidence store cannot answer now",
-                                self._watermarks)
 
     async def _watermarks(self, session: ConsoleSession, principal: str, tenant: str
                           ) -> dict[str, object]:
