@@ -75,6 +75,7 @@ class _Monitor:
     def __init__(self) -> None:
         self.monitors = {"m": _Table(), "secret": _Table()}
         self.pins = PinBook()
+        self.pin_bands = {"m": list(BANDS), "secret": list(BANDS)}
 
     def bands(self, model: str) -> list[tuple[float, str]]:
         return list(BANDS)

@@ -163,8 +163,17 @@ class LlmModel(Strict):
             raise ValueError("band names must be unique and not 'default' (the base controls)")
         return bands
 
-    def controls_for(self, risk: float, pins: tuple[str, ...] = ()) -> tuple[str, LlmControls]:
-        """(band name, controls) for a caller at `risk`, or pinned by policy to a band."""
+    def controls_for(self, risk: float, pins: tuple[str, ...] = (),
+                     floor: float = 0.0) -> tuple[str, LlmControls]:
+        """(band name, controls) for a caller at `risk`, or pinned by policy to a band; never
+        a band below the one an operator's pin (`floor`, its start) names."""
+        name, controls = self._controls_for(risk, pins)
+        start = next((b.from_risk for b in self.bands if b.name == name), 0.0)
+        if floor <= start:
+            return name, controls
+        return self._controls_for(floor, ())
+
+    def _controls_for(self, risk: float, pins: tuple[str, ...]) -> tuple[str, LlmControls]:
         chosen = ("default", self.controls)
         if pins:
             by_name = {b.name: b for b in self.bands}

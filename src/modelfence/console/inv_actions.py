@@ -2,7 +2,8 @@
 origin, CSRF, scope) that leaves an audit record naming the admin, allowed or refused:
 
 * pin a principal to a stricter band (risk:write) or lift the pin: `console:pin`,
-  `console:unpin` (the pin itself is `monitor.pins`: a floor on every replica);
+  `console:unpin` (the pin itself is `monitor.pins`: a floor on every replica), on any
+  model with bands: a classifier's output bands (private ones too), an LLM's control bands;
 * acknowledge or resolve an alert (alerts:write): `console:alert-ack`,
   `console:alert-resolve`, targeting `alert:<seq>`; the log is where the state lives;
 * revoke a key (keys:write): `console:revoke-key`, through the same key store as the admin
@@ -64,10 +65,13 @@ class InvestigationActions:
         return self.inv.kit.render("denied.html", status, session=posted.session, title=title,
                                    message=message)
 
-    async def _subject(self, posted: Posted) -> tuple[str, str] | None:
-        """The form's model and principal, when the admin may act on them."""
+    async def _subject(self, posted: Posted, *, pinning: bool = False
+                       ) -> tuple[str, str] | None:
+        """The form's model and principal, when the admin may act on them: a monitored
+        model, or for a pin any model with bands (LLM, differentially private)."""
         inv, form = self.inv, posted.form
-        model = inv.model_of(posted.session, form.get("model"))
+        model = (inv.page_model_of if pinning else inv.model_of)(posted.session,
+                                                                 form.get("model"))
         principal = form.get("principal", "")
         keep = await inv.principal_filter(posted.session)
         if (model is None or not principal or len(principal) > 256
@@ -82,7 +86,7 @@ class InvestigationActions:
         if not isinstance(posted, Posted):
             return posted
         inv, form = self.inv, posted.form
-        subject = await self._subject(posted)
+        subject = await self._subject(posted, pinning=True)
         if subject is None or inv.monitor is None:
             return await self._refuse(posted, request, "console:pin", 404,
                                       "no such principal on a model you may see", None)
@@ -113,7 +117,7 @@ class InvestigationActions:
         posted = await self.inv.kit.post(request, "risk:write")
         if not isinstance(posted, Posted):
             return posted
-        subject = await self._subject(posted)
+        subject = await self._subject(posted, pinning=True)
         if subject is None or self.inv.monitor is None:
             return await self._refuse(posted, request, "console:unpin", 404,
                                       "no such principal on a model you may see", None)

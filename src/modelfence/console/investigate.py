@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Route
 from ..audit.sinks import AuditSink, audit_store_of
 from ..audit.store import AuditStore
 from ..identity.apikeys import ApiKeys, public_view
+from ..llm.risk import LlmRisk, LlmRiskBook
 from ..monitor.score import Kind, Risk
 from ..monitor.service import MonitorService, band_counts
 from . import casefile
@@ -51,6 +52,7 @@ class Investigation:
     keys: ApiKeys
     audit: AuditSink
     signing_key: Ed25519PrivateKey | None = None  # the audit checkpoint key, if configured
+    llm_risk: LlmRiskBook | None = None  # the LLM models' risk (their principals' pages)
     #: target -> (state, admin, when) of alerts this process acted on in the last
     #: `RECENT_S`, until the audit writer's commit makes them readable to every replica
     recent: dict[str, tuple[str, str, float]] = field(default_factory=dict)
@@ -72,6 +74,19 @@ class Investigation:
         """`name` when it is a monitored model the admin covers (else None: a 404 that
         says nothing about models it may not see)."""
         return name if name is not None and name in self.models(session) else None
+
+    def pinnable(self, session: ConsoleSession) -> list[str]:
+        """The models with bands the admin covers, monitored or not (an LLM model's control
+        bands, a differentially private model's): a principal may be pinned on them."""
+        if self.monitor is None:
+            return []
+        return [m for m in self.monitor.pin_bands if session.covers(m)]
+
+    def page_model_of(self, session: ConsoleSession, name: str | None) -> str | None:
+        """`name` when a principal's page may show it: monitored, or with bands to pin."""
+        if name is None:
+            return None
+        return name if name in self.models(session) or name in self.pinnable(session) else None
 
     async def principal_filter(self, session: ConsoleSession) -> Callable[[str], bool] | None:
         """Which principals a tenant-scoped admin may see: those with a key of its tenants."""
@@ -128,22 +143,29 @@ class InvestigationPages:
             return session
         keep = await inv.principal_filter(session)  # a tenant's admin: its principals' pins
         rows = []
-        for model in inv.models(session):
+        monitored = inv.models(session)
+        for model in [*monitored, *(m for m in inv.pinnable(session) if m not in monitored)]:
             assert inv.monitor is not None
-            monitor = inv.monitor.monitors[model]
             bands = inv.monitor.bands(model)
-            risks = list(monitor.standing("principal"))
-            flagged = sum(r.flagged for r in risks)
-            counts = band_counts(bands, np.fromiter((r.score for r in risks), np.float64,
-                                                    count=len(risks)))
-            rows.append({"name": model, "principals": monitor.count("principal"),
-                         "tenants": monitor.count("tenant"), "flagged": flagged,
-                         "bands": [{"from": start, "name": name, "principals": n}
-                                   for (start, name), n in zip(bands, counts, strict=True)],
-                         "pins": [{"principal": p.principal, "band": p.band, "by": p.by,
-                                   "until": utc(p.until)}
-                                  for p in inv.monitor.pins.live()
-                                   if p.model == model and (keep is None or keep(p.principal))]})
+            row: dict[str, Any] = {
+                "name": model, "monitored": model in monitored,
+                "llm": inv.llm_risk is not None and inv.llm_risk.watches(model),
+                "bands": [{"from": start, "name": name, "principals": None}
+                          for start, name in bands],
+                "pins": [{"principal": p.principal, "band": p.band, "by": p.by,
+                          "until": utc(p.until)} for p in inv.monitor.pins.live()
+                         if p.model == model and (keep is None or keep(p.principal))]}
+            if model in monitored:
+                monitor = inv.monitor.monitors[model]
+                risks = list(monitor.standing("principal"))
+                counts = band_counts(bands, np.fromiter((r.score for r in risks), np.float64,
+                                                        count=len(risks)))
+                for band, n in zip(row["bands"], counts, strict=True):
+                    band["principals"] = n
+                row.update(principals=monitor.count("principal"),
+                           tenants=monitor.count("tenant"),
+                           flagged=sum(r.flagged for r in risks))
+            rows.append(row)
         return inv.kit.render("inv-models.html", title="Models and their bands",
                               session=session, models=rows)
 
@@ -178,13 +200,14 @@ class InvestigationPages:
         session = inv.kit.page(request, "risk:read")
         if isinstance(session, Response):
             return session
-        model = inv.model_of(session, request.query_params.get("model"))
+        model = inv.page_model_of(session, request.query_params.get("model"))
         principal = request.query_params.get("id", "")
         keep = await inv.principal_filter(session)
         if (model is None or inv.monitor is None or not principal or len(principal) > 256
                 or (keep is not None and not keep(principal))):
             return inv.not_found(session, "no such principal on a model you may see")
-        risk = inv.monitor.risk(model, principal)
+        monitored = model in inv.monitor.monitors
+        risk, explanation = _verdict(inv, model, principal)
         pin = inv.monitor.pins.get(model, principal)
         keys = [public_view(r) for r in await inv.keys.records()
                 if r.principal == principal and session.covers_tenant(r.tenant)]
@@ -197,8 +220,9 @@ class InvestigationPages:
         bands = inv.monitor.bands(model)
         return inv.kit.render(
             "inv-principal.html", title=f"Principal {principal} on {model}", session=session,
-            model=model, principal=principal, risk=risk, band=inv.band(model, risk.score),
-            explanation=explain(risk), pin=pin, pin_until=pin and utc(pin.until),
+            model=model, principal=principal, risk=risk, monitored=monitored,
+            band=inv.band(model, risk.score if risk is not None else 0.0),
+            explanation=explanation, pin=pin, pin_until=pin and utc(pin.until),
             back="principal",
             bands=bands, keys=keys, plot=risk_plot(series, bands),
             points=casefile.series_table(series)[:50], alerts=alerts,
@@ -246,6 +270,22 @@ def explain(risk: Risk) -> dict[str, Any]:
             "detectors": [{"name": n, "score": round(r.score, 4), "why": r.why}
                           for n, r in sorted(risk.readings.items(),
                                              key=lambda nr: -nr[1].score)]}
+
+
+def _verdict(inv: Investigation, model: str, principal: str
+             ) -> tuple[Risk | LlmRisk | None, dict[str, Any]]:
+    """The principal's risk on `model` and its explanation: the monitor's, the LLM risk
+    book's, or none (a model with bands but no monitor: a pin still sets its band)."""
+    assert inv.monitor is not None
+    if model in inv.monitor.monitors:
+        risk = inv.monitor.risk(model, principal)
+        return risk, explain(risk)
+    if inv.llm_risk is not None and inv.llm_risk.watches(model):
+        llm = inv.llm_risk.risk(model, "principal", principal)
+        return llm, {"summary": llm.explain(), "detectors": [
+            {"name": n, "score": round(v, 4), "why": ""}
+            for n, v in sorted(llm.parts.items(), key=lambda nv: -nv[1])]}
+    return None, {"summary": "this model is not monitored: no risk score", "detectors": []}
 
 
 def utc(ts: float) -> str:

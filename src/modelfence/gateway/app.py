@@ -15,7 +15,7 @@ import hmac
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -54,6 +54,7 @@ from ..quota.budgets import BudgetStore, budget_store_from_url
 from ..quota.inflight import InflightGuard
 from ..quota.ratelimit import RateLimitGuard
 from ..quota.usage import UsageGuard
+from ..risk import PinGuard
 from ..shaping.guard import ShapingGuard, build_shaping
 from ..siem import Siem
 from ..siem import finding as siem_finding
@@ -206,7 +207,10 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     metrics = MetricsGuard(gw.metrics)
     audit = AuditGuard(gw.audit_sink, record_inputs=settings.audit.record_inputs)
     rate_limits = [gw.rate_limits] if gw.rate_limits.active else []
-    monitor = [MonitorGuard(gw.monitor)] if gw.monitor.monitors else []
+    # an operator's pin, after the protocol's risk guard, on every model with bands
+    pins: list[Guard[Any]] = [PinGuard(gw.monitor.pins)] if gw.monitor.pin_bands else []
+    monitor: list[Guard[Any]] = [MonitorGuard(gw.monitor)] if gw.monitor.monitors else []
+    monitor += pins
     shaping_guard = build_shaping(gw.models, settings.server_secret(),
                                   {n: m.summary for n, m in gw.monitor.monitors.items()})
     shaping: list[Guard[OipCall]] = [shaping_guard] if shaping_guard.active else []
@@ -273,7 +277,7 @@ def build_app(settings: Settings, *, gateway: Gateway | None = None) -> Starlett
     def screen_failure(model: str, outcome: str) -> None:
         gw.metrics.screening_failures.labels(model, outcome).inc()
 
-    llm = LlmRoutes(settings.llm, stages=common,
+    llm = LlmRoutes(settings.llm, stages=common, pins=pins,
                     audit_before_answer=settings.audit.durability == "strict",
                     noise_secret=hmac.new(settings.server_secret(), b"llm",
                                           hashlib.sha256).digest(),

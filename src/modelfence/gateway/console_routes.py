@@ -98,7 +98,8 @@ def console_routes(settings: Settings, admin_api: AdminApi, *,
     key_file = settings.audit.checkpoint_key_file
     inv_pages, inv_nav = investigation_routes(Investigation(
         kit, admin_api.monitor, admin_api.keys, audit,
-        load_signing_key(key_file) if key_file is not None else None))
+        load_signing_key(key_file) if key_file is not None else None,
+        llm_risk=admin_api.llm_risk))
     pages += inv_pages
     nav += inv_nav
     rec_pages, rec_nav = records_routes(settings, admin_api, kit, budget_store=budget_store,

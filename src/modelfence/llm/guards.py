@@ -90,10 +90,10 @@ PROBE_REASONS = frozenset({"logprobs_refused", "logit_bias_refused", "echo_refus
 class LlmBodyGuard(Guard[LlmCall]):
     """Apply the output controls of the caller's band to the request (400 names the field).
 
-    The band follows the caller's risk, or a policy's ``@shaping("band")`` pin; it is
-    named in the audit record, as is each field clamped to its limit (which the caller
-    also sees, in the routes' `X-Modelfence-Clamped` header). The most tokens the request
-    can use goes on the Call for token budgets.
+    The band follows the caller's risk, or a policy's ``@shaping("band")`` pin, never below
+    an operator's pin (`call.band_floor`); it is named in the audit record, as is each field
+    clamped to its limit (which the caller also sees, in the routes' `X-Modelfence-Clamped`
+    header). The most tokens the request can use goes on the Call for token budgets.
     """
 
     name: ClassVar[str] = "llm_body"
@@ -111,7 +111,8 @@ class LlmBodyGuard(Guard[LlmCall]):
         if kind == "embed" and stream:
             raise BadRequest("stream: embeddings do not stream", reason="bad_parameter")
         ex.stream = stream
-        band, call.controls = ex.entry.settings.controls_for(call.risk, call.pinned_bands)
+        band, call.controls = ex.entry.settings.controls_for(call.risk, call.pinned_bands,
+                                                             call.band_floor)
         if ex.entry.settings.bands:
             call.shaping_band = band
         apply_controls(kind, body, ex.entry.settings, call.controls, ex.asked, ex.clamped)

@@ -32,7 +32,7 @@ from starlette.routing import Match, Route
 
 from ..audit.record import replica_name
 from ..errors import ConfigurationError, NotFound, UpstreamError, http_status_and_message
-from ..kernel.chain import GuardChain, Terminal
+from ..kernel.chain import Guard, GuardChain, Terminal
 from ..kernel.finish import OnFailure, finish
 from ..kernel.responses import error_response
 from ..kernel.stages import Stages
@@ -84,7 +84,8 @@ class LlmRoutes:
                  on_screen_failure: Callable[[str, str], None] | None = None,
                  on_failure: OnFailure | None = None,
                  on_distill: CountSink | None = None,
-                 upstream_traces: Sequence[Any] = ()) -> None:
+                 upstream_traces: Sequence[Any] = (),
+                 pins: Sequence[Guard[Any]] = ()) -> None:
         self.settings = settings
         self._on_failure = on_failure  # counts the gateway's own failures, as on OIP
         self._noise_secret = noise_secret or os.urandom(32)  # logprob noise key
@@ -106,7 +107,8 @@ class LlmRoutes:
             outputs.insert(0, CanaryGuard(self._noise_secret, self.leak_semantic))
         # the gateway's shared stages, with the LLM's own guards in theirs (kernel/stages.py)
         self._chain = stages.with_(model=[lookup], screens=screening,
-                                   monitor=[*stages.monitor, *risk, *distill],
+                                   # an operator's pin (`risk.PinGuard`) after the risk
+                                   monitor=[*stages.monitor, *risk, *pins, *distill],
                                    body=[*stages.body, LlmBodyGuard()],
                                    outputs=[*stages.outputs, *outputs]).chain(LlmCall)
         self._event_guards = [g for g in reversed(self._chain.guards)

@@ -5,9 +5,8 @@ tenant's) current score, before the policy and rate-limit guards read it, so
 `context.risk` in Cedar and the risk-weighted rate limits act on it. `on_complete` hands
 the answered rows and the model's probabilities (before output shaping: the monitor judges
 what the model said, not what the caller saw) to the service's queue; nothing there runs
-on the request's time in the common case. An operator's pin (`pins`) raises the risk the
-service answers and sets `call.band_floor`, which output shaping keeps even under a
-policy's pinned band.
+on the request's time in the common case. An operator's pin (`pins`) is applied after it
+by the shared `risk.PinGuard`, as on the LLM routes.
 """
 
 from __future__ import annotations
@@ -25,11 +24,6 @@ class MonitorGuard(RiskGuard[OipCall]):
     def __init__(self, service: MonitorService) -> None:
         super().__init__(service)
         self._service = service
-
-    async def on_request(self, call: OipCall) -> None:
-        await super().on_request(call)
-        assert call.principal is not None and call.model is not None
-        call.band_floor = self._service.pins.floor(call.model.name, call.principal.id)
 
     async def on_complete(self, call: OipCall) -> None:
         if (call.status != 200 or call.model is None or call.principal is None

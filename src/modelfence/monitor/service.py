@@ -59,9 +59,9 @@ class MonitorService:
         self.monitors: dict[str, Monitor] = {
             m.name: self._monitor_for(m, settings) for m in settings.models
             if m.monitor is not None}
-        # (from_risk, name) of each monitored model's output bands, for operators' views
-        self._bands = {m.name: [(b.from_risk, b.name or b.defense) for b in m.shaping]
-                       for m in settings.models if m.name in self.monitors}
+        # (from_risk, name) of the bands of every model with bands, for operators' views
+        # and pins: monitored or not, classifier or LLM
+        self.pin_bands = pin_bands(settings)
         # at 0 from the start, so that `increase()` sees the first alert: the classifier
         # models it monitors and the LLM models whose risk book raises its alerts here
         alerting = [*self.monitors, *(m.name for m in settings.llm.models
@@ -87,8 +87,14 @@ class MonitorService:
                      prefix=self._settings.key_prefix)
             if self._settings.shared else LocalLog(**common, state_dir=self._settings.state_dir))
         # operators' pins (the console), on every replica: a floor under a principal's risk
-        self.pins = PinBook(shared=self._settings.shared, prefix=self._settings.key_prefix,
+        # and band on any model with bands (classifier, differentially private or LLM), kept
+        # in the monitor's shared store, else the LLM risk book's
+        shared = self._settings.shared or settings.llm.monitor.shared
+        self.pins = PinBook(shared=shared, prefix=self._settings.key_prefix,
                             state_dir=self._settings.state_dir)
+        if self.pin_bands and shared is None and settings.server.workers > 1:
+            log.warning("pins (console) are kept per worker: with server.workers > 1 set "
+                        "monitor.shared to a redis:// URL so that a pin reaches every worker")
         self._queue: asyncio.Queue[Observation] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._pending_alerts: set[asyncio.Task[None]] = set()
@@ -126,7 +132,7 @@ class MonitorService:
         """The caller's current risk: the higher of its own and its tenant's (the service
         is the classifier protocol's `risk.RiskSource`)."""
         monitor = self.monitors[model]
-        risk = max(monitor.peek(principal), self.pins.floor(model, principal))
+        risk = monitor.peek(principal)  # an operator's pin: `risk.PinGuard`, next
         if tenant is not None:
             risk = max(risk, monitor.peek_tenant(tenant))
         return risk
@@ -141,18 +147,18 @@ class MonitorService:
     def band(self, model: str, risk: float) -> str | None:
         """The output band `risk` selects on `model` (a policy's pin may choose another)."""
         chosen = None
-        for start, name in self._bands.get(model, ()):
+        for start, name in self.pin_bands.get(model, ()):
             if risk >= start:
                 chosen = name
         return chosen
 
     def bands(self, model: str) -> list[tuple[float, str]]:
         """(from_risk, name) of the model's output bands, lowest risk first."""
-        return list(self._bands.get(model, ()))
+        return list(self.pin_bands.get(model, ()))
 
     def band_counts(self, model: str, scores: Array) -> list[int]:
         """How many of `scores` each of the model's bands holds, lowest band first."""
-        return band_counts(self._bands.get(model, []), scores)
+        return band_counts(self.pin_bands.get(model, []), scores)
 
     def census(self) -> None:
         """Set the gauges of who is flagged and how many principals each band holds, per
@@ -190,9 +196,10 @@ class MonitorService:
     # lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.pin_bands:
+            await self.pins.start()
         if not self.monitors:
             return
-        await self.pins.start()
         await self.log.start()
         self._queue = asyncio.Queue(maxsize=self._settings.queue_max)
         self._worker = asyncio.ensure_future(self._drain())
@@ -208,6 +215,7 @@ class MonitorService:
         await self._breaker.close()
         if self.monitors:
             await self.log.stop()
+        if self.pin_bands:
             await self.pins.stop()
         if self._pending_alerts:
             await asyncio.wait(self._pending_alerts, timeout=5.0)
@@ -282,3 +290,15 @@ def band_counts(bands: list[tuple[float, str]], scores: Array) -> list[int]:
     whose start it reaches, as `MonitorService.band` chooses)."""
     at = np.searchsorted([start for start, _ in bands], scores, side="right") - 1
     return [int(n) for n in np.bincount(at[at >= 0], minlength=len(bands))]
+
+
+def pin_bands(settings: Settings) -> dict[str, list[tuple[float, str]]]:
+    """(from_risk, name) of the bands of every model an operator may pin a principal on:
+    classifiers' output bands (private ones included) and LLM models' control bands, whose
+    base controls are the band "default" from risk 0."""
+    out = {m.name: [(b.from_risk, b.name or b.defense) for b in m.shaping]
+           for m in settings.models if m.shaping}
+    for llm in settings.llm.models:
+        if llm.bands:
+            out[llm.name] = [(0.0, "default"), *((b.from_risk, b.name) for b in llm.bands)]
+    return out

@@ -98,7 +98,7 @@ class PrivacyGuard(Guard[OipCall]):
     async def on_response(self, call: OipCall) -> None:
         assert call.model is not None and call.principal is not None
         model = call.model.name
-        band = self._shaping.choose(model, call.risk, call.pinned_bands)
+        band = self._shaping.choose(model, call.risk, call.pinned_bands, call.band_floor)
         if band is None or band.name not in self._private.get(model, ()):
             await self._shaping.on_response(call)
             return

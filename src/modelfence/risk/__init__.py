@@ -11,8 +11,9 @@ principal and its tenant (`crossing`), and the guard that puts the risk on a cal
 from .combine import combine, combine_with, noisy_or
 from .crossing import Alert, Assessed, Crossing, Kind, alert_for, crossings
 from .episodes import NO_EPISODE, Episode, Hysteresis, check_hysteresis, step, view
-from .source import RiskGuard, RiskSource
+from .source import PinFloors, PinGuard, RiskGuard, RiskSource
 
 __all__ = ["NO_EPISODE", "Alert", "Assessed", "Crossing", "Episode", "Hysteresis", "Kind",
-           "RiskGuard", "RiskSource", "alert_for", "check_hysteresis", "combine",
-           "combine_with", "crossings", "noisy_or", "step", "view"]
+           "PinFloors", "PinGuard", "RiskGuard", "RiskSource", "alert_for",
+           "check_hysteresis", "combine", "combine_with", "crossings", "noisy_or", "step",
+           "view"]
