@@ -27,6 +27,7 @@ from ..audit.sinks import AuditSink
 from ..config import ModelSettings, Settings
 from ..errors import ConfigurationError, StoreError
 from ..kernel.metrics import GatewayMetrics
+from ..kernel.tasks import cancel
 from ..risk import Alert, alert_for
 from ..stores.breaker import Breaker
 from ..stores.outages import redis_outage
@@ -209,9 +210,7 @@ class MonitorService:
             assert self._queue is not None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.join(), timeout=5.0)
-            self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+            await cancel(self._worker)
         await self._breaker.close()
         if self.monitors:
             await self.log.stop()
