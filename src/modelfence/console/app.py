@@ -103,7 +103,7 @@ class Console:
                 exc = Unavailable("the admin credentials cannot be checked now")
             status = exc.status
             await kit.record("console:login", str(getattr(request.state, "admin_name", "?")),
-                             status, request)
+                             status, request, details={"refused": exc.reason})
             return kit.render("login.html", status, title="Log in", session=None,
                               message=_refusal(exc))
         cookie, _ = kit.signer.issue(admin=who.admin, scopes=who.scopes, models=who.models,
@@ -143,7 +143,12 @@ class Console:
 
 
 def _refusal(exc: RequestError) -> str:
-    """What the login page says, never which part of a credential was wrong."""
+    """What the login page says, never which part of a credential was wrong: only that an
+    OIDC token has expired (its `exp` is no secret: anyone holding the token reads it), so
+    that an admin knows to sign in to the identity provider again."""
+    if exc.reason == "expired_token":
+        return ("login refused: the token has expired; sign in to your identity provider "
+                "again and paste the new token")
     if exc.status == 503:
         return f"login refused: {exc.message}"
     if exc.status in (400, 413):
