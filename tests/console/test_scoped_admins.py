@@ -68,6 +68,9 @@ class _Table:
     def count(self, kind: str) -> int:
         return 0
 
+    def top(self, kind: str, n: int, keep: Any = None) -> list[tuple[str, Risk]]:
+        return []
+
 
 class _Monitor:
     """Two monitored models, `m` and `secret`, each with a full and a labels band."""

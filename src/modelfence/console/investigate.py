@@ -27,7 +27,7 @@ from ..audit.sinks import AuditSink, audit_store_of
 from ..audit.store import AuditStore
 from ..identity.apikeys import ApiKeys, public_view
 from ..llm.risk import LlmRisk, LlmRiskBook
-from ..monitor.score import Kind, Risk
+from ..monitor.score import Kind, Monitor, Risk
 from ..monitor.service import MonitorService, band_counts
 from . import casefile
 from .app import NavLink
@@ -156,18 +156,16 @@ class InvestigationPages:
                           "until": utc(p.until)} for p in inv.monitor.pins.live()
                          if p.model == model and (keep is None or keep(p.principal))]}
             if model in monitored:
-                monitor = inv.monitor.monitors[model]
-                risks = list(monitor.standing("principal"))
+                risks, tenants = _standing(inv.monitor.monitors[model], session, keep)
                 counts = band_counts(bands, np.fromiter((r.score for r in risks), np.float64,
                                                         count=len(risks)))
                 for band, n in zip(row["bands"], counts, strict=True):
                     band["principals"] = n
-                row.update(principals=monitor.count("principal"),
-                           tenants=monitor.count("tenant"),
+                row.update(principals=len(risks), tenants=tenants,
                            flagged=sum(r.flagged for r in risks))
             rows.append(row)
         return inv.kit.render("inv-models.html", title="Models and their bands",
-                              session=session, models=rows)
+                              session=session, models=rows, scoped=keep is not None)
 
     async def ranking(self, request: Request) -> Response:
         inv = self.inv
@@ -270,6 +268,18 @@ def explain(risk: Risk) -> dict[str, Any]:
             "detectors": [{"name": n, "score": round(r.score, 4), "why": r.why}
                           for n, r in sorted(risk.readings.items(),
                                              key=lambda nr: -nr[1].score)]}
+
+
+def _standing(monitor: Monitor, session: ConsoleSession,
+              keep: Callable[[str], bool] | None) -> tuple[list[Risk], int]:
+    """The principals' risks and the number of tenants the models page counts: every
+    caller for an admin of every tenant; a tenant's admin, its own tenants' (by their keys)
+    only, as on the ranking (one pass over the callers, as `Monitor.top`)."""
+    if keep is None:
+        return list(monitor.standing("principal")), monitor.count("tenant")
+    mine = monitor.top("principal", monitor.count("principal"), keep)
+    tenants = monitor.top("tenant", monitor.count("tenant"), session.covers_tenant)
+    return [risk for _, risk in mine], len(tenants)
 
 
 def _verdict(inv: Investigation, model: str, principal: str
