@@ -5,7 +5,8 @@ The folder holds files, and folders of files one level down (`modelfence redteam
 served: a name is at most two plain parts (no `..`, no slash inside a part, no leading
 dot), each part is opened relative to the folder's descriptor with `O_NOFOLLOW`, so a
 symbolic link (even one swapped in after the listing) is refused, and only regular files
-are answered. The content type comes from a fixed table, never from the file.
+are answered. The content type comes from a fixed table, never from the file. A listing
+looks at `MAX_SCANNED` entries at most and lists the newest `MAX_LISTED` files.
 
 Every file is sent as an attachment. An HTML report is never rendered in the console's
 origin: its text comes from attack runs (model and principal names a caller chose), and
@@ -16,6 +17,7 @@ browser that renders it anyway gives it no origin and no script.
 
 from __future__ import annotations
 
+import heapq
 import os
 import re
 import stat
@@ -35,7 +37,8 @@ from .kit import ConsoleKit
 from .session import ConsoleSession
 
 REPORTS_SCOPE = "audit:read"
-MAX_LISTED = 2000
+MAX_LISTED = 500  # the newest files listed
+MAX_SCANNED = 10_000  # folder entries looked at per listing, at most
 _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 _CHUNK = 256 * 1024
 TYPES = {".html": "text/html; charset=utf-8", ".json": "application/json",
@@ -65,29 +68,53 @@ def check_name(name: str) -> list[str]:
     return parts
 
 
-def _entries(folder: Path) -> list[ReportFile]:
-    """Regular files of `folder` and of its plain subfolders, newest first (no links)."""
-    out: list[ReportFile] = []
+def _entries(folder: Path) -> tuple[list[ReportFile], bool]:
+    """The newest `MAX_LISTED` regular files of `folder` and of its plain subfolders, newest
+    first (no links), and whether the scan stopped at `MAX_SCANNED` entries.
+
+    The work is bounded, whatever the folder holds: at most `MAX_SCANNED` entries are looked
+    at, the subfolders newest first (a folder's time is its last file's creation), so a
+    bounded scan still finds the latest runs; a heap keeps the newest files seen, and once
+    it is full no folder older than its oldest file is opened (a file rewritten after its
+    folder's last creation may then be missed: runs write their files once).
+    """
+    newest: list[tuple[float, str, ReportFile]] = []
+    folders: list[tuple[float, str, str]] = []
+    seen = 0
 
     def add(entry: os.DirEntry[str], prefix: str) -> None:
         if _PART.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
             st = entry.stat(follow_symlinks=False)
-            out.append(ReportFile(prefix + entry.name,
-                                  _KINDS.get(Path(entry.name).suffix, "file"), st.st_size,
-                                  datetime.fromtimestamp(st.st_mtime, UTC).isoformat()[:19]))
+            item = (st.st_mtime, prefix + entry.name, ReportFile(
+                prefix + entry.name, _KINDS.get(Path(entry.name).suffix, "file"), st.st_size,
+                datetime.fromtimestamp(st.st_mtime, UTC).isoformat()[:19]))
+            if len(newest) < MAX_LISTED:
+                heapq.heappush(newest, item)
+            elif item[:2] > newest[0][:2]:
+                heapq.heapreplace(newest, item)
 
     with os.scandir(folder) as top:
         for entry in top:
-            if len(out) >= MAX_LISTED:
+            seen += 1
+            if seen > MAX_SCANNED:
                 break
-            if entry.is_dir(follow_symlinks=False) and _PART.fullmatch(entry.name):
-                with os.scandir(entry.path) as inner:
-                    for sub in inner:
-                        add(sub, entry.name + "/")
+            if entry.is_dir(follow_symlinks=False):
+                if _PART.fullmatch(entry.name):
+                    folders.append((entry.stat(follow_symlinks=False).st_mtime, entry.name,
+                                    entry.path))
             else:
                 add(entry, "")
-    out.sort(key=lambda r: (r.modified, r.name), reverse=True)
-    return out[:MAX_LISTED]
+    for mtime, name, path in sorted(folders, reverse=True):
+        if seen > MAX_SCANNED or (len(newest) == MAX_LISTED and mtime < newest[0][0]):
+            break
+        with os.scandir(path) as inner:
+            for sub in inner:
+                seen += 1
+                if seen > MAX_SCANNED:
+                    break
+                add(sub, name + "/")
+    files = [item[2] for item in sorted(newest, key=lambda i: i[:2], reverse=True)]
+    return files, seen > MAX_SCANNED
 
 
 def open_report(folder: Path, parts: list[str]) -> int:
@@ -146,13 +173,16 @@ class ReportPages:
             return self._kit.render("rec-reports.html", session=session, title="Reports",
                                     files=[], message="no console.reports_dir configured")
         try:
-            files = await anyio.to_thread.run_sync(_entries, self._folder)
+            files, cut = await anyio.to_thread.run_sync(_entries, self._folder)
         except OSError:
             return self._kit.render("rec-reports.html", 503, session=session,
                                     title="Reports", files=[],
                                     message="the reports folder cannot be read now")
+        note = (f"the reports folder holds more than {MAX_SCANNED:,} entries: the newest "
+                f"files of the {MAX_SCANNED:,} looked at (the newest runs first) are listed; "
+                "move old runs elsewhere" if cut else None)
         return self._kit.render("rec-reports.html", session=session, title="Reports",
-                                files=files)
+                                files=files, message=note, limit=MAX_LISTED)
 
     async def download(self, request: Request) -> Response:
         session = self._session(request)
