@@ -9,9 +9,10 @@ observation counts exactly once (observations trimmed from the stream before a s
 covered them are lost, and logged).
 
 Without a shared store (one process) observations are applied at once, and the state is
-saved to a file on stop and every `snapshot_interval_s`. Either way a snapshot is copied a
-few hundred callers at a time and written in a worker thread, so requests keep being served
-while it is taken (`Monitor.snapshot_async`).
+saved to a file on stop and every `snapshot_interval_s`. Either way a snapshot is encoded by a
+forked child from its copy-on-write image of the state (`forked`; elsewhere copied a few dozen
+callers at a time and encoded in a worker thread), so requests keep being served while it is
+taken (`Monitor.snapshot_async`).
 """
 
 from __future__ import annotations
@@ -261,8 +262,8 @@ class RedisLog(ObservationLog):
         if not lock:
             return
         for model in self.models:
-            # the position read before the capture begins (no await between them): the
-            # state it returns is the state after exactly this stream position
+            # the position read before the save begins, by a fork or a capture (no await
+            # between them): the state it returns is the state after exactly this position
             position = self._position[model]
             data = await self._snapshot(model)
             await self._client.hset(f"{self._stream(model)}:snapshot", mapping={

@@ -23,20 +23,23 @@ for replicas that share one monitor's state. The settings, `Risk` and `Crossing`
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import heapq
 import io
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import fields
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from ..errors import ConfigurationError
 from ..risk import Hysteresis, combine_with, crossings, step
+from . import forked
 from .callers import CallerState, Table
 from .detectors import Reading
 from .facts import Batch, Cells, Judge
@@ -205,9 +208,16 @@ class Monitor:
         return Capture(header, self._tables)
 
     async def snapshot_async(self, callers: int = CAPTURE_STEP) -> bytes:
-        """`snapshot` without holding the event loop: `callers` at a time are copied, the
-        loop serving requests between steps (each caller as it was when this began), and
-        the bytes are written in a worker thread."""
+        """`snapshot` without holding the event loop, of the state when this was called.
+
+        Where the platform forks (`forked`), a child process encodes its copy-on-write
+        image of the state into a temporary file, which is read back in a worker thread:
+        this process only waits. Else (or when no child can be made) `callers` at a time
+        are copied, the loop serving requests between steps (each caller as it was when
+        this began), and the bytes are encoded in a worker thread."""
+        with tempfile.TemporaryFile() as out:
+            if await forked.run(functools.partial(self._encode_to, out), "monitor snapshot"):
+                return await asyncio.to_thread(_read_back, out)
         capture = self.capture()
         self._captures.append(capture)
         try:
@@ -216,6 +226,13 @@ class Monitor:
         finally:
             self._captures.remove(capture)
         return await asyncio.to_thread(capture.encode)
+
+    def _encode_to(self, out: BinaryIO) -> None:
+        """The state, written to `out` (a forked child's work: it holds a copy of it)."""
+        capture = self.capture()
+        capture.step()
+        capture.write(out)
+        out.flush()
 
     def restore(self, data: bytes) -> None:
         """Replace this monitor's state with a snapshot's (all or nothing).
@@ -290,6 +307,11 @@ class Monitor:
                         for j, name in enumerate(names)}
             state.risk = risk_of(state.queries, readings, float(risks[i, 0]), episodes[i])
         return table
+
+
+def _read_back(out: BinaryIO) -> bytes:
+    out.seek(0)
+    return out.read()
 
 
 def _read_npz(data: bytes) -> dict[str, Array]:

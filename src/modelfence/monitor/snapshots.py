@@ -1,7 +1,9 @@
 """A monitor's snapshot: its callers' state copied at one moment, then written as an .npz.
 
-Taking a snapshot is two steps, so that a gateway with thousands of callers never holds its
-event loop for long (`Monitor.snapshot_async`):
+A gateway on Linux takes its snapshots in a forked child (`forked`), which runs both steps
+below at once on its copy of the state. Elsewhere, taking a snapshot is two steps, so that a
+gateway with thousands of callers never holds its event loop for long
+(`Monitor.snapshot_async`):
 
 - `Capture` copies each caller's state (only the values its rings hold: a caller with three
   queries copies three rows), a bounded number of callers at a time; between steps the
@@ -23,7 +25,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -102,6 +104,12 @@ class Capture:
 
     def encode(self) -> bytes:
         """The .npz bytes of the copies (reads nothing live: safe in a worker thread)."""
+        out = io.BytesIO()
+        self.write(out)
+        return out.getvalue()
+
+    def write(self, out: BinaryIO) -> None:
+        """The .npz of the copies, written to `out` (a forked child writes its file)."""
         if self.todo:
             raise RuntimeError("a monitor capture is encoded before every caller was copied")
         header = dict(self.header)
@@ -132,9 +140,7 @@ class Capture:
                     arrays[f"{kind}.lengths.{field}"] = np.array([len(p) for p in parts],
                                                                  np.int64)
         arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-        out = io.BytesIO()
         np.savez(out, **arrays)  # type: ignore[arg-type]  # numpy's stub: allow_pickle in kwds
-        return out.getvalue()
 
 
 def _copy_peers(table: Table) -> tuple[list[list[Any]], dict[str, Array]]:
