@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Annotated
 
@@ -97,7 +99,22 @@ def start_gateway(path: Path, host: str, port: int, workers: int, access_log: bo
 def preflight(path: Path) -> None:
     """Build the app a worker builds and open its gateway once, so a bad model, store or admin
     token, or a feature whose extra is not installed (similarity screening, distillation),
-    fails here in one line (not in each worker, with a traceback)."""
+    fails here in one line (not in each worker, with a traceback).
+
+    On Linux the check runs in a forked child: what it loads (the models, and the monitor's
+    whole book, some 5 GB with 100,000 callers) leaves with the child instead of staying in
+    this process while the workers run. Forked, not spawned, so the child sees this
+    process's modules as they are."""
+    if sys.platform != "linux":
+        message = _check(path)
+    else:
+        message = _check_in_child(path)
+    if message is not None:
+        raise fail(message, 2)
+
+
+def _check(path: Path) -> str | None:
+    """The check, here: None when the gateway can start, else the one-line reason."""
     import asyncio
 
     from ..config import load_settings
@@ -122,7 +139,37 @@ def preflight(path: Path) -> None:
     try:
         asyncio.run(check())
     except ModelfenceError as exc:
-        raise fail(str(exc), 2) from None
+        return str(exc)
+    return None
+
+
+def _check_in_child(path: Path) -> str | None:
+    """`_check` in a forked child; its answer comes back through a pipe."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    ours, theirs = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child_check, args=(path, theirs), name="modelfence-preflight")
+    child.start()
+    theirs.close()
+    try:
+        try:
+            answer: str | None = ours.recv()
+        except EOFError:  # it died without answering (its traceback, if any, is above)
+            child.join()
+            return f"the start-up check stopped with exit code {child.exitcode}"
+        child.join()
+        return answer
+    finally:
+        ours.close()
+        if child.is_alive():  # interrupted while waiting
+            child.kill()
+            child.join()
+
+
+def _child_check(path: Path, answer: Connection) -> None:
+    answer.send(_check(path))
+    answer.close()
 
 
 def ensure_port_free(host: str, port: int, *, hint: str = "pick another with --port") -> None:
