@@ -93,7 +93,8 @@ class MonitorService:
         shared = self._settings.shared or settings.llm.monitor.shared
         self.pins = PinBook(shared=shared, prefix=self._settings.key_prefix,
                             state_dir=self._settings.state_dir)
-        if self.pin_bands and shared is None and settings.server.workers > 1:
+        if (self.pin_bands and shared is None and settings.server.workers > 1
+                and settings.console.enabled):
             log.warning("pins (console) are kept per worker: with server.workers > 1 set "
                         "monitor.shared to a redis:// URL so that a pin reaches every worker")
         self._queue: asyncio.Queue[Observation] | None = None
