@@ -84,6 +84,9 @@ def _child(work: Callable[[], None], r: int, w: int) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
         os.nice(NICE)  # on a busy machine the gateway's requests come first
+        # short of memory (its copy-on-write pages grow), the kernel kills this first
+        with contextlib.suppress(OSError), open("/proc/self/oom_score_adj", "w") as adj:
+            adj.write("1000")
         work()
         status, message = 0, b""
     except BaseException as exc:  # everything is reported: the parent decides
