@@ -4,8 +4,11 @@ A threshold tuned on one model's users means nothing on the next model, so each 
 learns at `Summary.fit` how far its own statistic goes for callers who only ever send natural
 rows, in the orders honest traffic comes in: random order, one class, two classes, and
 slowly drifting traffic (rows sorted along a principal direction or a random one, with some
-jitter). A detector's score then ramps from beyond the most extreme of those benign callers
-(`start`), not from a fixed z that fits one data set.
+jitter). Each detector that sees only fresh rows is calibrated on the fresh rows of those
+orders (`fresh_orders`): where natural rows come closer than the re-send radius, the
+monitor takes some of them for re-sends, and the ones it keeps are the sparse ones. A
+detector's score then ramps from beyond the most extreme of those benign callers (`start`),
+not from a fixed z that fits one data set.
 
 Share statistics compare a window's count of flagged rows `H` with its expected count `E`
 (each row's expected flag rate, from the cell it falls in: a caller who drifts through a
@@ -90,6 +93,31 @@ def benign_orders(z: Array, labels: Array, seed: int, truth: Array | None = None
             if len(rows) >= MIN_CLASS:
                 orders.append(rows[own.permutation(len(rows))])
     return orders
+
+
+def fresh_orders(z: Array, orders: list[Array], radius: float, key: int) -> list[Array]:
+    """Each order less the rows a caller's re-send filter (`resends.Resends`) would take for
+    re-sends of its earlier rows: what the detectors that see only fresh rows are shown.
+
+    The filter is not neutral where natural rows come closer than the radius (a dense class
+    core, a small grid): it drops rows in dense regions and keeps the sparse ones, which lie
+    nearer the boundary, off the weak directions or far from the centroids more often than
+    their cells' rates say, and the more so the more anchors a caller holds. A null measured
+    on every row misses that excess; an honest random-order caller was flagged for it after
+    1,800 queries.
+    """
+    from .resends import Resends, into_anchor_space, projection
+
+    zf = z.astype(np.float32)
+    proj = projection(z.shape[1], key)
+    a = zf if proj is None else into_anchor_space(zf, proj)
+    aa = np.einsum("ij,ij->i", a.astype(np.float64), a.astype(np.float64))
+    out = []
+    for order in orders:
+        seen = Resends(z.shape[1], radius, key)
+        keep = [int(i) for i in order if seen.seen_at(a[i], float(aa[i])) is None]
+        out.append(np.asarray(keep, dtype=np.int64))
+    return out
 
 
 def _first_component(z: Array) -> Array:

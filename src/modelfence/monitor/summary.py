@@ -172,6 +172,8 @@ class Summary:
             raise ConfigurationError(f"summary: {len(truth)} labels for {len(z)} rows")
         orders = null.benign_orders(z, predicted, seed, truth)
         key = projection_key(x, seed)
+        resend = resend_radius(x, scale, key)
+        fresh = null.fresh_orders(z, orders, resend, key)  # what fresh-only detectors see
         cell_boundary = null.cell_rates(near, labels, cells, BoundaryProbing.FLOOR)
         cell_unnatural = null.cell_rates(unnatural, labels, cells, Synthetic.FLOOR)
         cell_ood = null.cell_rates(own > radius, labels, cells, OutOfDistribution.FLOOR)
@@ -187,23 +189,23 @@ class Summary:
             mean=mean, scale=scale, centroids=centroids,
             ood_radius=radius,
             cell_ood=cell_ood,
-            ood_z0=OutOfDistribution.null(own > radius, cell_ood[labels], orders),
+            ood_z0=OutOfDistribution.null(own > radius, cell_ood[labels], fresh),
             cell_freq=cell_freq,
             class_freq=class_freq,
             margin_cuts=cuts,
             boundary_share=float(np.mean(near)),
             cell_boundary=cell_boundary,
-            boundary_z0=BoundaryProbing.null(near, cell_boundary[labels], orders),
-            boundary_z0_long=BoundaryProbing.null_long(near, cell_boundary[labels], orders),
-            resend_radius=resend_radius(x, scale, key),
+            boundary_z0=BoundaryProbing.null(near, cell_boundary[labels], fresh),
+            boundary_z0_long=BoundaryProbing.null_long(near, cell_boundary[labels], fresh),
+            resend_radius=resend,
             natural_gap=natural_gap(z, seed, key),
             resend_key=float(key),
             lattice_step=nature.step, lower=nature.lo, upper=nature.hi, weak=nature.weak,
             weak_cut=nature.cut,
             cell_unnatural=cell_unnatural,
             unnatural_share=float(np.mean(unnatural)),
-            unnatural_z0=Synthetic.null(unnatural, cell_unnatural[labels], orders),
-            coverage_z0=Coverage.null(labels, predicted, cell_freq, class_freq, orders),
+            unnatural_z0=Synthetic.null(unnatural, cell_unnatural[labels], fresh),
+            coverage_z0=Coverage.null(labels, predicted, cell_freq, class_freq, fresh),
             cell_flip=cell_flip, flip_z0=flip_z0,
         )
         return replace(summary, prada_w=DistanceNormality.calibrate(
