@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from ..support import Gateway, digits_rows, free_port, infer_body, wait_http
+from ..support import Gateway, digits_rows, free_port, infer_body, stop_process, wait_http
 from .mlserver_fixture import MLServer
 from .test_mlserver import upstream_model
 
@@ -305,12 +305,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         wait_http(f"http://127.0.0.1:{port}/v2/health/live", proc=None)
         yield Demo(port, key, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 async def test_hostile_inputs_against_the_demo(demo: Demo) -> None:
