@@ -1,4 +1,5 @@
-"""The HTTP client to OpenAI-compatible upstreams (aiohttp, pooled: see transport.py).
+"""The HTTP client to OpenAI-compatible upstreams: the lean HTTP/1.1 client (http1.py), or
+aiohttp when tracing is on (`LlmUpstream.lean`).
 
 Failures become `UpstreamError` (502) / `UpstreamTimeout` (504); an error status is
 answered as on the OIP path (backends/upstream_status.py): a 4xx passes through with its
@@ -22,13 +23,15 @@ from ..backends.transport import MAX_UPSTREAM_BODY, upstream_errors
 from ..backends.upstream_status import upstream_failure
 from ..errors import UpstreamError, UpstreamTimeout
 from ..redaction import redact_url
+from .http1 import BodyTooLarge, Connection, ConnectTimeout, Http1Error, Target, target
+from .http1_pool import Http1Pool
 from .settings import LlmModel
 
 CONNECT_TIMEOUT_S = 2.0
 
 
 class LlmUpstream:
-    """One pooled aiohttp session shared by every LLM model; made inside the running loop."""
+    """One pool of connections shared by every LLM model; made inside the running loop."""
 
     def __init__(self, *, max_connections: int = 100,
                  watermark_secret: bytes | None = None, traces: Sequence[Any] = ()) -> None:
@@ -36,6 +39,13 @@ class LlmUpstream:
         self._traces = list(traces)  # aiohttp trace configs (tracing: the upstream spans)
         self._watermark_secret = watermark_secret  # local models' text watermark keys
         self._session: Any = None
+        self._pool: Http1Pool | None = None
+        self._targets: dict[str, Target] = {}  # parsed upstream URLs
+        self.lean = not self._traces
+        """The lean client (http1.py) unless tracing is on. Tracing's upstream span and the
+        `traceparent` it sends come from aiohttp's trace hooks (tracing/upstream.py), which
+        the lean client has none of; aiohttp's cost, about 0.2 ms of CPU a request, is what
+        the lean client saves, and matters less where every request exports spans."""
         self._local: Any = None  # LocalBackend, made on the first `local:` call
         self._keys: dict[str, str | None] = {}  # upstream API keys, read once per model
 
@@ -56,13 +66,29 @@ class LlmUpstream:
             )
         return self._session
 
-    def _headers(self, model: LlmModel) -> dict[str, str]:
-        headers = {"Content-Type": "application/json"}
+    def _lean_pool(self) -> Http1Pool:
+        if self._pool is None:
+            self._pool = Http1Pool(max_connections=self._max,
+                                   connect_timeout_s=CONNECT_TIMEOUT_S)
+        return self._pool
+
+    def _target(self, model: LlmModel) -> Target:
+        to = self._targets.get(model.upstream)
+        if to is None:
+            to = self._targets[model.upstream] = target(model.upstream)
+        return to
+
+    def _authorization(self, model: LlmModel) -> str | None:
         if model.name not in self._keys:
             self._keys[model.name] = model.api_key()
         key = self._keys[model.name]
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        return f"Bearer {key}" if key else None
+
+    def _headers(self, model: LlmModel) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        authorization = self._authorization(model)
+        if authorization:
+            headers["Authorization"] = authorization
         return headers
 
     def _timeout(self, model: LlmModel) -> Any:
@@ -78,6 +104,15 @@ class LlmUpstream:
 
     async def _exchange(self, method: str, model: LlmModel, path: str, body: bytes | None
                         ) -> bytes:
+        if self.lean and method == "POST" and body is not None:
+            try:
+                status, answer, retry_after = await self._lean_pool().post(
+                    self._target(model), path, body, self._authorization(model),
+                    model.timeout_s, MAX_UPSTREAM_BODY)
+            except (Http1Error, OSError) as exc:
+                raise _lean_error(exc, model) from None
+            _check(status, answer, model, path, retry_after)
+            return answer
         with upstream_errors(CONNECT_TIMEOUT_S, model.timeout_s):
             async with self._client().request(
                     method, model.upstream + path, data=body, headers=self._headers(model),
@@ -101,6 +136,8 @@ class LlmUpstream:
         if model.local_path is not None:
             chunks: AsyncIterator[bytes] = await self._local_backend().stream(model, path, body)
             return chunks
+        if self.lean:
+            return await self._lean_stream(model, path, body)
         ctx = self._client().post(model.upstream + path, data=body,
                                   headers=self._headers(model), timeout=self._timeout(model),
                                   allow_redirects=False)
@@ -114,7 +151,30 @@ class LlmUpstream:
             _check(resp.status, data, model, path, resp.headers.get("Retry-After"))
         return _chunks(ctx, resp, model)
 
+    async def _lean_stream(self, model: LlmModel, path: str, body: bytes
+                           ) -> AsyncIterator[bytes]:
+        pool = self._lean_pool()
+        try:
+            conn = await pool.send(self._target(model), path, body, self._authorization(model),
+                                   model.timeout_s, stream=True)
+        except (Http1Error, OSError) as exc:
+            raise _lean_error(exc, model) from None
+        if conn.status >= 300:
+            data = b""
+            try:
+                while len(data) < 64 * 1024 and (chunk := await conn.chunk()) is not None:
+                    data += chunk
+            except (Http1Error, OSError):
+                pass  # the status says enough
+            finally:
+                pool.release(conn)
+            _check(conn.status, data[:64 * 1024], model, path, conn.retry_after)
+        return _lean_chunks(pool, conn, model)
+
     async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -140,6 +200,35 @@ async def _chunks(ctx: Any, resp: Any, model: LlmModel) -> AsyncIterator[bytes]:
         else:
             resp.close()  # drop the connection: the upstream sees the disconnect and stops
         await ctx.__aexit__(None, None, None)
+
+
+async def _lean_chunks(pool: Http1Pool, conn: Connection, model: LlmModel
+                       ) -> AsyncIterator[bytes]:
+    """The lean client's `_chunks`: read to the end, the connection goes back to the pool;
+    closed early, it is closed, and the upstream sees the disconnect."""
+    try:
+        while (chunk := await conn.chunk()) is not None:
+            yield chunk
+    except TimeoutError:
+        raise UpstreamTimeout(
+            f"the upstream model server did not finish within {model.timeout_s:g} s") from None
+    except (Http1Error, OSError):
+        raise UpstreamError("the upstream model server broke off the stream") from None
+    finally:
+        pool.release(conn)
+
+
+def _lean_error(exc: BaseException, model: LlmModel) -> UpstreamError:
+    """The lean client's failures as `upstream_errors` says aiohttp's."""
+    if isinstance(exc, ConnectTimeout):
+        return UpstreamTimeout("the upstream model server did not accept a connection within "
+                               f"{CONNECT_TIMEOUT_S:g} s")
+    if isinstance(exc, TimeoutError):
+        return UpstreamTimeout(
+            f"the upstream model server did not answer within {model.timeout_s:g} s")
+    if isinstance(exc, BodyTooLarge):
+        return UpstreamError("the upstream model server answered with an oversized body")
+    return UpstreamError("cannot reach the upstream model server")
 
 
 def _check(status: int, data: bytes, model: LlmModel, path: str,
