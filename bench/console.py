@@ -11,7 +11,7 @@ search) `--reps` times on one keep-alive connection, after warm-up. The time is 
 the client on loopback, so it is the server's time plus a fraction of a millisecond of HTTP.
 The schema is dropped at the end unless `--keep`.
 
-    python bench/console.py --save bench/published/console-2026-12-04.json
+    python bench/console.py --save bench/published/console-2026-12-05.json
 """
 
 from __future__ import annotations
