@@ -21,7 +21,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
 from ..audit.sinks import AuditSink, audit_store_of
 from ..audit.store import AuditStore
@@ -126,21 +126,19 @@ class InvestigationPages:
         self.inv = inv
 
     def routes(self) -> list[BaseRoute]:
-        return [Route("/console/models", self.models_page, methods=["GET"]),
-                Route("/console/ranking", self.ranking, methods=["GET"]),
-                Route("/console/principal", self.principal, methods=["GET"]),
-                Route("/console/alerts", self.alerts, methods=["GET"])]
+        kit = self.inv.kit
+        return [kit.page_route("/console/models", "risk:read", self.models_page),
+                kit.page_route("/console/ranking", "risk:read", self.ranking),
+                kit.page_route("/console/principal", "risk:read", self.principal),
+                kit.page_route("/console/alerts", "alerts:read", self.alerts)]
 
     @staticmethod
     def nav() -> list[NavLink]:
         return [NavLink("/console/models", "Models", "risk:read"),
                 NavLink("/console/alerts", "Alerts", "alerts:read")]
 
-    async def models_page(self, request: Request) -> Response:
+    async def models_page(self, request: Request, session: ConsoleSession) -> Response:
         inv = self.inv
-        session = inv.kit.page(request, "risk:read")
-        if isinstance(session, Response):
-            return session
         keep = await inv.principal_filter(session)  # a tenant's admin: its principals' pins
         rows = []
         monitored = inv.models(session)
@@ -167,11 +165,8 @@ class InvestigationPages:
         return inv.kit.render("inv-models.html", title="Models and their bands",
                               session=session, models=rows, scoped=keep is not None)
 
-    async def ranking(self, request: Request) -> Response:
+    async def ranking(self, request: Request, session: ConsoleSession) -> Response:
         inv = self.inv
-        session = inv.kit.page(request, "risk:read")
-        if isinstance(session, Response):
-            return session
         q = request.query_params
         model = inv.model_of(session, q.get("model"))
         if model is None or inv.monitor is None:
@@ -193,11 +188,8 @@ class InvestigationPages:
                               session=session, model=model, kind=kind, rows=rows, page=n,
                               more=len(top) == (n + 1) * size and n + 1 < pages)
 
-    async def principal(self, request: Request) -> Response:
+    async def principal(self, request: Request, session: ConsoleSession) -> Response:
         inv = self.inv
-        session = inv.kit.page(request, "risk:read")
-        if isinstance(session, Response):
-            return session
         model = inv.page_model_of(session, request.query_params.get("model"))
         principal = request.query_params.get("id", "")
         keep = await inv.principal_filter(session)
@@ -226,11 +218,8 @@ class InvestigationPages:
             points=casefile.series_table(series)[:50], alerts=alerts,
             audited=store is not None)
 
-    async def alerts(self, request: Request) -> Response:
+    async def alerts(self, request: Request, session: ConsoleSession) -> Response:
         inv = self.inv
-        session = inv.kit.page(request, "alerts:read")
-        if isinstance(session, Response):
-            return session
         store = inv.store
         before = request.query_params.get("before")
         position = whole(before, MAX_SEQ)

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
 
 from ..errors import BadRequest, RequestError, Unauthenticated
 from ..kernel.body import read_bounded
@@ -27,6 +28,8 @@ from .session import COOKIE_NAME, ConsoleSession, SessionSigner
 #: action, admin, status, request, target, details: writes the action's audit record
 Record = Callable[[str, str, int, Request, "str | None", "Mapping[str, Any] | None"],
                   Awaitable[None]]
+#: a GET page's handler, called with the session `ConsoleKit.page` let through
+Page = Callable[[Request, ConsoleSession], Awaitable[Response]]
 MAX_FORM = 16384  # bytes: a credential, a token and a few fields
 
 
@@ -81,6 +84,18 @@ class ConsoleKit:
             return self.render("denied.html", 403, session=session, title="Not allowed",
                                message=f"this page needs the admin scope {scope}")
         return session
+
+    def page_route(self, path: str, scope: str, handler: Page) -> Route:
+        """The GET route of a page needing `scope`: the check stands beside the path, and
+        `handler` runs only with a session that passed it (`page`)."""
+
+        async def endpoint(request: Request) -> Response:
+            session = self.page(request, scope)
+            if isinstance(session, Response):
+                return session
+            return await handler(request, session)
+
+        return Route(path, endpoint, methods=["GET"])
 
     async def post(self, request: Request, scope: str) -> Posted | Response:
         """A same-origin POST with a valid session, scope and CSRF token, or the answer."""
