@@ -20,7 +20,7 @@ from ..errors import ModelfenceError, RequestError, Unauthenticated, Unavailable
 from .headers import SECURITY_HEADERS
 from .kit import ConsoleKit, Posted, read_form, same_origin, to_login
 from .liveness import SessionGate
-from .session import clear_cookie_header, cookie_header
+from .session import ConsoleSession, clear_cookie_header, cookie_header
 from .static import StaticFiles
 
 
@@ -70,8 +70,8 @@ class Console:
     def routes(self) -> list[BaseRoute]:
         signed: list[BaseRoute] = [
             Route("/console/logout", self.logout, methods=["POST"]),
-            Route("/console/", self.overview, methods=["GET"]),
-            Route("/console", self.overview, methods=["GET"]), *self._pages,
+            self._kit.page_route("/console/", "risk:read", self.overview),
+            self._kit.page_route("/console", "risk:read", self.overview), *self._pages,
             Route("/console/{rest:path}", self.missing, methods=_EVERY_METHOD)]
         if self._gate is not None:
             signed = self._gate.wrap(signed)
@@ -134,10 +134,7 @@ class Console:
             secure=self._kit.cookie_secure(request)))
         return response
 
-    async def overview(self, request: Request) -> Response:
-        session = self._kit.page(request, "risk:read")
-        if isinstance(session, Response):
-            return session
+    async def overview(self, request: Request, session: ConsoleSession) -> Response:
         return self._kit.render("overview.html", title="Overview", session=session,
                                 scopes=", ".join(sorted(session.scopes)))
 

@@ -115,18 +115,15 @@ class HoldingPages:
         refuses the lookup, or says that a store behind it (`unavailable`) cannot answer."""
         template = f"rec-{name}.html"
 
-        async def page(request: Request) -> Response:
-            return await self._answer(request, template, title, f"console:{name}",
+        async def page(request: Request, session: ConsoleSession) -> Response:
+            return await self._answer(request, session, template, title, f"console:{name}",
                                       unavailable, holdings)
 
-        return Route(f"/console/{name}", page, methods=["GET"])
+        return self._kit.page_route(f"/console/{name}", HOLDINGS_SCOPE, page)
 
-    async def _answer(self, request: Request, template: str, title: str, action: str,
-                      unavailable: str, holdings: Holdings) -> Response:
-        session = self._kit.page(request, HOLDINGS_SCOPE)
-        if isinstance(session, Response):
-            return session
-
+    async def _answer(self, request: Request, session: ConsoleSession, template: str,
+                      title: str, action: str, unavailable: str, holdings: Holdings
+                      ) -> Response:
         def show(status: int = 200, principal: str = "", tenant: str = "",
                  **values: object) -> Response:
             return self._kit.render(template, status, session=session, title=title,

@@ -68,13 +68,10 @@ class AuditPages:
         self._public = public
 
     def routes(self) -> list[BaseRoute]:
-        return [Route("/console/audit", self.search, methods=["GET"]),
+        return [self._kit.page_route("/console/audit", AUDIT_SCOPE, self.search),
                 Route("/console/audit/verify", self.verify, methods=["POST"])]
 
-    async def search(self, request: Request) -> Response:
-        session = self._kit.page(request, AUDIT_SCOPE)
-        if isinstance(session, Response):
-            return session
+    async def search(self, request: Request, session: ConsoleSession) -> Response:
         if self._store is None:
             return self._kit.render("rec-audit.html", session=session, title="Audit trail",
                                     filters=audit_search.Filters(), message=(
