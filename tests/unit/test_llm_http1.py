@@ -8,6 +8,7 @@ connection limit, a stream's flow control, and https verified."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import ssl
 import time
@@ -372,6 +373,32 @@ async def test_a_stream_closed_early_closes_its_connection(serve: Serve) -> None
         assert (await anext(chunks)).startswith(b"data: 0")
         await chunks.aclose()  # type: ignore[attr-defined]
         await asyncio.wait_for(raw.cut_off.wait(), 3)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("how", ["closed unread", "dropped"])
+async def test_a_stream_never_read_frees_its_connection(serve: Serve, how: str) -> None:
+    async def hangs(req: Request, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> bool:
+        if req.body == b"{}":
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            await writer.drain()
+            if await asyncio.wait_for(reader.read(1), 3) == b"":
+                raw.cut_off.set()
+            return False
+        return await answer()(req, reader, writer)
+    raw = await serve(hangs)
+    client = LlmUpstream(max_connections=1)
+    try:
+        chunks = await client.stream(model(raw), "/chat/completions", b"{}")
+        if how == "dropped":
+            del chunks
+            gc.collect()
+        else:  # what the relay does when the client left before the first event
+            await chunks.aclose()  # type: ignore[attr-defined]
+        await asyncio.wait_for(raw.cut_off.wait(), 3)
+        assert await post(client, model(raw, timeout_s=1)) == b'{"ok": true}'
     finally:
         await client.close()
 

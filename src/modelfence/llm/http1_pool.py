@@ -92,6 +92,13 @@ class Http1Pool:
             conn.close()
         self._slots.release()
 
+    def discard(self, conn: Connection) -> None:
+        """Close a connection from `send` and free its place; needs no running loop (an
+        abandoned stream collected by the garbage collector)."""
+        conn.end()
+        conn.close()
+        self._slots.release()
+
     def lost(self, conn: Connection) -> None:
         """A connection closed (by either side)."""
         self._open.discard(conn)

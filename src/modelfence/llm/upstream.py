@@ -14,7 +14,8 @@ before the end (the client went away) closes the upstream connection instead.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -169,7 +170,7 @@ class LlmUpstream:
             finally:
                 pool.release(conn)
             _check(conn.status, data[:64 * 1024], model, path, conn.retry_after)
-        return _lean_chunks(pool, conn, model)
+        return _LeanChunks(pool, conn, model)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -202,20 +203,58 @@ async def _chunks(ctx: Any, resp: Any, model: LlmModel) -> AsyncIterator[bytes]:
         await ctx.__aexit__(None, None, None)
 
 
-async def _lean_chunks(pool: Http1Pool, conn: Connection, model: LlmModel
-                       ) -> AsyncIterator[bytes]:
-    """The lean client's `_chunks`: read to the end, the connection goes back to the pool;
-    closed early, it is closed, and the upstream sees the disconnect."""
-    try:
-        while (chunk := await conn.chunk()) is not None:
-            yield chunk
-    except TimeoutError:
-        raise UpstreamTimeout(
-            f"the upstream model server did not finish within {model.timeout_s:g} s") from None
-    except (Http1Error, OSError):
-        raise UpstreamError("the upstream model server broke off the stream") from None
-    finally:
-        pool.release(conn)
+class _LeanChunks(AsyncGenerator[bytes, None]):
+    """The lean client's `_chunks`: read to its end, the connection goes back to the pool;
+    closed early, it is closed, and the upstream sees the disconnect. Not a generator
+    function: closing one that never started runs none of its code, and the relay closes
+    an upstream it never read when the client leaves first (sse.py). One dropped unclosed
+    is closed when collected."""
+
+    def __init__(self, pool: Http1Pool, conn: Connection, model: LlmModel) -> None:
+        self._pool: Http1Pool | None = pool
+        self._conn = conn
+        self._timeout_s = model.timeout_s
+
+    async def __anext__(self) -> bytes:
+        if self._pool is None:
+            raise StopAsyncIteration
+        try:
+            chunk = await self._conn.chunk()
+        except TimeoutError:
+            self._end()
+            raise UpstreamTimeout("the upstream model server did not finish within "
+                                  f"{self._timeout_s:g} s") from None
+        except (Http1Error, OSError):
+            self._end()
+            raise UpstreamError("the upstream model server broke off the stream") from None
+        except BaseException:
+            self._end()
+            raise
+        if chunk is None:
+            self._end()
+            raise StopAsyncIteration
+        return chunk
+
+    async def asend(self, value: None) -> bytes:
+        return await self.__anext__()
+
+    async def athrow(self, typ: Any, val: Any = None, tb: Any = None) -> bytes:
+        self._end()
+        raise typ if val is None else val
+
+    async def aclose(self) -> None:
+        self._end()
+
+    def _end(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.release(self._conn)
+
+    def __del__(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with contextlib.suppress(RuntimeError):  # its loop closed, and its sockets
+                pool.discard(self._conn)
 
 
 def _lean_error(exc: BaseException, model: LlmModel) -> UpstreamError:
