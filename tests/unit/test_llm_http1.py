@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from modelfence.backends.upstream_status import BUSY_RETRY_S
 from modelfence.config.llm import LlmModel
 from modelfence.errors import Unavailable, UpstreamError, UpstreamTimeout
 from modelfence.llm.http1 import HIGH_WATER, BodyTooLarge, target
@@ -202,6 +203,21 @@ async def test_connection_close_and_http_1_0_answers_are_not_reused(serve: Serve
         assert b"".join(await read_stream(client, model(eof))) == b'{"until": "close"}'
     finally:
         await client.close()
+
+
+async def test_an_interim_1xx_answer_is_skipped(serve: Serve) -> None:
+    async def continues(req: Request, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 100 Continue\r\nRetry-After: 99\r\n\r\n")
+        return await answer("429 Too Many Requests")(req, reader, writer)
+    raw = await serve(continues)
+    client = LlmUpstream()
+    try:
+        with pytest.raises(Unavailable) as err:
+            await post(client, model(raw))
+    finally:
+        await client.close()
+    assert err.value.retry_after_s == BUSY_RETRY_S  # the 100's Retry-After is not the 429's
 
 
 async def test_an_oversized_body_is_a_502(serve: Serve) -> None:
