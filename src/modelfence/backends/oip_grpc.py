@@ -22,13 +22,13 @@ import orjson
 from google.protobuf.message import DecodeError, Message
 
 from ..config import ModelSettings, OipUpstreamBackend
-from ..errors import BadRequest, UpstreamError, UpstreamTimeout
+from ..errors import BadRequest, UpstreamError
 from ..grpc import inference_pb2 as pb
 from ..grpc.status import http_status
 from ..grpc.tensors import decode_infer_response, encode_infer_request
 from ..kernel.oip import InferRequest, InferResponse
 from .oip_upstream import OipUpstream
-from .transport import Answer, Transport
+from .transport import Answer, Transport, answer_timed_out, unreachable
 from .upstream_status import upstream_failure
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -90,10 +90,9 @@ class GrpcTransport(Transport):
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise UpstreamTimeout("the upstream model server did not answer within "
-                                      f"{timeout_s:g} s") from None
+                raise answer_timed_out(timeout_s) from None
             if code == grpc.StatusCode.UNAVAILABLE:
-                raise UpstreamError("cannot reach the upstream model server") from None
+                raise unreachable() from None
             if code == grpc.StatusCode.INTERNAL and "deserializ" in (exc.details() or ""):
                 raise UpstreamError("the upstream model server sent an invalid answer") from None
             return Answer(http_status(code), orjson.dumps({"error": exc.details() or ""}))

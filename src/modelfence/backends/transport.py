@@ -25,21 +25,37 @@ log = logging.getLogger("modelfence.backends.transport")
 _TRY: ContextVar[dict[str, bool] | None] = ContextVar("modelfence_upstream_try", default=None)
 
 
+def connect_timed_out(connect_timeout_s: float) -> UpstreamTimeout:
+    return UpstreamTimeout("the upstream model server did not accept a connection within "
+                           f"{connect_timeout_s:g} s")
+
+
+def answer_timed_out(timeout_s: float) -> UpstreamTimeout:
+    return UpstreamTimeout(f"the upstream model server did not answer within {timeout_s:g} s")
+
+
+def unreachable() -> UpstreamError:
+    return UpstreamError("cannot reach the upstream model server")
+
+
+def oversized() -> UpstreamError:
+    return UpstreamError("the upstream model server answered with an oversized body")
+
+
 @contextlib.contextmanager
 def upstream_errors(connect_timeout_s: float, timeout_s: float) -> Iterator[None]:
-    """aiohttp's failures as modelfence's: 504 for a timeout, 502 for anything else."""
+    """aiohttp's failures as modelfence's: 504 for a timeout, 502 for anything else (the
+    same errors every HTTP client of an upstream raises: the functions above)."""
     import aiohttp
 
     try:
         yield
     except aiohttp.ConnectionTimeoutError:
-        raise UpstreamTimeout("the upstream model server did not accept a connection within "
-                              f"{connect_timeout_s:g} s") from None
+        raise connect_timed_out(connect_timeout_s) from None
     except TimeoutError:
-        raise UpstreamTimeout(
-            f"the upstream model server did not answer within {timeout_s:g} s") from None
+        raise answer_timed_out(timeout_s) from None
     except aiohttp.ClientError:
-        raise UpstreamError("cannot reach the upstream model server") from None
+        raise unreachable() from None
 
 
 class Answer(NamedTuple):
@@ -146,14 +162,13 @@ async def _read(resp: Any) -> Answer:
     length = resp.content_length
     if length is not None and length > MAX_UPSTREAM_BODY:
         resp.close()
-        raise UpstreamError("the upstream model server answered with an oversized body")
+        raise oversized()
     data = bytearray()
     async for chunk in resp.content.iter_any():  # read(n) stops at the first chunk
         data += chunk
         if len(data) > MAX_UPSTREAM_BODY:
             resp.close()
-            raise UpstreamError(
-                "the upstream model server answered with an oversized body")
+            raise oversized()
     return Answer(resp.status, bytes(data), resp.headers.get("Retry-After"))
 
 

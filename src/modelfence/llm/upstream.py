@@ -20,7 +20,14 @@ from typing import Any
 
 import orjson
 
-from ..backends.transport import MAX_UPSTREAM_BODY, upstream_errors
+from ..backends.transport import (
+    MAX_UPSTREAM_BODY,
+    answer_timed_out,
+    connect_timed_out,
+    oversized,
+    unreachable,
+    upstream_errors,
+)
 from ..backends.upstream_status import upstream_failure
 from ..errors import UpstreamError, UpstreamTimeout
 from ..redaction import redact_url
@@ -122,8 +129,7 @@ class LlmUpstream:
                 async for chunk in resp.content.iter_any():
                     data += chunk
                     if len(data) > MAX_UPSTREAM_BODY:
-                        raise UpstreamError(
-                            "the upstream model server answered with an oversized body")
+                        raise oversized()
                 _check(resp.status, bytes(data), model, path, resp.headers.get("Retry-After"))
                 return bytes(data)
 
@@ -191,10 +197,9 @@ async def _chunks(ctx: Any, resp: Any, model: LlmModel) -> AsyncIterator[bytes]:
             yield chunk
         ended = True
     except TimeoutError:
-        raise UpstreamTimeout(
-            f"the upstream model server did not finish within {model.timeout_s:g} s") from None
+        raise _stream_timed_out(model.timeout_s) from None
     except aiohttp.ClientError:
-        raise UpstreamError("the upstream model server broke off the stream") from None
+        raise _stream_broken() from None
     finally:
         if ended:
             resp.release()  # read to its end: the connection goes back to the pool
@@ -222,11 +227,10 @@ class _LeanChunks(AsyncGenerator[bytes, None]):
             chunk = await self._conn.chunk()
         except TimeoutError:
             self._end()
-            raise UpstreamTimeout("the upstream model server did not finish within "
-                                  f"{self._timeout_s:g} s") from None
+            raise _stream_timed_out(self._timeout_s) from None
         except (Http1Error, OSError):
             self._end()
-            raise UpstreamError("the upstream model server broke off the stream") from None
+            raise _stream_broken() from None
         except BaseException:
             self._end()
             raise
@@ -257,17 +261,23 @@ class _LeanChunks(AsyncGenerator[bytes, None]):
                 pool.discard(self._conn)
 
 
+def _stream_timed_out(timeout_s: float) -> UpstreamTimeout:
+    return UpstreamTimeout(f"the upstream model server did not finish within {timeout_s:g} s")
+
+
+def _stream_broken() -> UpstreamError:
+    return UpstreamError("the upstream model server broke off the stream")
+
+
 def _lean_error(exc: BaseException, model: LlmModel) -> UpstreamError:
     """The lean client's failures as `upstream_errors` says aiohttp's."""
     if isinstance(exc, ConnectTimeout):
-        return UpstreamTimeout("the upstream model server did not accept a connection within "
-                               f"{CONNECT_TIMEOUT_S:g} s")
+        return connect_timed_out(CONNECT_TIMEOUT_S)
     if isinstance(exc, TimeoutError):
-        return UpstreamTimeout(
-            f"the upstream model server did not answer within {model.timeout_s:g} s")
+        return answer_timed_out(model.timeout_s)
     if isinstance(exc, BodyTooLarge):
-        return UpstreamError("the upstream model server answered with an oversized body")
-    return UpstreamError("cannot reach the upstream model server")
+        return oversized()
+    return unreachable()
 
 
 def _check(status: int, data: bytes, model: LlmModel, path: str,
