@@ -109,7 +109,7 @@ def _act(client: httpx.Client, csrf: str, action: str, **form: str) -> httpx.Res
     return client.post(f"/console/principal/{action}", data={"csrf": csrf, **form})
 
 
-def loose_band(model: str) -> str:
+def _loose_band(model: str) -> str:
     """The band a partner's answer names when no pin holds."""
     return "full" if model == "digits" else "default"
 
@@ -173,7 +173,7 @@ def test_a_pin_reaches_the_next_answer_and_its_removal_restores_it(
     # the answers' own audit records name the band each was given (a chat's record is
     # written after its reply is sent, so the last one may land a moment later)
     bands = _answer_bands(gw, model, f"mallory-{model}", count=3)
-    assert bands == [loose_band(model), strict, loose_band(model)]
+    assert bands == [_loose_band(model), strict, _loose_band(model)]
 
 
 def test_a_pin_to_the_base_band_or_an_unknown_model_is_refused(gateway: Gateway) -> None:
