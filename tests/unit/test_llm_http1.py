@@ -3,24 +3,29 @@
 loopback that write any framing asked of them: connections reused only when they may be,
 bodies by length, chunked or until close, every failure a 502 or 504 with today's message,
 a POST sent twice only when a pooled connection closed before any byte of its answer, the
-connection limit, a stream's flow control, and https verified."""
+connection limit, a stream's flow control, https verified, an upstream that never accepts a
+connection, and IPv6; and the upstream URLs that neither this client nor aiohttp can use,
+refused when the configuration is loaded."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import gc
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from modelfence.backends.upstream_status import BUSY_RETRY_S
+from modelfence.config import settings_from_mapping
 from modelfence.config.llm import LlmModel
-from modelfence.errors import Unavailable, UpstreamError, UpstreamTimeout
+from modelfence.errors import ConfigurationError, Unavailable, UpstreamError, UpstreamTimeout
 from modelfence.llm.http1 import HIGH_WATER, BodyTooLarge, target
 from modelfence.llm.http1_pool import Http1Pool
 from modelfence.llm.upstream import LlmUpstream
@@ -93,9 +98,10 @@ CANNOT_REACH = r"^cannot reach the upstream model server$"
 async def serve() -> AsyncIterator[Serve]:
     servers: list[tuple[asyncio.Server, Raw]] = []
 
-    async def start(answer: Answer, tls: ssl.SSLContext | None = None) -> Raw:
+    async def start(answer: Answer, tls: ssl.SSLContext | None = None,
+                    host: str = "127.0.0.1") -> Raw:
         raw = Raw(answer)
-        server = await asyncio.start_server(raw.handle, "127.0.0.1", 0, ssl=tls)
+        server = await asyncio.start_server(raw.handle, host, 0, ssl=tls)
         raw.port = server.sockets[0].getsockname()[1]
         servers.append((server, raw))
         return raw
@@ -487,3 +493,133 @@ async def test_tracing_keeps_aiohttp() -> None:
 
     assert LlmUpstream().lean
     assert not LlmUpstream(traces=[aiohttp.TraceConfig()]).lean
+
+
+def both_clients(max_connections: int = 100) -> list[LlmUpstream]:
+    """The lean client and aiohttp (tracing on): what one accepts, the other must."""
+    import aiohttp
+
+    return [LlmUpstream(max_connections=max_connections),
+            LlmUpstream(max_connections=max_connections, traces=[aiohttp.TraceConfig()])]
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("http://user:s3cret@host:8000/v1?api-version=1", "has a query"),
+    ("http://host:8000/v1?", "has a query"),
+    ("http://user:s3cret@host:8000/v1#part", "has a fragment"),
+    ("http:///v1", "has no host"),
+    ("http://:8000/v1", "has no host"),
+    ("http://user:s3cret@host:99999/v1", "unreadable host or port"),
+    ("http://host:0/v1", "has port 0"),
+    ("http://::1:8000/v1", "IPv6 address goes in brackets"),
+    ("http://[::1]8000/v1", "after its IPv6 address"),
+    ("http://h\u00e9te.example/v1", "not ASCII"),
+    ("http://host/v1 beta", "space or control character"),
+    ("ftp://user:s3cret@host/v1", "must be an http:// or https:// URL"),
+])
+def test_an_upstream_url_neither_client_can_use_is_refused_when_loaded(
+        url: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"llm\.models") as err:
+        settings_from_mapping({"llm": {"models": [{"name": "m", "upstream": url}]}})
+    assert problem in str(err.value)
+    assert "s3cret" not in str(err.value)
+
+
+def test_a_url_password_and_an_api_key_file_are_refused_together(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("sk-upstream\n")
+    with pytest.raises(ConfigurationError, match="user:password and api_key_file") as err:
+        settings_from_mapping({"llm": {"models": [
+            {"name": "m", "upstream": "http://user:s3cret@host/v1", "api_key_file": str(key)}]}})
+    assert "s3cret" not in str(err.value)
+    for url in ("http://host:8000/v1", "https://host/v1/", "http://[::1]:8000/openai/v1",
+                "http://user:s3cret@host/v1"):  # a path prefix, IPv6, a URL's own password
+        settings_from_mapping({"llm": {"models": [{"name": "m", "upstream": url}]}})
+
+
+async def test_a_url_password_is_basic_authorization_on_both_clients(serve: Serve) -> None:
+    raw = await serve(answer())
+    m = LlmModel(name="m", upstream=f"http://us%40er:pa%3Ass@127.0.0.1:{raw.port}/v1")
+    for client in both_clients():
+        try:
+            assert await post(client, m) == b'{"ok": true}'
+        finally:
+            await client.close()
+    basic = "Basic " + base64.b64encode(b"us@er:pa:ss").decode()
+    assert [r.headers.get("authorization") for r in raw.requests] == [basic, basic]
+
+
+@contextlib.contextmanager
+def never_accepting() -> Iterator[int]:
+    """A loopback port whose listener never accepts and whose accept queue is full: Linux
+    drops a SYN to a full queue, so a connect there hangs until its side gives up."""
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.socket())
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(16):
+            filler = stack.enter_context(socket.socket())
+            filler.settimeout(0.2)
+            try:
+                filler.connect(("127.0.0.1", port))
+            except TimeoutError:
+                break  # the queue is full
+        else:
+            pytest.skip("this TCP stack answers a connect to a full accept queue")
+        yield port
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "aiohttp"])
+async def test_an_upstream_that_never_accepts_is_a_connect_timeout(
+        serve: Serve, monkeypatch: pytest.MonkeyPatch, lean: bool) -> None:
+    monkeypatch.setattr("modelfence.llm.upstream.CONNECT_TIMEOUT_S", 0.3)
+    ok = await serve(answer())
+    # one connection: a place the timeout kept would starve the next call
+    client = both_clients(max_connections=1)[0 if lean else 1]
+    try:
+        with never_accepting() as port:
+            hung = LlmModel(name="m", upstream=f"http://127.0.0.1:{port}/v1", timeout_s=5)
+            for call in (post, read_stream):
+                started = time.monotonic()
+                with pytest.raises(UpstreamTimeout) as err:
+                    await call(client, hung)
+                took = time.monotonic() - started
+                assert str(err.value) == ("the upstream model server did not accept a "
+                                          "connection within 0.3 s")
+                assert err.value.status == 504 and 0.25 < took < 1.5, took
+        started = time.monotonic()
+        assert await post(client, model(ok, timeout_s=5)) == b'{"ok": true}'
+        assert time.monotonic() - started < 1
+        if lean:
+            pool = client._lean_pool()
+            assert not pool._slots.locked() and len(pool._open) == 1
+    finally:
+        await client.close()
+
+
+def ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+async def test_an_ipv6_upstream_is_reached_with_a_bracketed_host(serve: Serve) -> None:
+    raw = await serve(answer(), host="::1")
+    m = LlmModel(name="m", upstream=raw.url(host="[::1]"))
+    for client in both_clients():
+        try:
+            assert await post(client, m) == b'{"ok": true}'
+            assert b"".join(await read_stream(client, m)) == b'{"ok": true}'
+        finally:
+            await client.close()
+    assert [r.headers["host"] for r in raw.requests] == [f"[::1]:{raw.port}"] * 4
+    assert [r.path for r in raw.requests] == ["/v1/chat/completions"] * 4
+    assert target("http://[::1]/v1").host_header == "[::1]"
+    assert target("https://[::1]:443/v1").host_header == "[::1]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -198,7 +199,18 @@ class LlmModel(Strict):
             return value
         if not value.startswith(("http://", "https://")):
             raise ValueError("upstream must be an http:// or https:// URL, or local:PATH")
+        problem = _base_url_problem(value)
+        if problem is not None:
+            raise ValueError(f"upstream URL {problem}")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_upstream_credential(self) -> LlmModel:
+        if self.api_key_file is not None and _has_userinfo(self.upstream):
+            raise ValueError(
+                f"model {self.name!r}: the upstream URL's user:password and api_key_file "
+                "would both be the upstream's Authorization; keep one")
+        return self
 
     @property
     def local_path(self) -> Path | None:
@@ -215,6 +227,42 @@ class LlmModel(Strict):
         if self.api_key_file is None:
             return None
         return self.api_key_file.read_text().strip() or None
+
+
+def _base_url_problem(url: str) -> str | None:
+    """Why `url` cannot be an upstream's base URL, or None. Both HTTP clients of the LLM
+    upstreams (the lean one and aiohttp) append the API's paths to it as text, so a query or
+    fragment would swallow them; a URL is refused when loaded, not at its first request.
+    The answer never quotes the URL: it may carry a password."""
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return "has a space or control character (percent-encode it)"
+    if "?" in url:
+        return "has a query (?...): the API's paths are appended to the URL"
+    if "#" in url:
+        return "has a fragment (#...): the API's paths are appended to the URL"
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return ("has an unreadable host or port (a port is 1-65535; an IPv6 address goes "
+                "in brackets: http://[::1]:8000/v1)")
+    after_bracket = parts.netloc.rpartition("@")[2].partition("]")[2]
+    if after_bracket and not after_bracket.startswith(":"):
+        return "has text after its IPv6 address's ] other than :port"
+    if not host:
+        return "has no host, e.g. http://host:8000/v1"
+    if not host.isascii():
+        return "has a host name that is not ASCII (write it as its xn-- name)"
+    if port == 0:
+        return "has port 0"
+    return None
+
+
+def _has_userinfo(url: str) -> bool:
+    try:
+        return urlsplit(url).username is not None
+    except ValueError:
+        return False
 
 
 class LlmHalfLives(Strict):
