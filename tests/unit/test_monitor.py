@@ -260,8 +260,9 @@ def test_fresh_rows_each_noised_are_flagged(world: World) -> None:
 
 
 def test_a_walk_of_small_steps_leaves_the_resend_radius(world: World) -> None:
-    """Only fresh rows anchor re-sends: a walk of steps each inside the radius becomes fresh
-    (evidence) once it is a radius away from where it started."""
+    """Only fresh rows (and natural rows that echo one) anchor re-sends: a walk of steps
+    each inside the radius becomes fresh (evidence) once it is a radius or two away from
+    where it started."""
     rng = np.random.default_rng(4)
     step = 0.5 * world.summary.resend_radius * world.summary.scale / np.sqrt(64)
     walk = world.held[0] + np.cumsum(rng.choice([-1.0, 1.0], (200, 64)) * step, axis=0)

@@ -15,9 +15,10 @@ was re-recorded when that was made so (before, 54 of 10,972 `flips` scores depen
 CPU the replay ran on). PRADA's score to 1e-5: its Shapiro-Wilk W was recorded with
 scipy's single-precision swilk, and the monitor's own double-precision W (monitor/prada.py)
 differs from it by about 1e-6. Decisions (flags, episodes' starts and ends, alerts) must be
-equal. Re-record only when a decision is meant to change, or when a new scikit-learn moves the
-victims' answers, and then with the code before the change (a git worktree of the last
-commit): ``python tests/unit/test_monitor_equivalence.py --record``.
+equal. Re-record only when a decision is meant to change (with the code that changes it: the
+fixture was last re-recorded when natural re-sends became echo anchors, monitor/resends.py),
+or when a new scikit-learn moves the victims' answers (then with the code of the last commit,
+from a git worktree): ``python tests/unit/test_monitor_equivalence.py --record``.
 """
 
 from __future__ import annotations

@@ -40,12 +40,12 @@ class CallerState:
     def _kind(self, rows: Batch, i: int) -> int:
         """`FRESH`, `REPEAT` (exact), `SAME` (a noisy re-send answered as its anchor was) or
         `FLIP` (a noisy re-send answered another class) for row `i`; a fresh row becomes an
-        anchor."""
+        anchor, and so does a natural re-send of one (an echo, `Resends.seen_at`)."""
         if self.repeats.seen_digest(rows.digest(i)):
             return REPEAT
         label = rows.labels[i]
         a, aa = rows.anchor(i)
-        anchor = self.resends.seen_at(a, aa, label)
+        anchor = self.resends.seen_at(a, aa, label, lambda: rows.natural(i))
         if anchor is None:
             return FRESH
         return FLIP if anchor not in (label, -1) else SAME

@@ -118,6 +118,7 @@ class DistanceNormality(Detector):
         traffic). Each replay drops re-sends as the monitor does (`Resends`): the floor is
         that of the fresh rows the detector will see.
         """
+        from .null import fit_rows_natural
         from .resends import Resends
 
         rng = np.random.default_rng(seed)
@@ -135,7 +136,7 @@ class DistanceNormality(Detector):
             resends = Resends(summary.n_features, summary.resend_radius,
                               int(summary.resend_key))
             for step, i in enumerate(order):
-                if resends.seen(zf[i]) is not None:
+                if resends.seen(zf[i], natural=fit_rows_natural) is not None:  # as null's
                     continue
                 det._one(zf[i], proba[i])
                 d = det.dmin.view()

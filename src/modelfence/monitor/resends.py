@@ -10,9 +10,14 @@ detector but volume sees it. Two filters, in order:
 - `Resends`: within `Summary.resend_radius` of one of its last `MEMORY` (2,048) fresh rows,
   kept in at most `DIMS` (16) dimensions (a random projection of the standardized row, keyed
   per summary: an honest client may re-read a row from long ago, and 2,048 rows of 200
-  features would cost 1.6 MB a caller). Only fresh rows become anchors, so a walk of small
-  steps cannot chain re-sends away from what it first sent: after one radius it is fresh
-  again, and evidence.
+  features would cost 1.6 MB a caller). Fresh rows become anchors, and so does a *natural*
+  row (one the data's naturalness tests pass, `facts.Judge`) that re-sends a fresh anchor:
+  an echo, marked `ECHO` in its label. Two distinct natural rows may lie closer than
+  measurement noise (a small data set, a dense class), and an honest client's noisy re-read
+  of the second lies within one radius of it but up to two of the first; without the echo
+  it would be fresh, and evidence of noise. Noisy rows never echo, nor do rows that re-send
+  an echo, so a walk of small steps cannot chain re-sends away from what it first sent:
+  after two radii at most it is fresh again, and evidence.
 
 The radius is calibrated per model (`resend_radius`): Gaussian noise at `NOISE` (10%) of each
 feature's standard deviation moves a standardized row by a scaled chi distance, whose
@@ -24,7 +29,7 @@ measurement noise counts some of them as re-sends: less evidence, never a false 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -43,6 +48,8 @@ MISS = 1e-4
 MEMORY = 2048
 #: Anchors are kept in at most this many dimensions (a random projection beyond it).
 DIMS = 16
+#: Set in an anchor's label when it is an echo (a natural re-send of a fresh anchor).
+ECHO = 1 << 30
 
 
 def projection_key(x: Array, seed: int) -> int:
@@ -143,19 +150,28 @@ class Resends:
         self.labels = Ring(memory, dtype=np.int32)  # the answer each anchor got
         self.radius2 = radius * radius
 
-    def seen(self, z: Array, label: int = 0) -> int | None:
+    def seen(self, z: Array, label: int = 0, natural: Callable[[], bool] | None = None
+             ) -> int | None:
         """The answer (class) of the anchor `z` re-sends (-1 when it lies beyond the
         natural gap, too far to judge), or None when `z` is fresh (it is then kept as an
-        anchor, with `label`, the class the model answered for it)."""
+        anchor, with `label`, the class the model answered for it). `natural` says, when
+        asked, whether `z` is a natural row: one that re-sends a fresh anchor is kept as an
+        echo (None: never)."""
         a = z if self.proj is None else into_anchor_space(z, self.proj)
-        return self.seen_at(a, float(a @ a), label)
+        return self.seen_at(a, float(a @ a), label, natural)
 
-    def seen_at(self, a: Array, aa: float, label: int = 0) -> int | None:
+    def seen_at(self, a: Array, aa: float, label: int = 0,
+                natural: Callable[[], bool] | None = None) -> int | None:
         """`seen`, given the row already in anchor space (`a`, through `projection`) and
         `aa` = |a|^2: a principal and its tenant project a row once (`facts.Batch`)."""
         j, d2 = self.rows.nearest_at(a, aa)
         if d2 <= self.radius2:
-            return int(self.labels.data[j]) if d2 <= self.gap2 else -1
+            held = int(self.labels.data[j])
+            if d2 > 0.0 and not held & ECHO and natural is not None and natural():
+                self.rows.push(a, aa)
+                self.labels.push(label | ECHO)
+            held &= ~ECHO
+            return held if d2 <= self.gap2 else -1
         self.rows.push(a, aa)
         self.labels.push(label)
         return None
