@@ -216,9 +216,13 @@ class Batch:
         if got is None:
             if mask is None:
                 got = Rows(self.x, self.z, self.p, self.cells, self.judge, argmax=self.labels)
+                got._unnatural = self._unnatural
             else:
                 m = np.array(mask, np.bool_)
                 got = Rows(self.x[m], self.z[m], self.p[m], self.cells, self.judge)
+                if self._unnatural is not None:  # asked of a re-send: read once per batch
+                    got._unnatural = [u for u, keep in zip(self._unnatural, mask, strict=True)
+                                      if keep]
             self._fresh[key] = got
         return got
 
