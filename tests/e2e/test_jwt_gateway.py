@@ -199,9 +199,18 @@ async def test_a_jwks_outage_is_503_for_unknown_kids_then_for_every_jwt(
     gw = Gateway(tmp_path / "gw", two_models(digits_files), extra=config).start()
     try:
         assert (await infer(gw, idp.token("rsa-1")))[0] == 200
+        # Pin the clock to one known fetch: a key added while the JWKS answers is fetched
+        # for its first token (more than jwks_min_refresh_s after any earlier fetch, the one
+        # at start or, on a slow machine, one the first request made once 3 s had passed).
+        await asyncio.sleep(1.1)
+        before = idp.add("ec", "rotated-before-outage")
+        assert (await infer(gw, idp.token(before.kid)))[0] == 200
+        started = time.monotonic()
         server.stop()
         idp.add("ec", "rotated-during-outage")
-        started = time.monotonic()
+        # within jwks_min_refresh_s of a good fetch an unknown kid is taken for a forgery
+        # (401, as in the flood test above); after it, the failed fetch makes it a 503
+        await asyncio.sleep(max(0.0, 1.1 - (time.monotonic() - started)))
         headers = {"Authorization": f"Bearer {idp.token('rotated-during-outage')}"}
         async with aiohttp.ClientSession() as s, s.post(
                 f"{gw.url}/v2/models/digits/infer", data=BODY, headers=headers) as r:
@@ -213,8 +222,8 @@ async def test_a_jwks_outage_is_503_for_unknown_kids_then_for_every_jwt(
         await asyncio.sleep(max(0.0, 3.2 - (time.monotonic() - started)))
         statuses = [(await infer(gw, idp.token(kid)))[0] for kid in ("rsa-1", "ec-1")]
         assert statuses == [503, 503]
-        records = await audit_for(gw, 5)  # every request of this gateway, the first one too
-        assert [r["status"] for r in records] == [200, 503, 200, 503, 503]
+        records = await audit_for(gw, 6)  # every request of this gateway, the first one too
+        assert [r["status"] for r in records] == [200, 200, 503, 200, 503, 503]
         counted = await metric_samples(gw)
         assert counted[("modelfence_denials_total", "identity_unavailable")] == 3
         assert counted[("modelfence_outbound_errors_total", "jwks/unreachable")] >= 2
