@@ -172,8 +172,8 @@ class Batch:
     makes (kept, so a principal and its tenant share one). Per row, also what the re-send
     filters read: the raw bytes' digest and the row in anchor space."""
 
-    __slots__ = ("_anchors", "_digests", "_fresh", "_unnatural", "cells", "judge", "labels",
-                 "p", "proj", "x", "z")
+    __slots__ = ("_anchors", "_digests", "_fresh", "cells", "judge", "labels", "p", "proj",
+                 "x", "z")
 
     def __init__(self, x: Array, z: Array, p: Array, cells: Cells, judge: Judge,
                  proj: Array | None) -> None:
@@ -183,17 +183,14 @@ class Batch:
         self._digests: list[bytes] | None = None
         self._anchors: list[tuple[Array, float] | None] = [None] * len(x)
         self._fresh: dict[bytes, Rows] = {}
-        self._unnatural: list[bool] | None = None
 
     def __len__(self) -> int:
         return len(self.x)
 
     def natural(self, i: int) -> bool:
         """Whether row `i` passes the data's naturalness tests (asked of a re-send only,
-        `Resends.seen_at`: a fresh row's verdict is read from its `Rows`)."""
-        if self._unnatural is None:
-            self._unnatural = self.judge.compute(self.x, self.z)
-        return not self._unnatural[i]
+        `Resends.seen_at`), read from the whole batch's `Rows`."""
+        return not self.rows().unnatural[i]
 
     def digest(self, i: int) -> bytes:
         if self._digests is None:
@@ -216,12 +213,12 @@ class Batch:
         if got is None:
             if mask is None:
                 got = Rows(self.x, self.z, self.p, self.cells, self.judge, argmax=self.labels)
-                got._unnatural = self._unnatural
             else:
                 m = np.array(mask, np.bool_)
                 got = Rows(self.x[m], self.z[m], self.p[m], self.cells, self.judge)
-                if self._unnatural is not None:  # asked of a re-send: read once per batch
-                    got._unnatural = [u for u, keep in zip(self._unnatural, mask, strict=True)
+                whole = self._fresh.get(b"")
+                if whole is not None and whole._unnatural is not None:  # judged once a batch
+                    got._unnatural = [u for u, keep in zip(whole._unnatural, mask, strict=True)
                                       if keep]
             self._fresh[key] = got
         return got
